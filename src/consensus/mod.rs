@@ -1,0 +1,589 @@
+//! The consensus core: raft-rs's `RawNode` over our SQLite storage, and the
+//! replicated state machine, driven by events with no I/O of its own besides the
+//! two database files.
+//!
+//! The async shell (`node`) and the deterministic simulation (`tests/sim.rs`)
+//! both drive this same struct: they feed it ticks, inbound messages and
+//! proposals, call [`Core::pump`], and carry out the returned [`Output`]s
+//! (send a message, stream a snapshot file, answer a waiting client). It never
+//! reads a clock, opens a socket, or decides anything about discovery.
+//!
+//! The Ready cycle follows raft-rs's contract: messages a leader may send early
+//! go out first; a received snapshot is installed; committed entries are applied
+//! in order; new entries and the hard state are made durable in one transaction;
+//! only then are the messages that depend on them released.
+
+pub mod log_store;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, MessageType, Snapshot};
+use raft::{RawNode, SnapshotStatus, StateRole};
+use serde::{Deserialize, Serialize};
+
+use crate::state::{self, Change, Command, StateMachine};
+use log_store::LogStore;
+
+/// Tuning of one core, in ticks (the shell decides how long a tick is).
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub id: u64,
+    pub heartbeat_ticks: usize,
+    pub election_ticks: usize,
+    /// Upper bound (exclusive) of the randomized election timeout. The simulation
+    /// sets it to `election_ticks + 1`: raft-rs draws the timeout from an OS-seeded
+    /// RNG, so a fixed timeout (and seeded tick jitter) keeps runs replayable.
+    pub election_ticks_max: usize,
+    /// A witness votes and holds the database but never campaigns.
+    pub witness: bool,
+    /// Ids of all witnesses: never chosen for a leadership transfer.
+    pub witnesses: HashSet<u64>,
+    /// fsync the Raft log (production) or not (simulation).
+    pub durable: bool,
+    /// Entries kept behind the applied index when the log is compacted; a peer
+    /// further behind receives the database instead.
+    pub log_keep_entries: u64,
+    /// Largest append message, bytes.
+    pub msg_bytes_max: u64,
+}
+
+/// What the shell must carry out after [`Core::pump`].
+#[derive(Debug)]
+pub enum Output {
+    Send(Message),
+    /// A `MsgSnapshot`: the state file must reach `msg.to` (into its incoming
+    /// folder, verified) before the message is stepped there.
+    SendSnapshot { msg: Message, file: PathBuf, meta: SnapshotFile },
+    /// An entry was applied; `context` is the proposer's tag (empty for none).
+    Applied { index: u64, term: u64, context: Vec<u8>, digest: u64 },
+    /// This instance was removed from the membership.
+    Removed,
+}
+
+/// What a Raft snapshot's data carries: which file, how big, its checksum.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotFile {
+    pub file_name: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+}
+
+impl SnapshotFile {
+    pub fn decode(data: &[u8]) -> Result<SnapshotFile, String> {
+        ciborium::from_reader(data).map_err(|e| format!("snapshot descriptor: {e}"))
+    }
+}
+
+#[derive(Debug)]
+pub enum CoreError {
+    Db(rusqlite::Error),
+    Raft(raft::Error),
+    Snapshot(String),
+}
+
+impl std::fmt::Display for CoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CoreError::Db(e) => write!(f, "database: {e}"),
+            CoreError::Raft(e) => write!(f, "raft: {e}"),
+            CoreError::Snapshot(e) => write!(f, "snapshot: {e}"),
+        }
+    }
+}
+impl std::error::Error for CoreError {}
+impl From<rusqlite::Error> for CoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        CoreError::Db(e)
+    }
+}
+impl From<raft::Error> for CoreError {
+    fn from(e: raft::Error) -> Self {
+        CoreError::Raft(e)
+    }
+}
+
+pub struct Core {
+    node: RawNode<LogStore>,
+    state: StateMachine,
+    dir: PathBuf,
+    cfg: CoreConfig,
+    removed: bool,
+}
+
+pub fn raft_db(dir: &Path) -> PathBuf {
+    dir.join("raft.db")
+}
+pub fn state_db(dir: &Path) -> PathBuf {
+    dir.join("state.db")
+}
+pub fn incoming_dir(dir: &Path) -> PathBuf {
+    dir.join("incoming")
+}
+fn snapshots_dir(dir: &Path) -> PathBuf {
+    dir.join("snapshots")
+}
+
+/// True when `dir` holds a member's state (it bootstrapped or received a snapshot).
+pub fn is_initialized(dir: &Path) -> bool {
+    if !state_db(dir).exists() {
+        return false;
+    }
+    match StateMachine::open(&state_db(dir), state::Sync::Off) {
+        Ok(sm) => sm.applied_index() > 0,
+        Err(_) => false,
+    }
+}
+
+fn syncs(durable: bool) -> (log_store::Sync, state::Sync) {
+    if durable {
+        (log_store::Sync::Full, state::Sync::Normal)
+    } else {
+        (log_store::Sync::Off, state::Sync::Off)
+    }
+}
+
+/// Creates a new one-voter cluster in `dir`: state.db at index 1 holding the
+/// cluster id and the conf state, and a log that starts after index 1 — so
+/// every later joiner is sent the database rather than a replay of the log.
+pub fn bootstrap(dir: &Path, id: u64, cluster_id: &str, durable: bool) -> Result<(), CoreError> {
+    std::fs::create_dir_all(dir).map_err(|e| CoreError::Snapshot(e.to_string()))?;
+    let (log_sync, state_sync) = syncs(durable);
+    let mut sm = StateMachine::open(&state_db(dir), state_sync)?;
+    assert_eq!(sm.applied_index(), 0, "bootstrap over an existing state");
+    let mut cs = ConfState::default();
+    cs.voters = vec![id];
+    let cmd = Command::SetCluster { cluster_id: cluster_id.to_string() };
+    sm.apply(&[(1, 1, Change::Command(&cmd))])?;
+    sm.set_conf_state(&cs)?;
+    let mut log = LogStore::open(&raft_db(dir), log_sync)?;
+    log.apply_snapshot(&snapshot_meta(1, 1, cs))?;
+    Ok(())
+}
+
+/// Starts a new one-voter cluster from an existing state.db (an operator's
+/// `--force-bootstrap`): the log restarts after the applied index, the cluster
+/// id and data are kept.
+pub fn rebootstrap(dir: &Path, id: u64, durable: bool) -> Result<(), CoreError> {
+    let (log_sync, state_sync) = syncs(durable);
+    let mut sm = StateMachine::open(&state_db(dir), state_sync)?;
+    let mut cs = ConfState::default();
+    cs.voters = vec![id];
+    sm.set_conf_state(&cs)?;
+    let term = sm.applied_term().max(1);
+    let mut log = LogStore::open(&raft_db(dir), log_sync)?;
+    let mut meta = snapshot_meta(sm.applied_index(), term, cs);
+    meta.term = meta.term.max(log.hard_state().term);
+    log.apply_snapshot(&meta)?;
+    Ok(())
+}
+
+fn snapshot_meta(index: u64, term: u64, cs: ConfState) -> raft::eraftpb::SnapshotMetadata {
+    let mut meta = raft::eraftpb::SnapshotMetadata::default();
+    meta.index = index;
+    meta.term = term;
+    meta.set_conf_state(cs);
+    meta
+}
+
+impl Core {
+    /// Opens (or creates empty) the databases in `dir` and starts raft on them.
+    pub fn open(dir: &Path, cfg: CoreConfig, logger: &slog::Logger) -> Result<Core, CoreError> {
+        std::fs::create_dir_all(incoming_dir(dir)).map_err(|e| CoreError::Snapshot(e.to_string()))?;
+        std::fs::create_dir_all(snapshots_dir(dir)).map_err(|e| CoreError::Snapshot(e.to_string()))?;
+        let (log_sync, state_sync) = syncs(cfg.durable);
+        let state = StateMachine::open(&state_db(dir), state_sync)?;
+        let mut log = LogStore::open(&raft_db(dir), log_sync)?;
+        let applied = state.applied_index();
+        // A crash after a snapshot was installed into state.db but before the log
+        // was reset leaves state ahead of the log: restart the log there.
+        if applied > log.last() {
+            let meta = snapshot_meta(applied, state.applied_term(), state.conf_state().clone());
+            log.apply_snapshot(&meta)?;
+        }
+        log.set_conf_state(state.conf_state().clone());
+        log.raise_commit(applied);
+        let raft_cfg = raft_config(&cfg, applied);
+        let node = RawNode::new(&raft_cfg, log, logger)?;
+        Ok(Core { node, state, dir: dir.to_path_buf(), cfg, removed: false })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.cfg.id
+    }
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn state(&self) -> &StateMachine {
+        &self.state
+    }
+    pub fn term(&self) -> u64 {
+        self.node.raft.term
+    }
+    pub fn is_leader(&self) -> bool {
+        self.node.raft.state == StateRole::Leader
+    }
+    pub fn role(&self) -> StateRole {
+        self.node.raft.state
+    }
+    /// The leader this instance knows of, if any.
+    pub fn leader_id(&self) -> Option<u64> {
+        let id = self.node.raft.leader_id;
+        (id != raft::INVALID_ID).then_some(id)
+    }
+    pub fn commit_index(&self) -> u64 {
+        self.node.raft.raft_log.committed
+    }
+    pub fn applied_index(&self) -> u64 {
+        self.state.applied_index()
+    }
+    pub fn last_index(&self) -> u64 {
+        self.node.raft.raft_log.last_index()
+    }
+    pub fn conf_state(&self) -> &ConfState {
+        self.state.conf_state()
+    }
+    pub fn is_removed(&self) -> bool {
+        self.removed
+    }
+    pub fn is_voter(&self, id: u64) -> bool {
+        self.conf_state().voters.contains(&id)
+    }
+    pub fn is_learner(&self, id: u64) -> bool {
+        self.conf_state().learners.contains(&id)
+    }
+    /// The leader's view of a peer's replication: (matched index, recently active).
+    pub fn progress(&self, id: u64) -> Option<(u64, bool)> {
+        if !self.is_leader() {
+            return None;
+        }
+        self.node.raft.prs().get(id).map(|p| (p.matched, p.recent_active))
+    }
+
+    pub fn tick(&mut self) {
+        self.node.tick();
+        if self.is_leader() {
+            self.leader_duties();
+        }
+    }
+
+    /// Steps a message that came from the network. Local-only message types and
+    /// messages from unknown peers are refused by raft-rs with an error.
+    pub fn step(&mut self, msg: Message) -> Result<(), CoreError> {
+        if self.removed {
+            return Ok(());
+        }
+        self.node.step(msg).map_err(CoreError::Raft)
+    }
+
+    /// Proposes a command; `context` tags it so the proposer can be answered
+    /// when it is applied. Only the leader accepts proposals.
+    pub fn propose(&mut self, context: Vec<u8>, cmd: &Command) -> Result<(), String> {
+        cmd.validate()?;
+        if !self.is_leader() {
+            return Err("not the coordinator".into());
+        }
+        self.node.propose(context, cmd.encode()).map_err(|e| e.to_string())
+    }
+
+    /// Proposes a membership change (one at a time: raft-rs drops a second one
+    /// proposed while the first is pending, so callers retry).
+    pub fn propose_conf_change(&mut self, kind: ConfChangeType, id: u64) -> Result<(), String> {
+        if !self.is_leader() {
+            return Err("not the coordinator".into());
+        }
+        if self.node.raft.has_pending_conf() {
+            return Err("another membership change is in progress".into());
+        }
+        let mut cc = ConfChange::default();
+        cc.set_change_type(kind);
+        cc.node_id = id;
+        self.node.propose_conf_change(Vec::new(), cc).map_err(|e| e.to_string())
+    }
+
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.node.transfer_leader(to);
+    }
+
+    pub fn campaign(&mut self) -> Result<(), CoreError> {
+        self.node.campaign().map_err(CoreError::Raft)
+    }
+
+    pub fn report_snapshot(&mut self, to: u64, ok: bool) {
+        let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+        self.node.report_snapshot(to, status);
+    }
+
+    pub fn report_unreachable(&mut self, to: u64) {
+        self.node.report_unreachable(to);
+    }
+
+    /// The voter (not a witness, not this one) with the most replicated log:
+    /// the best successor for a handover.
+    pub fn best_successor(&self) -> Option<u64> {
+        let me = self.cfg.id;
+        self.conf_state()
+            .voters
+            .iter()
+            .filter(|id| **id != me && !self.cfg.witnesses.contains(id))
+            .filter_map(|id| self.progress(*id).map(|(matched, active)| (active, matched, *id)))
+            .max()
+            .map(|(_, _, id)| id)
+    }
+
+    /// What a leader does on every tick: promote caught-up learners, and a
+    /// witness that somehow leads (only via a transfer) hands the role on.
+    fn leader_duties(&mut self) {
+        if self.cfg.witness {
+            if let Some(to) = self.best_successor() {
+                self.node.transfer_leader(to);
+            }
+            return;
+        }
+        if self.node.raft.has_pending_conf() {
+            return;
+        }
+        let commit = self.commit_index();
+        let ready: Option<u64> = self
+            .conf_state()
+            .learners
+            .iter()
+            .copied()
+            .find(|id| self.progress(*id).is_some_and(|(matched, _)| matched >= commit));
+        if let Some(id) = ready {
+            let _ = self.propose_conf_change(ConfChangeType::AddNode, id);
+        }
+    }
+
+    /// Runs Ready cycles until raft has nothing more to do, appending the
+    /// effects to `out`.
+    pub fn pump(&mut self, out: &mut Vec<Output>) -> Result<(), CoreError> {
+        while self.node.has_ready() {
+            self.ready_cycle(out)?;
+        }
+        if self.node.store().take_snapshot_wanted() {
+            self.prepare_snapshot()?;
+        }
+        Ok(())
+    }
+
+    fn ready_cycle(&mut self, out: &mut Vec<Output>) -> Result<(), CoreError> {
+        let mut rd = self.node.ready();
+        self.emit(rd.take_messages(), out);
+        if !rd.snapshot().is_empty() {
+            self.install_snapshot(rd.snapshot().clone())?;
+        }
+        self.apply(rd.take_committed_entries(), out)?;
+        self.node.mut_store().persist(rd.entries(), rd.hs())?;
+        self.emit(rd.take_persisted_messages(), out);
+        let mut light = self.node.advance(rd);
+        self.emit(light.take_messages(), out);
+        self.apply(light.take_committed_entries(), out)?;
+        self.node.advance_apply();
+        self.maybe_compact()?;
+        Ok(())
+    }
+
+    fn emit(&mut self, msgs: Vec<Message>, out: &mut Vec<Output>) {
+        for msg in msgs {
+            if msg.get_msg_type() != MessageType::MsgSnapshot {
+                out.push(Output::Send(msg));
+                continue;
+            }
+            match SnapshotFile::decode(msg.get_snapshot().get_data()) {
+                Ok(meta) => {
+                    let file = snapshots_dir(&self.dir).join(&meta.file_name);
+                    out.push(Output::SendSnapshot { msg, file, meta });
+                }
+                Err(_) => self.node.report_snapshot(msg.to, SnapshotStatus::Failure),
+            }
+        }
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>, out: &mut Vec<Output>) -> Result<(), CoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut commands: Vec<Option<Command>> = Vec::with_capacity(entries.len());
+        let mut confs: Vec<Option<ConfState>> = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let (cmd, cs) = self.decode_entry(e)?;
+            commands.push(cmd);
+            confs.push(cs);
+        }
+        let batch: Vec<(u64, u64, Change<'_>)> = entries
+            .iter()
+            .zip(commands.iter().zip(confs.iter()))
+            .map(|(e, (cmd, cs))| {
+                let change = match (cmd, cs) {
+                    (Some(c), _) => Change::Command(c),
+                    (None, Some(cs)) => Change::Conf(cs),
+                    (None, None) => Change::Empty,
+                };
+                (e.index, e.term, change)
+            })
+            .collect();
+        self.state.apply(&batch)?;
+        drop(batch);
+        self.node.mut_store().set_conf_state(self.state.conf_state().clone());
+        for e in entries {
+            let digest = fnv1a(&e.data);
+            out.push(Output::Applied { index: e.index, term: e.term, context: e.context.to_vec(), digest });
+        }
+        if !self.removed && !self.is_member() {
+            self.removed = true;
+            out.push(Output::Removed);
+        }
+        Ok(())
+    }
+
+    fn is_member(&self) -> bool {
+        let cs = self.conf_state();
+        let me = self.cfg.id;
+        cs.voters.contains(&me) || cs.learners.contains(&me)
+    }
+
+    /// Decodes one committed entry; conf changes are applied to raft here, in
+    /// log order. An undecodable command is applied as a no-op on every replica
+    /// alike (it can only come from a faulty proposer: ours validate first).
+    fn decode_entry(&mut self, e: &Entry) -> Result<(Option<Command>, Option<ConfState>), CoreError> {
+        match e.get_entry_type() {
+            EntryType::EntryNormal if e.data.is_empty() => Ok((None, None)),
+            EntryType::EntryNormal => match Command::decode(&e.data) {
+                Ok(cmd) => Ok((Some(cmd), None)),
+                Err(err) => {
+                    tracing::error!(index = e.index, "undecodable command applied as no-op: {err}");
+                    Ok((None, None))
+                }
+            },
+            EntryType::EntryConfChange => {
+                let cc = ConfChange::parse_from_bytes(&e.data).map_err(|x| CoreError::Raft(x.into()))?;
+                let cs = self.node.apply_conf_change(&cc)?;
+                Ok((None, Some(cs)))
+            }
+            EntryType::EntryConfChangeV2 => {
+                let cc = raft::eraftpb::ConfChangeV2::parse_from_bytes(&e.data)
+                    .map_err(|x| CoreError::Raft(x.into()))?;
+                let cs = self.node.apply_conf_change(&cc)?;
+                Ok((None, Some(cs)))
+            }
+        }
+    }
+
+    /// Installs a received snapshot: the verified file from the incoming folder
+    /// replaces state.db, then the log restarts after the snapshot's index.
+    fn install_snapshot(&mut self, snap: Snapshot) -> Result<(), CoreError> {
+        let meta = snap.get_metadata();
+        let file_meta = SnapshotFile::decode(snap.get_data()).map_err(CoreError::Snapshot)?;
+        let file = incoming_dir(&self.dir).join(&file_meta.file_name);
+        self.state.install(&file, meta.index).map_err(CoreError::Snapshot)?;
+        self.node.mut_store().apply_snapshot(meta)?;
+        tracing::info!(index = meta.index, term = meta.term, "installed the coordinator's database");
+        Ok(())
+    }
+
+    /// Makes a consistent copy of state.db at the applied index and offers it to
+    /// raft as the snapshot for peers that are too far behind.
+    fn prepare_snapshot(&mut self) -> Result<(), CoreError> {
+        let index = self.state.applied_index();
+        if self.node.store().prepared_snapshot_index() == Some(index) {
+            return Ok(());
+        }
+        let term = self.state.applied_term();
+        let file_name = format!("snap-{index}-{term}.db");
+        let dir = snapshots_dir(&self.dir);
+        let tmp = dir.join(format!("{file_name}.tmp"));
+        self.state.export(&tmp)?;
+        let (size_bytes, sha256) = file_digest(&tmp).map_err(CoreError::Snapshot)?;
+        std::fs::rename(&tmp, dir.join(&file_name)).map_err(|e| CoreError::Snapshot(e.to_string()))?;
+        remove_older_snapshots(&dir, &file_name);
+        let descriptor = SnapshotFile { file_name, size_bytes, sha256 };
+        tracing::info!(index, size_bytes, "prepared a database snapshot");
+        let mut data = Vec::new();
+        ciborium::into_writer(&descriptor, &mut data).expect("descriptor encodes");
+        let mut snap = Snapshot::default();
+        snap.set_metadata(snapshot_meta(index, term, self.state.conf_state().clone()));
+        snap.data = data.into();
+        self.node.store().offer_snapshot(snap);
+        Ok(())
+    }
+
+    /// Drops old log entries once there are twice the kept number; the state is
+    /// checkpointed first, so what the log forgets is durable in state.db.
+    fn maybe_compact(&mut self) -> Result<(), CoreError> {
+        let applied = self.state.applied_index();
+        let first = self.node.store().first();
+        let keep = self.cfg.log_keep_entries;
+        if applied < first + 2 * keep {
+            return Ok(());
+        }
+        self.state.checkpoint()?;
+        self.node.mut_store().compact(applied - keep)?;
+        Ok(())
+    }
+}
+
+fn raft_config(cfg: &CoreConfig, applied: u64) -> raft::Config {
+    assert!(cfg.heartbeat_ticks >= 1 && cfg.election_ticks > cfg.heartbeat_ticks);
+    assert!(cfg.election_ticks_max > cfg.election_ticks);
+    let (min, max) = if cfg.witness {
+        // Votes and lease checks use `election_ticks`; a witness just never
+        // reaches its own (astronomical) campaign timeout.
+        (usize::MAX / 4, usize::MAX / 4 + 1)
+    } else {
+        (cfg.election_ticks, cfg.election_ticks_max)
+    };
+    raft::Config {
+        id: cfg.id,
+        election_tick: cfg.election_ticks,
+        heartbeat_tick: cfg.heartbeat_ticks,
+        min_election_tick: min,
+        max_election_tick: max,
+        applied,
+        max_size_per_msg: cfg.msg_bytes_max,
+        max_inflight_msgs: 256,
+        check_quorum: true,
+        pre_vote: true,
+        ..Default::default()
+    }
+}
+
+/// Size and SHA-256 of a file, read in 1 MiB blocks.
+pub fn file_digest(path: &Path) -> Result<(u64, String), String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| format!("{}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        ctx.update(&buf[..n]);
+    }
+    Ok((size, state::hex(ctx.finish().as_ref())))
+}
+
+fn remove_older_snapshots(dir: &Path, keep: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name != keep && name.starts_with("snap-") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// FNV-1a, 64 bits: a cheap fingerprint of an entry's bytes for the checks that
+/// replicas applied the same entry at the same index.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}

@@ -1,0 +1,317 @@
+//! The replicated state machine: `state.db` (SQLite).
+//!
+//! Every change arrives as a committed Raft entry and is applied in order; the
+//! applied index and term, and the conf state, are written in the same
+//! transaction as the change, so after a crash state.db is exactly "the log
+//! applied up to `applied_index`". The whole file is the Raft snapshot shipped to
+//! late joiners. This module never talks to the network and never decides
+//! anything: it applies what Raft committed.
+
+use std::path::{Path, PathBuf};
+
+use protobuf::Message as _;
+use raft::eraftpb::ConfState;
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde::{Deserialize, Serialize};
+
+/// Largest value a `Put` may carry: keeps every entry and message bounded.
+pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
+/// Largest key.
+pub const KEY_BYTES_MAX: usize = 1024;
+
+/// A change to the replicated state, carried in a Raft entry as CBOR.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Written once by the instance that bootstraps the cluster.
+    SetCluster { cluster_id: String },
+    /// A setting (key/value), e.g. what `claro settings set` writes.
+    Put { key: String, value: Vec<u8> },
+    Delete { key: String },
+}
+
+impl Command {
+    /// Checks the limits before a command is proposed: bad input changes nothing.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Command::SetCluster { cluster_id } if cluster_id.is_empty() => Err("empty cluster id".into()),
+            Command::Put { key, value } if value.len() > VALUE_BYTES_MAX => Err(format!(
+                "value of `{key}` is {} bytes, the limit is {VALUE_BYTES_MAX}",
+                value.len()
+            )),
+            Command::Put { key, .. } | Command::Delete { key } if key.is_empty() || key.len() > KEY_BYTES_MAX => {
+                Err(format!("key must be 1..={KEY_BYTES_MAX} bytes"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::into_writer(self, &mut out).expect("command encodes");
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Command, String> {
+        ciborium::from_reader(bytes).map_err(|e| e.to_string())
+    }
+}
+
+/// How state.db is synced. WAL with NORMAL is atomic on a process crash; on
+/// power loss the last transactions may roll back, which is safe because the
+/// Raft log still holds them (it is only compacted after a checkpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    Normal,
+    Off,
+}
+
+pub struct StateMachine {
+    conn: Connection,
+    path: PathBuf,
+    sync: Sync,
+    applied_index: u64,
+    applied_term: u64,
+    conf_state: ConfState,
+    cluster_id: Option<String>,
+}
+
+/// One entry to apply.
+pub enum Change<'a> {
+    Command(&'a Command),
+    /// A conf change already applied to raft; only its resulting conf state is stored.
+    Conf(&'a ConfState),
+    /// An empty entry (leader's no-op, or a dropped proposal).
+    Empty,
+}
+
+impl StateMachine {
+    pub fn open(path: &Path, sync: Sync) -> rusqlite::Result<StateMachine> {
+        let conn = open_conn(path, sync)?;
+        let mut sm = StateMachine {
+            conn,
+            path: path.to_path_buf(),
+            sync,
+            applied_index: 0,
+            applied_term: 0,
+            conf_state: ConfState::default(),
+            cluster_id: None,
+        };
+        sm.load_meta()?;
+        Ok(sm)
+    }
+
+    fn load_meta(&mut self) -> rusqlite::Result<()> {
+        self.applied_index = read_meta::<u64>(&self.conn, "applied_index")?.unwrap_or(0);
+        self.applied_term = read_meta::<u64>(&self.conn, "applied_term")?.unwrap_or(0);
+        self.cluster_id = read_meta::<String>(&self.conn, "cluster_id")?;
+        let cs: Option<Vec<u8>> = read_meta(&self.conn, "conf_state")?;
+        self.conf_state = cs
+            .map(|b| ConfState::parse_from_bytes(&b).expect("stored conf state decodes"))
+            .unwrap_or_default();
+        Ok(())
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    pub fn applied_term(&self) -> u64 {
+        self.applied_term
+    }
+
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    pub fn cluster_id(&self) -> Option<&str> {
+        self.cluster_id.as_deref()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Applies a batch of committed entries `(index, term, change)` in one
+    /// transaction; indexes must follow the applied index without a gap.
+    pub fn apply(&mut self, batch: &[(u64, u64, Change<'_>)]) -> rusqlite::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        let mut expected = self.applied_index + 1;
+        let mut cluster_id = self.cluster_id.clone();
+        let mut conf_state = None;
+        for (index, _term, change) in batch {
+            assert_eq!(*index, expected, "entries applied out of order");
+            expected += 1;
+            match change {
+                Change::Command(cmd) => apply_command(&tx, *index, cmd, &mut cluster_id)?,
+                Change::Conf(cs) => conf_state = Some((*cs).clone()),
+                Change::Empty => {}
+            }
+        }
+        let (last_index, last_term, _) = batch.last().expect("non-empty batch");
+        write_meta(&tx, "applied_index", last_index)?;
+        write_meta(&tx, "applied_term", last_term)?;
+        if let Some(cs) = &conf_state {
+            write_meta(&tx, "conf_state", &cs.write_to_bytes().expect("conf state encodes"))?;
+        }
+        if cluster_id != self.cluster_id {
+            write_meta(&tx, "cluster_id", cluster_id.as_ref().expect("set"))?;
+        }
+        tx.commit()?;
+        self.applied_index = *last_index;
+        self.applied_term = *last_term;
+        self.cluster_id = cluster_id;
+        if let Some(cs) = conf_state {
+            self.conf_state = cs;
+        }
+        Ok(())
+    }
+
+    /// Sets the conf state outside the log: only for creating a cluster
+    /// (bootstrap) or re-creating one (`--force-bootstrap`).
+    pub fn set_conf_state(&mut self, cs: &ConfState) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        write_meta(&tx, "conf_state", &cs.write_to_bytes().expect("conf state encodes"))?;
+        tx.commit()?;
+        self.conf_state = cs.clone();
+        Ok(())
+    }
+
+    pub fn get(&self, key: &str) -> rusqlite::Result<Option<Vec<u8>>> {
+        self.conn
+            .query_row("SELECT value FROM settings WHERE key = ?1", params![key], |r| r.get(0))
+            .optional()
+    }
+
+    /// All settings in key order, at most `count_max`.
+    pub fn list(&self, count_max: usize) -> rusqlite::Result<Vec<(String, Vec<u8>)>> {
+        let mut stmt = self.conn.prepare_cached("SELECT key, value FROM settings ORDER BY key LIMIT ?1")?;
+        let rows = stmt.query_map(params![count_max as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect()
+    }
+
+    /// A digest of the whole replicated content (settings and cluster id), for
+    /// checking that replicas at the same applied index are identical.
+    pub fn digest(&self) -> rusqlite::Result<String> {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(self.cluster_id.as_deref().unwrap_or("").as_bytes());
+        let mut stmt = self.conn.prepare_cached("SELECT key, value FROM settings ORDER BY key")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let key: String = row.get(0)?;
+            let value: Vec<u8> = row.get(1)?;
+            ctx.update(&(key.len() as u64).to_be_bytes());
+            ctx.update(key.as_bytes());
+            ctx.update(&(value.len() as u64).to_be_bytes());
+            ctx.update(&value);
+        }
+        Ok(hex(ctx.finish().as_ref()))
+    }
+
+    /// Writes a consistent copy of the whole database to `dest` (VACUUM INTO
+    /// runs inside one read transaction, so the copy is exactly this applied index).
+    pub fn export(&self, dest: &Path) -> rusqlite::Result<()> {
+        let _ = std::fs::remove_file(dest);
+        self.conn
+            .execute("VACUUM INTO ?1", params![dest.to_string_lossy()])?;
+        Ok(())
+    }
+
+    /// Makes every applied transaction durable in the main database file, so the
+    /// Raft log up to the applied index may be compacted.
+    pub fn checkpoint(&self) -> rusqlite::Result<()> {
+        self.conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// Replaces the database with `file` (a verified snapshot), which must be at
+    /// `index`. The old database is gone afterwards; nothing else changes if the
+    /// file is not a state database at that index.
+    pub fn install(&mut self, file: &Path, index: u64) -> Result<(), String> {
+        let probe = StateMachine::open(file, self.sync).map_err(|e| format!("snapshot file: {e}"))?;
+        if probe.applied_index != index {
+            return Err(format!(
+                "snapshot file is at index {}, expected {index}",
+                probe.applied_index
+            ));
+        }
+        drop(probe);
+        let placeholder = Connection::open_in_memory().map_err(|e| e.to_string())?;
+        let old = std::mem::replace(&mut self.conn, placeholder);
+        old.close().map_err(|(_, e)| e.to_string())?;
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(with_suffix(&self.path, suffix));
+            let _ = std::fs::remove_file(with_suffix(file, suffix));
+        }
+        std::fs::rename(file, &self.path).map_err(|e| format!("install snapshot: {e}"))?;
+        self.conn = open_conn(&self.path, self.sync).map_err(|e| e.to_string())?;
+        self.load_meta().map_err(|e| e.to_string())?;
+        assert_eq!(self.applied_index, index);
+        Ok(())
+    }
+}
+
+fn open_conn(path: &Path, sync: Sync) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let level = if sync == Sync::Normal { "NORMAL" } else { "OFF" };
+    conn.pragma_update(None, "synchronous", level)?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+         CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value BLOB NOT NULL, updated_index INTEGER NOT NULL);",
+    )?;
+    Ok(conn)
+}
+
+fn apply_command(
+    tx: &Transaction<'_>,
+    index: u64,
+    cmd: &Command,
+    cluster_id: &mut Option<String>,
+) -> rusqlite::Result<()> {
+    match cmd {
+        // The first SetCluster wins; a later one (which no correct instance
+        // proposes) is ignored rather than forking the cluster's identity.
+        Command::SetCluster { cluster_id: id } => {
+            if cluster_id.is_none() {
+                *cluster_id = Some(id.clone());
+            }
+        }
+        Command::Put { key, value } => {
+            tx.prepare_cached(
+                "INSERT INTO settings (key, value, updated_index) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_index = excluded.updated_index",
+            )?
+            .execute(params![key, value, index])?;
+        }
+        Command::Delete { key } => {
+            tx.prepare_cached("DELETE FROM settings WHERE key = ?1")?.execute(params![key])?;
+        }
+    }
+    Ok(())
+}
+
+fn read_meta<T: rusqlite::types::FromSql>(conn: &Connection, key: &str) -> rusqlite::Result<Option<T>> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| r.get(0))
+        .optional()
+}
+
+fn write_meta<T: rusqlite::ToSql + ?Sized>(tx: &Transaction<'_>, key: &str, value: &T) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![key, value])?;
+    Ok(())
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
