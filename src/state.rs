@@ -23,22 +23,33 @@ pub const KEY_BYTES_MAX: usize = 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Written once by the instance that bootstraps the cluster.
-    SetCluster { cluster_id: String },
+    SetCluster {
+        cluster_id: String,
+    },
     /// A setting (key/value), e.g. what `claro settings set` writes.
-    Put { key: String, value: Vec<u8> },
-    Delete { key: String },
+    Put {
+        key: String,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: String,
+    },
 }
 
 impl Command {
     /// Checks the limits before a command is proposed: bad input changes nothing.
     pub fn validate(&self) -> Result<(), String> {
         match self {
-            Command::SetCluster { cluster_id } if cluster_id.is_empty() => Err("empty cluster id".into()),
+            Command::SetCluster { cluster_id } if cluster_id.is_empty() => {
+                Err("empty cluster id".into())
+            }
             Command::Put { key, value } if value.len() > VALUE_BYTES_MAX => Err(format!(
                 "value of `{key}` is {} bytes, the limit is {VALUE_BYTES_MAX}",
                 value.len()
             )),
-            Command::Put { key, .. } | Command::Delete { key } if key.is_empty() || key.len() > KEY_BYTES_MAX => {
+            Command::Put { key, .. } | Command::Delete { key }
+                if key.is_empty() || key.len() > KEY_BYTES_MAX =>
+            {
                 Err(format!("key must be 1..={KEY_BYTES_MAX} bytes"))
             }
             _ => Ok(()),
@@ -154,7 +165,11 @@ impl StateMachine {
         write_meta(&tx, "applied_index", last_index)?;
         write_meta(&tx, "applied_term", last_term)?;
         if let Some(cs) = &conf_state {
-            write_meta(&tx, "conf_state", &cs.write_to_bytes().expect("conf state encodes"))?;
+            write_meta(
+                &tx,
+                "conf_state",
+                &cs.write_to_bytes().expect("conf state encodes"),
+            )?;
         }
         if cluster_id != self.cluster_id {
             write_meta(&tx, "cluster_id", cluster_id.as_ref().expect("set"))?;
@@ -173,7 +188,11 @@ impl StateMachine {
     /// (bootstrap) or re-creating one (`--force-bootstrap`).
     pub fn set_conf_state(&mut self, cs: &ConfState) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
-        write_meta(&tx, "conf_state", &cs.write_to_bytes().expect("conf state encodes"))?;
+        write_meta(
+            &tx,
+            "conf_state",
+            &cs.write_to_bytes().expect("conf state encodes"),
+        )?;
         tx.commit()?;
         self.conf_state = cs.clone();
         Ok(())
@@ -181,13 +200,19 @@ impl StateMachine {
 
     pub fn get(&self, key: &str) -> rusqlite::Result<Option<Vec<u8>>> {
         self.conn
-            .query_row("SELECT value FROM settings WHERE key = ?1", params![key], |r| r.get(0))
+            .query_row(
+                "SELECT value FROM settings WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
             .optional()
     }
 
     /// All settings in key order, at most `count_max`.
     pub fn list(&self, count_max: usize) -> rusqlite::Result<Vec<(String, Vec<u8>)>> {
-        let mut stmt = self.conn.prepare_cached("SELECT key, value FROM settings ORDER BY key LIMIT ?1")?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT key, value FROM settings ORDER BY key LIMIT ?1")?;
         let rows = stmt.query_map(params![count_max as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
         rows.collect()
     }
@@ -197,7 +222,9 @@ impl StateMachine {
     pub fn digest(&self) -> rusqlite::Result<String> {
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
         ctx.update(self.cluster_id.as_deref().unwrap_or("").as_bytes());
-        let mut stmt = self.conn.prepare_cached("SELECT key, value FROM settings ORDER BY key")?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT key, value FROM settings ORDER BY key")?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
             let key: String = row.get(0)?;
@@ -222,7 +249,8 @@ impl StateMachine {
     /// Makes every applied transaction durable in the main database file, so the
     /// Raft log up to the applied index may be compacted.
     pub fn checkpoint(&self) -> rusqlite::Result<()> {
-        self.conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |_| Ok(()))?;
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(FULL)", [], |_| Ok(()))?;
         Ok(())
     }
 
@@ -230,7 +258,8 @@ impl StateMachine {
     /// `index`. The old database is gone afterwards; nothing else changes if the
     /// file is not a state database at that index.
     pub fn install(&mut self, file: &Path, index: u64) -> Result<(), String> {
-        let probe = StateMachine::open(file, self.sync).map_err(|e| format!("snapshot file: {e}"))?;
+        let probe =
+            StateMachine::open(file, self.sync).map_err(|e| format!("snapshot file: {e}"))?;
         if probe.applied_index != index {
             return Err(format!(
                 "snapshot file is at index {}, expected {index}",
@@ -256,7 +285,11 @@ impl StateMachine {
 fn open_conn(path: &Path, sync: Sync) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    let level = if sync == Sync::Normal { "NORMAL" } else { "OFF" };
+    let level = if sync == Sync::Normal {
+        "NORMAL"
+    } else {
+        "OFF"
+    };
     conn.pragma_update(None, "synchronous", level)?;
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -287,18 +320,28 @@ fn apply_command(
             .execute(params![key, value, index])?;
         }
         Command::Delete { key } => {
-            tx.prepare_cached("DELETE FROM settings WHERE key = ?1")?.execute(params![key])?;
+            tx.prepare_cached("DELETE FROM settings WHERE key = ?1")?
+                .execute(params![key])?;
         }
     }
     Ok(())
 }
 
-fn read_meta<T: rusqlite::types::FromSql>(conn: &Connection, key: &str) -> rusqlite::Result<Option<T>> {
-    conn.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| r.get(0))
-        .optional()
+fn read_meta<T: rusqlite::types::FromSql>(
+    conn: &Connection,
+    key: &str,
+) -> rusqlite::Result<Option<T>> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+        r.get(0)
+    })
+    .optional()
 }
 
-fn write_meta<T: rusqlite::ToSql + ?Sized>(tx: &Transaction<'_>, key: &str, value: &T) -> rusqlite::Result<()> {
+fn write_meta<T: rusqlite::ToSql + ?Sized>(
+    tx: &Transaction<'_>,
+    key: &str,
+    value: &T,
+) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
     )?

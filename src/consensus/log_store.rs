@@ -51,7 +51,8 @@ impl LogStore {
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);",
         )?;
         let hard_state: HardState = read_proto(&conn, "hard_state")?.unwrap_or_default();
-        let snapshot_meta: SnapshotMetadata = read_proto(&conn, "snapshot_meta")?.unwrap_or_default();
+        let snapshot_meta: SnapshotMetadata =
+            read_proto(&conn, "snapshot_meta")?.unwrap_or_default();
         let last: Option<u64> = conn.query_row("SELECT MAX(idx) FROM entries", [], |r| r.get(0))?;
         let last_index = last.unwrap_or(snapshot_meta.index);
         Ok(LogStore {
@@ -95,10 +96,14 @@ impl LogStore {
         }
         let tx = self.conn.transaction()?;
         if let Some(first) = entries.first() {
-            assert!(first.index > self.snapshot_meta.index, "append below the snapshot");
+            assert!(
+                first.index > self.snapshot_meta.index,
+                "append below the snapshot"
+            );
             assert!(first.index <= self.last_index + 1, "gap in the log");
             tx.execute("DELETE FROM entries WHERE idx >= ?1", params![first.index])?;
-            let mut insert = tx.prepare_cached("INSERT INTO entries (idx, term, entry) VALUES (?1, ?2, ?3)")?;
+            let mut insert =
+                tx.prepare_cached("INSERT INTO entries (idx, term, entry) VALUES (?1, ?2, ?3)")?;
             for e in entries {
                 let bytes = e.write_to_bytes().expect("entry encodes");
                 insert.execute(params![e.index, e.term, bytes])?;
@@ -165,7 +170,10 @@ impl LogStore {
     }
 
     pub fn prepared_snapshot_index(&self) -> Option<u64> {
-        self.prepared.borrow().as_ref().map(|s| s.get_metadata().index)
+        self.prepared
+            .borrow()
+            .as_ref()
+            .map(|s| s.get_metadata().index)
     }
 
     pub fn first(&self) -> u64 {
@@ -179,7 +187,10 @@ impl LogStore {
 
 impl Storage for LogStore {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState::new(self.hard_state.clone(), self.conf_state.clone()))
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
     }
 
     fn entries(
@@ -210,7 +221,10 @@ impl Storage for LogStore {
             }
             out.push(Entry::parse_from_bytes(&bytes).map_err(store_err)?);
         }
-        assert!(!out.is_empty() || low == high, "missing entries {low}..{high}");
+        assert!(
+            !out.is_empty() || low == high,
+            "missing entries {low}..{high}"
+        );
         Ok(out)
     }
 
@@ -228,7 +242,10 @@ impl Storage for LogStore {
             .conn
             .prepare_cached("SELECT term FROM entries WHERE idx = ?1")
             .map_err(store_err)?;
-        let term: Option<u64> = stmt.query_row(params![idx], |r| r.get(0)).optional().map_err(store_err)?;
+        let term: Option<u64> = stmt
+            .query_row(params![idx], |r| r.get(0))
+            .optional()
+            .map_err(store_err)?;
         term.ok_or(raft::Error::Store(StorageError::Unavailable))
     }
 
@@ -240,22 +257,29 @@ impl Storage for LogStore {
         Ok(self.last_index)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         if let Some(snap) = self.prepared.borrow().as_ref() {
-            let index = snap.get_metadata().index;
-            // A snapshot older than the log's start would leave a gap.
-            if index >= request_index && index >= self.snapshot_meta.index {
+            let meta = snap.get_metadata();
+            // A snapshot older than the log's start would leave a gap, and one
+            // taken before `to` was added is refused by `to` (not in its conf state).
+            let cs = meta.get_conf_state();
+            let names_to = cs.voters.contains(&to) || cs.learners.contains(&to);
+            if meta.index >= request_index && meta.index >= self.snapshot_meta.index && names_to {
                 return Ok(snap.clone());
             }
         }
         self.snapshot_wanted.set(true);
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
     }
 }
 
 fn read_proto<M: protobuf::Message>(conn: &Connection, key: &str) -> rusqlite::Result<Option<M>> {
     let bytes: Option<Vec<u8>> = conn
-        .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| r.get(0))
+        .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+            r.get(0)
+        })
         .optional()?;
     Ok(bytes.map(|b| M::parse_from_bytes(&b).expect("stored protobuf decodes")))
 }

@@ -19,7 +19,9 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, MessageType, Snapshot};
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, MessageType, Snapshot,
+};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use serde::{Deserialize, Serialize};
 
@@ -55,9 +57,18 @@ pub enum Output {
     Send(Message),
     /// A `MsgSnapshot`: the state file must reach `msg.to` (into its incoming
     /// folder, verified) before the message is stepped there.
-    SendSnapshot { msg: Message, file: PathBuf, meta: SnapshotFile },
+    SendSnapshot {
+        msg: Message,
+        file: PathBuf,
+        meta: SnapshotFile,
+    },
     /// An entry was applied; `context` is the proposer's tag (empty for none).
-    Applied { index: u64, term: u64, context: Vec<u8>, digest: u64 },
+    Applied {
+        index: u64,
+        term: u64,
+        context: Vec<u8>,
+        digest: u64,
+    },
     /// This instance was removed from the membership.
     Removed,
 }
@@ -154,7 +165,9 @@ pub fn bootstrap(dir: &Path, id: u64, cluster_id: &str, durable: bool) -> Result
     assert_eq!(sm.applied_index(), 0, "bootstrap over an existing state");
     let mut cs = ConfState::default();
     cs.voters = vec![id];
-    let cmd = Command::SetCluster { cluster_id: cluster_id.to_string() };
+    let cmd = Command::SetCluster {
+        cluster_id: cluster_id.to_string(),
+    };
     sm.apply(&[(1, 1, Change::Command(&cmd))])?;
     sm.set_conf_state(&cs)?;
     let mut log = LogStore::open(&raft_db(dir), log_sync)?;
@@ -190,8 +203,10 @@ fn snapshot_meta(index: u64, term: u64, cs: ConfState) -> raft::eraftpb::Snapsho
 impl Core {
     /// Opens (or creates empty) the databases in `dir` and starts raft on them.
     pub fn open(dir: &Path, cfg: CoreConfig, logger: &slog::Logger) -> Result<Core, CoreError> {
-        std::fs::create_dir_all(incoming_dir(dir)).map_err(|e| CoreError::Snapshot(e.to_string()))?;
-        std::fs::create_dir_all(snapshots_dir(dir)).map_err(|e| CoreError::Snapshot(e.to_string()))?;
+        std::fs::create_dir_all(incoming_dir(dir))
+            .map_err(|e| CoreError::Snapshot(e.to_string()))?;
+        std::fs::create_dir_all(snapshots_dir(dir))
+            .map_err(|e| CoreError::Snapshot(e.to_string()))?;
         let (log_sync, state_sync) = syncs(cfg.durable);
         let state = StateMachine::open(&state_db(dir), state_sync)?;
         let mut log = LogStore::open(&raft_db(dir), log_sync)?;
@@ -206,7 +221,13 @@ impl Core {
         log.raise_commit(applied);
         let raft_cfg = raft_config(&cfg, applied);
         let node = RawNode::new(&raft_cfg, log, logger)?;
-        Ok(Core { node, state, dir: dir.to_path_buf(), cfg, removed: false })
+        Ok(Core {
+            node,
+            state,
+            dir: dir.to_path_buf(),
+            cfg,
+            removed: false,
+        })
     }
 
     pub fn id(&self) -> u64 {
@@ -258,7 +279,27 @@ impl Core {
         if !self.is_leader() {
             return None;
         }
-        self.node.raft.prs().get(id).map(|p| (p.matched, p.recent_active))
+        self.node
+            .raft
+            .prs()
+            .get(id)
+            .map(|p| (p.matched, p.recent_active))
+    }
+
+    /// The leader's replication progress of every peer, for diagnostics.
+    pub fn progress_report(&self) -> String {
+        let mut ids: Vec<u64> = self.node.raft.prs().iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids.iter()
+            .filter_map(|id| {
+                self.node
+                    .raft
+                    .prs()
+                    .get(*id)
+                    .map(|p| format!("{id}:{:?}/{}/{}", p.state, p.matched, p.next_idx))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     pub fn tick(&mut self) {
@@ -284,7 +325,9 @@ impl Core {
         if !self.is_leader() {
             return Err("not the coordinator".into());
         }
-        self.node.propose(context, cmd.encode()).map_err(|e| e.to_string())
+        self.node
+            .propose(context, cmd.encode())
+            .map_err(|e| e.to_string())
     }
 
     /// Proposes a membership change (one at a time: raft-rs drops a second one
@@ -299,7 +342,9 @@ impl Core {
         let mut cc = ConfChange::default();
         cc.set_change_type(kind);
         cc.node_id = id;
-        self.node.propose_conf_change(Vec::new(), cc).map_err(|e| e.to_string())
+        self.node
+            .propose_conf_change(Vec::new(), cc)
+            .map_err(|e| e.to_string())
     }
 
     pub fn transfer_leader(&mut self, to: u64) {
@@ -311,7 +356,11 @@ impl Core {
     }
 
     pub fn report_snapshot(&mut self, to: u64, ok: bool) {
-        let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+        let status = if ok {
+            SnapshotStatus::Finish
+        } else {
+            SnapshotStatus::Failure
+        };
         self.node.report_snapshot(to, status);
     }
 
@@ -327,7 +376,10 @@ impl Core {
             .voters
             .iter()
             .filter(|id| **id != me && !self.cfg.witnesses.contains(id))
-            .filter_map(|id| self.progress(*id).map(|(matched, active)| (active, matched, *id)))
+            .filter_map(|id| {
+                self.progress(*id)
+                    .map(|(matched, active)| (active, matched, *id))
+            })
             .max()
             .map(|(_, _, id)| id)
     }
@@ -345,12 +397,10 @@ impl Core {
             return;
         }
         let commit = self.commit_index();
-        let ready: Option<u64> = self
-            .conf_state()
-            .learners
-            .iter()
-            .copied()
-            .find(|id| self.progress(*id).is_some_and(|(matched, _)| matched >= commit));
+        let ready: Option<u64> = self.conf_state().learners.iter().copied().find(|id| {
+            self.progress(*id)
+                .is_some_and(|(matched, _)| matched >= commit)
+        });
         if let Some(id) = ready {
             let _ = self.propose_conf_change(ConfChangeType::AddNode, id);
         }
@@ -426,10 +476,17 @@ impl Core {
             .collect();
         self.state.apply(&batch)?;
         drop(batch);
-        self.node.mut_store().set_conf_state(self.state.conf_state().clone());
+        self.node
+            .mut_store()
+            .set_conf_state(self.state.conf_state().clone());
         for e in entries {
             let digest = fnv1a(&e.data);
-            out.push(Output::Applied { index: e.index, term: e.term, context: e.context.to_vec(), digest });
+            out.push(Output::Applied {
+                index: e.index,
+                term: e.term,
+                context: e.context.to_vec(),
+                digest,
+            });
         }
         if !self.removed && !self.is_member() {
             self.removed = true;
@@ -447,18 +504,25 @@ impl Core {
     /// Decodes one committed entry; conf changes are applied to raft here, in
     /// log order. An undecodable command is applied as a no-op on every replica
     /// alike (it can only come from a faulty proposer: ours validate first).
-    fn decode_entry(&mut self, e: &Entry) -> Result<(Option<Command>, Option<ConfState>), CoreError> {
+    fn decode_entry(
+        &mut self,
+        e: &Entry,
+    ) -> Result<(Option<Command>, Option<ConfState>), CoreError> {
         match e.get_entry_type() {
             EntryType::EntryNormal if e.data.is_empty() => Ok((None, None)),
             EntryType::EntryNormal => match Command::decode(&e.data) {
                 Ok(cmd) => Ok((Some(cmd), None)),
                 Err(err) => {
-                    tracing::error!(index = e.index, "undecodable command applied as no-op: {err}");
+                    tracing::error!(
+                        index = e.index,
+                        "undecodable command applied as no-op: {err}"
+                    );
                     Ok((None, None))
                 }
             },
             EntryType::EntryConfChange => {
-                let cc = ConfChange::parse_from_bytes(&e.data).map_err(|x| CoreError::Raft(x.into()))?;
+                let cc =
+                    ConfChange::parse_from_bytes(&e.data).map_err(|x| CoreError::Raft(x.into()))?;
                 let cs = self.node.apply_conf_change(&cc)?;
                 Ok((None, Some(cs)))
             }
@@ -477,9 +541,15 @@ impl Core {
         let meta = snap.get_metadata();
         let file_meta = SnapshotFile::decode(snap.get_data()).map_err(CoreError::Snapshot)?;
         let file = incoming_dir(&self.dir).join(&file_meta.file_name);
-        self.state.install(&file, meta.index).map_err(CoreError::Snapshot)?;
+        self.state
+            .install(&file, meta.index)
+            .map_err(CoreError::Snapshot)?;
         self.node.mut_store().apply_snapshot(meta)?;
-        tracing::info!(index = meta.index, term = meta.term, "installed the coordinator's database");
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            "installed the coordinator's database"
+        );
         Ok(())
     }
 
@@ -496,9 +566,14 @@ impl Core {
         let tmp = dir.join(format!("{file_name}.tmp"));
         self.state.export(&tmp)?;
         let (size_bytes, sha256) = file_digest(&tmp).map_err(CoreError::Snapshot)?;
-        std::fs::rename(&tmp, dir.join(&file_name)).map_err(|e| CoreError::Snapshot(e.to_string()))?;
+        std::fs::rename(&tmp, dir.join(&file_name))
+            .map_err(|e| CoreError::Snapshot(e.to_string()))?;
         remove_older_snapshots(&dir, &file_name);
-        let descriptor = SnapshotFile { file_name, size_bytes, sha256 };
+        let descriptor = SnapshotFile {
+            file_name,
+            size_bytes,
+            sha256,
+        };
         tracing::info!(index, size_bytes, "prepared a database snapshot");
         let mut data = Vec::new();
         ciborium::into_writer(&descriptor, &mut data).expect("descriptor encodes");
@@ -557,7 +632,9 @@ pub fn file_digest(path: &Path) -> Result<(u64, String), String> {
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
     loop {
-        let n = f.read(&mut buf).map_err(|e| format!("{}: {e}", path.display()))?;
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -568,7 +645,9 @@ pub fn file_digest(path: &Path) -> Result<(u64, String), String> {
 }
 
 fn remove_older_snapshots(dir: &Path, keep: &str) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
         if name != keep && name.starts_with("snap-") {
