@@ -1,3 +1,266 @@
+//! The `claro` command line: argument parsing, the client side of requests,
+//! and output (human or `--json`). Exit status: 0 done, 1 failed (nothing
+//! reachable, the cluster refused), 2 bad usage or bad input.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError};
+use crate::proto::{Request, Response};
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+
+#[derive(Parser, Debug)]
+#[command(name = "claro", version, about = "A cluster of identical servers sharing file and script work")]
+pub struct Cli {
+    /// The cluster's config file.
+    #[arg(long, global = true, env = "CLARO_CONFIG", default_value = "conf/ClaroServers.conf")]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run this machine's instance.
+    Serve {
+        /// Which [[server]] of the config this is (default: the one whose address is local).
+        #[arg(long)]
+        name: Option<String>,
+        /// Start a one-server cluster on this instance's database even though
+        /// servers that stopped later hold newer state.
+        #[arg(long)]
+        force_bootstrap: bool,
+    },
+    /// Write a config skeleton and the cluster's TLS material.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// NAME=ADDRESS, once per server.
+        #[arg(long = "server", required = true, value_parser = parse_server_arg)]
+        servers: Vec<(String, String)>,
+        #[arg(long, default_value = "claro")]
+        cluster: String,
+        #[arg(long, default_value = "../hotfolders")]
+        shared_root: String,
+        #[arg(long, default_value = "../data")]
+        data_dir: String,
+        #[arg(long, default_value_t = crate::config::PORT_DEFAULT)]
+        port: u16,
+        /// Overwrite existing config and TLS material.
+        #[arg(long)]
+        force: bool,
+    },
+    /// The cluster's state, as the coordinator sees it.
+    Status(ClientArgs),
+    /// Which server holds the newest database, and the order to start them in.
+    StartOrder(ClientArgs),
+    /// Stop an instance gracefully (default: this machine's).
+    Stop {
+        name: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Coordinator role.
+    Coordinator {
+        #[command(subcommand)]
+        action: CoordinatorAction,
+    },
+    /// Replicated settings.
+    Settings {
+        #[command(subcommand)]
+        action: SettingsAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CoordinatorAction {
+    /// Hand the coordinator role to NAME (Raft leadership transfer).
+    Transfer {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SettingsAction {
+    Set {
+        key: String,
+        value: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    Get {
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    List(ClientArgs),
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ClientArgs {
+    /// The instance to ask: a server name or ADDRESS[:PORT] (default: each
+    /// server of the config in turn until one answers).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_server_arg(s: &str) -> Result<(String, String), String> {
+    let (name, addr) = s.split_once('=').ok_or_else(|| format!("`{s}` is not NAME=ADDRESS"))?;
+    if name.is_empty() || addr.is_empty() {
+        return Err(format!("`{s}` is not NAME=ADDRESS"));
+    }
+    Ok((name.to_string(), addr.to_string()))
+}
+
+/// A failure with its exit status.
+#[derive(Debug)]
+pub struct Failure {
+    pub status: i32,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn usage(message: impl Into<String>) -> Failure {
+        Failure { status: EXIT_USAGE, message: message.into() }
+    }
+    pub fn failed(message: impl Into<String>) -> Failure {
+        Failure { status: EXIT_FAILED, message: message.into() }
+    }
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::usage(e.to_string())
+    }
+}
+
 pub fn main() -> i32 {
-    0
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+        }
+    };
+    crate::logging::init();
+    match run(cli) {
+        Ok(()) => EXIT_OK,
+        Err(f) => {
+            eprintln!("claro: {}", f.message);
+            f.status
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Init { dir, servers, cluster, shared_root, data_dir, port, force } => {
+            crate::init::run(&dir, &cluster, &servers, &shared_root, &data_dir, port, force)
+        }
+        Command::Serve { name, force_bootstrap } => {
+            let config = Config::load(&cli.config)?;
+            let name = config.local_server(name.as_deref())?.name.clone();
+            let opts = crate::node::ServeOptions { config, name, force_bootstrap };
+            crate::node::serve(opts).map_err(Failure::failed)
+        }
+        Command::Status(args) => crate::client::status(&Config::load(&cli.config)?, &args),
+        Command::StartOrder(args) => crate::client::start_order(&Config::load(&cli.config)?, &args),
+        Command::Stop { name, client } => {
+            let config = Config::load(&cli.config)?;
+            let name = match name {
+                Some(n) if config.server(&n).is_none() => return Err(Failure::usage(format!("no server named `{n}` in {}", cli.config.display()))),
+                Some(n) => n,
+                None => config.local_server(None)?.name.clone(),
+            };
+            crate::client::simple(&config, &client, Request::Stop { name })
+        }
+        Command::Coordinator { action: CoordinatorAction::Transfer { name, client } } => {
+            let config = Config::load(&cli.config)?;
+            if config.server(&name).is_none() {
+                return Err(Failure::usage(format!("no server named `{name}` in {}", cli.config.display())));
+            }
+            crate::client::simple(&config, &client, Request::Transfer { name })
+        }
+        Command::Settings { action } => settings(&cli.config, action),
+    }
+}
+
+fn settings(path: &std::path::Path, action: SettingsAction) -> Result<(), Failure> {
+    let config = Config::load(path)?;
+    match action {
+        SettingsAction::Set { key, value, client } => {
+            let command = crate::state::Command::Put { key, value: value.into_bytes() };
+            command.validate().map_err(Failure::usage)?;
+            crate::client::simple(&config, &client, Request::Propose { command })
+        }
+        SettingsAction::Get { key, client } => crate::client::simple(&config, &client, Request::Get { key }),
+        SettingsAction::List(client) => crate::client::simple(&config, &client, Request::List),
+    }
+}
+
+/// Resolves `--server` (a name, an address, or address:port) to the config's server.
+pub fn resolve_server(config: &Config, arg: &str) -> Result<(String, SocketAddr), Failure> {
+    if let Some(s) = config.server(arg) {
+        return Ok((s.name.clone(), s.address));
+    }
+    let addr: SocketAddr = match arg.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => match arg.parse::<std::net::IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, config.port),
+            Err(_) => return Err(Failure::usage(format!("--server `{arg}` is neither a server name nor an address"))),
+        },
+    };
+    config
+        .servers
+        .iter()
+        .find(|s| s.address == addr)
+        .map(|s| (s.name.clone(), s.address))
+        .ok_or_else(|| Failure::usage(format!("no server with address {addr} in {}", config.path.display())))
+}
+
+/// Prints a response for the simple commands; errors become failures.
+pub fn print_response(resp: Response, json: bool) -> Result<(), Failure> {
+    match resp {
+        Response::Error { message } | Response::Refused { reason: message } => Err(Failure::failed(message)),
+        Response::NotLeader { leader } => Err(Failure::failed(format!("not the coordinator (coordinator: {leader:?})"))),
+        other if json => {
+            println!("{}", serde_json::to_string(&other).expect("response encodes"));
+            Ok(())
+        }
+        Response::Ok { message } => {
+            println!("{message}");
+            Ok(())
+        }
+        Response::Proposed { index } => {
+            println!("applied at index {index}");
+            Ok(())
+        }
+        Response::Value { value } => match value {
+            Some(v) => {
+                println!("{}", String::from_utf8_lossy(&v));
+                Ok(())
+            }
+            None => Err(Failure::failed("no such setting")),
+        },
+        Response::List { items } => {
+            for (k, v) in items {
+                println!("{k} = {}", String::from_utf8_lossy(&v));
+            }
+            Ok(())
+        }
+        other => {
+            println!("{other:?}");
+            Ok(())
+        }
+    }
 }

@@ -2,5 +2,14 @@
 //! See docs/ARCHITECTURE.md for the map.
 
 pub mod cli;
+pub mod client;
+pub mod config;
 pub mod consensus;
+pub mod init;
+pub mod logging;
+pub mod membership;
+pub mod node;
+pub mod proto;
 pub mod state;
+pub mod tls;
+pub mod transport;

@@ -120,6 +120,8 @@ pub struct Core {
     state: StateMachine,
     dir: PathBuf,
     cfg: CoreConfig,
+    /// A member (voter or learner) as of the last applied conf state.
+    member: bool,
     removed: bool,
 }
 
@@ -488,14 +490,18 @@ impl Core {
                 digest,
             });
         }
-        if !self.removed && !self.is_member() {
+        // Only a member that stops being one is removed: an instance catching up
+        // before it was (re-)added applies conf states that do not name it yet.
+        let member = self.is_member();
+        if self.member && !member {
             self.removed = true;
             out.push(Output::Removed);
         }
+        self.member = member;
         Ok(())
     }
 
-    fn is_member(&self) -> bool {
+    pub fn is_member(&self) -> bool {
         let cs = self.conf_state();
         let me = self.cfg.id;
         cs.voters.contains(&me) || cs.learners.contains(&me)

@@ -1,0 +1,176 @@
+//! The client side of the CLI: connects to an instance over QUIC with the
+//! cluster's client certificate and sends one request. Without `--server` it
+//! tries the servers of the config in turn, so any one being down does not
+//! matter.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use crate::cli::{print_response, resolve_server, ClientArgs, Failure};
+use crate::config::Config;
+use crate::membership::{self, ServerFacts};
+use crate::proto::{Request, Response, StatusView, REQUEST_BYTES_MAX};
+use crate::transport::{read_frame, write_frame, Endpoint};
+
+/// Time to reach one instance.
+const CONNECT_MS: u64 = 1_500;
+/// Time one request may take (a proposal waits until applied).
+const REQUEST_MS: u64 = 20_000;
+
+/// Sends one request on a new stream of `conn` and reads its one response.
+pub async fn request(conn: &quinn::Connection, req: &Request, timeout_ms: u64) -> Result<Response, String> {
+    let exchange = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        write_frame(&mut send, req, REQUEST_BYTES_MAX).await.map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        match read_frame::<Response>(&mut recv, REQUEST_BYTES_MAX).await {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err("the instance closed the stream without answering".to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    async_std::future::timeout(Duration::from_millis(timeout_ms), exchange)
+        .await
+        .map_err(|_| format!("no answer within {timeout_ms} ms"))?
+}
+
+/// A client endpoint with the cluster's client certificate.
+pub fn endpoint(config: &Config, family_of: SocketAddr) -> Result<Endpoint, Failure> {
+    let id = crate::tls::load_identity(&config.tls_dir, crate::tls::CLIENT_NAME)
+        .map_err(|e| Failure::usage(format!("no client certificate: {e}")))?;
+    let ip = match family_of.ip() {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    Endpoint::bind_client(ip, &id).map_err(|e| Failure::failed(e.to_string()))
+}
+
+/// The instances to try, in order.
+fn targets(config: &Config, args: &ClientArgs) -> Result<Vec<(String, SocketAddr)>, Failure> {
+    match &args.server {
+        Some(s) => Ok(vec![resolve_server(config, s)?]),
+        None => Ok(config.servers.iter().map(|s| (s.name.clone(), s.address)).collect()),
+    }
+}
+
+/// Sends `req` to the first instance that answers; returns who answered.
+pub fn call(config: &Config, args: &ClientArgs, req: &Request) -> Result<(String, Response), Failure> {
+    let targets = targets(config, args)?;
+    let ep = endpoint(config, targets[0].1)?;
+    async_std::task::block_on(async {
+        let mut errors = Vec::new();
+        for (name, addr) in &targets {
+            match call_one(&ep, name, *addr, req).await {
+                Ok(r) => return Ok((name.clone(), r)),
+                Err(e) => errors.push(format!("{name} ({addr}): {e}")),
+            }
+        }
+        Err(Failure::failed(format!("no instance reachable: {}", errors.join("; "))))
+    })
+}
+
+async fn call_one(ep: &Endpoint, name: &str, addr: SocketAddr, req: &Request) -> Result<Response, String> {
+    let conn = ep.connect(addr, name, CONNECT_MS).await.map_err(|e| e.to_string())?;
+    let r = request(&conn, req, REQUEST_MS).await;
+    conn.close(0u32.into(), b"done");
+    r
+}
+
+pub fn simple(config: &Config, args: &ClientArgs, req: Request) -> Result<(), Failure> {
+    let (_, resp) = call(config, args, &req)?;
+    print_response(resp, args.json)
+}
+
+pub fn status(config: &Config, args: &ClientArgs) -> Result<(), Failure> {
+    let (_, resp) = call(config, args, &Request::Status)?;
+    let view = match resp {
+        Response::Status(v) => v,
+        other => return print_response(other, args.json),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&view).expect("status encodes"));
+    } else {
+        print!("{}", render_status(&view));
+    }
+    Ok(())
+}
+
+pub fn render_status(v: &StatusView) -> String {
+    let mut out = format!(
+        "cluster {}  coordinator {}  term {}  commit index {}  (answered by {})\n",
+        v.cluster_id.as_deref().unwrap_or("-"),
+        v.coordinator.as_deref().unwrap_or("none"),
+        v.term,
+        v.commit_index,
+        v.answered_by
+    );
+    out += &format!("{:<16} {:<22} {:<8} {:<12} {:<10} {:<13} {}\n", "NAME", "ADDRESS", "ROLE", "STATE", "CONNECTED", "SYNCHRONIZED", "APPLIED");
+    for s in &v.servers {
+        out += &format!(
+            "{:<16} {:<22} {:<8} {:<12} {:<10} {:<13} {}\n",
+            s.name,
+            s.address,
+            s.role,
+            s.state,
+            if s.connected { "yes" } else { "no" },
+            if s.synchronized { "yes" } else { "no" },
+            s.applied_index
+        );
+    }
+    out
+}
+
+/// What is known of each server: asked live where it answers, else read from
+/// its data directory when that is on this machine.
+fn server_facts(config: &Config, ep: &Endpoint) -> Vec<(ServerFacts, &'static str)> {
+    config
+        .servers
+        .iter()
+        .map(|s| {
+            let live = async_std::task::block_on(call_one(ep, &s.name, s.address, &Request::Info));
+            if let Ok(Response::Info(i)) = live {
+                let running_member = i.is_member && i.leader.is_some();
+                let facts = ServerFacts {
+                    name: s.name.clone(),
+                    applied_index: i.initialized.then_some(i.applied_index),
+                    last_stop: i.last_stop,
+                    running_member,
+                };
+                return (facts, "running");
+            }
+            let dir = config.server_dir(&s.name);
+            let id = crate::node::raft_id(&s.name);
+            let local = crate::node::read_facts(&dir, id);
+            let facts = ServerFacts {
+                name: s.name.clone(),
+                applied_index: local.initialized.then_some(local.applied_index),
+                last_stop: crate::node::read_record(&dir),
+                running_member: false,
+            };
+            (facts, if local.initialized { "local data" } else { "unknown" })
+        })
+        .collect()
+}
+
+pub fn start_order(config: &Config, args: &ClientArgs) -> Result<(), Failure> {
+    let first = config.servers[0].address;
+    let ep = endpoint(config, first)?;
+    let facts = server_facts(config, &ep);
+    let plain: Vec<ServerFacts> = facts.iter().map(|(f, _)| f.clone()).collect();
+    let order = membership::start_order(&plain);
+    if args.json {
+        println!("{}", serde_json::to_string(&order).expect("order encodes"));
+        return Ok(());
+    }
+    for (i, name) in order.iter().enumerate() {
+        let (f, source) = facts.iter().find(|(f, _)| &f.name == name).expect("ordered from facts");
+        let applied = f.applied_index.map_or("-".to_string(), |a| a.to_string());
+        let stop = match &f.last_stop {
+            Some(r) if r.left => format!("left the cluster (remaining: {})", r.remaining.join(", ")),
+            Some(_) => "stopped as a member".to_string(),
+            None => String::new(),
+        };
+        println!("{}. {name}  applied index {applied}  [{source}] {stop}", i + 1);
+    }
+    Ok(())
+}

@@ -1,0 +1,351 @@
+//! Pure decisions about membership: what a starting instance does (run,
+//! bootstrap, join, wait), and in which order servers should be started.
+//!
+//! Inputs are what the instance knows (its own data, the replies of the peers
+//! it could reach); outputs are decisions. No I/O, no clock: the shell
+//! (`node`) gathers the facts and carries the decision out.
+
+use crate::proto::{Hello, LocalInfo, StopRecord};
+
+/// Whether two instances may work together; the error names the difference.
+/// Both must speak the same protocol, belong to the same named cluster, have
+/// the same membership in their config, and (once they have one) the same
+/// cluster id.
+pub fn compatible(mine: &Hello, theirs: &Hello) -> Result<(), String> {
+    if mine.protocol_version != theirs.protocol_version {
+        return Err(format!(
+            "protocol version {} (claro {}) differs from this instance's {} (claro {})",
+            theirs.protocol_version, theirs.software_version, mine.protocol_version, mine.software_version
+        ));
+    }
+    if mine.cluster != theirs.cluster {
+        return Err(format!("cluster name `{}` differs from this instance's `{}`", theirs.cluster, mine.cluster));
+    }
+    if mine.membership_hash != theirs.membership_hash {
+        return Err(format!(
+            "the [[server]] list of its config differs: {}",
+            config_difference(&mine.membership_text, &theirs.membership_text)
+        ));
+    }
+    if let (Some(a), Some(b)) = (&mine.cluster_id, &theirs.cluster_id) {
+        if a != b {
+            return Err(format!(
+                "it belongs to cluster id {b}, this instance to {a}: they were started as two separate clusters"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Lines present in one membership text and not the other.
+fn config_difference(mine: &str, theirs: &str) -> String {
+    let only_mine: Vec<&str> = mine.lines().filter(|l| !theirs.lines().any(|t| t == *l)).collect();
+    let only_theirs: Vec<&str> = theirs.lines().filter(|l| !mine.lines().any(|m| m == *l)).collect();
+    format!("here [{}], there [{}]", only_mine.join("; "), only_theirs.join("; "))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Startup {
+    /// Start raft on the local database (a member that crashed or stopped last).
+    Run,
+    /// Create a new cluster with this instance as its only voter.
+    Bootstrap,
+    /// Start again as a one-voter cluster on the local (older) database: only
+    /// when the operator forces it.
+    ForceBootstrap,
+    /// Ask the coordinator `leader` to add this instance.
+    Join { leader: String },
+    /// Not yet: say why (and, when known, which servers to start first).
+    Wait { reason: String, start_first: Vec<String> },
+}
+
+/// What a starting instance knows.
+#[derive(Debug, Clone)]
+pub struct Situation<'a> {
+    pub me: &'a str,
+    pub witness: bool,
+    pub started_at_ms: u64,
+    /// Holds a member's database (bootstrapped or received one).
+    pub initialized: bool,
+    pub last_stop: Option<&'a StopRecord>,
+    pub force_bootstrap: bool,
+    /// The discovery window has passed since this instance started.
+    pub window_over: bool,
+    /// Replies from the peers it could reach.
+    pub peers: &'a [LocalInfo],
+    /// Names of the configured witnesses.
+    pub witnesses: &'a [String],
+}
+
+pub fn decide(s: &Situation<'_>) -> Startup {
+    let left = s.last_stop.is_some_and(|r| r.left);
+    if s.initialized && !left {
+        return Startup::Run;
+    }
+    if let Some(leader) = live_leader(s.peers) {
+        return Startup::Join { leader };
+    }
+    if s.initialized {
+        return after_leaving(s);
+    }
+    fresh(s)
+}
+
+/// A coordinator some reachable peer knows and that is itself a member.
+fn live_leader(peers: &[LocalInfo]) -> Option<String> {
+    peers
+        .iter()
+        .filter(|p| p.is_member && p.cluster_id.is_some())
+        .find_map(|p| p.leader.clone())
+}
+
+/// This instance left the cluster; the servers that remained hold newer state.
+fn after_leaving(s: &Situation<'_>) -> Startup {
+    if s.force_bootstrap {
+        return Startup::ForceBootstrap;
+    }
+    let remaining = s.last_stop.map(|r| r.remaining.clone()).unwrap_or_default();
+    let reason = if remaining.is_empty() {
+        "this instance left the cluster; waiting for a running coordinator to rejoin".to_string()
+    } else {
+        format!(
+            "this instance left the cluster and {} hold newer state: start {} first (or pass --force-bootstrap to start on this older database)",
+            remaining.join(", "),
+            if remaining.len() == 1 { "it" } else { "them" }
+        )
+    };
+    Startup::Wait { reason, start_first: remaining }
+}
+
+/// A fresh instance: join a cluster if one exists, else the first-started
+/// fresh instance (ties broken by name) bootstraps, once the window is over.
+fn fresh(s: &Situation<'_>) -> Startup {
+    if let Some(p) = s.peers.iter().find(|p| p.initialized) {
+        return Startup::Wait {
+            reason: format!("{} holds a cluster's database but no coordinator is elected yet", p.name),
+            start_first: Vec::new(),
+        };
+    }
+    if !s.window_over {
+        return Startup::Wait { reason: "looking for a running cluster".into(), start_first: Vec::new() };
+    }
+    if s.witness {
+        return Startup::Wait {
+            reason: "a witness never starts a cluster: waiting for a server to start one".into(),
+            start_first: Vec::new(),
+        };
+    }
+    let me = (s.started_at_ms, s.me);
+    let first = s
+        .peers
+        .iter()
+        .filter(|p| !s.witnesses.contains(&p.name))
+        .map(|p| (p.started_at_ms, p.name.as_str()))
+        .chain(std::iter::once(me))
+        .min()
+        .expect("at least this instance");
+    if first == me {
+        Startup::Bootstrap
+    } else {
+        Startup::Wait { reason: format!("{} started first and starts the cluster", first.1), start_first: Vec::new() }
+    }
+}
+
+/// What start-order knows of one server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerFacts {
+    pub name: String,
+    /// Its database's applied index, if known.
+    pub applied_index: Option<u64>,
+    pub last_stop: Option<StopRecord>,
+    /// Currently running as a member of a cluster with a coordinator.
+    pub running_member: bool,
+}
+
+/// The order to start servers in: the one holding the newest database first.
+/// Running members come first (they are the cluster); then servers that did
+/// not leave (they stopped last or crashed as members), newest database first;
+/// then servers that left, latest stop first; unknown ones last, by name.
+pub fn start_order(facts: &[ServerFacts]) -> Vec<String> {
+    let mut ranked: Vec<(u8, std::cmp::Reverse<u64>, std::cmp::Reverse<u64>, &str)> = facts
+        .iter()
+        .map(|f| {
+            let left = f.last_stop.as_ref().is_some_and(|r| r.left);
+            let stopped = f.last_stop.as_ref().map_or(0, |r| r.stopped_at_ms);
+            let class = match (f.running_member, f.applied_index.is_some(), left) {
+                (true, _, _) => 0,
+                (false, true, false) => 1,
+                (false, true, true) => 2,
+                (false, false, _) => 3,
+            };
+            let applied = f.applied_index.unwrap_or(0);
+            (class, std::cmp::Reverse(applied), std::cmp::Reverse(stopped), f.name.as_str())
+        })
+        .collect();
+    ranked.sort();
+    ranked.into_iter().map(|(_, _, _, n)| n.to_string()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(name: &str, started: u64) -> LocalInfo {
+        LocalInfo {
+            name: name.into(),
+            state: "waiting".into(),
+            cluster_id: None,
+            started_at_ms: started,
+            initialized: false,
+            is_member: false,
+            leader: None,
+            term: 0,
+            commit_index: 0,
+            applied_index: 0,
+            waiting_for: vec![],
+            last_stop: None,
+        }
+    }
+
+    fn situation<'a>(me: &'a str, peers: &'a [LocalInfo], witnesses: &'a [String]) -> Situation<'a> {
+        Situation {
+            me,
+            witness: false,
+            started_at_ms: 100,
+            initialized: false,
+            last_stop: None,
+            force_bootstrap: false,
+            window_over: true,
+            peers,
+            witnesses,
+        }
+    }
+
+    fn hello(name: &str) -> Hello {
+        Hello {
+            name: name.into(),
+            protocol_version: 1,
+            software_version: "0.1.0".into(),
+            cluster: "shop".into(),
+            membership_hash: "h1".into(),
+            membership_text: "cluster shop\nserver srv1 127.0.0.1:7900 server".into(),
+            cluster_id: Some("c1".into()),
+        }
+    }
+
+    #[test]
+    fn compatibility_names_the_difference() {
+        let a = hello("srv1");
+        assert!(compatible(&a, &hello("srv2")).is_ok());
+        let b = Hello { protocol_version: 2, ..hello("srv2") };
+        assert!(compatible(&a, &b).unwrap_err().contains("protocol version 2"));
+        let b = Hello { cluster: "other".into(), ..hello("srv2") };
+        assert!(compatible(&a, &b).unwrap_err().contains("`other`"));
+        let b = Hello {
+            membership_hash: "h2".into(),
+            membership_text: "cluster shop\nserver srv1 127.0.0.9:7900 server".into(),
+            ..hello("srv2")
+        };
+        let e = compatible(&a, &b).unwrap_err();
+        assert!(e.contains("127.0.0.9") && e.contains("127.0.0.1"), "{e}");
+        let b = Hello { cluster_id: Some("c2".into()), ..hello("srv2") };
+        assert!(compatible(&a, &b).unwrap_err().contains("cluster id c2"));
+        let b = Hello { cluster_id: None, ..hello("srv2") };
+        assert!(compatible(&a, &b).is_ok(), "a fresh instance has no cluster id yet");
+    }
+
+    #[test]
+    fn lone_fresh_instance_bootstraps_after_the_window() {
+        let s = situation("srv1", &[], &[]);
+        assert_eq!(decide(&s), Startup::Bootstrap);
+        let s = Situation { window_over: false, ..s };
+        assert!(matches!(decide(&s), Startup::Wait { .. }));
+    }
+
+    #[test]
+    fn simultaneous_fresh_instances_agree_on_one_bootstrapper() {
+        // Both see each other with the same start time: the name decides,
+        // and exactly one of them bootstraps.
+        let a = [info("srv2", 100)];
+        let b = [info("srv1", 100)];
+        let d1 = decide(&situation("srv1", &a, &[]));
+        let d2 = decide(&situation("srv2", &b, &[]));
+        assert_eq!(d1, Startup::Bootstrap);
+        assert!(matches!(d2, Startup::Wait { .. }));
+    }
+
+    #[test]
+    fn earlier_started_instance_wins() {
+        let peers = [info("srv1", 200)];
+        assert_eq!(decide(&situation("srv9", &peers, &[])), Startup::Bootstrap);
+    }
+
+    #[test]
+    fn witnesses_never_bootstrap() {
+        let w = vec!["wit".to_string()];
+        let peers = [info("wit", 1)];
+        assert_eq!(decide(&situation("srv1", &peers, &w)), Startup::Bootstrap);
+        let s = Situation { witness: true, ..situation("wit", &[], &w) };
+        assert!(matches!(decide(&s), Startup::Wait { .. }));
+    }
+
+    #[test]
+    fn a_running_cluster_is_joined() {
+        let mut p = info("srv1", 1);
+        p.is_member = true;
+        p.initialized = true;
+        p.cluster_id = Some("c".into());
+        p.leader = Some("srv1".into());
+        let peers = [p];
+        let s = Situation { window_over: false, ..situation("srv2", &peers, &[]) };
+        assert_eq!(decide(&s), Startup::Join { leader: "srv1".into() });
+    }
+
+    #[test]
+    fn an_instance_that_left_waits_for_the_newer_ones() {
+        let rec = StopRecord {
+            stopped_at_ms: 5,
+            left: true,
+            remaining: vec!["srv1".into(), "srv2".into()],
+            applied_index: 9,
+            cluster_id: Some("c".into()),
+        };
+        let s = Situation { initialized: true, last_stop: Some(&rec), ..situation("srv3", &[], &[]) };
+        match decide(&s) {
+            Startup::Wait { reason, start_first } => {
+                assert_eq!(start_first, vec!["srv1", "srv2"]);
+                assert!(reason.contains("srv1, srv2 hold newer state"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let forced = Situation { force_bootstrap: true, ..s };
+        assert_eq!(decide(&forced), Startup::ForceBootstrap);
+    }
+
+    #[test]
+    fn a_member_that_crashed_or_stopped_last_runs() {
+        let rec = StopRecord { stopped_at_ms: 5, left: false, remaining: vec![], applied_index: 9, cluster_id: None };
+        let s = Situation { initialized: true, last_stop: Some(&rec), ..situation("srv1", &[], &[]) };
+        assert_eq!(decide(&s), Startup::Run);
+    }
+
+    #[test]
+    fn fresh_instance_never_bootstraps_beside_an_existing_database() {
+        let mut p = info("srv1", 1);
+        p.initialized = true;
+        let peers = [p];
+        assert!(matches!(decide(&situation("srv2", &peers, &[])), Startup::Wait { .. }));
+    }
+
+    #[test]
+    fn start_order_puts_the_newest_database_first() {
+        let stop = |at, left| Some(StopRecord { stopped_at_ms: at, left, remaining: vec![], applied_index: 0, cluster_id: None });
+        let facts = vec![
+            ServerFacts { name: "srv3".into(), applied_index: Some(10), last_stop: stop(1, true), running_member: false },
+            ServerFacts { name: "srv1".into(), applied_index: Some(30), last_stop: stop(3, false), running_member: false },
+            ServerFacts { name: "srv2".into(), applied_index: Some(20), last_stop: stop(2, true), running_member: false },
+            ServerFacts { name: "srv4".into(), applied_index: None, last_stop: None, running_member: false },
+        ];
+        assert_eq!(start_order(&facts), vec!["srv1", "srv2", "srv3", "srv4"]);
+    }
+}

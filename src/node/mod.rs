@@ -1,0 +1,322 @@
+//! The async shell of one instance: it owns the consensus core and carries out
+//! what the core and the membership decisions ask for, over QUIC.
+//!
+//! - `startup`: discovery, bootstrap, join, waiting (decided by `membership`);
+//! - the raft loop (here): ticks, Ready cycles, dispatch of their outputs;
+//! - `peers`: connections to the other instances, and outbound Raft messages;
+//! - `handlers`: answers to peer and client requests;
+//! - `snapshot`: streaming the database to a late joiner, resumably;
+//! - `stop`: graceful stop (hand over the coordinator role, leave, record it).
+//!
+//! What it must not do: decide anything Raft decides, or touch state.db except
+//! through the core.
+
+mod handlers;
+mod peers;
+mod snapshot;
+mod startup;
+mod stop;
+
+pub use startup::{read_facts, LocalFacts};
+pub use stop::read_record;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_std::channel::{Receiver, Sender};
+
+use crate::config::{Config, Role, ServerConf};
+use crate::consensus::{Core, CoreConfig, Output};
+use crate::proto::{Hello, StopRecord, PROTOCOL_VERSION};
+use crate::transport::Endpoint;
+
+/// Outbound Raft messages queued per peer before new ones are dropped (raft
+/// retransmits; a stalled peer must not grow memory without bound).
+const PEER_QUEUE_COUNT_MAX: usize = 4096;
+/// How long a proposal waits to be applied before the client is told it failed.
+const PROPOSAL_WAIT_MS: u64 = 10_000;
+/// Timeout of one request to a peer.
+const PEER_CALL_MS: u64 = 2_000;
+/// Entries kept in the log behind the applied index.
+const LOG_KEEP_ENTRIES: u64 = 10_000;
+/// Largest append message raft builds.
+const RAFT_MSG_BYTES_MAX: u64 = 1024 * 1024;
+
+/// How `claro serve` was asked to run.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub config: Config,
+    pub name: String,
+    pub force_bootstrap: bool,
+}
+
+/// What the instance is doing, beside what Raft says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    Discovering,
+    Waiting { reason: String, start_first: Vec<String> },
+    Joining,
+    Running,
+    Stopping,
+}
+
+pub(crate) struct Shared {
+    pub cfg: Config,
+    pub me: ServerConf,
+    pub id: u64,
+    pub names: HashMap<u64, String>,
+    pub dir: PathBuf,
+    pub endpoint: Endpoint,
+    pub started_at_ms: u64,
+    pub force_bootstrap: bool,
+    core: Mutex<Option<Core>>,
+    phase: Mutex<Phase>,
+    wake: Sender<()>,
+    pub stop_tx: Sender<()>,
+    pub stopping: AtomicBool,
+    pub peers: peers::Peers,
+    waiters: Mutex<HashMap<u64, Sender<u64>>>,
+    proposal_seq: AtomicU64,
+    pub last_stop: Mutex<Option<StopRecord>>,
+    facts: Mutex<startup::LocalFacts>,
+}
+
+/// A server's Raft id: derived from its name, so that it is the same on every
+/// instance and does not depend on the order of the config.
+pub fn raft_id(name: &str) -> u64 {
+    let d = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d.as_ref()[..8]);
+    (u64::from_be_bytes(b) >> 1).max(1)
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Shared {
+    pub fn core(&self) -> MutexGuard<'_, Option<Core>> {
+        self.core.lock().expect("core lock")
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase.lock().expect("phase lock").clone()
+    }
+
+    pub fn set_phase(&self, p: Phase) {
+        let mut cur = self.phase.lock().expect("phase lock");
+        if *cur != p {
+            if let Phase::Waiting { reason, .. } = &p {
+                tracing::warn!("waiting: {reason}");
+            }
+            *cur = p;
+        }
+    }
+
+    /// Asks the raft loop to run a Ready cycle now rather than at the next tick.
+    pub fn wake(&self) {
+        let _ = self.wake.try_send(());
+    }
+
+    pub fn name_of(&self, id: u64) -> Option<&str> {
+        self.names.get(&id).map(|s| s.as_str())
+    }
+
+    pub fn is_witness(&self, name: &str) -> bool {
+        self.cfg.server(name).is_some_and(|s| s.role == Role::Witness)
+    }
+
+    pub fn hello(&self) -> Hello {
+        Hello {
+            name: self.me.name.clone(),
+            protocol_version: PROTOCOL_VERSION,
+            software_version: env!("CARGO_PKG_VERSION").to_string(),
+            cluster: self.cfg.cluster.clone(),
+            membership_hash: self.cfg.membership_hash(),
+            membership_text: self.cfg.membership_text(),
+            cluster_id: self.cluster_id(),
+        }
+    }
+
+    pub fn cluster_id(&self) -> Option<String> {
+        match self.core().as_ref() {
+            Some(c) => c.state().cluster_id().map(str::to_string),
+            None => self.facts().cluster_id,
+        }
+    }
+
+    pub fn leader_name(&self) -> Option<String> {
+        let id = self.core().as_ref().and_then(|c| c.leader_id())?;
+        self.name_of(id).map(str::to_string)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.core().as_ref().is_some_and(|c| c.is_leader())
+    }
+
+    fn core_config(&self) -> CoreConfig {
+        let t = &self.cfg.timing;
+        let heartbeat_ticks = (t.heartbeat_ms / t.tick_ms).max(1) as usize;
+        let election_ticks = ((t.election_ms / t.tick_ms) as usize).max(heartbeat_ticks + 1);
+        let witnesses = self
+            .cfg
+            .servers
+            .iter()
+            .filter(|s| s.role == Role::Witness)
+            .map(|s| raft_id(&s.name))
+            .collect();
+        CoreConfig {
+            id: self.id,
+            heartbeat_ticks,
+            election_ticks,
+            election_ticks_max: election_ticks * 2,
+            witness: self.me.role == Role::Witness,
+            witnesses,
+            durable: true,
+            log_keep_entries: LOG_KEEP_ENTRIES,
+            msg_bytes_max: RAFT_MSG_BYTES_MAX,
+        }
+    }
+
+    /// Opens the core on this instance's data directory.
+    pub fn open_core(&self) -> Result<(), String> {
+        let logger = crate::logging::raft_logger(&self.me.name);
+        let core = Core::open(&self.dir, self.core_config(), &logger).map_err(|e| e.to_string())?;
+        *self.core() = Some(core);
+        Ok(())
+    }
+
+    /// A tag for a proposal, and the channel its applied index arrives on.
+    pub fn register_proposal(&self) -> (Vec<u8>, Receiver<u64>) {
+        let seq = self.proposal_seq.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = async_std::channel::bounded(1);
+        self.waiters.lock().expect("waiters lock").insert(seq, tx);
+        let mut ctx = seq.to_be_bytes().to_vec();
+        ctx.extend_from_slice(&self.id.to_be_bytes());
+        (ctx, rx)
+    }
+
+    pub fn forget_proposal(&self, ctx: &[u8]) {
+        if let Some(seq) = proposal_seq(ctx) {
+            self.waiters.lock().expect("waiters lock").remove(&seq);
+        }
+    }
+
+    fn proposal_applied(&self, ctx: &[u8], index: u64) {
+        let Some(seq) = proposal_seq(ctx) else { return };
+        if let Some(tx) = self.waiters.lock().expect("waiters lock").remove(&seq) {
+            let _ = tx.try_send(index);
+        }
+    }
+}
+
+/// Proposal tags are 8 bytes plus this instance's id, so that a tag from
+/// another instance's proposal (applied here too) never matches a local waiter.
+fn proposal_seq(ctx: &[u8]) -> Option<u64> {
+    let b: [u8; 8] = ctx.get(..8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(b))
+}
+
+/// Runs one instance until it is stopped.
+pub fn serve(opts: ServeOptions) -> Result<(), String> {
+    async_std::task::block_on(serve_async(opts))
+}
+
+async fn serve_async(opts: ServeOptions) -> Result<(), String> {
+    let (shared, wake_rx, stop_rx) = startup::prepare(opts)?;
+    stop::install_signal_handlers(shared.clone());
+    async_std::task::spawn(handlers::accept_loop(shared.clone()));
+    async_std::task::spawn(startup::run(shared.clone(), wake_rx));
+    let _ = stop_rx.recv().await;
+    shared.stopping.store(true, Ordering::SeqCst);
+    stop::graceful_stop(&shared).await;
+    shared.endpoint.quinn.close(0u32.into(), b"stopped");
+    let _ = async_std::future::timeout(Duration::from_millis(500), shared.endpoint.quinn.wait_idle()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The one task that drives raft: a tick every `tick_ms`, and a Ready cycle
+/// whenever something arrived. Proposals and messages that come in while a
+/// cycle fsyncs are batched into the next one.
+async fn raft_loop(shared: Arc<Shared>, wake: Receiver<()>) {
+    let tick = Duration::from_millis(shared.cfg.timing.tick_ms);
+    let mut next_tick = std::time::Instant::now() + tick;
+    loop {
+        let now = std::time::Instant::now();
+        if now < next_tick {
+            let _ = async_std::future::timeout(next_tick - now, wake.recv()).await;
+        }
+        let ticked = std::time::Instant::now() >= next_tick;
+        if ticked {
+            next_tick += tick;
+            if next_tick < std::time::Instant::now() {
+                next_tick = std::time::Instant::now() + tick;
+            }
+        }
+        let outputs = match cycle(&shared, ticked) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!("consensus core failed, stopping: {e}");
+                let _ = shared.stop_tx.try_send(());
+                return;
+            }
+        };
+        dispatch(&shared, outputs);
+    }
+}
+
+fn cycle(shared: &Shared, ticked: bool) -> Result<Vec<Output>, String> {
+    let mut guard = shared.core();
+    let Some(core) = guard.as_mut() else { return Ok(Vec::new()) };
+    if ticked {
+        core.tick();
+    }
+    let mut out = Vec::new();
+    core.pump(&mut out).map_err(|e| e.to_string())?;
+    let member = core.is_member();
+    let voter = core.is_voter(shared.id);
+    drop(guard);
+    shared.after_cycle(member, voter);
+    Ok(out)
+}
+
+impl Shared {
+    /// Keeps the phase and the stop record in step with the membership.
+    fn after_cycle(&self, member: bool, voter: bool) {
+        if voter && self.phase() == Phase::Joining {
+            tracing::info!("joined the cluster as a voter");
+            self.set_phase(Phase::Running);
+        }
+        if member {
+            let mut rec = self.last_stop.lock().expect("stop record lock");
+            if rec.as_ref().is_some_and(|r| r.left) {
+                *rec = None;
+                stop::clear_record(&self.dir);
+            }
+        }
+    }
+}
+
+fn dispatch(shared: &Arc<Shared>, outputs: Vec<Output>) {
+    for o in outputs {
+        match o {
+            Output::Send(msg) => shared.peers.send(shared, msg),
+            Output::SendSnapshot { msg, file, meta } => {
+                async_std::task::spawn(snapshot::send(shared.clone(), msg, file, meta));
+            }
+            Output::Applied { index, context, .. } => {
+                if context.len() == 16 && context[8..] == shared.id.to_be_bytes() {
+                    shared.proposal_applied(&context, index);
+                }
+            }
+            Output::Removed => tracing::info!("this instance was removed from the membership"),
+        }
+    }
+}

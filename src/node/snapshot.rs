@@ -1,0 +1,183 @@
+//! Streaming the coordinator's database to a peer that is too far behind (a
+//! late joiner, or one that was down while the log was compacted).
+//!
+//! The file is a consistent copy of state.db made by the core. It travels raw
+//! on one QUIC stream after a `Snapshot` request; the receiver keeps what it got
+//! in `incoming/<file>.part`, so a transfer cut by a reconnect resumes where it
+//! stopped. Only a file whose size and SHA-256 match is handed to raft.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+
+use super::{raft_id, Shared};
+use crate::consensus::{self, SnapshotFile};
+use crate::proto::{Request, Response, REQUEST_BYTES_MAX, SNAPSHOT_BYTES_MAX};
+use crate::transport::{read_frame, write_frame};
+
+/// Bytes per write or read of the file.
+const CHUNK_BYTES: usize = 1024 * 1024;
+
+pub async fn send(shared: Arc<Shared>, msg: Message, file: PathBuf, meta: SnapshotFile) {
+    let to = msg.to;
+    let name = shared.name_of(to).unwrap_or("?").to_string();
+    let started = std::time::Instant::now();
+    let ok = match transfer(&shared, &name, &msg, &file, &meta).await {
+        Ok(sent_bytes) => {
+            let secs = started.elapsed().as_secs_f64().max(1e-6);
+            tracing::info!(
+                peer = %name,
+                size_bytes = meta.size_bytes,
+                sent_bytes,
+                mb_per_s = format!("{:.0}", sent_bytes as f64 / secs / 1e6),
+                "database sent"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::warn!(peer = %name, "database transfer failed (raft retries): {e}");
+            false
+        }
+    };
+    if let Some(core) = shared.core().as_mut() {
+        core.report_snapshot(to, ok);
+    }
+    shared.wake();
+}
+
+async fn transfer(shared: &Shared, name: &str, msg: &Message, file: &Path, meta: &SnapshotFile) -> Result<u64, String> {
+    let mut f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let conn = shared.peers.conn(shared, name).await.map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let raft_message = serde_bytes::ByteBuf::from(msg.write_to_bytes().map_err(|e| e.to_string())?);
+    let req = Request::Snapshot { meta: meta.clone(), raft_message };
+    write_frame(&mut send, &req, REQUEST_BYTES_MAX).await.map_err(|e| e.to_string())?;
+    let offset = match read_frame::<Response>(&mut recv, REQUEST_BYTES_MAX).await {
+        Ok(Some(Response::Resume { offset })) if offset <= meta.size_bytes => offset,
+        Ok(Some(Response::Error { message })) => return Err(message),
+        other => return Err(format!("unexpected answer: {other:?}")),
+    };
+    f.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; CHUNK_BYTES];
+    let mut sent_bytes = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        send.write_all(&buf[..n]).await.map_err(|e| e.to_string())?;
+        sent_bytes += n as u64;
+    }
+    assert_eq!(offset + sent_bytes, meta.size_bytes, "snapshot file changed while sent");
+    send.finish().map_err(|e| e.to_string())?;
+    match read_frame::<Response>(&mut recv, REQUEST_BYTES_MAX).await {
+        Ok(Some(Response::Ok { .. })) => Ok(sent_bytes),
+        Ok(Some(Response::Error { message })) => Err(message),
+        other => Err(format!("unexpected answer: {other:?}")),
+    }
+}
+
+/// Snapshot files are named `snap-INDEX-TERM.db`; anything else (a path, say)
+/// is refused before a byte is written.
+fn valid_file_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("snap-").and_then(|r| r.strip_suffix(".db")) else {
+        return false;
+    };
+    let mut parts = rest.split('-');
+    let numeric = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit()));
+    numeric(parts.next()) && numeric(parts.next()) && parts.next().is_none()
+}
+
+pub async fn receive(
+    shared: &Shared,
+    peer: &str,
+    meta: SnapshotFile,
+    raft_message: serde_bytes::ByteBuf,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let result = receive_file(shared, &meta, &mut send, &mut recv).await.and_then(|()| {
+        step_snapshot(shared, peer, &raft_message)
+    });
+    let resp = match result {
+        Ok(()) => Response::Ok { message: "installed".into() },
+        Err(message) => {
+            tracing::warn!(peer, "database from {peer} refused: {message}");
+            Response::Error { message }
+        }
+    };
+    let _ = write_frame(&mut send, &resp, REQUEST_BYTES_MAX).await;
+    let _ = send.finish();
+}
+
+async fn receive_file(shared: &Shared, meta: &SnapshotFile, send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) -> Result<(), String> {
+    if !valid_file_name(&meta.file_name) || meta.size_bytes > SNAPSHOT_BYTES_MAX {
+        return Err(format!("bad snapshot descriptor: {} ({} bytes)", meta.file_name, meta.size_bytes));
+    }
+    let incoming = consensus::incoming_dir(&shared.dir);
+    std::fs::create_dir_all(&incoming).map_err(|e| e.to_string())?;
+    let part = incoming.join(format!("{}.part", meta.file_name));
+    remove_other_parts(&incoming, &part);
+    let held = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    let offset = if held <= meta.size_bytes { held } else { 0 };
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&part).map_err(|e| e.to_string())?;
+    f.set_len(offset).map_err(|e| e.to_string())?;
+    if offset > 0 {
+        tracing::info!(offset, "resuming an interrupted database transfer");
+    }
+    write_frame(send, &Response::Resume { offset }, REQUEST_BYTES_MAX).await.map_err(|e| e.to_string())?;
+    let mut got = offset;
+    let mut buf = vec![0u8; CHUNK_BYTES];
+    while let Some(n) = recv.read(&mut buf).await.map_err(|e| e.to_string())? {
+        got += n as u64;
+        if got > meta.size_bytes {
+            let _ = std::fs::remove_file(&part);
+            return Err(format!("more bytes than the announced {}", meta.size_bytes));
+        }
+        f.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+    }
+    f.sync_all().map_err(|e| e.to_string())?;
+    let (size, sha) = consensus::file_digest(&part)?;
+    if size != meta.size_bytes || sha != meta.sha256 {
+        let _ = std::fs::remove_file(&part);
+        return Err(format!("checksum mismatch: got {size} bytes {sha}, expected {} bytes {}", meta.size_bytes, meta.sha256));
+    }
+    std::fs::rename(&part, incoming.join(&meta.file_name)).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn remove_other_parts(dir: &Path, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        if e.path() != keep {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+fn step_snapshot(shared: &Shared, peer: &str, bytes: &[u8]) -> Result<(), String> {
+    let msg = Message::parse_from_bytes(bytes).map_err(|e| e.to_string())?;
+    if msg.get_msg_type() != MessageType::MsgSnapshot || msg.from != raft_id(peer) || msg.to != shared.id {
+        return Err("the message with the database is not a snapshot from its sender".into());
+    }
+    let mut guard = shared.core();
+    let core = guard.as_mut().ok_or("not running")?;
+    core.step(msg).map_err(|e| e.to_string())?;
+    drop(guard);
+    shared.wake();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_snapshot_file_names_are_accepted() {
+        assert!(super::valid_file_name("snap-12-3.db"));
+        for bad in ["../state.db", "snap-1.db", "snap-a-1.db", "snap-1-2.db/..", "snap--1.db", "x/snap-1-2.db", "snap-1-2-3.db"] {
+            assert!(!super::valid_file_name(bad), "{bad}");
+        }
+    }
+}

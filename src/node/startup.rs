@@ -1,0 +1,239 @@
+//! From process start to a running member: TLS material, the endpoint, and
+//! the discovery loop that asks `membership::decide` what to do.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_std::channel::Receiver;
+
+use super::peers::{PeerError, Peers};
+use super::{now_ms, raft_id, Phase, ServeOptions, Shared, PEER_CALL_MS};
+use crate::config::Role;
+use crate::consensus;
+use crate::membership::{self, Situation, Startup};
+use crate::proto::{LocalInfo, Request, Response};
+use crate::transport::Endpoint;
+
+/// Time between two rounds of discovery while waiting.
+const DISCOVERY_ROUND_MS: u64 = 300;
+/// Time one discovery probe waits for an answer.
+const PROBE_MS: u64 = 500;
+
+/// What the data directory holds before the core is opened.
+#[derive(Debug, Clone, Default)]
+pub struct LocalFacts {
+    pub initialized: bool,
+    pub member: bool,
+    pub applied_index: u64,
+    pub cluster_id: Option<String>,
+}
+
+pub fn read_facts(dir: &std::path::Path, id: u64) -> LocalFacts {
+    let path = consensus::state_db(dir);
+    if !path.exists() {
+        return LocalFacts::default();
+    }
+    match crate::state::StateMachine::open(&path, crate::state::Sync::Normal) {
+        Ok(sm) => LocalFacts {
+            initialized: sm.applied_index() > 0,
+            member: sm.conf_state().voters.contains(&id) || sm.conf_state().learners.contains(&id),
+            applied_index: sm.applied_index(),
+            cluster_id: sm.cluster_id().map(str::to_string),
+        },
+        Err(_) => LocalFacts::default(),
+    }
+}
+
+/// Everything up to a bound endpoint; nothing is decided yet.
+pub fn prepare(opts: ServeOptions) -> Result<(Arc<Shared>, Receiver<()>, Receiver<()>), String> {
+    let cfg = opts.config;
+    let me = cfg.server(&opts.name).ok_or_else(|| format!("no server named `{}` in the config", opts.name))?.clone();
+    let servers: Vec<(String, std::net::IpAddr)> = cfg.servers.iter().map(|s| (s.name.clone(), s.address.ip())).collect();
+    if crate::tls::ensure(&cfg.tls_dir, &cfg.cluster, &servers).map_err(|e| e.to_string())? {
+        tracing::warn!("generated missing TLS material in {} (a one-machine set-up; use `claro init` for a real cluster)", cfg.tls_dir.display());
+    }
+    let identity = crate::tls::load_identity(&cfg.tls_dir, &me.name).map_err(|e| e.to_string())?;
+    let endpoint = Endpoint::bind_server(me.address, &identity).map_err(|e| format!("cannot listen on {}: {e}", me.address))?;
+    let dir = cfg.server_dir(&me.name);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let id = raft_id(&me.name);
+    let names: HashMap<u64, String> = cfg.servers.iter().map(|s| (raft_id(&s.name), s.name.clone())).collect();
+    assert_eq!(names.len(), cfg.servers.len(), "raft ids of server names collide");
+    let (wake, wake_rx) = async_std::channel::bounded(1);
+    let (stop_tx, stop_rx) = async_std::channel::bounded(4);
+    let facts = read_facts(&dir, id);
+    let last_stop = super::stop::read_record(&dir);
+    tracing::info!(name = %me.name, address = %me.address, data = %dir.display(), "claro {} starting", env!("CARGO_PKG_VERSION"));
+    let shared = Shared {
+        cfg,
+        me,
+        id,
+        names,
+        dir,
+        endpoint,
+        started_at_ms: now_ms(),
+        force_bootstrap: opts.force_bootstrap,
+        core: Mutex::new(None),
+        phase: Mutex::new(Phase::Discovering),
+        wake,
+        stop_tx,
+        stopping: AtomicBool::new(false),
+        peers: Peers::default(),
+        waiters: Mutex::new(HashMap::new()),
+        proposal_seq: AtomicU64::new(0),
+        last_stop: Mutex::new(last_stop),
+        facts: Mutex::new(facts),
+    };
+    Ok((Arc::new(shared), wake_rx, stop_rx))
+}
+
+impl Shared {
+    pub fn facts(&self) -> LocalFacts {
+        self.facts.lock().expect("facts lock").clone()
+    }
+}
+
+/// Discovers, decides, and starts the core; returns once it runs (or, for a
+/// joiner, once the coordinator accepted it).
+pub async fn run(shared: Arc<Shared>, wake_rx: Receiver<()>) {
+    let window_ms = shared.cfg.timing.discovery_ms;
+    loop {
+        if shared.phase() == Phase::Stopping {
+            return;
+        }
+        let (peers, refusals) = probe_all(&shared).await;
+        let decision = decide(&shared, &peers, &refusals, now_ms() >= shared.started_at_ms + window_ms);
+        let started = match decision {
+            Startup::Wait { reason, start_first } => {
+                shared.set_phase(Phase::Waiting { reason, start_first });
+                async_std::task::sleep(Duration::from_millis(DISCOVERY_ROUND_MS)).await;
+                continue;
+            }
+            Startup::Join { leader } => start_joining(&shared, wake_rx.clone(), &leader).await,
+            other => start_member(&shared, wake_rx.clone(), other),
+        };
+        match started {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::error!("cannot start: {e}");
+                let _ = shared.stop_tx.try_send(());
+                return;
+            }
+        }
+    }
+}
+
+fn decide(shared: &Shared, peers: &[LocalInfo], refusals: &[String], window_over: bool) -> Startup {
+    if !refusals.is_empty() {
+        return Startup::Wait { reason: refusals.join("; "), start_first: Vec::new() };
+    }
+    let facts = shared.facts();
+    let last_stop = shared.last_stop.lock().expect("stop record lock").clone();
+    let witnesses: Vec<String> = shared.cfg.servers.iter().filter(|s| s.role == Role::Witness).map(|s| s.name.clone()).collect();
+    let s = Situation {
+        me: &shared.me.name,
+        witness: shared.me.role == Role::Witness,
+        started_at_ms: shared.started_at_ms,
+        initialized: facts.initialized && facts.member,
+        last_stop: last_stop.as_ref(),
+        force_bootstrap: shared.force_bootstrap,
+        window_over,
+        peers,
+        witnesses: &witnesses,
+    };
+    // A database whose conf state no longer names this instance is treated
+    // like one that left: it rejoins, or waits for those that remained.
+    if facts.initialized && !facts.member {
+        let rec = crate::proto::StopRecord {
+            stopped_at_ms: 0,
+            left: true,
+            remaining: Vec::new(),
+            applied_index: facts.applied_index,
+            cluster_id: facts.cluster_id.clone(),
+        };
+        let s = Situation { initialized: true, last_stop: Some(last_stop.as_ref().unwrap_or(&rec)), ..s };
+        return membership::decide(&s);
+    }
+    membership::decide(&s)
+}
+
+/// Asks every other configured server about itself, all at once.
+async fn probe_all(shared: &Arc<Shared>) -> (Vec<LocalInfo>, Vec<String>) {
+    let tasks: Vec<_> = shared
+        .cfg
+        .servers
+        .iter()
+        .filter(|s| s.name != shared.me.name)
+        .map(|s| {
+            let (shared, name) = (shared.clone(), s.name.clone());
+            async_std::task::spawn(async move { shared.peers.call(&shared, &name, &Request::Info, PROBE_MS).await })
+        })
+        .collect();
+    let mut infos = Vec::new();
+    let mut refusals = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok(Response::Info(i)) => infos.push(i),
+            Ok(_) | Err(PeerError::Unreachable(_)) => {}
+            Err(PeerError::Refused(r)) => refusals.push(r),
+        }
+    }
+    (infos, refusals)
+}
+
+fn start_member(shared: &Arc<Shared>, wake_rx: Receiver<()>, how: Startup) -> Result<(), String> {
+    match how {
+        Startup::Bootstrap => {
+            let cluster_id = format!("{:032x}", rand::random::<u128>());
+            tracing::info!(%cluster_id, "no running cluster found: starting a new one as its coordinator");
+            consensus::bootstrap(&shared.dir, shared.id, &cluster_id, true).map_err(|e| e.to_string())?;
+        }
+        Startup::ForceBootstrap => {
+            tracing::warn!("!!! --force-bootstrap: starting a one-server cluster on this instance's database, which may be OLDER than what other servers hold; their newer changes will be refused by this cluster !!!");
+            consensus::rebootstrap(&shared.dir, shared.id, true).map_err(|e| e.to_string())?;
+            *shared.last_stop.lock().expect("stop record lock") = None;
+            super::stop::clear_record(&shared.dir);
+        }
+        Startup::Run => tracing::info!("starting on the local database"),
+        other => unreachable!("not a member start: {other:?}"),
+    }
+    shared.open_core()?;
+    {
+        let mut guard = shared.core();
+        let core = guard.as_mut().expect("opened");
+        // The only voter need not wait for an election timeout.
+        if core.conf_state().voters == [shared.id] {
+            core.campaign().map_err(|e| e.to_string())?;
+        }
+    }
+    shared.set_phase(Phase::Running);
+    async_std::task::spawn(super::raft_loop(shared.clone(), wake_rx));
+    Ok(())
+}
+
+/// Opens the core (empty, or on an older database) and asks the coordinator
+/// to add this instance; the coordinator then sends it the database.
+async fn start_joining(shared: &Arc<Shared>, wake_rx: Receiver<()>, leader: &str) -> Result<(), String> {
+    shared.set_phase(Phase::Joining);
+    if shared.core().is_none() {
+        shared.open_core()?;
+        async_std::task::spawn(super::raft_loop(shared.clone(), wake_rx));
+    }
+    let mut leader = leader.to_string();
+    let req = Request::Join { name: shared.me.name.clone() };
+    tracing::info!("joining the cluster through its coordinator {leader}");
+    loop {
+        if shared.phase() == Phase::Stopping || shared.core().as_ref().is_some_and(|c| c.is_member()) {
+            return Ok(());
+        }
+        match shared.peers.call(shared, &leader, &req, PEER_CALL_MS * 6).await {
+            Ok(Response::Ok { .. }) => return Ok(()),
+            Ok(Response::NotLeader { leader: Some(l) }) => leader = l,
+            Ok(other) => tracing::warn!("join through {leader}: {other:?}"),
+            Err(e) => tracing::warn!("join through {leader}: {e}"),
+        }
+        async_std::task::sleep(Duration::from_millis(DISCOVERY_ROUND_MS)).await;
+    }
+}

@@ -1,0 +1,142 @@
+//! Graceful stop: hand the coordinator role to the most up-to-date peer, leave
+//! the membership, and record when and which servers remained, so that a later
+//! start knows whether its database is the newest.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{now_ms, Phase, Shared, PEER_CALL_MS, PROPOSAL_WAIT_MS};
+use crate::proto::{Request, Response, StopRecord};
+
+/// How long a stopping coordinator waits for its successor to take over.
+const HANDOVER_WAIT_MS: u64 = 3_000;
+/// How long a stopping instance keeps trying to leave the membership.
+const LEAVE_WAIT_MS: u64 = PROPOSAL_WAIT_MS;
+
+fn record_path(dir: &Path) -> PathBuf {
+    dir.join("stopped.json")
+}
+
+pub fn read_record(dir: &Path) -> Option<StopRecord> {
+    let text = std::fs::read_to_string(record_path(dir)).ok()?;
+    match serde_json::from_str(&text) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!("ignoring unreadable {}: {e}", record_path(dir).display());
+            None
+        }
+    }
+}
+
+fn write_record(dir: &Path, rec: &StopRecord) {
+    let tmp = dir.join("stopped.json.tmp");
+    let text = serde_json::to_string_pretty(rec).expect("record encodes");
+    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, record_path(dir)));
+    if let Err(e) = written {
+        tracing::error!("cannot write {}: {e}", record_path(dir).display());
+    }
+}
+
+pub fn clear_record(dir: &Path) {
+    let _ = std::fs::remove_file(record_path(dir));
+}
+
+/// SIGINT and SIGTERM start a graceful stop; a second one exits at once.
+pub fn install_signal_handlers(shared: Arc<Shared>) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot install signal handlers: {e}");
+            return;
+        }
+    };
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if shared.stopping.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                tracing::warn!("second signal {sig}: exiting now");
+                std::process::exit(130);
+            }
+            tracing::info!("signal {sig}: stopping gracefully");
+            let _ = shared.stop_tx.try_send(());
+        }
+    });
+}
+
+pub async fn graceful_stop(shared: &Shared) {
+    let was = shared.phase();
+    shared.set_phase(Phase::Stopping);
+    if matches!(was, Phase::Discovering | Phase::Waiting { .. }) || shared.core().is_none() {
+        return;
+    }
+    hand_over(shared).await;
+    let others: Vec<String> = voters(shared).into_iter().filter(|n| *n != shared.me.name).collect();
+    let applied = shared.core().as_ref().map_or(0, |c| c.applied_index());
+    let cluster_id = shared.cluster_id();
+    let member = shared.core().as_ref().is_some_and(|c| c.is_member());
+    let rec = if others.is_empty() || !member {
+        // The last voter keeps its membership: it holds the newest database
+        // and starts alone next time.
+        StopRecord { stopped_at_ms: now_ms(), left: false, remaining: vec![], applied_index: applied, cluster_id }
+    } else {
+        match leave(shared).await {
+            Ok(remaining) => StopRecord { stopped_at_ms: now_ms(), left: true, remaining, applied_index: applied, cluster_id },
+            Err(e) => {
+                tracing::warn!("could not leave the membership ({e}); stopping as a member");
+                StopRecord { stopped_at_ms: now_ms(), left: false, remaining: others, applied_index: applied, cluster_id }
+            }
+        }
+    };
+    tracing::info!(left = rec.left, remaining = ?rec.remaining, applied_index = rec.applied_index, "stop recorded");
+    write_record(&shared.dir, &rec);
+}
+
+fn voters(shared: &Shared) -> Vec<String> {
+    let guard = shared.core();
+    let Some(core) = guard.as_ref() else { return vec![] };
+    core.conf_state().voters.iter().filter_map(|id| shared.name_of(*id).map(str::to_string)).collect()
+}
+
+/// A coordinator hands its role to the most up-to-date voter first.
+async fn hand_over(shared: &Shared) {
+    let target = {
+        let mut guard = shared.core();
+        let Some(core) = guard.as_mut() else { return };
+        if !core.is_leader() {
+            return;
+        }
+        let Some(to) = core.best_successor() else { return };
+        core.transfer_leader(to);
+        to
+    };
+    shared.wake();
+    let name = shared.name_of(target).unwrap_or("?").to_string();
+    let deadline = std::time::Instant::now() + Duration::from_millis(HANDOVER_WAIT_MS);
+    while std::time::Instant::now() < deadline {
+        if shared.core().as_ref().is_some_and(|c| !c.is_leader() && c.leader_id().is_some()) {
+            tracing::info!("coordinator role handed to {name}");
+            return;
+        }
+        async_std::task::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::warn!("{name} did not take the coordinator role within {HANDOVER_WAIT_MS} ms");
+}
+
+/// Asks the coordinator to remove this instance; returns the voters that remain.
+async fn leave(shared: &Shared) -> Result<Vec<String>, String> {
+    let deadline = std::time::Instant::now() + Duration::from_millis(LEAVE_WAIT_MS);
+    let req = Request::Leave { name: shared.me.name.clone() };
+    let mut last = String::from("no coordinator");
+    while std::time::Instant::now() < deadline {
+        if let Some(leader) = shared.leader_name().filter(|l| *l != shared.me.name) {
+            match shared.peers.call(shared, &leader, &req, PEER_CALL_MS + PROPOSAL_WAIT_MS).await {
+                Ok(Response::Left { remaining }) => return Ok(remaining),
+                Ok(other) => last = format!("{other:?}"),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        async_std::task::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last)
+}

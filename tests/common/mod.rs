@@ -1,0 +1,207 @@
+//! A real multi-process cluster for tests: `claro serve` processes on
+//! 127.0.N.1, 127.0.N.2, ... (each test its own N), all on port 7900, with a
+//! config and TLS material made by `claro init` in a temporary folder. The
+//! client side uses the library's client, over real QUIC.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use claro::cli::ClientArgs;
+use claro::config::Config;
+use claro::proto::{Request, Response, StatusView};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_claro");
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub conf: PathBuf,
+    pub net: u8,
+    pub names: Vec<String>,
+    procs: HashMap<String, Child>,
+}
+
+pub fn addr(net: u8, i: usize) -> String {
+    format!("127.0.{net}.{}", i + 1)
+}
+
+impl Cluster {
+    /// `servers`: (name, role) in order; server i listens on 127.0.net.(i+1):7900.
+    pub fn new(net: u8, servers: &[(&str, &str)]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf_dir = dir.path().join("conf");
+        std::fs::create_dir_all(dir.path().join("shared")).unwrap();
+        let mut init = Command::new(BIN);
+        init.args(["init", "--dir"]).arg(&conf_dir).args(["--cluster", &format!("test{net}")]);
+        init.args(["--shared-root", "../shared", "--data-dir", "../data"]);
+        for (i, (name, _)) in servers.iter().enumerate() {
+            init.arg("--server").arg(format!("{name}={}", addr(net, i)));
+        }
+        let out = init.output().expect("run claro init");
+        assert!(out.status.success(), "claro init failed: {}", String::from_utf8_lossy(&out.stderr));
+        let conf = conf_dir.join("ClaroServers.conf");
+        std::fs::write(&conf, config_text(net, servers)).unwrap();
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        let names = servers.iter().map(|(n, _)| n.to_string()).collect();
+        Cluster { dir, conf, net, names, procs: HashMap::new() }
+    }
+
+    pub fn config(&self) -> Config {
+        Config::load(&self.conf).expect("test config loads")
+    }
+
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join("logs").join(format!("{name}.log"))
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.log_path(name)).unwrap_or_default()
+    }
+
+    pub fn data_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join("data").join(name)
+    }
+
+    pub fn start(&mut self, name: &str) {
+        self.start_with(name, &[]);
+    }
+
+    pub fn start_with(&mut self, name: &str, extra: &[&str]) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(name)).unwrap();
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.conf)
+            .args(["serve", "--name", name])
+            .args(extra)
+            .env("RUST_LOG", "info,raft=info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn claro serve");
+        self.procs.insert(name.to_string(), child);
+    }
+
+    pub fn kill9(&mut self, name: &str) {
+        if let Some(mut c) = self.procs.remove(name) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `claro stop NAME` through the CLI, then waits for the process to exit.
+    pub fn stop(&mut self, name: &str) {
+        let out = self.cli(&["stop", name, "--server", name]);
+        assert!(out.status.success(), "claro stop {name}: {}", String::from_utf8_lossy(&out.stderr));
+        let mut child = self.procs.remove(name).expect("running");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "{name} exited with {status}: {}", self.log(name));
+                return;
+            }
+            assert!(Instant::now() < deadline, "{name} did not stop: {}", self.log(name));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN).arg("--config").arg(&self.conf).args(args).output().expect("run claro")
+    }
+
+    pub fn call(&self, via: &str, req: Request) -> Result<Response, String> {
+        let args = ClientArgs { server: Some(via.to_string()), json: false };
+        claro::client::call(&self.config(), &args, &req).map(|(_, r)| r).map_err(|f| f.message)
+    }
+
+    pub fn status(&self, via: &str) -> Option<StatusView> {
+        match self.call(via, Request::Status) {
+            Ok(Response::Status(v)) => Some(v),
+            _ => None,
+        }
+    }
+
+    pub fn set(&self, via: &str, key: &str, value: Vec<u8>) -> Result<u64, String> {
+        let command = claro::state::Command::Put { key: key.into(), value };
+        match self.call(via, Request::Propose { command })? {
+            Response::Proposed { index } => Ok(index),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    pub fn get(&self, via: &str, key: &str) -> Option<Vec<u8>> {
+        match self.call(via, Request::Get { key: key.into() }) {
+            Ok(Response::Value { value }) => value.map(|v| v.into_vec()),
+            _ => None,
+        }
+    }
+
+    pub fn digest(&self, via: &str) -> Option<(u64, String)> {
+        match self.call(via, Request::Digest) {
+            Ok(Response::Digest { applied_index, digest }) => Some((applied_index, digest)),
+            _ => None,
+        }
+    }
+
+    /// Waits until `cond` holds, at most `secs`; panics with `what` and the logs.
+    pub fn wait(&self, secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if cond() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out after {secs} s waiting for {what}\n{}", self.all_logs());
+    }
+
+    pub fn all_logs(&self) -> String {
+        self.names.iter().map(|n| format!("--- {n} ---\n{}", tail(&self.log(n), 40))).collect::<Vec<_>>().join("\n")
+    }
+
+    /// True when `via` reports `coordinator` as coordinator and every name in
+    /// `members` as connected and synchronized.
+    pub fn settled(&self, via: &str, coordinator: &str, members: &[&str]) -> bool {
+        let Some(v) = self.status(via) else { return false };
+        v.coordinator.as_deref() == Some(coordinator)
+            && members.iter().all(|m| v.servers.iter().any(|s| s.name == *m && s.connected && s.synchronized))
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let all: Vec<&str> = s.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, mut c) in self.procs.drain() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A test config: fast timings so that tests do not wait long.
+pub fn config_text(net: u8, servers: &[(&str, &str)]) -> String {
+    let mut s = format!(
+        "cluster = \"test{net}\"\nport = 7900\nshared_root = \"../shared\"\ndata_dir = \"../data\"\n\n[timing]\ntick_ms = 20\nheartbeat_ms = 100\nelection_ms = 1000\nnode_timeout_ms = 3000\ndiscovery_ms = 1000\n"
+    );
+    for (i, (name, role)) in servers.iter().enumerate() {
+        s += &format!("\n[[server]]\nname = \"{name}\"\naddress = \"{}\"\nslots = 4\nrole = \"{role}\"\n", addr(net, i));
+    }
+    s
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
