@@ -223,13 +223,9 @@ impl Core {
         log.raise_commit(applied);
         let raft_cfg = raft_config(&cfg, applied);
         let node = RawNode::new(&raft_cfg, log, logger)?;
-        Ok(Core {
-            node,
-            state,
-            dir: dir.to_path_buf(),
-            cfg,
-            removed: false,
-        })
+        let mut core = Core { node, state, dir: dir.to_path_buf(), cfg, member: false, removed: false };
+        core.member = core.is_member();
+        Ok(core)
     }
 
     pub fn id(&self) -> u64 {

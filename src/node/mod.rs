@@ -112,8 +112,10 @@ impl Shared {
     pub fn set_phase(&self, p: Phase) {
         let mut cur = self.phase.lock().expect("phase lock");
         if *cur != p {
-            if let Phase::Waiting { reason, .. } = &p {
-                tracing::warn!("waiting: {reason}");
+            match &p {
+                Phase::Waiting { reason, start_first } if !start_first.is_empty() => tracing::warn!("waiting: {reason}"),
+                Phase::Waiting { reason, .. } => tracing::info!("waiting: {reason}"),
+                _ => {}
             }
             *cur = p;
         }
@@ -126,10 +128,6 @@ impl Shared {
 
     pub fn name_of(&self, id: u64) -> Option<&str> {
         self.names.get(&id).map(|s| s.as_str())
-    }
-
-    pub fn is_witness(&self, name: &str) -> bool {
-        self.cfg.server(name).is_some_and(|s| s.role == Role::Witness)
     }
 
     pub fn hello(&self) -> Hello {
