@@ -85,8 +85,10 @@ fn a_late_joiner_receives_a_50_mb_database_intact() {
     }
     c.start("srv2");
     c.wait(120, "srv2 synchronized", || c.settled("srv1", "srv1", &["srv1", "srv2"]));
-    let (a, b) = (c.digest("srv1").unwrap(), c.digest("srv2").unwrap());
-    assert_eq!(a, b, "replicas differ after the transfer");
+    c.wait(10, "identical replicas", || {
+        let (a, b) = (c.digest("srv1"), c.digest("srv2"));
+        a.is_some() && a == b
+    });
     let log = c.log("srv1");
     let sent = log.lines().find(|l| l.contains("database sent")).unwrap_or_else(|| panic!("no transfer logged: {log}"));
     let size: u64 = sent.split("size_bytes=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
@@ -240,7 +242,7 @@ fn manual_coordinator_transfer() {
     c.start("srv3");
     c.wait(SETTLE_S, "all synchronized", || c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"]));
     let out = c.cli(&["coordinator", "transfer", "srv3", "--server", "srv2"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), c.all_logs());
     c.wait(10, "srv3 to coordinate", || c.status("srv1").and_then(|v| v.coordinator).as_deref() == Some("srv3"));
     let out = c.cli(&["status", "--json", "--server", "srv1"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -23,6 +23,8 @@ use crate::transport::{alpn_of, peer_cert, read_frame, write_frame, ALPN_CLIENT,
 const HELLO_WAIT_MS: u64 = 5_000;
 /// Time the status view waits for each instance's answer.
 const STATUS_PROBE_MS: u64 = 700;
+/// Attempts of a manual coordinator transfer, one second each.
+const TRANSFER_TRIES: u32 = 5;
 /// Settings listed at most by one `List`.
 const LIST_COUNT_MAX: usize = 10_000;
 
@@ -480,11 +482,21 @@ async fn transfer(shared: &Shared, name: &str) -> Response {
     if !shared.core().as_ref().is_some_and(|c| c.is_voter(id)) {
         return Response::Error { message: format!("{name} is not a voting member") };
     }
-    if let Some(c) = shared.core().as_mut() {
-        c.transfer_leader(id);
+    // raft-rs abandons a transfer that does not complete within an election
+    // timeout (say, its message was lost on a reconnect): ask again each second.
+    let mut moved = false;
+    for _ in 0..TRANSFER_TRIES {
+        match shared.core().as_mut() {
+            Some(c) if c.is_leader() => c.transfer_leader(id),
+            _ => {}
+        }
+        shared.wake();
+        if wait_for(shared, 1_000, |c| c.leader_id() == Some(id)).await {
+            moved = true;
+            break;
+        }
     }
-    shared.wake();
-    if wait_for(shared, 5_000, |c| c.leader_id() == Some(id)).await {
+    if moved {
         tracing::info!(at_ms = now_ms(), "coordinator role handed to {name}");
         Response::Ok { message: format!("{name} is now the coordinator") }
     } else {
