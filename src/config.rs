@@ -87,7 +87,13 @@ pub struct Timing {
 
 impl Default for Timing {
     fn default() -> Self {
-        Timing { tick_ms: 20, heartbeat_ms: 100, election_ms: 1000, node_timeout_ms: 3000, discovery_ms: 2000 }
+        Timing {
+            tick_ms: 20,
+            heartbeat_ms: 100,
+            election_ms: 1000,
+            node_timeout_ms: 3000,
+            discovery_ms: 2000,
+        }
     }
 }
 
@@ -178,7 +184,12 @@ struct Source<'a> {
 }
 
 impl Source<'_> {
-    fn err(&self, span: Option<Range<usize>>, key: Option<&str>, message: impl Into<String>) -> ConfigError {
+    fn err(
+        &self,
+        span: Option<Range<usize>>,
+        key: Option<&str>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         ConfigError {
             path: self.path.to_path_buf(),
             line: span.map(|s| line_of(self.text, s.start)),
@@ -191,21 +202,36 @@ impl Source<'_> {
         self.err(Some(value.span()), Some(key), message)
     }
 
-    fn required<'v, T>(&self, value: &'v Option<Spanned<T>>, key: &str) -> Result<&'v Spanned<T>, ConfigError> {
-        value.as_ref().ok_or_else(|| self.err(None, Some(key), "missing (required)"))
+    fn required<'v, T>(
+        &self,
+        value: &'v Option<Spanned<T>>,
+        key: &str,
+    ) -> Result<&'v Spanned<T>, ConfigError> {
+        value
+            .as_ref()
+            .ok_or_else(|| self.err(None, Some(key), "missing (required)"))
     }
 }
 
 /// 1-based line of a byte offset.
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 impl Config {
     /// Reads and parses the config at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let fail = |message: String| ConfigError { path: path.to_path_buf(), line: None, key: None, message };
+        let fail = |message: String| ConfigError {
+            path: path.to_path_buf(),
+            line: None,
+            key: None,
+            message,
+        };
         let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
         let mut text = String::new();
         // Read one byte past the limit to tell "exactly at the limit" from "over".
@@ -227,14 +253,28 @@ impl Config {
         let cluster = cluster_name(&src, &raw.cluster)?;
         let port = cluster_port(&src, &raw.port)?;
         let shared_root = shared_root(&src, &folder, &raw.shared_root)?;
-        let data_dir = resolve(&src, &folder, src.required(&raw.data_dir, "data_dir")?, "data_dir")?;
+        let data_dir = resolve(
+            &src,
+            &folder,
+            src.required(&raw.data_dir, "data_dir")?,
+            "data_dir",
+        )?;
         let tls_dir = match &raw.tls_dir {
             Some(v) => resolve(&src, &folder, v, "tls_dir")?,
             None => folder.join(TLS_DIR_DEFAULT),
         };
         let timing = timing(&src, raw.timing.as_ref())?;
         let servers = servers(&src, &raw.server, port)?;
-        Ok(Config { path: path.to_path_buf(), cluster, port, shared_root, data_dir, tls_dir, timing, servers })
+        Ok(Config {
+            path: path.to_path_buf(),
+            cluster,
+            port,
+            shared_root,
+            data_dir,
+            tls_dir,
+            timing,
+            servers,
+        })
     }
 
     /// The `[[server]]` named `name`.
@@ -248,7 +288,10 @@ impl Config {
         match name {
             Some(name) => self.server(name).ok_or_else(|| {
                 let names: Vec<&str> = self.servers.iter().map(|s| s.name.as_str()).collect();
-                self.error("server", format!("no server named `{name}`; configured: {}", names.join(", ")))
+                self.error(
+                    "server",
+                    format!("no server named `{name}`; configured: {}", names.join(", ")),
+                )
             }),
             None => self.pick_local(is_local_ip),
         }
@@ -257,11 +300,19 @@ impl Config {
     /// [`Config::local_server`] without a name, with the "is this IP mine"
     /// test passed in so that tests need not depend on the machine.
     fn pick_local(&self, is_local: impl Fn(IpAddr) -> bool) -> Result<&ServerConf, ConfigError> {
-        let local: Vec<&ServerConf> = self.servers.iter().filter(|s| is_local(s.address.ip())).collect();
+        let local: Vec<&ServerConf> = self
+            .servers
+            .iter()
+            .filter(|s| is_local(s.address.ip()))
+            .collect();
         match local.as_slice() {
             [one] => Ok(one),
             [] => {
-                let all: Vec<String> = self.servers.iter().map(|s| format!("{} {}", s.name, s.address.ip())).collect();
+                let all: Vec<String> = self
+                    .servers
+                    .iter()
+                    .map(|s| format!("{} {}", s.name, s.address.ip()))
+                    .collect();
                 let message = format!(
                     "no server in the config matches this machine's addresses ({}); pass --name",
                     all.join(", ")
@@ -280,7 +331,12 @@ impl Config {
     }
 
     fn error(&self, key: &str, message: String) -> ConfigError {
-        ConfigError { path: self.path.clone(), line: None, key: Some(key.to_owned()), message }
+        ConfigError {
+            path: self.path.clone(),
+            line: None,
+            key: Some(key.to_owned()),
+            message,
+        }
     }
 
     /// The part of the config all members must agree on, one item per line so
@@ -291,7 +347,10 @@ impl Config {
         servers.sort_by(|a, b| a.name.cmp(&b.name));
         let mut text = format!("cluster {}\nport {}\n", self.cluster, self.port);
         for s in servers {
-            text.push_str(&format!("server {} address={} role={}\n", s.name, s.address, s.role));
+            text.push_str(&format!(
+                "server {} address={} role={}\n",
+                s.name, s.address, s.role
+            ));
         }
         text
     }
@@ -328,11 +387,20 @@ fn deserialize(src: &Source<'_>) -> Result<RawConfig, ConfigError> {
     let table = DeTable::parse(src.text).map_err(|e| {
         let offset = e.span().map_or(src.text.len(), |s| s.start);
         let key = key_on_line(src.text, offset);
-        src.err(Some(offset..offset), key.as_deref(), format!("TOML syntax: {}", e.message()))
+        src.err(
+            Some(offset..offset),
+            key.as_deref(),
+            format!("TOML syntax: {}", e.message()),
+        )
     })?;
     RawConfig::deserialize(toml::de::Deserializer::from(table.clone())).map_err(|e| {
-        let key = e.span().and_then(|s| key_path(table.get_ref(), s.start)).map(|k| k.join("."));
-        src.err(e.span(), key.as_deref(), e.message())
+        let key = e
+            .span()
+            .and_then(|s| key_path(table.get_ref(), s.start))
+            .map(|k| k.join("."));
+        // The raw integers are i64 only to give range errors; say what the user wrote.
+        let message = e.message().replace("expected i64", "expected an integer");
+        src.err(e.span(), key.as_deref(), message)
     })
 }
 
@@ -372,7 +440,11 @@ fn key_on_line(text: &str, offset: usize) -> Option<String> {
     if key.is_empty() || !key.chars().all(bare) {
         return None;
     }
-    let header = text[..start].lines().rev().map(str::trim).find(|l| l.starts_with('['));
+    let header = text[..start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['));
     match header.and_then(header_name) {
         Some(table) => Some(format!("{table}.{key}")),
         None => Some(key.to_owned()),
@@ -404,30 +476,53 @@ fn cluster_name(src: &Source<'_>, raw: &Option<Spanned<String>>) -> Result<Strin
 }
 
 fn cluster_port(src: &Source<'_>, raw: &Option<Spanned<i64>>) -> Result<u16, ConfigError> {
-    let Some(value) = raw else { return Ok(PORT_DEFAULT) };
+    let Some(value) = raw else {
+        return Ok(PORT_DEFAULT);
+    };
     match u16::try_from(*value.get_ref()) {
         Ok(port) if port != 0 => Ok(port),
-        _ => Err(src.at(value, "port", format!("port {} out of range 1..=65535", value.get_ref()))),
+        _ => Err(src.at(
+            value,
+            "port",
+            format!("port {} out of range 1..=65535", value.get_ref()),
+        )),
     }
 }
 
 /// `value` resolved against the config's folder (absolute paths stay as they are).
-fn resolve(src: &Source<'_>, folder: &Path, value: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
+fn resolve(
+    src: &Source<'_>,
+    folder: &Path,
+    value: &Spanned<String>,
+    key: &str,
+) -> Result<PathBuf, ConfigError> {
     if value.get_ref().is_empty() {
         return Err(src.at(value, key, "empty path"));
     }
     Ok(folder.join(value.get_ref()))
 }
 
-fn shared_root(src: &Source<'_>, folder: &Path, raw: &Option<Spanned<String>>) -> Result<PathBuf, ConfigError> {
+fn shared_root(
+    src: &Source<'_>,
+    folder: &Path,
+    raw: &Option<Spanned<String>>,
+) -> Result<PathBuf, ConfigError> {
     let value = src.required(raw, "shared_root")?;
     let path = resolve(src, folder, value, "shared_root")?;
     // Checked here rather than at first use: a server started on an unmounted
     // share would otherwise run, see empty hotfolders, and look healthy.
     match std::fs::metadata(&path) {
         Ok(m) if m.is_dir() => Ok(path),
-        Ok(_) => Err(src.at(value, "shared_root", format!("{} is not a directory", path.display()))),
-        Err(e) => Err(src.at(value, "shared_root", format!("shared root {} is not usable: {e}", path.display()))),
+        Ok(_) => Err(src.at(
+            value,
+            "shared_root",
+            format!("{} is not a directory", path.display()),
+        )),
+        Err(e) => Err(src.at(
+            value,
+            "shared_root",
+            format!("shared root {} is not usable: {e}", path.display()),
+        )),
     }
 }
 
@@ -435,112 +530,200 @@ fn shared_root(src: &Source<'_>, folder: &Path, raw: &Option<Spanned<String>>) -
 // [timing]
 
 fn timing(src: &Source<'_>, raw: Option<&Spanned<RawTiming>>) -> Result<Timing, ConfigError> {
-    let d = Timing::default();
-    let Some(raw) = raw else { return Ok(d) };
-    let raw = raw.get_ref();
-    let t = Timing {
-        tick_ms: timing_value(src, &raw.tick_ms, "tick_ms", d.tick_ms)?,
-        heartbeat_ms: timing_value(src, &raw.heartbeat_ms, "heartbeat_ms", d.heartbeat_ms)?,
-        election_ms: timing_value(src, &raw.election_ms, "election_ms", d.election_ms)?,
-        node_timeout_ms: timing_value(src, &raw.node_timeout_ms, "node_timeout_ms", d.node_timeout_ms)?,
-        discovery_ms: timing_value(src, &raw.discovery_ms, "discovery_ms", d.discovery_ms)?,
+    let Some(raw) = raw else {
+        return Ok(Timing::default());
     };
+    let raw = raw.get_ref();
+    let d = Timing::default();
+    let value = |key: &str, default: u64| timing_value(src, raw.field(key), key, default);
+    let t = Timing {
+        tick_ms: value("tick_ms", d.tick_ms)?,
+        heartbeat_ms: value("heartbeat_ms", d.heartbeat_ms)?,
+        election_ms: value("election_ms", d.election_ms)?,
+        node_timeout_ms: value("node_timeout_ms", d.node_timeout_ms)?,
+        discovery_ms: value("discovery_ms", d.discovery_ms)?,
+    };
+    match timing_conflict(&t) {
+        None => Ok(t),
+        Some((subject, other, message)) => {
+            // Point at the key the rule is about if it is written, else at the
+            // other one (one of them is: the defaults are consistent).
+            let key = if raw.field(subject).is_some() {
+                subject
+            } else {
+                other
+            };
+            let span = raw.field(key).as_ref().map(Spanned::span);
+            Err(src.err(span, Some(&format!("timing.{key}")), message))
+        }
+    }
+}
+
+impl RawTiming {
+    fn field(&self, key: &str) -> &Option<Spanned<i64>> {
+        match key {
+            "tick_ms" => &self.tick_ms,
+            "heartbeat_ms" => &self.heartbeat_ms,
+            "election_ms" => &self.election_ms,
+            "node_timeout_ms" => &self.node_timeout_ms,
+            "discovery_ms" => &self.discovery_ms,
+            _ => unreachable!("no timing key {key}"),
+        }
+    }
+}
+
+/// The first rule between timing values that `t` breaks, as (the key the
+/// rule is about, the key it is compared with, message).
+fn timing_conflict(t: &Timing) -> Option<(&'static str, &'static str, String)> {
     // The driver acts only on ticks, so a heartbeat shorter than a tick cannot be kept.
     if t.tick_ms > t.heartbeat_ms {
-        let message = format!("tick_ms ({}) must not exceed heartbeat_ms ({})", t.tick_ms, t.heartbeat_ms);
-        return Err(timing_blame(src, (&raw.tick_ms, "tick_ms"), (&raw.heartbeat_ms, "heartbeat_ms"), message));
+        let message = format!(
+            "tick_ms ({}) must not exceed heartbeat_ms ({})",
+            t.tick_ms, t.heartbeat_ms
+        );
+        return Some(("tick_ms", "heartbeat_ms", message));
     }
-    // Followers must miss at least two heartbeats before they call an election,
-    // or one delayed packet changes the coordinator.
+    // Followers must miss at least two heartbeats before they call an
+    // election, or one delayed packet changes the coordinator.
     if t.election_ms < 2 * t.heartbeat_ms {
-        let message =
-            format!("election_ms ({}) must be at least twice heartbeat_ms ({})", t.election_ms, t.heartbeat_ms);
-        return Err(timing_blame(src, (&raw.heartbeat_ms, "heartbeat_ms"), (&raw.election_ms, "election_ms"), message));
+        let message = format!(
+            "election_ms ({}) must be at least twice heartbeat_ms ({})",
+            t.election_ms, t.heartbeat_ms
+        );
+        return Some(("election_ms", "heartbeat_ms", message));
     }
     // A node timeout within one heartbeat would declare healthy peers down.
     if t.node_timeout_ms <= t.heartbeat_ms {
-        let message =
-            format!("node_timeout_ms ({}) must exceed heartbeat_ms ({})", t.node_timeout_ms, t.heartbeat_ms);
-        return Err(timing_blame(
-            src,
-            (&raw.heartbeat_ms, "heartbeat_ms"),
-            (&raw.node_timeout_ms, "node_timeout_ms"),
-            message,
-        ));
+        let message = format!(
+            "node_timeout_ms ({}) must exceed heartbeat_ms ({})",
+            t.node_timeout_ms, t.heartbeat_ms
+        );
+        return Some(("node_timeout_ms", "heartbeat_ms", message));
     }
-    Ok(t)
+    None
 }
 
-fn timing_value(src: &Source<'_>, raw: &Option<Spanned<i64>>, key: &str, default: u64) -> Result<u64, ConfigError> {
+fn timing_value(
+    src: &Source<'_>,
+    raw: &Option<Spanned<i64>>,
+    key: &str,
+    default: u64,
+) -> Result<u64, ConfigError> {
     let Some(value) = raw else { return Ok(default) };
     match u64::try_from(*value.get_ref()) {
         Ok(ms) if (1..=TIMING_MAX_MS).contains(&ms) => Ok(ms),
-        _ => Err(src.at(value, &format!("timing.{key}"), format!("{} out of range 1..={TIMING_MAX_MS}", value.get_ref()))),
+        _ => {
+            let message = format!("{} out of range 1..={TIMING_MAX_MS}", value.get_ref());
+            Err(src.at(value, &format!("timing.{key}"), message))
+        }
     }
-}
-
-/// An error about two timing keys, at the line of the second if it is in the
-/// file, else of the first (at least one is: the defaults are consistent).
-fn timing_blame(
-    src: &Source<'_>,
-    first: (&Option<Spanned<i64>>, &str),
-    second: (&Option<Spanned<i64>>, &str),
-    message: String,
-) -> ConfigError {
-    let (value, key) = if second.0.is_some() { second } else { first };
-    let span = value.as_ref().map(Spanned::span);
-    src.err(span, Some(&format!("timing.{key}")), message)
 }
 
 // ---------------------------------------------------------------------------
 // [[server]]
 
-fn servers(src: &Source<'_>, raw: &[Spanned<RawServer>], port: u16) -> Result<Vec<ServerConf>, ConfigError> {
-    if raw.is_empty() {
-        return Err(src.err(None, Some("server"), "no [[server]] table: at least one is required"));
-    }
-    if raw.len() > SERVERS_MAX {
-        let message = format!("{} [[server]] tables, at most {SERVERS_MAX} allowed", raw.len());
-        return Err(src.err(Some(raw[SERVERS_MAX].span()), Some("server"), message));
-    }
-    let mut servers = Vec::with_capacity(raw.len());
-    let mut names: HashMap<String, usize> = HashMap::new();
-    let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
-    for entry in raw {
-        let server = server(src, entry, port)?;
-        let r = entry.get_ref();
-        let name_line = r.name.as_ref().map_or(0, |n| line_of(src.text, n.span().start));
-        if let Some(first) = names.insert(server.name.clone(), name_line) {
-            let message = format!("duplicate server name `{}` (first at line {first})", server.name);
-            return Err(src.err(r.name.as_ref().map(Spanned::span), Some("server.name"), message));
-        }
-        if let Some(first) = addresses.insert(server.address, server.name.clone()) {
-            let message = format!("duplicate server address {} (also server `{first}`)", server.address);
-            return Err(src.err(r.address.as_ref().map(Spanned::span), Some("server.address"), message));
-        }
-        servers.push(server);
-    }
-    if servers.iter().all(|s| s.role == Role::Witness) {
-        // Witnesses never coordinate, so such a cluster could never elect one.
-        let span = raw[0].get_ref().role.as_ref().map_or(raw[0].span(), Spanned::span);
-        return Err(src.err(Some(span), Some("server.role"), "every server is a witness: at least one needs role \"server\""));
-    }
-    Ok(servers)
+/// A valid `[[server]]` with where its name and address are written, for the
+/// checks across servers.
+struct ParsedServer {
+    conf: ServerConf,
+    name_span: Range<usize>,
+    address_span: Range<usize>,
 }
 
-fn server(src: &Source<'_>, entry: &Spanned<RawServer>, port: u16) -> Result<ServerConf, ConfigError> {
+fn servers(
+    src: &Source<'_>,
+    raw: &[Spanned<RawServer>],
+    port: u16,
+) -> Result<Vec<ServerConf>, ConfigError> {
+    if raw.is_empty() {
+        return Err(src.err(
+            None,
+            Some("server"),
+            "no [[server]] table: at least one is required",
+        ));
+    }
+    if raw.len() > SERVERS_MAX {
+        let message = format!(
+            "{} [[server]] tables, at most {SERVERS_MAX} allowed",
+            raw.len()
+        );
+        return Err(src.err(Some(raw[SERVERS_MAX].span()), Some("server"), message));
+    }
+    let parsed = raw
+        .iter()
+        .map(|entry| server(src, entry, port))
+        .collect::<Result<Vec<_>, _>>()?;
+    check_unique(src, &parsed)?;
+    if parsed.iter().all(|p| p.conf.role == Role::Witness) {
+        // Witnesses never coordinate, so such a cluster could never elect one.
+        let first = &raw[0];
+        let span = first
+            .get_ref()
+            .role
+            .as_ref()
+            .map_or(first.span(), Spanned::span);
+        let message = "every server is a witness: at least one needs role \"server\"";
+        return Err(src.err(Some(span), Some("server.role"), message));
+    }
+    Ok(parsed.into_iter().map(|p| p.conf).collect())
+}
+
+/// Names and addresses (IP and port) must be unique; the error points at
+/// the second of a pair.
+fn check_unique(src: &Source<'_>, parsed: &[ParsedServer]) -> Result<(), ConfigError> {
+    let mut names: HashMap<&str, &ParsedServer> = HashMap::new();
+    let mut addresses: HashMap<SocketAddr, &ParsedServer> = HashMap::new();
+    for p in parsed {
+        if let Some(first) = names.insert(&p.conf.name, p) {
+            let line = line_of(src.text, first.name_span.start);
+            let message = format!(
+                "duplicate server name `{}` (first at line {line})",
+                p.conf.name
+            );
+            return Err(src.err(Some(p.name_span.clone()), Some("server.name"), message));
+        }
+        if let Some(first) = addresses.insert(p.conf.address, p) {
+            let message = format!(
+                "duplicate server address {} (also server `{}`)",
+                p.conf.address, first.conf.name
+            );
+            return Err(src.err(
+                Some(p.address_span.clone()),
+                Some("server.address"),
+                message,
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn server(
+    src: &Source<'_>,
+    entry: &Spanned<RawServer>,
+    port: u16,
+) -> Result<ParsedServer, ConfigError> {
     let r = entry.get_ref();
     // A missing key is not in the file: point at the [[server]] table instead.
     let missing = |key: &str| src.err(Some(entry.span()), Some(key), "missing (required)");
     let name = r.name.as_ref().ok_or_else(|| missing("server.name"))?;
     check_server_name(name.get_ref()).map_err(|m| src.at(name, "server.name", m))?;
-    let address = r.address.as_ref().ok_or_else(|| missing("server.address"))?;
-    let address_value = parse_address(address.get_ref(), port).map_err(|m| src.at(address, "server.address", m))?;
+    let address = r
+        .address
+        .as_ref()
+        .ok_or_else(|| missing("server.address"))?;
+    let address_value =
+        parse_address(address.get_ref(), port).map_err(|m| src.at(address, "server.address", m))?;
     let slots = match &r.slots {
         None => SLOTS_DEFAULT,
         Some(v) => match u32::try_from(*v.get_ref()) {
             Ok(n) if (1..=SLOTS_MAX).contains(&n) => n,
-            _ => return Err(src.at(v, "server.slots", format!("{} out of range 1..={SLOTS_MAX}", v.get_ref()))),
+            _ => {
+                return Err(src.at(
+                    v,
+                    "server.slots",
+                    format!("{} out of range 1..={SLOTS_MAX}", v.get_ref()),
+                ))
+            }
         },
     };
     let role = match &r.role {
@@ -549,11 +732,25 @@ fn server(src: &Source<'_>, entry: &Spanned<RawServer>, port: u16) -> Result<Ser
             "server" => Role::Server,
             "witness" => Role::Witness,
             other => {
-                return Err(src.at(v, "server.role", format!("unknown role {other:?}: \"server\" or \"witness\"")));
+                return Err(src.at(
+                    v,
+                    "server.role",
+                    format!("unknown role {other:?}: \"server\" or \"witness\""),
+                ));
             }
         },
     };
-    Ok(ServerConf { name: name.get_ref().clone(), address: address_value, slots, role })
+    let conf = ServerConf {
+        name: name.get_ref().clone(),
+        address: address_value,
+        slots,
+        role,
+    };
+    Ok(ParsedServer {
+        conf,
+        name_span: name.span(),
+        address_span: address.span(),
+    })
 }
 
 /// Server names become DNS names in TLS certificates (RFC 1123 labels), so
@@ -562,13 +759,17 @@ fn check_server_name(name: &str) -> Result<(), String> {
     let rule = format!(
         "1 to {SERVER_NAME_MAX_CHARS} characters among a-z 0-9 -, starting with a letter, not ending with -"
     );
-    let ok_chars = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     let starts = name.starts_with(|c: char| c.is_ascii_lowercase());
     if name.len() > SERVER_NAME_MAX_CHARS || !ok_chars || !starts || name.ends_with('-') {
         return Err(format!("bad server name {name:?}: {rule}"));
     }
     if name == RESERVED_SERVER_NAME {
-        return Err(format!("server name {name:?} is reserved for the command-line client's certificate"));
+        return Err(format!(
+            "server name {name:?} is reserved for the command-line client's certificate"
+        ));
     }
     Ok(())
 }
@@ -590,7 +791,9 @@ fn parse_address(text: &str, port: u16) -> Result<SocketAddr, String> {
         return Err(format!("port 0 in {text:?}: the port must be 1..=65535"));
     }
     if address.ip().is_unspecified() || address.ip().is_multicast() {
-        return Err(format!("{text:?} is not an address other servers can reach"));
+        return Err(format!(
+            "{text:?} is not an address other servers can reach"
+        ));
     }
     Ok(address)
 }
@@ -600,7 +803,13 @@ fn parse_address(text: &str, port: u16) -> Result<SocketAddr, String> {
 /// A commented config skeleton (for `claro init`). `servers` are
 /// (name, address) pairs, written as given; the result parses with
 /// [`Config::parse`] when the shared root exists and the pairs are valid.
-pub fn render(cluster: &str, port: u16, shared_root: &str, data_dir: &str, servers: &[(String, String)]) -> String {
+pub fn render(
+    cluster: &str,
+    port: u16,
+    shared_root: &str,
+    data_dir: &str,
+    servers: &[(String, String)],
+) -> String {
     let d = Timing::default();
     let mut out = format!(
         "# claro cluster configuration. Copy this file (and tls/) unchanged to every
@@ -655,4 +864,1026 @@ fn quote(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    /// A folder holding the config file and a `shared` directory, the
+    /// minimal valid layout.
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir(dir.path().join("shared")).unwrap();
+            Fixture { dir }
+        }
+
+        fn path(&self) -> PathBuf {
+            self.dir.path().join("ClaroServers.conf")
+        }
+
+        fn parse(&self, text: &str) -> Result<Config, ConfigError> {
+            Config::parse(text, &self.path())
+        }
+
+        fn ok(&self, text: &str) -> Config {
+            self.parse(text)
+                .unwrap_or_else(|e| panic!("expected a valid config, got: {e}\n{text}"))
+        }
+
+        /// Parses `text`, expects an error at `line` about `key`, whose message
+        /// contains `fragment`, and returns it.
+        fn bad(
+            &self,
+            text: &str,
+            line: Option<usize>,
+            key: Option<&str>,
+            fragment: &str,
+        ) -> ConfigError {
+            let e = match self.parse(text) {
+                Ok(_) => panic!("expected an error for:\n{text}"),
+                Err(e) => e,
+            };
+            assert_eq!(e.path, self.path(), "{e}");
+            assert_eq!(e.line, line, "line of: {e}");
+            assert_eq!(e.key.as_deref(), key, "key of: {e}");
+            assert!(
+                e.message.contains(fragment),
+                "message of `{e}` lacks {fragment:?}"
+            );
+            e
+        }
+    }
+
+    const HEAD: &str = "cluster = \"c1\"\nshared_root = \"shared\"\ndata_dir = \"data\"\n";
+
+    fn with_servers(servers: &str) -> String {
+        format!("{HEAD}{servers}")
+    }
+
+    const ONE: &str = "\n[[server]]\nname = \"srv1\"\naddress = \"127.0.0.1\"\n";
+
+    fn minimal() -> String {
+        with_servers(ONE)
+    }
+
+    // --- good configs -----------------------------------------------------
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let f = Fixture::new();
+        let c = f.ok(&minimal());
+        assert_eq!(c.path, f.path());
+        assert_eq!(c.cluster, "c1");
+        assert_eq!(c.port, PORT_DEFAULT);
+        assert_eq!(c.shared_root, f.dir.path().join("shared"));
+        assert_eq!(c.data_dir, f.dir.path().join("data"));
+        assert_eq!(c.tls_dir, f.dir.path().join("tls"));
+        assert_eq!(c.timing, Timing::default());
+        assert_eq!(
+            c.timing,
+            Timing {
+                tick_ms: 20,
+                heartbeat_ms: 100,
+                election_ms: 1000,
+                node_timeout_ms: 3000,
+                discovery_ms: 2000
+            }
+        );
+        let expected = ServerConf {
+            name: "srv1".into(),
+            address: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7900),
+            slots: 4,
+            role: Role::Server,
+        };
+        assert_eq!(c.servers, vec![expected]);
+        assert_eq!(c.server_dir("srv1"), f.dir.path().join("data").join("srv1"));
+    }
+
+    #[test]
+    fn full_config_reads_every_key() {
+        let f = Fixture::new();
+        let text = r#"
+cluster = "Prod.Cluster_2-a"
+port = 7911
+shared_root = "shared"
+data_dir = "/var/lib/claro"
+tls_dir = "certs"
+
+[timing]
+tick_ms = 10
+heartbeat_ms = 50
+election_ms = 500
+node_timeout_ms = 2000
+discovery_ms = 1500
+
+[[server]]
+name = "a1"
+address = "10.0.0.1"
+slots = 256
+role = "server"
+
+[[server]]
+name = "w-2"
+address = "10.0.0.2:8000"
+slots = 1
+role = "witness"
+
+[[server]]
+name = "v6"
+address = "[fd00::3]:7912"
+
+[[server]]
+name = "v6b"
+address = "fd00::4"
+"#;
+        let c = f.ok(text);
+        assert_eq!(c.cluster, "Prod.Cluster_2-a");
+        assert_eq!(c.port, 7911);
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/claro"));
+        assert_eq!(c.tls_dir, f.dir.path().join("certs"));
+        let t = Timing {
+            tick_ms: 10,
+            heartbeat_ms: 50,
+            election_ms: 500,
+            node_timeout_ms: 2000,
+            discovery_ms: 1500,
+        };
+        assert_eq!(c.timing, t);
+        assert_eq!(c.servers.len(), 4);
+        assert_eq!(c.servers[0].address, "10.0.0.1:7911".parse().unwrap());
+        assert_eq!((c.servers[0].slots, c.servers[0].role), (256, Role::Server));
+        assert_eq!(c.servers[1].address, "10.0.0.2:8000".parse().unwrap());
+        assert_eq!((c.servers[1].slots, c.servers[1].role), (1, Role::Witness));
+        assert_eq!(c.servers[2].address, "[fd00::3]:7912".parse().unwrap());
+        let v6 = SocketAddr::new(IpAddr::V6("fd00::4".parse::<Ipv6Addr>().unwrap()), 7911);
+        assert_eq!(c.servers[3].address, v6);
+    }
+
+    #[test]
+    fn partial_timing_keeps_other_defaults() {
+        let f = Fixture::new();
+        let c = f.ok(&with_servers(&format!(
+            "[timing]\ndiscovery_ms = 5000\n{ONE}"
+        )));
+        assert_eq!(
+            c.timing,
+            Timing {
+                discovery_ms: 5000,
+                ..Timing::default()
+            }
+        );
+    }
+
+    #[test]
+    fn inline_server_array_is_accepted() {
+        let f = Fixture::new();
+        let c = f.ok(&format!(
+            "{HEAD}server = [{{ name = \"a\", address = \"127.0.0.1\" }}]\n"
+        ));
+        assert_eq!(c.servers[0].name, "a");
+    }
+
+    #[test]
+    fn absolute_shared_root_is_kept() {
+        let f = Fixture::new();
+        let abs = f.dir.path().join("shared");
+        let text = format!(
+            "cluster = \"c\"\nshared_root = {}\ndata_dir = \"d\"\n{ONE}",
+            quote(abs.to_str().unwrap())
+        );
+        assert_eq!(f.ok(&text).shared_root, abs);
+    }
+
+    #[test]
+    fn path_without_folder_resolves_against_dot() {
+        let f = Fixture::new();
+        let abs = f.dir.path().join("shared");
+        let text = format!(
+            "cluster = \"c\"\nshared_root = {}\ndata_dir = \"d\"\n{ONE}",
+            quote(abs.to_str().unwrap())
+        );
+        let c = Config::parse(&text, Path::new("ClaroServers.conf")).unwrap();
+        assert_eq!(c.data_dir, Path::new(".").join("d"));
+        assert_eq!(c.tls_dir, Path::new(".").join("tls"));
+        assert_eq!(c.path, PathBuf::from("ClaroServers.conf"));
+    }
+
+    #[test]
+    fn same_ip_on_different_ports_is_two_servers() {
+        let f = Fixture::new();
+        let text = with_servers(
+            "[[server]]\nname = \"a\"\naddress = \"127.0.0.1\"\n[[server]]\nname = \"b\"\naddress = \"127.0.0.1:7901\"\n",
+        );
+        assert_eq!(f.ok(&text).servers.len(), 2);
+    }
+
+    #[test]
+    fn repository_quickstart_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/ClaroServers.conf");
+        if !path.exists() {
+            return; // not part of this checkout
+        }
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.servers[0].address.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+
+    // --- TOML level --------------------------------------------------------
+
+    #[test]
+    fn syntax_error_names_line() {
+        let f = Fixture::new();
+        let text = format!("{HEAD}[timing]\ntick_ms = 10\nheartbeat_ms = \"50\n{ONE}");
+        let e = f.bad(&text, Some(6), Some("timing.heartbeat_ms"), "TOML syntax");
+        assert!(
+            e.to_string()
+                .contains(":6: key `timing.heartbeat_ms`: TOML syntax"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn syntax_error_without_key() {
+        let f = Fixture::new();
+        f.bad(&format!("{HEAD}[[server]\n"), Some(4), None, "TOML syntax");
+    }
+
+    #[test]
+    fn duplicate_key_names_line_and_key() {
+        let f = Fixture::new();
+        f.bad(
+            &format!("{HEAD}cluster = \"again\"\n{ONE}"),
+            Some(4),
+            Some("cluster"),
+            "duplicate",
+        );
+        let text = with_servers(&format!("[timing]\ntick_ms = 10\ntick_ms = 10\n{ONE}"));
+        f.bad(&text, Some(6), Some("timing.tick_ms"), "duplicate");
+    }
+
+    #[test]
+    fn unknown_top_level_key() {
+        let f = Fixture::new();
+        f.bad(
+            &format!("{HEAD}colour = 3\n{ONE}"),
+            Some(4),
+            Some("colour"),
+            "unknown field `colour`",
+        );
+    }
+
+    #[test]
+    fn unknown_timing_key() {
+        let f = Fixture::new();
+        let text = with_servers(&format!("[timing]\ntick_ms = 10\nheartbeat = 7\n{ONE}"));
+        f.bad(
+            &text,
+            Some(6),
+            Some("timing.heartbeat"),
+            "unknown field `heartbeat`",
+        );
+    }
+
+    #[test]
+    fn unknown_server_key_in_second_server() {
+        let f = Fixture::new();
+        let text = with_servers(&format!(
+            "{ONE}\n[[server]]\nname = \"b\"\naddress = \"127.0.0.2\"\nslot = 2\n"
+        ));
+        f.bad(&text, Some(12), Some("server.slot"), "unknown field `slot`");
+    }
+
+    #[test]
+    fn unknown_key_in_inline_server() {
+        let f = Fixture::new();
+        let text = format!("{HEAD}server = [\n  {{ name = \"a\", address = \"127.0.0.1\" }},\n  {{ nme = \"b\" }},\n]\n");
+        f.bad(&text, Some(6), Some("server.nme"), "unknown field `nme`");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let f = Fixture::new();
+        f.bad(
+            &format!("{HEAD}port = \"7900\"\n{ONE}"),
+            Some(4),
+            Some("port"),
+            "invalid type: string \"7900\", expected an integer",
+        );
+        f.bad(
+            "cluster = 5\nshared_root = \"shared\"\n",
+            Some(1),
+            Some("cluster"),
+            "invalid type",
+        );
+        let text =
+            with_servers("[[server]]\nname = \"a\"\naddress = \"127.0.0.1\"\nslots = \"many\"\n");
+        f.bad(&text, Some(7), Some("server.slots"), "invalid type");
+        let text = with_servers(&format!("[timing]\ntick_ms = 1.5\n{ONE}"));
+        f.bad(&text, Some(5), Some("timing.tick_ms"), "invalid type");
+        f.bad(
+            &format!("{HEAD}timing = 3\n{ONE}"),
+            Some(4),
+            Some("timing"),
+            "invalid type",
+        );
+        f.bad(
+            &format!("{HEAD}[server]\nname = \"a\"\n"),
+            Some(4),
+            Some("server"),
+            "invalid type",
+        );
+    }
+
+    // --- required keys -----------------------------------------------------
+
+    #[test]
+    fn missing_top_level_keys() {
+        let f = Fixture::new();
+        for key in ["cluster", "shared_root", "data_dir"] {
+            let text: String = minimal()
+                .lines()
+                .filter(|l| !l.starts_with(key))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            f.bad(&text, None, Some(key), "missing");
+        }
+    }
+
+    #[test]
+    fn missing_servers() {
+        let f = Fixture::new();
+        f.bad(HEAD, None, Some("server"), "at least one");
+        f.bad(
+            &format!("{HEAD}server = []\n"),
+            None,
+            Some("server"),
+            "at least one",
+        );
+    }
+
+    #[test]
+    fn missing_server_name_or_address_points_at_the_table() {
+        let f = Fixture::new();
+        let text = with_servers(&format!("{ONE}\n[[server]]\naddress = \"127.0.0.2\"\n"));
+        f.bad(&text, Some(9), Some("server.name"), "missing");
+        let text = with_servers(&format!("{ONE}\n[[server]]\nname = \"b\"\n"));
+        f.bad(&text, Some(9), Some("server.address"), "missing");
+    }
+
+    // --- servers -------------------------------------------------------------
+
+    #[test]
+    fn duplicate_name_points_at_the_second() {
+        let f = Fixture::new();
+        let text = with_servers(&format!(
+            "{ONE}\n[[server]]\nname = \"srv1\"\naddress = \"127.0.0.2\"\n"
+        ));
+        f.bad(
+            &text,
+            Some(10),
+            Some("server.name"),
+            "duplicate server name `srv1` (first at line 6)",
+        );
+    }
+
+    #[test]
+    fn duplicate_address_points_at_the_second() {
+        let f = Fixture::new();
+        // 127.0.0.1 with the cluster port is the same address as 127.0.0.1:7900.
+        let text = with_servers(&format!(
+            "{ONE}\n[[server]]\nname = \"b\"\naddress = \"127.0.0.1:7900\"\n"
+        ));
+        f.bad(
+            &text,
+            Some(11),
+            Some("server.address"),
+            "duplicate server address 127.0.0.1:7900",
+        );
+    }
+
+    #[test]
+    fn bad_addresses() {
+        let f = Fixture::new();
+        let cases = [
+            ("foo", "not an IP address: \"foo\""),
+            ("srv1.example.com", "hostnames are not accepted"),
+            ("srv1:7900", "hostnames are not accepted"),
+            ("", "not an IP address"),
+            ("127.0.0.1:", "not an IP address"),
+            ("127.0.0.1:70000", "not an IP address"),
+            ("300.0.0.1", "not an IP address"),
+            ("127.0.0.1:0", "port 0"),
+            ("0.0.0.0", "not an address other servers can reach"),
+            ("::", "not an address other servers can reach"),
+            ("224.0.0.1", "not an address other servers can reach"),
+        ];
+        for (address, fragment) in cases {
+            let text = with_servers(&format!(
+                "\n[[server]]\nname = \"a\"\naddress = {}\n",
+                quote(address)
+            ));
+            f.bad(&text, Some(7), Some("server.address"), fragment);
+        }
+    }
+
+    #[test]
+    fn server_name_rules() {
+        let f = Fixture::new();
+        let longest = format!("a{}", "b".repeat(SERVER_NAME_MAX_CHARS - 1));
+        for good in ["a", "srv-1", "x9", longest.as_str()] {
+            f.ok(&with_servers(&format!(
+                "[[server]]\nname = \"{good}\"\naddress = \"127.0.0.1\"\n"
+            )));
+        }
+        let too_long = format!("{longest}c");
+        for bad in [
+            "",
+            "Srv1",
+            "1srv",
+            "-srv",
+            "srv-",
+            "srv_1",
+            "srv.1",
+            "srv 1",
+            "ßrv",
+            too_long.as_str(),
+        ] {
+            let text = with_servers(&format!(
+                "[[server]]\nname = \"{bad}\"\naddress = \"127.0.0.1\"\n"
+            ));
+            f.bad(&text, Some(5), Some("server.name"), "bad server name");
+        }
+        let text = with_servers("[[server]]\nname = \"client\"\naddress = \"127.0.0.1\"\n");
+        f.bad(&text, Some(5), Some("server.name"), "reserved");
+    }
+
+    #[test]
+    fn cluster_name_rules() {
+        let f = Fixture::new();
+        let longest = "c".repeat(CLUSTER_NAME_MAX_CHARS);
+        let rest = "shared_root = \"shared\"\ndata_dir = \"data\"\n";
+        for good in ["a", "A.b_c-9", longest.as_str()] {
+            f.ok(&format!("cluster = \"{good}\"\n{rest}{ONE}"));
+        }
+        let too_long = format!("{longest}c");
+        for bad in ["", "a b", "a/b", "é", too_long.as_str()] {
+            f.bad(
+                &format!("{rest}cluster = \"{bad}\"\n{ONE}"),
+                Some(3),
+                Some("cluster"),
+                "bad cluster name",
+            );
+        }
+    }
+
+    #[test]
+    fn bad_role() {
+        let f = Fixture::new();
+        let text =
+            with_servers("[[server]]\nname = \"a\"\naddress = \"127.0.0.1\"\nrole = \"Witness\"\n");
+        f.bad(
+            &text,
+            Some(7),
+            Some("server.role"),
+            "unknown role \"Witness\"",
+        );
+        let text = with_servers(
+            "[[server]]\nname = \"a\"\naddress = \"127.0.0.1\"\nrole = \"coordinator\"\n",
+        );
+        f.bad(&text, Some(7), Some("server.role"), "unknown role");
+    }
+
+    #[test]
+    fn slots_range() {
+        let f = Fixture::new();
+        let text = |n: i64| {
+            with_servers(&format!(
+                "[[server]]\nname = \"a\"\naddress = \"127.0.0.1\"\nslots = {n}\n"
+            ))
+        };
+        assert_eq!(f.ok(&text(1)).servers[0].slots, 1);
+        assert_eq!(f.ok(&text(256)).servers[0].slots, 256);
+        for n in [0, 257, -1, i64::MAX] {
+            f.bad(
+                &text(n),
+                Some(7),
+                Some("server.slots"),
+                "out of range 1..=256",
+            );
+        }
+    }
+
+    #[test]
+    fn only_witnesses_is_refused() {
+        let f = Fixture::new();
+        let text = with_servers(
+            "[[server]]\nname = \"a\"\naddress = \"127.0.0.1\"\nrole = \"witness\"\n\
+             [[server]]\nname = \"b\"\naddress = \"127.0.0.2\"\nrole = \"witness\"\n",
+        );
+        f.bad(
+            &text,
+            Some(7),
+            Some("server.role"),
+            "at least one needs role \"server\"",
+        );
+    }
+
+    #[test]
+    fn too_many_servers() {
+        let f = Fixture::new();
+        let servers: String = (0..=SERVERS_MAX)
+            .map(|i| {
+                format!(
+                    "[[server]]\nname = \"s{i}\"\naddress = \"10.0.{}.{}\"\n",
+                    i / 200,
+                    i % 200 + 1
+                )
+            })
+            .collect();
+        let line = 4 + 3 * SERVERS_MAX;
+        f.bad(
+            &with_servers(&servers),
+            Some(line),
+            Some("server"),
+            "at most 64",
+        );
+    }
+
+    // --- top-level values ----------------------------------------------------
+
+    #[test]
+    fn cluster_port_range() {
+        let f = Fixture::new();
+        assert_eq!(f.ok(&format!("{HEAD}port = 1\n{ONE}")).port, 1);
+        assert_eq!(
+            f.ok(&format!("{HEAD}port = 65535\n{ONE}")).servers[0]
+                .address
+                .port(),
+            65535
+        );
+        for bad in [0, 65536, -7900] {
+            f.bad(
+                &format!("{HEAD}port = {bad}\n{ONE}"),
+                Some(4),
+                Some("port"),
+                "out of range",
+            );
+        }
+    }
+
+    #[test]
+    fn shared_root_must_exist() {
+        let f = Fixture::new();
+        let text = minimal().replace("\"shared\"", "\"nowhere\"");
+        let e = f.bad(&text, Some(2), Some("shared_root"), "not usable");
+        assert!(
+            e.message
+                .contains(&f.dir.path().join("nowhere").display().to_string()),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn shared_root_must_be_a_directory() {
+        let f = Fixture::new();
+        std::fs::write(f.dir.path().join("afile"), "x").unwrap();
+        let text = minimal().replace("\"shared\"", "\"afile\"");
+        let e = f.bad(&text, Some(2), Some("shared_root"), "is not a directory");
+        assert!(
+            e.message
+                .contains(&f.dir.path().join("afile").display().to_string()),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn empty_paths_are_refused() {
+        let f = Fixture::new();
+        f.bad(
+            &minimal().replace("\"shared\"", "\"\""),
+            Some(2),
+            Some("shared_root"),
+            "empty path",
+        );
+        f.bad(
+            &minimal().replace("\"data\"", "\"\""),
+            Some(3),
+            Some("data_dir"),
+            "empty path",
+        );
+        f.bad(
+            &format!("{HEAD}tls_dir = \"\"\n{ONE}"),
+            Some(4),
+            Some("tls_dir"),
+            "empty path",
+        );
+    }
+
+    // --- timing ----------------------------------------------------------------
+
+    fn timing_text(body: &str) -> String {
+        with_servers(&format!("[timing]\n{body}{ONE}"))
+    }
+
+    #[test]
+    fn timing_values_are_bounded() {
+        let f = Fixture::new();
+        for key in [
+            "tick_ms",
+            "heartbeat_ms",
+            "election_ms",
+            "node_timeout_ms",
+            "discovery_ms",
+        ] {
+            for bad in [0, -5, 600_001] {
+                let text = timing_text(&format!("{key} = {bad}\n"));
+                f.bad(
+                    &text,
+                    Some(5),
+                    Some(&format!("timing.{key}")),
+                    "out of range 1..=600000",
+                );
+            }
+        }
+        let c = f.ok(&timing_text(
+            "discovery_ms = 600000\nnode_timeout_ms = 600000\nelection_ms = 600000\n",
+        ));
+        assert_eq!(c.timing.discovery_ms, TIMING_MAX_MS);
+    }
+
+    #[test]
+    fn tick_must_not_exceed_heartbeat() {
+        let f = Fixture::new();
+        f.ok(&timing_text("tick_ms = 100\nheartbeat_ms = 100\n"));
+        f.bad(
+            &timing_text("heartbeat_ms = 100\ntick_ms = 101\n"),
+            Some(6),
+            Some("timing.tick_ms"),
+            "tick_ms (101)",
+        );
+        // Only the heartbeat is written: blame it.
+        f.bad(
+            &timing_text("heartbeat_ms = 10\n"),
+            Some(5),
+            Some("timing.heartbeat_ms"),
+            "must not exceed",
+        );
+    }
+
+    #[test]
+    fn election_must_be_twice_heartbeat() {
+        let f = Fixture::new();
+        f.ok(&timing_text("heartbeat_ms = 100\nelection_ms = 200\n"));
+        let text = timing_text("heartbeat_ms = 100\nelection_ms = 199\n");
+        f.bad(
+            &text,
+            Some(6),
+            Some("timing.election_ms"),
+            "at least twice heartbeat_ms",
+        );
+        let text = timing_text("election_ms = 100\nheartbeat_ms = 100\n");
+        f.bad(&text, Some(5), Some("timing.election_ms"), "at least twice");
+        // Default election (1000 ms) against a written heartbeat.
+        f.bad(
+            &timing_text("heartbeat_ms = 600\n"),
+            Some(5),
+            Some("timing.heartbeat_ms"),
+            "at least twice",
+        );
+    }
+
+    #[test]
+    fn node_timeout_must_exceed_heartbeat() {
+        let f = Fixture::new();
+        let text = timing_text("heartbeat_ms = 100\nnode_timeout_ms = 100\n");
+        f.bad(
+            &text,
+            Some(6),
+            Some("timing.node_timeout_ms"),
+            "must exceed heartbeat_ms",
+        );
+        f.ok(&timing_text("heartbeat_ms = 100\nnode_timeout_ms = 101\n"));
+    }
+
+    // --- errors ----------------------------------------------------------------
+
+    #[test]
+    fn error_display_omits_missing_parts() {
+        let mut e = ConfigError {
+            path: PathBuf::from("conf/ClaroServers.conf"),
+            line: Some(12),
+            key: Some("server.address".into()),
+            message: "not an IP address: \"foo\"".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "conf/ClaroServers.conf:12: key `server.address`: not an IP address: \"foo\""
+        );
+        e.line = None;
+        assert_eq!(
+            e.to_string(),
+            "conf/ClaroServers.conf: key `server.address`: not an IP address: \"foo\""
+        );
+        e.key = None;
+        assert_eq!(
+            e.to_string(),
+            "conf/ClaroServers.conf: not an IP address: \"foo\""
+        );
+        e.line = Some(3);
+        assert_eq!(
+            e.to_string(),
+            "conf/ClaroServers.conf:3: not an IP address: \"foo\""
+        );
+        let _: &dyn std::error::Error = &e;
+    }
+
+    #[test]
+    fn bad_address_message_matches_the_documented_form() {
+        let f = Fixture::new();
+        let text = with_servers("[[server]]\nname = \"a\"\naddress = \"foo\"\n");
+        let e = f.parse(&text).unwrap_err();
+        let expected = format!(
+            "{}:6: key `server.address`: not an IP address: \"foo\"",
+            f.path().display()
+        );
+        assert!(e.to_string().starts_with(&expected), "{e}");
+    }
+
+    #[test]
+    fn line_of_counts_from_one() {
+        assert_eq!(line_of("", 0), 1);
+        assert_eq!(line_of("a\nb\nc", 0), 1);
+        assert_eq!(line_of("a\nb\nc", 2), 2);
+        assert_eq!(line_of("a\nb\nc", 4), 3);
+        assert_eq!(line_of("a\n", 99), 2);
+    }
+
+    // --- load ------------------------------------------------------------------
+
+    #[test]
+    fn load_reads_the_file() {
+        let f = Fixture::new();
+        std::fs::write(f.path(), minimal()).unwrap();
+        let c = Config::load(&f.path()).unwrap();
+        assert_eq!(c.servers[0].name, "srv1");
+    }
+
+    #[test]
+    fn load_missing_file() {
+        let f = Fixture::new();
+        let e = Config::load(&f.path()).unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (None, None));
+        assert!(e.message.contains("cannot open"), "{e}");
+    }
+
+    #[test]
+    fn load_refuses_huge_file() {
+        let f = Fixture::new();
+        let padding = "#".repeat(CONFIG_MAX_BYTES as usize);
+        std::fs::write(f.path(), format!("{}\n{padding}", minimal())).unwrap();
+        let e = Config::load(&f.path()).unwrap_err();
+        assert!(e.message.contains("larger than"), "{e}");
+    }
+
+    // --- lookups ---------------------------------------------------------------
+
+    fn three(f: &Fixture) -> Config {
+        f.ok(&with_servers(
+            "[[server]]\nname = \"a\"\naddress = \"127.0.0.1\"\n\
+             [[server]]\nname = \"b\"\naddress = \"192.0.2.1\"\n\
+             [[server]]\nname = \"c\"\naddress = \"192.0.2.2\"\nrole = \"witness\"\n",
+        ))
+    }
+
+    #[test]
+    fn server_by_name() {
+        let f = Fixture::new();
+        let c = three(&f);
+        assert_eq!(
+            c.server("b").unwrap().address,
+            "192.0.2.1:7900".parse().unwrap()
+        );
+        assert!(c.server("d").is_none());
+    }
+
+    #[test]
+    fn local_server_by_name() {
+        let f = Fixture::new();
+        let c = three(&f);
+        assert_eq!(c.local_server(Some("c")).unwrap().name, "c");
+        let e = c.local_server(Some("zz")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("server"));
+        assert!(
+            e.message.contains("`zz`") && e.message.contains("a, b, c"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn local_server_by_address_on_this_machine() {
+        let f = Fixture::new();
+        assert!(is_local_ip(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        // Documentation ranges (RFC 5737), unless this machine happens to use one.
+        let foreign = ["198.51.100.7", "203.0.113.7", "192.0.2.251"]
+            .iter()
+            .map(|a| a.parse::<IpAddr>().unwrap())
+            .find(|ip| !is_local_ip(*ip))
+            .expect("a documentation address that is not local");
+        let text = with_servers(&format!(
+            "[[server]]\nname = \"a\"\naddress = \"127.0.0.1\"\n[[server]]\nname = \"b\"\naddress = \"{foreign}\"\n"
+        ));
+        assert_eq!(f.ok(&text).local_server(None).unwrap().name, "a");
+    }
+
+    #[test]
+    fn local_server_none_matches() {
+        let f = Fixture::new();
+        let e = three(&f).pick_local(|_| false).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("server"));
+        assert!(
+            e.message
+                .contains("no server in the config matches this machine's addresses"),
+            "{e}"
+        );
+        assert!(
+            e.message.contains("a 127.0.0.1, b 192.0.2.1, c 192.0.2.2")
+                && e.message.contains("--name"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn local_server_several_match() {
+        let f = Fixture::new();
+        let c = three(&f);
+        let e = c
+            .pick_local(|ip| ip != IpAddr::V4(Ipv4Addr::LOCALHOST))
+            .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("server"));
+        assert!(
+            e.message.contains("(b, c)") && e.message.contains("--name"),
+            "{e}"
+        );
+        let e = c.pick_local(|_| true).unwrap_err();
+        assert!(e.message.contains("(a, b, c)"), "{e}");
+    }
+
+    #[test]
+    fn local_server_several_on_loopback() {
+        let f = Fixture::new();
+        let c = f.ok(&with_servers(
+            "[[server]]\nname = \"a\"\naddress = \"127.0.0.1\"\n[[server]]\nname = \"b\"\naddress = \"127.0.0.1:7901\"\n",
+        ));
+        assert!(c.local_server(None).unwrap_err().message.contains("(a, b)"));
+    }
+
+    // --- membership ------------------------------------------------------------
+
+    #[test]
+    fn membership_text_is_canonical() {
+        let f = Fixture::new();
+        let c = three(&f);
+        assert_eq!(
+            c.membership_text(),
+            "cluster c1\nport 7900\n\
+             server a address=127.0.0.1:7900 role=server\n\
+             server b address=192.0.2.1:7900 role=server\n\
+             server c address=192.0.2.2:7900 role=witness\n"
+        );
+        let hash = c.membership_hash();
+        assert_eq!(hash.len(), 64);
+        assert!(
+            hash.chars()
+                .all(|ch| ch.is_ascii_digit() || ('a'..='f').contains(&ch)),
+            "{hash}"
+        );
+    }
+
+    #[test]
+    fn membership_hash_known_value() {
+        let f = Fixture::new();
+        let c = f.ok(&minimal());
+        // SHA-256 of the text below, computed independently (sha256sum).
+        assert_eq!(
+            c.membership_text(),
+            "cluster c1\nport 7900\nserver srv1 address=127.0.0.1:7900 role=server\n"
+        );
+        assert_eq!(c.membership_hash(), MINIMAL_HASH);
+    }
+
+    const MINIMAL_HASH: &str = "5eda7e2c057a6dd1499b416fe591742144849111d1557f331b2d4439d6d3a3f5";
+
+    #[test]
+    fn membership_ignores_order_slots_timing_and_paths() {
+        let f = Fixture::new();
+        let a = three(&f).membership_hash();
+        let other = Fixture::new();
+        std::fs::create_dir(other.dir.path().join("elsewhere")).unwrap();
+        let text = "cluster = \"c1\"\nshared_root = \"elsewhere\"\ndata_dir = \"/x\"\ntls_dir = \"t\"\n\
+                    [timing]\nheartbeat_ms = 50\n\
+                    [[server]]\nname = \"c\"\naddress = \"192.0.2.2:7900\"\nrole = \"witness\"\nslots = 9\n\
+                    [[server]]\nname = \"b\"\naddress = \"192.0.2.1\"\n\
+                    [[server]]\nname = \"a\"\naddress = \"127.0.0.1\"\nslots = 1\n";
+        assert_eq!(other.ok(text).membership_hash(), a);
+    }
+
+    #[test]
+    fn membership_changes_with_each_part() {
+        let f = Fixture::new();
+        let base = three(&f);
+        let mut variants = Vec::new();
+        let mut c = base.clone();
+        c.cluster = "c2".into();
+        variants.push(c);
+        let mut c = base.clone();
+        c.port = 7901;
+        variants.push(c);
+        let mut c = base.clone();
+        c.servers[1].address = "192.0.2.1:7901".parse().unwrap();
+        variants.push(c);
+        let mut c = base.clone();
+        c.servers[2].role = Role::Server;
+        variants.push(c);
+        let mut c = base.clone();
+        c.servers[0].name = "z".into();
+        variants.push(c);
+        let mut c = base.clone();
+        c.servers.pop();
+        variants.push(c);
+        for v in variants {
+            assert_ne!(
+                v.membership_hash(),
+                base.membership_hash(),
+                "{}",
+                v.membership_text()
+            );
+        }
+    }
+
+    // --- render ----------------------------------------------------------------
+
+    #[test]
+    fn render_parses_back() {
+        let f = Fixture::new();
+        let servers = vec![
+            ("srv1".to_string(), "10.0.0.1".to_string()),
+            ("srv2".to_string(), "10.0.0.2:7901".to_string()),
+            ("srv3".to_string(), "[fd00::3]:7902".to_string()),
+        ];
+        let text = render("prod", 7950, "shared", "data", &servers);
+        assert!(
+            text.lines().any(|l| l.starts_with('#')),
+            "comments expected"
+        );
+        let c = f.ok(&text);
+        assert_eq!((c.cluster.as_str(), c.port), ("prod", 7950));
+        assert_eq!(c.timing, Timing::default());
+        assert_eq!(c.tls_dir, f.dir.path().join(TLS_DIR_DEFAULT));
+        let names: Vec<&str> = c.servers.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["srv1", "srv2", "srv3"]);
+        assert_eq!(c.servers[0].address, "10.0.0.1:7950".parse().unwrap());
+        assert_eq!(c.servers[1].address, "10.0.0.2:7901".parse().unwrap());
+        assert!(c
+            .servers
+            .iter()
+            .all(|s| s.slots == SLOTS_DEFAULT && s.role == Role::Server));
+    }
+
+    #[test]
+    fn render_escapes_paths() {
+        let f = Fixture::new();
+        let odd = "sh \"a\\r\\ed\" ü";
+        std::fs::create_dir(f.dir.path().join(odd)).unwrap();
+        let text = render(
+            "c",
+            PORT_DEFAULT,
+            odd,
+            "C:\\data\\claro",
+            &[("a".into(), "127.0.0.1".into())],
+        );
+        let c = f.ok(&text);
+        assert_eq!(c.shared_root, f.dir.path().join(odd));
+        assert_eq!(c.data_dir, f.dir.path().join("C:\\data\\claro"));
+    }
+
+    #[test]
+    fn role_serde_is_lowercase() {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct W {
+            role: Role,
+        }
+        assert_eq!(
+            toml::to_string(&W {
+                role: Role::Witness
+            })
+            .unwrap()
+            .trim(),
+            "role = \"witness\""
+        );
+        let w: W = toml::from_str("role = \"server\"").unwrap();
+        assert_eq!(w.role, Role::Server);
+        assert_eq!(Role::Witness.to_string(), "witness");
+    }
 }

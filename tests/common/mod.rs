@@ -161,11 +161,14 @@ impl Cluster {
     }
 
     /// True when `via` reports `coordinator` as coordinator and every name in
-    /// `members` as connected and synchronized.
+    /// `members` as a connected, synchronized voter (not still joining).
     pub fn settled(&self, via: &str, coordinator: &str, members: &[&str]) -> bool {
         let Some(v) = self.status(via) else { return false };
+        let voter = |state: &str| matches!(state, "coordinator" | "follower" | "witness");
         v.coordinator.as_deref() == Some(coordinator)
-            && members.iter().all(|m| v.servers.iter().any(|s| s.name == *m && s.connected && s.synchronized))
+            && members
+                .iter()
+                .all(|m| v.servers.iter().any(|s| s.name == *m && s.connected && s.synchronized && voter(&s.state)))
     }
 }
 
