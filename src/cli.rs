@@ -15,10 +15,19 @@ pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 
 #[derive(Parser, Debug)]
-#[command(name = "claro", version, about = "A cluster of identical servers sharing file and script work")]
+#[command(
+    name = "claro",
+    version,
+    about = "A cluster of identical servers sharing file and script work"
+)]
 pub struct Cli {
     /// The cluster's config file.
-    #[arg(long, global = true, env = "CLARO_CONFIG", default_value = "conf/ClaroServers.conf")]
+    #[arg(
+        long,
+        global = true,
+        env = "CLARO_CONFIG",
+        default_value = "conf/ClaroServers.conf"
+    )]
     pub config: PathBuf,
     #[command(subcommand)]
     pub command: Command,
@@ -115,7 +124,9 @@ pub struct ClientArgs {
 }
 
 fn parse_server_arg(s: &str) -> Result<(String, String), String> {
-    let (name, addr) = s.split_once('=').ok_or_else(|| format!("`{s}` is not NAME=ADDRESS"))?;
+    let (name, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not NAME=ADDRESS"))?;
     if name.is_empty() || addr.is_empty() {
         return Err(format!("`{s}` is not NAME=ADDRESS"));
     }
@@ -131,10 +142,16 @@ pub struct Failure {
 
 impl Failure {
     pub fn usage(message: impl Into<String>) -> Failure {
-        Failure { status: EXIT_USAGE, message: message.into() }
+        Failure {
+            status: EXIT_USAGE,
+            message: message.into(),
+        }
     }
     pub fn failed(message: impl Into<String>) -> Failure {
-        Failure { status: EXIT_FAILED, message: message.into() }
+        Failure {
+            status: EXIT_FAILED,
+            message: message.into(),
+        }
     }
 }
 
@@ -164,13 +181,34 @@ pub fn main() -> i32 {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Init { dir, servers, cluster, shared_root, data_dir, port, force } => {
-            crate::init::run(&dir, &cluster, &servers, &shared_root, &data_dir, port, force)
-        }
-        Command::Serve { name, force_bootstrap } => {
+        Command::Init {
+            dir,
+            servers,
+            cluster,
+            shared_root,
+            data_dir,
+            port,
+            force,
+        } => crate::init::run(
+            &dir,
+            &cluster,
+            &servers,
+            &shared_root,
+            &data_dir,
+            port,
+            force,
+        ),
+        Command::Serve {
+            name,
+            force_bootstrap,
+        } => {
             let config = Config::load(&cli.config)?;
             let name = config.local_server(name.as_deref())?.name.clone();
-            let opts = crate::node::ServeOptions { config, name, force_bootstrap };
+            let opts = crate::node::ServeOptions {
+                config,
+                name,
+                force_bootstrap,
+            };
             crate::node::serve(opts).map_err(Failure::failed)
         }
         Command::Status(args) => crate::client::status(&Config::load(&cli.config)?, &args),
@@ -178,16 +216,26 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Stop { name, client } => {
             let config = Config::load(&cli.config)?;
             let name = match name {
-                Some(n) if config.server(&n).is_none() => return Err(Failure::usage(format!("no server named `{n}` in {}", cli.config.display()))),
+                Some(n) if config.server(&n).is_none() => {
+                    return Err(Failure::usage(format!(
+                        "no server named `{n}` in {}",
+                        cli.config.display()
+                    )))
+                }
                 Some(n) => n,
                 None => config.local_server(None)?.name.clone(),
             };
             crate::client::simple(&config, &client, Request::Stop { name })
         }
-        Command::Coordinator { action: CoordinatorAction::Transfer { name, client } } => {
+        Command::Coordinator {
+            action: CoordinatorAction::Transfer { name, client },
+        } => {
             let config = Config::load(&cli.config)?;
             if config.server(&name).is_none() {
-                return Err(Failure::usage(format!("no server named `{name}` in {}", cli.config.display())));
+                return Err(Failure::usage(format!(
+                    "no server named `{name}` in {}",
+                    cli.config.display()
+                )));
             }
             crate::client::simple(&config, &client, Request::Transfer { name })
         }
@@ -199,11 +247,16 @@ fn settings(path: &std::path::Path, action: SettingsAction) -> Result<(), Failur
     let config = Config::load(path)?;
     match action {
         SettingsAction::Set { key, value, client } => {
-            let command = crate::state::Command::Put { key, value: value.into_bytes() };
+            let command = crate::state::Command::Put {
+                key,
+                value: value.into_bytes(),
+            };
             command.validate().map_err(Failure::usage)?;
             crate::client::simple(&config, &client, Request::Propose { command })
         }
-        SettingsAction::Get { key, client } => crate::client::simple(&config, &client, Request::Get { key }),
+        SettingsAction::Get { key, client } => {
+            crate::client::simple(&config, &client, Request::Get { key })
+        }
         SettingsAction::List(client) => crate::client::simple(&config, &client, Request::List),
     }
 }
@@ -217,7 +270,11 @@ pub fn resolve_server(config: &Config, arg: &str) -> Result<(String, SocketAddr)
         Ok(a) => a,
         Err(_) => match arg.parse::<std::net::IpAddr>() {
             Ok(ip) => SocketAddr::new(ip, config.port),
-            Err(_) => return Err(Failure::usage(format!("--server `{arg}` is neither a server name nor an address"))),
+            Err(_) => {
+                return Err(Failure::usage(format!(
+                    "--server `{arg}` is neither a server name nor an address"
+                )))
+            }
         },
     };
     config
@@ -225,16 +282,28 @@ pub fn resolve_server(config: &Config, arg: &str) -> Result<(String, SocketAddr)
         .iter()
         .find(|s| s.address == addr)
         .map(|s| (s.name.clone(), s.address))
-        .ok_or_else(|| Failure::usage(format!("no server with address {addr} in {}", config.path.display())))
+        .ok_or_else(|| {
+            Failure::usage(format!(
+                "no server with address {addr} in {}",
+                config.path.display()
+            ))
+        })
 }
 
 /// Prints a response for the simple commands; errors become failures.
 pub fn print_response(resp: Response, json: bool) -> Result<(), Failure> {
     match resp {
-        Response::Error { message } | Response::Refused { reason: message } => Err(Failure::failed(message)),
-        Response::NotLeader { leader } => Err(Failure::failed(format!("not the coordinator (coordinator: {leader:?})"))),
+        Response::Error { message } | Response::Refused { reason: message } => {
+            Err(Failure::failed(message))
+        }
+        Response::NotLeader { leader } => Err(Failure::failed(format!(
+            "not the coordinator (coordinator: {leader:?})"
+        ))),
         other if json => {
-            println!("{}", serde_json::to_string(&other).expect("response encodes"));
+            println!(
+                "{}",
+                serde_json::to_string(&other).expect("response encodes")
+            );
             Ok(())
         }
         Response::Ok { message } => {

@@ -18,10 +18,16 @@ const CONNECT_MS: u64 = 1_500;
 const REQUEST_MS: u64 = 20_000;
 
 /// Sends one request on a new stream of `conn` and reads its one response.
-pub async fn request(conn: &quinn::Connection, req: &Request, timeout_ms: u64) -> Result<Response, String> {
+pub async fn request(
+    conn: &quinn::Connection,
+    req: &Request,
+    timeout_ms: u64,
+) -> Result<Response, String> {
     let exchange = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        write_frame(&mut send, req, REQUEST_BYTES_MAX).await.map_err(|e| e.to_string())?;
+        write_frame(&mut send, req, REQUEST_BYTES_MAX)
+            .await
+            .map_err(|e| e.to_string())?;
         let _ = send.finish();
         match read_frame::<Response>(&mut recv, REQUEST_BYTES_MAX).await {
             Ok(Some(r)) => Ok(r),
@@ -49,12 +55,20 @@ pub fn endpoint(config: &Config, family_of: SocketAddr) -> Result<Endpoint, Fail
 fn targets(config: &Config, args: &ClientArgs) -> Result<Vec<(String, SocketAddr)>, Failure> {
     match &args.server {
         Some(s) => Ok(vec![resolve_server(config, s)?]),
-        None => Ok(config.servers.iter().map(|s| (s.name.clone(), s.address)).collect()),
+        None => Ok(config
+            .servers
+            .iter()
+            .map(|s| (s.name.clone(), s.address))
+            .collect()),
     }
 }
 
 /// Sends `req` to the first instance that answers; returns who answered.
-pub fn call(config: &Config, args: &ClientArgs, req: &Request) -> Result<(String, Response), Failure> {
+pub fn call(
+    config: &Config,
+    args: &ClientArgs,
+    req: &Request,
+) -> Result<(String, Response), Failure> {
     let targets = targets(config, args)?;
     let ep = endpoint(config, targets[0].1)?;
     async_std::task::block_on(async {
@@ -65,12 +79,23 @@ pub fn call(config: &Config, args: &ClientArgs, req: &Request) -> Result<(String
                 Err(e) => errors.push(format!("{name} ({addr}): {e}")),
             }
         }
-        Err(Failure::failed(format!("no instance reachable: {}", errors.join("; "))))
+        Err(Failure::failed(format!(
+            "no instance reachable: {}",
+            errors.join("; ")
+        )))
     })
 }
 
-async fn call_one(ep: &Endpoint, name: &str, addr: SocketAddr, req: &Request) -> Result<Response, String> {
-    let conn = ep.connect(addr, name, CONNECT_MS).await.map_err(|e| e.to_string())?;
+async fn call_one(
+    ep: &Endpoint,
+    name: &str,
+    addr: SocketAddr,
+    req: &Request,
+) -> Result<Response, String> {
+    let conn = ep
+        .connect(addr, name, CONNECT_MS)
+        .await
+        .map_err(|e| e.to_string())?;
     let r = request(&conn, req, REQUEST_MS).await;
     conn.close(0u32.into(), b"done");
     r
@@ -88,7 +113,10 @@ pub fn status(config: &Config, args: &ClientArgs) -> Result<(), Failure> {
         other => return print_response(other, args.json),
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&view).expect("status encodes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&view).expect("status encodes")
+        );
     } else {
         print!("{}", render_status(&view));
     }
@@ -104,7 +132,10 @@ pub fn render_status(v: &StatusView) -> String {
         v.commit_index,
         v.answered_by
     );
-    out += &format!("{:<16} {:<22} {:<8} {:<12} {:<10} {:<13} {}\n", "NAME", "ADDRESS", "ROLE", "STATE", "CONNECTED", "SYNCHRONIZED", "APPLIED");
+    out += &format!(
+        "{:<16} {:<22} {:<8} {:<12} {:<10} {:<13} {}\n",
+        "NAME", "ADDRESS", "ROLE", "STATE", "CONNECTED", "SYNCHRONIZED", "APPLIED"
+    );
     for s in &v.servers {
         out += &format!(
             "{:<16} {:<22} {:<8} {:<12} {:<10} {:<13} {}\n",
@@ -147,7 +178,14 @@ fn server_facts(config: &Config, ep: &Endpoint) -> Vec<(ServerFacts, &'static st
                 last_stop: crate::node::read_record(&dir),
                 running_member: false,
             };
-            (facts, if local.initialized { "local data" } else { "unknown" })
+            (
+                facts,
+                if local.initialized {
+                    "local data"
+                } else {
+                    "unknown"
+                },
+            )
         })
         .collect()
 }
@@ -163,14 +201,22 @@ pub fn start_order(config: &Config, args: &ClientArgs) -> Result<(), Failure> {
         return Ok(());
     }
     for (i, name) in order.iter().enumerate() {
-        let (f, source) = facts.iter().find(|(f, _)| &f.name == name).expect("ordered from facts");
+        let (f, source) = facts
+            .iter()
+            .find(|(f, _)| &f.name == name)
+            .expect("ordered from facts");
         let applied = f.applied_index.map_or("-".to_string(), |a| a.to_string());
         let stop = match &f.last_stop {
-            Some(r) if r.left => format!("left the cluster (remaining: {})", r.remaining.join(", ")),
+            Some(r) if r.left => {
+                format!("left the cluster (remaining: {})", r.remaining.join(", "))
+            }
             Some(_) => "stopped as a member".to_string(),
             None => String::new(),
         };
-        println!("{}. {name}  applied index {applied}  [{source}] {stop}", i + 1);
+        println!(
+            "{}. {name}  applied index {applied}  [{source}] {stop}",
+            i + 1
+        );
     }
     Ok(())
 }

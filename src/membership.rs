@@ -15,11 +15,17 @@ pub fn compatible(mine: &Hello, theirs: &Hello) -> Result<(), String> {
     if mine.protocol_version != theirs.protocol_version {
         return Err(format!(
             "protocol version {} (claro {}) differs from this instance's {} (claro {})",
-            theirs.protocol_version, theirs.software_version, mine.protocol_version, mine.software_version
+            theirs.protocol_version,
+            theirs.software_version,
+            mine.protocol_version,
+            mine.software_version
         ));
     }
     if mine.cluster != theirs.cluster {
-        return Err(format!("cluster name `{}` differs from this instance's `{}`", theirs.cluster, mine.cluster));
+        return Err(format!(
+            "cluster name `{}` differs from this instance's `{}`",
+            theirs.cluster, mine.cluster
+        ));
     }
     if mine.membership_hash != theirs.membership_hash {
         return Err(format!(
@@ -39,9 +45,19 @@ pub fn compatible(mine: &Hello, theirs: &Hello) -> Result<(), String> {
 
 /// Lines present in one membership text and not the other.
 fn config_difference(mine: &str, theirs: &str) -> String {
-    let only_mine: Vec<&str> = mine.lines().filter(|l| !theirs.lines().any(|t| t == *l)).collect();
-    let only_theirs: Vec<&str> = theirs.lines().filter(|l| !mine.lines().any(|m| m == *l)).collect();
-    format!("here [{}], there [{}]", only_mine.join("; "), only_theirs.join("; "))
+    let only_mine: Vec<&str> = mine
+        .lines()
+        .filter(|l| !theirs.lines().any(|t| t == *l))
+        .collect();
+    let only_theirs: Vec<&str> = theirs
+        .lines()
+        .filter(|l| !mine.lines().any(|m| m == *l))
+        .collect();
+    format!(
+        "here [{}], there [{}]",
+        only_mine.join("; "),
+        only_theirs.join("; ")
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +72,10 @@ pub enum Startup {
     /// Ask the coordinator `leader` to add this instance.
     Join { leader: String },
     /// Not yet: say why (and, when known, which servers to start first).
-    Wait { reason: String, start_first: Vec<String> },
+    Wait {
+        reason: String,
+        start_first: Vec<String>,
+    },
 }
 
 /// What a starting instance knows.
@@ -114,7 +133,10 @@ fn after_leaving(s: &Situation<'_>) -> Startup {
             if remaining.len() == 1 { "it" } else { "them" }
         )
     };
-    Startup::Wait { reason, start_first: remaining }
+    Startup::Wait {
+        reason,
+        start_first: remaining,
+    }
 }
 
 /// A fresh instance: join a cluster if one exists, else the first-started
@@ -122,12 +144,18 @@ fn after_leaving(s: &Situation<'_>) -> Startup {
 fn fresh(s: &Situation<'_>) -> Startup {
     if let Some(p) = s.peers.iter().find(|p| p.initialized) {
         return Startup::Wait {
-            reason: format!("{} holds a cluster's database but no coordinator is elected yet", p.name),
+            reason: format!(
+                "{} holds a cluster's database but no coordinator is elected yet",
+                p.name
+            ),
             start_first: Vec::new(),
         };
     }
     if !s.window_over {
-        return Startup::Wait { reason: "looking for a running cluster".into(), start_first: Vec::new() };
+        return Startup::Wait {
+            reason: "looking for a running cluster".into(),
+            start_first: Vec::new(),
+        };
     }
     if s.witness {
         return Startup::Wait {
@@ -147,7 +175,10 @@ fn fresh(s: &Situation<'_>) -> Startup {
     if first == me {
         Startup::Bootstrap
     } else {
-        Startup::Wait { reason: format!("{} started first and starts the cluster", first.1), start_first: Vec::new() }
+        Startup::Wait {
+            reason: format!("{} started first and starts the cluster", first.1),
+            start_first: Vec::new(),
+        }
     }
 }
 
@@ -179,11 +210,19 @@ pub fn start_order(facts: &[ServerFacts]) -> Vec<String> {
                 (false, false, _) => 3,
             };
             let applied = f.applied_index.unwrap_or(0);
-            (class, std::cmp::Reverse(applied), std::cmp::Reverse(stopped), f.name.as_str())
+            (
+                class,
+                std::cmp::Reverse(applied),
+                std::cmp::Reverse(stopped),
+                f.name.as_str(),
+            )
         })
         .collect();
     ranked.sort();
-    ranked.into_iter().map(|(_, _, _, n)| n.to_string()).collect()
+    ranked
+        .into_iter()
+        .map(|(_, _, _, n)| n.to_string())
+        .collect()
 }
 
 #[cfg(test)]
@@ -207,7 +246,11 @@ mod tests {
         }
     }
 
-    fn situation<'a>(me: &'a str, peers: &'a [LocalInfo], witnesses: &'a [String]) -> Situation<'a> {
+    fn situation<'a>(
+        me: &'a str,
+        peers: &'a [LocalInfo],
+        witnesses: &'a [String],
+    ) -> Situation<'a> {
         Situation {
             me,
             witness: false,
@@ -237,9 +280,17 @@ mod tests {
     fn compatibility_names_the_difference() {
         let a = hello("srv1");
         assert!(compatible(&a, &hello("srv2")).is_ok());
-        let b = Hello { protocol_version: 2, ..hello("srv2") };
-        assert!(compatible(&a, &b).unwrap_err().contains("protocol version 2"));
-        let b = Hello { cluster: "other".into(), ..hello("srv2") };
+        let b = Hello {
+            protocol_version: 2,
+            ..hello("srv2")
+        };
+        assert!(compatible(&a, &b)
+            .unwrap_err()
+            .contains("protocol version 2"));
+        let b = Hello {
+            cluster: "other".into(),
+            ..hello("srv2")
+        };
         assert!(compatible(&a, &b).unwrap_err().contains("`other`"));
         let b = Hello {
             membership_hash: "h2".into(),
@@ -248,17 +299,29 @@ mod tests {
         };
         let e = compatible(&a, &b).unwrap_err();
         assert!(e.contains("127.0.0.9") && e.contains("127.0.0.1"), "{e}");
-        let b = Hello { cluster_id: Some("c2".into()), ..hello("srv2") };
+        let b = Hello {
+            cluster_id: Some("c2".into()),
+            ..hello("srv2")
+        };
         assert!(compatible(&a, &b).unwrap_err().contains("cluster id c2"));
-        let b = Hello { cluster_id: None, ..hello("srv2") };
-        assert!(compatible(&a, &b).is_ok(), "a fresh instance has no cluster id yet");
+        let b = Hello {
+            cluster_id: None,
+            ..hello("srv2")
+        };
+        assert!(
+            compatible(&a, &b).is_ok(),
+            "a fresh instance has no cluster id yet"
+        );
     }
 
     #[test]
     fn lone_fresh_instance_bootstraps_after_the_window() {
         let s = situation("srv1", &[], &[]);
         assert_eq!(decide(&s), Startup::Bootstrap);
-        let s = Situation { window_over: false, ..s };
+        let s = Situation {
+            window_over: false,
+            ..s
+        };
         assert!(matches!(decide(&s), Startup::Wait { .. }));
     }
 
@@ -285,7 +348,10 @@ mod tests {
         let w = vec!["wit".to_string()];
         let peers = [info("wit", 1)];
         assert_eq!(decide(&situation("srv1", &peers, &w)), Startup::Bootstrap);
-        let s = Situation { witness: true, ..situation("wit", &[], &w) };
+        let s = Situation {
+            witness: true,
+            ..situation("wit", &[], &w)
+        };
         assert!(matches!(decide(&s), Startup::Wait { .. }));
     }
 
@@ -297,8 +363,16 @@ mod tests {
         p.cluster_id = Some("c".into());
         p.leader = Some("srv1".into());
         let peers = [p];
-        let s = Situation { window_over: false, ..situation("srv2", &peers, &[]) };
-        assert_eq!(decide(&s), Startup::Join { leader: "srv1".into() });
+        let s = Situation {
+            window_over: false,
+            ..situation("srv2", &peers, &[])
+        };
+        assert_eq!(
+            decide(&s),
+            Startup::Join {
+                leader: "srv1".into()
+            }
+        );
     }
 
     #[test]
@@ -310,22 +384,42 @@ mod tests {
             applied_index: 9,
             cluster_id: Some("c".into()),
         };
-        let s = Situation { initialized: true, last_stop: Some(&rec), ..situation("srv3", &[], &[]) };
+        let s = Situation {
+            initialized: true,
+            last_stop: Some(&rec),
+            ..situation("srv3", &[], &[])
+        };
         match decide(&s) {
-            Startup::Wait { reason, start_first } => {
+            Startup::Wait {
+                reason,
+                start_first,
+            } => {
                 assert_eq!(start_first, vec!["srv1", "srv2"]);
                 assert!(reason.contains("srv1, srv2 hold newer state"), "{reason}");
             }
             other => panic!("{other:?}"),
         }
-        let forced = Situation { force_bootstrap: true, ..s };
+        let forced = Situation {
+            force_bootstrap: true,
+            ..s
+        };
         assert_eq!(decide(&forced), Startup::ForceBootstrap);
     }
 
     #[test]
     fn a_member_that_crashed_or_stopped_last_runs() {
-        let rec = StopRecord { stopped_at_ms: 5, left: false, remaining: vec![], applied_index: 9, cluster_id: None };
-        let s = Situation { initialized: true, last_stop: Some(&rec), ..situation("srv1", &[], &[]) };
+        let rec = StopRecord {
+            stopped_at_ms: 5,
+            left: false,
+            remaining: vec![],
+            applied_index: 9,
+            cluster_id: None,
+        };
+        let s = Situation {
+            initialized: true,
+            last_stop: Some(&rec),
+            ..situation("srv1", &[], &[])
+        };
         assert_eq!(decide(&s), Startup::Run);
     }
 
@@ -334,17 +428,48 @@ mod tests {
         let mut p = info("srv1", 1);
         p.initialized = true;
         let peers = [p];
-        assert!(matches!(decide(&situation("srv2", &peers, &[])), Startup::Wait { .. }));
+        assert!(matches!(
+            decide(&situation("srv2", &peers, &[])),
+            Startup::Wait { .. }
+        ));
     }
 
     #[test]
     fn start_order_puts_the_newest_database_first() {
-        let stop = |at, left| Some(StopRecord { stopped_at_ms: at, left, remaining: vec![], applied_index: 0, cluster_id: None });
+        let stop = |at, left| {
+            Some(StopRecord {
+                stopped_at_ms: at,
+                left,
+                remaining: vec![],
+                applied_index: 0,
+                cluster_id: None,
+            })
+        };
         let facts = vec![
-            ServerFacts { name: "srv3".into(), applied_index: Some(10), last_stop: stop(1, true), running_member: false },
-            ServerFacts { name: "srv1".into(), applied_index: Some(30), last_stop: stop(3, false), running_member: false },
-            ServerFacts { name: "srv2".into(), applied_index: Some(20), last_stop: stop(2, true), running_member: false },
-            ServerFacts { name: "srv4".into(), applied_index: None, last_stop: None, running_member: false },
+            ServerFacts {
+                name: "srv3".into(),
+                applied_index: Some(10),
+                last_stop: stop(1, true),
+                running_member: false,
+            },
+            ServerFacts {
+                name: "srv1".into(),
+                applied_index: Some(30),
+                last_stop: stop(3, false),
+                running_member: false,
+            },
+            ServerFacts {
+                name: "srv2".into(),
+                applied_index: Some(20),
+                last_stop: stop(2, true),
+                running_member: false,
+            },
+            ServerFacts {
+                name: "srv4".into(),
+                applied_index: None,
+                last_stop: None,
+                running_member: false,
+            },
         ];
         assert_eq!(start_order(&facts), vec!["srv1", "srv2", "srv3", "srv4"]);
     }

@@ -110,47 +110,83 @@ pub enum Request {
     /// The cluster-wide status view (forwarded to the coordinator).
     Status,
     /// Peer only: add the sender as a learner (it is sent the database).
-    Join { name: String },
+    Join {
+        name: String,
+    },
     /// Peer only: remove the sender from the membership (graceful stop).
-    Leave { name: String },
+    Leave {
+        name: String,
+    },
     /// Apply a command through the coordinator; answers once applied there.
-    Propose { command: Command },
+    Propose {
+        command: Command,
+    },
     /// Read a setting from this instance's replica.
-    Get { key: String },
+    Get {
+        key: String,
+    },
     List,
     /// This replica's applied index and a digest of its whole replicated
     /// state: equal digests at equal indexes mean identical replicas.
     Digest,
     /// Stop an instance gracefully (forwarded to it).
-    Stop { name: String },
+    Stop {
+        name: String,
+    },
     /// Move the coordinator role (forwarded to the coordinator).
-    Transfer { name: String },
+    Transfer {
+        name: String,
+    },
     /// Peer only: a database transfer. The receiver answers `Resume { offset }`
     /// (bytes of this file it already holds from an interrupted transfer); the
     /// sender then writes the file's raw bytes from that offset and finishes
     /// its side; the receiver verifies size and SHA-256, steps `raft_message`,
     /// and answers `Ok` or `Error`.
-    Snapshot { meta: SnapshotFile, raft_message: serde_bytes::ByteBuf },
+    Snapshot {
+        meta: SnapshotFile,
+        raft_message: serde_bytes::ByteBuf,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response {
     Hello(Hello),
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
     Info(LocalInfo),
     Status(StatusView),
-    Ok { message: String },
-    Proposed { index: u64 },
+    Ok {
+        message: String,
+    },
+    Proposed {
+        index: u64,
+    },
     /// The sender was removed from the membership; these voters remain.
-    Left { remaining: Vec<String> },
-    Value { value: Option<serde_bytes::ByteBuf> },
-    List { items: Vec<(String, serde_bytes::ByteBuf)> },
+    Left {
+        remaining: Vec<String>,
+    },
+    Value {
+        value: Option<serde_bytes::ByteBuf>,
+    },
+    List {
+        items: Vec<(String, serde_bytes::ByteBuf)>,
+    },
     /// Snapshot receiver: send from this offset (bytes it already holds).
-    Resume { offset: u64 },
-    Digest { applied_index: u64, digest: String },
+    Resume {
+        offset: u64,
+    },
+    Digest {
+        applied_index: u64,
+        digest: String,
+    },
     /// Not handled here; ask `leader` (a server name) instead.
-    NotLeader { leader: Option<String> },
-    Error { message: String },
+    NotLeader {
+        leader: Option<String>,
+    },
+    Error {
+        message: String,
+    },
 }
 
 impl Request {
@@ -158,7 +194,10 @@ impl Request {
     pub fn is_peer_only(&self) -> bool {
         matches!(
             self,
-            Request::Hello(_) | Request::Join { .. } | Request::Leave { .. } | Request::Snapshot { .. }
+            Request::Hello(_)
+                | Request::Join { .. }
+                | Request::Leave { .. }
+                | Request::Snapshot { .. }
         )
     }
 }

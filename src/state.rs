@@ -149,12 +149,11 @@ impl StateMachine {
             return Ok(());
         }
         let tx = self.conn.transaction()?;
-        let mut expected = self.applied_index + 1;
+
         let mut cluster_id = self.cluster_id.clone();
         let mut conf_state = None;
-        for (index, _term, change) in batch {
+        for (expected, (index, _term, change)) in (self.applied_index + 1..).zip(batch) {
             assert_eq!(*index, expected, "entries applied out of order");
-            expected += 1;
             match change {
                 Change::Command(cmd) => apply_command(&tx, *index, cmd, &mut cluster_id)?,
                 Change::Conf(cs) => conf_state = Some((*cs).clone()),

@@ -12,32 +12,56 @@ use common::{copy_dir, Cluster, BIN};
 const SETTLE_S: u64 = 30;
 
 fn three(net: u8) -> Cluster {
-    Cluster::new(net, &[("srv1", "server"), ("srv2", "server"), ("srv3", "server")])
+    Cluster::new(
+        net,
+        &[("srv1", "server"), ("srv2", "server"), ("srv3", "server")],
+    )
 }
 
 #[test]
 fn first_started_is_coordinator_and_late_joiners_receive_its_database() {
     let mut c = three(11);
     c.start("srv1");
-    c.wait(SETTLE_S, "srv1 to coordinate", || c.settled("srv1", "srv1", &["srv1"]));
+    c.wait(SETTLE_S, "srv1 to coordinate", || {
+        c.settled("srv1", "srv1", &["srv1"])
+    });
     c.set("srv1", "greeting", b"hello".to_vec()).unwrap();
     c.start("srv2");
     c.start("srv3");
-    c.wait(SETTLE_S, "all three synchronized", || c.settled("srv3", "srv1", &["srv1", "srv2", "srv3"]));
+    c.wait(SETTLE_S, "all three synchronized", || {
+        c.settled("srv3", "srv1", &["srv1", "srv2", "srv3"])
+    });
     // The joiners received the coordinator's database (not a replay of its log).
-    assert!(c.log("srv2").contains("installed the coordinator's database"), "{}", c.log("srv2"));
+    assert!(
+        c.log("srv2")
+            .contains("installed the coordinator's database"),
+        "{}",
+        c.log("srv2")
+    );
     assert_eq!(c.get("srv3", "greeting").as_deref(), Some(&b"hello"[..]));
     // Any instance gives the same view.
-    let views: Vec<_> = ["srv1", "srv2", "srv3"].iter().map(|s| c.status(s).unwrap()).collect();
+    let views: Vec<_> = ["srv1", "srv2", "srv3"]
+        .iter()
+        .map(|s| c.status(s).unwrap())
+        .collect();
     for v in &views {
         assert_eq!(v.coordinator.as_deref(), Some("srv1"));
         assert_eq!(v.cluster_id, views[0].cluster_id);
-        assert_eq!(v.servers.iter().map(|s| s.state.as_str()).collect::<Vec<_>>(), ["coordinator", "follower", "follower"]);
+        assert_eq!(
+            v.servers
+                .iter()
+                .map(|s| s.state.as_str())
+                .collect::<Vec<_>>(),
+            ["coordinator", "follower", "follower"]
+        );
     }
     // A write through a follower is forwarded to the coordinator and replicated.
     c.set("srv2", "via-follower", b"yes".to_vec()).unwrap();
     c.wait(10, "replicas to agree", || {
-        let d: Vec<_> = ["srv1", "srv2", "srv3"].iter().map(|s| c.digest(s)).collect();
+        let d: Vec<_> = ["srv1", "srv2", "srv3"]
+            .iter()
+            .map(|s| c.digest(s))
+            .collect();
         d.iter().all(|x| x.is_some() && *x == d[0])
     });
 }
@@ -46,10 +70,14 @@ fn first_started_is_coordinator_and_late_joiners_receive_its_database() {
 fn kill_9_of_the_coordinator_elects_another_that_keeps_committing() {
     let mut c = three(12);
     c.start("srv1");
-    c.wait(SETTLE_S, "srv1 to coordinate", || c.settled("srv1", "srv1", &["srv1"]));
+    c.wait(SETTLE_S, "srv1 to coordinate", || {
+        c.settled("srv1", "srv1", &["srv1"])
+    });
     c.start("srv2");
     c.start("srv3");
-    c.wait(SETTLE_S, "all three synchronized", || c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"]));
+    c.wait(SETTLE_S, "all three synchronized", || {
+        c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"])
+    });
     c.set("srv2", "before", b"1".to_vec()).unwrap();
     c.kill9("srv1");
     let mut new_coordinator = String::new();
@@ -69,7 +97,9 @@ fn kill_9_of_the_coordinator_elects_another_that_keeps_committing() {
     assert_eq!((srv1.state.as_str(), srv1.connected), ("down", false));
     // The crashed instance is still a voter and is recognised when it returns.
     c.start("srv1");
-    c.wait(SETTLE_S, "srv1 back and synchronized", || c.settled("srv2", &new_coordinator, &["srv1", "srv2", "srv3"]));
+    c.wait(SETTLE_S, "srv1 back and synchronized", || {
+        c.settled("srv2", &new_coordinator, &["srv1", "srv2", "srv3"])
+    });
     assert_eq!(c.get("srv1", "after").as_deref(), Some(&b"2"[..]));
 }
 
@@ -77,63 +107,109 @@ fn kill_9_of_the_coordinator_elects_another_that_keeps_committing() {
 fn a_late_joiner_receives_a_50_mb_database_intact() {
     let mut c = Cluster::new(13, &[("srv1", "server"), ("srv2", "server")]);
     c.start("srv1");
-    c.wait(SETTLE_S, "srv1 to coordinate", || c.settled("srv1", "srv1", &["srv1"]));
+    c.wait(SETTLE_S, "srv1 to coordinate", || {
+        c.settled("srv1", "srv1", &["srv1"])
+    });
     for i in 0..50u32 {
         // Incompressible, distinct megabytes.
-        let value: Vec<u8> = (0..1024 * 1024u32).map(|j| (j.wrapping_mul(2654435761).wrapping_add(i * 7919) >> 13) as u8).collect();
+        let value: Vec<u8> = (0..1024 * 1024u32)
+            .map(|j| (j.wrapping_mul(2654435761).wrapping_add(i * 7919) >> 13) as u8)
+            .collect();
         c.set("srv1", &format!("blob{i:02}"), value).unwrap();
     }
     c.start("srv2");
-    c.wait(120, "srv2 synchronized", || c.settled("srv1", "srv1", &["srv1", "srv2"]));
+    c.wait(120, "srv2 synchronized", || {
+        c.settled("srv1", "srv1", &["srv1", "srv2"])
+    });
     c.wait(10, "identical replicas", || {
         let (a, b) = (c.digest("srv1"), c.digest("srv2"));
         a.is_some() && a == b
     });
     let log = c.log("srv1");
-    let sent = log.lines().find(|l| l.contains("database sent")).unwrap_or_else(|| panic!("no transfer logged: {log}"));
-    let size: u64 = sent.split("size_bytes=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
-    assert!(size > 50_000_000, "the database sent was only {size} bytes: {sent}");
+    let sent = log
+        .lines()
+        .find(|l| l.contains("database sent"))
+        .unwrap_or_else(|| panic!("no transfer logged: {log}"));
+    let size: u64 = sent
+        .split("size_bytes=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        size > 50_000_000,
+        "the database sent was only {size} bytes: {sent}"
+    );
 }
 
 #[test]
 fn stop_order_and_start_order() {
     let mut c = three(14);
     c.start("srv1");
-    c.wait(SETTLE_S, "srv1 to coordinate", || c.settled("srv1", "srv1", &["srv1"]));
+    c.wait(SETTLE_S, "srv1 to coordinate", || {
+        c.settled("srv1", "srv1", &["srv1"])
+    });
     c.start("srv2");
     c.start("srv3");
-    c.wait(SETTLE_S, "all three synchronized", || c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"]));
+    c.wait(SETTLE_S, "all three synchronized", || {
+        c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"])
+    });
     c.set("srv1", "v", b"1".to_vec()).unwrap();
     c.stop("srv3");
     c.set("srv1", "v", b"2".to_vec()).unwrap();
     // Stopping the coordinator hands the role over first.
     c.stop("srv1");
-    c.wait(SETTLE_S, "srv2 to coordinate alone", || c.settled("srv2", "srv2", &["srv2"]));
+    c.wait(SETTLE_S, "srv2 to coordinate alone", || {
+        c.settled("srv2", "srv2", &["srv2"])
+    });
     c.set("srv2", "v", b"3".to_vec()).unwrap();
     c.stop("srv2");
 
     // All down: start-order reads the data directories.
     let out = c.cli(&["start-order", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let order: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(order, ["srv2", "srv1", "srv3"]);
 
     // srv3 left first: it waits for the servers that hold newer state.
     c.start("srv3");
-    c.wait(SETTLE_S, "srv3 to say whom to start first", || c.log("srv3").contains("srv1, srv2 hold newer state"));
+    c.wait(SETTLE_S, "srv3 to say whom to start first", || {
+        c.log("srv3").contains("srv1, srv2 hold newer state")
+    });
     let v = c.status("srv3").unwrap();
     assert_eq!(v.coordinator, None);
-    assert_eq!(v.servers.iter().find(|s| s.name == "srv3").unwrap().state, "waiting");
+    assert_eq!(
+        v.servers.iter().find(|s| s.name == "srv3").unwrap().state,
+        "waiting"
+    );
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(c.status("srv3").unwrap().coordinator.is_none(), "srv3 must not coordinate on its older database");
+    assert!(
+        c.status("srv3").unwrap().coordinator.is_none(),
+        "srv3 must not coordinate on its older database"
+    );
 
     // srv2 stopped last and holds the newest database: it starts alone.
     c.start("srv2");
-    c.wait(SETTLE_S, "srv2 coordinator, srv3 rejoined", || c.settled("srv2", "srv2", &["srv2", "srv3"]));
+    c.wait(SETTLE_S, "srv2 coordinator, srv3 rejoined", || {
+        c.settled("srv2", "srv2", &["srv2", "srv3"])
+    });
     c.start("srv1");
-    c.wait(SETTLE_S, "all synchronized", || c.settled("srv1", "srv2", &["srv1", "srv2", "srv3"]));
+    c.wait(SETTLE_S, "all synchronized", || {
+        c.settled("srv1", "srv2", &["srv1", "srv2", "srv3"])
+    });
     for s in ["srv1", "srv2", "srv3"] {
-        assert_eq!(c.get(s, "v").as_deref(), Some(&b"3"[..]), "{s} lost the newest value");
+        assert_eq!(
+            c.get(s, "v").as_deref(),
+            Some(&b"3"[..]),
+            "{s} lost the newest value"
+        );
     }
 }
 
@@ -141,14 +217,20 @@ fn stop_order_and_start_order() {
 fn force_bootstrap_overrides_waiting() {
     let mut c = Cluster::new(15, &[("srv1", "server"), ("srv2", "server")]);
     c.start("srv1");
-    c.wait(SETTLE_S, "srv1 to coordinate", || c.settled("srv1", "srv1", &["srv1"]));
+    c.wait(SETTLE_S, "srv1 to coordinate", || {
+        c.settled("srv1", "srv1", &["srv1"])
+    });
     c.start("srv2");
-    c.wait(SETTLE_S, "both synchronized", || c.settled("srv1", "srv1", &["srv1", "srv2"]));
+    c.wait(SETTLE_S, "both synchronized", || {
+        c.settled("srv1", "srv1", &["srv1", "srv2"])
+    });
     c.set("srv1", "k", b"old".to_vec()).unwrap();
     c.stop("srv2");
     c.stop("srv1");
     c.start_with("srv2", &["--force-bootstrap"]);
-    c.wait(SETTLE_S, "srv2 to coordinate on its own database", || c.settled("srv2", "srv2", &["srv2"]));
+    c.wait(SETTLE_S, "srv2 to coordinate on its own database", || {
+        c.settled("srv2", "srv2", &["srv2"])
+    });
     assert!(c.log("srv2").contains("--force-bootstrap"));
     assert_eq!(c.get("srv2", "k").as_deref(), Some(&b"old"[..]));
 }
@@ -176,15 +258,24 @@ fn assert_refused(c: &Cluster, mut impostor: std::process::Child, what: &str) {
     let srv3 = v.servers.iter().find(|s| s.name == "srv3").unwrap();
     let _ = impostor.kill();
     let _ = impostor.wait();
-    assert!(!srv3.connected && srv3.state == "down", "{what}: impostor accepted: {srv3:?}");
-    assert!(c.log("srv1").contains(what), "srv1 did not log the refusal `{what}`:\n{}", c.log("srv1"));
+    assert!(
+        !srv3.connected && srv3.state == "down",
+        "{what}: impostor accepted: {srv3:?}"
+    );
+    assert!(
+        c.log("srv1").contains(what),
+        "srv1 did not log the refusal `{what}`:\n{}",
+        c.log("srv1")
+    );
 }
 
 #[test]
 fn a_certificate_from_another_ca_or_of_another_server_is_refused() {
     let mut c = three(16);
     c.start("srv1");
-    c.wait(SETTLE_S, "srv1 to coordinate", || c.settled("srv1", "srv1", &["srv1"]));
+    c.wait(SETTLE_S, "srv1 to coordinate", || {
+        c.settled("srv1", "srv1", &["srv1"])
+    });
 
     // Material from another cluster's CA, for the right name.
     let other = tempfile::tempdir().unwrap();
@@ -194,7 +285,11 @@ fn a_certificate_from_another_ca_or_of_another_server_is_refused() {
         .args(["--server", "srv3=127.0.16.3", "--cluster", "other"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let impostor = start_impostor(&c, |tls| {
         for f in ["ca.crt", "srv3.crt", "srv3.key"] {
             std::fs::copy(other.path().join("tls").join(f), tls.join(f)).unwrap();
@@ -212,45 +307,88 @@ fn a_certificate_from_another_ca_or_of_another_server_is_refused() {
 
 #[test]
 fn two_servers_and_a_witness_survive_the_crash_of_either_server() {
-    let mut c = Cluster::new(17, &[("srv1", "server"), ("srv2", "server"), ("wit", "witness")]);
+    let mut c = Cluster::new(
+        17,
+        &[("srv1", "server"), ("srv2", "server"), ("wit", "witness")],
+    );
     c.start("wit");
     c.start("srv1");
-    c.wait(SETTLE_S, "srv1 to coordinate", || c.settled("srv1", "srv1", &["srv1"]));
+    c.wait(SETTLE_S, "srv1 to coordinate", || {
+        c.settled("srv1", "srv1", &["srv1"])
+    });
     c.start("srv2");
-    c.wait(SETTLE_S, "all synchronized", || c.settled("srv1", "srv1", &["srv1", "srv2", "wit"]));
+    c.wait(SETTLE_S, "all synchronized", || {
+        c.settled("srv1", "srv1", &["srv1", "srv2", "wit"])
+    });
     let v = c.status("wit").unwrap();
-    assert_eq!(v.servers.iter().find(|s| s.name == "wit").unwrap().state, "witness");
+    assert_eq!(
+        v.servers.iter().find(|s| s.name == "wit").unwrap().state,
+        "witness"
+    );
     c.kill9("srv1");
-    c.wait(SETTLE_S, "srv2 to take over", || c.status("srv2").and_then(|v| v.coordinator).as_deref() == Some("srv2"));
+    c.wait(SETTLE_S, "srv2 to take over", || {
+        c.status("srv2").and_then(|v| v.coordinator).as_deref() == Some("srv2")
+    });
     c.set("wit", "after-srv1", b"x".to_vec()).unwrap();
     c.start("srv1");
-    c.wait(SETTLE_S, "srv1 back", || c.settled("srv2", "srv2", &["srv1", "srv2", "wit"]));
+    c.wait(SETTLE_S, "srv1 back", || {
+        c.settled("srv2", "srv2", &["srv1", "srv2", "wit"])
+    });
     c.kill9("srv2");
-    c.wait(SETTLE_S, "srv1 to take over", || c.status("srv1").and_then(|v| v.coordinator).as_deref() == Some("srv1"));
+    c.wait(SETTLE_S, "srv1 to take over", || {
+        c.status("srv1").and_then(|v| v.coordinator).as_deref() == Some("srv1")
+    });
     c.set("srv1", "after-srv2", b"y".to_vec()).unwrap();
     // The witness never coordinates.
     let out = c.cli(&["coordinator", "transfer", "wit", "--server", "srv1"]);
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn manual_coordinator_transfer() {
     let mut c = three(18);
     c.start("srv1");
-    c.wait(SETTLE_S, "srv1 to coordinate", || c.settled("srv1", "srv1", &["srv1"]));
+    c.wait(SETTLE_S, "srv1 to coordinate", || {
+        c.settled("srv1", "srv1", &["srv1"])
+    });
     c.start("srv2");
     c.start("srv3");
-    c.wait(SETTLE_S, "all synchronized", || c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"]));
+    c.wait(SETTLE_S, "all synchronized", || {
+        c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"])
+    });
     let out = c.cli(&["coordinator", "transfer", "srv3", "--server", "srv2"]);
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), c.all_logs());
-    c.wait(10, "srv3 to coordinate", || c.status("srv1").and_then(|v| v.coordinator).as_deref() == Some("srv3"));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.all_logs()
+    );
+    c.wait(10, "srv3 to coordinate", || {
+        c.status("srv1").and_then(|v| v.coordinator).as_deref() == Some("srv3")
+    });
     let out = c.cli(&["status", "--json", "--server", "srv1"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["coordinator"], "srv3");
     for key in ["cluster_id", "term", "commit_index", "servers"] {
         assert!(v.get(key).is_some(), "status --json lacks {key}");
     }
-    for key in ["name", "address", "role", "state", "connected", "synchronized", "applied_index"] {
-        assert!(v["servers"][0].get(key).is_some(), "status --json servers lack {key}");
+    for key in [
+        "name",
+        "address",
+        "role",
+        "state",
+        "connected",
+        "synchronized",
+        "applied_index",
+    ] {
+        assert!(
+            v["servers"][0].get(key).is_some(),
+            "status --json servers lack {key}"
+        );
     }
 }

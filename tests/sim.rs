@@ -143,7 +143,7 @@ impl Sim {
         self.heal();
         let deadline = self.now + SETTLE_UNITS_MAX;
         while self.now < deadline && !self.converged() {
-            if self.now % 50 == 0 {
+            if self.now.is_multiple_of(50) {
                 self.add_member();
             }
             self.step();

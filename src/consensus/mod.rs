@@ -165,8 +165,10 @@ pub fn bootstrap(dir: &Path, id: u64, cluster_id: &str, durable: bool) -> Result
     let (log_sync, state_sync) = syncs(durable);
     let mut sm = StateMachine::open(&state_db(dir), state_sync)?;
     assert_eq!(sm.applied_index(), 0, "bootstrap over an existing state");
-    let mut cs = ConfState::default();
-    cs.voters = vec![id];
+    let cs = ConfState {
+        voters: vec![id],
+        ..Default::default()
+    };
     let cmd = Command::SetCluster {
         cluster_id: cluster_id.to_string(),
     };
@@ -183,8 +185,10 @@ pub fn bootstrap(dir: &Path, id: u64, cluster_id: &str, durable: bool) -> Result
 pub fn rebootstrap(dir: &Path, id: u64, durable: bool) -> Result<(), CoreError> {
     let (log_sync, state_sync) = syncs(durable);
     let mut sm = StateMachine::open(&state_db(dir), state_sync)?;
-    let mut cs = ConfState::default();
-    cs.voters = vec![id];
+    let cs = ConfState {
+        voters: vec![id],
+        ..Default::default()
+    };
     sm.set_conf_state(&cs)?;
     let term = sm.applied_term().max(1);
     let mut log = LogStore::open(&raft_db(dir), log_sync)?;
@@ -195,9 +199,11 @@ pub fn rebootstrap(dir: &Path, id: u64, durable: bool) -> Result<(), CoreError> 
 }
 
 fn snapshot_meta(index: u64, term: u64, cs: ConfState) -> raft::eraftpb::SnapshotMetadata {
-    let mut meta = raft::eraftpb::SnapshotMetadata::default();
-    meta.index = index;
-    meta.term = term;
+    let mut meta = raft::eraftpb::SnapshotMetadata {
+        index,
+        term,
+        ..Default::default()
+    };
     meta.set_conf_state(cs);
     meta
 }
@@ -223,7 +229,14 @@ impl Core {
         log.raise_commit(applied);
         let raft_cfg = raft_config(&cfg, applied);
         let node = RawNode::new(&raft_cfg, log, logger)?;
-        let mut core = Core { node, state, dir: dir.to_path_buf(), cfg, member: false, removed: false };
+        let mut core = Core {
+            node,
+            state,
+            dir: dir.to_path_buf(),
+            cfg,
+            member: false,
+            removed: false,
+        };
         core.member = core.is_member();
         Ok(core)
     }

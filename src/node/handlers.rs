@@ -15,7 +15,10 @@ use raft::eraftpb::{ConfChangeType, Message};
 
 use super::{now_ms, raft_id, Phase, Shared, PEER_CALL_MS, PROPOSAL_WAIT_MS};
 use crate::membership;
-use crate::proto::{LocalInfo, RaftBatch, Request, Response, ServerStatus, StatusView, RAFT_BATCH_BYTES_MAX, REQUEST_BYTES_MAX};
+use crate::proto::{
+    LocalInfo, RaftBatch, Request, Response, ServerStatus, StatusView, RAFT_BATCH_BYTES_MAX,
+    REQUEST_BYTES_MAX,
+};
 use crate::state::Command;
 use crate::transport::{alpn_of, peer_cert, read_frame, write_frame, ALPN_CLIENT, ALPN_PEER};
 
@@ -51,7 +54,9 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection) {
 
 async fn serve_peer(shared: Arc<Shared>, conn: quinn::Connection) {
     let remote = conn.remote_address();
-    let greeted = async_std::future::timeout(Duration::from_millis(HELLO_WAIT_MS), greet(&shared, &conn)).await;
+    let greeted =
+        async_std::future::timeout(Duration::from_millis(HELLO_WAIT_MS), greet(&shared, &conn))
+            .await;
     let name = match greeted {
         Ok(Ok(name)) => name,
         Ok(Err(reason)) => {
@@ -82,20 +87,32 @@ async fn greet(shared: &Shared, conn: &quinn::Connection) -> Result<String, Stri
     let verdict = check_peer(shared, conn, &theirs);
     let answer = match &verdict {
         Ok(()) => Response::Hello(shared.hello()),
-        Err(reason) => Response::Refused { reason: reason.clone() },
+        Err(reason) => Response::Refused {
+            reason: reason.clone(),
+        },
     };
     let _ = write_frame(&mut send, &answer, REQUEST_BYTES_MAX).await;
     let _ = send.finish();
     verdict.map(|()| theirs.name)
 }
 
-fn check_peer(shared: &Shared, conn: &quinn::Connection, theirs: &crate::proto::Hello) -> Result<(), String> {
+fn check_peer(
+    shared: &Shared,
+    conn: &quinn::Connection,
+    theirs: &crate::proto::Hello,
+) -> Result<(), String> {
     if shared.cfg.server(&theirs.name).is_none() {
-        return Err(format!("`{}` is not a server in this cluster's config", theirs.name));
+        return Err(format!(
+            "`{}` is not a server in this cluster's config",
+            theirs.name
+        ));
     }
     let cert = peer_cert(conn).ok_or("no client certificate")?;
     if !crate::tls::cert_is_for(&cert, &theirs.name) {
-        return Err(format!("its certificate does not belong to `{}`", theirs.name));
+        return Err(format!(
+            "its certificate does not belong to `{}`",
+            theirs.name
+        ));
     }
     if theirs.name == shared.me.name {
         return Err(format!("`{}` is this instance's own name", theirs.name));
@@ -157,7 +174,12 @@ async fn serve_requests(shared: Arc<Shared>, conn: quinn::Connection, peer: Opti
     }
 }
 
-async fn serve_request(shared: Arc<Shared>, mut send: quinn::SendStream, mut recv: quinn::RecvStream, peer: Option<String>) {
+async fn serve_request(
+    shared: Arc<Shared>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    peer: Option<String>,
+) {
     let req = match read_frame::<Request>(&mut recv, REQUEST_BYTES_MAX).await {
         Ok(Some(r)) => r,
         Ok(None) => return,
@@ -168,7 +190,9 @@ async fn serve_request(shared: Arc<Shared>, mut send: quinn::SendStream, mut rec
         }
     };
     let resp = match (&peer, req) {
-        (None, r) if r.is_peer_only() => Response::Error { message: "this request is for instances only".into() },
+        (None, r) if r.is_peer_only() => Response::Error {
+            message: "this request is for instances only".into(),
+        },
         (Some(p), Request::Snapshot { meta, raft_message }) => {
             return super::snapshot::receive(&shared, p, meta, raft_message, send, recv).await;
         }
@@ -184,14 +208,18 @@ async fn respond(shared: &Arc<Shared>, peer: Option<&str>, req: Request) -> Resp
         Request::Status => status(shared).await,
         Request::Join { name } if Some(name.as_str()) == peer => join(shared, &name).await,
         Request::Leave { name } if Some(name.as_str()) == peer => leave(shared, &name).await,
-        Request::Join { .. } | Request::Leave { .. } => Response::Error { message: "an instance may only join or leave as itself".into() },
+        Request::Join { .. } | Request::Leave { .. } => Response::Error {
+            message: "an instance may only join or leave as itself".into(),
+        },
         Request::Propose { command } => propose(shared, command).await,
         Request::Get { key } => read_setting(shared, &key),
         Request::List => list_settings(shared),
         Request::Digest => digest(shared),
         Request::Stop { name } => stop(shared, &name).await,
         Request::Transfer { name } => transfer(shared, &name).await,
-        Request::Hello(_) | Request::Snapshot { .. } => Response::Error { message: "unexpected request".into() },
+        Request::Hello(_) | Request::Snapshot { .. } => Response::Error {
+            message: "unexpected request".into(),
+        },
     }
 }
 
@@ -214,7 +242,11 @@ pub fn local_info(shared: &Shared) -> LocalInfo {
         waiting_for: Vec::new(),
         last_stop: shared.last_stop.lock().expect("stop record lock").clone(),
     };
-    if let Phase::Waiting { reason, start_first } = &phase {
+    if let Phase::Waiting {
+        reason,
+        start_first,
+    } = &phase
+    {
         info.waiting_for = start_first.clone();
         info.waiting_for.push(reason.clone());
     }
@@ -222,7 +254,10 @@ pub fn local_info(shared: &Shared) -> LocalInfo {
         info.cluster_id = core.state().cluster_id().map(str::to_string);
         info.initialized = core.applied_index() > 0;
         info.is_member = core.is_member();
-        info.leader = core.leader_id().and_then(|id| shared.name_of(id)).map(str::to_string);
+        info.leader = core
+            .leader_id()
+            .and_then(|id| shared.name_of(id))
+            .map(str::to_string);
         info.term = core.term();
         info.commit_index = core.commit_index();
         info.applied_index = core.applied_index();
@@ -236,7 +271,9 @@ fn state_name(shared: &Shared, core: &crate::consensus::Core, phase: &Phase) -> 
         Phase::Discovering | Phase::Waiting { .. } => "waiting",
         _ if core.is_leader() => "coordinator",
         _ if core.is_learner(shared.id) => "joining",
-        _ if core.is_voter(shared.id) && shared.me.role == crate::config::Role::Witness => "witness",
+        _ if core.is_voter(shared.id) && shared.me.role == crate::config::Role::Witness => {
+            "witness"
+        }
         _ if core.is_voter(shared.id) => "follower",
         Phase::Joining => "joining",
         _ => "waiting",
@@ -251,13 +288,17 @@ async fn forward_to_leader(shared: &Shared, req: &Request, timeout_ms: u64) -> O
     }
     match shared.peers.call(shared, &leader, req, timeout_ms).await {
         Ok(r) => Some(r),
-        Err(e) => Some(Response::Error { message: format!("coordinator {leader} unreachable: {e}") }),
+        Err(e) => Some(Response::Error {
+            message: format!("coordinator {leader} unreachable: {e}"),
+        }),
     }
 }
 
 async fn status(shared: &Arc<Shared>) -> Response {
     if !shared.is_leader() {
-        if let Some(Response::Status(view)) = forward_to_leader(shared, &Request::Status, PEER_CALL_MS * 2).await {
+        if let Some(Response::Status(view)) =
+            forward_to_leader(shared, &Request::Status, PEER_CALL_MS * 2).await
+        {
             return Response::Status(view);
         }
     }
@@ -275,7 +316,11 @@ pub async fn gather_status(shared: &Arc<Shared>) -> StatusView {
         .map(|s| {
             let (shared, name) = (shared.clone(), s.name.clone());
             async_std::task::spawn(async move {
-                match shared.peers.call(&shared, &name, &Request::Info, STATUS_PROBE_MS).await {
+                match shared
+                    .peers
+                    .call(&shared, &name, &Request::Info, STATUS_PROBE_MS)
+                    .await
+                {
                     Ok(Response::Info(i)) => Some(i),
                     _ => None,
                 }
@@ -305,7 +350,11 @@ pub async fn gather_status(shared: &Arc<Shared>) -> StatusView {
     }
 }
 
-fn server_status(s: &crate::config::ServerConf, info: Option<&LocalInfo>, commit: u64) -> ServerStatus {
+fn server_status(
+    s: &crate::config::ServerConf,
+    info: Option<&LocalInfo>,
+    commit: u64,
+) -> ServerStatus {
     let role = match s.role {
         crate::config::Role::Server => "server",
         crate::config::Role::Witness => "witness",
@@ -322,7 +371,11 @@ fn server_status(s: &crate::config::ServerConf, info: Option<&LocalInfo>, commit
 }
 
 /// Waits until `done` holds on the core, checking every 50 ms, for `wait_ms`.
-async fn wait_for(shared: &Shared, wait_ms: u64, done: impl Fn(&crate::consensus::Core) -> bool) -> bool {
+async fn wait_for(
+    shared: &Shared,
+    wait_ms: u64,
+    done: impl Fn(&crate::consensus::Core) -> bool,
+) -> bool {
     let deadline = std::time::Instant::now() + Duration::from_millis(wait_ms);
     while std::time::Instant::now() < deadline {
         if shared.core().as_ref().is_some_and(&done) {
@@ -335,7 +388,12 @@ async fn wait_for(shared: &Shared, wait_ms: u64, done: impl Fn(&crate::consensus
 
 /// A membership change proposed until it shows in the applied conf state
 /// (raft-rs takes one change at a time, so it is retried while another is pending).
-async fn change_membership(shared: &Shared, kind: ConfChangeType, name: &str, done: impl Fn(&crate::consensus::Core) -> bool) -> Result<(), String> {
+async fn change_membership(
+    shared: &Shared,
+    kind: ConfChangeType,
+    name: &str,
+    done: impl Fn(&crate::consensus::Core) -> bool,
+) -> Result<(), String> {
     let id = raft_id(name);
     let deadline = std::time::Instant::now() + Duration::from_millis(PROPOSAL_WAIT_MS);
     while std::time::Instant::now() < deadline {
@@ -355,19 +413,28 @@ async fn change_membership(shared: &Shared, kind: ConfChangeType, name: &str, do
             return Ok(());
         }
     }
-    Err(format!("membership change for {name} not applied within {PROPOSAL_WAIT_MS} ms"))
+    Err(format!(
+        "membership change for {name} not applied within {PROPOSAL_WAIT_MS} ms"
+    ))
 }
 
 async fn join(shared: &Shared, name: &str) -> Response {
     if !shared.is_leader() {
-        return Response::NotLeader { leader: shared.leader_name() };
+        return Response::NotLeader {
+            leader: shared.leader_name(),
+        };
     }
     let id = raft_id(name);
-    let r = change_membership(shared, ConfChangeType::AddLearnerNode, name, |c| c.is_learner(id) || c.is_voter(id)).await;
+    let r = change_membership(shared, ConfChangeType::AddLearnerNode, name, |c| {
+        c.is_learner(id) || c.is_voter(id)
+    })
+    .await;
     match r {
         Ok(()) => {
             tracing::info!("{name} joins: it is sent the database, then promoted to voter");
-            Response::Ok { message: format!("{name} added") }
+            Response::Ok {
+                message: format!("{name} added"),
+            }
         }
         Err(message) => Response::Error { message },
     }
@@ -375,19 +442,33 @@ async fn join(shared: &Shared, name: &str) -> Response {
 
 async fn leave(shared: &Shared, name: &str) -> Response {
     if !shared.is_leader() {
-        return Response::NotLeader { leader: shared.leader_name() };
+        return Response::NotLeader {
+            leader: shared.leader_name(),
+        };
     }
     let id = raft_id(name);
-    let r = change_membership(shared, ConfChangeType::RemoveNode, name, |c| !c.is_learner(id) && !c.is_voter(id)).await;
+    let r = change_membership(shared, ConfChangeType::RemoveNode, name, |c| {
+        !c.is_learner(id) && !c.is_voter(id)
+    })
+    .await;
     if let Err(message) = r {
         return Response::Error { message };
     }
     let remaining = shared
         .core()
         .as_ref()
-        .map(|c| c.conf_state().voters.iter().filter_map(|v| shared.name_of(*v).map(str::to_string)).collect::<Vec<_>>())
+        .map(|c| {
+            c.conf_state()
+                .voters
+                .iter()
+                .filter_map(|v| shared.name_of(*v).map(str::to_string))
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default();
-    tracing::info!("{name} left the cluster; remaining: {}", remaining.join(", "));
+    tracing::info!(
+        "{name} left the cluster; remaining: {}",
+        remaining.join(", ")
+    );
     Response::Left { remaining }
 }
 
@@ -399,20 +480,30 @@ async fn propose(shared: &Shared, command: Command) -> Response {
         let req = Request::Propose { command };
         return forward_to_leader(shared, &req, PROPOSAL_WAIT_MS + PEER_CALL_MS)
             .await
-            .unwrap_or(Response::Error { message: "no coordinator is elected".into() });
+            .unwrap_or(Response::Error {
+                message: "no coordinator is elected".into(),
+            });
     }
     let (ctx, applied) = shared.register_proposal();
-    let r = shared.core().as_mut().map(|c| c.propose(ctx.clone(), &command));
+    let r = shared
+        .core()
+        .as_mut()
+        .map(|c| c.propose(ctx.clone(), &command));
     match r {
         Some(Ok(())) => {}
         Some(Err(message)) => {
             shared.forget_proposal(&ctx);
             return Response::Error { message };
         }
-        None => return Response::Error { message: "not running".into() },
+        None => {
+            return Response::Error {
+                message: "not running".into(),
+            }
+        }
     }
     shared.wake();
-    match async_std::future::timeout(Duration::from_millis(PROPOSAL_WAIT_MS), applied.recv()).await {
+    match async_std::future::timeout(Duration::from_millis(PROPOSAL_WAIT_MS), applied.recv()).await
+    {
         Ok(Ok(index)) => Response::Proposed { index },
         _ => {
             shared.forget_proposal(&ctx);
@@ -423,64 +514,115 @@ async fn propose(shared: &Shared, command: Command) -> Response {
 
 fn read_setting(shared: &Shared, key: &str) -> Response {
     match shared.core().as_ref().map(|c| c.state().get(key)) {
-        Some(Ok(v)) => Response::Value { value: v.map(serde_bytes::ByteBuf::from) },
-        Some(Err(e)) => Response::Error { message: e.to_string() },
-        None => Response::Error { message: "this instance holds no database yet".into() },
+        Some(Ok(v)) => Response::Value {
+            value: v.map(serde_bytes::ByteBuf::from),
+        },
+        Some(Err(e)) => Response::Error {
+            message: e.to_string(),
+        },
+        None => Response::Error {
+            message: "this instance holds no database yet".into(),
+        },
     }
 }
 
 fn digest(shared: &Shared) -> Response {
     let guard = shared.core();
     let Some(core) = guard.as_ref() else {
-        return Response::Error { message: "this instance holds no database yet".into() };
+        return Response::Error {
+            message: "this instance holds no database yet".into(),
+        };
     };
     match core.state().digest() {
-        Ok(digest) => Response::Digest { applied_index: core.applied_index(), digest },
-        Err(e) => Response::Error { message: e.to_string() },
+        Ok(digest) => Response::Digest {
+            applied_index: core.applied_index(),
+            digest,
+        },
+        Err(e) => Response::Error {
+            message: e.to_string(),
+        },
     }
 }
 
 fn list_settings(shared: &Shared) -> Response {
-    match shared.core().as_ref().map(|c| c.state().list(LIST_COUNT_MAX)) {
-        Some(Ok(items)) => Response::List { items: items.into_iter().map(|(k, v)| (k, serde_bytes::ByteBuf::from(v))).collect() },
-        Some(Err(e)) => Response::Error { message: e.to_string() },
-        None => Response::Error { message: "this instance holds no database yet".into() },
+    match shared
+        .core()
+        .as_ref()
+        .map(|c| c.state().list(LIST_COUNT_MAX))
+    {
+        Some(Ok(items)) => Response::List {
+            items: items
+                .into_iter()
+                .map(|(k, v)| (k, serde_bytes::ByteBuf::from(v)))
+                .collect(),
+        },
+        Some(Err(e)) => Response::Error {
+            message: e.to_string(),
+        },
+        None => Response::Error {
+            message: "this instance holds no database yet".into(),
+        },
     }
 }
 
 async fn stop(shared: &Shared, name: &str) -> Response {
     if name == shared.me.name {
         let _ = shared.stop_tx.try_send(());
-        return Response::Ok { message: format!("{name} is stopping") };
+        return Response::Ok {
+            message: format!("{name} is stopping"),
+        };
     }
     if shared.cfg.server(name).is_none() {
-        return Response::Error { message: format!("no server named `{name}` in the config") };
+        return Response::Error {
+            message: format!("no server named `{name}` in the config"),
+        };
     }
-    match shared.peers.call(shared, name, &Request::Stop { name: name.into() }, PEER_CALL_MS).await {
+    match shared
+        .peers
+        .call(
+            shared,
+            name,
+            &Request::Stop { name: name.into() },
+            PEER_CALL_MS,
+        )
+        .await
+    {
         Ok(r) => r,
-        Err(e) => Response::Error { message: format!("{name} unreachable: {e}") },
+        Err(e) => Response::Error {
+            message: format!("{name} unreachable: {e}"),
+        },
     }
 }
 
 async fn transfer(shared: &Shared, name: &str) -> Response {
     let Some(target) = shared.cfg.server(name) else {
-        return Response::Error { message: format!("no server named `{name}` in the config") };
+        return Response::Error {
+            message: format!("no server named `{name}` in the config"),
+        };
     };
     if target.role == crate::config::Role::Witness {
-        return Response::Error { message: format!("{name} is a witness: it never coordinates") };
+        return Response::Error {
+            message: format!("{name} is a witness: it never coordinates"),
+        };
     }
     if !shared.is_leader() {
         let req = Request::Transfer { name: name.into() };
         return forward_to_leader(shared, &req, PEER_CALL_MS * 4)
             .await
-            .unwrap_or(Response::Error { message: "no coordinator is elected".into() });
+            .unwrap_or(Response::Error {
+                message: "no coordinator is elected".into(),
+            });
     }
     if name == shared.me.name {
-        return Response::Ok { message: format!("{name} is already the coordinator") };
+        return Response::Ok {
+            message: format!("{name} is already the coordinator"),
+        };
     }
     let id = raft_id(name);
     if !shared.core().as_ref().is_some_and(|c| c.is_voter(id)) {
-        return Response::Error { message: format!("{name} is not a voting member") };
+        return Response::Error {
+            message: format!("{name} is not a voting member"),
+        };
     }
     // raft-rs abandons a transfer that does not complete within an election
     // timeout (say, its message was lost on a reconnect): ask again each second.
@@ -498,8 +640,12 @@ async fn transfer(shared: &Shared, name: &str) -> Response {
     }
     if moved {
         tracing::info!(at_ms = now_ms(), "coordinator role handed to {name}");
-        Response::Ok { message: format!("{name} is now the coordinator") }
+        Response::Ok {
+            message: format!("{name} is now the coordinator"),
+        }
     } else {
-        Response::Error { message: format!("{name} did not take the coordinator role within 5 s") }
+        Response::Error {
+            message: format!("{name} did not take the coordinator role within 5 s"),
+        }
     }
 }

@@ -57,7 +57,10 @@ pub struct ServeOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phase {
     Discovering,
-    Waiting { reason: String, start_first: Vec<String> },
+    Waiting {
+        reason: String,
+        start_first: Vec<String>,
+    },
     Joining,
     Running,
     Stopping,
@@ -113,7 +116,10 @@ impl Shared {
         let mut cur = self.phase.lock().expect("phase lock");
         if *cur != p {
             match &p {
-                Phase::Waiting { reason, start_first } if !start_first.is_empty() => tracing::warn!("waiting: {reason}"),
+                Phase::Waiting {
+                    reason,
+                    start_first,
+                } if !start_first.is_empty() => tracing::warn!("waiting: {reason}"),
                 Phase::Waiting { reason, .. } => tracing::info!("waiting: {reason}"),
                 _ => {}
             }
@@ -235,7 +241,11 @@ async fn serve_async(opts: ServeOptions) -> Result<(), String> {
     shared.stopping.store(true, Ordering::SeqCst);
     stop::graceful_stop(&shared).await;
     shared.endpoint.quinn.close(0u32.into(), b"stopped");
-    let _ = async_std::future::timeout(Duration::from_millis(500), shared.endpoint.quinn.wait_idle()).await;
+    let _ = async_std::future::timeout(
+        Duration::from_millis(500),
+        shared.endpoint.quinn.wait_idle(),
+    )
+    .await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -272,7 +282,9 @@ async fn raft_loop(shared: Arc<Shared>, wake: Receiver<()>) {
 
 fn cycle(shared: &Shared, ticked: bool) -> Result<Vec<Output>, String> {
     let mut guard = shared.core();
-    let Some(core) = guard.as_mut() else { return Ok(Vec::new()) };
+    let Some(core) = guard.as_mut() else {
+        return Ok(Vec::new());
+    };
     if ticked {
         core.tick();
     }

@@ -12,9 +12,9 @@ use protobuf::Message as _;
 use raft::eraftpb::Message;
 
 use super::{Shared, PEER_CALL_MS, PEER_QUEUE_COUNT_MAX};
+use crate::client::request;
 use crate::membership;
 use crate::proto::{RaftBatch, Request, Response, RAFT_BATCH_BYTES_MAX, RAFT_BATCH_COUNT_MAX};
-use crate::client::request;
 use crate::transport::write_frame;
 
 /// Why a peer could not be used.
@@ -68,7 +68,10 @@ impl Peers {
 
     fn cached(&self, name: &str) -> Option<quinn::Connection> {
         let conns = self.conns.lock().expect("conns lock");
-        conns.get(name).filter(|c| c.close_reason().is_none()).cloned()
+        conns
+            .get(name)
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
     }
 
     pub fn forget(&self, name: &str) {
@@ -80,20 +83,37 @@ impl Peers {
         if let Some(c) = self.cached(name) {
             return Ok(c);
         }
-        let gate = self.connecting.lock().expect("connecting lock").entry(name.to_string()).or_default().clone();
+        let gate = self
+            .connecting
+            .lock()
+            .expect("connecting lock")
+            .entry(name.to_string())
+            .or_default()
+            .clone();
         let _held = gate.lock().await;
         if let Some(c) = self.cached(name) {
             return Ok(c);
         }
         let conn = open(shared, name).await?;
-        self.conns.lock().expect("conns lock").insert(name.to_string(), conn.clone());
+        self.conns
+            .lock()
+            .expect("conns lock")
+            .insert(name.to_string(), conn.clone());
         Ok(conn)
     }
 
     /// One request to a peer and its response, within `timeout_ms`.
-    pub async fn call(&self, shared: &Shared, name: &str, req: &Request, timeout_ms: u64) -> Result<Response, PeerError> {
+    pub async fn call(
+        &self,
+        shared: &Shared,
+        name: &str,
+        req: &Request,
+        timeout_ms: u64,
+    ) -> Result<Response, PeerError> {
         let conn = self.conn(shared, name).await?;
-        let r = request(&conn, req, timeout_ms).await.map_err(PeerError::Unreachable);
+        let r = request(&conn, req, timeout_ms)
+            .await
+            .map_err(PeerError::Unreachable);
         if r.is_err() {
             self.forget(name);
         }
@@ -104,7 +124,10 @@ impl Peers {
 /// Connects to a peer and exchanges `Hello`s; refuses a peer whose answer
 /// shows a different cluster, config or version.
 async fn open(shared: &Shared, name: &str) -> Result<quinn::Connection, PeerError> {
-    let server = shared.cfg.server(name).ok_or_else(|| PeerError::Unreachable(format!("{name} is not configured")))?;
+    let server = shared
+        .cfg
+        .server(name)
+        .ok_or_else(|| PeerError::Unreachable(format!("{name} is not configured")))?;
     let conn = shared
         .endpoint
         .connect(server.address, name, PEER_CALL_MS)
@@ -115,12 +138,18 @@ async fn open(shared: &Shared, name: &str) -> Result<quinn::Connection, PeerErro
         Ok(Response::Hello(theirs)) => {
             if let Err(reason) = membership::compatible(&mine, &theirs) {
                 conn.close(2u32.into(), b"incompatible");
-                return Err(PeerError::Refused(format!("{name} is incompatible: {reason}")));
+                return Err(PeerError::Refused(format!(
+                    "{name} is incompatible: {reason}"
+                )));
             }
             Ok(conn)
         }
-        Ok(Response::Refused { reason }) => Err(PeerError::Refused(format!("{name} refused this instance: {reason}"))),
-        Ok(other) => Err(PeerError::Unreachable(format!("{name} answered Hello with {other:?}"))),
+        Ok(Response::Refused { reason }) => Err(PeerError::Refused(format!(
+            "{name} refused this instance: {reason}"
+        ))),
+        Ok(other) => Err(PeerError::Unreachable(format!(
+            "{name} answered Hello with {other:?}"
+        ))),
         Err(e) => Err(PeerError::Unreachable(e)),
     }
 }
@@ -148,8 +177,17 @@ async fn sender_task(shared: Arc<Shared>, to: u64, name: String, rx: Receiver<Me
 }
 
 /// Writes batches to one stream until it fails (Err) or the queue closes (Ok).
-async fn stream_to(shared: &Shared, name: &str, first: Message, rx: &Receiver<Message>) -> Result<(), String> {
-    let conn = shared.peers.conn(shared, name).await.map_err(|e| e.to_string())?;
+async fn stream_to(
+    shared: &Shared,
+    name: &str,
+    first: Message,
+    rx: &Receiver<Message>,
+) -> Result<(), String> {
+    let conn = shared
+        .peers
+        .conn(shared, name)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut send = conn.open_uni().await.map_err(|e| e.to_string())?;
     let mut pending = Some(first);
     loop {
@@ -160,7 +198,9 @@ async fn stream_to(shared: &Shared, name: &str, first: Message, rx: &Receiver<Me
                 Err(_) => return Ok(()),
             },
         };
-        let mut messages = vec![serde_bytes::ByteBuf::from(first.write_to_bytes().map_err(|e| e.to_string())?)];
+        let mut messages = vec![serde_bytes::ByteBuf::from(
+            first.write_to_bytes().map_err(|e| e.to_string())?,
+        )];
         let mut size_bytes = messages[0].len();
         while messages.len() < RAFT_BATCH_COUNT_MAX && size_bytes < RAFT_BATCH_BYTES_MAX / 2 {
             let Ok(m) = rx.try_recv() else { break };

@@ -48,13 +48,28 @@ pub async fn send(shared: Arc<Shared>, msg: Message, file: PathBuf, meta: Snapsh
     shared.wake();
 }
 
-async fn transfer(shared: &Shared, name: &str, msg: &Message, file: &Path, meta: &SnapshotFile) -> Result<u64, String> {
+async fn transfer(
+    shared: &Shared,
+    name: &str,
+    msg: &Message,
+    file: &Path,
+    meta: &SnapshotFile,
+) -> Result<u64, String> {
     let mut f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let conn = shared.peers.conn(shared, name).await.map_err(|e| e.to_string())?;
+    let conn = shared
+        .peers
+        .conn(shared, name)
+        .await
+        .map_err(|e| e.to_string())?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     let raft_message = serde_bytes::ByteBuf::from(msg.write_to_bytes().map_err(|e| e.to_string())?);
-    let req = Request::Snapshot { meta: meta.clone(), raft_message };
-    write_frame(&mut send, &req, REQUEST_BYTES_MAX).await.map_err(|e| e.to_string())?;
+    let req = Request::Snapshot {
+        meta: meta.clone(),
+        raft_message,
+    };
+    write_frame(&mut send, &req, REQUEST_BYTES_MAX)
+        .await
+        .map_err(|e| e.to_string())?;
     let offset = match read_frame::<Response>(&mut recv, REQUEST_BYTES_MAX).await {
         Ok(Some(Response::Resume { offset })) if offset <= meta.size_bytes => offset,
         Ok(Some(Response::Error { message })) => return Err(message),
@@ -71,7 +86,11 @@ async fn transfer(shared: &Shared, name: &str, msg: &Message, file: &Path, meta:
         send.write_all(&buf[..n]).await.map_err(|e| e.to_string())?;
         sent_bytes += n as u64;
     }
-    assert_eq!(offset + sent_bytes, meta.size_bytes, "snapshot file changed while sent");
+    assert_eq!(
+        offset + sent_bytes,
+        meta.size_bytes,
+        "snapshot file changed while sent"
+    );
     send.finish().map_err(|e| e.to_string())?;
     match read_frame::<Response>(&mut recv, REQUEST_BYTES_MAX).await {
         Ok(Some(Response::Ok { .. })) => Ok(sent_bytes),
@@ -83,11 +102,16 @@ async fn transfer(shared: &Shared, name: &str, msg: &Message, file: &Path, meta:
 /// Snapshot files are named `snap-INDEX-TERM.db`; anything else (a path, say)
 /// is refused before a byte is written.
 fn valid_file_name(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix("snap-").and_then(|r| r.strip_suffix(".db")) else {
+    let Some(rest) = name
+        .strip_prefix("snap-")
+        .and_then(|r| r.strip_suffix(".db"))
+    else {
         return false;
     };
     let mut parts = rest.split('-');
-    let numeric = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit()));
+    let numeric = |p: Option<&str>| {
+        p.is_some_and(|p| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit()))
+    };
     numeric(parts.next()) && numeric(parts.next()) && parts.next().is_none()
 }
 
@@ -99,11 +123,13 @@ pub async fn receive(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let result = receive_file(shared, &meta, &mut send, &mut recv).await.and_then(|()| {
-        step_snapshot(shared, peer, &raft_message)
-    });
+    let result = receive_file(shared, &meta, &mut send, &mut recv)
+        .await
+        .and_then(|()| step_snapshot(shared, peer, &raft_message));
     let resp = match result {
-        Ok(()) => Response::Ok { message: "installed".into() },
+        Ok(()) => Response::Ok {
+            message: "installed".into(),
+        },
         Err(message) => {
             tracing::warn!(peer, "database from {peer} refused: {message}");
             Response::Error { message }
@@ -113,9 +139,17 @@ pub async fn receive(
     let _ = send.finish();
 }
 
-async fn receive_file(shared: &Shared, meta: &SnapshotFile, send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) -> Result<(), String> {
+async fn receive_file(
+    shared: &Shared,
+    meta: &SnapshotFile,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) -> Result<(), String> {
     if !valid_file_name(&meta.file_name) || meta.size_bytes > SNAPSHOT_BYTES_MAX {
-        return Err(format!("bad snapshot descriptor: {} ({} bytes)", meta.file_name, meta.size_bytes));
+        return Err(format!(
+            "bad snapshot descriptor: {} ({} bytes)",
+            meta.file_name, meta.size_bytes
+        ));
     }
     let incoming = consensus::incoming_dir(&shared.dir);
     std::fs::create_dir_all(&incoming).map_err(|e| e.to_string())?;
@@ -123,12 +157,18 @@ async fn receive_file(shared: &Shared, meta: &SnapshotFile, send: &mut quinn::Se
     remove_other_parts(&incoming, &part);
     let held = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
     let offset = if held <= meta.size_bytes { held } else { 0 };
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&part).map_err(|e| e.to_string())?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&part)
+        .map_err(|e| e.to_string())?;
     f.set_len(offset).map_err(|e| e.to_string())?;
     if offset > 0 {
         tracing::info!(offset, "resuming an interrupted database transfer");
     }
-    write_frame(send, &Response::Resume { offset }, REQUEST_BYTES_MAX).await.map_err(|e| e.to_string())?;
+    write_frame(send, &Response::Resume { offset }, REQUEST_BYTES_MAX)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut got = offset;
     let mut buf = vec![0u8; CHUNK_BYTES];
     while let Some(n) = recv.read(&mut buf).await.map_err(|e| e.to_string())? {
@@ -143,14 +183,19 @@ async fn receive_file(shared: &Shared, meta: &SnapshotFile, send: &mut quinn::Se
     let (size, sha) = consensus::file_digest(&part)?;
     if size != meta.size_bytes || sha != meta.sha256 {
         let _ = std::fs::remove_file(&part);
-        return Err(format!("checksum mismatch: got {size} bytes {sha}, expected {} bytes {}", meta.size_bytes, meta.sha256));
+        return Err(format!(
+            "checksum mismatch: got {size} bytes {sha}, expected {} bytes {}",
+            meta.size_bytes, meta.sha256
+        ));
     }
     std::fs::rename(&part, incoming.join(&meta.file_name)).map_err(|e| e.to_string())?;
     Ok(())
 }
 
 fn remove_other_parts(dir: &Path, keep: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         if e.path() != keep {
             let _ = std::fs::remove_file(e.path());
@@ -160,7 +205,10 @@ fn remove_other_parts(dir: &Path, keep: &Path) {
 
 fn step_snapshot(shared: &Shared, peer: &str, bytes: &[u8]) -> Result<(), String> {
     let msg = Message::parse_from_bytes(bytes).map_err(|e| e.to_string())?;
-    if msg.get_msg_type() != MessageType::MsgSnapshot || msg.from != raft_id(peer) || msg.to != shared.id {
+    if msg.get_msg_type() != MessageType::MsgSnapshot
+        || msg.from != raft_id(peer)
+        || msg.to != shared.id
+    {
         return Err("the message with the database is not a snapshot from its sender".into());
     }
     let mut guard = shared.core();
@@ -176,7 +224,15 @@ mod tests {
     #[test]
     fn only_snapshot_file_names_are_accepted() {
         assert!(super::valid_file_name("snap-12-3.db"));
-        for bad in ["../state.db", "snap-1.db", "snap-a-1.db", "snap-1-2.db/..", "snap--1.db", "x/snap-1-2.db", "snap-1-2-3.db"] {
+        for bad in [
+            "../state.db",
+            "snap-1.db",
+            "snap-a-1.db",
+            "snap-1-2.db/..",
+            "snap--1.db",
+            "x/snap-1-2.db",
+            "snap-1-2-3.db",
+        ] {
             assert!(!super::valid_file_name(bad), "{bad}");
         }
     }

@@ -47,20 +47,39 @@ pub fn read_facts(dir: &std::path::Path, id: u64) -> LocalFacts {
 }
 
 /// Everything up to a bound endpoint; nothing is decided yet.
-pub fn prepare(opts: ServeOptions) -> Result<(Arc<Shared>, Receiver<()>, Receiver<()>), String> {
+/// The shared state, the raft loop's wake-up channel and the stop channel.
+type Prepared = (Arc<Shared>, Receiver<()>, Receiver<()>);
+
+pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
     let cfg = opts.config;
-    let me = cfg.server(&opts.name).ok_or_else(|| format!("no server named `{}` in the config", opts.name))?.clone();
-    let servers: Vec<(String, std::net::IpAddr)> = cfg.servers.iter().map(|s| (s.name.clone(), s.address.ip())).collect();
+    let me = cfg
+        .server(&opts.name)
+        .ok_or_else(|| format!("no server named `{}` in the config", opts.name))?
+        .clone();
+    let servers: Vec<(String, std::net::IpAddr)> = cfg
+        .servers
+        .iter()
+        .map(|s| (s.name.clone(), s.address.ip()))
+        .collect();
     if crate::tls::ensure(&cfg.tls_dir, &cfg.cluster, &servers).map_err(|e| e.to_string())? {
         tracing::warn!("generated missing TLS material in {} (a one-machine set-up; use `claro init` for a real cluster)", cfg.tls_dir.display());
     }
     let identity = crate::tls::load_identity(&cfg.tls_dir, &me.name).map_err(|e| e.to_string())?;
-    let endpoint = Endpoint::bind_server(me.address, &identity).map_err(|e| format!("cannot listen on {}: {e}", me.address))?;
+    let endpoint = Endpoint::bind_server(me.address, &identity)
+        .map_err(|e| format!("cannot listen on {}: {e}", me.address))?;
     let dir = cfg.server_dir(&me.name);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let id = raft_id(&me.name);
-    let names: HashMap<u64, String> = cfg.servers.iter().map(|s| (raft_id(&s.name), s.name.clone())).collect();
-    assert_eq!(names.len(), cfg.servers.len(), "raft ids of server names collide");
+    let names: HashMap<u64, String> = cfg
+        .servers
+        .iter()
+        .map(|s| (raft_id(&s.name), s.name.clone()))
+        .collect();
+    assert_eq!(
+        names.len(),
+        cfg.servers.len(),
+        "raft ids of server names collide"
+    );
     let (wake, wake_rx) = async_std::channel::bounded(1);
     let (stop_tx, stop_rx) = async_std::channel::bounded(4);
     let facts = read_facts(&dir, id);
@@ -104,10 +123,21 @@ pub async fn run(shared: Arc<Shared>, wake_rx: Receiver<()>) {
             return;
         }
         let (peers, refusals) = probe_all(&shared).await;
-        let decision = decide(&shared, &peers, &refusals, now_ms() >= shared.started_at_ms + window_ms);
+        let decision = decide(
+            &shared,
+            &peers,
+            &refusals,
+            now_ms() >= shared.started_at_ms + window_ms,
+        );
         let started = match decision {
-            Startup::Wait { reason, start_first } => {
-                shared.set_phase(Phase::Waiting { reason, start_first });
+            Startup::Wait {
+                reason,
+                start_first,
+            } => {
+                shared.set_phase(Phase::Waiting {
+                    reason,
+                    start_first,
+                });
                 async_std::task::sleep(Duration::from_millis(DISCOVERY_ROUND_MS)).await;
                 continue;
             }
@@ -127,11 +157,20 @@ pub async fn run(shared: Arc<Shared>, wake_rx: Receiver<()>) {
 
 fn decide(shared: &Shared, peers: &[LocalInfo], refusals: &[String], window_over: bool) -> Startup {
     if !refusals.is_empty() {
-        return Startup::Wait { reason: refusals.join("; "), start_first: Vec::new() };
+        return Startup::Wait {
+            reason: refusals.join("; "),
+            start_first: Vec::new(),
+        };
     }
     let facts = shared.facts();
     let last_stop = shared.last_stop.lock().expect("stop record lock").clone();
-    let witnesses: Vec<String> = shared.cfg.servers.iter().filter(|s| s.role == Role::Witness).map(|s| s.name.clone()).collect();
+    let witnesses: Vec<String> = shared
+        .cfg
+        .servers
+        .iter()
+        .filter(|s| s.role == Role::Witness)
+        .map(|s| s.name.clone())
+        .collect();
     let s = Situation {
         me: &shared.me.name,
         witness: shared.me.role == Role::Witness,
@@ -153,7 +192,11 @@ fn decide(shared: &Shared, peers: &[LocalInfo], refusals: &[String], window_over
             applied_index: facts.applied_index,
             cluster_id: facts.cluster_id.clone(),
         };
-        let s = Situation { initialized: true, last_stop: Some(last_stop.as_ref().unwrap_or(&rec)), ..s };
+        let s = Situation {
+            initialized: true,
+            last_stop: Some(last_stop.as_ref().unwrap_or(&rec)),
+            ..s
+        };
         return membership::decide(&s);
     }
     membership::decide(&s)
@@ -168,7 +211,12 @@ async fn probe_all(shared: &Arc<Shared>) -> (Vec<LocalInfo>, Vec<String>) {
         .filter(|s| s.name != shared.me.name)
         .map(|s| {
             let (shared, name) = (shared.clone(), s.name.clone());
-            async_std::task::spawn(async move { shared.peers.call(&shared, &name, &Request::Info, PROBE_MS).await })
+            async_std::task::spawn(async move {
+                shared
+                    .peers
+                    .call(&shared, &name, &Request::Info, PROBE_MS)
+                    .await
+            })
         })
         .collect();
     let mut infos = Vec::new();
@@ -188,7 +236,8 @@ fn start_member(shared: &Arc<Shared>, wake_rx: Receiver<()>, how: Startup) -> Re
         Startup::Bootstrap => {
             let cluster_id = format!("{:032x}", rand::random::<u128>());
             tracing::info!(%cluster_id, "no running cluster found: starting a new one as its coordinator");
-            consensus::bootstrap(&shared.dir, shared.id, &cluster_id, true).map_err(|e| e.to_string())?;
+            consensus::bootstrap(&shared.dir, shared.id, &cluster_id, true)
+                .map_err(|e| e.to_string())?;
         }
         Startup::ForceBootstrap => {
             tracing::warn!("!!! --force-bootstrap: starting a one-server cluster on this instance's database, which may be OLDER than what other servers hold; their newer changes will be refused by this cluster !!!");
@@ -215,20 +264,32 @@ fn start_member(shared: &Arc<Shared>, wake_rx: Receiver<()>, how: Startup) -> Re
 
 /// Opens the core (empty, or on an older database) and asks the coordinator
 /// to add this instance; the coordinator then sends it the database.
-async fn start_joining(shared: &Arc<Shared>, wake_rx: Receiver<()>, leader: &str) -> Result<(), String> {
+async fn start_joining(
+    shared: &Arc<Shared>,
+    wake_rx: Receiver<()>,
+    leader: &str,
+) -> Result<(), String> {
     shared.set_phase(Phase::Joining);
     if shared.core().is_none() {
         shared.open_core()?;
         async_std::task::spawn(super::raft_loop(shared.clone(), wake_rx));
     }
     let mut leader = leader.to_string();
-    let req = Request::Join { name: shared.me.name.clone() };
+    let req = Request::Join {
+        name: shared.me.name.clone(),
+    };
     tracing::info!("joining the cluster through its coordinator {leader}");
     loop {
-        if shared.phase() == Phase::Stopping || shared.core().as_ref().is_some_and(|c| c.is_member()) {
+        if shared.phase() == Phase::Stopping
+            || shared.core().as_ref().is_some_and(|c| c.is_member())
+        {
             return Ok(());
         }
-        match shared.peers.call(shared, &leader, &req, PEER_CALL_MS * 6).await {
+        match shared
+            .peers
+            .call(shared, &leader, &req, PEER_CALL_MS * 6)
+            .await
+        {
             Ok(Response::Ok { .. }) => return Ok(()),
             Ok(Response::NotLeader { leader: Some(l) }) => leader = l,
             Ok(other) => tracing::warn!("join through {leader}: {other:?}"),

@@ -54,7 +54,10 @@ pub fn install_signal_handlers(shared: Arc<Shared>) {
     };
     std::thread::spawn(move || {
         for sig in signals.forever() {
-            if shared.stopping.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            if shared
+                .stopping
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
                 tracing::warn!("second signal {sig}: exiting now");
                 std::process::exit(130);
             }
@@ -71,20 +74,41 @@ pub async fn graceful_stop(shared: &Shared) {
         return;
     }
     hand_over(shared).await;
-    let others: Vec<String> = voters(shared).into_iter().filter(|n| *n != shared.me.name).collect();
+    let others: Vec<String> = voters(shared)
+        .into_iter()
+        .filter(|n| *n != shared.me.name)
+        .collect();
     let applied = shared.core().as_ref().map_or(0, |c| c.applied_index());
     let cluster_id = shared.cluster_id();
     let member = shared.core().as_ref().is_some_and(|c| c.is_member());
     let rec = if others.is_empty() || !member {
         // The last voter keeps its membership: it holds the newest database
         // and starts alone next time.
-        StopRecord { stopped_at_ms: now_ms(), left: false, remaining: vec![], applied_index: applied, cluster_id }
+        StopRecord {
+            stopped_at_ms: now_ms(),
+            left: false,
+            remaining: vec![],
+            applied_index: applied,
+            cluster_id,
+        }
     } else {
         match leave(shared).await {
-            Ok(remaining) => StopRecord { stopped_at_ms: now_ms(), left: true, remaining, applied_index: applied, cluster_id },
+            Ok(remaining) => StopRecord {
+                stopped_at_ms: now_ms(),
+                left: true,
+                remaining,
+                applied_index: applied,
+                cluster_id,
+            },
             Err(e) => {
                 tracing::warn!("could not leave the membership ({e}); stopping as a member");
-                StopRecord { stopped_at_ms: now_ms(), left: false, remaining: others, applied_index: applied, cluster_id }
+                StopRecord {
+                    stopped_at_ms: now_ms(),
+                    left: false,
+                    remaining: others,
+                    applied_index: applied,
+                    cluster_id,
+                }
             }
         }
     };
@@ -94,8 +118,14 @@ pub async fn graceful_stop(shared: &Shared) {
 
 fn voters(shared: &Shared) -> Vec<String> {
     let guard = shared.core();
-    let Some(core) = guard.as_ref() else { return vec![] };
-    core.conf_state().voters.iter().filter_map(|id| shared.name_of(*id).map(str::to_string)).collect()
+    let Some(core) = guard.as_ref() else {
+        return vec![];
+    };
+    core.conf_state()
+        .voters
+        .iter()
+        .filter_map(|id| shared.name_of(*id).map(str::to_string))
+        .collect()
 }
 
 /// A coordinator hands its role to the most up-to-date voter first.
@@ -106,7 +136,9 @@ async fn hand_over(shared: &Shared) {
         if !core.is_leader() {
             return;
         }
-        let Some(to) = core.best_successor() else { return };
+        let Some(to) = core.best_successor() else {
+            return;
+        };
         core.transfer_leader(to);
         to
     };
@@ -114,7 +146,11 @@ async fn hand_over(shared: &Shared) {
     let name = shared.name_of(target).unwrap_or("?").to_string();
     let deadline = std::time::Instant::now() + Duration::from_millis(HANDOVER_WAIT_MS);
     while std::time::Instant::now() < deadline {
-        if shared.core().as_ref().is_some_and(|c| !c.is_leader() && c.leader_id().is_some()) {
+        if shared
+            .core()
+            .as_ref()
+            .is_some_and(|c| !c.is_leader() && c.leader_id().is_some())
+        {
             tracing::info!("coordinator role handed to {name}");
             return;
         }
@@ -126,11 +162,17 @@ async fn hand_over(shared: &Shared) {
 /// Asks the coordinator to remove this instance; returns the voters that remain.
 async fn leave(shared: &Shared) -> Result<Vec<String>, String> {
     let deadline = std::time::Instant::now() + Duration::from_millis(LEAVE_WAIT_MS);
-    let req = Request::Leave { name: shared.me.name.clone() };
+    let req = Request::Leave {
+        name: shared.me.name.clone(),
+    };
     let mut last = String::from("no coordinator");
     while std::time::Instant::now() < deadline {
         if let Some(leader) = shared.leader_name().filter(|l| *l != shared.me.name) {
-            match shared.peers.call(shared, &leader, &req, PEER_CALL_MS + PROPOSAL_WAIT_MS).await {
+            match shared
+                .peers
+                .call(shared, &leader, &req, PEER_CALL_MS + PROPOSAL_WAIT_MS)
+                .await
+            {
                 Ok(Response::Left { remaining }) => return Ok(remaining),
                 Ok(other) => last = format!("{other:?}"),
                 Err(e) => last = e.to_string(),

@@ -34,18 +34,30 @@ impl Cluster {
         let conf_dir = dir.path().join("conf");
         std::fs::create_dir_all(dir.path().join("shared")).unwrap();
         let mut init = Command::new(BIN);
-        init.args(["init", "--dir"]).arg(&conf_dir).args(["--cluster", &format!("test{net}")]);
+        init.args(["init", "--dir"])
+            .arg(&conf_dir)
+            .args(["--cluster", &format!("test{net}")]);
         init.args(["--shared-root", "../shared", "--data-dir", "../data"]);
         for (i, (name, _)) in servers.iter().enumerate() {
             init.arg("--server").arg(format!("{name}={}", addr(net, i)));
         }
         let out = init.output().expect("run claro init");
-        assert!(out.status.success(), "claro init failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "claro init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let conf = conf_dir.join("ClaroServers.conf");
         std::fs::write(&conf, config_text(net, servers)).unwrap();
         std::fs::create_dir_all(dir.path().join("logs")).unwrap();
         let names = servers.iter().map(|(n, _)| n.to_string()).collect();
-        Cluster { dir, conf, net, names, procs: HashMap::new() }
+        Cluster {
+            dir,
+            conf,
+            net,
+            names,
+            procs: HashMap::new(),
+        }
     }
 
     pub fn config(&self) -> Config {
@@ -69,7 +81,11 @@ impl Cluster {
     }
 
     pub fn start_with(&mut self, name: &str, extra: &[&str]) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(name)).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(name))
+            .unwrap();
         let child = Command::new(BIN)
             .arg("--config")
             .arg(&self.conf)
@@ -93,26 +109,48 @@ impl Cluster {
     /// `claro stop NAME` through the CLI, then waits for the process to exit.
     pub fn stop(&mut self, name: &str) {
         let out = self.cli(&["stop", name, "--server", name]);
-        assert!(out.status.success(), "claro stop {name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "claro stop {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut child = self.procs.remove(name).expect("running");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "{name} exited with {status}: {}", self.log(name));
+                assert!(
+                    status.success(),
+                    "{name} exited with {status}: {}",
+                    self.log(name)
+                );
                 return;
             }
-            assert!(Instant::now() < deadline, "{name} did not stop: {}", self.log(name));
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not stop: {}",
+                self.log(name)
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN).arg("--config").arg(&self.conf).args(args).output().expect("run claro")
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&self.conf)
+            .args(args)
+            .output()
+            .expect("run claro")
     }
 
     pub fn call(&self, via: &str, req: Request) -> Result<Response, String> {
-        let args = ClientArgs { server: Some(via.to_string()), json: false };
-        claro::client::call(&self.config(), &args, &req).map(|(_, r)| r).map_err(|f| f.message)
+        let args = ClientArgs {
+            server: Some(via.to_string()),
+            json: false,
+        };
+        claro::client::call(&self.config(), &args, &req)
+            .map(|(_, r)| r)
+            .map_err(|f| f.message)
     }
 
     pub fn status(&self, via: &str) -> Option<StatusView> {
@@ -123,7 +161,10 @@ impl Cluster {
     }
 
     pub fn set(&self, via: &str, key: &str, value: Vec<u8>) -> Result<u64, String> {
-        let command = claro::state::Command::Put { key: key.into(), value };
+        let command = claro::state::Command::Put {
+            key: key.into(),
+            value,
+        };
         match self.call(via, Request::Propose { command })? {
             Response::Proposed { index } => Ok(index),
             other => Err(format!("{other:?}")),
@@ -139,7 +180,10 @@ impl Cluster {
 
     pub fn digest(&self, via: &str) -> Option<(u64, String)> {
         match self.call(via, Request::Digest) {
-            Ok(Response::Digest { applied_index, digest }) => Some((applied_index, digest)),
+            Ok(Response::Digest {
+                applied_index,
+                digest,
+            }) => Some((applied_index, digest)),
             _ => None,
         }
     }
@@ -153,22 +197,33 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("timed out after {secs} s waiting for {what}\n{}", self.all_logs());
+        panic!(
+            "timed out after {secs} s waiting for {what}\n{}",
+            self.all_logs()
+        );
     }
 
     pub fn all_logs(&self) -> String {
-        self.names.iter().map(|n| format!("--- {n} ---\n{}", tail(&self.log(n), 40))).collect::<Vec<_>>().join("\n")
+        self.names
+            .iter()
+            .map(|n| format!("--- {n} ---\n{}", tail(&self.log(n), 40)))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// True when `via` reports `coordinator` as coordinator and every name in
     /// `members` as a connected, synchronized voter (not still joining).
     pub fn settled(&self, via: &str, coordinator: &str, members: &[&str]) -> bool {
-        let Some(v) = self.status(via) else { return false };
+        let Some(v) = self.status(via) else {
+            return false;
+        };
         let voter = |state: &str| matches!(state, "coordinator" | "follower" | "witness");
         v.coordinator.as_deref() == Some(coordinator)
-            && members
-                .iter()
-                .all(|m| v.servers.iter().any(|s| s.name == *m && s.connected && s.synchronized && voter(&s.state)))
+            && members.iter().all(|m| {
+                v.servers
+                    .iter()
+                    .any(|s| s.name == *m && s.connected && s.synchronized && voter(&s.state))
+            })
     }
 }
 
@@ -192,7 +247,10 @@ pub fn config_text(net: u8, servers: &[(&str, &str)]) -> String {
         "cluster = \"test{net}\"\nport = 7900\nshared_root = \"../shared\"\ndata_dir = \"../data\"\n\n[timing]\ntick_ms = 20\nheartbeat_ms = 100\nelection_ms = 1000\nnode_timeout_ms = 3000\ndiscovery_ms = 1000\n"
     );
     for (i, (name, role)) in servers.iter().enumerate() {
-        s += &format!("\n[[server]]\nname = \"{name}\"\naddress = \"{}\"\nslots = 4\nrole = \"{role}\"\n", addr(net, i));
+        s += &format!(
+            "\n[[server]]\nname = \"{name}\"\naddress = \"{}\"\nslots = 4\nrole = \"{role}\"\n",
+            addr(net, i)
+        );
     }
     s
 }
