@@ -78,10 +78,18 @@ pub struct ServerConf {
 /// The `[timing]` table, all in milliseconds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timing {
+    /// The Raft clock's tick; the other Raft timings are whole ticks of it.
     pub tick_ms: u64,
+    /// How often the coordinator tells followers it is alive.
     pub heartbeat_ms: u64,
+    /// A follower that hears nothing from the coordinator for a random time
+    /// between this and twice this starts an election (the failover time).
     pub election_ms: u64,
+    /// Silence after which an instance counts as gone and its jobs are
+    /// released to others (the job scheduler's failure detector).
     pub node_timeout_ms: u64,
+    /// How long a fresh instance looks for a running cluster before the
+    /// first-started one bootstraps a new one.
     pub discovery_ms: u64,
 }
 
@@ -90,7 +98,7 @@ impl Default for Timing {
         Timing {
             tick_ms: 20,
             heartbeat_ms: 100,
-            election_ms: 1000,
+            election_ms: 500,
             node_timeout_ms: 3000,
             discovery_ms: 2000,
         }
@@ -947,7 +955,7 @@ mod tests {
             Timing {
                 tick_ms: 20,
                 heartbeat_ms: 100,
-                election_ms: 1000,
+                election_ms: 500,
                 node_timeout_ms: 3000,
                 discovery_ms: 2000
             }

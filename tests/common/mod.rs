@@ -30,6 +30,11 @@ pub fn addr(net: u8, i: usize) -> String {
 impl Cluster {
     /// `servers`: (name, role) in order; server i listens on 127.0.net.(i+1):7900.
     pub fn new(net: u8, servers: &[(&str, &str)]) -> Cluster {
+        Cluster::with_timing(net, servers, TEST_TIMING)
+    }
+
+    /// `timing`: the `[timing]` table's lines ("" for the product's defaults).
+    pub fn with_timing(net: u8, servers: &[(&str, &str)], timing: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let conf_dir = dir.path().join("conf");
         std::fs::create_dir_all(dir.path().join("shared")).unwrap();
@@ -48,7 +53,7 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
         let conf = conf_dir.join("ClaroServers.conf");
-        std::fs::write(&conf, config_text(net, servers)).unwrap();
+        std::fs::write(&conf, config_text(net, servers, timing)).unwrap();
         std::fs::create_dir_all(dir.path().join("logs")).unwrap();
         let names = servers.iter().map(|(n, _)| n.to_string()).collect();
         Cluster {
@@ -97,6 +102,10 @@ impl Cluster {
             .spawn()
             .expect("spawn claro serve");
         self.procs.insert(name.to_string(), child);
+    }
+
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.procs.get(name).map(|c| c.id())
     }
 
     pub fn kill9(&mut self, name: &str) {
@@ -241,10 +250,13 @@ impl Drop for Cluster {
     }
 }
 
-/// A test config: fast timings so that tests do not wait long.
-pub fn config_text(net: u8, servers: &[(&str, &str)]) -> String {
+/// Tests keep the default election timeout's slack for loaded CI machines,
+/// and a short discovery window so that they do not wait long.
+pub const TEST_TIMING: &str = "election_ms = 1000\ndiscovery_ms = 1000\n";
+
+pub fn config_text(net: u8, servers: &[(&str, &str)], timing: &str) -> String {
     let mut s = format!(
-        "cluster = \"test{net}\"\nport = 7900\nshared_root = \"../shared\"\ndata_dir = \"../data\"\n\n[timing]\ntick_ms = 20\nheartbeat_ms = 100\nelection_ms = 1000\nnode_timeout_ms = 3000\ndiscovery_ms = 1000\n"
+        "cluster = \"test{net}\"\nport = 7900\nshared_root = \"../shared\"\ndata_dir = \"../data\"\n\n[timing]\n{timing}"
     );
     for (i, (name, role)) in servers.iter().enumerate() {
         s += &format!(
