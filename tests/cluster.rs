@@ -392,3 +392,134 @@ fn manual_coordinator_transfer() {
         );
     }
 }
+
+#[test]
+fn instances_started_at_the_same_moment_form_one_cluster() {
+    let mut c = three(19);
+    c.start("srv1");
+    c.start("srv2");
+    c.start("srv3");
+    // The first-started fresh instance (ties broken by name) bootstraps; the
+    // others join it: one cluster, never two.
+    c.wait(SETTLE_S, "one cluster of three", || {
+        let Some(v) = c.status("srv3") else {
+            return false;
+        };
+        let Some(coord) = v.coordinator.clone() else {
+            return false;
+        };
+        c.settled("srv3", &coord, &["srv1", "srv2", "srv3"])
+    });
+    let ids: Vec<_> = ["srv1", "srv2", "srv3"]
+        .iter()
+        .map(|s| c.status(s).unwrap().cluster_id)
+        .collect();
+    assert!(
+        ids[0].is_some() && ids.iter().all(|i| *i == ids[0]),
+        "{ids:?}"
+    );
+    let bootstrapped = ["srv1", "srv2", "srv3"]
+        .iter()
+        .filter(|s| c.log(s).contains("starting a new one as its coordinator"))
+        .count();
+    assert_eq!(bootstrapped, 1, "{}", c.all_logs());
+}
+
+#[test]
+fn an_instance_with_a_different_config_is_refused_naming_the_difference() {
+    let mut c = three(20);
+    c.start("srv1");
+    c.wait(SETTLE_S, "srv1 to coordinate", || {
+        c.settled("srv1", "srv1", &["srv1"])
+    });
+    // srv2's copy of the config lists srv3 at another address.
+    let evil = c.dir.path().join("evil");
+    copy_dir(&c.dir.path().join("conf"), &evil.join("conf"));
+    std::fs::create_dir_all(evil.join("shared")).unwrap();
+    let conf = evil.join("conf").join("ClaroServers.conf");
+    let text = std::fs::read_to_string(&conf)
+        .unwrap()
+        .replace("127.0.20.3", "127.0.20.9");
+    std::fs::write(&conf, text).unwrap();
+    let log = std::fs::File::create(c.dir.path().join("logs").join("srv2.log")).unwrap();
+    let mut other = Command::new(BIN)
+        .arg("--config")
+        .arg(&conf)
+        .args(["serve", "--name", "srv2"])
+        .stderr(log)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    c.wait(SETTLE_S, "both sides to name the difference", || {
+        c.log("srv1").contains("127.0.20.9") && c.log("srv2").contains("127.0.20.9")
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    let v = c.status("srv1").unwrap();
+    let _ = other.kill();
+    let _ = other.wait();
+    let srv2 = v.servers.iter().find(|s| s.name == "srv2").unwrap();
+    assert_eq!(
+        srv2.state, "down",
+        "a refused instance must not join: {srv2:?}"
+    );
+    assert!(
+        !c.log("srv2").contains("starting a new one"),
+        "a refused instance must not start its own cluster"
+    );
+}
+
+#[test]
+fn malformed_and_oversized_frames_close_only_their_stream() {
+    let mut c = Cluster::new(21, &[("srv1", "server")]);
+    c.start("srv1");
+    c.wait(SETTLE_S, "srv1 to coordinate", || {
+        c.settled("srv1", "srv1", &["srv1"])
+    });
+    let cfg = c.config();
+    let addr = cfg.server("srv1").unwrap().address;
+    let ep = claro::client::endpoint(&cfg, addr).unwrap();
+    async_std::task::block_on(async {
+        let conn = ep.connect(addr, "srv1", 2000).await.unwrap();
+        // A length prefix of 4 GiB: refused before anything is allocated.
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
+        let _ = send.finish();
+        let mut buf = [0u8; 16];
+        assert!(
+            !matches!(recv.read(&mut buf).await, Ok(Some(n)) if n > 0),
+            "oversized frame answered"
+        );
+        // A frame whose body is not CBOR.
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&[0, 0, 0, 3, 0xff, 0xfe, 0xfd])
+            .await
+            .unwrap();
+        let _ = send.finish();
+        assert!(
+            !matches!(recv.read(&mut buf).await, Ok(Some(n)) if n > 0),
+            "garbage answered"
+        );
+        // A peer-only request from a client.
+        let r = claro::client::request(
+            &conn,
+            &claro::proto::Request::Join {
+                name: "srv1".into(),
+            },
+            2000,
+        )
+        .await
+        .unwrap();
+        assert!(matches!(r, claro::proto::Response::Error { .. }), "{r:?}");
+        // The same connection still works.
+        let r = claro::client::request(&conn, &claro::proto::Request::Status, 2000)
+            .await
+            .unwrap();
+        assert!(matches!(r, claro::proto::Response::Status(_)), "{r:?}");
+    });
+    assert!(
+        c.log("srv1").contains("bad request closed its stream"),
+        "{}",
+        c.log("srv1")
+    );
+    c.set("srv1", "still", b"fine".to_vec()).unwrap();
+}
