@@ -18,6 +18,21 @@ fn three(net: u8) -> Cluster {
     )
 }
 
+/// Three instances started in order: srv1 coordinates, srv2 and srv3 joined.
+fn three_running(net: u8) -> Cluster {
+    let mut c = three(net);
+    c.start("srv1");
+    c.wait(SETTLE_S, "srv1 to coordinate", || {
+        c.settled("srv1", "srv1", &["srv1"])
+    });
+    c.start("srv2");
+    c.start("srv3");
+    c.wait(SETTLE_S, "all three synchronized", || {
+        c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"])
+    });
+    c
+}
+
 #[test]
 fn first_started_is_coordinator_and_late_joiners_receive_its_database() {
     let mut c = three(11);
@@ -68,16 +83,7 @@ fn first_started_is_coordinator_and_late_joiners_receive_its_database() {
 
 #[test]
 fn kill_9_of_the_coordinator_elects_another_that_keeps_committing() {
-    let mut c = three(12);
-    c.start("srv1");
-    c.wait(SETTLE_S, "srv1 to coordinate", || {
-        c.settled("srv1", "srv1", &["srv1"])
-    });
-    c.start("srv2");
-    c.start("srv3");
-    c.wait(SETTLE_S, "all three synchronized", || {
-        c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"])
-    });
+    let mut c = three_running(12);
     c.set("srv2", "before", b"1".to_vec()).unwrap();
     c.kill9("srv1");
     let mut new_coordinator = String::new();
@@ -147,16 +153,7 @@ fn a_late_joiner_receives_a_50_mb_database_intact() {
 
 #[test]
 fn stop_order_and_start_order() {
-    let mut c = three(14);
-    c.start("srv1");
-    c.wait(SETTLE_S, "srv1 to coordinate", || {
-        c.settled("srv1", "srv1", &["srv1"])
-    });
-    c.start("srv2");
-    c.start("srv3");
-    c.wait(SETTLE_S, "all three synchronized", || {
-        c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"])
-    });
+    let mut c = three_running(14);
     c.set("srv1", "v", b"1".to_vec()).unwrap();
     c.stop("srv3");
     c.set("srv1", "v", b"2".to_vec()).unwrap();
@@ -351,16 +348,7 @@ fn two_servers_and_a_witness_survive_the_crash_of_either_server() {
 
 #[test]
 fn manual_coordinator_transfer() {
-    let mut c = three(18);
-    c.start("srv1");
-    c.wait(SETTLE_S, "srv1 to coordinate", || {
-        c.settled("srv1", "srv1", &["srv1"])
-    });
-    c.start("srv2");
-    c.start("srv3");
-    c.wait(SETTLE_S, "all synchronized", || {
-        c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"])
-    });
+    let mut c = three_running(18);
     let out = c.cli(&["coordinator", "transfer", "srv3", "--server", "srv2"]);
     assert!(
         out.status.success(),

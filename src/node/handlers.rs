@@ -308,29 +308,12 @@ async fn status(shared: &Arc<Shared>) -> Response {
 /// The status view from this instance: every configured server asked at once.
 pub async fn gather_status(shared: &Arc<Shared>) -> StatusView {
     let me = local_info(shared);
-    let tasks: Vec<_> = shared
-        .cfg
-        .servers
-        .iter()
-        .filter(|s| s.name != shared.me.name)
-        .map(|s| {
-            let (shared, name) = (shared.clone(), s.name.clone());
-            async_std::task::spawn(async move {
-                match shared
-                    .peers
-                    .call(&shared, &name, &Request::Info, STATUS_PROBE_MS)
-                    .await
-                {
-                    Ok(Response::Info(i)) => Some(i),
-                    _ => None,
-                }
-            })
-        })
-        .collect();
+    let answers = super::peers::ask_others(shared, &Request::Info, STATUS_PROBE_MS).await;
     let mut infos = vec![Some(me.clone())];
-    for t in tasks {
-        infos.push(t.await);
-    }
+    infos.extend(answers.into_iter().map(|r| match r {
+        Ok(Response::Info(i)) => Some(i),
+        _ => None,
+    }));
     let servers = shared
         .cfg
         .servers

@@ -121,6 +121,32 @@ impl Peers {
     }
 }
 
+/// Sends `req` to every other configured server at once; the answers come in
+/// config order.
+pub async fn ask_others(
+    shared: &Arc<Shared>,
+    req: &Request,
+    timeout_ms: u64,
+) -> Vec<Result<Response, PeerError>> {
+    let tasks: Vec<_> = shared
+        .cfg
+        .servers
+        .iter()
+        .filter(|s| s.name != shared.me.name)
+        .map(|s| {
+            let (shared, name, req) = (shared.clone(), s.name.clone(), req.clone());
+            async_std::task::spawn(async move {
+                shared.peers.call(&shared, &name, &req, timeout_ms).await
+            })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        answers.push(t.await);
+    }
+    answers
+}
+
 /// Connects to a peer and exchanges `Hello`s; refuses a peer whose answer
 /// shows a different cluster, config or version.
 async fn open(shared: &Shared, name: &str) -> Result<quinn::Connection, PeerError> {

@@ -204,25 +204,11 @@ fn decide(shared: &Shared, peers: &[LocalInfo], refusals: &[String], window_over
 
 /// Asks every other configured server about itself, all at once.
 async fn probe_all(shared: &Arc<Shared>) -> (Vec<LocalInfo>, Vec<String>) {
-    let tasks: Vec<_> = shared
-        .cfg
-        .servers
-        .iter()
-        .filter(|s| s.name != shared.me.name)
-        .map(|s| {
-            let (shared, name) = (shared.clone(), s.name.clone());
-            async_std::task::spawn(async move {
-                shared
-                    .peers
-                    .call(&shared, &name, &Request::Info, PROBE_MS)
-                    .await
-            })
-        })
-        .collect();
+    let answers = super::peers::ask_others(shared, &Request::Info, PROBE_MS).await;
     let mut infos = Vec::new();
     let mut refusals = Vec::new();
-    for t in tasks {
-        match t.await {
+    for answer in answers {
+        match answer {
             Ok(Response::Info(i)) => infos.push(i),
             Ok(_) | Err(PeerError::Unreachable(_)) => {}
             Err(PeerError::Refused(r)) => refusals.push(r),
