@@ -348,7 +348,7 @@ fn two_servers_and_a_witness_survive_the_crash_of_either_server() {
 
 #[test]
 fn manual_coordinator_transfer() {
-    let mut c = three_running(18);
+    let c = three_running(18);
     let out = c.cli(&["coordinator", "transfer", "srv3", "--server", "srv2"]);
     assert!(
         out.status.success(),
