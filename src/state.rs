@@ -236,15 +236,6 @@ impl StateMachine {
         Ok(hex(ctx.finish().as_ref()))
     }
 
-    /// Writes a consistent copy of the whole database to `dest` (VACUUM INTO
-    /// runs inside one read transaction, so the copy is exactly this applied index).
-    pub fn export(&self, dest: &Path) -> rusqlite::Result<()> {
-        let _ = std::fs::remove_file(dest);
-        self.conn
-            .execute("VACUUM INTO ?1", params![dest.to_string_lossy()])?;
-        Ok(())
-    }
-
     /// Makes every applied transaction durable in the main database file, so the
     /// Raft log up to the applied index may be compacted.
     pub fn checkpoint(&self) -> rusqlite::Result<()> {

@@ -370,6 +370,15 @@ impl Sim {
                 ..
             } => self.check_applied(i, index, term, digest),
             Output::Removed => {}
+            // Made at once here: the copy's index is whatever was applied now.
+            Output::MakeSnapshot(job) => {
+                let made = job.run();
+                self.nodes[i]
+                    .core
+                    .as_mut()
+                    .expect("up")
+                    .offer_snapshot(made);
+            }
         }
     }
 

@@ -71,6 +71,9 @@ pub enum Output {
     },
     /// This instance was removed from the membership.
     Removed,
+    /// Raft needs a database copy for a peer: run the job (off the raft loop)
+    /// and hand its result to [`Core::offer_snapshot`].
+    MakeSnapshot(SnapshotJob),
 }
 
 /// What a Raft snapshot's data carries: which file, how big, its checksum.
@@ -123,6 +126,8 @@ pub struct Core {
     /// A member (voter or learner) as of the last applied conf state.
     member: bool,
     removed: bool,
+    /// A [`SnapshotJob`] was handed out and has not come back yet.
+    snapshot_in_flight: bool,
 }
 
 pub fn raft_db(dir: &Path) -> PathBuf {
@@ -236,6 +241,7 @@ impl Core {
             cfg,
             member: false,
             removed: false,
+            snapshot_in_flight: false,
         };
         core.member = core.is_member();
         Ok(core)
@@ -423,8 +429,13 @@ impl Core {
         while self.node.has_ready() {
             self.ready_cycle(out)?;
         }
-        if self.node.store().take_snapshot_wanted() {
-            self.prepare_snapshot()?;
+        if self.node.store().take_snapshot_wanted() && !self.snapshot_in_flight {
+            self.snapshot_in_flight = true;
+            let job = SnapshotJob {
+                state_db: state_db(&self.dir),
+                dir: snapshots_dir(&self.dir),
+            };
+            out.push(Output::MakeSnapshot(job));
         }
         Ok(())
     }
@@ -568,35 +579,28 @@ impl Core {
         Ok(())
     }
 
-    /// Makes a consistent copy of state.db at the applied index and offers it to
-    /// raft as the snapshot for peers that are too far behind.
-    fn prepare_snapshot(&mut self) -> Result<(), CoreError> {
-        let index = self.state.applied_index();
-        if self.node.store().prepared_snapshot_index() == Some(index) {
-            return Ok(());
-        }
-        let term = self.state.applied_term();
-        let file_name = format!("snap-{index}-{term}.db");
-        let dir = snapshots_dir(&self.dir);
-        let tmp = dir.join(format!("{file_name}.tmp"));
-        self.state.export(&tmp)?;
-        let (size_bytes, sha256) = file_digest(&tmp).map_err(CoreError::Snapshot)?;
-        std::fs::rename(&tmp, dir.join(&file_name))
-            .map_err(|e| CoreError::Snapshot(e.to_string()))?;
-        remove_older_snapshots(&dir, &file_name);
-        let descriptor = SnapshotFile {
-            file_name,
-            size_bytes,
-            sha256,
+    /// Hands raft a database copy made by a [`SnapshotJob`] (or forgets the
+    /// job if it failed: raft asks again).
+    pub fn offer_snapshot(&mut self, made: Result<PreparedSnapshot, String>) {
+        self.snapshot_in_flight = false;
+        let p = match made {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("could not copy the database for a snapshot: {e}");
+                return;
+            }
         };
-        tracing::info!(index, size_bytes, "prepared a database snapshot");
+        tracing::info!(
+            index = p.index,
+            size_bytes = p.file.size_bytes,
+            "prepared a database snapshot"
+        );
         let mut data = Vec::new();
-        ciborium::into_writer(&descriptor, &mut data).expect("descriptor encodes");
+        ciborium::into_writer(&p.file, &mut data).expect("descriptor encodes");
         let mut snap = Snapshot::default();
-        snap.set_metadata(snapshot_meta(index, term, self.state.conf_state().clone()));
+        snap.set_metadata(snapshot_meta(p.index, p.term, p.conf_state));
         snap.data = data.into();
         self.node.store().offer_snapshot(snap);
-        Ok(())
     }
 
     /// Drops old log entries once there are twice the kept number; the state is
@@ -612,6 +616,64 @@ impl Core {
         self.node.mut_store().compact(applied - keep)?;
         Ok(())
     }
+}
+
+/// A consistent copy of state.db to make off the raft loop: SQLite's online
+/// backup from its own connection, in one step, reads one snapshot of the
+/// database while the loop goes on applying (WAL readers do not block writers).
+#[derive(Debug, Clone)]
+pub struct SnapshotJob {
+    state_db: PathBuf,
+    dir: PathBuf,
+}
+
+/// The result of a [`SnapshotJob`]: the file and the Raft position it holds.
+#[derive(Debug, Clone)]
+pub struct PreparedSnapshot {
+    pub index: u64,
+    pub term: u64,
+    pub conf_state: ConfState,
+    pub file: SnapshotFile,
+}
+
+impl SnapshotJob {
+    pub fn run(self) -> Result<PreparedSnapshot, String> {
+        let tmp = self.dir.join(format!("copy-{}.tmp", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        copy_database(&self.state_db, &tmp).map_err(|e| e.to_string())?;
+        let copy = StateMachine::open(&tmp, state::Sync::Off).map_err(|e| e.to_string())?;
+        let (index, term, conf_state) = (
+            copy.applied_index(),
+            copy.applied_term(),
+            copy.conf_state().clone(),
+        );
+        copy.checkpoint().map_err(|e| e.to_string())?;
+        drop(copy);
+        let file_name = format!("snap-{index}-{term}.db");
+        let (size_bytes, sha256) = file_digest(&tmp)?;
+        std::fs::rename(&tmp, self.dir.join(&file_name)).map_err(|e| e.to_string())?;
+        remove_older_snapshots(&self.dir, &file_name);
+        Ok(PreparedSnapshot {
+            index,
+            term,
+            conf_state,
+            file: SnapshotFile {
+                file_name,
+                size_bytes,
+                sha256,
+            },
+        })
+    }
+}
+
+fn copy_database(src: &Path, dest: &Path) -> rusqlite::Result<()> {
+    let from =
+        rusqlite::Connection::open_with_flags(src, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut to = rusqlite::Connection::open(dest)?;
+    let backup = rusqlite::backup::Backup::new(&from, &mut to)?;
+    // -1: every page in one step, i.e. within one read transaction.
+    backup.step(-1)?;
+    Ok(())
 }
 
 fn raft_config(cfg: &CoreConfig, applied: u64) -> raft::Config {

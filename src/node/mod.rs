@@ -327,6 +327,16 @@ fn dispatch(shared: &Arc<Shared>, outputs: Vec<Output>) {
                 }
             }
             Output::Removed => tracing::info!("this instance was removed from the membership"),
+            Output::MakeSnapshot(job) => {
+                let shared = shared.clone();
+                async_std::task::spawn(async move {
+                    let made = async_std::task::spawn_blocking(move || job.run()).await;
+                    if let Some(core) = shared.core().as_mut() {
+                        core.offer_snapshot(made);
+                    }
+                    shared.wake();
+                });
+            }
         }
     }
 }
