@@ -67,7 +67,15 @@ pub enum Command {
     /// The cluster's state, as the coordinator sees it.
     Status(ClientArgs),
     /// Which server holds the newest database, and the order to start them in.
-    StartOrder(ClientArgs),
+    StartOrder {
+        /// A folder holding servers' data directories (`DIR/NAME/`), read
+        /// for servers that do not answer; repeatable. The config's data_dir
+        /// is always read.
+        #[arg(long = "data-dir")]
+        data_dirs: Vec<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Stop an instance gracefully (default: this machine's).
     Stop {
         name: Option<String>,
@@ -212,7 +220,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             crate::node::serve(opts).map_err(Failure::failed)
         }
         Command::Status(args) => crate::client::status(&Config::load(&cli.config)?, &args),
-        Command::StartOrder(args) => crate::client::start_order(&Config::load(&cli.config)?, &args),
+        Command::StartOrder { data_dirs, client } => {
+            crate::client::start_order(&Config::load(&cli.config)?, &data_dirs, &client)
+        }
         Command::Stop { name, client } => {
             let config = Config::load(&cli.config)?;
             let name = match name {

@@ -4,6 +4,7 @@
 //! matter.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::{print_response, resolve_server, ClientArgs, Failure};
@@ -148,12 +149,21 @@ pub fn render_status(v: &StatusView) -> String {
             s.applied_index
         );
     }
+    for s in &v.servers {
+        if let Some(note) = &s.note {
+            out += &format!("{}: {note}\n", s.name);
+        }
+    }
     out
 }
 
 /// What is known of each server: asked live where it answers, else read from
 /// its data directory when that is on this machine.
-fn server_facts(config: &Config, ep: &Endpoint) -> Vec<(ServerFacts, &'static str)> {
+fn server_facts(
+    config: &Config,
+    data_dirs: &[PathBuf],
+    ep: &Endpoint,
+) -> Vec<(ServerFacts, &'static str)> {
     config
         .servers
         .iter()
@@ -169,9 +179,14 @@ fn server_facts(config: &Config, ep: &Endpoint) -> Vec<(ServerFacts, &'static st
                 };
                 return (facts, "running");
             }
-            let dir = config.server_dir(&s.name);
             let id = crate::node::raft_id(&s.name);
-            let local = crate::node::read_facts(&dir, id);
+            let dirs = std::iter::once(config.server_dir(&s.name))
+                .chain(data_dirs.iter().map(|d| d.join(&s.name)));
+            // The newest copy found, if several folders hold one.
+            let (local, dir) = dirs
+                .map(|d| (crate::node::read_facts(&d, id), d))
+                .max_by_key(|(f, _)| (f.initialized, f.applied_index))
+                .expect("at least the config's data_dir");
             let facts = ServerFacts {
                 name: s.name.clone(),
                 applied_index: local.initialized.then_some(local.applied_index),
@@ -190,10 +205,14 @@ fn server_facts(config: &Config, ep: &Endpoint) -> Vec<(ServerFacts, &'static st
         .collect()
 }
 
-pub fn start_order(config: &Config, args: &ClientArgs) -> Result<(), Failure> {
+pub fn start_order(
+    config: &Config,
+    data_dirs: &[PathBuf],
+    args: &ClientArgs,
+) -> Result<(), Failure> {
     let first = config.servers[0].address;
     let ep = endpoint(config, first)?;
-    let facts = server_facts(config, &ep);
+    let facts = server_facts(config, data_dirs, &ep);
     let plain: Vec<ServerFacts> = facts.iter().map(|(f, _)| f.clone()).collect();
     let order = membership::start_order(&plain);
     if args.json {

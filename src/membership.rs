@@ -242,6 +242,7 @@ mod tests {
             commit_index: 0,
             applied_index: 0,
             waiting_for: vec![],
+            note: None,
             last_stop: None,
         }
     }

@@ -62,8 +62,10 @@ pub struct LocalInfo {
     pub term: u64,
     pub commit_index: u64,
     pub applied_index: u64,
-    /// Why it is waiting, if it is.
+    /// Servers to start before this one (they hold newer state), if waiting.
     pub waiting_for: Vec<String>,
+    /// Why it is waiting, if it is.
+    pub note: Option<String>,
     pub last_stop: Option<StopRecord>,
 }
 
@@ -87,6 +89,8 @@ pub struct ServerStatus {
     pub connected: bool,
     pub synchronized: bool,
     pub applied_index: u64,
+    /// Why the server is waiting (e.g. which servers to start first), if it is.
+    pub note: Option<String>,
 }
 
 /// `claro status`: the same view from every instance (the coordinator's).

@@ -197,6 +197,17 @@ impl StateMachine {
         Ok(())
     }
 
+    /// Gives the database a new cluster id: only for `--force-bootstrap`, which
+    /// forks a new cluster from this (possibly older) database, so that it is
+    /// never mistaken for the cluster it came from.
+    pub fn set_cluster_id(&mut self, cluster_id: &str) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        write_meta(&tx, "cluster_id", cluster_id)?;
+        tx.commit()?;
+        self.cluster_id = Some(cluster_id.to_string());
+        Ok(())
+    }
+
     pub fn get(&self, key: &str) -> rusqlite::Result<Option<Vec<u8>>> {
         self.conn
             .query_row(

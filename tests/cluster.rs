@@ -182,10 +182,15 @@ fn stop_order_and_start_order() {
     });
     let v = c.status("srv3").unwrap();
     assert_eq!(v.coordinator, None);
-    assert_eq!(
-        v.servers.iter().find(|s| s.name == "srv3").unwrap().state,
-        "waiting"
+    let srv3 = v.servers.iter().find(|s| s.name == "srv3").unwrap();
+    assert_eq!(srv3.state, "waiting");
+    let note = srv3.note.clone().unwrap_or_default();
+    assert!(
+        note.contains("srv1, srv2 hold newer state"),
+        "status note: {note}"
     );
+    let human = c.cli(&["status", "--server", "srv3"]);
+    assert!(String::from_utf8_lossy(&human.stdout).contains("start them first"));
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
         c.status("srv3").unwrap().coordinator.is_none(),
@@ -222,13 +227,17 @@ fn force_bootstrap_overrides_waiting() {
         c.settled("srv1", "srv1", &["srv1", "srv2"])
     });
     c.set("srv1", "k", b"old".to_vec()).unwrap();
-    c.stop("srv2");
-    c.stop("srv1");
+    c.terminate("srv2");
+    c.terminate("srv1");
     c.start_with("srv2", &["--force-bootstrap"]);
     c.wait(SETTLE_S, "srv2 to coordinate on its own database", || {
         c.settled("srv2", "srv2", &["srv2"])
     });
     assert!(c.log("srv2").contains("--force-bootstrap"));
+    assert!(
+        c.log("srv1").contains("signal"),
+        "SIGTERM was not a graceful stop"
+    );
     assert_eq!(c.get("srv2", "k").as_deref(), Some(&b"old"[..]));
 }
 

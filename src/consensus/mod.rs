@@ -185,11 +185,13 @@ pub fn bootstrap(dir: &Path, id: u64, cluster_id: &str, durable: bool) -> Result
 }
 
 /// Starts a new one-voter cluster from an existing state.db (an operator's
-/// `--force-bootstrap`): the log restarts after the applied index, the cluster
-/// id and data are kept.
-pub fn rebootstrap(dir: &Path, id: u64, durable: bool) -> Result<(), CoreError> {
+/// `--force-bootstrap`): the data is kept, the log restarts after the applied
+/// index, and the cluster gets `cluster_id`, a new id: servers of the old
+/// cluster, which may hold newer data, refuse it rather than mix histories.
+pub fn rebootstrap(dir: &Path, id: u64, cluster_id: &str, durable: bool) -> Result<(), CoreError> {
     let (log_sync, state_sync) = syncs(durable);
     let mut sm = StateMachine::open(&state_db(dir), state_sync)?;
+    sm.set_cluster_id(cluster_id)?;
     let cs = ConfState {
         voters: vec![id],
         ..Default::default()

@@ -240,6 +240,7 @@ pub fn local_info(shared: &Shared) -> LocalInfo {
         commit_index: 0,
         applied_index: facts.applied_index,
         waiting_for: Vec::new(),
+        note: None,
         last_stop: shared.last_stop.lock().expect("stop record lock").clone(),
     };
     if let Phase::Waiting {
@@ -248,7 +249,7 @@ pub fn local_info(shared: &Shared) -> LocalInfo {
     } = &phase
     {
         info.waiting_for = start_first.clone();
-        info.waiting_for.push(reason.clone());
+        info.note = Some(reason.clone());
     }
     if let Some(core) = guard.as_ref() {
         info.cluster_id = core.state().cluster_id().map(str::to_string);
@@ -350,6 +351,7 @@ fn server_status(
         connected: info.is_some(),
         synchronized: info.is_some_and(|i| i.is_member && i.applied_index >= commit && commit > 0),
         applied_index: info.map_or(0, |i| i.applied_index),
+        note: info.and_then(|i| i.note.clone()),
     }
 }
 

@@ -155,13 +155,22 @@ pub async fn run(shared: Arc<Shared>, wake_rx: Receiver<()>) {
     }
 }
 
+/// A member runs on its own database whatever others say; but an instance
+/// that would start or join a cluster waits while any peer refuses it (a
+/// different config, version or cluster is an operator's mistake to fix, not
+/// a reason to form a second cluster).
 fn decide(shared: &Shared, peers: &[LocalInfo], refusals: &[String], window_over: bool) -> Startup {
-    if !refusals.is_empty() {
-        return Startup::Wait {
+    match decide_alone(shared, peers, window_over) {
+        Startup::Run => Startup::Run,
+        _ if !refusals.is_empty() => Startup::Wait {
             reason: refusals.join("; "),
             start_first: Vec::new(),
-        };
+        },
+        other => other,
     }
+}
+
+fn decide_alone(shared: &Shared, peers: &[LocalInfo], window_over: bool) -> Startup {
     let facts = shared.facts();
     let last_stop = shared.last_stop.lock().expect("stop record lock").clone();
     let witnesses: Vec<String> = shared
@@ -227,7 +236,11 @@ fn start_member(shared: &Arc<Shared>, wake_rx: Receiver<()>, how: Startup) -> Re
         }
         Startup::ForceBootstrap => {
             tracing::warn!("!!! --force-bootstrap: starting a one-server cluster on this instance's database, which may be OLDER than what other servers hold; their newer changes will be refused by this cluster !!!");
-            consensus::rebootstrap(&shared.dir, shared.id, true).map_err(|e| e.to_string())?;
+            let old = shared.facts().cluster_id.unwrap_or_default();
+            let cluster_id = format!("{:032x}", rand::random::<u128>());
+            tracing::warn!(%cluster_id, forked_from = %old, "the forced cluster gets a new id");
+            consensus::rebootstrap(&shared.dir, shared.id, &cluster_id, true)
+                .map_err(|e| e.to_string())?;
             *shared.last_stop.lock().expect("stop record lock") = None;
             super::stop::clear_record(&shared.dir);
         }

@@ -104,6 +104,30 @@ impl Cluster {
         self.procs.insert(name.to_string(), child);
     }
 
+    /// SIGTERM (a graceful stop), then waits for the process to exit.
+    pub fn terminate(&mut self, name: &str) {
+        let mut child = self.procs.remove(name).expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "{name} ignored SIGTERM: {}",
+                self.log(name)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            child.wait().unwrap().success(),
+            "{name} failed to stop: {}",
+            self.log(name)
+        );
+    }
+
     pub fn pid(&self, name: &str) -> Option<u32> {
         self.procs.get(name).map(|c| c.id())
     }
