@@ -51,12 +51,16 @@ impl Conn {
         let cfg = c.config();
         let server = cfg.server(name).expect("configured").clone();
         let ep = claro::client::endpoint(&cfg, server.address).expect("client endpoint");
-        let conn = async_std::task::block_on(ep.connect(server.address, name, 2000)).expect("connect");
+        let conn =
+            async_std::task::block_on(ep.connect(server.address, name, 2000)).expect("connect");
         Conn { _ep: ep, conn }
     }
 
     async fn put(&self, key: String, timeout_ms: u64) -> Result<u64, String> {
-        let command = Command::Put { key, value: vec![7u8; VALUE_BYTES] };
+        let command = Command::Put {
+            key,
+            value: vec![7u8; VALUE_BYTES],
+        };
         match claro::client::request(&self.conn, &Request::Propose { command }, timeout_ms).await? {
             Response::Proposed { index } => Ok(index),
             other => Err(format!("{other:?}")),
@@ -65,7 +69,8 @@ impl Conn {
 }
 
 fn coordinator(c: &Cluster, via: &str) -> Option<(String, u64)> {
-    c.status(via).and_then(|v| v.coordinator.map(|n| (n, v.term)))
+    c.status(via)
+        .and_then(|v| v.coordinator.map(|n| (n, v.term)))
 }
 
 struct ClaroFigures {
@@ -84,15 +89,23 @@ fn claro_three() -> ClaroFigures {
     c.wait(30, "srv1", || c.settled("srv1", "srv1", &["srv1"]));
     c.start("srv2");
     c.start("srv3");
-    c.wait(30, "three", || c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"]));
+    c.wait(30, "three", || {
+        c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"])
+    });
     std::thread::sleep(Duration::from_secs(3));
-    let rss_mb = ["srv1", "srv2", "srv3"].iter().filter_map(|n| c.pid(n).and_then(rss_mb)).collect();
+    let rss_mb = ["srv1", "srv2", "srv3"]
+        .iter()
+        .filter_map(|n| c.pid(n).and_then(rss_mb))
+        .collect();
     let leader = Conn::open(&c, "srv1");
     let mut lat_us = Vec::with_capacity(LATENCY_COUNT);
     async_std::task::block_on(async {
         for i in 0..LATENCY_COUNT {
             let t = Instant::now();
-            leader.put(format!("lat{i}"), 5000).await.expect("sequential put");
+            leader
+                .put(format!("lat{i}"), 5000)
+                .await
+                .expect("sequential put");
             lat_us.push(t.elapsed().as_micros() as u64);
         }
     });
@@ -102,7 +115,14 @@ fn claro_three() -> ClaroFigures {
     let (who, term_after) = coordinator(&c, "srv1").expect("coordinator");
     let term_changed = who != "srv1" || term_after != term_before;
     let failover_ms = claro_failover(&mut c);
-    ClaroFigures { p50_ms: percentile(&lat_us, 0.5), p99_ms: percentile(&lat_us, 0.99), per_s, term_changed, failover_ms, rss_mb }
+    ClaroFigures {
+        p50_ms: percentile(&lat_us, 0.5),
+        p99_ms: percentile(&lat_us, 0.99),
+        per_s,
+        term_changed,
+        failover_ms,
+        rss_mb,
+    }
 }
 
 /// Committed proposals per second with LOAD_CLIENTS concurrent proposers.
@@ -169,19 +189,39 @@ fn claro_snapshot() -> (f64, f64) {
     let leader = Conn::open(&c, "srv1");
     async_std::task::block_on(async {
         for i in 0..SNAPSHOT_MB {
-            let value: Vec<u8> = (0..1024 * 1024u32).map(|j| (j.wrapping_mul(2654435761).wrapping_add(i as u32) >> 11) as u8).collect();
-            let command = Command::Put { key: format!("blob{i}"), value };
-            claro::client::request(&leader.conn, &Request::Propose { command }, 10_000).await.expect("put blob");
+            let value: Vec<u8> = (0..1024 * 1024u32)
+                .map(|j| (j.wrapping_mul(2654435761).wrapping_add(i as u32) >> 11) as u8)
+                .collect();
+            let command = Command::Put {
+                key: format!("blob{i}"),
+                value,
+            };
+            claro::client::request(&leader.conn, &Request::Propose { command }, 10_000)
+                .await
+                .expect("put blob");
         }
     });
     let t = Instant::now();
     c.start("srv2");
-    c.wait(120, "srv2 synchronized", || c.settled("srv1", "srv1", &["srv1", "srv2"]));
+    c.wait(120, "srv2 synchronized", || {
+        c.settled("srv1", "srv1", &["srv1", "srv2"])
+    });
     let join_s = t.elapsed().as_secs_f64();
     let log = c.log("srv1");
-    let line = log.lines().find(|l| l.contains("database sent")).expect("transfer logged");
+    let line = log
+        .lines()
+        .find(|l| l.contains("database sent"))
+        .expect("transfer logged");
     let field = |k: &str| -> f64 {
-        line.split(&format!("{k}=")).nth(1).unwrap().split_whitespace().next().unwrap().trim_matches('"').parse().unwrap()
+        line.split(&format!("{k}="))
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .trim_matches('"')
+            .parse()
+            .unwrap()
     };
     let size_mb = field("size_bytes") / 1e6;
     (field("mb_per_s"), size_mb / join_s)
@@ -191,26 +231,58 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let date = std::process::Command::new("date").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
     println!("claro cluster benchmark, {}", date.unwrap_or_default());
     let claro = claro_three();
     let (snap_mb_s, join_mb_s) = claro_snapshot();
     println!("\n| figure | claro | etcd 3.4 | claro / etcd |\n|---|---|---|---|");
     let etcd = etcd_figures();
-    let row = |name: &str, ours: f64, theirs: Option<f64>, unit: &str| {
-        match theirs {
-            Some(t) => println!("| {name} | {ours:.3} {unit} | {t:.3} {unit} | {:.2} |", ours / t),
-            None => println!("| {name} | {ours:.3} {unit} | - | - |"),
-        }
+    let row = |name: &str, ours: f64, theirs: Option<f64>, unit: &str| match theirs {
+        Some(t) => println!(
+            "| {name} | {ours:.3} {unit} | {t:.3} {unit} | {:.2} |",
+            ours / t
+        ),
+        None => println!("| {name} | {ours:.3} {unit} | - | - |"),
     };
-    row("commit latency p50", claro.p50_ms, etcd.as_ref().map(|e| e.0), "ms");
-    row("commit latency p99", claro.p99_ms, etcd.as_ref().map(|e| e.1), "ms");
-    row("kill -9 coordinator to next commit", claro.failover_ms as f64, etcd.as_ref().map(|e| e.2), "ms");
+    row(
+        "commit latency p50",
+        claro.p50_ms,
+        etcd.as_ref().map(|e| e.0),
+        "ms",
+    );
+    row(
+        "commit latency p99",
+        claro.p99_ms,
+        etcd.as_ref().map(|e| e.1),
+        "ms",
+    );
+    row(
+        "kill -9 coordinator to next commit",
+        claro.failover_ms as f64,
+        etcd.as_ref().map(|e| e.2),
+        "ms",
+    );
     let rss = claro.rss_mb.iter().cloned().fold(0.0, f64::max);
-    row("idle RSS per instance (max)", rss, etcd.as_ref().map(|e| e.3), "MB");
-    println!("| committed proposals/s ({LOAD_CLIENTS} concurrent clients) | {:.0} | - | - |", claro.per_s);
-    println!("| coordinator changed during the load | {} | - | - |", claro.term_changed);
-    println!("| database transfer ({SNAPSHOT_MB} MB), sender's rate | {snap_mb_s:.0} MB/s | - | - |");
+    row(
+        "idle RSS per instance (max)",
+        rss,
+        etcd.as_ref().map(|e| e.3),
+        "MB",
+    );
+    println!(
+        "| committed proposals/s ({LOAD_CLIENTS} concurrent clients) | {:.0} | - | - |",
+        claro.per_s
+    );
+    println!(
+        "| coordinator changed during the load | {} | - | - |",
+        claro.term_changed
+    );
+    println!(
+        "| database transfer ({SNAPSHOT_MB} MB), sender's rate | {snap_mb_s:.0} MB/s | - | - |"
+    );
     println!("| late joiner start to synchronized, whole | {join_mb_s:.0} MB/s | - | - |");
 }
 
@@ -224,7 +296,10 @@ fn etcd_figures() -> Option<(f64, f64, f64, f64)> {
         }
     };
     std::thread::sleep(Duration::from_secs(3));
-    let rss = (0..3).filter_map(|i| cluster.rss_bytes(i)).map(|b| b as f64 / 1048576.0).fold(0.0, f64::max);
+    let rss = (0..3)
+        .filter_map(|i| cluster.rss_bytes(i))
+        .map(|b| b as f64 / 1048576.0)
+        .fold(0.0, f64::max);
     let mut lat = etcd::sequential_put_latencies_us(&cluster, LATENCY_COUNT, VALUE_BYTES).ok()?;
     lat.sort_unstable();
     let failover = etcd::failover_ms(&mut cluster).ok()? as f64;
