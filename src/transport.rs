@@ -228,8 +228,17 @@ fn transport_config() -> quinn::TransportConfig {
         .send_window(u64::from(CONNECTION_WINDOW_BYTES))
         .max_concurrent_bidi_streams(VarInt::from_u32(BIDI_STREAMS_MAX))
         .max_concurrent_uni_streams(VarInt::from_u32(UNI_STREAMS_MAX));
+    // Clusters run on LANs (and tests on loopback), where paths often carry
+    // more than quinn's internet-safe 1452-byte ceiling: let MTU discovery
+    // probe up to jumbo frames. A failed probe only costs a lost packet.
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(MTU_PROBE_BYTES_MAX);
+    config.mtu_discovery_config(Some(mtu));
     config
 }
+
+/// Largest UDP payload MTU discovery tries (jumbo Ethernet frames).
+const MTU_PROBE_BYTES_MAX: u16 = 8952;
 
 /// A quinn endpoint with the configuration of its outgoing connections.
 pub struct Endpoint {

@@ -341,7 +341,7 @@ impl Sim {
             return;
         };
         let mut out = Vec::new();
-        core.pump(&mut out)
+        core.pump(&mut |o| out.push(o))
             .unwrap_or_else(|e| panic!("seed {}: node {} pump: {e}", self.seed, i + 1));
         for o in out {
             self.handle_output(i, o);

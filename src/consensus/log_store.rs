@@ -89,11 +89,25 @@ impl LogStore {
     }
 
     /// Appends `entries` (replacing any conflicting suffix) and the hard state,
-    /// in one transaction: durable before any message that depends on them is sent.
+    /// in one transaction: durable before any message that depends on them is
+    /// sent.
+    ///
+    /// A hard state whose only change is the commit index is not worth an
+    /// fsync: raft may restart with an older commit index (it relearns it, and
+    /// `raise_commit` lifts it to the applied index). Such a change is kept in
+    /// memory and written with the next transaction. Term and vote changes are
+    /// always written at once: forgetting a vote could elect two leaders.
     pub fn persist(&mut self, entries: &[Entry], hs: Option<&HardState>) -> rusqlite::Result<()> {
-        if entries.is_empty() && hs.is_none() {
+        let mut must_write = !entries.is_empty();
+        if let Some(hs) = hs {
+            must_write |= hs.term != self.hard_state.term || hs.vote != self.hard_state.vote;
+            self.hard_state = hs.clone();
+        }
+        if !must_write {
             return Ok(());
         }
+        let hs = Some(self.hard_state.clone());
+        let hs = hs.as_ref();
         let tx = self.conn.transaction()?;
         if let Some(first) = entries.first() {
             assert!(
@@ -115,9 +129,6 @@ impl LogStore {
         tx.commit()?;
         if let Some(last) = entries.last() {
             self.last_index = last.index;
-        }
-        if let Some(hs) = hs {
-            self.hard_state = hs.clone();
         }
         Ok(())
     }

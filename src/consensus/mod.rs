@@ -425,9 +425,10 @@ impl Core {
         }
     }
 
-    /// Runs Ready cycles until raft has nothing more to do, appending the
-    /// effects to `out`.
-    pub fn pump(&mut self, out: &mut Vec<Output>) -> Result<(), CoreError> {
+    /// Runs Ready cycles until raft has nothing more to do, handing each effect
+    /// to `out` as soon as it is known: a leader's appends go out while its own
+    /// log write is still in progress (raft allows it), halving commit latency.
+    pub fn pump(&mut self, out: &mut dyn FnMut(Output)) -> Result<(), CoreError> {
         while self.node.has_ready() {
             self.ready_cycle(out)?;
         }
@@ -437,12 +438,12 @@ impl Core {
                 state_db: state_db(&self.dir),
                 dir: snapshots_dir(&self.dir),
             };
-            out.push(Output::MakeSnapshot(job));
+            out(Output::MakeSnapshot(job));
         }
         Ok(())
     }
 
-    fn ready_cycle(&mut self, out: &mut Vec<Output>) -> Result<(), CoreError> {
+    fn ready_cycle(&mut self, out: &mut dyn FnMut(Output)) -> Result<(), CoreError> {
         let mut rd = self.node.ready();
         self.emit(rd.take_messages(), out);
         if !rd.snapshot().is_empty() {
@@ -459,23 +460,23 @@ impl Core {
         Ok(())
     }
 
-    fn emit(&mut self, msgs: Vec<Message>, out: &mut Vec<Output>) {
+    fn emit(&mut self, msgs: Vec<Message>, out: &mut dyn FnMut(Output)) {
         for msg in msgs {
             if msg.get_msg_type() != MessageType::MsgSnapshot {
-                out.push(Output::Send(msg));
+                out(Output::Send(msg));
                 continue;
             }
             match SnapshotFile::decode(msg.get_snapshot().get_data()) {
                 Ok(meta) => {
                     let file = snapshots_dir(&self.dir).join(&meta.file_name);
-                    out.push(Output::SendSnapshot { msg, file, meta });
+                    out(Output::SendSnapshot { msg, file, meta });
                 }
                 Err(_) => self.node.report_snapshot(msg.to, SnapshotStatus::Failure),
             }
         }
     }
 
-    fn apply(&mut self, entries: Vec<Entry>, out: &mut Vec<Output>) -> Result<(), CoreError> {
+    fn apply(&mut self, entries: Vec<Entry>, out: &mut dyn FnMut(Output)) -> Result<(), CoreError> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -505,7 +506,7 @@ impl Core {
             .set_conf_state(self.state.conf_state().clone());
         for e in entries {
             let digest = fnv1a(&e.data);
-            out.push(Output::Applied {
+            out(Output::Applied {
                 index: e.index,
                 term: e.term,
                 context: e.context.to_vec(),
@@ -517,7 +518,7 @@ impl Core {
         let member = self.is_member();
         if self.member && !member {
             self.removed = true;
-            out.push(Output::Removed);
+            out(Output::Removed);
         }
         self.member = member;
         Ok(())

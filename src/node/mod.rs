@@ -212,7 +212,11 @@ impl Shared {
         }
     }
 
-    fn proposal_applied(&self, ctx: &[u8], index: u64) {
+    /// Answers the local proposal `ctx` tags, if it is one of ours.
+    fn applied(&self, ctx: &[u8], index: u64) {
+        if ctx.len() != 16 || ctx[8..] != self.id.to_be_bytes() {
+            return;
+        }
         let Some(seq) = proposal_seq(ctx) else { return };
         if let Some(tx) = self.waiters.lock().expect("waiters lock").remove(&seq) {
             let _ = tx.try_send(index);
@@ -250,6 +254,16 @@ async fn serve_async(opts: ServeOptions) -> Result<(), String> {
     Ok(())
 }
 
+/// Runs the raft loop on its own OS thread: its Ready cycles fsync, and a
+/// blocking call on one of the async executor's few threads would stall the
+/// network tasks that feed it.
+pub(crate) fn spawn_raft_loop(shared: Arc<Shared>, wake: Receiver<()>) {
+    std::thread::Builder::new()
+        .name("raft".into())
+        .spawn(move || async_std::task::block_on(raft_loop(shared, wake)))
+        .expect("spawn the raft thread");
+}
+
 /// The one task that drives raft: a tick every `tick_ms`, and a Ready cycle
 /// whenever something arrived. Proposals and messages that come in while a
 /// cycle fsyncs are batched into the next one.
@@ -280,7 +294,10 @@ async fn raft_loop(shared: Arc<Shared>, wake: Receiver<()>) {
     }
 }
 
-fn cycle(shared: &Shared, ticked: bool) -> Result<Vec<Output>, String> {
+/// One tick and/or Ready cycle under the core's lock. Raft messages are queued
+/// to their peers the moment the core emits them; the other outputs are
+/// returned, to be carried out once the lock is released.
+fn cycle(shared: &Arc<Shared>, ticked: bool) -> Result<Vec<Output>, String> {
     let mut guard = shared.core();
     let Some(core) = guard.as_mut() else {
         return Ok(Vec::new());
@@ -289,7 +306,12 @@ fn cycle(shared: &Shared, ticked: bool) -> Result<Vec<Output>, String> {
         core.tick();
     }
     let mut out = Vec::new();
-    core.pump(&mut out).map_err(|e| e.to_string())?;
+    let mut sink = |o: Output| match o {
+        Output::Send(msg) => shared.peers.send(shared, msg),
+        Output::Applied { index, context, .. } => shared.applied(&context, index),
+        other => out.push(other),
+    };
+    core.pump(&mut sink).map_err(|e| e.to_string())?;
     let member = core.is_member();
     let voter = core.is_voter(shared.id);
     drop(guard);
@@ -321,11 +343,7 @@ fn dispatch(shared: &Arc<Shared>, outputs: Vec<Output>) {
             Output::SendSnapshot { msg, file, meta } => {
                 async_std::task::spawn(snapshot::send(shared.clone(), msg, file, meta));
             }
-            Output::Applied { index, context, .. } => {
-                if context.len() == 16 && context[8..] == shared.id.to_be_bytes() {
-                    shared.proposal_applied(&context, index);
-                }
-            }
+            Output::Applied { index, context, .. } => shared.applied(&context, index),
             Output::Removed => tracing::info!("this instance was removed from the membership"),
             Output::MakeSnapshot(job) => {
                 let shared = shared.clone();

@@ -169,6 +169,9 @@ async fn receive_file(
     write_frame(send, &Response::Resume { offset }, REQUEST_BYTES_MAX)
         .await
         .map_err(|e| e.to_string())?;
+    // The checksum is computed as the bytes arrive (after the bytes a resumed
+    // transfer already held), so the file is not read a second time.
+    let mut digest = digest_prefix(&part, offset)?;
     let mut got = offset;
     let mut buf = vec![0u8; CHUNK_BYTES];
     while let Some(n) = recv.read(&mut buf).await.map_err(|e| e.to_string())? {
@@ -178,18 +181,35 @@ async fn receive_file(
             return Err(format!("more bytes than the announced {}", meta.size_bytes));
         }
         f.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+        digest.update(&buf[..n]);
     }
     f.sync_all().map_err(|e| e.to_string())?;
-    let (size, sha) = consensus::file_digest(&part)?;
-    if size != meta.size_bytes || sha != meta.sha256 {
+    let sha = crate::state::hex(digest.finish().as_ref());
+    if got != meta.size_bytes || sha != meta.sha256 {
         let _ = std::fs::remove_file(&part);
         return Err(format!(
-            "checksum mismatch: got {size} bytes {sha}, expected {} bytes {}",
+            "checksum mismatch: got {got} bytes {sha}, expected {} bytes {}",
             meta.size_bytes, meta.sha256
         ));
     }
     std::fs::rename(&part, incoming.join(&meta.file_name)).map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// A SHA-256 context over the first `len` bytes of `path`.
+fn digest_prefix(path: &Path, len: u64) -> Result<ring::digest::Context, String> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| e.to_string())?
+        .take(len);
+    let mut buf = vec![0u8; CHUNK_BYTES];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Ok(ctx);
+        }
+        ctx.update(&buf[..n]);
+    }
 }
 
 fn remove_other_parts(dir: &Path, keep: &Path) {

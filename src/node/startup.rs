@@ -257,7 +257,7 @@ fn start_member(shared: &Arc<Shared>, wake_rx: Receiver<()>, how: Startup) -> Re
         }
     }
     shared.set_phase(Phase::Running);
-    async_std::task::spawn(super::raft_loop(shared.clone(), wake_rx));
+    super::spawn_raft_loop(shared.clone(), wake_rx);
     Ok(())
 }
 
@@ -271,7 +271,7 @@ async fn start_joining(
     shared.set_phase(Phase::Joining);
     if shared.core().is_none() {
         shared.open_core()?;
-        async_std::task::spawn(super::raft_loop(shared.clone(), wake_rx));
+        super::spawn_raft_loop(shared.clone(), wake_rx);
     }
     let mut leader = leader.to_string();
     let req = Request::Join {
