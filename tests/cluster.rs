@@ -152,6 +152,70 @@ fn a_late_joiner_receives_a_50_mb_database_intact() {
 }
 
 #[test]
+fn an_interrupted_database_transfer_resumes() {
+    let mut c = Cluster::new(22, &[("srv1", "server"), ("srv2", "server")]);
+    c.start("srv1");
+    c.wait(SETTLE_S, "srv1 to coordinate", || {
+        c.settled("srv1", "srv1", &["srv1"])
+    });
+    for i in 0..12u32 {
+        let value: Vec<u8> = (0..1024 * 1024u32)
+            .map(|j| (j.wrapping_mul(40503).wrapping_add(i) >> 7) as u8)
+            .collect();
+        c.set("srv1", &format!("blob{i}"), value).unwrap();
+    }
+    // srv2's first transfer is cut after 5 MB; the retry resumes from there.
+    c.start_env(
+        "srv2",
+        &[],
+        &[("CLARO_FAILPOINT_SNAPSHOT_CUT_BYTES", "5000000")],
+    );
+    c.wait(60, "srv2 synchronized", || {
+        c.settled("srv1", "srv1", &["srv1", "srv2"])
+    });
+    let log = c.log("srv2");
+    assert!(
+        log.contains("transfer cut after"),
+        "the failpoint did not fire: {log}"
+    );
+    let resumed = log
+        .lines()
+        .find(|l| l.contains("resuming an interrupted database transfer"))
+        .expect("no resume");
+    let offset: u64 = resumed
+        .split("offset=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(offset >= 5_000_000, "resumed from {offset}");
+    let sent = c.log("srv1");
+    let line = sent
+        .lines()
+        .find(|l| l.contains("database sent"))
+        .expect("transfer logged");
+    let field = |k: &str| -> u64 {
+        line.split(&format!("{k}="))
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    // The completed transfer carried only what the cut one had not.
+    assert_eq!(field("sent_bytes"), field("size_bytes") - offset, "{line}");
+    c.wait(10, "identical replicas", || {
+        let (a, b) = (c.digest("srv1"), c.digest("srv2"));
+        a.is_some() && a == b
+    });
+}
+
+#[test]
 fn stop_order_and_start_order() {
     let mut c = three_running(14);
     c.set("srv1", "v", b"1".to_vec()).unwrap();

@@ -174,7 +174,11 @@ async fn receive_file(
     let mut digest = digest_prefix(&part, offset)?;
     let mut got = offset;
     let mut buf = vec![0u8; CHUNK_BYTES];
+    let cut = failpoint_cut_bytes();
     while let Some(n) = recv.read(&mut buf).await.map_err(|e| e.to_string())? {
+        if cut.is_some_and(|c| got >= c) {
+            return Err(format!("transfer cut after {got} bytes (failpoint)"));
+        }
         got += n as u64;
         if got > meta.size_bytes {
             let _ = std::fs::remove_file(&part);
@@ -194,6 +198,18 @@ async fn receive_file(
     }
     std::fs::rename(&part, incoming.join(&meta.file_name)).map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// Failpoint for the test that transfers resume: with
+/// `CLARO_FAILPOINT_SNAPSHOT_CUT_BYTES=N`, the first transfer this process
+/// receives stops after about N bytes, as a dropped connection would.
+fn failpoint_cut_bytes() -> Option<u64> {
+    static USED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let n = std::env::var("CLARO_FAILPOINT_SNAPSHOT_CUT_BYTES")
+        .ok()?
+        .parse()
+        .ok()?;
+    (!USED.swap(true, std::sync::atomic::Ordering::SeqCst)).then_some(n)
 }
 
 /// A SHA-256 context over the first `len` bytes of `path`.

@@ -86,6 +86,10 @@ impl Cluster {
     }
 
     pub fn start_with(&mut self, name: &str, extra: &[&str]) {
+        self.start_env(name, extra, &[]);
+    }
+
+    pub fn start_env(&mut self, name: &str, extra: &[&str], env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -97,6 +101,7 @@ impl Cluster {
             .args(["serve", "--name", name])
             .args(extra)
             .env("RUST_LOG", "info,raft=info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
