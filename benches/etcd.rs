@@ -1,26 +1,38 @@
 //! The etcd side of the cluster benchmark: a 3-member etcd cluster (Debian's
-//! `etcd-server`, default timings) on loopback, and a small keep-alive HTTP/1.1
-//! client for its JSON gateway, so that both systems are measured the same way
-//! in the same run: sequential writes through the client port, and kill -9 of
-//! the leader to the next successful write.
+//! `etcd-server`, etcd 3.4, default election and heartbeat timings) on
+//! loopback, and a small keep-alive HTTP/1.1 client for its JSON gateway, so
+//! that both systems are measured the same way in the same run: sequential
+//! writes through the client port, and kill -9 of the leader to the next
+//! successful write. Only std and serde_json; all traffic stays on 127.0.0.0/8
+//! and every loop is bounded in count and time.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ETCD_BIN: &str = "/usr/bin/etcd";
 const MEMBERS: usize = 3;
-const START_WAIT_S: u64 = 30;
-const FAILOVER_WAIT_S: u64 = 30;
-/// One HTTP call's limit (a put to a member without a leader hangs until then).
-const CALL_TIMEOUT_MS: u64 = 2_000;
-/// A put during failover gives up sooner, to try the next member.
-const FAILOVER_CALL_MS: u64 = 250;
+const CLIENT_PORT: u16 = 2379;
+const PEER_PORT: u16 = 2380;
+const START_WAIT: Duration = Duration::from_secs(30);
+const FAILOVER_WAIT: Duration = Duration::from_secs(30);
+/// One HTTP call's limit. A put to a member whose leader is dead is not
+/// answered until etcd's own request timeout (7 s), so the client must give up.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// One put attempt during failover: the measurement resolves to it. Same value
+/// as claro's side of the benchmark, so neither side is favoured.
+const FAILOVER_ATTEMPT: Duration = Duration::from_millis(50);
+/// A member without a leader rejects a put at once; pause before the next try
+/// so the client does not spin a core that the election needs.
+const FAILOVER_PAUSE: Duration = Duration::from_millis(5);
 const RESPONSE_BYTES_MAX: usize = 1 << 20;
+const HEADER_LINES_MAX: usize = 100;
 
+/// Three etcd members as child processes; all killed and their data removed on drop.
 pub struct EtcdCluster {
-    dir: std::path::PathBuf,
+    dir: PathBuf,
     net: u8,
     members: Vec<Option<Child>>,
 }
@@ -31,20 +43,20 @@ fn ip(net: u8, i: usize) -> String {
 
 impl EtcdCluster {
     pub fn start(net: u8) -> Result<EtcdCluster, String> {
-        if !std::path::Path::new(ETCD_BIN).exists() {
+        if !Path::new(ETCD_BIN).exists() {
             return Err(format!("{ETCD_BIN} missing: apt-get install etcd-server"));
         }
-        let dir = std::env::temp_dir().join(format!("claro-bench-etcd-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let initial: Vec<String> = (0..MEMBERS)
-            .map(|i| format!("m{i}=http://{}:2380", ip(net, i)))
-            .collect();
+        ports_free(net)?;
         let mut cluster = EtcdCluster {
-            dir,
+            dir: fresh_dir(net)?,
             net,
             members: Vec::new(),
         };
+        // The cluster owns the dir and the children from here on, so an error
+        // below still kills what started and removes the dir (Drop).
+        let initial: Vec<String> = (0..MEMBERS)
+            .map(|i| format!("m{}=http://{}:{PEER_PORT}", i + 1, ip(net, i)))
+            .collect();
         for i in 0..MEMBERS {
             let child = cluster.spawn(i, &initial.join(","))?;
             cluster.members.push(Some(child));
@@ -54,90 +66,114 @@ impl EtcdCluster {
     }
 
     fn spawn(&self, i: usize, initial: &str) -> Result<Child, String> {
-        let a = ip(self.net, i);
-        let log =
-            std::fs::File::create(self.dir.join(format!("m{i}.log"))).map_err(|e| e.to_string())?;
+        let client = format!("http://{}:{CLIENT_PORT}", ip(self.net, i));
+        let peer = format!("http://{}:{PEER_PORT}", ip(self.net, i));
+        let log = std::fs::File::create(self.log_path(i)).map_err(|e| e.to_string())?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
         Command::new(ETCD_BIN)
-            .args(["--name", &format!("m{i}")])
+            .args(["--name", &format!("m{}", i + 1)])
             .arg("--data-dir")
-            .arg(self.dir.join(format!("m{i}")))
-            .args(["--listen-client-urls", &format!("http://{a}:2379")])
-            .args(["--advertise-client-urls", &format!("http://{a}:2379")])
-            .args(["--listen-peer-urls", &format!("http://{a}:2380")])
-            .args(["--initial-advertise-peer-urls", &format!("http://{a}:2380")])
+            .arg(self.dir.join(format!("m{}", i + 1)))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", initial])
+            .args(["--initial-cluster-state", "new"])
+            // A token of its own, so peers of another cluster never mix in.
             .args([
-                "--initial-cluster",
-                initial,
-                "--initial-cluster-state",
-                "new",
+                "--initial-cluster-token",
+                &format!("claro-bench-{}", self.net),
             ])
-            .args(["--initial-cluster-token", "claro-bench"])
-            .stdout(Stdio::null())
-            .stderr(log)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
             .spawn()
-            .map_err(|e| format!("cannot start etcd: {e}"))
+            .map_err(|e| format!("cannot start {ETCD_BIN}: {e}"))
     }
 
-    fn wait_ready(&self) -> Result<(), String> {
-        let deadline = Instant::now() + Duration::from_secs(START_WAIT_S);
+    fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("m{}.log", i + 1))
+    }
+
+    /// Until a leader is elected and a put through it succeeds. A member that
+    /// exits (e.g. its address is taken) fails the start at once, with its log.
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + START_WAIT;
         let mut last = String::new();
         while Instant::now() < deadline {
+            self.check_alive()?;
             match self
                 .leader()
-                .and_then(|l| EtcdClient::connect(self.member_addr(l))?.put("ready", b"1"))
+                .and_then(|l| EtcdClient::connect(self.member_addr(l))?.put("bench/ready", b"1"))
             {
                 Ok(()) => return Ok(()),
                 Err(e) => last = e,
             }
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(100));
         }
-        Err(format!("etcd not ready within {START_WAIT_S} s: {last}"))
+        Err(format!("etcd not ready within {START_WAIT:?}: {last}"))
+    }
+
+    fn check_alive(&mut self) -> Result<(), String> {
+        for i in 0..self.members.len() {
+            let Some(child) = self.members[i].as_mut() else {
+                continue;
+            };
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                return Err(format!(
+                    "etcd member m{} exited ({status}); last log lines:\n{}",
+                    i + 1,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn member_addr(&self, i: usize) -> SocketAddr {
-        format!("{}:2379", ip(self.net, i))
-            .parse()
-            .expect("loopback address")
+        SocketAddr::new(
+            ip(self.net, i).parse().expect("loopback address"),
+            CLIENT_PORT,
+        )
     }
 
-    /// The member whose id is the leader its own status names.
+    /// The member whose status names itself as leader (`leader` equals its
+    /// own `header.member_id`); a follower names someone else.
     pub fn leader(&self) -> Result<usize, String> {
-        for i in 0..MEMBERS {
+        for i in 0..self.members.len() {
             if self.members[i].is_none() {
                 continue;
             }
-            let Ok(mut c) = EtcdClient::connect(self.member_addr(i)) else {
+            let status = EtcdClient::connect(self.member_addr(i))
+                .and_then(|mut c| c.post("/v3/maintenance/status", "{}"));
+            let Ok(body) = status else { continue };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
                 continue;
             };
-            let Ok(body) = c.post("/v3/maintenance/status", "{}") else {
-                continue;
-            };
-            let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            // uint64 fields come as JSON strings from the gateway.
             let me = v["header"]["member_id"].as_str().unwrap_or("");
             if !me.is_empty() && v["leader"].as_str() == Some(me) {
                 return Ok(i);
             }
         }
-        Err("no member reports itself leader".into())
+        Err("no live member reports itself leader".into())
     }
 
     pub fn kill9(&mut self, i: usize) {
-        if let Some(mut c) = self.members[i].take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(mut child) = self.members.get_mut(i).and_then(Option::take) {
+            let _ = child.kill(); // SIGKILL on Unix
+            let _ = child.wait();
         }
     }
 
     pub fn rss_bytes(&self, i: usize) -> Option<u64> {
-        let pid = self.members[i].as_ref()?.id();
+        let pid = self.members.get(i)?.as_ref()?.id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let kb: u64 = status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kb * 1024)
     }
 }
@@ -151,7 +187,36 @@ impl Drop for EtcdCluster {
     }
 }
 
-/// A keep-alive HTTP/1.1 client for one member's JSON gateway.
+/// Refuse to start over a leftover etcd on the same addresses: our members
+/// would fail to bind and the readiness check would talk to the old ones.
+fn ports_free(net: u8) -> Result<(), String> {
+    for i in 0..MEMBERS {
+        for port in [CLIENT_PORT, PEER_PORT] {
+            let addr = SocketAddr::new(ip(net, i).parse().expect("loopback"), port);
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Err(format!("{addr} is already in use (a leftover etcd?)"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A new directory of its own under the system temp dir (create_dir, not
+/// create_dir_all: it must not exist yet, so two runs never share data).
+fn fresh_dir(net: u8) -> Result<PathBuf, String> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let name = format!("claro-bench-etcd-{}-{net}-{nanos}", std::process::id());
+    let dir = std::env::temp_dir().join(name);
+    std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+/// A keep-alive HTTP/1.1 client for one member's JSON gateway. The connection
+/// is dropped after any failure (it may be out of step) and opened again by
+/// the next call.
 pub struct EtcdClient {
     addr: SocketAddr,
     stream: Option<BufReader<TcpStream>>,
@@ -160,24 +225,16 @@ pub struct EtcdClient {
 
 impl EtcdClient {
     pub fn connect(addr: SocketAddr) -> Result<EtcdClient, String> {
-        let mut c = EtcdClient {
-            addr,
-            stream: None,
-            timeout: Duration::from_millis(CALL_TIMEOUT_MS),
-        };
-        c.reconnect()?;
-        Ok(c)
+        EtcdClient::with_timeout(addr, CALL_TIMEOUT)
     }
 
-    fn reconnect(&mut self) -> Result<(), String> {
-        let s = TcpStream::connect_timeout(&self.addr, self.timeout).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(self.timeout))
-            .map_err(|e| e.to_string())?;
-        s.set_write_timeout(Some(self.timeout))
-            .map_err(|e| e.to_string())?;
-        s.set_nodelay(true).map_err(|e| e.to_string())?;
-        self.stream = Some(BufReader::new(s));
-        Ok(())
+    fn with_timeout(addr: SocketAddr, timeout: Duration) -> Result<EtcdClient, String> {
+        let stream = Some(open(addr, timeout).map_err(|e| format!("{addr}: {e}"))?);
+        Ok(EtcdClient {
+            addr,
+            stream,
+            timeout,
+        })
     }
 
     pub fn put(&mut self, key: &str, value: &[u8]) -> Result<(), String> {
@@ -196,113 +253,184 @@ impl EtcdClient {
         }
     }
 
-    /// One POST; on a broken connection, one reconnect and retry.
+    /// One POST; the body on HTTP 200, else an error. A kept-alive connection
+    /// that the server closed meanwhile is retried once on a new one (not a
+    /// timeout: that would double the caller's bound).
     fn post(&mut self, path: &str, body: &str) -> Result<String, String> {
-        match self.exchange(path, body) {
-            Ok(r) => Ok(r),
-            Err(_) => {
-                self.reconnect()?;
-                self.exchange(path, body)
-            }
+        let reused = self.stream.is_some();
+        let mut result = self.exchange(path, body);
+        if reused && matches!(&result, Err(e) if closed_by_peer(e)) {
+            result = self.exchange(path, body);
+        }
+        match result {
+            Ok((200, text)) => Ok(text),
+            Ok((status, text)) => Err(format!("HTTP {status}: {text}")),
+            Err(e) if timed_out(&e) => Err(format!(
+                "{}: no answer within {:?}",
+                self.addr, self.timeout
+            )),
+            Err(e) => Err(format!("{}: {e}", self.addr)),
         }
     }
 
-    fn exchange(&mut self, path: &str, body: &str) -> Result<String, String> {
-        let stream = self.stream.as_mut().ok_or("not connected")?;
-        let req = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            self.addr,
-            body.len()
-        );
-        stream
-            .get_mut()
-            .write_all(req.as_bytes())
-            .map_err(|e| e.to_string())?;
-        let (status, length, chunked) = read_head(stream)?;
-        let text = if chunked {
-            read_chunked(stream)?
-        } else {
-            read_exact(stream, length.unwrap_or(0))?
-        };
-        if status != 200 {
-            return Err(format!("HTTP {status}: {text}"));
+    fn exchange(&mut self, path: &str, body: &str) -> io::Result<(u16, String)> {
+        if self.stream.is_none() {
+            self.stream = Some(open(self.addr, self.timeout)?);
         }
-        Ok(text)
+        let stream = self.stream.as_mut().expect("just opened");
+        let deadline = Instant::now() + self.timeout;
+        let result = request(stream, self.addr, path, body, deadline);
+        match &result {
+            Ok((_, _, keep)) if *keep => {}
+            _ => self.stream = None,
+        }
+        result.map(|(status, text, _)| (status, text))
     }
 }
 
-fn read_line(r: &mut BufReader<TcpStream>) -> Result<String, String> {
+fn open(addr: SocketAddr, timeout: Duration) -> io::Result<BufReader<TcpStream>> {
+    let s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    // Small request and answer: without this, Nagle would add delay to the latency.
+    s.set_nodelay(true)?;
+    Ok(BufReader::new(s))
+}
+
+fn closed_by_peer(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// A socket read timeout shows as WouldBlock ("temporarily unavailable").
+fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+fn bad(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// Writes one request and reads its answer: (status, body, keep-alive).
+/// Each read is bounded by the socket timeout and the whole by `deadline`.
+fn request(
+    r: &mut BufReader<TcpStream>,
+    addr: SocketAddr,
+    path: &str,
+    body: &str,
+    deadline: Instant,
+) -> io::Result<(u16, String, bool)> {
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    r.get_mut().write_all(req.as_bytes())?;
+    let head = read_head(r, deadline)?;
+    let text = match (head.chunked, head.length) {
+        (true, _) => read_chunked(r, deadline)?,
+        (false, Some(n)) => read_body(r, n)?,
+        (false, None) => return Err(bad("answer without length")),
+    };
+    Ok((head.status, text, head.keep_alive))
+}
+
+fn read_line(r: &mut BufReader<TcpStream>, deadline: Instant) -> io::Result<String> {
+    if Instant::now() > deadline {
+        return Err(io::Error::new(io::ErrorKind::TimedOut, "call timed out"));
+    }
     let mut line = String::new();
-    let n = r.read_line(&mut line).map_err(|e| e.to_string())?;
+    // take() bounds a line that never ends.
+    let n = r.by_ref().take(8192).read_line(&mut line)?;
     if n == 0 {
-        return Err("connection closed".into());
+        return Err(io::ErrorKind::UnexpectedEof.into());
     }
     Ok(line.trim_end().to_string())
 }
 
-/// Status code, Content-Length, whether the body is chunked.
-fn read_head(r: &mut BufReader<TcpStream>) -> Result<(u16, Option<usize>, bool), String> {
-    let status_line = read_line(r)?;
+struct Head {
+    status: u16,
+    length: Option<usize>,
+    chunked: bool,
+    keep_alive: bool,
+}
+
+fn read_head(r: &mut BufReader<TcpStream>, deadline: Instant) -> io::Result<Head> {
+    let status_line = read_line(r, deadline)?;
     let status = status_line
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or(status_line.clone())?;
-    let (mut length, mut chunked) = (None, false);
-    loop {
-        let line = read_line(r)?;
+        .ok_or_else(|| bad(format!("bad status line: {status_line}")))?;
+    let mut head = Head {
+        status,
+        length: None,
+        chunked: false,
+        keep_alive: true,
+    };
+    for _ in 0..HEADER_LINES_MAX {
+        let line = read_line(r, deadline)?;
         if line.is_empty() {
-            return Ok((status, length, chunked));
+            return Ok(head);
         }
         let (name, value) = line.split_once(':').unwrap_or((&line, ""));
+        let value = value.trim().to_ascii_lowercase();
         match name.to_ascii_lowercase().as_str() {
-            "content-length" => length = value.trim().parse().ok(),
-            "transfer-encoding" => chunked = value.to_ascii_lowercase().contains("chunked"),
+            "content-length" => head.length = value.parse().ok(),
+            "transfer-encoding" => head.chunked = value.contains("chunked"),
+            "connection" => head.keep_alive = !value.contains("close"),
             _ => {}
         }
     }
+    Err(bad("too many header lines"))
 }
 
-fn read_exact(r: &mut BufReader<TcpStream>, n: usize) -> Result<String, String> {
+fn read_body(r: &mut BufReader<TcpStream>, n: usize) -> io::Result<String> {
     if n > RESPONSE_BYTES_MAX {
-        return Err(format!("response of {n} bytes"));
+        return Err(bad(format!("answer of {n} bytes")));
     }
     let mut buf = vec![0u8; n];
-    r.read_exact(&mut buf).map_err(|e| e.to_string())?;
-    String::from_utf8(buf).map_err(|e| e.to_string())
+    r.read_exact(&mut buf)?;
+    String::from_utf8(buf).map_err(|e| bad(e.to_string()))
 }
 
-fn read_chunked(r: &mut BufReader<TcpStream>) -> Result<String, String> {
+fn read_chunked(r: &mut BufReader<TcpStream>, deadline: Instant) -> io::Result<String> {
     let mut out = String::new();
-    loop {
-        let size_line = read_line(r)?;
-        let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|e| e.to_string())?;
+    while out.len() <= RESPONSE_BYTES_MAX {
+        let size_line = read_line(r, deadline)?;
+        let hex = size_line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(hex, 16).map_err(|e| bad(e.to_string()))?;
         if size == 0 {
-            read_line(r)?;
+            read_line(r, deadline)?; // the empty line after the last chunk (no trailers from etcd)
             return Ok(out);
         }
-        out += &read_exact(r, size)?;
-        read_line(r)?;
-        if out.len() > RESPONSE_BYTES_MAX {
-            return Err("response too large".into());
-        }
+        out += &read_body(r, size)?;
+        read_line(r, deadline)?; // CRLF closing the chunk
     }
+    Err(bad("answer too large"))
 }
 
+/// Standard base64 with padding (the gateway's encoding of protobuf bytes).
 fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const DIGITS: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+    for group in bytes.chunks(3) {
+        let mut n = 0u32;
+        for (k, b) in group.iter().enumerate() {
+            n |= (*b as u32) << (16 - 8 * k);
+        }
+        // A group of m bytes gives m + 1 significant digits, then '=' padding.
         for k in 0..4 {
-            if k <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * k) & 63) as usize] as char);
+            if k <= group.len() {
+                out.push(DIGITS[(n >> (18 - 6 * k) & 63) as usize] as char);
             } else {
                 out.push('=');
             }
@@ -311,6 +439,8 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
+/// `count` sequential puts of `value_bytes` through one kept-alive connection
+/// to the leader (a follower would add a forwarding hop); microseconds each.
 pub fn sequential_put_latencies_us(
     cluster: &EtcdCluster,
     count: usize,
@@ -320,36 +450,47 @@ pub fn sequential_put_latencies_us(
     let value = vec![b'x'; value_bytes];
     let mut out = Vec::with_capacity(count);
     for i in 0..count {
+        let key = format!("bench/lat/{i}");
         let t = Instant::now();
-        client.put(&format!("lat{i}"), &value)?;
+        client.put(&key, &value)?;
         out.push(t.elapsed().as_micros() as u64);
     }
     Ok(out)
 }
 
-/// kill -9 of the leader, then puts through the other members in turn until one succeeds.
+/// kill -9 of the leader, then puts through the surviving members in turn
+/// (each attempt bounded by FAILOVER_ATTEMPT) until one succeeds; milliseconds
+/// from the kill to that success.
 pub fn failover_ms(cluster: &mut EtcdCluster) -> Result<u64, String> {
     let leader = cluster.leader()?;
-    let others: Vec<usize> = (0..MEMBERS).filter(|i| *i != leader).collect();
+    // Connections opened before the kill, so the clock does not include them.
     let mut clients = Vec::new();
-    for i in &others {
-        let mut c = EtcdClient::connect(cluster.member_addr(*i))?;
-        c.timeout = Duration::from_millis(FAILOVER_CALL_MS);
-        c.reconnect()?;
-        clients.push(c);
+    for i in (0..MEMBERS).filter(|i| *i != leader && cluster.members[*i].is_some()) {
+        clients.push(EtcdClient::with_timeout(
+            cluster.member_addr(i),
+            FAILOVER_ATTEMPT,
+        )?);
     }
-    cluster.kill9(leader);
+    if clients.is_empty() {
+        return Err("no surviving member to write to".into());
+    }
     let killed = Instant::now();
-    let deadline = killed + Duration::from_secs(FAILOVER_WAIT_S);
-    let (mut k, count) = (0usize, clients.len());
+    cluster.kill9(leader);
+    let deadline = killed + FAILOVER_WAIT;
+    let mut last = String::new();
+    let mut k = 0usize;
     while Instant::now() < deadline {
-        if clients[k % count].put(&format!("fo{k}"), b"1").is_ok() {
-            return Ok(killed.elapsed().as_millis() as u64);
+        let t = Instant::now();
+        let n = clients.len();
+        match clients[k % n].put(&format!("bench/failover/{k}"), b"1") {
+            Ok(()) => return Ok(killed.elapsed().as_millis() as u64),
+            Err(e) => last = e,
         }
+        std::thread::sleep(FAILOVER_PAUSE.saturating_sub(t.elapsed()));
         k += 1;
     }
     Err(format!(
-        "no successful put within {FAILOVER_WAIT_S} s of the kill"
+        "no successful put within {FAILOVER_WAIT:?} of the kill: {last}"
     ))
 }
 
@@ -361,6 +502,9 @@ mod tests {
         assert_eq!(super::base64(b"f"), "Zg==");
         assert_eq!(super::base64(b"fo"), "Zm8=");
         assert_eq!(super::base64(b"foo"), "Zm9v");
+        assert_eq!(super::base64(b"foob"), "Zm9vYg==");
+        assert_eq!(super::base64(b"fooba"), "Zm9vYmE=");
         assert_eq!(super::base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(super::base64(&[0xfb, 0xff]), "+/8=");
     }
 }
