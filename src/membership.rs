@@ -120,6 +120,12 @@ fn live_leader(peers: &[LocalInfo]) -> Option<String> {
 
 /// This instance left the cluster; the servers that remained hold newer state.
 fn after_leaving(s: &Situation<'_>) -> Startup {
+    if s.witness {
+        return Startup::Wait {
+            reason: "a witness never starts a cluster, not even with --force-bootstrap: start a server first".into(),
+            start_first: s.last_stop.map(|r| r.remaining.clone()).unwrap_or_default(),
+        };
+    }
     if s.force_bootstrap {
         return Startup::ForceBootstrap;
     }
@@ -405,6 +411,25 @@ mod tests {
             ..s
         };
         assert_eq!(decide(&forced), Startup::ForceBootstrap);
+    }
+
+    #[test]
+    fn a_witness_never_forces_a_cluster() {
+        let rec = StopRecord {
+            stopped_at_ms: 5,
+            left: true,
+            remaining: vec!["srv1".into()],
+            applied_index: 9,
+            cluster_id: None,
+        };
+        let s = Situation {
+            witness: true,
+            initialized: true,
+            force_bootstrap: true,
+            last_stop: Some(&rec),
+            ..situation("wit", &[], &[])
+        };
+        assert!(matches!(decide(&s), Startup::Wait { .. }));
     }
 
     #[test]

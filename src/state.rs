@@ -249,25 +249,28 @@ impl StateMachine {
 
     /// Makes every applied transaction durable in the main database file, so the
     /// Raft log up to the applied index may be compacted.
-    pub fn checkpoint(&self) -> rusqlite::Result<()> {
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(FULL)", [], |_| Ok(()))?;
-        Ok(())
+    /// Returns whether the whole WAL was copied into the database (and synced);
+    /// PASSIVE never waits for readers, so the raft loop never blocks here.
+    pub fn checkpoint(&self) -> rusqlite::Result<bool> {
+        let (busy, log, done): (i64, i64, i64) =
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?;
+        Ok(busy == 0 && log == done)
     }
 
     /// Replaces the database with `file` (a verified snapshot), which must be at
     /// `index`. The old database is gone afterwards; nothing else changes if the
     /// file is not a state database at that index.
     pub fn install(&mut self, file: &Path, index: u64) -> Result<(), String> {
-        let probe =
-            StateMachine::open(file, self.sync).map_err(|e| format!("snapshot file: {e}"))?;
-        if probe.applied_index != index {
+        let found =
+            applied_index_of(file).map_err(|e| format!("snapshot file {}: {e}", file.display()))?;
+        if found != index {
             return Err(format!(
-                "snapshot file is at index {}, expected {index}",
-                probe.applied_index
+                "snapshot file is at index {found}, expected {index}"
             ));
         }
-        drop(probe);
         let placeholder = Connection::open_in_memory().map_err(|e| e.to_string())?;
         let old = std::mem::replace(&mut self.conn, placeholder);
         old.close().map_err(|(_, e)| e.to_string())?;
@@ -276,11 +279,26 @@ impl StateMachine {
             let _ = std::fs::remove_file(with_suffix(file, suffix));
         }
         std::fs::rename(file, &self.path).map_err(|e| format!("install snapshot: {e}"))?;
+        // The rename must be durable before the log forgets what it replaced.
+        sync_dir(self.path.parent().unwrap_or(Path::new("."))).map_err(|e| e.to_string())?;
         self.conn = open_conn(&self.path, self.sync).map_err(|e| e.to_string())?;
         self.load_meta().map_err(|e| e.to_string())?;
         assert_eq!(self.applied_index, index);
         Ok(())
     }
+}
+
+/// The applied index of a state database file, opened without creating it.
+fn applied_index_of(file: &Path) -> rusqlite::Result<u64> {
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(file, flags)?;
+    Ok(read_meta::<u64>(&conn, "applied_index")?.unwrap_or(0))
+}
+
+/// fsyncs a directory, making renames and new files in it durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 fn open_conn(path: &Path, sync: Sync) -> rusqlite::Result<Connection> {

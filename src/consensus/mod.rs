@@ -177,8 +177,10 @@ pub fn bootstrap(dir: &Path, id: u64, cluster_id: &str, durable: bool) -> Result
     let cmd = Command::SetCluster {
         cluster_id: cluster_id.to_string(),
     };
-    sm.apply(&[(1, 1, Change::Command(&cmd))])?;
+    // Conf state first: a crash before the apply leaves applied index 0, a
+    // fresh instance that bootstraps again; after it, a member.
     sm.set_conf_state(&cs)?;
+    sm.apply(&[(1, 1, Change::Command(&cmd))])?;
     let mut log = LogStore::open(&raft_db(dir), log_sync)?;
     log.apply_snapshot(&snapshot_meta(1, 1, cs))?;
     Ok(())
@@ -228,7 +230,19 @@ impl Core {
         let applied = state.applied_index();
         // A crash after a snapshot was installed into state.db but before the log
         // was reset leaves state ahead of the log: restart the log there.
-        if applied > log.last() {
+        // Likewise when the log holds, at the applied index, an entry of another
+        // term than the one state.db applied there (a divergent tail the
+        // snapshot replaced).
+        let diverged = applied > 0
+            && applied <= log.last()
+            && raft::Storage::term(&log, applied).ok() != Some(state.applied_term());
+        if applied + 1 < log.first() {
+            return Err(CoreError::Snapshot(format!(
+                "state.db is at index {applied} but the Raft log starts at {}: the database is older than the log (restore it or remove this instance's data directory to receive the coordinator's database)",
+                log.first()
+            )));
+        }
+        if applied > log.last() || diverged {
             let meta = snapshot_meta(applied, state.applied_term(), state.conf_state().clone());
             log.apply_snapshot(&meta)?;
         }
@@ -331,9 +345,6 @@ impl Core {
     /// Steps a message that came from the network. Local-only message types and
     /// messages from unknown peers are refused by raft-rs with an error.
     pub fn step(&mut self, msg: Message) -> Result<(), CoreError> {
-        if self.removed {
-            return Ok(());
-        }
         self.node.step(msg).map_err(CoreError::Raft)
     }
 
@@ -569,11 +580,18 @@ impl Core {
     fn install_snapshot(&mut self, snap: Snapshot) -> Result<(), CoreError> {
         let meta = snap.get_metadata();
         let file_meta = SnapshotFile::decode(snap.get_data()).map_err(CoreError::Snapshot)?;
+        if !valid_snapshot_name(&file_meta.file_name) {
+            return Err(CoreError::Snapshot(format!(
+                "bad snapshot file name {:?}",
+                file_meta.file_name
+            )));
+        }
         let file = incoming_dir(&self.dir).join(&file_meta.file_name);
         self.state
             .install(&file, meta.index)
             .map_err(CoreError::Snapshot)?;
         self.node.mut_store().apply_snapshot(meta)?;
+        remove_older_snapshots(&incoming_dir(&self.dir), "");
         tracing::info!(
             index = meta.index,
             term = meta.term,
@@ -615,8 +633,11 @@ impl Core {
         if applied < first + 2 * keep {
             return Ok(());
         }
-        self.state.checkpoint()?;
-        self.node.mut_store().compact(applied - keep)?;
+        // Only what a complete checkpoint made durable in state.db may leave
+        // the log; a reader (a snapshot copy) may hold the checkpoint back.
+        if self.state.checkpoint()? {
+            self.node.mut_store().compact(applied - keep)?;
+        }
         Ok(())
     }
 }
@@ -734,6 +755,22 @@ fn remove_older_snapshots(dir: &Path, keep: &str) {
             let _ = std::fs::remove_file(e.path());
         }
     }
+}
+
+/// Snapshot files are named `snap-INDEX-TERM.db`; anything else (a path, say)
+/// is refused before a byte is written or a file is opened.
+pub fn valid_snapshot_name(name: &str) -> bool {
+    let Some(rest) = name
+        .strip_prefix("snap-")
+        .and_then(|r| r.strip_suffix(".db"))
+    else {
+        return false;
+    };
+    let mut parts = rest.split('-');
+    let numeric = |p: Option<&str>| {
+        p.is_some_and(|p| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    numeric(parts.next()) && numeric(parts.next()) && parts.next().is_none()
 }
 
 /// FNV-1a, 64 bits: a cheap fingerprint of an entry's bytes for the checks that

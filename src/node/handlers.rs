@@ -154,6 +154,11 @@ fn step_batch(shared: &Shared, from: u64, name: &str, batch: RaftBatch) {
                 continue;
             }
         };
+        // A database only arrives through the verified transfer stream.
+        if msg.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+            tracing::warn!(peer = %name, "snapshot message outside a database transfer dropped");
+            continue;
+        }
         // A certificate of srv2 cannot speak for srv3.
         if msg.from != from || msg.to != shared.id {
             tracing::warn!(peer = %name, from = msg.from, to = msg.to, "raft message with a forged sender or wrong receiver dropped");

@@ -260,7 +260,17 @@ async fn serve_async(opts: ServeOptions) -> Result<(), String> {
 pub(crate) fn spawn_raft_loop(shared: Arc<Shared>, wake: Receiver<()>) {
     std::thread::Builder::new()
         .name("raft".into())
-        .spawn(move || async_std::task::block_on(raft_loop(shared, wake)))
+        .spawn(move || {
+            let run =
+                std::panic::AssertUnwindSafe(|| async_std::task::block_on(raft_loop(shared, wake)));
+            // A broken invariant in the core must stop the process (to be
+            // restarted and recover from its files), not leave it half alive
+            // with a poisoned lock.
+            if std::panic::catch_unwind(run).is_err() {
+                tracing::error!("the consensus core panicked: exiting");
+                std::process::exit(70);
+            }
+        })
         .expect("spawn the raft thread");
 }
 

@@ -99,22 +99,6 @@ async fn transfer(
     }
 }
 
-/// Snapshot files are named `snap-INDEX-TERM.db`; anything else (a path, say)
-/// is refused before a byte is written.
-fn valid_file_name(name: &str) -> bool {
-    let Some(rest) = name
-        .strip_prefix("snap-")
-        .and_then(|r| r.strip_suffix(".db"))
-    else {
-        return false;
-    };
-    let mut parts = rest.split('-');
-    let numeric = |p: Option<&str>| {
-        p.is_some_and(|p| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit()))
-    };
-    numeric(parts.next()) && numeric(parts.next()) && parts.next().is_none()
-}
-
 pub async fn receive(
     shared: &Shared,
     peer: &str,
@@ -125,10 +109,10 @@ pub async fn receive(
 ) {
     let result = receive_file(shared, &meta, &mut send, &mut recv)
         .await
-        .and_then(|()| step_snapshot(shared, peer, &raft_message));
+        .and_then(|()| step_snapshot(shared, peer, &meta, &raft_message));
     let resp = match result {
         Ok(()) => Response::Ok {
-            message: "installed".into(),
+            message: "received and verified".into(),
         },
         Err(message) => {
             tracing::warn!(peer, "database from {peer} refused: {message}");
@@ -145,7 +129,7 @@ async fn receive_file(
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) -> Result<(), String> {
-    if !valid_file_name(&meta.file_name) || meta.size_bytes > SNAPSHOT_BYTES_MAX {
+    if !consensus::valid_snapshot_name(&meta.file_name) || meta.size_bytes > SNAPSHOT_BYTES_MAX {
         return Err(format!(
             "bad snapshot descriptor: {} ({} bytes)",
             meta.file_name, meta.size_bytes
@@ -197,6 +181,7 @@ async fn receive_file(
         ));
     }
     std::fs::rename(&part, incoming.join(&meta.file_name)).map_err(|e| e.to_string())?;
+    crate::state::sync_dir(&incoming).map_err(|e| e.to_string())?;
     Ok(())
 }
 
@@ -228,24 +213,36 @@ fn digest_prefix(path: &Path, len: u64) -> Result<ring::digest::Context, String>
     }
 }
 
+/// Removes partial files of other transfers; a verified file waiting for raft
+/// to install it is left alone (the core removes installed ones).
 fn remove_other_parts(dir: &Path, keep: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
-        if e.path() != keep {
+        let partial = e.path().extension().is_some_and(|x| x == "part");
+        if partial && e.path() != keep {
             let _ = std::fs::remove_file(e.path());
         }
     }
 }
 
-fn step_snapshot(shared: &Shared, peer: &str, bytes: &[u8]) -> Result<(), String> {
+fn step_snapshot(
+    shared: &Shared,
+    peer: &str,
+    meta: &SnapshotFile,
+    bytes: &[u8],
+) -> Result<(), String> {
     let msg = Message::parse_from_bytes(bytes).map_err(|e| e.to_string())?;
     if msg.get_msg_type() != MessageType::MsgSnapshot
         || msg.from != raft_id(peer)
         || msg.to != shared.id
     {
         return Err("the message with the database is not a snapshot from its sender".into());
+    }
+    // Raft must install exactly the file that was just verified.
+    if SnapshotFile::decode(msg.get_snapshot().get_data()).as_ref() != Ok(meta) {
+        return Err("the snapshot message names another file than the one sent".into());
     }
     let mut guard = shared.core();
     let core = guard.as_mut().ok_or("not running")?;
@@ -259,7 +256,7 @@ fn step_snapshot(shared: &Shared, peer: &str, bytes: &[u8]) -> Result<(), String
 mod tests {
     #[test]
     fn only_snapshot_file_names_are_accepted() {
-        assert!(super::valid_file_name("snap-12-3.db"));
+        assert!(crate::consensus::valid_snapshot_name("snap-12-3.db"));
         for bad in [
             "../state.db",
             "snap-1.db",
@@ -269,7 +266,7 @@ mod tests {
             "x/snap-1-2.db",
             "snap-1-2-3.db",
         ] {
-            assert!(!super::valid_file_name(bad), "{bad}");
+            assert!(!crate::consensus::valid_snapshot_name(bad), "{bad}");
         }
     }
 }

@@ -194,16 +194,20 @@ fn decide_alone(shared: &Shared, peers: &[LocalInfo], window_over: bool) -> Star
     // A database whose conf state no longer names this instance is treated
     // like one that left: it rejoins, or waits for those that remained.
     if facts.initialized && !facts.member {
+        let remaining = last_stop
+            .as_ref()
+            .map(|r| r.remaining.clone())
+            .unwrap_or_default();
         let rec = crate::proto::StopRecord {
             stopped_at_ms: 0,
             left: true,
-            remaining: Vec::new(),
+            remaining,
             applied_index: facts.applied_index,
             cluster_id: facts.cluster_id.clone(),
         };
         let s = Situation {
             initialized: true,
-            last_stop: Some(last_stop.as_ref().unwrap_or(&rec)),
+            last_stop: Some(&rec),
             ..s
         };
         return membership::decide(&s);
@@ -279,9 +283,8 @@ async fn start_joining(
     };
     tracing::info!("joining the cluster through its coordinator {leader}");
     loop {
-        if shared.phase() == Phase::Stopping
-            || shared.core().as_ref().is_some_and(|c| c.is_member())
-        {
+        // Only the coordinator's answer counts: a local conf state may be stale.
+        if shared.phase() == Phase::Stopping {
             return Ok(());
         }
         match shared

@@ -32,7 +32,13 @@ pub fn read_record(dir: &Path) -> Option<StopRecord> {
 fn write_record(dir: &Path, rec: &StopRecord) {
     let tmp = dir.join("stopped.json.tmp");
     let text = serde_json::to_string_pretty(rec).expect("record encodes");
-    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, record_path(dir)));
+    // Durable before the process exits: the record decides the next start.
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| {
+            std::io::Write::write_all(&mut f, text.as_bytes()).and_then(|()| f.sync_all())
+        })
+        .and_then(|()| std::fs::rename(&tmp, record_path(dir)))
+        .and_then(|()| crate::state::sync_dir(dir));
     if let Err(e) = written {
         tracing::error!("cannot write {}: {e}", record_path(dir).display());
     }
@@ -81,34 +87,27 @@ pub async fn graceful_stop(shared: &Shared) {
     let applied = shared.core().as_ref().map_or(0, |c| c.applied_index());
     let cluster_id = shared.cluster_id();
     let member = shared.core().as_ref().is_some_and(|c| c.is_member());
-    let rec = if others.is_empty() || !member {
+    let stop = |left: bool, remaining: Vec<String>| StopRecord {
+        stopped_at_ms: now_ms(),
+        left,
+        remaining,
+        applied_index: applied,
+        cluster_id: cluster_id.clone(),
+    };
+    let rec = if !member {
+        // Not (or no longer) a member, e.g. stopped while rejoining: it must
+        // rejoin next time, never run on this database alone.
+        stop(true, others)
+    } else if others.is_empty() {
         // The last voter keeps its membership: it holds the newest database
         // and starts alone next time.
-        StopRecord {
-            stopped_at_ms: now_ms(),
-            left: false,
-            remaining: vec![],
-            applied_index: applied,
-            cluster_id,
-        }
+        stop(false, vec![])
     } else {
         match leave(shared).await {
-            Ok(remaining) => StopRecord {
-                stopped_at_ms: now_ms(),
-                left: true,
-                remaining,
-                applied_index: applied,
-                cluster_id,
-            },
+            Ok(remaining) => stop(true, remaining),
             Err(e) => {
                 tracing::warn!("could not leave the membership ({e}); stopping as a member");
-                StopRecord {
-                    stopped_at_ms: now_ms(),
-                    left: false,
-                    remaining: others,
-                    applied_index: applied,
-                    cluster_id,
-                }
+                stop(false, others)
             }
         }
     };
