@@ -377,3 +377,41 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_reports_incomplete_while_a_reader_holds_old_pages() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("state.db");
+        let mut sm = StateMachine::open(&path, Sync::Normal).unwrap();
+        let put = |k: &str| Command::Put {
+            key: k.into(),
+            value: vec![1; 100],
+        };
+        sm.apply(&[(1, 1, Change::Command(&put("a")))]).unwrap();
+        assert!(sm.checkpoint().unwrap());
+        let reader = Connection::open(&path).unwrap();
+        reader
+            .execute_batch("BEGIN; SELECT count(*) FROM settings;")
+            .unwrap();
+        sm.apply(&[(2, 1, Change::Command(&put("b")))]).unwrap();
+        assert!(
+            !sm.checkpoint().unwrap(),
+            "frames newer than the reader's snapshot cannot be copied"
+        );
+        reader.execute_batch("COMMIT;").unwrap();
+        assert!(sm.checkpoint().unwrap());
+    }
+
+    #[test]
+    fn install_refuses_a_missing_file_and_creates_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(&tmp.path().join("state.db"), Sync::Off).unwrap();
+        let missing = tmp.path().join("snap-5-1.db");
+        assert!(sm.install(&missing, 5).is_err());
+        assert!(!missing.exists());
+    }
+}

@@ -783,3 +783,126 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     }
     h
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::eraftpb::MessageType;
+
+    fn cfg(id: u64) -> CoreConfig {
+        CoreConfig {
+            id,
+            heartbeat_ticks: 2,
+            election_ticks: 10,
+            election_ticks_max: 11,
+            witness: false,
+            witnesses: HashSet::new(),
+            durable: false,
+            log_keep_entries: 16,
+            msg_bytes_max: 64 * 1024,
+        }
+    }
+
+    fn logger() -> slog::Logger {
+        slog::Logger::root(slog::Discard, slog::o!())
+    }
+
+    #[test]
+    fn a_snapshot_naming_a_path_is_refused_and_creates_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("n1");
+        let mut core = Core::open(&dir, cfg(1), &logger()).unwrap();
+        let descriptor = SnapshotFile {
+            file_name: "../evil.db".into(),
+            size_bytes: 1,
+            sha256: "00".into(),
+        };
+        let mut data = Vec::new();
+        ciborium::into_writer(&descriptor, &mut data).unwrap();
+        let mut msg = Message::default();
+        msg.set_msg_type(MessageType::MsgSnapshot);
+        msg.from = 2;
+        msg.to = 1;
+        msg.term = 1;
+        let snap = msg.mut_snapshot();
+        snap.set_metadata(snapshot_meta(
+            5,
+            1,
+            ConfState {
+                voters: vec![1, 2],
+                ..Default::default()
+            },
+        ));
+        snap.data = data.into();
+        core.step(msg).unwrap();
+        let err = core.pump(&mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("bad snapshot file name"), "{err}");
+        assert!(
+            !dir.join("evil.db").exists(),
+            "a file was created outside incoming/"
+        );
+    }
+
+    #[test]
+    fn a_log_that_diverges_from_the_applied_state_is_reset_at_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("n1");
+        std::fs::create_dir_all(&dir).unwrap();
+        // The log holds entries 1..=5 of term 1; state.db applied index 3 of
+        // term 2 (a snapshot from a later leader replaced the tail).
+        let mut log = LogStore::open(&raft_db(&dir), log_store::Sync::Off).unwrap();
+        let entries: Vec<Entry> = (1..=5)
+            .map(|i| Entry {
+                index: i,
+                term: 1,
+                ..Default::default()
+            })
+            .collect();
+        log.persist(&entries, None).unwrap();
+        drop(log);
+        let mut sm = StateMachine::open(&state_db(&dir), state::Sync::Off).unwrap();
+        sm.set_conf_state(&ConfState {
+            voters: vec![1],
+            ..Default::default()
+        })
+        .unwrap();
+        let cmd = Command::SetCluster {
+            cluster_id: "c".into(),
+        };
+        sm.apply(&[
+            (1, 2, Change::Empty),
+            (2, 2, Change::Empty),
+            (3, 2, Change::Command(&cmd)),
+        ])
+        .unwrap();
+        drop(sm);
+        let core = Core::open(&dir, cfg(1), &logger()).unwrap();
+        assert_eq!(
+            core.last_index(),
+            3,
+            "the divergent tail 4..=5 of term 1 must be gone"
+        );
+    }
+
+    #[test]
+    fn a_state_older_than_the_log_start_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("n1");
+        bootstrap(&dir, 1, "c", false).unwrap();
+        let mut log = LogStore::open(&raft_db(&dir), log_store::Sync::Off).unwrap();
+        log.apply_snapshot(&snapshot_meta(
+            50,
+            3,
+            ConfState {
+                voters: vec![1],
+                ..Default::default()
+            },
+        ))
+        .unwrap();
+        drop(log);
+        let err = Core::open(&dir, cfg(1), &logger())
+            .err()
+            .expect("must refuse");
+        assert!(err.to_string().contains("older than the log"), "{err}");
+    }
+}
