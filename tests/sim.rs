@@ -602,3 +602,13 @@ fn same_seed_same_history() {
     assert_eq!(a.log, b.log);
     assert_eq!(a.leaders, b.leaders);
 }
+
+/// A long run for soak testing, not part of `cargo test`:
+/// `CLARO_SIM_SEEDS=200..20000 cargo test --release --test sim soak -- --ignored`.
+#[test]
+#[ignore]
+fn soak() {
+    let spec = std::env::var("CLARO_SIM_SEEDS").unwrap_or_else(|_| "200..2200".into());
+    let (a, b) = spec.split_once("..").expect("CLARO_SIM_SEEDS is FROM..TO");
+    run_seeds(a.parse().expect("FROM")..b.parse().expect("TO"));
+}
