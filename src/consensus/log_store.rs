@@ -180,13 +180,6 @@ impl LogStore {
         self.snapshot_wanted.replace(false)
     }
 
-    pub fn prepared_snapshot_index(&self) -> Option<u64> {
-        self.prepared
-            .borrow()
-            .as_ref()
-            .map(|s| s.get_metadata().index)
-    }
-
     pub fn first(&self) -> u64 {
         self.snapshot_meta.index + 1
     }

@@ -125,7 +125,6 @@ pub struct Core {
     cfg: CoreConfig,
     /// A member (voter or learner) as of the last applied conf state.
     member: bool,
-    removed: bool,
     /// A [`SnapshotJob`] was handed out and has not come back yet.
     snapshot_in_flight: bool,
 }
@@ -256,19 +255,12 @@ impl Core {
             dir: dir.to_path_buf(),
             cfg,
             member: false,
-            removed: false,
             snapshot_in_flight: false,
         };
         core.member = core.is_member();
         Ok(core)
     }
 
-    pub fn id(&self) -> u64 {
-        self.cfg.id
-    }
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
     pub fn state(&self) -> &StateMachine {
         &self.state
     }
@@ -277,9 +269,6 @@ impl Core {
     }
     pub fn is_leader(&self) -> bool {
         self.node.raft.state == StateRole::Leader
-    }
-    pub fn role(&self) -> StateRole {
-        self.node.raft.state
     }
     /// The leader this instance knows of, if any.
     pub fn leader_id(&self) -> Option<u64> {
@@ -297,9 +286,6 @@ impl Core {
     }
     pub fn conf_state(&self) -> &ConfState {
         self.state.conf_state()
-    }
-    pub fn is_removed(&self) -> bool {
-        self.removed
     }
     pub fn is_voter(&self, id: u64) -> bool {
         self.conf_state().voters.contains(&id)
@@ -528,7 +514,6 @@ impl Core {
         // before it was (re-)added applies conf states that do not name it yet.
         let member = self.is_member();
         if self.member && !member {
-            self.removed = true;
             out(Output::Removed);
         }
         self.member = member;
