@@ -24,6 +24,8 @@ use crate::transport::{alpn_of, peer_cert, read_frame, write_frame, ALPN_CLIENT,
 
 /// Time a newly connected peer has to send its `Hello`.
 const HELLO_WAIT_MS: u64 = 5_000;
+/// Time a request's frame may take to arrive once its stream is open.
+const REQUEST_READ_MS: u64 = 10_000;
 /// Time the status view waits for each instance's answer.
 const STATUS_PROBE_MS: u64 = 700;
 /// Attempts of a manual coordinator transfer, one second each.
@@ -185,11 +187,18 @@ async fn serve_request(
     mut recv: quinn::RecvStream,
     peer: Option<String>,
 ) {
-    let req = match read_frame::<Request>(&mut recv, REQUEST_BYTES_MAX).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return,
-        Err(e) => {
+    let read = read_frame::<Request>(&mut recv, REQUEST_BYTES_MAX);
+    let read = async_std::future::timeout(Duration::from_millis(REQUEST_READ_MS), read).await;
+    let req = match read {
+        Ok(Ok(Some(r))) => r,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
             tracing::warn!(peer = ?peer, "bad request closed its stream: {e}");
+            let _ = recv.stop(3u32.into());
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(peer = ?peer, "request not received within {REQUEST_READ_MS} ms: stream closed");
             let _ = recv.stop(3u32.into());
             return;
         }

@@ -83,6 +83,10 @@ impl Peers {
         if let Some(c) = self.cached(name) {
             return Ok(c);
         }
+        // Names may come from peers' answers: only configured ones get a gate.
+        if shared.cfg.server(name).is_none() {
+            return Err(PeerError::Unreachable(format!("{name} is not configured")));
+        }
         let gate = self
             .connecting
             .lock()

@@ -9,6 +9,7 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
@@ -18,6 +19,9 @@ use crate::consensus::{self, SnapshotFile};
 use crate::proto::{Request, Response, REQUEST_BYTES_MAX, SNAPSHOT_BYTES_MAX};
 use crate::transport::{read_frame, write_frame};
 
+/// A transfer that receives nothing for this long is dropped (raft retries;
+/// the bytes already received are kept for the resume).
+const STALL_MS: u64 = 30_000;
 /// Bytes per write or read of the file.
 const CHUNK_BYTES: usize = 1024 * 1024;
 
@@ -159,7 +163,13 @@ async fn receive_file(
     let mut got = offset;
     let mut buf = vec![0u8; CHUNK_BYTES];
     let cut = failpoint_cut_bytes();
-    while let Some(n) = recv.read(&mut buf).await.map_err(|e| e.to_string())? {
+    let stalled = || format!("no data for {STALL_MS} ms");
+    while let Some(n) =
+        async_std::future::timeout(Duration::from_millis(STALL_MS), recv.read(&mut buf))
+            .await
+            .map_err(|_| stalled())?
+            .map_err(|e| e.to_string())?
+    {
         if cut.is_some_and(|c| got >= c) {
             return Err(format!("transfer cut after {got} bytes (failpoint)"));
         }
