@@ -25,7 +25,7 @@ const VALUE_BYTES: usize = 100;
 const LOAD_CLIENTS: usize = 64;
 const LOAD_COUNT: usize = 20_000;
 const LOAD_TIME_MAX_S: u64 = 20;
-const SNAPSHOT_MB: usize = 200;
+const SNAPSHOT_MB: u32 = 200;
 const FAILOVER_WAIT_MAX_S: u64 = 30;
 /// One write attempt during failover: short, so the measurement resolves to it.
 const FAILOVER_ATTEMPT_MS: u64 = 50;
@@ -194,42 +194,13 @@ fn claro_snapshot() -> f64 {
     let mut c = Cluster::with_timing(51, &[("srv1", "server"), ("srv2", "server")], "");
     c.start("srv1");
     c.wait(30, "srv1", || c.settled("srv1", "srv1", &["srv1"]));
-    let leader = Conn::open(&c, "srv1");
-    async_std::task::block_on(async {
-        for i in 0..SNAPSHOT_MB {
-            let value: Vec<u8> = (0..1024 * 1024u32)
-                .map(|j| (j.wrapping_mul(2654435761).wrapping_add(i as u32) >> 11) as u8)
-                .collect();
-            let command = Command::Put {
-                key: format!("blob{i}"),
-                value,
-            };
-            claro::client::request(&leader.conn, &Request::Propose { command }, 10_000)
-                .await
-                .expect("put blob");
-        }
-    });
+    c.fill_megabytes("srv1", SNAPSHOT_MB);
     c.start("srv2");
     c.wait(120, "srv2 synchronized", || {
         c.settled("srv1", "srv1", &["srv1", "srv2"])
     });
-    let log = c.log("srv1");
-    let line = log
-        .lines()
-        .find(|l| l.contains("database sent"))
-        .expect("transfer logged");
-    let field = |k: &str| -> f64 {
-        line.split(&format!("{k}="))
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .trim_matches('"')
-            .parse()
-            .unwrap()
-    };
-    field("mb_per_s")
+    let line = c.log_line("srv1", "database sent");
+    common::log_field(&line, "mb_per_s")
 }
 
 fn main() {

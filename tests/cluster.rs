@@ -112,18 +112,8 @@ fn kill_9_of_the_coordinator_elects_another_that_keeps_committing() {
 
 #[test]
 fn a_late_joiner_receives_a_50_mb_database_intact() {
-    let mut c = Cluster::new(13, &[("srv1", "server"), ("srv2", "server")]);
-    c.start("srv1");
-    c.wait(SETTLE_S, "srv1 to coordinate", || {
-        c.settled("srv1", "srv1", &["srv1"])
-    });
-    for i in 0..50u32 {
-        // Incompressible, distinct megabytes.
-        let value: Vec<u8> = (0..1024 * 1024u32)
-            .map(|j| (j.wrapping_mul(2654435761).wrapping_add(i * 7919) >> 13) as u8)
-            .collect();
-        c.set("srv1", &format!("blob{i:02}"), value).unwrap();
-    }
+    let mut c = Cluster::two(13);
+    c.fill_megabytes("srv1", 50);
     c.start("srv2");
     c.wait(120, "srv2 synchronized", || {
         c.settled("srv1", "srv1", &["srv1", "srv2"])
@@ -132,20 +122,8 @@ fn a_late_joiner_receives_a_50_mb_database_intact() {
         let (a, b) = (c.digest("srv1"), c.digest("srv2"));
         a.is_some() && a == b
     });
-    let log = c.log("srv1");
-    let sent = log
-        .lines()
-        .find(|l| l.contains("database sent"))
-        .unwrap_or_else(|| panic!("no transfer logged: {log}"));
-    let size: u64 = sent
-        .split("size_bytes=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let sent = c.log_line("srv1", "database sent");
+    let size: u64 = common::log_field(&sent, "size_bytes");
     assert!(
         size > 50_000_000,
         "the database sent was only {size} bytes: {sent}"
@@ -154,62 +132,25 @@ fn a_late_joiner_receives_a_50_mb_database_intact() {
 
 #[test]
 fn an_interrupted_database_transfer_resumes() {
-    let mut c = Cluster::new(22, &[("srv1", "server"), ("srv2", "server")]);
-    c.start("srv1");
-    c.wait(SETTLE_S, "srv1 to coordinate", || {
-        c.settled("srv1", "srv1", &["srv1"])
-    });
-    for i in 0..12u32 {
-        let value: Vec<u8> = (0..1024 * 1024u32)
-            .map(|j| (j.wrapping_mul(40503).wrapping_add(i) >> 7) as u8)
-            .collect();
-        c.set("srv1", &format!("blob{i}"), value).unwrap();
-    }
+    let mut c = Cluster::two(22);
+    c.fill_megabytes("srv1", 12);
     // srv2's first transfer is cut after 5 MB; the retry resumes from there.
-    c.start_env(
-        "srv2",
-        &[],
-        &[("CLARO_FAILPOINT_SNAPSHOT_CUT_BYTES", "5000000")],
-    );
+    let cut = [("CLARO_FAILPOINT_SNAPSHOT_CUT_BYTES", "5000000")];
+    c.start_env("srv2", &[], &cut);
     c.wait(60, "srv2 synchronized", || {
         c.settled("srv1", "srv1", &["srv1", "srv2"])
     });
-    let log = c.log("srv2");
-    assert!(
-        log.contains("transfer cut after"),
-        "the failpoint did not fire: {log}"
-    );
-    let resumed = log
-        .lines()
-        .find(|l| l.contains("resuming an interrupted database transfer"))
-        .expect("no resume");
-    let offset: u64 = resumed
-        .split("offset=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    c.log_line("srv2", "transfer cut after");
+    let resumed = c.log_line("srv2", "resuming an interrupted database transfer");
+    let offset: u64 = common::log_field(&resumed, "offset");
     assert!(offset >= 5_000_000, "resumed from {offset}");
-    let sent = c.log("srv1");
-    let line = sent
-        .lines()
-        .find(|l| l.contains("database sent"))
-        .expect("transfer logged");
-    let field = |k: &str| -> u64 {
-        line.split(&format!("{k}="))
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
     // The completed transfer carried only what the cut one had not.
-    assert_eq!(field("sent_bytes"), field("size_bytes") - offset, "{line}");
+    let sent = c.log_line("srv1", "database sent");
+    let (sent_bytes, size): (u64, u64) = (
+        common::log_field(&sent, "sent_bytes"),
+        common::log_field(&sent, "size_bytes"),
+    );
+    assert_eq!(sent_bytes, size - offset, "{sent}");
     c.wait(10, "identical replicas", || {
         let (a, b) = (c.digest("srv1"), c.digest("srv2"));
         a.is_some() && a == b

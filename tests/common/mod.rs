@@ -265,6 +265,55 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// The first line of `name`'s log containing `needle`; panics with the log.
+    pub fn log_line(&self, name: &str, needle: &str) -> String {
+        let log = self.log(name);
+        match log.lines().find(|l| l.contains(needle)) {
+            Some(l) => l.to_string(),
+            None => panic!("{name} logged no `{needle}`:\n{log}"),
+        }
+    }
+
+    /// Writes `count` incompressible, distinct 1 MiB settings through `via`.
+    pub fn fill_megabytes(&self, via: &str, count: u32) {
+        for i in 0..count {
+            let value: Vec<u8> = (0..1024 * 1024u32)
+                .map(|j| {
+                    (j.wrapping_mul(2654435761)
+                        .wrapping_add(i.wrapping_mul(7919))
+                        >> 13) as u8
+                })
+                .collect();
+            self.set(via, &format!("blob{i:04}"), value)
+                .expect("write a megabyte");
+        }
+    }
+
+    /// srv1 and srv2 of a two-server config, srv1 coordinating.
+    pub fn two(net: u8) -> Cluster {
+        let mut c = Cluster::new(net, &[("srv1", "server"), ("srv2", "server")]);
+        c.start("srv1");
+        c.wait(30, "srv1 to coordinate", || {
+            c.settled("srv1", "srv1", &["srv1"])
+        });
+        c
+    }
+}
+
+/// The value of `key=value` in a log line (quotes trimmed).
+pub fn log_field<T: std::str::FromStr>(line: &str, key: &str) -> T {
+    let raw = line
+        .split(&format!("{key}="))
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next());
+    let raw = raw
+        .unwrap_or_else(|| panic!("no {key}= in: {line}"))
+        .trim_matches('"');
+    raw.parse()
+        .unwrap_or_else(|_| panic!("{key}={raw} does not parse"))
+}
+
 fn tail(s: &str, lines: usize) -> String {
     let all: Vec<&str> = s.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
