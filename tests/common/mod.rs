@@ -112,8 +112,9 @@ impl Cluster {
     /// SIGTERM (a graceful stop), then waits for the process to exit.
     pub fn terminate(&mut self, name: &str) {
         let mut child = self.procs.remove(name).expect("running");
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+        // The shell's builtin kill: no procps needed.
+        let status = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", child.id())])
             .status()
             .unwrap();
         assert!(status.success());
