@@ -87,8 +87,7 @@ struct ClaroFigures {
 fn claro_three() -> ClaroFigures {
     let servers = [("srv1", "server"), ("srv2", "server"), ("srv3", "server")];
     let mut c = Cluster::with_timing(50, &servers, "");
-    c.start("srv1");
-    c.wait(30, "srv1", || c.settled("srv1", "srv1", &["srv1"]));
+    c.start_alone("srv1");
     c.start("srv2");
     c.start("srv3");
     c.wait(30, "three", || {
@@ -192,8 +191,7 @@ fn claro_failover(c: &mut Cluster) -> u64 {
 /// (received, fsynced, checksum verified).
 fn claro_snapshot() -> f64 {
     let mut c = Cluster::with_timing(51, &[("srv1", "server"), ("srv2", "server")], "");
-    c.start("srv1");
-    c.wait(30, "srv1", || c.settled("srv1", "srv1", &["srv1"]));
+    c.start_alone("srv1");
     c.fill_megabytes("srv1", SNAPSHOT_MB);
     c.start("srv2");
     c.wait(120, "srv2 synchronized", || {

@@ -247,7 +247,6 @@ mod tests {
             term: 0,
             commit_index: 0,
             applied_index: 0,
-            waiting_for: vec![],
             note: None,
             last_stop: None,
         }

@@ -62,8 +62,6 @@ pub struct LocalInfo {
     pub term: u64,
     pub commit_index: u64,
     pub applied_index: u64,
-    /// Servers to start before this one (they hold newer state), if waiting.
-    pub waiting_for: Vec<String>,
     /// Why it is waiting, if it is.
     pub note: Option<String>,
     pub last_stop: Option<StopRecord>,

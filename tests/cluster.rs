@@ -21,10 +21,7 @@ fn three(net: u8) -> Cluster {
 /// Three instances started in order: srv1 coordinates, srv2 and srv3 joined.
 fn three_running(net: u8) -> Cluster {
     let mut c = three(net);
-    c.start("srv1");
-    c.wait(SETTLE_S, "srv1 to coordinate", || {
-        c.settled("srv1", "srv1", &["srv1"])
-    });
+    c.start_alone("srv1");
     c.start("srv2");
     c.start("srv3");
     c.wait(SETTLE_S, "all three synchronized", || {
@@ -37,10 +34,7 @@ fn three_running(net: u8) -> Cluster {
 fn first_started_is_coordinator_and_late_joiners_receive_its_database() {
     // The triple the product documents: 127.0.0.1-3, port 7900.
     let mut c = three(0);
-    c.start("srv1");
-    c.wait(SETTLE_S, "srv1 to coordinate", || {
-        c.settled("srv1", "srv1", &["srv1"])
-    });
+    c.start_alone("srv1");
     c.set("srv1", "greeting", b"hello".to_vec()).unwrap();
     c.start("srv2");
     c.start("srv3");
@@ -224,10 +218,7 @@ fn stop_order_and_start_order() {
 #[test]
 fn force_bootstrap_overrides_waiting() {
     let mut c = Cluster::new(15, &[("srv1", "server"), ("srv2", "server")]);
-    c.start("srv1");
-    c.wait(SETTLE_S, "srv1 to coordinate", || {
-        c.settled("srv1", "srv1", &["srv1"])
-    });
+    c.start_alone("srv1");
     c.start("srv2");
     c.wait(SETTLE_S, "both synchronized", || {
         c.settled("srv1", "srv1", &["srv1", "srv2"])
@@ -284,10 +275,7 @@ fn assert_refused(c: &Cluster, mut impostor: std::process::Child, what: &str) {
 #[test]
 fn a_certificate_from_another_ca_or_of_another_server_is_refused() {
     let mut c = three(16);
-    c.start("srv1");
-    c.wait(SETTLE_S, "srv1 to coordinate", || {
-        c.settled("srv1", "srv1", &["srv1"])
-    });
+    c.start_alone("srv1");
 
     // Material from another cluster's CA, for the right name.
     let other = tempfile::tempdir().unwrap();
@@ -324,10 +312,7 @@ fn two_servers_and_a_witness_survive_the_crash_of_either_server() {
         &[("srv1", "server"), ("srv2", "server"), ("wit", "witness")],
     );
     c.start("wit");
-    c.start("srv1");
-    c.wait(SETTLE_S, "srv1 to coordinate", || {
-        c.settled("srv1", "srv1", &["srv1"])
-    });
+    c.start_alone("srv1");
     c.start("srv2");
     c.wait(SETTLE_S, "all synchronized", || {
         c.settled("srv1", "srv1", &["srv1", "srv2", "wit"])
@@ -431,10 +416,7 @@ fn instances_started_at_the_same_moment_form_one_cluster() {
 #[test]
 fn an_instance_with_a_different_config_is_refused_naming_the_difference() {
     let mut c = three(20);
-    c.start("srv1");
-    c.wait(SETTLE_S, "srv1 to coordinate", || {
-        c.settled("srv1", "srv1", &["srv1"])
-    });
+    c.start_alone("srv1");
     // srv2's copy of the config lists srv3 at another address.
     let evil = c.dir.path().join("evil");
     copy_dir(&c.dir.path().join("conf"), &evil.join("conf"));
@@ -474,10 +456,7 @@ fn an_instance_with_a_different_config_is_refused_naming_the_difference() {
 #[test]
 fn malformed_and_oversized_frames_close_only_their_stream() {
     let mut c = Cluster::new(21, &[("srv1", "server")]);
-    c.start("srv1");
-    c.wait(SETTLE_S, "srv1 to coordinate", || {
-        c.settled("srv1", "srv1", &["srv1"])
-    });
+    c.start_alone("srv1");
     let cfg = c.config();
     let addr = cfg.server("srv1").unwrap().address;
     let ep = claro::client::endpoint(&cfg, addr).unwrap();

@@ -70,10 +70,6 @@ impl LogStore {
         &self.hard_state
     }
 
-    pub fn snapshot_meta(&self) -> &SnapshotMetadata {
-        &self.snapshot_meta
-    }
-
     /// The driver owns the conf state (it lives in state.db); raft reads it at start.
     pub fn set_conf_state(&mut self, cs: ConfState) {
         self.conf_state = cs;

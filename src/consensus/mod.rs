@@ -142,17 +142,6 @@ fn snapshots_dir(dir: &Path) -> PathBuf {
     dir.join("snapshots")
 }
 
-/// True when `dir` holds a member's state (it bootstrapped or received a snapshot).
-pub fn is_initialized(dir: &Path) -> bool {
-    if !state_db(dir).exists() {
-        return false;
-    }
-    match StateMachine::open(&state_db(dir), state::Sync::Off) {
-        Ok(sm) => sm.applied_index() > 0,
-        Err(_) => false,
-    }
-}
-
 fn syncs(durable: bool) -> (log_store::Sync, state::Sync) {
     if durable {
         (log_store::Sync::Full, state::Sync::Normal)

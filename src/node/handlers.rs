@@ -253,16 +253,10 @@ pub fn local_info(shared: &Shared) -> LocalInfo {
         term: 0,
         commit_index: 0,
         applied_index: facts.applied_index,
-        waiting_for: Vec::new(),
         note: None,
         last_stop: shared.last_stop.lock().expect("stop record lock").clone(),
     };
-    if let Phase::Waiting {
-        reason,
-        start_first,
-    } = &phase
-    {
-        info.waiting_for = start_first.clone();
+    if let Phase::Waiting { reason, .. } = &phase {
         info.note = Some(reason.clone());
     }
     if let Some(core) = guard.as_ref() {

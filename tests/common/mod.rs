@@ -294,11 +294,16 @@ impl Cluster {
     /// srv1 and srv2 of a two-server config, srv1 coordinating.
     pub fn two(net: u8) -> Cluster {
         let mut c = Cluster::new(net, &[("srv1", "server"), ("srv2", "server")]);
-        c.start("srv1");
-        c.wait(30, "srv1 to coordinate", || {
-            c.settled("srv1", "srv1", &["srv1"])
-        });
+        c.start_alone("srv1");
         c
+    }
+
+    /// Starts `name` and waits until it coordinates a cluster of its own.
+    pub fn start_alone(&mut self, name: &str) {
+        self.start(name);
+        self.wait(30, &format!("{name} to coordinate"), || {
+            self.settled(name, name, &[name])
+        });
     }
 }
 
