@@ -2,17 +2,14 @@
 //! and output (human or `--json`). Exit status: 0 done, 1 failed (nothing
 //! reachable, the cluster refused), 2 bad usage or bad input.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, ConfigError};
-use crate::proto::{Request, Response};
-
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_FAILED: i32 = 1;
-pub const EXIT_USAGE: i32 = 2;
+use crate::client::ClientArgs;
+use crate::config::Config;
+pub use crate::exit::{Failure, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use crate::proto::Request;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -120,17 +117,6 @@ pub enum SettingsAction {
     List(ClientArgs),
 }
 
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct ClientArgs {
-    /// The instance to ask: a server name or ADDRESS[:PORT] (default: each
-    /// server of the config in turn until one answers).
-    #[arg(long)]
-    pub server: Option<String>,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
 fn parse_server_arg(s: &str) -> Result<(String, String), String> {
     let (name, addr) = s
         .split_once('=')
@@ -139,34 +125,6 @@ fn parse_server_arg(s: &str) -> Result<(String, String), String> {
         return Err(format!("`{s}` is not NAME=ADDRESS"));
     }
     Ok((name.to_string(), addr.to_string()))
-}
-
-/// A failure with its exit status.
-#[derive(Debug)]
-pub struct Failure {
-    pub status: i32,
-    pub message: String,
-}
-
-impl Failure {
-    pub fn usage(message: impl Into<String>) -> Failure {
-        Failure {
-            status: EXIT_USAGE,
-            message: message.into(),
-        }
-    }
-    pub fn failed(message: impl Into<String>) -> Failure {
-        Failure {
-            status: EXIT_FAILED,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<ConfigError> for Failure {
-    fn from(e: ConfigError) -> Self {
-        Failure::usage(e.to_string())
-    }
 }
 
 pub fn main() -> i32 {
@@ -268,78 +226,5 @@ fn settings(path: &std::path::Path, action: SettingsAction) -> Result<(), Failur
             crate::client::simple(&config, &client, Request::Get { key })
         }
         SettingsAction::List(client) => crate::client::simple(&config, &client, Request::List),
-    }
-}
-
-/// Resolves `--server` (a name, an address, or address:port) to the config's server.
-pub fn resolve_server(config: &Config, arg: &str) -> Result<(String, SocketAddr), Failure> {
-    if let Some(s) = config.server(arg) {
-        return Ok((s.name.clone(), s.address));
-    }
-    let addr: SocketAddr = match arg.parse::<SocketAddr>() {
-        Ok(a) => a,
-        Err(_) => match arg.parse::<std::net::IpAddr>() {
-            Ok(ip) => SocketAddr::new(ip, config.port),
-            Err(_) => {
-                return Err(Failure::usage(format!(
-                    "--server `{arg}` is neither a server name nor an address"
-                )))
-            }
-        },
-    };
-    config
-        .servers
-        .iter()
-        .find(|s| s.address == addr)
-        .map(|s| (s.name.clone(), s.address))
-        .ok_or_else(|| {
-            Failure::usage(format!(
-                "no server with address {addr} in {}",
-                config.path.display()
-            ))
-        })
-}
-
-/// Prints a response for the simple commands; errors become failures.
-pub fn print_response(resp: Response, json: bool) -> Result<(), Failure> {
-    match resp {
-        Response::Error { message } | Response::Refused { reason: message } => {
-            Err(Failure::failed(message))
-        }
-        Response::NotLeader { leader } => Err(Failure::failed(format!(
-            "not the coordinator (coordinator: {leader:?})"
-        ))),
-        other if json => {
-            println!(
-                "{}",
-                serde_json::to_string(&other).expect("response encodes")
-            );
-            Ok(())
-        }
-        Response::Ok { message } => {
-            println!("{message}");
-            Ok(())
-        }
-        Response::Proposed { index } => {
-            println!("applied at index {index}");
-            Ok(())
-        }
-        Response::Value { value } => match value {
-            Some(v) => {
-                println!("{}", String::from_utf8_lossy(&v));
-                Ok(())
-            }
-            None => Err(Failure::failed("no such setting")),
-        },
-        Response::List { items } => {
-            for (k, v) in items {
-                println!("{k} = {}", String::from_utf8_lossy(&v));
-            }
-            Ok(())
-        }
-        other => {
-            println!("{other:?}");
-            Ok(())
-        }
     }
 }

@@ -5,18 +5,28 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::time::Duration;
 
-use crate::cli::{print_response, resolve_server, ClientArgs, Failure};
 use crate::config::Config;
+use crate::exit::Failure;
 use crate::membership::{self, ServerFacts};
 use crate::proto::{Request, Response, StatusView, REQUEST_BYTES_MAX};
-use crate::transport::{read_frame, write_frame, Endpoint};
+use crate::transport::{exchange, Endpoint};
 
 /// Time to reach one instance.
 const CONNECT_MS: u64 = 1_500;
 /// Time one request may take (a proposal waits until applied).
 const REQUEST_MS: u64 = 20_000;
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ClientArgs {
+    /// The instance to ask: a server name or ADDRESS[:PORT] (default: each
+    /// server of the config in turn until one answers).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// Sends one request on a new stream of `conn` and reads its one response.
 pub async fn request(
@@ -24,21 +34,7 @@ pub async fn request(
     req: &Request,
     timeout_ms: u64,
 ) -> Result<Response, String> {
-    let exchange = async {
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        write_frame(&mut send, req, REQUEST_BYTES_MAX)
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = send.finish();
-        match read_frame::<Response>(&mut recv, REQUEST_BYTES_MAX).await {
-            Ok(Some(r)) => Ok(r),
-            Ok(None) => Err("the instance closed the stream without answering".to_string()),
-            Err(e) => Err(e.to_string()),
-        }
-    };
-    async_std::future::timeout(Duration::from_millis(timeout_ms), exchange)
-        .await
-        .map_err(|_| format!("no answer within {timeout_ms} ms"))?
+    exchange(conn, req, REQUEST_BYTES_MAX, timeout_ms).await
 }
 
 /// A client endpoint with the cluster's client certificate.
@@ -238,4 +234,77 @@ pub fn start_order(
         );
     }
     Ok(())
+}
+
+/// Resolves `--server` (a name, an address, or address:port) to the config's server.
+pub fn resolve_server(config: &Config, arg: &str) -> Result<(String, SocketAddr), Failure> {
+    if let Some(s) = config.server(arg) {
+        return Ok((s.name.clone(), s.address));
+    }
+    let addr: SocketAddr = match arg.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => match arg.parse::<std::net::IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, config.port),
+            Err(_) => {
+                return Err(Failure::usage(format!(
+                    "--server `{arg}` is neither a server name nor an address"
+                )))
+            }
+        },
+    };
+    config
+        .servers
+        .iter()
+        .find(|s| s.address == addr)
+        .map(|s| (s.name.clone(), s.address))
+        .ok_or_else(|| {
+            Failure::usage(format!(
+                "no server with address {addr} in {}",
+                config.path.display()
+            ))
+        })
+}
+
+/// Prints a response for the simple commands; errors become failures.
+pub fn print_response(resp: Response, json: bool) -> Result<(), Failure> {
+    match resp {
+        Response::Error { message } | Response::Refused { reason: message } => {
+            Err(Failure::failed(message))
+        }
+        Response::NotLeader { leader } => Err(Failure::failed(format!(
+            "not the coordinator (coordinator: {leader:?})"
+        ))),
+        other if json => {
+            println!(
+                "{}",
+                serde_json::to_string(&other).expect("response encodes")
+            );
+            Ok(())
+        }
+        Response::Ok { message } => {
+            println!("{message}");
+            Ok(())
+        }
+        Response::Proposed { index } => {
+            println!("applied at index {index}");
+            Ok(())
+        }
+        Response::Value { value } => match value {
+            Some(v) => {
+                println!("{}", String::from_utf8_lossy(&v));
+                Ok(())
+            }
+            None => Err(Failure::failed("no such setting")),
+        },
+        Response::List { items } => {
+            for (k, v) in items {
+                println!("{k} = {}", String::from_utf8_lossy(&v));
+            }
+            Ok(())
+        }
+        other => {
+            println!("{other:?}");
+            Ok(())
+        }
+    }
 }

@@ -3,8 +3,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
-use crate::cli::Failure;
 use crate::config::Config;
+use crate::exit::Failure;
 
 pub fn run(
     dir: &Path,

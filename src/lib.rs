@@ -5,6 +5,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod consensus;
+pub mod exit;
 pub mod init;
 pub mod logging;
 pub mod membership;

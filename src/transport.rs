@@ -150,6 +150,32 @@ pub async fn read_frame<T: serde::de::DeserializeOwned>(
     decode_body(&body).map(Some)
 }
 
+/// Sends one request frame on a new bidirectional stream of `conn` and reads
+/// the one answer frame, within `timeout_ms`. Generic over the message types:
+/// this module moves frames and never knows what they mean.
+pub async fn exchange<Q: serde::Serialize, A: serde::de::DeserializeOwned>(
+    conn: &quinn::Connection,
+    req: &Q,
+    bytes_max: usize,
+    timeout_ms: u64,
+) -> Result<A, String> {
+    let exchange = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        write_frame(&mut send, req, bytes_max)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        match read_frame::<A>(&mut recv, bytes_max).await {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err("the instance closed the stream without answering".to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    async_std::future::timeout(Duration::from_millis(timeout_ms), exchange)
+        .await
+        .map_err(|_| format!("no answer within {timeout_ms} ms"))?
+}
+
 /// The length prefix, or `None` when the stream ends before its first byte.
 async fn read_prefix(
     recv: &mut quinn::RecvStream,

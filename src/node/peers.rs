@@ -12,10 +12,11 @@ use protobuf::Message as _;
 use raft::eraftpb::Message;
 
 use super::{Shared, PEER_CALL_MS, PEER_QUEUE_COUNT_MAX};
-use crate::client::request;
 use crate::membership;
-use crate::proto::{RaftBatch, Request, Response, RAFT_BATCH_BYTES_MAX, RAFT_BATCH_COUNT_MAX};
-use crate::transport::write_frame;
+use crate::proto::{
+    RaftBatch, Request, Response, RAFT_BATCH_BYTES_MAX, RAFT_BATCH_COUNT_MAX, REQUEST_BYTES_MAX,
+};
+use crate::transport::{exchange, write_frame};
 
 /// Why a peer could not be used.
 #[derive(Debug, Clone)]
@@ -115,7 +116,7 @@ impl Peers {
         timeout_ms: u64,
     ) -> Result<Response, PeerError> {
         let conn = self.conn(shared, name).await?;
-        let r = request(&conn, req, timeout_ms)
+        let r = exchange(&conn, req, REQUEST_BYTES_MAX, timeout_ms)
             .await
             .map_err(PeerError::Unreachable);
         if r.is_err() {
@@ -164,7 +165,14 @@ async fn open(shared: &Shared, name: &str) -> Result<quinn::Connection, PeerErro
         .await
         .map_err(|e| PeerError::Unreachable(e.to_string()))?;
     let mine = shared.hello();
-    match request(&conn, &Request::Hello(mine.clone()), PEER_CALL_MS).await {
+    match exchange(
+        &conn,
+        &Request::Hello(mine.clone()),
+        REQUEST_BYTES_MAX,
+        PEER_CALL_MS,
+    )
+    .await
+    {
         Ok(Response::Hello(theirs)) => {
             if let Err(reason) = membership::compatible(&mine, &theirs) {
                 conn.close(2u32.into(), b"incompatible");

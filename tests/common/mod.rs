@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use claro::cli::ClientArgs;
+use claro::client::ClientArgs;
 use claro::config::Config;
 use claro::proto::{Request, Response, StatusView};
 
