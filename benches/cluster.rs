@@ -63,7 +63,13 @@ impl Conn {
             key,
             value: vec![7u8; VALUE_BYTES],
         };
-        match claro::client::request(&self.conn, &Request::Propose { command }, timeout_ms).await? {
+        match claro::client::request(
+            &self.conn,
+            &Request::propose(command, Some(claro::proto::new_request_id())),
+            timeout_ms,
+        )
+        .await?
+        {
             Response::Proposed { index } => Ok(index),
             other => Err(format!("{other:?}")),
         }

@@ -220,7 +220,8 @@ fn settings(path: &std::path::Path, action: SettingsAction) -> Result<(), Failur
                 value: value.into_bytes(),
             };
             command.validate().map_err(Failure::usage)?;
-            crate::client::simple(&config, &client, Request::Propose { command })
+            let req = Request::propose(command, Some(crate::proto::new_request_id()));
+            crate::client::simple(&config, &client, req)
         }
         SettingsAction::Get { key, client } => {
             crate::client::simple(&config, &client, Request::Get { key })

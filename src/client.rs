@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::config::Config;
 use crate::exit::Failure;
@@ -48,7 +49,7 @@ pub fn endpoint(config: &Config, family_of: SocketAddr) -> Result<Endpoint, Fail
     Endpoint::bind_client(ip, &id).map_err(|e| Failure::failed(e.to_string()))
 }
 
-/// The instances to try, in order.
+/// The instances to try: `--server`'s one, or every configured server.
 fn targets(config: &Config, args: &ClientArgs) -> Result<Vec<(String, SocketAddr)>, Failure> {
     match &args.server {
         Some(s) => Ok(vec![resolve_server(config, s)?]),
@@ -60,7 +61,15 @@ fn targets(config: &Config, args: &ClientArgs) -> Result<Vec<(String, SocketAddr
     }
 }
 
-/// Sends `req` to the first instance that answers; returns who answered.
+/// Head start of this machine's own server over the others: it answers
+/// without a network hop, so it should win the race when it is up.
+const LOCAL_HEAD_START_MS: u64 = 5;
+
+/// Sends `req` to the first instance that completes the handshake; the
+/// servers are tried all at once, so one that is down costs nothing. If the
+/// exchange with that instance fails (it died), the request goes to the next
+/// one that connected: requests are safe to repeat (writes carry a request id).
+/// Returns who answered.
 pub fn call(
     config: &Config,
     args: &ClientArgs,
@@ -68,19 +77,51 @@ pub fn call(
 ) -> Result<(String, Response), Failure> {
     let targets = targets(config, args)?;
     let ep = endpoint(config, targets[0].1)?;
-    async_std::task::block_on(async {
-        let mut errors = Vec::new();
-        for (name, addr) in &targets {
-            match call_one(&ep, name, *addr, req).await {
-                Ok(r) => return Ok((name.clone(), r)),
-                Err(e) => errors.push(format!("{name} ({addr}): {e}")),
-            }
+    let local = config.local_server(None).ok().map(|s| s.name.clone());
+    let answer = async_std::task::block_on(async {
+        let overall = Duration::from_millis(REQUEST_MS);
+        async_std::future::timeout(overall, first_answer(&ep, &targets, local, req))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {REQUEST_MS} ms")))
+    });
+    ep.quinn.close(0u32.into(), b"done");
+    answer.map_err(|e| Failure::failed(format!("no instance reachable: {e}")))
+}
+
+async fn first_answer(
+    ep: &Endpoint,
+    targets: &[(String, SocketAddr)],
+    local: Option<String>,
+    req: &Request,
+) -> Result<(String, Response), String> {
+    let (tx, rx) = async_std::channel::bounded(targets.len());
+    for (name, addr) in targets {
+        let delay_ms = match &local {
+            Some(l) if l != name && targets.len() > 1 => LOCAL_HEAD_START_MS,
+            _ => 0,
+        };
+        let (ep, name, addr, tx) = (ep.clone(), name.clone(), *addr, tx.clone());
+        async_std::task::spawn(async move {
+            async_std::task::sleep(Duration::from_millis(delay_ms)).await;
+            let conn = ep.connect(addr, &name, CONNECT_MS).await;
+            let _ = tx.send((name, addr, conn)).await;
+        });
+    }
+    let mut errors = Vec::new();
+    for _ in 0..targets.len() {
+        let Ok((name, addr, conn)) = rx.recv().await else {
+            break;
+        };
+        let answer = match conn {
+            Ok(conn) => request(&conn, req, REQUEST_MS).await,
+            Err(e) => Err(e.to_string()),
+        };
+        match answer {
+            Ok(r) => return Ok((name, r)),
+            Err(e) => errors.push(format!("{name} ({addr}): {e}")),
         }
-        Err(Failure::failed(format!(
-            "no instance reachable: {}",
-            errors.join("; ")
-        )))
-    })
+    }
+    Err(errors.join("; "))
 }
 
 async fn call_one(
@@ -121,28 +162,39 @@ pub fn status(config: &Config, args: &ClientArgs) -> Result<(), Failure> {
 }
 
 pub fn render_status(v: &StatusView) -> String {
+    let source = match (v.from_coordinator, &v.coordinator) {
+        (true, _) => format!("answered by {}, the coordinator", v.answered_by),
+        (false, Some(c)) => format!(
+            "answered by {} from its own live view: the coordinator {c} did not answer in time",
+            v.answered_by
+        ),
+        (false, None) => format!(
+            "answered by {} from its own live view: it knows no coordinator",
+            v.answered_by
+        ),
+    };
     let mut out = format!(
-        "cluster {}  coordinator {}  term {}  commit index {}  (answered by {})\n",
+        "cluster {}  coordinator {}  term {}  commit index {}\n({source})\n",
         v.cluster_id.as_deref().unwrap_or("-"),
         v.coordinator.as_deref().unwrap_or("none"),
         v.term,
         v.commit_index,
-        v.answered_by
     );
     out += &format!(
-        "{:<16} {:<22} {:<8} {:<12} {:<10} {:<13} {}\n",
-        "NAME", "ADDRESS", "ROLE", "STATE", "CONNECTED", "SYNCHRONIZED", "APPLIED"
+        "{:<16} {:<22} {:<8} {:<12} {:<10} {:<13} {:<10} {}\n",
+        "NAME", "ADDRESS", "ROLE", "STATE", "CONNECTED", "SYNCHRONIZED", "APPLIED", "LAST HEARD"
     );
     for s in &v.servers {
         out += &format!(
-            "{:<16} {:<22} {:<8} {:<12} {:<10} {:<13} {}\n",
+            "{:<16} {:<22} {:<8} {:<12} {:<10} {:<13} {:<10} {}\n",
             s.name,
             s.address,
             s.role,
             s.state,
             if s.connected { "yes" } else { "no" },
             if s.synchronized { "yes" } else { "no" },
-            s.applied_index
+            s.applied_index,
+            heard_ago(s.heard_ago_ms),
         );
     }
     for s in &v.servers {
@@ -153,6 +205,14 @@ pub fn render_status(v: &StatusView) -> String {
     out
 }
 
+fn heard_ago(ms: Option<u64>) -> String {
+    match ms {
+        None => "never".into(),
+        Some(0) => "now".into(),
+        Some(ms) => format!("{:.1} s ago", ms as f64 / 1000.0),
+    }
+}
+
 /// What is known of each server: asked live where it answers, else read from
 /// its data directory when that is on this machine.
 fn server_facts(
@@ -160,11 +220,27 @@ fn server_facts(
     data_dirs: &[PathBuf],
     ep: &Endpoint,
 ) -> Vec<(ServerFacts, &'static str)> {
-    config
+    // Every server at once: one that is down costs one handshake limit in all.
+    let asks: Vec<_> = config
         .servers
         .iter()
         .map(|s| {
-            let live = async_std::task::block_on(call_one(ep, &s.name, s.address, &Request::Info));
+            let (ep, name, addr) = (ep.clone(), s.name.clone(), s.address);
+            async_std::task::spawn(async move { call_one(&ep, &name, addr, &Request::Info).await })
+        })
+        .collect();
+    let answers: Vec<_> = async_std::task::block_on(async {
+        let mut out = Vec::with_capacity(asks.len());
+        for a in asks {
+            out.push(a.await);
+        }
+        out
+    });
+    config
+        .servers
+        .iter()
+        .zip(answers)
+        .map(|(s, live)| {
             if let Ok(Response::Info(i)) = live {
                 let running_member = i.is_member && i.leader.is_some();
                 let facts = ServerFacts {

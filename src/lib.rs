@@ -14,3 +14,4 @@ pub mod proto;
 pub mod state;
 pub mod tls;
 pub mod transport;
+pub mod view;

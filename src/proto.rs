@@ -50,7 +50,8 @@ pub struct RaftBatch {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalInfo {
     pub name: String,
-    /// `coordinator`, `follower`, `joining`, `witness`, `waiting`, `stopping`.
+    /// `coordinator`, `follower`, `joining`, `witness`, `electing` (a member
+    /// that knows no coordinator), `waiting`, `stopping`.
     pub state: String,
     pub cluster_id: Option<String>,
     /// Milliseconds since the epoch when this process started (discovery tie-break).
@@ -87,8 +88,13 @@ pub struct ServerStatus {
     pub connected: bool,
     pub synchronized: bool,
     pub applied_index: u64,
-    /// Why the server is waiting (e.g. which servers to start first), if it is.
+    /// Why the server is waiting (e.g. which servers to start first) or has
+    /// no coordinator (e.g. "no quorum: reaches 0 of 2 other voters").
     pub note: Option<String>,
+    /// Milliseconds since the answering instance last heard from this server
+    /// (0 for itself; `None`: never heard since it started).
+    #[serde(default)]
+    pub heard_ago_ms: Option<u64>,
 }
 
 /// `claro status`: the same view from every instance (the coordinator's).
@@ -99,8 +105,12 @@ pub struct StatusView {
     pub term: u64,
     pub commit_index: u64,
     pub servers: Vec<ServerStatus>,
-    /// Which instance answered (and whether from the coordinator's view).
+    /// Which instance answered.
     pub answered_by: String,
+    /// The view is the coordinator's own (else the answering instance's, made
+    /// from what it last heard: the coordinator was unknown or too slow).
+    #[serde(default)]
+    pub from_coordinator: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,8 +130,18 @@ pub enum Request {
         name: String,
     },
     /// Apply a command through the coordinator; answers once applied there.
+    /// Any instance takes it: one that is not the coordinator forwards it,
+    /// and holds it through a coordinator change until `PROPOSAL_WAIT_MS`.
     Propose {
         command: Command,
+        /// Chosen by the client, the same on every retry: the cluster applies
+        /// a request id once (`state::REQUEST_IDS_KEEP_ENTRIES`).
+        #[serde(default)]
+        request_id: Option<String>,
+        /// Sent on by an instance to the coordinator it knows: never sent on
+        /// again (answered `NotLeader` if that is no longer the coordinator).
+        #[serde(default)]
+        forwarded: bool,
     },
     /// Read a setting from this instance's replica.
     Get {
@@ -148,6 +168,13 @@ pub enum Request {
         meta: SnapshotFile,
         raft_message: serde_bytes::ByteBuf,
     },
+    /// Peer only: the periodic exchange of the live view: the sender's own
+    /// facts; answered with `Info` (the receiver's).
+    Gossip {
+        info: LocalInfo,
+    },
+    /// Peer only: the receiver's own status view, never forwarded.
+    View,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -191,7 +218,22 @@ pub enum Response {
     },
 }
 
+/// A fresh request id: 128 random bits in hex. A client picks one per write
+/// and sends it again on every retry of that write.
+pub fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
 impl Request {
+    /// A client's proposal, tagged with its request id.
+    pub fn propose(command: Command, request_id: Option<String>) -> Request {
+        Request::Propose {
+            command,
+            request_id,
+            forwarded: false,
+        }
+    }
+
     /// Requests only instances may make (never clients).
     pub fn is_peer_only(&self) -> bool {
         matches!(
@@ -200,6 +242,8 @@ impl Request {
                 | Request::Join { .. }
                 | Request::Leave { .. }
                 | Request::Snapshot { .. }
+                | Request::Gossip { .. }
+                | Request::View
         )
     }
 }

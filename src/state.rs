@@ -18,6 +18,12 @@ use serde::{Deserialize, Serialize};
 pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
 /// Largest key.
 pub const KEY_BYTES_MAX: usize = 1024;
+/// Longest client request id.
+pub const REQUEST_ID_BYTES_MAX: usize = 64;
+/// Request ids are remembered for this many log entries after they were
+/// applied: a client retry of an ambiguous write (it waits at most
+/// `PROPOSAL_WAIT_MS`, 10 s) arrives well within it even at 9,000 writes/s.
+pub const REQUEST_IDS_KEEP_ENTRIES: u64 = 200_000;
 
 /// A change to the replicated state, carried in a Raft entry as CBOR.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +39,12 @@ pub enum Command {
     },
     Delete {
         key: String,
+    },
+    /// `command` under a client's request id: applied the first time the id
+    /// is seen, a no-op on every later entry carrying it (a retried write).
+    Once {
+        request_id: String,
+        command: Box<Command>,
     },
 }
 
@@ -52,6 +64,17 @@ impl Command {
             {
                 Err(format!("key must be 1..={KEY_BYTES_MAX} bytes"))
             }
+            Command::Once { request_id, .. }
+                if request_id.is_empty() || request_id.len() > REQUEST_ID_BYTES_MAX =>
+            {
+                Err(format!(
+                    "request id must be 1..={REQUEST_ID_BYTES_MAX} bytes"
+                ))
+            }
+            Command::Once { command, .. } if matches!(**command, Command::Once { .. }) => {
+                Err("a request id cannot wrap another request id".into())
+            }
+            Command::Once { command, .. } => command.validate(),
             _ => Ok(()),
         }
     }
@@ -218,6 +241,18 @@ impl StateMachine {
             .optional()
     }
 
+    /// The index at which the write tagged `request_id` was applied, if it was
+    /// (within the last `REQUEST_IDS_KEEP_ENTRIES` entries).
+    pub fn request_index(&self, request_id: &str) -> rusqlite::Result<Option<u64>> {
+        self.conn
+            .query_row(
+                "SELECT applied_index FROM requests WHERE id = ?1",
+                params![request_id],
+                |r| r.get(0),
+            )
+            .optional()
+    }
+
     /// All settings in key order, at most `count_max`.
     pub fn list(&self, count_max: usize) -> rusqlite::Result<Vec<(String, Vec<u8>)>> {
         let mut stmt = self
@@ -243,6 +278,17 @@ impl StateMachine {
             ctx.update(key.as_bytes());
             ctx.update(&(value.len() as u64).to_be_bytes());
             ctx.update(&value);
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, applied_index FROM requests ORDER BY id")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let id: String = row.get(0)?;
+            let index: u64 = row.get(1)?;
+            ctx.update(&(id.len() as u64).to_be_bytes());
+            ctx.update(id.as_bytes());
+            ctx.update(&index.to_be_bytes());
         }
         Ok(hex(ctx.finish().as_ref()))
     }
@@ -312,7 +358,9 @@ fn open_conn(path: &Path, sync: Sync) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "synchronous", level)?;
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-         CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value BLOB NOT NULL, updated_index INTEGER NOT NULL);",
+         CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value BLOB NOT NULL, updated_index INTEGER NOT NULL);
+         CREATE TABLE IF NOT EXISTS requests (id TEXT PRIMARY KEY, applied_index INTEGER NOT NULL);
+         CREATE INDEX IF NOT EXISTS requests_by_index ON requests (applied_index);",
     )?;
     Ok(conn)
 }
@@ -341,6 +389,23 @@ fn apply_command(
         Command::Delete { key } => {
             tx.prepare_cached("DELETE FROM settings WHERE key = ?1")?
                 .execute(params![key])?;
+        }
+        Command::Once {
+            request_id,
+            command,
+        } => {
+            let seen = tx
+                .prepare_cached("SELECT 1 FROM requests WHERE id = ?1")?
+                .exists(params![request_id])?;
+            if !seen {
+                apply_command(tx, index, command, cluster_id)?;
+                tx.prepare_cached("INSERT INTO requests (id, applied_index) VALUES (?1, ?2)")?
+                    .execute(params![request_id, index])?;
+            }
+            // Forget ids older than the window, by index: the same on every replica.
+            let horizon = index.saturating_sub(REQUEST_IDS_KEEP_ENTRIES);
+            tx.prepare_cached("DELETE FROM requests WHERE applied_index < ?1")?
+                .execute(params![horizon])?;
         }
     }
     Ok(())
@@ -404,6 +469,58 @@ mod tests {
         );
         reader.execute_batch("COMMIT;").unwrap();
         assert!(sm.checkpoint().unwrap());
+    }
+
+    #[test]
+    fn a_request_id_is_applied_once_and_forgotten_after_the_window() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(&tmp.path().join("state.db"), Sync::Off).unwrap();
+        let once = |v: u8| Command::Once {
+            request_id: "r1".into(),
+            command: Box::new(Command::Put {
+                key: "k".into(),
+                value: vec![v],
+            }),
+        };
+        sm.apply(&[(1, 1, Change::Command(&once(1)))]).unwrap();
+        let other = Command::Put {
+            key: "k".into(),
+            value: vec![2],
+        };
+        sm.apply(&[(2, 1, Change::Command(&other))]).unwrap();
+        // The retry of r1 must not overwrite the later write.
+        sm.apply(&[(3, 1, Change::Command(&once(1)))]).unwrap();
+        assert_eq!(sm.get("k").unwrap(), Some(vec![2]));
+        assert_eq!(sm.request_index("r1").unwrap(), Some(1));
+        // Far beyond the window, another id's apply prunes r1.
+        let late = REQUEST_IDS_KEEP_ENTRIES + 5;
+        let batch: Vec<(u64, u64, Change<'_>)> = (4..late).map(|i| (i, 1, Change::Empty)).collect();
+        sm.apply(&batch).unwrap();
+        let r2 = Command::Once {
+            request_id: "r2".into(),
+            command: Box::new(other.clone()),
+        };
+        sm.apply(&[(late, 1, Change::Command(&r2))]).unwrap();
+        assert_eq!(sm.request_index("r1").unwrap(), None);
+        assert_eq!(sm.request_index("r2").unwrap(), Some(late));
+    }
+
+    #[test]
+    fn request_ids_are_validated() {
+        let put = Command::Put {
+            key: "k".into(),
+            value: vec![],
+        };
+        let once = |id: &str, c: Command| Command::Once {
+            request_id: id.into(),
+            command: Box::new(c),
+        };
+        assert!(once("", put.clone()).validate().is_err());
+        assert!(once(&"x".repeat(REQUEST_ID_BYTES_MAX + 1), put.clone())
+            .validate()
+            .is_err());
+        assert!(once("a", once("b", put.clone())).validate().is_err());
+        assert!(once("a", put).validate().is_ok());
     }
 
     #[test]

@@ -267,6 +267,8 @@ fn transport_config() -> quinn::TransportConfig {
 const MTU_PROBE_BYTES_MAX: u16 = 8952;
 
 /// A quinn endpoint with the configuration of its outgoing connections.
+/// Cloning is cheap: clones share the one endpoint.
+#[derive(Clone)]
 pub struct Endpoint {
     pub quinn: quinn::Endpoint,
     client: quinn::ClientConfig,

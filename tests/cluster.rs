@@ -93,9 +93,13 @@ fn kill_9_of_the_coordinator_elects_another_that_keeps_committing() {
     });
     c.set("srv3", "after", b"2".to_vec()).unwrap();
     assert_eq!(c.get("srv2", "before").as_deref(), Some(&b"1"[..]));
-    let v = c.status("srv3").unwrap();
-    let srv1 = v.servers.iter().find(|s| s.name == "srv1").unwrap();
-    assert_eq!((srv1.state.as_str(), srv1.connected), ("down", false));
+    // Down once silent for node_timeout_ms (3 s).
+    c.wait(10, "srv1 shown down", || {
+        c.status("srv3").is_some_and(|v| {
+            let srv1 = v.servers.iter().find(|s| s.name == "srv1").unwrap();
+            (srv1.state.as_str(), srv1.connected) == ("down", false)
+        })
+    });
     // The crashed instance is still a voter and is recognised when it returns.
     c.start("srv1");
     c.wait(SETTLE_S, "srv1 back and synchronized", || {

@@ -16,8 +16,7 @@ use raft::eraftpb::{ConfChangeType, Message};
 use super::{now_ms, raft_id, Phase, Shared, PEER_CALL_MS, PROPOSAL_WAIT_MS};
 use crate::membership;
 use crate::proto::{
-    LocalInfo, RaftBatch, Request, Response, ServerStatus, StatusView, RAFT_BATCH_BYTES_MAX,
-    REQUEST_BYTES_MAX,
+    LocalInfo, RaftBatch, Request, Response, StatusView, RAFT_BATCH_BYTES_MAX, REQUEST_BYTES_MAX,
 };
 use crate::state::Command;
 use crate::transport::{alpn_of, peer_cert, read_frame, write_frame, ALPN_CLIENT, ALPN_PEER};
@@ -26,8 +25,14 @@ use crate::transport::{alpn_of, peer_cert, read_frame, write_frame, ALPN_CLIENT,
 const HELLO_WAIT_MS: u64 = 5_000;
 /// Time a request's frame may take to arrive once its stream is open.
 const REQUEST_READ_MS: u64 = 10_000;
-/// Time the status view waits for each instance's answer.
-const STATUS_PROBE_MS: u64 = 700;
+/// Time `claro status` waits for the coordinator's own view before it answers
+/// from this instance's live view (its whole budget is 300 ms).
+const STATUS_FORWARD_MS: u64 = 150;
+/// Time between two looks for a coordinator while a write is held.
+const HOLD_POLL_MS: u64 = 20;
+/// Time between two checks, while a proposal waits to be applied, that this
+/// instance is still the coordinator of the term it proposed in.
+const LEADER_CHECK_MS: u64 = 50;
 /// Attempts of a manual coordinator transfer, one second each.
 const TRANSFER_TRIES: u32 = 5;
 /// Settings listed at most by one `List`.
@@ -73,6 +78,7 @@ async fn serve_peer(shared: Arc<Shared>, conn: quinn::Connection) {
             return;
         }
     };
+    shared.view().heard_from(&name, now_ms());
     let uni = async_std::task::spawn(raft_streams(shared.clone(), conn.clone(), name.clone()));
     serve_requests(shared, conn, Some(name)).await;
     drop(uni);
@@ -146,6 +152,7 @@ async fn raft_stream(shared: Arc<Shared>, mut recv: quinn::RecvStream, name: Str
 }
 
 fn step_batch(shared: &Shared, from: u64, name: &str, batch: RaftBatch) {
+    shared.view().heard_from(name, now_ms());
     let mut guard = shared.core();
     let Some(core) = guard.as_mut() else { return };
     for bytes in batch.messages {
@@ -225,13 +232,22 @@ async fn respond(shared: &Arc<Shared>, peer: Option<&str>, req: Request) -> Resp
         Request::Join { .. } | Request::Leave { .. } => Response::Error {
             message: "an instance may only join or leave as itself".into(),
         },
-        Request::Propose { command } => propose(shared, command).await,
+        Request::Propose {
+            command,
+            request_id,
+            forwarded,
+        } => propose(shared, command, request_id, forwarded).await,
         Request::Get { key } => read_setting(shared, &key),
         Request::List => list_settings(shared),
         Request::Digest => digest(shared),
         Request::Stop { name } => stop(shared, &name).await,
         Request::Transfer { name } => transfer(shared, &name).await,
-        Request::Hello(_) | Request::Snapshot { .. } => Response::Error {
+        Request::Gossip { info } if Some(info.name.as_str()) == peer => {
+            shared.view().info_from(info, now_ms());
+            Response::Info(local_info(shared))
+        }
+        Request::View => Response::Status(own_view(shared)),
+        Request::Hello(_) | Request::Snapshot { .. } | Request::Gossip { .. } => Response::Error {
             message: "unexpected request".into(),
         },
     }
@@ -271,8 +287,30 @@ pub fn local_info(shared: &Shared) -> LocalInfo {
         info.commit_index = core.commit_index();
         info.applied_index = core.applied_index();
         info.state = state_name(shared, core, &phase).into();
+        if info.state == "electing" {
+            info.note = Some(electing_note(shared, core));
+        }
     }
     info
+}
+
+/// Why this member knows no coordinator, from the live view. A voter counts
+/// as reachable when heard from within an election timeout, not the longer
+/// `node_timeout_ms`: Raft gives up on a silent coordinator after the former,
+/// and the note must be true from the moment the state says `electing`.
+fn electing_note(shared: &Shared, core: &crate::consensus::Core) -> String {
+    let others: Vec<&str> = core
+        .conf_state()
+        .voters
+        .iter()
+        .filter(|id| **id != shared.id)
+        .filter_map(|id| shared.name_of(*id))
+        .collect();
+    let window_ms = shared.cfg.timing.election_ms;
+    let reachable = shared
+        .view()
+        .heard_count(others.iter().copied(), window_ms, now_ms());
+    crate::view::electing_note(others.len(), reachable)
 }
 
 fn state_name(shared: &Shared, core: &crate::consensus::Core, phase: &Phase) -> &'static str {
@@ -280,6 +318,7 @@ fn state_name(shared: &Shared, core: &crate::consensus::Core, phase: &Phase) -> 
         Phase::Discovering | Phase::Waiting { .. } => "waiting",
         _ if core.is_leader() => "coordinator",
         _ if core.is_learner(shared.id) => "joining",
+        _ if core.is_voter(shared.id) && core.leader_id().is_none() => "electing",
         _ if core.is_voter(shared.id) && shared.me.role == crate::config::Role::Witness => {
             "witness"
         }
@@ -303,64 +342,26 @@ async fn forward_to_leader(shared: &Shared, req: &Request, timeout_ms: u64) -> O
     }
 }
 
+/// The coordinator's own view when it answers within `STATUS_FORWARD_MS`,
+/// else this instance's live view: never waits on a server that is down.
 async fn status(shared: &Arc<Shared>) -> Response {
     if !shared.is_leader() {
-        if let Some(Response::Status(view)) =
-            forward_to_leader(shared, &Request::Status, PEER_CALL_MS * 2).await
-        {
-            return Response::Status(view);
+        let ask = forward_to_leader(shared, &Request::View, STATUS_FORWARD_MS);
+        let answer =
+            async_std::future::timeout(Duration::from_millis(STATUS_FORWARD_MS), ask).await;
+        if let Ok(Some(Response::Status(view))) = answer {
+            if view.from_coordinator {
+                return Response::Status(view);
+            }
         }
     }
-    Response::Status(gather_status(shared).await)
+    Response::Status(own_view(shared))
 }
 
-/// The status view from this instance: every configured server asked at once.
-pub async fn gather_status(shared: &Arc<Shared>) -> StatusView {
+/// This instance's status view, from what it last heard (no waiting).
+pub fn own_view(shared: &Shared) -> StatusView {
     let me = local_info(shared);
-    let answers = super::peers::ask_others(shared, &Request::Info, STATUS_PROBE_MS).await;
-    let mut infos = vec![Some(me.clone())];
-    infos.extend(answers.into_iter().map(|r| match r {
-        Ok(Response::Info(i)) => Some(i),
-        _ => None,
-    }));
-    let servers = shared
-        .cfg
-        .servers
-        .iter()
-        .map(|s| {
-            let info = infos.iter().flatten().find(|i| i.name == s.name);
-            server_status(s, info, me.commit_index)
-        })
-        .collect();
-    StatusView {
-        cluster_id: me.cluster_id.clone(),
-        coordinator: me.leader.clone(),
-        term: me.term,
-        commit_index: me.commit_index,
-        servers,
-        answered_by: shared.me.name.clone(),
-    }
-}
-
-fn server_status(
-    s: &crate::config::ServerConf,
-    info: Option<&LocalInfo>,
-    commit: u64,
-) -> ServerStatus {
-    let role = match s.role {
-        crate::config::Role::Server => "server",
-        crate::config::Role::Witness => "witness",
-    };
-    ServerStatus {
-        name: s.name.clone(),
-        address: s.address.to_string(),
-        role: role.into(),
-        state: info.map_or("down".into(), |i| i.state.clone()),
-        connected: info.is_some(),
-        synchronized: info.is_some_and(|i| i.is_member && i.applied_index >= commit && commit > 0),
-        applied_index: info.map_or(0, |i| i.applied_index),
-        note: info.and_then(|i| i.note.clone()),
-    }
+    shared.view().status(&shared.cfg.servers, &me, now_ms())
 }
 
 /// Waits until `done` holds on the core, checking every 50 ms, for `wait_ms`.
@@ -465,44 +466,160 @@ async fn leave(shared: &Shared, name: &str) -> Response {
     Response::Left { remaining }
 }
 
-async fn propose(shared: &Shared, command: Command) -> Response {
+/// A write from a client or another instance. It is held through a
+/// coordinator change: forwarded to the coordinator this instance knows, or
+/// proposed here when that is this instance, and tried again (under the same
+/// request id, so it is applied once) until `PROPOSAL_WAIT_MS` has passed.
+async fn propose(
+    shared: &Arc<Shared>,
+    command: Command,
+    request_id: Option<String>,
+    forwarded: bool,
+) -> Response {
+    // A write without the client's id gets one here: this instance's own
+    // retries through a new coordinator must not apply it twice either.
+    let command = match (command, request_id) {
+        (c @ Command::Once { .. }, _) => c,
+        (c, id) => Command::Once {
+            request_id: id.unwrap_or_else(crate::proto::new_request_id),
+            command: Box::new(c),
+        },
+    };
     if let Err(message) = command.validate() {
         return Response::Error { message };
     }
-    if !shared.is_leader() {
-        let req = Request::Propose { command };
-        return forward_to_leader(shared, &req, PROPOSAL_WAIT_MS + PEER_CALL_MS)
-            .await
-            .unwrap_or(Response::Error {
-                message: "no coordinator is elected".into(),
-            });
-    }
-    let (ctx, applied) = shared.register_proposal();
-    let r = shared
-        .core()
-        .as_mut()
-        .map(|c| c.propose(ctx.clone(), &command));
-    match r {
-        Some(Ok(())) => {}
-        Some(Err(message)) => {
-            shared.forget_proposal(&ctx);
-            return Response::Error { message };
-        }
-        None => {
-            return Response::Error {
-                message: "not running".into(),
+    let deadline = std::time::Instant::now() + Duration::from_millis(PROPOSAL_WAIT_MS);
+    let mut why = String::from("no coordinator is elected");
+    while std::time::Instant::now() < deadline {
+        if shared.is_leader() {
+            match propose_here(shared, &command, deadline).await {
+                Some(answer) => return answer,
+                None => continue,
             }
         }
+        if forwarded {
+            // The sender holds the write; it asks the coordinator it learns next.
+            return Response::NotLeader {
+                leader: shared.leader_name(),
+            };
+        }
+        match hold_or_forward(shared, &command, deadline).await {
+            Ok(answer) => return answer,
+            Err(reason) => why = reason,
+        }
+        async_std::task::sleep(Duration::from_millis(HOLD_POLL_MS)).await;
     }
-    shared.wake();
-    match async_std::future::timeout(Duration::from_millis(PROPOSAL_WAIT_MS), applied.recv()).await
-    {
-        Ok(Ok(index)) => Response::Proposed { index },
-        _ => {
+    Response::Error {
+        message: format!(
+            "not applied within {PROPOSAL_WAIT_MS} ms ({why}); it may still be applied: a retry with the same request id is applied at most once"
+        ),
+    }
+}
+
+/// Sends the write to the coordinator this instance knows. `Err`: try again
+/// (no coordinator known, it is unreachable, or it no longer coordinates).
+async fn hold_or_forward(
+    shared: &Arc<Shared>,
+    command: &Command,
+    deadline: std::time::Instant,
+) -> Result<Response, String> {
+    let Some(leader) = shared.leader_name().filter(|l| *l != shared.me.name) else {
+        return Err("no coordinator is elected".into());
+    };
+    let left_ms = deadline
+        .saturating_duration_since(std::time::Instant::now())
+        .as_millis() as u64;
+    let req = Request::Propose {
+        command: command.clone(),
+        request_id: None,
+        forwarded: true,
+    };
+    let forward = async {
+        match shared
+            .peers
+            .call(shared, &leader, &req, left_ms.max(1))
+            .await
+        {
+            Ok(Response::NotLeader { .. }) => Err(format!("{leader} no longer coordinates")),
+            Ok(answer) => Ok(answer),
+            Err(e) => Err(format!("coordinator {leader} unreachable: {e}")),
+        }
+    };
+    // A coordinator that died leaves its connection open until QUIC's idle
+    // timeout: stop waiting on it as soon as this instance knows it is gone.
+    let replaced = async {
+        loop {
+            async_std::task::sleep(Duration::from_millis(HOLD_POLL_MS)).await;
+            if shared.leader_name().as_deref() != Some(leader.as_str()) {
+                return Err(format!("coordinator {leader} was replaced"));
+            }
+        }
+    };
+    futures_lite::future::or(forward, replaced).await
+}
+
+/// Proposes on this instance, the coordinator, and waits until the write is
+/// applied here. `None`: the coordinator role was lost first (the caller
+/// tries again through the next coordinator).
+async fn propose_here(
+    shared: &Shared,
+    command: &Command,
+    deadline: std::time::Instant,
+) -> Option<Response> {
+    if let Some(index) = applied_request(shared, command) {
+        return Some(Response::Proposed { index });
+    }
+    let (ctx, applied) = shared.register_proposal();
+    let proposed = shared.core().as_mut().map(|c| {
+        let term = c.term();
+        c.propose(ctx.clone(), command).map(|()| term)
+    });
+    let term = match proposed {
+        Some(Ok(term)) => term,
+        Some(Err(_)) | None if !shared.is_leader() => {
             shared.forget_proposal(&ctx);
-            Response::Error { message: format!("not applied within {PROPOSAL_WAIT_MS} ms (the coordinator may have changed); it may still be applied") }
+            return None;
+        }
+        Some(Err(message)) => {
+            shared.forget_proposal(&ctx);
+            return Some(Response::Error { message });
+        }
+        None => {
+            return Some(Response::Error {
+                message: "not running".into(),
+            })
+        }
+    };
+    shared.wake();
+    while std::time::Instant::now() < deadline {
+        let wait = Duration::from_millis(LEADER_CHECK_MS);
+        if let Ok(Ok(index)) = async_std::future::timeout(wait, applied.recv()).await {
+            // A retry applies as a no-op: report where the write itself went.
+            let index = applied_request(shared, command).unwrap_or(index);
+            return Some(Response::Proposed { index });
+        }
+        let still = shared
+            .core()
+            .as_ref()
+            .is_some_and(|c| c.is_leader() && c.term() == term);
+        if !still {
+            shared.forget_proposal(&ctx);
+            return None;
         }
     }
+    shared.forget_proposal(&ctx);
+    Some(Response::Error {
+        message: format!("not applied within {PROPOSAL_WAIT_MS} ms; it may still be applied: a retry with the same request id is applied at most once"),
+    })
+}
+
+/// Where the write tagged with `command`'s request id was applied, if it was.
+fn applied_request(shared: &Shared, command: &Command) -> Option<u64> {
+    let Command::Once { request_id, .. } = command else {
+        return None;
+    };
+    let guard = shared.core();
+    guard.as_ref()?.state().request_index(request_id).ok()?
 }
 
 fn read_setting(shared: &Shared, key: &str) -> Response {

@@ -11,6 +11,7 @@
 //! What it must not do: decide anything Raft decides, or touch state.db except
 //! through the core.
 
+mod gossip;
 mod handlers;
 mod peers;
 mod snapshot;
@@ -32,6 +33,7 @@ use crate::config::{Config, Role, ServerConf};
 use crate::consensus::{Core, CoreConfig, Output};
 use crate::proto::{Hello, StopRecord, PROTOCOL_VERSION};
 use crate::transport::Endpoint;
+use crate::view::ClusterView;
 
 /// Outbound Raft messages queued per peer before new ones are dropped (raft
 /// retransmits; a stalled peer must not grow memory without bound).
@@ -85,6 +87,8 @@ pub(crate) struct Shared {
     proposal_seq: AtomicU64,
     pub last_stop: Mutex<Option<StopRecord>>,
     facts: Mutex<startup::LocalFacts>,
+    /// What this instance last heard from every server (`claro status`).
+    view: Mutex<ClusterView>,
 }
 
 /// A server's Raft id: derived from its name, so that it is the same on every
@@ -106,6 +110,10 @@ pub fn now_ms() -> u64 {
 impl Shared {
     pub fn core(&self) -> MutexGuard<'_, Option<Core>> {
         self.core.lock().expect("core lock")
+    }
+
+    pub fn view(&self) -> MutexGuard<'_, ClusterView> {
+        self.view.lock().expect("view lock")
     }
 
     pub fn phase(&self) -> Phase {
@@ -241,6 +249,7 @@ async fn serve_async(opts: ServeOptions) -> Result<(), String> {
     stop::install_signal_handlers(shared.clone());
     async_std::task::spawn(handlers::accept_loop(shared.clone()));
     async_std::task::spawn(startup::run(shared.clone(), wake_rx));
+    gossip::spawn(&shared);
     let _ = stop_rx.recv().await;
     shared.stopping.store(true, Ordering::SeqCst);
     stop::graceful_stop(&shared).await;

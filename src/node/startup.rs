@@ -80,6 +80,7 @@ pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
         cfg.servers.len(),
         "raft ids of server names collide"
     );
+    let cfg_timeout_ms = cfg.timing.node_timeout_ms;
     let (wake, wake_rx) = async_std::channel::bounded(1);
     let (stop_tx, stop_rx) = async_std::channel::bounded(4);
     let facts = read_facts(&dir, id);
@@ -104,6 +105,7 @@ pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
         proposal_seq: AtomicU64::new(0),
         last_stop: Mutex::new(last_stop),
         facts: Mutex::new(facts),
+        view: Mutex::new(crate::view::ClusterView::new(cfg_timeout_ms)),
     };
     Ok((Arc::new(shared), wake_rx, stop_rx))
 }

@@ -204,7 +204,10 @@ impl Cluster {
             key: key.into(),
             value,
         };
-        match self.call(via, Request::Propose { command })? {
+        match self.call(
+            via,
+            Request::propose(command, Some(claro::proto::new_request_id())),
+        )? {
             Response::Proposed { index } => Ok(index),
             other => Err(format!("{other:?}")),
         }
