@@ -20,8 +20,9 @@ const REQUEST_MS: u64 = 20_000;
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ClientArgs {
-    /// The instance to ask: a server name or ADDRESS[:PORT] (default: each
-    /// server of the config in turn until one answers).
+    /// The instance to ask: a server name, or an IP or host name with or
+    /// without :PORT (default: each server of the config in turn until one
+    /// answers).
     #[arg(long)]
     pub server: Option<String>,
     /// Print JSON.
@@ -312,33 +313,13 @@ pub fn start_order(
     Ok(())
 }
 
-/// Resolves `--server` (a name, an address, or address:port) to the config's server.
+/// Resolves `--server` (a name, an IP or host name, with or without a
+/// port) to the config's server; see [`Config::server_by_arg`].
 pub fn resolve_server(config: &Config, arg: &str) -> Result<(String, SocketAddr), Failure> {
-    if let Some(s) = config.server(arg) {
-        return Ok((s.name.clone(), s.address));
-    }
-    let addr: SocketAddr = match arg.parse::<SocketAddr>() {
-        Ok(a) => a,
-        Err(_) => match arg.parse::<std::net::IpAddr>() {
-            Ok(ip) => SocketAddr::new(ip, config.port),
-            Err(_) => {
-                return Err(Failure::usage(format!(
-                    "--server `{arg}` is neither a server name nor an address"
-                )))
-            }
-        },
-    };
     config
-        .servers
-        .iter()
-        .find(|s| s.address == addr)
+        .server_by_arg(arg)
         .map(|s| (s.name.clone(), s.address))
-        .ok_or_else(|| {
-            Failure::usage(format!(
-                "no server with address {addr} in {}",
-                config.path.display()
-            ))
-        })
+        .map_err(|e| Failure::usage(format!("--server {e}")))
 }
 
 /// Prints a response for the simple commands; errors become failures.

@@ -9,9 +9,11 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
@@ -37,6 +39,15 @@ pub const CONFIG_MAX_BYTES: u64 = 1024 * 1024;
 pub const TLS_DIR_DEFAULT: &str = "tls";
 /// The name of the CLI's client certificate, so no server may take it.
 pub const RESERVED_SERVER_NAME: &str = "client";
+/// Upper bound of a host name's length (RFC 1035: 253 characters written).
+pub const HOST_NAME_MAX_CHARS: usize = 253;
+/// Upper bound of one label of a host name (RFC 1035).
+pub const HOST_LABEL_MAX_CHARS: usize = 63;
+/// How long a host name lookup may take. The system resolver (getaddrinfo)
+/// has no deadline of its own (glibc's default is 5 s per attempt, 2
+/// attempts, per name server), so each lookup runs on a thread of its own and
+/// is abandoned after this wait; the thread ends when the resolver gives up.
+pub const RESOLVE_WAIT_MS: u64 = 2_000;
 
 /// What a server does in the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -63,16 +74,87 @@ impl fmt::Display for Role {
     }
 }
 
+/// Where a server is, as its `address` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    Ip(IpAddr),
+    /// A DNS name, lowercased (DNS is case-insensitive; the membership text
+    /// must not depend on how it was typed).
+    Name(String),
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Ip(ip) => write!(f, "{ip}"),
+            Host::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+impl Host {
+    /// Parses `IP`, `IP:PORT`, `[IPv6]:PORT`, `NAME` or `NAME:PORT`; without
+    /// a port, `default_port`. Nothing is resolved.
+    pub fn parse(text: &str, default_port: u16) -> Result<(Host, u16), String> {
+        parse_address(text, default_port)
+    }
+
+    /// Every address of this host on `port`, within [`RESOLVE_WAIT_MS`]; an
+    /// IP is itself. An error says why, naming the host.
+    pub fn lookup(&self, port: u16) -> Result<Vec<SocketAddr>, String> {
+        lookup_all(&[(self, port)]).swap_remove(0)
+    }
+}
+
 /// One `[[server]]` of the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConf {
     pub name: String,
-    /// The configured IP with either the cluster port or the explicit port of
-    /// an `IP:PORT` address.
+    /// The host as the config writes it (an IP or a DNS name). This, not
+    /// the resolved address, is what members compare, so that servers with
+    /// different DNS views still agree on the membership.
+    pub host: Host,
+    /// The explicit port of `HOST:PORT`, else the cluster port.
+    pub port: u16,
+    /// `host` resolved when the config was loaded (see [`ServerConf::resolve`]
+    /// for connections made later). Of a name with both IPv4 and IPv6
+    /// addresses, the first IPv4 one: a cluster's servers mostly share an
+    /// IPv4 network, and one fixed rule makes every server pick alike.
     pub address: SocketAddr,
     /// Parallel jobs, 1..=[`SLOTS_MAX`].
     pub slots: u32,
     pub role: Role,
+}
+
+impl ServerConf {
+    /// The address as configured, in one canonical form: `IP:PORT`,
+    /// `[IPv6]:PORT` or `NAME:PORT`.
+    pub fn configured_address(&self) -> String {
+        configured(&self.host, self.port)
+    }
+
+    /// The address to connect to now. A name is looked up again (within
+    /// [`RESOLVE_WAIT_MS`], on a blocking thread so the caller's executor
+    /// is not held up), so a server whose DNS record changed is found at
+    /// its new address without a restart. When the lookup fails the address
+    /// found at load is used: a resolver that is briefly down must not cut
+    /// a running cluster apart.
+    pub async fn resolve(&self) -> SocketAddr {
+        let Host::Name(name) = &self.host else {
+            return self.address;
+        };
+        let (owned, port) = (name.clone(), self.port);
+        let lookup = async_std::task::spawn_blocking(move || system_lookup(&owned, port));
+        let wait = Duration::from_millis(RESOLVE_WAIT_MS);
+        let found = match async_std::future::timeout(wait, lookup).await {
+            Ok(result) => result.and_then(|all| prefer_ipv4(name, &all)),
+            Err(_) => Err(too_slow(name)),
+        };
+        found.unwrap_or_else(|e| {
+            tracing::warn!(server = %self.name, "{e}; using {} found at start", self.address);
+            self.address
+        })
+    }
 }
 
 /// The `[timing]` table, all in milliseconds.
@@ -290,8 +372,39 @@ impl Config {
         self.servers.iter().find(|s| s.name == name)
     }
 
+    /// The `[[server]]` that `arg` (a client's `--server`) means: a server
+    /// name; else an address (`IP`, `IP:PORT`, `NAME`, `NAME:PORT`, without
+    /// a port the cluster port) that is a server's configured address or
+    /// resolves to a server's resolved address. The error names `arg`.
+    pub fn server_by_arg(&self, arg: &str) -> Result<&ServerConf, String> {
+        if let Some(s) = self.server(arg) {
+            return Ok(s);
+        }
+        let (host, port) = Host::parse(arg, self.port)
+            .map_err(|e| format!("`{arg}` is neither a server name nor an address: {e}"))?;
+        if let Some(s) = self
+            .servers
+            .iter()
+            .find(|s| s.host == host && s.port == port)
+        {
+            return Ok(s);
+        }
+        let found = host.lookup(port).map_err(|e| format!("`{arg}`: {e}"))?;
+        self.servers
+            .iter()
+            .find(|s| found.contains(&s.address))
+            .ok_or_else(|| {
+                let found: Vec<String> = found.iter().map(SocketAddr::to_string).collect();
+                format!(
+                    "`{arg}` ({}) is no server of {}",
+                    found.join(", "),
+                    self.path.display()
+                )
+            })
+    }
+
     /// This instance's `[[server]]`: the one named, or else the only one whose
-    /// IP is an address of this machine.
+    /// address (resolved, for a host name) is an address of this machine.
     pub fn local_server(&self, name: Option<&str>) -> Result<&ServerConf, ConfigError> {
         match name {
             Some(name) => self.server(name).ok_or_else(|| {
@@ -319,7 +432,10 @@ impl Config {
                 let all: Vec<String> = self
                     .servers
                     .iter()
-                    .map(|s| format!("{} {}", s.name, s.address.ip()))
+                    .map(|s| match &s.host {
+                        Host::Ip(ip) => format!("{} {ip}", s.name),
+                        Host::Name(name) => format!("{} {name} ({})", s.name, s.address.ip()),
+                    })
                     .collect();
                 let message = format!(
                     "no server in the config matches this machine's addresses ({}); pass --name",
@@ -357,7 +473,9 @@ impl Config {
         for s in servers {
             text.push_str(&format!(
                 "server {} address={} role={}\n",
-                s.name, s.address, s.role
+                s.name,
+                s.configured_address(),
+                s.role
             ));
         }
         text
@@ -631,11 +749,28 @@ fn timing_value(
 // [[server]]
 
 /// A valid `[[server]]` with where its name and address are written, for the
-/// checks across servers.
+/// checks across servers. Its host is not resolved yet.
 struct ParsedServer {
-    conf: ServerConf,
+    name: String,
+    host: Host,
+    port: u16,
+    slots: u32,
+    role: Role,
     name_span: Range<usize>,
     address_span: Range<usize>,
+}
+
+impl ParsedServer {
+    fn into_conf(self, address: SocketAddr) -> ServerConf {
+        ServerConf {
+            name: self.name,
+            host: self.host,
+            port: self.port,
+            address,
+            slots: self.slots,
+            role: self.role,
+        }
+    }
 }
 
 fn servers(
@@ -661,8 +796,9 @@ fn servers(
         .iter()
         .map(|entry| server(src, entry, port))
         .collect::<Result<Vec<_>, _>>()?;
-    check_unique(src, &parsed)?;
-    if parsed.iter().all(|p| p.conf.role == Role::Witness) {
+    // Everything that needs no resolver is checked before any lookup.
+    check_names(src, &parsed)?;
+    if parsed.iter().all(|p| p.role == Role::Witness) {
         // Witnesses never coordinate, so such a cluster could never elect one.
         let first = &raw[0];
         let span = first
@@ -673,34 +809,87 @@ fn servers(
         let message = "every server is a witness: at least one needs role \"server\"";
         return Err(src.err(Some(span), Some("server.role"), message));
     }
-    Ok(parsed.into_iter().map(|p| p.conf).collect())
+    let hosts: Vec<(&Host, u16)> = parsed.iter().map(|p| (&p.host, p.port)).collect();
+    let lookups = lookup_all(&hosts);
+    let mut resolved = Vec::with_capacity(parsed.len());
+    for (p, found) in parsed.into_iter().zip(lookups) {
+        let address = found
+            .and_then(|all| prefer_ipv4(&p.host.to_string(), &all))
+            .map_err(|m| src.err(Some(p.address_span.clone()), Some("server.address"), m))?;
+        resolved.push((p, address));
+    }
+    check_addresses(src, &resolved)?;
+    Ok(resolved
+        .into_iter()
+        .map(|(p, address)| p.into_conf(address))
+        .collect())
 }
 
-/// Names and addresses (IP and port) must be unique; the error points at
-/// the second of a pair.
-fn check_unique(src: &Source<'_>, parsed: &[ParsedServer]) -> Result<(), ConfigError> {
+/// Names must be unique (the error points at the second of a pair), and a
+/// host name must not be another server's name or the client's: it goes
+/// into this server's certificate, which would then pass for theirs.
+fn check_names(src: &Source<'_>, parsed: &[ParsedServer]) -> Result<(), ConfigError> {
     let mut names: HashMap<&str, &ParsedServer> = HashMap::new();
-    let mut addresses: HashMap<SocketAddr, &ParsedServer> = HashMap::new();
     for p in parsed {
-        if let Some(first) = names.insert(&p.conf.name, p) {
+        if let Some(first) = names.insert(&p.name, p) {
             let line = line_of(src.text, first.name_span.start);
-            let message = format!(
-                "duplicate server name `{}` (first at line {line})",
-                p.conf.name
-            );
+            let message = format!("duplicate server name `{}` (first at line {line})", p.name);
             return Err(src.err(Some(p.name_span.clone()), Some("server.name"), message));
         }
-        if let Some(first) = addresses.insert(p.conf.address, p) {
-            let message = format!(
-                "duplicate server address {} (also server `{}`)",
-                p.conf.address, first.conf.name
-            );
-            return Err(src.err(
-                Some(p.address_span.clone()),
-                Some("server.address"),
-                message,
-            ));
-        }
+    }
+    for p in parsed {
+        let Host::Name(host) = &p.host else { continue };
+        let whose = if host == RESERVED_SERVER_NAME {
+            "the command-line client's certificate".to_string()
+        } else if host != &p.name && names.contains_key(host.as_str()) {
+            format!("server `{host}`")
+        } else {
+            continue;
+        };
+        let message = format!(
+            "host name `{host}` is the name of {whose}: server `{}`'s certificate names its host, so it would pass for {whose}; write the host's qualified name or its IP",
+            p.name
+        );
+        return Err(src.err(
+            Some(p.address_span.clone()),
+            Some("server.address"),
+            message,
+        ));
+    }
+    Ok(())
+}
+
+/// Resolved addresses must be unique: two servers at one address could not
+/// both listen there. The error points at the second of a pair.
+fn check_addresses(
+    src: &Source<'_>,
+    resolved: &[(ParsedServer, SocketAddr)],
+) -> Result<(), ConfigError> {
+    let mut seen: HashMap<SocketAddr, &ParsedServer> = HashMap::new();
+    for (p, address) in resolved {
+        let Some(first) = seen.insert(*address, p) else {
+            continue;
+        };
+        let (mine, theirs) = (
+            configured(&p.host, p.port),
+            configured(&first.host, first.port),
+        );
+        let message = if mine == theirs {
+            format!(
+                "duplicate server address {mine} (also server `{}`)",
+                first.name
+            )
+        } else {
+            format!(
+                "{mine} resolves to {address}, the address of server `{}` ({theirs})",
+                first.name
+            )
+        };
+        return Err(src.err(
+            Some(p.address_span.clone()),
+            Some("server.address"),
+            message,
+        ));
     }
     Ok(())
 }
@@ -719,7 +908,7 @@ fn server(
         .address
         .as_ref()
         .ok_or_else(|| missing("server.address"))?;
-    let address_value =
+    let (host, port) =
         parse_address(address.get_ref(), port).map_err(|m| src.at(address, "server.address", m))?;
     let slots = match &r.slots {
         None => SLOTS_DEFAULT,
@@ -748,14 +937,12 @@ fn server(
             }
         },
     };
-    let conf = ServerConf {
+    Ok(ParsedServer {
         name: name.get_ref().clone(),
-        address: address_value,
+        host,
+        port,
         slots,
         role,
-    };
-    Ok(ParsedServer {
-        conf,
         name_span: name.span(),
         address_span: address.span(),
     })
@@ -782,28 +969,166 @@ fn check_server_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `IP` (with the cluster port) or `IP:PORT` (`[v6]:PORT` for IPv6).
-fn parse_address(text: &str, port: u16) -> Result<SocketAddr, String> {
-    let address = match (text.parse::<IpAddr>(), text.parse::<SocketAddr>()) {
-        (Ok(ip), _) => SocketAddr::new(ip, port),
-        (_, Ok(address)) => address,
-        _ => {
-            // Names are refused because every server must resolve them alike
-            // and certificates are checked against the configured address.
-            return Err(format!(
-                "not an IP address: {text:?} (write IP or IP:PORT; hostnames are not accepted)"
-            ));
-        }
+/// `IP`, `IP:PORT`, `[IPv6]:PORT`, `NAME` or `NAME:PORT` (without a port,
+/// the cluster port). A name is only checked for form here; it is looked up
+/// with the others in [`lookup_all`].
+fn parse_address(text: &str, port: u16) -> Result<(Host, u16), String> {
+    let (host, port) = match (text.parse::<IpAddr>(), text.parse::<SocketAddr>()) {
+        (Ok(ip), _) => (Host::Ip(ip), port),
+        (_, Ok(address)) => (Host::Ip(address.ip()), address.port()),
+        _ => parse_name(text, port)?,
     };
-    if address.port() == 0 {
+    if port == 0 {
         return Err(format!("port 0 in {text:?}: the port must be 1..=65535"));
     }
-    if address.ip().is_unspecified() || address.ip().is_multicast() {
-        return Err(format!(
-            "{text:?} is not an address other servers can reach"
-        ));
+    if let Host::Ip(ip) = host {
+        if ip.is_unspecified() || ip.is_multicast() {
+            return Err(format!(
+                "{text:?} is not an address other servers can reach"
+            ));
+        }
     }
-    Ok(address)
+    Ok((host, port))
+}
+
+const ADDRESS_FORMS: &str = "write IP, IP:PORT, [IPv6]:PORT, NAME or NAME:PORT";
+
+/// `NAME` or `NAME:PORT`, for text that is no IP address.
+fn parse_name(text: &str, port: u16) -> Result<(Host, u16), String> {
+    // Several colons or a bracket can only be a mistyped IPv6 address.
+    if text.contains('[') || text.matches(':').count() > 1 {
+        return Err(format!("not an IP address: {text:?} ({ADDRESS_FORMS})"));
+    }
+    let (name, port) = match text.split_once(':') {
+        None => (text, port),
+        Some((name, digits)) => match digits.parse::<u16>() {
+            Ok(p) => (name, p),
+            Err(_) => {
+                return Err(format!(
+                    "bad port {digits:?} in {text:?}: the port must be 1..=65535"
+                ))
+            }
+        },
+    };
+    check_host_name(name).map_err(|why| {
+        format!("not an IP address or host name: {text:?}: {why} ({ADDRESS_FORMS})")
+    })?;
+    Ok((Host::Name(name.to_ascii_lowercase()), port))
+}
+
+/// A host name as DNS and certificates take it (RFC 1123): dot-separated
+/// labels of letters, digits and inner hyphens.
+fn check_host_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("empty".into());
+    }
+    if name.len() > HOST_NAME_MAX_CHARS {
+        return Err(format!("longer than {HOST_NAME_MAX_CHARS} characters"));
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err("an empty label (a leading, trailing or double dot)".into());
+        }
+        if label.len() > HOST_LABEL_MAX_CHARS {
+            return Err(format!(
+                "label {label:?} longer than {HOST_LABEL_MAX_CHARS} characters"
+            ));
+        }
+        if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(format!(
+                "label {label:?} has characters other than A-Z a-z 0-9 -"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("label {label:?} starts or ends with -"));
+        }
+    }
+    // RFC 3696 §2: a top-level label is never all digits, so "300.0.0.1"
+    // is a mistyped IP address, not a name to send to the resolver.
+    let last = name.rsplit('.').next().unwrap_or(name);
+    if last.chars().all(|c| c.is_ascii_digit()) {
+        return Err("its last label is all digits (a mistyped IP address?)".into());
+    }
+    Ok(())
+}
+
+/// `IP:PORT`, `[IPv6]:PORT` or `NAME:PORT`: the canonical configured address.
+fn configured(host: &Host, port: u16) -> String {
+    match host {
+        Host::Ip(ip) => SocketAddr::new(*ip, port).to_string(),
+        Host::Name(name) => format!("{name}:{port}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Host name lookups. The system resolver (`ToSocketAddrs`, i.e. getaddrinfo)
+// reads /etc/hosts and DNS as every other program on the machine does.
+
+/// The address to use of all those a name resolves to: the first IPv4 one,
+/// else the first IPv6 one (see [`ServerConf::address`]).
+fn prefer_ipv4(name: &str, all: &[SocketAddr]) -> Result<SocketAddr, String> {
+    all.iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| all.first())
+        .copied()
+        .ok_or_else(|| format!("host name {name:?} resolves to no address"))
+}
+
+/// A lookup started on its own thread, or its result when none was needed.
+enum Lookup {
+    Done(Result<Vec<SocketAddr>, String>),
+    Waiting(String, mpsc::Receiver<Result<Vec<SocketAddr>, String>>),
+}
+
+/// Every address of each host (an IP is itself). Names are looked up all at
+/// once, each on a thread of its own, and waited for until one deadline
+/// [`RESOLVE_WAIT_MS`] from now: the slowest lookup bounds the wait, not
+/// the sum of them, and a resolver that never answers costs that wait once.
+fn lookup_all(hosts: &[(&Host, u16)]) -> Vec<Result<Vec<SocketAddr>, String>> {
+    let deadline = Instant::now() + Duration::from_millis(RESOLVE_WAIT_MS);
+    let started: Vec<Lookup> = hosts
+        .iter()
+        .map(|(host, port)| match host {
+            Host::Ip(ip) => Lookup::Done(Ok(vec![SocketAddr::new(*ip, *port)])),
+            Host::Name(name) => start_lookup(name, *port),
+        })
+        .collect();
+    started
+        .into_iter()
+        .map(|lookup| match lookup {
+            Lookup::Done(result) => result,
+            Lookup::Waiting(name, rx) => rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| Err(too_slow(&name))),
+        })
+        .collect()
+}
+
+fn start_lookup(name: &str, port: u16) -> Lookup {
+    // Room for the one result, so a thread outliving its wait never blocks.
+    let (tx, rx) = mpsc::sync_channel(1);
+    let owned = name.to_owned();
+    let spawned = std::thread::Builder::new()
+        .name("claro-resolve".into())
+        .spawn(move || {
+            let _ = tx.send(system_lookup(&owned, port));
+        });
+    match spawned {
+        Ok(_) => Lookup::Waiting(name.to_owned(), rx),
+        Err(e) => Lookup::Done(Err(format!("cannot look up {name:?}: {e}"))),
+    }
+}
+
+/// The system resolver's answer, unbounded in time: callers bound it.
+fn system_lookup(name: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    (name, port)
+        .to_socket_addrs()
+        .map(Iterator::collect)
+        .map_err(|e| format!("cannot resolve host name {name:?}: {e}"))
+}
+
+fn too_slow(name: &str) -> String {
+    format!("host name {name:?} did not resolve within {RESOLVE_WAIT_MS} ms")
 }
 
 // ---------------------------------------------------------------------------
@@ -843,7 +1168,8 @@ node_timeout_ms = {node_timeout}
 discovery_ms = {discovery}
 
 # One [[server]] per instance. name: a-z 0-9 - (a DNS name in its certificate);
-# address: IP or IP:PORT; slots: parallel jobs (1..={SLOTS_MAX});
+# address: IP, IP:PORT, [IPv6]:PORT, or a DNS name (NAME or NAME:PORT, looked up
+# at start and again on every reconnect); slots: parallel jobs (1..={SLOTS_MAX});
 # role: \"server\" or \"witness\" (votes and holds the database, runs no jobs).
 ",
         c = quote(cluster),
@@ -962,6 +1288,8 @@ mod tests {
         );
         let expected = ServerConf {
             name: "srv1".into(),
+            host: Host::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            port: 7900,
             address: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7900),
             slots: 4,
             role: Role::Server,
@@ -1275,14 +1603,20 @@ address = "fd00::4"
     fn bad_addresses() {
         let f = Fixture::new();
         let cases = [
-            ("foo", "not an IP address: \"foo\""),
-            ("srv1.example.com", "hostnames are not accepted"),
-            ("srv1:7900", "hostnames are not accepted"),
-            ("", "not an IP address"),
-            ("127.0.0.1:", "not an IP address"),
-            ("127.0.0.1:70000", "not an IP address"),
-            ("300.0.0.1", "not an IP address"),
+            ("", "not an IP address or host name: \"\": empty"),
+            ("127.0.0.1:", "bad port \"\""),
+            ("127.0.0.1:70000", "bad port \"70000\""),
+            ("srv1.example.com:x", "bad port \"x\""),
+            ("300.0.0.1", "last label is all digits"),
             ("127.0.0.1:0", "port 0"),
+            ("srv1.example.com:0", "port 0"),
+            ("[::1", "not an IP address: \"[::1\""),
+            ("fd00::1::2", "not an IP address"),
+            ("-srv1.example.com", "starts or ends with -"),
+            ("srv1..example.com", "an empty label"),
+            ("srv1.example.com.", "an empty label"),
+            ("srv_1.example.com", "characters other than"),
+            ("srv1 .example.com", "characters other than"),
             ("0.0.0.0", "not an address other servers can reach"),
             ("::", "not an address other servers can reach"),
             ("224.0.0.1", "not an address other servers can reach"),
@@ -1610,10 +1944,10 @@ address = "fd00::4"
     #[test]
     fn bad_address_message_matches_the_documented_form() {
         let f = Fixture::new();
-        let text = with_servers("[[server]]\nname = \"a\"\naddress = \"foo\"\n");
+        let text = with_servers("[[server]]\nname = \"a\"\naddress = \"300.1.1.1\"\n");
         let e = f.parse(&text).unwrap_err();
         let expected = format!(
-            "{}:6: key `server.address`: not an IP address: \"foo\"",
+            "{}:6: key `server.address`: not an IP address or host name: \"300.1.1.1\"",
             f.path().display()
         );
         assert!(e.to_string().starts_with(&expected), "{e}");
@@ -1809,7 +2143,10 @@ address = "fd00::4"
         c.port = 7901;
         variants.push(c);
         let mut c = base.clone();
-        c.servers[1].address = "192.0.2.1:7901".parse().unwrap();
+        c.servers[1].port = 7901;
+        variants.push(c);
+        let mut c = base.clone();
+        c.servers[1].host = Host::Name("b.example.com".into());
         variants.push(c);
         let mut c = base.clone();
         c.servers[2].role = Role::Server;
@@ -1828,6 +2165,264 @@ address = "fd00::4"
                 v.membership_text()
             );
         }
+    }
+
+    // --- host names --------------------------------------------------------------
+    // `localhost` resolves on every machine (here from /etc/hosts, to
+    // 127.0.0.1 only); names under the reserved `.invalid` TLD (RFC 6761)
+    // never resolve.
+
+    fn one_server(address: &str) -> String {
+        with_servers(&format!(
+            "\n[[server]]\nname = \"srv1\"\naddress = {}\n",
+            quote(address)
+        ))
+    }
+
+    fn loopback_v4(port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+    }
+
+    #[test]
+    fn host_name_is_kept_and_resolved_at_load() {
+        let f = Fixture::new();
+        let c = f.ok(&one_server("LocalHost"));
+        let s = &c.servers[0];
+        assert_eq!(s.host, Host::Name("localhost".into()));
+        assert_eq!(s.port, PORT_DEFAULT);
+        assert_eq!(s.address, loopback_v4(PORT_DEFAULT));
+        assert_eq!(s.configured_address(), "localhost:7900");
+    }
+
+    #[test]
+    fn host_name_with_port() {
+        let f = Fixture::new();
+        let c = f.ok(&one_server("localhost:7950"));
+        let s = &c.servers[0];
+        assert_eq!((&s.host, s.port), (&Host::Name("localhost".into()), 7950));
+        assert_eq!(s.address, loopback_v4(7950));
+        assert_eq!(s.configured_address(), "localhost:7950");
+    }
+
+    #[test]
+    fn unresolvable_host_name_names_line_and_key_quickly() {
+        let f = Fixture::new();
+        let started = Instant::now();
+        let e = f.bad(
+            &one_server("nosuch.invalid"),
+            Some(7),
+            Some("server.address"),
+            "cannot resolve host name \"nosuch.invalid\"",
+        );
+        let took = started.elapsed();
+        println!("unresolvable name refused in {took:?}: {e}");
+        assert!(
+            took < Duration::from_millis(RESOLVE_WAIT_MS + 500),
+            "{took:?}"
+        );
+    }
+
+    #[test]
+    fn several_unresolvable_names_are_looked_up_at_once() {
+        let hosts: Vec<Host> = (0..8)
+            .map(|i| Host::Name(format!("nosuch{i}.invalid")))
+            .collect();
+        let pairs: Vec<(&Host, u16)> = hosts.iter().map(|h| (h, 7900)).collect();
+        let started = Instant::now();
+        let results = lookup_all(&pairs);
+        println!("8 unresolvable names in {:?}", started.elapsed());
+        assert!(started.elapsed() < Duration::from_millis(RESOLVE_WAIT_MS + 500));
+        for (i, r) in results.iter().enumerate() {
+            let e = r.as_ref().unwrap_err();
+            assert!(e.contains(&format!("\"nosuch{i}.invalid\"")), "{e}");
+        }
+    }
+
+    #[test]
+    fn host_names_are_checked_for_form() {
+        let f = Fixture::new();
+        let label = "a".repeat(HOST_LABEL_MAX_CHARS + 1);
+        f.bad(
+            &one_server(&format!("{label}.example.com")),
+            Some(7),
+            Some("server.address"),
+            "longer than 63",
+        );
+        let long = vec!["abcdefghi"; 26].join(".");
+        assert!(long.len() > HOST_NAME_MAX_CHARS);
+        f.bad(
+            &one_server(&long),
+            Some(7),
+            Some("server.address"),
+            "longer than 253",
+        );
+    }
+
+    #[test]
+    fn host_name_must_not_be_another_servers_name() {
+        let f = Fixture::new();
+        // srv1's certificate would name `srv2` and pass for server srv2.
+        let text = with_servers(
+            "[[server]]\nname = \"srv1\"\naddress = \"srv2\"\n\
+             [[server]]\nname = \"srv2\"\naddress = \"127.0.0.2\"\n",
+        );
+        f.bad(
+            &text,
+            Some(6),
+            Some("server.address"),
+            "host name `srv2` is the name of server `srv2`",
+        );
+        f.bad(
+            &one_server("client"),
+            Some(7),
+            Some("server.address"),
+            "the command-line client's certificate",
+        );
+        // Its own name is fine.
+        let c = f.ok(&with_servers(
+            "[[server]]\nname = \"localhost\"\naddress = \"localhost\"\n",
+        ));
+        assert_eq!(c.servers[0].address, loopback_v4(PORT_DEFAULT));
+    }
+
+    #[test]
+    fn a_name_resolving_to_another_servers_address_is_refused() {
+        let f = Fixture::new();
+        let text = with_servers(&format!(
+            "{ONE}\n[[server]]\nname = \"b\"\naddress = \"localhost\"\n"
+        ));
+        f.bad(
+            &text,
+            Some(11),
+            Some("server.address"),
+            "localhost:7900 resolves to 127.0.0.1:7900, the address of server `srv1` (127.0.0.1:7900)",
+        );
+    }
+
+    #[test]
+    fn membership_uses_the_configured_host_not_the_resolved_address() {
+        let f = Fixture::new();
+        let c = f.ok(&one_server("localhost"));
+        assert_eq!(
+            c.membership_text(),
+            "cluster c1\nport 7900\nserver srv1 address=localhost:7900 role=server\n"
+        );
+        // A server whose DNS answers differently agrees all the same.
+        let mut elsewhere = c.clone();
+        elsewhere.servers[0].address = "192.0.2.9:7900".parse().unwrap();
+        assert_eq!(elsewhere.membership_hash(), c.membership_hash());
+        // However the name is typed, and with the port written out.
+        let typed = f.ok(&one_server("LOCALHOST:7900"));
+        assert_eq!(typed.membership_hash(), c.membership_hash());
+        // The IP it resolves to is another configuration.
+        assert_eq!(f.ok(&minimal()).membership_hash(), MINIMAL_HASH);
+        assert_ne!(c.membership_hash(), MINIMAL_HASH);
+    }
+
+    #[test]
+    fn local_server_by_host_name() {
+        let f = Fixture::new();
+        let text = with_servers(
+            "[[server]]\nname = \"a\"\naddress = \"localhost\"\n\
+             [[server]]\nname = \"b\"\naddress = \"192.0.2.1\"\n",
+        );
+        let c = f.ok(&text);
+        let a = c.pick_local(|ip| ip == IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(a.unwrap().name, "a");
+        let e = c.pick_local(|_| false).unwrap_err();
+        assert!(
+            e.message.contains("a localhost (127.0.0.1), b 192.0.2.1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn prefer_ipv4_of_both_families() {
+        let v4: SocketAddr = "192.0.2.1:7900".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::1]:7900".parse().unwrap();
+        let v6b: SocketAddr = "[2001:db8::2]:7900".parse().unwrap();
+        assert_eq!(prefer_ipv4("h", &[v6, v4]), Ok(v4));
+        assert_eq!(prefer_ipv4("h", &[v6, v6b]), Ok(v6));
+        let e = prefer_ipv4("h", &[]).unwrap_err();
+        assert!(e.contains("\"h\" resolves to no address"), "{e}");
+    }
+
+    #[test]
+    fn host_lookup_of_an_ip_and_a_name() {
+        let ip = Host::Ip(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+        assert_eq!(ip.lookup(7), Ok(vec!["192.0.2.1:7".parse().unwrap()]));
+        let name = Host::Name("localhost".into());
+        assert!(name.lookup(7).unwrap().contains(&loopback_v4(7)));
+        let e = Host::Name("nosuch.invalid".into()).lookup(7).unwrap_err();
+        assert!(e.contains("\"nosuch.invalid\""), "{e}");
+        assert_eq!(
+            Host::parse("LocalHost:12", 7900),
+            Ok((Host::Name("localhost".into()), 12))
+        );
+        assert_eq!(
+            Host::parse("[::1]:12", 7900),
+            Ok((Host::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)), 12))
+        );
+    }
+
+    /// A connection resolves the name again: the address found at load is
+    /// not what it uses when the name now says otherwise.
+    #[async_std::test]
+    async fn resolve_looks_the_name_up_again() {
+        let stale: SocketAddr = "192.0.2.9:7900".parse().unwrap();
+        let server = |host: Host| ServerConf {
+            name: "srv1".into(),
+            host,
+            port: 7900,
+            address: stale,
+            slots: 1,
+            role: Role::Server,
+        };
+        let moved = server(Host::Name("localhost".into()));
+        assert_eq!(moved.resolve().await, loopback_v4(7900));
+        // A name that no longer resolves keeps the address from load.
+        let gone = server(Host::Name("nosuch.invalid".into()));
+        assert_eq!(gone.resolve().await, stale);
+        // An IP is never looked up.
+        let ip = ServerConf {
+            address: "192.0.2.1:7900".parse().unwrap(),
+            ..server(Host::Ip("192.0.2.1".parse().unwrap()))
+        };
+        assert_eq!(ip.resolve().await, ip.address);
+    }
+
+    #[test]
+    fn server_by_arg_takes_names_addresses_and_host_names() {
+        let f = Fixture::new();
+        let c = f.ok(&with_servers(
+            "[[server]]\nname = \"a\"\naddress = \"127.0.0.1\"\n\
+             [[server]]\nname = \"b\"\naddress = \"192.0.2.1:7901\"\n\
+             [[server]]\nname = \"c\"\naddress = \"localhost:7902\"\n",
+        ));
+        let by = |arg: &str| c.server_by_arg(arg).map(|s| s.name.as_str());
+        assert_eq!(by("b"), Ok("b"));
+        assert_eq!(by("127.0.0.1"), Ok("a"));
+        assert_eq!(by("127.0.0.1:7900"), Ok("a"));
+        assert_eq!(by("192.0.2.1:7901"), Ok("b"));
+        // A host name, by the configured text or by what it resolves to.
+        assert_eq!(by("LOCALHOST:7902"), Ok("c"));
+        assert_eq!(by("127.0.0.1:7902"), Ok("c"));
+        assert_eq!(by("localhost"), Ok("a"));
+        let e = by("192.0.2.1").unwrap_err();
+        assert!(
+            e.contains("`192.0.2.1` (192.0.2.1:7900) is no server of"),
+            "{e}"
+        );
+        let e = by("nosuch.invalid").unwrap_err();
+        assert!(
+            e.starts_with("`nosuch.invalid`: cannot resolve host name"),
+            "{e}"
+        );
+        let e = by("no_such").unwrap_err();
+        assert!(
+            e.contains("`no_such` is neither a server name nor an address"),
+            "{e}"
+        );
     }
 
     // --- render ----------------------------------------------------------------

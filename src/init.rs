@@ -1,9 +1,8 @@
 //! `claro init`: writes a config skeleton and the cluster's TLS material.
 
-use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
-use crate::config::Config;
+use crate::config::{Config, Host};
 use crate::exit::Failure;
 
 pub fn run(
@@ -22,31 +21,35 @@ pub fn run(
             path.display()
         )));
     }
-    let mut ips: Vec<(String, IpAddr)> = Vec::new();
     for (name, addr) in servers {
-        let ip = addr
-            .parse::<IpAddr>()
-            .or_else(|_| addr.parse::<SocketAddr>().map(|a| a.ip()))
-            .map_err(|_| {
-                Failure::usage(format!(
-                    "--server {name}={addr}: not an IP address or IP:PORT"
-                ))
-            })?;
-        ips.push((name.clone(), ip));
+        // Form only: whether a name resolves is checked with the whole config.
+        Host::parse(addr, port)
+            .map_err(|e| Failure::usage(format!("--server {name}={addr}: {e}")))?;
     }
     let text = crate::config::render(cluster, port, shared_root, data_dir, servers);
     let root = dir.join(shared_root);
     let created_root = !root.exists();
     std::fs::create_dir_all(&root)
         .map_err(|e| Failure::failed(format!("{}: {e}", root.display())))?;
-    // Validate exactly what will be written before writing anything else.
-    if let Err(e) = Config::parse(&text, &path) {
-        if created_root {
-            let _ = std::fs::remove_dir(&root);
+    // Validate exactly what will be written before writing anything else
+    // (host names are looked up here: one that does not resolve is refused).
+    let config = match Config::parse(&text, &path) {
+        Ok(config) => config,
+        Err(e) => {
+            if created_root {
+                let _ = std::fs::remove_dir(&root);
+            }
+            return Err(Failure::usage(format!(
+                "{e} (in the config init would write; nothing was written)"
+            )));
         }
-        return Err(Failure::usage(e.to_string()));
-    }
-    let written = crate::tls::generate(&dir.join("tls"), cluster, &ips, force)
+    };
+    let hosts: Vec<(String, Host)> = config
+        .servers
+        .iter()
+        .map(|s| (s.name.clone(), s.host.clone()))
+        .collect();
+    let written = crate::tls::generate(&dir.join("tls"), cluster, &hosts, force)
         .map_err(|e| Failure::usage(e.to_string()))?;
     std::fs::write(&path, text).map_err(|e| Failure::failed(format!("{}: {e}", path.display())))?;
     println!("wrote {}", path.display());

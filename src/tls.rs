@@ -1,7 +1,8 @@
 //! The cluster's PKI and the rustls configurations built on it.
 //!
 //! `claro init` makes one private CA per cluster (rcgen) and signs with it a
-//! certificate per server (names: the server's config name and its IP address)
+//! certificate per server (names: the server's config name, which is what
+//! connections verify, and its configured host: an IP address or a DNS name)
 //! and one for the CLI (name: [`CLIENT_NAME`]). Every connection is mutual TLS
 //! against that CA only: the system trust store is never consulted, so nobody
 //! without a certificate from this cluster's CA can join or drive it.
@@ -12,7 +13,6 @@
 use std::fmt;
 use std::fs;
 use std::io::Write;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -25,6 +25,8 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+use crate::config::Host;
 
 /// Name (CN and DNS SAN) of the CLI's certificate; no server may use it.
 pub const CLIENT_NAME: &str = "client";
@@ -94,12 +96,13 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// Writes `dir/ca.crt`, `dir/ca.key`, `dir/<name>.crt` + `.key` for every
 /// server and `dir/client.crt` + `client.key` (PEM). Server certificates cover
-/// DNS:<name> and IP:<ip>; the client's DNS:client. Refuses, naming the first
+/// DNS:<name> and the configured host (IP:<ip> or DNS:<host name>); the
+/// client's DNS:client. Refuses, naming the first
 /// existing file, when any of them exists and `!force`. Key files are 0600.
 pub fn generate(
     dir: &Path,
     cluster: &str,
-    servers: &[(String, IpAddr)],
+    servers: &[(String, Host)],
     force: bool,
 ) -> Result<Vec<PathBuf>, TlsError> {
     check_server_names(servers)?;
@@ -114,9 +117,9 @@ pub fn generate(
         .map_err(|e| TlsError(format!("cannot make the CA certificate: {e}")))?;
     let mut written = write_pair(dir, CA_NAME, &ca_cert.pem(), &ca_key)?;
     let issuer = Issuer::new(ca_params, ca_key);
-    for (name, ip) in servers {
+    for (name, host) in servers {
         let key = new_key_pair()?;
-        let cert = leaf_params(cluster, name, Some(*ip))?
+        let cert = leaf_params(cluster, name, Some(host))?
             .signed_by(&key, &issuer)
             .map_err(|e| TlsError(format!("cannot sign the certificate of {name}: {e}")))?;
         written.extend(write_pair(dir, name, &cert.pem(), &key)?);
@@ -133,7 +136,7 @@ pub fn generate(
 /// existing CA (`dir/ca.key` needed), the certificate of every server whose
 /// `.crt` is missing (a stray `.key` without its `.crt` is replaced).
 /// Returns whether anything was written.
-pub fn ensure(dir: &Path, cluster: &str, servers: &[(String, IpAddr)]) -> Result<bool, TlsError> {
+pub fn ensure(dir: &Path, cluster: &str, servers: &[(String, Host)]) -> Result<bool, TlsError> {
     if !cert_path(dir, CA_NAME).exists() {
         generate(dir, cluster, servers, false)?;
         return Ok(true);
@@ -147,8 +150,8 @@ pub fn ensure(dir: &Path, cluster: &str, servers: &[(String, IpAddr)]) -> Result
     }
     check_server_names(servers)?;
     let (ca_der, issuer) = load_issuer(dir, cluster)?;
-    for (name, ip) in missing {
-        sign_server_with(dir, cluster, &ca_der, &issuer, name, *ip)?;
+    for (name, host) in missing {
+        sign_server_with(dir, cluster, &ca_der, &issuer, name, host)?;
     }
     Ok(true)
 }
@@ -162,10 +165,10 @@ fn sign_server_with(
     ca_der: &CertificateDer<'static>,
     issuer: &Issuer<'static, KeyPair>,
     name: &str,
-    ip: IpAddr,
+    host: &Host,
 ) -> Result<(), TlsError> {
     let key = new_key_pair()?;
-    let cert = leaf_params(cluster, name, Some(ip))?
+    let cert = leaf_params(cluster, name, Some(host))?
         .signed_by(&key, issuer)
         .map_err(|e| TlsError(format!("cannot sign the certificate of {name}: {e}")))?;
     if let Err(e) = check_chain(ca_der, cert.der()) {
@@ -194,7 +197,7 @@ fn load_issuer(
 
 /// Server names become file names and DNS names: they must be valid DNS
 /// names, distinct, and must not collide with the CA's or the client's files.
-fn check_server_names(servers: &[(String, IpAddr)]) -> Result<(), TlsError> {
+fn check_server_names(servers: &[(String, Host)]) -> Result<(), TlsError> {
     for (i, (name, _)) in servers.iter().enumerate() {
         if rustls_pki_types::DnsName::try_from(name.as_str()).is_err() {
             return Err(TlsError(format!(
@@ -211,7 +214,7 @@ fn check_server_names(servers: &[(String, IpAddr)]) -> Result<(), TlsError> {
     Ok(())
 }
 
-fn refuse_existing(dir: &Path, servers: &[(String, IpAddr)]) -> Result<(), TlsError> {
+fn refuse_existing(dir: &Path, servers: &[(String, Host)]) -> Result<(), TlsError> {
     let names = [CA_NAME, CLIENT_NAME]
         .into_iter()
         .chain(servers.iter().map(|(name, _)| name.as_str()));
@@ -252,13 +255,15 @@ fn ca_params(cluster: &str) -> CertificateParams {
     params
 }
 
-/// A server certificate (with `ip`) is used both to accept connections and to
-/// open them to peers, so it gets both server and client auth; the CLI's
-/// certificate (without `ip`) only client auth.
+/// A server certificate (with `host`) is used both to accept connections and
+/// to open them to peers, so it gets both server and client auth; the CLI's
+/// certificate (without `host`) only client auth. Connections verify the
+/// config name (DNS:<name>); the host is there for tools that reach the
+/// server by its address.
 fn leaf_params(
     cluster: &str,
     name: &str,
-    ip: Option<IpAddr>,
+    host: Option<&Host>,
 ) -> Result<CertificateParams, TlsError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
@@ -271,8 +276,10 @@ fn leaf_params(
         .map_err(|e| TlsError(format!("name \"{name}\" cannot be a certificate name: {e}")))?;
     params.subject_alt_names = vec![SanType::DnsName(dns)];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    if let Some(ip) = ip {
-        params.subject_alt_names.push(SanType::IpAddress(ip));
+    if let Some(host) = host {
+        if *host != Host::Name(name.to_owned()) {
+            params.subject_alt_names.push(host_san(host)?);
+        }
         params
             .extended_key_usages
             .push(ExtendedKeyUsagePurpose::ServerAuth);
@@ -280,6 +287,18 @@ fn leaf_params(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.use_authority_key_identifier_extension = true;
     Ok(params)
+}
+
+/// The subject alternative name of a configured host.
+fn host_san(host: &Host) -> Result<SanType, TlsError> {
+    match host {
+        Host::Ip(ip) => Ok(SanType::IpAddress(*ip)),
+        Host::Name(name) => name
+            .as_str()
+            .try_into()
+            .map(SanType::DnsName)
+            .map_err(|e| TlsError(format!("host \"{name}\" cannot be a certificate name: {e}"))),
+    }
 }
 
 /// Writes `<who>.crt` and `<who>.key`; returns both paths.
@@ -435,19 +454,45 @@ pub fn cert_is_for(der: &CertificateDer<'_>, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr};
 
-    pub(crate) fn servers(names: &[&str]) -> Vec<(String, IpAddr)> {
+    pub(crate) fn servers(names: &[&str]) -> Vec<(String, Host)> {
         names
             .iter()
             .enumerate()
             .map(|(i, name)| {
-                (
-                    name.to_string(),
-                    IpAddr::V4(Ipv4Addr::new(127, 0, 0, i as u8 + 1)),
-                )
+                let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, i as u8 + 1));
+                (name.to_string(), Host::Ip(ip))
             })
             .collect()
+    }
+
+    #[test]
+    fn server_certificates_name_the_configured_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = vec![
+            ("srv1".to_string(), Host::Name("srv1.example.com".into())),
+            ("srv2".to_string(), Host::Ip("192.0.2.7".parse().unwrap())),
+            ("srv3".to_string(), Host::Name("srv3".into())),
+        ];
+        generate(dir.path(), "test", &list, false).unwrap();
+        let cert = |who: &str| load_identity(dir.path(), who).unwrap().chain.swap_remove(0);
+        // A DNS name goes in as a DNS name, not as an IP or not at all.
+        let srv1 = cert("srv1");
+        assert!(cert_is_for(&srv1, "srv1"));
+        assert!(cert_is_for(&srv1, "srv1.example.com"));
+        assert!(!cert_is_for(&srv1, "srv2"));
+        // An IP goes in as an IP address name only.
+        let srv2 = cert("srv2");
+        assert!(cert_is_for(&srv2, "srv2"));
+        assert!(cert_is_for(&srv2, "192.0.2.7"));
+        assert!(!cert_is_for(&srv2, "srv1.example.com"));
+        // A host name equal to the server's name is its one DNS name.
+        assert!(cert_is_for(&cert("srv3"), "srv3"));
+        // The missing-material path (`serve` on one machine) does the same.
+        fs::remove_file(dir.path().join("srv1.crt")).unwrap();
+        assert!(ensure(dir.path(), "test", &list).unwrap());
+        assert!(cert_is_for(&cert("srv1"), "srv1.example.com"));
     }
 
     #[test]

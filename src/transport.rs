@@ -388,6 +388,7 @@ pub fn peer_cert(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Host;
     use serde::{Deserialize, Serialize};
     use std::net::Ipv4Addr;
     use std::path::Path;
@@ -412,11 +413,17 @@ mod tests {
         }
     }
 
-    /// A cluster's TLS material (srv1, srv2 and the client) in a temp dir.
+    /// A cluster's TLS material (srv1, srv2 and the client) in a temp dir;
+    /// srv1's host is an IP, srv2's a DNS name.
     fn pki() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        let servers = [("srv1", 1), ("srv2", 2)]
-            .map(|(name, last)| (name.to_string(), IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))));
+        let servers = [
+            (
+                "srv1".to_string(),
+                Host::Ip(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1))),
+            ),
+            ("srv2".to_string(), Host::Name("srv2.example.com".into())),
+        ];
         tls::generate(dir.path(), "test", &servers, false).unwrap();
         dir
     }
@@ -603,6 +610,27 @@ mod tests {
         spawn_acceptor(srv.quinn.clone());
         let err = client(dir.path())
             .connect(addr, "srv2", TIMEOUT_MS)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("not valid for name"), "{err}");
+    }
+
+    /// A server whose certificate also names a DNS host is still verified by
+    /// its config name, which is what every connection passes.
+    #[async_std::test]
+    async fn server_with_a_dns_host_is_verified_by_its_config_name() {
+        let dir = pki();
+        let (srv, addr) = server(dir.path(), "srv2");
+        let echo = spawn_echo(srv.quinn.clone());
+        let conn = client(dir.path())
+            .connect(addr, "srv2", TIMEOUT_MS)
+            .await
+            .unwrap();
+        echo_once(&conn).await;
+        echo.await;
+        spawn_acceptor(srv.quinn.clone());
+        let err = client(dir.path())
+            .connect(addr, "srv1", TIMEOUT_MS)
             .await
             .unwrap_err();
         assert!(err.to_string().contains("not valid for name"), "{err}");

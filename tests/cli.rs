@@ -129,3 +129,72 @@ fn no_reachable_instance_exits_1() {
         stderr(&out)
     );
 }
+
+/// `localhost` resolves on every machine; `.invalid` names never do (RFC 6761).
+#[test]
+fn init_and_server_take_host_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("conf");
+    // A port nobody listens on: the status call below must reach no instance.
+    let init = |server: &str| {
+        claro(&[
+            "init",
+            "--dir",
+            d.to_str().unwrap(),
+            "--port",
+            "7979",
+            "--server",
+            server,
+            "--server",
+            "srv2=127.0.0.2",
+        ])
+    };
+    let out = init("srv1=nosuch.invalid");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot resolve host name \"nosuch.invalid\""),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!d.join("tls").exists() && !d.join("ClaroServers.conf").exists());
+
+    let out = init("srv1=localhost");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let conf = d.join("ClaroServers.conf");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    assert!(text.contains("address = \"localhost\""), "{text}");
+    let tls = d.join("tls");
+    let srv1 = claro::tls::load_identity(&tls, "srv1").unwrap().chain[0].clone();
+    assert!(claro::tls::cert_is_for(&srv1, "srv1"));
+    assert!(claro::tls::cert_is_for(&srv1, "localhost"));
+    let srv2 = claro::tls::load_identity(&tls, "srv2").unwrap().chain[0].clone();
+    assert!(claro::tls::cert_is_for(&srv2, "127.0.0.2"));
+    assert!(!claro::tls::cert_is_for(&srv2, "localhost"));
+
+    let status = |server: &str| {
+        claro(&[
+            "--config",
+            conf.to_str().unwrap(),
+            "status",
+            "--server",
+            server,
+        ])
+    };
+    // Accepted: it goes on to try srv1, which is not running (exit 1, not 2).
+    for accepted in ["localhost", "localhost:7979", "127.0.0.1"] {
+        let out = status(accepted);
+        assert_eq!(out.status.code(), Some(1), "{accepted}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("srv1 (127.0.0.1:7979)"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let out = status("nosuch.invalid");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--server `nosuch.invalid`"),
+        "{}",
+        stderr(&out)
+    );
+}

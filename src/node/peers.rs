@@ -161,7 +161,7 @@ async fn open(shared: &Shared, name: &str) -> Result<quinn::Connection, PeerErro
         .ok_or_else(|| PeerError::Unreachable(format!("{name} is not configured")))?;
     let conn = shared
         .endpoint
-        .connect(server.address, name, PEER_CALL_MS)
+        .connect(server.resolve().await, name, PEER_CALL_MS)
         .await
         .map_err(|e| PeerError::Unreachable(e.to_string()))?;
     let mine = shared.hello();

@@ -56,10 +56,10 @@ pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
         .server(&opts.name)
         .ok_or_else(|| format!("no server named `{}` in the config", opts.name))?
         .clone();
-    let servers: Vec<(String, std::net::IpAddr)> = cfg
+    let servers: Vec<(String, crate::config::Host)> = cfg
         .servers
         .iter()
-        .map(|s| (s.name.clone(), s.address.ip()))
+        .map(|s| (s.name.clone(), s.host.clone()))
         .collect();
     if crate::tls::ensure(&cfg.tls_dir, &cfg.cluster, &servers).map_err(|e| e.to_string())? {
         tracing::warn!("generated missing TLS material in {} (a one-machine set-up; use `claro init` for a real cluster)", cfg.tls_dir.display());
