@@ -139,7 +139,7 @@ fn line(
     let live = info.filter(|_| up);
     ServerStatus {
         name: s.name.clone(),
-        address: s.address.to_string(),
+        address: s.configured_address(),
         role: role.into(),
         state: live.map_or("down".into(), |i| i.state.clone()),
         connected: up,
@@ -167,9 +167,12 @@ mod tests {
     use super::*;
 
     fn server(name: &str, n: u8) -> ServerConf {
+        let address: std::net::SocketAddr = format!("127.0.0.{n}:7900").parse().unwrap();
         ServerConf {
             name: name.into(),
-            address: format!("127.0.0.{n}:7900").parse().unwrap(),
+            host: crate::config::Host::Ip(address.ip()),
+            port: 7900,
+            address,
             slots: 1,
             role: Role::Server,
         }
