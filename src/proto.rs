@@ -16,7 +16,9 @@ use crate::consensus::SnapshotFile;
 use crate::state::Command;
 
 /// Bumped when the peer protocol changes incompatibly; peers must match.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: `Gossip` and `View` requests; `Command::Once` in log entries (a
+/// version-1 instance could not apply it).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A request or response on a bidirectional stream (a 1 MiB setting plus framing).
 pub const REQUEST_BYTES_MAX: usize = 2 * 1024 * 1024;
