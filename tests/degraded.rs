@@ -183,3 +183,31 @@ fn a_command_with_the_first_server_down_answers_promptly() {
         "a down server must cost nothing: {times:?}"
     );
 }
+
+#[test]
+fn writes_during_a_coordinator_transfer_all_succeed() {
+    let c = three(44);
+    let writer = std::thread::scope(|scope| {
+        let w = scope.spawn(|| {
+            (0..40)
+                .map(|i| c.set("srv3", &format!("k{i}"), vec![i as u8]))
+                .collect::<Vec<_>>()
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let out = c.cli(&["coordinator", "transfer", "srv2", "--server", "srv1"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        w.join().unwrap()
+    });
+    let failed: Vec<_> = writer.iter().filter(|r| r.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "writes failed during the transfer: {failed:?}"
+    );
+    for i in [0u8, 39] {
+        assert_eq!(c.get("srv1", &format!("k{i}")), Some(vec![i]));
+    }
+}

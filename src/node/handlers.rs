@@ -492,10 +492,12 @@ async fn propose(
     let mut why = String::from("no coordinator is elected");
     while std::time::Instant::now() < deadline {
         if shared.is_leader() {
-            match propose_here(shared, &command, deadline).await {
-                Some(answer) => return answer,
-                None => continue,
+            if let Some(answer) = propose_here(shared, &command, deadline).await {
+                return answer;
             }
+            why = "the coordinator changed or was handing its role over".into();
+            async_std::task::sleep(Duration::from_millis(HOLD_POLL_MS)).await;
+            continue;
         }
         if forwarded {
             // The sender holds the write; it asks the coordinator it learns next.
@@ -574,21 +576,12 @@ async fn propose_here(
         let term = c.term();
         c.propose(ctx.clone(), command).map(|()| term)
     });
-    let term = match proposed {
-        Some(Ok(term)) => term,
-        Some(Err(_)) | None if !shared.is_leader() => {
-            shared.forget_proposal(&ctx);
-            return None;
-        }
-        Some(Err(message)) => {
-            shared.forget_proposal(&ctx);
-            return Some(Response::Error { message });
-        }
-        None => {
-            return Some(Response::Error {
-                message: "not running".into(),
-            })
-        }
+    // The command was validated: raft refuses a proposal only while the
+    // role is lost or handed over (it drops them during a transfer), which
+    // the caller waits out.
+    let Some(Ok(term)) = proposed else {
+        shared.forget_proposal(&ctx);
+        return None;
     };
     shared.wake();
     while std::time::Instant::now() < deadline {
