@@ -111,10 +111,20 @@ pub enum SettingsAction {
     },
     Get {
         key: String,
+        /// Read the asked instance's replica as it is, without confirming
+        /// with the coordinator; the answer says how old it is.
+        #[arg(long)]
+        stale: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
-    List(ClientArgs),
+    List {
+        /// As for `get`.
+        #[arg(long)]
+        stale: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 fn parse_server_arg(s: &str) -> Result<(String, String), String> {
@@ -223,9 +233,11 @@ fn settings(path: &std::path::Path, action: SettingsAction) -> Result<(), Failur
             let req = Request::propose(command, Some(crate::proto::new_request_id()));
             crate::client::simple(&config, &client, req)
         }
-        SettingsAction::Get { key, client } => {
-            crate::client::simple(&config, &client, Request::Get { key })
+        SettingsAction::Get { key, stale, client } => {
+            crate::client::simple(&config, &client, Request::Get { key, stale })
         }
-        SettingsAction::List(client) => crate::client::simple(&config, &client, Request::List),
+        SettingsAction::List { stale, client } => {
+            crate::client::simple(&config, &client, Request::List { stale })
+        }
     }
 }

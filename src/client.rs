@@ -346,14 +346,18 @@ pub fn print_response(resp: Response, json: bool) -> Result<(), Failure> {
             println!("applied at index {index}");
             Ok(())
         }
-        Response::Value { value } => match value {
-            Some(v) => {
-                println!("{}", String::from_utf8_lossy(&v));
-                Ok(())
+        Response::Value { value, stale } => {
+            print_staleness(stale.as_ref());
+            match value {
+                Some(v) => {
+                    println!("{}", String::from_utf8_lossy(&v));
+                    Ok(())
+                }
+                None => Err(Failure::failed("no such setting")),
             }
-            None => Err(Failure::failed("no such setting")),
-        },
-        Response::List { items } => {
+        }
+        Response::List { items, stale } => {
+            print_staleness(stale.as_ref());
             for (k, v) in items {
                 println!("{k} = {}", String::from_utf8_lossy(&v));
             }
@@ -364,4 +368,18 @@ pub fn print_response(resp: Response, json: bool) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// A stale read's age, on stderr (stdout carries the data).
+fn print_staleness(stale: Option<&crate::proto::Staleness>) {
+    let Some(s) = stale else { return };
+    let contact = match s.coordinator_heard_ago_ms {
+        Some(0) => "it is the coordinator".to_string(),
+        Some(ms) => format!("coordinator last heard {:.1} s ago", ms as f64 / 1000.0),
+        None => "it knows no coordinator".to_string(),
+    };
+    eprintln!(
+        "stale read: {}'s replica at applied index {} ({contact})",
+        s.answered_by, s.applied_index
+    );
 }

@@ -115,6 +115,17 @@ pub struct StatusView {
     pub from_coordinator: bool,
 }
 
+/// How old a stale read's replica is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Staleness {
+    /// The instance that answered, and the applied index it read at.
+    pub answered_by: String,
+    pub applied_index: u64,
+    /// Milliseconds since it last heard from the coordinator (0: it is the
+    /// coordinator; `None`: it knows no coordinator it has heard from).
+    pub coordinator_heard_ago_ms: Option<u64>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
     /// Peer only: the first request on a peer connection.
@@ -124,13 +135,9 @@ pub enum Request {
     /// The cluster-wide status view (forwarded to the coordinator).
     Status,
     /// Peer only: add the sender as a learner (it is sent the database).
-    Join {
-        name: String,
-    },
+    Join { name: String },
     /// Peer only: remove the sender from the membership (graceful stop).
-    Leave {
-        name: String,
-    },
+    Leave { name: String },
     /// Apply a command through the coordinator; answers once applied there.
     /// Any instance takes it: one that is not the coordinator forwards it,
     /// and holds it through a coordinator change until `PROPOSAL_WAIT_MS`.
@@ -145,22 +152,26 @@ pub enum Request {
         #[serde(default)]
         forwarded: bool,
     },
-    /// Read a setting from this instance's replica.
+    /// Read a setting. By default the answer includes every write
+    /// acknowledged before the read began (Raft ReadIndex through the
+    /// coordinator); `stale` reads this instance's replica as it is, and the
+    /// answer says how old it is.
     Get {
         key: String,
+        #[serde(default)]
+        stale: bool,
     },
-    List,
+    List {
+        #[serde(default)]
+        stale: bool,
+    },
     /// This replica's applied index and a digest of its whole replicated
     /// state: equal digests at equal indexes mean identical replicas.
     Digest,
     /// Stop an instance gracefully (forwarded to it).
-    Stop {
-        name: String,
-    },
+    Stop { name: String },
     /// Move the coordinator role (forwarded to the coordinator).
-    Transfer {
-        name: String,
-    },
+    Transfer { name: String },
     /// Peer only: a database transfer. The receiver answers `Resume { offset }`
     /// (bytes of this file it already holds from an interrupted transfer); the
     /// sender then writes the file's raw bytes from that offset and finishes
@@ -172,9 +183,7 @@ pub enum Request {
     },
     /// Peer only: the periodic exchange of the live view: the sender's own
     /// facts; answered with `Info` (the receiver's).
-    Gossip {
-        info: LocalInfo,
-    },
+    Gossip { info: LocalInfo },
     /// Peer only: the receiver's own status view, never forwarded.
     View,
 }
@@ -199,9 +208,14 @@ pub enum Response {
     },
     Value {
         value: Option<serde_bytes::ByteBuf>,
+        /// Set on a stale read: how old the replica that answered is.
+        #[serde(default)]
+        stale: Option<Staleness>,
     },
     List {
         items: Vec<(String, serde_bytes::ByteBuf)>,
+        #[serde(default)]
+        stale: Option<Staleness>,
     },
     /// Snapshot receiver: send from this offset (bytes it already holds).
     Resume {

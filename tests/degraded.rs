@@ -211,3 +211,28 @@ fn writes_during_a_coordinator_transfer_all_succeed() {
         assert_eq!(c.get("srv1", &format!("k{i}")), Some(vec![i]));
     }
 }
+
+#[test]
+fn a_write_acknowledged_through_one_server_is_read_at_once_through_any_other() {
+    let c = three(45);
+    for i in 0..40u32 {
+        let writer = ["srv1", "srv2", "srv3"][i as usize % 3];
+        let reader = ["srv2", "srv3", "srv1"][i as usize % 3];
+        let value = i.to_be_bytes().to_vec();
+        c.set(writer, "seq", value.clone()).unwrap();
+        assert_eq!(
+            c.get(reader, "seq"),
+            Some(value),
+            "read {i} through {reader} missed the write acknowledged through {writer}"
+        );
+    }
+    // A stale read answers from the replica and says how old it is.
+    let out = c.cli(&["settings", "get", "seq", "--stale", "--server", "srv3"]);
+    assert!(out.status.success());
+    let note = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        note.starts_with("stale read: srv3's replica at applied index "),
+        "{note}"
+    );
+    assert!(note.contains("coordinator last heard"), "{note}");
+}

@@ -220,6 +220,17 @@ fn a_cut_off_coordinator_reports_electing_and_the_majority_goes_on() {
         s.status(1)
             .is_some_and(|v| v.servers.iter().all(|l| l.synchronized))
     });
+    let out = s.cli(2, &["settings", "set", "colour", "before-cut"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.wait("srv1 to apply the write", || {
+        s.cli(1, &["settings", "get", "colour", "--stale"])
+            .stdout
+            .starts_with(b"before-cut")
+    });
     s.net.link(1, false);
     s.wait("srv1 to know it has no coordinator", || {
         s.status(1).is_some_and(|v| {
@@ -252,6 +263,22 @@ fn a_cut_off_coordinator_reports_electing_and_the_majority_goes_on() {
         text.contains("no quorum: reaches 0 of 2 other voters"),
         "{text}"
     );
+
+    // Reads on the cut-off server: a default read refuses (it cannot know
+    // what it misses) and says how to read anyway; a stale read answers and
+    // says how old its replica is.
+    let out = s.cli(1, &["settings", "get", "colour"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--stale"));
+    let out = s.cli(1, &["settings", "get", "colour", "--stale"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "before-cut");
+    let note = String::from_utf8_lossy(&out.stderr);
+    assert!(note.contains("it knows no coordinator"), "{note}");
 
     // The majority elects a coordinator and takes writes.
     s.wait("srv2 and srv3 to elect a coordinator", || {

@@ -370,6 +370,8 @@ impl Sim {
                 ..
             } => self.check_applied(i, index, term, digest),
             Output::Removed => {}
+            // The simulation issues no reads.
+            Output::ReadReady { .. } => {}
             // Made at once here: the copy's index is whatever was applied now.
             Output::MakeSnapshot(job) => {
                 let made = job.run();

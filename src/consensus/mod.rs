@@ -71,6 +71,12 @@ pub enum Output {
     },
     /// This instance was removed from the membership.
     Removed,
+    /// A read index request tagged `context` is confirmed: a read that waits
+    /// until `index` is applied here sees every write acknowledged before it.
+    ReadReady {
+        context: Vec<u8>,
+        index: u64,
+    },
     /// Raft needs a database copy for a peer: run the job (off the raft loop)
     /// and hand its result to [`Core::offer_snapshot`].
     MakeSnapshot(SnapshotJob),
@@ -352,6 +358,15 @@ impl Core {
             .map_err(|e| e.to_string())
     }
 
+    /// Asks for a read index (Raft ReadIndex: the coordinator confirms it
+    /// still leads with a round of heartbeats); the answer comes as
+    /// [`Output::ReadReady`] with `context`. raft-rs drops the request when
+    /// no coordinator is known or it has not committed in its term yet, so
+    /// callers ask again after a while.
+    pub fn read_index(&mut self, context: Vec<u8>) {
+        self.node.read_index(context);
+    }
+
     pub fn transfer_leader(&mut self, to: u64) {
         self.node.transfer_leader(to);
     }
@@ -432,6 +447,12 @@ impl Core {
     fn ready_cycle(&mut self, out: &mut dyn FnMut(Output)) -> Result<(), CoreError> {
         let mut rd = self.node.ready();
         self.emit(rd.take_messages(), out);
+        for rs in rd.take_read_states() {
+            out(Output::ReadReady {
+                context: rs.request_ctx,
+                index: rs.index,
+            });
+        }
         if !rd.snapshot().is_empty() {
             self.install_snapshot(rd.snapshot().clone())?;
         }

@@ -16,7 +16,8 @@ use raft::eraftpb::{ConfChangeType, Message};
 use super::{now_ms, raft_id, Phase, Shared, PEER_CALL_MS, PROPOSAL_WAIT_MS};
 use crate::membership;
 use crate::proto::{
-    LocalInfo, RaftBatch, Request, Response, StatusView, RAFT_BATCH_BYTES_MAX, REQUEST_BYTES_MAX,
+    LocalInfo, RaftBatch, Request, Response, Staleness, StatusView, RAFT_BATCH_BYTES_MAX,
+    REQUEST_BYTES_MAX,
 };
 use crate::state::Command;
 use crate::transport::{alpn_of, peer_cert, read_frame, write_frame, ALPN_CLIENT, ALPN_PEER};
@@ -33,6 +34,8 @@ const HOLD_POLL_MS: u64 = 20;
 /// Time between two checks, while a proposal waits to be applied, that this
 /// instance is still the coordinator of the term it proposed in.
 const LEADER_CHECK_MS: u64 = 50;
+/// Time a read waits for its read index before asking again.
+const READ_RETRY_MS: u64 = 300;
 /// Attempts of a manual coordinator transfer, one second each.
 const TRANSFER_TRIES: u32 = 5;
 /// Settings listed at most by one `List`.
@@ -237,8 +240,8 @@ async fn respond(shared: &Arc<Shared>, peer: Option<&str>, req: Request) -> Resp
             request_id,
             forwarded,
         } => propose(shared, command, request_id, forwarded).await,
-        Request::Get { key } => read_setting(shared, &key),
-        Request::List => list_settings(shared),
+        Request::Get { key, stale } => read_setting(shared, &key, stale).await,
+        Request::List { stale } => list_settings(shared, stale).await,
         Request::Digest => digest(shared),
         Request::Stop { name } => stop(shared, &name).await,
         Request::Transfer { name } => transfer(shared, &name).await,
@@ -615,18 +618,86 @@ fn applied_request(shared: &Shared, command: &Command) -> Option<u64> {
     guard.as_ref()?.state().request_index(request_id).ok()?
 }
 
-fn read_setting(shared: &Shared, key: &str) -> Response {
-    match shared.core().as_ref().map(|c| c.state().get(key)) {
-        Some(Ok(v)) => Response::Value {
-            value: v.map(serde_bytes::ByteBuf::from),
-        },
-        Some(Err(e)) => Response::Error {
-            message: e.to_string(),
-        },
+/// Serves a read: by default only once this replica holds every write
+/// acknowledged before the read began (ReadIndex); `stale` at once, saying
+/// how old the replica is.
+async fn read(
+    shared: &Shared,
+    stale: bool,
+    serve: impl FnOnce(&crate::consensus::Core, Option<Staleness>) -> Response,
+) -> Response {
+    if !stale {
+        if let Err(message) = confirm_read(shared).await {
+            return Response::Error { message };
+        }
+    }
+    let staleness = stale.then(|| staleness(shared));
+    let guard = shared.core();
+    match guard.as_ref() {
+        Some(core) => serve(core, staleness),
         None => Response::Error {
             message: "this instance holds no database yet".into(),
         },
     }
+}
+
+/// Waits until the coordinator confirmed a read index and this replica
+/// applied it. Asked again every `READ_RETRY_MS` (raft drops the request
+/// while no coordinator is known), until `PROPOSAL_WAIT_MS`.
+async fn confirm_read(shared: &Shared) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + Duration::from_millis(PROPOSAL_WAIT_MS);
+    while std::time::Instant::now() < deadline {
+        let (ctx, ready) = shared.register_read();
+        match shared.core().as_mut() {
+            Some(core) => core.read_index(ctx.clone()),
+            None => {
+                shared.forget_read(&ctx);
+                return Err("this instance holds no database yet".into());
+            }
+        }
+        shared.wake();
+        let wait = Duration::from_millis(READ_RETRY_MS);
+        if let Ok(Ok(_index)) = async_std::future::timeout(wait, ready.recv()).await {
+            return Ok(());
+        }
+        shared.forget_read(&ctx);
+    }
+    Err(format!(
+        "no coordinator confirmed the read within {PROPOSAL_WAIT_MS} ms, so this replica may miss acknowledged writes; `--stale` reads it as it is"
+    ))
+}
+
+fn staleness(shared: &Shared) -> Staleness {
+    let applied_index = shared.core().as_ref().map_or(0, |c| c.applied_index());
+    let coordinator_heard_ago_ms = match shared.leader_name() {
+        Some(l) if l == shared.me.name => Some(0),
+        Some(l) => shared.view().age_ms(&l, now_ms()),
+        None => None,
+    };
+    Staleness {
+        answered_by: shared.me.name.clone(),
+        applied_index,
+        coordinator_heard_ago_ms,
+    }
+}
+
+/// A database error on the read path: logged, and answered as an error.
+fn read_failed(what: &str, e: rusqlite::Error) -> Response {
+    tracing::error!("reading {what} from state.db failed: {e}");
+    Response::Error {
+        message: format!("reading {what} failed: {e}"),
+    }
+}
+
+async fn read_setting(shared: &Shared, key: &str, stale: bool) -> Response {
+    read(shared, stale, |core, stale| match core.state().get(key) {
+        Ok(v) => Response::Value {
+            value: v.map(serde_bytes::ByteBuf::from),
+            stale,
+        },
+        Err(e) => read_failed("a setting", e),
+    })
+    .await
 }
 
 fn digest(shared: &Shared) -> Response {
@@ -647,25 +718,20 @@ fn digest(shared: &Shared) -> Response {
     }
 }
 
-fn list_settings(shared: &Shared) -> Response {
-    match shared
-        .core()
-        .as_ref()
-        .map(|c| c.state().list(LIST_COUNT_MAX))
-    {
-        Some(Ok(items)) => Response::List {
-            items: items
-                .into_iter()
-                .map(|(k, v)| (k, serde_bytes::ByteBuf::from(v)))
-                .collect(),
-        },
-        Some(Err(e)) => Response::Error {
-            message: e.to_string(),
-        },
-        None => Response::Error {
-            message: "this instance holds no database yet".into(),
-        },
-    }
+async fn list_settings(shared: &Shared, stale: bool) -> Response {
+    read(shared, stale, |core, stale| {
+        match core.state().list(LIST_COUNT_MAX) {
+            Ok(items) => Response::List {
+                items: items
+                    .into_iter()
+                    .map(|(k, v)| (k, serde_bytes::ByteBuf::from(v)))
+                    .collect(),
+                stale,
+            },
+            Err(e) => read_failed("the settings", e),
+        }
+    })
+    .await
 }
 
 async fn stop(shared: &Shared, name: &str) -> Response {

@@ -84,6 +84,10 @@ pub(crate) struct Shared {
     pub stopping: AtomicBool,
     pub peers: peers::Peers,
     waiters: Mutex<HashMap<u64, Sender<u64>>>,
+    /// Reads waiting for their read index, by tag, and reads whose index is
+    /// known, waiting for it to be applied here.
+    read_waiters: Mutex<HashMap<u64, Sender<u64>>>,
+    read_parked: Mutex<Vec<(u64, Sender<u64>)>>,
     proposal_seq: AtomicU64,
     pub last_stop: Mutex<Option<StopRecord>>,
     facts: Mutex<startup::LocalFacts>,
@@ -220,6 +224,52 @@ impl Shared {
         }
     }
 
+    /// A tag for a read index request, and the channel that says when the
+    /// read may be served (its index is applied here).
+    pub fn register_read(&self) -> (Vec<u8>, Receiver<u64>) {
+        let seq = self.proposal_seq.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = async_std::channel::bounded(1);
+        self.read_waiters
+            .lock()
+            .expect("reads lock")
+            .insert(seq, tx);
+        let mut ctx = seq.to_be_bytes().to_vec();
+        ctx.extend_from_slice(&self.id.to_be_bytes());
+        (ctx, rx)
+    }
+
+    pub fn forget_read(&self, ctx: &[u8]) {
+        if let Some(seq) = proposal_seq(ctx) {
+            self.read_waiters.lock().expect("reads lock").remove(&seq);
+        }
+    }
+
+    /// The read `ctx` tags may be served once `index` is applied.
+    fn read_ready(&self, ctx: &[u8], index: u64) {
+        if ctx.len() != 16 || ctx[8..] != self.id.to_be_bytes() {
+            return;
+        }
+        let Some(seq) = proposal_seq(ctx) else { return };
+        if let Some(tx) = self.read_waiters.lock().expect("reads lock").remove(&seq) {
+            self.read_parked
+                .lock()
+                .expect("parked lock")
+                .push((index, tx));
+        }
+    }
+
+    /// Lets the parked reads whose index is applied go.
+    fn release_reads(&self, applied: u64) {
+        let mut parked = self.read_parked.lock().expect("parked lock");
+        parked.retain(|(index, tx)| {
+            if *index > applied {
+                return true;
+            }
+            let _ = tx.try_send(*index);
+            false
+        });
+    }
+
     /// Answers the local proposal `ctx` tags, if it is one of ours.
     fn applied(&self, ctx: &[u8], index: u64) {
         if ctx.len() != 16 || ctx[8..] != self.id.to_be_bytes() {
@@ -328,12 +378,15 @@ fn cycle(shared: &Arc<Shared>, ticked: bool) -> Result<Vec<Output>, String> {
     let mut sink = |o: Output| match o {
         Output::Send(msg) => shared.peers.send(shared, msg),
         Output::Applied { index, context, .. } => shared.applied(&context, index),
+        Output::ReadReady { context, index } => shared.read_ready(&context, index),
         other => out.push(other),
     };
     core.pump(&mut sink).map_err(|e| e.to_string())?;
     let member = core.is_member();
     let voter = core.is_voter(shared.id);
+    let applied = core.applied_index();
     drop(guard);
+    shared.release_reads(applied);
     shared.after_cycle(member, voter);
     Ok(out)
 }
@@ -364,6 +417,7 @@ fn dispatch(shared: &Arc<Shared>, outputs: Vec<Output>) {
             }
             Output::Applied { index, context, .. } => shared.applied(&context, index),
             Output::Removed => tracing::info!("this instance was removed from the membership"),
+            Output::ReadReady { context, index } => shared.read_ready(&context, index),
             Output::MakeSnapshot(job) => {
                 let shared = shared.clone();
                 async_std::task::spawn(async move {

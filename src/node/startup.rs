@@ -102,6 +102,8 @@ pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
         stopping: AtomicBool::new(false),
         peers: Peers::default(),
         waiters: Mutex::new(HashMap::new()),
+        read_waiters: Mutex::new(HashMap::new()),
+        read_parked: Mutex::new(Vec::new()),
         proposal_seq: AtomicU64::new(0),
         last_stop: Mutex::new(last_stop),
         facts: Mutex::new(facts),

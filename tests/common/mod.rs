@@ -214,8 +214,12 @@ impl Cluster {
     }
 
     pub fn get(&self, via: &str, key: &str) -> Option<Vec<u8>> {
-        match self.call(via, Request::Get { key: key.into() }) {
-            Ok(Response::Value { value }) => value.map(|v| v.into_vec()),
+        let req = Request::Get {
+            key: key.into(),
+            stale: false,
+        };
+        match self.call(via, req) {
+            Ok(Response::Value { value, .. }) => value.map(|v| v.into_vec()),
             _ => None,
         }
     }
