@@ -3,31 +3,72 @@
 //! Several instances' real `Core` (raft-rs driver, SQLite log store, SQLite state
 //! machine) run in one process over a simulated network and clock. Everything
 //! random comes from one seed: message delay, loss, reordering, partitions,
-//! crashes (the `Core` is dropped; only its database files survive) and
-//! restarts, and the client proposals. After every step the invariants of
-//! BRIEF §5 that concern consensus are checked:
+//! crashes and restarts, and the client proposals.
+//!
+//! A crash drops the `Core`: only its database files survive, with the
+//! transactions committed so far (SQLite rolls back anything uncommitted when
+//! the connection goes); what it had sent stays in flight, what was on its way
+//! to it is lost. Crashes come between steps and also inside a Ready cycle, at
+//! the core's crash points (`consensus::CrashPoint`), each with a chance of
+//! `CRASH_POINT_PER_MILLE` while fewer than a minority are down:
+//!
+//! - `Sent`: messages were handed to the network, this cycle's entries and
+//!   hard state are not durable yet;
+//! - `Persisted`: they are durable, the acknowledgments that depend on them
+//!   are not sent and newly committed entries are not applied;
+//! - `Applied`: a batch is applied in state.db, its proposers not answered.
+//!
+//! After every step the invariants of BRIEF §5 that concern consensus are
+//! checked:
 //!
 //! - at most one coordinator (Raft leader) per term;
 //! - no committed entry is lost or reordered: every replica applies, at each
 //!   index, the same entry (term and content digest), in increasing order;
 //! - replicas at the same applied index have identical state (digest of state.db);
+//! - a proposal answered to its proposer (`Output::Applied` carrying its
+//!   context, on the instance that proposed it) is already applied in that
+//!   instance's state.db at that moment, read through a connection of our own;
+//!   it is never lost: no replica applies another entry at its index, and the
+//!   healed cluster's commit index covers it;
+//! - a restarted instance holds what it acknowledged before its crash: the
+//!   entries of its append responses (in their term) and the terms of its
+//!   votes; Raft counts those towards commits and elections;
 //! - at the end, with the network healed, every replica converges.
 //!
+//! The checks are themselves checked: `consensus::Mutation` makes every core
+//! break a guarantee on purpose, and the `mutation_*` tests expect a seed to
+//! fail, on the guarantee broken:
+//!
+//! - `AckBeforePersist`: followers send their acknowledgments before their
+//!   entries are durable; caught when one crashes at `Sent` after acking;
+//! - `AnswerBeforeApply`: proposers are answered before state.db holds the
+//!   entry; caught at the first answer.
+//!
 //! A failing seed is printed; `CLARO_SIM_SEED=N cargo test --test sim replay`
-//! runs exactly that seed again.
+//! runs exactly that seed again (`CLARO_SIM_MUTATION=ack-before-persist` or
+//! `answer-before-apply` replays it with a mutation).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use claro::consensus::{self, Core, CoreConfig, Output, SnapshotFile};
-use claro::state::Command;
-use raft::eraftpb::{ConfChangeType, Message};
+use claro::consensus::{
+    self, Core, CoreConfig, CoreError, CrashHook, CrashPoint, Mutation, Output, SnapshotFile,
+};
+use claro::state::{self, Command, StateMachine};
+use raft::eraftpb::{ConfChangeType, Message, MessageType};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const TICK_UNITS: u64 = 10;
 const RUN_UNITS: u64 = 4000;
 const SETTLE_UNITS_MAX: u64 = 6000;
+/// Chance, per mille, that a crash point of a Ready cycle crashes its
+/// instance (while fewer than a minority are down).
+const CRASH_POINT_PER_MILLE: u32 = 2;
+/// How long a crashed instance stays down, in units.
+const DOWN_UNITS_MIN: u64 = 50;
+const DOWN_UNITS_MAX: u64 = 800;
 
 struct InFlight {
     at: u64,
@@ -44,6 +85,32 @@ struct SimNode {
     tick_phase: u64,
     down_until: u64,
     last_applied: u64,
+    /// Contexts of the proposals this incarnation made and has not answered:
+    /// an `Output::Applied` carrying one is the answer to its client.
+    waiting: HashSet<Vec<u8>>,
+    /// The highest (term, index) this incarnation acknowledged as appended,
+    /// and the highest term in which it granted a vote: promises of durable
+    /// state, checked when it restarts.
+    appended_ack: (u64, u64),
+    vote_ack: u64,
+}
+
+/// Decides, from the seed, whether a crash point crashes its instance; one
+/// for all the cores of a simulation, so the draws follow the seed.
+struct CrashDice {
+    rng: StdRng,
+    /// Off while a minority is already down, and once the network is healed.
+    allowed: bool,
+}
+
+impl CrashDice {
+    fn hook(dice: &Arc<Mutex<CrashDice>>) -> CrashHook {
+        let dice = Arc::clone(dice);
+        Box::new(move |_point| {
+            let mut d = dice.lock().expect("dice");
+            d.allowed && d.rng.gen_range(0..1000) < CRASH_POINT_PER_MILLE
+        })
+    }
 }
 
 struct Sim {
@@ -60,9 +127,18 @@ struct Sim {
     /// applied index -> state digest every replica must have there.
     states: HashMap<u64, String>,
     leaders: HashMap<u64, u64>,
+    /// index -> (term, digest) of every proposal answered to its proposer.
+    answered: BTreeMap<u64, (u64, u64)>,
     proposals: u64,
     snapshots: u64,
     crashes: u64,
+    /// Crashes inside a Ready cycle, by point (`Sent`, `Persisted`, `Applied`).
+    point_crashes: [u64; 3],
+    dice: Arc<Mutex<CrashDice>>,
+    /// Checking the checker: a deliberate fault every core runs with.
+    mutation: Option<Mutation>,
+    /// The network was healed: no more faults, the run must converge.
+    healed: bool,
     /// `CLARO_SIM_TRACE=1`: print every delivered message.
     trace: bool,
     _tmp: tempfile::TempDir,
@@ -87,8 +163,37 @@ fn core_config(id: u64) -> CoreConfig {
     }
 }
 
+/// The applied index in `dir`'s state.db as another reader sees it now.
+fn applied_on_disk(dir: &Path) -> u64 {
+    StateMachine::open(&consensus::state_db(dir), state::Sync::Off)
+        .expect("open state.db")
+        .applied_index()
+}
+
+/// A restarted instance must hold what it acknowledged before its crash: the
+/// entries of its append responses (in their term) and its votes' terms.
+/// Raft counts those acknowledgments towards commits and elections, so a
+/// promise broken here can lose a committed entry or elect two leaders.
+fn check_promises(seed: u64, node: &mut SimNode, core: &Core) {
+    let (term, last) = (core.term(), core.last_index());
+    let (ack_term, ack_index) = node.appended_ack;
+    assert!(
+        term > ack_term || (term == ack_term && last >= ack_index),
+        "seed {seed}: node {} acknowledged entries up to index {ack_index} in term {ack_term} but restarted with its log ending at index {last} in term {term}: an acknowledgment was sent before its entries were durable",
+        node.id
+    );
+    assert!(
+        term >= node.vote_ack,
+        "seed {seed}: node {} granted a vote in term {} but restarted in term {term}: a vote was sent before it was durable",
+        node.id,
+        node.vote_ack
+    );
+    node.appended_ack = (0, 0);
+    node.vote_ack = 0;
+}
+
 impl Sim {
-    fn new(seed: u64) -> Sim {
+    fn new(seed: u64, mutation: Option<Mutation>) -> Sim {
         let mut rng = StdRng::seed_from_u64(seed);
         let count = if rng.gen_bool(0.5) { 3 } else { 5 };
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -100,8 +205,15 @@ impl Sim {
                 tick_phase: rng.gen_range(0..TICK_UNITS),
                 down_until: 0,
                 last_applied: 0,
+                waiting: HashSet::new(),
+                appended_ack: (0, 0),
+                vote_ack: 0,
             })
             .collect();
+        let dice = CrashDice {
+            rng: StdRng::seed_from_u64(rng.gen()),
+            allowed: true,
+        };
         let mut sim = Sim {
             seed,
             rng,
@@ -114,9 +226,14 @@ impl Sim {
             log: BTreeMap::new(),
             states: HashMap::new(),
             leaders: HashMap::new(),
+            answered: BTreeMap::new(),
             proposals: 0,
             snapshots: 0,
             crashes: 0,
+            point_crashes: [0; 3],
+            dice: Arc::new(Mutex::new(dice)),
+            mutation,
+            healed: false,
             trace: std::env::var("CLARO_SIM_TRACE").is_ok(),
             _tmp: tmp,
         };
@@ -129,8 +246,11 @@ impl Sim {
     }
 
     fn start(&mut self, i: usize) {
+        let hook = CrashDice::hook(&self.dice);
         let node = &mut self.nodes[i];
-        let core = Core::open(&node.dir, core_config(node.id), &logger()).expect("open core");
+        let mut core = Core::open(&node.dir, core_config(node.id), &logger()).expect("open core");
+        check_promises(self.seed, node, &core);
+        core.inject_faults(Some(hook), self.mutation);
         node.last_applied = core.applied_index();
         node.core = Some(core);
     }
@@ -154,6 +274,15 @@ impl Sim {
             self.describe("replicas did not converge")
         );
         assert!(self.proposals > 0, "no proposal was committed");
+        let l = self.leader_index().expect("converged under a leader");
+        let commit = self.nodes[l].core.as_ref().expect("up").commit_index();
+        if let Some((&index, _)) = self.answered.last_key_value() {
+            assert!(
+                index <= commit,
+                "seed {}: the proposal answered at index {index} was lost: the healed cluster's commit index is {commit}",
+                self.seed
+            );
+        }
     }
 
     /// Random faults, all drawn from the seed.
@@ -173,19 +302,36 @@ impl Sim {
 
     fn crash_one(&mut self) {
         let i = self.rng.gen_range(0..self.nodes.len());
-        let down_units = self.rng.gen_range(50..800);
+        self.crash(i);
+    }
+
+    /// Drops instance `i`'s core (only its database files survive, with what
+    /// was committed) and what was on its way to it; what it sent stays in
+    /// flight.
+    fn crash(&mut self, i: usize) {
+        let down_units = self.rng.gen_range(DOWN_UNITS_MIN..DOWN_UNITS_MAX);
         let node = &mut self.nodes[i];
-        if node.core.take().is_some() {
-            node.down_until = self.now + down_units;
-            self.crashes += 1;
-            let id = node.id;
-            let (dropped, kept): (Vec<InFlight>, Vec<InFlight>) =
-                self.queue.drain(..).partition(|m| m.msg.to == id);
-            self.queue = kept;
-            for m in dropped {
-                self.report_snapshot(m.msg.from, id, &m, false);
-            }
+        if node.core.take().is_none() {
+            return;
         }
+        node.down_until = self.now + down_units;
+        node.waiting.clear();
+        self.crashes += 1;
+        let id = node.id;
+        let (dropped, kept): (Vec<InFlight>, Vec<InFlight>) =
+            self.queue.drain(..).partition(|m| m.msg.to == id);
+        self.queue = kept;
+        for m in dropped {
+            self.report_snapshot(m.msg.from, id, &m, false);
+        }
+    }
+
+    /// Crash points may fire while fewer than a minority are down, and not
+    /// once the network is healed (the run must then converge).
+    fn allow_crash_points(&mut self, allowed: bool) {
+        let down = self.nodes.iter().filter(|n| n.core.is_none()).count();
+        let minority = (self.nodes.len() - 1) / 2;
+        self.dice.lock().expect("dice").allowed = allowed && down < minority;
     }
 
     fn partition_one(&mut self) {
@@ -199,6 +345,7 @@ impl Sim {
     }
 
     fn heal(&mut self) {
+        self.healed = true;
         self.cut.clear();
         self.loss_percent = 0;
         for i in 0..self.nodes.len() {
@@ -223,8 +370,14 @@ impl Sim {
         let len = self.rng.gen_range(1..64);
         let value: Vec<u8> = (0..len).map(|_| self.rng.gen()).collect();
         let ctx = self.rng.gen::<u64>().to_be_bytes().to_vec();
-        let core = self.nodes[i].core.as_mut().expect("leader is up");
-        let _ = core.propose(ctx, &Command::Put { key, value });
+        let node = &mut self.nodes[i];
+        let core = node.core.as_mut().expect("leader is up");
+        if core
+            .propose(ctx.clone(), &Command::Put { key, value })
+            .is_ok()
+        {
+            node.waiting.insert(ctx);
+        }
         self.pump(i);
     }
 
@@ -336,31 +489,87 @@ impl Sim {
         self.pump((from - 1) as usize);
     }
 
+    /// Runs instance `i`'s Ready cycles and carries out what they return; a
+    /// crash point that fires drops the instance right there.
     fn pump(&mut self, i: usize) {
-        let Some(core) = self.nodes[i].core.as_mut() else {
+        if self.nodes[i].core.is_none() {
             return;
-        };
+        }
+        self.allow_crash_points(!self.healed);
+        let node = &mut self.nodes[i];
+        let core = node.core.as_mut().expect("up");
+        let (waiting, dir) = (&node.waiting, &node.dir);
         let mut out = Vec::new();
-        core.pump(&mut |o| out.push(o))
-            .unwrap_or_else(|e| panic!("seed {}: node {} pump: {e}", self.seed, i + 1));
+        let mut answers = Vec::new();
+        let result = core.pump(&mut |o| {
+            // A proposer is answered the moment its entry's Applied is handed
+            // out: look at state.db then, through a connection of our own.
+            if let Output::Applied { index, context, .. } = &o {
+                if waiting.contains(context) {
+                    answers.push((*index, context.clone(), applied_on_disk(dir)));
+                }
+            }
+            out.push(o);
+        });
+        match result {
+            Ok(()) => {}
+            Err(CoreError::Crashed(point)) => {
+                let slot = match point {
+                    CrashPoint::Sent => 0,
+                    CrashPoint::Persisted => 1,
+                    CrashPoint::Applied => 2,
+                };
+                self.point_crashes[slot] += 1;
+                self.crash(i);
+            }
+            Err(e) => panic!("seed {}: node {} pump: {e}", self.seed, i + 1),
+        }
+        for (index, context, on_disk) in answers {
+            self.check_answer(i, index, &context, on_disk, &out);
+        }
         for o in out {
             self.handle_output(i, o);
         }
         self.check_state(i);
     }
 
+    /// A proposal answered to its proposer must already be applied in the
+    /// proposer's state.db; the entry is remembered, to be never lost.
+    fn check_answer(&mut self, i: usize, index: u64, context: &[u8], on_disk: u64, out: &[Output]) {
+        assert!(
+            on_disk >= index,
+            "seed {}: node {} answered the proposal at index {index} while its state.db had applied only up to {on_disk}: a proposal was acknowledged before it was applied",
+            self.seed,
+            i + 1
+        );
+        self.nodes[i].waiting.remove(context);
+        let (term, digest) = out
+            .iter()
+            .find_map(|o| match o {
+                Output::Applied {
+                    index: x,
+                    term,
+                    digest,
+                    ..
+                } if *x == index => Some((*term, *digest)),
+                _ => None,
+            })
+            .expect("the answer's Applied");
+        self.answered.insert(index, (term, digest));
+    }
+
     fn handle_output(&mut self, i: usize, o: Output) {
         match o {
-            Output::Send(msg) => self.send(msg, None),
+            Output::Send(msg) => {
+                self.note_promise(i, &msg);
+                self.send(msg, None)
+            }
             Output::SendSnapshot { msg, file, meta } => match std::fs::read(&file) {
                 Ok(bytes) => self.send(msg, Some((bytes, meta))),
                 Err(_) => {
-                    let to = msg.to;
-                    self.nodes[i]
-                        .core
-                        .as_mut()
-                        .expect("up")
-                        .report_snapshot(to, false);
+                    if let Some(core) = self.nodes[i].core.as_mut() {
+                        core.report_snapshot(msg.to, false);
+                    }
                 }
             },
             Output::Applied {
@@ -372,15 +581,29 @@ impl Sim {
             Output::Removed => {}
             // The simulation issues no reads.
             Output::ReadReady { .. } => {}
-            // Made at once here: the copy's index is whatever was applied now.
+            // Made at once here: the copy's index is whatever was applied now
+            // (a core that crashed meanwhile never gets it).
             Output::MakeSnapshot(job) => {
-                let made = job.run();
-                self.nodes[i]
-                    .core
-                    .as_mut()
-                    .expect("up")
-                    .offer_snapshot(made);
+                if let Some(core) = self.nodes[i].core.as_mut() {
+                    core.offer_snapshot(job.run());
+                }
             }
+        }
+    }
+
+    /// Remembers what an acknowledgment promises: an append response that the
+    /// entries up to its index are durable in its term, a granted vote that
+    /// the vote's term is.
+    fn note_promise(&mut self, i: usize, msg: &Message) {
+        let node = &mut self.nodes[i];
+        match msg.get_msg_type() {
+            MessageType::MsgAppendResponse if !msg.reject => {
+                node.appended_ack = node.appended_ack.max((msg.term, msg.index));
+            }
+            MessageType::MsgRequestVoteResponse if !msg.reject => {
+                node.vote_ack = node.vote_ack.max(msg.term);
+            }
+            _ => {}
         }
     }
 
@@ -417,6 +640,14 @@ impl Sim {
             node.last_applied
         );
         node.last_applied = index;
+        if let Some(&(t, d)) = self.answered.get(&index) {
+            assert!(
+                (t, d) == (term, digest),
+                "seed {}: the proposal answered at index {index} (term {t}) was lost: node {} applied another entry there (term {term})",
+                self.seed,
+                i + 1
+            );
+        }
         match self.log.get(&index) {
             Some(&(t, d)) => assert!(
                 (t, d) == (term, digest),
@@ -511,21 +742,39 @@ impl Sim {
 #[derive(Default, Debug)]
 struct Totals {
     proposals: u64,
+    answered: u64,
     snapshots: u64,
     crashes: u64,
+    /// Crashes inside a Ready cycle, by point (`Sent`, `Persisted`, `Applied`).
+    point_crashes: [u64; 3],
     terms: u64,
 }
 
-fn run_seed(seed: u64) -> Totals {
-    let mut sim = Sim::new(seed);
+impl Totals {
+    fn add(&mut self, t: &Totals) {
+        self.proposals += t.proposals;
+        self.answered += t.answered;
+        self.snapshots += t.snapshots;
+        self.crashes += t.crashes;
+        for (sum, n) in self.point_crashes.iter_mut().zip(t.point_crashes) {
+            *sum += n;
+        }
+        self.terms += t.terms;
+    }
+}
+
+fn run_seed(seed: u64, mutation: Option<Mutation>) -> Totals {
+    let mut sim = Sim::new(seed, mutation);
     sim.run();
     if sim.trace {
         eprintln!("{}", sim.describe("end"));
     }
     Totals {
         proposals: sim.proposals,
+        answered: sim.answered.len() as u64,
         snapshots: sim.snapshots,
         crashes: sim.crashes,
+        point_crashes: sim.point_crashes,
         terms: sim.leaders.len() as u64,
     }
 }
@@ -536,16 +785,12 @@ fn run_seeds(range: std::ops::Range<u64>) {
     let mut totals = Totals::default();
     let seeds = range.end - range.start;
     for seed in range {
-        let result = std::panic::catch_unwind(|| run_seed(seed));
-        if let Ok(t) = &result {
-            totals.proposals += t.proposals;
-            totals.snapshots += t.snapshots;
-            totals.crashes += t.crashes;
-            totals.terms += t.terms;
-        }
-        if result.is_err() {
-            eprintln!("sim seed {seed} FAILED; replay: CLARO_SIM_SEED={seed} cargo test --test sim replay -- --nocapture");
-            failed.push(seed);
+        match std::panic::catch_unwind(|| run_seed(seed, None)) {
+            Ok(t) => totals.add(&t),
+            Err(_) => {
+                eprintln!("sim seed {seed} FAILED; replay: CLARO_SIM_SEED={seed} cargo test --test sim replay -- --nocapture");
+                failed.push(seed);
+            }
         }
     }
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
@@ -553,14 +798,54 @@ fn run_seeds(range: std::ops::Range<u64>) {
     eprintln!("{seeds} seeds: {totals:?}");
     assert!(totals.crashes >= seeds, "too few crashes: {totals:?}");
     assert!(
+        totals.point_crashes.iter().all(|n| *n > 0),
+        "a crash point never fired: {totals:?}"
+    );
+    assert!(
         totals.snapshots >= seeds,
         "too few database transfers: {totals:?}"
     );
     assert!(totals.terms >= 2 * seeds, "too few elections: {totals:?}");
     assert!(
-        totals.proposals >= 20 * seeds,
-        "too few commits: {totals:?}"
+        totals.proposals >= 20 * seeds && totals.answered >= 10 * seeds,
+        "too few commits or answers: {totals:?}"
     );
+}
+
+/// Seeds tried with a mutation before concluding the checks miss it.
+const MUTANT_SEEDS: u64 = 40;
+
+/// Checking the checker: with a deliberate fault in the core, some seed must
+/// fail, and the first that does must fail on a guarantee the fault breaks
+/// (its message contains one of `names`).
+fn expect_caught(mutation: Mutation, names: &[&str]) {
+    for seed in 0..MUTANT_SEEDS {
+        let Err(panic) = std::panic::catch_unwind(|| run_seed(seed, Some(mutation))) else {
+            continue;
+        };
+        let msg = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        assert!(
+            names.iter().any(|name| msg.contains(name)),
+            "seed {seed} with {mutation:?} failed, but not on the broken guarantee: {msg}"
+        );
+        eprintln!("{mutation:?} caught by seed {seed}: {msg}");
+        return;
+    }
+    panic!("no seed of 0..{MUTANT_SEEDS} notices {mutation:?}");
+}
+
+fn mutation_from_env() -> Option<Mutation> {
+    match std::env::var("CLARO_SIM_MUTATION").ok()?.as_str() {
+        "ack-before-persist" => Some(Mutation::AckBeforePersist),
+        "answer-before-apply" => Some(Mutation::AnswerBeforeApply),
+        other => panic!(
+            "CLARO_SIM_MUTATION={other:?}: expected ack-before-persist or answer-before-apply"
+        ),
+    }
 }
 
 #[test]
@@ -590,16 +875,38 @@ fn replay() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let totals = run_seed(seed);
+    let totals = run_seed(seed, mutation_from_env());
     eprintln!("seed {seed}: {totals:?}");
+}
+
+/// A follower that acknowledges entries before they are durable is caught.
+#[test]
+fn mutation_ack_before_persist_is_caught() {
+    // Votes are acknowledgments too: the mutation sends them early as well.
+    expect_caught(
+        Mutation::AckBeforePersist,
+        &[
+            "an acknowledgment was sent before its entries were durable",
+            "a vote was sent before it was durable",
+        ],
+    );
+}
+
+/// A proposer answered before its entry is applied is caught.
+#[test]
+fn mutation_answer_before_apply_is_caught() {
+    expect_caught(
+        Mutation::AnswerBeforeApply,
+        &["a proposal was acknowledged before it was applied"],
+    );
 }
 
 /// The same seed gives the same history: the replay promise holds.
 #[test]
 fn same_seed_same_history() {
-    let mut a = Sim::new(7);
+    let mut a = Sim::new(7, None);
     a.run();
-    let mut b = Sim::new(7);
+    let mut b = Sim::new(7, None);
     b.run();
     assert_eq!(a.log, b.log);
     assert_eq!(a.leaders, b.leaders);

@@ -12,6 +12,11 @@
 //! go out first; a received snapshot is installed; committed entries are applied
 //! in order; new entries and the hard state are made durable in one transaction;
 //! only then are the messages that depend on them released.
+//!
+//! For the simulation, a cycle has crash points between its I/O steps
+//! ([`CrashPoint`]) where a test's hook may stop it as a crash would, and a
+//! test may switch on a [`Mutation`] that breaks a guarantee on purpose, to
+//! show the simulation notices; production sets neither.
 
 pub mod log_store;
 
@@ -96,11 +101,47 @@ impl SnapshotFile {
     }
 }
 
+/// A point between the I/O steps of a Ready cycle where a test may crash the
+/// instance (see [`Core::inject_faults`]): in production no hook is set and
+/// these points cost one branch each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// Messages were handed to the network; this cycle's entries and hard
+    /// state are not durable yet.
+    Sent,
+    /// Entries and hard state are durable; the acknowledgments that depend on
+    /// them are not sent and newly committed entries are not applied.
+    Persisted,
+    /// A batch of committed entries is applied (its transaction committed);
+    /// its proposers are not answered yet.
+    Applied,
+}
+
+/// Asked at every [`CrashPoint`]; `true` crashes the instance there.
+pub type CrashHook = Box<dyn FnMut(CrashPoint) -> bool + Send>;
+
+/// Test-only fault injection: a deliberate break of a guarantee, so that the
+/// simulation can show it notices ("check the checker"). Never set in
+/// production.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mutation {
+    /// A follower sends its acknowledgments (raft's persisted messages) before
+    /// its entries and hard state are durable.
+    AckBeforePersist,
+    /// Proposers are answered (`Output::Applied`) before the entry is applied
+    /// to state.db.
+    AnswerBeforeApply,
+}
+
 #[derive(Debug)]
 pub enum CoreError {
     Db(rusqlite::Error),
     Raft(raft::Error),
     Snapshot(String),
+    /// A crash hook fired: the caller must drop the core now, as if the
+    /// process died there (the databases hold only committed transactions).
+    Crashed(CrashPoint),
 }
 
 impl std::fmt::Display for CoreError {
@@ -109,6 +150,7 @@ impl std::fmt::Display for CoreError {
             CoreError::Db(e) => write!(f, "database: {e}"),
             CoreError::Raft(e) => write!(f, "raft: {e}"),
             CoreError::Snapshot(e) => write!(f, "snapshot: {e}"),
+            CoreError::Crashed(p) => write!(f, "crash injected at {p:?}"),
         }
     }
 }
@@ -133,6 +175,9 @@ pub struct Core {
     member: bool,
     /// A [`SnapshotJob`] was handed out and has not come back yet.
     snapshot_in_flight: bool,
+    /// Test-only: see [`Core::inject_faults`].
+    crash_hook: Option<CrashHook>,
+    mutation: Option<Mutation>,
 }
 
 pub fn raft_db(dir: &Path) -> PathBuf {
@@ -251,6 +296,8 @@ impl Core {
             cfg,
             member: false,
             snapshot_in_flight: false,
+            crash_hook: None,
+            mutation: None,
         };
         core.member = core.is_member();
         Ok(core)
@@ -444,6 +491,23 @@ impl Core {
         Ok(())
     }
 
+    /// Test-only fault injection (the simulation's): `crash` is asked at every
+    /// [`CrashPoint`] of a Ready cycle and may make [`Core::pump`] return
+    /// [`CoreError::Crashed`] there; `mutation` deliberately breaks a
+    /// guarantee. Production never calls this.
+    #[doc(hidden)]
+    pub fn inject_faults(&mut self, crash: Option<CrashHook>, mutation: Option<Mutation>) {
+        self.crash_hook = crash;
+        self.mutation = mutation;
+    }
+
+    fn crash_point(&mut self, point: CrashPoint) -> Result<(), CoreError> {
+        match self.crash_hook.as_mut().map(|hook| hook(point)) {
+            Some(true) => Err(CoreError::Crashed(point)),
+            _ => Ok(()),
+        }
+    }
+
     fn ready_cycle(&mut self, out: &mut dyn FnMut(Output)) -> Result<(), CoreError> {
         let mut rd = self.node.ready();
         self.emit(rd.take_messages(), out);
@@ -453,11 +517,16 @@ impl Core {
                 index: rs.index,
             });
         }
+        if self.mutation == Some(Mutation::AckBeforePersist) {
+            self.emit(rd.take_persisted_messages(), out);
+        }
+        self.crash_point(CrashPoint::Sent)?;
         if !rd.snapshot().is_empty() {
             self.install_snapshot(rd.snapshot().clone())?;
         }
         self.apply(rd.take_committed_entries(), out)?;
         self.node.mut_store().persist(rd.entries(), rd.hs())?;
+        self.crash_point(CrashPoint::Persisted)?;
         self.emit(rd.take_persisted_messages(), out);
         let mut light = self.node.advance(rd);
         self.emit(light.take_messages(), out);
@@ -487,6 +556,10 @@ impl Core {
         if entries.is_empty() {
             return Ok(());
         }
+        let answer_early = self.mutation == Some(Mutation::AnswerBeforeApply);
+        if answer_early {
+            answer(&entries, out);
+        }
         let mut commands: Vec<Option<Command>> = Vec::with_capacity(entries.len());
         let mut confs: Vec<Option<ConfState>> = Vec::with_capacity(entries.len());
         for e in &entries {
@@ -511,14 +584,9 @@ impl Core {
         self.node
             .mut_store()
             .set_conf_state(self.state.conf_state().clone());
-        for e in entries {
-            let digest = fnv1a(&e.data);
-            out(Output::Applied {
-                index: e.index,
-                term: e.term,
-                context: e.context.to_vec(),
-                digest,
-            });
+        self.crash_point(CrashPoint::Applied)?;
+        if !answer_early {
+            answer(&entries, out);
         }
         // Only a member that stops being one is removed: an instance catching up
         // before it was (re-)added applies conf states that do not name it yet.
@@ -634,6 +702,19 @@ impl Core {
             self.node.mut_store().compact(applied - keep)?;
         }
         Ok(())
+    }
+}
+
+/// Answers the proposers of applied entries (and tells the shell what was
+/// applied): only once the entries are in state.db.
+fn answer(entries: &[Entry], out: &mut dyn FnMut(Output)) {
+    for e in entries {
+        out(Output::Applied {
+            index: e.index,
+            term: e.term,
+            context: e.context.to_vec(),
+            digest: fnv1a(&e.data),
+        });
     }
 }
 
@@ -877,6 +958,55 @@ mod tests {
             3,
             "the divergent tail 4..=5 of term 1 must be gone"
         );
+    }
+
+    /// A single-voter leader of `dir`, elected.
+    fn leader(dir: &Path) -> Core {
+        let mut core = Core::open(dir, cfg(1), &logger()).unwrap();
+        core.campaign().unwrap();
+        core.pump(&mut |_| {}).unwrap();
+        assert!(core.is_leader());
+        core
+    }
+
+    #[test]
+    fn a_crash_point_stops_the_cycle_where_it_fires() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("n1");
+        bootstrap(&dir, 1, "c", false).unwrap();
+        let put = Command::Put {
+            key: "k".into(),
+            value: vec![1],
+        };
+        // At Sent the proposal's entry is not durable yet.
+        let mut core = leader(&dir);
+        let last = core.last_index();
+        core.propose(b"p".to_vec(), &put).unwrap();
+        core.inject_faults(Some(Box::new(|p| p == CrashPoint::Sent)), None);
+        let err = core.pump(&mut |_| {}).unwrap_err();
+        assert!(matches!(err, CoreError::Crashed(CrashPoint::Sent)), "{err}");
+        drop(core);
+        let reopened = Core::open(&dir, cfg(1), &logger()).unwrap();
+        assert_eq!(reopened.last_index(), last, "the entry became durable");
+        drop(reopened);
+        let mut core = leader(&dir);
+        // At Applied the entry is in state.db, but its proposer has no answer.
+        core.propose(b"p".to_vec(), &put).unwrap();
+        core.inject_faults(Some(Box::new(|p| p == CrashPoint::Applied)), None);
+        let mut answered = false;
+        let err = core
+            .pump(&mut |o| answered |= matches!(o, Output::Applied { .. }))
+            .unwrap_err();
+        assert!(
+            matches!(err, CoreError::Crashed(CrashPoint::Applied)),
+            "{err}"
+        );
+        assert!(!answered, "answered before the crash point");
+        let applied = core.applied_index();
+        drop(core);
+        let core = Core::open(&dir, cfg(1), &logger()).unwrap();
+        assert_eq!(core.applied_index(), applied);
+        assert_eq!(core.state().get("k").unwrap(), Some(vec![1]));
     }
 
     #[test]
