@@ -30,6 +30,9 @@
 //!   instance's state.db at that moment, read through a connection of our own;
 //!   it is never lost: no replica applies another entry at its index, and the
 //!   healed cluster's commit index covers it;
+//! - a read served at its read index (`Core::read_index`, Raft ReadIndex)
+//!   sees every write answered before the read began: the index is not below
+//!   theirs;
 //! - a restarted instance holds what it acknowledged before its crash: the
 //!   entries of its append responses (in their term) and the terms of its
 //!   votes; Raft counts those towards commits and elections;
@@ -42,7 +45,9 @@
 //! - `AckBeforePersist`: followers send their acknowledgments before their
 //!   entries are durable; caught when one crashes at `Sent` after acking;
 //! - `AnswerBeforeApply`: proposers are answered before state.db holds the
-//!   entry; caught at the first answer.
+//!   entry; caught at the first answer;
+//! - `ReadWithoutQuorum`: a read index is the instance's own commit index,
+//!   unconfirmed by the coordinator; caught as a stale read.
 //!
 //! A failing seed is printed; `CLARO_SIM_SEED=N cargo test --test sim replay`
 //! runs exactly that seed again (`CLARO_SIM_MUTATION=ack-before-persist` or
@@ -88,6 +93,9 @@ struct SimNode {
     /// Contexts of the proposals this incarnation made and has not answered:
     /// an `Output::Applied` carrying one is the answer to its client.
     waiting: HashSet<Vec<u8>>,
+    /// Reads this incarnation asked a read index for: context -> the highest
+    /// index answered to any proposer when the read began.
+    reads: HashMap<Vec<u8>, u64>,
     /// The highest (term, index) this incarnation acknowledged as appended,
     /// and the highest term in which it granted a vote: promises of durable
     /// state, checked when it restarts.
@@ -130,6 +138,8 @@ struct Sim {
     /// index -> (term, digest) of every proposal answered to its proposer.
     answered: BTreeMap<u64, (u64, u64)>,
     proposals: u64,
+    /// Reads given a read index (and checked).
+    served_reads: u64,
     snapshots: u64,
     crashes: u64,
     /// Crashes inside a Ready cycle, by point (`Sent`, `Persisted`, `Applied`).
@@ -206,6 +216,7 @@ impl Sim {
                 down_until: 0,
                 last_applied: 0,
                 waiting: HashSet::new(),
+                reads: HashMap::new(),
                 appended_ack: (0, 0),
                 vote_ack: 0,
             })
@@ -228,6 +239,7 @@ impl Sim {
             leaders: HashMap::new(),
             answered: BTreeMap::new(),
             proposals: 0,
+            served_reads: 0,
             snapshots: 0,
             crashes: 0,
             point_crashes: [0; 3],
@@ -296,6 +308,7 @@ impl Sim {
             12..=14 => self.loss_percent = 0,
             15..=40 => self.propose_one(),
             41..=43 => self.add_member(),
+            44..=55 => self.read_one(),
             _ => {}
         }
     }
@@ -316,6 +329,7 @@ impl Sim {
         }
         node.down_until = self.now + down_units;
         node.waiting.clear();
+        node.reads.clear();
         self.crashes += 1;
         let id = node.id;
         let (dropped, kept): (Vec<InFlight>, Vec<InFlight>) =
@@ -378,6 +392,20 @@ impl Sim {
         {
             node.waiting.insert(ctx);
         }
+        self.pump(i);
+    }
+
+    /// A client's read on a random instance: it asks for a read index.
+    fn read_one(&mut self) {
+        let i = self.rng.gen_range(0..self.nodes.len());
+        let ctx = self.rng.gen::<u64>().to_be_bytes().to_vec();
+        let acked = self.answered.last_key_value().map_or(0, |(i, _)| *i);
+        let node = &mut self.nodes[i];
+        let Some(core) = node.core.as_mut() else {
+            return;
+        };
+        core.read_index(ctx.clone());
+        node.reads.insert(ctx, acked);
         self.pump(i);
     }
 
@@ -579,8 +607,7 @@ impl Sim {
                 ..
             } => self.check_applied(i, index, term, digest),
             Output::Removed => {}
-            // The simulation issues no reads.
-            Output::ReadReady { .. } => {}
+            Output::ReadReady { context, index } => self.check_read(i, &context, index),
             // Made at once here: the copy's index is whatever was applied now
             // (a core that crashed meanwhile never gets it).
             Output::MakeSnapshot(job) => {
@@ -628,6 +655,21 @@ impl Sim {
             msg,
             snapshot,
         });
+    }
+
+    /// A read served once `index` is applied must see every write answered
+    /// before the read began: its index may not be below theirs.
+    fn check_read(&mut self, i: usize, context: &[u8], index: u64) {
+        let Some(acked) = self.nodes[i].reads.remove(context) else {
+            return;
+        };
+        assert!(
+            index >= acked,
+            "seed {}: node {} was given read index {index} although a write was acknowledged at {acked} before the read began: a stale read",
+            self.seed,
+            i + 1
+        );
+        self.served_reads += 1;
     }
 
     fn check_applied(&mut self, i: usize, index: u64, term: u64, digest: u64) {
@@ -743,6 +785,7 @@ impl Sim {
 struct Totals {
     proposals: u64,
     answered: u64,
+    reads: u64,
     snapshots: u64,
     crashes: u64,
     /// Crashes inside a Ready cycle, by point (`Sent`, `Persisted`, `Applied`).
@@ -754,6 +797,7 @@ impl Totals {
     fn add(&mut self, t: &Totals) {
         self.proposals += t.proposals;
         self.answered += t.answered;
+        self.reads += t.reads;
         self.snapshots += t.snapshots;
         self.crashes += t.crashes;
         for (sum, n) in self.point_crashes.iter_mut().zip(t.point_crashes) {
@@ -772,6 +816,7 @@ fn run_seed(seed: u64, mutation: Option<Mutation>) -> Totals {
     Totals {
         proposals: sim.proposals,
         answered: sim.answered.len() as u64,
+        reads: sim.served_reads,
         snapshots: sim.snapshots,
         crashes: sim.crashes,
         point_crashes: sim.point_crashes,
@@ -810,6 +855,10 @@ fn run_seeds(range: std::ops::Range<u64>) {
         totals.proposals >= 20 * seeds && totals.answered >= 10 * seeds,
         "too few commits or answers: {totals:?}"
     );
+    assert!(
+        totals.reads >= 5 * seeds,
+        "too few reads served: {totals:?}"
+    );
 }
 
 /// Seeds tried with a mutation before concluding the checks miss it.
@@ -842,6 +891,7 @@ fn mutation_from_env() -> Option<Mutation> {
     match std::env::var("CLARO_SIM_MUTATION").ok()?.as_str() {
         "ack-before-persist" => Some(Mutation::AckBeforePersist),
         "answer-before-apply" => Some(Mutation::AnswerBeforeApply),
+        "read-without-quorum" => Some(Mutation::ReadWithoutQuorum),
         other => panic!(
             "CLARO_SIM_MUTATION={other:?}: expected ack-before-persist or answer-before-apply"
         ),
@@ -899,6 +949,12 @@ fn mutation_answer_before_apply_is_caught() {
         Mutation::AnswerBeforeApply,
         &["a proposal was acknowledged before it was applied"],
     );
+}
+
+/// A read served without the coordinator confirming it still leads is caught.
+#[test]
+fn mutation_read_without_quorum_is_caught() {
+    expect_caught(Mutation::ReadWithoutQuorum, &["a stale read"]);
 }
 
 /// The same seed gives the same history: the replay promise holds.

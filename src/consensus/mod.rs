@@ -132,6 +132,9 @@ pub enum Mutation {
     /// Proposers are answered (`Output::Applied`) before the entry is applied
     /// to state.db.
     AnswerBeforeApply,
+    /// A read index is answered at once with this instance's own commit
+    /// index, without the coordinator confirming it still leads.
+    ReadWithoutQuorum,
 }
 
 #[derive(Debug)]
@@ -178,6 +181,8 @@ pub struct Core {
     /// Test-only: see [`Core::inject_faults`].
     crash_hook: Option<CrashHook>,
     mutation: Option<Mutation>,
+    /// Reads answered locally under `Mutation::ReadWithoutQuorum`.
+    pending_local_reads: Vec<(Vec<u8>, u64)>,
 }
 
 pub fn raft_db(dir: &Path) -> PathBuf {
@@ -298,6 +303,7 @@ impl Core {
             snapshot_in_flight: false,
             crash_hook: None,
             mutation: None,
+            pending_local_reads: Vec::new(),
         };
         core.member = core.is_member();
         Ok(core)
@@ -411,6 +417,11 @@ impl Core {
     /// no coordinator is known or it has not committed in its term yet, so
     /// callers ask again after a while.
     pub fn read_index(&mut self, context: Vec<u8>) {
+        if self.mutation == Some(Mutation::ReadWithoutQuorum) {
+            self.pending_local_reads
+                .push((context, self.commit_index()));
+            return;
+        }
         self.node.read_index(context);
     }
 
@@ -477,6 +488,9 @@ impl Core {
     /// to `out` as soon as it is known: a leader's appends go out while its own
     /// log write is still in progress (raft allows it), halving commit latency.
     pub fn pump(&mut self, out: &mut dyn FnMut(Output)) -> Result<(), CoreError> {
+        for (context, index) in std::mem::take(&mut self.pending_local_reads) {
+            out(Output::ReadReady { context, index });
+        }
         while self.node.has_ready() {
             self.ready_cycle(out)?;
         }
