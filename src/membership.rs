@@ -64,8 +64,19 @@ fn config_difference(mine: &str, theirs: &str) -> String {
 pub enum Startup {
     /// Start raft on the local database (a member that crashed or stopped last).
     Run,
-    /// Create a new cluster with this instance as its only voter.
-    Bootstrap,
+    /// Create a new cluster whose initial voters are this instance and every
+    /// fresh server it sees (sorted names): like etcd's initial cluster, so
+    /// that the bootstrapper's death leaves the others able to elect among
+    /// themselves, and a bootstrapper that returns alone cannot outvote them.
+    Bootstrap { voters: Vec<String> },
+    /// Take the same initial state as `cluster_id`'s creator: a fresh
+    /// instance named among the initial voters of a cluster that has not yet
+    /// committed anything beyond its creation (its first election is under
+    /// way). The initial state is identical on every voter by construction.
+    Adopt {
+        cluster_id: String,
+        voters: Vec<String>,
+    },
     /// Start again as a one-voter cluster on the local (older) database: only
     /// when the operator forces it.
     ForceBootstrap,
@@ -148,6 +159,9 @@ fn after_leaving(s: &Situation<'_>) -> Startup {
 /// A fresh instance: join a cluster if one exists, else the first-started
 /// fresh instance (ties broken by name) bootstraps, once the window is over.
 fn fresh(s: &Situation<'_>) -> Startup {
+    if let Some(adopt) = adoptable(s) {
+        return adopt;
+    }
     if let Some(p) = s.peers.iter().find(|p| p.initialized) {
         return Startup::Wait {
             reason: format!(
@@ -179,13 +193,41 @@ fn fresh(s: &Situation<'_>) -> Startup {
         .min()
         .expect("at least this instance");
     if first == me {
-        Startup::Bootstrap
+        let mut voters: Vec<String> = s
+            .peers
+            .iter()
+            .filter(|p| !p.initialized && p.cluster_id.is_none())
+            .map(|p| p.name.clone())
+            .chain(std::iter::once(s.me.to_string()))
+            .collect();
+        voters.sort();
+        voters.dedup();
+        Startup::Bootstrap { voters }
     } else {
         Startup::Wait {
             reason: format!("{} started first and starts the cluster", first.1),
             start_first: Vec::new(),
         }
     }
+}
+
+/// A cluster being formed that names this instance among its initial voters:
+/// it holds nothing beyond its creation (commit index at most 1, so no
+/// coordinator has committed in it) and knows no coordinator. Adopting a
+/// cluster that has moved on is never needed: one with a coordinator is
+/// joined through it, which is also what a member that lost its data needs.
+fn adoptable(s: &Situation<'_>) -> Option<Startup> {
+    let p = s.peers.iter().find(|p| {
+        p.initialized
+            && p.is_member
+            && p.leader.is_none()
+            && p.commit_index <= 1
+            && p.voters.iter().any(|v| v == s.me)
+    })?;
+    Some(Startup::Adopt {
+        cluster_id: p.cluster_id.clone()?,
+        voters: p.voters.clone(),
+    })
 }
 
 /// What start-order knows of one server.
@@ -249,6 +291,7 @@ mod tests {
             applied_index: 0,
             note: None,
             last_stop: None,
+            voters: Vec::new(),
         }
     }
 
@@ -323,7 +366,7 @@ mod tests {
     #[test]
     fn lone_fresh_instance_bootstraps_after_the_window() {
         let s = situation("srv1", &[], &[]);
-        assert_eq!(decide(&s), Startup::Bootstrap);
+        assert_eq!(decide(&s), bootstrap(&["srv1"]));
         let s = Situation {
             window_over: false,
             ..s
@@ -339,25 +382,82 @@ mod tests {
         let b = [info("srv1", 100)];
         let d1 = decide(&situation("srv1", &a, &[]));
         let d2 = decide(&situation("srv2", &b, &[]));
-        assert_eq!(d1, Startup::Bootstrap);
+        assert_eq!(d1, bootstrap(&["srv1", "srv2"]));
         assert!(matches!(d2, Startup::Wait { .. }));
     }
 
     #[test]
     fn earlier_started_instance_wins() {
         let peers = [info("srv1", 200)];
-        assert_eq!(decide(&situation("srv9", &peers, &[])), Startup::Bootstrap);
+        assert_eq!(
+            decide(&situation("srv9", &peers, &[])),
+            bootstrap(&["srv1", "srv9"])
+        );
     }
 
     #[test]
     fn witnesses_never_bootstrap() {
         let w = vec!["wit".to_string()];
         let peers = [info("wit", 1)];
-        assert_eq!(decide(&situation("srv1", &peers, &w)), Startup::Bootstrap);
+        // A witness votes from the start, but never bootstraps.
+        assert_eq!(
+            decide(&situation("srv1", &peers, &w)),
+            bootstrap(&["srv1", "wit"])
+        );
         let s = Situation {
             witness: true,
             ..situation("wit", &[], &w)
         };
+        assert!(matches!(decide(&s), Startup::Wait { .. }));
+    }
+
+    fn bootstrap(voters: &[&str]) -> Startup {
+        Startup::Bootstrap {
+            voters: voters.iter().map(|v| v.to_string()).collect(),
+        }
+    }
+
+    fn forming(name: &str, voters: &[&str], commit: u64) -> LocalInfo {
+        let mut p = info(name, 1);
+        p.is_member = true;
+        p.initialized = true;
+        p.cluster_id = Some("c".into());
+        p.commit_index = commit;
+        p.applied_index = commit;
+        p.voters = voters.iter().map(|v| v.to_string()).collect();
+        p
+    }
+
+    #[test]
+    fn the_initial_voters_are_every_fresh_server_in_sight() {
+        // srv3 already holds a cluster: it is not a fresh server.
+        let peers = [info("srv2", 300), forming("srv3", &["srv3"], 5)];
+        let s = situation("srv1", &peers[..1], &[]);
+        assert_eq!(decide(&s), bootstrap(&["srv1", "srv2"]));
+        let s = situation("srv1", &peers, &[]);
+        assert!(matches!(decide(&s), Startup::Wait { .. }));
+    }
+
+    #[test]
+    fn a_named_voter_adopts_a_cluster_still_forming() {
+        let peers = [forming("srv1", &["srv1", "srv2", "srv3"], 1)];
+        let s = Situation {
+            window_over: false,
+            ..situation("srv2", &peers, &[])
+        };
+        assert_eq!(
+            decide(&s),
+            Startup::Adopt {
+                cluster_id: "c".into(),
+                voters: vec!["srv1".into(), "srv2".into(), "srv3".into()],
+            }
+        );
+        // Not named: it waits for a coordinator to join through.
+        let s = situation("srv4", &peers, &[]);
+        assert!(matches!(decide(&s), Startup::Wait { .. }));
+        // A cluster that committed beyond its creation is joined, not adopted.
+        let peers = [forming("srv1", &["srv1", "srv2"], 7)];
+        let s = situation("srv2", &peers, &[]);
         assert!(matches!(decide(&s), Startup::Wait { .. }));
     }
 

@@ -68,6 +68,9 @@ pub struct LocalInfo {
     /// Why it is waiting, if it is.
     pub note: Option<String>,
     pub last_stop: Option<StopRecord>,
+    /// The voters of its cluster, as its database says (empty when fresh).
+    #[serde(default)]
+    pub voters: Vec<String>,
 }
 
 /// Written when an instance stops gracefully: when, whether it left the
@@ -186,6 +189,12 @@ pub enum Request {
     Gossip { info: LocalInfo },
     /// Peer only: the receiver's own status view, never forwarded.
     View,
+    /// Peer only: a bootstrapper asks a fresh voter to take the new
+    /// cluster's initial state; answered `Ok` once it is durable.
+    Adopt {
+        cluster_id: String,
+        voters: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -260,6 +269,7 @@ impl Request {
                 | Request::Snapshot { .. }
                 | Request::Gossip { .. }
                 | Request::View
+                | Request::Adopt { .. }
         )
     }
 }

@@ -192,6 +192,7 @@ mod tests {
             applied_index: applied,
             note: None,
             last_stop: None,
+            voters: Vec::new(),
         }
     }
 

@@ -210,12 +210,27 @@ fn syncs(durable: bool) -> (log_store::Sync, state::Sync) {
 /// cluster id and the conf state, and a log that starts after index 1 — so
 /// every later joiner is sent the database rather than a replay of the log.
 pub fn bootstrap(dir: &Path, id: u64, cluster_id: &str, durable: bool) -> Result<(), CoreError> {
+    bootstrap_voters(dir, &[id], cluster_id, durable)
+}
+
+/// Creates a new cluster with `voters` as its initial voters: the same
+/// state.db at index 1 (cluster id and conf state) on every one of them, so
+/// that each can create it on its own (bootstrapper and adopters alike).
+pub fn bootstrap_voters(
+    dir: &Path,
+    voters: &[u64],
+    cluster_id: &str,
+    durable: bool,
+) -> Result<(), CoreError> {
+    assert!(!voters.is_empty(), "a cluster needs a voter");
+    let mut voters = voters.to_vec();
+    voters.sort_unstable();
     std::fs::create_dir_all(dir).map_err(|e| CoreError::Snapshot(e.to_string()))?;
     let (log_sync, state_sync) = syncs(durable);
     let mut sm = StateMachine::open(&state_db(dir), state_sync)?;
     assert_eq!(sm.applied_index(), 0, "bootstrap over an existing state");
     let cs = ConfState {
-        voters: vec![id],
+        voters,
         ..Default::default()
     };
     let cmd = Command::SetCluster {

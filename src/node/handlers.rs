@@ -250,6 +250,7 @@ async fn respond(shared: &Arc<Shared>, peer: Option<&str>, req: Request) -> Resp
             Response::Info(local_info(shared))
         }
         Request::View => Response::Status(own_view(shared)),
+        Request::Adopt { cluster_id, voters } => super::startup::adopt(shared, cluster_id, voters),
         Request::Hello(_) | Request::Snapshot { .. } | Request::Gossip { .. } => Response::Error {
             message: "unexpected request".into(),
         },
@@ -274,6 +275,7 @@ pub fn local_info(shared: &Shared) -> LocalInfo {
         applied_index: facts.applied_index,
         note: None,
         last_stop: shared.last_stop.lock().expect("stop record lock").clone(),
+        voters: Vec::new(),
     };
     if let Phase::Waiting { reason, .. } = &phase {
         info.note = Some(reason.clone());
@@ -289,6 +291,12 @@ pub fn local_info(shared: &Shared) -> LocalInfo {
         info.term = core.term();
         info.commit_index = core.commit_index();
         info.applied_index = core.applied_index();
+        info.voters = core
+            .conf_state()
+            .voters
+            .iter()
+            .filter_map(|id| shared.name_of(*id).map(str::to_string))
+            .collect();
         info.state = state_name(shared, core, &phase).into();
         if info.state == "electing" {
             info.note = Some(electing_note(shared, core));

@@ -77,6 +77,11 @@ pub(crate) struct Shared {
     pub endpoint: Endpoint,
     pub started_at_ms: u64,
     pub force_bootstrap: bool,
+    /// The raft loop's wake-up channel, for whichever path starts the core.
+    wake_rx: Receiver<()>,
+    /// Set by the one path that starts this instance as a member or joiner
+    /// (the discovery loop, or a bootstrapper's `Adopt` request).
+    start_claimed: AtomicBool,
     core: Mutex<Option<Core>>,
     phase: Mutex<Phase>,
     wake: Sender<()>,
@@ -116,6 +121,31 @@ impl Shared {
         self.core.lock().expect("core lock")
     }
 
+    /// Claims the start of this instance; true for the first caller only.
+    /// Under the phase lock, so that a discovery round that decided to wait
+    /// cannot overwrite the phase of a start claimed meanwhile.
+    pub fn claim_start(&self) -> bool {
+        let _phase = self.phase.lock().expect("phase lock");
+        !self.start_claimed.swap(true, Ordering::SeqCst)
+    }
+
+    /// Sets a waiting phase unless the start was claimed meanwhile (false).
+    pub fn wait_unless_started(&self, p: Phase) -> bool {
+        let mut cur = self.phase.lock().expect("phase lock");
+        if self.start_claimed.load(Ordering::SeqCst) {
+            return false;
+        }
+        if *cur != p {
+            log_phase(&p);
+            *cur = p;
+        }
+        true
+    }
+
+    pub fn start_claimed(&self) -> bool {
+        self.start_claimed.load(Ordering::SeqCst)
+    }
+
     pub fn view(&self) -> MutexGuard<'_, ClusterView> {
         self.view.lock().expect("view lock")
     }
@@ -127,14 +157,7 @@ impl Shared {
     pub fn set_phase(&self, p: Phase) {
         let mut cur = self.phase.lock().expect("phase lock");
         if *cur != p {
-            match &p {
-                Phase::Waiting {
-                    reason,
-                    start_first,
-                } if !start_first.is_empty() => tracing::warn!("waiting: {reason}"),
-                Phase::Waiting { reason, .. } => tracing::info!("waiting: {reason}"),
-                _ => {}
-            }
+            log_phase(&p);
             *cur = p;
         }
     }
@@ -279,6 +302,17 @@ impl Shared {
         if let Some(tx) = self.waiters.lock().expect("waiters lock").remove(&seq) {
             let _ = tx.try_send(index);
         }
+    }
+}
+
+fn log_phase(p: &Phase) {
+    match p {
+        Phase::Waiting {
+            reason,
+            start_first,
+        } if !start_first.is_empty() => tracing::warn!("waiting: {reason}"),
+        Phase::Waiting { reason, .. } => tracing::info!("waiting: {reason}"),
+        _ => {}
     }
 }
 

@@ -95,6 +95,8 @@ pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
         endpoint,
         started_at_ms: now_ms(),
         force_bootstrap: opts.force_bootstrap,
+        wake_rx: wake_rx.clone(),
+        start_claimed: AtomicBool::new(false),
         core: Mutex::new(None),
         phase: Mutex::new(Phase::Discovering),
         wake,
@@ -123,7 +125,8 @@ impl Shared {
 pub async fn run(shared: Arc<Shared>, wake_rx: Receiver<()>) {
     let window_ms = shared.cfg.timing.discovery_ms;
     loop {
-        if shared.phase() == Phase::Stopping {
+        // Stopping, or a bootstrapper's `Adopt` request started it already.
+        if shared.phase() == Phase::Stopping || shared.start_claimed() {
             return;
         }
         let (peers, refusals) = probe_all(&shared).await;
@@ -138,14 +141,19 @@ pub async fn run(shared: Arc<Shared>, wake_rx: Receiver<()>) {
                 reason,
                 start_first,
             } => {
-                shared.set_phase(Phase::Waiting {
+                let waiting = Phase::Waiting {
                     reason,
                     start_first,
-                });
+                };
+                if !shared.wait_unless_started(waiting) {
+                    return;
+                }
                 async_std::task::sleep(Duration::from_millis(DISCOVERY_ROUND_MS)).await;
                 continue;
             }
+            _ if !shared.claim_start() => return,
             Startup::Join { leader } => start_joining(&shared, wake_rx.clone(), &leader).await,
+            Startup::Bootstrap { voters } => bootstrap(&shared, wake_rx.clone(), voters).await,
             other => start_member(&shared, wake_rx.clone(), other),
         };
         match started {
@@ -236,10 +244,15 @@ async fn probe_all(shared: &Arc<Shared>) -> (Vec<LocalInfo>, Vec<String>) {
 
 fn start_member(shared: &Arc<Shared>, wake_rx: Receiver<()>, how: Startup) -> Result<(), String> {
     match how {
-        Startup::Bootstrap => {
-            let cluster_id = format!("{:032x}", rand::random::<u128>());
-            tracing::info!(%cluster_id, "no running cluster found: starting a new one as its coordinator");
-            consensus::bootstrap(&shared.dir, shared.id, &cluster_id, true)
+        Startup::Bootstrap { ref voters } => {
+            unreachable!("bootstrap() records {voters:?} before start_member")
+        }
+        Startup::Adopt {
+            ref cluster_id,
+            ref voters,
+        } => {
+            tracing::info!(%cluster_id, voters = %voters.join(","), "a cluster is being formed with this instance among its first voters: taking its initial state");
+            consensus::bootstrap_voters(&shared.dir, &ids(voters), cluster_id, true)
                 .map_err(|e| e.to_string())?;
         }
         Startup::ForceBootstrap => {
@@ -267,6 +280,108 @@ fn start_member(shared: &Arc<Shared>, wake_rx: Receiver<()>, how: Startup) -> Re
     shared.set_phase(Phase::Running);
     super::spawn_raft_loop(shared.clone(), wake_rx);
     Ok(())
+}
+
+/// Time the bootstrapper waits for each fresh peer to take the new cluster's
+/// initial state.
+const ADOPT_CALL_MS: u64 = 1_000;
+
+/// Creates a new cluster with `voters`: first every other voter is asked to
+/// take the same initial state (each records it durably before it answers),
+/// then this instance records it and campaigns. Whatever moment the
+/// bootstrapper dies at, the voters that answered hold the cluster and elect
+/// among themselves, and the others adopt it when they see it; one that
+/// never heard of it cannot form a second cluster with a majority of the
+/// voters, which are all in this one.
+async fn bootstrap(
+    shared: &Arc<Shared>,
+    wake_rx: Receiver<()>,
+    voters: Vec<String>,
+) -> Result<(), String> {
+    let cluster_id = format!("{:032x}", rand::random::<u128>());
+    let req = Request::Adopt {
+        cluster_id: cluster_id.clone(),
+        voters: voters.clone(),
+    };
+    let asks: Vec<_> = voters
+        .iter()
+        .filter(|v| **v != shared.me.name)
+        .map(|v| {
+            let (shared, name, req) = (shared.clone(), v.clone(), req.clone());
+            async_std::task::spawn(async move {
+                let r = shared.peers.call(&shared, &name, &req, ADOPT_CALL_MS).await;
+                (name, matches!(r, Ok(Response::Ok { .. })))
+            })
+        })
+        .collect();
+    let mut adopted = vec![shared.me.name.clone()];
+    for ask in asks {
+        if let (name, true) = ask.await {
+            adopted.push(name);
+        }
+    }
+    consensus::bootstrap_voters(&shared.dir, &ids(&voters), &cluster_id, true)
+        .map_err(|e| e.to_string())?;
+    tracing::info!(%cluster_id, voters = %voters.join(","), holding = %adopted.join(","), "no running cluster found: starting a new one as its coordinator");
+    start_member(shared, wake_rx, Startup::Run)?;
+    async_std::task::spawn(campaign_first(shared.clone()));
+    Ok(())
+}
+
+/// A bootstrapper asks this fresh instance to take its new cluster's initial
+/// state. Refused once this instance started anything itself.
+pub fn adopt(shared: &Arc<Shared>, cluster_id: String, voters: Vec<String>) -> Response {
+    if !voters.contains(&shared.me.name) || shared.facts().initialized {
+        return Response::Error {
+            message: "this instance is not a fresh voter of that cluster".into(),
+        };
+    }
+    if !shared.claim_start() {
+        return Response::Error {
+            message: "this instance has started already".into(),
+        };
+    }
+    let how = Startup::Adopt { cluster_id, voters };
+    match start_member(shared, shared.wake_rx.clone(), how) {
+        Ok(()) => Response::Ok {
+            message: "adopted".into(),
+        },
+        Err(e) => {
+            tracing::error!("cannot adopt the new cluster: {e}");
+            let _ = shared.stop_tx.try_send(());
+            Response::Error { message: e }
+        }
+    }
+}
+
+/// Time the bootstrapper keeps asking for the first election.
+const FIRST_CAMPAIGN_MS: u64 = 10_000;
+/// Time between two of its campaigns while its peers adopt the cluster.
+const FIRST_CAMPAIGN_EVERY_MS: u64 = 100;
+
+/// The first-started instance becomes coordinator: it campaigns as soon as
+/// its peers have adopted the new cluster, rather than at a random election
+/// timeout that an adopter's might beat. Pre-vote keeps the retries from
+/// raising the term.
+async fn campaign_first(shared: Arc<Shared>) {
+    let deadline = std::time::Instant::now() + Duration::from_millis(FIRST_CAMPAIGN_MS);
+    while std::time::Instant::now() < deadline {
+        async_std::task::sleep(Duration::from_millis(FIRST_CAMPAIGN_EVERY_MS)).await;
+        {
+            let mut guard = shared.core();
+            let Some(core) = guard.as_mut() else { return };
+            if core.leader_id().is_some() {
+                return;
+            }
+            let _ = core.campaign();
+        }
+        shared.wake();
+    }
+}
+
+/// Raft ids of configured server names.
+fn ids(names: &[String]) -> Vec<u64> {
+    names.iter().map(|n| raft_id(n)).collect()
 }
 
 /// Opens the core (empty, or on an older database) and asks the coordinator
