@@ -316,6 +316,15 @@ mod tests {
         assert!(matches!(req, Request::List(q) if q == ListQuery::default()));
     }
 
+    /// docs/CLI.md states these figures.
+    #[test]
+    fn documented_list_limits() {
+        assert_eq!(
+            (LIST_COUNT_DEFAULT, LIST_COUNT_MAX, LIST_PAGE_BYTES_MAX),
+            (1_000, 10_000, 1_928_960)
+        );
+    }
+
     fn encoded_bytes(r: &Response) -> usize {
         crate::transport::encode(r, usize::MAX).unwrap().len()
     }
