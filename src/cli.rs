@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 use crate::client::ClientArgs;
 use crate::config::Config;
 pub use crate::exit::{Failure, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
-use crate::proto::Request;
+use crate::proto::LIST_COUNT_MAX;
+use crate::state::VALUE_BYTES_MAX;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -73,9 +74,13 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Stop an instance gracefully (default: this machine's).
+    /// Stop an instance gracefully (default: this machine's) and wait until
+    /// it has exited.
     Stop {
         name: Option<String>,
+        /// Return once the stop is under way, without waiting for the exit.
+        #[arg(long)]
+        no_wait: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -103,12 +108,19 @@ pub enum CoordinatorAction {
 
 #[derive(Subcommand, Debug)]
 pub enum SettingsAction {
+    /// Set KEY to VALUE, to the contents of --file F, or to stdin (`-`).
     Set {
         key: String,
-        value: String,
+        /// The value; `-` reads it from stdin.
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        value: Option<String>,
+        /// Read the value from this file (bytes as they are).
+        #[arg(long)]
+        file: Option<PathBuf>,
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Print KEY's value (exit 1 when there is no such setting).
     Get {
         key: String,
         /// Read the asked instance's replica as it is, without confirming
@@ -118,10 +130,17 @@ pub enum SettingsAction {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// List settings in key order, one page at a time.
     List {
         /// As for `get`.
         #[arg(long)]
         stale: bool,
+        /// Settings in this page (1..=10000).
+        #[arg(long, default_value_t = crate::proto::LIST_COUNT_DEFAULT)]
+        limit: u32,
+        /// Start after this key (the `next_after` of the previous page).
+        #[arg(long)]
+        after: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -148,8 +167,9 @@ pub fn main() -> i32 {
     crate::logging::init();
     match run(cli) {
         Ok(()) => EXIT_OK,
+        Err(f) if f.is_quiet() => f.status,
         Err(f) => {
-            eprintln!("claro: {}", f.message);
+            crate::output::note(&format!("claro: {}\n", f.message));
             f.status
         }
     }
@@ -191,7 +211,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::StartOrder { data_dirs, client } => {
             crate::client::start_order(&Config::load(&cli.config)?, &data_dirs, &client)
         }
-        Command::Stop { name, client } => {
+        Command::Stop {
+            name,
+            no_wait,
+            client,
+        } => {
             let config = Config::load(&cli.config)?;
             let name = match name {
                 Some(n) if config.server(&n).is_none() => {
@@ -203,7 +227,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 Some(n) => n,
                 None => config.local_server(None)?.name.clone(),
             };
-            crate::client::simple(&config, &client, Request::Stop { name })
+            crate::client::stop(&config, &client, &name, !no_wait)
         }
         Command::Coordinator {
             action: CoordinatorAction::Transfer { name, client },
@@ -215,7 +239,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     cli.config.display()
                 )));
             }
-            crate::client::simple(&config, &client, Request::Transfer { name })
+            crate::client::transfer(&config, &client, &name)
         }
         Command::Settings { action } => settings(&cli.config, action),
     }
@@ -224,20 +248,75 @@ fn run(cli: Cli) -> Result<(), Failure> {
 fn settings(path: &std::path::Path, action: SettingsAction) -> Result<(), Failure> {
     let config = Config::load(path)?;
     match action {
-        SettingsAction::Set { key, value, client } => {
-            let command = crate::state::Command::Put {
-                key,
-                value: value.into_bytes(),
+        SettingsAction::Set {
+            key,
+            value,
+            file,
+            client,
+        } => {
+            let source = match (&value, &file) {
+                (Some(v), None) if v == "-" => ValueSource::Stdin,
+                (Some(v), None) => ValueSource::Arg(v.clone()),
+                (None, Some(f)) => ValueSource::File(f.clone()),
+                _ => {
+                    return Err(Failure::usage(
+                        "give exactly one of VALUE, --file F, or - (stdin)",
+                    ))
+                }
             };
-            command.validate().map_err(Failure::usage)?;
-            let req = Request::propose(command, Some(crate::proto::new_request_id()));
-            crate::client::simple(&config, &client, req)
+            let value = read_value(source)?;
+            crate::client::settings_set(&config, &client, key, value)
         }
         SettingsAction::Get { key, stale, client } => {
-            crate::client::simple(&config, &client, Request::Get { key, stale })
+            crate::client::settings_get(&config, &client, &key, stale)
         }
-        SettingsAction::List { stale, client } => {
-            crate::client::simple(&config, &client, Request::List { stale })
+        SettingsAction::List {
+            stale,
+            limit,
+            after,
+            client,
+        } => {
+            if limit == 0 || limit > LIST_COUNT_MAX {
+                return Err(Failure::usage(format!(
+                    "--limit must be 1..={LIST_COUNT_MAX}, not {limit}"
+                )));
+            }
+            crate::client::settings_list(&config, &client, after, limit, stale)
         }
     }
+}
+
+/// Where `settings set` takes its value from.
+enum ValueSource {
+    Arg(String),
+    File(PathBuf),
+    Stdin,
+}
+
+/// The value's bytes, refused (nothing sent) above `VALUE_BYTES_MAX`. A file
+/// or stdin is read no further than one byte past the limit.
+fn read_value(source: ValueSource) -> Result<Vec<u8>, Failure> {
+    let (what, read) = match source {
+        ValueSource::Arg(v) => ("VALUE".to_string(), Ok(v.into_bytes())),
+        ValueSource::File(path) => (
+            path.display().to_string(),
+            std::fs::File::open(&path).and_then(read_bounded),
+        ),
+        ValueSource::Stdin => ("stdin".to_string(), read_bounded(std::io::stdin().lock())),
+    };
+    let value =
+        read.map_err(|e| Failure::usage(format!("cannot read the value from {what}: {e}")))?;
+    if value.len() > VALUE_BYTES_MAX {
+        return Err(Failure::usage(format!(
+            "the value from {what} is larger than the limit of {VALUE_BYTES_MAX} bytes (VALUE_BYTES_MAX); nothing was sent"
+        )));
+    }
+    Ok(value)
+}
+
+fn read_bounded(r: impl std::io::Read) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut value = Vec::new();
+    r.take(VALUE_BYTES_MAX as u64 + 1).read_to_end(&mut value)?;
+    Ok(value)
 }

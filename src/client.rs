@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::exit::Failure;
 use crate::membership::{self, ServerFacts};
+use crate::output;
 use crate::proto::{Request, Response, StatusView, REQUEST_BYTES_MAX};
 use crate::transport::{exchange, Endpoint};
 
@@ -140,26 +141,16 @@ async fn call_one(
     r
 }
 
-pub fn simple(config: &Config, args: &ClientArgs, req: Request) -> Result<(), Failure> {
-    let (_, resp) = call(config, args, &req)?;
-    print_response(resp, args.json)
-}
-
 pub fn status(config: &Config, args: &ClientArgs) -> Result<(), Failure> {
     let (_, resp) = call(config, args, &Request::Status)?;
     let view = match resp {
         Response::Status(v) => v,
-        other => return print_response(other, args.json),
+        other => return Err(failure_of(other)),
     };
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&view).expect("status encodes")
-        );
-    } else {
-        print!("{}", render_status(&view));
+    match args.json {
+        true => output::emit(&output::json_line(&view)),
+        false => output::emit(&render_status(&view)),
     }
-    Ok(())
 }
 
 pub fn render_status(v: &StatusView) -> String {
@@ -250,7 +241,7 @@ fn server_facts(
                     last_stop: i.last_stop,
                     running_member,
                 };
-                return (facts, "running");
+                return (facts, output::SOURCE_RUNNING);
             }
             let id = crate::node::raft_id(&s.name);
             let dirs = std::iter::once(config.server_dir(&s.name))
@@ -269,9 +260,9 @@ fn server_facts(
             (
                 facts,
                 if local.initialized {
-                    "local data"
+                    output::SOURCE_LOCAL_DATA
                 } else {
-                    "unknown"
+                    output::SOURCE_UNKNOWN
                 },
             )
         })
@@ -287,30 +278,25 @@ pub fn start_order(
     let ep = endpoint(config, first)?;
     let facts = server_facts(config, data_dirs, &ep);
     let plain: Vec<ServerFacts> = facts.iter().map(|(f, _)| f.clone()).collect();
-    let order = membership::start_order(&plain);
-    if args.json {
-        println!("{}", serde_json::to_string(&order).expect("order encodes"));
-        return Ok(());
-    }
-    for (i, name) in order.iter().enumerate() {
-        let (f, source) = facts
-            .iter()
-            .find(|(f, _)| &f.name == name)
-            .expect("ordered from facts");
-        let applied = f.applied_index.map_or("-".to_string(), |a| a.to_string());
-        let stop = match &f.last_stop {
-            Some(r) if r.left => {
-                format!("left the cluster (remaining: {})", r.remaining.join(", "))
+    let order: Vec<output::StartOrderEntry> = membership::start_order(&plain)
+        .into_iter()
+        .map(|name| {
+            let (f, source) = facts
+                .iter()
+                .find(|(f, _)| f.name == name)
+                .expect("ordered from facts");
+            output::StartOrderEntry {
+                name,
+                applied_index: f.applied_index,
+                source,
+                last_stop: f.last_stop.clone(),
             }
-            Some(_) => "stopped as a member".to_string(),
-            None => String::new(),
-        };
-        println!(
-            "{}. {name}  applied index {applied}  [{source}] {stop}",
-            i + 1
-        );
+        })
+        .collect();
+    match args.json {
+        true => output::emit(&output::json_line(&output::StartOrderJson { order })),
+        false => output::emit(&output::start_order_text(&order)),
     }
-    Ok(())
 }
 
 /// Resolves `--server` (a name, an IP or host name, with or without a
@@ -322,51 +308,187 @@ pub fn resolve_server(config: &Config, arg: &str) -> Result<(String, SocketAddr)
         .map_err(|e| Failure::usage(format!("--server {e}")))
 }
 
-/// Prints a response for the simple commands; errors become failures.
-pub fn print_response(resp: Response, json: bool) -> Result<(), Failure> {
+/// The failure an unexpected or refusing answer means.
+fn failure_of(resp: Response) -> Failure {
     match resp {
         Response::Error { message } | Response::Refused { reason: message } => {
-            Err(Failure::failed(message))
+            Failure::failed(message)
         }
-        Response::NotLeader { leader } => Err(Failure::failed(format!(
-            "not the coordinator (coordinator: {leader:?})"
+        Response::NotLeader { leader } => Failure::failed(format!(
+            "not the coordinator (coordinator: {})",
+            leader.as_deref().unwrap_or("none known")
+        )),
+        other => Failure::failed(format!("unexpected answer: {other:?}")),
+    }
+}
+
+/// `claro settings get KEY`: a missing key fails (exit 1) in both modes.
+pub fn settings_get(
+    config: &Config,
+    args: &ClientArgs,
+    key: &str,
+    stale: bool,
+) -> Result<(), Failure> {
+    let req = Request::Get {
+        key: key.into(),
+        stale,
+    };
+    let answer = call(config, args, &req)?.1;
+    if let Response::Value { stale: Some(s), .. } = &answer {
+        print_staleness(Some(s));
+    }
+    match answer {
+        Response::Value { value: Some(v), .. } if args.json => {
+            output::emit(&output::json_line(&output::SettingJson::new(key, &v)))
+        }
+        Response::Value { value: Some(v), .. } => output::emit(&output::value_text(&v)),
+        Response::Value { value: None, .. } => Err(Failure::failed(format!(
+            "no setting `{}`",
+            output::escape_text(key)
         ))),
-        other if json => {
-            println!(
-                "{}",
-                serde_json::to_string(&other).expect("response encodes")
-            );
-            Ok(())
+        other => Err(failure_of(other)),
+    }
+}
+
+/// `claro settings set KEY ...`: the value was read and checked by the caller.
+pub fn settings_set(
+    config: &Config,
+    args: &ClientArgs,
+    key: String,
+    value: Vec<u8>,
+) -> Result<(), Failure> {
+    let command = crate::state::Command::Put {
+        key: key.clone(),
+        value,
+    };
+    command.validate().map_err(Failure::usage)?;
+    let req = Request::propose(command, Some(crate::proto::new_request_id()));
+    match call(config, args, &req)?.1 {
+        Response::Proposed { index } if args.json => {
+            output::emit(&output::json_line(&output::SetJson {
+                key,
+                applied_index: index,
+            }))
         }
-        Response::Ok { message } => {
-            println!("{message}");
-            Ok(())
-        }
-        Response::Proposed { index } => {
-            println!("applied at index {index}");
-            Ok(())
-        }
-        Response::Value { value, stale } => {
+        Response::Proposed { index } => output::emit(&output::set_text(index)),
+        other => Err(failure_of(other)),
+    }
+}
+
+/// `claro settings list`: one page; the way to the next one is in
+/// `next_after` (JSON) or a note on stderr (text).
+pub fn settings_list(
+    config: &Config,
+    args: &ClientArgs,
+    after: Option<String>,
+    limit: u32,
+    stale: bool,
+) -> Result<(), Failure> {
+    let req = Request::List(crate::proto::ListQuery {
+        after,
+        limit: Some(limit),
+        stale,
+    });
+    let (items, next_after) = match call(config, args, &req)?.1 {
+        Response::List {
+            items,
+            next_after,
+            stale,
+        } => {
             print_staleness(stale.as_ref());
-            match value {
-                Some(v) => {
-                    println!("{}", String::from_utf8_lossy(&v));
-                    Ok(())
-                }
-                None => Err(Failure::failed("no such setting")),
+            (items, next_after)
+        }
+        other => return Err(failure_of(other)),
+    };
+    let items: Vec<(String, Vec<u8>)> = items.into_iter().map(|(k, v)| (k, v.into_vec())).collect();
+    if args.json {
+        let page = output::ListJson {
+            items: items
+                .iter()
+                .map(|(k, v)| output::SettingJson::new(k, v))
+                .collect(),
+            next_after,
+        };
+        return output::emit(&output::json_line(&page));
+    }
+    output::emit(&output::list_text(&items))?;
+    if let Some(next) = next_after {
+        let given = (limit != crate::proto::LIST_COUNT_DEFAULT).then_some(limit);
+        output::note(&output::next_page_hint(&next, given));
+    }
+    Ok(())
+}
+
+/// `claro coordinator transfer NAME`.
+pub fn transfer(config: &Config, args: &ClientArgs, name: &str) -> Result<(), Failure> {
+    let req = Request::Transfer { name: name.into() };
+    match call(config, args, &req)?.1 {
+        Response::Ok { .. } if args.json => {
+            output::emit(&output::json_line(&output::TransferJson {
+                coordinator: name.into(),
+            }))
+        }
+        Response::Ok { message } => output::emit(&format!("{message}\n")),
+        other => Err(failure_of(other)),
+    }
+}
+
+/// Longest `claro stop` waits for the instance to exit.
+const STOP_WAIT_MS: u64 = 30_000;
+/// Handshake limit of one look at a stopping instance: one that has exited
+/// does not answer at all (a refusal means it is still closing).
+const STOP_PROBE_MS: u64 = 500;
+/// Pause between two looks.
+const STOP_POLL_MS: u64 = 100;
+
+/// `claro stop NAME`: asks NAME (through any instance) to stop gracefully,
+/// then, with `wait`, looks at it until it has exited.
+pub fn stop(config: &Config, args: &ClientArgs, name: &str, wait: bool) -> Result<(), Failure> {
+    let req = Request::Stop { name: name.into() };
+    match call(config, args, &req)?.1 {
+        Response::Ok { .. } => {}
+        other => return Err(failure_of(other)),
+    }
+    if wait {
+        wait_exited(config, name)?;
+    }
+    match args.json {
+        true => output::emit(&output::json_line(&output::StopJson {
+            name: name.into(),
+            stopped: wait,
+        })),
+        false => output::emit(&output::stop_text(name, wait)),
+    }
+}
+
+/// Waits until `name` no longer completes a handshake nor refuses one within
+/// `STOP_PROBE_MS`: its process, which closes its endpoint last, is gone.
+fn wait_exited(config: &Config, name: &str) -> Result<(), Failure> {
+    let server = config
+        .server(name)
+        .ok_or_else(|| Failure::usage(format!("no server named `{name}` in the config")))?;
+    let (addr, sni) = (server.address, server.name.clone());
+    let ep = endpoint(config, addr)?;
+    let gone = async_std::task::block_on(async {
+        let deadline = std::time::Instant::now() + Duration::from_millis(STOP_WAIT_MS);
+        while std::time::Instant::now() < deadline {
+            let started = std::time::Instant::now();
+            match ep.connect(addr, &sni, STOP_PROBE_MS).await {
+                Ok(conn) => conn.close(0u32.into(), b"done"),
+                // Nothing answered at all: nobody listens there any more.
+                Err(_) if started.elapsed() >= Duration::from_millis(STOP_PROBE_MS) => return true,
+                Err(_) => {}
             }
+            async_std::task::sleep(Duration::from_millis(STOP_POLL_MS)).await;
         }
-        Response::List { items, stale } => {
-            print_staleness(stale.as_ref());
-            for (k, v) in items {
-                println!("{k} = {}", String::from_utf8_lossy(&v));
-            }
-            Ok(())
-        }
-        other => {
-            println!("{other:?}");
-            Ok(())
-        }
+        false
+    });
+    ep.quinn.close(0u32.into(), b"done");
+    match gone {
+        true => Ok(()),
+        false => Err(Failure::failed(format!(
+            "{name} did not stop within {STOP_WAIT_MS} ms: it still answers"
+        ))),
     }
 }
 
@@ -378,8 +500,8 @@ fn print_staleness(stale: Option<&crate::proto::Staleness>) {
         Some(ms) => format!("coordinator last heard {:.1} s ago", ms as f64 / 1000.0),
         None => "it knows no coordinator".to_string(),
     };
-    eprintln!(
+    output::note(&format!(
         "stale read: {}'s replica at applied index {} ({contact})",
         s.answered_by, s.applied_index
-    );
+    ));
 }

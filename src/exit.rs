@@ -30,6 +30,17 @@ impl Failure {
             message: message.into(),
         }
     }
+    /// The command ends now, successfully and silently: its stdout was
+    /// closed by the reader (`claro ... | head`), so nobody reads on.
+    pub fn quiet() -> Failure {
+        Failure {
+            status: EXIT_OK,
+            message: String::new(),
+        }
+    }
+    pub fn is_quiet(&self) -> bool {
+        self.status == EXIT_OK && self.message.is_empty()
+    }
 }
 
 impl From<ConfigError> for Failure {

@@ -10,6 +10,7 @@ pub mod init;
 pub mod logging;
 pub mod membership;
 pub mod node;
+pub mod output;
 pub mod proto;
 pub mod state;
 pub mod tls;

@@ -22,6 +22,23 @@ pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A request or response on a bidirectional stream (a 1 MiB setting plus framing).
 pub const REQUEST_BYTES_MAX: usize = 2 * 1024 * 1024;
+/// Settings in one `List` page when the client names no limit.
+pub const LIST_COUNT_DEFAULT: u32 = 1_000;
+/// Most settings one `List` page may hold.
+pub const LIST_COUNT_MAX: u32 = 10_000;
+/// CBOR framing of one listed setting beyond its key and value bytes: an
+/// array header and two string headers (9 bytes at most), rounded up.
+pub const LIST_ITEM_OVERHEAD_BYTES: usize = 16;
+/// The rest of a `List` answer: the variant and field names and
+/// `next_after` (a key, at most `state::KEY_BYTES_MAX`), rounded up.
+pub const LIST_ENVELOPE_BYTES: usize = 8 * 1024;
+/// Key and value bytes one `List` page may hold, so that a full page of
+/// `LIST_COUNT_MAX` settings still fits one frame of `REQUEST_BYTES_MAX`.
+pub const LIST_PAGE_BYTES_MAX: usize =
+    REQUEST_BYTES_MAX - LIST_ENVELOPE_BYTES - LIST_COUNT_MAX as usize * LIST_ITEM_OVERHEAD_BYTES;
+// Any single setting fits a page: a page always makes progress.
+const _: () =
+    assert!(crate::state::KEY_BYTES_MAX + crate::state::VALUE_BYTES_MAX <= LIST_PAGE_BYTES_MAX);
 /// A batch of Raft messages (appends are capped at 1 MiB each by raft).
 pub const RAFT_BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Raft messages sent in one batch frame.
@@ -129,6 +146,20 @@ pub struct Staleness {
     pub coordinator_heard_ago_ms: Option<u64>,
 }
 
+/// Which page of settings a `Request::List` asks for: those after `after`
+/// (from the first when `None`) in key order, at most `limit`
+/// (`LIST_COUNT_DEFAULT` when `None`, at most `LIST_COUNT_MAX`) and at most
+/// `LIST_PAGE_BYTES_MAX` bytes of keys and values (always at least one
+/// setting when any is left). A field missing on the wire reads as `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ListQuery {
+    pub after: Option<String>,
+    pub limit: Option<u32>,
+    /// Read the replica as it is (see `Request::Get`).
+    pub stale: bool,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
     /// Peer only: the first request on a peer connection.
@@ -138,9 +169,13 @@ pub enum Request {
     /// The cluster-wide status view (forwarded to the coordinator).
     Status,
     /// Peer only: add the sender as a learner (it is sent the database).
-    Join { name: String },
+    Join {
+        name: String,
+    },
     /// Peer only: remove the sender from the membership (graceful stop).
-    Leave { name: String },
+    Leave {
+        name: String,
+    },
     /// Apply a command through the coordinator; answers once applied there.
     /// Any instance takes it: one that is not the coordinator forwards it,
     /// and holds it through a coordinator change until `PROPOSAL_WAIT_MS`.
@@ -164,17 +199,18 @@ pub enum Request {
         #[serde(default)]
         stale: bool,
     },
-    List {
-        #[serde(default)]
-        stale: bool,
-    },
+    List(ListQuery),
     /// This replica's applied index and a digest of its whole replicated
     /// state: equal digests at equal indexes mean identical replicas.
     Digest,
     /// Stop an instance gracefully (forwarded to it).
-    Stop { name: String },
+    Stop {
+        name: String,
+    },
     /// Move the coordinator role (forwarded to the coordinator).
-    Transfer { name: String },
+    Transfer {
+        name: String,
+    },
     /// Peer only: a database transfer. The receiver answers `Resume { offset }`
     /// (bytes of this file it already holds from an interrupted transfer); the
     /// sender then writes the file's raw bytes from that offset and finishes
@@ -186,7 +222,9 @@ pub enum Request {
     },
     /// Peer only: the periodic exchange of the live view: the sender's own
     /// facts; answered with `Info` (the receiver's).
-    Gossip { info: LocalInfo },
+    Gossip {
+        info: LocalInfo,
+    },
     /// Peer only: the receiver's own status view, never forwarded.
     View,
     /// Peer only: a bootstrapper asks a fresh voter to take the new
@@ -225,6 +263,9 @@ pub enum Response {
         items: Vec<(String, serde_bytes::ByteBuf)>,
         #[serde(default)]
         stale: Option<Staleness>,
+        /// The key to list after for the next page; `None`: this was the last.
+        #[serde(default)]
+        next_after: Option<String>,
     },
     /// Snapshot receiver: send from this offset (bytes it already holds).
     Resume {
@@ -271,5 +312,77 @@ impl Request {
                 | Request::View
                 | Request::Adopt { .. }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
+
+    fn page(sizes: &[(usize, usize)], next_after: usize) -> Response {
+        let items = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, (k, v))| {
+                let mut key = format!("{i:08}");
+                key.extend(std::iter::repeat_n('k', k.saturating_sub(8)));
+                (key, serde_bytes::ByteBuf::from(vec![0xa5; *v]))
+            })
+            .collect();
+        Response::List {
+            items,
+            stale: None,
+            next_after: Some("n".repeat(next_after)),
+        }
+    }
+
+    /// A `List` without fields (as a client that names no page sends it).
+    #[test]
+    fn list_query_fields_default_when_absent() {
+        #[derive(Serialize)]
+        enum Bare {
+            List {},
+        }
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&Bare::List {}, &mut bytes).unwrap();
+        let req: Request = ciborium::from_reader(&bytes[..]).unwrap();
+        assert!(matches!(req, Request::List(q) if q == ListQuery::default()));
+    }
+
+    /// docs/CLI.md states these figures.
+    #[test]
+    fn documented_list_limits() {
+        assert_eq!(
+            (LIST_COUNT_DEFAULT, LIST_COUNT_MAX, LIST_PAGE_BYTES_MAX),
+            (1_000, 10_000, 1_928_960)
+        );
+    }
+
+    fn encoded_bytes(r: &Response) -> usize {
+        crate::transport::encode(r, usize::MAX).unwrap().len()
+    }
+
+    /// A page filled to both of its bounds still fits one frame.
+    #[test]
+    fn a_full_list_page_fits_one_frame() {
+        let count = LIST_COUNT_MAX as usize;
+        // Every setting as large as the byte budget allows, with keys long
+        // enough for the widest string headers.
+        let per_item = LIST_PAGE_BYTES_MAX / count;
+        let key = 300.min(per_item);
+        let many = vec![(key, per_item - key); count];
+        let one = vec![(KEY_BYTES_MAX, VALUE_BYTES_MAX)];
+        let two_halves = vec![(KEY_BYTES_MAX, LIST_PAGE_BYTES_MAX / 2 - KEY_BYTES_MAX); 2];
+        for sizes in [many, one, two_halves] {
+            let total: usize = sizes.iter().map(|(k, v)| k + v).sum();
+            assert!(total <= LIST_PAGE_BYTES_MAX);
+            let bytes = encoded_bytes(&page(&sizes, KEY_BYTES_MAX));
+            assert!(
+                bytes <= REQUEST_BYTES_MAX,
+                "{} settings, {total} bytes: frame of {bytes}",
+                sizes.len()
+            );
+        }
     }
 }

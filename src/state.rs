@@ -109,6 +109,15 @@ pub struct StateMachine {
     cluster_id: Option<String>,
 }
 
+/// One page of settings (`StateMachine::list_page`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListPage {
+    /// (key, value) in key order.
+    pub items: Vec<(String, Vec<u8>)>,
+    /// More settings follow the last one.
+    pub more: bool,
+}
+
 /// One entry to apply.
 pub enum Change<'a> {
     Command(&'a Command),
@@ -253,13 +262,32 @@ impl StateMachine {
             .optional()
     }
 
-    /// All settings in key order, at most `count_max`.
-    pub fn list(&self, count_max: usize) -> rusqlite::Result<Vec<(String, Vec<u8>)>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT key, value FROM settings ORDER BY key LIMIT ?1")?;
-        let rows = stmt.query_map(params![count_max as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows.collect()
+    /// One page of settings in key order, those after `after` (exclusive;
+    /// from the first when `None`): at most `count_max` of them and at most
+    /// `bytes_max` bytes of keys and values, but always the first one left
+    /// (a caller's `bytes_max` holds any one setting). Also whether more follow.
+    pub fn list_page(
+        &self,
+        after: Option<&str>,
+        count_max: usize,
+        bytes_max: usize,
+    ) -> rusqlite::Result<ListPage> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT key, value FROM settings WHERE ?1 IS NULL OR key > ?1 ORDER BY key",
+        )?;
+        let mut rows = stmt.query(params![after])?;
+        let mut items = Vec::new();
+        let mut bytes = 0;
+        while let Some(row) = rows.next()? {
+            let (key, value): (String, Vec<u8>) = (row.get(0)?, row.get(1)?);
+            let size = key.len() + value.len();
+            if items.len() == count_max || (!items.is_empty() && bytes + size > bytes_max) {
+                return Ok(ListPage { items, more: true });
+            }
+            bytes += size;
+            items.push((key, value));
+        }
+        Ok(ListPage { items, more: false })
     }
 
     /// A digest of the whole replicated content (settings and cluster id), for
@@ -446,6 +474,61 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn list_pages_are_bounded_in_count_and_bytes_and_resume_after_a_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(&tmp.path().join("state.db"), Sync::Normal).unwrap();
+        let puts: Vec<Command> = [("a", 10), ("b", 10), ("c", 30), ("d", 10)]
+            .iter()
+            .map(|(k, n)| Command::Put {
+                key: k.to_string(),
+                value: vec![b'x'; *n],
+            })
+            .collect();
+        let batch: Vec<_> = (1..)
+            .zip(&puts)
+            .map(|(i, c)| (i, 1, Change::Command(c)))
+            .collect();
+        sm.apply(&batch).unwrap();
+        let keys = |page: ListPage| {
+            let keys: Vec<String> = page.items.into_iter().map(|(k, _)| k).collect();
+            (keys.join(","), page.more)
+        };
+        assert_eq!(
+            keys(sm.list_page(None, 10, 1000).unwrap()),
+            ("a,b,c,d".into(), false)
+        );
+        assert_eq!(
+            keys(sm.list_page(None, 2, 1000).unwrap()),
+            ("a,b".into(), true)
+        );
+        assert_eq!(
+            keys(sm.list_page(Some("b"), 2, 1000).unwrap()),
+            ("c,d".into(), false)
+        );
+        // 11 + 11 bytes fit in 25, the third (31) does not.
+        assert_eq!(
+            keys(sm.list_page(None, 10, 25).unwrap()),
+            ("a,b".into(), true)
+        );
+        // The first setting left is always listed, however small the budget.
+        assert_eq!(
+            keys(sm.list_page(Some("b"), 10, 5).unwrap()),
+            ("c".into(), true)
+        );
+        // `after` need not be a key; past the last, the page is empty.
+        assert_eq!(
+            keys(sm.list_page(Some("bb"), 10, 1000).unwrap()),
+            ("c,d".into(), false)
+        );
+        assert_eq!(
+            keys(sm.list_page(Some("d"), 10, 1000).unwrap()),
+            ("".into(), false)
+        );
+        // Exactly `count_max` left: no further page is announced.
+        assert!(!sm.list_page(Some("b"), 2, 1000).unwrap().more);
+    }
 
     #[test]
     fn checkpoint_reports_incomplete_while_a_reader_holds_old_pages() {

@@ -176,8 +176,14 @@ fn stop_order_and_start_order() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let order: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(order, ["srv2", "srv1", "srv3"]);
+    let order: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = order["order"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["srv2", "srv1", "srv3"]);
 
     // srv3 left first: it waits for the servers that hold newer state.
     c.start("srv3");

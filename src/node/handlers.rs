@@ -16,11 +16,13 @@ use raft::eraftpb::{ConfChangeType, Message};
 use super::{now_ms, raft_id, Phase, Shared, PEER_CALL_MS, PROPOSAL_WAIT_MS};
 use crate::membership;
 use crate::proto::{
-    LocalInfo, RaftBatch, Request, Response, Staleness, StatusView, RAFT_BATCH_BYTES_MAX,
-    REQUEST_BYTES_MAX,
+    LocalInfo, RaftBatch, Request, Response, Staleness, StatusView, LIST_COUNT_DEFAULT,
+    LIST_COUNT_MAX, LIST_PAGE_BYTES_MAX, RAFT_BATCH_BYTES_MAX, REQUEST_BYTES_MAX,
 };
 use crate::state::Command;
-use crate::transport::{alpn_of, peer_cert, read_frame, write_frame, ALPN_CLIENT, ALPN_PEER};
+use crate::transport::{
+    alpn_of, encode, peer_cert, read_frame, write_frame, ALPN_CLIENT, ALPN_PEER,
+};
 
 /// Time a newly connected peer has to send its `Hello`.
 const HELLO_WAIT_MS: u64 = 5_000;
@@ -38,8 +40,6 @@ const LEADER_CHECK_MS: u64 = 50;
 const READ_RETRY_MS: u64 = 300;
 /// Attempts of a manual coordinator transfer, one second each.
 const TRANSFER_TRIES: u32 = 5;
-/// Settings listed at most by one `List`.
-const LIST_COUNT_MAX: usize = 10_000;
 
 pub async fn accept_loop(shared: Arc<Shared>) {
     while let Some(incoming) = shared.endpoint.quinn.accept().await {
@@ -222,8 +222,26 @@ async fn serve_request(
         }
         (_, r) => respond(&shared, peer.as_deref(), r).await,
     };
-    let _ = write_frame(&mut send, &resp, REQUEST_BYTES_MAX).await;
+    let frame = answer_frame(&resp, peer.as_deref());
+    if let Err(e) = send.write_all(&frame).await {
+        tracing::debug!(peer = ?peer, "answer not delivered: {e}");
+    }
     let _ = send.finish();
+}
+
+/// The frame of an answer. An answer too large for one frame is a bug of
+/// whoever built it (every answer is bounded): it is logged, and the
+/// requester gets an error naming the limit instead of a closed stream.
+fn answer_frame(resp: &Response, peer: Option<&str>) -> Vec<u8> {
+    match encode(resp, REQUEST_BYTES_MAX) {
+        Ok(frame) => frame,
+        Err(e) => {
+            let message = format!("the answer cannot be sent: {e} (REQUEST_BYTES_MAX)");
+            tracing::error!(peer = ?peer, "{message}");
+            encode(&Response::Error { message }, REQUEST_BYTES_MAX)
+                .expect("an error message fits a frame")
+        }
+    }
 }
 
 async fn respond(shared: &Arc<Shared>, peer: Option<&str>, req: Request) -> Response {
@@ -241,7 +259,7 @@ async fn respond(shared: &Arc<Shared>, peer: Option<&str>, req: Request) -> Resp
             forwarded,
         } => propose(shared, command, request_id, forwarded).await,
         Request::Get { key, stale } => read_setting(shared, &key, stale).await,
-        Request::List { stale } => list_settings(shared, stale).await,
+        Request::List(q) => list_settings(shared, q).await,
         Request::Digest => digest(shared),
         Request::Stop { name } => stop(shared, &name).await,
         Request::Transfer { name } => transfer(shared, &name).await,
@@ -726,11 +744,28 @@ fn digest(shared: &Shared) -> Response {
     }
 }
 
-async fn list_settings(shared: &Shared, stale: bool) -> Response {
-    read(shared, stale, |core, stale| {
-        match core.state().list(LIST_COUNT_MAX) {
-            Ok(items) => Response::List {
-                items: items
+/// One page of settings (`Request::List`), bounded in count and in bytes so
+/// that it fits one frame.
+async fn list_settings(shared: &Shared, q: crate::proto::ListQuery) -> Response {
+    let count = q.limit.unwrap_or(LIST_COUNT_DEFAULT);
+    if count == 0 || count > LIST_COUNT_MAX {
+        return Response::Error {
+            message: format!("a list limit must be 1..={LIST_COUNT_MAX} settings, not {count}"),
+        };
+    }
+    let after = q.after.as_deref();
+    read(shared, q.stale, |core, stale| {
+        match core
+            .state()
+            .list_page(after, count as usize, LIST_PAGE_BYTES_MAX)
+        {
+            Ok(page) => Response::List {
+                next_after: page
+                    .more
+                    .then(|| page.items.last().map(|(k, _)| k.clone()))
+                    .flatten(),
+                items: page
+                    .items
                     .into_iter()
                     .map(|(k, v)| (k, serde_bytes::ByteBuf::from(v)))
                     .collect(),
@@ -823,6 +858,41 @@ async fn transfer(shared: &Shared, name: &str) -> Response {
     } else {
         Response::Error {
             message: format!("{name} did not take the coordinator role within 5 s"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(frame: &[u8]) -> Response {
+        ciborium::from_reader(&frame[4..]).unwrap()
+    }
+
+    #[test]
+    fn an_answer_too_large_for_a_frame_becomes_an_error_naming_the_limit() {
+        let small = Response::Value {
+            value: Some(serde_bytes::ByteBuf::from(vec![7; 10])),
+            stale: None,
+        };
+        assert!(matches!(
+            decode(&answer_frame(&small, None)),
+            Response::Value { .. }
+        ));
+        let huge = Response::Value {
+            value: Some(serde_bytes::ByteBuf::from(vec![7; REQUEST_BYTES_MAX])),
+            stale: None,
+        };
+        let frame = answer_frame(&huge, Some("srv2"));
+        assert!(frame.len() < 1024);
+        match decode(&frame) {
+            Response::Error { message } => assert!(
+                message.contains(&format!("limit of {REQUEST_BYTES_MAX} bytes"))
+                    && message.contains("REQUEST_BYTES_MAX"),
+                "{message}"
+            ),
+            other => panic!("{other:?}"),
         }
     }
 }

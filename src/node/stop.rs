@@ -84,33 +84,39 @@ pub async fn graceful_stop(shared: &Shared) {
         .into_iter()
         .filter(|n| *n != shared.me.name)
         .collect();
-    let applied = shared.core().as_ref().map_or(0, |c| c.applied_index());
-    let cluster_id = shared.cluster_id();
     let member = shared.core().as_ref().is_some_and(|c| c.is_member());
-    let stop = |left: bool, remaining: Vec<String>| StopRecord {
-        stopped_at_ms: now_ms(),
-        left,
-        remaining,
-        applied_index: applied,
-        cluster_id: cluster_id.clone(),
-    };
-    let rec = if !member {
+    let (left, remaining) = if !member {
         // Not (or no longer) a member, e.g. stopped while rejoining: it must
         // rejoin next time, never run on this database alone.
-        stop(true, others)
+        (true, others)
     } else if others.is_empty() {
         // The last voter keeps its membership: it holds the newest database
         // and starts alone next time.
-        stop(false, vec![])
+        (false, vec![])
     } else {
         match leave(shared).await {
-            Ok(remaining) => stop(true, remaining),
+            Ok(remaining) => (true, remaining),
             Err(e) => {
                 tracing::warn!("could not leave the membership ({e}); stopping as a member");
-                stop(false, others)
+                (false, others)
             }
         }
     };
+    // Nothing is applied after this: the record's applied index is the one
+    // state.db keeps, which `start-order` reads (leaving commits one more
+    // entry, which this instance usually applies after the coordinator
+    // answered). Dropping the core also closes both databases.
+    let core = shared.core().take();
+    let rec = StopRecord {
+        stopped_at_ms: now_ms(),
+        left,
+        remaining,
+        applied_index: core.as_ref().map_or(0, |c| c.applied_index()),
+        cluster_id: core
+            .as_ref()
+            .and_then(|c| c.state().cluster_id().map(str::to_string)),
+    };
+    drop(core);
     tracing::info!(left = rec.left, remaining = ?rec.remaining, applied_index = rec.applied_index, "stop recorded");
     write_record(&shared.dir, &rec);
 }

@@ -1,0 +1,525 @@
+//! The CLI's output contract (docs/CLI.md), checked on the exact bytes the
+//! `claro` binary writes, against real `claro serve` processes on
+//! 127.0.80.x-127.0.84.x.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::Instant;
+
+use claro::output::base64;
+use common::{Cluster, BIN};
+
+const SETTLE_S: u64 = 30;
+const MIB: usize = 1024 * 1024;
+
+/// `claro --config CONF ARGS`, with `stdin` fed when given.
+fn claro(c: &Cluster, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&c.conf)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run claro");
+    if let Some(bytes) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        // The CLI stops reading one byte past the limit: a refused write is fine.
+        let _ = pipe.write_all(bytes);
+    }
+    child.wait_with_output().expect("claro output")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Asserts the exit status, stdout and stderr of one run, exactly.
+#[track_caller]
+fn expect(out: &Output, status: i32, stdout: &str, stderr: &str) {
+    assert_eq!(
+        (
+            out.status.code(),
+            text(&out.stdout).as_str(),
+            text(&out.stderr).as_str()
+        ),
+        (Some(status), stdout, stderr)
+    );
+}
+
+/// Asserts a failure: the status, nothing on stdout, one `claro: ` line on
+/// stderr containing every one of `needles`.
+#[track_caller]
+fn expect_failure(out: &Output, status: i32, needles: &[&str]) {
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(status), "stderr: {err}");
+    assert_eq!(text(&out.stdout), "", "stdout of a failure");
+    assert!(err.starts_with("claro: ") && err.ends_with('\n'), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "`{n}` not in: {err}");
+    }
+}
+
+fn one_server(net: u8) -> Cluster {
+    let mut c = Cluster::new(net, &[("srv1", "server")]);
+    c.start_alone("srv1");
+    c
+}
+
+fn applied_index(c: &Cluster, via: &str) -> u64 {
+    c.digest(via).expect("digest").0
+}
+
+#[test]
+fn settings_get_and_set_in_text_and_json() {
+    let c = one_server(80);
+    let out = claro(&c, &["settings", "set", "colour", "RED", "--json"], None);
+    let n = applied_index(&c, "srv1");
+    expect(
+        &out,
+        0,
+        &format!("{{\"key\":\"colour\",\"applied_index\":{n}}}\n"),
+        "",
+    );
+    let out = claro(&c, &["settings", "set", "shape", "circle"], None);
+    expect(&out, 0, &format!("applied at index {}\n", n + 1), "");
+
+    let out = claro(&c, &["settings", "get", "colour"], None);
+    expect(&out, 0, "RED\n", "");
+    let out = claro(&c, &["settings", "get", "colour", "--json"], None);
+    expect(&out, 0, "{\"key\":\"colour\",\"value\":\"RED\"}\n", "");
+
+    // A missing key fails in both modes, saying so on stderr only.
+    for json in [false, true] {
+        let mut args = vec!["settings", "get", "nope"];
+        args.extend(json.then_some("--json"));
+        expect(&claro(&c, &args, None), 1, "", "claro: no setting `nope`\n");
+    }
+
+    // Control characters are escaped in text, plain JSON strings in JSON.
+    let out = claro(
+        &c,
+        &["settings", "set", "line\nbreak", "esc\u{1b}[31m\\"],
+        None,
+    );
+    expect(&out, 0, &format!("applied at index {}\n", n + 2), "");
+    let out = claro(&c, &["settings", "get", "line\nbreak"], None);
+    expect(&out, 0, "esc\\u{1b}[31m\\\\\n", "");
+    let out = claro(&c, &["settings", "get", "line\nbreak", "--json"], None);
+    expect(
+        &out,
+        0,
+        "{\"key\":\"line\\nbreak\",\"value\":\"esc\\u001b[31m\\\\\"}\n",
+        "",
+    );
+    let out = claro(&c, &["settings", "get", "no\u{1b}pe"], None);
+    expect(&out, 1, "", "claro: no setting `no\\u{1b}pe`\n");
+}
+
+#[test]
+fn settings_set_from_a_file_or_stdin_up_to_the_value_limit() {
+    let c = one_server(81);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("value.bin");
+    let path = file.to_str().unwrap();
+
+    // A value that is not UTF-8 comes back as base64 in JSON, \xHH in text.
+    std::fs::write(&file, b"\xff\xfe\x00A\n").unwrap();
+    let out = claro(&c, &["settings", "set", "bin", "--file", path], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = claro(&c, &["settings", "get", "bin", "--json"], None);
+    expect(
+        &out,
+        0,
+        "{\"key\":\"bin\",\"value_base64\":\"//4AQQo=\"}\n",
+        "",
+    );
+    let out = claro(&c, &["settings", "get", "bin"], None);
+    expect(&out, 0, "\\xff\\xfe\\0A\\n\n", "");
+
+    let out = claro(&c, &["settings", "set", "piped", "-"], Some(b"from stdin"));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(c.get("srv1", "piped").unwrap(), b"from stdin");
+
+    // Exactly the limit is taken, through a file and through stdin.
+    let limit: Vec<u8> = (0..MIB).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, &limit).unwrap();
+    let out = claro(&c, &["settings", "set", "big", "--file", path], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(c.get("srv1", "big").unwrap(), limit);
+    let out = claro(&c, &["settings", "set", "big2", "-"], Some(&limit));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(c.get("srv1", "big2").unwrap(), limit);
+
+    // One byte more is bad input: exit 2 naming the limit, nothing sent.
+    let over = vec![b'x'; MIB + 1];
+    std::fs::write(&file, &over).unwrap();
+    let before = applied_index(&c, "srv1");
+    let out = claro(&c, &["settings", "set", "over", "--file", path], None);
+    expect_failure(
+        &out,
+        2,
+        &[path, "1048576 bytes", "VALUE_BYTES_MAX", "nothing was sent"],
+    );
+    let out = claro(&c, &["settings", "set", "over", "-"], Some(&over));
+    expect_failure(&out, 2, &["stdin", "1048576 bytes", "VALUE_BYTES_MAX"]);
+    assert_eq!(
+        applied_index(&c, "srv1"),
+        before,
+        "a refused value changed nothing"
+    );
+    assert_eq!(c.get("srv1", "over"), None);
+
+    // Exactly one of VALUE, --file, -.
+    let out = claro(&c, &["settings", "set", "k", "v", "--file", path], None);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = claro(&c, &["settings", "set", "k"], None);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let missing = dir.path().join("missing");
+    let out = claro(
+        &c,
+        &["settings", "set", "k", "--file", missing.to_str().unwrap()],
+        None,
+    );
+    expect_failure(&out, 2, &["cannot read the value from", "missing"]);
+    assert_eq!(applied_index(&c, "srv1"), before);
+}
+
+/// The bytes of the `i`th large setting of the paging test.
+fn large_value(i: usize) -> Vec<u8> {
+    (0..MIB)
+        .map(|j| ((j * 31 + i * 7) % 256) as u8 ^ 0x80)
+        .collect()
+}
+
+#[test]
+fn settings_list_pages_through_more_than_a_frame_of_settings() {
+    let c = one_server(82);
+    // 3 MiB of settings: more than one frame (2 MiB) holds.
+    for i in 0..3 {
+        c.set("srv1", &format!("blob{i}"), large_value(i)).unwrap();
+    }
+    for k in ["k1", "k2", "k3\n"] {
+        c.set("srv1", k, k.as_bytes().to_vec()).unwrap();
+    }
+    // JSON: follow next_after until null.
+    let mut after: Option<String> = None;
+    let mut pages = Vec::new();
+    loop {
+        let mut args = vec!["settings", "list", "--json"];
+        if let Some(a) = &after {
+            args.extend(["--after", a.as_str()]);
+        }
+        let out = claro(&c, &args, None);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        pages.push(text(&out.stdout));
+        after = page["next_after"].as_str().map(str::to_string);
+        if after.is_none() {
+            break;
+        }
+        assert!(pages.len() < 10, "paging does not end");
+    }
+    let item = |i: usize| {
+        format!(
+            "{{\"key\":\"blob{i}\",\"value_base64\":\"{}\"}}",
+            base64(&large_value(i))
+        )
+    };
+    assert_eq!(
+        pages,
+        [
+            format!("{{\"items\":[{}],\"next_after\":\"blob0\"}}\n", item(0)),
+            format!("{{\"items\":[{}],\"next_after\":\"blob1\"}}\n", item(1)),
+            format!(
+                "{{\"items\":[{},{{\"key\":\"k1\",\"value\":\"k1\"}},{{\"key\":\"k2\",\"value\":\"k2\"}},{{\"key\":\"k3\\n\",\"value\":\"k3\\n\"}}],\"next_after\":null}}\n",
+                item(2)
+            ),
+        ]
+    );
+
+    // Text, bounded by --limit: the next page's command is on stderr.
+    let out = claro(
+        &c,
+        &["settings", "list", "--after", "blob2", "--limit", "2"],
+        None,
+    );
+    expect(
+        &out,
+        0,
+        "k1 = k1\nk2 = k2\n",
+        "more settings follow; next page: claro settings list --limit 2 --after k2\n",
+    );
+    let out = claro(
+        &c,
+        &["settings", "list", "--after", "k2", "--limit", "2"],
+        None,
+    );
+    expect(&out, 0, "k3\\n = k3\\n\n", "");
+    let out = claro(
+        &c,
+        &[
+            "settings", "list", "--after", "k1", "--limit", "1", "--json",
+        ],
+        None,
+    );
+    expect(
+        &out,
+        0,
+        "{\"items\":[{\"key\":\"k2\",\"value\":\"k2\"}],\"next_after\":\"k2\"}\n",
+        "",
+    );
+    for bad in ["0", "10001"] {
+        let out = claro(&c, &["settings", "list", "--limit", bad], None);
+        expect_failure(&out, 2, &["--limit must be 1..=10000"]);
+    }
+
+    // A closed stdout ends the command quietly, whatever it was writing:
+    // a 1.4 MB page through `head -c 10`, and outputs whose reader is gone
+    // before they are written.
+    let dir = tempfile::tempdir().unwrap();
+    let (status, err) = (dir.path().join("status"), dir.path().join("stderr"));
+    let shell = format!(
+        "{{ '{BIN}' --config '{}' settings list --json 2>'{}'; echo $? >'{}'; }} | head -c 10",
+        c.conf.display(),
+        err.display(),
+        status.display()
+    );
+    let out = Command::new("sh").args(["-c", &shell]).output().unwrap();
+    assert_eq!(text(&out.stdout), "{\"items\":[");
+    assert_eq!(
+        std::fs::read_to_string(&err).unwrap(),
+        "",
+        "no panic, no message"
+    );
+    assert_eq!(std::fs::read_to_string(&status).unwrap(), "0\n");
+    for args in [
+        &["settings", "get", "blob0", "--json"][..],
+        &["settings", "get", "k1"],
+        &["settings", "list"],
+        &["status", "--json"],
+        &["status"],
+    ] {
+        let out = closed_stdout(&c, args);
+        expect(&out, 0, "", "");
+    }
+}
+
+/// Runs claro with a stdout whose reading end is closed before it writes.
+fn closed_stdout(c: &Cluster, args: &[&str]) -> Output {
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&c.conf)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    child.wait_with_output().unwrap()
+}
+
+fn three_running(net: u8) -> Cluster {
+    let mut c = Cluster::new(
+        net,
+        &[("srv1", "server"), ("srv2", "server"), ("srv3", "server")],
+    );
+    c.start_alone("srv1");
+    c.start("srv2");
+    c.start("srv3");
+    c.wait(SETTLE_S, "all three synchronized", || {
+        c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"])
+    });
+    c
+}
+
+/// Whether process `pid` has exited (gone, or a zombie not yet reaped).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .trim_start()
+            .starts_with('Z'),
+    }
+}
+
+/// `claro stop` returned: the process is gone, its port free, its stop recorded.
+#[track_caller]
+fn assert_gone(c: &mut Cluster, name: &str, i: usize) -> claro::proto::StopRecord {
+    let pid = c.pid(name).expect("started by the test");
+    assert!(exited(pid), "{name} still runs after `claro stop` returned");
+    let addr = format!("{}:7900", common::addr(c.net, i));
+    std::net::UdpSocket::bind(&addr).unwrap_or_else(|e| panic!("{addr} still bound: {e}"));
+    c.kill9(name); // reaps the exited process
+    claro::node::read_record(&c.data_dir(name)).expect("stopped.json")
+}
+
+/// `start-order --json`'s entry for `name`.
+fn start_order_entry(c: &Cluster, name: &str) -> serde_json::Value {
+    let out = claro(c, &["start-order", "--json"], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["order"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn stop_waits_for_the_exit_and_start_order_agrees_with_stopped_json() {
+    let mut c = three_running(83);
+    c.set("srv1", "v", b"1".to_vec()).unwrap();
+
+    // A follower, stopped through another server.
+    let out = claro(&c, &["stop", "srv3", "--server", "srv1", "--json"], None);
+    expect(&out, 0, "{\"name\":\"srv3\",\"stopped\":true}\n", "");
+    let rec3 = assert_gone(&mut c, "srv3", 2);
+    assert!(rec3.left);
+    let entry = start_order_entry(&c, "srv3");
+    assert_eq!(entry["applied_index"], rec3.applied_index, "{entry}");
+    assert_eq!(entry["last_stop"]["applied_index"], rec3.applied_index);
+
+    // The coordinator: it hands its role over first, then leaves.
+    c.set("srv1", "v", b"2".to_vec()).unwrap();
+    let t = Instant::now();
+    let out = claro(&c, &["stop", "srv1", "--server", "srv1"], None);
+    expect(&out, 0, "srv1 stopped\n", "");
+    let rec1 = assert_gone(&mut c, "srv1", 0);
+    println!(
+        "stop of the coordinator took {} ms",
+        t.elapsed().as_millis()
+    );
+    assert_eq!(
+        start_order_entry(&c, "srv1")["applied_index"],
+        rec1.applied_index
+    );
+
+    // srv2, alone, keeps its membership; start-order --json in full.
+    c.wait(SETTLE_S, "srv2 to coordinate alone", || {
+        c.settled("srv2", "srv2", &["srv2"])
+    });
+    let out = claro(&c, &["stop", "--no-wait", "srv2", "--server", "srv2"], None);
+    expect(&out, 0, "srv2 is stopping\n", "");
+    let pid = c.pid("srv2").unwrap();
+    c.wait(SETTLE_S, "srv2 to exit", || exited(pid));
+    let rec2 = assert_gone(&mut c, "srv2", 1);
+    assert!(!rec2.left);
+    let record = |r: &claro::proto::StopRecord| serde_json::to_string(r).unwrap();
+    let out = claro(&c, &["start-order", "--json"], None);
+    expect(
+        &out,
+        0,
+        &format!(
+            "{{\"order\":[{{\"name\":\"srv2\",\"applied_index\":{},\"source\":\"local data\",\"last_stop\":{}}},{{\"name\":\"srv1\",\"applied_index\":{},\"source\":\"local data\",\"last_stop\":{}}},{{\"name\":\"srv3\",\"applied_index\":{},\"source\":\"local data\",\"last_stop\":{}}}]}}\n",
+            rec2.applied_index,
+            record(&rec2),
+            rec1.applied_index,
+            record(&rec1),
+            rec3.applied_index,
+            record(&rec3),
+        ),
+        "",
+    );
+    let out = claro(&c, &["start-order"], None);
+    expect(
+        &out,
+        0,
+        &format!(
+            "1. srv2  applied index {}  [local data] stopped as a member\n\
+             2. srv1  applied index {}  [local data] left the cluster (remaining: {})\n\
+             3. srv3  applied index {}  [local data] left the cluster (remaining: {})\n",
+            rec2.applied_index,
+            rec1.applied_index,
+            rec1.remaining.join(", "),
+            rec3.applied_index,
+            rec3.remaining.join(", "),
+        ),
+        "",
+    );
+    // Nothing answers now: stopping is a failure, not a wait.
+    let out = claro(&c, &["stop", "srv2", "--server", "srv2"], None);
+    expect_failure(&out, 1, &["no instance reachable"]);
+}
+
+#[test]
+fn status_and_coordinator_transfer_are_plain_objects() {
+    let mut c = Cluster::two(84);
+    c.start("srv2");
+    c.wait(SETTLE_S, "srv2 to join", || {
+        c.settled("srv1", "srv1", &["srv1", "srv2"])
+    });
+    let out = claro(
+        &c,
+        &[
+            "coordinator",
+            "transfer",
+            "srv2",
+            "--json",
+            "--server",
+            "srv1",
+        ],
+        None,
+    );
+    expect(&out, 0, "{\"coordinator\":\"srv2\"}\n", "");
+    c.wait(SETTLE_S, "srv1 to follow srv2", || {
+        c.settled("srv1", "srv2", &["srv1", "srv2"])
+    });
+    let out = claro(
+        &c,
+        &["coordinator", "transfer", "srv1", "--server", "srv1"],
+        None,
+    );
+    expect(&out, 0, "srv1 is now the coordinator\n", "");
+    let out = claro(
+        &c,
+        &["coordinator", "transfer", "srv1", "--server", "srv2"],
+        None,
+    );
+    expect(&out, 0, "srv1 is already the coordinator\n", "");
+    let out = claro(&c, &["coordinator", "transfer", "srv9"], None);
+    expect_failure(&out, 2, &["no server named `srv9`"]);
+
+    // status --json: StatusView's fields, in its order, on one line.
+    c.wait(SETTLE_S, "srv2 to follow srv1", || {
+        c.settled("srv2", "srv1", &["srv1", "srv2"])
+    });
+    let out = claro(&c, &["status", "--json", "--server", "srv2"], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let line = |i: usize, state: &str| {
+        let s = &v["servers"][i];
+        format!(
+            "{{\"name\":\"srv{n}\",\"address\":\"127.0.84.{n}:7900\",\"role\":\"server\",\"state\":\"{state}\",\"connected\":true,\"synchronized\":true,\"applied_index\":{},\"note\":null,\"heard_ago_ms\":{}}}",
+            s["applied_index"],
+            s["heard_ago_ms"],
+            n = i + 1
+        )
+    };
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "{{\"cluster_id\":{},\"coordinator\":\"srv1\",\"term\":{},\"commit_index\":{},\"servers\":[{},{}],\"answered_by\":\"srv1\",\"from_coordinator\":true}}\n",
+            v["cluster_id"],
+            v["term"],
+            v["commit_index"],
+            line(0, "coordinator"),
+            line(1, "follower"),
+        )
+    );
+    assert!(v["cluster_id"].is_string() && v["term"].as_u64() > Some(0));
+    assert_eq!(text(&out.stderr), "");
+}
