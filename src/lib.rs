@@ -1,6 +1,7 @@
 //! claro: a cluster of identical server instances sharing file and script work.
 //! See docs/ARCHITECTURE.md for the map.
 
+pub mod cert;
 pub mod cli;
 pub mod client;
 pub mod config;
