@@ -151,7 +151,7 @@ impl ServerConf {
             Err(_) => Err(too_slow(name)),
         };
         found.unwrap_or_else(|e| {
-            tracing::warn!(server = %self.name, "{e}; using {} found at start", self.address);
+            crate::throttled_warn!("host lookup failed", self.name, server = %self.name, "{e}; using {} found at start", self.address);
             self.address
         })
     }

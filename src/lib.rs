@@ -13,6 +13,7 @@ pub mod membership;
 pub mod node;
 pub mod proto;
 pub mod state;
+pub mod throttle;
 pub mod tls;
 pub mod transport;
 pub mod view;

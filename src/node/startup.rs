@@ -290,8 +290,10 @@ async fn start_joining(
         {
             Ok(Response::Ok { .. }) => return Ok(()),
             Ok(Response::NotLeader { leader: Some(l) }) => leader = l,
-            Ok(other) => tracing::warn!("join through {leader}: {other:?}"),
-            Err(e) => tracing::warn!("join through {leader}: {e}"),
+            Ok(other) => {
+                crate::throttled_warn!("join answer", leader, "join through {leader}: {other:?}")
+            }
+            Err(e) => crate::throttled_warn!("join failed", leader, "join through {leader}: {e}"),
         }
         async_std::task::sleep(Duration::from_millis(DISCOVERY_ROUND_MS)).await;
     }
