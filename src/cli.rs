@@ -47,6 +47,11 @@ pub enum Command {
     Init {
         #[arg(long)]
         dir: PathBuf,
+        /// Where the CA's certificate and private key go: a folder kept on
+        /// this machine, never copied to servers (default: beside DIR,
+        /// named DIR-ca, e.g. conf-ca/).
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
         /// NAME=ADDRESS, once per server.
         #[arg(long = "server", required = true, value_parser = parse_server_arg)]
         servers: Vec<(String, String)>,
@@ -93,6 +98,34 @@ pub enum Command {
     Settings {
         #[command(subcommand)]
         action: SettingsAction,
+    },
+    /// Certificates, signed with the CA's key (run where the CA folder is).
+    Cert {
+        #[command(subcommand)]
+        action: CertAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertAction {
+    /// Sign a key and certificate for NAME, a server of the config (e.g.
+    /// one added later), into the config's tls folder.
+    Add {
+        name: String,
+        /// The CA folder (default: beside the config's folder, named
+        /// after it with `-ca`, e.g. conf-ca/).
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
+        /// Replace NAME's existing certificate and key.
+        #[arg(long)]
+        force: bool,
+    },
+    /// New keys and certificates for every server and the client, signed
+    /// by the same CA.
+    Rotate {
+        /// The CA folder (default: as for `cert add`).
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
     },
 }
 
@@ -179,6 +212,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Init {
             dir,
+            ca_dir,
             servers,
             cluster,
             shared_root,
@@ -187,6 +221,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             force,
         } => crate::init::run(
             &dir,
+            ca_dir.as_deref(),
             &cluster,
             &servers,
             &shared_root,
@@ -200,6 +235,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         } => {
             let config = Config::load(&cli.config)?;
             let name = config.local_server(name.as_deref())?.name.clone();
+            crate::cert::for_serve(&config, &name)?;
             let opts = crate::node::ServeOptions {
                 config,
                 name,
@@ -242,6 +278,19 @@ fn run(cli: Cli) -> Result<(), Failure> {
             crate::client::transfer(&config, &client, &name)
         }
         Command::Settings { action } => settings(&cli.config, action),
+        Command::Cert { action } => cert(&cli.config, action),
+    }
+}
+
+fn cert(path: &std::path::Path, action: CertAction) -> Result<(), Failure> {
+    let config = Config::load(path)?;
+    match action {
+        CertAction::Add {
+            name,
+            ca_dir,
+            force,
+        } => crate::cert::add(&config, ca_dir.as_deref(), &name, force),
+        CertAction::Rotate { ca_dir } => crate::cert::rotate(&config, ca_dir.as_deref()),
     }
 }
 

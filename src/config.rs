@@ -151,7 +151,7 @@ impl ServerConf {
             Err(_) => Err(too_slow(name)),
         };
         found.unwrap_or_else(|e| {
-            tracing::warn!(server = %self.name, "{e}; using {} found at start", self.address);
+            crate::throttled_warn!("host lookup failed", self.name, server = %self.name, "{e}; using {} found at start", self.address);
             self.address
         })
     }
@@ -1156,7 +1156,9 @@ port = {port}
 shared_root = {s}
 # Local data of each server (its databases), in <data_dir>/<server name>/.
 data_dir = {dd}
-# Cluster CA and certificates, written by `claro init`.
+# The CA certificate and each server's (and the CLI's) certificate and key,
+# written by `claro init` and `claro cert add|rotate`; the CA's key is not here.
+# A server needs ca.crt and its own NAME.crt and NAME.key.
 # tls_dir = \"{TLS_DIR_DEFAULT}\"
 
 # Timing, in milliseconds (the defaults are shown).

@@ -1,12 +1,17 @@
-//! `claro init`: writes a config skeleton and the cluster's TLS material.
+//! `claro init`: writes a config skeleton and the cluster's TLS material:
+//! the CA (certificate and private key) to a CA folder of its own, which
+//! stays on this machine, and everything servers and clients read to
+//! `tls/` beside the config.
 
 use std::path::Path;
 
 use crate::config::{Config, Host};
 use crate::exit::Failure;
 
+#[allow(clippy::too_many_arguments)] // one per `claro init` option
 pub fn run(
     dir: &Path,
+    ca_dir: Option<&Path>,
     cluster: &str,
     servers: &[(String, String)],
     shared_root: &str,
@@ -21,6 +26,12 @@ pub fn run(
             path.display()
         )));
     }
+    let tls_dir = dir.join(crate::config::TLS_DIR_DEFAULT);
+    let ca_dir = match ca_dir {
+        Some(p) => p.to_path_buf(),
+        None => crate::cert::default_ca_dir(dir)?,
+    };
+    crate::cert::check_ca_dir(&ca_dir, &[dir, &tls_dir])?;
     for (name, addr) in servers {
         // Form only: whether a name resolves is checked with the whole config.
         Host::parse(addr, port)
@@ -49,7 +60,7 @@ pub fn run(
         .iter()
         .map(|s| (s.name.clone(), s.host.clone()))
         .collect();
-    let written = crate::tls::generate(&dir.join("tls"), cluster, &hosts, force)
+    let written = crate::tls::generate(&tls_dir, &ca_dir, cluster, &hosts, force)
         .map_err(|e| Failure::usage(e.to_string()))?;
     std::fs::write(&path, text).map_err(|e| Failure::failed(format!("{}: {e}", path.display())))?;
     println!("wrote {}", path.display());
@@ -57,7 +68,11 @@ pub fn run(
         println!("wrote {}", f.display());
     }
     println!(
-        "copy {} (with tls/) to every server, then run `claro serve` on each",
+        "keep {} on this machine only: it holds the CA's private key (`claro cert add NAME` and `claro cert rotate` run here use it)",
+        ca_dir.display()
+    );
+    println!(
+        "copy {} (with tls/) to every server, then run `claro serve` on each; server NAME needs ClaroServers.conf, tls/ca.crt, tls/NAME.crt and tls/NAME.key (tls/client.crt and client.key to use the CLI there)",
         dir.display()
     );
     Ok(())

@@ -1,6 +1,7 @@
 //! claro: a cluster of identical server instances sharing file and script work.
 //! See docs/ARCHITECTURE.md for the map.
 
+pub mod cert;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod node;
 pub mod output;
 pub mod proto;
 pub mod state;
+pub mod throttle;
 pub mod tls;
 pub mod transport;
 pub mod view;

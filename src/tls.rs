@@ -7,6 +7,12 @@
 //! against that CA only: the system trust store is never consulted, so nobody
 //! without a certificate from this cluster's CA can join or drive it.
 //!
+//! The CA's private key lives in a folder of its own (the CA folder), never in
+//! the tls folder that is copied to servers: a server needs only `ca.crt` and
+//! its own certificate and key, and a stolen server folder cannot mint new
+//! identities. Signing (`claro init`, `claro cert add|rotate`, the quickstart's
+//! first `serve`) is the only thing that reads the CA folder.
+//!
 //! This module only reads and writes PEM files and builds configurations; it
 //! opens no socket.
 
@@ -93,106 +99,259 @@ fn provider() -> Arc<CryptoProvider> {
 
 // ---------------------------------------------------------------------------
 // Generation
+//
+// Two folders: the CA folder (`ca.crt`, `ca.key`) stays on the machine that
+// signs; the tls folder (`ca.crt`, `<server>.crt` + `.key`, `client.crt` +
+// `.key`) is what servers and clients read. The CA's key is only ever
+// written to the CA folder, so a copy of the tls folder cannot mint
+// identities.
 
-/// Writes `dir/ca.crt`, `dir/ca.key`, `dir/<name>.crt` + `.key` for every
-/// server and `dir/client.crt` + `client.key` (PEM). Server certificates cover
-/// DNS:<name> and the configured host (IP:<ip> or DNS:<host name>); the
-/// client's DNS:client. Refuses, naming the first
-/// existing file, when any of them exists and `!force`. Key files are 0600.
+/// The cluster CA, loaded from the CA folder, ready to sign.
+pub struct Ca {
+    dir: PathBuf,
+    der: CertificateDer<'static>,
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl fmt::Debug for Ca {
+    /// Never prints the private key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ca")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Path of the CA's private key in a CA folder.
+pub fn ca_key_path(ca_dir: &Path) -> PathBuf {
+    key_path(ca_dir, CA_NAME)
+}
+
+/// Path of the CA certificate in a CA or tls folder.
+pub fn ca_cert_path(dir: &Path) -> PathBuf {
+    cert_path(dir, CA_NAME)
+}
+
+/// The files a server named `who` (or the CLI, [`CLIENT_NAME`]) reads from
+/// the tls folder, in the order they are checked.
+pub fn files_of(tls_dir: &Path, who: &str) -> [PathBuf; 3] {
+    [
+        cert_path(tls_dir, CA_NAME),
+        cert_path(tls_dir, who),
+        key_path(tls_dir, who),
+    ]
+}
+
+/// The first of [`files_of`] that does not exist.
+pub fn first_missing(tls_dir: &Path, who: &str) -> Option<PathBuf> {
+    files_of(tls_dir, who).into_iter().find(|p| !p.exists())
+}
+
+/// Makes a new CA in `ca_dir` (`ca.crt`, `ca.key`) and signs with it every
+/// server's certificate and the client's, written with `ca.crt` to
+/// `tls_dir`. Server certificates cover DNS:<name> and the configured host
+/// (IP:<ip> or DNS:<host name>); the client's DNS:client. Refuses, naming
+/// the first existing file, when any of them exists and `!force`. Key files
+/// are 0600. Returns the files written, the CA's first.
 pub fn generate(
-    dir: &Path,
+    tls_dir: &Path,
+    ca_dir: &Path,
     cluster: &str,
     servers: &[(String, Host)],
     force: bool,
 ) -> Result<Vec<PathBuf>, TlsError> {
     check_server_names(servers)?;
+    check_apart(tls_dir, ca_dir)?;
     if !force {
-        refuse_existing(dir, servers)?;
+        refuse_existing(ca_dir, &[CA_NAME])?;
+        let mut names = vec![CA_NAME, CLIENT_NAME];
+        names.extend(servers.iter().map(|(name, _)| name.as_str()));
+        refuse_existing(tls_dir, &names)?;
     }
-    fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
-    let ca_key = new_key_pair()?;
-    let ca_params = ca_params(cluster);
-    let ca_cert = ca_params
-        .self_signed(&ca_key)
-        .map_err(|e| TlsError(format!("cannot make the CA certificate: {e}")))?;
-    let mut written = write_pair(dir, CA_NAME, &ca_cert.pem(), &ca_key)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-    for (name, host) in servers {
-        let key = new_key_pair()?;
-        let cert = leaf_params(cluster, name, Some(host))?
-            .signed_by(&key, &issuer)
-            .map_err(|e| TlsError(format!("cannot sign the certificate of {name}: {e}")))?;
-        written.extend(write_pair(dir, name, &cert.pem(), &key)?);
-    }
-    let key = new_key_pair()?;
-    let cert = leaf_params(cluster, CLIENT_NAME, None)?
-        .signed_by(&key, &issuer)
-        .map_err(|e| TlsError(format!("cannot sign the client certificate: {e}")))?;
-    written.extend(write_pair(dir, CLIENT_NAME, &cert.pem(), &key)?);
+    let (ca, mut written) = make_ca(ca_dir, cluster)?;
+    // A new CA replaces the old one's certificate (with `force`) first, so
+    // that `sign_all` finds the one it signs for.
+    fs::create_dir_all(tls_dir).map_err(|e| file_error(tls_dir, e))?;
+    let ca_cert = ca_cert_path(tls_dir);
+    write_file(&ca_cert, ca.pem.as_bytes(), 0o644)?;
+    written.push(ca_cert);
+    written.extend(sign_all(&ca, tls_dir, cluster, servers)?);
     Ok(written)
 }
 
-/// Makes everything when `dir/ca.crt` is missing; otherwise signs, with the
-/// existing CA (`dir/ca.key` needed), the certificate of every server whose
-/// `.crt` is missing (a stray `.key` without its `.crt` is replaced).
-/// Returns whether anything was written.
-pub fn ensure(dir: &Path, cluster: &str, servers: &[(String, Host)]) -> Result<bool, TlsError> {
-    if !cert_path(dir, CA_NAME).exists() {
-        generate(dir, cluster, servers, false)?;
-        return Ok(true);
-    }
-    let missing: Vec<_> = servers
-        .iter()
-        .filter(|(name, _)| !cert_path(dir, name).exists())
-        .collect();
-    if missing.is_empty() || !key_path(dir, CA_NAME).exists() {
-        return Ok(false);
-    }
+/// Signs, with `ca`, a new key and certificate for every server of
+/// `servers` and for the client, and installs `ca.crt` in `tls_dir`. Used
+/// by `generate` and by `claro cert rotate`: existing files are replaced.
+pub fn sign_all(
+    ca: &Ca,
+    tls_dir: &Path,
+    cluster: &str,
+    servers: &[(String, Host)],
+) -> Result<Vec<PathBuf>, TlsError> {
     check_server_names(servers)?;
-    let (ca_der, issuer) = load_issuer(dir, cluster)?;
-    for (name, host) in missing {
-        sign_server_with(dir, cluster, &ca_der, &issuer, name, host)?;
+    let mut written = install_ca_cert(ca, tls_dir)?
+        .into_iter()
+        .collect::<Vec<_>>();
+    for (name, host) in servers {
+        written.extend(issue(ca, tls_dir, cluster, name, Some(host))?);
     }
-    Ok(true)
+    written.extend(issue(ca, tls_dir, cluster, CLIENT_NAME, None)?);
+    Ok(written)
 }
 
-/// Signs and writes one server's certificate, after checking that it really
-/// chains to `ca.crt` (it does not when `ca.crt` was made for another cluster
-/// name, since the issuer name is rebuilt from `cluster`).
-fn sign_server_with(
-    dir: &Path,
+/// The one-machine set-up (`serve` of the quickstart): makes a CA in
+/// `ca_dir` when neither folder has one, then signs whatever of `servers`
+/// and the client is missing from `tls_dir` (a stray `.key` without its
+/// `.crt`, or the reverse, is replaced). Returns the files written.
+pub fn provision(
+    tls_dir: &Path,
+    ca_dir: &Path,
     cluster: &str,
-    ca_der: &CertificateDer<'static>,
-    issuer: &Issuer<'static, KeyPair>,
-    name: &str,
-    host: &Host,
-) -> Result<(), TlsError> {
-    let key = new_key_pair()?;
-    let cert = leaf_params(cluster, name, Some(host))?
-        .signed_by(&key, issuer)
-        .map_err(|e| TlsError(format!("cannot sign the certificate of {name}: {e}")))?;
-    if let Err(e) = check_chain(ca_der, cert.der()) {
-        let ca = cert_path(dir, CA_NAME);
-        let why = format!("cannot sign for server {name} with this CA ({e}); was it made for cluster \"{cluster}\"?");
-        return Err(file_error(&ca, why));
+    servers: &[(String, Host)],
+) -> Result<Vec<PathBuf>, TlsError> {
+    check_server_names(servers)?;
+    check_apart(tls_dir, ca_dir)?;
+    if !ca_cert_path(tls_dir).exists() && !ca_key_path(ca_dir).exists() {
+        return generate(tls_dir, ca_dir, cluster, servers, false);
     }
-    write_pair(dir, name, &cert.pem(), &key)?;
+    let ca = load_ca(ca_dir, cluster)?;
+    let mut written: Vec<PathBuf> = install_ca_cert(&ca, tls_dir)?.into_iter().collect();
+    let wanted = servers
+        .iter()
+        .map(|(name, host)| (name.as_str(), Some(host)))
+        .chain([(CLIENT_NAME, None)]);
+    for (who, host) in wanted {
+        if !cert_path(tls_dir, who).exists() || !key_path(tls_dir, who).exists() {
+            written.extend(issue(&ca, tls_dir, cluster, who, host)?);
+        }
+    }
+    Ok(written)
+}
+
+/// Loads the CA of `ca_dir` for signing. A missing `ca.key` is named with
+/// where it should come from; a key that does not match `ca.crt`, or a CA
+/// made for another cluster name, is refused naming `ca.crt`.
+pub fn load_ca(ca_dir: &Path, cluster: &str) -> Result<Ca, TlsError> {
+    let key_file = ca_key_path(ca_dir);
+    if !key_file.exists() {
+        return Err(file_error(
+            &key_file,
+            "missing: signing needs the cluster CA's private key, which `claro init` \
+             writes to its CA folder (--ca-dir); run this where that folder is",
+        ));
+    }
+    let ca_path = ca_cert_path(ca_dir);
+    let pem = fs::read_to_string(&ca_path).map_err(|e| file_error(&ca_path, e))?;
+    let der = read_certs(&ca_path)?.swap_remove(0);
+    let key_pem = fs::read_to_string(&key_file).map_err(|e| file_error(&key_file, e))?;
+    let key = KeyPair::from_pem(&key_pem).map_err(|e| file_error(&key_file, e))?;
+    let ca = Ca {
+        dir: ca_dir.to_path_buf(),
+        der,
+        pem,
+        issuer: Issuer::new(ca_params(cluster), key),
+    };
+    // rcgen rebuilds the issuer from the key and the cluster name (see
+    // `ca_params`): prove once, on a throwaway leaf, that it matches ca.crt.
+    let probe = leaf_params(cluster, CLIENT_NAME, None)?
+        .signed_by(&new_key_pair()?, &ca.issuer)
+        .map_err(|e| TlsError(format!("cannot sign with {}: {e}", key_file.display())))?;
+    if let Err(e) = check_chain(&ca.der, probe.der()) {
+        let why = format!(
+            "does not go with {} ({e}); was it made for cluster \"{cluster}\"?",
+            key_file.display()
+        );
+        return Err(file_error(&ca_path, why));
+    }
+    Ok(ca)
+}
+
+/// Signs a new key and certificate for `who` (a server, with its configured
+/// host, or the client, without) and writes them to `tls_dir`, replacing
+/// what was there. Returns both paths.
+pub fn issue(
+    ca: &Ca,
+    tls_dir: &Path,
+    cluster: &str,
+    who: &str,
+    host: Option<&Host>,
+) -> Result<Vec<PathBuf>, TlsError> {
+    let key = new_key_pair()?;
+    let cert = leaf_params(cluster, who, host)?
+        .signed_by(&key, &ca.issuer)
+        .map_err(|e| TlsError(format!("cannot sign the certificate of {who}: {e}")))?;
+    fs::create_dir_all(tls_dir).map_err(|e| file_error(tls_dir, e))?;
+    write_pair(tls_dir, who, &cert.pem(), &key)
+}
+
+/// Writes `tls_dir/ca.crt` when it is missing (returns its path); leaves an
+/// identical one alone; refuses, naming it, one of another CA, since
+/// everything signed now would be refused by the servers that trust it.
+pub fn install_ca_cert(ca: &Ca, tls_dir: &Path) -> Result<Option<PathBuf>, TlsError> {
+    let path = ca_cert_path(tls_dir);
+    if path.exists() {
+        let installed = read_certs(&path)?.swap_remove(0);
+        if installed != ca.der {
+            let why = format!(
+                "is another CA's certificate than {}; refusing to sign for a CA the servers do not trust",
+                ca_cert_path(&ca.dir).display()
+            );
+            return Err(file_error(&path, why));
+        }
+        return Ok(None);
+    }
+    fs::create_dir_all(tls_dir).map_err(|e| file_error(tls_dir, e))?;
+    write_file(&path, ca.pem.as_bytes(), 0o644)?;
+    Ok(Some(path))
+}
+
+/// A new CA in `ca_dir`: returns it and the files written.
+fn make_ca(ca_dir: &Path, cluster: &str) -> Result<(Ca, Vec<PathBuf>), TlsError> {
+    fs::create_dir_all(ca_dir).map_err(|e| file_error(ca_dir, e))?;
+    restrict_dir(ca_dir)?;
+    let key = new_key_pair()?;
+    let params = ca_params(cluster);
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| TlsError(format!("cannot make the CA certificate: {e}")))?;
+    let written = write_pair(ca_dir, CA_NAME, &cert.pem(), &key)?;
+    let ca = Ca {
+        dir: ca_dir.to_path_buf(),
+        der: cert.der().clone(),
+        pem: cert.pem(),
+        issuer: Issuer::new(params, key),
+    };
+    Ok((ca, written))
+}
+
+/// The CA folder is the operator's alone (0700): its key file is 0600
+/// anyway, this also hides what it holds.
+fn restrict_dir(dir: &Path) -> Result<(), TlsError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| file_error(dir, e))?;
+    }
+    let _ = dir;
     Ok(())
 }
 
-/// Rebuilds the CA issuer from `ca.key` and the CA's parameters: rcgen 0.14
-/// cannot parse an existing certificate without the x509-parser feature, and
-/// the parameters (subject, key usages) are fully determined by `cluster`.
-fn load_issuer(
-    dir: &Path,
-    cluster: &str,
-) -> Result<(CertificateDer<'static>, Issuer<'static, KeyPair>), TlsError> {
-    let ca_path = cert_path(dir, CA_NAME);
-    let ca_der = read_certs(&ca_path)?.swap_remove(0);
-    let ca_key_path = key_path(dir, CA_NAME);
-    let pem = fs::read_to_string(&ca_key_path).map_err(|e| file_error(&ca_key_path, e))?;
-    let key = KeyPair::from_pem(&pem).map_err(|e| file_error(&ca_key_path, e))?;
-    Ok((ca_der, Issuer::new(ca_params(cluster), key)))
+/// The CA folder must not be the tls folder (nor inside it): that folder is
+/// copied to every server, and the CA's key must not travel with it.
+fn check_apart(tls_dir: &Path, ca_dir: &Path) -> Result<(), TlsError> {
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    if absolute(ca_dir).starts_with(absolute(tls_dir)) {
+        return Err(file_error(
+            ca_dir,
+            format!(
+                "the CA folder must not be inside the TLS folder {} that is copied to servers",
+                tls_dir.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Server names become file names and DNS names: they must be valid DNS
@@ -214,10 +373,8 @@ fn check_server_names(servers: &[(String, Host)]) -> Result<(), TlsError> {
     Ok(())
 }
 
-fn refuse_existing(dir: &Path, servers: &[(String, Host)]) -> Result<(), TlsError> {
-    let names = [CA_NAME, CLIENT_NAME]
-        .into_iter()
-        .chain(servers.iter().map(|(name, _)| name.as_str()));
+/// Refuses, naming it, the first `<who>.crt` or `<who>.key` in `dir`.
+fn refuse_existing(dir: &Path, names: &[&str]) -> Result<(), TlsError> {
     for who in names {
         for path in [cert_path(dir, who), key_path(dir, who)] {
             if path.exists() {
@@ -236,7 +393,7 @@ fn new_key_pair() -> Result<KeyPair, TlsError> {
     KeyPair::generate().map_err(|e| TlsError(format!("cannot generate a key pair: {e}")))
 }
 
-/// CA parameters, a pure function of the cluster name (see `load_issuer`).
+/// CA parameters, a pure function of the cluster name (see `load_ca`).
 /// Path length 0: the CA signs end-entity certificates only. Validity is
 /// rcgen's default (1975-4096): the CA is private to the cluster, and
 /// replacing it is done by `claro init --force`, not by expiry.
@@ -467,16 +624,43 @@ mod tests {
             .collect()
     }
 
+    /// A tls folder and a CA folder beside it, as `claro init` lays them out.
+    struct Dirs {
+        _root: tempfile::TempDir,
+        tls: PathBuf,
+        ca: PathBuf,
+    }
+
+    fn dirs() -> Dirs {
+        let root = tempfile::tempdir().unwrap();
+        let tls = root.path().join("conf").join("tls");
+        let ca = root.path().join("conf-ca");
+        Dirs {
+            _root: root,
+            tls,
+            ca,
+        }
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
     #[test]
     fn server_certificates_name_the_configured_host() {
-        let dir = tempfile::tempdir().unwrap();
+        let d = dirs();
         let list = vec![
             ("srv1".to_string(), Host::Name("srv1.example.com".into())),
             ("srv2".to_string(), Host::Ip("192.0.2.7".parse().unwrap())),
             ("srv3".to_string(), Host::Name("srv3".into())),
         ];
-        generate(dir.path(), "test", &list, false).unwrap();
-        let cert = |who: &str| load_identity(dir.path(), who).unwrap().chain.swap_remove(0);
+        generate(&d.tls, &d.ca, "test", &list, false).unwrap();
+        let cert = |who: &str| load_identity(&d.tls, who).unwrap().chain.swap_remove(0);
         // A DNS name goes in as a DNS name, not as an IP or not at all.
         let srv1 = cert("srv1");
         assert!(cert_is_for(&srv1, "srv1"));
@@ -489,67 +673,105 @@ mod tests {
         assert!(!cert_is_for(&srv2, "srv1.example.com"));
         // A host name equal to the server's name is its one DNS name.
         assert!(cert_is_for(&cert("srv3"), "srv3"));
-        // The missing-material path (`serve` on one machine) does the same.
-        fs::remove_file(dir.path().join("srv1.crt")).unwrap();
-        assert!(ensure(dir.path(), "test", &list).unwrap());
+        // Signing one later (`claro cert add`) does the same.
+        fs::remove_file(d.tls.join("srv1.crt")).unwrap();
+        let ca = load_ca(&d.ca, "test").unwrap();
+        issue(&ca, &d.tls, "test", "srv1", Some(&list[0].1)).unwrap();
         assert!(cert_is_for(&cert("srv1"), "srv1.example.com"));
     }
 
     #[test]
-    fn generate_writes_every_file_with_private_keys() {
-        let dir = tempfile::tempdir().unwrap();
-        let tls = dir.path().join("tls");
-        let written = generate(&tls, "test", &servers(&["srv1", "srv2"]), false).unwrap();
-        assert_eq!(written.len(), 8);
-        for file in ["ca", "srv1", "srv2", "client"] {
-            assert!(written.contains(&tls.join(format!("{file}.crt"))));
-            assert!(written.contains(&tls.join(format!("{file}.key"))));
+    fn generate_keeps_the_ca_key_out_of_the_tls_folder() {
+        let d = dirs();
+        let written = generate(&d.tls, &d.ca, "test", &servers(&["srv1", "srv2"]), false).unwrap();
+        assert_eq!(written.len(), 9);
+        assert_eq!(names_in(&d.ca), ["ca.crt", "ca.key"]);
+        assert_eq!(
+            names_in(&d.tls),
+            [
+                "ca.crt",
+                "client.crt",
+                "client.key",
+                "srv1.crt",
+                "srv1.key",
+                "srv2.crt",
+                "srv2.key"
+            ]
+        );
+        assert_eq!(
+            fs::read(d.ca.join("ca.crt")).unwrap(),
+            fs::read(d.tls.join("ca.crt")).unwrap()
+        );
+        // No file of the tls folder holds the CA's key, under any name.
+        let ca_key = fs::read_to_string(d.ca.join("ca.key")).unwrap();
+        for name in names_in(&d.tls) {
+            assert_ne!(
+                fs::read_to_string(d.tls.join(&name)).unwrap(),
+                ca_key,
+                "{name}"
+            );
         }
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(tls.join("srv1.key"))
-                .unwrap()
-                .permissions()
-                .mode();
-            assert_eq!(mode & 0o777, 0o600);
+            let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&d.tls.join("srv1.key")), 0o600);
+            assert_eq!(mode(&d.ca.join("ca.key")), 0o600);
+            assert_eq!(mode(&d.ca), 0o700);
         }
-        assert!(!tls.join("srv1.tmp").exists());
+        // Each server loads from the tls folder alone.
+        for who in ["srv1", "srv2", CLIENT_NAME] {
+            load_identity(&d.tls, who).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_ca_folder_may_not_be_the_tls_folder() {
+        let d = dirs();
+        for ca in [d.tls.clone(), d.tls.join("ca")] {
+            let err = generate(&d.tls, &ca, "test", &servers(&["srv1"]), false).unwrap_err();
+            assert!(err.to_string().contains("must not be inside"), "{err}");
+        }
+        assert!(!d.tls.exists());
     }
 
     #[test]
     fn generate_refuses_to_overwrite_unless_forced() {
-        let dir = tempfile::tempdir().unwrap();
+        let d = dirs();
         let list = servers(&["srv1"]);
-        generate(dir.path(), "test", &list, false).unwrap();
-        let before = fs::read(dir.path().join("ca.crt")).unwrap();
-        let err = generate(dir.path(), "test", &list, false).unwrap_err();
+        generate(&d.tls, &d.ca, "test", &list, false).unwrap();
+        let before = fs::read(d.ca.join("ca.crt")).unwrap();
+        let err = generate(&d.tls, &d.ca, "test", &list, false).unwrap_err();
         assert!(err.to_string().contains("ca.crt"), "{err}");
         assert!(err.to_string().contains("refusing"), "{err}");
-        generate(dir.path(), "test", &list, true).unwrap();
-        assert_ne!(before, fs::read(dir.path().join("ca.crt")).unwrap());
+        // A CA folder alone (tls folder gone) is refused as well.
+        fs::remove_dir_all(&d.tls).unwrap();
+        let err = generate(&d.tls, &d.ca, "test", &list, false).unwrap_err();
+        assert!(err.to_string().contains("conf-ca"), "{err}");
+        generate(&d.tls, &d.ca, "test", &list, true).unwrap();
+        assert_ne!(before, fs::read(d.ca.join("ca.crt")).unwrap());
     }
 
     #[test]
     fn bad_server_names_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
+        let d = dirs();
         for bad in [&["client"][..], &["ca"], &["a/b"], &["srv1", "srv1"]] {
-            let err = generate(dir.path(), "test", &servers(bad), false).unwrap_err();
+            let err = generate(&d.tls, &d.ca, "test", &servers(bad), false).unwrap_err();
             assert!(err.to_string().contains("server name"), "{err}");
         }
-        assert!(!dir.path().join("ca.crt").exists());
+        assert!(!d.ca.exists() && !d.tls.exists());
     }
 
     #[test]
     fn load_identity_and_names() {
-        let dir = tempfile::tempdir().unwrap();
-        generate(dir.path(), "test", &servers(&["srv1", "srv2"]), false).unwrap();
-        let id = load_identity(dir.path(), "srv1").unwrap();
+        let d = dirs();
+        generate(&d.tls, &d.ca, "test", &servers(&["srv1", "srv2"]), false).unwrap();
+        let id = load_identity(&d.tls, "srv1").unwrap();
         assert_eq!(id.chain.len(), 1);
         assert!(cert_is_for(&id.chain[0], "srv1"));
         assert!(!cert_is_for(&id.chain[0], "srv2"));
         assert!(!cert_is_for(&id.chain[0], CLIENT_NAME));
-        let client = load_identity(dir.path(), CLIENT_NAME).unwrap();
+        let client = load_identity(&d.tls, CLIENT_NAME).unwrap();
         assert!(cert_is_for(&client.chain[0], CLIENT_NAME));
         assert!(!cert_is_for(&client.chain[0], "srv1"));
         server_config(&id, &[b"x"]).unwrap();
@@ -558,42 +780,118 @@ mod tests {
 
     #[test]
     fn load_identity_names_the_missing_or_foreign_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let err = load_identity(dir.path(), "srv1").unwrap_err();
+        let d = dirs();
+        let err = load_identity(&d.tls, "srv1").unwrap_err();
         assert!(err.to_string().contains("ca.crt"), "{err}");
-        generate(dir.path(), "test", &servers(&["srv1"]), false).unwrap();
-        let err = load_identity(dir.path(), "srv9").unwrap_err();
+        generate(&d.tls, &d.ca, "test", &servers(&["srv1"]), false).unwrap();
+        let err = load_identity(&d.tls, "srv9").unwrap_err();
         assert!(err.to_string().contains("srv9.crt"), "{err}");
         // A certificate from another CA is reported as such.
-        let other = tempfile::tempdir().unwrap();
-        generate(other.path(), "test", &servers(&["srv1"]), false).unwrap();
-        fs::copy(other.path().join("srv1.crt"), dir.path().join("srv1.crt")).unwrap();
-        let err = load_identity(dir.path(), "srv1").unwrap_err();
+        let other = dirs();
+        generate(&other.tls, &other.ca, "test", &servers(&["srv1"]), false).unwrap();
+        fs::copy(other.tls.join("srv1.crt"), d.tls.join("srv1.crt")).unwrap();
+        let err = load_identity(&d.tls, "srv1").unwrap_err();
         assert!(err.to_string().contains("not signed by"), "{err}");
     }
 
     #[test]
-    fn ensure_generates_then_adds_missing_servers() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(ensure(dir.path(), "test", &servers(&["srv1"])).unwrap());
-        assert!(!ensure(dir.path(), "test", &servers(&["srv1"])).unwrap());
-        let ca_before = fs::read(dir.path().join("ca.crt")).unwrap();
-        assert!(ensure(dir.path(), "test", &servers(&["srv1", "srv2"])).unwrap());
-        assert_eq!(ca_before, fs::read(dir.path().join("ca.crt")).unwrap());
-        let srv2 = load_identity(dir.path(), "srv2").unwrap();
-        assert!(cert_is_for(&srv2.chain[0], "srv2"));
-        // Made for another cluster name: refused, naming ca.crt.
-        let err = ensure(dir.path(), "other", &servers(&["srv1", "srv2", "srv3"])).unwrap_err();
-        assert!(err.to_string().contains("ca.crt"), "{err}");
-        assert!(!dir.path().join("srv3.crt").exists());
+    fn first_missing_names_what_a_server_needs() {
+        let d = dirs();
+        assert_eq!(first_missing(&d.tls, "srv1"), Some(d.tls.join("ca.crt")));
+        generate(&d.tls, &d.ca, "test", &servers(&["srv1", "srv2"]), false).unwrap();
+        assert_eq!(first_missing(&d.tls, "srv1"), None);
+        assert_eq!(first_missing(&d.tls, "srv3"), Some(d.tls.join("srv3.crt")));
+        fs::remove_file(d.tls.join("srv2.key")).unwrap();
+        assert_eq!(first_missing(&d.tls, "srv2"), Some(d.tls.join("srv2.key")));
+        // Another server's files are not needed: srv1 runs without them.
+        fs::remove_file(d.tls.join("srv2.crt")).unwrap();
+        assert_eq!(first_missing(&d.tls, "srv1"), None);
     }
 
     #[test]
-    fn ensure_without_ca_key_does_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        generate(dir.path(), "test", &servers(&["srv1"]), false).unwrap();
-        fs::remove_file(dir.path().join("ca.key")).unwrap();
-        assert!(!ensure(dir.path(), "test", &servers(&["srv1", "srv2"])).unwrap());
-        assert!(!dir.path().join("srv2.crt").exists());
+    fn provision_generates_then_adds_missing_servers() {
+        let d = dirs();
+        let written = provision(&d.tls, &d.ca, "test", &servers(&["srv1"])).unwrap();
+        assert_eq!(written.len(), 7);
+        assert!(!d.tls.join("ca.key").exists());
+        assert!(provision(&d.tls, &d.ca, "test", &servers(&["srv1"]))
+            .unwrap()
+            .is_empty());
+        let ca_before = fs::read(d.tls.join("ca.crt")).unwrap();
+        let srv1_before = fs::read(d.tls.join("srv1.crt")).unwrap();
+        let written = provision(&d.tls, &d.ca, "test", &servers(&["srv1", "srv2"])).unwrap();
+        assert_eq!(written, [d.tls.join("srv2.crt"), d.tls.join("srv2.key")]);
+        assert_eq!(ca_before, fs::read(d.tls.join("ca.crt")).unwrap());
+        assert_eq!(srv1_before, fs::read(d.tls.join("srv1.crt")).unwrap());
+        assert!(cert_is_for(
+            &load_identity(&d.tls, "srv2").unwrap().chain[0],
+            "srv2"
+        ));
+        // Made for another cluster name: refused, naming ca.crt.
+        let err = provision(&d.tls, &d.ca, "other", &servers(&["srv1", "srv3"])).unwrap_err();
+        assert!(err.to_string().contains("ca.crt"), "{err}");
+        assert!(!d.tls.join("srv3.crt").exists());
+    }
+
+    #[test]
+    fn signing_without_the_ca_key_is_refused_naming_it() {
+        let d = dirs();
+        generate(&d.tls, &d.ca, "test", &servers(&["srv1"]), false).unwrap();
+        fs::remove_file(d.ca.join("ca.key")).unwrap();
+        let err = load_ca(&d.ca, "test").unwrap_err();
+        assert!(err.to_string().contains("conf-ca/ca.key"), "{err}");
+        assert!(err.to_string().contains("missing"), "{err}");
+        let err = provision(&d.tls, &d.ca, "test", &servers(&["srv1", "srv2"])).unwrap_err();
+        assert!(err.to_string().contains("ca.key"), "{err}");
+        assert!(!d.tls.join("srv2.crt").exists());
+    }
+
+    #[test]
+    fn a_ca_key_that_does_not_go_with_its_certificate_is_refused() {
+        let d = dirs();
+        generate(&d.tls, &d.ca, "test", &servers(&["srv1"]), false).unwrap();
+        let other = dirs();
+        generate(&other.tls, &other.ca, "test", &servers(&["srv1"]), false).unwrap();
+        fs::copy(other.ca.join("ca.key"), d.ca.join("ca.key")).unwrap();
+        let err = load_ca(&d.ca, "test").unwrap_err();
+        assert!(err.to_string().contains("ca.crt"), "{err}");
+        assert!(err.to_string().contains("does not go with"), "{err}");
+    }
+
+    #[test]
+    fn a_tls_folder_of_another_ca_is_not_signed_into() {
+        let d = dirs();
+        generate(&d.tls, &d.ca, "test", &servers(&["srv1"]), false).unwrap();
+        let other = dirs();
+        generate(&other.tls, &other.ca, "test", &servers(&["srv1"]), false).unwrap();
+        let ca = load_ca(&other.ca, "test").unwrap();
+        let err = install_ca_cert(&ca, &d.tls).unwrap_err();
+        assert!(err.to_string().contains("another CA"), "{err}");
+        let err = sign_all(&ca, &d.tls, "test", &servers(&["srv1"])).unwrap_err();
+        assert!(err.to_string().contains("tls/ca.crt"), "{err}");
+        load_identity(&d.tls, "srv1").unwrap();
+    }
+
+    /// Rotation keeps the CA: old and new certificates both chain to it, so
+    /// servers restarted one at a time with new ones still accept the rest.
+    #[test]
+    fn sign_all_renews_every_certificate_under_the_same_ca() {
+        let d = dirs();
+        let list = servers(&["srv1", "srv2"]);
+        generate(&d.tls, &d.ca, "test", &list, false).unwrap();
+        let read = |who: &str| fs::read(d.tls.join(format!("{who}.crt"))).unwrap();
+        let before: Vec<_> = ["ca", "srv1", "srv2", "client"].map(read).into();
+        let old_srv1 = load_identity(&d.tls, "srv1").unwrap();
+        let ca = load_ca(&d.ca, "test").unwrap();
+        let written = sign_all(&ca, &d.tls, "test", &list).unwrap();
+        assert_eq!(written.len(), 6);
+        assert_eq!(read("ca"), before[0]);
+        for (i, who) in ["srv1", "srv2", "client"].into_iter().enumerate() {
+            assert_ne!(read(who), before[i + 1], "{who} not renewed");
+            load_identity(&d.tls, who).unwrap();
+        }
+        let new_srv1 = load_identity(&d.tls, "srv1").unwrap();
+        assert_ne!(old_srv1.key.secret_der(), new_srv1.key.secret_der());
+        check_chain(&new_srv1.ca, &old_srv1.chain[0]).unwrap();
     }
 }

@@ -424,7 +424,9 @@ mod tests {
             ),
             ("srv2".to_string(), Host::Name("srv2.example.com".into())),
         ];
-        tls::generate(dir.path(), "test", &servers, false).unwrap();
+        // The CA's folder is not needed once everything is signed.
+        let ca = tempfile::tempdir().unwrap();
+        tls::generate(dir.path(), ca.path(), "test", &servers, false).unwrap();
         dir
     }
 

@@ -288,10 +288,12 @@ fn a_certificate_from_another_ca_or_of_another_server_is_refused() {
     c.start_alone("srv1");
 
     // Material from another cluster's CA, for the right name.
-    let other = tempfile::tempdir().unwrap();
+    let (other, other_ca) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let out = Command::new(BIN)
         .args(["init", "--dir"])
         .arg(other.path())
+        .arg("--ca-dir")
+        .arg(other_ca.path())
         .args(["--server", "srv3=127.0.16.3", "--cluster", "other"])
         .output()
         .unwrap();

@@ -48,7 +48,9 @@ pub async fn accept_loop(shared: Arc<Shared>) {
             let remote = incoming.remote_address();
             match incoming.await {
                 Ok(conn) => serve_connection(shared, conn).await,
-                Err(e) => tracing::warn!(%remote, "connection refused during handshake: {e}"),
+                Err(e) => {
+                    crate::throttled_warn!("connection refused during handshake", remote.ip(), %remote, "connection refused during handshake: {e}")
+                }
             }
         });
     }
@@ -70,13 +72,13 @@ async fn serve_peer(shared: Arc<Shared>, conn: quinn::Connection) {
     let name = match greeted {
         Ok(Ok(name)) => name,
         Ok(Err(reason)) => {
-            tracing::warn!(%remote, "peer refused: {reason}");
+            crate::throttled_warn!("peer refused", remote.ip(), %remote, "peer refused: {reason}");
             async_std::task::sleep(Duration::from_millis(100)).await;
             conn.close(2u32.into(), b"refused");
             return;
         }
         Err(_) => {
-            tracing::warn!(%remote, "peer sent no Hello within {HELLO_WAIT_MS} ms");
+            crate::throttled_warn!("no hello", remote.ip(), %remote, "peer sent no Hello within {HELLO_WAIT_MS} ms");
             conn.close(2u32.into(), b"no hello");
             return;
         }
@@ -145,7 +147,7 @@ async fn raft_stream(shared: Arc<Shared>, mut recv: quinn::RecvStream, name: Str
             Ok(Some(b)) => b,
             Ok(None) => return,
             Err(e) => {
-                tracing::warn!(peer = %name, "raft stream closed: {e}");
+                crate::throttled_warn!("raft stream closed", name, peer = %name, "raft stream closed: {e}");
                 let _ = recv.stop(3u32.into());
                 return;
             }
@@ -162,18 +164,18 @@ fn step_batch(shared: &Shared, from: u64, name: &str, batch: RaftBatch) {
         let msg = match Message::parse_from_bytes(&bytes) {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(peer = %name, "undecodable raft message dropped: {e}");
+                crate::throttled_warn!("undecodable raft message", name, peer = %name, "undecodable raft message dropped: {e}");
                 continue;
             }
         };
         // A database only arrives through the verified transfer stream.
         if msg.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
-            tracing::warn!(peer = %name, "snapshot message outside a database transfer dropped");
+            crate::throttled_warn!("stray snapshot message", name, peer = %name, "snapshot message outside a database transfer dropped");
             continue;
         }
         // A certificate of srv2 cannot speak for srv3.
         if msg.from != from || msg.to != shared.id {
-            tracing::warn!(peer = %name, from = msg.from, to = msg.to, "raft message with a forged sender or wrong receiver dropped");
+            crate::throttled_warn!("forged raft message", name, peer = %name, from = msg.from, to = msg.to, "raft message with a forged sender or wrong receiver dropped");
             continue;
         }
         if let Err(e) = core.step(msg) {
@@ -203,12 +205,12 @@ async fn serve_request(
         Ok(Ok(Some(r))) => r,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
-            tracing::warn!(peer = ?peer, "bad request closed its stream: {e}");
+            crate::throttled_warn!("bad request", peer.as_deref().unwrap_or("a client"), peer = ?peer, "bad request closed its stream: {e}");
             let _ = recv.stop(3u32.into());
             return;
         }
         Err(_) => {
-            tracing::warn!(peer = ?peer, "request not received within {REQUEST_READ_MS} ms: stream closed");
+            crate::throttled_warn!("slow request", peer.as_deref().unwrap_or("a client"), peer = ?peer, "request not received within {REQUEST_READ_MS} ms: stream closed");
             let _ = recv.stop(3u32.into());
             return;
         }

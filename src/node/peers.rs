@@ -48,7 +48,12 @@ impl Peers {
     pub fn send(&self, shared: &Arc<Shared>, msg: Message) {
         let to = msg.to;
         let Some(name) = shared.name_of(to).map(str::to_string) else {
-            tracing::warn!(to, "raft message for an id not in the config dropped");
+            crate::throttled_warn!(
+                "raft message for an unknown id",
+                to,
+                to,
+                "raft message for an id not in the config dropped"
+            );
             return;
         };
         let tx = {

@@ -42,7 +42,7 @@ pub async fn send(shared: Arc<Shared>, msg: Message, file: PathBuf, meta: Snapsh
             true
         }
         Err(e) => {
-            tracing::warn!(peer = %name, "database transfer failed (raft retries): {e}");
+            crate::throttled_warn!("database transfer failed", name, peer = %name, "database transfer failed (raft retries): {e}");
             false
         }
     };
@@ -119,7 +119,12 @@ pub async fn receive(
             message: "received and verified".into(),
         },
         Err(message) => {
-            tracing::warn!(peer, "database from {peer} refused: {message}");
+            crate::throttled_warn!(
+                "database refused",
+                peer,
+                peer,
+                "database from {peer} refused: {message}"
+            );
             Response::Error { message }
         }
     };

@@ -1,4 +1,4 @@
-//! From process start to a running member: TLS material, the endpoint, and
+//! From process start to a running member: TLS identity, the endpoint, and
 //! the discovery loop that asks `membership::decide` what to do.
 
 use std::collections::HashMap;
@@ -56,14 +56,8 @@ pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
         .server(&opts.name)
         .ok_or_else(|| format!("no server named `{}` in the config", opts.name))?
         .clone();
-    let servers: Vec<(String, crate::config::Host)> = cfg
-        .servers
-        .iter()
-        .map(|s| (s.name.clone(), s.host.clone()))
-        .collect();
-    if crate::tls::ensure(&cfg.tls_dir, &cfg.cluster, &servers).map_err(|e| e.to_string())? {
-        tracing::warn!("generated missing TLS material in {} (a one-machine set-up; use `claro init` for a real cluster)", cfg.tls_dir.display());
-    }
+    // The material was checked (and, for the quickstart, made) by
+    // `cert::for_serve` before anything started.
     let identity = crate::tls::load_identity(&cfg.tls_dir, &me.name).map_err(|e| e.to_string())?;
     let endpoint = Endpoint::bind_server(me.address, &identity)
         .map_err(|e| format!("cannot listen on {}: {e}", me.address))?;
@@ -413,8 +407,10 @@ async fn start_joining(
         {
             Ok(Response::Ok { .. }) => return Ok(()),
             Ok(Response::NotLeader { leader: Some(l) }) => leader = l,
-            Ok(other) => tracing::warn!("join through {leader}: {other:?}"),
-            Err(e) => tracing::warn!("join through {leader}: {e}"),
+            Ok(other) => {
+                crate::throttled_warn!("join answer", leader, "join through {leader}: {other:?}")
+            }
+            Err(e) => crate::throttled_warn!("join failed", leader, "join through {leader}: {e}"),
         }
         async_std::task::sleep(Duration::from_millis(DISCOVERY_ROUND_MS)).await;
     }

@@ -1,0 +1,239 @@
+//! The CA key stays apart: servers run from folders that hold no CA key,
+//! `claro cert add` signs a server added later, `claro cert rotate` renews
+//! certificates under the same CA, and `serve` makes TLS material only for
+//! the quickstart. Real processes on 127.0.85.x-127.0.88.x, port 7900.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use common::{config_text, Cluster, BIN, TEST_TIMING};
+
+const SETTLE_S: u64 = 30;
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            found.extend(files_under(&e.path()));
+        } else {
+            found.push(e.path());
+        }
+    }
+    found
+}
+
+fn assert_no_ca_key_under(dir: &Path) {
+    let ca_key = std::fs::read(dir.parent().unwrap().join("conf-ca/ca.key")).unwrap();
+    for f in files_under(dir) {
+        assert_ne!(f.file_name().unwrap(), "ca.key", "{}", f.display());
+        assert_ne!(std::fs::read(&f).unwrap(), ca_key, "{}", f.display());
+    }
+}
+
+/// Processes started outside `Cluster` (from folders of their own), killed
+/// when the test ends however it ends.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A folder with only what server `name` needs: the config, the CA
+/// certificate, and its own certificate and key.
+fn server_folder(c: &Cluster, name: &str) -> PathBuf {
+    let root = c.dir.path().join(format!("machine-{name}"));
+    let tls = root.join("conf").join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    std::fs::create_dir_all(root.join("shared")).unwrap();
+    let conf_dir = c.conf.parent().unwrap();
+    std::fs::copy(&c.conf, root.join("conf/ClaroServers.conf")).unwrap();
+    for f in [
+        "ca.crt".to_string(),
+        format!("{name}.crt"),
+        format!("{name}.key"),
+    ] {
+        std::fs::copy(conf_dir.join("tls").join(&f), tls.join(&f)).unwrap();
+    }
+    root.join("conf")
+}
+
+fn serve_from(c: &Cluster, conf_dir: &Path, name: &str) -> Child {
+    let log = std::fs::File::create(c.log_path(name)).unwrap();
+    Command::new(BIN)
+        .arg("--config")
+        .arg(conf_dir.join("ClaroServers.conf"))
+        .args(["serve", "--name", name])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn servers_whose_folders_hold_no_ca_key_form_a_cluster_and_take_a_write() {
+    let c = Cluster::new(85, &[("srv1", "server"), ("srv2", "server")]);
+    let conf_dir = c.conf.parent().unwrap();
+    // What `claro init` wrote to the folder copied to servers: no CA key.
+    assert_no_ca_key_under(conf_dir);
+    assert!(c.dir.path().join("conf-ca/ca.key").exists());
+    // Each server runs from a folder with its own key only.
+    let folders: Vec<PathBuf> = c.names.iter().map(|n| server_folder(&c, n)).collect();
+    let mut procs = Procs(Vec::new());
+    procs.0.push(serve_from(&c, &folders[0], "srv1"));
+    c.wait(SETTLE_S, "srv1 to coordinate", || {
+        c.settled("srv1", "srv1", &["srv1"])
+    });
+    procs.0.push(serve_from(&c, &folders[1], "srv2"));
+    c.wait(SETTLE_S, "srv2 to join", || {
+        c.settled("srv1", "srv1", &["srv1", "srv2"])
+    });
+    c.set("srv2", "colour", b"cmyk".to_vec()).unwrap();
+    c.wait(SETTLE_S, "the write on srv1", || {
+        c.get("srv1", "colour").as_deref() == Some(&b"cmyk"[..])
+    });
+    for folder in &folders {
+        let mut names: Vec<String> = files_under(folder)
+            .iter()
+            .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 4, "{names:?}");
+        assert!(!names.iter().any(|n| n == "ca.key"), "{names:?}");
+    }
+}
+
+#[test]
+fn cert_add_signs_a_server_added_later_that_joins_and_rotate_keeps_it_in() {
+    let mut c = Cluster::new(86, &[("srv1", "server"), ("srv2", "server")]);
+    c.start_alone("srv1");
+    c.start("srv2");
+    c.wait(SETTLE_S, "srv2 to join", || {
+        c.settled("srv1", "srv1", &["srv1", "srv2"])
+    });
+    c.set("srv1", "k", b"before srv3".to_vec()).unwrap();
+    c.terminate("srv2");
+    c.terminate("srv1");
+
+    // The operator adds srv3 to the config (every server's copy) ...
+    let three = [("srv1", "server"), ("srv2", "server"), ("srv3", "server")];
+    std::fs::write(&c.conf, config_text(86, &three, TEST_TIMING)).unwrap();
+    let tls = c.conf.parent().unwrap().join("tls");
+    // ... whose certificate nobody can sign without the CA folder ...
+    let ca = c.dir.path().join("conf-ca");
+    let away = c.dir.path().join("ca-elsewhere");
+    std::fs::rename(&ca, &away).unwrap();
+    let out = c.cli(&["cert", "add", "srv3"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("conf-ca/ca.key"), "{}", stderr(&out));
+    assert!(!tls.join("srv3.crt").exists() && !tls.join("srv3.key").exists());
+    // ... nor for a server the config does not name ...
+    let out = c.cli(&["cert", "add", "srv4", "--ca-dir", away.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no server named `srv4`"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::rename(&away, &ca).unwrap();
+    // ... and signs it where the CA folder is.
+    let out = c.cli(&["cert", "add", "srv3"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(tls.join("srv3.crt").exists() && tls.join("srv3.key").exists());
+    assert_no_ca_key_under(c.conf.parent().unwrap());
+    let again = c.cli(&["cert", "add", "srv3"]);
+    assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
+    assert!(stderr(&again).contains("srv3.crt"), "{}", stderr(&again));
+
+    c.names.push("srv3".into());
+    c.start_alone("srv1");
+    c.start("srv2");
+    c.start("srv3");
+    c.wait(SETTLE_S, "srv3 to join", || {
+        c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"])
+    });
+    assert_eq!(c.get("srv3", "k").as_deref(), Some(&b"before srv3"[..]));
+
+    // New certificates for all; srv3 restarted with its new one is let in
+    // by servers still running with their old ones (same CA).
+    let old = std::fs::read(tls.join("srv3.crt")).unwrap();
+    let ca_crt = std::fs::read(tls.join("ca.crt")).unwrap();
+    let out = c.cli(&["cert", "rotate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_ne!(std::fs::read(tls.join("srv3.crt")).unwrap(), old);
+    assert_eq!(std::fs::read(tls.join("ca.crt")).unwrap(), ca_crt);
+    c.terminate("srv3");
+    c.start("srv3");
+    c.wait(SETTLE_S, "srv3 to rejoin with its new certificate", || {
+        c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"])
+    });
+    c.set("srv3", "k", b"after rotation".to_vec()).unwrap();
+}
+
+#[test]
+fn serve_refuses_to_make_tls_material_outside_the_quickstart() {
+    let c = Cluster::new(87, &[("srv1", "server"), ("srv2", "server")]);
+    let tls = c.conf.parent().unwrap().join("tls");
+    std::fs::remove_file(tls.join("srv2.crt")).unwrap();
+    let out = c.cli(&["serve", "--name", "srv2"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("tls/srv2.crt: missing"), "{err}");
+    assert!(err.contains("claro cert add srv2"), "{err}");
+    assert!(!tls.join("srv2.crt").exists(), "serve signed a certificate");
+    assert!(!c.data_dir("srv2").exists(), "serve started anyway");
+
+    std::fs::remove_file(tls.join("ca.crt")).unwrap();
+    let out = c.cli(&["serve", "--name", "srv1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("tls/ca.crt: missing"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!tls.join("ca.crt").exists());
+
+    // One server, but not on a loopback address: not the quickstart either.
+    // (Refused before it would bind, so the address need not be local.)
+    let one = "cluster = \"test87\"\nshared_root = \"../shared\"\ndata_dir = \"../data\"\n\
+               [[server]]\nname = \"srv1\"\naddress = \"192.0.2.87\"\n";
+    std::fs::write(&c.conf, one).unwrap();
+    let out = c.cli(&["serve", "--name", "srv1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("tls/ca.crt: missing"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!c.dir.path().join("conf/tls/ca.crt").exists());
+}
+
+#[test]
+fn the_quickstart_makes_its_material_with_the_ca_key_beside_conf() {
+    let mut c = Cluster::new(88, &[("srv1", "server")]);
+    let conf_dir = c.conf.parent().unwrap().to_path_buf();
+    std::fs::remove_dir_all(conf_dir.join("tls")).unwrap();
+    std::fs::remove_dir_all(c.dir.path().join("conf-ca")).unwrap();
+    c.start_alone("srv1");
+    assert!(c.log("srv1").contains("generated missing TLS material"));
+    assert!(c.dir.path().join("conf-ca/ca.key").exists());
+    assert_no_ca_key_under(&conf_dir);
+    c.set("srv1", "k", b"v".to_vec()).unwrap();
+    // Made once: a restart uses what is there.
+    let ca = std::fs::read(conf_dir.join("tls/ca.crt")).unwrap();
+    c.terminate("srv1");
+    c.start_alone("srv1");
+    assert_eq!(std::fs::read(conf_dir.join("tls/ca.crt")).unwrap(), ca);
+}
