@@ -82,7 +82,8 @@ pub struct LocalInfo {
     pub term: u64,
     pub commit_index: u64,
     pub applied_index: u64,
-    /// Why it is waiting, if it is.
+    /// Why it is waiting, has no coordinator, or refuses writes (e.g. "no
+    /// space left on /data/srv1: writes refused"), if it does.
     pub note: Option<String>,
     pub last_stop: Option<StopRecord>,
     /// The voters of its cluster, as its database says (empty when fresh).
@@ -110,8 +111,9 @@ pub struct ServerStatus {
     pub connected: bool,
     pub synchronized: bool,
     pub applied_index: u64,
-    /// Why the server is waiting (e.g. which servers to start first) or has
-    /// no coordinator (e.g. "no quorum: reaches 0 of 2 other voters").
+    /// Why the server is waiting (e.g. which servers to start first), has
+    /// no coordinator (e.g. "no quorum: reaches 0 of 2 other voters"), or
+    /// refuses writes (e.g. "no space left on /data/srv1: writes refused").
     pub note: Option<String>,
     /// Milliseconds since the answering instance last heard from this server
     /// (0 for itself; `None`: never heard since it started).

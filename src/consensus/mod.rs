@@ -766,11 +766,29 @@ pub struct PreparedSnapshot {
 }
 
 impl SnapshotJob {
+    /// Copies state.db into the snapshots folder. The copy is made under a
+    /// temporary name of this job's own and renamed once whole; whatever
+    /// fails (a full disk, say), the temporary file is removed, and so are
+    /// those a crashed process left.
     pub fn run(self) -> Result<PreparedSnapshot, String> {
-        let tmp = self.dir.join(format!("copy-{}.tmp", std::process::id()));
-        let _ = std::fs::remove_file(&tmp);
-        copy_database(&self.state_db, &tmp).map_err(|e| e.to_string())?;
-        let copy = StateMachine::open(&tmp, state::Sync::Off).map_err(|e| e.to_string())?;
+        static JOBS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = JOBS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ours = format!("copy-{}-", std::process::id());
+        remove_copies(&self.dir, |name| !name.starts_with(&ours));
+        let tmp = self.dir.join(format!("{ours}{seq}.tmp"));
+        let made = self.copy_to(&tmp);
+        if made.is_err() {
+            let name = tmp.file_name().map(|n| n.to_string_lossy().to_string());
+            remove_copies(&self.dir, |n| {
+                name.as_deref().is_some_and(|t| n.starts_with(t))
+            });
+        }
+        made
+    }
+
+    fn copy_to(&self, tmp: &Path) -> Result<PreparedSnapshot, String> {
+        copy_database(&self.state_db, tmp).map_err(|e| e.to_string())?;
+        let copy = StateMachine::open(tmp, state::Sync::Off).map_err(|e| e.to_string())?;
         let (index, term, conf_state) = (
             copy.applied_index(),
             copy.applied_term(),
@@ -779,8 +797,8 @@ impl SnapshotJob {
         copy.checkpoint().map_err(|e| e.to_string())?;
         drop(copy);
         let file_name = format!("snap-{index}-{term}.db");
-        let (size_bytes, sha256) = file_digest(&tmp)?;
-        std::fs::rename(&tmp, self.dir.join(&file_name)).map_err(|e| e.to_string())?;
+        let (size_bytes, sha256) = file_digest(tmp)?;
+        std::fs::rename(tmp, self.dir.join(&file_name)).map_err(|e| e.to_string())?;
         remove_older_snapshots(&self.dir, &file_name);
         Ok(PreparedSnapshot {
             index,
@@ -792,6 +810,20 @@ impl SnapshotJob {
                 sha256,
             },
         })
+    }
+}
+
+/// Removes the database copies in `dir` (`copy-*`, with SQLite's journal,
+/// WAL and shm files beside them) whose names `doomed` picks.
+fn remove_copies(dir: &Path, doomed: impl Fn(&str) -> bool) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with("copy-") && doomed(&name) {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 
@@ -1036,6 +1068,29 @@ mod tests {
         let core = Core::open(&dir, cfg(1), &logger()).unwrap();
         assert_eq!(core.applied_index(), applied);
         assert_eq!(core.state().get("k").unwrap(), Some(vec![1]));
+    }
+
+    #[test]
+    fn a_failed_database_copy_leaves_no_temporary_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let snaps = tmp.path().join("snapshots");
+        std::fs::create_dir_all(&snaps).unwrap();
+        // What a crashed process (another pid) left behind.
+        std::fs::write(snaps.join("copy-1-0.tmp"), b"half").unwrap();
+        std::fs::write(snaps.join("copy-1-0.tmp-journal"), b"half").unwrap();
+        // Not a database: the copy fails after its temporary file exists.
+        let garbage = tmp.path().join("state.db");
+        std::fs::write(&garbage, vec![7u8; 8192]).unwrap();
+        let job = SnapshotJob {
+            state_db: garbage,
+            dir: snaps.clone(),
+        };
+        assert!(job.run().is_err(), "a copy of garbage succeeded");
+        let left: Vec<String> = std::fs::read_dir(&snaps)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
     }
 
     #[test]

@@ -321,6 +321,11 @@ pub fn local_info(shared: &Shared) -> LocalInfo {
         if info.state == "electing" {
             info.note = Some(electing_note(shared, core));
         }
+    } else {
+        shared.describe_parked(&mut info);
+    }
+    if let Some(note) = shared.space_note() {
+        info.note = Some(note);
     }
     info
 }
@@ -444,6 +449,9 @@ async fn change_membership(
 }
 
 async fn join(shared: &Shared, name: &str) -> Response {
+    if let Some(message) = shared.space_refusal() {
+        return Response::Error { message };
+    }
     if !shared.is_leader() {
         return Response::NotLeader {
             leader: shared.leader_name(),
@@ -519,9 +527,17 @@ async fn propose(
     if let Err(message) = command.validate() {
         return Response::Error { message };
     }
+    if let Some(message) = shared.space_refusal() {
+        return Response::Error { message };
+    }
     let deadline = std::time::Instant::now() + Duration::from_millis(PROPOSAL_WAIT_MS);
     let mut why = String::from("no coordinator is elected");
     while std::time::Instant::now() < deadline {
+        if let Some(full) = shared.space_refusal() {
+            return Response::Error {
+                message: format!("{full}; this write may still be applied: a retry with the same request id is applied at most once"),
+            };
+        }
         if shared.is_leader() {
             if let Some(answer) = propose_here(shared, &command, deadline).await {
                 return answer;
@@ -660,13 +676,12 @@ async fn read(
         }
     }
     let staleness = stale.then(|| staleness(shared));
-    let guard = shared.core();
-    match guard.as_ref() {
-        Some(core) => serve(core, staleness),
-        None => Response::Error {
+    // A core parked for lack of space still serves `--stale` reads.
+    shared
+        .with_replica(|core| serve(core, staleness))
+        .unwrap_or_else(|| Response::Error {
             message: "this instance holds no database yet".into(),
-        },
-    }
+        })
 }
 
 /// Waits until the coordinator confirmed a read index and this replica
@@ -680,7 +695,9 @@ async fn confirm_read(shared: &Shared) -> Result<(), String> {
             Some(core) => core.read_index(ctx.clone()),
             None => {
                 shared.forget_read(&ctx);
-                return Err("this instance holds no database yet".into());
+                return Err(shared
+                    .space_read_refusal()
+                    .unwrap_or_else(|| "this instance holds no database yet".into()));
             }
         }
         shared.wake();
@@ -696,7 +713,7 @@ async fn confirm_read(shared: &Shared) -> Result<(), String> {
 }
 
 fn staleness(shared: &Shared) -> Staleness {
-    let applied_index = shared.core().as_ref().map_or(0, |c| c.applied_index());
+    let applied_index = shared.with_replica(|c| c.applied_index()).unwrap_or(0);
     let coordinator_heard_ago_ms = match shared.leader_name() {
         Some(l) if l == shared.me.name => Some(0),
         Some(l) => shared.view().age_ms(&l, now_ms()),

@@ -6,7 +6,9 @@
 //! - `peers`: connections to the other instances, and outbound Raft messages;
 //! - `handlers`: answers to peer and client requests;
 //! - `snapshot`: streaming the database to a late joiner, resumably;
-//! - `stop`: graceful stop (hand over the coordinator role, leave, record it).
+//! - `stop`: graceful stop (hand over the coordinator role, leave, record it);
+//! - `space`: disk full (the space alarm: writes refused, the core parked
+//!   and reopened once space is back).
 //!
 //! What it must not do: decide anything Raft decides, or touch state.db except
 //! through the core.
@@ -15,6 +17,7 @@ mod gossip;
 mod handlers;
 mod peers;
 mod snapshot;
+mod space;
 mod startup;
 mod stop;
 
@@ -98,6 +101,8 @@ pub(crate) struct Shared {
     facts: Mutex<startup::LocalFacts>,
     /// What this instance last heard from every server (`claro status`).
     view: Mutex<ClusterView>,
+    /// The space alarm, and the core it parked (`space`).
+    space: space::Space,
 }
 
 /// A server's Raft id: derived from its name, so that it is the same on every
@@ -394,12 +399,14 @@ async fn raft_loop(shared: Arc<Shared>, wake: Receiver<()>) {
             }
         };
         dispatch(&shared, outputs);
+        shared.space_retry();
     }
 }
 
 /// One tick and/or Ready cycle under the core's lock. Raft messages are queued
 /// to their peers the moment the core emits them; the other outputs are
-/// returned, to be carried out once the lock is released.
+/// returned, to be carried out once the lock is released. A cycle that ran
+/// out of space parks the core (`space`) before the lock is released.
 fn cycle(shared: &Arc<Shared>, ticked: bool) -> Result<Vec<Output>, String> {
     let mut guard = shared.core();
     let Some(core) = guard.as_mut() else {
@@ -415,7 +422,13 @@ fn cycle(shared: &Arc<Shared>, ticked: bool) -> Result<Vec<Output>, String> {
         Output::ReadReady { context, index } => shared.read_ready(&context, index),
         other => out.push(other),
     };
-    core.pump(&mut sink).map_err(|e| e.to_string())?;
+    if let Err(e) = core.pump(&mut sink) {
+        if !space::core_error_is_full(&e) {
+            return Err(e.to_string());
+        }
+        shared.park_core(&mut guard, &e);
+        return Ok(out);
+    }
     let member = core.is_member();
     let voter = core.is_voter(shared.id);
     let applied = core.applied_index();
@@ -453,15 +466,27 @@ fn dispatch(shared: &Arc<Shared>, outputs: Vec<Output>) {
             Output::Removed => tracing::info!("this instance was removed from the membership"),
             Output::ReadReady { context, index } => shared.read_ready(&context, index),
             Output::MakeSnapshot(job) => {
-                let shared = shared.clone();
-                async_std::task::spawn(async move {
-                    let made = async_std::task::spawn_blocking(move || job.run()).await;
-                    if let Some(core) = shared.core().as_mut() {
-                        core.offer_snapshot(made);
-                    }
-                    shared.wake();
-                });
+                async_std::task::spawn(make_snapshot(shared.clone(), job));
             }
         }
     }
+}
+
+/// Runs a database copy off the raft loop and hands it to the core. A copy
+/// needs as much space as the database: none is tried while the space alarm
+/// is raised (the core asks for no other while this one is pending).
+async fn make_snapshot(shared: Arc<Shared>, job: crate::consensus::SnapshotJob) {
+    while shared.space_refusal().is_some() {
+        async_std::task::sleep(Duration::from_millis(space::SPACE_RETRY_MS)).await;
+    }
+    let made = async_std::task::spawn_blocking(move || job.run()).await;
+    if let Err(e) = &made {
+        if space::text_is_full(e) {
+            shared.space_full(&format!("database copy for a snapshot: {e}"));
+        }
+    }
+    if let Some(core) = shared.core().as_mut() {
+        core.offer_snapshot(made);
+    }
+    shared.wake();
 }

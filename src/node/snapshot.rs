@@ -145,7 +145,7 @@ async fn receive_file(
         ));
     }
     let incoming = consensus::incoming_dir(&shared.dir);
-    std::fs::create_dir_all(&incoming).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&incoming).map_err(|e| shared.write_failed(&incoming, e))?;
     let part = incoming.join(format!("{}.part", meta.file_name));
     remove_other_parts(&incoming, &part);
     let held = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
@@ -154,8 +154,9 @@ async fn receive_file(
         .create(true)
         .append(true)
         .open(&part)
-        .map_err(|e| e.to_string())?;
-    f.set_len(offset).map_err(|e| e.to_string())?;
+        .map_err(|e| shared.write_failed(&part, e))?;
+    f.set_len(offset)
+        .map_err(|e| shared.write_failed(&part, e))?;
     if offset > 0 {
         tracing::info!(offset, "resuming an interrupted database transfer");
     }
@@ -183,10 +184,11 @@ async fn receive_file(
             let _ = std::fs::remove_file(&part);
             return Err(format!("more bytes than the announced {}", meta.size_bytes));
         }
-        f.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+        f.write_all(&buf[..n])
+            .map_err(|e| shared.write_failed(&part, e))?;
         digest.update(&buf[..n]);
     }
-    f.sync_all().map_err(|e| e.to_string())?;
+    f.sync_all().map_err(|e| shared.write_failed(&part, e))?;
     let sha = crate::state::hex(digest.finish().as_ref());
     if got != meta.size_bytes || sha != meta.sha256 {
         let _ = std::fs::remove_file(&part);
@@ -195,8 +197,9 @@ async fn receive_file(
             meta.size_bytes, meta.sha256
         ));
     }
-    std::fs::rename(&part, incoming.join(&meta.file_name)).map_err(|e| e.to_string())?;
-    crate::state::sync_dir(&incoming).map_err(|e| e.to_string())?;
+    std::fs::rename(&part, incoming.join(&meta.file_name))
+        .map_err(|e| shared.write_failed(&part, e))?;
+    crate::state::sync_dir(&incoming).map_err(|e| shared.write_failed(&incoming, e))?;
     Ok(())
 }
 

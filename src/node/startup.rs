@@ -80,6 +80,7 @@ pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
     let facts = read_facts(&dir, id);
     let last_stop = super::stop::read_record(&dir);
     tracing::info!(name = %me.name, address = %me.address, data = %dir.display(), "claro {} starting", env!("CARGO_PKG_VERSION"));
+    let space = super::space::Space::new(&dir);
     let shared = Shared {
         cfg,
         me,
@@ -104,6 +105,7 @@ pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
         last_stop: Mutex::new(last_stop),
         facts: Mutex::new(facts),
         view: Mutex::new(crate::view::ClusterView::new(cfg_timeout_ms)),
+        space,
     };
     Ok((Arc::new(shared), wake_rx, stop_rx))
 }

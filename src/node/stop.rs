@@ -30,6 +30,14 @@ pub fn read_record(dir: &Path) -> Option<StopRecord> {
 }
 
 fn write_record(dir: &Path, rec: &StopRecord) {
+    if let Err(e) = try_write_record(dir, rec) {
+        tracing::error!("cannot write {}: {e}", record_path(dir).display());
+    }
+}
+
+/// Writes the record through a temporary file that is renamed once whole;
+/// if anything fails (a full disk, say), the temporary file is removed.
+fn try_write_record(dir: &Path, rec: &StopRecord) -> std::io::Result<()> {
     let tmp = dir.join("stopped.json.tmp");
     let text = serde_json::to_string_pretty(rec).expect("record encodes");
     // Durable before the process exits: the record decides the next start.
@@ -37,11 +45,11 @@ fn write_record(dir: &Path, rec: &StopRecord) {
         .and_then(|mut f| {
             std::io::Write::write_all(&mut f, text.as_bytes()).and_then(|()| f.sync_all())
         })
-        .and_then(|()| std::fs::rename(&tmp, record_path(dir)))
-        .and_then(|()| crate::state::sync_dir(dir));
-    if let Err(e) = written {
-        tracing::error!("cannot write {}: {e}", record_path(dir).display());
+        .and_then(|()| std::fs::rename(&tmp, record_path(dir)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
+    written.and_then(|()| crate::state::sync_dir(dir))
 }
 
 pub fn clear_record(dir: &Path) {
@@ -186,4 +194,40 @@ async fn leave(shared: &Shared) -> Result<Vec<String>, String> {
         async_std::task::sleep(Duration::from_millis(100)).await;
     }
     Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> StopRecord {
+        StopRecord {
+            stopped_at_ms: 1,
+            left: false,
+            remaining: vec![],
+            applied_index: 7,
+            cluster_id: Some("c".into()),
+        }
+    }
+
+    #[test]
+    fn a_record_is_written_whole_and_read_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        try_write_record(tmp.path(), &record()).unwrap();
+        assert_eq!(read_record(tmp.path()), Some(record()));
+        assert!(!tmp.path().join("stopped.json.tmp").exists());
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_written_leaves_no_temporary_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A directory in the record's place: the rename fails, as a write
+        // on a full disk would, after the temporary file was made.
+        std::fs::create_dir_all(record_path(tmp.path()).join("x")).unwrap();
+        assert!(try_write_record(tmp.path(), &record()).is_err());
+        assert!(
+            !tmp.path().join("stopped.json.tmp").exists(),
+            "stopped.json.tmp left behind"
+        );
+    }
 }
