@@ -311,9 +311,10 @@ pub fn resolve_server(config: &Config, arg: &str) -> Result<(String, SocketAddr)
 /// The failure an unexpected or refusing answer means.
 fn failure_of(resp: Response) -> Failure {
     match resp {
-        Response::Error { message } | Response::Refused { reason: message } => {
-            Failure::failed(message)
-        }
+        Response::Error { message }
+        | Response::Refused {
+            reason: message, ..
+        } => Failure::failed(message),
         Response::NotLeader { leader } => Failure::failed(format!(
             "not the coordinator (coordinator: {})",
             leader.as_deref().unwrap_or("none known")

@@ -230,6 +230,57 @@ fn adoptable(s: &Situation<'_>) -> Option<Startup> {
     })
 }
 
+/// Two clusters under one config, as one of their members sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The other cluster's id and the servers seen in it.
+    pub other_cluster: String,
+    pub other_servers: Vec<String>,
+    /// This side's servers (this instance and the peers seen in its cluster).
+    pub mine: Vec<String>,
+    /// This side stops taking writes: the other has more servers (or as
+    /// many and the smaller cluster id, so that exactly one side yields).
+    pub yields: bool,
+}
+
+/// The largest other cluster seen under this config, if any, and whether
+/// this side yields to it. `others`: (server, its cluster id) of peers that
+/// refused this instance for belonging to another cluster.
+pub fn conflict(
+    my_cluster: &str,
+    mine: &[String],
+    others: &[(String, String)],
+) -> Option<Conflict> {
+    let mut by_cluster: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for (server, id) in others.iter().filter(|(_, id)| id != my_cluster) {
+        by_cluster.entry(id).or_default().push(server.clone());
+    }
+    let (id, mut servers) = by_cluster
+        .into_iter()
+        .max_by(|a, b| a.1.len().cmp(&b.1.len()).then(b.0.cmp(a.0)))?;
+    servers.sort();
+    let yields = servers.len() > mine.len() || (servers.len() == mine.len() && id < my_cluster);
+    Some(Conflict {
+        other_cluster: id.to_string(),
+        other_servers: servers,
+        mine: mine.to_vec(),
+        yields,
+    })
+}
+
+impl Conflict {
+    /// What `claro status` says on this side, and what to do.
+    pub fn note(&self) -> String {
+        let others = self.other_servers.join(", ");
+        let mine = self.mine.join(", ");
+        if self.yields {
+            format!("conflict: {others} run another cluster ({}) under this config; this side ({mine}) takes no writes. To join them: stop {mine}, move their data directories away and start them again (see `claro start-order`)", self.other_cluster)
+        } else {
+            format!("conflict: {others} run another cluster ({}) under this config and take no writes; to bring them in: stop them, move their data directories away and start them again", self.other_cluster)
+        }
+    }
+}
+
 /// What start-order knows of one server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerFacts {
@@ -459,6 +510,35 @@ mod tests {
         let peers = [forming("srv1", &["srv1", "srv2"], 7)];
         let s = situation("srv2", &peers, &[]);
         assert!(matches!(decide(&s), Startup::Wait { .. }));
+    }
+
+    #[test]
+    fn the_side_with_fewer_servers_yields() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let others = vec![
+            ("srv2".to_string(), "b".to_string()),
+            ("srv3".to_string(), "b".to_string()),
+        ];
+        let c = conflict("a", &names(&["srv1"]), &others).unwrap();
+        assert!(c.yields);
+        assert_eq!(c.other_servers, names(&["srv2", "srv3"]));
+        assert!(
+            c.note().contains("this side (srv1) takes no writes"),
+            "{}",
+            c.note()
+        );
+        let c = conflict(
+            "b",
+            &names(&["srv2", "srv3"]),
+            &[("srv1".into(), "a".into())],
+        )
+        .unwrap();
+        assert!(!c.yields);
+        // As many servers: exactly one side yields, by cluster id.
+        let one = conflict("a", &names(&["srv1"]), &[("srv2".into(), "b".into())]).unwrap();
+        let two = conflict("b", &names(&["srv2"]), &[("srv1".into(), "a".into())]).unwrap();
+        assert!(one.yields != two.yields);
+        assert_eq!(conflict("a", &names(&["srv1"]), &[]), None);
     }
 
     #[test]

@@ -242,6 +242,10 @@ pub enum Response {
     Hello(Hello),
     Refused {
         reason: String,
+        /// The refusing instance's cluster id: two clusters under one
+        /// config learn of each other this way (`membership::conflict`).
+        #[serde(default)]
+        cluster_id: Option<String>,
     },
     Info(LocalInfo),
     Status(StatusView),

@@ -63,3 +63,42 @@ fn killing_the_bootstrapper_at_any_moment_never_yields_two_clusters() {
         println!("round {round} (kill {delay_ms} ms after bootstrap): one cluster");
     }
 }
+
+/// A server that started a cluster alone, and two that later formed another
+/// under the same config while it was down: the side with fewer servers
+/// stops taking writes, and status says so on both sides.
+#[test]
+fn of_two_clusters_under_one_config_the_smaller_takes_no_writes() {
+    let mut c = Cluster::new(
+        47,
+        &[("srv1", "server"), ("srv2", "server"), ("srv3", "server")],
+    );
+    c.start_alone("srv1");
+    c.set("srv1", "k", b"alone".to_vec()).unwrap();
+    c.kill9("srv1");
+    c.start("srv2");
+    c.start("srv3");
+    c.wait(SETTLE_S, "srv2 and srv3 to form a cluster", || {
+        c.status("srv2").is_some_and(|v| v.coordinator.is_some())
+    });
+    c.start("srv1");
+    let note_of = |via: &str| {
+        c.status(via).and_then(|v| {
+            v.servers
+                .iter()
+                .find(|s| s.name == via)
+                .and_then(|s| s.note.clone())
+        })
+    };
+    c.wait(SETTLE_S, "srv1 to see the conflict", || {
+        note_of("srv1").is_some_and(|n| n.contains("this side (srv1) takes no writes"))
+    });
+    let out = c.cli(&["settings", "set", "k", "split", "--server", "srv1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("srv2, srv3 run another cluster"), "{err}");
+    c.wait(SETTLE_S, "srv2 to see the conflict", || {
+        note_of("srv2").is_some_and(|n| n.contains("srv1 run another cluster"))
+    });
+    c.set("srv2", "k", b"together".to_vec()).unwrap();
+}

@@ -98,10 +98,16 @@ async fn greet(shared: &Shared, conn: &quinn::Connection) -> Result<String, Stri
         Err(e) => return Err(format!("bad Hello: {e}")),
     };
     let verdict = check_peer(shared, conn, &theirs);
+    // Only a server proven by its certificate tells which cluster it is in.
+    let proven = peer_cert(conn).is_some_and(|c| crate::tls::cert_is_for(&c, &theirs.name));
+    if let (Some(id), true) = (&theirs.cluster_id, proven) {
+        shared.note_cluster_of(&theirs.name, id);
+    }
     let answer = match &verdict {
         Ok(()) => Response::Hello(shared.hello()),
         Err(reason) => Response::Refused {
             reason: reason.clone(),
+            cluster_id: shared.cluster_id(),
         },
     };
     let _ = write_frame(&mut send, &answer, REQUEST_BYTES_MAX).await;
@@ -279,6 +285,8 @@ async fn respond(shared: &Arc<Shared>, peer: Option<&str>, req: Request) -> Resp
 
 /// What this instance says about itself.
 pub fn local_info(shared: &Shared) -> LocalInfo {
+    // Before the core's lock: `conflict` takes it itself.
+    let conflict = shared.conflict();
     let phase = shared.phase();
     let guard = shared.core();
     let facts = shared.facts();
@@ -323,6 +331,9 @@ pub fn local_info(shared: &Shared) -> LocalInfo {
         }
     } else {
         shared.describe_parked(&mut info);
+    }
+    if let Some(c) = conflict {
+        info.note = Some(c.note());
     }
     if let Some(note) = shared.space_note() {
         info.note = Some(note);
@@ -529,6 +540,9 @@ async fn propose(
     }
     if let Some(message) = shared.space_refusal() {
         return Response::Error { message };
+    }
+    if let Some(c) = shared.conflict().filter(|c| c.yields) {
+        return Response::Error { message: c.note() };
     }
     let deadline = std::time::Instant::now() + Duration::from_millis(PROPOSAL_WAIT_MS);
     let mut why = String::from("no coordinator is elected");

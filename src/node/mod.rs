@@ -101,6 +101,9 @@ pub(crate) struct Shared {
     facts: Mutex<startup::LocalFacts>,
     /// What this instance last heard from every server (`claro status`).
     view: Mutex<ClusterView>,
+    /// Servers seen in another cluster than this one: name -> (its cluster
+    /// id, when seen). At most one entry per configured server.
+    other_clusters: Mutex<HashMap<String, (String, u64)>>,
     /// The space alarm, and the core it parked (`space`).
     space: space::Space,
 }
@@ -149,6 +152,47 @@ impl Shared {
 
     pub fn start_claimed(&self) -> bool {
         self.start_claimed.load(Ordering::SeqCst)
+    }
+
+    /// `name` (proven by its certificate) says it is in cluster `id`.
+    pub fn note_cluster_of(&self, name: &str, id: &str) {
+        let mine = self.cluster_id();
+        let mut others = self.other_clusters.lock().expect("clusters lock");
+        if mine.as_deref() == Some(id) || self.cfg.server(name).is_none() {
+            others.remove(name);
+            return;
+        }
+        others.insert(name.to_string(), (id.to_string(), now_ms()));
+    }
+
+    /// Another cluster under this config, seen within `node_timeout_ms`.
+    pub fn conflict(&self) -> Option<crate::membership::Conflict> {
+        let mine_id = self.cluster_id()?;
+        let now = now_ms();
+        let window_ms = self.cfg.timing.node_timeout_ms;
+        let others: Vec<(String, String)> = self
+            .other_clusters
+            .lock()
+            .expect("clusters lock")
+            .iter()
+            .filter(|(_, (_, at))| now.saturating_sub(*at) < window_ms)
+            .map(|(n, (id, _))| (n.clone(), id.clone()))
+            .collect();
+        if others.is_empty() {
+            return None;
+        }
+        let view = self.view();
+        let mut mine = vec![self.me.name.clone()];
+        for s in &self.cfg.servers {
+            let same = view
+                .info(&s.name)
+                .is_some_and(|i| i.cluster_id.as_deref() == Some(&mine_id));
+            if s.name != self.me.name && same && view.is_up(&s.name, now) {
+                mine.push(s.name.clone());
+            }
+        }
+        mine.sort();
+        crate::membership::conflict(&mine_id, &mine, &others)
     }
 
     pub fn view(&self) -> MutexGuard<'_, ClusterView> {

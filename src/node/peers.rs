@@ -179,6 +179,9 @@ async fn open(shared: &Shared, name: &str) -> Result<quinn::Connection, PeerErro
     .await
     {
         Ok(Response::Hello(theirs)) => {
+            if let Some(id) = &theirs.cluster_id {
+                shared.note_cluster_of(name, id);
+            }
             if let Err(reason) = membership::compatible(&mine, &theirs) {
                 conn.close(2u32.into(), b"incompatible");
                 return Err(PeerError::Refused(format!(
@@ -187,9 +190,14 @@ async fn open(shared: &Shared, name: &str) -> Result<quinn::Connection, PeerErro
             }
             Ok(conn)
         }
-        Ok(Response::Refused { reason }) => Err(PeerError::Refused(format!(
-            "{name} refused this instance: {reason}"
-        ))),
+        Ok(Response::Refused { reason, cluster_id }) => {
+            if let Some(id) = &cluster_id {
+                shared.note_cluster_of(name, id);
+            }
+            Err(PeerError::Refused(format!(
+                "{name} refused this instance: {reason}"
+            )))
+        }
         Ok(other) => Err(PeerError::Unreachable(format!(
             "{name} answered Hello with {other:?}"
         ))),

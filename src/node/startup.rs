@@ -104,6 +104,7 @@ pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
         proposal_seq: AtomicU64::new(0),
         last_stop: Mutex::new(last_stop),
         facts: Mutex::new(facts),
+        other_clusters: Mutex::new(HashMap::new()),
         view: Mutex::new(crate::view::ClusterView::new(cfg_timeout_ms)),
         space,
     };
