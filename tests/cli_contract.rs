@@ -326,20 +326,6 @@ fn closed_stdout(c: &Cluster, args: &[&str]) -> Output {
     child.wait_with_output().unwrap()
 }
 
-fn three_running(net: u8) -> Cluster {
-    let mut c = Cluster::new(
-        net,
-        &[("srv1", "server"), ("srv2", "server"), ("srv3", "server")],
-    );
-    c.start_alone("srv1");
-    c.start("srv2");
-    c.start("srv3");
-    c.wait(SETTLE_S, "all three synchronized", || {
-        c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"])
-    });
-    c
-}
-
 /// Whether process `pid` has exited (gone, or a zombie not yet reaped).
 fn exited(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -381,7 +367,7 @@ fn start_order_entry(c: &Cluster, name: &str) -> serde_json::Value {
 
 #[test]
 fn stop_waits_for_the_exit_and_start_order_agrees_with_stopped_json() {
-    let mut c = three_running(83);
+    let mut c = Cluster::three_running(83);
     c.set("srv1", "v", b"1".to_vec()).unwrap();
 
     // A follower, stopped through another server.

@@ -19,16 +19,6 @@ fn three(net: u8) -> Cluster {
 }
 
 /// Three instances started in order: srv1 coordinates, srv2 and srv3 joined.
-fn three_running(net: u8) -> Cluster {
-    let mut c = three(net);
-    c.start_alone("srv1");
-    c.start("srv2");
-    c.start("srv3");
-    c.wait(SETTLE_S, "all three synchronized", || {
-        c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"])
-    });
-    c
-}
 
 #[test]
 fn first_started_is_coordinator_and_late_joiners_receive_its_database() {
@@ -78,7 +68,7 @@ fn first_started_is_coordinator_and_late_joiners_receive_its_database() {
 
 #[test]
 fn kill_9_of_the_coordinator_elects_another_that_keeps_committing() {
-    let mut c = three_running(12);
+    let mut c = Cluster::three_running(12);
     c.set("srv2", "before", b"1".to_vec()).unwrap();
     c.kill9("srv1");
     let mut new_coordinator = String::new();
@@ -157,7 +147,7 @@ fn an_interrupted_database_transfer_resumes() {
 
 #[test]
 fn stop_order_and_start_order() {
-    let mut c = three_running(14);
+    let mut c = Cluster::three_running(14);
     c.set("srv1", "v", b"1".to_vec()).unwrap();
     c.stop("srv3");
     c.set("srv1", "v", b"2".to_vec()).unwrap();
@@ -360,7 +350,7 @@ fn two_servers_and_a_witness_survive_the_crash_of_either_server() {
 
 #[test]
 fn manual_coordinator_transfer() {
-    let c = three_running(18);
+    let c = Cluster::three_running(18);
     let out = c.cli(&["coordinator", "transfer", "srv3", "--server", "srv2"]);
     assert!(
         out.status.success(),

@@ -282,9 +282,15 @@ impl Shared {
 
     /// A tag for a proposal, and the channel its applied index arrives on.
     pub fn register_proposal(&self) -> (Vec<u8>, Receiver<u64>) {
+        self.register(&self.waiters)
+    }
+
+    /// A new tag (sequence number and this instance's id) and the channel
+    /// its answer arrives on, registered in `waiters`.
+    fn register(&self, waiters: &Mutex<HashMap<u64, Sender<u64>>>) -> (Vec<u8>, Receiver<u64>) {
         let seq = self.proposal_seq.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = async_std::channel::bounded(1);
-        self.waiters.lock().expect("waiters lock").insert(seq, tx);
+        waiters.lock().expect("waiters lock").insert(seq, tx);
         let mut ctx = seq.to_be_bytes().to_vec();
         ctx.extend_from_slice(&self.id.to_be_bytes());
         (ctx, rx)
@@ -299,15 +305,7 @@ impl Shared {
     /// A tag for a read index request, and the channel that says when the
     /// read may be served (its index is applied here).
     pub fn register_read(&self) -> (Vec<u8>, Receiver<u64>) {
-        let seq = self.proposal_seq.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = async_std::channel::bounded(1);
-        self.read_waiters
-            .lock()
-            .expect("reads lock")
-            .insert(seq, tx);
-        let mut ctx = seq.to_be_bytes().to_vec();
-        ctx.extend_from_slice(&self.id.to_be_bytes());
-        (ctx, rx)
+        self.register(&self.read_waiters)
     }
 
     pub fn forget_read(&self, ctx: &[u8]) {

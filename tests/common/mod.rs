@@ -298,6 +298,22 @@ impl Cluster {
         }
     }
 
+    /// srv1, srv2, srv3 on 127.0.`net`.1-3, srv1 started first (the
+    /// coordinator), all three synchronized voters.
+    pub fn three_running(net: u8) -> Cluster {
+        let mut c = Cluster::new(
+            net,
+            &[("srv1", "server"), ("srv2", "server"), ("srv3", "server")],
+        );
+        c.start_alone("srv1");
+        c.start("srv2");
+        c.start("srv3");
+        c.wait(30, "all three synchronized", || {
+            c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"])
+        });
+        c
+    }
+
     /// srv1 and srv2 of a two-server config, srv1 coordinating.
     pub fn two(net: u8) -> Cluster {
         let mut c = Cluster::new(net, &[("srv1", "server"), ("srv2", "server")]);
