@@ -5,20 +5,28 @@
 //! Measured on real processes over loopback, product defaults unless said:
 //! commit latency (sequential proposals through the client port, p50/p99),
 //! committed proposals per second under concurrent load, database transfer
-//! MB/s to a late joiner, time from kill -9 of the coordinator to the next
-//! commit, idle resident memory per instance. Every loop is bounded in count
-//! and time.
+//! MB/s to a late joiner, idle resident memory per instance, and failover as
+//! a user sees it: from kill -9 of the coordinator to the first successful
+//! `claro settings set` (the release binary, run with the CLI's own defaults)
+//! through a survivor, and the same with `etcdctl put` for etcd. Every loop is
+//! bounded in count and time.
+//!
+//! `CLARO_BENCH_ONLY=failover cargo bench --bench cluster` measures only the
+//! failover, FAILOVER_ONLY_RUNS times for each system, each on a fresh cluster.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "etcd.rs"]
 mod etcd;
+#[path = "support/failover.rs"]
+mod failover;
 
 use std::time::{Duration, Instant};
 
 use claro::proto::{Request, Response};
 use claro::state::Command;
 use common::Cluster;
+use failover::Failover;
 
 const LATENCY_COUNT: usize = 2000;
 const VALUE_BYTES: usize = 100;
@@ -26,9 +34,13 @@ const LOAD_CLIENTS: usize = 64;
 const LOAD_COUNT: usize = 20_000;
 const LOAD_TIME_MAX_S: u64 = 20;
 const SNAPSHOT_MB: u32 = 200;
-const FAILOVER_WAIT_MAX_S: u64 = 30;
-/// One write attempt during failover: short, so the measurement resolves to it.
-const FAILOVER_ATTEMPT_MS: u64 = 50;
+/// Idle time of a fresh cluster before its coordinator is killed, so the
+/// failover starts from a settled cluster as in a shop.
+const FAILOVER_IDLE_S: u64 = 3;
+/// Failovers per system with `CLARO_BENCH_ONLY=failover`.
+const FAILOVER_ONLY_RUNS: usize = 5;
+/// Selects a part of the benchmark (only `failover` is known).
+const ONLY_ENV: &str = "CLARO_BENCH_ONLY";
 
 fn percentile(sorted_us: &[u64], p: f64) -> f64 {
     let i = ((sorted_us.len() as f64 - 1.0) * p).round() as usize;
@@ -86,7 +98,7 @@ struct ClaroFigures {
     p99_ms: f64,
     per_s: f64,
     term_changed: bool,
-    failover_ms: u64,
+    failover: Failover,
     rss_mb: Vec<f64>,
 }
 
@@ -121,13 +133,13 @@ fn claro_three() -> ClaroFigures {
     let per_s = load(&leader);
     let (who, term_after) = coordinator(&c, "srv1").expect("coordinator");
     let term_changed = who != "srv1" || term_after != term_before;
-    let failover_ms = claro_failover(&mut c);
+    let failover = claro_failover(&mut c);
     ClaroFigures {
         p50_ms: percentile(&lat_us, 0.5),
         p99_ms: percentile(&lat_us, 0.99),
         per_s,
         term_changed,
-        failover_ms,
+        failover,
         rss_mb,
     }
 }
@@ -170,26 +182,168 @@ async fn join_all<F: std::future::Future<Output = ()>>(futs: Vec<F>) {
     .await
 }
 
-/// kill -9 of the coordinator, then proposals through the others until one commits.
-fn claro_failover(c: &mut Cluster) -> u64 {
-    let conns = [Conn::open(c, "srv2"), Conn::open(c, "srv3")];
-    c.kill9("srv1");
+/// `claro settings set KEY 1 --server SERVER`, the release binary with the
+/// CLI's own defaults.
+fn claro_set(conf: &std::path::Path, key: &str, server: &str) -> std::process::Command {
+    let mut cli = std::process::Command::new(common::BIN);
+    cli.arg("--config").arg(conf);
+    cli.args(["settings", "set", key, "1", "--server", server]);
+    cli
+}
+
+/// kill -9 of the coordinator, then `claro settings set` through a survivor,
+/// as a user types it, until one call succeeds.
+fn claro_failover(c: &mut Cluster) -> Failover {
+    let (coord, _) = coordinator(c, "srv2").expect("a coordinator before the kill");
+    let survivors: Vec<String> = c.names.iter().filter(|n| **n != coord).cloned().collect();
+    let survivor = survivors[0].clone();
+    let conf = c.conf.clone();
+    let healthy = failover::healthy_call_ms(claro_set(&conf, "healthy", &survivor));
+    let killed_at = std::time::SystemTime::now();
     let killed = Instant::now();
-    let deadline = killed + Duration::from_secs(FAILOVER_WAIT_MAX_S);
-    async_std::task::block_on(async {
-        let mut i = 0usize;
-        while Instant::now() < deadline {
-            if conns[i % 2]
-                .put(format!("fo{i}"), FAILOVER_ATTEMPT_MS)
-                .await
-                .is_ok()
-            {
-                return killed.elapsed().as_millis() as u64;
-            }
-            i += 1;
+    c.kill9(&coord);
+    let result = failover::until_success(killed, |i| {
+        claro_set(&conf, &format!("failover{i}"), &survivor)
+    });
+    let mut failover = result.unwrap_or_else(|e| panic!("claro failover: {e}"));
+    // The write that succeeded is there.
+    let key = format!("failover{}", failover.calls.len() - 1);
+    assert_eq!(c.get(&survivor, &key), Some(b"1".to_vec()), "{key}");
+    failover.healthy_call_ms = Some(healthy.expect("claro before the kill"));
+    failover.timeline = election_timeline(c, &survivors, killed_at);
+    failover
+}
+
+/// When raft-rs on a survivor started the election and when one became
+/// leader, in ms after the kill, from the logs' own timestamps.
+fn election_timeline(
+    c: &Cluster,
+    survivors: &[String],
+    killed_at: std::time::SystemTime,
+) -> Vec<(String, u64)> {
+    let kill_us = killed_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_micros() as i64;
+    let logs: Vec<(String, String)> = survivors.iter().map(|n| (n.clone(), c.log(n))).collect();
+    let mut events = Vec::new();
+    for needle in ["starting a new election", "became leader at term"] {
+        let first = logs
+            .iter()
+            .flat_map(|(name, log)| {
+                log.lines()
+                    .filter(|l| l.contains(needle))
+                    .filter_map(move |l| log_time_us(l).map(|t| (t - kill_us, name)))
+            })
+            .filter(|(after_us, _)| *after_us >= 0)
+            .min();
+        if let Some((after_us, name)) = first {
+            events.push((format!("{name}: {needle}"), after_us as u64 / 1000));
         }
-        panic!("no commit within {FAILOVER_WAIT_MAX_S} s of the kill");
-    })
+    }
+    events
+}
+
+/// The timestamp that opens a log line (`2026-11-23T14:13:34.123456Z`), in
+/// µs since 1970 (UTC).
+fn log_time_us(line: &str) -> Option<i64> {
+    let stamp = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = stamp.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.splitn(3, ':').map(|x| x.parse::<i64>().ok());
+    let (h, min, sec) = (t.next()??, t.next()??, t.next()??);
+    // The fraction as µs, whatever its number of digits.
+    let digits: String = frac.chars().chain(std::iter::repeat('0')).take(6).collect();
+    let micros: i64 = digits.parse().ok()?;
+    let secs = days_from_civil(y, m, day) * 86_400 + h * 3600 + min * 60 + sec;
+    Some(secs * 1_000_000 + micros)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// A fresh three-server cluster with the product's default timings, idle
+/// for FAILOVER_IDLE_S, then its failover.
+fn claro_failover_fresh() -> Failover {
+    let servers = [("srv1", "server"), ("srv2", "server"), ("srv3", "server")];
+    let mut c = Cluster::with_timing(50, &servers, "");
+    c.start_alone("srv1");
+    c.start("srv2");
+    c.start("srv3");
+    c.wait(30, "three", || {
+        c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"])
+    });
+    std::thread::sleep(Duration::from_secs(FAILOVER_IDLE_S));
+    claro_failover(&mut c)
+}
+
+/// kill -9 of etcd's leader, then `etcdctl put` through a survivor until one
+/// call succeeds.
+fn etcd_failover(cluster: &mut etcd::EtcdCluster) -> Result<Failover, String> {
+    if !std::path::Path::new(etcd::ETCDCTL_BIN).exists() {
+        return Err(format!(
+            "{} missing: apt-get install etcd-client",
+            etcd::ETCDCTL_BIN
+        ));
+    }
+    let leader = cluster.leader()?;
+    let url = cluster.client_url(cluster.survivor(leader)?);
+    let healthy = failover::healthy_call_ms(etcd::etcdctl_put(&url, "bench/healthy", "1"))?;
+    let killed = Instant::now();
+    cluster.kill9(leader);
+    let mut failover = failover::until_success(killed, |i| {
+        etcd::etcdctl_put(&url, &format!("bench/failover/{i}"), "1")
+    })?;
+    failover.healthy_call_ms = Some(healthy);
+    Ok(failover)
+}
+
+fn etcd_failover_fresh() -> Result<Failover, String> {
+    let mut cluster = etcd::EtcdCluster::start(52)?;
+    std::thread::sleep(Duration::from_secs(FAILOVER_IDLE_S));
+    etcd_failover(&mut cluster)
+}
+
+/// `CLARO_BENCH_ONLY=failover`: claro and etcd in turn, FAILOVER_ONLY_RUNS
+/// times each, every run on fresh clusters.
+fn failover_only() {
+    let mut rows = Vec::new();
+    for run in 1..=FAILOVER_ONLY_RUNS {
+        let ours = claro_failover_fresh();
+        print!("{}", ours.describe(&format!("run {run}, claro")));
+        let theirs = etcd_failover_fresh();
+        match &theirs {
+            Ok(f) => print!("{}", f.describe(&format!("run {run}, etcd"))),
+            Err(e) => println!("run {run}, etcd not measured: {e}"),
+        }
+        rows.push((ours, theirs.ok()));
+    }
+    println!("\n| run | claro | etcd 3.4 |\n|---|---|---|");
+    for (run, (ours, theirs)) in rows.iter().enumerate() {
+        let theirs = theirs.as_ref().map_or("-".into(), failover_cell);
+        println!("| {} | {} | {theirs} |", run + 1, failover_cell(ours));
+    }
+    println!("\nload average at the end: {}", load_average());
+}
+
+/// "total ms (calls, last call ms)".
+fn failover_cell(f: &Failover) -> String {
+    format!(
+        "{} ms ({} call{}, last {} ms)",
+        f.total_ms,
+        f.calls.len(),
+        if f.calls.len() == 1 { "" } else { "s" },
+        f.last_call_ms()
+    )
 }
 
 /// Database transfer to a late joiner: MB/s as logged by the sender, from
@@ -216,10 +370,35 @@ fn main() {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
     println!("claro cluster benchmark, {}", date.unwrap_or_default());
+    // Other work on the machine shows in every figure: say how much there was.
+    println!("load average at the start: {}", load_average());
+    match std::env::var(ONLY_ENV).as_deref() {
+        Err(_) => {}
+        Ok("failover") => return failover_only(),
+        Ok(other) => panic!("{ONLY_ENV}={other}: the only part known is `failover`"),
+    }
     let claro = claro_three();
     let snap_mb_s = claro_snapshot();
-    println!("\n| figure | claro | etcd 3.4 | claro / etcd |\n|---|---|---|---|");
     let etcd = etcd_figures();
+    print!("{}", claro.failover.describe("claro failover"));
+    if let Some(f) = etcd.as_ref().and_then(|e| e.failover.as_ref()) {
+        print!("{}", f.describe("etcd failover"));
+    }
+    print_table(&claro, snap_mb_s, etcd.as_ref());
+    println!("\nload average at the end: {}", load_average());
+}
+
+/// The 1, 5 and 15 minute load averages, as /proc/loadavg gives them.
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn print_table(claro: &ClaroFigures, snap_mb_s: f64, etcd: Option<&EtcdFigures>) {
+    println!("\n| figure | claro | etcd 3.4 | claro / etcd |\n|---|---|---|---|");
     let row = |name: &str, ours: f64, theirs: Option<f64>, unit: &str| match theirs {
         Some(t) => println!(
             "| {name} | {ours:.3} {unit} | {t:.3} {unit} | {:.2} |",
@@ -230,26 +409,30 @@ fn main() {
     row(
         "commit latency p50",
         claro.p50_ms,
-        etcd.as_ref().map(|e| e.0),
+        etcd.map(|e| e.p50_ms),
         "ms",
     );
     row(
         "commit latency p99",
         claro.p99_ms,
-        etcd.as_ref().map(|e| e.1),
+        etcd.map(|e| e.p99_ms),
         "ms",
     );
-    row(
-        "kill -9 coordinator to next commit",
-        claro.failover_ms as f64,
-        etcd.as_ref().map(|e| e.2),
-        "ms",
+    let etcd_failover = etcd.and_then(|e| e.failover.as_ref());
+    println!(
+        "| kill -9 coordinator to first successful CLI write | {} | {} | {} |",
+        failover_cell(&claro.failover),
+        etcd_failover.map_or("-".into(), failover_cell),
+        etcd_failover.map_or("-".into(), |f| format!(
+            "{:.2}",
+            claro.failover.total_ms as f64 / f.total_ms as f64
+        ))
     );
     let rss = claro.rss_mb.iter().cloned().fold(0.0, f64::max);
     row(
         "idle RSS per instance (max)",
         rss,
-        etcd.as_ref().map(|e| e.3),
+        etcd.map(|e| e.rss_mb),
         "MB",
     );
     println!(
@@ -265,8 +448,17 @@ fn main() {
     );
 }
 
-/// (p50 ms, p99 ms, failover ms, max idle RSS MB), or None without etcd.
-fn etcd_figures() -> Option<(f64, f64, f64, f64)> {
+struct EtcdFigures {
+    p50_ms: f64,
+    p99_ms: f64,
+    /// None when etcdctl is missing or no put succeeded (said on stderr).
+    failover: Option<Failover>,
+    /// Max idle RSS of the members.
+    rss_mb: f64,
+}
+
+/// None without etcd.
+fn etcd_figures() -> Option<EtcdFigures> {
     let mut cluster = match etcd::EtcdCluster::start(52) {
         Ok(c) => c,
         Err(e) => {
@@ -275,12 +467,19 @@ fn etcd_figures() -> Option<(f64, f64, f64, f64)> {
         }
     };
     std::thread::sleep(Duration::from_secs(3));
-    let rss = (0..3)
+    let rss_mb = (0..3)
         .filter_map(|i| cluster.rss_bytes(i))
         .map(|b| b as f64 / 1048576.0)
         .fold(0.0, f64::max);
     let mut lat = etcd::sequential_put_latencies_us(&cluster, LATENCY_COUNT, VALUE_BYTES).ok()?;
     lat.sort_unstable();
-    let failover = etcd::failover_ms(&mut cluster).ok()? as f64;
-    Some((percentile(&lat, 0.5), percentile(&lat, 0.99), failover, rss))
+    let failover = etcd_failover(&mut cluster)
+        .inspect_err(|e| eprintln!("etcd failover not measured: {e}"))
+        .ok();
+    Some(EtcdFigures {
+        p50_ms: percentile(&lat, 0.5),
+        p99_ms: percentile(&lat, 0.99),
+        failover,
+        rss_mb,
+    })
 }

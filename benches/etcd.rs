@@ -1,10 +1,11 @@
 //! The etcd side of the cluster benchmark: a 3-member etcd cluster (Debian's
 //! `etcd-server`, etcd 3.4, default election and heartbeat timings) on
-//! loopback, and a small keep-alive HTTP/1.1 client for its JSON gateway, so
-//! that both systems are measured the same way in the same run: sequential
-//! writes through the client port, and kill -9 of the leader to the next
-//! successful write. Only std and serde_json; all traffic stays on 127.0.0.0/8
-//! and every loop is bounded in count and time.
+//! loopback, a small keep-alive HTTP/1.1 client for its JSON gateway, and
+//! `etcdctl put` (Debian's `etcd-client`), so that both systems are measured
+//! the same way in the same run: sequential writes through the client port,
+//! and kill -9 of the leader to the first successful `etcdctl put` (see
+//! `support/failover.rs`). Only std and serde_json; all traffic stays on
+//! 127.0.0.0/8 and every loop is bounded in count and time.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -13,20 +14,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ETCD_BIN: &str = "/usr/bin/etcd";
+/// Debian's `etcd-client`: the client a user has, for the failover figure.
+pub const ETCDCTL_BIN: &str = "/usr/bin/etcdctl";
 const MEMBERS: usize = 3;
 const CLIENT_PORT: u16 = 2379;
 const PEER_PORT: u16 = 2380;
 const START_WAIT: Duration = Duration::from_secs(30);
-const FAILOVER_WAIT: Duration = Duration::from_secs(30);
-/// One HTTP call's limit. A put to a member whose leader is dead is not
-/// answered until etcd's own request timeout (7 s), so the client must give up.
+/// One HTTP call's limit (the readiness and latency measurements only).
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
-/// One put attempt during failover: the measurement resolves to it. Same value
-/// as claro's side of the benchmark, so neither side is favoured.
-const FAILOVER_ATTEMPT: Duration = Duration::from_millis(50);
-/// A member without a leader rejects a put at once; pause before the next try
-/// so the client does not spin a core that the election needs.
-const FAILOVER_PAUSE: Duration = Duration::from_millis(5);
 const RESPONSE_BYTES_MAX: usize = 1 << 20;
 const HEADER_LINES_MAX: usize = 100;
 
@@ -160,6 +155,18 @@ impl EtcdCluster {
             }
         }
         Err("no live member reports itself leader".into())
+    }
+
+    /// The URL a client gives as `--endpoints` for member `i`.
+    pub fn client_url(&self, i: usize) -> String {
+        format!("http://{}", self.member_addr(i))
+    }
+
+    /// The first live member other than `except`.
+    pub fn survivor(&self, except: usize) -> Result<usize, String> {
+        (0..self.members.len())
+            .find(|i| *i != except && self.members[*i].is_some())
+            .ok_or_else(|| "no surviving member".to_string())
     }
 
     pub fn kill9(&mut self, i: usize) {
@@ -458,40 +465,12 @@ pub fn sequential_put_latencies_us(
     Ok(out)
 }
 
-/// kill -9 of the leader, then puts through the surviving members in turn
-/// (each attempt bounded by FAILOVER_ATTEMPT) until one succeeds; milliseconds
-/// from the kill to that success.
-pub fn failover_ms(cluster: &mut EtcdCluster) -> Result<u64, String> {
-    let leader = cluster.leader()?;
-    // Connections opened before the kill, so the clock does not include them.
-    let mut clients = Vec::new();
-    for i in (0..MEMBERS).filter(|i| *i != leader && cluster.members[*i].is_some()) {
-        clients.push(EtcdClient::with_timeout(
-            cluster.member_addr(i),
-            FAILOVER_ATTEMPT,
-        )?);
-    }
-    if clients.is_empty() {
-        return Err("no surviving member to write to".into());
-    }
-    let killed = Instant::now();
-    cluster.kill9(leader);
-    let deadline = killed + FAILOVER_WAIT;
-    let mut last = String::new();
-    let mut k = 0usize;
-    while Instant::now() < deadline {
-        let t = Instant::now();
-        let n = clients.len();
-        match clients[k % n].put(&format!("bench/failover/{k}"), b"1") {
-            Ok(()) => return Ok(killed.elapsed().as_millis() as u64),
-            Err(e) => last = e,
-        }
-        std::thread::sleep(FAILOVER_PAUSE.saturating_sub(t.elapsed()));
-        k += 1;
-    }
-    Err(format!(
-        "no successful put within {FAILOVER_WAIT:?} of the kill: {last}"
-    ))
+/// `etcdctl put KEY VALUE` through the member at `url`, with etcdctl's own
+/// defaults (etcd 3.4's etcdctl speaks the v3 API without being told).
+pub fn etcdctl_put(url: &str, key: &str, value: &str) -> Command {
+    let mut cmd = Command::new(ETCDCTL_BIN);
+    cmd.args(["put", key, value, &format!("--endpoints={url}")]);
+    cmd
 }
 
 #[cfg(test)]
