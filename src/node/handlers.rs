@@ -87,6 +87,12 @@ async fn greet(shared: &Shared, conn: &quinn::Connection) -> Result<String, Stri
         Err(e) => return Err(format!("bad Hello: {e}")),
     };
     let verdict = check_peer(shared, conn, &theirs);
+    // A peer back with a new data directory is a new process: our
+    // connection to its predecessor is dead, though QUIC only notices at its
+    // idle timeout; Raft messages must reach the new one now.
+    if verdict.is_ok() && shared.rejoin.saw_hello(&theirs) {
+        shared.peers.close(&theirs.name);
+    }
     let answer = match &verdict {
         Ok(()) => Response::Hello(shared.hello()),
         Err(reason) => Response::Refused {
@@ -220,20 +226,31 @@ async fn respond(shared: &Arc<Shared>, peer: Option<&str>, req: Request) -> Resp
     match req {
         Request::Info => Response::Info(local_info(shared)),
         Request::Status => status(shared).await,
-        Request::Join { name } if Some(name.as_str()) == peer => join(shared, &name).await,
+        Request::Join { name } if Some(name.as_str()) == peer => {
+            super::rejoin::join(shared, &name).await
+        }
         Request::Leave { name } if Some(name.as_str()) == peer => leave(shared, &name).await,
         Request::Join { .. } | Request::Leave { .. } => Response::Error {
             message: "an instance may only join or leave as itself".into(),
         },
         Request::Propose { command } => propose(shared, command).await,
-        Request::Get { key } => read_setting(shared, &key),
-        Request::List => list_settings(shared),
+        Request::Get { .. } | Request::List => match super::rejoin::read_refusal(shared).await {
+            Some(message) => Response::Error { message },
+            None => read(shared, req),
+        },
         Request::Digest => digest(shared),
         Request::Stop { name } => stop(shared, &name).await,
         Request::Transfer { name } => transfer(shared, &name).await,
         Request::Hello(_) | Request::Snapshot { .. } => Response::Error {
             message: "unexpected request".into(),
         },
+    }
+}
+
+fn read(shared: &Shared, req: Request) -> Response {
+    match req {
+        Request::Get { key } => read_setting(shared, &key),
+        _ => list_settings(shared),
     }
 }
 
@@ -271,6 +288,9 @@ pub fn local_info(shared: &Shared) -> LocalInfo {
         info.commit_index = core.commit_index();
         info.applied_index = core.applied_index();
         info.state = state_name(shared, core, &phase).into();
+        if info.note.is_none() {
+            info.note = super::rejoin::note(shared, core, &phase);
+        }
     }
     info
 }
@@ -381,7 +401,7 @@ async fn wait_for(
 
 /// A membership change proposed until it shows in the applied conf state
 /// (raft-rs takes one change at a time, so it is retried while another is pending).
-async fn change_membership(
+pub(super) async fn change_membership(
     shared: &Shared,
     kind: ConfChangeType,
     name: &str,
@@ -409,28 +429,6 @@ async fn change_membership(
     Err(format!(
         "membership change for {name} not applied within {PROPOSAL_WAIT_MS} ms"
     ))
-}
-
-async fn join(shared: &Shared, name: &str) -> Response {
-    if !shared.is_leader() {
-        return Response::NotLeader {
-            leader: shared.leader_name(),
-        };
-    }
-    let id = raft_id(name);
-    let r = change_membership(shared, ConfChangeType::AddLearnerNode, name, |c| {
-        c.is_learner(id) || c.is_voter(id)
-    })
-    .await;
-    match r {
-        Ok(()) => {
-            tracing::info!("{name} joins: it is sent the database, then promoted to voter");
-            Response::Ok {
-                message: format!("{name} added"),
-            }
-        }
-        Err(message) => Response::Error { message },
-    }
 }
 
 async fn leave(shared: &Shared, name: &str) -> Response {
@@ -465,7 +463,7 @@ async fn leave(shared: &Shared, name: &str) -> Response {
     Response::Left { remaining }
 }
 
-async fn propose(shared: &Shared, command: Command) -> Response {
+pub(super) async fn propose(shared: &Shared, command: Command) -> Response {
     if let Err(message) = command.validate() {
         return Response::Error { message };
     }

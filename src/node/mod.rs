@@ -13,6 +13,7 @@
 
 mod handlers;
 mod peers;
+mod rejoin;
 mod snapshot;
 mod startup;
 mod stop;
@@ -85,6 +86,7 @@ pub(crate) struct Shared {
     proposal_seq: AtomicU64,
     pub last_stop: Mutex<Option<StopRecord>>,
     facts: Mutex<startup::LocalFacts>,
+    pub rejoin: rejoin::Rejoin,
 }
 
 /// A server's Raft id: derived from its name, so that it is the same on every
@@ -145,6 +147,7 @@ impl Shared {
             membership_hash: self.cfg.membership_hash(),
             membership_text: self.cfg.membership_text(),
             cluster_id: self.cluster_id(),
+            incarnation: Some(self.rejoin.incarnation.clone()),
         }
     }
 
@@ -241,6 +244,7 @@ async fn serve_async(opts: ServeOptions) -> Result<(), String> {
     stop::install_signal_handlers(shared.clone());
     async_std::task::spawn(handlers::accept_loop(shared.clone()));
     async_std::task::spawn(startup::run(shared.clone(), wake_rx));
+    async_std::task::spawn(rejoin::watch(shared.clone()));
     let _ = stop_rx.recv().await;
     shared.stopping.store(true, Ordering::SeqCst);
     stop::graceful_stop(&shared).await;
@@ -354,7 +358,10 @@ fn dispatch(shared: &Arc<Shared>, outputs: Vec<Output>) {
                 async_std::task::spawn(snapshot::send(shared.clone(), msg, file, meta));
             }
             Output::Applied { index, context, .. } => shared.applied(&context, index),
-            Output::Removed => tracing::info!("this instance was removed from the membership"),
+            Output::Removed => {
+                tracing::info!("this instance was removed from the membership");
+                rejoin::removed(shared);
+            }
             Output::MakeSnapshot(job) => {
                 let shared = shared.clone();
                 async_std::task::spawn(async move {
