@@ -533,13 +533,14 @@ fn a_member_wiped_after_kill_9_rejoins_with_the_clusters_data() {
     c.set("srv2", "while-down", b"2".to_vec()).unwrap();
     c.start("srv3");
     let mut notes = Vec::new();
-    c.wait(60, "srv3 back as a synchronized voter", || {
+    c.wait(60, "srv3 re-added and back as a synchronized voter", || {
         if let Some(n) = status_note(&c, "srv1", "srv3") {
             if !notes.contains(&n) {
                 notes.push(n);
             }
         }
-        c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"])
+        c.log("srv1").contains("srv3 re-added as a learner")
+            && c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"])
     });
     c.assert_nobody_crashed();
     assert_eq!(c.get("srv3", "before-wipe").as_deref(), Some(&b"1"[..]));

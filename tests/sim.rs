@@ -4,7 +4,9 @@
 //! machine) run in one process over a simulated network and clock. Everything
 //! random comes from one seed: message delay, loss, reordering, partitions,
 //! crashes (the `Core` is dropped; only its database files survive) and
-//! restarts, and the client proposals. After every step the invariants of
+//! restarts, at most one wipe per seed (a crash after which the instance's
+//! data directory is gone: it restarts empty and must be sent the database),
+//! and the client proposals. After every step the invariants of
 //! BRIEF §5 that concern consensus are checked:
 //!
 //! - at most one coordinator (Raft leader) per term;
@@ -63,6 +65,9 @@ struct Sim {
     proposals: u64,
     snapshots: u64,
     crashes: u64,
+    /// A member's data directory was wiped (at most once: losing the data of
+    /// a majority is beyond what any replication can survive).
+    wiped: bool,
     /// `CLARO_SIM_TRACE=1`: print every delivered message.
     trace: bool,
     _tmp: tempfile::TempDir,
@@ -117,6 +122,7 @@ impl Sim {
             proposals: 0,
             snapshots: 0,
             crashes: 0,
+            wiped: false,
             trace: std::env::var("CLARO_SIM_TRACE").is_ok(),
             _tmp: tmp,
         };
@@ -167,12 +173,17 @@ impl Sim {
             12..=14 => self.loss_percent = 0,
             15..=40 => self.propose_one(),
             41..=43 => self.add_member(),
+            44..=53 => self.wipe_one(),
             _ => {}
         }
     }
 
     fn crash_one(&mut self) {
         let i = self.rng.gen_range(0..self.nodes.len());
+        self.crash_node(i);
+    }
+
+    fn crash_node(&mut self, i: usize) {
         let down_units = self.rng.gen_range(50..800);
         let node = &mut self.nodes[i];
         if node.core.take().is_some() {
@@ -186,6 +197,30 @@ impl Sim {
                 self.report_snapshot(m.msg.from, id, &m, false);
             }
         }
+    }
+
+    /// A crash that loses the data directory (a disk replaced): the instance
+    /// restarts empty; the leader learns it lost what it acknowledged and
+    /// sends it the database.
+    fn wipe_one(&mut self) {
+        // A healthy cluster loses one member's disk: every instance is up
+        // and counts at least three voters, so the others hold every
+        // committed entry and elect without it. (A wiped member of a
+        // two-voter configuration is a lost majority: it waits for ever.)
+        let healthy = self.nodes.iter().all(|n| {
+            n.core
+                .as_ref()
+                .is_some_and(|c| c.conf_state().voters.len() >= 3)
+        });
+        if self.wiped || !healthy {
+            return;
+        }
+        let i = self.rng.gen_range(0..self.nodes.len());
+        self.crash_node(i);
+        self.wiped = true;
+        let node = &mut self.nodes[i];
+        std::fs::remove_dir_all(&node.dir).expect("wipe a data directory");
+        node.last_applied = 0;
     }
 
     fn partition_one(&mut self) {
@@ -512,6 +547,7 @@ struct Totals {
     snapshots: u64,
     crashes: u64,
     terms: u64,
+    wipes: u64,
 }
 
 fn run_seed(seed: u64) -> Totals {
@@ -525,6 +561,7 @@ fn run_seed(seed: u64) -> Totals {
         snapshots: sim.snapshots,
         crashes: sim.crashes,
         terms: sim.leaders.len() as u64,
+        wipes: sim.wiped as u64,
     }
 }
 
@@ -540,6 +577,7 @@ fn run_seeds(range: std::ops::Range<u64>) {
             totals.snapshots += t.snapshots;
             totals.crashes += t.crashes;
             totals.terms += t.terms;
+            totals.wipes += t.wipes;
         }
         if result.is_err() {
             eprintln!("sim seed {seed} FAILED; replay: CLARO_SIM_SEED={seed} cargo test --test sim replay -- --nocapture");
@@ -555,6 +593,7 @@ fn run_seeds(range: std::ops::Range<u64>) {
         "too few database transfers: {totals:?}"
     );
     assert!(totals.terms >= 2 * seeds, "too few elections: {totals:?}");
+    assert!(totals.wipes >= seeds / 2, "too few wipes: {totals:?}");
     assert!(
         totals.proposals >= 20 * seeds,
         "too few commits: {totals:?}"

@@ -16,9 +16,14 @@
 //!   that index `entries[0]`;
 //! - `confchange::restore`: an inconsistent conf state in a snapshot.
 //!
-//! And one that is not a panic but would be silently wrong: a leader takes an
+//! And two that are not panics but would be silently wrong: a leader takes an
 //! acknowledgment of entries beyond its log at face value, and would count it
-//! towards committing those entries once it writes them.
+//! towards committing those entries once it writes them; and an instance
+//! that holds no database (a wiped directory) or knows it lost entries grants
+//! votes like any other, which could elect a leader lacking entries that were
+//! committed with the acknowledgment it no longer holds (the simulation finds
+//! such a lost entry when wiped members vote). It votes again once it holds
+//! the cluster's data.
 //!
 //! (`RaftLog::maybe_append`'s "entry N conflict with committed entry M" is not
 //! reachable from a message: raft-rs answers an append anchored below its
@@ -44,6 +49,10 @@ pub struct Facts {
     pub committed: u64,
     /// The leader's matched index for the sender, if it tracks one.
     pub sender_matched: Option<u64>,
+    /// We hold no database (a new or wiped data directory), or know we lost
+    /// entries we had acknowledged: our vote could elect a leader that lacks
+    /// entries committed with our help.
+    pub unfit_to_vote: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +93,9 @@ pub fn check(m: &Message, f: &Facts) -> Verdict {
         MsgHeartbeat => check_heartbeat(m, f),
         MsgSnapshot => check_snapshot(m),
         MsgAppendResponse => check_append_response(m, f),
+        MsgRequestVote | MsgRequestPreVote if f.unfit_to_vote => refuse(format!(
+            "{kind:?}: this instance does not vote until it holds the cluster's data again"
+        )),
         _ => Verdict::Step,
     }
 }
@@ -214,6 +226,7 @@ mod tests {
             last_index: 10,
             committed: 8,
             sender_matched: None,
+            unfit_to_vote: false,
         }
     }
 
@@ -263,6 +276,19 @@ mod tests {
         assert!(matches!(check(&m, &facts()), Verdict::Refuse(_)));
         m.entries = vec![entry(7, 4)].into();
         assert!(matches!(check(&m, &facts()), Verdict::Refuse(_)));
+    }
+
+    #[test]
+    fn an_instance_without_its_data_does_not_vote() {
+        let mut f = facts();
+        let vote = msg(MessageType::MsgRequestVote, 4);
+        let pre_vote = msg(MessageType::MsgRequestPreVote, 4);
+        assert_eq!(check(&vote, &f), Verdict::Step);
+        f.unfit_to_vote = true;
+        assert!(matches!(check(&vote, &f), Verdict::Refuse(_)));
+        assert!(matches!(check(&pre_vote, &f), Verdict::Refuse(_)));
+        // It still follows a leader.
+        assert_eq!(check(&msg(MessageType::MsgHeartbeat, 4), &f), Verdict::Step);
     }
 
     #[test]

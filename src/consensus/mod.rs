@@ -394,6 +394,7 @@ impl Core {
             last_index: log.last_index(),
             committed: log.committed,
             sender_matched: self.node.raft.prs().get(m.from).map(|p| p.matched),
+            unfit_to_vote: self.applied_index() == 0 || self.losses.own.is_some(),
         }
     }
 
@@ -1127,9 +1128,27 @@ mod tests {
     #[test]
     fn a_vote_request_without_a_term_is_refused_without_panicking() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut core = Core::open(&tmp.path().join("n1"), cfg(1), &logger()).unwrap();
+        let dir = tmp.path().join("n1");
+        bootstrap(&dir, 1, "c", false).unwrap();
+        let mut core = Core::open(&dir, cfg(1), &logger()).unwrap();
         let vote = message(MessageType::MsgRequestVote, 2, 1, 0);
-        assert!(core.step(vote).is_err());
+        let err = core.step(vote).unwrap_err();
+        assert!(err.to_string().contains("without a term"), "{err}");
         sent(&mut core);
+    }
+
+    #[test]
+    fn a_wiped_member_does_not_vote() {
+        // Its vote could elect a candidate that lacks entries committed with
+        // the acknowledgment it no longer holds.
+        let tmp = tempfile::tempdir().unwrap();
+        let mut core = Core::open(&tmp.path().join("n1"), cfg(1), &logger()).unwrap();
+        let mut vote = message(MessageType::MsgRequestVote, 2, 1, 5);
+        vote.index = 3;
+        vote.log_term = 2;
+        assert!(core.step(vote).is_err());
+        let answers = sent(&mut core);
+        assert!(answers.is_empty(), "{answers:?}");
+        assert_eq!(core.term(), 0);
     }
 }
