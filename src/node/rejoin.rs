@@ -293,13 +293,15 @@ async fn record(
     }
 }
 
-/// The coordinator's periodic check of every configured server.
+/// The periodic check: the coordinator's of every configured server, and
+/// every replica's that it caught up since its start.
 pub async fn watch(shared: Arc<Shared>) {
     loop {
         async_std::task::sleep(Duration::from_millis(WATCH_MS)).await;
         if shared.phase() == Phase::Stopping {
             return;
         }
+        confirm_reads(&shared).await;
         for s in &shared.cfg.servers {
             let Some(decision) = decide(&shared, &s.name) else {
                 break; // not the coordinator
@@ -346,7 +348,9 @@ pub async fn ask_to_join(shared: &Shared, leader: &str) {
         {
             Ok(Response::Ok { message }) => {
                 tracing::info!("{message}");
-                *shared.rejoin.join_note.lock().expect("join note lock") = Some(message);
+                if shared.phase() == Phase::Joining {
+                    *shared.rejoin.join_note.lock().expect("join note lock") = Some(message);
+                }
                 return;
             }
             Ok(Response::NotLeader { leader: Some(l) }) => leader = l,
@@ -397,47 +401,72 @@ pub fn note(shared: &Shared, core: &Core, phase: &Phase) -> Option<String> {
         .clone()
 }
 
-/// Why this replica must not answer a read now, if it must not: it lost data
-/// or is joining (it does not hold the current database), or it has not yet
-/// caught up with the coordinator's commit index since it started (its
-/// database may be an old copy).
-pub async fn read_refusal(shared: &Shared) -> Option<String> {
-    {
-        let guard = shared.core();
-        let core = guard.as_ref()?;
-        if core.is_leader() {
-            return None;
-        }
-        if let Some(l) = core.own_loss() {
-            return Some(format!(
-                "{} does not answer reads: its data directory is older than what it had acknowledged (log at {} of {}) and it is being sent the database; ask another server",
-                shared.me.name, l.holds, l.acknowledged
-            ));
-        }
-        if !core.is_voter(shared.id) {
-            return Some(format!(
-                "{} does not answer reads: it is joining and does not hold the current database yet; ask another server",
-                shared.me.name
-            ));
-        }
-        if shared.rejoin.read_confirmed.load(Ordering::Relaxed) {
-            return None;
-        }
+/// Whether this replica may answer reads.
+enum Fitness {
+    Serve,
+    /// Only once it has applied the coordinator's commit index (the first
+    /// reads after a start: its database may be an old copy).
+    Confirm,
+    Refuse(String),
+}
+
+fn fitness(shared: &Shared) -> Fitness {
+    let guard = shared.core();
+    let Some(core) = guard.as_ref() else {
+        return Fitness::Serve; // the read itself says it holds no database
+    };
+    let me = &shared.me.name;
+    if core.is_leader() {
+        return Fitness::Serve;
     }
-    match catch_up(shared).await {
-        Ok(()) => {
-            shared.rejoin.read_confirmed.store(true, Ordering::Relaxed);
-            None
-        }
-        Err(why) => Some(format!(
-            "{} does not answer reads yet: {why}; ask another server",
-            shared.me.name
-        )),
+    if let Some(l) = core.own_loss() {
+        return Fitness::Refuse(format!(
+            "{me} does not answer reads: its data directory is older than what it had acknowledged (log at {} of {}) and it is being sent the database; ask another server",
+            l.holds, l.acknowledged
+        ));
+    }
+    if !core.is_voter(shared.id) {
+        return Fitness::Refuse(format!(
+            "{me} does not answer reads: it is joining and does not hold the current database yet; ask another server"
+        ));
+    }
+    match shared.rejoin.read_confirmed.load(Ordering::Relaxed) {
+        true => Fitness::Serve,
+        false => Fitness::Confirm,
     }
 }
 
-/// Waits until this replica applied the coordinator's commit index.
-async fn catch_up(shared: &Shared) -> Result<(), String> {
+/// Why this replica must not answer a read now, if it must not: it lost data
+/// or is joining (it does not hold the current database), or it has not yet
+/// caught up with the coordinator's commit index since it started.
+pub async fn read_refusal(shared: &Shared) -> Option<String> {
+    match fitness(shared) {
+        Fitness::Serve => None,
+        Fitness::Refuse(why) => Some(why),
+        Fitness::Confirm => match catch_up(shared, READ_CATCH_UP_MS).await {
+            Ok(()) => {
+                shared.rejoin.read_confirmed.store(true, Ordering::Relaxed);
+                None
+            }
+            Err(why) => Some(format!(
+                "{} does not answer reads yet: {why}; ask another server",
+                shared.me.name
+            )),
+        },
+    }
+}
+
+/// Confirms, without waiting, that this replica caught up since its start,
+/// so that its first read need not ask the coordinator.
+async fn confirm_reads(shared: &Shared) {
+    if matches!(fitness(shared), Fitness::Confirm) && catch_up(shared, 0).await.is_ok() {
+        shared.rejoin.read_confirmed.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Waits, up to `wait_ms`, until this replica applied the coordinator's
+/// commit index.
+async fn catch_up(shared: &Shared, wait_ms: u64) -> Result<(), String> {
     let leader = shared.leader_name().ok_or("it knows no coordinator")?;
     let commit = match shared
         .peers
@@ -448,7 +477,7 @@ async fn catch_up(shared: &Shared) -> Result<(), String> {
         Ok(other) => return Err(format!("coordinator {leader} answered {other:?}")),
         Err(e) => return Err(format!("coordinator {leader} unreachable: {e}")),
     };
-    let deadline = std::time::Instant::now() + Duration::from_millis(READ_CATCH_UP_MS);
+    let deadline = std::time::Instant::now() + Duration::from_millis(wait_ms);
     loop {
         let applied = shared.core().as_ref().map_or(0, |c| c.applied_index());
         if applied >= commit {
