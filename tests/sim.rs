@@ -173,17 +173,17 @@ impl Sim {
             12..=14 => self.loss_percent = 0,
             15..=40 => self.propose_one(),
             41..=43 => self.add_member(),
-            44..=53 => self.wipe_one(),
+            56..=65 => self.wipe_one(),
             _ => {}
         }
     }
 
     fn crash_one(&mut self) {
         let i = self.rng.gen_range(0..self.nodes.len());
-        self.crash_node(i);
+        self.crash(i);
     }
 
-    fn crash_node(&mut self, i: usize) {
+    fn crash(&mut self, i: usize) {
         let down_units = self.rng.gen_range(50..800);
         let node = &mut self.nodes[i];
         if node.core.take().is_some() {
@@ -216,7 +216,7 @@ impl Sim {
             return;
         }
         let i = self.rng.gen_range(0..self.nodes.len());
-        self.crash_node(i);
+        self.crash(i);
         self.wiped = true;
         let node = &mut self.nodes[i];
         std::fs::remove_dir_all(&node.dir).expect("wipe a data directory");
