@@ -281,6 +281,82 @@ impl Conflict {
     }
 }
 
+/// What the coordinator knows of one configured server, to decide whether it
+/// must be re-added because it lost its data.
+#[derive(Debug, Clone, Default)]
+pub struct MemberFacts<'a> {
+    /// A voter or learner in the applied membership.
+    pub member: bool,
+    /// The incarnation the replicated state recorded when it joined.
+    pub recorded: Option<&'a str>,
+    /// The incarnation its latest `Hello` carried (None: not heard, or a peer
+    /// that predates incarnations).
+    pub presented: Option<&'a str>,
+    /// It reported holding entries only up to `.1` after acknowledging `.0`.
+    pub lost: Option<(u64, u64)>,
+    /// Voters once it is removed, and how many of them the coordinator heard
+    /// from recently (itself included).
+    pub voters_after: usize,
+    pub live_voters_after: usize,
+    /// Its log matches the coordinator's up to the commit index.
+    pub caught_up: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readmission {
+    /// Nothing to do.
+    Keep,
+    /// Record this incarnation for it (first time known; or it cannot be
+    /// re-added now and catches up as it is).
+    Record(String),
+    /// Remove it under its old identity and add it again as a learner that
+    /// receives the database (it is promoted once caught up).
+    Readd { incarnation: String, reason: String },
+}
+
+/// Whether a member that lost its data must be re-added. A member is re-added
+/// when it comes back with another data directory (a new incarnation) or
+/// reports holding less than it acknowledged (an older copy) — but only when
+/// the voters left without it can still decide: otherwise removing it would
+/// stop the cluster, and it catches up as a voter instead (the coordinator
+/// sends it what it misses either way).
+pub fn readmission(f: &MemberFacts<'_>) -> Readmission {
+    let Some(presented) = f.presented else {
+        return Readmission::Keep;
+    };
+    if !f.member {
+        return Readmission::Keep; // a normal join records it
+    }
+    let reason = match (f.recorded, f.lost) {
+        (Some(r), _) if r != presented => format!(
+            "it returned with a new data directory (incarnation {}, was {})",
+            short(presented),
+            short(r)
+        ),
+        (_, Some((acknowledged, holds))) => format!(
+            "its log ends at index {holds} but it had acknowledged {acknowledged}: its data directory is older than it was (restored from a copy?)"
+        ),
+        (None, None) => return Readmission::Record(presented.to_string()),
+        (Some(_), None) => return Readmission::Keep,
+    };
+    if f.live_voters_after < f.voters_after / 2 + 1 {
+        // Not now; once it has caught up as it is, it is healthy.
+        return match f.caught_up && f.recorded != Some(presented) {
+            true => Readmission::Record(presented.to_string()),
+            false => Readmission::Keep,
+        };
+    }
+    Readmission::Readd {
+        incarnation: presented.to_string(),
+        reason,
+    }
+}
+
+/// The first 8 characters of an id, enough to tell two apart in a message.
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
 /// What start-order knows of one server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerFacts {
@@ -373,6 +449,7 @@ mod tests {
             membership_hash: "h1".into(),
             membership_text: "cluster shop\nserver srv1 127.0.0.1:7900 server".into(),
             cluster_id: Some("c1".into()),
+            incarnation: None,
         }
     }
 
@@ -677,5 +754,104 @@ mod tests {
             },
         ];
         assert_eq!(start_order(&facts), vec!["srv1", "srv2", "srv3", "srv4"]);
+    }
+
+    fn member<'a>(recorded: Option<&'a str>, presented: Option<&'a str>) -> MemberFacts<'a> {
+        MemberFacts {
+            member: true,
+            recorded,
+            presented,
+            lost: None,
+            voters_after: 2,
+            live_voters_after: 2,
+            caught_up: false,
+        }
+    }
+
+    #[test]
+    fn a_member_with_a_new_data_directory_is_readded() {
+        let f = member(Some("aaaaaaaa1111"), Some("bbbbbbbb2222"));
+        match readmission(&f) {
+            Readmission::Readd {
+                incarnation,
+                reason,
+            } => {
+                assert_eq!(incarnation, "bbbbbbbb2222");
+                assert!(reason.contains("new data directory"), "{reason}");
+                assert!(
+                    reason.contains("bbbbbbbb,") && reason.contains("aaaaaaaa)"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // The same directory as recorded: nothing to do.
+        assert_eq!(
+            readmission(&member(Some("a"), Some("a"))),
+            Readmission::Keep
+        );
+    }
+
+    #[test]
+    fn a_member_that_holds_less_than_it_acknowledged_is_readded() {
+        let f = MemberFacts {
+            lost: Some((40, 12)),
+            ..member(Some("a"), Some("a"))
+        };
+        match readmission(&f) {
+            Readmission::Readd { reason, .. } => {
+                assert!(reason.contains("ends at index 12"), "{reason}");
+                assert!(reason.contains("acknowledged 40"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_first_known_incarnation_is_recorded_and_unknown_ones_change_nothing() {
+        assert_eq!(
+            readmission(&member(None, Some("a"))),
+            Readmission::Record("a".into())
+        );
+        assert_eq!(readmission(&member(Some("a"), None)), Readmission::Keep);
+        let outsider = MemberFacts {
+            member: false,
+            ..member(Some("a"), Some("b"))
+        };
+        assert_eq!(readmission(&outsider), Readmission::Keep);
+    }
+
+    #[test]
+    fn a_member_is_not_removed_when_the_rest_could_not_decide_without_it() {
+        // Three voters, one other down: removing the wiped one would leave
+        // one live voter of two. It catches up as a voter instead, and its
+        // new directory is recorded once it has.
+        let f = MemberFacts {
+            live_voters_after: 1,
+            ..member(Some("a"), Some("b"))
+        };
+        assert_eq!(readmission(&f), Readmission::Keep);
+        let f = MemberFacts {
+            caught_up: true,
+            ..f
+        };
+        assert_eq!(readmission(&f), Readmission::Record("b".into()));
+        let f = MemberFacts {
+            lost: Some((9, 2)),
+            ..member(Some("b"), Some("b"))
+        };
+        let f = MemberFacts {
+            live_voters_after: 1,
+            caught_up: true,
+            ..f
+        };
+        assert_eq!(readmission(&f), Readmission::Keep);
+        // Two voters: the coordinator alone decides once the other is out.
+        let f = MemberFacts {
+            voters_after: 1,
+            live_voters_after: 1,
+            ..member(Some("a"), Some("b"))
+        };
+        assert!(matches!(readmission(&f), Readmission::Readd { .. }));
     }
 }

@@ -57,6 +57,11 @@ pub struct Hello {
     pub membership_hash: String,
     pub membership_text: String,
     pub cluster_id: Option<String>,
+    /// The random id of the sender's data directory, made when the directory
+    /// was created: a member that comes back with another one lost its data.
+    /// Absent from peers that predate it (they still decode this frame).
+    #[serde(default)]
+    pub incarnation: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -24,6 +24,10 @@ pub const REQUEST_ID_BYTES_MAX: usize = 64;
 /// applied: a client retry of an ambiguous write (it waits at most
 /// `PROPOSAL_WAIT_MS`, 10 s) arrives well within it even at 9,000 writes/s.
 pub const REQUEST_IDS_KEEP_ENTRIES: u64 = 200_000;
+/// Largest server name and incarnation id in `SetIncarnation`.
+pub const INCARNATION_NAME_BYTES_MAX: usize = 256;
+/// Largest reason text in `SetIncarnation`.
+pub const INCARNATION_REASON_BYTES_MAX: usize = 1024;
 
 /// A change to the replicated state, carried in a Raft entry as CBOR.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +49,14 @@ pub enum Command {
     Once {
         request_id: String,
         command: Box<Command>,
+    },
+    /// Which data directory (its random incarnation id) a member joined
+    /// with, and why it was re-added if it was: a member that returns with
+    /// another one is re-added (`membership::readmission`).
+    SetIncarnation {
+        name: String,
+        incarnation: String,
+        reason: Option<String>,
     },
 }
 
@@ -75,6 +87,11 @@ impl Command {
                 Err("a request id cannot wrap another request id".into())
             }
             Command::Once { command, .. } => command.validate(),
+            Command::SetIncarnation {
+                name,
+                incarnation,
+                reason,
+            } => validate_incarnation(name, incarnation, reason.as_deref()),
             _ => Ok(()),
         }
     }
@@ -88,6 +105,21 @@ impl Command {
     pub fn decode(bytes: &[u8]) -> Result<Command, String> {
         ciborium::from_reader(bytes).map_err(|e| e.to_string())
     }
+}
+
+fn validate_incarnation(name: &str, incarnation: &str, reason: Option<&str>) -> Result<(), String> {
+    let max = INCARNATION_NAME_BYTES_MAX;
+    if name.is_empty() || name.len() > max || incarnation.is_empty() || incarnation.len() > max {
+        return Err(format!(
+            "server name and incarnation must be 1..={max} bytes"
+        ));
+    }
+    if reason.is_some_and(|r| r.len() > INCARNATION_REASON_BYTES_MAX) {
+        return Err(format!(
+            "reason must be at most {INCARNATION_REASON_BYTES_MAX} bytes"
+        ));
+    }
+    Ok(())
 }
 
 /// How state.db is synced. WAL with NORMAL is atomic on a process crash; on
@@ -262,6 +294,17 @@ impl StateMachine {
             .optional()
     }
 
+    /// The incarnation `name` joined with, and why it was re-added (if it was).
+    pub fn incarnation(&self, name: &str) -> rusqlite::Result<Option<(String, Option<String>)>> {
+        self.conn
+            .query_row(
+                "SELECT incarnation, reason FROM incarnations WHERE name = ?1",
+                params![name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+    }
+
     /// One page of settings in key order, those after `after` (exclusive;
     /// from the first when `None`): at most `count_max` of them and at most
     /// `bytes_max` bytes of keys and values, but always the first one left
@@ -318,7 +361,23 @@ impl StateMachine {
             ctx.update(id.as_bytes());
             ctx.update(&index.to_be_bytes());
         }
+        self.digest_incarnations(&mut ctx)?;
         Ok(hex(ctx.finish().as_ref()))
+    }
+
+    fn digest_incarnations(&self, ctx: &mut ring::digest::Context) -> rusqlite::Result<()> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT name, incarnation, coalesce(reason, '') FROM incarnations ORDER BY name",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            for i in 0..3 {
+                let text: String = row.get(i)?;
+                ctx.update(&(text.len() as u64).to_be_bytes());
+                ctx.update(text.as_bytes());
+            }
+        }
+        Ok(())
     }
 
     /// Makes every applied transaction durable in the main database file, so the
@@ -388,7 +447,8 @@ fn open_conn(path: &Path, sync: Sync) -> rusqlite::Result<Connection> {
         "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
          CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value BLOB NOT NULL, updated_index INTEGER NOT NULL);
          CREATE TABLE IF NOT EXISTS requests (id TEXT PRIMARY KEY, applied_index INTEGER NOT NULL);
-         CREATE INDEX IF NOT EXISTS requests_by_index ON requests (applied_index);",
+         CREATE INDEX IF NOT EXISTS requests_by_index ON requests (applied_index);
+         CREATE TABLE IF NOT EXISTS incarnations (name TEXT PRIMARY KEY, incarnation TEXT NOT NULL, reason TEXT);",
     )?;
     Ok(conn)
 }
@@ -434,6 +494,17 @@ fn apply_command(
             let horizon = index.saturating_sub(REQUEST_IDS_KEEP_ENTRIES);
             tx.prepare_cached("DELETE FROM requests WHERE applied_index < ?1")?
                 .execute(params![horizon])?;
+        }
+        Command::SetIncarnation {
+            name,
+            incarnation,
+            reason,
+        } => {
+            tx.prepare_cached(
+                "INSERT INTO incarnations (name, incarnation, reason) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(name) DO UPDATE SET incarnation = excluded.incarnation, reason = excluded.reason",
+            )?
+            .execute(params![name, incarnation, reason])?;
         }
     }
     Ok(())
@@ -613,5 +684,33 @@ mod tests {
         let missing = tmp.path().join("snap-5-1.db");
         assert!(sm.install(&missing, 5).is_err());
         assert!(!missing.exists());
+    }
+
+    #[test]
+    fn an_incarnation_is_recorded_replaced_and_part_of_the_digest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(&tmp.path().join("state.db"), Sync::Off).unwrap();
+        let set = |inc: &str, reason: Option<&str>| Command::SetIncarnation {
+            name: "srv3".into(),
+            incarnation: inc.into(),
+            reason: reason.map(str::to_string),
+        };
+        assert_eq!(sm.incarnation("srv3").unwrap(), None);
+        let before = sm.digest().unwrap();
+        sm.apply(&[(1, 1, Change::Command(&set("a", None)))])
+            .unwrap();
+        assert_eq!(sm.incarnation("srv3").unwrap(), Some(("a".into(), None)));
+        let first = sm.digest().unwrap();
+        assert_ne!(before, first);
+        sm.apply(&[(2, 1, Change::Command(&set("b", Some("new data directory"))))])
+            .unwrap();
+        assert_eq!(
+            sm.incarnation("srv3").unwrap(),
+            Some(("b".into(), Some("new data directory".into())))
+        );
+        assert_ne!(sm.digest().unwrap(), first);
+        let long = "x".repeat(INCARNATION_REASON_BYTES_MAX + 1);
+        assert!(set("c", Some(&long)).validate().is_err());
+        assert!(set("", None).validate().is_err());
     }
 }

@@ -3,7 +3,9 @@
 //! Several instances' real `Core` (raft-rs driver, SQLite log store, SQLite state
 //! machine) run in one process over a simulated network and clock. Everything
 //! random comes from one seed: message delay, loss, reordering, partitions,
-//! crashes and restarts, and the client proposals.
+//! crashes and restarts, at most one wipe per seed (a crash after which the
+//! instance's data directory is gone: it restarts empty and must be sent the
+//! database), and the client proposals.
 //!
 //! A crash drops the `Core`: only its database files survive, with the
 //! transactions committed so far (SQLite rolls back anything uncommitted when
@@ -149,6 +151,9 @@ struct Sim {
     mutation: Option<Mutation>,
     /// The network was healed: no more faults, the run must converge.
     healed: bool,
+    /// A member's data directory was wiped (at most once: losing the data of
+    /// a majority is beyond what any replication can survive).
+    wiped: bool,
     /// `CLARO_SIM_TRACE=1`: print every delivered message.
     trace: bool,
     _tmp: tempfile::TempDir,
@@ -246,6 +251,7 @@ impl Sim {
             dice: Arc::new(Mutex::new(dice)),
             mutation,
             healed: false,
+            wiped: false,
             trace: std::env::var("CLARO_SIM_TRACE").is_ok(),
             _tmp: tmp,
         };
@@ -309,6 +315,7 @@ impl Sim {
             15..=40 => self.propose_one(),
             41..=43 => self.add_member(),
             44..=55 => self.read_one(),
+            56..=65 => self.wipe_one(),
             _ => {}
         }
     }
@@ -346,6 +353,34 @@ impl Sim {
         let down = self.nodes.iter().filter(|n| n.core.is_none()).count();
         let minority = (self.nodes.len() - 1) / 2;
         self.dice.lock().expect("dice").allowed = allowed && down < minority;
+    }
+
+    /// A crash that loses the data directory (a disk replaced): the instance
+    /// restarts empty; the leader learns it lost what it acknowledged and
+    /// sends it the database.
+    fn wipe_one(&mut self) {
+        // A healthy cluster loses one member's disk: every instance is up
+        // and counts at least three voters, so the others hold every
+        // committed entry and elect without it. (A wiped member of a
+        // two-voter configuration is a lost majority: it waits for ever.)
+        let healthy = self.nodes.iter().all(|n| {
+            n.core
+                .as_ref()
+                .is_some_and(|c| c.conf_state().voters.len() >= 3)
+        });
+        if self.wiped || !healthy {
+            return;
+        }
+        let i = self.rng.gen_range(0..self.nodes.len());
+        self.crash(i);
+        self.wiped = true;
+        let node = &mut self.nodes[i];
+        std::fs::remove_dir_all(&node.dir).expect("wipe a data directory");
+        node.last_applied = 0;
+        // What it acknowledged went with the disk: the re-admission, not
+        // the restarted log, must make up for it.
+        node.appended_ack = (0, 0);
+        node.vote_ack = 0;
     }
 
     fn partition_one(&mut self) {
@@ -791,6 +826,7 @@ struct Totals {
     /// Crashes inside a Ready cycle, by point (`Sent`, `Persisted`, `Applied`).
     point_crashes: [u64; 3],
     terms: u64,
+    wipes: u64,
 }
 
 impl Totals {
@@ -798,6 +834,7 @@ impl Totals {
         self.proposals += t.proposals;
         self.answered += t.answered;
         self.reads += t.reads;
+        self.wipes += t.wipes;
         self.snapshots += t.snapshots;
         self.crashes += t.crashes;
         for (sum, n) in self.point_crashes.iter_mut().zip(t.point_crashes) {
@@ -821,6 +858,7 @@ fn run_seed(seed: u64, mutation: Option<Mutation>) -> Totals {
         crashes: sim.crashes,
         point_crashes: sim.point_crashes,
         terms: sim.leaders.len() as u64,
+        wipes: sim.wiped as u64,
     }
 }
 
@@ -851,6 +889,7 @@ fn run_seeds(range: std::ops::Range<u64>) {
         "too few database transfers: {totals:?}"
     );
     assert!(totals.terms >= 2 * seeds, "too few elections: {totals:?}");
+    assert!(totals.wipes >= seeds / 2, "too few wipes: {totals:?}");
     assert!(
         totals.proposals >= 20 * seeds && totals.answered >= 10 * seeds,
         "too few commits or answers: {totals:?}"

@@ -18,9 +18,10 @@
 //! test may switch on a [`Mutation`] that breaks a guarantee on purpose, to
 //! show the simulation notices; production sets neither.
 
+pub mod guard;
 pub mod log_store;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use protobuf::Message as _;
@@ -145,6 +146,8 @@ pub enum CoreError {
     /// A crash hook fired: the caller must drop the core now, as if the
     /// process died there (the databases hold only committed transactions).
     Crashed(CrashPoint),
+    /// A peer's message that failed [`guard::check`]; nothing changed.
+    Refused(String),
 }
 
 impl std::fmt::Display for CoreError {
@@ -154,6 +157,7 @@ impl std::fmt::Display for CoreError {
             CoreError::Raft(e) => write!(f, "raft: {e}"),
             CoreError::Snapshot(e) => write!(f, "snapshot: {e}"),
             CoreError::Crashed(p) => write!(f, "crash injected at {p:?}"),
+            CoreError::Refused(e) => write!(f, "refused: {e}"),
         }
     }
 }
@@ -183,6 +187,29 @@ pub struct Core {
     mutation: Option<Mutation>,
     /// Reads answered locally under `Mutation::ReadWithoutQuorum`.
     pending_local_reads: Vec<(Vec<u8>, u64)>,
+    /// Data loss seen by the guard: ours, and (as leader) our followers'.
+    losses: Losses,
+}
+
+/// A server holds less than it acknowledged: its log ends at `holds`, but it
+/// had acknowledged entries up to `acknowledged` (a wiped data directory, or
+/// one restored from an older copy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LostData {
+    pub acknowledged: u64,
+    pub holds: u64,
+}
+
+#[derive(Debug, Default)]
+struct Losses {
+    /// This instance's, until its commit index passes what it had acknowledged.
+    own: Option<LostData>,
+    /// Followers that reported a loss, for the shell to re-add.
+    members: BTreeMap<u64, LostData>,
+    /// Lost-data reports to send to the leader at the next pump.
+    reports: Vec<Message>,
+    /// Messages refused so far (warnings are logged at powers of two).
+    refused: u64,
 }
 
 pub fn raft_db(dir: &Path) -> PathBuf {
@@ -319,6 +346,7 @@ impl Core {
             crash_hook: None,
             mutation: None,
             pending_local_reads: Vec::new(),
+            losses: Losses::default(),
         };
         core.member = core.is_member();
         Ok(core)
@@ -391,10 +419,110 @@ impl Core {
         }
     }
 
-    /// Steps a message that came from the network. Local-only message types and
+    /// Steps a message that came from the network. It is checked first
+    /// ([`guard::check`]): what would make raft-rs panic is refused, and a
+    /// sign of lost data is handled here. Local-only message types and
     /// messages from unknown peers are refused by raft-rs with an error.
     pub fn step(&mut self, msg: Message) -> Result<(), CoreError> {
-        self.node.step(msg).map_err(CoreError::Raft)
+        match guard::check(&msg, &self.guard_facts(&msg)) {
+            guard::Verdict::Step => self.node.step(msg).map_err(CoreError::Raft),
+            guard::Verdict::Refuse(reason) => {
+                self.losses.refused += 1;
+                let n = self.losses.refused;
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        from = msg.from,
+                        refused = n,
+                        "raft message refused: {reason}"
+                    );
+                }
+                Err(CoreError::Refused(reason))
+            }
+            guard::Verdict::OwnDataLost { claimed, holds } => self.own_data_lost(
+                msg,
+                LostData {
+                    acknowledged: claimed,
+                    holds,
+                },
+            ),
+            guard::Verdict::PeerDataLost {
+                acknowledged,
+                holds,
+            } => {
+                let lost = LostData {
+                    acknowledged,
+                    holds,
+                };
+                self.peer_data_lost(msg.from, lost, msg.commit);
+                Ok(())
+            }
+        }
+    }
+
+    fn guard_facts(&self, m: &Message) -> guard::Facts {
+        let log = &self.node.raft.raft_log;
+        guard::Facts {
+            id: self.cfg.id,
+            term: self.term(),
+            leader: self.is_leader(),
+            last_index: log.last_index(),
+            committed: log.committed,
+            sender_matched: self.node.raft.prs().get(m.from).map(|p| p.matched),
+            unfit_to_vote: self.applied_index() == 0 || self.losses.own.is_some(),
+        }
+    }
+
+    /// The leader's heartbeat claims entries we do not hold: step it without
+    /// its commit (which would point past our log), and report where our log
+    /// ends so that the leader sends what we miss.
+    fn own_data_lost(&mut self, mut msg: Message, lost: LostData) -> Result<(), CoreError> {
+        let leader = msg.from;
+        msg.commit = msg.commit.min(self.commit_index());
+        self.node.step(msg).map_err(CoreError::Raft)?;
+        if self.losses.own != Some(lost) {
+            tracing::warn!(
+                acknowledged = lost.acknowledged,
+                holds = lost.holds,
+                "the coordinator counts entries this instance no longer holds: its data directory was lost or restored from an older copy; reporting it"
+            );
+        }
+        self.losses.own = Some(lost);
+        let f = self.guard_facts(&Message::default());
+        let holds_term = self.node.raft.raft_log.term(f.last_index).unwrap_or(0);
+        let report = guard::lost_data_report(&f, leader, lost.acknowledged, holds_term);
+        self.losses.reports.push(report);
+        Ok(())
+    }
+
+    /// A follower lost entries it had acknowledged: count only what it still
+    /// holds and had committed, probe it from there (raft-rs would ignore its
+    /// rejections as stale), and remember it for the shell to re-add.
+    fn peer_data_lost(&mut self, id: u64, lost: LostData, its_commit: u64) {
+        let Some(pr) = self.node.raft.mut_prs().get_mut(id) else {
+            return;
+        };
+        pr.matched = pr.matched.min(lost.holds).min(its_commit);
+        pr.become_probe();
+        if self.losses.members.insert(id, lost) != Some(lost) {
+            tracing::warn!(
+                peer = id,
+                acknowledged = lost.acknowledged,
+                holds = lost.holds,
+                "a member lost entries it had acknowledged: it is sent what it misses"
+            );
+        }
+    }
+
+    /// Members that reported lost data since the last call (leader only).
+    pub fn take_lost_members(&mut self) -> Vec<(u64, LostData)> {
+        std::mem::take(&mut self.losses.members)
+            .into_iter()
+            .collect()
+    }
+
+    /// This instance's own loss, until it has caught up past it.
+    pub fn own_loss(&self) -> Option<LostData> {
+        self.losses.own
     }
 
     /// Proposes a command; `context` tags it so the proposer can be answered
@@ -506,8 +634,20 @@ impl Core {
         for (context, index) in std::mem::take(&mut self.pending_local_reads) {
             out(Output::ReadReady { context, index });
         }
+        for report in self.losses.reports.drain(..) {
+            out(Output::Send(report));
+        }
         while self.node.has_ready() {
             self.ready_cycle(out)?;
+        }
+        if let Some(lost) = self.losses.own {
+            if self.commit_index() >= lost.acknowledged {
+                tracing::info!(
+                    commit = self.commit_index(),
+                    "caught up past the entries this instance had lost"
+                );
+                self.losses.own = None;
+            }
         }
         if self.node.store().take_snapshot_wanted() && !self.snapshot_in_flight {
             self.snapshot_in_flight = true;
@@ -1113,5 +1253,137 @@ mod tests {
             .err()
             .expect("must refuse");
         assert!(err.to_string().contains("older than the log"), "{err}");
+    }
+
+    fn message(kind: MessageType, from: u64, to: u64, term: u64) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(kind);
+        m.from = from;
+        m.to = to;
+        m.term = term;
+        m
+    }
+
+    fn sent(core: &mut Core) -> Vec<Message> {
+        let mut msgs = Vec::new();
+        core.pump(&mut |o| {
+            if let Output::Send(m) = o {
+                msgs.push(m);
+            }
+        })
+        .unwrap();
+        msgs
+    }
+
+    #[test]
+    fn a_heartbeat_committing_past_a_wiped_log_does_not_panic_and_is_reported() {
+        // An empty data directory (a member that lost its disk) hears from the
+        // coordinator, which still counts the 7 entries it had acknowledged.
+        let tmp = tempfile::tempdir().unwrap();
+        let mut core = Core::open(&tmp.path().join("n1"), cfg(1), &logger()).unwrap();
+        let mut hb = message(MessageType::MsgHeartbeat, 2, 1, 5);
+        hb.commit = 7;
+        core.step(hb).unwrap();
+        assert_eq!(core.commit_index(), 0);
+        assert_eq!(
+            core.own_loss(),
+            Some(LostData {
+                acknowledged: 7,
+                holds: 0
+            })
+        );
+        let msgs = sent(&mut core);
+        let report = msgs
+            .iter()
+            .find(|m| m.context.as_ref() == guard::LOST_DATA_CONTEXT)
+            .expect("a lost-data report to the leader");
+        assert_eq!((report.to, report.term, report.reject_hint), (2, 5, 0));
+        assert!(report.reject);
+        // It still answers the heartbeat: the leader knows it is alive.
+        assert!(msgs
+            .iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgHeartbeatResponse));
+    }
+
+    /// A one-voter cluster led by 1 with 2 added as a learner.
+    fn leader_with_learner(dir: &Path) -> Core {
+        bootstrap(dir, 1, "c", false).unwrap();
+        let mut core = Core::open(dir, cfg(1), &logger()).unwrap();
+        core.campaign().unwrap();
+        sent(&mut core);
+        assert!(core.is_leader());
+        core.propose_conf_change(ConfChangeType::AddLearnerNode, 2)
+            .unwrap();
+        sent(&mut core);
+        assert!(core.is_learner(2));
+        core
+    }
+
+    #[test]
+    fn a_leader_never_counts_an_acknowledgment_beyond_its_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut core = leader_with_learner(&tmp.path().join("n1"));
+        let mut ack = message(MessageType::MsgAppendResponse, 2, 1, core.term());
+        ack.index = core.last_index() + 100;
+        let err = core.step(ack).unwrap_err();
+        assert!(err.to_string().contains("beyond this log"), "{err}");
+        assert_eq!(core.progress(2).map(|p| p.0), Some(0));
+    }
+
+    #[test]
+    fn a_lost_data_report_resets_the_followers_progress_and_is_handed_to_the_shell() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut core = leader_with_learner(&tmp.path().join("n1"));
+        let last = core.last_index();
+        let mut ack = message(MessageType::MsgAppendResponse, 2, 1, core.term());
+        ack.index = last;
+        core.step(ack).unwrap();
+        assert_eq!(core.progress(2).map(|p| p.0), Some(last));
+        let follower = guard::Facts {
+            id: 2,
+            term: core.term(),
+            ..Default::default()
+        };
+        let report = guard::lost_data_report(&follower, 1, last, 0);
+        core.step(report).unwrap();
+        assert_eq!(core.progress(2).map(|p| p.0), Some(0));
+        assert_eq!(
+            core.take_lost_members(),
+            vec![(
+                2,
+                LostData {
+                    acknowledged: last,
+                    holds: 0
+                }
+            )]
+        );
+        assert!(core.take_lost_members().is_empty());
+    }
+
+    #[test]
+    fn a_vote_request_without_a_term_is_refused_without_panicking() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("n1");
+        bootstrap(&dir, 1, "c", false).unwrap();
+        let mut core = Core::open(&dir, cfg(1), &logger()).unwrap();
+        let vote = message(MessageType::MsgRequestVote, 2, 1, 0);
+        let err = core.step(vote).unwrap_err();
+        assert!(err.to_string().contains("without a term"), "{err}");
+        sent(&mut core);
+    }
+
+    #[test]
+    fn a_wiped_member_does_not_vote() {
+        // Its vote could elect a candidate that lacks entries committed with
+        // the acknowledgment it no longer holds.
+        let tmp = tempfile::tempdir().unwrap();
+        let mut core = Core::open(&tmp.path().join("n1"), cfg(1), &logger()).unwrap();
+        let mut vote = message(MessageType::MsgRequestVote, 2, 1, 5);
+        vote.index = 3;
+        vote.log_term = 2;
+        assert!(core.step(vote).is_err());
+        let answers = sent(&mut core);
+        assert!(answers.is_empty(), "{answers:?}");
+        assert_eq!(core.term(), 0);
     }
 }

@@ -103,6 +103,12 @@ async fn greet(shared: &Shared, conn: &quinn::Connection) -> Result<String, Stri
     if let (Some(id), true) = (&theirs.cluster_id, proven) {
         shared.note_cluster_of(&theirs.name, id);
     }
+    // A peer back with a new data directory is a new process: our
+    // connection to its predecessor is dead, though QUIC only notices at its
+    // idle timeout; Raft messages must reach the new one now.
+    if verdict.is_ok() && shared.rejoin.saw_hello(&theirs) {
+        shared.peers.close(&theirs.name);
+    }
     let answer = match &verdict {
         Ok(()) => Response::Hello(shared.hello()),
         Err(reason) => Response::Refused {
@@ -256,7 +262,9 @@ async fn respond(shared: &Arc<Shared>, peer: Option<&str>, req: Request) -> Resp
     match req {
         Request::Info => Response::Info(local_info(shared)),
         Request::Status => status(shared).await,
-        Request::Join { name } if Some(name.as_str()) == peer => join(shared, &name).await,
+        Request::Join { name } if Some(name.as_str()) == peer => {
+            super::rejoin::join(shared, &name).await
+        }
         Request::Leave { name } if Some(name.as_str()) == peer => leave(shared, &name).await,
         Request::Join { .. } | Request::Leave { .. } => Response::Error {
             message: "an instance may only join or leave as itself".into(),
@@ -328,6 +336,9 @@ pub fn local_info(shared: &Shared) -> LocalInfo {
         info.state = state_name(shared, core, &phase).into();
         if info.state == "electing" {
             info.note = Some(electing_note(shared, core));
+        }
+        if info.note.is_none() {
+            info.note = super::rejoin::note(shared, core, &phase);
         }
     } else {
         shared.describe_parked(&mut info);
@@ -429,7 +440,7 @@ async fn wait_for(
 
 /// A membership change proposed until it shows in the applied conf state
 /// (raft-rs takes one change at a time, so it is retried while another is pending).
-async fn change_membership(
+pub(super) async fn change_membership(
     shared: &Shared,
     kind: ConfChangeType,
     name: &str,
@@ -457,31 +468,6 @@ async fn change_membership(
     Err(format!(
         "membership change for {name} not applied within {PROPOSAL_WAIT_MS} ms"
     ))
-}
-
-async fn join(shared: &Shared, name: &str) -> Response {
-    if let Some(message) = shared.space_refusal() {
-        return Response::Error { message };
-    }
-    if !shared.is_leader() {
-        return Response::NotLeader {
-            leader: shared.leader_name(),
-        };
-    }
-    let id = raft_id(name);
-    let r = change_membership(shared, ConfChangeType::AddLearnerNode, name, |c| {
-        c.is_learner(id) || c.is_voter(id)
-    })
-    .await;
-    match r {
-        Ok(()) => {
-            tracing::info!("{name} joins: it is sent the database, then promoted to voter");
-            Response::Ok {
-                message: format!("{name} added"),
-            }
-        }
-        Err(message) => Response::Error { message },
-    }
 }
 
 async fn leave(shared: &Shared, name: &str) -> Response {
@@ -520,8 +506,8 @@ async fn leave(shared: &Shared, name: &str) -> Response {
 /// coordinator change: forwarded to the coordinator this instance knows, or
 /// proposed here when that is this instance, and tried again (under the same
 /// request id, so it is applied once) until `PROPOSAL_WAIT_MS` has passed.
-async fn propose(
-    shared: &Arc<Shared>,
+pub(super) async fn propose(
+    shared: &Shared,
     command: Command,
     request_id: Option<String>,
     forwarded: bool,
@@ -582,7 +568,7 @@ async fn propose(
 /// Sends the write to the coordinator this instance knows. `Err`: try again
 /// (no coordinator known, it is unreachable, or it no longer coordinates).
 async fn hold_or_forward(
-    shared: &Arc<Shared>,
+    shared: &Shared,
     command: &Command,
     deadline: std::time::Instant,
 ) -> Result<Response, String> {

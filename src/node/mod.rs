@@ -16,6 +16,7 @@
 mod gossip;
 mod handlers;
 mod peers;
+mod rejoin;
 mod snapshot;
 mod space;
 mod startup;
@@ -106,6 +107,7 @@ pub(crate) struct Shared {
     other_clusters: Mutex<HashMap<String, (String, u64)>>,
     /// The space alarm, and the core it parked (`space`).
     space: space::Space,
+    pub rejoin: rejoin::Rejoin,
 }
 
 /// A server's Raft id: derived from its name, so that it is the same on every
@@ -229,6 +231,7 @@ impl Shared {
             membership_hash: self.cfg.membership_hash(),
             membership_text: self.cfg.membership_text(),
             cluster_id: self.cluster_id(),
+            incarnation: Some(self.rejoin.incarnation.clone()),
         }
     }
 
@@ -381,6 +384,7 @@ async fn serve_async(opts: ServeOptions) -> Result<(), String> {
     async_std::task::spawn(handlers::accept_loop(shared.clone()));
     async_std::task::spawn(startup::run(shared.clone(), wake_rx));
     gossip::spawn(&shared);
+    async_std::task::spawn(rejoin::watch(shared.clone()));
     let _ = stop_rx.recv().await;
     shared.stopping.store(true, Ordering::SeqCst);
     stop::graceful_stop(&shared).await;
@@ -505,7 +509,10 @@ fn dispatch(shared: &Arc<Shared>, outputs: Vec<Output>) {
                 async_std::task::spawn(snapshot::send(shared.clone(), msg, file, meta));
             }
             Output::Applied { index, context, .. } => shared.applied(&context, index),
-            Output::Removed => tracing::info!("this instance was removed from the membership"),
+            Output::Removed => {
+                tracing::info!("this instance was removed from the membership");
+                rejoin::removed(shared);
+            }
             Output::ReadReady { context, index } => shared.read_ready(&context, index),
             Output::MakeSnapshot(job) => {
                 async_std::task::spawn(make_snapshot(shared.clone(), job));

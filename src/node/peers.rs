@@ -84,6 +84,14 @@ impl Peers {
         self.conns.lock().expect("conns lock").remove(name);
     }
 
+    /// Closes the connection to `name` (its streams fail at once, and the
+    /// next use opens a new one).
+    pub fn close(&self, name: &str) {
+        if let Some(c) = self.conns.lock().expect("conns lock").remove(name) {
+            c.close(0u32.into(), b"peer restarted");
+        }
+    }
+
     /// The connection to `name`, opened (and greeted) if need be.
     pub async fn conn(&self, shared: &Shared, name: &str) -> Result<quinn::Connection, PeerError> {
         if let Some(c) = self.cached(name) {
@@ -188,6 +196,7 @@ async fn open(shared: &Shared, name: &str) -> Result<quinn::Connection, PeerErro
                     "{name} is incompatible: {reason}"
                 )));
             }
+            shared.rejoin.saw_hello(&theirs);
             Ok(conn)
         }
         Ok(Response::Refused { reason, cluster_id }) => {

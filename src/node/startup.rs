@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_std::channel::Receiver;
 
 use super::peers::{PeerError, Peers};
-use super::{now_ms, raft_id, Phase, ServeOptions, Shared, PEER_CALL_MS};
+use super::{now_ms, raft_id, Phase, ServeOptions, Shared};
 use crate::config::Role;
 use crate::consensus;
 use crate::membership::{self, Situation, Startup};
@@ -63,6 +63,8 @@ pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
         .map_err(|e| format!("cannot listen on {}: {e}", me.address))?;
     let dir = cfg.server_dir(&me.name);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // The directory's identity exists before anything else is written to it.
+    let incarnation = super::rejoin::ensure_incarnation(&dir)?;
     let id = raft_id(&me.name);
     let names: HashMap<u64, String> = cfg
         .servers
@@ -107,6 +109,7 @@ pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
         other_clusters: Mutex::new(HashMap::new()),
         view: Mutex::new(crate::view::ClusterView::new(cfg_timeout_ms)),
         space,
+        rejoin: super::rejoin::Rejoin::new(incarnation),
     };
     Ok((Arc::new(shared), wake_rx, stop_rx))
 }
@@ -393,28 +396,6 @@ async fn start_joining(
         shared.open_core()?;
         super::spawn_raft_loop(shared.clone(), wake_rx);
     }
-    let mut leader = leader.to_string();
-    let req = Request::Join {
-        name: shared.me.name.clone(),
-    };
-    tracing::info!("joining the cluster through its coordinator {leader}");
-    loop {
-        // Only the coordinator's answer counts: a local conf state may be stale.
-        if shared.phase() == Phase::Stopping {
-            return Ok(());
-        }
-        match shared
-            .peers
-            .call(shared, &leader, &req, PEER_CALL_MS * 6)
-            .await
-        {
-            Ok(Response::Ok { .. }) => return Ok(()),
-            Ok(Response::NotLeader { leader: Some(l) }) => leader = l,
-            Ok(other) => {
-                crate::throttled_warn!("join answer", leader, "join through {leader}: {other:?}")
-            }
-            Err(e) => crate::throttled_warn!("join failed", leader, "join through {leader}: {e}"),
-        }
-        async_std::task::sleep(Duration::from_millis(DISCOVERY_ROUND_MS)).await;
-    }
+    super::rejoin::ask_to_join(shared, leader).await;
+    Ok(())
 }

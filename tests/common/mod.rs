@@ -138,6 +138,28 @@ impl Cluster {
         self.procs.get(name).map(|c| c.id())
     }
 
+    /// Whether `name`'s process is still running (false once it exited).
+    pub fn running(&mut self, name: &str) -> bool {
+        self.procs
+            .get_mut(name)
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// Panics when any server's log shows a panic or any started process exited.
+    pub fn assert_nobody_crashed(&mut self) {
+        let names = self.names.clone();
+        for n in &names {
+            assert!(
+                !self.log(n).contains("panicked"),
+                "{n} panicked:\n{}",
+                self.log(n)
+            );
+            if self.procs.contains_key(n) {
+                assert!(self.running(n), "{n} exited:\n{}", self.log(n));
+            }
+        }
+    }
+
     pub fn kill9(&mut self, name: &str) {
         if let Some(mut c) = self.procs.remove(name) {
             let _ = c.kill();
