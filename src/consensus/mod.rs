@@ -366,6 +366,12 @@ impl Core {
         let id = self.node.raft.leader_id;
         (id != raft::INVALID_ID).then_some(id)
     }
+    /// The leader's commit index is final: it has committed an entry of its
+    /// own term (before that, entries of earlier terms it holds may still
+    /// commit, and its commit index can lag what the cluster acknowledged).
+    pub fn committed_in_term(&self) -> bool {
+        self.node.raft.commit_to_current_term()
+    }
     pub fn commit_index(&self) -> u64 {
         self.node.raft.raft_log.committed
     }
