@@ -244,9 +244,8 @@ async fn probe_all(shared: &Arc<Shared>) -> (Vec<LocalInfo>, Vec<String>) {
 
 fn start_member(shared: &Arc<Shared>, wake_rx: Receiver<()>, how: Startup) -> Result<(), String> {
     match how {
-        Startup::Bootstrap { ref voters } => {
-            unreachable!("bootstrap() records {voters:?} before start_member")
-        }
+        // `bootstrap()` recorded the new cluster before it came here.
+        Startup::Bootstrap { .. } => {}
         Startup::Adopt {
             ref cluster_id,
             ref voters,
@@ -323,7 +322,7 @@ async fn bootstrap(
     consensus::bootstrap_voters(&shared.dir, &ids(&voters), &cluster_id, true)
         .map_err(|e| e.to_string())?;
     tracing::info!(%cluster_id, voters = %voters.join(","), holding = %adopted.join(","), "no running cluster found: starting a new one as its coordinator");
-    start_member(shared, wake_rx, Startup::Run)?;
+    start_member(shared, wake_rx, Startup::Bootstrap { voters })?;
     async_std::task::spawn(campaign_first(shared.clone()));
     Ok(())
 }
