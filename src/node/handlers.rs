@@ -349,6 +349,10 @@ pub fn local_info(shared: &Shared) -> LocalInfo {
     if let Some(note) = shared.space_note() {
         info.note = Some(note);
     }
+    if let Some(note) = shared.damage_note() {
+        info.state = "damaged".into();
+        info.note = Some(note);
+    }
     info
 }
 

@@ -13,6 +13,7 @@
 //! What it must not do: decide anything Raft decides, or touch state.db except
 //! through the core.
 
+mod damage;
 mod gossip;
 mod handlers;
 mod peers;
@@ -107,6 +108,8 @@ pub(crate) struct Shared {
     other_clusters: Mutex<HashMap<String, (String, u64)>>,
     /// The space alarm, and the core it parked (`space`).
     space: space::Space,
+    /// Why this instance has no database after damage (`damage`).
+    damage: damage::Damage,
     pub rejoin: rejoin::Rejoin,
 }
 
@@ -490,6 +493,9 @@ impl Shared {
         if voter && self.phase() == Phase::Joining {
             tracing::info!("joined the cluster as a voter");
             self.set_phase(Phase::Running);
+        }
+        if voter {
+            self.damage_healed();
         }
         if member {
             let mut rec = self.last_stop.lock().expect("stop record lock");
