@@ -182,3 +182,55 @@ fn the_only_server_with_a_damaged_directory_waits_instead_of_starting_empty() {
     assert!(refused.is_err(), "{refused:?}");
     c.assert_nobody_crashed();
 }
+
+/// A SQLite error while a running follower applies an entry (here its
+/// `settings` table dropped under it, as a damaged schema would be): it is
+/// logged, the directory set aside, and the instance restarted in place on
+/// an empty one; it is given the database and never answers a wrong value.
+#[test]
+fn a_follower_whose_apply_fails_sets_its_directory_aside_and_is_given_the_database() {
+    let mut c = Cluster::three_running(98);
+    c.set("srv1", "colour", b"RED".to_vec()).expect("write");
+    c.wait(30, "srv3 to apply it", || {
+        c.digest("srv3") == c.digest("srv1")
+    });
+    let pid = c.pid("srv3");
+    let conn = rusqlite::Connection::open(c.data_dir("srv3").join("state.db")).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn.execute_batch("DROP TABLE settings")
+        .expect("drop the table");
+    drop(conn);
+    c.set("srv1", "colour", b"BLUE".to_vec()).expect("write");
+    let deadline = Instant::now() + Duration::from_secs(HEAL_S);
+    while !(synchronized(&c, "srv3") && c.digest("srv3") == c.digest("srv1")) {
+        assert!(
+            Instant::now() < deadline,
+            "srv3 never healed\n{}",
+            c.all_logs()
+        );
+        if let Ok(value) = read(&c, "srv3", "colour") {
+            assert_eq!(value.as_deref(), Some(&b"BLUE"[..]), "a wrong answer");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        read(&c, "srv3", "colour").unwrap().as_deref(),
+        Some(&b"BLUE"[..])
+    );
+    let line = c.log_line("srv3", "a Ready cycle wrote to it");
+    assert!(
+        line.contains("ERROR") && line.contains("no such table"),
+        "{line}"
+    );
+    c.log_line("srv3", "restarting in place");
+    assert_eq!(c.pid("srv3"), pid, "restarted in place, not exited");
+    c.assert_nobody_crashed();
+    let aside = std::fs::read_dir(c.data_dir("srv3").parent().unwrap())
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().starts_with("srv3.damaged-")
+        })
+        .count();
+    assert_eq!(aside, 1);
+}

@@ -17,6 +17,7 @@ use std::sync::Mutex;
 
 use super::{now_ms, Shared};
 use crate::consensus::check::{self, Verdict, CHECK_MS_MAX};
+use crate::consensus::{Core, CoreError};
 
 /// What the instance shows while it has no database after damage.
 const NOTE_FILE: &str = "damaged.note";
@@ -90,19 +91,52 @@ pub fn bootstrap_refusal(dir: &Path) -> String {
     )
 }
 
+/// Replaces this process by a new run of the same command line (its
+/// sockets and files close: they are opened close-on-exec); returns only
+/// if that failed, with the note to show.
+fn restart_in_place(note: String) -> String {
+    use std::os::unix::process::CommandExt;
+    tracing::warn!("restarting in place on the empty data directory");
+    let err = match std::env::current_exe() {
+        Ok(exe) => std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .exec(),
+        Err(e) => e,
+    };
+    format!("{note}; the restart in place failed ({err})")
+}
+
 fn read_note(dir: &Path) -> Option<String> {
     std::fs::read_to_string(dir.join(NOTE_FILE)).ok()
 }
 
-/// The damage note of this instance, shown until it is a voter again.
+/// A failed Ready cycle that means the data directory is damaged: any
+/// SQLite error but a full disk (that one is the space alarm's, `space`).
+/// A transient I/O error is treated as damage too: the cluster holds
+/// everything the directory does, so setting it aside loses nothing.
+pub fn core_error_is_damage(e: &CoreError) -> bool {
+    matches!(e, CoreError::Db(e) if !super::space::sqlite_is_full(e))
+}
+
+/// What the reads that failed since the last one that succeeded said.
+#[derive(Debug, Default)]
+struct ReadErrors {
+    count: u64,
+    last: String,
+}
+
+/// The damage note of this instance, shown until it is a voter again, and
+/// the read errors since the last successful read.
 pub(crate) struct Damage {
     note: Mutex<Option<String>>,
+    reads: Mutex<ReadErrors>,
 }
 
 impl Damage {
     pub fn new(note: Option<String>) -> Damage {
         Damage {
             note: Mutex::new(note),
+            reads: Mutex::default(),
         }
     }
 }
@@ -111,6 +145,48 @@ impl Shared {
     /// The note `claro status` shows while this instance is `damaged`.
     pub fn damage_note(&self) -> Option<String> {
         self.damage.note.lock().expect("damage lock").clone()
+    }
+
+    /// A read from state.db failed (`error`: SQLite's words): logged by the
+    /// caller, counted here for `claro status` until a read succeeds.
+    pub fn read_error(&self, error: &str) {
+        let mut r = self.damage.reads.lock().expect("read errors lock");
+        r.count += 1;
+        r.last = error.to_string();
+    }
+
+    pub fn read_succeeded(&self) {
+        let mut r = self.damage.reads.lock().expect("read errors lock");
+        if r.count > 0 {
+            *r = ReadErrors::default();
+        }
+    }
+
+    /// The status note about failed reads, while the last read failed.
+    pub fn read_errors_note(&self) -> Option<String> {
+        let r = self.damage.reads.lock().expect("read errors lock");
+        (r.count > 0).then(|| {
+            format!(
+                "{} reads from state.db failed since the last one that succeeded; the last: {}",
+                r.count, r.last
+            )
+        })
+    }
+
+    /// A Ready cycle failed on a SQLite error (`e`). The core is dropped
+    /// from `slot` (locked by the caller since the failure, so nobody drove
+    /// it since), the data directory set aside, and the process restarted
+    /// in place on the empty one, as after a crash. Should that fail, the
+    /// instance stays up without a core: it serves nothing, shown `damaged`.
+    pub(super) fn core_damaged(&self, slot: &mut Option<Core>, e: &CoreError) {
+        drop(slot.take());
+        let cause = format!("a database failed while a Ready cycle wrote to it ({e})");
+        let note = match set_aside(&self.dir, &cause) {
+            Ok(note) => restart_in_place(note),
+            Err(why) => format!("damaged: {cause}; it could not be moved aside ({why})"),
+        };
+        tracing::error!("{note}: this instance serves nothing until it is restarted");
+        *self.damage.note.lock().expect("damage lock") = Some(note);
     }
 
     /// This instance holds the cluster's database again.
@@ -126,6 +202,15 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sqlite_error_in_a_ready_cycle_is_damage_and_others_are_not() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let missing = conn.execute("DELETE FROM settings", []).unwrap_err();
+        assert!(core_error_is_damage(&CoreError::Db(missing)));
+        let snapshot = CoreError::Snapshot("a transfer failed".into());
+        assert!(!core_error_is_damage(&snapshot));
+    }
 
     #[test]
     fn a_damaged_directory_goes_beside_itself_under_a_free_name() {
