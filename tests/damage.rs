@@ -234,3 +234,40 @@ fn a_follower_whose_apply_fails_sets_its_directory_aside_and_is_given_the_databa
         .count();
     assert_eq!(aside, 1);
 }
+
+/// A SQLite error on the read path is logged as an error, answered as an
+/// error, and shown in `claro status` (here the `settings` table of a
+/// follower dropped under it, read with `--stale` so that nothing is
+/// written to it).
+#[test]
+fn a_failed_read_is_logged_and_shown_in_status() {
+    let c = Cluster::three_running(99);
+    c.set("srv1", "colour", b"RED".to_vec()).expect("write");
+    c.wait(30, "srv3 to apply it", || {
+        c.digest("srv3") == c.digest("srv1")
+    });
+    let conn = rusqlite::Connection::open(c.data_dir("srv3").join("state.db")).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn.execute_batch("DROP TABLE settings")
+        .expect("drop the table");
+    drop(conn);
+    let req = Request::Get {
+        key: "colour".into(),
+        stale: true,
+    };
+    for _ in 0..2 {
+        let answer = c.call("srv3", req.clone());
+        assert!(
+            matches!(&answer, Ok(Response::Error { message }) if message.contains("no such table")),
+            "{answer:?}"
+        );
+    }
+    // The view of srv3 that status shows travels by gossip to the coordinator.
+    c.wait(10, "the read errors in srv3's status note", || {
+        own_state(&c).is_some_and(|(_, note)| {
+            note.starts_with("2 reads from state.db failed") && note.contains("no such table")
+        })
+    });
+    let line = c.log_line("srv3", "from state.db failed");
+    assert!(line.contains("ERROR"), "{line}");
+}
