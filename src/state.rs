@@ -175,6 +175,23 @@ impl StateMachine {
         Ok(sm)
     }
 
+    /// Reads `path`'s meta (applied index and term, cluster id, conf state)
+    /// without writing anything: the data directory check
+    /// (`consensus::check`). Returns the applied index.
+    pub fn read_meta_only(path: &Path) -> Result<u64, String> {
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| e.to_string())?;
+        let text = |e: rusqlite::Error| e.to_string();
+        let applied = read_meta::<u64>(&conn, "applied_index").map_err(text)?;
+        read_meta::<u64>(&conn, "applied_term").map_err(text)?;
+        read_meta::<String>(&conn, "cluster_id").map_err(text)?;
+        let cs: Option<Vec<u8>> = read_meta(&conn, "conf_state").map_err(text)?;
+        if let Some(b) = cs {
+            ConfState::parse_from_bytes(&b).map_err(|e| format!("conf_state: {e}"))?;
+        }
+        Ok(applied.unwrap_or(0))
+    }
+
     fn load_meta(&mut self) -> rusqlite::Result<()> {
         self.applied_index = read_meta::<u64>(&self.conn, "applied_index")?.unwrap_or(0);
         self.applied_term = read_meta::<u64>(&self.conn, "applied_term")?.unwrap_or(0);

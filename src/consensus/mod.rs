@@ -18,6 +18,7 @@
 //! test may switch on a [`Mutation`] that breaks a guarantee on purpose, to
 //! show the simulation notices; production sets neither.
 
+pub mod check;
 pub mod guard;
 pub mod log_store;
 

@@ -346,7 +346,14 @@ pub fn local_info(shared: &Shared) -> LocalInfo {
     if let Some(c) = conflict {
         info.note = Some(c.note());
     }
+    if let Some(note) = shared.read_errors_note() {
+        info.note = Some(note);
+    }
     if let Some(note) = shared.space_note() {
+        info.note = Some(note);
+    }
+    if let Some(note) = shared.damage_note() {
+        info.state = "damaged".into();
         info.note = Some(note);
     }
     info
@@ -727,8 +734,9 @@ fn staleness(shared: &Shared) -> Staleness {
 }
 
 /// A database error on the read path: logged, and answered as an error.
-fn read_failed(what: &str, e: rusqlite::Error) -> Response {
+fn read_failed(shared: &Shared, what: &str, e: rusqlite::Error) -> Response {
     tracing::error!("reading {what} from state.db failed: {e}");
+    shared.read_error(&e.to_string());
     Response::Error {
         message: format!("reading {what} failed: {e}"),
     }
@@ -736,11 +744,14 @@ fn read_failed(what: &str, e: rusqlite::Error) -> Response {
 
 async fn read_setting(shared: &Shared, key: &str, stale: bool) -> Response {
     read(shared, stale, |core, stale| match core.state().get(key) {
-        Ok(v) => Response::Value {
-            value: v.map(serde_bytes::ByteBuf::from),
-            stale,
-        },
-        Err(e) => read_failed("a setting", e),
+        Ok(v) => {
+            shared.read_succeeded();
+            Response::Value {
+                value: v.map(serde_bytes::ByteBuf::from),
+                stale,
+            }
+        }
+        Err(e) => read_failed(shared, "a setting", e),
     })
     .await
 }
@@ -778,19 +789,22 @@ async fn list_settings(shared: &Shared, q: crate::proto::ListQuery) -> Response 
             .state()
             .list_page(after, count as usize, LIST_PAGE_BYTES_MAX)
         {
-            Ok(page) => Response::List {
-                next_after: page
-                    .more
-                    .then(|| page.items.last().map(|(k, _)| k.clone()))
-                    .flatten(),
-                items: page
-                    .items
-                    .into_iter()
-                    .map(|(k, v)| (k, serde_bytes::ByteBuf::from(v)))
-                    .collect(),
-                stale,
-            },
-            Err(e) => read_failed("the settings", e),
+            Ok(page) => {
+                shared.read_succeeded();
+                Response::List {
+                    next_after: page
+                        .more
+                        .then(|| page.items.last().map(|(k, _)| k.clone()))
+                        .flatten(),
+                    items: page
+                        .items
+                        .into_iter()
+                        .map(|(k, v)| (k, serde_bytes::ByteBuf::from(v)))
+                        .collect(),
+                    stale,
+                }
+            }
+            Err(e) => read_failed(shared, "the settings", e),
         }
     })
     .await

@@ -13,6 +13,7 @@
 //! What it must not do: decide anything Raft decides, or touch state.db except
 //! through the core.
 
+mod damage;
 mod gossip;
 mod handlers;
 mod peers;
@@ -107,6 +108,8 @@ pub(crate) struct Shared {
     other_clusters: Mutex<HashMap<String, (String, u64)>>,
     /// The space alarm, and the core it parked (`space`).
     space: space::Space,
+    /// Why this instance has no database after damage (`damage`).
+    damage: damage::Damage,
     pub rejoin: rejoin::Rejoin,
 }
 
@@ -452,7 +455,8 @@ async fn raft_loop(shared: Arc<Shared>, wake: Receiver<()>) {
 /// One tick and/or Ready cycle under the core's lock. Raft messages are queued
 /// to their peers the moment the core emits them; the other outputs are
 /// returned, to be carried out once the lock is released. A cycle that ran
-/// out of space parks the core (`space`) before the lock is released.
+/// out of space parks the core (`space`) before the lock is released; one
+/// that failed on another SQLite error sets the directory aside (`damage`).
 fn cycle(shared: &Arc<Shared>, ticked: bool) -> Result<Vec<Output>, String> {
     let mut guard = shared.core();
     let Some(core) = guard.as_mut() else {
@@ -469,10 +473,13 @@ fn cycle(shared: &Arc<Shared>, ticked: bool) -> Result<Vec<Output>, String> {
         other => out.push(other),
     };
     if let Err(e) = core.pump(&mut sink) {
-        if !space::core_error_is_full(&e) {
+        if space::core_error_is_full(&e) {
+            shared.park_core(&mut guard, &e);
+        } else if damage::core_error_is_damage(&e) {
+            shared.core_damaged(&mut guard, &e);
+        } else {
             return Err(e.to_string());
         }
-        shared.park_core(&mut guard, &e);
         return Ok(out);
     }
     let member = core.is_member();
@@ -490,6 +497,9 @@ impl Shared {
         if voter && self.phase() == Phase::Joining {
             tracing::info!("joined the cluster as a voter");
             self.set_phase(Phase::Running);
+        }
+        if voter {
+            self.damage_healed();
         }
         if member {
             let mut rec = self.last_stop.lock().expect("stop record lock");

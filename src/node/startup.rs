@@ -63,6 +63,8 @@ pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
         .map_err(|e| format!("cannot listen on {}: {e}", me.address))?;
     let dir = cfg.server_dir(&me.name);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // Nothing opens a damaged directory: it is set aside first.
+    let damage = super::damage::check_at_start(&dir)?;
     // The directory's identity exists before anything else is written to it.
     let incarnation = super::rejoin::ensure_incarnation(&dir)?;
     let id = raft_id(&me.name);
@@ -109,6 +111,7 @@ pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
         other_clusters: Mutex::new(HashMap::new()),
         view: Mutex::new(crate::view::ClusterView::new(cfg_timeout_ms)),
         space,
+        damage: super::damage::Damage::new(damage),
         rejoin: super::rejoin::Rejoin::new(incarnation),
     };
     Ok((Arc::new(shared), wake_rx, stop_rx))
@@ -174,6 +177,12 @@ pub async fn run(shared: Arc<Shared>, wake_rx: Receiver<()>) {
 fn decide(shared: &Shared, peers: &[LocalInfo], refusals: &[String], window_over: bool) -> Startup {
     match decide_alone(shared, peers, window_over) {
         Startup::Run => Startup::Run,
+        // A directory set aside as damaged held a cluster's data: starting
+        // a new cluster would look like that data was gone.
+        Startup::Bootstrap { .. } if shared.damage_note().is_some() => Startup::Wait {
+            reason: super::damage::bootstrap_refusal(&shared.dir),
+            start_first: Vec::new(),
+        },
         _ if !refusals.is_empty() => Startup::Wait {
             reason: refusals.join("; "),
             start_first: Vec::new(),
