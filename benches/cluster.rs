@@ -375,7 +375,8 @@ fn main() {
     match std::env::var(ONLY_ENV).as_deref() {
         Err(_) => {}
         Ok("failover") => return failover_only(),
-        Ok(other) => panic!("{ONLY_ENV}={other}: the only part known is `failover`"),
+        Ok("commit") => return commit_only(),
+        Ok(other) => panic!("{ONLY_ENV}={other}: the parts known are `failover` and `commit`"),
     }
     let claro = claro_three();
     let snap_mb_s = claro_snapshot();
@@ -386,6 +387,17 @@ fn main() {
     }
     print_table(&claro, snap_mb_s, etcd.as_ref());
     println!("\nload average at the end: {}", load_average());
+}
+
+/// `CLARO_BENCH_ONLY=commit`: claro's commit latency and throughput alone
+/// (a quick check of the write path; no etcd, no database transfer).
+fn commit_only() {
+    let c = claro_three();
+    println!(
+        "commit latency p50 {:.3} ms, p99 {:.3} ms; {:.0} committed proposals/s with {LOAD_CLIENTS} concurrent; coordinator changed during the load: {}",
+        c.p50_ms, c.p99_ms, c.per_s, c.term_changed
+    );
+    println!("load average at the end: {}", load_average());
 }
 
 /// The 1, 5 and 15 minute load averages, as /proc/loadavg gives them.

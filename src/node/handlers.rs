@@ -622,27 +622,37 @@ async fn propose_here(
     command: &Command,
     deadline: std::time::Instant,
 ) -> Option<Response> {
-    if let Some(index) = applied_request(shared, command) {
-        return Some(Response::Proposed { index });
-    }
     let (ctx, applied) = shared.register_proposal();
+    // One hold of the core's lock for the check and the proposal: the raft
+    // loop holds it through each fsync, and every extra wait on it makes
+    // the next batch smaller.
     let proposed = shared.core().as_mut().map(|c| {
+        if let Some(index) = request_index(c, command) {
+            return Err(Some(index));
+        }
         let term = c.term();
-        c.propose(ctx.clone(), command).map(|()| term)
+        c.propose(ctx.clone(), command).map(|()| term).map_err(|_| None)
     });
     // The command was validated: raft refuses a proposal only while the
     // role is lost or handed over (it drops them during a transfer), which
     // the caller waits out.
-    let Some(Ok(term)) = proposed else {
-        shared.forget_proposal(&ctx);
-        return None;
+    let term = match proposed {
+        Some(Ok(term)) => term,
+        Some(Err(Some(index))) => {
+            shared.forget_proposal(&ctx);
+            return Some(Response::Proposed { index });
+        }
+        _ => {
+            shared.forget_proposal(&ctx);
+            return None;
+        }
     };
     shared.wake();
     while std::time::Instant::now() < deadline {
         let wait = Duration::from_millis(LEADER_CHECK_MS);
+        // (A retry found applied above reports the first index; one racing
+        // its original reports its own entry's, applied as a no-op.)
         if let Ok(Ok(index)) = async_std::future::timeout(wait, applied.recv()).await {
-            // A retry applies as a no-op: report where the write itself went.
-            let index = applied_request(shared, command).unwrap_or(index);
             return Some(Response::Proposed { index });
         }
         let still = shared
@@ -661,12 +671,11 @@ async fn propose_here(
 }
 
 /// Where the write tagged with `command`'s request id was applied, if it was.
-fn applied_request(shared: &Shared, command: &Command) -> Option<u64> {
+fn request_index(core: &crate::consensus::Core, command: &Command) -> Option<u64> {
     let Command::Once { request_id, .. } = command else {
         return None;
     };
-    let guard = shared.core();
-    guard.as_ref()?.state().request_index(request_id).ok()?
+    core.state().request_index(request_id).ok()?
 }
 
 /// Serves a read: by default only once this replica holds every write

@@ -172,7 +172,6 @@ impl Shared {
 
     /// Another cluster under this config, seen within `node_timeout_ms`.
     pub fn conflict(&self) -> Option<crate::membership::Conflict> {
-        let mine_id = self.cluster_id()?;
         let now = now_ms();
         let window_ms = self.cfg.timing.node_timeout_ms;
         let others: Vec<(String, String)> = self
@@ -183,9 +182,11 @@ impl Shared {
             .filter(|(_, (_, at))| now.saturating_sub(*at) < window_ms)
             .map(|(n, (id, _))| (n.clone(), id.clone()))
             .collect();
+        // Only then the cluster id: every write asks, and it takes the core's lock.
         if others.is_empty() {
             return None;
         }
+        let mine_id = self.cluster_id()?;
         let view = self.view();
         let mut mine = vec![self.me.name.clone()];
         for s in &self.cfg.servers {
