@@ -24,6 +24,9 @@ pub const REQUEST_ID_BYTES_MAX: usize = 64;
 /// applied: a client retry of an ambiguous write (it waits at most
 /// `PROPOSAL_WAIT_MS`, 10 s) arrives well within it even at 9,000 writes/s.
 pub const REQUEST_IDS_KEEP_ENTRIES: u64 = 200_000;
+/// Old request ids are pruned at indexes that are multiples of this: at most
+/// `REQUEST_IDS_KEEP_ENTRIES + REQUEST_IDS_PRUNE_ENTRIES` are kept.
+pub const REQUEST_IDS_PRUNE_ENTRIES: u64 = 1024;
 /// Largest server name and incarnation id in `SetIncarnation`.
 pub const INCARNATION_NAME_BYTES_MAX: usize = 256;
 /// Largest reason text in `SetIncarnation`.
@@ -499,18 +502,25 @@ fn apply_command(
             request_id,
             command,
         } => {
-            let seen = tx
-                .prepare_cached("SELECT 1 FROM requests WHERE id = ?1")?
-                .exists(params![request_id])?;
-            if !seen {
+            // One statement both checks and records the id: it inserts only
+            // the first time (the whole apply is one transaction).
+            let first = tx
+                .prepare_cached(
+                    "INSERT INTO requests (id, applied_index) VALUES (?1, ?2) ON CONFLICT(id) DO NOTHING",
+                )?
+                .execute(params![request_id, index])?
+                == 1;
+            if first {
                 apply_command(tx, index, command, cluster_id)?;
-                tx.prepare_cached("INSERT INTO requests (id, applied_index) VALUES (?1, ?2)")?
-                    .execute(params![request_id, index])?;
             }
-            // Forget ids older than the window, by index: the same on every replica.
-            let horizon = index.saturating_sub(REQUEST_IDS_KEEP_ENTRIES);
-            tx.prepare_cached("DELETE FROM requests WHERE applied_index < ?1")?
-                .execute(params![horizon])?;
+            // Forget ids older than the window, by index (the same on every
+            // replica), once every REQUEST_IDS_PRUNE_ENTRIES entries rather
+            // than at each write.
+            if index.is_multiple_of(REQUEST_IDS_PRUNE_ENTRIES) {
+                let horizon = index.saturating_sub(REQUEST_IDS_KEEP_ENTRIES);
+                tx.prepare_cached("DELETE FROM requests WHERE applied_index < ?1")?
+                    .execute(params![horizon])?;
+            }
         }
         Command::SetIncarnation {
             name,
@@ -664,7 +674,9 @@ mod tests {
         assert_eq!(sm.get("k").unwrap(), Some(vec![2]));
         assert_eq!(sm.request_index("r1").unwrap(), Some(1));
         // Far beyond the window, another id's apply prunes r1.
-        let late = REQUEST_IDS_KEEP_ENTRIES + 5;
+        // The first pruning index past the window.
+        let late =
+            (REQUEST_IDS_KEEP_ENTRIES / REQUEST_IDS_PRUNE_ENTRIES + 1) * REQUEST_IDS_PRUNE_ENTRIES;
         let batch: Vec<(u64, u64, Change<'_>)> = (4..late).map(|i| (i, 1, Change::Empty)).collect();
         sm.apply(&batch).unwrap();
         let r2 = Command::Once {

@@ -631,7 +631,9 @@ async fn propose_here(
             return Err(Some(index));
         }
         let term = c.term();
-        c.propose(ctx.clone(), command).map(|()| term).map_err(|_| None)
+        c.propose(ctx.clone(), command)
+            .map(|()| term)
+            .map_err(|_| None)
     });
     // The command was validated: raft refuses a proposal only while the
     // role is lost or handed over (it drops them during a transfer), which
