@@ -103,14 +103,7 @@ struct ClaroFigures {
 }
 
 fn claro_three() -> ClaroFigures {
-    let servers = [("srv1", "server"), ("srv2", "server"), ("srv3", "server")];
-    let mut c = Cluster::with_timing(50, &servers, "");
-    c.start_alone("srv1");
-    c.start("srv2");
-    c.start("srv3");
-    c.wait(30, "three", || {
-        c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"])
-    });
+    let mut c = Cluster::three_running_with_timing(50, "");
     std::thread::sleep(Duration::from_secs(3));
     let rss_mb = ["srv1", "srv2", "srv3"]
         .iter()
@@ -274,14 +267,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 /// A fresh three-server cluster with the product's default timings, idle
 /// for FAILOVER_IDLE_S, then its failover.
 fn claro_failover_fresh() -> Failover {
-    let servers = [("srv1", "server"), ("srv2", "server"), ("srv3", "server")];
-    let mut c = Cluster::with_timing(50, &servers, "");
-    c.start_alone("srv1");
-    c.start("srv2");
-    c.start("srv3");
-    c.wait(30, "three", || {
-        c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"])
-    });
+    let mut c = Cluster::three_running_with_timing(50, "");
     std::thread::sleep(Duration::from_secs(FAILOVER_IDLE_S));
     claro_failover(&mut c)
 }

@@ -420,14 +420,7 @@ fn an_instance_with_a_different_config_is_refused_naming_the_difference() {
     let mut c = three(20);
     c.start_alone("srv1");
     // srv2's copy of the config lists srv3 at another address.
-    let evil = c.dir.path().join("evil");
-    copy_dir(&c.dir.path().join("conf"), &evil.join("conf"));
-    std::fs::create_dir_all(evil.join("shared")).unwrap();
-    let conf = evil.join("conf").join("ClaroServers.conf");
-    let text = std::fs::read_to_string(&conf)
-        .unwrap()
-        .replace("127.0.20.3", "127.0.20.9");
-    std::fs::write(&conf, text).unwrap();
+    let conf = c.moved_config("evil", "127.0.20.3", "127.0.20.9");
     let log = std::fs::File::create(c.dir.path().join("logs").join("srv2.log")).unwrap();
     let mut other = Command::new(BIN)
         .arg("--config")

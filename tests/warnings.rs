@@ -8,7 +8,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{copy_dir, Cluster, BIN};
+use common::{Cluster, BIN};
 
 /// How long the stranger keeps knocking after its first refusal: its
 /// discovery probes srv1 every 300 ms and srv1's gossip tries it every
@@ -28,14 +28,7 @@ fn a_refused_stranger_is_logged_once_not_at_every_attempt() {
     c.start_alone("srv1");
     // srv2's copy of the config lists srv3 elsewhere: the two refuse each
     // other at every contact.
-    let stranger = c.dir.path().join("stranger");
-    copy_dir(&c.dir.path().join("conf"), &stranger.join("conf"));
-    std::fs::create_dir_all(stranger.join("shared")).unwrap();
-    let conf = stranger.join("conf").join("ClaroServers.conf");
-    let text = std::fs::read_to_string(&conf)
-        .unwrap()
-        .replace("127.0.89.3", "127.0.89.9");
-    std::fs::write(&conf, text).unwrap();
+    let conf = c.moved_config("stranger", "127.0.89.3", "127.0.89.9");
     let log = std::fs::File::create(c.log_path("srv2")).unwrap();
     let mut other = Command::new(BIN)
         .arg("--config")

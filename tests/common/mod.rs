@@ -323,10 +323,13 @@ impl Cluster {
     /// srv1, srv2, srv3 on 127.0.`net`.1-3, srv1 started first (the
     /// coordinator), all three synchronized voters.
     pub fn three_running(net: u8) -> Cluster {
-        let mut c = Cluster::new(
-            net,
-            &[("srv1", "server"), ("srv2", "server"), ("srv3", "server")],
-        );
+        Cluster::three_running_with_timing(net, TEST_TIMING)
+    }
+
+    /// As [`Cluster::three_running`], with `timing` ("" for the product's).
+    pub fn three_running_with_timing(net: u8, timing: &str) -> Cluster {
+        let servers = [("srv1", "server"), ("srv2", "server"), ("srv3", "server")];
+        let mut c = Cluster::with_timing(net, &servers, timing);
         c.start_alone("srv1");
         c.start("srv2");
         c.start("srv3");
@@ -334,6 +337,19 @@ impl Cluster {
             c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"])
         });
         c
+    }
+
+    /// A copy of this cluster's conf/ in `folder` (under the test's
+    /// directory, beside a `shared/` of its own) whose config moves the
+    /// server at `from` to `to`; returns the copied config's path.
+    pub fn moved_config(&self, folder: &str, from: &str, to: &str) -> PathBuf {
+        let root = self.dir.path().join(folder);
+        copy_dir(&self.dir.path().join("conf"), &root.join("conf"));
+        std::fs::create_dir_all(root.join("shared")).unwrap();
+        let conf = root.join("conf").join("ClaroServers.conf");
+        let text = std::fs::read_to_string(&conf).unwrap().replace(from, to);
+        std::fs::write(&conf, text).unwrap();
+        conf
     }
 
     /// srv1 and srv2 of a two-server config, srv1 coordinating.
