@@ -75,6 +75,21 @@ impl ClusterView {
             .count()
     }
 
+    /// `name` last said it coordinates, in a term older than `me`'s, and has
+    /// been silent for more than a third of `node_timeout_ms` (over a few
+    /// exchanges): a coordinator that was replaced because it is gone. It
+    /// reads `down` at once rather than as a second coordinator until the
+    /// node timeout.
+    fn superseded(&self, name: &str, me: &LocalInfo, now_ms: u64) -> bool {
+        let claims = self
+            .info(name)
+            .is_some_and(|i| i.state == "coordinator" && i.term < me.term);
+        let silent = self
+            .age_ms(name, now_ms)
+            .is_some_and(|age| age > self.node_timeout_ms / 3);
+        claims && silent
+    }
+
     /// The last self-description of `name`, whether or not it is still up.
     pub fn info(&self, name: &str) -> Option<&LocalInfo> {
         self.heard.get(name)?.info.as_ref().map(|(i, _)| i)
@@ -89,7 +104,7 @@ impl ClusterView {
             .map(|s| match s.name == me.name {
                 true => line(s, Some(me), true, Some(0), commit),
                 false => {
-                    let up = self.is_up(&s.name, now_ms);
+                    let up = self.is_up(&s.name, now_ms) && !self.superseded(&s.name, me, now_ms);
                     line(
                         s,
                         self.info(&s.name),
@@ -214,6 +229,29 @@ mod tests {
         assert_eq!(l.heard_ago_ms, Some(3_500));
         assert_eq!(st.servers[2].state, "down", "never heard");
         assert_eq!(st.servers[2].heard_ago_ms, None);
+    }
+
+    #[test]
+    fn a_replaced_coordinator_that_went_silent_reads_down_before_the_timeout() {
+        let mut v = ClusterView::new(3_000);
+        let mut old = info("srv1", "coordinator", 9, 9);
+        old.term = 2;
+        v.info_from(old, 10_000);
+        let mut me = info("srv2", "coordinator", 9, 9);
+        me.term = 3;
+        // Heard recently: still shown as it said.
+        let st = v.status(&servers(), &me, 10_500);
+        assert_eq!(st.servers[0].state, "coordinator");
+        // Silent past a third of the timeout, and replaced: down.
+        let st = v.status(&servers(), &me, 11_100);
+        assert_eq!(
+            (st.servers[0].state.as_str(), st.servers[0].connected),
+            ("down", false)
+        );
+        // Same term (no newer coordinator known): only the timeout counts.
+        me.term = 2;
+        let st = v.status(&servers(), &me, 11_100);
+        assert_eq!(st.servers[0].state, "coordinator");
     }
 
     #[test]
