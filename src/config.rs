@@ -173,6 +173,9 @@ pub struct Timing {
     /// How long a fresh instance looks for a running cluster before the
     /// first-started one bootstraps a new one.
     pub discovery_ms: u64,
+    /// How often the coordinator commits a digest checkpoint, at which the
+    /// replicas compare their whole state (`integrity`).
+    pub checkpoint_ms: u64,
 }
 
 impl Default for Timing {
@@ -183,6 +186,7 @@ impl Default for Timing {
             election_ms: 500,
             node_timeout_ms: 3000,
             discovery_ms: 2000,
+            checkpoint_ms: 30_000,
         }
     }
 }
@@ -256,6 +260,7 @@ struct RawTiming {
     election_ms: Option<Spanned<i64>>,
     node_timeout_ms: Option<Spanned<i64>>,
     discovery_ms: Option<Spanned<i64>>,
+    checkpoint_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -668,6 +673,7 @@ fn timing(src: &Source<'_>, raw: Option<&Spanned<RawTiming>>) -> Result<Timing, 
         election_ms: value("election_ms", d.election_ms)?,
         node_timeout_ms: value("node_timeout_ms", d.node_timeout_ms)?,
         discovery_ms: value("discovery_ms", d.discovery_ms)?,
+        checkpoint_ms: value("checkpoint_ms", d.checkpoint_ms)?,
     };
     match timing_conflict(&t) {
         None => Ok(t),
@@ -693,6 +699,7 @@ impl RawTiming {
             "election_ms" => &self.election_ms,
             "node_timeout_ms" => &self.node_timeout_ms,
             "discovery_ms" => &self.discovery_ms,
+            "checkpoint_ms" => &self.checkpoint_ms,
             _ => unreachable!("no timing key {key}"),
         }
     }
@@ -1168,6 +1175,7 @@ heartbeat_ms = {heartbeat}
 election_ms = {election}
 node_timeout_ms = {node_timeout}
 discovery_ms = {discovery}
+checkpoint_ms = {checkpoint}
 
 # One [[server]] per instance. name: a-z 0-9 - (a DNS name in its certificate);
 # address: IP, IP:PORT, [IPv6]:PORT, or a DNS name (NAME or NAME:PORT, looked up
@@ -1182,6 +1190,7 @@ discovery_ms = {discovery}
         election = d.election_ms,
         node_timeout = d.node_timeout_ms,
         discovery = d.discovery_ms,
+        checkpoint = d.checkpoint_ms,
     );
     for (name, address) in servers {
         out.push_str(&format!(
@@ -1285,7 +1294,8 @@ mod tests {
                 heartbeat_ms: 100,
                 election_ms: 500,
                 node_timeout_ms: 3000,
-                discovery_ms: 2000
+                discovery_ms: 2000,
+                checkpoint_ms: 30_000,
             }
         );
         let expected = ServerConf {
@@ -1348,6 +1358,7 @@ address = "fd00::4"
             election_ms: 500,
             node_timeout_ms: 2000,
             discovery_ms: 1500,
+            checkpoint_ms: 30_000,
         };
         assert_eq!(c.timing, t);
         assert_eq!(c.servers.len(), 4);

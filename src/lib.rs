@@ -8,6 +8,7 @@ pub mod config;
 pub mod consensus;
 pub mod exit;
 pub mod init;
+pub mod integrity;
 pub mod logging;
 pub mod membership;
 pub mod node;

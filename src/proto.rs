@@ -18,7 +18,7 @@ use crate::state::Command;
 /// Bumped when the peer protocol changes incompatibly; peers must match.
 /// 2: `Gossip` and `View` requests; `Command::Once` in log entries (a
 /// version-1 instance could not apply it).
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// A request or response on a bidirectional stream (a 1 MiB setting plus framing).
 pub const REQUEST_BYTES_MAX: usize = 2 * 1024 * 1024;
@@ -94,6 +94,9 @@ pub struct LocalInfo {
     /// The voters of its cluster, as its database says (empty when fresh).
     #[serde(default)]
     pub voters: Vec<String>,
+    /// Its latest digest checkpoints (`integrity`).
+    #[serde(default)]
+    pub checkpoints: Vec<crate::state::Checkpoint>,
 }
 
 /// Written when an instance stops gracefully: when, whether it left the

@@ -32,6 +32,18 @@ pub const INCARNATION_NAME_BYTES_MAX: usize = 256;
 /// Largest reason text in `SetIncarnation`.
 pub const INCARNATION_REASON_BYTES_MAX: usize = 1024;
 
+/// Digest checkpoints a replica keeps (and reports to its peers): enough
+/// that peers that applied a checkpoint a little later still find a common one.
+pub const CHECKPOINTS_KEPT: usize = 4;
+
+/// A replica's digest of its whole replicated state at `index`
+/// (`StateMachine::digest`), taken where a `Command::Checkpoint` was applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub index: u64,
+    pub digest: String,
+}
+
 /// A change to the replicated state, carried in a Raft entry as CBOR.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -61,6 +73,10 @@ pub enum Command {
         incarnation: String,
         reason: Option<String>,
     },
+    /// A digest checkpoint: every replica computes the digest of its state
+    /// at this entry's index, keeps it, and compares it with the other
+    /// replicas' (`integrity`). Changes nothing replicated.
+    Checkpoint,
 }
 
 impl Command {
@@ -142,6 +158,8 @@ pub struct StateMachine {
     applied_term: u64,
     conf_state: ConfState,
     cluster_id: Option<String>,
+    /// The latest digest checkpoints, oldest first, at most `CHECKPOINTS_KEPT`.
+    checkpoints: std::collections::VecDeque<Checkpoint>,
 }
 
 /// One page of settings (`StateMachine::list_page`).
@@ -173,6 +191,7 @@ impl StateMachine {
             applied_term: 0,
             conf_state: ConfState::default(),
             cluster_id: None,
+            checkpoints: Default::default(),
         };
         sm.load_meta()?;
         Ok(sm)
@@ -203,7 +222,38 @@ impl StateMachine {
         self.conf_state = cs
             .map(|b| ConfState::parse_from_bytes(&b).expect("stored conf state decodes"))
             .unwrap_or_default();
+        self.checkpoints = read_checkpoint(&self.conn)?.into_iter().collect();
         Ok(())
+    }
+
+    /// The latest digest checkpoints, oldest first.
+    pub fn checkpoints(&self) -> Vec<Checkpoint> {
+        self.checkpoints.iter().cloned().collect()
+    }
+
+    /// Checks a state database at rest against the digest it recorded at
+    /// its last checkpoint, when nothing was applied since (otherwise there
+    /// is nothing to compare with): a value changed outside claro, which
+    /// SQLite's own check cannot see, is found here. Returns what differs.
+    pub fn verify_at_rest(path: &Path) -> Result<Option<String>, String> {
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| e.to_string())?;
+        let text = |e: rusqlite::Error| e.to_string();
+        let applied = read_meta::<u64>(&conn, "applied_index").map_err(text)?;
+        let Some(cp) = read_checkpoint(&conn).map_err(text)? else {
+            return Ok(None);
+        };
+        if applied != Some(cp.index) {
+            return Ok(None);
+        }
+        let cluster_id = read_meta::<String>(&conn, "cluster_id").map_err(text)?;
+        let now = digest_of(&conn, cluster_id.as_deref()).map_err(text)?;
+        Ok((now != cp.digest).then(|| {
+            format!(
+                "its content differs from the digest it recorded at index {} (changed outside claro)",
+                cp.index
+            )
+        }))
     }
 
     pub fn applied_index(&self) -> u64 {
@@ -236,13 +286,24 @@ impl StateMachine {
 
         let mut cluster_id = self.cluster_id.clone();
         let mut conf_state = None;
+        let mut checkpoints = Vec::new();
         for (expected, (index, _term, change)) in (self.applied_index + 1..).zip(batch) {
             assert_eq!(*index, expected, "entries applied out of order");
             match change {
+                // Taken inside the transaction, so it sees exactly the
+                // entries up to this one, wherever it falls in the batch.
+                Change::Command(Command::Checkpoint) => checkpoints.push(Checkpoint {
+                    index: *index,
+                    digest: digest_of(&tx, cluster_id.as_deref())?,
+                }),
                 Change::Command(cmd) => apply_command(&tx, *index, cmd, &mut cluster_id)?,
                 Change::Conf(cs) => conf_state = Some((*cs).clone()),
                 Change::Empty => {}
             }
+        }
+        if let Some(cp) = checkpoints.last() {
+            write_meta(&tx, "checkpoint_index", &cp.index)?;
+            write_meta(&tx, "checkpoint_digest", &cp.digest)?;
         }
         let (last_index, last_term, _) = batch.last().expect("non-empty batch");
         write_meta(&tx, "applied_index", last_index)?;
@@ -263,6 +324,12 @@ impl StateMachine {
         self.cluster_id = cluster_id;
         if let Some(cs) = conf_state {
             self.conf_state = cs;
+        }
+        for cp in checkpoints {
+            if self.checkpoints.len() == CHECKPOINTS_KEPT {
+                self.checkpoints.pop_front();
+            }
+            self.checkpoints.push_back(cp);
         }
         Ok(())
     }
@@ -356,48 +423,7 @@ impl StateMachine {
     /// A digest of the whole replicated content (settings and cluster id), for
     /// checking that replicas at the same applied index are identical.
     pub fn digest(&self) -> rusqlite::Result<String> {
-        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        ctx.update(self.cluster_id.as_deref().unwrap_or("").as_bytes());
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT key, value FROM settings ORDER BY key")?;
-        let mut rows = stmt.query([])?;
-        while let Some(row) = rows.next()? {
-            let key: String = row.get(0)?;
-            let value: Vec<u8> = row.get(1)?;
-            ctx.update(&(key.len() as u64).to_be_bytes());
-            ctx.update(key.as_bytes());
-            ctx.update(&(value.len() as u64).to_be_bytes());
-            ctx.update(&value);
-        }
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT id, applied_index FROM requests ORDER BY id")?;
-        let mut rows = stmt.query([])?;
-        while let Some(row) = rows.next()? {
-            let id: String = row.get(0)?;
-            let index: u64 = row.get(1)?;
-            ctx.update(&(id.len() as u64).to_be_bytes());
-            ctx.update(id.as_bytes());
-            ctx.update(&index.to_be_bytes());
-        }
-        self.digest_incarnations(&mut ctx)?;
-        Ok(hex(ctx.finish().as_ref()))
-    }
-
-    fn digest_incarnations(&self, ctx: &mut ring::digest::Context) -> rusqlite::Result<()> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT name, incarnation, coalesce(reason, '') FROM incarnations ORDER BY name",
-        )?;
-        let mut rows = stmt.query([])?;
-        while let Some(row) = rows.next()? {
-            for i in 0..3 {
-                let text: String = row.get(i)?;
-                ctx.update(&(text.len() as u64).to_be_bytes());
-                ctx.update(text.as_bytes());
-            }
-        }
-        Ok(())
+        digest_of(&self.conn, self.cluster_id.as_deref())
     }
 
     /// Makes every applied transaction durable in the main database file, so the
@@ -522,6 +548,8 @@ fn apply_command(
                     .execute(params![horizon])?;
             }
         }
+        // Taken by `StateMachine::apply`; one inside `Once` changes nothing.
+        Command::Checkpoint => {}
         Command::SetIncarnation {
             name,
             incarnation,
@@ -535,6 +563,55 @@ fn apply_command(
         }
     }
     Ok(())
+}
+
+/// The digest of the replicated content seen through `conn` (inside a
+/// transaction: with its changes so far) under `cluster_id`.
+fn digest_of(conn: &Connection, cluster_id: Option<&str>) -> rusqlite::Result<String> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(cluster_id.unwrap_or("").as_bytes());
+    let mut stmt = conn.prepare_cached("SELECT key, value FROM settings ORDER BY key")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let key: String = row.get(0)?;
+        let value: Vec<u8> = row.get(1)?;
+        digest_field(&mut ctx, key.as_bytes());
+        digest_field(&mut ctx, &value);
+    }
+    let mut stmt = conn.prepare_cached("SELECT id, applied_index FROM requests ORDER BY id")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let id: String = row.get(0)?;
+        let index: u64 = row.get(1)?;
+        digest_field(&mut ctx, id.as_bytes());
+        ctx.update(&index.to_be_bytes());
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, incarnation, coalesce(reason, '') FROM incarnations ORDER BY name",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        for i in 0..3 {
+            let text: String = row.get(i)?;
+            digest_field(&mut ctx, text.as_bytes());
+        }
+    }
+    Ok(hex(ctx.finish().as_ref()))
+}
+
+/// One length-prefixed field, so that no two different contents digest alike.
+fn digest_field(ctx: &mut ring::digest::Context, bytes: &[u8]) {
+    ctx.update(&(bytes.len() as u64).to_be_bytes());
+    ctx.update(bytes);
+}
+
+/// The last digest checkpoint recorded in `conn`'s meta.
+fn read_checkpoint(conn: &Connection) -> rusqlite::Result<Option<Checkpoint>> {
+    let index = read_meta::<u64>(conn, "checkpoint_index")?;
+    let digest = read_meta::<String>(conn, "checkpoint_digest")?;
+    Ok(index
+        .zip(digest)
+        .map(|(index, digest)| Checkpoint { index, digest }))
 }
 
 fn read_meta<T: rusqlite::types::FromSql>(
@@ -741,5 +818,73 @@ mod tests {
         let long = "x".repeat(INCARNATION_REASON_BYTES_MAX + 1);
         assert!(set("c", Some(&long)).validate().is_err());
         assert!(set("", None).validate().is_err());
+    }
+
+    fn put(key: &str, value: &str) -> Command {
+        Command::Put {
+            key: key.into(),
+            value: value.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_in_the_middle_of_a_batch_digests_the_state_at_its_index() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("state.db");
+        let mut sm = StateMachine::open(&path, Sync::Normal).unwrap();
+        let (a, b) = (put("a", "1"), put("b", "2"));
+        let cp = Command::Checkpoint;
+        let batch = [
+            (1, 1, Change::Command(&a)),
+            (2, 1, Change::Command(&cp)),
+            (3, 1, Change::Command(&b)),
+        ];
+        sm.apply(&batch).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let mut one_by_one = StateMachine::open(&other.path().join("state.db"), Sync::Off).unwrap();
+        one_by_one.apply(&[(1, 1, Change::Command(&a))]).unwrap();
+        let at_2 = one_by_one.digest().unwrap();
+        assert_eq!(
+            sm.checkpoints(),
+            vec![Checkpoint {
+                index: 2,
+                digest: at_2
+            }]
+        );
+        drop(sm);
+        // Kept across a restart; at rest it is only comparable at its index.
+        let sm = StateMachine::open(&path, Sync::Normal).unwrap();
+        assert_eq!(sm.checkpoints().len(), 1);
+        assert_eq!(StateMachine::verify_at_rest(&path).unwrap(), None);
+    }
+
+    #[test]
+    fn a_value_changed_outside_claro_differs_from_the_checkpoint_at_rest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("state.db");
+        let mut sm = StateMachine::open(&path, Sync::Normal).unwrap();
+        let (a, cp) = (put("colour", "RED"), Command::Checkpoint);
+        sm.apply(&[(1, 1, Change::Command(&a)), (2, 1, Change::Command(&cp))])
+            .unwrap();
+        drop(sm);
+        assert_eq!(StateMachine::verify_at_rest(&path).unwrap(), None);
+        let conn = Connection::open(&path).unwrap();
+        conn.execute("UPDATE settings SET value = x'424c5545'", [])
+            .unwrap();
+        drop(conn);
+        let found = StateMachine::verify_at_rest(&path).unwrap();
+        assert!(found.is_some_and(|w| w.contains("index 2")));
+    }
+
+    #[test]
+    fn only_the_latest_checkpoints_are_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(&tmp.path().join("state.db"), Sync::Off).unwrap();
+        let cp = Command::Checkpoint;
+        for i in 1..=(CHECKPOINTS_KEPT as u64 + 3) {
+            sm.apply(&[(i, 1, Change::Command(&cp))]).unwrap();
+        }
+        let kept: Vec<u64> = sm.checkpoints().iter().map(|c| c.index).collect();
+        assert_eq!(kept, (4..=CHECKPOINTS_KEPT as u64 + 3).collect::<Vec<_>>());
     }
 }

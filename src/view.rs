@@ -208,6 +208,7 @@ mod tests {
             note: None,
             last_stop: None,
             voters: Vec::new(),
+            checkpoints: Vec::new(),
         }
     }
 

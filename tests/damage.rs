@@ -1,7 +1,9 @@
 //! Damaged data directories, for real: a follower of a three-server cluster
 //! is killed -9, its `state.db` damaged on disk (truncated to half; sixteen
-//! bytes flipped in the middle), and started again. Real `claro serve`
-//! processes on 127.0.N.x (N = 95..99). The only server of a cluster, damaged,
+//! bytes flipped in the middle, or inside a stored value), and started again;
+//! or a value is changed under a running replica, found at the next digest
+//! checkpoint. Real `claro serve`
+//! processes on 127.0.N.x (N = 95..102). The only server of a cluster, damaged,
 //! waits instead of starting a new, empty cluster. Checked: it does not crash, never
 //! answers a default read with a wrong value, logs the damage naming the
 //! file, keeps the damaged directory aside, shows `damaged` or `joining`
@@ -23,6 +25,9 @@ const FILLER_COUNT: usize = 300;
 const FILLER_BYTES: usize = 1000;
 /// Time for the damaged server to be re-admitted and synchronized.
 const HEAL_S: u64 = 60;
+/// Time for a digest checkpoint after the last write (the tests'
+/// `checkpoint_ms` is 500, looked at every 250 ms).
+const CHECKPOINT_WAIT_MS: u64 = 1_500;
 /// SQLite's page size (the default, which state.db uses).
 const PAGE_BYTES: usize = 4096;
 
@@ -59,6 +64,44 @@ fn flip_16_bytes_in_the_middle(db: &Path) {
         *b = !*b;
     }
     std::fs::write(db, &bytes).unwrap();
+}
+
+/// Changes sixteen bytes inside the stored filler values: the b-tree stays
+/// well formed (SQLite keeps no page checksums), only the digest sees it.
+fn flip_16_bytes_inside_a_value(db: &Path) {
+    let conn = rusqlite::Connection::open(db).expect("open state.db");
+    let meta = |key: &str| -> u64 {
+        conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .expect(key)
+    };
+    assert_eq!(
+        meta("checkpoint_index"),
+        meta("applied_index"),
+        "srv3 did not rest at a digest checkpoint"
+    );
+    drop(conn);
+    let mut bytes = std::fs::read(db).expect("state.db");
+    let filler = vec![b'f'; FILLER_BYTES];
+    // Every copy: some are stale leftovers in free space (SQLite does not
+    // zero what a page split moved), which no digest could see.
+    let copies: Vec<usize> = bytes
+        .windows(FILLER_BYTES)
+        .enumerate()
+        .filter(|(_, w)| *w == filler)
+        .map(|(at, _)| at)
+        .collect();
+    assert!(!copies.is_empty(), "no filler value in state.db");
+    for at in copies {
+        for b in &mut bytes[at + 100..at + 116] {
+            *b = b'g';
+        }
+    }
+    std::fs::write(db, &bytes).unwrap();
+    assert!(
+        claro::consensus::check::check_file(db, 5_000)
+            == claro::consensus::check::Verdict::Intact { partial: false },
+        "quick_check alone must not see this damage"
+    );
 }
 
 /// A default read through srv3 answers the value written, or an error.
@@ -99,6 +142,9 @@ fn a_damaged_follower_heals(net: u8, damage: fn(&Path)) {
     c.wait(30, "srv3 to apply everything", || {
         c.digest("srv3") == c.digest("srv1")
     });
+    // The coordinator commits a digest checkpoint every 500 ms (the tests'
+    // `checkpoint_ms`) after a write: srv3 then rests at a checkpoint.
+    std::thread::sleep(Duration::from_millis(CHECKPOINT_WAIT_MS));
     c.kill9("srv3");
     let db = c.data_dir("srv3").join("state.db");
     checkpoint(&db);
@@ -150,6 +196,61 @@ fn a_follower_whose_state_db_was_truncated_is_given_the_database_again() {
 #[test]
 fn a_follower_whose_state_db_has_flipped_bytes_is_given_the_database_again() {
     a_damaged_follower_heals(96, flip_16_bytes_in_the_middle);
+}
+
+#[test]
+fn a_follower_with_a_value_changed_inside_state_db_is_given_the_database_again() {
+    a_damaged_follower_heals(100, flip_16_bytes_inside_a_value);
+}
+
+/// A value changed under a running replica (here through SQLite, as a
+/// stray program or a bad disk would) is found at the next digest
+/// checkpoint: the `victim` sets its directory aside and receives the
+/// database; the others, a majority that agree, keep theirs.
+fn a_value_changed_under_a_running_replica_is_found(net: u8, victim: &str) {
+    let mut c = Cluster::three_running(net);
+    c.set("srv1", "colour", b"RED".to_vec()).expect("write");
+    c.wait(30, "everyone to apply it", || {
+        c.digest("srv3") == c.digest("srv1") && c.digest("srv2") == c.digest("srv1")
+    });
+    let conn = rusqlite::Connection::open(c.data_dir(victim).join("state.db")).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn.execute(
+        "UPDATE settings SET value = x'424c5545' WHERE key = 'colour'",
+        [],
+    )
+    .expect("change the victim's copy");
+    drop(conn);
+    // Another write makes a checkpoint due.
+    c.set("srv2", "shape", b"round".to_vec()).expect("write");
+    c.wait(HEAL_S, "the victim to find the damage", || {
+        c.log(victim).contains("state digest at index")
+    });
+    let healthy = if victim == "srv1" { "srv2" } else { "srv1" };
+    c.wait(HEAL_S, "the victim to hold the cluster's data", || {
+        synchronized(&c, victim)
+            && c.digest(victim) == c.digest(healthy)
+            && read(&c, victim, "colour").is_ok_and(|v| v.as_deref() == Some(&b"RED"[..]))
+    });
+    let line = c.log_line(victim, "is damaged");
+    assert!(
+        line.contains("differs from the one 2 of the 3 voters hold"),
+        "{line}"
+    );
+    c.assert_nobody_crashed();
+    for name in ["srv1", "srv2", "srv3"].iter().filter(|n| **n != victim) {
+        assert!(!c.log(name).contains("is damaged"), "{name} was condemned");
+    }
+}
+
+#[test]
+fn a_value_changed_under_a_running_follower_is_found_at_the_next_checkpoint() {
+    a_value_changed_under_a_running_replica_is_found(101, "srv3");
+}
+
+#[test]
+fn a_changed_coordinator_condemns_itself_not_the_majority() {
+    a_value_changed_under_a_running_replica_is_found(102, "srv1");
 }
 
 /// A one-server cluster whose only data directory is damaged does not start
@@ -241,7 +342,10 @@ fn a_follower_whose_apply_fails_sets_its_directory_aside_and_is_given_the_databa
 /// written to it).
 #[test]
 fn a_failed_read_is_logged_and_shown_in_status() {
-    let c = Cluster::three_running(99);
+    // No digest checkpoint during the test: the next one would find the
+    // dropped table and set srv3's directory aside (the case above).
+    let timing = "election_ms = 1000\ndiscovery_ms = 1000\ncheckpoint_ms = 600000\n";
+    let c = Cluster::three_running_with_timing(99, timing);
     c.set("srv1", "colour", b"RED".to_vec()).expect("write");
     c.wait(30, "srv3 to apply it", || {
         c.digest("srv3") == c.digest("srv1")

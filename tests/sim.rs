@@ -26,7 +26,8 @@
 //! - at most one coordinator (Raft leader) per term;
 //! - no committed entry is lost or reordered: every replica applies, at each
 //!   index, the same entry (term and content digest), in increasing order;
-//! - replicas at the same applied index have identical state (digest of state.db);
+//! - replicas at the same applied index have identical state (digest of state.db),
+//!   and so do their digest checkpoints (`Command::Checkpoint`) at the same index;
 //! - a proposal answered to its proposer (`Output::Applied` carrying its
 //!   context, on the instance that proposed it) is already applied in that
 //!   instance's state.db at that moment, read through a connection of our own;
@@ -419,12 +420,16 @@ impl Sim {
         let len = self.rng.gen_range(1..64);
         let value: Vec<u8> = (0..len).map(|_| self.rng.gen()).collect();
         let ctx = self.rng.gen::<u64>().to_be_bytes().to_vec();
+        // One in eight is a digest checkpoint, taken wherever it falls in
+        // an applied batch: every replica's must match `states`.
+        let cmd = if self.rng.gen_range(0..8) == 0 {
+            Command::Checkpoint
+        } else {
+            Command::Put { key, value }
+        };
         let node = &mut self.nodes[i];
         let core = node.core.as_mut().expect("leader is up");
-        if core
-            .propose(ctx.clone(), &Command::Put { key, value })
-            .is_ok()
-        {
+        if core.propose(ctx.clone(), &cmd).is_ok() {
             node.waiting.insert(ctx);
         }
         self.pump(i);
@@ -747,6 +752,7 @@ impl Sim {
         };
         let applied = core.applied_index();
         let digest = core.state().digest().expect("digest");
+        let checkpoints = core.state().checkpoints();
         self.nodes[i].last_applied = self.nodes[i].last_applied.max(applied);
         let seed = self.seed;
         let expected = self.states.entry(applied).or_insert_with(|| digest.clone());
@@ -755,6 +761,15 @@ impl Sim {
             "seed {seed}: node {} state differs at applied index {applied}",
             i + 1
         );
+        for cp in checkpoints {
+            let expected = self.states.entry(cp.index).or_insert(cp.digest.clone());
+            assert!(
+                *expected == cp.digest,
+                "seed {seed}: node {} checkpoint digest differs at index {}",
+                i + 1,
+                cp.index
+            );
+        }
     }
 
     fn check_leaders(&mut self) {

@@ -4,10 +4,12 @@
 //! shell (`node::damage`) moves it aside and starts empty, to be re-admitted
 //! and sent the database.
 //!
-//! What it cannot see: a `-wal` file removed while the database was not
-//! checkpointed leaves a consistent older database (the re-admission of an
-//! older copy covers that), and a flipped byte inside a value that leaves the
-//! b-tree well formed (SQLite keeps no page checksums).
+//! A flipped byte inside a value leaves the b-tree well formed (SQLite keeps
+//! no page checksums): it is found here only when nothing was applied since
+//! the last digest checkpoint (`StateMachine::verify_at_rest`), otherwise at
+//! the next checkpoint, by comparison with the other replicas (`integrity`).
+//! A `-wal` file removed while the database was not checkpointed leaves a
+//! consistent older database: the re-admission of an older copy covers that.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -47,11 +49,14 @@ pub fn check_dir(dir: &Path, wait_ms: u64) -> Verdict {
         }
     }
     if super::state_db(dir).exists() {
-        if let Err(e) = crate::state::StateMachine::read_meta_only(&super::state_db(dir)) {
-            return damaged(
-                &super::state_db(dir),
-                format!("its meta is unreadable: {e}"),
-            );
+        let state_db = super::state_db(dir);
+        if let Err(e) = crate::state::StateMachine::read_meta_only(&state_db) {
+            return damaged(&state_db, format!("its meta is unreadable: {e}"));
+        }
+        match crate::state::StateMachine::verify_at_rest(&state_db) {
+            Ok(None) => {}
+            Ok(Some(differs)) => return damaged(&state_db, differs),
+            Err(e) => return damaged(&state_db, format!("its digest cannot be taken: {e}")),
         }
     }
     Verdict::Intact { partial }

@@ -4,9 +4,10 @@
 //! and sends the database (`node::rejoin`).
 //!
 //! - At start, before anything opens the directory: `consensus::check`.
-//! - While running, a SQLite error in a Ready cycle: the core is parked
-//!   (as for a full disk), the directory moved aside and the process
-//!   restarted in place (`exec`), as after a crash but on an empty directory.
+//! - While running, a SQLite error in a Ready cycle, or a state digest that
+//!   a majority of the voters contradict (`integrity`): the core is dropped,
+//!   the directory moved aside and the process restarted in place (`exec`),
+//!   as after a crash but on an empty directory.
 //!
 //! The empty directory holds `damaged.note` until the instance is a voter
 //! again, so that `claro status` shows it `damaged` with the reason, across
@@ -179,9 +180,23 @@ impl Shared {
     /// in place on the empty one, as after a crash. Should that fail, the
     /// instance stays up without a core: it serves nothing, shown `damaged`.
     pub(super) fn core_damaged(&self, slot: &mut Option<Core>, e: &CoreError) {
-        drop(slot.take());
         let cause = format!("a database failed while a Ready cycle wrote to it ({e})");
-        let note = match set_aside(&self.dir, &cause) {
+        self.set_aside_and_restart(slot, &cause);
+    }
+
+    /// The replicas' digests say this one's state is damaged (`integrity`):
+    /// the same as a failed Ready cycle, under the core's lock.
+    pub(super) fn damaged_while_running(&self, cause: &str) {
+        let mut slot = self.core();
+        if slot.is_none() {
+            return;
+        }
+        self.set_aside_and_restart(&mut slot, cause);
+    }
+
+    fn set_aside_and_restart(&self, slot: &mut Option<Core>, cause: &str) {
+        drop(slot.take());
+        let note = match set_aside(&self.dir, cause) {
             Ok(note) => restart_in_place(note),
             Err(why) => format!("damaged: {cause}; it could not be moved aside ({why})"),
         };

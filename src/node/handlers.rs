@@ -312,6 +312,7 @@ pub fn local_info(shared: &Shared) -> LocalInfo {
         note: None,
         last_stop: shared.last_stop.lock().expect("stop record lock").clone(),
         voters: Vec::new(),
+        checkpoints: Vec::new(),
     };
     if let Phase::Waiting { reason, .. } = &phase {
         info.note = Some(reason.clone());
@@ -327,6 +328,7 @@ pub fn local_info(shared: &Shared) -> LocalInfo {
         info.term = core.term();
         info.commit_index = core.commit_index();
         info.applied_index = core.applied_index();
+        info.checkpoints = core.state().checkpoints();
         info.voters = core
             .conf_state()
             .voters

@@ -16,6 +16,7 @@
 mod damage;
 mod gossip;
 mod handlers;
+mod integrity;
 mod peers;
 mod rejoin;
 mod snapshot;
@@ -389,6 +390,7 @@ async fn serve_async(opts: ServeOptions) -> Result<(), String> {
     async_std::task::spawn(startup::run(shared.clone(), wake_rx));
     gossip::spawn(&shared);
     async_std::task::spawn(rejoin::watch(shared.clone()));
+    async_std::task::spawn(integrity::watch(shared.clone()));
     let _ = stop_rx.recv().await;
     shared.stopping.store(true, Ordering::SeqCst);
     stop::graceful_stop(&shared).await;
