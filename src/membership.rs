@@ -105,6 +105,10 @@ pub struct Situation<'a> {
     pub peers: &'a [LocalInfo],
     /// Names of the configured witnesses.
     pub witnesses: &'a [String],
+    /// A cluster a peer held at some point of this run's discovery (who
+    /// and which): a fresh instance that saw one never bootstraps another
+    /// in this run, even when its servers are all down since.
+    pub seen_cluster: Option<&'a str>,
 }
 
 pub fn decide(s: &Situation<'_>) -> Startup {
@@ -183,6 +187,14 @@ fn fresh(s: &Situation<'_>) -> Startup {
             start_first: Vec::new(),
         };
     }
+    if let Some(seen) = s.seen_cluster {
+        return Startup::Wait {
+            reason: format!(
+                "{seen}: waiting for its servers to come back rather than starting another cluster"
+            ),
+            start_first: Vec::new(),
+        };
+    }
     let me = (s.started_at_ms, s.me);
     let first = s
         .peers
@@ -228,6 +240,59 @@ fn adoptable(s: &Situation<'_>) -> Option<Startup> {
         cluster_id: p.cluster_id.clone()?,
         voters: p.voters.clone(),
     })
+}
+
+/// Whether a starting instance takes the initial state a bootstrapper
+/// offers (`Request::Adopt`): only a fresh instance named among the initial
+/// voters that has not started anything itself (`started`: it claimed a
+/// start, a bootstrap or a join, of its own). Else why not.
+pub fn accepts_adopt(
+    me: &str,
+    voters: &[String],
+    initialized: bool,
+    started: bool,
+) -> Result<(), &'static str> {
+    if !voters.iter().any(|v| v == me) || initialized {
+        return Err("this instance is not a fresh voter of that cluster");
+    }
+    if started {
+        return Err("this instance has started already");
+    }
+    Ok(())
+}
+
+/// What one initial voter answered a bootstrapper's `Adopt` request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdoptAnswer {
+    /// It holds the new cluster's initial state, durably.
+    Adopted,
+    /// It started something else (its own bootstrap, a join, another
+    /// cluster's state): the bootstrapper's view was out of date.
+    Refused,
+    /// No answer in time (down, or too slow).
+    Silent,
+}
+
+/// Whether a bootstrapper records the cluster it offered, once the other
+/// initial voters answered: only when none refused (a refusal means another
+/// start is under way, which discovery will show) and a majority of the
+/// voters hold it (itself and those that adopted), so that the cluster it
+/// records can elect. Else why it looks again instead.
+pub fn bootstrap_outcome(voters: &[String], answers: &[AdoptAnswer]) -> Result<(), String> {
+    if answers.contains(&AdoptAnswer::Refused) {
+        return Err("an initial voter has started otherwise meanwhile".into());
+    }
+    let holding = 1 + answers
+        .iter()
+        .filter(|a| **a == AdoptAnswer::Adopted)
+        .count();
+    if holding <= voters.len() / 2 {
+        return Err(format!(
+            "only {holding} of the {} initial voters took the new cluster",
+            voters.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Two clusters under one config, as one of their members sees it.
@@ -438,6 +503,7 @@ mod tests {
             window_over: true,
             peers,
             witnesses,
+            seen_cluster: None,
         }
     }
 
@@ -501,6 +567,21 @@ mod tests {
             ..s
         };
         assert!(matches!(decide(&s), Startup::Wait { .. }));
+    }
+
+    #[test]
+    fn a_fresh_instance_that_saw_a_cluster_never_bootstraps_another() {
+        let s = Situation {
+            seen_cluster: Some("srv3 held cluster c1"),
+            ..situation("srv1", &[], &[])
+        };
+        let Startup::Wait { reason, .. } = decide(&s) else {
+            panic!("{:?}", decide(&s));
+        };
+        assert!(
+            reason.starts_with("srv3 held cluster c1: waiting"),
+            "{reason}"
+        );
     }
 
     #[test]

@@ -143,6 +143,13 @@ impl Shared {
         !self.start_claimed.swap(true, Ordering::SeqCst)
     }
 
+    /// Gives a claimed start back: a bootstrap that did not form its cluster
+    /// (`membership::bootstrap_outcome`) looks again.
+    pub fn release_start(&self) {
+        let _phase = self.phase.lock().expect("phase lock");
+        self.start_claimed.store(false, Ordering::SeqCst);
+    }
+
     /// Sets a waiting phase unless the start was claimed meanwhile (false).
     pub fn wait_unless_started(&self, p: Phase) -> bool {
         let mut cur = self.phase.lock().expect("phase lock");

@@ -12,7 +12,7 @@ use super::peers::{PeerError, Peers};
 use super::{now_ms, raft_id, Phase, ServeOptions, Shared};
 use crate::config::Role;
 use crate::consensus;
-use crate::membership::{self, Situation, Startup};
+use crate::membership::{self, AdoptAnswer, Situation, Startup};
 use crate::proto::{LocalInfo, Request, Response};
 use crate::transport::Endpoint;
 
@@ -127,17 +127,30 @@ impl Shared {
 /// joiner, once the coordinator accepted it).
 pub async fn run(shared: Arc<Shared>, wake_rx: Receiver<()>) {
     let window_ms = shared.cfg.timing.discovery_ms;
+    // The first cluster a peer was seen holding in this run.
+    let mut seen_cluster: Option<String> = None;
     loop {
         // Stopping, or a bootstrapper's `Adopt` request started it already.
         if shared.phase() == Phase::Stopping || shared.start_claimed() {
             return;
         }
         let (peers, refusals) = probe_all(&shared).await;
+        if seen_cluster.is_none() {
+            seen_cluster = peers.iter().find(|p| p.initialized).and_then(|p| {
+                Some(format!(
+                    "{} held cluster {}",
+                    p.name,
+                    p.cluster_id.as_ref()?
+                ))
+            });
+        }
+        let window_over = now_ms() >= shared.started_at_ms + window_ms;
         let decision = decide(
             &shared,
             &peers,
             &refusals,
-            now_ms() >= shared.started_at_ms + window_ms,
+            window_over,
+            seen_cluster.as_deref(),
         );
         let started = match decision {
             Startup::Wait {
@@ -155,12 +168,17 @@ pub async fn run(shared: Arc<Shared>, wake_rx: Receiver<()>) {
                 continue;
             }
             _ if !shared.claim_start() => return,
-            Startup::Join { leader } => start_joining(&shared, wake_rx.clone(), &leader).await,
+            Startup::Join { leader } => start_joining(&shared, wake_rx.clone(), &leader)
+                .await
+                .map(|()| true),
             Startup::Bootstrap { voters } => bootstrap(&shared, wake_rx.clone(), voters).await,
-            other => start_member(&shared, wake_rx.clone(), other),
+            other => start_member(&shared, wake_rx.clone(), other).map(|()| true),
         };
         match started {
-            Ok(()) => return,
+            Ok(true) => return,
+            Ok(false) => {
+                async_std::task::sleep(Duration::from_millis(DISCOVERY_ROUND_MS)).await;
+            }
             Err(e) => {
                 tracing::error!("cannot start: {e}");
                 let _ = shared.stop_tx.try_send(());
@@ -174,8 +192,14 @@ pub async fn run(shared: Arc<Shared>, wake_rx: Receiver<()>) {
 /// that would start or join a cluster waits while any peer refuses it (a
 /// different config, version or cluster is an operator's mistake to fix, not
 /// a reason to form a second cluster).
-fn decide(shared: &Shared, peers: &[LocalInfo], refusals: &[String], window_over: bool) -> Startup {
-    match decide_alone(shared, peers, window_over) {
+fn decide(
+    shared: &Shared,
+    peers: &[LocalInfo],
+    refusals: &[String],
+    window_over: bool,
+    seen_cluster: Option<&str>,
+) -> Startup {
+    match decide_alone(shared, peers, window_over, seen_cluster) {
         Startup::Run => Startup::Run,
         // A directory set aside as damaged held a cluster's data: starting
         // a new cluster would look like that data was gone.
@@ -191,7 +215,12 @@ fn decide(shared: &Shared, peers: &[LocalInfo], refusals: &[String], window_over
     }
 }
 
-fn decide_alone(shared: &Shared, peers: &[LocalInfo], window_over: bool) -> Startup {
+fn decide_alone(
+    shared: &Shared,
+    peers: &[LocalInfo],
+    window_over: bool,
+    seen_cluster: Option<&str>,
+) -> Startup {
     let facts = shared.facts();
     let last_stop = shared.last_stop.lock().expect("stop record lock").clone();
     let witnesses: Vec<String> = shared
@@ -211,6 +240,7 @@ fn decide_alone(shared: &Shared, peers: &[LocalInfo], window_over: bool) -> Star
         window_over,
         peers,
         witnesses: &witnesses,
+        seen_cluster,
     };
     // A database whose conf state no longer names this instance is treated
     // like one that left: it rejoins, or waits for those that remained.
@@ -305,7 +335,7 @@ async fn bootstrap(
     shared: &Arc<Shared>,
     wake_rx: Receiver<()>,
     voters: Vec<String>,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let cluster_id = format!("{:032x}", rand::random::<u128>());
     let req = Request::Adopt {
         cluster_id: cluster_id.clone(),
@@ -318,35 +348,53 @@ async fn bootstrap(
             let (shared, name, req) = (shared.clone(), v.clone(), req.clone());
             async_std::task::spawn(async move {
                 let r = shared.peers.call(&shared, &name, &req, ADOPT_CALL_MS).await;
-                (name, matches!(r, Ok(Response::Ok { .. })))
+                let answer = match r {
+                    Ok(Response::Ok { .. }) => AdoptAnswer::Adopted,
+                    Ok(_) | Err(PeerError::Refused(_)) => AdoptAnswer::Refused,
+                    Err(PeerError::Unreachable(_)) => AdoptAnswer::Silent,
+                };
+                (name, answer)
             })
         })
         .collect();
     let mut adopted = vec![shared.me.name.clone()];
+    let mut answers = Vec::new();
     for ask in asks {
-        if let (name, true) = ask.await {
+        let (name, answer) = ask.await;
+        if answer == AdoptAnswer::Adopted {
             adopted.push(name);
         }
+        answers.push(answer);
+    }
+    if let Err(why) = membership::bootstrap_outcome(&voters, &answers) {
+        tracing::info!(%cluster_id, "the new cluster is not formed ({why}): looking again");
+        shared.release_start();
+        return Ok(false);
     }
     consensus::bootstrap_voters(&shared.dir, &ids(&voters), &cluster_id, true)
         .map_err(|e| e.to_string())?;
     tracing::info!(%cluster_id, voters = %voters.join(","), holding = %adopted.join(","), "no running cluster found: starting a new one as its coordinator");
     start_member(shared, wake_rx, Startup::Bootstrap { voters })?;
     async_std::task::spawn(campaign_first(shared.clone()));
-    Ok(())
+    Ok(true)
 }
 
 /// A bootstrapper asks this fresh instance to take its new cluster's initial
 /// state. Refused once this instance started anything itself.
 pub fn adopt(shared: &Arc<Shared>, cluster_id: String, voters: Vec<String>) -> Response {
-    if !voters.contains(&shared.me.name) || shared.facts().initialized {
+    let fresh =
+        membership::accepts_adopt(&shared.me.name, &voters, shared.facts().initialized, false);
+    // The claim is taken only by a fresh voter, and atomically: a start of
+    // its own that raced this request wins, and this is refused.
+    let accepted = fresh.and_then(|()| {
+        shared
+            .claim_start()
+            .then_some(())
+            .ok_or("this instance has started already")
+    });
+    if let Err(why) = accepted {
         return Response::Error {
-            message: "this instance is not a fresh voter of that cluster".into(),
-        };
-    }
-    if !shared.claim_start() {
-        return Response::Error {
-            message: "this instance has started already".into(),
+            message: why.into(),
         };
     }
     let how = Startup::Adopt { cluster_id, voters };
