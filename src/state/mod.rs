@@ -7,6 +7,8 @@
 //! late joiners. This module never talks to the network and never decides
 //! anything: it applies what Raft committed.
 
+pub mod jobs;
+
 use std::path::{Path, PathBuf};
 
 use protobuf::Message as _;
@@ -77,7 +79,60 @@ pub enum Command {
     /// at this entry's index, keeps it, and compares it with the other
     /// replicas' (`integrity`). Changes nothing replicated.
     Checkpoint,
+    /// A new job, queued as attempt 1 (`jobs`); `at_ms` is the submission time.
+    JobSubmit {
+        id: String,
+        spec: crate::jobs::JobSpec,
+        at_ms: u64,
+    },
+    /// The coordinator's placements: each applies only if that attempt is
+    /// still queued.
+    JobAssign {
+        assignments: Vec<crate::scheduler::Assignment>,
+        at_ms: u64,
+    },
+    /// An instance started an attempt assigned to it.
+    JobStarted {
+        id: String,
+        instance: String,
+        attempt: u32,
+        at_ms: u64,
+    },
+    /// An attempt ended; ignored unless it is the job's current attempt on
+    /// that instance (a stale report is fenced off).
+    JobFinished {
+        id: String,
+        instance: String,
+        attempt: u32,
+        at_ms: u64,
+        outcome: crate::jobs::Outcome,
+    },
+    /// These attempts (job id, attempt) lost their instance: each that is
+    /// still current is queued again, or failed when it was the last.
+    JobRelease {
+        attempts: Vec<(String, u32)>,
+        reason: String,
+        at_ms: u64,
+    },
+    JobCancel {
+        id: String,
+        at_ms: u64,
+    },
+    JobRetry {
+        id: String,
+        at_ms: u64,
+    },
+    /// A server's mode: `active`, or `maintenance` (it gets no new jobs).
+    NodeMode {
+        name: String,
+        mode: String,
+    },
 }
+
+/// Placements in one `JobAssign`, and attempts in one `JobRelease`.
+pub const JOB_BATCH_COUNT_MAX: usize = 4096;
+/// Longest release reason.
+pub const REASON_BYTES_MAX: usize = 1024;
 
 impl Command {
     /// Checks the limits before a command is proposed: bad input changes nothing.
@@ -111,6 +166,31 @@ impl Command {
                 incarnation,
                 reason,
             } => validate_incarnation(name, incarnation, reason.as_deref()),
+            other => other.validate_job(),
+        }
+    }
+
+    fn validate_job(&self) -> Result<(), String> {
+        use crate::jobs::check_job_id;
+        match self {
+            Command::JobSubmit { id, spec, .. } => check_job_id(id).and_then(|()| spec.validate()),
+            Command::JobAssign { assignments, .. } if assignments.len() > JOB_BATCH_COUNT_MAX => {
+                Err(format!("more than {JOB_BATCH_COUNT_MAX} placements"))
+            }
+            Command::JobRelease { attempts, reason, .. }
+                if attempts.len() > JOB_BATCH_COUNT_MAX || reason.len() > REASON_BYTES_MAX =>
+            {
+                Err("a release over its limits".into())
+            }
+            Command::JobStarted { id, .. }
+            | Command::JobCancel { id, .. }
+            | Command::JobRetry { id, .. } => check_job_id(id),
+            Command::JobFinished { id, outcome, .. } => {
+                check_job_id(id).and_then(|()| outcome.validate())
+            }
+            Command::NodeMode { mode, .. } if mode != "active" && mode != "maintenance" => {
+                Err(format!("`{mode}` is not a server mode (active, maintenance)"))
+            }
             _ => Ok(()),
         }
     }
@@ -274,6 +354,11 @@ impl StateMachine {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The connection, for the read-only queries of `state::jobs`.
+    pub fn conn(&self) -> &Connection {
+        &self.conn
     }
 
     /// Applies a batch of committed entries `(index, term, change)` in one
@@ -496,6 +581,7 @@ fn open_conn(path: &Path, sync: Sync) -> rusqlite::Result<Connection> {
          CREATE INDEX IF NOT EXISTS requests_by_index ON requests (applied_index);
          CREATE TABLE IF NOT EXISTS incarnations (name TEXT PRIMARY KEY, incarnation TEXT NOT NULL, reason TEXT);",
     )?;
+    conn.execute_batch(jobs::SCHEMA)?;
     Ok(conn)
 }
 
@@ -561,8 +647,38 @@ fn apply_command(
             )?
             .execute(params![name, incarnation, reason])?;
         }
+        other => apply_job_command(tx, other)?,
     }
     Ok(())
+}
+
+fn apply_job_command(tx: &Transaction<'_>, cmd: &Command) -> rusqlite::Result<()> {
+    match cmd {
+        Command::JobSubmit { id, spec, at_ms } => jobs::submit(tx, id, spec, *at_ms),
+        Command::JobAssign { assignments, at_ms } => jobs::assign(tx, assignments, *at_ms),
+        Command::JobStarted {
+            id,
+            instance,
+            attempt,
+            at_ms,
+        } => jobs::started(tx, id, instance, *attempt, *at_ms),
+        Command::JobFinished {
+            id,
+            instance,
+            attempt,
+            at_ms,
+            outcome,
+        } => jobs::finished(tx, id, instance, *attempt, *at_ms, outcome),
+        Command::JobRelease {
+            attempts,
+            reason,
+            at_ms,
+        } => jobs::release(tx, attempts, reason, *at_ms),
+        Command::JobCancel { id, at_ms } => jobs::cancel(tx, id, *at_ms),
+        Command::JobRetry { id, at_ms } => jobs::retry(tx, id, *at_ms),
+        Command::NodeMode { name, mode } => jobs::set_mode(tx, name, mode),
+        _ => unreachable!("not a job command: {cmd:?}"),
+    }
 }
 
 /// The digest of the replicated content seen through `conn` (inside a
@@ -596,6 +712,7 @@ fn digest_of(conn: &Connection, cluster_id: Option<&str>) -> rusqlite::Result<St
             digest_field(&mut ctx, text.as_bytes());
         }
     }
+    jobs::digest(conn, &mut |bytes| digest_field(&mut ctx, bytes))?;
     Ok(hex(ctx.finish().as_ref()))
 }
 

@@ -1,0 +1,393 @@
+//! The job model: what a job is, its states and limits, and the checks of a
+//! submission. Pure: no I/O, no clock (times are passed in, carried by the
+//! committed commands so that every replica applies the same ones).
+//!
+//! A job's life (every transition a Raft-committed `state::Command`):
+//! `queued` → `assigned` (the coordinator placed attempt N on an instance)
+//! → `running` (the instance reported it started; short jobs may skip this)
+//! → `succeeded` | `failed`; or back to `queued` as attempt N+1 when the
+//! attempt failed, timed out or its instance was lost, while attempts are
+//! left; `cancelled` from any state that is not final.
+
+use serde::{Deserialize, Serialize};
+
+/// Bytes of a job id: 12 hex digits of milliseconds since the epoch and 8
+/// random ones, so that ids sort by submission time.
+pub const JOB_ID_BYTES: usize = 20;
+/// Largest inline script.
+pub const SCRIPT_BYTES_MAX: usize = 256 * 1024;
+/// Arguments of a job (script arguments, or a command's argv).
+pub const ARGS_COUNT_MAX: usize = 256;
+/// Largest argument, environment value or working directory.
+pub const ARG_BYTES_MAX: usize = 64 * 1024;
+/// Environment variables of a command job.
+pub const ENV_COUNT_MAX: usize = 64;
+/// Priorities run from -PRIORITY_MAX (last) to PRIORITY_MAX (first).
+pub const PRIORITY_MAX: i32 = 100;
+/// Most attempts a job may be given.
+pub const ATTEMPTS_MAX: u32 = 100;
+/// Longest time one attempt may run (a day).
+pub const TIMEOUT_MS_MAX: u64 = 24 * 3600 * 1000;
+/// Defaults of a submission.
+pub const ATTEMPTS_DEFAULT: u32 = 3;
+pub const TIMEOUT_MS_DEFAULT: u64 = 3600 * 1000;
+/// Largest result and error text kept with a job.
+pub const RESULT_BYTES_MAX: usize = 64 * 1024;
+/// Largest captured log kept with a job (its first part, then a note).
+pub const LOG_BYTES_MAX: usize = 64 * 1024;
+/// Longest wait before a failed attempt is retried.
+pub const BACKOFF_MS_MAX: u64 = 30_000;
+/// Wait before the first retry; doubled for each further one.
+pub const BACKOFF_MS_FIRST: u64 = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    Script,
+    Command,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Script => "script",
+            JobKind::Command => "command",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobKind> {
+        match s {
+            "script" => Some(JobKind::Script),
+            "command" => Some(JobKind::Command),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Assigned,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 6] = [
+        JobState::Queued,
+        JobState::Assigned,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Assigned => "assigned",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobState> {
+        JobState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+
+    /// An attempt holds a slot of its instance.
+    pub fn is_active(self) -> bool {
+        matches!(self, JobState::Assigned | JobState::Running)
+    }
+}
+
+/// What to run: a script's code and arguments, or a command's argv.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub kind: JobKind,
+    /// The script's code (`script` jobs).
+    #[serde(default)]
+    pub script: String,
+    /// Script arguments (`ARGS` in the script), or the command's argv.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Working directory of a command, relative to `shared_root`.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Environment of a command, added to the instance's.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    pub priority: i32,
+    pub max_attempts: u32,
+    pub timeout_ms: u64,
+}
+
+impl JobSpec {
+    /// Checks every limit: a bad submission changes nothing.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.script.len() > SCRIPT_BYTES_MAX {
+            return Err(format!(
+                "the script is {} bytes, the limit is {SCRIPT_BYTES_MAX}",
+                self.script.len()
+            ));
+        }
+        match self.kind {
+            JobKind::Script if self.script.trim().is_empty() => {
+                return Err("a script job needs a script".into())
+            }
+            JobKind::Command if self.args.is_empty() => {
+                return Err("a command job needs a command (argv)".into())
+            }
+            JobKind::Command if !self.script.is_empty() => {
+                return Err("a command job carries no script".into())
+            }
+            _ => {}
+        }
+        self.validate_args()?;
+        self.validate_numbers()
+    }
+
+    fn validate_args(&self) -> Result<(), String> {
+        if self.args.len() > ARGS_COUNT_MAX {
+            return Err(format!(
+                "{} arguments, the limit is {ARGS_COUNT_MAX}",
+                self.args.len()
+            ));
+        }
+        if self.env.len() > ENV_COUNT_MAX {
+            return Err(format!(
+                "{} environment variables, the limit is {ENV_COUNT_MAX}",
+                self.env.len()
+            ));
+        }
+        let texts = self
+            .args
+            .iter()
+            .chain(self.cwd.iter())
+            .chain(self.env.iter().flat_map(|(k, v)| [k, v]));
+        if let Some(t) = texts.into_iter().find(|t| t.len() > ARG_BYTES_MAX) {
+            return Err(format!(
+                "an argument of {} bytes, the limit is {ARG_BYTES_MAX}",
+                t.len()
+            ));
+        }
+        if let Some(cwd) = &self.cwd {
+            check_relative(cwd)?;
+        }
+        if let Some((k, _)) = self
+            .env
+            .iter()
+            .find(|(k, _)| k.is_empty() || k.contains('=') || k.contains('\0'))
+        {
+            return Err(format!("`{k}` is not an environment variable name"));
+        }
+        Ok(())
+    }
+
+    fn validate_numbers(&self) -> Result<(), String> {
+        if self.priority.abs() > PRIORITY_MAX {
+            return Err(format!(
+                "priority {} is outside -{PRIORITY_MAX}..={PRIORITY_MAX}",
+                self.priority
+            ));
+        }
+        if self.max_attempts == 0 || self.max_attempts > ATTEMPTS_MAX {
+            return Err(format!(
+                "max attempts {} is outside 1..={ATTEMPTS_MAX}",
+                self.max_attempts
+            ));
+        }
+        if self.timeout_ms == 0 || self.timeout_ms > TIMEOUT_MS_MAX {
+            return Err(format!(
+                "timeout {} ms is outside 1..={TIMEOUT_MS_MAX} ms",
+                self.timeout_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A path that stays under the folder it is relative to: not absolute, no
+/// `..`, no NUL.
+pub fn check_relative(path: &str) -> Result<(), String> {
+    let p = std::path::Path::new(path);
+    let escapes = p.components().any(|c| {
+        !matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    });
+    if escapes || path.contains('\0') {
+        return Err(format!(
+            "`{path}` must be a relative path that stays under shared_root"
+        ));
+    }
+    Ok(())
+}
+
+/// A new job id for a submission at `now_ms`, `random` making it unique.
+pub fn new_job_id(now_ms: u64, random: u32) -> String {
+    format!("{:012x}{random:08x}", now_ms & 0xffff_ffff_ffff)
+}
+
+/// Whether `id` is shaped like a job id.
+pub fn check_job_id(id: &str) -> Result<(), String> {
+    let ok = id.len() == JOB_ID_BYTES && id.bytes().all(|b| b.is_ascii_hexdigit());
+    if ok && id.bytes().all(|b| !b.is_ascii_uppercase()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` is not a job id ({JOB_ID_BYTES} lowercase hex digits)",
+            id.escape_debug()
+        ))
+    }
+}
+
+/// How an attempt ended, as its instance reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub ok: bool,
+    /// The script's return value or the command's exit status, as text.
+    pub result: Option<String>,
+    pub error: Option<String>,
+    /// The captured log (bounded by `LOG_BYTES_MAX`).
+    pub log: String,
+}
+
+impl Outcome {
+    pub fn validate(&self) -> Result<(), String> {
+        let long = |t: &Option<String>| t.as_ref().is_some_and(|t| t.len() > RESULT_BYTES_MAX);
+        if long(&self.result) || long(&self.error) || self.log.len() > LOG_BYTES_MAX {
+            return Err("an outcome over its size limits".into());
+        }
+        Ok(())
+    }
+}
+
+/// `text` cut to at most `max` bytes on a character boundary, with a note
+/// saying how much was left out.
+pub fn bounded_text(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let note = format!("\n[... {} more bytes not kept]", text.len());
+    let mut end = max.saturating_sub(note.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = text[..end].to_string();
+    out.push_str(&note);
+    assert!(out.len() <= max);
+    out
+}
+
+/// Time before attempt `next` (2, 3, ...) of a job that failed may start.
+pub fn backoff_ms(next: u32) -> u64 {
+    let doublings = next.saturating_sub(2).min(20);
+    (BACKOFF_MS_FIRST << doublings).min(BACKOFF_MS_MAX)
+}
+
+/// One job as stored and shown (`claro job ID --json` prints these fields).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    pub spec: JobSpec,
+    pub state: JobState,
+    /// The instance of the current (or last) attempt.
+    pub instance: Option<String>,
+    pub attempt: u32,
+    pub created_ms: u64,
+    pub assigned_ms: Option<u64>,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+    /// The current attempt may not start before this (retry backoff).
+    pub not_before_ms: u64,
+    pub result: Option<String>,
+    pub error: Option<String>,
+    pub log: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn script(code: &str) -> JobSpec {
+        JobSpec {
+            kind: JobKind::Script,
+            script: code.into(),
+            args: Vec::new(),
+            cwd: None,
+            env: Vec::new(),
+            priority: 0,
+            max_attempts: ATTEMPTS_DEFAULT,
+            timeout_ms: TIMEOUT_MS_DEFAULT,
+        }
+    }
+
+    #[test]
+    fn a_submission_over_a_limit_is_refused_naming_it() {
+        assert!(script("1 + 1").validate().is_ok());
+        let e = script(&"x".repeat(SCRIPT_BYTES_MAX + 1)).validate().unwrap_err();
+        assert!(e.contains("limit is 262144"), "{e}");
+        assert!(script(" ").validate().is_err());
+        let mut s = script("1");
+        s.priority = 101;
+        assert!(s.validate().unwrap_err().contains("priority 101"));
+        s.priority = 0;
+        s.max_attempts = 0;
+        assert!(s.validate().is_err());
+        s.max_attempts = 1;
+        s.cwd = Some("../etc".into());
+        assert!(s.validate().unwrap_err().contains("stays under shared_root"));
+        s.cwd = Some("/etc".into());
+        assert!(s.validate().is_err());
+        s.cwd = Some("in/sub".into());
+        assert!(s.validate().is_ok());
+        let mut c = script("");
+        c.kind = JobKind::Command;
+        assert!(c.validate().unwrap_err().contains("needs a command"));
+        c.args = vec!["true".into()];
+        assert!(c.validate().is_ok());
+        c.env = vec![("A=B".into(), "x".into())];
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn job_ids_sort_by_time_and_are_checked() {
+        let a = new_job_id(1_700_000_000_000, 0xffff_ffff);
+        let b = new_job_id(1_700_000_000_001, 0);
+        assert!(a < b);
+        assert_eq!(a.len(), JOB_ID_BYTES);
+        assert!(check_job_id(&a).is_ok());
+        assert!(check_job_id("../../etc/passwd").is_err());
+        assert!(check_job_id(&a.to_uppercase()).is_err());
+    }
+
+    #[test]
+    fn texts_are_bounded_on_a_character_boundary_with_a_note() {
+        let t = "é".repeat(100);
+        let b = bounded_text(&t, 80);
+        assert!(b.len() <= 80);
+        assert!(b.ends_with("[... 200 more bytes not kept]"), "{b}");
+        assert_eq!(bounded_text("short", 80), "short");
+    }
+
+    #[test]
+    fn retries_back_off_doubling_up_to_the_limit() {
+        assert_eq!(backoff_ms(2), 100);
+        assert_eq!(backoff_ms(3), 200);
+        assert_eq!(backoff_ms(50), BACKOFF_MS_MAX);
+    }
+}

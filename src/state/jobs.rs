@@ -1,0 +1,552 @@
+//! The jobs tables of `state.db`: applying the job commands (every
+//! transition checked against the job's current attempt, so that a stale
+//! report changes nothing), and the queries that the scheduler, the workers
+//! and the CLI make. Deterministic: times come from the commands.
+
+use std::collections::HashMap;
+
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
+
+use crate::jobs::{backoff_ms, bounded_text, Job, JobSpec, JobState, Outcome, RESULT_BYTES_MAX};
+use crate::scheduler::{Assignment, Queued};
+
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+  id TEXT PRIMARY KEY, kind TEXT NOT NULL, spec BLOB NOT NULL, priority INTEGER NOT NULL,
+  state TEXT NOT NULL, instance TEXT, attempt INTEGER NOT NULL, max_attempts INTEGER NOT NULL,
+  created_ms INTEGER NOT NULL, assigned_ms INTEGER, started_ms INTEGER, finished_ms INTEGER,
+  not_before_ms INTEGER NOT NULL, result TEXT, error TEXT, log TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS jobs_queued ON jobs (priority DESC, id) WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS jobs_active ON jobs (instance) WHERE state IN ('assigned', 'running');
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id);
+CREATE INDEX IF NOT EXISTS jobs_by_kind ON jobs (kind, id);
+CREATE INDEX IF NOT EXISTS jobs_by_instance ON jobs (instance, id);
+CREATE TABLE IF NOT EXISTS node_modes (name TEXT PRIMARY KEY, mode TEXT NOT NULL);
+";
+
+const COLUMNS: &str = "id, spec, state, instance, attempt, created_ms, assigned_ms, started_ms, \
+     finished_ms, not_before_ms, result, error, log";
+
+pub fn submit(tx: &Transaction<'_>, id: &str, spec: &JobSpec, at_ms: u64) -> rusqlite::Result<()> {
+    let mut bytes = Vec::new();
+    ciborium::into_writer(spec, &mut bytes).expect("a job spec encodes");
+    // The same id twice (which the request id already prevents) keeps the first.
+    tx.prepare_cached(
+        "INSERT INTO jobs (id, kind, spec, priority, state, instance, attempt, max_attempts,
+           created_ms, not_before_ms, log)
+         VALUES (?1, ?2, ?3, ?4, 'queued', NULL, 1, ?5, ?6, ?6, '')
+         ON CONFLICT(id) DO NOTHING",
+    )?
+    .execute(params![
+        id,
+        spec.kind.as_str(),
+        bytes,
+        spec.priority,
+        spec.max_attempts,
+        at_ms
+    ])?;
+    Ok(())
+}
+
+pub fn assign(tx: &Transaction<'_>, batch: &[Assignment], at_ms: u64) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "UPDATE jobs SET state = 'assigned', instance = ?2, assigned_ms = ?4, started_ms = NULL
+         WHERE id = ?1 AND attempt = ?3 AND state = 'queued'",
+    )?;
+    for a in batch {
+        stmt.execute(params![a.id, a.instance, a.attempt, at_ms])?;
+    }
+    Ok(())
+}
+
+pub fn started(
+    tx: &Transaction<'_>,
+    id: &str,
+    instance: &str,
+    attempt: u32,
+    at_ms: u64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE jobs SET state = 'running', started_ms = ?4
+         WHERE id = ?1 AND instance = ?2 AND attempt = ?3 AND state = 'assigned'",
+    )?
+    .execute(params![id, instance, attempt, at_ms])?;
+    Ok(())
+}
+
+/// The current attempt, its instance and the attempts allowed, of an
+/// active job; `None` when the job is not active.
+fn active_attempt(
+    tx: &Transaction<'_>,
+    id: &str,
+) -> rusqlite::Result<Option<(u32, Option<String>, u32)>> {
+    tx.prepare_cached(
+        "SELECT attempt, instance, max_attempts FROM jobs
+         WHERE id = ?1 AND state IN ('assigned', 'running')",
+    )?
+    .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+    .optional()
+}
+
+pub fn finished(
+    tx: &Transaction<'_>,
+    id: &str,
+    instance: &str,
+    attempt: u32,
+    at_ms: u64,
+    outcome: &Outcome,
+) -> rusqlite::Result<()> {
+    let Some((current, on, max)) = active_attempt(tx, id)? else {
+        return Ok(());
+    };
+    if current != attempt || on.as_deref() != Some(instance) {
+        return Ok(()); // a stale report: fenced off
+    }
+    if outcome.ok {
+        tx.prepare_cached(
+            "UPDATE jobs SET state = 'succeeded', finished_ms = ?2, result = ?3, error = NULL,
+               log = ?4, started_ms = coalesce(started_ms, assigned_ms)
+             WHERE id = ?1",
+        )?
+        .execute(params![id, at_ms, outcome.result, outcome.log])?;
+        return Ok(());
+    }
+    let error = outcome.error.clone().unwrap_or_else(|| "failed".into());
+    let error = format!("attempt {attempt} on {instance}: {error}");
+    end_attempt(tx, id, attempt, max, at_ms, &error, Some(&outcome.log), true)
+}
+
+/// Ends an active attempt that did not succeed: the job goes back to the
+/// queue as the next attempt, or fails once its attempts are used up.
+#[allow(clippy::too_many_arguments)]
+fn end_attempt(
+    tx: &Transaction<'_>,
+    id: &str,
+    attempt: u32,
+    max: u32,
+    at_ms: u64,
+    error: &str,
+    log: Option<&str>,
+    back_off: bool,
+) -> rusqlite::Result<()> {
+    let error = bounded_text(error, RESULT_BYTES_MAX);
+    if attempt >= max {
+        tx.prepare_cached(
+            "UPDATE jobs SET state = 'failed', finished_ms = ?2, error = ?3, log = coalesce(?4, log)
+             WHERE id = ?1",
+        )?
+        .execute(params![id, at_ms, error, log])?;
+        return Ok(());
+    }
+    let next = attempt + 1;
+    let not_before = if back_off {
+        at_ms + backoff_ms(next)
+    } else {
+        at_ms
+    };
+    tx.prepare_cached(
+        "UPDATE jobs SET state = 'queued', attempt = ?2, instance = NULL, assigned_ms = NULL,
+           started_ms = NULL, not_before_ms = ?3, error = ?4, log = coalesce(?5, log)
+         WHERE id = ?1",
+    )?
+    .execute(params![id, next, not_before, error, log])?;
+    Ok(())
+}
+
+/// Releases attempts (their instance stopped, or was lost): each that is
+/// still current goes back to the queue at once, or fails when it was the last.
+pub fn release(
+    tx: &Transaction<'_>,
+    attempts: &[(String, u32)],
+    reason: &str,
+    at_ms: u64,
+) -> rusqlite::Result<()> {
+    for (id, attempt) in attempts {
+        let Some((current, _, max)) = active_attempt(tx, id)? else {
+            continue;
+        };
+        if current == *attempt {
+            let why = format!("attempt {attempt} released: {reason}");
+            end_attempt(tx, id, *attempt, max, at_ms, &why, None, false)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn cancel(tx: &Transaction<'_>, id: &str, at_ms: u64) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE jobs SET state = 'cancelled', finished_ms = ?2
+         WHERE id = ?1 AND state IN ('queued', 'assigned', 'running')",
+    )?
+    .execute(params![id, at_ms])?;
+    Ok(())
+}
+
+/// A failed or cancelled job runs again as a new attempt (granted beyond
+/// its max attempts if need be).
+pub fn retry(tx: &Transaction<'_>, id: &str, at_ms: u64) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE jobs SET state = 'queued', attempt = attempt + 1,
+           max_attempts = max(max_attempts, attempt + 1), instance = NULL, assigned_ms = NULL,
+           started_ms = NULL, finished_ms = NULL, not_before_ms = ?2, result = NULL
+         WHERE id = ?1 AND state IN ('failed', 'cancelled')",
+    )?
+    .execute(params![id, at_ms])?;
+    Ok(())
+}
+
+pub fn set_mode(tx: &Transaction<'_>, name: &str, mode: &str) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO node_modes (name, mode) VALUES (?1, ?2)
+         ON CONFLICT(name) DO UPDATE SET mode = excluded.mode",
+    )?
+    .execute(params![name, mode])?;
+    Ok(())
+}
+
+fn job_of(r: &Row<'_>) -> rusqlite::Result<Job> {
+    let spec: Vec<u8> = r.get(1)?;
+    let spec: JobSpec = ciborium::from_reader(spec.as_slice()).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Blob, Box::new(e))
+    })?;
+    let state: String = r.get(2)?;
+    let state = JobState::parse(&state).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            2,
+            rusqlite::types::Type::Text,
+            format!("no job state `{state}`").into(),
+        )
+    })?;
+    Ok(Job {
+        id: r.get(0)?,
+        spec,
+        state,
+        instance: r.get(3)?,
+        attempt: r.get(4)?,
+        created_ms: r.get(5)?,
+        assigned_ms: r.get(6)?,
+        started_ms: r.get(7)?,
+        finished_ms: r.get(8)?,
+        not_before_ms: r.get(9)?,
+        result: r.get(10)?,
+        error: r.get(11)?,
+        log: r.get(12)?,
+    })
+}
+
+pub fn job(conn: &Connection, id: &str) -> rusqlite::Result<Option<Job>> {
+    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"))?
+        .query_row(params![id], job_of)
+        .optional()
+}
+
+/// Which jobs `claro jobs` lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JobFilter {
+    pub state: Option<JobState>,
+    pub kind: Option<crate::jobs::JobKind>,
+    pub instance: Option<String>,
+    /// Only jobs older than this id (the next page).
+    pub before: Option<String>,
+}
+
+/// Jobs matching `f`, newest first, at most `limit`.
+pub fn list(conn: &Connection, f: &JobFilter, limit: u32) -> rusqlite::Result<Vec<Job>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM jobs
+         WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR kind = ?2)
+           AND (?3 IS NULL OR instance = ?3) AND (?4 IS NULL OR id < ?4)
+         ORDER BY id DESC LIMIT ?5"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(
+        params![
+            f.state.map(|s| s.as_str()),
+            f.kind.map(|k| k.as_str()),
+            f.instance,
+            f.before,
+            limit
+        ],
+        job_of,
+    )?;
+    rows.collect()
+}
+
+/// Queued jobs, highest priority and oldest first, at most `limit`.
+pub fn queued(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Queued>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, attempt, priority, not_before_ms FROM jobs INDEXED BY jobs_queued
+         WHERE state = 'queued' ORDER BY priority DESC, id LIMIT ?1",
+    )?;
+    let rows = stmt.query_map(params![limit as i64], |r| {
+        Ok(Queued {
+            id: r.get(0)?,
+            attempt: r.get(1)?,
+            priority: r.get(2)?,
+            not_before_ms: r.get(3)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Attempts assigned or running, by instance.
+pub fn active_counts(conn: &Connection) -> rusqlite::Result<HashMap<String, u32>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT instance, count(*) FROM jobs WHERE state IN ('assigned', 'running') GROUP BY instance",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)))?;
+    rows.collect()
+}
+
+/// The active attempts of `instance`.
+pub fn active_on(conn: &Connection, instance: &str) -> rusqlite::Result<Vec<Job>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM jobs WHERE instance = ?1 AND state IN ('assigned', 'running')"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![instance], job_of)?;
+    rows.collect()
+}
+
+/// The current attempt and state of job `id`.
+pub fn attempt_of(conn: &Connection, id: &str) -> rusqlite::Result<Option<(u32, JobState, Option<String>)>> {
+    conn.prepare_cached("SELECT attempt, state, instance FROM jobs WHERE id = ?1")?
+        .query_row(params![id], |r| {
+            let state: String = r.get(1)?;
+            Ok((r.get(0)?, JobState::parse(&state).unwrap_or(JobState::Failed), r.get(2)?))
+        })
+        .optional()
+}
+
+/// Servers in maintenance (they get no new jobs).
+pub fn modes(conn: &Connection) -> rusqlite::Result<HashMap<String, String>> {
+    let mut stmt = conn.prepare_cached("SELECT name, mode FROM node_modes")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
+/// Jobs by state.
+pub fn counts(conn: &Connection) -> rusqlite::Result<Vec<(String, u64)>> {
+    let mut stmt = conn.prepare_cached("SELECT state, count(*) FROM jobs GROUP BY state")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
+/// Adds every job row and node mode to a state digest, in id order.
+pub fn digest(conn: &Connection, field: &mut dyn FnMut(&[u8])) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, spec, state, coalesce(instance, ''), attempt, max_attempts, created_ms,
+           coalesce(assigned_ms, -1), coalesce(started_ms, -1), coalesce(finished_ms, -1),
+           not_before_ms, coalesce(result, ''), coalesce(error, ''), log
+         FROM jobs ORDER BY id",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        for i in 0..14 {
+            match row.get_ref(i)? {
+                rusqlite::types::ValueRef::Integer(n) => field(&n.to_be_bytes()),
+                rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => field(t),
+                other => field(format!("{other:?}").as_bytes()),
+            }
+        }
+    }
+    let mut stmt = conn.prepare_cached("SELECT name, mode FROM node_modes ORDER BY name")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let (name, mode): (String, String) = (row.get(0)?, row.get(1)?);
+        field(name.as_bytes());
+        field(mode.as_bytes());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::jobs::{JobKind, JobSpec, JobState, Outcome};
+    use crate::scheduler::Assignment;
+    use crate::state::{Change, Command, StateMachine, Sync};
+
+    fn spec(max_attempts: u32) -> JobSpec {
+        JobSpec {
+            kind: JobKind::Script,
+            script: "40 + 2".into(),
+            args: Vec::new(),
+            cwd: None,
+            env: Vec::new(),
+            priority: 0,
+            max_attempts,
+            timeout_ms: 1000,
+        }
+    }
+
+    struct Db {
+        _dir: tempfile::TempDir,
+        sm: StateMachine,
+        index: u64,
+    }
+
+    impl Db {
+        fn new() -> Db {
+            let dir = tempfile::tempdir().unwrap();
+            let sm = StateMachine::open(&dir.path().join("state.db"), Sync::Off).unwrap();
+            Db {
+                _dir: dir,
+                sm,
+                index: 0,
+            }
+        }
+        fn apply(&mut self, cmd: Command) {
+            self.index += 1;
+            self.sm
+                .apply(&[(self.index, 1, Change::Command(&cmd))])
+                .unwrap();
+        }
+        fn state(&self, id: &str) -> (JobState, u32, Option<String>) {
+            let j = super::job(self.sm.conn(), id).unwrap().unwrap();
+            (j.state, j.attempt, j.instance)
+        }
+    }
+
+    const ID: &str = "00000000000100000001";
+
+    fn assign(instance: &str, attempt: u32) -> Command {
+        Command::JobAssign {
+            assignments: vec![Assignment {
+                id: ID.into(),
+                attempt,
+                instance: instance.into(),
+            }],
+            at_ms: 10,
+        }
+    }
+
+    fn finish(instance: &str, attempt: u32, ok: bool) -> Command {
+        Command::JobFinished {
+            id: ID.into(),
+            instance: instance.into(),
+            attempt,
+            at_ms: 20,
+            outcome: Outcome {
+                ok,
+                result: Some("42".into()),
+                error: (!ok).then(|| "boom".into()),
+                log: "a line\n".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_job_runs_its_life_and_stale_reports_change_nothing() {
+        let mut db = Db::new();
+        db.apply(Command::JobSubmit {
+            id: ID.into(),
+            spec: spec(2),
+            at_ms: 1,
+        });
+        assert_eq!(db.state(ID), (JobState::Queued, 1, None));
+        db.apply(assign("srv2", 1));
+        assert_eq!(db.state(ID).0, JobState::Assigned);
+        // A second placement of the same attempt is ignored.
+        db.apply(assign("srv3", 1));
+        assert_eq!(db.state(ID).2.as_deref(), Some("srv2"));
+        // srv3's report is not for the current attempt's instance.
+        db.apply(finish("srv3", 1, true));
+        assert_eq!(db.state(ID).0, JobState::Assigned);
+        // The attempt fails: attempt 2 is queued, after a backoff.
+        db.apply(finish("srv2", 1, false));
+        let j = super::job(db.sm.conn(), ID).unwrap().unwrap();
+        assert_eq!((j.state, j.attempt), (JobState::Queued, 2));
+        assert_eq!(j.not_before_ms, 20 + crate::jobs::backoff_ms(2));
+        assert!(j.error.unwrap().contains("attempt 1 on srv2: boom"));
+        // A late report of attempt 1 is fenced off.
+        db.apply(finish("srv2", 1, true));
+        assert_eq!(db.state(ID).0, JobState::Queued);
+        db.apply(assign("srv1", 2));
+        db.apply(Command::JobStarted {
+            id: ID.into(),
+            instance: "srv1".into(),
+            attempt: 2,
+            at_ms: 30,
+        });
+        assert_eq!(db.state(ID).0, JobState::Running);
+        db.apply(finish("srv1", 2, true));
+        let j = super::job(db.sm.conn(), ID).unwrap().unwrap();
+        assert_eq!(j.state, JobState::Succeeded);
+        assert_eq!(j.result.as_deref(), Some("42"));
+        assert_eq!(j.instance.as_deref(), Some("srv1"));
+        assert_eq!(j.error, None);
+        // A cancel of a finished job changes nothing.
+        db.apply(Command::JobCancel {
+            id: ID.into(),
+            at_ms: 40,
+        });
+        assert_eq!(db.state(ID).0, JobState::Succeeded);
+    }
+
+    #[test]
+    fn a_released_attempt_is_queued_again_until_attempts_run_out() {
+        let mut db = Db::new();
+        db.apply(Command::JobSubmit {
+            id: ID.into(),
+            spec: spec(2),
+            at_ms: 1,
+        });
+        let release = |attempt| Command::JobRelease {
+            attempts: vec![(ID.into(), attempt)],
+            reason: "srv2 lost".into(),
+            at_ms: 50,
+        };
+        db.apply(assign("srv2", 1));
+        db.apply(release(1));
+        let j = super::job(db.sm.conn(), ID).unwrap().unwrap();
+        assert_eq!((j.state, j.attempt, j.not_before_ms), (JobState::Queued, 2, 50));
+        assert_eq!(super::active_counts(db.sm.conn()).unwrap().len(), 0);
+        db.apply(assign("srv3", 2));
+        assert_eq!(super::active_counts(db.sm.conn()).unwrap()["srv3"], 1);
+        db.apply(release(1)); // stale: attempt 2 is current
+        assert_eq!(db.state(ID).0, JobState::Assigned);
+        db.apply(release(2));
+        let j = super::job(db.sm.conn(), ID).unwrap().unwrap();
+        assert_eq!(j.state, JobState::Failed);
+        assert!(j.error.unwrap().contains("srv2 lost"));
+        // A retry grants one more attempt.
+        db.apply(Command::JobRetry {
+            id: ID.into(),
+            at_ms: 60,
+        });
+        assert_eq!(db.state(ID), (JobState::Queued, 3, None));
+        let q = super::queued(db.sm.conn(), 10).unwrap();
+        assert_eq!(q.len(), 1);
+        assert_eq!(q[0].attempt, 3);
+    }
+
+    #[test]
+    fn jobs_are_listed_newest_first_by_filter_and_are_part_of_the_digest() {
+        let mut db = Db::new();
+        let before = db.sm.digest().unwrap();
+        for i in 1..=5u64 {
+            let mut s = spec(1);
+            if i % 2 == 0 {
+                s.kind = JobKind::Command;
+                s.script.clear();
+                s.args = vec!["true".into()];
+            }
+            db.apply(Command::JobSubmit {
+                id: crate::jobs::new_job_id(i, 0),
+                spec: s,
+                at_ms: i,
+            });
+        }
+        assert_ne!(db.sm.digest().unwrap(), before);
+        let all = super::list(db.sm.conn(), &super::JobFilter::default(), 3).unwrap();
+        let ids: Vec<u64> = all.iter().map(|j| j.created_ms).collect();
+        assert_eq!(ids, [5, 4, 3]);
+        let f = super::JobFilter {
+            kind: Some(JobKind::Command),
+            before: Some(all[0].id.clone()),
+            ..Default::default()
+        };
+        let cmds = super::list(db.sm.conn(), &f, 10).unwrap();
+        assert_eq!(cmds.iter().map(|j| j.created_ms).collect::<Vec<_>>(), [4, 2]);
+    }
+}
