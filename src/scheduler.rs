@@ -124,12 +124,14 @@ mod tests {
         let a = place(&q, &mut c, 0, 100);
         assert_eq!(
             names(&a),
+            // Loads before each: srv1 2/4, srv2 0/2, srv3 2/8; equal
+            // loads go to the first name.
             [
                 ("j0", "srv2"),
                 ("j1", "srv3"),
-                ("j2", "srv2"),
-                ("j3", "srv3"),
-                ("j4", "srv1"),
+                ("j2", "srv3"),
+                ("j3", "srv1"),
+                ("j4", "srv2"),
                 ("j5", "srv3"),
             ]
         );
