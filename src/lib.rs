@@ -16,6 +16,7 @@ pub mod node;
 pub mod output;
 pub mod proto;
 pub mod scheduler;
+pub mod script;
 pub mod state;
 pub mod throttle;
 pub mod tls;
