@@ -104,6 +104,183 @@ pub enum Command {
         #[command(subcommand)]
         action: CertAction,
     },
+    /// Submit a job: a script (a file or inline) or a command; prints its id.
+    Submit(SubmitArgs),
+    /// Submit a script and wait for it, printing its log and result.
+    Run {
+        file: PathBuf,
+        #[command(flatten)]
+        job: JobOptions,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List jobs, newest first.
+    Jobs {
+        /// queued, assigned, running, succeeded, failed or cancelled.
+        #[arg(long, value_parser = parse_state)]
+        state: Option<crate::jobs::JobState>,
+        /// script or command.
+        #[arg(long, value_parser = parse_kind)]
+        kind: Option<crate::jobs::JobKind>,
+        /// Jobs of this server's current or last attempt.
+        #[arg(long)]
+        instance: Option<String>,
+        /// Jobs in this page (1..=1000).
+        #[arg(long, default_value_t = crate::proto::JOBS_COUNT_DEFAULT)]
+        limit: u32,
+        /// Jobs older than this id (the cursor of the previous page).
+        #[arg(long)]
+        before: Option<String>,
+        /// As for `settings get`.
+        #[arg(long)]
+        stale: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// One job: its state, result and error (`--log`: its captured log).
+    Job {
+        id: String,
+        #[arg(long)]
+        log: bool,
+        #[arg(long)]
+        stale: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a job that has not ended (a running attempt is stopped).
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Run a failed or cancelled job again, as a new attempt.
+    Retry {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Wait for a job's end; exit 0 only if it succeeded.
+    Wait {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A server's mode for jobs.
+    Node {
+        #[command(subcommand)]
+        action: NodeAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeAction {
+    /// NAME gets no new jobs; those it runs finish.
+    Maintenance {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// NAME gets jobs again.
+    Activate {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Maintenance, then wait until NAME runs nothing.
+    Drain {
+        name: String,
+        /// Longest wait, in milliseconds.
+        #[arg(long, default_value_t = 600_000)]
+        wait_ms: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// What every job may set.
+#[derive(clap::Args, Debug)]
+pub struct JobOptions {
+    /// An argument (the script's ARGS), repeatable.
+    #[arg(long = "arg")]
+    pub args: Vec<String>,
+    /// -100 (last) ..= 100 (first).
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub priority: i32,
+    #[arg(long, default_value_t = crate::jobs::ATTEMPTS_DEFAULT)]
+    pub max_attempts: u32,
+    /// Longest time one attempt may run: 500ms, 30s, 10m, 2h (a bare
+    /// number is seconds).
+    #[arg(long, value_parser = parse_duration_ms, default_value = "1h")]
+    pub timeout: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SubmitArgs {
+    /// A script file.
+    #[arg(long, conflicts_with_all = ["inline", "command"])]
+    pub script: Option<PathBuf>,
+    /// A script given here.
+    #[arg(long, conflicts_with = "command")]
+    pub inline: Option<String>,
+    /// A command: its argv follows `--` (no shell).
+    #[arg(long)]
+    pub command: bool,
+    /// The command's working directory, under shared_root.
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// K=V added to the command's environment, repeatable.
+    #[arg(long = "env", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Wait for the job's end and print its result; exit 0 only if it succeeded.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub job: JobOptions,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(last = true)]
+    pub argv: Vec<String>,
+}
+
+fn parse_state(s: &str) -> Result<crate::jobs::JobState, String> {
+    crate::jobs::JobState::parse(s).ok_or_else(|| {
+        format!(
+            "`{s}` is not a job state (queued, assigned, running, succeeded, failed, cancelled)"
+        )
+    })
+}
+
+fn parse_kind(s: &str) -> Result<crate::jobs::JobKind, String> {
+    crate::jobs::JobKind::parse(s)
+        .ok_or_else(|| format!("`{s}` is not a job kind (script, command)"))
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("`{s}` is not K=V")),
+    }
+}
+
+/// `500ms`, `30s`, `10m`, `2h`, or a bare number of seconds, in milliseconds.
+pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let (digits, unit_ms) = if let Some(d) = s.strip_suffix("ms") {
+        (d, 1)
+    } else if let Some(d) = s.strip_suffix('s') {
+        (d, 1000)
+    } else if let Some(d) = s.strip_suffix('m') {
+        (d, 60_000)
+    } else if let Some(d) = s.strip_suffix('h') {
+        (d, 3_600_000)
+    } else {
+        (s, 1000)
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_ms))
+        .filter(|ms| *ms > 0)
+        .ok_or_else(|| format!("`{s}` is not a duration such as 500ms, 30s, 10m or 2h"))
 }
 
 #[derive(Subcommand, Debug)]
@@ -279,7 +456,141 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Settings { action } => settings(&cli.config, action),
         Command::Cert { action } => cert(&cli.config, action),
+        other => jobs(&cli.config, other),
     }
+}
+
+/// The job commands.
+fn jobs(path: &std::path::Path, command: Command) -> Result<(), Failure> {
+    use crate::job_client as jc;
+    let config = Config::load(path)?;
+    match command {
+        Command::Submit(a) => {
+            let wait = a.wait;
+            let client = ClientArgs {
+                server: a.client.server.clone(),
+                json: a.client.json,
+            };
+            jc::submit(&config, &client, submit_spec(a)?, wait)
+        }
+        Command::Run { file, job, client } => {
+            let spec = job_spec(crate::jobs::JobKind::Script, read_script(&file)?, &job);
+            jc::submit(&config, &client, spec, true)
+        }
+        Command::Jobs {
+            state,
+            kind,
+            instance,
+            limit,
+            before,
+            stale,
+            client,
+        } => {
+            let filter = crate::state::jobs::JobFilter {
+                state,
+                kind,
+                instance,
+                before,
+            };
+            jc::list(&config, &client, filter, limit, stale)
+        }
+        Command::Job {
+            id,
+            log,
+            stale,
+            client,
+        } => jc::show(&config, &client, &id, log, stale),
+        Command::Cancel { id, client } => jc::cancel_or_retry(&config, &client, &id, false),
+        Command::Retry { id, client } => jc::cancel_or_retry(&config, &client, &id, true),
+        Command::Wait { id, client } => jc::wait_for(&config, &client, &id, false),
+        Command::Node { action } => node(&config, action),
+        other => unreachable!("not a job command: {other:?}"),
+    }
+}
+
+fn node(config: &Config, action: NodeAction) -> Result<(), Failure> {
+    let (name, mode, drain, client) = match action {
+        NodeAction::Maintenance { name, client } => (name, "maintenance", None, client),
+        NodeAction::Activate { name, client } => (name, "active", None, client),
+        NodeAction::Drain {
+            name,
+            wait_ms,
+            client,
+        } => (name, "maintenance", Some(wait_ms), client),
+    };
+    if config.server(&name).is_none() {
+        return Err(Failure::usage(format!(
+            "no server named `{name}` in the config"
+        )));
+    }
+    crate::job_client::node_mode(config, &client, &name, mode, drain)
+}
+
+fn job_spec(kind: crate::jobs::JobKind, script: String, o: &JobOptions) -> crate::jobs::JobSpec {
+    crate::jobs::JobSpec {
+        kind,
+        script,
+        args: o.args.clone(),
+        cwd: None,
+        env: Vec::new(),
+        priority: o.priority,
+        max_attempts: o.max_attempts,
+        timeout_ms: o.timeout,
+    }
+}
+
+/// The job `claro submit` describes, checked (bad input: exit 2, nothing sent).
+fn submit_spec(a: SubmitArgs) -> Result<crate::jobs::JobSpec, Failure> {
+    use crate::jobs::JobKind;
+    let mut spec = match (&a.script, &a.inline, a.command) {
+        (Some(file), None, false) => job_spec(JobKind::Script, read_script(file)?, &a.job),
+        (None, Some(code), false) => job_spec(JobKind::Script, code.clone(), &a.job),
+        (None, None, true) if !a.job.args.is_empty() => {
+            return Err(Failure::usage(
+                "a command takes its arguments after `--`, not --arg",
+            ))
+        }
+        (None, None, true) => {
+            let mut spec = job_spec(JobKind::Command, String::new(), &a.job);
+            spec.args = a.argv.clone();
+            spec
+        }
+        _ => {
+            return Err(Failure::usage(
+                "give exactly one of --script FILE, --inline CODE, or --command -- ARGV...",
+            ))
+        }
+    };
+    if spec.kind == JobKind::Script && !a.argv.is_empty() {
+        return Err(Failure::usage(
+            "arguments after `--` are for --command; a script takes --arg",
+        ));
+    }
+    spec.cwd = a.cwd;
+    spec.env = a.env;
+    spec.validate().map_err(Failure::usage)?;
+    if spec.kind == JobKind::Script {
+        crate::script::check(&spec.script).map_err(|e| Failure::usage(e.to_string()))?;
+    }
+    Ok(spec)
+}
+
+/// A script file's text, refused (exit 2) over `SCRIPT_BYTES_MAX` or not UTF-8.
+fn read_script(file: &std::path::Path) -> Result<String, Failure> {
+    use std::io::Read as _;
+    let max = crate::jobs::SCRIPT_BYTES_MAX;
+    let mut bytes = Vec::new();
+    std::fs::File::open(file)
+        .and_then(|f| f.take(max as u64 + 1).read_to_end(&mut bytes))
+        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", file.display())))?;
+    if bytes.len() > max {
+        return Err(Failure::usage(format!(
+            "{} is larger than the script limit of {max} bytes",
+            file.display()
+        )));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| Failure::usage(format!("{} is not UTF-8 text", file.display())))
 }
 
 fn cert(path: &std::path::Path, action: CertAction) -> Result<(), Failure> {

@@ -309,7 +309,7 @@ pub fn resolve_server(config: &Config, arg: &str) -> Result<(String, SocketAddr)
 }
 
 /// The failure an unexpected or refusing answer means.
-fn failure_of(resp: Response) -> Failure {
+pub(crate) fn failure_of(resp: Response) -> Failure {
     match resp {
         Response::Error { message }
         | Response::Refused {
@@ -494,7 +494,7 @@ fn wait_exited(config: &Config, name: &str) -> Result<(), Failure> {
 }
 
 /// A stale read's age, on stderr (stdout carries the data).
-fn print_staleness(stale: Option<&crate::proto::Staleness>) {
+pub(crate) fn print_staleness(stale: Option<&crate::proto::Staleness>) {
     let Some(s) = stale else { return };
     let contact = match s.coordinator_heard_ago_ms {
         Some(0) => "it is the coordinator".to_string(),

@@ -22,6 +22,9 @@ pub const ARGS_COUNT_MAX: usize = 256;
 pub const ARG_BYTES_MAX: usize = 64 * 1024;
 /// Environment variables of a command job.
 pub const ENV_COUNT_MAX: usize = 64;
+/// Largest submission as a whole: script, arguments, environment and
+/// working directory together (it travels in one frame and one entry).
+pub const SPEC_BYTES_MAX: usize = 512 * 1024;
 /// Priorities run from -PRIORITY_MAX (last) to PRIORITY_MAX (first).
 pub const PRIORITY_MAX: i32 = 100;
 /// Most attempts a job may be given.
@@ -156,6 +159,19 @@ impl JobSpec {
             _ => {}
         }
         self.validate_args()?;
+        let total = self.script.len()
+            + self.args.iter().map(String::len).sum::<usize>()
+            + self
+                .env
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+            + self.cwd.as_ref().map_or(0, String::len);
+        if total > SPEC_BYTES_MAX {
+            return Err(format!(
+                "the job is {total} bytes (script, arguments and environment), the limit is {SPEC_BYTES_MAX}"
+            ));
+        }
         self.validate_numbers()
     }
 
@@ -299,6 +315,25 @@ pub fn backoff_ms(next: u32) -> u64 {
     (BACKOFF_MS_FIRST << doublings).min(BACKOFF_MS_MAX)
 }
 
+impl Job {
+    /// The job as a list shows it: without its script, arguments, log, and
+    /// with result and error cut to `SUMMARY_TEXT_BYTES_MAX`.
+    pub fn summary(mut self) -> Job {
+        self.spec.script.clear();
+        self.spec.args.clear();
+        self.spec.env.clear();
+        self.log.clear();
+        self.result = self
+            .result
+            .map(|t| bounded_text(&t, SUMMARY_TEXT_BYTES_MAX));
+        self.error = self.error.map(|t| bounded_text(&t, SUMMARY_TEXT_BYTES_MAX));
+        self
+    }
+}
+
+/// Result and error bytes a job list shows per job.
+pub const SUMMARY_TEXT_BYTES_MAX: usize = 1024;
+
 /// One job as stored and shown (`claro job ID --json` prints these fields).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
@@ -339,7 +374,9 @@ mod tests {
     #[test]
     fn a_submission_over_a_limit_is_refused_naming_it() {
         assert!(script("1 + 1").validate().is_ok());
-        let e = script(&"x".repeat(SCRIPT_BYTES_MAX + 1)).validate().unwrap_err();
+        let e = script(&"x".repeat(SCRIPT_BYTES_MAX + 1))
+            .validate()
+            .unwrap_err();
         assert!(e.contains("limit is 262144"), "{e}");
         assert!(script(" ").validate().is_err());
         let mut s = script("1");
@@ -350,7 +387,10 @@ mod tests {
         assert!(s.validate().is_err());
         s.max_attempts = 1;
         s.cwd = Some("../etc".into());
-        assert!(s.validate().unwrap_err().contains("stays under shared_root"));
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .contains("stays under shared_root"));
         s.cwd = Some("/etc".into());
         assert!(s.validate().is_err());
         s.cwd = Some("in/sub".into());

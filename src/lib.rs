@@ -9,6 +9,7 @@ pub mod consensus;
 pub mod exit;
 pub mod init;
 pub mod integrity;
+pub mod job_client;
 pub mod jobs;
 pub mod logging;
 pub mod membership;

@@ -435,3 +435,130 @@ mod tests {
         );
     }
 }
+
+/// A job in JSON (`claro job ID --json`, `claro jobs --json`, `claro submit
+/// --json`): times in RFC 3339 (UTC, milliseconds), `instance` the server of
+/// the current or last attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobJson {
+    pub id: String,
+    pub kind: String,
+    pub state: String,
+    pub instance: Option<String>,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub priority: i32,
+    pub result: Option<String>,
+    pub error: Option<String>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// Only with `--log`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+}
+
+impl JobJson {
+    pub fn new(job: &crate::jobs::Job, with_log: bool) -> JobJson {
+        JobJson {
+            id: job.id.clone(),
+            kind: job.spec.kind.as_str().into(),
+            state: job.state.as_str().into(),
+            instance: job.instance.clone(),
+            attempt: job.attempt,
+            max_attempts: job.spec.max_attempts.max(job.attempt),
+            priority: job.spec.priority,
+            result: job.result.clone(),
+            error: job.error.clone(),
+            created_at: rfc3339(job.created_ms),
+            started_at: job.started_ms.map(rfc3339),
+            finished_at: job.finished_ms.map(rfc3339),
+            log: with_log.then(|| job.log.clone()),
+        }
+    }
+}
+
+/// Milliseconds since the epoch as RFC 3339 in UTC, e.g.
+/// `2026-11-23T16:05:09.123Z`.
+pub fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// `claro jobs` as text: one line per job, newest first.
+pub fn jobs_text(jobs: &[crate::jobs::Job]) -> String {
+    let mut out = format!(
+        "{:<20}  {:<9}  {:<7}  {:<12}  {:>7}  {:<24}  RESULT\n",
+        "ID", "STATE", "KIND", "INSTANCE", "ATTEMPT", "CREATED"
+    );
+    for j in jobs {
+        let result = j.error.as_deref().or(j.result.as_deref()).unwrap_or("");
+        let first_line = result.lines().next().unwrap_or("");
+        out.push_str(&format!(
+            "{:<20}  {:<9}  {:<7}  {:<12}  {:>7}  {:<24}  {}\n",
+            j.id,
+            j.state.as_str(),
+            j.spec.kind.as_str(),
+            escape_text(j.instance.as_deref().unwrap_or("-")),
+            format!("{}/{}", j.attempt, j.spec.max_attempts.max(j.attempt)),
+            rfc3339(j.created_ms),
+            escape_text(first_line)
+        ));
+    }
+    out
+}
+
+/// `claro job ID` as text: one `field: value` line each, then the log.
+pub fn job_text(job: &crate::jobs::Job, with_log: bool) -> String {
+    let j = JobJson::new(job, false);
+    let opt = |v: &Option<String>| v.as_deref().map(escape_text).unwrap_or_else(|| "-".into());
+    let mut out = format!(
+        "id: {}\nkind: {}\nstate: {}\ninstance: {}\nattempt: {}/{}\npriority: {}\ncreated: {}\nstarted: {}\nfinished: {}\nresult: {}\nerror: {}\n",
+        j.id, j.kind, j.state, opt(&j.instance), j.attempt, j.max_attempts, j.priority,
+        j.created_at, opt(&j.started_at), opt(&j.finished_at), opt(&j.result), opt(&j.error)
+    );
+    if with_log {
+        out.push_str("log:\n");
+        for line in job.log.lines() {
+            out.push_str("  ");
+            out.push_str(&escape_text(line));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod job_tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_in_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339(1_795_450_000_000), "2026-11-23T16:06:40.000Z");
+    }
+}

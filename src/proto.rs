@@ -26,6 +26,9 @@ pub const REQUEST_BYTES_MAX: usize = 2 * 1024 * 1024;
 pub const LIST_COUNT_DEFAULT: u32 = 1_000;
 /// Most settings one `List` page may hold.
 pub const LIST_COUNT_MAX: u32 = 10_000;
+/// Jobs per page of `claro jobs`, at most and by default.
+pub const JOBS_COUNT_MAX: u32 = 1_000;
+pub const JOBS_COUNT_DEFAULT: u32 = 50;
 /// CBOR framing of one listed setting beyond its key and value bytes: an
 /// array header and two string headers (9 bytes at most), rounded up.
 pub const LIST_ITEM_OVERHEAD_BYTES: usize = 16;
@@ -210,6 +213,19 @@ pub enum Request {
         stale: bool,
     },
     List(ListQuery),
+    /// One job, with its log.
+    Job {
+        id: String,
+        #[serde(default)]
+        stale: bool,
+    },
+    /// Jobs, newest first (`JOBS_COUNT_MAX` at most per page).
+    Jobs {
+        filter: crate::state::jobs::JobFilter,
+        limit: u32,
+        #[serde(default)]
+        stale: bool,
+    },
     /// This replica's applied index and a digest of its whole replicated
     /// state: equal digests at equal indexes mean identical replicas.
     Digest,
@@ -288,6 +304,18 @@ pub enum Response {
     Digest {
         applied_index: u64,
         digest: String,
+    },
+    Job {
+        job: Option<crate::jobs::Job>,
+        #[serde(default)]
+        stale: Option<Staleness>,
+    },
+    /// A page of jobs (summaries); `next_before`: the cursor of the next.
+    Jobs {
+        jobs: Vec<crate::jobs::Job>,
+        next_before: Option<String>,
+        #[serde(default)]
+        stale: Option<Staleness>,
     },
     /// Not handled here; ask `leader` (a server name) instead.
     NotLeader {

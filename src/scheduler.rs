@@ -42,7 +42,10 @@ pub fn place(
     now_ms: u64,
     batch_max: usize,
 ) -> Vec<Assignment> {
-    let mut order: Vec<&Queued> = queued.iter().filter(|q| q.not_before_ms <= now_ms).collect();
+    let mut order: Vec<&Queued> = queued
+        .iter()
+        .filter(|q| q.not_before_ms <= now_ms)
+        .collect();
     order.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
     let mut out = Vec::new();
     for job in order {

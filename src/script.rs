@@ -46,7 +46,9 @@ pub enum Failure {
     Compile(String),
     /// It raised an error or broke a limit (with the line).
     Runtime(String),
-    TimedOut { after_ms: u64 },
+    TimedOut {
+        after_ms: u64,
+    },
     Cancelled,
 }
 
@@ -215,7 +217,11 @@ fn runtime(err: &EvalAltResult) -> Failure {
     let at = if pos == Position::NONE {
         String::new()
     } else {
-        format!(" (line {}, position {})", pos.line().unwrap_or(0), pos.position().unwrap_or(0))
+        format!(
+            " (line {}, position {})",
+            pos.line().unwrap_or(0),
+            pos.position().unwrap_or(0)
+        )
     };
     let text = err.to_string();
     // Rhai's own text already names the position; keep it once.
@@ -248,7 +254,10 @@ mod tests {
 
     #[test]
     fn a_script_returns_its_value_and_logs() {
-        let (r, host) = go("log(\"hi \" + ARGS[1]); progress(50); 40 + ARGS.len()", 1000);
+        let (r, host) = go(
+            "log(\"hi \" + ARGS[1]); progress(50); 40 + ARGS.len()",
+            1000,
+        );
         assert_eq!(r, Ok("42".into()));
         assert_eq!(*host.0.lock().unwrap(), ["hi b"]);
         assert_eq!(*host.1.lock().unwrap(), 50);

@@ -276,6 +276,12 @@ async fn respond(shared: &Arc<Shared>, peer: Option<&str>, req: Request) -> Resp
         } => propose(shared, command, request_id, forwarded).await,
         Request::Get { key, stale } => read_setting(shared, &key, stale).await,
         Request::List(q) => list_settings(shared, q).await,
+        Request::Job { id, stale } => read_job(shared, &id, stale).await,
+        Request::Jobs {
+            filter,
+            limit,
+            stale,
+        } => list_jobs(shared, filter, limit, stale).await,
         Request::Digest => digest(shared),
         Request::Stop { name } => stop(shared, &name).await,
         Request::Transfer { name } => transfer(shared, &name).await,
@@ -767,6 +773,87 @@ async fn read_setting(shared: &Shared, key: &str, stale: bool) -> Response {
         Err(e) => read_failed(shared, "a setting", e),
     })
     .await
+}
+
+async fn read_job(shared: &Shared, id: &str, stale: bool) -> Response {
+    if let Err(message) = crate::jobs::check_job_id(id) {
+        return Response::Error { message };
+    }
+    read(shared, stale, |core, stale| {
+        match crate::state::jobs::job(core.state().conn(), id) {
+            Ok(job) => {
+                shared.read_succeeded();
+                Response::Job { job, stale }
+            }
+            Err(e) => read_failed(shared, "a job", e),
+        }
+    })
+    .await
+}
+
+/// Bytes of job summaries in one page: well inside one frame.
+const JOBS_PAGE_BYTES_MAX: usize = crate::proto::REQUEST_BYTES_MAX / 2;
+
+/// A page of jobs, newest first, bounded in count and in bytes.
+async fn list_jobs(
+    shared: &Shared,
+    filter: crate::state::jobs::JobFilter,
+    limit: u32,
+    stale: bool,
+) -> Response {
+    use crate::proto::JOBS_COUNT_MAX;
+    if limit == 0 || limit > JOBS_COUNT_MAX {
+        return Response::Error {
+            message: format!("a jobs limit must be 1..={JOBS_COUNT_MAX}, not {limit}"),
+        };
+    }
+    if let Some(before) = &filter.before {
+        if let Err(message) = crate::jobs::check_job_id(before) {
+            return Response::Error { message };
+        }
+    }
+    read(shared, stale, |core, stale| match crate::state::jobs::list(
+        core.state().conn(),
+        &filter,
+        limit + 1,
+    ) {
+        Ok(found) => {
+            shared.read_succeeded();
+            let (jobs, next_before) = jobs_page(found, limit as usize);
+            Response::Jobs {
+                jobs,
+                next_before,
+                stale,
+            }
+        }
+        Err(e) => read_failed(shared, "jobs", e),
+    })
+    .await
+}
+
+/// The summaries of `found` (one more than `limit` was asked, to know
+/// whether more follow) that fit a page, and the cursor of the next page.
+fn jobs_page(
+    found: Vec<crate::jobs::Job>,
+    limit: usize,
+) -> (Vec<crate::jobs::Job>, Option<String>) {
+    let more = found.len() > limit;
+    let mut jobs = Vec::new();
+    let mut bytes = 0;
+    for job in found.into_iter().take(limit) {
+        let job = job.summary();
+        let size = 512
+            + job.result.as_ref().map_or(0, String::len)
+            + job.error.as_ref().map_or(0, String::len);
+        if bytes + size > JOBS_PAGE_BYTES_MAX {
+            let next = jobs.last().map(|j: &crate::jobs::Job| j.id.clone());
+            return (jobs, next);
+        }
+        bytes += size;
+        jobs.push(job);
+    }
+    let next = more.then(|| jobs.last().map(|j| j.id.clone())).flatten();
+    (jobs, next)
 }
 
 fn digest(shared: &Shared) -> Response {

@@ -17,12 +17,14 @@ mod damage;
 mod gossip;
 mod handlers;
 mod integrity;
+mod jobs;
 mod peers;
 mod rejoin;
 mod snapshot;
 mod space;
 mod startup;
 mod stop;
+mod worker;
 
 pub use startup::{read_facts, LocalFacts};
 pub use stop::read_record;
@@ -112,6 +114,8 @@ pub(crate) struct Shared {
     /// Why this instance has no database after damage (`damage`).
     damage: damage::Damage,
     pub rejoin: rejoin::Rejoin,
+    /// The job loops' wake-ups and this instance's runs (`jobs`, `worker`).
+    pub jobs: jobs::JobsShell,
 }
 
 /// A server's Raft id: derived from its name, so that it is the same on every
@@ -398,6 +402,8 @@ async fn serve_async(opts: ServeOptions) -> Result<(), String> {
     gossip::spawn(&shared);
     async_std::task::spawn(rejoin::watch(shared.clone()));
     async_std::task::spawn(integrity::watch(shared.clone()));
+    async_std::task::spawn(jobs::assign_loop(shared.clone()));
+    async_std::task::spawn(worker::worker_loop(shared.clone()));
     let _ = stop_rx.recv().await;
     shared.stopping.store(true, Ordering::SeqCst);
     stop::graceful_stop(&shared).await;
@@ -475,6 +481,7 @@ fn cycle(shared: &Arc<Shared>, ticked: bool) -> Result<Vec<Output>, String> {
     if ticked {
         core.tick();
     }
+    let applied_before = core.applied_index();
     let mut out = Vec::new();
     let mut sink = |o: Output| match o {
         Output::Send(msg) => shared.peers.send(shared, msg),
@@ -496,6 +503,9 @@ fn cycle(shared: &Arc<Shared>, ticked: bool) -> Result<Vec<Output>, String> {
     let voter = core.is_voter(shared.id);
     let applied = core.applied_index();
     drop(guard);
+    if applied > applied_before {
+        shared.jobs.applied();
+    }
     shared.release_reads(applied);
     shared.after_cycle(member, voter);
     Ok(out)

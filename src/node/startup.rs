@@ -113,6 +113,7 @@ pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
         space,
         damage: super::damage::Damage::new(damage),
         rejoin: super::rejoin::Rejoin::new(incarnation),
+        jobs: super::jobs::JobsShell::new(),
     };
     Ok((Arc::new(shared), wake_rx, stop_rx))
 }

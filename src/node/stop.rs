@@ -87,6 +87,7 @@ pub async fn graceful_stop(shared: &Shared) {
     if matches!(was, Phase::Discovering | Phase::Waiting { .. }) || shared.core().is_none() {
         return;
     }
+    super::worker::drain(shared).await;
     hand_over(shared).await;
     let others: Vec<String> = voters(shared)
         .into_iter()

@@ -113,7 +113,16 @@ pub fn finished(
     }
     let error = outcome.error.clone().unwrap_or_else(|| "failed".into());
     let error = format!("attempt {attempt} on {instance}: {error}");
-    end_attempt(tx, id, attempt, max, at_ms, &error, Some(&outcome.log), true)
+    end_attempt(
+        tx,
+        id,
+        attempt,
+        max,
+        at_ms,
+        &error,
+        Some(&outcome.log),
+        true,
+    )
 }
 
 /// Ends an active attempt that did not succeed: the job goes back to the
@@ -309,11 +318,18 @@ pub fn active_on(conn: &Connection, instance: &str) -> rusqlite::Result<Vec<Job>
 }
 
 /// The current attempt and state of job `id`.
-pub fn attempt_of(conn: &Connection, id: &str) -> rusqlite::Result<Option<(u32, JobState, Option<String>)>> {
+pub fn attempt_of(
+    conn: &Connection,
+    id: &str,
+) -> rusqlite::Result<Option<(u32, JobState, Option<String>)>> {
     conn.prepare_cached("SELECT attempt, state, instance FROM jobs WHERE id = ?1")?
         .query_row(params![id], |r| {
             let state: String = r.get(1)?;
-            Ok((r.get(0)?, JobState::parse(&state).unwrap_or(JobState::Failed), r.get(2)?))
+            Ok((
+                r.get(0)?,
+                JobState::parse(&state).unwrap_or(JobState::Failed),
+                r.get(2)?,
+            ))
         })
         .optional()
 }
@@ -499,7 +515,10 @@ mod tests {
         db.apply(assign("srv2", 1));
         db.apply(release(1));
         let j = super::job(db.sm.conn(), ID).unwrap().unwrap();
-        assert_eq!((j.state, j.attempt, j.not_before_ms), (JobState::Queued, 2, 50));
+        assert_eq!(
+            (j.state, j.attempt, j.not_before_ms),
+            (JobState::Queued, 2, 50)
+        );
         assert_eq!(super::active_counts(db.sm.conn()).unwrap().len(), 0);
         db.apply(assign("srv3", 2));
         assert_eq!(super::active_counts(db.sm.conn()).unwrap()["srv3"], 1);
@@ -547,6 +566,9 @@ mod tests {
             ..Default::default()
         };
         let cmds = super::list(db.sm.conn(), &f, 10).unwrap();
-        assert_eq!(cmds.iter().map(|j| j.created_ms).collect::<Vec<_>>(), [4, 2]);
+        assert_eq!(
+            cmds.iter().map(|j| j.created_ms).collect::<Vec<_>>(),
+            [4, 2]
+        );
     }
 }

@@ -177,9 +177,9 @@ impl Command {
             Command::JobAssign { assignments, .. } if assignments.len() > JOB_BATCH_COUNT_MAX => {
                 Err(format!("more than {JOB_BATCH_COUNT_MAX} placements"))
             }
-            Command::JobRelease { attempts, reason, .. }
-                if attempts.len() > JOB_BATCH_COUNT_MAX || reason.len() > REASON_BYTES_MAX =>
-            {
+            Command::JobRelease {
+                attempts, reason, ..
+            } if attempts.len() > JOB_BATCH_COUNT_MAX || reason.len() > REASON_BYTES_MAX => {
                 Err("a release over its limits".into())
             }
             Command::JobStarted { id, .. }
@@ -188,9 +188,9 @@ impl Command {
             Command::JobFinished { id, outcome, .. } => {
                 check_job_id(id).and_then(|()| outcome.validate())
             }
-            Command::NodeMode { mode, .. } if mode != "active" && mode != "maintenance" => {
-                Err(format!("`{mode}` is not a server mode (active, maintenance)"))
-            }
+            Command::NodeMode { mode, .. } if mode != "active" && mode != "maintenance" => Err(
+                format!("`{mode}` is not a server mode (active, maintenance)"),
+            ),
             _ => Ok(()),
         }
     }

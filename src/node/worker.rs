@@ -1,0 +1,371 @@
+//! Every instance's side of jobs: it watches the applied state for attempts
+//! assigned to it, runs them (scripts in the Script Execution Engine,
+//! commands as processes), and reports how they ended through the
+//! coordinator. An attempt that is no longer current (cancelled, or
+//! released while this instance was cut off) is stopped; its late report is
+//! fenced off when applied. Attempts this instance holds but does not run
+//! (it restarted) are handed back at once; so is everything left when it
+//! stops.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::handlers::propose;
+use super::jobs::active_on;
+use super::{now_ms, Phase, Shared};
+use crate::jobs::{bounded_text, Job, JobKind, JobState, Outcome, LOG_BYTES_MAX, RESULT_BYTES_MAX};
+use crate::proto::Response;
+use crate::state::{jobs as db, Command};
+
+/// Longest time between two looks at the applied state.
+const POLL_MS: u64 = 50;
+/// A run that lasts longer than this is reported `running`; shorter ones go
+/// straight from `assigned` to their end (one entry less per job).
+const STARTED_REPORT_MS: u64 = 50;
+/// Time a stopping instance lets its runs finish before handing them back.
+pub const DRAIN_MS: u64 = 10_000;
+/// Tries to report an outcome (each waits for a coordinator up to 10 s).
+const REPORT_TRIES_MAX: u32 = 30;
+/// Step of the wait of a command job.
+const COMMAND_POLL_MS: u64 = 10;
+
+/// One attempt running here.
+pub(crate) struct Run {
+    attempt: u32,
+    cancel: Arc<AtomicBool>,
+    done: AtomicBool,
+}
+
+pub async fn worker_loop(shared: Arc<Shared>) {
+    let wake = shared.jobs.worker_wake.1.clone();
+    let mut handed_back: HashSet<(String, u32)> = HashSet::new();
+    loop {
+        let _ = async_std::future::timeout(Duration::from_millis(POLL_MS), wake.recv()).await;
+        let mine = active_on(&shared, &shared.me.name);
+        stop_stale_runs(&shared, &mine);
+        let hand_back = start_new_runs(&shared, mine);
+        let fresh: Vec<(String, u32)> = hand_back
+            .into_iter()
+            .filter(|a| handed_back.insert(a.clone()))
+            .collect();
+        if !fresh.is_empty() {
+            let reason = format!("{} does not run it (restarted or stopping)", shared.me.name);
+            release(&shared, fresh, reason).await;
+        }
+    }
+}
+
+/// Cancels runs whose attempt is no longer current here; forgets those
+/// that ended and whose end is applied.
+fn stop_stale_runs(shared: &Shared, mine: &[Job]) {
+    let mut runs = shared.jobs.runs.lock().expect("runs lock");
+    runs.retain(|id, run| {
+        let current = mine.iter().any(|j| j.id == *id && j.attempt == run.attempt);
+        if current {
+            return true;
+        }
+        if !run.done.load(Ordering::Relaxed) && !run.cancel.swap(true, Ordering::Relaxed) {
+            tracing::info!(job = %id, attempt = run.attempt, "the attempt is no longer current here (cancelled or released): stopping it");
+        }
+        !run.done.load(Ordering::Relaxed)
+    });
+}
+
+/// Starts the attempts assigned here that do not run yet; returns those to
+/// hand back: `running` ones this instance does not run (it restarted), and
+/// new ones while it drains.
+fn start_new_runs(shared: &Arc<Shared>, mine: Vec<Job>) -> Vec<(String, u32)> {
+    let accepting = shared.jobs.accepting.load(Ordering::Relaxed);
+    let mut runs = shared.jobs.runs.lock().expect("runs lock");
+    let mut hand_back = Vec::new();
+    for job in mine {
+        if runs.get(&job.id).is_some_and(|r| r.attempt == job.attempt) {
+            continue;
+        }
+        if job.state == JobState::Running || !accepting {
+            hand_back.push((job.id, job.attempt));
+            continue;
+        }
+        let run = Arc::new(Run {
+            attempt: job.attempt,
+            cancel: Arc::new(AtomicBool::new(false)),
+            done: AtomicBool::new(false),
+        });
+        runs.insert(job.id.clone(), run.clone());
+        async_std::task::spawn(execute(shared.clone(), job, run));
+    }
+    hand_back
+}
+
+async fn release(shared: &Shared, attempts: Vec<(String, u32)>, reason: String) {
+    let command = Command::JobRelease {
+        attempts,
+        reason,
+        at_ms: now_ms(),
+    };
+    if let Response::Error { message } = propose(shared, command, None, false).await {
+        tracing::warn!("handing back attempts failed: {message}");
+    }
+}
+
+/// Runs one attempt and reports its end.
+async fn execute(shared: Arc<Shared>, job: Job, run: Arc<Run>) {
+    let (id, attempt) = (job.id.clone(), job.attempt);
+    let report_started = {
+        let (shared, run, id) = (shared.clone(), run.clone(), id.clone());
+        async_std::task::spawn(async move {
+            async_std::task::sleep(Duration::from_millis(STARTED_REPORT_MS)).await;
+            if !run.done.load(Ordering::Relaxed) {
+                let command = Command::JobStarted {
+                    id,
+                    instance: shared.me.name.clone(),
+                    attempt,
+                    at_ms: now_ms(),
+                };
+                let _ = propose(&shared, command, None, false).await;
+            }
+        })
+    };
+    let root = shared.cfg.shared_root.clone();
+    let cancel = run.cancel.clone();
+    let outcome = async_std::task::spawn_blocking(move || run_job(&job, &root, cancel)).await;
+    report_started.await;
+    report(&shared, &id, attempt, outcome).await;
+    run.done.store(true, Ordering::Relaxed);
+    shared.jobs.applied(); // let the loop forget the run once its end is applied
+}
+
+/// Reports an attempt's end until it is applied, or the attempt is no
+/// longer current (then the report would be fenced off anyway).
+async fn report(shared: &Shared, id: &str, attempt: u32, outcome: Outcome) {
+    let command = Command::JobFinished {
+        id: id.to_string(),
+        instance: shared.me.name.clone(),
+        attempt,
+        at_ms: now_ms(),
+        outcome,
+    };
+    for _ in 0..REPORT_TRIES_MAX {
+        match propose(shared, command.clone(), None, false).await {
+            Response::Proposed { .. } => {
+                log_if_fenced(shared, id, attempt);
+                return;
+            }
+            Response::Error { message } => {
+                tracing::warn!(job = %id, attempt, "reporting the end of the attempt failed, retrying: {message}");
+            }
+            _ => {}
+        }
+        if shared.phase() == Phase::Stopping && shared.core().is_none() {
+            return;
+        }
+        async_std::task::sleep(Duration::from_millis(POLL_MS)).await;
+    }
+    tracing::error!(job = %id, attempt, "the end of the attempt could not be reported; the coordinator releases it when this instance is gone");
+}
+
+fn log_if_fenced(shared: &Shared, id: &str, attempt: u32) {
+    let guard = shared.core();
+    let Some(core) = guard.as_ref() else { return };
+    if let Ok(Some((current, state, instance))) = db::attempt_of(core.state().conn(), id) {
+        let mine = current == attempt && instance.as_deref() == Some(shared.me.name.as_str());
+        if !mine || state.is_active() {
+            tracing::info!(job = %id, attempt, "the report was refused: the attempt is no longer current (cancelled or released)");
+        }
+    }
+}
+
+/// Runs an attempt on this (blocking) thread.
+fn run_job(job: &Job, root: &std::path::Path, cancel: Arc<AtomicBool>) -> Outcome {
+    match job.spec.kind {
+        JobKind::Script => run_script(job, cancel),
+        JobKind::Command => run_command(job, root, cancel),
+    }
+}
+
+/// A job's captured log, bounded by `LOG_BYTES_MAX`.
+#[derive(Default)]
+struct LogSink {
+    text: Mutex<String>,
+}
+
+impl LogSink {
+    fn push(&self, line: &str) {
+        let mut t = self.text.lock().expect("log lock");
+        if t.len() < LOG_BYTES_MAX * 2 {
+            t.push_str(line);
+            t.push('\n');
+        }
+    }
+    fn take(&self) -> String {
+        bounded_text(&self.text.lock().expect("log lock"), LOG_BYTES_MAX)
+    }
+}
+
+impl crate::script::Host for LogSink {
+    fn log(&self, line: &str) {
+        self.push(line);
+    }
+    fn progress(&self, percent: u8) {
+        self.push(&format!("[progress {percent}%]"));
+    }
+}
+
+fn run_script(job: &Job, cancel: Arc<AtomicBool>) -> Outcome {
+    let sink = Arc::new(LogSink::default());
+    let result = crate::script::run(
+        &job.spec.script,
+        &job.spec.args,
+        job.spec.timeout_ms,
+        cancel,
+        sink.clone(),
+    );
+    let log = sink.take();
+    match result {
+        Ok(value) => Outcome {
+            ok: true,
+            result: Some(bounded_text(&value, RESULT_BYTES_MAX)),
+            error: None,
+            log,
+        },
+        Err(e) => Outcome {
+            ok: false,
+            result: None,
+            error: Some(bounded_text(&e.to_string(), RESULT_BYTES_MAX)),
+            log,
+        },
+    }
+}
+
+fn failed(error: String, log: String) -> Outcome {
+    Outcome {
+        ok: false,
+        result: None,
+        error: Some(bounded_text(&error, RESULT_BYTES_MAX)),
+        log,
+    }
+}
+
+/// Runs a command job's argv (no shell) under `shared_root`, capturing its
+/// output, until it exits, times out or is cancelled (then it is killed).
+fn run_command(job: &Job, root: &std::path::Path, cancel: Arc<AtomicBool>) -> Outcome {
+    use std::process::{Command as Process, Stdio};
+    let cwd = root.join(job.spec.cwd.as_deref().unwrap_or("."));
+    let argv = &job.spec.args;
+    let mut child = match Process::new(&argv[0])
+        .args(&argv[1..])
+        .current_dir(&cwd)
+        .envs(job.spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            let why = format!("cannot start `{}` in {}: {e}", argv[0], cwd.display());
+            return failed(why, String::new());
+        }
+    };
+    let sink = Arc::new(LogSink::default());
+    let readers = [
+        capture(
+            child
+                .stdout
+                .take()
+                .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
+            &sink,
+        ),
+        capture(
+            child
+                .stderr
+                .take()
+                .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
+            &sink,
+        ),
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_millis(job.spec.timeout_ms);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) => {}
+            Err(e) => break Err(format!("waiting for the command failed: {e}")),
+        }
+        if cancel.load(Ordering::Relaxed) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break Err("cancelled".into());
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break Err(format!("timed out after {} ms", job.spec.timeout_ms));
+        }
+        std::thread::sleep(Duration::from_millis(COMMAND_POLL_MS));
+    };
+    for r in readers.into_iter().flatten() {
+        let _ = r.join();
+    }
+    let log = sink.take();
+    match status {
+        Ok(s) if s.success() => Outcome {
+            ok: true,
+            result: Some("exit status 0".into()),
+            error: None,
+            log,
+        },
+        Ok(s) => failed(format!("the command ended with {s}"), log),
+        Err(why) => failed(why, log),
+    }
+}
+
+/// Copies a child's output into the log on a thread of its own.
+fn capture(
+    from: Option<Box<dyn std::io::Read + Send>>,
+    sink: &Arc<LogSink>,
+) -> Option<std::thread::JoinHandle<()>> {
+    use std::io::BufRead;
+    let from = from?;
+    let sink = sink.clone();
+    Some(std::thread::spawn(move || {
+        for line in std::io::BufReader::new(from).lines() {
+            match line {
+                Ok(l) => sink.push(&l),
+                Err(_) => break,
+            }
+        }
+    }))
+}
+
+/// A graceful stop: no new attempts; running ones get `DRAIN_MS` to end;
+/// what is left (and anything assigned meanwhile) is handed back at once.
+pub async fn drain(shared: &Shared) {
+    shared.jobs.accepting.store(false, Ordering::Relaxed);
+    let deadline = std::time::Instant::now() + Duration::from_millis(DRAIN_MS);
+    loop {
+        let running = shared
+            .jobs
+            .runs
+            .lock()
+            .expect("runs lock")
+            .values()
+            .any(|r| !r.done.load(Ordering::Relaxed));
+        if !running || std::time::Instant::now() >= deadline {
+            break;
+        }
+        async_std::task::sleep(Duration::from_millis(POLL_MS)).await;
+    }
+    for run in shared.jobs.runs.lock().expect("runs lock").values() {
+        run.cancel.store(true, Ordering::Relaxed);
+    }
+    let left: Vec<(String, u32)> = active_on(shared, &shared.me.name)
+        .into_iter()
+        .map(|j| (j.id, j.attempt))
+        .collect();
+    if !left.is_empty() {
+        tracing::info!("handing back {} attempts before stopping", left.len());
+        release(shared, left, format!("{} stopped", shared.me.name)).await;
+    }
+}
