@@ -466,7 +466,11 @@ fn jobs(path: &std::path::Path, command: Command) -> Result<(), Failure> {
     let config = Config::load(path)?;
     match command {
         Command::Submit(a) => {
-            let wait = a.wait;
+            let wait = if a.wait {
+                jc::Wait::Result
+            } else {
+                jc::Wait::No
+            };
             let client = ClientArgs {
                 server: a.client.server.clone(),
                 json: a.client.json,
@@ -475,7 +479,7 @@ fn jobs(path: &std::path::Path, command: Command) -> Result<(), Failure> {
         }
         Command::Run { file, job, client } => {
             let spec = job_spec(crate::jobs::JobKind::Script, read_script(&file)?, &job);
-            jc::submit(&config, &client, spec, true)
+            jc::submit(&config, &client, spec, jc::Wait::LogAndResult)
         }
         Command::Jobs {
             state,

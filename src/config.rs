@@ -176,6 +176,9 @@ pub struct Timing {
     /// How often the coordinator commits a digest checkpoint, at which the
     /// replicas compare their whole state (`integrity`).
     pub checkpoint_ms: u64,
+    /// How long a stopping instance lets its running jobs finish before it
+    /// hands them back to be run elsewhere.
+    pub drain_ms: u64,
 }
 
 impl Default for Timing {
@@ -187,6 +190,7 @@ impl Default for Timing {
             node_timeout_ms: 3000,
             discovery_ms: 2000,
             checkpoint_ms: 30_000,
+            drain_ms: 10_000,
         }
     }
 }
@@ -261,6 +265,7 @@ struct RawTiming {
     node_timeout_ms: Option<Spanned<i64>>,
     discovery_ms: Option<Spanned<i64>>,
     checkpoint_ms: Option<Spanned<i64>>,
+    drain_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -674,6 +679,7 @@ fn timing(src: &Source<'_>, raw: Option<&Spanned<RawTiming>>) -> Result<Timing, 
         node_timeout_ms: value("node_timeout_ms", d.node_timeout_ms)?,
         discovery_ms: value("discovery_ms", d.discovery_ms)?,
         checkpoint_ms: value("checkpoint_ms", d.checkpoint_ms)?,
+        drain_ms: value("drain_ms", d.drain_ms)?,
     };
     match timing_conflict(&t) {
         None => Ok(t),
@@ -700,6 +706,7 @@ impl RawTiming {
             "node_timeout_ms" => &self.node_timeout_ms,
             "discovery_ms" => &self.discovery_ms,
             "checkpoint_ms" => &self.checkpoint_ms,
+            "drain_ms" => &self.drain_ms,
             _ => unreachable!("no timing key {key}"),
         }
     }
@@ -1176,6 +1183,7 @@ election_ms = {election}
 node_timeout_ms = {node_timeout}
 discovery_ms = {discovery}
 checkpoint_ms = {checkpoint}
+drain_ms = {drain}
 
 # One [[server]] per instance. name: a-z 0-9 - (a DNS name in its certificate);
 # address: IP, IP:PORT, [IPv6]:PORT, or a DNS name (NAME or NAME:PORT, looked up
@@ -1191,6 +1199,7 @@ checkpoint_ms = {checkpoint}
         node_timeout = d.node_timeout_ms,
         discovery = d.discovery_ms,
         checkpoint = d.checkpoint_ms,
+        drain = d.drain_ms,
     );
     for (name, address) in servers {
         out.push_str(&format!(
@@ -1296,6 +1305,7 @@ mod tests {
                 node_timeout_ms: 3000,
                 discovery_ms: 2000,
                 checkpoint_ms: 30_000,
+                drain_ms: 10_000,
             }
         );
         let expected = ServerConf {
@@ -1359,6 +1369,7 @@ address = "fd00::4"
             node_timeout_ms: 2000,
             discovery_ms: 1500,
             checkpoint_ms: 30_000,
+            drain_ms: 10_000,
         };
         assert_eq!(c.timing, t);
         assert_eq!(c.servers.len(), 4);

@@ -17,6 +17,14 @@ use crate::state::{jobs::JobFilter, Command};
 const WAIT_POLL_MS_FIRST: u64 = 5;
 const WAIT_POLL_MS_MAX: u64 = 250;
 
+/// What `submit` waits for and prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    No,
+    Result,
+    LogAndResult,
+}
+
 fn new_id() -> String {
     crate::jobs::new_job_id(crate::node::now_ms(), rand::random())
 }
@@ -41,7 +49,7 @@ pub fn submit(
     config: &Config,
     args: &ClientArgs,
     spec: JobSpec,
-    wait: bool,
+    wait: Wait,
 ) -> Result<(), Failure> {
     let id = new_id();
     let command = Command::JobSubmit {
@@ -50,8 +58,10 @@ pub fn submit(
         at_ms: crate::node::now_ms(),
     };
     write(config, args, command, id.clone())?;
-    if wait {
-        return wait_for(config, args, &id, true);
+    match wait {
+        Wait::No => {}
+        Wait::Result => return wait_for(config, args, &id, false),
+        Wait::LogAndResult => return wait_for(config, args, &id, true),
     }
     if args.json {
         let job = fetch(config, args, &id)?;

@@ -389,6 +389,8 @@ fn electing_note(shared: &Shared, core: &crate::consensus::Core) -> String {
 fn state_name(shared: &Shared, core: &crate::consensus::Core, phase: &Phase) -> &'static str {
     match phase {
         Phase::Discovering | Phase::Waiting { .. } => "waiting",
+        // Told to peers so that the coordinator places nothing here.
+        Phase::Stopping => "stopping",
         _ if core.is_leader() => "coordinator",
         _ if core.is_learner(shared.id) => "joining",
         _ if core.is_voter(shared.id) && core.leader_id().is_none() => "electing",

@@ -24,10 +24,11 @@ const POLL_MS: u64 = 50;
 /// A run that lasts longer than this is reported `running`; shorter ones go
 /// straight from `assigned` to their end (one entry less per job).
 const STARTED_REPORT_MS: u64 = 50;
-/// Time a stopping instance lets its runs finish before handing them back.
-pub const DRAIN_MS: u64 = 10_000;
 /// Tries to report an outcome (each waits for a coordinator up to 10 s).
 const REPORT_TRIES_MAX: u32 = 30;
+/// Time for the coordinator to hear that this instance is stopping (more
+/// than one gossip interval, `node::gossip`).
+const GOSSIP_SETTLE_MS: u64 = 400;
 /// Step of the wait of a command job.
 const COMMAND_POLL_MS: u64 = 10;
 
@@ -339,11 +340,17 @@ fn capture(
     }))
 }
 
-/// A graceful stop: no new attempts; running ones get `DRAIN_MS` to end;
+/// A graceful stop: no new attempts; running ones get `drain_ms` to end;
 /// what is left (and anything assigned meanwhile) is handed back at once.
 pub async fn drain(shared: &Shared) {
     shared.jobs.accepting.store(false, Ordering::Relaxed);
-    let deadline = std::time::Instant::now() + Duration::from_millis(DRAIN_MS);
+    if !active_on(shared, &shared.me.name).is_empty() {
+        // The coordinator learns `stopping` by gossip: until then it might
+        // place the handed-back attempts here again.
+        async_std::task::sleep(Duration::from_millis(GOSSIP_SETTLE_MS)).await;
+    }
+    let drain_ms = shared.cfg.timing.drain_ms;
+    let deadline = std::time::Instant::now() + Duration::from_millis(drain_ms);
     loop {
         let running = shared
             .jobs

@@ -397,7 +397,8 @@ impl Drop for Cluster {
 
 /// Tests keep the default election timeout's slack for loaded CI machines,
 /// and a short discovery window so that they do not wait long.
-pub const TEST_TIMING: &str = "election_ms = 1000\ndiscovery_ms = 1000\ncheckpoint_ms = 500\n";
+pub const TEST_TIMING: &str =
+    "election_ms = 1000\ndiscovery_ms = 1000\ncheckpoint_ms = 500\ndrain_ms = 1000\n";
 
 pub fn config_text(net: u8, servers: &[(&str, &str)], timing: &str) -> String {
     let mut s = format!(

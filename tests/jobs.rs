@@ -1,0 +1,394 @@
+//! Jobs on a real three-server cluster (127.0.N.1-3, N = 103..108): spread by
+//! load, re-run elsewhere when their instance is killed -9 or frozen past
+//! `node_timeout_ms` (whose late report is then fenced off), handed back at
+//! once by a graceful stop, and submitted exactly once through a coordinator
+//! kill. Real `claro serve` processes; jobs submitted as the CLI does.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use claro::jobs::{new_job_id, Job, JobKind, JobSpec, JobState};
+use claro::proto::{Request, Response};
+use claro::state::jobs::JobFilter;
+use claro::state::Command;
+use common::Cluster;
+
+/// Longest wait for jobs to end in these tests.
+const END_S: u64 = 60;
+
+fn script(code: &str) -> JobSpec {
+    JobSpec {
+        kind: JobKind::Script,
+        script: code.into(),
+        args: Vec::new(),
+        cwd: None,
+        env: Vec::new(),
+        priority: 0,
+        max_attempts: 3,
+        timeout_ms: 60_000,
+    }
+}
+
+/// Submits `spec` through `via` as the CLI does (the job id is the request
+/// id); returns the id once the submission is acknowledged.
+fn submit(c: &Cluster, via: &str, spec: JobSpec) -> Result<String, String> {
+    let id = new_job_id(claro::node::now_ms(), rand::random());
+    let command = Command::JobSubmit {
+        id: id.clone(),
+        spec,
+        at_ms: claro::node::now_ms(),
+    };
+    match c.call(via, Request::propose(command, Some(id.clone())))? {
+        Response::Proposed { .. } => Ok(id),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+fn job(c: &Cluster, via: &str, id: &str) -> Option<Job> {
+    let req = Request::Job {
+        id: id.into(),
+        stale: false,
+    };
+    match c.call(via, req) {
+        Ok(Response::Job { job, .. }) => job,
+        _ => None,
+    }
+}
+
+/// Every job, through `via` (pages of 1,000).
+fn all_jobs(c: &Cluster, via: &str) -> Vec<Job> {
+    let mut out = Vec::new();
+    let mut before = None;
+    loop {
+        let filter = JobFilter {
+            before: before.clone(),
+            ..JobFilter::default()
+        };
+        let req = Request::Jobs {
+            filter,
+            limit: 1000,
+            stale: false,
+        };
+        match c.call(via, req) {
+            Ok(Response::Jobs {
+                jobs, next_before, ..
+            }) => {
+                out.extend(jobs);
+                match next_before {
+                    Some(n) => before = Some(n),
+                    None => return out,
+                }
+            }
+            other => panic!("listing jobs: {other:?}"),
+        }
+    }
+}
+
+fn wait_all_final(c: &Cluster, via: &str, count: usize) -> Vec<Job> {
+    let deadline = Instant::now() + Duration::from_secs(END_S);
+    loop {
+        let jobs = all_jobs(c, via);
+        if jobs.len() >= count && jobs.iter().all(|j| j.state.is_final()) {
+            return jobs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "jobs did not end: {:?}\n{}",
+            jobs.iter()
+                .filter(|j| !j.state.is_final())
+                .map(|j| (&j.id, j.state, &j.instance, j.attempt))
+                .collect::<Vec<_>>(),
+            c.all_logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn by_instance(jobs: &[Job]) -> HashMap<String, usize> {
+    let mut n = HashMap::new();
+    for j in jobs {
+        *n.entry(j.instance.clone().unwrap_or_default()).or_default() += 1;
+    }
+    n
+}
+
+#[test]
+fn a_thousand_script_jobs_spread_over_three_instances_by_load() {
+    let c = Cluster::three_running(103);
+    // Jobs that hold their slot a little, so that placement by load shows.
+    let ids: Vec<String> = std::thread::scope(|s| {
+        let workers: Vec<_> = ["srv1", "srv2", "srv3", "srv1"]
+            .iter()
+            .map(|via| {
+                let c = &c;
+                s.spawn(move || {
+                    (0..250)
+                        .map(|i| {
+                            let code = format!("sleep_ms(5); {i}");
+                            submit(c, via, script(&code)).expect("submit")
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    assert_eq!(ids.len(), 1000);
+    let jobs = wait_all_final(&c, "srv2", 1000);
+    assert_eq!(jobs.len(), 1000, "one job per acknowledged submission");
+    assert!(jobs.iter().all(|j| j.state == JobState::Succeeded));
+    let spread = by_instance(&jobs);
+    for name in ["srv1", "srv2", "srv3"] {
+        let n = spread.get(name).copied().unwrap_or(0);
+        assert!(n >= 150, "{name} ran {n} of 1000: {spread:?}");
+    }
+    // The same answer through every instance.
+    let one = &ids[500];
+    let seen: Vec<Option<String>> = ["srv1", "srv2", "srv3"]
+        .iter()
+        .map(|v| job(&c, v, one).and_then(|j| j.result))
+        .collect();
+    assert!(
+        seen.iter().all(|r| r == &seen[0] && r.is_some()),
+        "{seen:?}"
+    );
+}
+
+/// Submits six long jobs and waits until every one runs; returns their ids
+/// and the instance that runs the most of them.
+fn long_jobs_running(c: &Cluster, code: &str) -> (Vec<String>, String) {
+    let ids: Vec<String> = (0..6)
+        .map(|_| submit(c, "srv1", script(code)).expect("submit"))
+        .collect();
+    c.wait(30, "the long jobs to run", || {
+        ids.iter()
+            .all(|id| job(c, "srv1", id).is_some_and(|j| j.state == JobState::Running))
+    });
+    let jobs: Vec<Job> = ids.iter().filter_map(|id| job(c, "srv1", id)).collect();
+    let spread = by_instance(&jobs);
+    let victim = ["srv2", "srv3"]
+        .into_iter()
+        .max_by_key(|n| spread.get(*n).copied().unwrap_or(0))
+        .unwrap()
+        .to_string();
+    assert!(spread.get(&victim).copied().unwrap_or(0) > 0, "{spread:?}");
+    (ids, victim)
+}
+
+#[test]
+fn jobs_of_an_instance_killed_9_finish_elsewhere() {
+    let mut c = Cluster::three_running(104);
+    let (ids, victim) = long_jobs_running(&c, "sleep_ms(2000); 7");
+    let on_victim: Vec<String> = ids
+        .iter()
+        .filter(|id| job(&c, "srv1", id).and_then(|j| j.instance).as_deref() == Some(&victim))
+        .cloned()
+        .collect();
+    let killed = Instant::now();
+    c.kill9(&victim);
+    for id in &on_victim {
+        c.wait(
+            END_S,
+            "a job of the killed instance to run elsewhere",
+            || {
+                job(&c, "srv1", id).is_some_and(|j| {
+                    j.state == JobState::Running && j.instance.as_deref() != Some(&victim)
+                })
+            },
+        );
+    }
+    let rerun_ms = killed.elapsed().as_millis();
+    let jobs = wait_all_final(&c, "srv1", ids.len());
+    for j in jobs.iter().filter(|j| on_victim.contains(&j.id)) {
+        assert_eq!(j.state, JobState::Succeeded, "{j:?}");
+        assert_ne!(j.instance.as_deref(), Some(victim.as_str()));
+        assert_eq!(j.attempt, 2, "{j:?}");
+    }
+    let line = c.log_line("srv1", "releasing its");
+    assert!(line.contains(&format!("{victim} was silent")), "{line}");
+    eprintln!("kill -9 to re-run elsewhere: {rerun_ms} ms (node_timeout_ms 3000)");
+    c.assert_nobody_crashed();
+}
+
+#[test]
+fn a_frozen_instance_s_late_report_is_fenced_off() {
+    let mut c = Cluster::three_running(105);
+    let (ids, victim) = long_jobs_running(&c, "sleep_ms(1500); \"first\"");
+    let pid = c.pid(&victim).expect("running");
+    let on_victim: Vec<String> = ids
+        .iter()
+        .filter(|id| job(&c, "srv1", id).and_then(|j| j.instance).as_deref() == Some(&victim))
+        .cloned()
+        .collect();
+    signal(pid, "STOP");
+    // Released after node_timeout_ms (3 s) and run elsewhere.
+    for id in &on_victim {
+        c.wait(END_S, "the frozen instance's job to run elsewhere", || {
+            job(&c, "srv1", id)
+                .is_some_and(|j| j.attempt == 2 && j.instance.as_deref() != Some(&victim))
+        });
+    }
+    signal(pid, "CONT");
+    let jobs = wait_all_final(&c, "srv1", ids.len());
+    for j in jobs.iter().filter(|j| on_victim.contains(&j.id)) {
+        assert_eq!(j.state, JobState::Succeeded);
+        assert_eq!(
+            j.attempt, 2,
+            "the late report of attempt 1 must not count: {j:?}"
+        );
+        assert_ne!(j.instance.as_deref(), Some(victim.as_str()));
+    }
+    c.wait(10, "the thawed instance to note its refused report", || {
+        c.log(&victim).contains("no longer current")
+    });
+    c.assert_nobody_crashed();
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+#[test]
+fn a_graceful_stop_hands_jobs_back_at_once() {
+    let mut c = Cluster::three_running(106);
+    // Longer than the tests' drain_ms (1 s): they are handed back.
+    let (ids, victim) = long_jobs_running(&c, "sleep_ms(20000); 1");
+    let on_victim: Vec<String> = ids
+        .iter()
+        .filter(|id| job(&c, "srv1", id).and_then(|j| j.instance).as_deref() == Some(&victim))
+        .cloned()
+        .collect();
+    let stopped = Instant::now();
+    c.stop(&victim);
+    for id in &on_victim {
+        c.wait(10, "a handed-back job to run elsewhere", || {
+            job(&c, "srv1", id).is_some_and(|j| j.attempt == 2 && j.state == JobState::Running)
+        });
+    }
+    // Well before node_timeout_ms (3 s) after the stop's drain (1 s).
+    let ms = stopped.elapsed().as_millis();
+    assert!(ms < 3_900, "handed back after {ms} ms");
+    let line = c.log_line(&victim, "handing back");
+    assert!(line.contains("attempts before stopping"), "{line}");
+    for id in &on_victim {
+        let j = job(&c, "srv1", id).unwrap();
+        assert!(j
+            .error
+            .unwrap_or_default()
+            .contains(&format!("{victim} stopped")));
+    }
+}
+
+#[test]
+fn every_acknowledged_submission_through_a_coordinator_kill_ends_once() {
+    let mut c = Cluster::three_running(107);
+    let coordinator = c.pid("srv1").expect("running");
+    let acked = std::thread::scope(|s| {
+        let submitter = s.spawn(|| {
+            let mut acked = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(6);
+            let mut i = 0;
+            while Instant::now() < deadline && i < 2_000 {
+                i += 1;
+                let via = ["srv2", "srv3"][i % 2];
+                if let Ok(id) = submit(&c, via, script("1")) {
+                    acked.push(id);
+                }
+            }
+            acked
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        signal(coordinator, "KILL");
+        submitter.join().unwrap()
+    });
+    c.kill9("srv1"); // reaps it
+    assert!(
+        acked.len() > 50,
+        "only {} submissions acknowledged",
+        acked.len()
+    );
+    let jobs = wait_all_final(&c, "srv2", acked.len());
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for j in &jobs {
+        *count.entry(j.id.as_str()).or_default() += 1;
+    }
+    for id in &acked {
+        assert_eq!(count.get(id.as_str()), Some(&1), "job {id} lost or doubled");
+    }
+    assert!(jobs.iter().all(|j| j.state == JobState::Succeeded));
+}
+
+#[test]
+fn the_cli_submits_waits_cancels_and_refuses_bad_jobs() {
+    let c = Cluster::three_running(108);
+    let out = c.cli(&["submit", "--wait", "--inline", "log(\"hi\"); 6 * 7"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "42\n");
+    let out = c.cli(&["submit", "--inline", "let = ;"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not compile"));
+    let out = c.cli(&[
+        "submit",
+        "--wait",
+        "--max-attempts",
+        "1",
+        "--timeout",
+        "300ms",
+        "--inline",
+        "loop {}",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("timed out after 300 ms"));
+    let out = c.cli(&[
+        "submit",
+        "--wait",
+        "--max-attempts",
+        "1",
+        "--inline",
+        "let s = \"x\"; loop { s += s; }",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let out = c.cli(&["submit", "--inline", "loop { sleep_ms(10); }"]);
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    c.wait(20, "the endless job to run", || {
+        job(&c, "srv2", &id).is_some_and(|j| j.state == JobState::Running)
+    });
+    let out = c.cli(&["cancel", &id]);
+    assert!(out.status.success(), "{out:?}");
+    let out = c.cli(&["job", &id, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "cancelled");
+    for key in [
+        "id",
+        "kind",
+        "state",
+        "instance",
+        "attempt",
+        "max_attempts",
+        "priority",
+        "result",
+        "error",
+        "created_at",
+        "started_at",
+        "finished_at",
+    ] {
+        assert!(v.get(key).is_some(), "no `{key}` in {v}");
+    }
+    let out = c.cli(&["job", "0123"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = c.cli(&["submit", "--command", "--", "/no/such/program"]);
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let out = c.cli(&["wait", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot start `/no/such/program`"));
+}
