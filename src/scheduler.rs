@@ -26,12 +26,14 @@ pub struct Queued {
     pub not_before_ms: u64,
 }
 
-/// One placement: attempt `attempt` of job `id` on `instance`.
+/// One placement: attempt `attempt` of job `id` on `instance`, which has
+/// `slots` slots (applied only while it holds fewer active attempts).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Assignment {
     pub id: String,
     pub attempt: u32,
     pub instance: String,
+    pub slots: u32,
 }
 
 /// Places `queued` (any order) on `candidates` (their `active` counts are
@@ -62,6 +64,7 @@ pub fn place(
             id: job.id.clone(),
             attempt: job.attempt,
             instance: c.name.clone(),
+            slots: c.slots,
         });
     }
     out

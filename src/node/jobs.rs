@@ -105,7 +105,11 @@ async fn assign_round(shared: &Shared) {
 /// The placements of this round, from the committed state and the live view.
 fn placements(shared: &Shared) -> Option<Vec<scheduler::Assignment>> {
     let guard = shared.core();
-    let core = guard.as_ref().filter(|c| c.is_leader())?;
+    // Placement reads the applied state: only once it holds everything
+    // committed (a new coordinator may still be applying its predecessor's).
+    let core = guard
+        .as_ref()
+        .filter(|c| c.is_leader() && c.committed_in_term() && c.applied_index() >= c.commit_index())?;
     let conn = core.state().conn();
     let read = || -> rusqlite::Result<_> {
         Ok((

@@ -48,13 +48,29 @@ pub fn submit(tx: &Transaction<'_>, id: &str, spec: &JobSpec, at_ms: u64) -> rus
     Ok(())
 }
 
+/// Applies placements; one whose attempt is no longer queued, or whose
+/// instance already holds `slots` active attempts (a coordinator that
+/// placed from an out-of-date view), is skipped: it stays queued.
 pub fn assign(tx: &Transaction<'_>, batch: &[Assignment], at_ms: u64) -> rusqlite::Result<()> {
-    let mut stmt = tx.prepare_cached(
+    let mut active = tx.prepare_cached(
+        "SELECT count(*) FROM jobs WHERE instance = ?1 AND state IN ('assigned', 'running')",
+    )?;
+    let mut place = tx.prepare_cached(
         "UPDATE jobs SET state = 'assigned', instance = ?2, assigned_ms = ?4, started_ms = NULL
          WHERE id = ?1 AND attempt = ?3 AND state = 'queued'",
     )?;
+    let mut held: HashMap<&str, u32> = HashMap::new();
     for a in batch {
-        stmt.execute(params![a.id, a.instance, a.attempt, at_ms])?;
+        let count = match held.get(a.instance.as_str()) {
+            Some(n) => *n,
+            None => active.query_row(params![a.instance], |r| r.get(0))?,
+        };
+        if count >= a.slots {
+            held.insert(&a.instance, count);
+            continue;
+        }
+        let placed = place.execute(params![a.id, a.instance, a.attempt, at_ms])? as u32;
+        held.insert(&a.instance, count + placed);
     }
     Ok(())
 }
@@ -431,6 +447,7 @@ mod tests {
                 id: ID.into(),
                 attempt,
                 instance: instance.into(),
+                slots: 4,
             }],
             at_ms: 10,
         }
@@ -570,5 +587,30 @@ mod tests {
             cmds.iter().map(|j| j.created_ms).collect::<Vec<_>>(),
             [4, 2]
         );
+    }
+
+    #[test]
+    fn a_placement_over_the_instance_s_slots_is_skipped() {
+        let mut db = Db::new();
+        let ids = ["00000000000100000001", "00000000000100000002"];
+        for id in ids {
+            db.apply(Command::JobSubmit {
+                id: id.into(),
+                spec: spec(1),
+                at_ms: 1,
+            });
+        }
+        let place = |id: &str| Assignment {
+            id: id.into(),
+            attempt: 1,
+            instance: "srv2".into(),
+            slots: 1,
+        };
+        db.apply(Command::JobAssign {
+            assignments: vec![place(ids[0]), place(ids[1])],
+            at_ms: 5,
+        });
+        assert_eq!(db.state(ids[0]).0, JobState::Assigned);
+        assert_eq!(db.state(ids[1]), (JobState::Queued, 1, None));
     }
 }
