@@ -56,14 +56,16 @@
 //! runs exactly that seed again (`CLARO_SIM_MUTATION=ack-before-persist` or
 //! `answer-before-apply` replays it with a mutation).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use claro::consensus::{
     self, Core, CoreConfig, CoreError, CrashHook, CrashPoint, Mutation, Output, SnapshotFile,
 };
-use claro::state::{self, Command, StateMachine};
+use claro::jobs::{JobKind, JobSpec, JobState, Outcome};
+use claro::scheduler::{self, Candidate};
+use claro::state::{self, jobs as jobdb, Command, StateMachine};
 use raft::eraftpb::{ConfChangeType, Message, MessageType};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -157,6 +159,14 @@ struct Sim {
     wiped: bool,
     /// `CLARO_SIM_TRACE=1`: print every delivered message.
     trace: bool,
+    /// Jobs: submissions awaiting their answer (context -> job id), those
+    /// answered, and the final state each replica was seen to give a job.
+    job_submits: HashMap<Vec<u8>, String>,
+    acked_jobs: BTreeSet<String>,
+    finals: HashMap<(usize, String), JobState>,
+    jobs_finished: u64,
+    /// Successful ends reported: (job, attempt, instance).
+    job_reports: HashSet<(String, u32, String)>,
     _tmp: tempfile::TempDir,
 }
 
@@ -254,6 +264,11 @@ impl Sim {
             healed: false,
             wiped: false,
             trace: std::env::var("CLARO_SIM_TRACE").is_ok(),
+            job_submits: HashMap::new(),
+            acked_jobs: BTreeSet::new(),
+            finals: HashMap::new(),
+            jobs_finished: 0,
+            job_reports: HashSet::new(),
             _tmp: tmp,
         };
         consensus::bootstrap(&sim.nodes[0].dir, 1, &format!("sim-{seed}"), false)
@@ -284,6 +299,12 @@ impl Sim {
         while self.now < deadline && !self.converged() {
             if self.now.is_multiple_of(50) {
                 self.add_member();
+            }
+            if self.now.is_multiple_of(5) {
+                self.schedule_jobs();
+                for i in 0..self.nodes.len() {
+                    self.work_on(i);
+                }
             }
             self.step();
         }
@@ -317,6 +338,10 @@ impl Sim {
             41..=43 => self.add_member(),
             44..=55 => self.read_one(),
             56..=65 => self.wipe_one(),
+            66..=80 => self.submit_job(),
+            81..=100 => self.schedule_jobs(),
+            101..=140 => self.work_one(),
+            141..=145 => self.release_down(),
             _ => {}
         }
     }
@@ -382,6 +407,7 @@ impl Sim {
         // the restarted log, must make up for it.
         node.appended_ack = (0, 0);
         node.vote_ack = 0;
+        self.finals.retain(|(n, _), _| *n != i);
     }
 
     fn partition_one(&mut self) {
@@ -611,6 +637,9 @@ impl Sim {
             i + 1
         );
         self.nodes[i].waiting.remove(context);
+        if let Some(id) = self.job_submits.remove(context) {
+            self.acked_jobs.insert(id);
+        }
         let (term, digest) = out
             .iter()
             .find_map(|o| match o {
@@ -761,6 +790,7 @@ impl Sim {
             "seed {seed}: node {} state differs at applied index {applied}",
             i + 1
         );
+        self.check_jobs(i);
         for cp in checkpoints {
             let expected = self.states.entry(cp.index).or_insert(cp.digest.clone());
             assert!(
@@ -801,6 +831,7 @@ impl Sim {
         // Until the leader commits in its own term, its commit index may lag
         // entries that earlier leaders acknowledged (and it holds).
         all_voters
+            && self.jobs_done(leader)
             && leader.committed_in_term()
             && self.nodes.iter().all(|n| {
                 n.core.as_ref().is_some_and(|c| {
@@ -845,6 +876,9 @@ struct Totals {
     point_crashes: [u64; 3],
     terms: u64,
     wipes: u64,
+    /// Job submissions answered, and final job states seen on replicas.
+    jobs_acked: u64,
+    jobs_final: u64,
 }
 
 impl Totals {
@@ -859,6 +893,8 @@ impl Totals {
             *sum += n;
         }
         self.terms += t.terms;
+        self.jobs_acked += t.jobs_acked;
+        self.jobs_final += t.jobs_final;
     }
 }
 
@@ -877,6 +913,8 @@ fn run_seed(seed: u64, mutation: Option<Mutation>) -> Totals {
         point_crashes: sim.point_crashes,
         terms: sim.leaders.len() as u64,
         wipes: sim.wiped as u64,
+        jobs_acked: sim.acked_jobs.len() as u64,
+        jobs_final: sim.jobs_finished,
     }
 }
 
@@ -898,6 +936,7 @@ fn run_seeds(range: std::ops::Range<u64>) {
     // The faults must really have happened, or the seeds prove nothing.
     eprintln!("{seeds} seeds: {totals:?}");
     assert!(totals.crashes >= seeds, "too few crashes: {totals:?}");
+    assert!(totals.jobs_acked >= seeds, "too few jobs: {totals:?}");
     assert!(
         totals.point_crashes.iter().all(|n| *n > 0),
         "a crash point never fired: {totals:?}"
@@ -1033,4 +1072,213 @@ fn soak() {
     let spec = std::env::var("CLARO_SIM_SEEDS").unwrap_or_else(|_| "200..2200".into());
     let (a, b) = spec.split_once("..").expect("CLARO_SIM_SEEDS is FROM..TO");
     run_seeds(a.parse().expect("FROM")..b.parse().expect("TO"));
+}
+
+/// Slots of every simulated instance.
+const SIM_SLOTS: u32 = 2;
+
+/// Jobs in the simulation: submissions, the coordinator's placements (from
+/// `scheduler::place`, without waiting for the previous ones to apply, so
+/// that the apply-time guards are exercised), workers that report from their
+/// own, possibly stale, replica, and releases of crashed instances. Checked:
+/// no replica ever shows an instance over its slots, a job once final stays
+/// so with the same state on every replica, every acknowledged submission
+/// exists once and ends.
+impl Sim {
+    fn name(&self, i: usize) -> String {
+        format!("n{}", self.nodes[i].id)
+    }
+
+    fn submit_job(&mut self) {
+        let Some(l) = self.leader_index() else { return };
+        let id = claro::jobs::new_job_id(self.now, self.rng.gen());
+        let spec = JobSpec {
+            kind: JobKind::Script,
+            script: "1".into(),
+            args: Vec::new(),
+            cwd: None,
+            env: Vec::new(),
+            priority: self.rng.gen_range(-2..=2),
+            max_attempts: 3,
+            timeout_ms: 1000,
+        };
+        let ctx = self.rng.gen::<u64>().to_be_bytes().to_vec();
+        let cmd = Command::JobSubmit {
+            id: id.clone(),
+            spec,
+            at_ms: self.now,
+        };
+        let node = &mut self.nodes[l];
+        if node
+            .core
+            .as_mut()
+            .expect("leader is up")
+            .propose(ctx.clone(), &cmd)
+            .is_ok()
+        {
+            node.waiting.insert(ctx.clone());
+            self.job_submits.insert(ctx, id);
+        }
+        self.pump(l);
+    }
+
+    /// The leader places queued jobs on the instances that are up.
+    fn schedule_jobs(&mut self) {
+        let Some(l) = self.leader_index() else { return };
+        let up: Vec<String> = (0..self.nodes.len())
+            .filter(|&j| self.nodes[j].core.is_some())
+            .map(|j| self.name(j))
+            .collect();
+        let core = self.nodes[l].core.as_ref().expect("leader is up");
+        let conn = core.state().conn();
+        let queued = jobdb::queued(conn, 64).expect("queued");
+        let active = jobdb::active_counts(conn).expect("active");
+        let mut candidates: Vec<Candidate> = up
+            .iter()
+            .map(|n| Candidate {
+                name: n.clone(),
+                slots: SIM_SLOTS,
+                active: active.get(n).copied().unwrap_or(0),
+            })
+            .collect();
+        let batch = scheduler::place(&queued, &mut candidates, self.now, 16);
+        if batch.is_empty() {
+            return;
+        }
+        let cmd = Command::JobAssign {
+            assignments: batch,
+            at_ms: self.now,
+        };
+        let ctx = self.rng.gen::<u64>().to_be_bytes().to_vec();
+        let _ = self.nodes[l].core.as_mut().expect("up").propose(ctx, &cmd);
+        self.pump(l);
+    }
+
+    fn work_one(&mut self) {
+        let i = self.rng.gen_range(0..self.nodes.len());
+        self.work_on(i);
+    }
+
+    /// Instance `i` ends one attempt its own replica says it holds, and
+    /// reports it through the leader (a stale report is fenced off there).
+    fn work_on(&mut self, i: usize) {
+        let name = self.name(i);
+        let Some(core) = self.nodes[i].core.as_ref() else {
+            return;
+        };
+        let mine = jobdb::active_on(core.state().conn(), &name).expect("active_on");
+        let Some(job) = mine.first() else { return };
+        let Some(l) = self.leader_index() else { return };
+        let ok = self.rng.gen_bool(0.8);
+        if ok {
+            self.job_reports
+                .insert((job.id.clone(), job.attempt, name.clone()));
+        }
+        let cmd = Command::JobFinished {
+            id: job.id.clone(),
+            instance: name,
+            attempt: job.attempt,
+            at_ms: self.now,
+            outcome: Outcome {
+                ok,
+                result: ok.then(|| "1".into()),
+                error: (!ok).then(|| "failed in the simulation".into()),
+                log: String::new(),
+            },
+        };
+        let ctx = self.rng.gen::<u64>().to_be_bytes().to_vec();
+        let _ = self.nodes[l].core.as_mut().expect("up").propose(ctx, &cmd);
+        self.pump(l);
+    }
+
+    /// The leader releases the attempts of instances that are down.
+    fn release_down(&mut self) {
+        let Some(l) = self.leader_index() else { return };
+        let down: Vec<String> = (0..self.nodes.len())
+            .filter(|&j| self.nodes[j].core.is_none())
+            .map(|j| self.name(j))
+            .collect();
+        let core = self.nodes[l].core.as_ref().expect("up");
+        let mut attempts = Vec::new();
+        for n in &down {
+            let jobs = jobdb::active_on(core.state().conn(), n).expect("active_on");
+            attempts.extend(jobs.into_iter().map(|j| (j.id, j.attempt)));
+        }
+        if attempts.is_empty() {
+            return;
+        }
+        let cmd = Command::JobRelease {
+            attempts,
+            reason: "down in the simulation".into(),
+            at_ms: self.now,
+        };
+        let ctx = self.rng.gen::<u64>().to_be_bytes().to_vec();
+        let _ = self.nodes[l].core.as_mut().expect("up").propose(ctx, &cmd);
+        self.pump(l);
+    }
+
+    /// Every acknowledged submission exists in the leader's state, and no
+    /// job is left unfinished.
+    fn jobs_done(&self, leader: &Core) -> bool {
+        let conn = leader.state().conn();
+        let counts = jobdb::counts(conn).expect("counts");
+        let unfinished = counts
+            .iter()
+            .any(|(state, n)| *n > 0 && JobState::parse(state).is_some_and(|s| !s.is_final()));
+        !unfinished
+            && self
+                .acked_jobs
+                .iter()
+                .all(|id| jobdb::job(conn, id).expect("job").is_some())
+    }
+
+    fn check_jobs(&mut self, i: usize) {
+        let seed = self.seed;
+        let Some(core) = self.nodes[i].core.as_ref() else {
+            return;
+        };
+        let conn = core.state().conn();
+        for (instance, n) in jobdb::active_counts(conn).expect("active counts") {
+            assert!(
+                n <= SIM_SLOTS,
+                "seed {seed}: node {} shows {instance} holding {n} attempts, over its {SIM_SLOTS} slots",
+                i + 1
+            );
+        }
+        if !self.now.is_multiple_of(100) {
+            return;
+        }
+        let all = jobdb::list(conn, &jobdb::JobFilter::default(), 100_000).expect("list");
+        for j in all {
+            let key = (i, j.id.clone());
+            match (self.finals.get(&key), j.state.is_final()) {
+                (Some(seen), _) => assert!(
+                    *seen == j.state,
+                    "seed {seed}: node {} shows job {} {:?} after {:?}: a final state changed",
+                    i + 1,
+                    j.id,
+                    j.state,
+                    seen
+                ),
+                (None, true) => {
+                    let by = (
+                        j.id.clone(),
+                        j.attempt,
+                        j.instance.clone().unwrap_or_default(),
+                    );
+                    assert!(
+                        j.state != JobState::Succeeded || self.job_reports.contains(&by),
+                        "seed {seed}: node {} shows job {} succeeded in attempt {} on {:?}, which never reported it: a stale report counted",
+                        i + 1,
+                        j.id,
+                        j.attempt,
+                        j.instance
+                    );
+                    self.finals.insert(key, j.state);
+                    self.jobs_finished += 1;
+                }
+                (None, false) => {}
+            }
+        }
+    }
 }

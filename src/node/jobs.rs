@@ -107,9 +107,9 @@ fn placements(shared: &Shared) -> Option<Vec<scheduler::Assignment>> {
     let guard = shared.core();
     // Placement reads the applied state: only once it holds everything
     // committed (a new coordinator may still be applying its predecessor's).
-    let core = guard
-        .as_ref()
-        .filter(|c| c.is_leader() && c.committed_in_term() && c.applied_index() >= c.commit_index())?;
+    let core = guard.as_ref().filter(|c| {
+        c.is_leader() && c.committed_in_term() && c.applied_index() >= c.commit_index()
+    })?;
     let conn = core.state().conn();
     let read = || -> rusqlite::Result<_> {
         Ok((
