@@ -292,6 +292,24 @@ impl Outcome {
     }
 }
 
+/// One attempt's end in a batched report (`Command::JobsFinished`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptEnd {
+    pub id: String,
+    pub attempt: u32,
+    pub outcome: Outcome,
+}
+
+impl AttemptEnd {
+    /// Roughly the bytes it takes in an entry.
+    pub fn size_bytes(&self) -> usize {
+        let o = &self.outcome;
+        64 + o.log.len()
+            + o.result.as_ref().map_or(0, String::len)
+            + o.error.as_ref().map_or(0, String::len)
+    }
+}
+
 /// `text` cut to at most `max` bytes on a character boundary, with a note
 /// saying how much was left out.
 pub fn bounded_text(text: &str, max: usize) -> String {

@@ -65,10 +65,17 @@ impl std::fmt::Display for Failure {
 
 /// An engine with every limit set and no access to anything outside.
 fn engine() -> Engine {
-    // The standard package (strings, arrays, maps, maths); Rhai has no file
-    // or process access of its own. `print` and `debug` go to the job's
-    // log (`register_host`), never to the server's stdout.
-    let mut e = Engine::new();
+    // The standard package (strings, arrays, maps, maths), built once and
+    // shared: building it is most of an engine's cost. Rhai has no file or
+    // process access of its own. `print` and `debug` go to the job's log
+    // (`register_host`), never to the server's stdout.
+    static STANDARD: std::sync::OnceLock<rhai::Shared<rhai::Module>> = std::sync::OnceLock::new();
+    let standard = STANDARD.get_or_init(|| {
+        use rhai::packages::Package;
+        rhai::packages::StandardPackage::new().as_shared_module()
+    });
+    let mut e = Engine::new_raw();
+    e.register_global_module(standard.clone());
     e.on_print(|_| {});
     e.on_debug(|_, _, _| {});
     e.set_max_operations(OPERATIONS_MAX);

@@ -20,8 +20,11 @@ use crate::state::{jobs as db, Command, JOB_BATCH_COUNT_MAX};
 
 /// Longest time between two rounds when nothing wakes the loops.
 const POLL_MS: u64 = 50;
-/// Queued jobs looked at per round.
+/// Queued jobs looked at per round, at most; and beyond the free slots.
 const QUEUED_SCAN_COUNT_MAX: usize = 4096;
+const QUEUED_SCAN_MARGIN_COUNT: usize = 64;
+/// Ends waiting to be reported, at most (runs wait to hand theirs over).
+const REPORT_QUEUE_COUNT_MAX: usize = 4096;
 /// Placements per proposal.
 const ASSIGN_BATCH_COUNT_MAX: usize = 1024;
 
@@ -35,6 +38,11 @@ pub(crate) struct JobsShell {
     pub(super) runs: Mutex<std::collections::HashMap<String, Arc<super::worker::Run>>>,
     /// Takes new attempts (false while draining for a stop).
     pub(super) accepting: AtomicBool,
+    /// Ends of attempts waiting to be reported (`worker::report_loop`).
+    pub(super) reports: (
+        Sender<super::worker::Report>,
+        Receiver<super::worker::Report>,
+    ),
 }
 
 impl JobsShell {
@@ -45,6 +53,7 @@ impl JobsShell {
             leader_since_ms: AtomicU64::new(0),
             runs: Mutex::default(),
             accepting: AtomicBool::new(true),
+            reports: async_std::channel::bounded(REPORT_QUEUE_COUNT_MAX),
         }
     }
 
@@ -111,26 +120,30 @@ fn placements(shared: &Shared) -> Option<Vec<scheduler::Assignment>> {
         c.is_leader() && c.committed_in_term() && c.applied_index() >= c.commit_index()
     })?;
     let conn = core.state().conn();
-    let read = || -> rusqlite::Result<_> {
-        Ok((
-            db::queued(conn, QUEUED_SCAN_COUNT_MAX)?,
-            db::active_counts(conn)?,
-            db::modes(conn)?,
-        ))
-    };
-    let (queued, active, modes) = match read() {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!("reading the job queue from state.db failed: {e}");
-            return None;
-        }
-    };
-    if queued.is_empty() {
-        return Some(Vec::new());
-    }
+    let read = || -> rusqlite::Result<_> { Ok((db::active_counts(conn)?, db::modes(conn)?)) };
+    let (active, modes) = read()
+        .map_err(|e| tracing::error!("reading the active jobs from state.db failed: {e}"))
+        .ok()?;
     let voters = core.conf_state().voters.clone();
     drop(guard);
     let mut candidates = candidates(shared, &voters, &active, &modes);
+    let free: u32 = candidates
+        .iter()
+        .map(|c| c.slots.saturating_sub(c.active))
+        .sum();
+    if free == 0 {
+        return Some(Vec::new());
+    }
+    // Only as many queued jobs as there are free slots (and a margin for
+    // those still in their retry backoff): the core's lock is held here.
+    let scan = (free as usize + QUEUED_SCAN_MARGIN_COUNT).min(QUEUED_SCAN_COUNT_MAX);
+    let queued = {
+        let guard = shared.core();
+        let core = guard.as_ref()?;
+        db::queued(core.state().conn(), scan)
+            .map_err(|e| tracing::error!("reading the job queue from state.db failed: {e}"))
+            .ok()?
+    };
     let batch_max = ASSIGN_BATCH_COUNT_MAX.min(JOB_BATCH_COUNT_MAX);
     Some(scheduler::place(
         &queued,

@@ -404,6 +404,7 @@ async fn serve_async(opts: ServeOptions) -> Result<(), String> {
     async_std::task::spawn(integrity::watch(shared.clone()));
     async_std::task::spawn(jobs::assign_loop(shared.clone()));
     async_std::task::spawn(worker::worker_loop(shared.clone()));
+    async_std::task::spawn(worker::report_loop(shared.clone()));
     let _ = stop_rx.recv().await;
     shared.stopping.store(true, Ordering::SeqCst);
     stop::graceful_stop(&shared).await;

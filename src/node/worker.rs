@@ -15,7 +15,9 @@ use std::time::Duration;
 use super::handlers::propose;
 use super::jobs::active_on;
 use super::{now_ms, Phase, Shared};
-use crate::jobs::{bounded_text, Job, JobKind, JobState, Outcome, LOG_BYTES_MAX, RESULT_BYTES_MAX};
+use crate::jobs::{
+    bounded_text, AttemptEnd, Job, JobKind, JobState, Outcome, LOG_BYTES_MAX, RESULT_BYTES_MAX,
+};
 use crate::proto::Response;
 use crate::state::{jobs as db, Command};
 
@@ -29,6 +31,9 @@ const REPORT_TRIES_MAX: u32 = 30;
 /// Time for the coordinator to hear that this instance is stopping (more
 /// than one gossip interval, `node::gossip`).
 const GOSSIP_SETTLE_MS: u64 = 400;
+/// Ends in one batched report, at most, and their bytes (one entry).
+const REPORT_BATCH_COUNT_MAX: usize = 256;
+const REPORT_BATCH_BYTES_MAX: usize = 1024 * 1024;
 /// Step of the wait of a command job.
 const COMMAND_POLL_MS: u64 = 10;
 
@@ -114,11 +119,12 @@ async fn release(shared: &Shared, attempts: Vec<(String, u32)>, reason: String) 
 /// Runs one attempt and reports its end.
 async fn execute(shared: Arc<Shared>, job: Job, run: Arc<Run>) {
     let (id, attempt) = (job.id.clone(), job.attempt);
-    let report_started = {
-        let (shared, run, id) = (shared.clone(), run.clone(), id.clone());
+    let ended = Arc::new(AtomicBool::new(false));
+    {
+        let (shared, ended, id) = (shared.clone(), ended.clone(), id.clone());
         async_std::task::spawn(async move {
             async_std::task::sleep(Duration::from_millis(STARTED_REPORT_MS)).await;
-            if !run.done.load(Ordering::Relaxed) {
+            if !ended.load(Ordering::Relaxed) {
                 let command = Command::JobStarted {
                     id,
                     instance: shared.me.name.clone(),
@@ -127,35 +133,79 @@ async fn execute(shared: Arc<Shared>, job: Job, run: Arc<Run>) {
                 };
                 let _ = propose(&shared, command, None, false).await;
             }
-        })
-    };
+        });
+    }
     let root = shared.cfg.shared_root.clone();
     let cancel = run.cancel.clone();
     let outcome = async_std::task::spawn_blocking(move || run_job(&job, &root, cancel)).await;
-    report_started.await;
+    // A `running` report still on its way is fenced off by the end's (an
+    // attempt that ended is no longer `assigned`).
+    ended.store(true, Ordering::Relaxed);
     report(&shared, &id, attempt, outcome).await;
     run.done.store(true, Ordering::Relaxed);
     shared.jobs.applied(); // let the loop forget the run once its end is applied
 }
 
-/// Reports an attempt's end until it is applied, or the attempt is no
-/// longer current (then the report would be fenced off anyway).
+/// One end waiting in the report queue, and who waits for its commit.
+pub(crate) type Report = (AttemptEnd, async_std::channel::Sender<()>);
+
+/// Hands an attempt's end to the report loop and waits until it is
+/// applied (or given up).
 async fn report(shared: &Shared, id: &str, attempt: u32, outcome: Outcome) {
-    let command = Command::JobFinished {
+    let end = AttemptEnd {
         id: id.to_string(),
-        instance: shared.me.name.clone(),
         attempt,
-        at_ms: now_ms(),
         outcome,
+    };
+    let (done_tx, done_rx) = async_std::channel::bounded(1);
+    if shared.jobs.reports.0.send((end, done_tx)).await.is_ok() {
+        let _ = done_rx.recv().await;
+    }
+}
+
+/// Reports ends in batches: while one report is being committed, the ends
+/// that arrive meanwhile gather into the next (one entry for many jobs).
+pub async fn report_loop(shared: Arc<Shared>) {
+    let queue = shared.jobs.reports.1.clone();
+    while let Ok(first) = queue.recv().await {
+        let mut batch = vec![first];
+        let mut bytes = batch[0].0.size_bytes();
+        while batch.len() < REPORT_BATCH_COUNT_MAX && bytes < REPORT_BATCH_BYTES_MAX {
+            match queue.try_recv() {
+                Ok(r) => {
+                    bytes += r.0.size_bytes();
+                    batch.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        let (ends, waiters): (Vec<AttemptEnd>, Vec<_>) = batch.into_iter().unzip();
+        commit_ends(&shared, &ends).await;
+        for e in &ends {
+            log_if_fenced(&shared, &e.id, e.attempt);
+        }
+        for w in waiters {
+            let _ = w.try_send(());
+        }
+    }
+}
+
+/// Proposes `ends` until applied, or until the tries run out (then the
+/// coordinator releases the attempts when this instance is gone).
+async fn commit_ends(shared: &Shared, ends: &[AttemptEnd]) {
+    let command = Command::JobsFinished {
+        instance: shared.me.name.clone(),
+        at_ms: now_ms(),
+        ends: ends.to_vec(),
     };
     for _ in 0..REPORT_TRIES_MAX {
         match propose(shared, command.clone(), None, false).await {
-            Response::Proposed { .. } => {
-                log_if_fenced(shared, id, attempt);
-                return;
-            }
+            Response::Proposed { .. } => return,
             Response::Error { message } => {
-                tracing::warn!(job = %id, attempt, "reporting the end of the attempt failed, retrying: {message}");
+                tracing::warn!(
+                    count = ends.len(),
+                    "reporting the end of attempts failed, retrying: {message}"
+                );
             }
             _ => {}
         }
@@ -164,7 +214,7 @@ async fn report(shared: &Shared, id: &str, attempt: u32, outcome: Outcome) {
         }
         async_std::task::sleep(Duration::from_millis(POLL_MS)).await;
     }
-    tracing::error!(job = %id, attempt, "the end of the attempt could not be reported; the coordinator releases it when this instance is gone");
+    tracing::error!(count = ends.len(), "the end of attempts could not be reported; the coordinator releases them when this instance is gone");
 }
 
 fn log_if_fenced(shared: &Shared, id: &str, attempt: u32) {

@@ -107,6 +107,13 @@ pub enum Command {
         at_ms: u64,
         outcome: crate::jobs::Outcome,
     },
+    /// Several attempts of `instance` ended (one entry for many: the
+    /// worker batches its reports); each as `JobFinished`.
+    JobsFinished {
+        instance: String,
+        at_ms: u64,
+        ends: Vec<crate::jobs::AttemptEnd>,
+    },
     /// These attempts (job id, attempt) lost their instance: each that is
     /// still current is queued again, or failed when it was the last.
     JobRelease {
@@ -188,6 +195,12 @@ impl Command {
             Command::JobFinished { id, outcome, .. } => {
                 check_job_id(id).and_then(|()| outcome.validate())
             }
+            Command::JobsFinished { ends, .. } if ends.len() > JOB_BATCH_COUNT_MAX => Err(format!(
+                "more than {JOB_BATCH_COUNT_MAX} ends in one report"
+            )),
+            Command::JobsFinished { ends, .. } => ends
+                .iter()
+                .try_for_each(|e| check_job_id(&e.id).and_then(|()| e.outcome.validate())),
             Command::NodeMode { mode, .. } if mode != "active" && mode != "maintenance" => Err(
                 format!("`{mode}` is not a server mode (active, maintenance)"),
             ),
@@ -669,6 +682,13 @@ fn apply_job_command(tx: &Transaction<'_>, cmd: &Command) -> rusqlite::Result<()
             at_ms,
             outcome,
         } => jobs::finished(tx, id, instance, *attempt, *at_ms, outcome),
+        Command::JobsFinished {
+            instance,
+            at_ms,
+            ends,
+        } => ends
+            .iter()
+            .try_for_each(|e| jobs::finished(tx, &e.id, instance, e.attempt, *at_ms, &e.outcome)),
         Command::JobRelease {
             attempts,
             reason,

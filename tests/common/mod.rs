@@ -328,8 +328,19 @@ impl Cluster {
 
     /// As [`Cluster::three_running`], with `timing` ("" for the product's).
     pub fn three_running_with_timing(net: u8, timing: &str) -> Cluster {
+        Cluster::three_running_with_slots(net, timing, 4)
+    }
+
+    /// As [`Cluster::three_running_with_timing`], each server with `slots`.
+    pub fn three_running_with_slots(net: u8, timing: &str, slots: u32) -> Cluster {
         let servers = [("srv1", "server"), ("srv2", "server"), ("srv3", "server")];
         let mut c = Cluster::with_timing(net, &servers, timing);
+        let text = std::fs::read_to_string(&c.conf).unwrap();
+        std::fs::write(
+            &c.conf,
+            text.replace("slots = 4\n", &format!("slots = {slots}\n")),
+        )
+        .unwrap();
         c.start_alone("srv1");
         c.start("srv2");
         c.start("srv3");

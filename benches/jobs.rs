@@ -1,0 +1,253 @@
+//! Jobs on a three-instance loopback cluster with the product's timings:
+//! `cargo bench --bench jobs`.
+//!
+//! - Single-job latency: one no-op script job at a time on an idle
+//!   cluster, from submission to `succeeded` as a client sees it (it asks
+//!   for the job over its connection until it reads the end), p50/p99.
+//! - Throughput: JOBS no-op script jobs submitted by CLIENTS concurrent
+//!   producers spread over the three instances, from the first submission to
+//!   the moment every job is `succeeded`; every state change committed to a
+//!   majority and fsynced.
+//! - Failover of work: kill -9 of an instance running long jobs, to all of
+//!   them running again elsewhere.
+//!
+//! Every loop is bounded in count and time.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use claro::jobs::{new_job_id, JobKind, JobSpec, JobState};
+use claro::proto::{Request, Response};
+use claro::state::jobs::JobFilter;
+use claro::state::Command;
+use common::Cluster;
+
+const LATENCY_COUNT: usize = 300;
+const JOBS: usize = 20_000;
+const CLIENTS: usize = 64;
+const THROUGHPUT_TIME_MAX_S: u64 = 120;
+const REQUEST_MS: u64 = 10_000;
+/// Slots per instance (`CLARO_BENCH_SLOTS` to change): no-op scripts use
+/// little CPU, so a server for light scripts is configured with many.
+const SLOTS: u32 = 16;
+
+struct Conn {
+    _ep: claro::transport::Endpoint,
+    conn: quinn::Connection,
+}
+
+impl Conn {
+    fn open(c: &Cluster, name: &str) -> Conn {
+        let cfg = c.config();
+        let server = cfg.server(name).expect("configured").clone();
+        let ep = claro::client::endpoint(&cfg, server.address).expect("client endpoint");
+        let conn =
+            async_std::task::block_on(ep.connect(server.address, name, 2000)).expect("connect");
+        Conn { _ep: ep, conn }
+    }
+
+    async fn ask(&self, req: &Request) -> Result<Response, String> {
+        claro::client::request(&self.conn, req, REQUEST_MS).await
+    }
+
+    async fn submit(&self, code: &str) -> Result<String, String> {
+        let id = new_job_id(claro::node::now_ms(), rand::random());
+        let spec = JobSpec {
+            kind: JobKind::Script,
+            script: code.into(),
+            args: Vec::new(),
+            cwd: None,
+            env: Vec::new(),
+            priority: 0,
+            max_attempts: 3,
+            timeout_ms: 60_000,
+        };
+        let command = Command::JobSubmit {
+            id: id.clone(),
+            spec,
+            at_ms: claro::node::now_ms(),
+        };
+        match self
+            .ask(&Request::propose(command, Some(id.clone())))
+            .await?
+        {
+            Response::Proposed { .. } => Ok(id),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    async fn state(&self, id: &str) -> Option<JobState> {
+        let req = Request::Job {
+            id: id.into(),
+            stale: false,
+        };
+        match self.ask(&req).await {
+            Ok(Response::Job { job, .. }) => job.map(|j| j.state),
+            _ => None,
+        }
+    }
+
+    /// Whether any job is in `state`.
+    async fn any_in(&self, state: JobState) -> bool {
+        let req = Request::Jobs {
+            filter: JobFilter {
+                state: Some(state),
+                ..JobFilter::default()
+            },
+            limit: 1,
+            stale: false,
+        };
+        matches!(self.ask(&req).await, Ok(Response::Jobs { jobs, .. }) if !jobs.is_empty())
+    }
+}
+
+fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
+    let i = ((sorted_us.len() as f64 - 1.0) * p).round() as usize;
+    sorted_us[i] as f64 / 1000.0
+}
+
+fn latency(c: &Cluster) -> (f64, f64) {
+    let conn = Conn::open(c, "srv1");
+    let mut us = Vec::with_capacity(LATENCY_COUNT);
+    async_std::task::block_on(async {
+        for _ in 0..LATENCY_COUNT {
+            let t = Instant::now();
+            let id = conn.submit("1").await.expect("submit");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while conn.state(&id).await != Some(JobState::Succeeded) {
+                assert!(Instant::now() < deadline, "job {id} did not succeed");
+            }
+            us.push(t.elapsed().as_micros() as u64);
+        }
+    });
+    us.sort_unstable();
+    (percentile_ms(&us, 0.5), percentile_ms(&us, 0.99))
+}
+
+async fn join_all<F: std::future::Future<Output = ()>>(futs: Vec<F>) {
+    let mut pinned: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    std::future::poll_fn(|cx| {
+        pinned.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+        if pinned.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Jobs per second from the first submission to the last success, and how
+/// many were acknowledged.
+fn throughput(c: &Cluster) -> (f64, usize, f64) {
+    let conns: Vec<Conn> = ["srv1", "srv2", "srv3"]
+        .iter()
+        .map(|n| Conn::open(c, n))
+        .collect();
+    let acked = AtomicUsize::new(0);
+    let deadline = Instant::now() + Duration::from_secs(THROUGHPUT_TIME_MAX_S);
+    let started = Instant::now();
+    let per_client = JOBS / CLIENTS;
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|k| {
+            let (conn, acked) = (&conns[k % conns.len()], &acked);
+            async move {
+                for _ in 0..per_client {
+                    if Instant::now() > deadline {
+                        return;
+                    }
+                    if conn.submit("1").await.is_ok() {
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+        .collect();
+    async_std::task::block_on(join_all(tasks));
+    let submitted_s = started.elapsed().as_secs_f64();
+    async_std::task::block_on(async {
+        let conn = &conns[0];
+        loop {
+            let mut busy = false;
+            for s in [JobState::Queued, JobState::Assigned, JobState::Running] {
+                busy |= conn.any_in(s).await;
+            }
+            if !busy || Instant::now() > deadline {
+                return;
+            }
+            async_std::task::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let n = acked.into_inner();
+    (n as f64 / started.elapsed().as_secs_f64(), n, submitted_s)
+}
+
+/// Where a job's time goes, from the stored times of the last `count` jobs:
+/// placement to the end of its run (`finished_ms` is taken by the instance
+/// when the run ended, before its report is committed), and on each
+/// instance the gap from one job's end to the next placement there (the
+/// end's commit, the coordinator's next round and the placement's commit).
+fn timeline(c: &Cluster, count: u32) {
+    let conn = Conn::open(c, "srv1");
+    let req = Request::Jobs {
+        filter: JobFilter::default(),
+        limit: count,
+        stale: false,
+    };
+    let Ok(Response::Jobs { mut jobs, .. }) = async_std::task::block_on(conn.ask(&req)) else {
+        return;
+    };
+    let mut run: Vec<u64> = jobs
+        .iter()
+        .filter_map(|j| Some(j.finished_ms? - j.assigned_ms?))
+        .collect();
+    run.sort_unstable();
+    jobs.sort_by_key(|j| j.assigned_ms);
+    let mut gaps = Vec::new();
+    let mut last_end: std::collections::HashMap<String, Vec<u64>> = Default::default();
+    for j in &jobs {
+        let (Some(inst), Some(a), Some(f)) = (&j.instance, j.assigned_ms, j.finished_ms) else {
+            continue;
+        };
+        let ends = last_end.entry(inst.clone()).or_default();
+        if let Some(pos) = ends.iter().position(|e| *e <= a) {
+            gaps.push(a - ends.remove(pos));
+        }
+        ends.push(f);
+    }
+    gaps.sort_unstable();
+    let med = |v: &[u64]| v.get(v.len() / 2).copied().unwrap_or(0);
+    println!(
+        "where the time goes (last {count} jobs, medians): placement to end of run {} ms; end of a run to the next placement on that instance {} ms",
+        med(&run),
+        med(&gaps)
+    );
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let date = std::process::Command::new("date").arg("-u").output();
+    let date = date.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    println!("claro jobs benchmark, {}", date.unwrap_or_default());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average at the start: {}", load.trim());
+    let slots: u32 = std::env::var("CLARO_BENCH_SLOTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(SLOTS);
+    println!("three instances, {slots} slots each, the product's timings");
+    let c = Cluster::three_running_with_slots(52, "", slots);
+    std::thread::sleep(Duration::from_secs(3));
+    let (p50, p99) = latency(&c);
+    println!("single no-op script job, submit to succeeded: p50 {p50:.2} ms, p99 {p99:.2} ms ({LATENCY_COUNT} jobs, one at a time)");
+    let (per_s, n, submit_s) = throughput(&c);
+    timeline(&c, 1000);
+    println!("throughput: {per_s:.0} jobs/s ({n} no-op script jobs from {CLIENTS} concurrent producers; all submitted after {submit_s:.2} s)");
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average at the end: {}", load.trim());
+}
