@@ -58,6 +58,7 @@ impl Conn {
         let spec = JobSpec {
             kind: JobKind::Script,
             script: code.into(),
+            stored: None,
             args: Vec::new(),
             cwd: None,
             env: Vec::new(),

@@ -170,6 +170,46 @@ pub enum Command {
         #[command(subcommand)]
         action: NodeAction,
     },
+    /// Named, versioned scripts kept in the cluster (`submit --stored NAME`).
+    Script {
+        #[command(subcommand)]
+        action: ScriptAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScriptAction {
+    /// Store FILE as NAME's next version (checked first: a script that does
+    /// not compile is refused with its line).
+    Add {
+        name: String,
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Every stored script: name, latest version, size, when added.
+    List {
+        #[arg(long)]
+        stale: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A stored script's code (its latest version, or --version N).
+    Show {
+        name: String,
+        #[arg(long)]
+        version: Option<u32>,
+        #[arg(long)]
+        stale: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove every version of NAME.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -222,6 +262,9 @@ pub struct SubmitArgs {
     /// A script given here.
     #[arg(long, conflicts_with = "command")]
     pub inline: Option<String>,
+    /// A stored script (`claro script add`), its latest version.
+    #[arg(long, conflicts_with_all = ["script", "inline", "command"])]
+    pub stored: Option<String>,
     /// A command: its argv follows `--` (no shell).
     #[arg(long)]
     pub command: bool,
@@ -508,7 +551,29 @@ fn jobs(path: &std::path::Path, command: Command) -> Result<(), Failure> {
         Command::Retry { id, client } => jc::cancel_or_retry(&config, &client, &id, true),
         Command::Wait { id, client } => jc::wait_for(&config, &client, &id, false),
         Command::Node { action } => node(&config, action),
+        Command::Script { action } => script_command(&config, action),
         other => unreachable!("not a job command: {other:?}"),
+    }
+}
+
+fn script_command(config: &Config, action: ScriptAction) -> Result<(), Failure> {
+    use crate::job_client as jc;
+    match action {
+        ScriptAction::Add { name, file, client } => {
+            crate::jobs::check_script_name(&name).map_err(Failure::usage)?;
+            let code = read_script(&file)?;
+            crate::script::check(&code)
+                .map_err(|e| Failure::usage(format!("{}: {e}", file.display())))?;
+            jc::script_add(config, &client, &name, code)
+        }
+        ScriptAction::List { stale, client } => jc::script_list(config, &client, stale),
+        ScriptAction::Show {
+            name,
+            version,
+            stale,
+            client,
+        } => jc::script_show(config, &client, &name, version, stale),
+        ScriptAction::Rm { name, client } => jc::script_rm(config, &client, &name),
     }
 }
 
@@ -534,6 +599,7 @@ fn job_spec(kind: crate::jobs::JobKind, script: String, o: &JobOptions) -> crate
     crate::jobs::JobSpec {
         kind,
         script,
+        stored: None,
         args: o.args.clone(),
         cwd: None,
         env: Vec::new(),
@@ -547,6 +613,11 @@ fn job_spec(kind: crate::jobs::JobKind, script: String, o: &JobOptions) -> crate
 fn submit_spec(a: SubmitArgs) -> Result<crate::jobs::JobSpec, Failure> {
     use crate::jobs::JobKind;
     let mut spec = match (&a.script, &a.inline, a.command) {
+        (None, None, false) if a.stored.is_some() => {
+            let mut spec = job_spec(JobKind::Script, String::new(), &a.job);
+            spec.stored = a.stored.clone();
+            spec
+        }
         (Some(file), None, false) => job_spec(JobKind::Script, read_script(file)?, &a.job),
         (None, Some(code), false) => job_spec(JobKind::Script, code.clone(), &a.job),
         (None, None, true) if !a.job.args.is_empty() => {
@@ -561,7 +632,7 @@ fn submit_spec(a: SubmitArgs) -> Result<crate::jobs::JobSpec, Failure> {
         }
         _ => {
             return Err(Failure::usage(
-                "give exactly one of --script FILE, --inline CODE, or --command -- ARGV...",
+                "give exactly one of --script FILE, --inline CODE, --stored NAME, or --command -- ARGV...",
             ))
         }
     };
@@ -573,7 +644,7 @@ fn submit_spec(a: SubmitArgs) -> Result<crate::jobs::JobSpec, Failure> {
     spec.cwd = a.cwd;
     spec.env = a.env;
     spec.validate().map_err(Failure::usage)?;
-    if spec.kind == JobKind::Script {
+    if spec.kind == JobKind::Script && spec.stored.is_none() {
         crate::script::check(&spec.script).map_err(|e| Failure::usage(e.to_string()))?;
     }
     Ok(spec)

@@ -281,3 +281,110 @@ pub fn node_mode(
         std::thread::sleep(Duration::from_millis(WAIT_POLL_MS_MAX));
     }
 }
+
+/// `claro script add NAME FILE`: prints `NAME version N`.
+pub fn script_add(
+    config: &Config,
+    args: &ClientArgs,
+    name: &str,
+    code: String,
+) -> Result<(), Failure> {
+    let command = Command::ScriptAdd {
+        name: name.into(),
+        code,
+        at_ms: crate::node::now_ms(),
+    };
+    write(config, args, command, crate::proto::new_request_id())?;
+    let stored = fetch_script(config, args, name, None)?;
+    if args.json {
+        return output::emit(&output::json_line(&output::ScriptJson::new(&stored, false)));
+    }
+    output::emit(&format!("{name} version {}\n", stored.version))
+}
+
+fn fetch_script(
+    config: &Config,
+    args: &ClientArgs,
+    name: &str,
+    version: Option<u32>,
+) -> Result<crate::jobs::StoredScript, Failure> {
+    crate::jobs::check_script_name(name).map_err(Failure::usage)?;
+    let req = Request::Script {
+        name: name.into(),
+        version,
+        stale: false,
+    };
+    match call(config, args, &req)?.1 {
+        Response::Script { script: Some(s) } => Ok(s),
+        Response::Script { script: None } => {
+            Err(Failure::failed(format!("no stored script `{name}`")))
+        }
+        other => Err(failure_of(other)),
+    }
+}
+
+/// `claro script show NAME [--version N]`: the code as stored.
+pub fn script_show(
+    config: &Config,
+    args: &ClientArgs,
+    name: &str,
+    version: Option<u32>,
+    stale: bool,
+) -> Result<(), Failure> {
+    crate::jobs::check_script_name(name).map_err(Failure::usage)?;
+    let req = Request::Script {
+        name: name.into(),
+        version,
+        stale,
+    };
+    let stored = match call(config, args, &req)?.1 {
+        Response::Script { script: Some(s) } => s,
+        Response::Script { script: None } => {
+            return Err(Failure::failed(format!("no stored script `{name}`")))
+        }
+        other => return Err(failure_of(other)),
+    };
+    if args.json {
+        return output::emit(&output::json_line(&output::ScriptJson::new(&stored, true)));
+    }
+    let mut code = stored.code;
+    if !code.ends_with('\n') {
+        code.push('\n');
+    }
+    output::emit(&code)
+}
+
+/// `claro script list`: `NAME VERSION BYTES ADDED` lines.
+pub fn script_list(config: &Config, args: &ClientArgs, stale: bool) -> Result<(), Failure> {
+    match call(config, args, &Request::Scripts { stale })?.1 {
+        Response::Scripts { scripts } if args.json => {
+            let items: Vec<output::ScriptJson> = scripts
+                .iter()
+                .map(|s| output::ScriptJson::new(s, false))
+                .collect();
+            output::emit(&output::json_line(&items))
+        }
+        Response::Scripts { scripts } => {
+            let mut out = String::from("NAME  VERSION  SIZE  ADDED\n");
+            for s in scripts {
+                out.push_str(&format!(
+                    "{}  {}  {}  {}\n",
+                    s.name,
+                    s.version,
+                    s.code,
+                    output::rfc3339(s.added_ms)
+                ));
+            }
+            output::emit(&out)
+        }
+        other => Err(failure_of(other)),
+    }
+}
+
+/// `claro script rm NAME`.
+pub fn script_rm(config: &Config, args: &ClientArgs, name: &str) -> Result<(), Failure> {
+    fetch_script(config, args, name, None)?;
+    let command = Command::ScriptRemove { name: name.into() };
+    write(config, args, command, crate::proto::new_request_id())?;
+    output::emit(&format!("{name} removed\n"))
+}

@@ -120,9 +120,13 @@ impl JobState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobSpec {
     pub kind: JobKind,
-    /// The script's code (`script` jobs).
+    /// The script's code (`script` jobs), or empty with `stored`.
     #[serde(default)]
     pub script: String,
+    /// A stored script to run (its latest version when the attempt starts)
+    /// instead of `script`.
+    #[serde(default)]
+    pub stored: Option<String>,
     /// Script arguments (`ARGS` in the script), or the command's argv.
     #[serde(default)]
     pub args: Vec<String>,
@@ -146,8 +150,14 @@ impl JobSpec {
                 self.script.len()
             ));
         }
+        if let Some(name) = &self.stored {
+            check_script_name(name)?;
+            if self.kind != JobKind::Script || !self.script.is_empty() {
+                return Err("a stored script is named instead of a script's text".into());
+            }
+        }
         match self.kind {
-            JobKind::Script if self.script.trim().is_empty() => {
+            JobKind::Script if self.script.trim().is_empty() && self.stored.is_none() => {
                 return Err("a script job needs a script".into())
             }
             JobKind::Command if self.args.is_empty() => {
@@ -292,6 +302,35 @@ impl Outcome {
     }
 }
 
+/// A named, versioned script in the replicated database (`claro script`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredScript {
+    pub name: String,
+    pub version: u32,
+    pub code: String,
+    pub added_ms: u64,
+}
+
+/// Longest stored script name.
+pub const SCRIPT_NAME_BYTES_MAX: usize = 128;
+
+/// A stored script's name: 1..=128 of a-z A-Z 0-9 `-` `_` `.`.
+pub fn check_script_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= SCRIPT_NAME_BYTES_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` is not a script name (1..={SCRIPT_NAME_BYTES_MAX} of a-z A-Z 0-9 - _ .)",
+            name.escape_debug()
+        ))
+    }
+}
+
 /// One attempt's end in a batched report (`Command::JobsFinished`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptEnd {
@@ -380,6 +419,7 @@ mod tests {
         JobSpec {
             kind: JobKind::Script,
             script: code.into(),
+            stored: None,
             args: Vec::new(),
             cwd: None,
             env: Vec::new(),

@@ -478,6 +478,28 @@ impl JobJson {
     }
 }
 
+/// A stored script in JSON (`claro script show|list|add --json`); `code`
+/// only with `show`; `size` in `list` is a text such as `120 bytes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScriptJson {
+    pub name: String,
+    pub version: u32,
+    pub added_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+impl ScriptJson {
+    pub fn new(s: &crate::jobs::StoredScript, with_code: bool) -> ScriptJson {
+        ScriptJson {
+            name: s.name.clone(),
+            version: s.version,
+            added_at: rfc3339(s.added_ms),
+            code: with_code.then(|| s.code.clone()),
+        }
+    }
+}
+
 /// Milliseconds since the epoch as RFC 3339 in UTC, e.g.
 /// `2026-11-23T16:05:09.123Z`.
 pub fn rfc3339(ms: u64) -> String {

@@ -219,6 +219,18 @@ pub enum Request {
         #[serde(default)]
         stale: bool,
     },
+    /// A stored script (its latest version without `version`).
+    Script {
+        name: String,
+        version: Option<u32>,
+        #[serde(default)]
+        stale: bool,
+    },
+    /// The stored scripts' latest versions, by name.
+    Scripts {
+        #[serde(default)]
+        stale: bool,
+    },
     /// Jobs, newest first (`JOBS_COUNT_MAX` at most per page).
     Jobs {
         filter: crate::state::jobs::JobFilter,
@@ -309,6 +321,12 @@ pub enum Response {
         job: Option<crate::jobs::Job>,
         #[serde(default)]
         stale: Option<Staleness>,
+    },
+    Script {
+        script: Option<crate::jobs::StoredScript>,
+    },
+    Scripts {
+        scripts: Vec<crate::jobs::StoredScript>,
     },
     /// A page of jobs (summaries); `next_before`: the cursor of the next.
     Jobs {

@@ -22,6 +22,7 @@ fn script(code: &str) -> JobSpec {
     JobSpec {
         kind: JobKind::Script,
         script: code.into(),
+        stored: None,
         args: Vec::new(),
         cwd: None,
         env: Vec::new(),
@@ -386,6 +387,33 @@ fn the_cli_submits_waits_cancels_and_refuses_bad_jobs() {
     }
     let out = c.cli(&["job", "0123"]);
     assert_eq!(out.status.code(), Some(2));
+    // Stored scripts: versioned, checked when added, run by name.
+    let file = c.conf.with_file_name("double.rhai");
+    std::fs::write(
+        &file,
+        "fn double(x) { x * 2 }\ndouble(ARGS[0].parse_int())\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let out = c.cli(&["script", "add", "double", file]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "double version 1\n");
+    let out = c.cli(&["script", "add", "double", file]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "double version 2\n");
+    let out = c.cli(&["submit", "--wait", "--stored", "double", "--arg", "21"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "42\n", "{out:?}");
+    let twice = c.conf.with_file_name("twice.rhai");
+    std::fs::write(&twice, "fn f(a) { a }\nfn f(b) { b }\n").unwrap();
+    let out = c.cli(&["script", "add", "twice", twice.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 2"),
+        "{out:?}"
+    );
+    let out = c.cli(&["script", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["name"], "double");
+    assert_eq!(v[0]["version"], 2);
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
     let out = c.cli(&["submit", "--command", "--", "/no/such/program"]);
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let out = c.cli(&["wait", &id]);

@@ -1095,6 +1095,7 @@ impl Sim {
         let spec = JobSpec {
             kind: JobKind::Script,
             script: "1".into(),
+            stored: None,
             args: Vec::new(),
             cwd: None,
             env: Vec::new(),

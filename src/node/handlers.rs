@@ -277,6 +277,12 @@ async fn respond(shared: &Arc<Shared>, peer: Option<&str>, req: Request) -> Resp
         Request::Get { key, stale } => read_setting(shared, &key, stale).await,
         Request::List(q) => list_settings(shared, q).await,
         Request::Job { id, stale } => read_job(shared, &id, stale).await,
+        Request::Script {
+            name,
+            version,
+            stale,
+        } => read_script(shared, &name, version, stale).await,
+        Request::Scripts { stale } => list_scripts(shared, stale).await,
         Request::Jobs {
             filter,
             limit,
@@ -788,6 +794,32 @@ async fn read_job(shared: &Shared, id: &str, stale: bool) -> Response {
                 Response::Job { job, stale }
             }
             Err(e) => read_failed(shared, "a job", e),
+        }
+    })
+    .await
+}
+
+async fn read_script(shared: &Shared, name: &str, version: Option<u32>, stale: bool) -> Response {
+    if let Err(message) = crate::jobs::check_script_name(name) {
+        return Response::Error { message };
+    }
+    read(shared, stale, |core, _| {
+        match crate::state::jobs::script(core.state().conn(), name, version) {
+            Ok(script) => Response::Script { script },
+            Err(e) => read_failed(shared, "a stored script", e),
+        }
+    })
+    .await
+}
+
+/// Stored scripts listed at most (their names and versions, not their code).
+const SCRIPTS_LIST_COUNT_MAX: u32 = 10_000;
+
+async fn list_scripts(shared: &Shared, stale: bool) -> Response {
+    read(shared, stale, |core, _| {
+        match crate::state::jobs::scripts(core.state().conn(), SCRIPTS_LIST_COUNT_MAX) {
+            Ok(scripts) => Response::Scripts { scripts },
+            Err(e) => read_failed(shared, "stored scripts", e),
         }
     })
     .await

@@ -137,7 +137,10 @@ async fn execute(shared: Arc<Shared>, job: Job, run: Arc<Run>) {
     }
     let root = shared.cfg.shared_root.clone();
     let cancel = run.cancel.clone();
-    let outcome = async_std::task::spawn_blocking(move || run_job(&job, &root, cancel)).await;
+    let outcome = match stored_code(&shared, job) {
+        Ok(job) => async_std::task::spawn_blocking(move || run_job(&job, &root, cancel)).await,
+        Err(why) => failed(why, String::new()),
+    };
     // A `running` report still on its way is fenced off by the end's (an
     // attempt that ended is no longer `assigned`).
     ended.store(true, Ordering::Relaxed);
@@ -225,6 +228,25 @@ fn log_if_fenced(shared: &Shared, id: &str, attempt: u32) {
         if !mine || state.is_active() {
             tracing::info!(job = %id, attempt, "the report was refused: the attempt is no longer current (cancelled or released)");
         }
+    }
+}
+
+/// The job with the code of the stored script it names (its latest
+/// version in this replica, which holds every version committed before the
+/// attempt was placed).
+fn stored_code(shared: &Shared, mut job: Job) -> Result<Job, String> {
+    let Some(name) = job.spec.stored.clone() else {
+        return Ok(job);
+    };
+    let guard = shared.core();
+    let core = guard.as_ref().ok_or("this instance holds no database")?;
+    match db::script(core.state().conn(), &name, None) {
+        Ok(Some(s)) => {
+            job.spec.script = s.code;
+            Ok(job)
+        }
+        Ok(None) => Err(format!("no stored script `{name}`")),
+        Err(e) => Err(format!("reading stored script `{name}` failed: {e}")),
     }
 }
 

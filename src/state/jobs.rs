@@ -22,6 +22,8 @@ CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id);
 CREATE INDEX IF NOT EXISTS jobs_by_kind ON jobs (kind, id);
 CREATE INDEX IF NOT EXISTS jobs_by_instance ON jobs (instance, id);
 CREATE TABLE IF NOT EXISTS node_modes (name TEXT PRIMARY KEY, mode TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS scripts (name TEXT NOT NULL, version INTEGER NOT NULL, code TEXT NOT NULL,
+  added_ms INTEGER NOT NULL, PRIMARY KEY (name, version));
 ";
 
 const COLUMNS: &str = "id, spec, state, instance, attempt, created_ms, assigned_ms, started_ms, \
@@ -229,6 +231,66 @@ pub fn set_mode(tx: &Transaction<'_>, name: &str, mode: &str) -> rusqlite::Resul
     Ok(())
 }
 
+/// A stored script's new version: one more than its latest (1 for a new name).
+pub fn add_script(
+    tx: &Transaction<'_>,
+    name: &str,
+    code: &str,
+    at_ms: u64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO scripts (name, version, code, added_ms)
+         SELECT ?1, coalesce(max(version), 0) + 1, ?2, ?3 FROM scripts WHERE name = ?1",
+    )?
+    .execute(params![name, code, at_ms])?;
+    Ok(())
+}
+
+pub fn remove_script(tx: &Transaction<'_>, name: &str) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM scripts WHERE name = ?1")?
+        .execute(params![name])?;
+    Ok(())
+}
+
+/// A stored script's version (the latest when `version` is `None`).
+pub fn script(
+    conn: &Connection,
+    name: &str,
+    version: Option<u32>,
+) -> rusqlite::Result<Option<crate::jobs::StoredScript>> {
+    conn.prepare_cached(
+        "SELECT name, version, code, added_ms FROM scripts
+         WHERE name = ?1 AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1",
+    )?
+    .query_row(params![name, version], |r| {
+        Ok(crate::jobs::StoredScript {
+            name: r.get(0)?,
+            version: r.get(1)?,
+            code: r.get(2)?,
+            added_ms: r.get(3)?,
+        })
+    })
+    .optional()
+}
+
+/// The latest version of every stored script, by name (code left empty).
+pub fn scripts(conn: &Connection, limit: u32) -> rusqlite::Result<Vec<crate::jobs::StoredScript>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, max(version), length(code), max(added_ms) FROM scripts
+         GROUP BY name ORDER BY name LIMIT ?1",
+    )?;
+    let rows = stmt.query_map(params![limit], |r| {
+        let bytes: i64 = r.get(2)?;
+        Ok(crate::jobs::StoredScript {
+            name: r.get(0)?,
+            version: r.get(1)?,
+            code: format!("{bytes} bytes"),
+            added_ms: r.get(3)?,
+        })
+    })?;
+    rows.collect()
+}
+
 fn job_of(r: &Row<'_>) -> rusqlite::Result<Job> {
     let spec: Vec<u8> = r.get(1)?;
     let spec: JobSpec = ciborium::from_reader(spec.as_slice()).map_err(|e| {
@@ -389,6 +451,18 @@ pub fn digest(conn: &Connection, field: &mut dyn FnMut(&[u8])) -> rusqlite::Resu
         field(name.as_bytes());
         field(mode.as_bytes());
     }
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, version, code, added_ms FROM scripts ORDER BY name, version",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let (name, version, code, at): (String, i64, String, i64) =
+            (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
+        field(name.as_bytes());
+        field(&version.to_be_bytes());
+        field(code.as_bytes());
+        field(&at.to_be_bytes());
+    }
     Ok(())
 }
 
@@ -402,6 +476,7 @@ mod tests {
         JobSpec {
             kind: JobKind::Script,
             script: "40 + 2".into(),
+            stored: None,
             args: Vec::new(),
             cwd: None,
             env: Vec::new(),

@@ -129,6 +129,16 @@ pub enum Command {
         id: String,
         at_ms: u64,
     },
+    /// A stored script's next version (its code checked before proposing).
+    ScriptAdd {
+        name: String,
+        code: String,
+        at_ms: u64,
+    },
+    /// Every version of a stored script.
+    ScriptRemove {
+        name: String,
+    },
     /// A server's mode: `active`, or `maintenance` (it gets no new jobs).
     NodeMode {
         name: String,
@@ -697,6 +707,8 @@ fn apply_job_command(tx: &Transaction<'_>, cmd: &Command) -> rusqlite::Result<()
         Command::JobCancel { id, at_ms } => jobs::cancel(tx, id, *at_ms),
         Command::JobRetry { id, at_ms } => jobs::retry(tx, id, *at_ms),
         Command::NodeMode { name, mode } => jobs::set_mode(tx, name, mode),
+        Command::ScriptAdd { name, code, at_ms } => jobs::add_script(tx, name, code, *at_ms),
+        Command::ScriptRemove { name } => jobs::remove_script(tx, name),
         _ => unreachable!("not a job command: {cmd:?}"),
     }
 }
