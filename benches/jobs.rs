@@ -242,7 +242,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(SLOTS);
     println!("three instances, {slots} slots each, the product's timings");
-    let c = Cluster::three_running_with_slots(52, "", slots);
+    let c = Cluster::three_running_with_slots(54, "", slots);
     std::thread::sleep(Duration::from_secs(3));
     let (p50, p99) = latency(&c);
     println!("single no-op script job, submit to succeeded: p50 {p50:.2} ms, p99 {p99:.2} ms ({LATENCY_COUNT} jobs, one at a time)");

@@ -3,7 +3,11 @@
 //!
 //! - `log(text)`: a line in the job's captured log;
 //! - `progress(percent)`: how far it is (0..=100), shown with the job;
-//! - `sleep_ms(n)`: waits, and is cut short by a cancel or the timeout.
+//! - `sleep_ms(n)`: waits, and is cut short by a cancel or the timeout;
+//! - `kv_get(key)` / `kv_set(key, value)`: the cluster's settings, read with
+//!   the default read rule (never stale) and written through the
+//!   coordinator (committed before `kv_set` returns); `kv_get` of a missing
+//!   key is `()`.
 //!
 //! Its return value (as text) is the job's result; an error, with the
 //! line it happened on, fails the job. Limits: operations, call depth,
@@ -37,6 +41,10 @@ const SLEEP_STEP_MS: u64 = 10;
 pub trait Host: Send + Sync {
     fn log(&self, line: &str);
     fn progress(&self, percent: u8);
+    /// A cluster setting's value as text (`None`: no such key).
+    fn kv_get(&self, key: &str) -> Result<Option<String>, String>;
+    /// Sets a cluster setting; returns once it is committed.
+    fn kv_set(&self, key: &str, value: &str) -> Result<(), String>;
 }
 
 /// How a run ends when it fails: the message says where.
@@ -176,8 +184,27 @@ fn register_host(
     e.register_fn("log", move |text: &str| h.log(text));
     let h = host.clone();
     e.register_fn("log", move |value: Dynamic| h.log(&value_text(&value)));
-    let h = host;
+    let h = host.clone();
     e.register_fn("progress", move |p: i64| h.progress(p.clamp(0, 100) as u8));
+    let h = host.clone();
+    e.register_fn(
+        "kv_get",
+        move |key: &str| -> Result<Dynamic, Box<EvalAltResult>> {
+            match h.kv_get(key) {
+                Ok(Some(v)) => Ok(Dynamic::from(v)),
+                Ok(None) => Ok(Dynamic::UNIT),
+                Err(e) => Err(format!("kv_get(\"{key}\"): {e}").into()),
+            }
+        },
+    );
+    let h = host;
+    e.register_fn(
+        "kv_set",
+        move |key: &str, value: &str| -> Result<(), Box<EvalAltResult>> {
+            h.kv_set(key, value)
+                .map_err(|e| format!("kv_set(\"{key}\"): {e}").into())
+        },
+    );
     e.register_fn(
         "sleep_ms",
         move |ms: i64| -> Result<(), Box<EvalAltResult>> {
@@ -250,6 +277,24 @@ mod tests {
         fn progress(&self, percent: u8) {
             *self.1.lock().unwrap() = percent;
         }
+        fn kv_get(&self, key: &str) -> Result<Option<String>, String> {
+            Ok((key == "colour").then(|| "RED".to_string()))
+        }
+        fn kv_set(&self, key: &str, _value: &str) -> Result<(), String> {
+            Err(format!("read-only in this test ({key})"))
+        }
+    }
+
+    #[test]
+    fn the_cluster_settings_are_read_and_write_errors_name_the_call() {
+        assert_eq!(
+            go("kv_get(\"colour\") + \"/\" + kv_get(\"none\")", 1000).0,
+            Ok("RED/".into())
+        );
+        let Err(Failure::Runtime(m)) = go("kv_set(\"a\", \"b\")", 1000).0 else {
+            panic!()
+        };
+        assert!(m.contains("kv_set(\"a\"): read-only"), "{m}");
     }
 
     fn go(code: &str, timeout_ms: u64) -> (Result<String, Failure>, Arc<Lines>) {

@@ -387,6 +387,11 @@ fn the_cli_submits_waits_cancels_and_refuses_bad_jobs() {
     }
     let out = c.cli(&["job", "0123"]);
     assert_eq!(out.status.code(), Some(2));
+    // A script reads and writes the cluster's settings.
+    let code = "kv_set(\"colour\", \"RED\"); kv_get(\"colour\") + kv_get(\"missing\")";
+    let out = c.cli(&["submit", "--wait", "--inline", code]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "RED\n", "{out:?}");
+    assert_eq!(c.get("srv3", "colour").as_deref(), Some(&b"RED"[..]));
     // Stored scripts: versioned, checked when added, run by name.
     let file = c.conf.with_file_name("double.rhai");
     std::fs::write(

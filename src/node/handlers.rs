@@ -769,7 +769,7 @@ fn read_failed(shared: &Shared, what: &str, e: rusqlite::Error) -> Response {
     }
 }
 
-async fn read_setting(shared: &Shared, key: &str, stale: bool) -> Response {
+pub(super) async fn read_setting(shared: &Shared, key: &str, stale: bool) -> Response {
     read(shared, stale, |core, stale| match core.state().get(key) {
         Ok(v) => {
             shared.read_succeeded();

@@ -135,10 +135,12 @@ async fn execute(shared: Arc<Shared>, job: Job, run: Arc<Run>) {
             }
         });
     }
-    let root = shared.cfg.shared_root.clone();
     let cancel = run.cancel.clone();
     let outcome = match stored_code(&shared, job) {
-        Ok(job) => async_std::task::spawn_blocking(move || run_job(&job, &root, cancel)).await,
+        Ok(job) => {
+            let shared = shared.clone();
+            async_std::task::spawn_blocking(move || run_job(shared, &job, cancel)).await
+        }
         Err(why) => failed(why, String::new()),
     };
     // A `running` report still on its way is fenced off by the end's (an
@@ -251,10 +253,10 @@ fn stored_code(shared: &Shared, mut job: Job) -> Result<Job, String> {
 }
 
 /// Runs an attempt on this (blocking) thread.
-fn run_job(job: &Job, root: &std::path::Path, cancel: Arc<AtomicBool>) -> Outcome {
+fn run_job(shared: Arc<Shared>, job: &Job, cancel: Arc<AtomicBool>) -> Outcome {
     match job.spec.kind {
-        JobKind::Script => run_script(job, cancel),
-        JobKind::Command => run_command(job, root, cancel),
+        JobKind::Script => run_script(shared, job, cancel),
+        JobKind::Command => run_command(job, &shared.cfg.shared_root, cancel),
     }
 }
 
@@ -277,23 +279,57 @@ impl LogSink {
     }
 }
 
-impl crate::script::Host for LogSink {
+/// What a running script reaches: its log, and the cluster's settings
+/// through this instance (from the script's blocking thread).
+struct ScriptHost {
+    sink: Arc<LogSink>,
+    shared: Arc<Shared>,
+}
+
+impl crate::script::Host for ScriptHost {
     fn log(&self, line: &str) {
-        self.push(line);
+        self.sink.push(line);
     }
     fn progress(&self, percent: u8) {
-        self.push(&format!("[progress {percent}%]"));
+        self.sink.push(&format!("[progress {percent}%]"));
+    }
+    fn kv_get(&self, key: &str) -> Result<Option<String>, String> {
+        let answer =
+            async_std::task::block_on(super::handlers::read_setting(&self.shared, key, false));
+        match answer {
+            Response::Value { value, .. } => {
+                Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
+            }
+            Response::Error { message } => Err(message),
+            other => Err(format!("{other:?}")),
+        }
+    }
+    fn kv_set(&self, key: &str, value: &str) -> Result<(), String> {
+        let command = Command::Put {
+            key: key.to_string(),
+            value: value.as_bytes().to_vec(),
+        };
+        command.validate()?;
+        match async_std::task::block_on(propose(&self.shared, command, None, false)) {
+            Response::Proposed { .. } => Ok(()),
+            Response::Error { message } => Err(message),
+            other => Err(format!("{other:?}")),
+        }
     }
 }
 
-fn run_script(job: &Job, cancel: Arc<AtomicBool>) -> Outcome {
+fn run_script(shared: Arc<Shared>, job: &Job, cancel: Arc<AtomicBool>) -> Outcome {
     let sink = Arc::new(LogSink::default());
+    let host = Arc::new(ScriptHost {
+        sink: sink.clone(),
+        shared,
+    });
     let result = crate::script::run(
         &job.spec.script,
         &job.spec.args,
         job.spec.timeout_ms,
         cancel,
-        sink.clone(),
+        host,
     );
     let log = sink.take();
     match result {
