@@ -16,6 +16,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/conn.rs"]
+mod conn;
 #[path = "etcd.rs"]
 mod etcd;
 #[path = "support/failover.rs"]
@@ -26,6 +28,7 @@ use std::time::{Duration, Instant};
 use claro::proto::{Request, Response};
 use claro::state::Command;
 use common::Cluster;
+use conn::Conn;
 use failover::Failover;
 
 const LATENCY_COUNT: usize = 2000;
@@ -54,34 +57,19 @@ fn rss_mb(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// A persistent client connection to one instance.
-struct Conn {
-    _ep: claro::transport::Endpoint,
-    conn: quinn::Connection,
+/// Writes through a persistent connection.
+trait Put {
+    async fn put(&self, key: String, timeout_ms: u64) -> Result<u64, String>;
 }
 
-impl Conn {
-    fn open(c: &Cluster, name: &str) -> Conn {
-        let cfg = c.config();
-        let server = cfg.server(name).expect("configured").clone();
-        let ep = claro::client::endpoint(&cfg, server.address).expect("client endpoint");
-        let conn =
-            async_std::task::block_on(ep.connect(server.address, name, 2000)).expect("connect");
-        Conn { _ep: ep, conn }
-    }
-
+impl Put for Conn {
     async fn put(&self, key: String, timeout_ms: u64) -> Result<u64, String> {
         let command = Command::Put {
             key,
             value: vec![7u8; VALUE_BYTES],
         };
-        match claro::client::request(
-            &self.conn,
-            &Request::propose(command, Some(claro::proto::new_request_id())),
-            timeout_ms,
-        )
-        .await?
-        {
+        let req = Request::propose(command, Some(claro::proto::new_request_id()));
+        match self.ask(&req, timeout_ms).await? {
             Response::Proposed { index } => Ok(index),
             other => Err(format!("{other:?}")),
         }

@@ -15,15 +15,18 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/conn.rs"]
+mod conn;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use claro::jobs::{new_job_id, JobKind, JobSpec, JobState};
+use claro::jobs::{new_job_id, JobSpec, JobState};
 use claro::proto::{Request, Response};
 use claro::state::jobs::JobFilter;
 use claro::state::Command;
 use common::Cluster;
+use conn::Conn;
 
 const LATENCY_COUNT: usize = 300;
 const JOBS: usize = 20_000;
@@ -34,45 +37,25 @@ const REQUEST_MS: u64 = 10_000;
 /// little CPU, so a server for light scripts is configured with many.
 const SLOTS: u32 = 16;
 
-struct Conn {
-    _ep: claro::transport::Endpoint,
-    conn: quinn::Connection,
+/// What the benchmark asks of an instance.
+trait Jobs {
+    async fn submit(&self, code: &str) -> Result<String, String>;
+    async fn state(&self, id: &str) -> Option<JobState>;
+    async fn any_in(&self, state: JobState) -> bool;
 }
 
-impl Conn {
-    fn open(c: &Cluster, name: &str) -> Conn {
-        let cfg = c.config();
-        let server = cfg.server(name).expect("configured").clone();
-        let ep = claro::client::endpoint(&cfg, server.address).expect("client endpoint");
-        let conn =
-            async_std::task::block_on(ep.connect(server.address, name, 2000)).expect("connect");
-        Conn { _ep: ep, conn }
-    }
-
-    async fn ask(&self, req: &Request) -> Result<Response, String> {
-        claro::client::request(&self.conn, req, REQUEST_MS).await
-    }
-
+impl Jobs for Conn {
     async fn submit(&self, code: &str) -> Result<String, String> {
         let id = new_job_id(claro::node::now_ms(), rand::random());
-        let spec = JobSpec {
-            kind: JobKind::Script,
-            script: code.into(),
-            stored: None,
-            args: Vec::new(),
-            cwd: None,
-            env: Vec::new(),
-            priority: 0,
-            max_attempts: 3,
-            timeout_ms: 60_000,
-        };
+        let mut spec = JobSpec::script(code);
+        spec.timeout_ms = 60_000;
         let command = Command::JobSubmit {
             id: id.clone(),
             spec,
             at_ms: claro::node::now_ms(),
         };
         match self
-            .ask(&Request::propose(command, Some(id.clone())))
+            .ask(&Request::propose(command, Some(id.clone())), REQUEST_MS)
             .await?
         {
             Response::Proposed { .. } => Ok(id),
@@ -85,7 +68,7 @@ impl Conn {
             id: id.into(),
             stale: false,
         };
-        match self.ask(&req).await {
+        match self.ask(&req, REQUEST_MS).await {
             Ok(Response::Job { job, .. }) => job.map(|j| j.state),
             _ => None,
         }
@@ -101,7 +84,7 @@ impl Conn {
             limit: 1,
             stale: false,
         };
-        matches!(self.ask(&req).await, Ok(Response::Jobs { jobs, .. }) if !jobs.is_empty())
+        matches!(self.ask(&req, REQUEST_MS).await, Ok(Response::Jobs { jobs, .. }) if !jobs.is_empty())
     }
 }
 
@@ -198,7 +181,8 @@ fn timeline(c: &Cluster, count: u32) {
         limit: count,
         stale: false,
     };
-    let Ok(Response::Jobs { mut jobs, .. }) = async_std::task::block_on(conn.ask(&req)) else {
+    let Ok(Response::Jobs { mut jobs, .. }) = async_std::task::block_on(conn.ask(&req, REQUEST_MS))
+    else {
         return;
     };
     let mut run: Vec<u64> = jobs

@@ -142,6 +142,21 @@ pub struct JobSpec {
 }
 
 impl JobSpec {
+    /// A script job with the defaults of a submission.
+    pub fn script(code: &str) -> JobSpec {
+        JobSpec {
+            kind: JobKind::Script,
+            script: code.into(),
+            stored: None,
+            args: Vec::new(),
+            cwd: None,
+            env: Vec::new(),
+            priority: 0,
+            max_attempts: ATTEMPTS_DEFAULT,
+            timeout_ms: TIMEOUT_MS_DEFAULT,
+        }
+    }
+
     /// Checks every limit: a bad submission changes nothing.
     pub fn validate(&self) -> Result<(), String> {
         if self.script.len() > SCRIPT_BYTES_MAX {
@@ -415,29 +430,15 @@ pub struct Job {
 mod tests {
     use super::*;
 
-    pub fn script(code: &str) -> JobSpec {
-        JobSpec {
-            kind: JobKind::Script,
-            script: code.into(),
-            stored: None,
-            args: Vec::new(),
-            cwd: None,
-            env: Vec::new(),
-            priority: 0,
-            max_attempts: ATTEMPTS_DEFAULT,
-            timeout_ms: TIMEOUT_MS_DEFAULT,
-        }
-    }
-
     #[test]
     fn a_submission_over_a_limit_is_refused_naming_it() {
-        assert!(script("1 + 1").validate().is_ok());
-        let e = script(&"x".repeat(SCRIPT_BYTES_MAX + 1))
+        assert!(JobSpec::script("1 + 1").validate().is_ok());
+        let e = JobSpec::script(&"x".repeat(SCRIPT_BYTES_MAX + 1))
             .validate()
             .unwrap_err();
         assert!(e.contains("limit is 262144"), "{e}");
-        assert!(script(" ").validate().is_err());
-        let mut s = script("1");
+        assert!(JobSpec::script(" ").validate().is_err());
+        let mut s = JobSpec::script("1");
         s.priority = 101;
         assert!(s.validate().unwrap_err().contains("priority 101"));
         s.priority = 0;
@@ -453,7 +454,7 @@ mod tests {
         assert!(s.validate().is_err());
         s.cwd = Some("in/sub".into());
         assert!(s.validate().is_ok());
-        let mut c = script("");
+        let mut c = JobSpec::script("");
         c.kind = JobKind::Command;
         assert!(c.validate().unwrap_err().contains("needs a command"));
         c.args = vec!["true".into()];

@@ -9,7 +9,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use claro::jobs::{new_job_id, Job, JobKind, JobSpec, JobState};
+use claro::jobs::{new_job_id, Job, JobSpec, JobState};
 use claro::proto::{Request, Response};
 use claro::state::jobs::JobFilter;
 use claro::state::Command;
@@ -19,17 +19,9 @@ use common::Cluster;
 const END_S: u64 = 60;
 
 fn script(code: &str) -> JobSpec {
-    JobSpec {
-        kind: JobKind::Script,
-        script: code.into(),
-        stored: None,
-        args: Vec::new(),
-        cwd: None,
-        env: Vec::new(),
-        priority: 0,
-        max_attempts: 3,
-        timeout_ms: 60_000,
-    }
+    let mut spec = JobSpec::script(code);
+    spec.timeout_ms = 60_000;
+    spec
 }
 
 /// Submits `spec` through `via` as the CLI does (the job id is the request
