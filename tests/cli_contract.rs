@@ -67,8 +67,13 @@ fn expect_failure(out: &Output, status: i32, needles: &[&str]) {
     }
 }
 
+/// The tests' timings without digest checkpoints during a test: the
+/// applied indexes printed here are exact.
+const CONTRACT_TIMING: &str =
+    "election_ms = 1000\ndiscovery_ms = 1000\ncheckpoint_ms = 600000\ndrain_ms = 1000\n";
+
 fn one_server(net: u8) -> Cluster {
-    let mut c = Cluster::new(net, &[("srv1", "server")]);
+    let mut c = Cluster::with_timing(net, &[("srv1", "server")], CONTRACT_TIMING);
     c.start_alone("srv1");
     c
 }
@@ -367,7 +372,7 @@ fn start_order_entry(c: &Cluster, name: &str) -> serde_json::Value {
 
 #[test]
 fn stop_waits_for_the_exit_and_start_order_agrees_with_stopped_json() {
-    let mut c = Cluster::three_running(83);
+    let mut c = Cluster::three_running_with_timing(83, CONTRACT_TIMING);
     c.set("srv1", "v", b"1".to_vec()).unwrap();
 
     // A follower, stopped through another server.
@@ -443,7 +448,12 @@ fn stop_waits_for_the_exit_and_start_order_agrees_with_stopped_json() {
 
 #[test]
 fn status_and_coordinator_transfer_are_plain_objects() {
-    let mut c = Cluster::two(84);
+    let mut c = Cluster::with_timing(
+        84,
+        &[("srv1", "server"), ("srv2", "server")],
+        CONTRACT_TIMING,
+    );
+    c.start_alone("srv1");
     c.start("srv2");
     c.wait(SETTLE_S, "srv2 to join", || {
         c.settled("srv1", "srv1", &["srv1", "srv2"])
