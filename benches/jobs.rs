@@ -212,9 +212,103 @@ fn timeline(c: &Cluster, count: u32) {
     );
 }
 
+/// Jobs stored for the listing figures (`CLARO_BENCH_ONLY=scale`).
+const SCALE_JOBS: u64 = 1_000_000;
+/// Jobs per applied batch while filling the database.
+const SCALE_BATCH: u64 = 10_000;
+
+/// `claro jobs --limit 50` at a million stored jobs, at the database the
+/// answer is read from: the same queries (`state::jobs::list`) on a
+/// state.db holding SCALE_JOBS jobs in every state, newest first, with each
+/// filter. (The request's round trip adds what the latency figure shows.)
+fn scale() {
+    use claro::state::{Change, StateMachine, Sync};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sm = StateMachine::open(&dir.path().join("state.db"), Sync::Normal).expect("open");
+    let started = Instant::now();
+    let mut index = 0;
+    for b in 0..SCALE_JOBS / SCALE_BATCH {
+        let cmds: Vec<Command> = (0..SCALE_BATCH)
+            .map(|i| {
+                let n = b * SCALE_BATCH + i;
+                Command::JobSubmit {
+                    id: new_job_id(1_700_000_000_000 + n, n as u32),
+                    spec: JobSpec::script("1"),
+                    at_ms: 1_700_000_000_000 + n,
+                }
+            })
+            .collect();
+        let batch: Vec<_> = cmds
+            .iter()
+            .map(|c| {
+                index += 1;
+                (index, 1, Change::Command(c))
+            })
+            .collect();
+        sm.apply(&batch).expect("apply");
+    }
+    println!(
+        "filled {SCALE_JOBS} jobs in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let filters = [
+        ("no filter", JobFilter::default()),
+        (
+            "--state queued",
+            JobFilter {
+                state: Some(JobState::Queued),
+                ..JobFilter::default()
+            },
+        ),
+        (
+            "--state failed (none)",
+            JobFilter {
+                state: Some(JobState::Failed),
+                ..JobFilter::default()
+            },
+        ),
+        (
+            "--kind script",
+            JobFilter {
+                kind: Some(claro::jobs::JobKind::Script),
+                ..JobFilter::default()
+            },
+        ),
+        (
+            "--instance srv2 (none)",
+            JobFilter {
+                instance: Some("srv2".into()),
+                ..JobFilter::default()
+            },
+        ),
+    ];
+    for (what, f) in filters {
+        let mut us = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            let jobs = claro::state::jobs::list(sm.conn(), &f, 51).expect("list");
+            us.push(t.elapsed().as_micros() as u64);
+            assert!(jobs.len() <= 51);
+        }
+        us.sort_unstable();
+        println!(
+            "claro jobs --limit 50, {what}: p50 {:.2} ms, max {:.2} ms",
+            percentile_ms(&us, 0.5),
+            percentile_ms(&us, 1.0)
+        );
+    }
+    let bytes = std::fs::metadata(dir.path().join("state.db"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    println!("state.db with {SCALE_JOBS} jobs: {} MB", bytes / 1_000_000);
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
+    }
+    if std::env::var("CLARO_BENCH_ONLY").as_deref() == Ok("scale") {
+        return scale();
     }
     let date = std::process::Command::new("date").arg("-u").output();
     let date = date.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());

@@ -337,25 +337,36 @@ pub struct JobFilter {
     pub before: Option<String>,
 }
 
-/// Jobs matching `f`, newest first, at most `limit`.
+/// Jobs matching `f`, newest first, at most `limit`. Only the conditions
+/// given are in the query, so that SQLite walks the index of the filter
+/// (`jobs_by_state`, `jobs_by_kind`, `jobs_by_instance`: each by id) and
+/// stops after `limit` rows, whatever the number of jobs.
 pub fn list(conn: &Connection, f: &JobFilter, limit: u32) -> rusqlite::Result<Vec<Job>> {
+    let mut conditions = Vec::new();
+    let mut values: Vec<rusqlite::types::Value> = Vec::new();
+    let mut add = |column: &str, value: Option<String>| {
+        if let Some(v) = value {
+            values.push(v.into());
+            let op = if column == "id" { "<" } else { "=" };
+            conditions.push(format!("{column} {op} ?{}", values.len()));
+        }
+    };
+    add("state", f.state.map(|s| s.as_str().to_string()));
+    add("kind", f.kind.map(|k| k.as_str().to_string()));
+    add("instance", f.instance.clone());
+    add("id", f.before.clone());
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    };
+    values.push(i64::from(limit).into());
     let sql = format!(
-        "SELECT {COLUMNS} FROM jobs
-         WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR kind = ?2)
-           AND (?3 IS NULL OR instance = ?3) AND (?4 IS NULL OR id < ?4)
-         ORDER BY id DESC LIMIT ?5"
+        "SELECT {COLUMNS} FROM jobs {filter} ORDER BY id DESC LIMIT ?{}",
+        values.len()
     );
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(
-        params![
-            f.state.map(|s| s.as_str()),
-            f.kind.map(|k| k.as_str()),
-            f.instance,
-            f.before,
-            limit
-        ],
-        job_of,
-    )?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(values), job_of)?;
     rows.collect()
 }
 
