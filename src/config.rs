@@ -209,8 +209,32 @@ pub struct Config {
     /// Resolved against the config's folder.
     pub tls_dir: PathBuf,
     pub timing: Timing,
+    /// `[jobs]`: how long finished jobs are kept.
+    pub jobs: JobsConf,
     pub servers: Vec<ServerConf>,
 }
+
+/// The `[jobs]` table: finished jobs are kept for `keep_ms` after they end,
+/// and at most `keep_count` of them (the oldest go first); the coordinator
+/// purges the rest by committed commands, in bounded batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobsConf {
+    pub keep_ms: u64,
+    pub keep_count: u64,
+}
+
+impl Default for JobsConf {
+    fn default() -> Self {
+        JobsConf {
+            keep_ms: 7 * 24 * 3600 * 1000,
+            keep_count: 1_000_000,
+        }
+    }
+}
+
+/// Bounds of `[jobs]`: a minute to a year; one to a hundred million jobs.
+const JOBS_KEEP_MS_RANGE: std::ops::RangeInclusive<u64> = 60_000..=365 * 24 * 3600 * 1000;
+const JOBS_KEEP_COUNT_RANGE: std::ops::RangeInclusive<u64> = 1..=100_000_000;
 
 /// A bad config: the file, where in it (when the culprit is in the file), and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,8 +276,16 @@ struct RawConfig {
     data_dir: Option<Spanned<String>>,
     tls_dir: Option<Spanned<String>>,
     timing: Option<Spanned<RawTiming>>,
+    jobs: Option<Spanned<RawJobs>>,
     #[serde(default)]
     server: Vec<Spanned<RawServer>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJobs {
+    keep_ms: Option<Spanned<i64>>,
+    keep_count: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -364,6 +396,7 @@ impl Config {
             None => folder.join(TLS_DIR_DEFAULT),
         };
         let timing = timing(&src, raw.timing.as_ref())?;
+        let jobs = jobs_conf(&src, raw.jobs.as_ref())?;
         let servers = servers(&src, &raw.server, port)?;
         Ok(Config {
             path: path.to_path_buf(),
@@ -373,6 +406,7 @@ impl Config {
             data_dir,
             tls_dir,
             timing,
+            jobs,
             servers,
         })
     }
@@ -741,6 +775,37 @@ fn timing_conflict(t: &Timing) -> Option<(&'static str, &'static str, String)> {
         return Some(("node_timeout_ms", "heartbeat_ms", message));
     }
     None
+}
+
+fn jobs_conf(src: &Source<'_>, raw: Option<&Spanned<RawJobs>>) -> Result<JobsConf, ConfigError> {
+    let d = JobsConf::default();
+    let Some(raw) = raw else { return Ok(d) };
+    let raw = raw.get_ref();
+    let value =
+        |v: &Option<Spanned<i64>>, key: &str, range: std::ops::RangeInclusive<u64>, default| {
+            let Some(v) = v else { return Ok(default) };
+            match u64::try_from(*v.get_ref()) {
+                Ok(n) if range.contains(&n) => Ok(n),
+                _ => {
+                    let message = format!(
+                        "{} out of range {}..={}",
+                        v.get_ref(),
+                        range.start(),
+                        range.end()
+                    );
+                    Err(src.at(v, &format!("jobs.{key}"), message))
+                }
+            }
+        };
+    Ok(JobsConf {
+        keep_ms: value(&raw.keep_ms, "keep_ms", JOBS_KEEP_MS_RANGE, d.keep_ms)?,
+        keep_count: value(
+            &raw.keep_count,
+            "keep_count",
+            JOBS_KEEP_COUNT_RANGE,
+            d.keep_count,
+        )?,
+    })
 }
 
 fn timing_value(
@@ -1185,6 +1250,11 @@ discovery_ms = {discovery}
 checkpoint_ms = {checkpoint}
 drain_ms = {drain}
 
+# Finished jobs are kept this long (milliseconds) and at most this many.
+[jobs]
+keep_ms = {keep_ms}
+keep_count = {keep_count}
+
 # One [[server]] per instance. name: a-z 0-9 - (a DNS name in its certificate);
 # address: IP, IP:PORT, [IPv6]:PORT, or a DNS name (NAME or NAME:PORT, looked up
 # at start and again on every reconnect); slots: parallel jobs (1..={SLOTS_MAX});
@@ -1200,6 +1270,8 @@ drain_ms = {drain}
         discovery = d.discovery_ms,
         checkpoint = d.checkpoint_ms,
         drain = d.drain_ms,
+        keep_ms = JobsConf::default().keep_ms,
+        keep_count = JobsConf::default().keep_count,
     );
     for (name, address) in servers {
         out.push_str(&format!(
@@ -1851,6 +1923,29 @@ address = "fd00::4"
 
     fn timing_text(body: &str) -> String {
         with_servers(&format!("[timing]\n{body}{ONE}"))
+    }
+
+    #[test]
+    fn job_retention_is_read_and_bounded() {
+        let f = Fixture::new();
+        let c = f.ok(&format!(
+            "{HEAD}\n[jobs]\nkeep_ms = 3600000\nkeep_count = 500\n{ONE}"
+        ));
+        assert_eq!(
+            c.jobs,
+            JobsConf {
+                keep_ms: 3_600_000,
+                keep_count: 500
+            }
+        );
+        assert_eq!(f.ok(&minimal()).jobs, JobsConf::default());
+        let text = format!("{HEAD}\n[jobs]\nkeep_ms = 5\n{ONE}");
+        f.bad(
+            &text,
+            Some(6),
+            Some("jobs.keep_ms"),
+            "out of range 60000..=",
+        );
     }
 
     #[test]

@@ -417,3 +417,23 @@ fn the_cli_submits_waits_cancels_and_refuses_bad_jobs() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot start `/no/such/program`"));
 }
+
+#[test]
+fn finished_jobs_beyond_the_configured_count_are_purged() {
+    let timing = format!("{}\n[jobs]\nkeep_count = 5\n", common::TEST_TIMING);
+    let mut c = Cluster::with_timing(109, &[("srv1", "server")], &timing);
+    c.start_alone("srv1");
+    let ids: Vec<String> = (0..12)
+        .map(|_| submit(&c, "srv1", script("1")).expect("submit"))
+        .collect();
+    // The purge looks every 10 s.
+    c.wait(40, "finished jobs beyond keep_count to be purged", || {
+        all_jobs(&c, "srv1").len() == 5
+    });
+    // Those that ended last are kept (the unit test checks the order).
+    let left = all_jobs(&c, "srv1");
+    assert!(left
+        .iter()
+        .all(|j| j.state == JobState::Succeeded && ids.contains(&j.id)));
+    c.assert_nobody_crashed();
+}

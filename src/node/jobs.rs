@@ -16,13 +16,17 @@ use crate::config::Role;
 use crate::jobs::Job;
 use crate::proto::Response;
 use crate::scheduler::{self, Candidate};
-use crate::state::{jobs as db, Command, JOB_BATCH_COUNT_MAX};
+use crate::state::{jobs as db, Command, JOB_BATCH_COUNT_MAX, JOB_PURGE_COUNT_MAX};
 
 /// Longest time between two rounds when nothing wakes the loops.
 const POLL_MS: u64 = 50;
 /// Queued jobs looked at per round, at most; and beyond the free slots.
 const QUEUED_SCAN_COUNT_MAX: usize = 4096;
 const QUEUED_SCAN_MARGIN_COUNT: usize = 64;
+/// Time between two looks at whether finished jobs are to be purged, and
+/// the next one while a purge hit its batch limit.
+const PURGE_CHECK_MS: u64 = 10_000;
+const PURGE_AGAIN_MS: u64 = 200;
 /// Ends waiting to be reported, at most (runs wait to hand theirs over).
 const REPORT_QUEUE_COUNT_MAX: usize = 4096;
 /// Placements per proposal.
@@ -66,6 +70,7 @@ impl JobsShell {
 
 pub async fn assign_loop(shared: Arc<Shared>) {
     let wake = shared.jobs.assign_wake.1.clone();
+    let mut next_purge_ms = 0;
     loop {
         let _ = async_std::future::timeout(Duration::from_millis(POLL_MS), wake.recv()).await;
         if shared.phase() == Phase::Stopping {
@@ -82,7 +87,46 @@ pub async fn assign_loop(shared: Arc<Shared>) {
         }
         release_lost(&shared).await;
         assign_round(&shared).await;
+        if now_ms() >= next_purge_ms {
+            let more = purge(&shared).await;
+            next_purge_ms = now_ms() + if more { PURGE_AGAIN_MS } else { PURGE_CHECK_MS };
+        }
     }
+}
+
+/// Purges finished jobs past the `[jobs]` limits, one bounded batch;
+/// returns whether one was due (so more may be).
+async fn purge(shared: &Shared) -> bool {
+    let keep = shared.cfg.jobs;
+    let cutoff = now_ms().saturating_sub(keep.keep_ms);
+    let due = {
+        let guard = shared.core();
+        let Some(core) = guard.as_ref() else {
+            return false;
+        };
+        let conn = core.state().conn();
+        let old = db::oldest_finished_ms(conn).map(|o| o.is_some_and(|ms| ms < cutoff));
+        let many = db::finished_count(conn).map(|n| n > keep.keep_count);
+        match (old, many) {
+            (Ok(old), Ok(many)) => old || many,
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!("reading finished jobs from state.db failed: {e}");
+                false
+            }
+        }
+    };
+    if !due {
+        return false;
+    }
+    let command = Command::JobPurge {
+        finished_before_ms: cutoff,
+        keep_count: keep.keep_count,
+        batch_max: JOB_PURGE_COUNT_MAX as u32,
+    };
+    if let Err(e) = commit(shared, command).await {
+        crate::throttled_warn!("purge", "", "purging finished jobs failed: {e}");
+    }
+    true
 }
 
 /// Proposes one internal command and says whether it was applied.

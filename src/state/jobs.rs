@@ -21,6 +21,8 @@ CREATE INDEX IF NOT EXISTS jobs_active ON jobs (instance) WHERE state IN ('assig
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id);
 CREATE INDEX IF NOT EXISTS jobs_by_kind ON jobs (kind, id);
 CREATE INDEX IF NOT EXISTS jobs_by_instance ON jobs (instance, id);
+CREATE INDEX IF NOT EXISTS jobs_final ON jobs (finished_ms)
+  WHERE state IN ('succeeded', 'failed', 'cancelled');
 CREATE TABLE IF NOT EXISTS node_modes (name TEXT PRIMARY KEY, mode TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS scripts (name TEXT NOT NULL, version INTEGER NOT NULL, code TEXT NOT NULL,
   added_ms INTEGER NOT NULL, PRIMARY KEY (name, version));
@@ -220,6 +222,53 @@ pub fn retry(tx: &Transaction<'_>, id: &str, at_ms: u64) -> rusqlite::Result<()>
     )?
     .execute(params![id, at_ms])?;
     Ok(())
+}
+
+/// Deletes finished jobs that ended before `finished_before_ms`, and the
+/// oldest finished ones beyond `keep_count`: at most `batch_max` in all,
+/// those that ended first going first.
+pub fn purge(
+    tx: &Transaction<'_>,
+    finished_before_ms: u64,
+    keep_count: u64,
+    batch_max: u32,
+) -> rusqlite::Result<()> {
+    let old = tx
+        .prepare_cached(
+            "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_final
+               WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_ms < ?1
+               ORDER BY finished_ms LIMIT ?2)",
+        )?
+        .execute(params![finished_before_ms, batch_max])? as u32;
+    let budget = batch_max.saturating_sub(old);
+    let excess = finished_count(tx)?.saturating_sub(keep_count);
+    let count = excess.min(u64::from(budget));
+    if count > 0 {
+        tx.prepare_cached(
+            "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_final
+               WHERE state IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_ms LIMIT ?1)",
+        )?
+        .execute(params![count])?;
+    }
+    Ok(())
+}
+
+/// Finished jobs stored.
+pub fn finished_count(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.prepare_cached(
+        "SELECT count(*) FROM jobs INDEXED BY jobs_final WHERE state IN ('succeeded', 'failed', 'cancelled')",
+    )?
+    .query_row([], |r| r.get(0))
+}
+
+/// When the longest-finished job ended, if any job is finished.
+pub fn oldest_finished_ms(conn: &Connection) -> rusqlite::Result<Option<u64>> {
+    conn.prepare_cached(
+        "SELECT finished_ms FROM jobs INDEXED BY jobs_final
+         WHERE state IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_ms LIMIT 1",
+    )?
+    .query_row([], |r| r.get(0))
+    .optional()
 }
 
 pub fn set_mode(tx: &Transaction<'_>, name: &str, mode: &str) -> rusqlite::Result<()> {
@@ -698,5 +747,46 @@ mod tests {
         });
         assert_eq!(db.state(ids[0]).0, JobState::Assigned);
         assert_eq!(db.state(ids[1]), (JobState::Queued, 1, None));
+    }
+
+    #[test]
+    fn finished_jobs_are_purged_by_age_and_count_in_bounded_batches() {
+        let mut db = Db::new();
+        let ids: Vec<String> = (1..=6u64).map(|i| crate::jobs::new_job_id(i, 0)).collect();
+        for (i, id) in ids.iter().enumerate() {
+            db.apply(Command::JobSubmit {
+                id: id.clone(),
+                spec: spec(1),
+                at_ms: 1,
+            });
+            if i < 5 {
+                db.apply(Command::JobCancel {
+                    id: id.clone(),
+                    at_ms: 100 + i as u64,
+                });
+            }
+        }
+        // Ended before 102: two; at most one per batch.
+        db.apply(Command::JobPurge {
+            finished_before_ms: 102,
+            keep_count: 100,
+            batch_max: 1,
+        });
+        assert!(super::job(db.sm.conn(), &ids[0]).unwrap().is_none());
+        assert!(super::job(db.sm.conn(), &ids[1]).unwrap().is_some());
+        // Keep two finished: the oldest go; the queued one stays.
+        db.apply(Command::JobPurge {
+            finished_before_ms: 0,
+            keep_count: 2,
+            batch_max: 100,
+        });
+        let left: Vec<String> = super::list(db.sm.conn(), &super::JobFilter::default(), 10)
+            .unwrap()
+            .into_iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(left, [ids[5].clone(), ids[4].clone(), ids[3].clone()]);
+        assert_eq!(super::finished_count(db.sm.conn()).unwrap(), 2);
+        assert_eq!(super::oldest_finished_ms(db.sm.conn()).unwrap(), Some(103));
     }
 }

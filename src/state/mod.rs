@@ -129,6 +129,13 @@ pub enum Command {
         id: String,
         at_ms: u64,
     },
+    /// Finished jobs go: those that ended before `finished_before_ms`, and
+    /// the oldest beyond `keep_count`; at most `batch_max` per entry.
+    JobPurge {
+        finished_before_ms: u64,
+        keep_count: u64,
+        batch_max: u32,
+    },
     /// A stored script's next version (its code checked before proposing).
     ScriptAdd {
         name: String,
@@ -148,6 +155,8 @@ pub enum Command {
 
 /// Placements in one `JobAssign`, and attempts in one `JobRelease`.
 pub const JOB_BATCH_COUNT_MAX: usize = 4096;
+/// Jobs one purge entry deletes, at most (bounded work per apply).
+pub const JOB_PURGE_COUNT_MAX: usize = 10_000;
 /// Longest release reason.
 pub const REASON_BYTES_MAX: usize = 1024;
 
@@ -708,6 +717,11 @@ fn apply_job_command(tx: &Transaction<'_>, cmd: &Command) -> rusqlite::Result<()
         Command::JobRetry { id, at_ms } => jobs::retry(tx, id, *at_ms),
         Command::NodeMode { name, mode } => jobs::set_mode(tx, name, mode),
         Command::ScriptAdd { name, code, at_ms } => jobs::add_script(tx, name, code, *at_ms),
+        Command::JobPurge {
+            finished_before_ms,
+            keep_count,
+            batch_max,
+        } => jobs::purge(tx, *finished_before_ms, *keep_count, *batch_max),
         Command::ScriptRemove { name } => jobs::remove_script(tx, name),
         _ => unreachable!("not a job command: {cmd:?}"),
     }
