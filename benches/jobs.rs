@@ -33,6 +33,8 @@ const JOBS: usize = 20_000;
 const CLIENTS: usize = 64;
 const THROUGHPUT_TIME_MAX_S: u64 = 120;
 const REQUEST_MS: u64 = 10_000;
+/// Redis of the Celery comparison listens here (on 127.0.0.1).
+const CELERY_REDIS_PORT: u16 = 6390;
 /// Slots per instance (`CLARO_BENCH_SLOTS` to change): no-op scripts use
 /// little CPU, so a server for light scripts is configured with many.
 const SLOTS: u32 = 16;
@@ -327,6 +329,44 @@ fn main() {
     let (per_s, n, submit_s) = throughput(&c);
     timeline(&c, 1000);
     println!("throughput: {per_s:.0} jobs/s ({n} no-op script jobs from {CLIENTS} concurrent producers; all submitted after {submit_s:.2} s)");
+    drop(c);
+    for appendfsync in ["no", "always"] {
+        celery(appendfsync);
+    }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load average at the end: {}", load.trim());
+}
+
+/// Celery 5 with a Redis broker on 127.0.0.1:CELERY_REDIS_PORT, measured
+/// the same way (benches/support/celery/bench.py), if set up
+/// (benches/support/celery/setup.sh).
+fn celery(appendfsync: &str) {
+    let ready = std::process::Command::new("python3")
+        .args(["-c", "import celery, redis"])
+        .status()
+        .is_ok_and(|s| s.success())
+        && std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok();
+    if !ready {
+        println!("celery: not set up (run benches/support/celery/setup.sh)");
+        return;
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/benches/support/celery/bench.py"
+    );
+    let out = std::process::Command::new("python3")
+        .args([script, appendfsync, &JOBS.to_string(), &CLIENTS.to_string()])
+        .arg(CELERY_REDIS_PORT.to_string())
+        .output()
+        .expect("run the celery benchmark");
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        println!(
+            "celery ({appendfsync}) failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
