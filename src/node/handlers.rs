@@ -316,14 +316,16 @@ pub fn local_info(shared: &Shared) -> LocalInfo {
         cluster_id: facts.cluster_id.clone(),
         started_at_ms: shared.started_at_ms,
         initialized: facts.initialized,
-        is_member: false,
+        // Until its core runs, an instance adopting a forming cluster shows
+        // it (`membership::adoptable` lets others take the same one).
+        is_member: !facts.voters.is_empty(),
         leader: None,
         term: 0,
-        commit_index: 0,
+        commit_index: u64::from(!facts.voters.is_empty()),
         applied_index: facts.applied_index,
         note: None,
         last_stop: shared.last_stop.lock().expect("stop record lock").clone(),
-        voters: Vec::new(),
+        voters: facts.voters.clone(),
         checkpoints: Vec::new(),
     };
     if let Phase::Waiting { reason, .. } = &phase {

@@ -28,6 +28,8 @@ pub struct LocalFacts {
     pub member: bool,
     pub applied_index: u64,
     pub cluster_id: Option<String>,
+    /// The initial voters of a cluster being adopted (until the core runs).
+    pub voters: Vec<String>,
 }
 
 pub fn read_facts(dir: &std::path::Path, id: u64) -> LocalFacts {
@@ -41,6 +43,7 @@ pub fn read_facts(dir: &std::path::Path, id: u64) -> LocalFacts {
             member: sm.conf_state().voters.contains(&id) || sm.conf_state().learners.contains(&id),
             applied_index: sm.applied_index(),
             cluster_id: sm.cluster_id().map(str::to_string),
+            voters: Vec::new(),
         },
         Err(_) => LocalFacts::default(),
     }
@@ -289,11 +292,7 @@ fn start_member(shared: &Arc<Shared>, wake_rx: Receiver<()>, how: Startup) -> Re
         Startup::Adopt {
             ref cluster_id,
             ref voters,
-        } => {
-            tracing::info!(%cluster_id, voters = %voters.join(","), "a cluster is being formed with this instance among its first voters: taking its initial state");
-            consensus::bootstrap_voters(&shared.dir, &ids(voters), cluster_id, true)
-                .map_err(|e| e.to_string())?;
-        }
+        } => take_initial_state(shared, cluster_id, voters)?,
         Startup::ForceBootstrap => {
             tracing::warn!("!!! --force-bootstrap: starting a one-server cluster on this instance's database, which may be OLDER than what other servers hold; their newer changes will be refused by this cluster !!!");
             let old = shared.facts().cluster_id.unwrap_or_default();
@@ -307,6 +306,26 @@ fn start_member(shared: &Arc<Shared>, wake_rx: Receiver<()>, how: Startup) -> Re
         Startup::Run => tracing::info!("starting on the local database"),
         other => unreachable!("not a member start: {other:?}"),
     }
+    run_member(shared, wake_rx)
+}
+
+/// Records a forming cluster's initial state durably, and shows it (what
+/// this instance answers probes with says it holds that cluster from now on).
+fn take_initial_state(shared: &Shared, cluster_id: &str, voters: &[String]) -> Result<(), String> {
+    tracing::info!(%cluster_id, voters = %voters.join(","), "a cluster is being formed with this instance among its first voters: taking its initial state");
+    consensus::bootstrap_voters(&shared.dir, &ids(voters), cluster_id, true)
+        .map_err(|e| e.to_string())?;
+    let mut facts = shared.facts.lock().expect("facts lock");
+    facts.initialized = true;
+    facts.member = true;
+    facts.applied_index = 1;
+    facts.cluster_id = Some(cluster_id.to_string());
+    facts.voters = voters.to_vec();
+    Ok(())
+}
+
+/// Opens the core on the recorded state and runs it.
+fn run_member(shared: &Arc<Shared>, wake_rx: Receiver<()>) -> Result<(), String> {
     shared.open_core()?;
     {
         let mut guard = shared.core();
@@ -322,8 +341,9 @@ fn start_member(shared: &Arc<Shared>, wake_rx: Receiver<()>, how: Startup) -> Re
 }
 
 /// Time the bootstrapper waits for each fresh peer to take the new cluster's
-/// initial state.
-const ADOPT_CALL_MS: u64 = 1_000;
+/// initial state (two fsyncs, which take seconds on a loaded disk: a
+/// silent majority makes it look again, `membership::bootstrap_outcome`).
+const ADOPT_CALL_MS: u64 = 5_000;
 
 /// Creates a new cluster with `voters`: first every other voter is asked to
 /// take the same initial state (each records it durably before it answers),
@@ -398,16 +418,21 @@ pub fn adopt(shared: &Arc<Shared>, cluster_id: String, voters: Vec<String>) -> R
             message: why.into(),
         };
     }
-    let how = Startup::Adopt { cluster_id, voters };
-    match start_member(shared, shared.wake_rx.clone(), how) {
-        Ok(()) => Response::Ok {
-            message: "adopted".into(),
-        },
-        Err(e) => {
-            tracing::error!("cannot adopt the new cluster: {e}");
+    if let Err(e) = take_initial_state(shared, &cluster_id, &voters) {
+        tracing::error!("cannot adopt the new cluster: {e}");
+        let _ = shared.stop_tx.try_send(());
+        return Response::Error { message: e };
+    }
+    // The answer goes once the state is durable; the core opens after it.
+    let shared = shared.clone();
+    async_std::task::spawn(async move {
+        if let Err(e) = run_member(&shared, shared.wake_rx.clone()) {
+            tracing::error!("cannot start on the adopted cluster: {e}");
             let _ = shared.stop_tx.try_send(());
-            Response::Error { message: e }
         }
+    });
+    Response::Ok {
+        message: "adopted".into(),
     }
 }
 
