@@ -75,7 +75,22 @@ const CONTRACT_TIMING: &str =
 fn one_server(net: u8) -> Cluster {
     let mut c = Cluster::with_timing(net, &[("srv1", "server")], CONTRACT_TIMING);
     c.start_alone("srv1");
+    wait_quiet(&c, "srv1");
     c
+}
+
+/// Waits until `name`'s applied index has not moved for a second: the
+/// entries a new cluster commits by itself (its incarnation record) are in,
+/// so that the indexes the test prints follow its own writes only.
+fn wait_quiet(c: &Cluster, name: &str) {
+    let mut last = None;
+    let mut still = 0;
+    c.wait(30, "a quiet cluster", || {
+        let now = c.digest(name).map(|(i, _)| i);
+        still = if now.is_some() && now == last { still + 1 } else { 0 };
+        last = now;
+        still >= 10
+    });
 }
 
 fn applied_index(c: &Cluster, via: &str) -> u64 {
@@ -458,6 +473,7 @@ fn status_and_coordinator_transfer_are_plain_objects() {
     c.wait(SETTLE_S, "srv2 to join", || {
         c.settled("srv1", "srv1", &["srv1", "srv2"])
     });
+    wait_quiet(&c, "srv1");
     let out = claro(
         &c,
         &[
