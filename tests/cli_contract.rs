@@ -87,7 +87,11 @@ fn wait_quiet(c: &Cluster, name: &str) {
     let mut still = 0;
     c.wait(30, "a quiet cluster", || {
         let now = c.digest(name).map(|(i, _)| i);
-        still = if now.is_some() && now == last { still + 1 } else { 0 };
+        still = if now.is_some() && now == last {
+            still + 1
+        } else {
+            0
+        };
         last = now;
         still >= 10
     });
