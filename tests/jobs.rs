@@ -152,9 +152,9 @@ fn a_thousand_script_jobs_spread_over_three_instances_by_load() {
     );
 }
 
-/// Submits six long jobs and waits until every one runs; returns their ids
-/// and the instance that runs the most of them.
-fn long_jobs_running(c: &Cluster, code: &str) -> (Vec<String>, String) {
+/// Submits six long jobs and waits until every one runs; returns their ids,
+/// the instance that runs the most of them, and the ids of those it runs.
+fn long_jobs_running(c: &Cluster, code: &str) -> (Vec<String>, String, Vec<String>) {
     let ids: Vec<String> = (0..6)
         .map(|_| submit(c, "srv1", script(code)).expect("submit"))
         .collect();
@@ -170,18 +170,18 @@ fn long_jobs_running(c: &Cluster, code: &str) -> (Vec<String>, String) {
         .unwrap()
         .to_string();
     assert!(spread.get(&victim).copied().unwrap_or(0) > 0, "{spread:?}");
-    (ids, victim)
+    let on_victim = jobs
+        .iter()
+        .filter(|j| j.instance.as_deref() == Some(victim.as_str()))
+        .map(|j| j.id.clone())
+        .collect();
+    (ids, victim, on_victim)
 }
 
 #[test]
 fn jobs_of_an_instance_killed_9_finish_elsewhere() {
     let mut c = Cluster::three_running(104);
-    let (ids, victim) = long_jobs_running(&c, "sleep_ms(2000); 7");
-    let on_victim: Vec<String> = ids
-        .iter()
-        .filter(|id| job(&c, "srv1", id).and_then(|j| j.instance).as_deref() == Some(&victim))
-        .cloned()
-        .collect();
+    let (ids, victim, on_victim) = long_jobs_running(&c, "sleep_ms(2000); 7");
     let killed = Instant::now();
     c.kill9(&victim);
     for id in &on_victim {
@@ -211,13 +211,8 @@ fn jobs_of_an_instance_killed_9_finish_elsewhere() {
 #[test]
 fn a_frozen_instance_s_late_report_is_fenced_off() {
     let mut c = Cluster::three_running(105);
-    let (ids, victim) = long_jobs_running(&c, "sleep_ms(1500); \"first\"");
+    let (ids, victim, on_victim) = long_jobs_running(&c, "sleep_ms(1500); \"first\"");
     let pid = c.pid(&victim).expect("running");
-    let on_victim: Vec<String> = ids
-        .iter()
-        .filter(|id| job(&c, "srv1", id).and_then(|j| j.instance).as_deref() == Some(&victim))
-        .cloned()
-        .collect();
     signal(pid, "STOP");
     // Released after node_timeout_ms (3 s) and run elsewhere.
     for id in &on_victim {
@@ -255,12 +250,7 @@ fn signal(pid: u32, sig: &str) {
 fn a_graceful_stop_hands_jobs_back_at_once() {
     let mut c = Cluster::three_running(106);
     // Longer than the tests' drain_ms (1 s): they are handed back.
-    let (ids, victim) = long_jobs_running(&c, "sleep_ms(20000); 1");
-    let on_victim: Vec<String> = ids
-        .iter()
-        .filter(|id| job(&c, "srv1", id).and_then(|j| j.instance).as_deref() == Some(&victim))
-        .cloned()
-        .collect();
+    let (_, victim, on_victim) = long_jobs_running(&c, "sleep_ms(20000); 1");
     let stopped = Instant::now();
     c.stop(&victim);
     for id in &on_victim {

@@ -51,6 +51,10 @@ pub async fn worker_loop(shared: Arc<Shared>) {
         let _ = async_std::future::timeout(Duration::from_millis(POLL_MS), wake.recv()).await;
         let mine = active_on(&shared, &shared.me.name);
         stop_stale_runs(&shared, &mine);
+        // Only attempts still held here stay remembered: the set is bounded
+        // by this instance's active attempts.
+        handed_back
+            .retain(|(id, attempt)| mine.iter().any(|j| j.id == *id && j.attempt == *attempt));
         let hand_back = start_new_runs(&shared, mine);
         let fresh: Vec<(String, u32)> = hand_back
             .into_iter()
@@ -226,8 +230,10 @@ fn log_if_fenced(shared: &Shared, id: &str, attempt: u32) {
     let guard = shared.core();
     let Some(core) = guard.as_ref() else { return };
     if let Ok(Some((current, state, instance))) = db::attempt_of(core.state().conn(), id) {
+        // Still active and ours: this replica has not applied the end yet,
+        // which says nothing. Moved on, or cancelled: the end was refused.
         let mine = current == attempt && instance.as_deref() == Some(shared.me.name.as_str());
-        if !mine || state.is_active() {
+        if !mine || state == JobState::Cancelled {
             tracing::info!(job = %id, attempt, "the report was refused: the attempt is no longer current (cancelled or released)");
         }
     }
