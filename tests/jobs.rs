@@ -427,3 +427,27 @@ fn finished_jobs_beyond_the_configured_count_are_purged() {
         .all(|j| j.state == JobState::Succeeded && ids.contains(&j.id)));
     c.assert_nobody_crashed();
 }
+
+/// The new coordinator places nothing on the one it replaced: a job
+/// submitted the moment the coordinator is killed -9 runs at its first
+/// attempt on a live instance, not after node_timeout_ms on the dead one.
+#[test]
+fn a_job_submitted_as_the_coordinator_dies_runs_at_once_elsewhere() {
+    let mut c = Cluster::three_running(110);
+    c.kill9("srv1");
+    let id = submit(&c, "srv2", script("42")).expect("submit");
+    let deadline = Instant::now() + Duration::from_secs(END_S);
+    let done = loop {
+        if let Some(j) = job(&c, "srv2", &id).filter(|j| j.state.is_final()) {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "the job did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(done.state, JobState::Succeeded);
+    assert_eq!(
+        done.attempt, 1,
+        "placed on the dead coordinator first: {done:?}"
+    );
+    assert_ne!(done.instance.as_deref(), Some("srv1"));
+}

@@ -29,6 +29,9 @@ const PURGE_CHECK_MS: u64 = 10_000;
 const PURGE_AGAIN_MS: u64 = 200;
 /// Ends waiting to be reported, at most (runs wait to hand theirs over).
 const REPORT_QUEUE_COUNT_MAX: usize = 4096;
+/// A server not heard for this long gets no new placement (four gossip
+/// rounds, `node::gossip`).
+const PLACE_HEARD_MS_MAX: u64 = 1_000;
 /// Placements per proposal.
 const ASSIGN_BATCH_COUNT_MAX: usize = 1024;
 
@@ -217,8 +220,18 @@ fn candidates(
             if s.name == shared.me.name {
                 return shared.jobs.accepting.load(Ordering::Relaxed);
             }
+            // Placement is stricter than the failure detector: a server not
+            // heard for a few gossip rounds (a coordinator that just died)
+            // gets nothing new, although its jobs are released only after
+            // node_timeout_ms.
+            // Nor one not heard since this instance became coordinator (the
+            // coordinator it replaced, most likely dead): live ones answer
+            // its first heartbeats within a round trip.
+            let since = shared.jobs.leader_since_ms.load(Ordering::Relaxed);
+            let window = PLACE_HEARD_MS_MAX.min(now.saturating_sub(since));
             let state = view.info(&s.name).map(|i| i.state.as_str());
-            view.is_up(&s.name, now) && matches!(state, Some("follower" | "coordinator"))
+            let recent = view.age_ms(&s.name, now).is_some_and(|a| a <= window);
+            recent && view.is_up(&s.name, now) && matches!(state, Some("follower" | "coordinator"))
         })
         .map(|s| Candidate {
             name: s.name.clone(),
