@@ -142,6 +142,10 @@ pub enum Command {
         id: String,
         #[arg(long)]
         log: bool,
+        /// Where a script's time went: per host function and remote call,
+        /// calls and time (preparing, waiting, receiving), slowest first.
+        #[arg(long)]
+        profile: bool,
         #[arg(long)]
         stale: bool,
         #[command(flatten)]
@@ -544,9 +548,10 @@ fn jobs(path: &std::path::Path, command: Command) -> Result<(), Failure> {
         Command::Job {
             id,
             log,
+            profile,
             stale,
             client,
-        } => jc::show(&config, &client, &id, log, stale),
+        } => jc::show(&config, &client, &id, jc::Detail { log, profile }, stale),
         Command::Cancel { id, client } => jc::cancel_or_retry(&config, &client, &id, false),
         Command::Retry { id, client } => jc::cancel_or_retry(&config, &client, &id, true),
         Command::Wait { id, client } => jc::wait_for(&config, &client, &id, false),
@@ -606,6 +611,8 @@ fn job_spec(kind: crate::jobs::JobKind, script: String, o: &JobOptions) -> crate
         priority: o.priority,
         max_attempts: o.max_attempts,
         timeout_ms: o.timeout,
+        call: None,
+        depth: 0,
     }
 }
 

@@ -128,11 +128,18 @@ fn print_end(job: &Job, json: bool, with_log: bool) -> Result<(), Failure> {
 }
 
 /// `claro job ID`.
+/// What `claro job` shows besides the job's fields.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Detail {
+    pub log: bool,
+    pub profile: bool,
+}
+
 pub fn show(
     config: &Config,
     args: &ClientArgs,
     id: &str,
-    with_log: bool,
+    detail: Detail,
     stale: bool,
 ) -> Result<(), Failure> {
     crate::jobs::check_job_id(id).map_err(Failure::usage)?;
@@ -147,10 +154,17 @@ pub fn show(
         } => {
             print_staleness(stale.as_ref());
             if args.json {
-                output::emit(&output::json_line(&JobJson::new(&job, with_log)))
-            } else {
-                output::emit(&output::job_text(&job, with_log))
+                let mut j = JobJson::new(&job, detail.log);
+                if detail.profile {
+                    j = j.with_profile(&job);
+                }
+                return output::emit(&output::json_line(&j));
             }
+            let mut text = output::job_text(&job, detail.log);
+            if detail.profile {
+                text.push_str(&output::profile_text(&job.profile));
+            }
+            output::emit(&text)
         }
         Response::Job { job: None, .. } => Err(Failure::failed(format!("no job `{id}`"))),
         other => Err(failure_of(other)),

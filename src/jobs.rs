@@ -38,6 +38,15 @@ pub const TIMEOUT_MS_DEFAULT: u64 = 3600 * 1000;
 pub const RESULT_BYTES_MAX: usize = 64 * 1024;
 /// Largest captured log kept with a job (its first part, then a note).
 pub const LOG_BYTES_MAX: usize = 64 * 1024;
+/// Nesting of remote calls and child jobs (a call inside a called
+/// function is one deeper).
+pub const CALL_DEPTH_MAX: u32 = 8;
+/// Longest function name of a remote call.
+pub const FUNCTION_NAME_BYTES_MAX: usize = 128;
+/// Rows of a job's profile (host functions and remote-call targets).
+pub const PROFILE_ROWS_MAX: usize = 64;
+/// Longest name of a profile row.
+pub const PROFILE_NAME_BYTES_MAX: usize = 256;
 /// Longest wait before a failed attempt is retried.
 pub const BACKOFF_MS_MAX: u64 = 30_000;
 /// Wait before the first retry; doubled for each further one.
@@ -139,6 +148,15 @@ pub struct JobSpec {
     pub priority: i32,
     pub max_attempts: u32,
     pub timeout_ms: u64,
+    /// A remote call (`call_script(NAME, FN, args...)` in a script): the function
+    /// of the stored script to run instead of its top level. Its `args` are
+    /// then JSON values and its result is its return value as JSON.
+    #[serde(default)]
+    pub call: Option<String>,
+    /// How deep in nested remote calls and child submissions this job is
+    /// (0: submitted by a client), bounded by `CALL_DEPTH_MAX`.
+    #[serde(default)]
+    pub depth: u32,
 }
 
 impl JobSpec {
@@ -154,6 +172,8 @@ impl JobSpec {
             priority: 0,
             max_attempts: ATTEMPTS_DEFAULT,
             timeout_ms: TIMEOUT_MS_DEFAULT,
+            call: None,
+            depth: 0,
         }
     }
 
@@ -165,6 +185,7 @@ impl JobSpec {
                 self.script.len()
             ));
         }
+        self.validate_call()?;
         if let Some(name) = &self.stored {
             check_script_name(name)?;
             if self.kind != JobKind::Script || !self.script.is_empty() {
@@ -198,6 +219,32 @@ impl JobSpec {
             ));
         }
         self.validate_numbers()
+    }
+
+    fn validate_call(&self) -> Result<(), String> {
+        if self.depth > CALL_DEPTH_MAX {
+            return Err(format!(
+                "calls and child jobs nested {} deep, the limit is {CALL_DEPTH_MAX}",
+                self.depth
+            ));
+        }
+        let Some(function) = &self.call else {
+            return Ok(());
+        };
+        if self.stored.is_none() {
+            return Err("a remote call names a stored script".into());
+        }
+        let ok = !function.is_empty()
+            && function.len() <= FUNCTION_NAME_BYTES_MAX
+            && function
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(format!(
+                "`{function}` is not a function name (letters, digits and `_`, at most {FUNCTION_NAME_BYTES_MAX} bytes)"
+            ));
+        }
+        Ok(())
     }
 
     fn validate_args(&self) -> Result<(), String> {
@@ -305,6 +352,24 @@ pub struct Outcome {
     pub error: Option<String>,
     /// The captured log (bounded by `LOG_BYTES_MAX`).
     pub log: String,
+    /// Where a script's time went (empty for commands).
+    #[serde(default)]
+    pub profile: Vec<ProfileRow>,
+}
+
+/// One line of a job's profile: a host function or a remote call's target
+/// (`call lib.f`), how often it was called and where its time went. Calls
+/// that wait on the cluster split their time into preparing (building and
+/// committing the request), waiting (for the cluster to act) and receiving
+/// (reading the answer); the rest count all of it as waiting.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileRow {
+    pub name: String,
+    pub calls: u64,
+    pub total_us: u64,
+    pub prepare_us: u64,
+    pub wait_us: u64,
+    pub receive_us: u64,
 }
 
 impl Outcome {
@@ -312,6 +377,13 @@ impl Outcome {
         let long = |t: &Option<String>| t.as_ref().is_some_and(|t| t.len() > RESULT_BYTES_MAX);
         if long(&self.result) || long(&self.error) || self.log.len() > LOG_BYTES_MAX {
             return Err("an outcome over its size limits".into());
+        }
+        let long_name = self
+            .profile
+            .iter()
+            .any(|r| r.name.len() > PROFILE_NAME_BYTES_MAX);
+        if self.profile.len() > PROFILE_ROWS_MAX || long_name {
+            return Err("a profile over its size limits".into());
         }
         Ok(())
     }
@@ -361,6 +433,7 @@ impl AttemptEnd {
         64 + o.log.len()
             + o.result.as_ref().map_or(0, String::len)
             + o.error.as_ref().map_or(0, String::len)
+            + o.profile.iter().map(|r| 48 + r.name.len()).sum::<usize>()
     }
 }
 
@@ -424,6 +497,8 @@ pub struct Job {
     pub result: Option<String>,
     pub error: Option<String>,
     pub log: String,
+    /// The profile of the attempt that ended last (scripts).
+    pub profile: Vec<ProfileRow>,
 }
 
 #[cfg(test)]
@@ -432,6 +507,23 @@ mod tests {
 
     #[test]
     fn a_submission_over_a_limit_is_refused_naming_it() {
+        let mut deep = JobSpec::script("");
+        deep.stored = Some("lib".into());
+        deep.call = Some("f".into());
+        deep.depth = CALL_DEPTH_MAX;
+        assert!(deep.validate().is_ok());
+        deep.depth = CALL_DEPTH_MAX + 1;
+        assert!(deep.validate().unwrap_err().contains("nested 9 deep"));
+        deep.depth = 0;
+        deep.call = Some("f; g".into());
+        assert!(deep.validate().unwrap_err().contains("not a function name"));
+        deep.call = Some("f".into());
+        deep.stored = None;
+        deep.script = "1".into();
+        assert!(deep
+            .validate()
+            .unwrap_err()
+            .contains("names a stored script"));
         assert!(JobSpec::script("1 + 1").validate().is_ok());
         let e = JobSpec::script(&"x".repeat(SCRIPT_BYTES_MAX + 1))
             .validate()

@@ -456,6 +456,10 @@ pub struct JobJson {
     /// Only with `--log`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
+    /// Only with `--profile`: where a script's time went, slowest first
+    /// (times in microseconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Vec<crate::jobs::ProfileRow>>,
 }
 
 impl JobJson {
@@ -474,7 +478,13 @@ impl JobJson {
             started_at: job.started_ms.map(rfc3339),
             finished_at: job.finished_ms.map(rfc3339),
             log: with_log.then(|| job.log.clone()),
+            profile: None,
         }
+    }
+
+    pub fn with_profile(mut self, job: &crate::jobs::Job) -> JobJson {
+        self.profile = Some(job.profile.clone());
+        self
     }
 }
 
@@ -573,9 +583,56 @@ pub fn job_text(job: &crate::jobs::Job, with_log: bool) -> String {
     out
 }
 
+/// A job's profile as a table, slowest first, times in milliseconds.
+pub fn profile_text(rows: &[crate::jobs::ProfileRow]) -> String {
+    if rows.is_empty() {
+        return "profile: nothing timed (a command, or a script that called no host function)\n"
+            .into();
+    }
+    let ms = |us: u64| format!("{:.3}", us as f64 / 1000.0);
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(8);
+    let mut out = format!(
+        "{:<width$}  {:>7}  {:>10}  {:>10}  {:>10}  {:>10}\n",
+        "FUNCTION", "CALLS", "TOTAL ms", "PREPARE ms", "WAIT ms", "RECEIVE ms"
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{:<width$}  {:>7}  {:>10}  {:>10}  {:>10}  {:>10}\n",
+            escape_text(&r.name),
+            r.calls,
+            ms(r.total_us),
+            ms(r.prepare_us),
+            ms(r.wait_us),
+            ms(r.receive_us)
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod job_tests {
     use super::*;
+
+    #[test]
+    fn a_profile_is_a_table_in_milliseconds() {
+        let row = crate::jobs::ProfileRow {
+            name: "call lib.f".into(),
+            calls: 2,
+            total_us: 12_500,
+            prepare_us: 2_000,
+            wait_us: 10_000,
+            receive_us: 500,
+        };
+        let text = profile_text(&[row]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("FUNCTION") && lines[0].contains("WAIT ms"));
+        assert!(
+            lines[1].starts_with("call lib.f")
+                && lines[1].contains("12.500")
+                && lines[1].contains("10.000"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn times_are_rfc3339_in_utc() {

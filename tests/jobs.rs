@@ -451,3 +451,115 @@ fn a_job_submitted_as_the_coordinator_dies_runs_at_once_elsewhere() {
     );
     assert_ne!(done.instance.as_deref(), Some("srv1"));
 }
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `call_script` runs a stored script's function as a child job where the
+/// coordinator places it and returns its value or its error (naming both
+/// scripts and lines); the profile shows the call's waits; a script reaches
+/// SQL on its replica, files under shared_root (and nothing outside), a
+/// command, and child jobs.
+#[test]
+fn a_remote_call_returns_its_value_and_its_error_and_is_profiled() {
+    let mut c = Cluster::three_running(111);
+    let lib = c.conf.with_file_name("lib.rhai");
+    let lib_code = "fn area(w, h) { #{ w: w, h: h, area: w * h } }\nfn fail(size) {\n  throw \"no paper for \" + size;\n}\n";
+    std::fs::write(&lib, lib_code).unwrap();
+    let out = c.cli(&["script", "add", "lib", lib.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let code = "let a = call_script(\"lib\", \"area\", 6, 7);\nlet b = call_script(\"lib\", \"area\", 2, 3);\na.area + b.area - 6";
+    let out = c.cli(&["submit", "--json", "--inline", code]);
+    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = c.cli(&["wait", &id]);
+    assert_eq!(stdout(&out), "42", "{out:?}");
+    // The profile, through another instance: one row for the target,
+    // called twice, its time split into preparing, waiting and receiving.
+    let out = c.cli(&["job", &id, "--profile", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = &v["profile"][0];
+    assert_eq!(
+        (row["name"].as_str(), row["calls"].as_u64()),
+        (Some("call lib.area"), Some(2)),
+        "{v}"
+    );
+    let part = |k: &str| row[k].as_u64().unwrap();
+    assert!(part("prepare_us") > 0 && part("wait_us") > 0, "{v}");
+    assert_eq!(
+        part("total_us"),
+        part("prepare_us") + part("wait_us") + part("receive_us")
+    );
+    let out = c.cli(&["job", &id, "--profile"]);
+    assert!(
+        stdout(&out).contains("call lib.area") && stdout(&out).contains("WAIT ms"),
+        "{out:?}"
+    );
+    // The children are jobs of their own, spread by load like any other.
+    let children: Vec<Job> = all_jobs(&c, "srv2")
+        .into_iter()
+        .filter(|j| j.spec.call.is_some())
+        .collect();
+    assert_eq!(children.len(), 2);
+    assert!(children
+        .iter()
+        .all(|j| j.state == JobState::Succeeded && j.spec.depth == 1));
+    // An error there is an error here, with both scripts' names and lines.
+    let failing = "let x = 1;\ncall_script(\"lib\", \"fail\", \"A4\")";
+    let out = c.cli(&[
+        "submit",
+        "--wait",
+        "--max-attempts",
+        "1",
+        "--inline",
+        failing,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("script: call_script(\"lib\", \"fail\")"),
+        "{err}"
+    );
+    assert!(
+        err.contains("lib: no paper for A4 (line 3, position 3)"),
+        "{err}"
+    );
+    assert!(err.contains("(line 2, position 1)"), "{err}");
+    c.assert_nobody_crashed();
+}
+
+#[test]
+fn a_script_reaches_sql_files_commands_and_child_jobs_and_nothing_outside() {
+    let mut c = Cluster::three_running(112);
+    let code = "file_write(\"notes/a.txt\", \"hello\");\nfile_append(\"notes/a.txt\", \" world\");\nlet listed = file_list(\"notes\");\nlet rows = sql(\"SELECT count(*) AS n FROM jobs WHERE state IN (?1, ?2)\", [\"assigned\", \"running\"]);\nlet out = run([\"echo\", \"from\", \"echo\"]).output;\nout.trim();\nlet child = submit(#{ script: \"40 + 2\" });\nfile_read(\"notes/a.txt\") + \"|\" + listed[0].name + \"|\" + rows[0].n + \"|\" + out + \"|\" + child.len()";
+    let out = c.cli(&["submit", "--wait", "--inline", code]);
+    assert_eq!(stdout(&out), "hello world|a.txt|1|from echo|20", "{out:?}");
+    let shared = c.conf.parent().unwrap().join("../shared/notes/a.txt");
+    assert_eq!(std::fs::read_to_string(shared).unwrap(), "hello world");
+    for (bad, why) in [
+        ("file_read(\"../escape.txt\")", "must be a relative path"),
+        (
+            "file_write(\"/tmp/escape.txt\", \"x\")",
+            "must be a relative path",
+        ),
+        ("sql(\"DELETE FROM jobs\")", "only queries that read"),
+        ("run([\"/no/such/program\"])", "cannot start"),
+        (
+            "submit(#{ script: \"1\", colour: \"red\" })",
+            "unknown key `colour`",
+        ),
+    ] {
+        let out = c.cli(&["submit", "--wait", "--max-attempts", "1", "--inline", bad]);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(why),
+            "{bad}: {out:?}"
+        );
+    }
+    let count = all_jobs(&c, "srv1").len();
+    assert_eq!(count, 7, "the script, its child and the five refused ones");
+    c.assert_nobody_crashed();
+}

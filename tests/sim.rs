@@ -1102,6 +1102,8 @@ impl Sim {
             priority: self.rng.gen_range(-2..=2),
             max_attempts: 3,
             timeout_ms: 1000,
+            call: None,
+            depth: 0,
         };
         let ctx = self.rng.gen::<u64>().to_be_bytes().to_vec();
         let cmd = Command::JobSubmit {
@@ -1185,6 +1187,7 @@ impl Sim {
                 result: ok.then(|| "1".into()),
                 error: (!ok).then(|| "failed in the simulation".into()),
                 log: String::new(),
+                profile: Vec::new(),
             },
         };
         let ctx = self.rng.gen::<u64>().to_be_bytes().to_vec();

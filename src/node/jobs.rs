@@ -50,6 +50,8 @@ pub(crate) struct JobsShell {
         Sender<super::worker::Report>,
         Receiver<super::worker::Report>,
     ),
+    /// Applied batches so far, for blocking waiters (`wait_applied`).
+    applied_count: (Mutex<u64>, std::sync::Condvar),
 }
 
 impl JobsShell {
@@ -61,6 +63,7 @@ impl JobsShell {
             runs: Mutex::default(),
             accepting: AtomicBool::new(true),
             reports: async_std::channel::bounded(REPORT_QUEUE_COUNT_MAX),
+            applied_count: (Mutex::new(0), std::sync::Condvar::new()),
         }
     }
 
@@ -68,6 +71,17 @@ impl JobsShell {
     pub fn applied(&self) {
         let _ = self.assign_wake.0.try_send(());
         let _ = self.worker_wake.0.try_send(());
+        *self.applied_count.0.lock().expect("applied lock") += 1;
+        self.applied_count.1.notify_all();
+    }
+
+    /// Blocks this (non-async) thread until something more is applied, or
+    /// for `most`: how a script's remote call waits for its child.
+    pub fn wait_applied(&self, most: Duration) {
+        let (count, changed) = &self.applied_count;
+        let seen = *count.lock().expect("applied lock");
+        let guard = count.lock().expect("applied lock");
+        let _ = changed.wait_timeout_while(guard, most, |now| *now == seen);
     }
 }
 

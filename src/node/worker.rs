@@ -9,11 +9,13 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::handlers::propose;
 use super::jobs::active_on;
+use super::process::Capture;
+use super::script_host::ScriptHost;
 use super::{now_ms, Phase, Shared};
 use crate::jobs::{
     bounded_text, AttemptEnd, Job, JobKind, JobState, Outcome, LOG_BYTES_MAX, RESULT_BYTES_MAX,
@@ -34,8 +36,6 @@ const GOSSIP_SETTLE_MS: u64 = 400;
 /// Ends in one batched report, at most, and their bytes (one entry).
 const REPORT_BATCH_COUNT_MAX: usize = 256;
 const REPORT_BATCH_BYTES_MAX: usize = 1024 * 1024;
-/// Step of the wait of a command job.
-const COMMAND_POLL_MS: u64 = 10;
 
 /// One attempt running here.
 pub(crate) struct Run {
@@ -143,7 +143,7 @@ async fn execute(shared: Arc<Shared>, job: Job, run: Arc<Run>) {
     let outcome = match stored_code(&shared, job) {
         Ok(job) => {
             let shared = shared.clone();
-            async_std::task::spawn_blocking(move || run_job(shared, &job, cancel)).await
+            async_std::task::spawn_blocking(move || run_job(shared, job, cancel)).await
         }
         Err(why) => failed(why, String::new()),
     };
@@ -259,98 +259,49 @@ fn stored_code(shared: &Shared, mut job: Job) -> Result<Job, String> {
 }
 
 /// Runs an attempt on this (blocking) thread.
-fn run_job(shared: Arc<Shared>, job: &Job, cancel: Arc<AtomicBool>) -> Outcome {
+fn run_job(shared: Arc<Shared>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
     match job.spec.kind {
         JobKind::Script => run_script(shared, job, cancel),
-        JobKind::Command => run_command(job, &shared.cfg.shared_root, cancel),
+        JobKind::Command => run_command(&job, &shared.cfg.shared_root, &cancel),
     }
 }
 
-/// A job's captured log, bounded by `LOG_BYTES_MAX`.
-#[derive(Default)]
-struct LogSink {
-    text: Mutex<String>,
-}
-
-impl LogSink {
-    fn push(&self, line: &str) {
-        let mut t = self.text.lock().expect("log lock");
-        if t.len() < LOG_BYTES_MAX * 2 {
-            t.push_str(line);
-            t.push('\n');
-        }
-    }
-    fn take(&self) -> String {
-        bounded_text(&self.text.lock().expect("log lock"), LOG_BYTES_MAX)
-    }
-}
-
-/// What a running script reaches: its log, and the cluster's settings
-/// through this instance (from the script's blocking thread).
-struct ScriptHost {
-    sink: Arc<LogSink>,
-    shared: Arc<Shared>,
-}
-
-impl crate::script::Host for ScriptHost {
-    fn log(&self, line: &str) {
-        self.sink.push(line);
-    }
-    fn progress(&self, percent: u8) {
-        self.sink.push(&format!("[progress {percent}%]"));
-    }
-    fn kv_get(&self, key: &str) -> Result<Option<String>, String> {
-        let answer =
-            async_std::task::block_on(super::handlers::read_setting(&self.shared, key, false));
-        match answer {
-            Response::Value { value, .. } => {
-                Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
-            }
-            Response::Error { message } => Err(message),
-            other => Err(format!("{other:?}")),
-        }
-    }
-    fn kv_set(&self, key: &str, value: &str) -> Result<(), String> {
-        let command = Command::Put {
-            key: key.to_string(),
-            value: value.as_bytes().to_vec(),
-        };
-        command.validate()?;
-        match async_std::task::block_on(propose(&self.shared, command, None, false)) {
-            Response::Proposed { .. } => Ok(()),
-            Response::Error { message } => Err(message),
-            other => Err(format!("{other:?}")),
-        }
-    }
-}
-
-fn run_script(shared: Arc<Shared>, job: &Job, cancel: Arc<AtomicBool>) -> Outcome {
-    let sink = Arc::new(LogSink::default());
-    let host = Arc::new(ScriptHost {
-        sink: sink.clone(),
-        shared,
-    });
-    let result = crate::script::run(
-        &job.spec.script,
-        &job.spec.args,
-        job.spec.timeout_ms,
-        cancel,
-        host,
+fn run_script(shared: Arc<Shared>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
+    let log = Arc::new(Capture::new(LOG_BYTES_MAX));
+    let profiler = Arc::new(crate::script::Profiler::default());
+    let name = job.spec.stored.clone().unwrap_or_else(|| "script".into());
+    let (code, args, call) = (
+        job.spec.script.clone(),
+        job.spec.args.clone(),
+        job.spec.call.clone(),
     );
-    let log = sink.take();
-    match result {
-        Ok(value) => Outcome {
-            ok: true,
-            result: Some(bounded_text(&value, RESULT_BYTES_MAX)),
-            error: None,
-            log,
-        },
-        Err(e) => Outcome {
-            ok: false,
-            result: None,
-            error: Some(bounded_text(&e.to_string(), RESULT_BYTES_MAX)),
-            log,
-        },
+    let timeout_ms = job.spec.timeout_ms;
+    let host = Arc::new(ScriptHost {
+        log: log.clone(),
+        shared,
+        job,
+    });
+    let program = crate::script::Program {
+        name: &name,
+        code: &code,
+        args: &args,
+        call: call.as_deref(),
+    };
+    let result = crate::script::run(&program, timeout_ms, cancel, host, profiler.clone());
+    let (ok, result, error) = match result {
+        Ok(value) => (true, Some(bounded_text(&value, RESULT_BYTES_MAX)), None),
+        Err(e) => (
+            false,
+            None,
+            Some(bounded_text(&e.to_string(), RESULT_BYTES_MAX)),
+        ),
+    };
+    Outcome {
+        ok,
+        result,
+        error,
+        log: log.take(),
+        profile: profiler.rows(),
     }
 }
 
@@ -360,98 +311,35 @@ fn failed(error: String, log: String) -> Outcome {
         result: None,
         error: Some(bounded_text(&error, RESULT_BYTES_MAX)),
         log,
+        profile: Vec::new(),
     }
 }
 
 /// Runs a command job's argv (no shell) under `shared_root`, capturing its
 /// output, until it exits, times out or is cancelled (then it is killed).
-fn run_command(job: &Job, root: &std::path::Path, cancel: Arc<AtomicBool>) -> Outcome {
-    use std::process::{Command as Process, Stdio};
+fn run_command(job: &Job, root: &std::path::Path, cancel: &AtomicBool) -> Outcome {
     let cwd = root.join(job.spec.cwd.as_deref().unwrap_or("."));
-    let argv = &job.spec.args;
-    let mut child = match Process::new(&argv[0])
-        .args(&argv[1..])
-        .current_dir(&cwd)
-        .envs(job.spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            let why = format!("cannot start `{}` in {}: {e}", argv[0], cwd.display());
-            return failed(why, String::new());
-        }
-    };
-    let sink = Arc::new(LogSink::default());
-    let readers = [
-        capture(
-            child
-                .stdout
-                .take()
-                .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
-            &sink,
-        ),
-        capture(
-            child
-                .stderr
-                .take()
-                .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
-            &sink,
-        ),
-    ];
-    let deadline = std::time::Instant::now() + Duration::from_millis(job.spec.timeout_ms);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Ok(status),
-            Ok(None) => {}
-            Err(e) => break Err(format!("waiting for the command failed: {e}")),
-        }
-        if cancel.load(Ordering::Relaxed) {
-            let _ = child.kill();
-            let _ = child.wait();
-            break Err("cancelled".into());
-        }
-        if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break Err(format!("timed out after {} ms", job.spec.timeout_ms));
-        }
-        std::thread::sleep(Duration::from_millis(COMMAND_POLL_MS));
-    };
-    for r in readers.into_iter().flatten() {
-        let _ = r.join();
-    }
-    let log = sink.take();
-    match status {
+    let log = Arc::new(Capture::new(LOG_BYTES_MAX));
+    let ended = super::process::run(
+        &job.spec.args,
+        &cwd,
+        &job.spec.env,
+        job.spec.timeout_ms,
+        cancel,
+        &log,
+    );
+    let log = log.take();
+    match ended {
         Ok(s) if s.success() => Outcome {
             ok: true,
             result: Some("exit status 0".into()),
             error: None,
             log,
+            profile: Vec::new(),
         },
         Ok(s) => failed(format!("the command ended with {s}"), log),
         Err(why) => failed(why, log),
     }
-}
-
-/// Copies a child's output into the log on a thread of its own.
-fn capture(
-    from: Option<Box<dyn std::io::Read + Send>>,
-    sink: &Arc<LogSink>,
-) -> Option<std::thread::JoinHandle<()>> {
-    use std::io::BufRead;
-    let from = from?;
-    let sink = sink.clone();
-    Some(std::thread::spawn(move || {
-        for line in std::io::BufReader::new(from).lines() {
-            match line {
-                Ok(l) => sink.push(&l),
-                Err(_) => break,
-            }
-        }
-    }))
 }
 
 /// A graceful stop: no new attempts; running ones get `drain_ms` to end;

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
-use crate::jobs::{backoff_ms, bounded_text, Job, JobSpec, JobState, Outcome, RESULT_BYTES_MAX};
+use crate::jobs::{
+    backoff_ms, bounded_text, Job, JobSpec, JobState, Outcome, ProfileRow, RESULT_BYTES_MAX,
+};
 use crate::scheduler::{Assignment, Queued};
 
 pub const SCHEMA: &str = "
@@ -15,7 +17,7 @@ CREATE TABLE IF NOT EXISTS jobs (
   id TEXT PRIMARY KEY, kind TEXT NOT NULL, spec BLOB NOT NULL, priority INTEGER NOT NULL,
   state TEXT NOT NULL, instance TEXT, attempt INTEGER NOT NULL, max_attempts INTEGER NOT NULL,
   created_ms INTEGER NOT NULL, assigned_ms INTEGER, started_ms INTEGER, finished_ms INTEGER,
-  not_before_ms INTEGER NOT NULL, result TEXT, error TEXT, log TEXT NOT NULL);
+  not_before_ms INTEGER NOT NULL, result TEXT, error TEXT, log TEXT NOT NULL, profile BLOB);
 CREATE INDEX IF NOT EXISTS jobs_queued ON jobs (priority DESC, id) WHERE state = 'queued';
 CREATE INDEX IF NOT EXISTS jobs_active ON jobs (instance) WHERE state IN ('assigned', 'running');
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id);
@@ -29,7 +31,7 @@ CREATE TABLE IF NOT EXISTS scripts (name TEXT NOT NULL, version INTEGER NOT NULL
 ";
 
 const COLUMNS: &str = "id, spec, state, instance, attempt, created_ms, assigned_ms, started_ms, \
-     finished_ms, not_before_ms, result, error, log";
+     finished_ms, not_before_ms, result, error, log, profile";
 
 pub fn submit(tx: &Transaction<'_>, id: &str, spec: &JobSpec, at_ms: u64) -> rusqlite::Result<()> {
     let mut bytes = Vec::new();
@@ -122,6 +124,8 @@ pub fn finished(
     if current != attempt || on.as_deref() != Some(instance) {
         return Ok(()); // a stale report: fenced off
     }
+    tx.prepare_cached("UPDATE jobs SET profile = ?2 WHERE id = ?1")?
+        .execute(params![id, profile_bytes(&outcome.profile)])?;
     if outcome.ok {
         tx.prepare_cached(
             "UPDATE jobs SET state = 'succeeded', finished_ms = ?2, result = ?3, error = NULL,
@@ -340,6 +344,36 @@ pub fn scripts(conn: &Connection, limit: u32) -> rusqlite::Result<Vec<crate::job
     rows.collect()
 }
 
+/// Brings a jobs table made by an older version up to this schema.
+pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_profile: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('jobs') WHERE name = 'profile'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_profile {
+        conn.execute_batch("ALTER TABLE jobs ADD COLUMN profile BLOB")?;
+    }
+    Ok(())
+}
+
+fn profile_bytes(profile: &[ProfileRow]) -> Option<Vec<u8>> {
+    if profile.is_empty() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    ciborium::into_writer(profile, &mut bytes).expect("a profile encodes");
+    Some(bytes)
+}
+
+/// A stored profile; one that does not decode (written by no version of
+/// claro) reads as empty rather than hiding the job.
+fn profile_of(bytes: Option<Vec<u8>>) -> Vec<ProfileRow> {
+    bytes
+        .and_then(|b| ciborium::from_reader(b.as_slice()).ok())
+        .unwrap_or_default()
+}
+
 fn job_of(r: &Row<'_>) -> rusqlite::Result<Job> {
     let spec: Vec<u8> = r.get(1)?;
     let spec: JobSpec = ciborium::from_reader(spec.as_slice()).map_err(|e| {
@@ -367,6 +401,7 @@ fn job_of(r: &Row<'_>) -> rusqlite::Result<Job> {
         result: r.get(10)?,
         error: r.get(11)?,
         log: r.get(12)?,
+        profile: profile_of(r.get::<_, Option<Vec<u8>>>(13)?),
     })
 }
 
@@ -491,12 +526,12 @@ pub fn digest(conn: &Connection, field: &mut dyn FnMut(&[u8])) -> rusqlite::Resu
     let mut stmt = conn.prepare_cached(
         "SELECT id, spec, state, coalesce(instance, ''), attempt, max_attempts, created_ms,
            coalesce(assigned_ms, -1), coalesce(started_ms, -1), coalesce(finished_ms, -1),
-           not_before_ms, coalesce(result, ''), coalesce(error, ''), log
+           not_before_ms, coalesce(result, ''), coalesce(error, ''), log, coalesce(profile, x'')
          FROM jobs ORDER BY id",
     )?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
-        for i in 0..14 {
+        for i in 0..15 {
             match row.get_ref(i)? {
                 rusqlite::types::ValueRef::Integer(n) => field(&n.to_be_bytes()),
                 rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => field(t),
@@ -543,6 +578,8 @@ mod tests {
             priority: 0,
             max_attempts,
             timeout_ms: 1000,
+            call: None,
+            depth: 0,
         }
     }
 
@@ -599,6 +636,7 @@ mod tests {
                 result: Some("42".into()),
                 error: (!ok).then(|| "boom".into()),
                 log: "a line\n".into(),
+                profile: Vec::new(),
             },
         }
     }

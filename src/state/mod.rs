@@ -614,6 +614,7 @@ fn open_conn(path: &Path, sync: Sync) -> rusqlite::Result<Connection> {
          CREATE TABLE IF NOT EXISTS incarnations (name TEXT PRIMARY KEY, incarnation TEXT NOT NULL, reason TEXT);",
     )?;
     conn.execute_batch(jobs::SCHEMA)?;
+    jobs::migrate(&conn)?;
     Ok(conn)
 }
 
