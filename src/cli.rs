@@ -119,12 +119,15 @@ pub enum Command {
         /// queued, assigned, running, succeeded, failed or cancelled.
         #[arg(long, value_parser = parse_state)]
         state: Option<crate::jobs::JobState>,
-        /// script or command.
+        /// script, command or hotfolder.
         #[arg(long, value_parser = parse_kind)]
         kind: Option<crate::jobs::JobKind>,
         /// Jobs of this server's current or last attempt.
         #[arg(long)]
         instance: Option<String>,
+        /// The files of this hotfolder.
+        #[arg(long, value_parser = parse_hotfolder_name)]
+        hotfolder: Option<String>,
         /// Jobs in this page (1..=1000).
         #[arg(long, default_value_t = crate::proto::JOBS_COUNT_DEFAULT)]
         limit: u32,
@@ -179,6 +182,94 @@ pub enum Command {
         #[command(subcommand)]
         action: ScriptAction,
     },
+    /// Folders under shared_root whose files become jobs.
+    Hotfolder {
+        #[command(subcommand)]
+        action: HotfolderAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HotfolderAction {
+    /// Define NAME (its folders are made under shared_root/NAME/).
+    Add(HotfolderDef),
+    /// Change NAME: the options given replace those it had.
+    Set(HotfolderSet),
+    /// Forget NAME (its folders and files stay where they are).
+    Rm {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop taking new files from NAME (jobs already made go on).
+    Pause {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    Resume {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Every hotfolder: files waiting, in progress, done and failed in the
+    /// last hour, paused or not.
+    List {
+        #[arg(long)]
+        stale: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// What `hotfolder add` and `set` take.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HotfolderOptions {
+    /// The action: an argv template split like a shell would (no shell
+    /// runs), with {input}, {output_dir}, {name}, {stem}, {ext}.
+    #[arg(long, conflicts_with = "script")]
+    pub command: Option<String>,
+    /// The action: a script file; it sees FILE (#{input, output_dir, name,
+    /// stem, ext, relative}) and may write only in FILE.output_dir.
+    #[arg(long)]
+    pub script: Option<PathBuf>,
+    /// Time a file's size and modification time must stay unchanged.
+    #[arg(long)]
+    pub stable_ms: Option<u64>,
+    /// Names taken (glob; default: all not ignored). Repeat for more.
+    #[arg(long)]
+    pub include: Vec<String>,
+    /// Names ignored (glob), instead of the default list.
+    #[arg(long)]
+    pub ignore: Vec<String>,
+    /// What becomes of the original after success: move (to done/) or delete.
+    #[arg(long)]
+    pub on_success: Option<String>,
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Longest time of one attempt, in seconds.
+    #[arg(long)]
+    pub timeout_s: Option<u64>,
+    #[arg(long, allow_hyphen_values = true)]
+    pub priority: Option<i32>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct HotfolderDef {
+    pub name: String,
+    #[command(flatten)]
+    pub options: HotfolderOptions,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct HotfolderSet {
+    pub name: String,
+    #[command(flatten)]
+    pub options: HotfolderOptions,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -297,9 +388,13 @@ fn parse_state(s: &str) -> Result<crate::jobs::JobState, String> {
     })
 }
 
+fn parse_hotfolder_name(s: &str) -> Result<String, String> {
+    crate::hotfolder::check_name(s).map(|()| s.to_string())
+}
+
 fn parse_kind(s: &str) -> Result<crate::jobs::JobKind, String> {
     crate::jobs::JobKind::parse(s)
-        .ok_or_else(|| format!("`{s}` is not a job kind (script, command)"))
+        .ok_or_else(|| format!("`{s}` is not a job kind (script, command, hotfolder)"))
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -532,6 +627,7 @@ fn jobs(path: &std::path::Path, command: Command) -> Result<(), Failure> {
             state,
             kind,
             instance,
+            hotfolder,
             limit,
             before,
             stale,
@@ -542,6 +638,7 @@ fn jobs(path: &std::path::Path, command: Command) -> Result<(), Failure> {
                 kind,
                 instance,
                 before,
+                hotfolder,
             };
             jc::list(&config, &client, filter, limit, stale)
         }
@@ -557,6 +654,7 @@ fn jobs(path: &std::path::Path, command: Command) -> Result<(), Failure> {
         Command::Wait { id, client } => jc::wait_for(&config, &client, &id, false),
         Command::Node { action } => node(&config, action),
         Command::Script { action } => script_command(&config, action),
+        Command::Hotfolder { action } => crate::hotfolder_client::command(&config, action),
         other => unreachable!("not a job command: {other:?}"),
     }
 }
@@ -613,6 +711,7 @@ fn job_spec(kind: crate::jobs::JobKind, script: String, o: &JobOptions) -> crate
         timeout_ms: o.timeout,
         call: None,
         depth: 0,
+        file: None,
     }
 }
 
@@ -658,7 +757,7 @@ fn submit_spec(a: SubmitArgs) -> Result<crate::jobs::JobSpec, Failure> {
 }
 
 /// A script file's text, refused (exit 2) over `SCRIPT_BYTES_MAX` or not UTF-8.
-fn read_script(file: &std::path::Path) -> Result<String, Failure> {
+pub(crate) fn read_script(file: &std::path::Path) -> Result<String, Failure> {
     use std::io::Read as _;
     let max = crate::jobs::SCRIPT_BYTES_MAX;
     let mut bytes = Vec::new();

@@ -179,6 +179,9 @@ pub struct Timing {
     /// How long a stopping instance lets its running jobs finish before it
     /// hands them back to be run elsewhere.
     pub drain_ms: u64,
+    /// How often the coordinator scans every hotfolder's `in/` (polling,
+    /// because change notifications do not cross SMB or NFS shares).
+    pub hotfolder_poll_ms: u64,
 }
 
 impl Default for Timing {
@@ -191,6 +194,7 @@ impl Default for Timing {
             discovery_ms: 2000,
             checkpoint_ms: 30_000,
             drain_ms: 10_000,
+            hotfolder_poll_ms: 1000,
         }
     }
 }
@@ -212,6 +216,9 @@ pub struct Config {
     /// `[jobs]`: how long finished jobs are kept.
     pub jobs: JobsConf,
     pub servers: Vec<ServerConf>,
+    /// `[hotfolder.NAME]` tables: created when a new cluster bootstraps
+    /// (afterwards they are cluster settings, changed with `claro hotfolder`).
+    pub hotfolders: Vec<crate::hotfolder::Hotfolder>,
 }
 
 /// The `[jobs]` table: finished jobs are kept for `keep_ms` after they end,
@@ -279,6 +286,22 @@ struct RawConfig {
     jobs: Option<Spanned<RawJobs>>,
     #[serde(default)]
     server: Vec<Spanned<RawServer>>,
+    #[serde(default)]
+    hotfolder: std::collections::BTreeMap<String, Spanned<RawHotfolder>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHotfolder {
+    command: Option<Spanned<String>>,
+    script: Option<Spanned<String>>,
+    include: Option<Vec<String>>,
+    ignore: Option<Vec<String>>,
+    stable_ms: Option<Spanned<i64>>,
+    priority: Option<Spanned<i64>>,
+    max_attempts: Option<Spanned<i64>>,
+    timeout_s: Option<Spanned<i64>>,
+    on_success: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -298,6 +321,7 @@ struct RawTiming {
     discovery_ms: Option<Spanned<i64>>,
     checkpoint_ms: Option<Spanned<i64>>,
     drain_ms: Option<Spanned<i64>>,
+    hotfolder_poll_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -398,6 +422,11 @@ impl Config {
         let timing = timing(&src, raw.timing.as_ref())?;
         let jobs = jobs_conf(&src, raw.jobs.as_ref())?;
         let servers = servers(&src, &raw.server, port)?;
+        let hotfolders = raw
+            .hotfolder
+            .iter()
+            .map(|(name, h)| hotfolder_conf(&src, &folder, name, h))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Config {
             path: path.to_path_buf(),
             cluster,
@@ -408,6 +437,7 @@ impl Config {
             timing,
             jobs,
             servers,
+            hotfolders,
         })
     }
 
@@ -714,6 +744,7 @@ fn timing(src: &Source<'_>, raw: Option<&Spanned<RawTiming>>) -> Result<Timing, 
         discovery_ms: value("discovery_ms", d.discovery_ms)?,
         checkpoint_ms: value("checkpoint_ms", d.checkpoint_ms)?,
         drain_ms: value("drain_ms", d.drain_ms)?,
+        hotfolder_poll_ms: value("hotfolder_poll_ms", d.hotfolder_poll_ms)?,
     };
     match timing_conflict(&t) {
         None => Ok(t),
@@ -741,6 +772,7 @@ impl RawTiming {
             "discovery_ms" => &self.discovery_ms,
             "checkpoint_ms" => &self.checkpoint_ms,
             "drain_ms" => &self.drain_ms,
+            "hotfolder_poll_ms" => &self.hotfolder_poll_ms,
             _ => unreachable!("no timing key {key}"),
         }
     }
@@ -775,6 +807,74 @@ fn timing_conflict(t: &Timing) -> Option<(&'static str, &'static str, String)> {
         return Some(("node_timeout_ms", "heartbeat_ms", message));
     }
     None
+}
+
+/// One `[hotfolder.NAME]`: `command` (a template) or `script` (a file,
+/// relative to the config's folder), and the options of `claro hotfolder add`.
+fn hotfolder_conf(
+    src: &Source<'_>,
+    folder: &Path,
+    name: &str,
+    raw: &Spanned<RawHotfolder>,
+) -> Result<crate::hotfolder::Hotfolder, ConfigError> {
+    use crate::hotfolder::{split_template, Action, Hotfolder, OnSuccess};
+    let key = format!("hotfolder.{name}");
+    let r = raw.get_ref();
+    let whole = |message: String| src.err(Some(raw.span()), Some(&key), message);
+    let action = match (&r.command, &r.script) {
+        (Some(c), None) => Action::Command {
+            argv: split_template(c.get_ref())
+                .map_err(|m| src.at(c, &format!("{key}.command"), m))?,
+        },
+        (None, Some(file)) => {
+            let path = resolve(src, folder, file, &format!("{key}.script"))?;
+            let code = std::fs::read_to_string(&path).map_err(|e| {
+                src.at(
+                    file,
+                    &format!("{key}.script"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            Action::Script { code }
+        }
+        _ => return Err(whole("give exactly one of `command` or `script`".into())),
+    };
+    let mut h = Hotfolder::new(name, action);
+    let number =
+        |v: &Option<Spanned<i64>>, field: &str, default: i64| -> Result<i64, ConfigError> {
+            Ok(v.as_ref().map_or(default, |v| *v.get_ref())).and_then(|n| {
+                if field != "priority" && n < 0 {
+                    Err(src.at(
+                        v.as_ref().expect("given"),
+                        &format!("{key}.{field}"),
+                        format!("{n} is negative"),
+                    ))
+                } else {
+                    Ok(n)
+                }
+            })
+        };
+    h.include = r.include.clone().unwrap_or_default();
+    if let Some(ignore) = &r.ignore {
+        h.ignore = ignore.clone();
+    }
+    h.stable_ms = number(&r.stable_ms, "stable_ms", h.stable_ms as i64)? as u64;
+    h.priority = number(&r.priority, "priority", 0)?.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+    h.max_attempts =
+        number(&r.max_attempts, "max_attempts", h.max_attempts as i64)?.min(u32::MAX as i64) as u32;
+    h.timeout_ms = (number(&r.timeout_s, "timeout_s", (h.timeout_ms / 1000) as i64)? as u64)
+        .saturating_mul(1000);
+    if let Some(o) = &r.on_success {
+        h.on_success = OnSuccess::parse(o.get_ref()).ok_or_else(|| {
+            src.at(
+                o,
+                &format!("{key}.on_success"),
+                "must be \"move\" or \"delete\"",
+            )
+        })?;
+    }
+    h.validate().map_err(whole)?;
+    Ok(h)
 }
 
 fn jobs_conf(src: &Source<'_>, raw: Option<&Spanned<RawJobs>>) -> Result<JobsConf, ConfigError> {
@@ -1249,6 +1349,7 @@ node_timeout_ms = {node_timeout}
 discovery_ms = {discovery}
 checkpoint_ms = {checkpoint}
 drain_ms = {drain}
+hotfolder_poll_ms = {hotfolder_poll}
 
 # Finished jobs are kept this long (milliseconds) and at most this many.
 [jobs]
@@ -1270,6 +1371,7 @@ keep_count = {keep_count}
         discovery = d.discovery_ms,
         checkpoint = d.checkpoint_ms,
         drain = d.drain_ms,
+        hotfolder_poll = d.hotfolder_poll_ms,
         keep_ms = JobsConf::default().keep_ms,
         keep_count = JobsConf::default().keep_count,
     );
@@ -1378,6 +1480,7 @@ mod tests {
                 discovery_ms: 2000,
                 checkpoint_ms: 30_000,
                 drain_ms: 10_000,
+                hotfolder_poll_ms: 1000,
             }
         );
         let expected = ServerConf {
@@ -1442,6 +1545,7 @@ address = "fd00::4"
             discovery_ms: 1500,
             checkpoint_ms: 30_000,
             drain_ms: 10_000,
+            hotfolder_poll_ms: 1000,
         };
         assert_eq!(c.timing, t);
         assert_eq!(c.servers.len(), 4);

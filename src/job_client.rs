@@ -30,7 +30,7 @@ fn new_id() -> String {
 }
 
 /// Proposes `command` (checked first: bad input sends nothing).
-fn write(
+pub(crate) fn write(
     config: &Config,
     args: &ClientArgs,
     command: Command,
@@ -78,7 +78,7 @@ fn fetch(config: &Config, args: &ClientArgs, id: &str) -> Result<Job, Failure> {
         stale: false,
     };
     match call(config, args, &req)?.1 {
-        Response::Job { job: Some(job), .. } => Ok(job),
+        Response::Job { job: Some(job), .. } => Ok(*job),
         Response::Job { job: None, .. } => Err(Failure::failed(format!("no job `{id}`"))),
         other => Err(failure_of(other)),
     }

@@ -57,6 +57,10 @@ pub const BACKOFF_MS_FIRST: u64 = 100;
 pub enum JobKind {
     Script,
     Command,
+    /// A file of a hotfolder: its action is a command template (`args`,
+    /// placeholders substituted per file) or a script (`script`, which
+    /// sees `FILE`), and `file` says which file.
+    Hotfolder,
 }
 
 impl JobKind {
@@ -64,6 +68,7 @@ impl JobKind {
         match self {
             JobKind::Script => "script",
             JobKind::Command => "command",
+            JobKind::Hotfolder => "hotfolder",
         }
     }
 
@@ -71,6 +76,7 @@ impl JobKind {
         match s {
             "script" => Some(JobKind::Script),
             "command" => Some(JobKind::Command),
+            "hotfolder" => Some(JobKind::Hotfolder),
             _ => None,
         }
     }
@@ -157,6 +163,22 @@ pub struct JobSpec {
     /// (0: submitted by a client), bounded by `CALL_DEPTH_MAX`.
     #[serde(default)]
     pub depth: u32,
+    /// The file of a `hotfolder` job.
+    #[serde(default)]
+    pub file: Option<FileInput>,
+}
+
+/// Which file a `hotfolder` job processes, as the scan saw it when it was
+/// stable, and what becomes of it after success.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInput {
+    pub hotfolder: String,
+    /// Path under the hotfolder's `in/`, `/`-separated.
+    pub input: String,
+    pub bytes: u64,
+    pub modified_ms: u64,
+    /// The original is deleted after success (else moved to `done/`).
+    pub delete_on_success: bool,
 }
 
 impl JobSpec {
@@ -174,6 +196,7 @@ impl JobSpec {
             timeout_ms: TIMEOUT_MS_DEFAULT,
             call: None,
             depth: 0,
+            file: None,
         }
     }
 
@@ -201,6 +224,12 @@ impl JobSpec {
             }
             JobKind::Command if !self.script.is_empty() => {
                 return Err("a command job carries no script".into())
+            }
+            JobKind::Hotfolder if self.file.is_none() => {
+                return Err("a hotfolder job names its file".into())
+            }
+            JobKind::Hotfolder if self.script.is_empty() == self.args.is_empty() => {
+                return Err("a hotfolder job has a command template or a script".into())
             }
             _ => {}
         }
@@ -273,6 +302,15 @@ impl JobSpec {
         }
         if let Some(cwd) = &self.cwd {
             check_relative(cwd)?;
+        }
+        if let Some(f) = &self.file {
+            check_relative(&f.input)?;
+            if f.hotfolder.is_empty()
+                || f.hotfolder.len() > ARG_BYTES_MAX
+                || f.input.len() > ARG_BYTES_MAX
+            {
+                return Err("a hotfolder job's file over its limits".into());
+            }
         }
         if let Some((k, _)) = self
             .env

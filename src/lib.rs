@@ -7,6 +7,8 @@ pub mod client;
 pub mod config;
 pub mod consensus;
 pub mod exit;
+pub mod hotfolder;
+pub mod hotfolder_client;
 pub mod init;
 pub mod integrity;
 pub mod job_client;

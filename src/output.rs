@@ -453,6 +453,11 @@ pub struct JobJson {
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// `hotfolder` jobs: the hotfolder and the file's path under its `in/`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hotfolder: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
     /// Only with `--log`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
@@ -477,6 +482,8 @@ impl JobJson {
             created_at: rfc3339(job.created_ms),
             started_at: job.started_ms.map(rfc3339),
             finished_at: job.finished_ms.map(rfc3339),
+            hotfolder: job.spec.file.as_ref().map(|f| f.hotfolder.clone()),
+            input: job.spec.file.as_ref().map(|f| f.input.clone()),
             log: with_log.then(|| job.log.clone()),
             profile: None,
         }
@@ -543,14 +550,14 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// `claro jobs` as text: one line per job, newest first.
 pub fn jobs_text(jobs: &[crate::jobs::Job]) -> String {
     let mut out = format!(
-        "{:<20}  {:<9}  {:<7}  {:<12}  {:>7}  {:<24}  RESULT\n",
+        "{:<20}  {:<9}  {:<9}  {:<12}  {:>7}  {:<24}  RESULT\n",
         "ID", "STATE", "KIND", "INSTANCE", "ATTEMPT", "CREATED"
     );
     for j in jobs {
         let result = j.error.as_deref().or(j.result.as_deref()).unwrap_or("");
         let first_line = result.lines().next().unwrap_or("");
         out.push_str(&format!(
-            "{:<20}  {:<9}  {:<7}  {:<12}  {:>7}  {:<24}  {}\n",
+            "{:<20}  {:<9}  {:<9}  {:<12}  {:>7}  {:<24}  {}\n",
             j.id,
             j.state.as_str(),
             j.spec.kind.as_str(),

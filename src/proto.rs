@@ -18,7 +18,7 @@ use crate::state::Command;
 /// Bumped when the peer protocol changes incompatibly; peers must match.
 /// 2: `Gossip` and `View` requests; `Command::Once` in log entries (a
 /// version-1 instance could not apply it).
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// A request or response on a bidirectional stream (a 1 MiB setting plus framing).
 pub const REQUEST_BYTES_MAX: usize = 2 * 1024 * 1024;
@@ -231,6 +231,11 @@ pub enum Request {
         #[serde(default)]
         stale: bool,
     },
+    /// Every hotfolder with its counts.
+    Hotfolders {
+        #[serde(default)]
+        stale: bool,
+    },
     /// Jobs, newest first (`JOBS_COUNT_MAX` at most per page).
     Jobs {
         filter: crate::state::jobs::JobFilter,
@@ -318,7 +323,7 @@ pub enum Response {
         digest: String,
     },
     Job {
-        job: Option<crate::jobs::Job>,
+        job: Option<Box<crate::jobs::Job>>,
         #[serde(default)]
         stale: Option<Staleness>,
     },
@@ -327,6 +332,14 @@ pub enum Response {
     },
     Scripts {
         scripts: Vec<crate::jobs::StoredScript>,
+    },
+    Hotfolders {
+        hotfolders: Vec<(
+            crate::hotfolder::Hotfolder,
+            crate::state::hotfolders::Counts,
+        )>,
+        #[serde(default)]
+        stale: Option<Staleness>,
     },
     /// A page of jobs (summaries); `next_before`: the cursor of the next.
     Jobs {

@@ -202,6 +202,9 @@ pub struct Program<'a> {
     pub code: &'a str,
     pub args: &'a [String],
     pub call: Option<&'a str>,
+    /// A hotfolder file (`FILE` in the script): `#{input, output_dir, name,
+    /// stem, ext, relative}`.
+    pub file: Option<serde_json::Value>,
 }
 
 /// An engine with every limit set and no access to anything outside.
@@ -302,6 +305,11 @@ pub fn run(
     let answer = match program.call {
         None => {
             scope.push_constant("ARGS", list);
+            if let Some(file) = &program.file {
+                let file =
+                    rhai::serde::to_dynamic(file).map_err(|e| Failure::Runtime(e.to_string()))?;
+                scope.push_constant("FILE", file);
+            }
             e.eval_ast_with_scope::<Dynamic>(&mut scope, &ast)
                 .map(|v| value_text(&v))
         }
@@ -664,6 +672,7 @@ mod tests {
                 code: LIB,
                 args: &args,
                 call: Some(&t.function),
+                file: None,
             };
             let left_ms = deadline
                 .saturating_duration_since(Instant::now())
@@ -694,6 +703,7 @@ mod tests {
             code,
             args: &[],
             call: None,
+            file: None,
         };
         let cancel = Arc::new(AtomicBool::new(false));
         let r = run(
@@ -789,6 +799,7 @@ mod tests {
             code,
             args: &args,
             call: None,
+            file: None,
         };
         (
             run(&program, timeout_ms, cancel, host.clone(), Arc::default()),
@@ -861,6 +872,7 @@ mod tests {
                 code: "loop { sleep_ms(5); }",
                 args: &[],
                 call: None,
+                file: None,
             };
             run(&program, 60_000, c, host, Arc::default())
         });

@@ -45,7 +45,7 @@ fn job(c: &Cluster, via: &str, id: &str) -> Option<Job> {
         stale: false,
     };
     match c.call(via, req) {
-        Ok(Response::Job { job, .. }) => job,
+        Ok(Response::Job { job, .. }) => job.map(|j| *j),
         _ => None,
     }
 }

@@ -1104,6 +1104,7 @@ impl Sim {
             timeout_ms: 1000,
             call: None,
             depth: 0,
+            file: None,
         };
         let ctx = self.rng.gen::<u64>().to_be_bytes().to_vec();
         let cmd = Command::JobSubmit {

@@ -283,6 +283,7 @@ async fn respond(shared: &Arc<Shared>, peer: Option<&str>, req: Request) -> Resp
             stale,
         } => read_script(shared, &name, version, stale).await,
         Request::Scripts { stale } => list_scripts(shared, stale).await,
+        Request::Hotfolders { stale } => list_hotfolders(shared, stale).await,
         Request::Jobs {
             filter,
             limit,
@@ -793,7 +794,7 @@ async fn read_job(shared: &Shared, id: &str, stale: bool) -> Response {
         match crate::state::jobs::job(core.state().conn(), id) {
             Ok(job) => {
                 shared.read_succeeded();
-                Response::Job { job, stale }
+                Response::Job { job: job.map(Box::new), stale }
             }
             Err(e) => read_failed(shared, "a job", e),
         }
@@ -822,6 +823,24 @@ async fn list_scripts(shared: &Shared, stale: bool) -> Response {
         match crate::state::jobs::scripts(core.state().conn(), SCRIPTS_LIST_COUNT_MAX) {
             Ok(scripts) => Response::Scripts { scripts },
             Err(e) => read_failed(shared, "stored scripts", e),
+        }
+    })
+    .await
+}
+
+async fn list_hotfolders(shared: &Shared, stale: bool) -> Response {
+    use crate::state::hotfolders as hf;
+    let hour_ago_ms = now_ms().saturating_sub(3_600_000);
+    read(shared, stale, |core, stale| {
+        let conn = core.state().conn();
+        let all = hf::list(conn).and_then(|defs| {
+            defs.into_iter()
+                .map(|d| hf::counts(conn, &d.name, hour_ago_ms).map(|c| (d, c)))
+                .collect::<rusqlite::Result<Vec<_>>>()
+        });
+        match all {
+            Ok(hotfolders) => Response::Hotfolders { hotfolders, stale },
+            Err(e) => read_failed(shared, "hotfolders", e),
         }
     })
     .await

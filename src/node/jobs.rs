@@ -173,6 +173,14 @@ async fn assign_round(shared: &Shared) {
 }
 
 /// The placements of this round, from the committed state and the live view.
+/// Whether this instance coordinates and its applied state holds all it
+/// committed: decisions read from the applied state only then.
+pub(super) fn may_coordinate(shared: &Shared) -> bool {
+    shared.core().as_ref().is_some_and(|c| {
+        c.is_leader() && c.committed_in_term() && c.applied_index() >= c.commit_index()
+    })
+}
+
 fn placements(shared: &Shared) -> Option<Vec<scheduler::Assignment>> {
     let guard = shared.core();
     // Placement reads the applied state: only once it holds everything

@@ -16,6 +16,7 @@
 mod damage;
 mod gossip;
 mod handlers;
+mod hotfolder;
 mod integrity;
 mod jobs;
 mod peers;
@@ -405,6 +406,7 @@ async fn serve_async(opts: ServeOptions) -> Result<(), String> {
     async_std::task::spawn(rejoin::watch(shared.clone()));
     async_std::task::spawn(integrity::watch(shared.clone()));
     async_std::task::spawn(jobs::assign_loop(shared.clone()));
+    async_std::task::spawn(hotfolder::hotfolder_loop(shared.clone()));
     async_std::task::spawn(worker::worker_loop(shared.clone()));
     async_std::task::spawn(worker::report_loop(shared.clone()));
     let _ = stop_rx.recv().await;

@@ -36,6 +36,9 @@ pub struct ScriptHost {
     /// The job running the script: its children are one deeper and share
     /// its priority.
     pub job: Job,
+    /// Where the script may write and remove files (a hotfolder action: its
+    /// staging folder); `None`: anywhere under `shared_root`.
+    pub write_under: Option<PathBuf>,
 }
 
 impl crate::script::Host for ScriptHost {
@@ -76,7 +79,20 @@ impl crate::script::Host for ScriptHost {
     }
 
     fn file(&self, op: FileOp) -> Result<Value, String> {
-        file_op(&self.shared.cfg.shared_root, op)
+        let root = &self.shared.cfg.shared_root;
+        if let (Some(under), FileOp::Write { path, .. } | FileOp::Remove(path)) =
+            (&self.write_under, &op)
+        {
+            let target = confine(root, path)?;
+            let under = under.canonicalize().map_err(|e| e.to_string())?;
+            let parent = target.parent().and_then(|p| p.canonicalize().ok());
+            if !parent.is_some_and(|p| p.starts_with(&under)) && !target.starts_with(&under) {
+                return Err(format!(
+                    "`{path}` is outside this file's output folder (FILE.output_dir)"
+                ));
+            }
+        }
+        file_op(root, op)
     }
 
     fn run(&self, argv: &[String], timeout_ms: u64, cancel: &AtomicBool) -> Result<Value, String> {

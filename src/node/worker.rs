@@ -263,6 +263,7 @@ fn run_job(shared: Arc<Shared>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
     match job.spec.kind {
         JobKind::Script => run_script(shared, job, cancel),
         JobKind::Command => run_command(&job, &shared.cfg.shared_root, &cancel),
+        JobKind::Hotfolder => super::hotfolder::process(shared, job, cancel),
     }
 }
 
@@ -280,12 +281,14 @@ fn run_script(shared: Arc<Shared>, job: Job, cancel: Arc<AtomicBool>) -> Outcome
         log: log.clone(),
         shared,
         job,
+        write_under: None,
     });
     let program = crate::script::Program {
         name: &name,
         code: &code,
         args: &args,
         call: call.as_deref(),
+        file: None,
     };
     let result = crate::script::run(&program, timeout_ms, cancel, host, profiler.clone());
     let (ok, result, error) = match result {

@@ -17,7 +17,8 @@ CREATE TABLE IF NOT EXISTS jobs (
   id TEXT PRIMARY KEY, kind TEXT NOT NULL, spec BLOB NOT NULL, priority INTEGER NOT NULL,
   state TEXT NOT NULL, instance TEXT, attempt INTEGER NOT NULL, max_attempts INTEGER NOT NULL,
   created_ms INTEGER NOT NULL, assigned_ms INTEGER, started_ms INTEGER, finished_ms INTEGER,
-  not_before_ms INTEGER NOT NULL, result TEXT, error TEXT, log TEXT NOT NULL, profile BLOB);
+  not_before_ms INTEGER NOT NULL, result TEXT, error TEXT, log TEXT NOT NULL, profile BLOB,
+  hotfolder TEXT, input TEXT, published INTEGER);
 CREATE INDEX IF NOT EXISTS jobs_queued ON jobs (priority DESC, id) WHERE state = 'queued';
 CREATE INDEX IF NOT EXISTS jobs_active ON jobs (instance) WHERE state IN ('assigned', 'running');
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id);
@@ -30,7 +31,8 @@ CREATE TABLE IF NOT EXISTS scripts (name TEXT NOT NULL, version INTEGER NOT NULL
   added_ms INTEGER NOT NULL, PRIMARY KEY (name, version));
 ";
 
-const COLUMNS: &str = "id, spec, state, instance, attempt, created_ms, assigned_ms, started_ms, \
+pub(super) const COLUMNS: &str =
+    "id, spec, state, instance, attempt, created_ms, assigned_ms, started_ms, \
      finished_ms, not_before_ms, result, error, log, profile";
 
 pub fn submit(tx: &Transaction<'_>, id: &str, spec: &JobSpec, at_ms: u64) -> rusqlite::Result<()> {
@@ -39,8 +41,8 @@ pub fn submit(tx: &Transaction<'_>, id: &str, spec: &JobSpec, at_ms: u64) -> rus
     // The same id twice (which the request id already prevents) keeps the first.
     tx.prepare_cached(
         "INSERT INTO jobs (id, kind, spec, priority, state, instance, attempt, max_attempts,
-           created_ms, not_before_ms, log)
-         VALUES (?1, ?2, ?3, ?4, 'queued', NULL, 1, ?5, ?6, ?6, '')
+           created_ms, not_before_ms, log, hotfolder, input, published)
+         VALUES (?1, ?2, ?3, ?4, 'queued', NULL, 1, ?5, ?6, ?6, '', ?7, ?8, ?9)
          ON CONFLICT(id) DO NOTHING",
     )?
     .execute(params![
@@ -49,7 +51,10 @@ pub fn submit(tx: &Transaction<'_>, id: &str, spec: &JobSpec, at_ms: u64) -> rus
         bytes,
         spec.priority,
         spec.max_attempts,
-        at_ms
+        at_ms,
+        spec.file.as_ref().map(|f| &f.hotfolder),
+        spec.file.as_ref().map(|f| &f.input),
+        spec.file.as_ref().map(|_| 0),
     ])?;
     Ok(())
 }
@@ -221,7 +226,8 @@ pub fn retry(tx: &Transaction<'_>, id: &str, at_ms: u64) -> rusqlite::Result<()>
     tx.prepare_cached(
         "UPDATE jobs SET state = 'queued', attempt = attempt + 1,
            max_attempts = max(max_attempts, attempt + 1), instance = NULL, assigned_ms = NULL,
-           started_ms = NULL, finished_ms = NULL, not_before_ms = ?2, result = NULL
+           started_ms = NULL, finished_ms = NULL, not_before_ms = ?2, result = NULL,
+           published = CASE WHEN published IS NULL THEN NULL ELSE 0 END
          WHERE id = ?1 AND state IN ('failed', 'cancelled')",
     )?
     .execute(params![id, at_ms])?;
@@ -241,6 +247,7 @@ pub fn purge(
         .prepare_cached(
             "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_final
                WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_ms < ?1
+                 AND coalesce(published, 1) = 1
                ORDER BY finished_ms LIMIT ?2)",
         )?
         .execute(params![finished_before_ms, batch_max])? as u32;
@@ -250,7 +257,8 @@ pub fn purge(
     if count > 0 {
         tx.prepare_cached(
             "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_final
-               WHERE state IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_ms LIMIT ?1)",
+               WHERE state IN ('succeeded', 'failed', 'cancelled') AND coalesce(published, 1) = 1
+               ORDER BY finished_ms LIMIT ?1)",
         )?
         .execute(params![count])?;
     }
@@ -344,17 +352,29 @@ pub fn scripts(conn: &Connection, limit: u32) -> rusqlite::Result<Vec<crate::job
     rows.collect()
 }
 
-/// Brings a jobs table made by an older version up to this schema.
+/// Brings a jobs table made by an older version up to this schema, then
+/// makes the indexes of the added columns.
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    let has_profile: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM pragma_table_info('jobs') WHERE name = 'profile'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_profile {
-        conn.execute_batch("ALTER TABLE jobs ADD COLUMN profile BLOB")?;
+    for (column, kind) in [
+        ("profile", "BLOB"),
+        ("hotfolder", "TEXT"),
+        ("input", "TEXT"),
+        ("published", "INTEGER"),
+    ] {
+        let has: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('jobs') WHERE name = ?1",
+            params![column],
+            |r| r.get(0),
+        )?;
+        if !has {
+            conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {column} {kind}"))?;
+        }
     }
-    Ok(())
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS jobs_by_hotfolder ON jobs (hotfolder, id) WHERE hotfolder IS NOT NULL;
+         CREATE INDEX IF NOT EXISTS jobs_hotfolder_final ON jobs (hotfolder, finished_ms) WHERE hotfolder IS NOT NULL;
+         CREATE INDEX IF NOT EXISTS jobs_unpublished ON jobs (hotfolder, input) WHERE published = 0;",
+    )
 }
 
 fn profile_bytes(profile: &[ProfileRow]) -> Option<Vec<u8>> {
@@ -374,7 +394,7 @@ fn profile_of(bytes: Option<Vec<u8>>) -> Vec<ProfileRow> {
         .unwrap_or_default()
 }
 
-fn job_of(r: &Row<'_>) -> rusqlite::Result<Job> {
+pub(super) fn job_of(r: &Row<'_>) -> rusqlite::Result<Job> {
     let spec: Vec<u8> = r.get(1)?;
     let spec: JobSpec = ciborium::from_reader(spec.as_slice()).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Blob, Box::new(e))
@@ -419,6 +439,9 @@ pub struct JobFilter {
     pub instance: Option<String>,
     /// Only jobs older than this id (the next page).
     pub before: Option<String>,
+    /// Only the files of this hotfolder.
+    #[serde(default)]
+    pub hotfolder: Option<String>,
 }
 
 /// Jobs matching `f`, newest first, at most `limit`. Only the conditions
@@ -438,6 +461,7 @@ pub fn list(conn: &Connection, f: &JobFilter, limit: u32) -> rusqlite::Result<Ve
     add("state", f.state.map(|s| s.as_str().to_string()));
     add("kind", f.kind.map(|k| k.as_str().to_string()));
     add("instance", f.instance.clone());
+    add("hotfolder", f.hotfolder.clone());
     add("id", f.before.clone());
     let filter = if conditions.is_empty() {
         String::new()
@@ -526,12 +550,13 @@ pub fn digest(conn: &Connection, field: &mut dyn FnMut(&[u8])) -> rusqlite::Resu
     let mut stmt = conn.prepare_cached(
         "SELECT id, spec, state, coalesce(instance, ''), attempt, max_attempts, created_ms,
            coalesce(assigned_ms, -1), coalesce(started_ms, -1), coalesce(finished_ms, -1),
-           not_before_ms, coalesce(result, ''), coalesce(error, ''), log, coalesce(profile, x'')
+           not_before_ms, coalesce(result, ''), coalesce(error, ''), log, coalesce(profile, x''),
+           coalesce(published, -1)
          FROM jobs ORDER BY id",
     )?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
-        for i in 0..15 {
+        for i in 0..16 {
             match row.get_ref(i)? {
                 rusqlite::types::ValueRef::Integer(n) => field(&n.to_be_bytes()),
                 rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => field(t),
@@ -580,6 +605,7 @@ mod tests {
             timeout_ms: 1000,
             call: None,
             depth: 0,
+            file: None,
         }
     }
 

@@ -7,6 +7,7 @@
 //! late joiners. This module never talks to the network and never decides
 //! anything: it applies what Raft committed.
 
+pub mod hotfolders;
 pub mod jobs;
 
 use std::path::{Path, PathBuf};
@@ -151,6 +152,31 @@ pub enum Command {
         name: String,
         mode: String,
     },
+    /// Several new jobs in one entry (a hotfolder scan's stable files).
+    JobsSubmit {
+        jobs: Vec<(String, crate::jobs::JobSpec)>,
+        at_ms: u64,
+    },
+    /// A hotfolder's definition, added or replaced.
+    HotfolderPut {
+        def: crate::hotfolder::Hotfolder,
+    },
+    HotfolderRemove {
+        name: String,
+    },
+    HotfolderPause {
+        name: String,
+        paused: bool,
+    },
+    /// The hotfolders of `ClaroServers.conf`: applied once per cluster.
+    HotfoldersSeed {
+        defs: Vec<crate::hotfolder::Hotfolder>,
+    },
+    /// These final hotfolder jobs' files are published (outputs in `out/`,
+    /// the original in `done/` or `error/`, or deleted).
+    JobsPublished {
+        ids: Vec<String>,
+    },
 }
 
 /// Placements in one `JobAssign`, and attempts in one `JobRelease`.
@@ -223,6 +249,32 @@ impl Command {
             Command::NodeMode { mode, .. } if mode != "active" && mode != "maintenance" => Err(
                 format!("`{mode}` is not a server mode (active, maintenance)"),
             ),
+            other => other.validate_hotfolder(),
+        }
+    }
+
+    fn validate_hotfolder(&self) -> Result<(), String> {
+        use crate::hotfolder::{check_name, HOTFOLDERS_MAX};
+        use crate::jobs::check_job_id;
+        match self {
+            Command::JobsSubmit { jobs, .. } if jobs.len() > JOB_BATCH_COUNT_MAX => Err(format!(
+                "more than {JOB_BATCH_COUNT_MAX} jobs in one submission"
+            )),
+            Command::JobsSubmit { jobs, .. } => jobs
+                .iter()
+                .try_for_each(|(id, spec)| check_job_id(id).and_then(|()| spec.validate())),
+            Command::HotfolderPut { def } => def.validate(),
+            Command::HotfolderRemove { name } | Command::HotfolderPause { name, .. } => {
+                check_name(name)
+            }
+            Command::HotfoldersSeed { defs } if defs.len() > HOTFOLDERS_MAX => {
+                Err(format!("more than {HOTFOLDERS_MAX} hotfolders"))
+            }
+            Command::HotfoldersSeed { defs } => defs.iter().try_for_each(|d| d.validate()),
+            Command::JobsPublished { ids } if ids.len() > JOB_BATCH_COUNT_MAX => {
+                Err(format!("more than {JOB_BATCH_COUNT_MAX} jobs in one entry"))
+            }
+            Command::JobsPublished { ids } => ids.iter().try_for_each(|id| check_job_id(id)),
             _ => Ok(()),
         }
     }
@@ -615,6 +667,7 @@ fn open_conn(path: &Path, sync: Sync) -> rusqlite::Result<Connection> {
     )?;
     conn.execute_batch(jobs::SCHEMA)?;
     jobs::migrate(&conn)?;
+    conn.execute_batch(hotfolders::SCHEMA)?;
     Ok(conn)
 }
 
@@ -724,6 +777,14 @@ fn apply_job_command(tx: &Transaction<'_>, cmd: &Command) -> rusqlite::Result<()
             batch_max,
         } => jobs::purge(tx, *finished_before_ms, *keep_count, *batch_max),
         Command::ScriptRemove { name } => jobs::remove_script(tx, name),
+        Command::JobsSubmit { jobs: list, at_ms } => list
+            .iter()
+            .try_for_each(|(id, spec)| jobs::submit(tx, id, spec, *at_ms)),
+        Command::HotfolderPut { def } => hotfolders::put(tx, def),
+        Command::HotfolderRemove { name } => hotfolders::remove(tx, name),
+        Command::HotfolderPause { name, paused } => hotfolders::set_paused(tx, name, *paused),
+        Command::HotfoldersSeed { defs } => hotfolders::seed(tx, defs),
+        Command::JobsPublished { ids } => hotfolders::published(tx, ids),
         _ => unreachable!("not a job command: {cmd:?}"),
     }
 }
@@ -760,6 +821,7 @@ fn digest_of(conn: &Connection, cluster_id: Option<&str>) -> rusqlite::Result<St
         }
     }
     jobs::digest(conn, &mut |bytes| digest_field(&mut ctx, bytes))?;
+    hotfolders::digest(conn, &mut |bytes| digest_field(&mut ctx, bytes))?;
     Ok(hex(ctx.finish().as_ref()))
 }
 

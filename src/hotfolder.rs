@@ -1,0 +1,492 @@
+//! Hotfolders, the deciding parts: a definition and its checks, which file
+//! names are taken (include and ignore patterns), when a file is stable
+//! (size and modification time unchanged for the stability time), the
+//! action's argv from its template, and free output names. Pure: no I/O,
+//! no clock (times are passed in).
+//!
+//! Layout of a hotfolder NAME under `shared_root`: `NAME/in/` (drop files
+//! here, subfolders too), `NAME/out/` (published outputs, same relative
+//! folder), `NAME/done/` (originals after success), `NAME/error/`
+//! (originals after the last failed attempt, with `<file>.error.txt`), and
+//! `NAME/.claro/` (claimed originals and staged outputs, per job).
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Hotfolders of one cluster.
+pub const HOTFOLDERS_MAX: usize = 256;
+/// Longest hotfolder name.
+pub const NAME_BYTES_MAX: usize = 64;
+/// Patterns of one hotfolder (include and ignore together).
+pub const PATTERNS_MAX: usize = 64;
+pub const PATTERN_BYTES_MAX: usize = 256;
+/// Longest action template.
+pub const TEMPLATE_BYTES_MAX: usize = 8 * 1024;
+/// Stability time: at least one poll apart, at most an hour.
+pub const STABLE_MS_MIN: u64 = 100;
+pub const STABLE_MS_MAX: u64 = 3_600_000;
+pub const STABLE_MS_DEFAULT: u64 = 2_000;
+/// Files one scan of one hotfolder looks at; more wait for later scans.
+pub const SCAN_FILES_MAX: usize = 200_000;
+/// Outputs published for one file at most.
+pub const OUTPUTS_MAX: usize = 10_000;
+/// Suffixes tried for a free output name (`name (1).ext` ...).
+pub const FREE_NAME_TRIES_MAX: u32 = 10_000;
+/// Ignored unless the definition says otherwise: hidden files, temporary
+/// and partial downloads, Office lock files and desktop litter.
+pub const IGNORE_DEFAULT: [&str; 7] = [
+    ".*",
+    "*.tmp",
+    "*.part",
+    "~*",
+    "Thumbs.db",
+    ".DS_Store",
+    "._*",
+];
+/// Working area inside each hotfolder.
+pub const WORK_DIR: &str = ".claro";
+
+/// What happens to a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// An argv template (split like a shell would, never run by one), with
+    /// `{input}`, `{output_dir}`, `{name}`, `{stem}`, `{ext}` substituted
+    /// per argument.
+    Command { argv: Vec<String> },
+    /// A script of the Script Execution Engine (its text), which sees
+    /// `FILE` (`#{input, output_dir, name, stem, ext, relative}`).
+    Script { code: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnSuccess {
+    Move,
+    Delete,
+}
+
+impl OnSuccess {
+    pub fn parse(s: &str) -> Option<OnSuccess> {
+        match s {
+            "move" => Some(OnSuccess::Move),
+            "delete" => Some(OnSuccess::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// A hotfolder's definition, a cluster setting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hotfolder {
+    pub name: String,
+    pub action: Action,
+    /// Names taken (empty: all that are not ignored).
+    pub include: Vec<String>,
+    pub ignore: Vec<String>,
+    pub stable_ms: u64,
+    pub priority: i32,
+    pub max_attempts: u32,
+    pub timeout_ms: u64,
+    pub on_success: OnSuccess,
+    pub paused: bool,
+}
+
+impl Hotfolder {
+    pub fn new(name: &str, action: Action) -> Hotfolder {
+        Hotfolder {
+            name: name.into(),
+            action,
+            include: Vec::new(),
+            ignore: IGNORE_DEFAULT.iter().map(|s| s.to_string()).collect(),
+            stable_ms: STABLE_MS_DEFAULT,
+            priority: 0,
+            max_attempts: crate::jobs::ATTEMPTS_DEFAULT,
+            timeout_ms: crate::jobs::TIMEOUT_MS_DEFAULT,
+            on_success: OnSuccess::Move,
+            paused: false,
+        }
+    }
+
+    /// Every limit: a bad definition changes nothing.
+    pub fn validate(&self) -> Result<(), String> {
+        check_name(&self.name)?;
+        match &self.action {
+            Action::Command { argv } => {
+                if argv.is_empty() {
+                    return Err("the command template is empty".into());
+                }
+                let bytes: usize = argv.iter().map(String::len).sum();
+                if bytes > TEMPLATE_BYTES_MAX || argv.len() > crate::jobs::ARGS_COUNT_MAX {
+                    return Err(format!(
+                        "the command template is over {TEMPLATE_BYTES_MAX} bytes or {} arguments",
+                        crate::jobs::ARGS_COUNT_MAX
+                    ));
+                }
+                for a in argv {
+                    check_placeholders(a)?;
+                }
+            }
+            Action::Script { code } => {
+                if code.len() > crate::jobs::SCRIPT_BYTES_MAX {
+                    return Err(format!(
+                        "the script is over {} bytes",
+                        crate::jobs::SCRIPT_BYTES_MAX
+                    ));
+                }
+                crate::script::check(code).map_err(|e| e.to_string())?;
+            }
+        }
+        if self.include.len() + self.ignore.len() > PATTERNS_MAX {
+            return Err(format!("more than {PATTERNS_MAX} patterns"));
+        }
+        Patterns::new(&self.include, &self.ignore)?;
+        if !(STABLE_MS_MIN..=STABLE_MS_MAX).contains(&self.stable_ms) {
+            return Err(format!(
+                "the stability time must be {STABLE_MS_MIN}..={STABLE_MS_MAX} ms, not {}",
+                self.stable_ms
+            ));
+        }
+        let mut spec = crate::jobs::JobSpec::script("1");
+        spec.priority = self.priority;
+        spec.max_attempts = self.max_attempts;
+        spec.timeout_ms = self.timeout_ms;
+        spec.validate()
+    }
+}
+
+/// Hotfolder names are folder names on every system: letters, digits, `-`
+/// and `_`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= NAME_BYTES_MAX
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a hotfolder name: 1 to {NAME_BYTES_MAX} letters, digits, `-` or `_`"
+        ))
+    }
+}
+
+const PLACEHOLDERS: [&str; 5] = ["input", "output_dir", "name", "stem", "ext"];
+
+fn check_placeholders(arg: &str) -> Result<(), String> {
+    let mut rest = arg;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            return Err(format!("`{arg}`: a `{{` without `}}`"));
+        };
+        let name = &rest[open + 1..open + close];
+        if !PLACEHOLDERS.contains(&name) {
+            return Err(format!(
+                "`{arg}`: unknown placeholder `{{{name}}}` (known: {})",
+                PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")
+            ));
+        }
+        rest = &rest[open + close + 1..];
+    }
+    Ok(())
+}
+
+/// A command template split into argv as a shell would split it (quotes,
+/// backslashes), without running a shell.
+pub fn split_template(template: &str) -> Result<Vec<String>, String> {
+    let argv = shlex::split(template).ok_or_else(|| format!("`{template}`: unbalanced quotes"))?;
+    if argv.is_empty() {
+        return Err("the command template is empty".into());
+    }
+    Ok(argv)
+}
+
+/// The values of the placeholders for one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileValues {
+    pub input: String,
+    pub output_dir: String,
+    pub name: String,
+    pub stem: String,
+    pub ext: String,
+}
+
+impl FileValues {
+    /// `input` and `output_dir` as given; name, stem and extension (without
+    /// its dot) from the input's last component.
+    pub fn new(input: &str, output_dir: &str) -> FileValues {
+        let name = input.rsplit('/').next().unwrap_or(input).to_string();
+        let (stem, ext) = match name.rfind('.') {
+            Some(i) if i > 0 => (name[..i].to_string(), name[i + 1..].to_string()),
+            _ => (name.clone(), String::new()),
+        };
+        FileValues {
+            input: input.into(),
+            output_dir: output_dir.into(),
+            name,
+            stem,
+            ext,
+        }
+    }
+}
+
+/// Substitutes the placeholders in each argument; a value is one argument
+/// whatever it holds (spaces, quotes, a leading dash).
+pub fn expand(argv: &[String], v: &FileValues) -> Vec<String> {
+    argv.iter()
+        .map(|a| {
+            a.replace("{input}", &v.input)
+                .replace("{output_dir}", &v.output_dir)
+                .replace("{name}", &v.name)
+                .replace("{stem}", &v.stem)
+                .replace("{ext}", &v.ext)
+        })
+        .collect()
+}
+
+/// Which names a hotfolder takes.
+#[derive(Debug)]
+pub struct Patterns {
+    include: Option<globset::GlobSet>,
+    ignore: globset::GlobSet,
+}
+
+impl Patterns {
+    pub fn new(include: &[String], ignore: &[String]) -> Result<Patterns, String> {
+        let set = |list: &[String]| -> Result<globset::GlobSet, String> {
+            let mut b = globset::GlobSetBuilder::new();
+            for p in list {
+                if p.len() > PATTERN_BYTES_MAX {
+                    return Err(format!("a pattern over {PATTERN_BYTES_MAX} bytes"));
+                }
+                let glob = globset::GlobBuilder::new(p)
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| format!("pattern `{p}`: {e}"))?;
+                b.add(glob);
+            }
+            b.build().map_err(|e| e.to_string())
+        };
+        let include = if include.is_empty() {
+            None
+        } else {
+            Some(set(include)?)
+        };
+        Ok(Patterns {
+            include,
+            ignore: set(ignore)?,
+        })
+    }
+
+    /// Whether the file `name` (its last component) is taken.
+    pub fn takes(&self, name: &str) -> bool {
+        !self.ignore.is_match(name) && self.include.as_ref().is_none_or(|s| s.is_match(name))
+    }
+
+    /// Whether the folder `name` is looked into (ignored folders, hidden
+    /// ones and the working area by default, are not).
+    pub fn enters(&self, name: &str) -> bool {
+        name != WORK_DIR && !self.ignore.is_match(name)
+    }
+}
+
+/// One file as a scan saw it (path relative to `in/`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Seen {
+    pub path: String,
+    pub bytes: u64,
+    pub modified_ms: u64,
+}
+
+/// Decides when files are stable: a file is ready once a scan has seen the
+/// same size and modification time for `stable_ms`. Any change starts the
+/// wait again; a file that disappears is forgotten. Time is the
+/// coordinator's own clock, never the file's time (a share's clock may
+/// differ).
+#[derive(Debug, Default)]
+pub struct Stability {
+    /// path -> (size, mtime, first seen with those, in ms)
+    since: HashMap<String, (u64, u64, u64)>,
+}
+
+impl Stability {
+    /// Feeds one complete scan at `now_ms`; returns the files stable for
+    /// `stable_ms`, in path order. A ready file stays known (and is
+    /// returned again by later scans) until it disappears: the caller skips
+    /// what it already submitted.
+    pub fn observe(&mut self, now_ms: u64, stable_ms: u64, scan: &[Seen]) -> Vec<Seen> {
+        let mut next = HashMap::with_capacity(scan.len());
+        let mut ready = Vec::new();
+        for s in scan {
+            let first = match self.since.get(&s.path) {
+                Some(&(bytes, mtime, at)) if bytes == s.bytes && mtime == s.modified_ms => at,
+                _ => now_ms,
+            };
+            if now_ms.saturating_sub(first) >= stable_ms {
+                ready.push(s.clone());
+            }
+            next.insert(s.path.clone(), (s.bytes, s.modified_ms, first));
+        }
+        self.since = next;
+        ready.sort();
+        ready
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.since.len()
+    }
+}
+
+/// The first name `name`, `stem (1).ext`, `stem (2).ext`, ... for which
+/// `taken` is false: an output never overwrites another.
+pub fn free_name(name: &str, taken: &mut dyn FnMut(&str) -> bool) -> Option<String> {
+    if !taken(name) {
+        return Some(name.to_string());
+    }
+    let (stem, ext) = match name.rfind('.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, ""),
+    };
+    (1..FREE_NAME_TRIES_MAX)
+        .map(|n| format!("{stem} ({n}){ext}"))
+        .find(|candidate| !taken(candidate))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(path: &str, bytes: u64, modified_ms: u64) -> Seen {
+        Seen {
+            path: path.into(),
+            bytes,
+            modified_ms,
+        }
+    }
+
+    #[test]
+    fn a_file_is_ready_only_after_it_stayed_unchanged_for_the_stability_time() {
+        let mut s = Stability::default();
+        assert!(s.observe(0, 1000, &[seen("a", 10, 5)]).is_empty());
+        // Still growing: the wait starts again.
+        assert!(s.observe(600, 1000, &[seen("a", 20, 5)]).is_empty());
+        assert!(s.observe(1500, 1000, &[seen("a", 20, 5)]).is_empty());
+        assert_eq!(
+            s.observe(1600, 1000, &[seen("a", 20, 5)]),
+            vec![seen("a", 20, 5)]
+        );
+        // Touched (same size, new mtime): not ready until stable again.
+        assert!(s.observe(1700, 1000, &[seen("a", 20, 6)]).is_empty());
+        // Gone: forgotten; back: a new wait.
+        assert!(s.observe(1800, 1000, &[]).is_empty());
+        assert_eq!(s.tracked(), 0);
+        assert!(s.observe(5000, 1000, &[seen("a", 20, 6)]).is_empty());
+    }
+
+    #[test]
+    fn patterns_take_and_ignore_by_name() {
+        let ignore: Vec<String> = IGNORE_DEFAULT.iter().map(|s| s.to_string()).collect();
+        let p = Patterns::new(&[], &ignore).unwrap();
+        for taken in [
+            "a.pdf",
+            "report 2026.txt",
+            "-rf",
+            "ünïcødé.txt",
+            "line\nbreak.txt",
+            "a.tmp.pdf",
+        ] {
+            assert!(p.takes(taken), "{taken}");
+        }
+        for ignored in [
+            ".hidden",
+            "x.tmp",
+            "movie.mp4.part",
+            "~$lock.docx",
+            "Thumbs.db",
+            ".DS_Store",
+            "._a.pdf",
+            ".a.pdf.Xy12Ab",
+        ] {
+            assert!(!p.takes(ignored), "{ignored}");
+        }
+        assert!(!p.enters(WORK_DIR) && !p.enters(".git") && p.enters("sub folder"));
+        let only_pdf = Patterns::new(&["*.pdf".into(), "*.PDF".into()], &ignore).unwrap();
+        assert!(only_pdf.takes("a.pdf") && only_pdf.takes("B.PDF") && !only_pdf.takes("a.txt"));
+        assert!(Patterns::new(&["[".into()], &[])
+            .unwrap_err()
+            .contains("pattern `[`"));
+    }
+
+    #[test]
+    fn templates_split_like_a_shell_and_substitute_per_argument() {
+        let argv =
+            split_template("convert {input} -resize '50%' \"{output_dir}/{stem}.small.{ext}\"")
+                .unwrap();
+        assert_eq!(
+            argv,
+            [
+                "convert",
+                "{input}",
+                "-resize",
+                "50%",
+                "{output_dir}/{stem}.small.{ext}"
+            ]
+        );
+        let v = FileValues::new(
+            "/s/hf/.claro/work/1/in/-my file.jpg",
+            "/s/hf/.claro/work/1/2/out",
+        );
+        assert_eq!(
+            (v.name.as_str(), v.stem.as_str(), v.ext.as_str()),
+            ("-my file.jpg", "-my file", "jpg")
+        );
+        let out = expand(&argv, &v);
+        assert_eq!(out[1], "/s/hf/.claro/work/1/in/-my file.jpg");
+        assert_eq!(out[4], "/s/hf/.claro/work/1/2/out/-my file.small.jpg");
+        assert!(split_template("a 'b").is_err());
+        assert!(split_template("  ").is_err());
+        assert_eq!(FileValues::new("x/.profile", "o").stem, ".profile");
+        assert_eq!(FileValues::new("x/README", "o").ext, "");
+    }
+
+    #[test]
+    fn definitions_are_checked() {
+        let mut h = Hotfolder::new(
+            "prepress",
+            Action::Command {
+                argv: vec!["cp".into(), "{input}".into(), "{output_dir}".into()],
+            },
+        );
+        assert!(h.validate().is_ok());
+        h.action = Action::Command {
+            argv: vec!["cp".into(), "{inptu}".into()],
+        };
+        assert!(h
+            .validate()
+            .unwrap_err()
+            .contains("unknown placeholder `{inptu}`"));
+        h.action = Action::Script {
+            code: "let = ;".into(),
+        };
+        assert!(h.validate().unwrap_err().contains("does not compile"));
+        h.action = Action::Script { code: "1".into() };
+        h.stable_ms = 10;
+        assert!(h.validate().unwrap_err().contains("stability time"));
+        assert!(
+            check_name("../x").is_err()
+                && check_name("in box").is_err()
+                && check_name("ok-1_a").is_ok()
+        );
+    }
+
+    #[test]
+    fn output_names_never_overwrite() {
+        let existing = ["a.pdf", "a (1).pdf", "README"];
+        let mut taken = |n: &str| existing.contains(&n);
+        assert_eq!(free_name("b.pdf", &mut taken).unwrap(), "b.pdf");
+        assert_eq!(free_name("a.pdf", &mut taken).unwrap(), "a (2).pdf");
+        assert_eq!(free_name("README", &mut taken).unwrap(), "README (1)");
+    }
+}

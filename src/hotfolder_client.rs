@@ -1,0 +1,200 @@
+//! The client side of hotfolders: `claro hotfolder add|set|rm|pause|resume|
+//! list`. Definitions are cluster settings: any instance answers, writes go
+//! through the coordinator.
+
+use crate::cli::{HotfolderAction, HotfolderOptions};
+use crate::client::{call, failure_of, print_staleness, ClientArgs};
+use crate::config::Config;
+use crate::exit::Failure;
+use crate::hotfolder::{split_template, Action, Hotfolder, OnSuccess};
+use crate::output;
+use crate::proto::{Request, Response};
+use crate::state::hotfolders::Counts;
+use crate::state::Command;
+
+pub fn command(config: &Config, action: HotfolderAction) -> Result<(), Failure> {
+    match action {
+        HotfolderAction::Add(d) => {
+            crate::hotfolder::check_name(&d.name).map_err(Failure::usage)?;
+            let action = action_of(&d.options)?.ok_or_else(|| {
+                Failure::usage("give the action: --command TEMPLATE or --script FILE")
+            })?;
+            let def = with_options(Hotfolder::new(&d.name, action), &d.options)?;
+            if find(config, &d.client, &d.name)?.is_some() {
+                return Err(Failure::usage(format!(
+                    "hotfolder `{}` exists; change it with `claro hotfolder set`",
+                    d.name
+                )));
+            }
+            put(config, &d.client, def)?;
+            let root = config
+                .shared_root
+                .canonicalize()
+                .unwrap_or_else(|_| config.shared_root.clone());
+            let inbox = root.join(&d.name).join("in");
+            output::emit(&format!(
+                "{}: added; drop files into {}\n",
+                d.name,
+                inbox.display()
+            ))
+        }
+        HotfolderAction::Set(d) => {
+            let mut def = existing(config, &d.client, &d.name)?;
+            if let Some(action) = action_of(&d.options)? {
+                def.action = action;
+            }
+            put(config, &d.client, with_options(def, &d.options)?)?;
+            output::emit(&format!("{}: changed\n", d.name))
+        }
+        HotfolderAction::Rm { name, client } => {
+            existing(config, &client, &name)?;
+            let command = Command::HotfolderRemove { name: name.clone() };
+            crate::job_client::write(config, &client, command, crate::proto::new_request_id())?;
+            output::emit(&format!("{name}: removed (its folders stay)\n"))
+        }
+        HotfolderAction::Pause { name, client } => pause(config, &client, &name, true),
+        HotfolderAction::Resume { name, client } => pause(config, &client, &name, false),
+        HotfolderAction::List { stale, client } => list(config, &client, stale),
+    }
+}
+
+fn action_of(o: &HotfolderOptions) -> Result<Option<Action>, Failure> {
+    if let Some(template) = &o.command {
+        let argv = split_template(template).map_err(Failure::usage)?;
+        return Ok(Some(Action::Command { argv }));
+    }
+    if let Some(file) = &o.script {
+        let code = crate::cli::read_script(file)?;
+        crate::script::check(&code)
+            .map_err(|e| Failure::usage(format!("{}: {e}", file.display())))?;
+        return Ok(Some(Action::Script { code }));
+    }
+    Ok(None)
+}
+
+/// `def` with the options given; checked whole (exit 2 names the fault).
+fn with_options(mut def: Hotfolder, o: &HotfolderOptions) -> Result<Hotfolder, Failure> {
+    if !o.include.is_empty() {
+        def.include = o.include.clone();
+    }
+    if !o.ignore.is_empty() {
+        def.ignore = o.ignore.clone();
+    }
+    if let Some(v) = o.stable_ms {
+        def.stable_ms = v;
+    }
+    if let Some(v) = &o.on_success {
+        def.on_success = OnSuccess::parse(v)
+            .ok_or_else(|| Failure::usage(format!("--on-success `{v}`: move or delete")))?;
+    }
+    if let Some(v) = o.max_attempts {
+        def.max_attempts = v;
+    }
+    if let Some(v) = o.timeout_s {
+        def.timeout_ms = v.saturating_mul(1000);
+    }
+    if let Some(v) = o.priority {
+        def.priority = v;
+    }
+    def.validate().map_err(Failure::usage)?;
+    Ok(def)
+}
+
+fn put(config: &Config, client: &ClientArgs, def: Hotfolder) -> Result<(), Failure> {
+    let command = Command::HotfolderPut { def };
+    crate::job_client::write(config, client, command, crate::proto::new_request_id()).map(|_| ())
+}
+
+fn pause(config: &Config, client: &ClientArgs, name: &str, paused: bool) -> Result<(), Failure> {
+    existing(config, client, name)?;
+    let command = Command::HotfolderPause {
+        name: name.into(),
+        paused,
+    };
+    crate::job_client::write(config, client, command, crate::proto::new_request_id())?;
+    output::emit(&format!(
+        "{name}: {}\n",
+        if paused { "paused" } else { "resumed" }
+    ))
+}
+
+fn all(
+    config: &Config,
+    client: &ClientArgs,
+    stale: bool,
+) -> Result<Vec<(Hotfolder, Counts)>, Failure> {
+    match call(config, client, &Request::Hotfolders { stale })?.1 {
+        Response::Hotfolders { hotfolders, stale } => {
+            print_staleness(stale.as_ref());
+            Ok(hotfolders)
+        }
+        other => Err(failure_of(other)),
+    }
+}
+
+fn find(config: &Config, client: &ClientArgs, name: &str) -> Result<Option<Hotfolder>, Failure> {
+    crate::hotfolder::check_name(name).map_err(Failure::usage)?;
+    Ok(all(config, client, false)?
+        .into_iter()
+        .map(|(d, _)| d)
+        .find(|d| d.name == name))
+}
+
+fn existing(config: &Config, client: &ClientArgs, name: &str) -> Result<Hotfolder, Failure> {
+    find(config, client, name)?.ok_or_else(|| Failure::failed(format!("no hotfolder `{name}`")))
+}
+
+/// One hotfolder in `claro hotfolder list --json`.
+#[derive(serde::Serialize)]
+struct HotfolderJson<'a> {
+    name: &'a str,
+    paused: bool,
+    waiting: u64,
+    in_progress: u64,
+    done_last_hour: u64,
+    failed_last_hour: u64,
+    action: String,
+}
+
+fn action_text(a: &Action) -> String {
+    match a {
+        Action::Command { argv } => argv.join(" "),
+        Action::Script { code } => format!("script ({} bytes)", code.len()),
+    }
+}
+
+fn list(config: &Config, client: &ClientArgs, stale: bool) -> Result<(), Failure> {
+    let rows = all(config, client, stale)?;
+    if client.json {
+        let list: Vec<HotfolderJson> = rows
+            .iter()
+            .map(|(d, c)| HotfolderJson {
+                name: &d.name,
+                paused: d.paused,
+                waiting: c.waiting,
+                in_progress: c.in_progress,
+                done_last_hour: c.done_last_hour,
+                failed_last_hour: c.failed_last_hour,
+                action: action_text(&d.action),
+            })
+            .collect();
+        return output::emit(&output::json_line(&list));
+    }
+    let mut out = format!(
+        "{:<20} {:<7} {:>8} {:>11} {:>9} {:>11}  ACTION\n",
+        "NAME", "STATE", "WAITING", "IN_PROGRESS", "DONE_1H", "FAILED_1H"
+    );
+    for (d, c) in &rows {
+        out.push_str(&format!(
+            "{:<20} {:<7} {:>8} {:>11} {:>9} {:>11}  {}\n",
+            d.name,
+            if d.paused { "paused" } else { "active" },
+            c.waiting,
+            c.in_progress,
+            c.done_last_hour,
+            c.failed_last_hour,
+            output::escape_text(&action_text(&d.action))
+        ));
+    }
+    output::emit(&out)
+}

@@ -1,0 +1,631 @@
+//! Hotfolders on the shared storage: the coordinator's loop (scan `in/`,
+//! submit each stable file once, publish the files of final jobs) and the
+//! assigned instance's side (claim the file, run the action into a staging
+//! folder). The decisions (stability, patterns, templates, free names) are
+//! in `crate::hotfolder`; this module does the file system work.
+//!
+//! A file's way: `in/REL` → (claim: one rename) `.claro/work/ID/in/NAME` →
+//! the action writes into `.claro/work/ID/ATTEMPT/out/` → the attempt's end
+//! is committed → (publish, by the coordinator, recorded by a committed
+//! `JobsPublished`) outputs to `out/DIR(REL)/`, the original to
+//! `done/REL` (or deleted), or to `error/REL` with `REL.error.txt` after
+//! the last failed attempt. Publishing is idempotent: a publisher that
+//! dies midway leaves what is left where the next one finds it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::handlers::propose;
+use super::process::Capture;
+use super::script_host::ScriptHost;
+use super::{now_ms, Phase, Shared};
+use crate::hotfolder::{
+    expand, free_name, FileValues, Hotfolder, Patterns, Seen, Stability, OUTPUTS_MAX,
+    SCAN_FILES_MAX, WORK_DIR,
+};
+use crate::jobs::{
+    bounded_text, FileInput, Job, JobKind, JobSpec, JobState, Outcome, LOG_BYTES_MAX,
+    RESULT_BYTES_MAX,
+};
+use crate::proto::Response;
+use crate::state::{hotfolders as db, Command, JOB_BATCH_COUNT_MAX};
+
+/// Final jobs published per round, at most.
+const PUBLISH_BATCH_MAX: u32 = 1024;
+/// Longest wait between two publish rounds (they also follow each apply).
+const PUBLISH_POLL_MS: u64 = 50;
+
+/// The folders of one hotfolder.
+pub struct Layout {
+    pub root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(shared_root: &Path, name: &str) -> Layout {
+        Layout {
+            root: shared_root.join(name),
+        }
+    }
+    pub fn dir(&self, which: &str) -> PathBuf {
+        self.root.join(which)
+    }
+    fn work(&self, id: &str) -> PathBuf {
+        self.root.join(WORK_DIR).join("work").join(id)
+    }
+    fn claimed(&self, id: &str, input: &str) -> PathBuf {
+        self.work(id).join("in").join(base_name(input))
+    }
+    fn staging(&self, id: &str, attempt: u32) -> PathBuf {
+        self.work(id).join(attempt.to_string()).join("out")
+    }
+    /// Makes the folders that are missing.
+    pub fn create(&self) -> std::io::Result<()> {
+        for d in ["in", "out", "done", "error", WORK_DIR] {
+            std::fs::create_dir_all(self.dir(d))?;
+        }
+        Ok(())
+    }
+}
+
+fn base_name(rel: &str) -> &str {
+    rel.rsplit('/').next().unwrap_or(rel)
+}
+
+fn parent_of(rel: &str) -> &str {
+    rel.rsplit_once('/').map_or("", |(dir, _)| dir)
+}
+
+// ---------------------------------------------------------------------------
+// The coordinator's loop
+
+/// Scans and publishes while this instance coordinates.
+pub async fn hotfolder_loop(shared: Arc<Shared>) {
+    let mut scanner = Scanner::default();
+    let mut next_scan_ms = 0;
+    loop {
+        async_std::task::sleep(Duration::from_millis(PUBLISH_POLL_MS)).await;
+        if shared.phase() == Phase::Stopping {
+            return;
+        }
+        if !super::jobs::may_coordinate(&shared) {
+            scanner = Scanner::default();
+            continue;
+        }
+        publish_round(&shared).await;
+        if now_ms() >= next_scan_ms {
+            seed(&shared).await;
+            next_scan_ms = now_ms() + shared.cfg.timing.hotfolder_poll_ms;
+            scan_round(&shared, &mut scanner).await;
+        }
+    }
+}
+
+/// Creates the hotfolders of `ClaroServers.conf` in a cluster that has not
+/// had them yet (once per cluster: see `state::hotfolders::seed`).
+async fn seed(shared: &Shared) {
+    if read(shared, db::seeded).unwrap_or(true) {
+        return;
+    }
+    let command = Command::HotfoldersSeed {
+        defs: shared.cfg.hotfolders.clone(),
+    };
+    if let Response::Error { message } = propose(shared, command, None, false).await {
+        tracing::warn!("creating the hotfolders of the config failed: {message}");
+    }
+}
+
+/// The coordinator's memory between scans: how long each file has been
+/// unchanged, per hotfolder. A new coordinator starts afresh (it waits the
+/// stability time again), which delays files and never takes one early.
+#[derive(Default)]
+struct Scanner {
+    stability: HashMap<String, Stability>,
+}
+
+async fn scan_round(shared: &Shared, scanner: &mut Scanner) {
+    let defs = match read(shared, db::list) {
+        Ok(d) => d,
+        Err(e) => return tracing::error!("reading the hotfolders failed: {e}"),
+    };
+    scanner
+        .stability
+        .retain(|name, _| defs.iter().any(|d| d.name == *name && !d.paused));
+    for def in defs.iter().filter(|d| !d.paused) {
+        let root = shared.cfg.shared_root.clone();
+        let d = def.clone();
+        let scanned = async_std::task::spawn_blocking(move || scan(&root, &d)).await;
+        let seen = match scanned {
+            Ok(seen) => seen,
+            Err(e) => {
+                crate::throttled_warn!(
+                    "hotfolder-scan",
+                    &def.name,
+                    "scanning hotfolder {}: {e}",
+                    def.name
+                );
+                continue;
+            }
+        };
+        let ready = scanner
+            .stability
+            .entry(def.name.clone())
+            .or_default()
+            .observe(now_ms(), def.stable_ms, &seen);
+        if !ready.is_empty() {
+            submit_ready(shared, def, ready).await;
+        }
+    }
+}
+
+/// Lists `in/` (subfolders too), skipping what the patterns ignore; makes
+/// the hotfolder's folders first.
+fn scan(shared_root: &Path, def: &Hotfolder) -> Result<Vec<Seen>, String> {
+    let layout = Layout::new(shared_root, &def.name);
+    layout
+        .create()
+        .map_err(|e| format!("creating its folders in {}: {e}", layout.root.display()))?;
+    let patterns = Patterns::new(&def.include, &def.ignore)?;
+    let mut out = Vec::new();
+    let mut dirs = vec![(layout.dir("in"), String::new())];
+    while let Some((dir, rel)) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            // A subfolder removed during the scan; `in/` itself is made again next round.
+            Err(_) => continue,
+        };
+        for entry in entries.flatten() {
+            if out.len() >= SCAN_FILES_MAX {
+                return Ok(out);
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                if patterns.enters(&name) {
+                    dirs.push((entry.path(), path));
+                }
+                continue;
+            }
+            if !meta.is_file()
+                || !patterns.takes(&name)
+                || crate::jobs::check_relative(&path).is_err()
+            {
+                continue;
+            }
+            let modified_ms = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_millis() as u64);
+            out.push(Seen {
+                path,
+                bytes: meta.len(),
+                modified_ms,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Submits the stable files no job owns, in entries of many jobs.
+async fn submit_ready(shared: &Shared, def: &Hotfolder, ready: Vec<Seen>) {
+    let owned = match read(shared, |c| db::owned_inputs(c, &def.name)) {
+        Ok(o) => o,
+        Err(e) => return tracing::error!("reading the jobs of hotfolder {} failed: {e}", def.name),
+    };
+    let fresh: Vec<Seen> = ready
+        .into_iter()
+        .filter(|s| !owned.contains(&s.path))
+        .collect();
+    for chunk in fresh.chunks(JOB_BATCH_COUNT_MAX) {
+        let jobs: Vec<(String, JobSpec)> = chunk
+            .iter()
+            .map(|s| {
+                (
+                    crate::jobs::new_job_id(now_ms(), rand::random()),
+                    file_job(def, s),
+                )
+            })
+            .filter(|(_, spec)| spec.validate().is_ok())
+            .collect();
+        let command = Command::JobsSubmit {
+            jobs,
+            at_ms: now_ms(),
+        };
+        match propose(shared, command, None, false).await {
+            Response::Proposed { .. } => {
+                tracing::debug!(hotfolder = %def.name, count = chunk.len(), "files submitted")
+            }
+            Response::Error { message } => {
+                crate::throttled_warn!(
+                    "hotfolder-submit",
+                    &def.name,
+                    "submitting files of {}: {message}",
+                    def.name
+                );
+                return;
+            }
+            _ => return,
+        }
+    }
+}
+
+/// The job of one stable file, with the hotfolder's action as it is now.
+pub fn file_job(def: &Hotfolder, seen: &Seen) -> JobSpec {
+    let mut spec = JobSpec::script("");
+    spec.kind = JobKind::Hotfolder;
+    match &def.action {
+        crate::hotfolder::Action::Command { argv } => spec.args = argv.clone(),
+        crate::hotfolder::Action::Script { code } => spec.script = code.clone(),
+    }
+    spec.priority = def.priority;
+    spec.max_attempts = def.max_attempts;
+    spec.timeout_ms = def.timeout_ms;
+    spec.file = Some(FileInput {
+        hotfolder: def.name.clone(),
+        input: seen.path.clone(),
+        bytes: seen.bytes,
+        modified_ms: seen.modified_ms,
+        delete_on_success: def.on_success == crate::hotfolder::OnSuccess::Delete,
+    });
+    spec
+}
+
+fn read<T>(
+    shared: &Shared,
+    f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+) -> Result<T, String> {
+    let guard = shared.core();
+    let core = guard.as_ref().ok_or("this instance holds no database")?;
+    f(core.state().conn()).map_err(|e| e.to_string())
+}
+
+// ---------------------------------------------------------------------------
+// Publishing
+
+/// Publishes the files of final jobs and records it.
+async fn publish_round(shared: &Shared) {
+    let jobs = match read(shared, |c| db::unpublished(c, PUBLISH_BATCH_MAX)) {
+        Ok(j) => j,
+        Err(e) => return tracing::error!("reading unpublished hotfolder jobs failed: {e}"),
+    };
+    if jobs.is_empty() {
+        return;
+    }
+    let root = shared.cfg.shared_root.clone();
+    let done: Vec<String> = async_std::task::spawn_blocking(move || {
+        jobs.iter()
+            .filter_map(|job| match publish(&root, job) {
+                Ok(()) => Some(job.id.clone()),
+                Err(e) => {
+                    crate::throttled_warn!(
+                        "hotfolder-publish",
+                        &job.id,
+                        "publishing the files of job {}: {e}",
+                        job.id
+                    );
+                    None
+                }
+            })
+            .collect()
+    })
+    .await;
+    if done.is_empty() {
+        return;
+    }
+    let command = Command::JobsPublished { ids: done };
+    if let Response::Error { message } = propose(shared, command, None, false).await {
+        // Published again next round: every step finds what is left.
+        tracing::warn!("recording published files failed: {message}");
+    }
+}
+
+/// Moves a final job's files where they belong. Safe to run again after a
+/// crash at any point: each step moves what is still where it was.
+pub fn publish(shared_root: &Path, job: &Job) -> Result<(), String> {
+    let file = job.spec.file.as_ref().ok_or("not a hotfolder job")?;
+    let layout = Layout::new(shared_root, &file.hotfolder);
+    let original = [
+        layout.claimed(&job.id, &file.input),
+        layout.dir("in").join(&file.input),
+    ]
+    .into_iter()
+    .find(|p| p.is_file());
+    if job.state == JobState::Succeeded {
+        let staging = layout.staging(&job.id, job.attempt);
+        let out_dir = layout.dir("out").join(parent_of(&file.input));
+        if staging.is_dir() {
+            move_tree(&staging, &out_dir)?;
+        }
+        if let Some(original) = original.filter(|p| p.starts_with(layout.work(&job.id))) {
+            if file.delete_on_success {
+                std::fs::remove_file(&original)
+                    .map_err(|e| format!("deleting the original: {e}"))?;
+            } else {
+                let to = layout.dir("done").join(parent_of(&file.input));
+                move_no_replace(&original, &to, base_name(&file.input))?;
+            }
+        }
+    } else if let Some(original) = original {
+        let to = layout.dir("error").join(parent_of(&file.input));
+        std::fs::create_dir_all(&to).map_err(|e| e.to_string())?;
+        let name = free_name(base_name(&file.input), &mut |n| to.join(n).exists())
+            .ok_or("no free name in error/")?;
+        // The reason first: a crash between the two leaves the original in
+        // the working area, and the next publisher writes the same file again.
+        let reason = format!(
+            "{}\njob {} ({}, attempt {}/{})\n\nlog:\n{}",
+            job.error.as_deref().unwrap_or(job.state.as_str()),
+            job.id,
+            job.state.as_str(),
+            job.attempt,
+            job.spec.max_attempts,
+            job.log
+        );
+        write_atomic(&to.join(format!("{name}.error.txt")), reason.as_bytes())?;
+        move_no_replace(&original, &to, &name)?;
+    }
+    match std::fs::remove_dir_all(layout.work(&job.id)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(format!("removing its working folder: {e}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Moves every file under `from` into `to` (same relative paths), each
+/// under a free name: outputs never overwrite one another.
+fn move_tree(from: &Path, to: &Path) -> Result<(), String> {
+    let mut count = 0;
+    let mut dirs = vec![(from.to_path_buf(), to.to_path_buf())];
+    while let Some((src, dst)) = dirs.pop() {
+        let entries = std::fs::read_dir(&src).map_err(|e| format!("{}: {e}", src.display()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| e.to_string())?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.file_type().map_err(|e| e.to_string())?.is_dir() {
+                dirs.push((entry.path(), dst.join(&name)));
+                continue;
+            }
+            count += 1;
+            if count > OUTPUTS_MAX {
+                return Err(format!("more than {OUTPUTS_MAX} outputs"));
+            }
+            move_no_replace(&entry.path(), &dst, &name)?;
+        }
+    }
+    Ok(())
+}
+
+/// Moves `from` into folder `dir` as `name`, or `name (N)` when taken.
+/// A hard link is made first, which fails rather than replacing a file
+/// that appeared meanwhile; where links are not supported, a rename.
+fn move_no_replace(from: &Path, dir: &Path, name: &str) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for _ in 0..crate::hotfolder::FREE_NAME_TRIES_MAX {
+        let free = free_name(name, &mut |n| dir.join(n).exists()).ok_or("no free name")?;
+        let to = dir.join(&free);
+        match std::fs::hard_link(from, &to) {
+            Ok(()) => {
+                return std::fs::remove_file(from).or_else(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => Ok(()),
+                    _ => Err(format!("{}: {e}", from.display())),
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(_) => {
+                return std::fs::rename(from, &to)
+                    .map_err(|e| format!("moving {} to {}: {e}", from.display(), to.display()))
+            }
+        }
+    }
+    Err(format!("no free name for {name} in {}", dir.display()))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension("claro-tmp");
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+// ---------------------------------------------------------------------------
+// The assigned instance's side
+
+/// Runs one attempt of a hotfolder job: claims the file (or finds it
+/// claimed by an earlier attempt), runs the action into a fresh staging
+/// folder. Nothing is published here: that waits for the commit.
+pub fn process(shared: Arc<Shared>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
+    // Absolute: the action runs in its staging folder, not here.
+    let root = match shared.cfg.shared_root.canonicalize() {
+        Ok(r) => r,
+        Err(e) => {
+            return failed(
+                format!("shared_root {}: {e}", shared.cfg.shared_root.display()),
+                String::new(),
+            )
+        }
+    };
+    let Some(file) = job.spec.file.clone() else {
+        return failed("a hotfolder job without its file".into(), String::new());
+    };
+    let layout = Layout::new(&root, &file.hotfolder);
+    let claimed = match claim(&layout, &job.id, &file.input) {
+        Ok(p) => p,
+        Err(e) => return failed(e, String::new()),
+    };
+    let staging = layout.staging(&job.id, job.attempt);
+    let _ = std::fs::remove_dir_all(&staging);
+    if let Err(e) = std::fs::create_dir_all(&staging) {
+        return failed(
+            format!("making the staging folder {}: {e}", staging.display()),
+            String::new(),
+        );
+    }
+    let log = Arc::new(Capture::new(LOG_BYTES_MAX));
+    let mut profile = Vec::new();
+    let ended = if job.spec.script.is_empty() {
+        let values = FileValues::new(&path_text(&claimed), &path_text(&staging));
+        let argv = expand(&job.spec.args, &values);
+        super::process::run(&argv, &staging, &[], job.spec.timeout_ms, &cancel, &log).and_then(
+            |s| {
+                if s.success() {
+                    Ok(())
+                } else {
+                    Err(format!("the action ended with {s}"))
+                }
+            },
+        )
+    } else {
+        let profiler = Arc::new(crate::script::Profiler::default());
+        let ended = run_script(shared, &job, (&claimed, &staging), cancel, &log, &profiler);
+        profile = profiler.rows();
+        ended
+    };
+    let mut outcome = match ended {
+        Ok(()) => Outcome {
+            ok: true,
+            result: Some(format!(
+                "{} output(s) of {}",
+                count_files(&staging),
+                file.input
+            )),
+            error: None,
+            log: log.take(),
+            profile: Vec::new(),
+        },
+        Err(e) => failed(e, log.take()),
+    };
+    outcome.profile = profile;
+    outcome
+}
+
+fn path_text(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// The file, moved from `in/` into this job's working area by one rename
+/// (only one instance can win it); found there on a retry; taken back from
+/// `error/` when a failed job is retried.
+fn claim(layout: &Layout, id: &str, input: &str) -> Result<PathBuf, String> {
+    let claimed = layout.claimed(id, input);
+    if claimed.is_file() {
+        return Ok(claimed);
+    }
+    let dir = claimed.parent().expect("claimed files are in a folder");
+    std::fs::create_dir_all(dir).map_err(|e| format!("making {}: {e}", dir.display()))?;
+    let from_in = layout.dir("in").join(input);
+    let from_error = layout.dir("error").join(input);
+    let source = if from_in.is_file() {
+        from_in
+    } else {
+        from_error.clone()
+    };
+    match std::fs::rename(&source, &claimed) {
+        Ok(()) => {
+            if source == from_error {
+                let _ =
+                    std::fs::remove_file(layout.dir("error").join(format!("{input}.error.txt")));
+            }
+            Ok(claimed)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+            "the file in/{input} is gone (deleted or moved before it was processed)"
+        )),
+        Err(e) => Err(format!("claiming in/{input}: {e}")),
+    }
+}
+
+fn count_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            if e.path().is_dir() {
+                count_files(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+/// A script action: it sees `FILE` with paths relative to `shared_root`
+/// (as its file functions take them) and may write only in its staging
+/// folder.
+fn run_script(
+    shared: Arc<Shared>,
+    job: &Job,
+    (claimed, staging): (&Path, &Path),
+    cancel: Arc<AtomicBool>,
+    log: &Arc<Capture>,
+    profiler: &Arc<crate::script::Profiler>,
+) -> Result<(), String> {
+    let root = shared
+        .cfg
+        .shared_root
+        .canonicalize()
+        .unwrap_or_else(|_| shared.cfg.shared_root.clone());
+    let rel = |p: &Path| {
+        p.strip_prefix(&root)
+            .map(path_text)
+            .unwrap_or_else(|_| path_text(p))
+    };
+    let values = FileValues::new(&rel(claimed), &rel(staging));
+    let input = job
+        .spec
+        .file
+        .as_ref()
+        .map(|f| f.input.clone())
+        .unwrap_or_default();
+    let file = serde_json::json!({
+        "input": values.input, "output_dir": values.output_dir, "name": values.name,
+        "stem": values.stem, "ext": values.ext, "relative": input,
+    });
+    let host = Arc::new(ScriptHost {
+        log: log.clone(),
+        shared,
+        job: job.clone(),
+        write_under: Some(staging.to_path_buf()),
+    });
+    let program = crate::script::Program {
+        name: job
+            .spec
+            .file
+            .as_ref()
+            .map_or("script", |f| f.hotfolder.as_str()),
+        code: &job.spec.script,
+        args: &[],
+        call: None,
+        file: Some(file),
+    };
+    crate::script::run(
+        &program,
+        job.spec.timeout_ms,
+        cancel,
+        host,
+        profiler.clone(),
+    )
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
+fn failed(error: String, log: String) -> Outcome {
+    Outcome {
+        ok: false,
+        result: None,
+        error: Some(bounded_text(&error, RESULT_BYTES_MAX)),
+        log,
+        profile: Vec::new(),
+    }
+}

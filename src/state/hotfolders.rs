@@ -1,0 +1,179 @@
+//! The hotfolders table of `state.db` (definitions, a cluster setting) and
+//! the queries of the hotfolder loop: which inputs jobs own, which final
+//! jobs wait to be published, and the counts `claro hotfolder list` shows.
+
+use std::collections::HashSet;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use crate::hotfolder::Hotfolder;
+use crate::jobs::Job;
+
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS hotfolders (name TEXT PRIMARY KEY, def BLOB NOT NULL);
+";
+
+fn encode(def: &Hotfolder) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    ciborium::into_writer(def, &mut bytes).expect("a hotfolder encodes");
+    bytes
+}
+
+fn decode(bytes: &[u8]) -> rusqlite::Result<Hotfolder> {
+    ciborium::from_reader(bytes).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Blob, Box::new(e))
+    })
+}
+
+/// Adds or replaces a definition (all of it, its pause state included).
+pub fn put(tx: &Transaction<'_>, def: &Hotfolder) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO hotfolders (name, def) VALUES (?1, ?2)
+         ON CONFLICT(name) DO UPDATE SET def = excluded.def",
+    )?
+    .execute(params![def.name, encode(def)])?;
+    Ok(())
+}
+
+pub fn remove(tx: &Transaction<'_>, name: &str) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM hotfolders WHERE name = ?1")?
+        .execute(params![name])?;
+    Ok(())
+}
+
+pub fn set_paused(tx: &Transaction<'_>, name: &str, paused: bool) -> rusqlite::Result<()> {
+    if let Some(mut def) = get(tx, name)? {
+        def.paused = paused;
+        put(tx, &def)?;
+    }
+    Ok(())
+}
+
+/// The definitions of `ClaroServers.conf`, once per cluster: the first
+/// seed applies (adding those not defined yet), later ones change nothing,
+/// so that a hotfolder removed by a user does not come back.
+pub fn seed(tx: &Transaction<'_>, defs: &[Hotfolder]) -> rusqlite::Result<()> {
+    let seeded = tx
+        .prepare_cached("SELECT 1 FROM meta WHERE key = 'hotfolders_seeded'")?
+        .exists([])?;
+    if seeded {
+        return Ok(());
+    }
+    for def in defs {
+        if get(tx, &def.name)?.is_none() {
+            put(tx, def)?;
+        }
+    }
+    tx.prepare_cached("INSERT INTO meta (key, value) VALUES ('hotfolders_seeded', 1)")?
+        .execute([])?;
+    Ok(())
+}
+
+/// Whether the config's hotfolders were seeded into this cluster.
+pub fn seeded(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM meta WHERE key = 'hotfolders_seeded'")?
+        .exists([])
+}
+
+pub fn get(conn: &Connection, name: &str) -> rusqlite::Result<Option<Hotfolder>> {
+    let bytes: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT def FROM hotfolders WHERE name = ?1")?
+        .query_row(params![name], |r| r.get(0))
+        .optional()?;
+    bytes.map(|b| decode(&b)).transpose()
+}
+
+pub fn list(conn: &Connection) -> rusqlite::Result<Vec<Hotfolder>> {
+    let mut stmt = conn.prepare_cached("SELECT def FROM hotfolders ORDER BY name")?;
+    let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+    rows.map(|b| b.and_then(|b| decode(&b))).collect()
+}
+
+/// Inputs of `hotfolder` that a job owns: not yet final, or final and not
+/// yet published (its file may still be in `in/`). A scan submits none of
+/// these again.
+pub fn owned_inputs(conn: &Connection, hotfolder: &str) -> rusqlite::Result<HashSet<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT input FROM jobs INDEXED BY jobs_unpublished WHERE hotfolder = ?1 AND published = 0",
+    )?;
+    let rows = stmt.query_map(params![hotfolder], |r| r.get::<_, String>(0))?;
+    rows.collect()
+}
+
+/// Final hotfolder jobs whose files are not published yet, oldest first.
+pub fn unpublished(conn: &Connection, limit: u32) -> rusqlite::Result<Vec<Job>> {
+    let sql = format!(
+        "SELECT {} FROM jobs INDEXED BY jobs_unpublished
+         WHERE published = 0 AND state IN ('succeeded', 'failed', 'cancelled')
+         ORDER BY finished_ms LIMIT ?1",
+        super::jobs::COLUMNS
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![limit], super::jobs::job_of)?;
+    rows.collect()
+}
+
+/// Records that these jobs' files are published (only final ones: a job
+/// retried meanwhile has its file to process again).
+pub fn published(tx: &Transaction<'_>, ids: &[String]) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "UPDATE jobs SET published = 1
+         WHERE id = ?1 AND published = 0 AND state IN ('succeeded', 'failed', 'cancelled')",
+    )?;
+    for id in ids {
+        stmt.execute(params![id])?;
+    }
+    Ok(())
+}
+
+/// What `claro hotfolder list` shows of one hotfolder.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counts {
+    pub waiting: u64,
+    pub in_progress: u64,
+    pub done_last_hour: u64,
+    pub failed_last_hour: u64,
+}
+
+pub fn counts(conn: &Connection, name: &str, since_ms: u64) -> rusqlite::Result<Counts> {
+    let mut c = Counts::default();
+    let mut stmt = conn.prepare_cached(
+        "SELECT state, count(*) FROM jobs INDEXED BY jobs_unpublished
+         WHERE hotfolder = ?1 AND published = 0 GROUP BY state",
+    )?;
+    let mut rows = stmt.query(params![name])?;
+    while let Some(r) = rows.next()? {
+        let (state, n): (String, u64) = (r.get(0)?, r.get(1)?);
+        match state.as_str() {
+            "queued" => c.waiting += n,
+            "assigned" | "running" => c.in_progress += n,
+            // Final, its file still being moved.
+            _ => c.in_progress += n,
+        }
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT state, count(*) FROM jobs INDEXED BY jobs_hotfolder_final
+         WHERE hotfolder = ?1 AND finished_ms >= ?2 AND published = 1 GROUP BY state",
+    )?;
+    let mut rows = stmt.query(params![name, since_ms])?;
+    while let Some(r) = rows.next()? {
+        let (state, n): (String, u64) = (r.get(0)?, r.get(1)?);
+        match state.as_str() {
+            "succeeded" => c.done_last_hour += n,
+            "failed" | "cancelled" => c.failed_last_hour += n,
+            _ => {}
+        }
+    }
+    Ok(c)
+}
+
+pub fn digest(conn: &Connection, field: &mut dyn FnMut(&[u8])) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached("SELECT name, def FROM hotfolders ORDER BY name")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let (name, def): (String, Vec<u8>) = (row.get(0)?, row.get(1)?);
+        field(name.as_bytes());
+        field(&def);
+    }
+    Ok(())
+}
