@@ -794,7 +794,10 @@ async fn read_job(shared: &Shared, id: &str, stale: bool) -> Response {
         match crate::state::jobs::job(core.state().conn(), id) {
             Ok(job) => {
                 shared.read_succeeded();
-                Response::Job { job: job.map(Box::new), stale }
+                Response::Job {
+                    job: job.map(Box::new),
+                    stale,
+                }
             }
             Err(e) => read_failed(shared, "a job", e),
         }

@@ -1,0 +1,352 @@
+//! Hotfolders with real processes sharing one folder: every dropped file
+//! processed once through a kill -9, nothing taken before it is complete,
+//! rsync's temporary names ignored, and the README's quickstart example.
+//! Real processes on 127.0.113.x-127.0.116.x, port 7900.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{Cluster, BIN, TEST_TIMING};
+
+/// A script action that copies the file upper-cased, keeping its name.
+const UPPER: &str = "let t = file_read(FILE.input);\nfile_write(FILE.output_dir + \"/\" + FILE.name, t.to_upper());\n";
+
+/// A three-server cluster whose config declares hotfolder `hf` with the
+/// `UPPER` action (seeded when the cluster bootstraps).
+fn cluster_with_hotfolder(net: u8, stable_ms: u64) -> (Cluster, PathBuf) {
+    let timing = format!(
+        "{TEST_TIMING}hotfolder_poll_ms = 200\n\n[hotfolder.hf]\nscript = \"upper.rhai\"\nstable_ms = {stable_ms}\nmax_attempts = 5\n"
+    );
+    let servers = [("srv1", "server"), ("srv2", "server"), ("srv3", "server")];
+    let mut c = Cluster::with_timing(net, &servers, &timing);
+    std::fs::write(c.conf.with_file_name("upper.rhai"), UPPER).unwrap();
+    c.start_alone("srv1");
+    c.start("srv2");
+    c.start("srv3");
+    c.wait(30, "all three synchronized", || {
+        c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"])
+    });
+    let hf = c.conf.parent().unwrap().join("../shared/hf");
+    c.wait(10, "the hotfolder's folders", || hf.join("in").is_dir());
+    (c, hf)
+}
+
+/// Every file under `dir` (relative paths), recursively.
+fn files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                dirs.push(e.path());
+            } else {
+                let rel = e
+                    .path()
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.push(rel);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn hotfolder_list(c: &Cluster) -> serde_json::Value {
+    let out = c.cli(&["hotfolder", "list", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_thousand_files_through_a_kill_9_are_each_processed_once() {
+    let (mut c, hf) = cluster_with_hotfolder(113, 300);
+    let count = 1000;
+    let mut names = HashSet::new();
+    for i in 0..count {
+        // Names users make: spaces, Unicode, a leading dash, subfolders.
+        let name = match i % 4 {
+            0 => format!("file {i}.txt"),
+            1 => format!("-{i}.txt"),
+            2 => format!("ünï{i}.txt"),
+            _ => format!("sub/{i}.txt"),
+        };
+        let path = hf.join("in").join(&name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, format!("content {i}")).unwrap();
+        names.insert(name);
+    }
+    let out = hf.join("out");
+    c.wait(60, "a third of the files processed", || {
+        files(&out).len() >= count / 3
+    });
+    c.kill9("srv2");
+    c.wait(120, "every file published", || {
+        files(&hf.join("done")).len() == count && files(&out).len() == count
+    });
+    let outputs: HashSet<String> = files(&out).into_iter().collect();
+    assert_eq!(
+        outputs, names,
+        "each output once, under its own name (no `(1)` twins)"
+    );
+    let done: HashSet<String> = files(&hf.join("done")).into_iter().collect();
+    assert_eq!(done, names);
+    assert!(files(&hf.join("in")).is_empty());
+    assert!(
+        files(&hf.join("error")).is_empty(),
+        "{:?}",
+        files(&hf.join("error"))
+    );
+    for name in names.iter().take(20) {
+        let i: String = name.chars().filter(char::is_ascii_digit).collect();
+        let text = std::fs::read_to_string(out.join(name)).unwrap();
+        assert_eq!(text, format!("CONTENT {i}"), "{name}");
+    }
+    c.wait(10, "the working area emptied", || {
+        files(&hf.join(".claro")).is_empty()
+    });
+    // The jobs: one succeeded job per file, none twice.
+    let list = c.cli(&["jobs", "--hotfolder", "hf", "--limit", "1000", "--json"]);
+    let jobs: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let jobs = jobs.as_array().unwrap();
+    assert_eq!(jobs.len(), count);
+    let inputs: HashSet<&str> = jobs.iter().map(|j| j["input"].as_str().unwrap()).collect();
+    assert_eq!(inputs.len(), count);
+    assert!(jobs
+        .iter()
+        .all(|j| j["state"] == "succeeded" && j["kind"] == "hotfolder"));
+    let listed = hotfolder_list(&c);
+    assert_eq!(listed[0]["name"], "hf");
+    assert_eq!(listed[0]["done_last_hour"], count as u64);
+    assert_eq!(listed[0]["waiting"], 0);
+    c.assert_nobody_crashed();
+}
+
+#[test]
+fn a_file_written_slowly_or_under_a_temporary_name_is_taken_only_when_complete() {
+    let (mut c, hf) = cluster_with_hotfolder(114, 1500);
+    let inbox = hf.join("in");
+    // rsync: the data arrives under a hidden temporary name, then one rename.
+    let tmp = inbox.join(".report.txt.Ab12Cd");
+    std::fs::write(&tmp, "rsync part 1 ").unwrap();
+    // A slow copy: the file grows for 10 s, a piece every 400 ms.
+    let slow = inbox.join("slow.txt");
+    let started = Instant::now();
+    let mut expected = String::new();
+    let mut piece = 0;
+    while started.elapsed() < Duration::from_secs(10) {
+        use std::io::Write;
+        let text = format!("piece {piece} ");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&slow)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        expected.push_str(&text);
+        piece += 1;
+        if piece == 5 {
+            let mut t = std::fs::OpenOptions::new().append(true).open(&tmp).unwrap();
+            t.write_all(b"part 2").unwrap();
+            std::fs::rename(&tmp, inbox.join("report.txt")).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(
+            !hf.join("out/slow.txt").exists(),
+            "taken while still being written"
+        );
+    }
+    c.wait(30, "both files processed", || {
+        hf.join("out/slow.txt").exists() && hf.join("out/report.txt").exists()
+    });
+    assert_eq!(
+        std::fs::read_to_string(hf.join("out/slow.txt")).unwrap(),
+        expected.to_uppercase()
+    );
+    assert_eq!(
+        std::fs::read_to_string(hf.join("out/report.txt")).unwrap(),
+        "RSYNC PART 1 PART 2"
+    );
+    let list = c.cli(&["jobs", "--hotfolder", "hf", "--json"]);
+    let jobs: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let mut inputs: Vec<&str> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["input"].as_str().unwrap())
+        .collect();
+    inputs.sort();
+    assert_eq!(
+        inputs,
+        ["report.txt", "slow.txt"],
+        "one job each, the temporary name never"
+    );
+    c.assert_nobody_crashed();
+}
+
+#[test]
+fn failures_go_to_error_with_the_reason_and_bad_definitions_are_refused() {
+    let (mut c, hf) = cluster_with_hotfolder(115, 300);
+    let root = hf.parent().unwrap().to_path_buf();
+    // A command that fails, and one that hangs past its timeout.
+    let out = c.cli(&[
+        "hotfolder",
+        "add",
+        "fails",
+        "--command",
+        "sh -c 'echo no ink >&2; exit 3' sh {input}",
+        "--stable-ms",
+        "200",
+        "--max-attempts",
+        "2",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let out = c.cli(&[
+        "hotfolder",
+        "add",
+        "hangs",
+        "--command",
+        "sleep 60",
+        "--stable-ms",
+        "200",
+        "--max-attempts",
+        "1",
+        "--timeout-s",
+        "1",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    for bad in [
+        vec!["hotfolder", "add", "fails", "--command", "true"],
+        vec![
+            "hotfolder",
+            "add",
+            "x",
+            "--command",
+            "cp {inptu} {output_dir}",
+        ],
+        vec!["hotfolder", "add", "../up", "--command", "true"],
+        vec!["hotfolder", "add", "x", "--command", "a 'b"],
+        vec!["hotfolder", "add", "x"],
+        vec![
+            "hotfolder",
+            "add",
+            "x",
+            "--command",
+            "true",
+            "--stable-ms",
+            "5",
+        ],
+        vec![
+            "hotfolder",
+            "add",
+            "x",
+            "--command",
+            "true",
+            "--include",
+            "[",
+        ],
+    ] {
+        let out = c.cli(&bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {out:?}");
+    }
+    assert!(c.cli(&["hotfolder", "pause", "nothere"]).status.code() == Some(1));
+    c.wait(10, "the new hotfolders' folders", || {
+        root.join("hangs/in").is_dir()
+    });
+    std::fs::write(root.join("fails/in/a b.pdf"), "x").unwrap();
+    std::fs::write(root.join("hangs/in/big.tif"), "y").unwrap();
+    std::fs::write(root.join("fails/in/empty.pdf"), "").unwrap();
+    c.wait(60, "both failures published", || {
+        root.join("fails/error/a b.pdf.error.txt").exists()
+            && root.join("fails/error/empty.pdf").exists()
+            && root.join("hangs/error/big.tif.error.txt").exists()
+    });
+    let reason = std::fs::read_to_string(root.join("fails/error/a b.pdf.error.txt")).unwrap();
+    assert!(
+        reason.contains("attempt 2 on") && reason.contains("exit status: 3"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("no ink"),
+        "the log is kept with the reason: {reason}"
+    );
+    let reason = std::fs::read_to_string(root.join("hangs/error/big.tif.error.txt")).unwrap();
+    assert!(reason.contains("timed out after 1000 ms"), "{reason}");
+    assert_eq!(
+        std::fs::read_to_string(root.join("fails/error/a b.pdf")).unwrap(),
+        "x"
+    );
+    // A paused hotfolder takes nothing; resumed, it does.
+    assert!(c.cli(&["hotfolder", "pause", "hf"]).status.success());
+    std::fs::write(hf.join("in/later.txt"), "later").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(hf.join("in/later.txt").exists());
+    let listed = hotfolder_list(&c);
+    let row = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "hf")
+        .unwrap()
+        .clone();
+    assert_eq!(row["paused"], true);
+    assert!(c.cli(&["hotfolder", "resume", "hf"]).status.success());
+    c.wait(20, "the paused file taken after resume", || {
+        hf.join("out/later.txt").exists()
+    });
+    c.assert_nobody_crashed();
+}
+
+/// The README's first command: the repository's quickstart config (moved to
+/// a test address) with its example hotfolder: a text file dropped into
+/// hotfolders/example/in/ comes out upper-cased in out/.
+#[test]
+fn the_quickstart_example_hotfolder_works() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for folder in ["conf", "examples", "hotfolders/example/in"] {
+        std::fs::create_dir_all(root.join(folder)).unwrap();
+    }
+    let conf = std::fs::read_to_string(repo.join("conf/ClaroServers.conf")).unwrap();
+    assert!(conf.contains("address = \"127.0.0.1\""));
+    let conf = conf.replace("address = \"127.0.0.1\"", "address = \"127.0.116.1\"");
+    std::fs::write(root.join("conf/ClaroServers.conf"), conf).unwrap();
+    std::fs::copy(
+        repo.join("examples/uppercase.rhai"),
+        root.join("examples/uppercase.rhai"),
+    )
+    .unwrap();
+    let log = std::fs::File::create(root.join("serve.log")).unwrap();
+    let mut server = std::process::Command::new(BIN)
+        .arg("serve")
+        .current_dir(root)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    std::fs::write(
+        root.join("hotfolders/example/in/hello.txt"),
+        "hello, claro\n",
+    )
+    .unwrap();
+    let output = root.join("hotfolders/example/out/hello.upper.txt");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !output.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = std::fs::read_to_string(&output);
+    let _ = server.kill();
+    let _ = server.wait();
+    let log = std::fs::read_to_string(root.join("serve.log")).unwrap_or_default();
+    assert_eq!(text.ok().as_deref(), Some("HELLO, CLARO\n"), "{log}");
+    assert!(root.join("hotfolders/example/done/hello.txt").exists());
+}
