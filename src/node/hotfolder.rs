@@ -330,6 +330,33 @@ async fn publish_round(shared: &Shared) {
 /// Moves a final job's files where they belong. Safe to run again after a
 /// crash at any point: each step moves what is still where it was.
 pub fn publish(shared_root: &Path, job: &Job) -> Result<(), String> {
+    publish_steps(shared_root, job, &mut Steps::unlimited())
+}
+
+/// A budget of file system changes: the crash-at-every-step test stops a
+/// publication after each number of them and then publishes again.
+pub struct Steps {
+    left: u64,
+}
+
+impl Steps {
+    pub fn unlimited() -> Steps {
+        Steps { left: u64::MAX }
+    }
+    #[cfg(test)]
+    pub fn crash_after(count: u64) -> Steps {
+        Steps { left: count }
+    }
+    fn take(&mut self) -> Result<(), String> {
+        if self.left == 0 {
+            return Err("crashed (test)".into());
+        }
+        self.left -= 1;
+        Ok(())
+    }
+}
+
+pub fn publish_steps(shared_root: &Path, job: &Job, steps: &mut Steps) -> Result<(), String> {
     let file = job.spec.file.as_ref().ok_or("not a hotfolder job")?;
     let layout = Layout::new(shared_root, &file.hotfolder);
     let original = [
@@ -339,39 +366,11 @@ pub fn publish(shared_root: &Path, job: &Job) -> Result<(), String> {
     .into_iter()
     .find(|p| p.is_file());
     if job.state == JobState::Succeeded {
-        let staging = layout.staging(&job.id, job.attempt);
-        let out_dir = layout.dir("out").join(parent_of(&file.input));
-        if staging.is_dir() {
-            move_tree(&staging, &out_dir)?;
-        }
-        if let Some(original) = original.filter(|p| p.starts_with(layout.work(&job.id))) {
-            if file.delete_on_success {
-                std::fs::remove_file(&original)
-                    .map_err(|e| format!("deleting the original: {e}"))?;
-            } else {
-                let to = layout.dir("done").join(parent_of(&file.input));
-                move_no_replace(&original, &to, base_name(&file.input))?;
-            }
-        }
+        publish_success(&layout, job, file, original, steps)?;
     } else if let Some(original) = original {
-        let to = layout.dir("error").join(parent_of(&file.input));
-        std::fs::create_dir_all(&to).map_err(|e| e.to_string())?;
-        let name = free_name(base_name(&file.input), &mut |n| to.join(n).exists())
-            .ok_or("no free name in error/")?;
-        // The reason first: a crash between the two leaves the original in
-        // the working area, and the next publisher writes the same file again.
-        let reason = format!(
-            "{}\njob {} ({}, attempt {}/{})\n\nlog:\n{}",
-            job.error.as_deref().unwrap_or(job.state.as_str()),
-            job.id,
-            job.state.as_str(),
-            job.attempt,
-            job.spec.max_attempts,
-            job.log
-        );
-        write_atomic(&to.join(format!("{name}.error.txt")), reason.as_bytes())?;
-        move_no_replace(&original, &to, &name)?;
+        publish_failure(&layout, job, file, &original, steps)?;
     }
+    steps.take()?;
     match std::fs::remove_dir_all(layout.work(&job.id)) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(format!("removing its working folder: {e}"))
@@ -380,9 +379,68 @@ pub fn publish(shared_root: &Path, job: &Job) -> Result<(), String> {
     }
 }
 
+/// Outputs into `out/`, then the original to `done/` (or deleted).
+fn publish_success(
+    layout: &Layout,
+    job: &Job,
+    file: &FileInput,
+    original: Option<PathBuf>,
+    steps: &mut Steps,
+) -> Result<(), String> {
+    let staging = layout.staging(&job.id, job.attempt);
+    let out_dir = layout.dir("out").join(parent_of(&file.input));
+    if staging.is_dir() {
+        move_tree(&staging, &out_dir, steps)?;
+    }
+    let Some(original) = original.filter(|p| p.starts_with(layout.work(&job.id))) else {
+        return Ok(());
+    };
+    if file.delete_on_success {
+        steps.take()?;
+        return std::fs::remove_file(&original).map_err(|e| format!("deleting the original: {e}"));
+    }
+    let to = layout.dir("done").join(parent_of(&file.input));
+    move_no_replace(&original, &to, base_name(&file.input), steps)
+}
+
+/// The original to `error/`, with `NAME.error.txt` beside it.
+fn publish_failure(
+    layout: &Layout,
+    job: &Job,
+    file: &FileInput,
+    original: &Path,
+    steps: &mut Steps,
+) -> Result<(), String> {
+    let to = layout.dir("error").join(parent_of(&file.input));
+    std::fs::create_dir_all(&to).map_err(|e| e.to_string())?;
+    // A publisher that died after linking the original into error/ chose
+    // its name already.
+    let linked = linked_in(original, &to)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let name = match linked {
+        Some(n) => n,
+        None => free_name(base_name(&file.input), &mut |n| to.join(n).exists())
+            .ok_or("no free name in error/")?,
+    };
+    // The reason first: a crash between the two leaves the original in the
+    // working area, and the next publisher writes the same file again.
+    let reason = format!(
+        "{}\njob {} ({}, attempt {}/{})\n\nlog:\n{}",
+        job.error.as_deref().unwrap_or(job.state.as_str()),
+        job.id,
+        job.state.as_str(),
+        job.attempt,
+        job.spec.max_attempts,
+        job.log
+    );
+    steps.take()?;
+    write_atomic(&to.join(format!("{name}.error.txt")), reason.as_bytes())?;
+    move_no_replace(original, &to, &name, steps)
+}
+
 /// Moves every file under `from` into `to` (same relative paths), each
 /// under a free name: outputs never overwrite one another.
-fn move_tree(from: &Path, to: &Path) -> Result<(), String> {
+fn move_tree(from: &Path, to: &Path, steps: &mut Steps) -> Result<(), String> {
     let mut count = 0;
     let mut dirs = vec![(from.to_path_buf(), to.to_path_buf())];
     while let Some((src, dst)) = dirs.pop() {
@@ -398,7 +456,7 @@ fn move_tree(from: &Path, to: &Path) -> Result<(), String> {
             if count > OUTPUTS_MAX {
                 return Err(format!("more than {OUTPUTS_MAX} outputs"));
             }
-            move_no_replace(&entry.path(), &dst, &name)?;
+            move_no_replace(&entry.path(), &dst, &name, steps)?;
         }
     }
     Ok(())
@@ -406,14 +464,22 @@ fn move_tree(from: &Path, to: &Path) -> Result<(), String> {
 
 /// Moves `from` into folder `dir` as `name`, or `name (N)` when taken.
 /// A hard link is made first, which fails rather than replacing a file
-/// that appeared meanwhile; where links are not supported, a rename.
-fn move_no_replace(from: &Path, dir: &Path, name: &str) -> Result<(), String> {
+/// that appeared meanwhile, then `from` is removed; where links are not
+/// supported, a rename. A publisher that died between the link and the
+/// removal left `from` with a second name in `dir`: that one counts.
+fn move_no_replace(from: &Path, dir: &Path, name: &str, steps: &mut Steps) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if linked_in(from, dir).is_some() {
+        steps.take()?;
+        return std::fs::remove_file(from).map_err(|e| format!("{}: {e}", from.display()));
+    }
     for _ in 0..crate::hotfolder::FREE_NAME_TRIES_MAX {
         let free = free_name(name, &mut |n| dir.join(n).exists()).ok_or("no free name")?;
         let to = dir.join(&free);
+        steps.take()?;
         match std::fs::hard_link(from, &to) {
             Ok(()) => {
+                steps.take()?;
                 return std::fs::remove_file(from).or_else(|e| match e.kind() {
                     std::io::ErrorKind::NotFound => Ok(()),
                     _ => Err(format!("{}: {e}", from.display())),
@@ -428,6 +494,24 @@ fn move_no_replace(from: &Path, dir: &Path, name: &str) -> Result<(), String> {
         }
     }
     Err(format!("no free name for {name} in {}", dir.display()))
+}
+
+/// Another name of the file `from` in `dir`, when `from` has more than one.
+fn linked_in(from: &Path, dir: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(from).ok()?;
+    if meta.nlink() < 2 {
+        return None;
+    }
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            *p != from
+                && std::fs::metadata(p)
+                    .is_ok_and(|m| m.ino() == meta.ino() && m.dev() == meta.dev())
+        })
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
@@ -627,5 +711,145 @@ fn failed(error: String, log: String) -> Outcome {
         error: Some(bounded_text(&error, RESULT_BYTES_MAX)),
         log,
         profile: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(state: JobState, delete: bool) -> Job {
+        let mut spec = JobSpec::script("1");
+        spec.kind = JobKind::Hotfolder;
+        spec.file = Some(FileInput {
+            hotfolder: "hf".into(),
+            input: "sub/a b.pdf".into(),
+            bytes: 3,
+            modified_ms: 0,
+            delete_on_success: delete,
+        });
+        Job {
+            id: "01a2093a8452b12da5d1".into(),
+            spec,
+            state,
+            instance: Some("srv1".into()),
+            attempt: 2,
+            created_ms: 0,
+            assigned_ms: None,
+            started_ms: None,
+            finished_ms: Some(1),
+            not_before_ms: 0,
+            result: None,
+            error: Some("attempt 2 on srv1: no ink".into()),
+            log: "a line".into(),
+            profile: Vec::new(),
+        }
+    }
+
+    /// A claimed file and three staged outputs (one in a subfolder); an
+    /// older `out/sub/x.pdf` that must not be overwritten.
+    fn prepare(root: &Path, j: &Job) {
+        let layout = Layout::new(root, "hf");
+        layout.create().unwrap();
+        std::fs::create_dir_all(layout.dir("in/sub")).unwrap();
+        std::fs::write(layout.dir("in/sub/a b.pdf"), "pdf").unwrap();
+        let claimed = claim(&layout, &j.id, "sub/a b.pdf").unwrap();
+        let again = claim(&layout, &j.id, "sub/a b.pdf").unwrap();
+        assert_eq!(again, claimed, "a retry finds its claim");
+        let staging = layout.staging(&j.id, j.attempt);
+        std::fs::create_dir_all(staging.join("deep")).unwrap();
+        for (name, text) in [("x.pdf", "x"), ("y.pdf", "y"), ("deep/z.pdf", "z")] {
+            std::fs::write(staging.join(name), text).unwrap();
+        }
+        std::fs::create_dir_all(layout.dir("out/sub")).unwrap();
+        std::fs::write(layout.dir("out/sub/x.pdf"), "older").unwrap();
+    }
+
+    fn contents(dir: &Path) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut dirs = vec![dir.to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    dirs.push(e.path());
+                } else {
+                    let rel = e.path().strip_prefix(dir).unwrap();
+                    let text = std::fs::read_to_string(e.path()).unwrap();
+                    out.push((rel.to_string_lossy().into_owned(), text));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Crashes a publication after every possible number of steps, then
+    /// publishes again (twice): the outcome is always the same, every
+    /// output once and whole, the original in exactly one place.
+    #[test]
+    fn a_publication_crashed_at_any_step_and_run_again_publishes_everything_once() {
+        let cases = [
+            (JobState::Succeeded, false),
+            (JobState::Succeeded, true),
+            (JobState::Failed, false),
+            (JobState::Cancelled, false),
+        ];
+        for (state, delete) in cases {
+            let j = job(state, delete);
+            let mut expected = None;
+            for crash_after in 0..40 {
+                let dir = tempfile::tempdir().unwrap();
+                prepare(dir.path(), &j);
+                let crashed = publish_steps(dir.path(), &j, &mut Steps::crash_after(crash_after));
+                publish(dir.path(), &j).unwrap();
+                publish(dir.path(), &j).unwrap();
+                let seen = contents(&dir.path().join("hf"));
+                match &expected {
+                    None => expected = Some(seen),
+                    Some(e) => assert_eq!(&seen, e, "{state:?} crash after {crash_after}"),
+                }
+                if crashed.is_ok() {
+                    break;
+                }
+            }
+            let seen = expected.unwrap();
+            let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
+            if state == JobState::Succeeded {
+                let mut want = vec![
+                    "out/sub/deep/z.pdf",
+                    "out/sub/x (1).pdf",
+                    "out/sub/x.pdf",
+                    "out/sub/y.pdf",
+                ];
+                if !delete {
+                    want.insert(0, "done/sub/a b.pdf");
+                }
+                assert_eq!(names, want, "{seen:?}");
+                assert!(seen.contains(&("out/sub/x.pdf".into(), "older".into())));
+                assert!(seen.contains(&("out/sub/x (1).pdf".into(), "x".into())));
+            } else {
+                let want = [
+                    "error/sub/a b.pdf",
+                    "error/sub/a b.pdf.error.txt",
+                    "out/sub/x.pdf",
+                ];
+                assert_eq!(names, want, "{seen:?}");
+                assert!(seen[1].1.contains("no ink") && seen[1].1.contains("a line"));
+            }
+        }
+    }
+
+    #[test]
+    fn a_file_gone_before_its_claim_fails_the_attempt_and_a_retry_takes_it_back_from_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path(), "hf");
+        layout.create().unwrap();
+        let e = claim(&layout, "01a2093a8452b12da5d1", "gone.pdf").unwrap_err();
+        assert!(e.contains("in/gone.pdf is gone"), "{e}");
+        std::fs::write(layout.dir("error/again.pdf"), "p").unwrap();
+        std::fs::write(layout.dir("error/again.pdf.error.txt"), "why").unwrap();
+        let claimed = claim(&layout, "01a2093a8452b12da5d1", "again.pdf").unwrap();
+        assert_eq!(std::fs::read_to_string(claimed).unwrap(), "p");
+        assert!(!layout.dir("error/again.pdf.error.txt").exists());
     }
 }
