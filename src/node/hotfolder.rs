@@ -773,9 +773,13 @@ mod tests {
                 if e.path().is_dir() {
                     dirs.push(e.path());
                 } else {
-                    let rel = e.path().strip_prefix(dir).unwrap();
-                    let text = std::fs::read_to_string(e.path()).unwrap();
-                    out.push((rel.to_string_lossy().into_owned(), text));
+                    let path = e.path();
+                    let rel = path
+                        .strip_prefix(dir)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned();
+                    out.push((rel, std::fs::read_to_string(&path).unwrap()));
                 }
             }
         }
