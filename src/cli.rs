@@ -194,7 +194,7 @@ pub enum HotfolderAction {
     /// Define NAME (its folders are made under shared_root/NAME/).
     Add(HotfolderDef),
     /// Change NAME: the options given replace those it had.
-    Set(HotfolderSet),
+    Set(HotfolderDef),
     /// Forget NAME (its folders and files stay where they are).
     Rm {
         name: String,
@@ -254,17 +254,9 @@ pub struct HotfolderOptions {
     pub priority: Option<i32>,
 }
 
+/// A hotfolder's name and options (`hotfolder add` and `set`).
 #[derive(clap::Args, Debug)]
 pub struct HotfolderDef {
-    pub name: String,
-    #[command(flatten)]
-    pub options: HotfolderOptions,
-    #[command(flatten)]
-    pub client: ClientArgs,
-}
-
-#[derive(clap::Args, Debug)]
-pub struct HotfolderSet {
     pub name: String,
     #[command(flatten)]
     pub options: HotfolderOptions,

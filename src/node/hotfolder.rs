@@ -21,15 +21,13 @@ use std::time::Duration;
 use super::handlers::propose;
 use super::process::Capture;
 use super::script_host::ScriptHost;
+use super::worker::failed;
 use super::{now_ms, Phase, Shared};
 use crate::hotfolder::{
     expand, free_name, FileValues, Hotfolder, Patterns, Seen, Stability, OUTPUTS_MAX,
     SCAN_FILES_MAX, WORK_DIR,
 };
-use crate::jobs::{
-    bounded_text, FileInput, Job, JobKind, JobSpec, JobState, Outcome, LOG_BYTES_MAX,
-    RESULT_BYTES_MAX,
-};
+use crate::jobs::{FileInput, Job, JobKind, JobSpec, JobState, Outcome, LOG_BYTES_MAX};
 use crate::proto::Response;
 use crate::state::{hotfolders as db, Command, JOB_BATCH_COUNT_MAX};
 
@@ -702,16 +700,6 @@ fn run_script(
     )
     .map(|_| ())
     .map_err(|e| e.to_string())
-}
-
-fn failed(error: String, log: String) -> Outcome {
-    Outcome {
-        ok: false,
-        result: None,
-        error: Some(bounded_text(&error, RESULT_BYTES_MAX)),
-        log,
-        profile: Vec::new(),
-    }
 }
 
 #[cfg(test)]

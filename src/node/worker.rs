@@ -308,7 +308,7 @@ fn run_script(shared: Arc<Shared>, job: Job, cancel: Arc<AtomicBool>) -> Outcome
     }
 }
 
-fn failed(error: String, log: String) -> Outcome {
+pub(super) fn failed(error: String, log: String) -> Outcome {
     Outcome {
         ok: false,
         result: None,
