@@ -70,19 +70,14 @@ pub fn check_file(path: &Path, wait_ms: u64) -> Verdict {
         Ok(c) => c,
         Err(e) => return damaged(path, format!("it cannot be opened: {e}")),
     };
-    // A watchdog interrupts the check once `wait_ms` is over; it is told
-    // through the channel (dropped) when the check ended first.
-    let (done, over) = std::sync::mpsc::channel::<()>();
-    let interrupt = conn.get_interrupt_handle();
-    let watchdog = std::thread::spawn(move || {
-        let waited = over.recv_timeout(Duration::from_millis(wait_ms));
-        if waited == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
-            interrupt.interrupt();
-        }
-    });
+    // The check stops itself once `wait_ms` is over: SQLite asks the
+    // progress handler every 1,000 steps. (An interrupt from a watchdog
+    // thread was lost when it came before the check's statement started,
+    // and the check then ran unbounded.)
+    let deadline = std::time::Instant::now() + Duration::from_millis(wait_ms);
+    conn.progress_handler(1000, Some(move || std::time::Instant::now() >= deadline));
     let found = quick_check(&conn);
-    drop(done);
-    let _ = watchdog.join();
+    conn.progress_handler(1000, None::<fn() -> bool>);
     let interrupted = |e: &rusqlite::Error| {
         e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted)
     };
