@@ -520,7 +520,7 @@ fn a_member_wiped_after_kill_9_rejoins_with_the_clusters_data() {
     // Enough data that receiving the database takes a moment: the
     // readmission is visible in status while it lasts.
     c.fill_megabytes("srv1", 8);
-    c.wait(SETTLE_S, "srv3 synchronized", || {
+    c.wait(2 * SETTLE_S, "srv3 synchronized", || {
         c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"])
     });
     c.kill9("srv3");
