@@ -79,20 +79,11 @@ impl crate::script::Host for ScriptHost {
     }
 
     fn file(&self, op: FileOp) -> Result<Value, String> {
-        let root = &self.shared.cfg.shared_root;
-        if let (Some(under), FileOp::Write { path, .. } | FileOp::Remove(path)) =
-            (&self.write_under, &op)
-        {
-            let target = confine(root, path)?;
-            let under = under.canonicalize().map_err(|e| e.to_string())?;
-            let parent = target.parent().and_then(|p| p.canonicalize().ok());
-            if !parent.is_some_and(|p| p.starts_with(&under)) && !target.starts_with(&under) {
-                return Err(format!(
-                    "`{path}` is outside this file's output folder (FILE.output_dir)"
-                ));
-            }
-        }
-        file_op(root, op)
+        file_op(
+            &self.shared.cfg.shared_root,
+            op,
+            self.write_under.as_deref(),
+        )
     }
 
     fn run(&self, argv: &[String], timeout_ms: u64, cancel: &AtomicBool) -> Result<Value, String> {
@@ -336,8 +327,9 @@ fn sql_value(v: &Value) -> rusqlite::types::Value {
 }
 
 /// `rel` under `root`, refused when it leaves `root` by `..`, an absolute
-/// path, or a symbolic link that points outside.
-pub fn confine(root: &Path, rel: &str) -> Result<PathBuf, String> {
+/// path, or a symbolic link (a dangling one too) that points outside; with
+/// `within` (a folder under `root`), also when its real place is not in it.
+pub fn confine(root: &Path, rel: &str, within: Option<&Path>) -> Result<PathBuf, String> {
     if !rel.is_empty() {
         crate::jobs::check_relative(rel)?;
     }
@@ -345,23 +337,36 @@ pub fn confine(root: &Path, rel: &str) -> Result<PathBuf, String> {
         .canonicalize()
         .map_err(|e| format!("shared_root {}: {e}", root.display()))?;
     let path = root.join(rel);
-    // The deepest part that exists decides where links lead.
+    // The deepest part that exists, a link included, decides where the path
+    // leads: a dangling link does not canonicalize, so it is refused.
     let mut existing = path.as_path();
-    while !existing.exists() {
+    while existing.symlink_metadata().is_err() {
         existing = existing.parent().unwrap_or(&root);
     }
-    let real = existing.canonicalize().map_err(|e| format!("{rel}: {e}"))?;
+    let real = existing
+        .canonicalize()
+        .map_err(|e| format!("`{rel}`: {e}"))?;
     if !real.starts_with(&root) {
         return Err(format!("`{rel}` leads outside shared_root"));
+    }
+    if let Some(within) = within {
+        let within = within.canonicalize().map_err(|e| e.to_string())?;
+        // What does not exist yet is made under `real`.
+        if !real.starts_with(&within) {
+            return Err(format!(
+                "`{rel}` is outside this file's output folder (FILE.output_dir)"
+            ));
+        }
     }
     Ok(path)
 }
 
-/// One file operation of a script, confined to `root`.
-pub fn file_op(root: &Path, op: FileOp) -> Result<Value, String> {
+/// One file operation of a script, confined to `root`; writes and removals
+/// also to `write_within` when given.
+pub fn file_op(root: &Path, op: FileOp, write_within: Option<&Path>) -> Result<Value, String> {
     match op {
         FileOp::Read(rel) => {
-            let path = confine(root, &rel)?;
+            let path = confine(root, &rel, None)?;
             let bytes = std::fs::metadata(&path).map_err(|e| e.to_string())?.len();
             if bytes > crate::script::STRING_BYTES_MAX as u64 {
                 return Err(format!(
@@ -375,15 +380,15 @@ pub fn file_op(root: &Path, op: FileOp) -> Result<Value, String> {
                 .map_err(|_| "not UTF-8 text".into())
         }
         FileOp::Write { path, text, append } => {
-            let path = confine(root, &path)?;
+            let path = confine(root, &path, write_within)?;
             write_file(&path, &text, append)
                 .map(|()| Value::Null)
                 .map_err(|e| e.to_string())
         }
-        FileOp::List(rel) => list_dir(&confine(root, &rel)?).map_err(|e| e.to_string()),
-        FileOp::Exists(rel) => Ok(Value::Bool(confine(root, &rel)?.exists())),
+        FileOp::List(rel) => list_dir(&confine(root, &rel, None)?).map_err(|e| e.to_string()),
+        FileOp::Exists(rel) => Ok(Value::Bool(confine(root, &rel, None)?.exists())),
         FileOp::Remove(rel) => {
-            let path = confine(root, &rel)?;
+            let path = confine(root, &rel, write_within)?;
             match std::fs::remove_file(&path) {
                 Ok(()) => Ok(Value::Bool(true)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Value::Bool(false)),
@@ -449,35 +454,60 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         std::fs::create_dir(&root).unwrap();
-        let write = |p: &str| FileOp::Write {
+        let write = |p: &str, append| FileOp::Write {
             path: p.into(),
             text: "hello".into(),
-            append: false,
+            append,
         };
-        file_op(&root, write("a/b.txt")).unwrap();
-        assert_eq!(
-            file_op(&root, FileOp::Read("a/b.txt".into())).unwrap(),
-            "hello"
-        );
-        let listed = file_op(&root, FileOp::List("a".into())).unwrap();
+        let op = |op| file_op(&root, op, None);
+        op(write("a/b.txt", false)).unwrap();
+        assert_eq!(op(FileOp::Read("a/b.txt".into())).unwrap(), "hello");
+        let listed = op(FileOp::List("a".into())).unwrap();
         assert_eq!(listed[0]["name"], "b.txt");
         assert_eq!(listed[0]["bytes"], 5);
         for bad in ["../x", "/etc/passwd", "a/../../x"] {
-            assert!(file_op(&root, FileOp::Read(bad.into())).is_err(), "{bad}");
-            assert!(file_op(&root, write(bad)).is_err(), "{bad}");
+            assert!(op(FileOp::Read(bad.into())).is_err(), "{bad}");
+            assert!(op(write(bad, false)).is_err(), "{bad}");
         }
         std::os::unix::fs::symlink(dir.path(), root.join("out")).unwrap();
-        let e = file_op(&root, write("out/escaped.txt")).unwrap_err();
+        let e = op(write("out/escaped.txt", false)).unwrap_err();
         assert!(e.contains("leads outside shared_root"), "{e}");
         assert!(!dir.path().join("escaped.txt").exists());
+        // A dangling link to a place outside: an append would create it.
+        let outside = dir.path().join("created-outside.txt");
+        std::os::unix::fs::symlink(&outside, root.join("dangling.txt")).unwrap();
+        assert!(op(write("dangling.txt", true)).is_err());
+        assert!(!outside.exists());
+        assert_eq!(op(FileOp::Remove("a/b.txt".into())).unwrap(), true);
+        assert_eq!(op(FileOp::Exists("a/b.txt".into())).unwrap(), false);
+    }
+
+    #[test]
+    fn a_hotfolder_script_writes_only_in_its_output_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let staging = root.join("hf/.claro/work/1/1/out");
+        std::fs::create_dir_all(&staging).unwrap();
+        std::fs::write(root.join("hf/keep.txt"), "keep").unwrap();
+        let op = |op| file_op(root, op, Some(&staging));
+        let write = |p: &str| FileOp::Write {
+            path: p.into(),
+            text: "x".into(),
+            append: false,
+        };
+        op(write("hf/.claro/work/1/1/out/deep/result.txt")).unwrap();
+        assert!(staging.join("deep/result.txt").exists());
+        for outside in ["hf/out/direct.txt", "hf/keep.txt", "other.txt"] {
+            let e = op(write(outside)).unwrap_err();
+            assert!(e.contains("outside this file's output folder"), "{e}");
+        }
+        assert!(op(FileOp::Remove("hf/keep.txt".into())).is_err());
         assert_eq!(
-            file_op(&root, FileOp::Remove("a/b.txt".into())).unwrap(),
-            true
+            std::fs::read_to_string(root.join("hf/keep.txt")).unwrap(),
+            "keep"
         );
-        assert_eq!(
-            file_op(&root, FileOp::Exists("a/b.txt".into())).unwrap(),
-            false
-        );
+        // Reading anywhere under the root stays allowed.
+        assert_eq!(op(FileOp::Read("hf/keep.txt".into())).unwrap(), "keep");
     }
 
     #[test]
