@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use super::handlers::propose;
 use super::process::Capture;
-use super::script_host::ScriptHost;
+use super::script_host::{run_job_script, FileContext};
 use super::worker::failed;
 use super::{now_ms, Phase, Shared};
 use crate::hotfolder::{
@@ -568,7 +568,8 @@ pub fn process(shared: Arc<Shared>, job: Job, cancel: Arc<AtomicBool>) -> Outcom
         )
     } else {
         let profiler = Arc::new(crate::script::Profiler::default());
-        let ended = run_script(shared, &job, (&claimed, &staging), cancel, &log, &profiler);
+        let paths = (root.as_path(), claimed.as_path(), staging.as_path());
+        let ended = run_script(shared, &job, paths, cancel, (&log, &profiler));
         profile = profiler.rows();
         ended
     };
@@ -648,20 +649,13 @@ fn count_files(dir: &Path) -> usize {
 fn run_script(
     shared: Arc<Shared>,
     job: &Job,
-    (claimed, staging): (&Path, &Path),
+    (root, claimed, staging): (&Path, &Path, &Path),
     cancel: Arc<AtomicBool>,
-    log: &Arc<Capture>,
-    profiler: &Arc<crate::script::Profiler>,
+    sinks: (&Arc<Capture>, &Arc<crate::script::Profiler>),
 ) -> Result<(), String> {
-    let root = shared
-        .cfg
-        .shared_root
-        .canonicalize()
-        .unwrap_or_else(|_| shared.cfg.shared_root.clone());
     let rel = |p: &Path| {
-        p.strip_prefix(&root)
-            .map(path_text)
-            .unwrap_or_else(|_| path_text(p))
+        p.strip_prefix(root)
+            .map_or_else(|_| path_text(p), path_text)
     };
     let values = FileValues::new(&rel(claimed), &rel(staging));
     let input = job
@@ -670,36 +664,17 @@ fn run_script(
         .as_ref()
         .map(|f| f.input.clone())
         .unwrap_or_default();
-    let file = serde_json::json!({
+    let value = serde_json::json!({
         "input": values.input, "output_dir": values.output_dir, "name": values.name,
         "stem": values.stem, "ext": values.ext, "relative": input,
     });
-    let host = Arc::new(ScriptHost {
-        log: log.clone(),
-        shared,
-        job: job.clone(),
-        write_under: Some(staging.to_path_buf()),
-    });
-    let program = crate::script::Program {
-        name: job
-            .spec
-            .file
-            .as_ref()
-            .map_or("script", |f| f.hotfolder.as_str()),
-        code: &job.spec.script,
-        args: &[],
-        call: None,
-        file: Some(file),
+    let file = FileContext {
+        value,
+        output_dir: staging.to_path_buf(),
     };
-    crate::script::run(
-        &program,
-        job.spec.timeout_ms,
-        cancel,
-        host,
-        profiler.clone(),
-    )
-    .map(|_| ())
-    .map_err(|e| e.to_string())
+    run_job_script(shared, job, cancel, sinks, Some(file))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

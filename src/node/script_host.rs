@@ -140,6 +140,48 @@ impl crate::script::Host for ScriptHost {
     }
 }
 
+/// A hotfolder script's file: `FILE` as the script sees it, and the one
+/// folder it may write in.
+pub struct FileContext {
+    pub value: Value,
+    pub output_dir: PathBuf,
+}
+
+/// Runs `job`'s script on this (blocking) thread: its log and profile go
+/// to `log` and `profiler`. The name in messages is the stored script's,
+/// the hotfolder's, or `script`.
+pub fn run_job_script(
+    shared: Arc<Shared>,
+    job: &Job,
+    cancel: Arc<AtomicBool>,
+    (log, profiler): (&Arc<Capture>, &Arc<crate::script::Profiler>),
+    file: Option<FileContext>,
+) -> Result<String, crate::script::Failure> {
+    let hotfolder = job.spec.file.as_ref().map(|f| f.hotfolder.as_str());
+    let name = job.spec.stored.as_deref().or(hotfolder).unwrap_or("script");
+    let (value, write_under) = file.map(|f| (f.value, f.output_dir)).unzip();
+    let program = crate::script::Program {
+        name,
+        code: &job.spec.script,
+        args: &job.spec.args,
+        call: job.spec.call.as_deref(),
+        file: value,
+    };
+    let host = Arc::new(ScriptHost {
+        log: log.clone(),
+        shared,
+        job: job.clone(),
+        write_under,
+    });
+    crate::script::run(
+        &program,
+        job.spec.timeout_ms,
+        cancel,
+        host,
+        profiler.clone(),
+    )
+}
+
 impl ScriptHost {
     fn commit(&self, command: Command) -> Result<(), String> {
         command.validate()?;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::handlers::propose;
 use super::jobs::active_on;
 use super::process::Capture;
-use super::script_host::ScriptHost;
+use super::script_host::run_job_script;
 use super::{now_ms, Phase, Shared};
 use crate::jobs::{
     bounded_text, AttemptEnd, Job, JobKind, JobState, Outcome, LOG_BYTES_MAX, RESULT_BYTES_MAX,
@@ -270,27 +270,7 @@ fn run_job(shared: Arc<Shared>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
 fn run_script(shared: Arc<Shared>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
     let log = Arc::new(Capture::new(LOG_BYTES_MAX));
     let profiler = Arc::new(crate::script::Profiler::default());
-    let name = job.spec.stored.clone().unwrap_or_else(|| "script".into());
-    let (code, args, call) = (
-        job.spec.script.clone(),
-        job.spec.args.clone(),
-        job.spec.call.clone(),
-    );
-    let timeout_ms = job.spec.timeout_ms;
-    let host = Arc::new(ScriptHost {
-        log: log.clone(),
-        shared,
-        job,
-        write_under: None,
-    });
-    let program = crate::script::Program {
-        name: &name,
-        code: &code,
-        args: &args,
-        call: call.as_deref(),
-        file: None,
-    };
-    let result = crate::script::run(&program, timeout_ms, cancel, host, profiler.clone());
+    let result = run_job_script(shared, &job, cancel, (&log, &profiler), None);
     let (ok, result, error) = match result {
         Ok(value) => (true, Some(bounded_text(&value, RESULT_BYTES_MAX)), None),
         Err(e) => (
