@@ -33,6 +33,8 @@ use crate::state::{hotfolders as db, Command, JOB_BATCH_COUNT_MAX};
 
 /// Final jobs published per round, at most.
 const PUBLISH_BATCH_MAX: u32 = 1024;
+/// Bytes of jobs in one submission entry, about (one job more may pass it).
+const SUBMIT_BATCH_BYTES_MAX: usize = 1024 * 1024;
 /// Longest wait between two publish rounds (they also follow each apply).
 const PUBLISH_POLL_MS: u64 = 50;
 
@@ -222,24 +224,15 @@ async fn submit_ready(shared: &Shared, def: &Hotfolder, ready: Vec<Seen>) {
         .into_iter()
         .filter(|s| !owned.contains(&s.path))
         .collect();
-    for chunk in fresh.chunks(JOB_BATCH_COUNT_MAX) {
-        let jobs: Vec<(String, JobSpec)> = chunk
-            .iter()
-            .map(|s| {
-                (
-                    crate::jobs::new_job_id(now_ms(), rand::random()),
-                    file_job(def, s),
-                )
-            })
-            .filter(|(_, spec)| spec.validate().is_ok())
-            .collect();
+    for batch in batches(def, &fresh) {
+        let count = batch.len();
         let command = Command::JobsSubmit {
-            jobs,
+            jobs: batch,
             at_ms: now_ms(),
         };
         match propose(shared, command, None, false).await {
             Response::Proposed { .. } => {
-                tracing::debug!(hotfolder = %def.name, count = chunk.len(), "files submitted")
+                tracing::debug!(hotfolder = %def.name, count, "files submitted")
             }
             Response::Error { message } => {
                 crate::throttled_warn!(
@@ -253,6 +246,39 @@ async fn submit_ready(shared: &Shared, def: &Hotfolder, ready: Vec<Seen>) {
             _ => return,
         }
     }
+}
+
+/// The jobs of `files` in entries of at most `JOB_BATCH_COUNT_MAX` jobs
+/// and about `SUBMIT_BATCH_BYTES_MAX` bytes: each job carries the action,
+/// and a script can be large. A file whose job breaks a limit is logged
+/// and left in `in/`.
+fn batches(def: &Hotfolder, files: &[Seen]) -> Vec<Vec<(String, JobSpec)>> {
+    let mut out: Vec<Vec<(String, JobSpec)>> = Vec::new();
+    let mut bytes = usize::MAX;
+    for s in files {
+        let spec = file_job(def, s);
+        if let Err(e) = spec.validate() {
+            crate::throttled_warn!(
+                "hotfolder-file",
+                &def.name,
+                "hotfolder {}: in/{} is not taken: {e}",
+                def.name,
+                s.path
+            );
+            continue;
+        }
+        let size =
+            spec.script.len() + spec.args.iter().map(String::len).sum::<usize>() + s.path.len();
+        let full = out.last().is_none_or(|b| b.len() >= JOB_BATCH_COUNT_MAX);
+        if full || bytes.saturating_add(size) > SUBMIT_BATCH_BYTES_MAX {
+            out.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        let id = crate::jobs::new_job_id(now_ms(), rand::random());
+        out.last_mut().expect("a batch").push((id, spec));
+    }
+    out
 }
 
 /// The job of one stable file, with the hotfolder's action as it is now.
@@ -804,6 +830,25 @@ mod tests {
                 assert!(seen[1].1.contains("no ink") && seen[1].1.contains("a line"));
             }
         }
+    }
+
+    #[test]
+    fn submissions_are_cut_by_count_and_by_bytes() {
+        let seen = |i: usize| Seen {
+            path: format!("f{i}.pdf"),
+            bytes: 1,
+            modified_ms: 0,
+        };
+        let small = Hotfolder::new("hf", crate::hotfolder::Action::Script { code: "1".into() });
+        let files: Vec<Seen> = (0..JOB_BATCH_COUNT_MAX + 10).map(seen).collect();
+        let sizes: Vec<usize> = batches(&small, &files).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [JOB_BATCH_COUNT_MAX, 10]);
+        // A 200 KB script: five jobs to an entry, not 4,096 (an 800 MB entry).
+        let code = format!("let a = \"{}\";", "x".repeat(200_000));
+        let big = Hotfolder::new("hf", crate::hotfolder::Action::Script { code });
+        let files: Vec<Seen> = (0..12).map(seen).collect();
+        let sizes: Vec<usize> = batches(&big, &files).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [5, 5, 2]);
     }
 
     #[test]
