@@ -164,16 +164,8 @@ fn main() {
         return scan_cost();
     }
     let timing = format!("\n[hotfolder.hf]\nscript = \"action.rhai\"\nstable_ms = {STABLE_MS}\n");
-    let servers = [("srv1", "server"), ("srv2", "server"), ("srv3", "server")];
-    let mut c = Cluster::with_timing(55, &servers, &timing);
-    let text = std::fs::read_to_string(&c.conf).unwrap();
-    std::fs::write(&c.conf, text.replace("slots = 4\n", "slots = 16\n")).unwrap();
-    std::fs::write(c.conf.with_file_name("action.rhai"), ACTION).unwrap();
-    c.start_alone("srv1");
-    c.start("srv2");
-    c.start("srv3");
-    c.wait(30, "all three synchronized", || {
-        c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"])
+    let c = Cluster::three_running_prepared(55, &timing, 16, |c| {
+        std::fs::write(c.conf.with_file_name("action.rhai"), ACTION).unwrap();
     });
     let hf = c.conf.parent().unwrap().join("../shared/hf");
     c.wait(10, "the hotfolder", || hf.join("in").is_dir());

@@ -20,14 +20,8 @@ fn cluster_with_hotfolder(net: u8, stable_ms: u64) -> (Cluster, PathBuf) {
     let timing = format!(
         "{TEST_TIMING}hotfolder_poll_ms = 200\n\n[hotfolder.hf]\nscript = \"upper.rhai\"\nstable_ms = {stable_ms}\nmax_attempts = 5\n"
     );
-    let servers = [("srv1", "server"), ("srv2", "server"), ("srv3", "server")];
-    let mut c = Cluster::with_timing(net, &servers, &timing);
-    std::fs::write(c.conf.with_file_name("upper.rhai"), UPPER).unwrap();
-    c.start_alone("srv1");
-    c.start("srv2");
-    c.start("srv3");
-    c.wait(30, "all three synchronized", || {
-        c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"])
+    let c = Cluster::three_running_prepared(net, &timing, 4, |c| {
+        std::fs::write(c.conf.with_file_name("upper.rhai"), UPPER).unwrap();
     });
     let hf = c.conf.parent().unwrap().join("../shared/hf");
     c.wait(10, "the hotfolder's folders", || hf.join("in").is_dir());

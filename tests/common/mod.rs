@@ -333,6 +333,17 @@ impl Cluster {
 
     /// As [`Cluster::three_running_with_timing`], each server with `slots`.
     pub fn three_running_with_slots(net: u8, timing: &str, slots: u32) -> Cluster {
+        Cluster::three_running_prepared(net, timing, slots, |_| {})
+    }
+
+    /// As [`Cluster::three_running_with_slots`], after `prepare` wrote what
+    /// the config refers to (a hotfolder's script, say).
+    pub fn three_running_prepared(
+        net: u8,
+        timing: &str,
+        slots: u32,
+        prepare: impl FnOnce(&Cluster),
+    ) -> Cluster {
         let servers = [("srv1", "server"), ("srv2", "server"), ("srv3", "server")];
         let mut c = Cluster::with_timing(net, &servers, timing);
         let text = std::fs::read_to_string(&c.conf).unwrap();
@@ -341,6 +352,7 @@ impl Cluster {
             text.replace("slots = 4\n", &format!("slots = {slots}\n")),
         )
         .unwrap();
+        prepare(&c);
         c.start_alone("srv1");
         c.start("srv2");
         c.start("srv3");
