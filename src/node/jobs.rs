@@ -79,8 +79,8 @@ impl JobsShell {
     /// for `most`: how a script's remote call waits for its child.
     pub fn wait_applied(&self, most: Duration) {
         let (count, changed) = &self.applied_count;
-        let seen = *count.lock().expect("applied lock");
         let guard = count.lock().expect("applied lock");
+        let seen = *guard;
         let _ = changed.wait_timeout_while(guard, most, |now| *now == seen);
     }
 }
