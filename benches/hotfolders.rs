@@ -132,6 +132,7 @@ fn scan_cost() {
                     path: name,
                     bytes: meta.len(),
                     modified_ms,
+                    inode: std::os::unix::fs::MetadataExt::ino(&meta),
                 });
             }
         }

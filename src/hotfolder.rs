@@ -298,17 +298,20 @@ pub struct Seen {
     pub path: String,
     pub bytes: u64,
     pub modified_ms: u64,
+    /// The file's identity (inode): a file replaced under the same name
+    /// with the same size and time is still a new file.
+    pub inode: u64,
 }
 
 /// Decides when files are stable: a file is ready once a scan has seen the
-/// same size and modification time for `stable_ms`. Any change starts the
+/// same size, modification time and inode for `stable_ms`. Any change starts the
 /// wait again; a file that disappears is forgotten. Time is the
 /// coordinator's own clock, never the file's time (a share's clock may
 /// differ).
 #[derive(Debug, Default)]
 pub struct Stability {
-    /// path -> (size, mtime, first seen with those, in ms)
-    since: HashMap<String, (u64, u64, u64)>,
+    /// path -> (size, mtime, inode, first seen with those, in ms)
+    since: HashMap<String, (u64, u64, u64, u64)>,
 }
 
 impl Stability {
@@ -321,13 +324,17 @@ impl Stability {
         let mut ready = Vec::new();
         for s in scan {
             let first = match self.since.get(&s.path) {
-                Some(&(bytes, mtime, at)) if bytes == s.bytes && mtime == s.modified_ms => at,
+                Some(&(bytes, mtime, inode, at))
+                    if (bytes, mtime, inode) == (s.bytes, s.modified_ms, s.inode) =>
+                {
+                    at
+                }
                 _ => now_ms,
             };
             if now_ms.saturating_sub(first) >= stable_ms {
                 ready.push(s.clone());
             }
-            next.insert(s.path.clone(), (s.bytes, s.modified_ms, first));
+            next.insert(s.path.clone(), (s.bytes, s.modified_ms, s.inode, first));
         }
         self.since = next;
         ready.sort();
@@ -337,6 +344,30 @@ impl Stability {
     pub fn tracked(&self) -> usize {
         self.since.len()
     }
+
+    /// When the next waiting file becomes stable, if any is waiting at
+    /// `now_ms`: the scanner looks again then rather than at the next poll,
+    /// so a file is taken within one poll interval of being stable.
+    pub fn due_ms(&self, now_ms: u64, stable_ms: u64) -> Option<u64> {
+        self.since
+            .values()
+            .map(|&(_, _, _, at)| at.saturating_add(stable_ms))
+            .filter(|&due| due > now_ms)
+            .min()
+    }
+}
+
+/// Shortest time between the end of one scan and the start of the next.
+pub const SCAN_GAP_MS_MIN: u64 = 50;
+
+/// When the coordinator scans next, after a scan that ended at `now_ms`
+/// and took `took_ms`: at the next poll, or sooner when a waiting file
+/// becomes stable (`due_ms`). Never sooner than the scan took, so scanning
+/// a large `in/` costs at most about half of one thread.
+pub fn next_scan_ms(now_ms: u64, poll_ms: u64, due_ms: Option<u64>, took_ms: u64) -> u64 {
+    let polled = now_ms.saturating_add(poll_ms);
+    let wanted = due_ms.map_or(polled, |d| d.min(polled));
+    wanted.max(now_ms.saturating_add(took_ms.max(SCAN_GAP_MS_MIN)))
 }
 
 /// The first name `name`, `stem (1).ext`, `stem (2).ext`, ... for which
@@ -363,6 +394,7 @@ mod tests {
             path: path.into(),
             bytes,
             modified_ms,
+            inode: 1,
         }
     }
 
@@ -383,6 +415,46 @@ mod tests {
         assert!(s.observe(1800, 1000, &[]).is_empty());
         assert_eq!(s.tracked(), 0);
         assert!(s.observe(5000, 1000, &[seen("a", 20, 6)]).is_empty());
+        // Replaced by another file of the same size and time: a new wait.
+        let other = Seen {
+            inode: 2,
+            ..seen("a", 20, 6)
+        };
+        assert!(s
+            .observe(6000, 1000, std::slice::from_ref(&other))
+            .is_empty());
+        assert_eq!(
+            s.observe(7000, 1000, std::slice::from_ref(&other)),
+            vec![other]
+        );
+    }
+
+    #[test]
+    fn the_next_scan_is_at_the_poll_or_when_a_file_becomes_stable() {
+        assert_eq!(next_scan_ms(1000, 1000, None, 10), 2000);
+        assert_eq!(next_scan_ms(1000, 1000, Some(1300), 10), 1300);
+        assert_eq!(next_scan_ms(1000, 1000, Some(5000), 10), 2000);
+        // Not sooner than the gap, nor than the last scan took.
+        assert_eq!(next_scan_ms(1000, 1000, Some(1001), 10), 1050);
+        assert_eq!(next_scan_ms(1000, 1000, Some(1100), 400), 1400);
+    }
+
+    #[test]
+    fn the_next_look_is_due_when_the_first_waiting_file_becomes_stable() {
+        let mut s = Stability::default();
+        assert_eq!(s.due_ms(0, 300), None);
+        s.observe(0, 300, &[seen("a", 1, 1)]);
+        s.observe(100, 300, &[seen("a", 1, 1), seen("b", 1, 1)]);
+        assert_eq!(s.due_ms(100, 300), Some(300));
+        // `a` is ready at 300 and stays known; only `b` is still waiting.
+        assert_eq!(
+            s.observe(300, 300, &[seen("a", 1, 1), seen("b", 1, 1)])
+                .len(),
+            1
+        );
+        assert_eq!(s.due_ms(300, 300), Some(400));
+        s.observe(400, 300, &[seen("a", 1, 1), seen("b", 1, 1)]);
+        assert_eq!(s.due_ms(400, 300), None);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use super::script_host::{run_job_script, FileContext};
 use super::worker::failed;
 use super::{now_ms, Phase, Shared};
 use crate::hotfolder::{
-    expand, free_name, FileValues, Hotfolder, Patterns, Seen, Stability, OUTPUTS_MAX,
+    expand, free_name, next_scan_ms, FileValues, Hotfolder, Patterns, Seen, Stability, OUTPUTS_MAX,
     SCAN_FILES_MAX, WORK_DIR,
 };
 use crate::jobs::{FileInput, Job, JobKind, JobSpec, JobState, Outcome, LOG_BYTES_MAX};
@@ -84,7 +84,8 @@ fn parent_of(rel: &str) -> &str {
 /// Scans and publishes while this instance coordinates.
 pub async fn hotfolder_loop(shared: Arc<Shared>) {
     let mut scanner = Scanner::default();
-    let mut next_scan_ms = 0;
+    let mut publisher = Publisher::default();
+    let mut next_scan = 0;
     loop {
         async_std::task::sleep(Duration::from_millis(PUBLISH_POLL_MS)).await;
         if shared.phase() == Phase::Stopping {
@@ -92,13 +93,16 @@ pub async fn hotfolder_loop(shared: Arc<Shared>) {
         }
         if !super::jobs::may_coordinate(&shared) {
             scanner = Scanner::default();
+            publisher = Publisher::default();
             continue;
         }
-        publish_round(&shared).await;
-        if now_ms() >= next_scan_ms {
+        publish_round(&shared, &mut publisher).await;
+        if now_ms() >= next_scan {
             seed(&shared).await;
-            next_scan_ms = now_ms() + shared.cfg.timing.hotfolder_poll_ms;
-            scan_round(&shared, &mut scanner).await;
+            let started_ms = now_ms();
+            let due_ms = scan_round(&shared, &mut scanner).await;
+            let (now, poll_ms) = (now_ms(), shared.cfg.timing.hotfolder_poll_ms);
+            next_scan = next_scan_ms(now, poll_ms, due_ms, now - started_ms);
         }
     }
 }
@@ -125,11 +129,17 @@ struct Scanner {
     stability: HashMap<String, Stability>,
 }
 
-async fn scan_round(shared: &Shared, scanner: &mut Scanner) {
+/// Scans every running hotfolder once and submits its stable files;
+/// returns when the next waiting file becomes stable.
+async fn scan_round(shared: &Shared, scanner: &mut Scanner) -> Option<u64> {
     let defs = match read(shared, db::list) {
         Ok(d) => d,
-        Err(e) => return tracing::error!("reading the hotfolders failed: {e}"),
+        Err(e) => {
+            tracing::error!("reading the hotfolders failed: {e}");
+            return None;
+        }
     };
+    let mut due_ms: Option<u64> = None;
     scanner
         .stability
         .retain(|name, _| defs.iter().any(|d| d.name == *name && !d.paused));
@@ -149,15 +159,17 @@ async fn scan_round(shared: &Shared, scanner: &mut Scanner) {
                 continue;
             }
         };
-        let ready = scanner
-            .stability
-            .entry(def.name.clone())
-            .or_default()
-            .observe(now_ms(), def.stable_ms, &seen);
+        let stability = scanner.stability.entry(def.name.clone()).or_default();
+        let now = now_ms();
+        let ready = stability.observe(now, def.stable_ms, &seen);
+        if let Some(due) = stability.due_ms(now, def.stable_ms) {
+            due_ms = Some(due_ms.map_or(due, |d| d.min(due)));
+        }
         if !ready.is_empty() {
             submit_ready(shared, def, ready).await;
         }
     }
+    due_ms
 }
 
 /// Lists `in/` (subfolders too), skipping what the patterns ignore; makes
@@ -208,6 +220,7 @@ fn scan(shared_root: &Path, def: &Hotfolder) -> Result<Vec<Seen>, String> {
                 path,
                 bytes: meta.len(),
                 modified_ms,
+                inode: std::os::unix::fs::MetadataExt::ino(&meta),
             });
         }
     }
@@ -314,9 +327,55 @@ fn read<T>(
 // ---------------------------------------------------------------------------
 // Publishing
 
+/// The publisher's memory: where its paging stands, and when to try again
+/// the jobs whose publication failed (backing off, so that a share that
+/// refuses writes is not hammered every round).
+#[derive(Default)]
+struct Publisher {
+    cursor: Option<(u64, String)>,
+    /// job id -> (next try at, in ms; failures so far)
+    failing: HashMap<String, (u64, u32)>,
+}
+
+/// Backoff after a failed publication: doubling from 100 ms to 30 s.
+const PUBLISH_RETRY_MS_MIN: u64 = 100;
+const PUBLISH_RETRY_MS_MAX: u64 = 30_000;
+/// Failing jobs remembered; beyond it the memory starts again (the jobs
+/// are then tried at once, which is safe).
+const PUBLISH_FAILING_MAX: usize = 100_000;
+
+impl Publisher {
+    /// The next page of final unpublished jobs, less those backing off.
+    fn page(&mut self, shared: &Shared) -> Result<Vec<Job>, String> {
+        let jobs = read(shared, |c| {
+            db::unpublished(c, self.cursor.as_ref(), PUBLISH_BATCH_MAX)
+        })?;
+        self.cursor = match jobs.last() {
+            Some(j) if jobs.len() == PUBLISH_BATCH_MAX as usize => {
+                Some((j.finished_ms.unwrap_or(0), j.id.clone()))
+            }
+            _ => None,
+        };
+        let now = now_ms();
+        Ok(jobs
+            .into_iter()
+            .filter(|j| self.failing.get(&j.id).is_none_or(|&(at, _)| at <= now))
+            .collect())
+    }
+
+    fn failed(&mut self, id: &str) {
+        if self.failing.len() >= PUBLISH_FAILING_MAX {
+            self.failing.clear();
+        }
+        let entry = self.failing.entry(id.to_string()).or_insert((0, 0));
+        let backoff_ms = PUBLISH_RETRY_MS_MIN << entry.1.min(16);
+        *entry = (now_ms() + backoff_ms.min(PUBLISH_RETRY_MS_MAX), entry.1 + 1);
+    }
+}
+
 /// Publishes the files of final jobs and records it.
-async fn publish_round(shared: &Shared) {
-    let jobs = match read(shared, |c| db::unpublished(c, PUBLISH_BATCH_MAX)) {
+async fn publish_round(shared: &Shared, publisher: &mut Publisher) {
+    let jobs = match publisher.page(shared) {
         Ok(j) => j,
         Err(e) => return tracing::error!("reading unpublished hotfolder jobs failed: {e}"),
     };
@@ -324,23 +383,29 @@ async fn publish_round(shared: &Shared) {
         return;
     }
     let root = shared.cfg.shared_root.clone();
-    let done: Vec<String> = async_std::task::spawn_blocking(move || {
+    let results: Vec<(String, Result<(), String>)> = async_std::task::spawn_blocking(move || {
         jobs.iter()
-            .filter_map(|job| match publish(&root, job) {
-                Ok(()) => Some(job.id.clone()),
-                Err(e) => {
-                    crate::throttled_warn!(
-                        "hotfolder-publish",
-                        &job.id,
-                        "publishing the files of job {}: {e}",
-                        job.id
-                    );
-                    None
-                }
-            })
+            .map(|job| (job.id.clone(), publish(&root, job)))
             .collect()
     })
     .await;
+    let mut done = Vec::new();
+    for (id, result) in results {
+        match result {
+            Ok(()) => {
+                publisher.failing.remove(&id);
+                done.push(id);
+            }
+            Err(e) => {
+                crate::throttled_warn!(
+                    "hotfolder-publish",
+                    &id,
+                    "publishing the files of job {id}: {e}"
+                );
+                publisher.failed(&id);
+            }
+        }
+    }
     if done.is_empty() {
         return;
     }
@@ -838,6 +903,7 @@ mod tests {
             path: format!("f{i}.pdf"),
             bytes: 1,
             modified_ms: 0,
+            inode: i as u64,
         };
         let small = Hotfolder::new("hf", crate::hotfolder::Action::Script { code: "1".into() });
         let files: Vec<Seen> = (0..JOB_BATCH_COUNT_MAX + 10).map(seen).collect();

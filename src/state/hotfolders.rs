@@ -100,16 +100,25 @@ pub fn owned_inputs(conn: &Connection, hotfolder: &str) -> rusqlite::Result<Hash
     rows.collect()
 }
 
-/// Final hotfolder jobs whose files are not published yet, oldest first.
-pub fn unpublished(conn: &Connection, limit: u32) -> rusqlite::Result<Vec<Job>> {
+/// Final hotfolder jobs whose files are not published yet, oldest first,
+/// after the key `(finished_ms, id)` when given: the publisher pages
+/// through them, so jobs it cannot publish (a read-only share) do not
+/// starve the others.
+pub fn unpublished(
+    conn: &Connection,
+    after: Option<&(u64, String)>,
+    limit: u32,
+) -> rusqlite::Result<Vec<Job>> {
     let sql = format!(
         "SELECT {} FROM jobs INDEXED BY jobs_unpublished
          WHERE published = 0 AND state IN ('succeeded', 'failed', 'cancelled')
-         ORDER BY finished_ms LIMIT ?1",
+           AND (finished_ms, id) > (?2, ?3)
+         ORDER BY finished_ms, id LIMIT ?1",
         super::jobs::COLUMNS
     );
+    let (finished_ms, id) = after.map_or((-1, ""), |(ms, id)| (*ms as i64, id.as_str()));
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params![limit], super::jobs::job_of)?;
+    let rows = stmt.query_map(params![limit, finished_ms, id], super::jobs::job_of)?;
     rows.collect()
 }
 

@@ -853,4 +853,60 @@ mod tests {
         assert_eq!(super::finished_count(db.sm.conn()).unwrap(), 2);
         assert_eq!(super::oldest_finished_ms(db.sm.conn()).unwrap(), Some(103));
     }
+
+    #[test]
+    fn unpublished_jobs_are_paged_oldest_first_and_purge_keeps_them() {
+        let mut db = Db::new();
+        let ids: Vec<String> = (1..=5u64).map(|i| crate::jobs::new_job_id(i, 0)).collect();
+        for (i, id) in ids.iter().enumerate() {
+            let mut spec = spec(1);
+            spec.kind = crate::jobs::JobKind::Hotfolder;
+            spec.file = Some(crate::jobs::FileInput {
+                hotfolder: "hf".into(),
+                input: format!("f{i}"),
+                bytes: 1,
+                modified_ms: 1,
+                delete_on_success: false,
+            });
+            db.apply(Command::JobSubmit {
+                id: id.clone(),
+                spec,
+                at_ms: 1,
+            });
+            // Ended in reverse order: the last submitted is the oldest.
+            db.apply(Command::JobCancel {
+                id: id.clone(),
+                at_ms: 100 - i as u64,
+            });
+        }
+        let page = |db: &Db, after: Option<&(u64, String)>| -> Vec<String> {
+            crate::state::hotfolders::unpublished(db.sm.conn(), after, 2)
+                .unwrap()
+                .into_iter()
+                .map(|j| j.id)
+                .collect()
+        };
+        assert_eq!(page(&db, None), [ids[4].clone(), ids[3].clone()]);
+        // Paging on: the first two (say, on a share refusing writes) do not
+        // hide the rest.
+        assert_eq!(
+            page(&db, Some(&(97, ids[3].clone()))),
+            [ids[2].clone(), ids[1].clone()]
+        );
+        assert_eq!(page(&db, Some(&(99, ids[1].clone()))), [ids[0].clone()]);
+        db.apply(Command::JobPurge {
+            finished_before_ms: 1000,
+            keep_count: 0,
+            batch_max: 100,
+        });
+        assert_eq!(
+            page(&db, None).len(),
+            2,
+            "unpublished jobs are never purged"
+        );
+        db.apply(Command::JobsPublished {
+            ids: vec![ids[4].clone()],
+        });
+        assert_eq!(page(&db, None), [ids[3].clone(), ids[2].clone()]);
+    }
 }
