@@ -10,11 +10,10 @@ mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use claro::proto::StatusView;
-use common::Cluster;
+use common::{Cluster, Tmpfs};
 
 /// Size of the file system the data directory lives on.
 const TMPFS_SIZE: &str = "8m";
@@ -25,41 +24,9 @@ const FILL_WRITES_MAX: usize = 100;
 /// Time for a cluster to settle, and for an instance to resume.
 const SETTLE_S: u64 = 30;
 
-/// A tmpfs mounted on a folder, unmounted when dropped (also when the test
-/// fails); lazily, since the instance may still hold files open on it.
-struct Tmpfs {
-    dir: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(dir: &Path) -> Result<Tmpfs, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={TMPFS_SIZE}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mount -t tmpfs failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(Tmpfs {
-            dir: dir.to_path_buf(),
-        })
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-    }
-}
-
 /// Mounts a tmpfs on `name`'s data directory, or says why not.
 fn small_disk(c: &Cluster, name: &str) -> Option<Tmpfs> {
-    match Tmpfs::mount(&c.data_dir(name)) {
+    match Tmpfs::mount(&c.data_dir(name), TMPFS_SIZE) {
         Ok(t) => Some(t),
         Err(why) => {
             eprintln!("SKIPPED: cannot mount a small file system for the test: {why}");

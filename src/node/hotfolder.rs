@@ -676,7 +676,12 @@ pub fn process(shared: Arc<Shared>, job: Job, cancel: Arc<AtomicBool>) -> Outcom
             log: log.take(),
             profile: Vec::new(),
         },
-        Err(e) => failed(e, log.take()),
+        Err(e) => {
+            // A failed attempt's outputs are never published: they go at
+            // once, so that on a full share the reason can still be written.
+            let _ = std::fs::remove_dir_all(&staging);
+            failed(e, log.take())
+        }
     };
     outcome.profile = profile;
     outcome

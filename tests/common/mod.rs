@@ -447,3 +447,54 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A tmpfs mounted on a folder (as root), unmounted when dropped (also
+/// when the test fails); lazily, since an instance may still hold files
+/// open on it.
+pub struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it) on `dir`.
+    pub fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        mount(
+            &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"],
+            dir,
+        )?;
+        Ok(Tmpfs {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Makes the file system read-only (`true`) or writable again.
+    pub fn read_only(&self, on: bool) -> Result<(), String> {
+        let opts = if on { "remount,ro" } else { "remount,rw" };
+        mount(&["-o", opts], &self.dir)
+    }
+}
+
+fn mount(args: &[&str], dir: &Path) -> Result<(), String> {
+    let out = std::process::Command::new("mount")
+        .args(args)
+        .arg(dir)
+        .output()
+        .map_err(|e| format!("cannot run mount: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "mount {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}
