@@ -477,8 +477,8 @@ fn fill(dir: &Path) -> PathBuf {
     let mut f = std::fs::File::create(&path).unwrap();
     let block = vec![0u8; 64 * 1024];
     while f.write_all(&block).is_ok() {}
-    let mut byte = [0u8; 1];
-    while f.write_all(&mut byte).is_ok() {}
+    let byte = [0u8; 1];
+    while f.write_all(&byte).is_ok() {}
     path
 }
 
