@@ -177,8 +177,31 @@ pub struct FileInput {
     pub input: String,
     pub bytes: u64,
     pub modified_ms: u64,
+    /// The file's inode when it was taken (0: not known, from an older
+    /// entry). With size and time, it tells the file from another one
+    /// dropped later under the same name.
+    #[serde(default)]
+    pub inode: u64,
     /// The original is deleted after success (else moved to `done/`).
     pub delete_on_success: bool,
+}
+
+/// A file's modification time in ms since the epoch (0 when unknown).
+pub fn modified_ms(meta: &std::fs::Metadata) -> u64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl FileInput {
+    /// `meta` is the file this job took (same size, time and inode).
+    pub fn is(&self, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        meta.len() == self.bytes
+            && modified_ms(meta) == self.modified_ms
+            && (self.inode == 0 || meta.ino() == self.inode)
+    }
 }
 
 impl JobSpec {

@@ -52,13 +52,13 @@ impl Layout {
     pub fn dir(&self, which: &str) -> PathBuf {
         self.root.join(which)
     }
-    fn work(&self, id: &str) -> PathBuf {
+    pub(super) fn work(&self, id: &str) -> PathBuf {
         self.root.join(WORK_DIR).join("work").join(id)
     }
-    fn claimed(&self, id: &str, input: &str) -> PathBuf {
+    pub(super) fn claimed(&self, id: &str, input: &str) -> PathBuf {
         self.work(id).join("in").join(base_name(input))
     }
-    fn staging(&self, id: &str, attempt: u32) -> PathBuf {
+    pub(super) fn staging(&self, id: &str, attempt: u32) -> PathBuf {
         self.work(id).join(attempt.to_string()).join("out")
     }
     /// Makes the folders that are missing.
@@ -174,7 +174,7 @@ async fn scan_round(shared: &Shared, scanner: &mut Scanner) -> Option<u64> {
 
 /// Lists `in/` (subfolders too), skipping what the patterns ignore; makes
 /// the hotfolder's folders first.
-fn scan(shared_root: &Path, def: &Hotfolder) -> Result<Vec<Seen>, String> {
+pub(super) fn scan(shared_root: &Path, def: &Hotfolder) -> Result<Vec<Seen>, String> {
     let layout = Layout::new(shared_root, &def.name);
     layout
         .create()
@@ -211,15 +211,10 @@ fn scan(shared_root: &Path, def: &Hotfolder) -> Result<Vec<Seen>, String> {
             {
                 continue;
             }
-            let modified_ms = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_millis() as u64);
             out.push(Seen {
                 path,
                 bytes: meta.len(),
-                modified_ms,
+                modified_ms: crate::jobs::modified_ms(&meta),
                 inode: std::os::unix::fs::MetadataExt::ino(&meta),
             });
         }
@@ -310,6 +305,7 @@ pub fn file_job(def: &Hotfolder, seen: &Seen) -> JobSpec {
         input: seen.path.clone(),
         bytes: seen.bytes,
         modified_ms: seen.modified_ms,
+        inode: seen.inode,
         delete_on_success: def.on_success == crate::hotfolder::OnSuccess::Delete,
     });
     spec
@@ -333,9 +329,15 @@ fn read<T>(
 #[derive(Default)]
 struct Publisher {
     cursor: Option<(u64, String)>,
+    next_sweep_ms: u64,
     /// job id -> (next try at, in ms; failures so far)
     failing: HashMap<String, (u64, u32)>,
 }
+
+/// How often the working areas are swept of what stale attempts left.
+const SWEEP_MS: u64 = 10_000;
+/// Job folders one sweep looks at, per hotfolder.
+const SWEEP_FOLDERS_MAX: usize = 10_000;
 
 /// Backoff after a failed publication: doubling from 100 ms to 30 s.
 const PUBLISH_RETRY_MS_MIN: u64 = 100;
@@ -375,6 +377,10 @@ impl Publisher {
 
 /// Publishes the files of final jobs and records it.
 async fn publish_round(shared: &Shared, publisher: &mut Publisher) {
+    if now_ms() >= publisher.next_sweep_ms {
+        publisher.next_sweep_ms = now_ms() + SWEEP_MS;
+        sweep_round(shared).await;
+    }
     let jobs = match publisher.page(shared) {
         Ok(j) => j,
         Err(e) => return tracing::error!("reading unpublished hotfolder jobs failed: {e}"),
@@ -416,6 +422,84 @@ async fn publish_round(shared: &Shared, publisher: &mut Publisher) {
     }
 }
 
+/// Sweeps the working area of every hotfolder: see `sweep`.
+async fn sweep_round(shared: &Shared) {
+    let Ok(defs) = read(shared, db::list) else {
+        return;
+    };
+    for def in defs {
+        let root = shared.cfg.shared_root.clone();
+        let name = def.name.clone();
+        let ids = async_std::task::spawn_blocking(move || work_ids(&root, &name)).await;
+        let mut settled = Vec::new();
+        for id in ids {
+            match read(shared, |c| db::settled(c, &id)) {
+                Ok(Some(job)) => settled.push((id, job)),
+                Ok(None) => {}
+                Err(e) => return tracing::error!("reading job {id} failed: {e}"),
+            }
+        }
+        let root = shared.cfg.shared_root.clone();
+        async_std::task::spawn_blocking(move || {
+            for (id, job) in settled {
+                if let Err(e) = sweep(&root, &def.name, &id, job.as_ref()) {
+                    tracing::warn!("sweeping the working folder of job {id}: {e}");
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// The job ids that have a folder in `name`'s working area.
+pub(super) fn work_ids(shared_root: &Path, name: &str) -> Vec<String> {
+    let dir = Layout::new(shared_root, name)
+        .root
+        .join(WORK_DIR)
+        .join("work");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .take(SWEEP_FOLDERS_MAX)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|id| crate::jobs::check_job_id(id).is_ok())
+        .collect()
+}
+
+/// A job's working folder that outlived its publication: an attempt
+/// released while its instance was cut off goes on, and may claim the file
+/// again (from `error/`) or write outputs after the job was published.
+/// Publishing again puts the original back where the job's end put it and
+/// removes the rest; for a job no longer known (purged), an original found
+/// there goes to `error/` saying so. Never called for a job whose
+/// attempts may still run (not yet published).
+pub(super) fn sweep(
+    shared_root: &Path,
+    name: &str,
+    id: &str,
+    job: Option<&Job>,
+) -> Result<(), String> {
+    if let Some(job) = job {
+        return publish(shared_root, job);
+    }
+    let layout = Layout::new(shared_root, name);
+    let claimed = layout.work(id).join("in");
+    for entry in std::fs::read_dir(&claimed).into_iter().flatten().flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let to = layout.dir("error");
+        let reason = format!("found in the working folder of job {id}, which is no longer known\n");
+        let free = free_name(&file, &mut |n| to.join(n).exists()).ok_or("no free name")?;
+        write_atomic(&to.join(format!("{free}.error.txt")), reason.as_bytes())?;
+        move_no_replace(&entry.path(), &to, &free, &mut Steps::unlimited())?;
+    }
+    match std::fs::remove_dir_all(layout.work(id)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+        _ => Ok(()),
+    }
+}
+
 /// Moves a final job's files where they belong. Safe to run again after a
 /// crash at any point: each step moves what is still where it was.
 pub fn publish(shared_root: &Path, job: &Job) -> Result<(), String> {
@@ -448,12 +532,17 @@ impl Steps {
 pub fn publish_steps(shared_root: &Path, job: &Job, steps: &mut Steps) -> Result<(), String> {
     let file = job.spec.file.as_ref().ok_or("not a hotfolder job")?;
     let layout = Layout::new(shared_root, &file.hotfolder);
-    let original = [
-        layout.claimed(&job.id, &file.input),
-        layout.dir("in").join(&file.input),
-    ]
-    .into_iter()
-    .find(|p| p.is_file());
+    // In `in/` still when it was never claimed; another file dropped
+    // later under the same name is not this job's.
+    let claimed = layout.claimed(&job.id, &file.input);
+    let waiting = layout.dir("in").join(&file.input);
+    let original = if claimed.is_file() {
+        Some(claimed)
+    } else {
+        std::fs::metadata(&waiting)
+            .is_ok_and(|m| m.is_file() && file.is(&m))
+            .then_some(waiting)
+    };
     if job.state == JobState::Succeeded {
         publish_success(&layout, job, file, original, steps)?;
     } else if let Some(original) = original {
@@ -631,7 +720,7 @@ pub fn process(shared: Arc<Shared>, job: Job, cancel: Arc<AtomicBool>) -> Outcom
         return failed("a hotfolder job without its file".into(), String::new());
     };
     let layout = Layout::new(&root, &file.hotfolder);
-    let claimed = match claim(&layout, &job.id, &file.input) {
+    let claimed = match claim(&layout, &job.id, &file) {
         Ok(p) => p,
         Err(e) => return failed(e, String::new()),
     };
@@ -694,7 +783,8 @@ fn path_text(p: &Path) -> String {
 /// The file, moved from `in/` into this job's working area by one rename
 /// (only one instance can win it); found there on a retry; taken back from
 /// `error/` when a failed job is retried.
-fn claim(layout: &Layout, id: &str, input: &str) -> Result<PathBuf, String> {
+pub(super) fn claim(layout: &Layout, id: &str, file: &FileInput) -> Result<PathBuf, String> {
+    let input = file.input.as_str();
     let claimed = layout.claimed(id, input);
     if claimed.is_file() {
         return Ok(claimed);
@@ -708,6 +798,18 @@ fn claim(layout: &Layout, id: &str, input: &str) -> Result<PathBuf, String> {
     } else {
         from_error.clone()
     };
+    // Only this job's file: one dropped later under the same name is
+    // another file, and gets a job of its own once this one is published.
+    match std::fs::metadata(&source) {
+        Ok(meta) if !file.is(&meta) => {
+            return Err(format!(
+                "in/{input} was replaced after it was taken (now {} bytes, was {}): the new file gets its own job",
+                meta.len(),
+                file.bytes
+            ))
+        }
+        _ => {}
+    }
     match std::fs::rename(&source, &claimed) {
         Ok(()) => {
             if source == from_error {
@@ -785,6 +887,7 @@ mod tests {
             input: "sub/a b.pdf".into(),
             bytes: 3,
             modified_ms: 0,
+            inode: 0,
             delete_on_success: delete,
         });
         Job {
@@ -812,8 +915,9 @@ mod tests {
         layout.create().unwrap();
         std::fs::create_dir_all(layout.dir("in/sub")).unwrap();
         std::fs::write(layout.dir("in/sub/a b.pdf"), "pdf").unwrap();
-        let claimed = claim(&layout, &j.id, "sub/a b.pdf").unwrap();
-        let again = claim(&layout, &j.id, "sub/a b.pdf").unwrap();
+        let file = taken(&layout.dir("in"), "sub/a b.pdf");
+        let claimed = claim(&layout, &j.id, &file).unwrap();
+        let again = claim(&layout, &j.id, &file).unwrap();
         assert_eq!(again, claimed, "a retry finds its claim");
         let staging = layout.staging(&j.id, j.attempt);
         std::fs::create_dir_all(staging.join("deep")).unwrap();
@@ -922,17 +1026,59 @@ mod tests {
         assert_eq!(sizes, [5, 5, 2]);
     }
 
+    /// The file at `dir/rel` as a scan takes it.
+    fn taken(dir: &Path, rel: &str) -> FileInput {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(dir.join(rel)).unwrap();
+        FileInput {
+            hotfolder: "hf".into(),
+            input: rel.into(),
+            bytes: meta.len(),
+            modified_ms: crate::jobs::modified_ms(&meta),
+            inode: meta.ino(),
+            delete_on_success: false,
+        }
+    }
+
     #[test]
     fn a_file_gone_before_its_claim_fails_the_attempt_and_a_retry_takes_it_back_from_error() {
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::new(dir.path(), "hf");
         layout.create().unwrap();
-        let e = claim(&layout, "01a2093a8452b12da5d1", "gone.pdf").unwrap_err();
+        std::fs::write(layout.dir("in/gone.pdf"), "p").unwrap();
+        let gone = taken(&layout.dir("in"), "gone.pdf");
+        std::fs::remove_file(layout.dir("in/gone.pdf")).unwrap();
+        let e = claim(&layout, "01a2093a8452b12da5d1", &gone).unwrap_err();
         assert!(e.contains("in/gone.pdf is gone"), "{e}");
         std::fs::write(layout.dir("error/again.pdf"), "p").unwrap();
         std::fs::write(layout.dir("error/again.pdf.error.txt"), "why").unwrap();
-        let claimed = claim(&layout, "01a2093a8452b12da5d1", "again.pdf").unwrap();
+        let again = taken(&layout.dir("error"), "again.pdf");
+        let claimed = claim(&layout, "01a2093a8452b12da5d1", &again).unwrap();
         assert_eq!(std::fs::read_to_string(claimed).unwrap(), "p");
         assert!(!layout.dir("error/again.pdf.error.txt").exists());
+    }
+
+    #[test]
+    fn a_file_replaced_after_it_was_taken_is_left_for_a_job_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let layout = Layout::new(root, "hf");
+        layout.create().unwrap();
+        std::fs::write(layout.dir("in/a.pdf"), "old").unwrap();
+        let old = taken(&layout.dir("in"), "a.pdf");
+        // Replaced by a new file of another size: neither claimed nor, once
+        // the old job failed, moved to error/.
+        std::fs::write(layout.dir("in/.a.pdf.part"), "newer").unwrap();
+        std::fs::rename(layout.dir("in/.a.pdf.part"), layout.dir("in/a.pdf")).unwrap();
+        let e = claim(&layout, "01a2093a8452b12da5d1", &old).unwrap_err();
+        assert!(e.contains("replaced after it was taken"), "{e}");
+        let mut j = job(JobState::Failed, false);
+        j.spec.file = Some(old);
+        publish(root, &j).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(layout.dir("in/a.pdf")).unwrap(),
+            "newer"
+        );
+        assert!(!layout.dir("error/a.pdf").exists());
     }
 }

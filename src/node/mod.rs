@@ -17,6 +17,8 @@ mod damage;
 mod gossip;
 mod handlers;
 mod hotfolder;
+#[cfg(test)]
+mod hotfolder_sim;
 mod integrity;
 mod jobs;
 mod peers;

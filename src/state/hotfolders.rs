@@ -122,6 +122,21 @@ pub fn unpublished(
     rows.collect()
 }
 
+/// What the working area may do with job `id`'s folder: `None` while the
+/// job is not published yet (its attempts own the folder), `Some(None)`
+/// when no such job is known (purged), `Some(Some(job))` once published.
+pub fn settled(conn: &Connection, id: &str) -> rusqlite::Result<Option<Option<Job>>> {
+    let published: Option<Option<i64>> = conn
+        .prepare_cached("SELECT published FROM jobs WHERE id = ?1")?
+        .query_row(params![id], |r| r.get(0))
+        .optional()?;
+    match published {
+        None => Ok(Some(None)),
+        Some(Some(1)) => Ok(super::jobs::job(conn, id)?.map(Some)),
+        Some(_) => Ok(None),
+    }
+}
+
 /// Records that these jobs' files are published (only final ones: a job
 /// retried meanwhile has its file to process again).
 pub fn published(tx: &Transaction<'_>, ids: &[String]) -> rusqlite::Result<()> {

@@ -866,6 +866,7 @@ mod tests {
                 input: format!("f{i}"),
                 bytes: 1,
                 modified_ms: 1,
+                inode: 0,
                 delete_on_success: false,
             });
             db.apply(Command::JobSubmit {
