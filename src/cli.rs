@@ -187,6 +187,36 @@ pub enum Command {
         #[command(subcommand)]
         action: HotfolderAction,
     },
+    /// API tokens for the HTTP API and the dashboard.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenAction {
+    /// Make a token NAME with a role; it is printed once (only its hash is kept).
+    Add {
+        name: String,
+        /// viewer (reads), operator (also submits, cancels, retries, pauses)
+        /// or admin (also servers, scripts, settings, tokens).
+        #[arg(long)]
+        role: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The tokens: names, roles, when made.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke NAME: requests with it are refused from then on.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -647,6 +677,7 @@ fn jobs(path: &std::path::Path, command: Command) -> Result<(), Failure> {
         Command::Node { action } => node(&config, action),
         Command::Script { action } => script_command(&config, action),
         Command::Hotfolder { action } => crate::hotfolder_client::command(&config, action),
+        Command::Token { action } => crate::token_client::command(&config, action),
         other => unreachable!("not a job command: {other:?}"),
     }
 }

@@ -206,6 +206,9 @@ pub struct Config {
     pub path: PathBuf,
     pub cluster: String,
     pub port: u16,
+    /// TCP port of the HTTP API, dashboard and metrics on every server's
+    /// address (`http_port`, default 7901; 0: no HTTP).
+    pub http_port: u16,
     /// Resolved against the config's folder; exists and is a directory.
     pub shared_root: PathBuf,
     /// Resolved against the config's folder; need not exist yet.
@@ -279,6 +282,7 @@ impl std::error::Error for ConfigError {}
 struct RawConfig {
     cluster: Option<Spanned<String>>,
     port: Option<Spanned<i64>>,
+    http_port: Option<Spanned<i64>>,
     shared_root: Option<Spanned<String>>,
     data_dir: Option<Spanned<String>>,
     tls_dir: Option<Spanned<String>>,
@@ -408,6 +412,7 @@ impl Config {
         let folder = config_folder(path);
         let cluster = cluster_name(&src, &raw.cluster)?;
         let port = cluster_port(&src, &raw.port)?;
+        let http_port = http_port(&src, &raw.http_port)?;
         let shared_root = shared_root(&src, &folder, &raw.shared_root)?;
         let data_dir = resolve(
             &src,
@@ -431,6 +436,7 @@ impl Config {
             path: path.to_path_buf(),
             cluster,
             port,
+            http_port,
             shared_root,
             data_dir,
             tls_dir,
@@ -687,6 +693,22 @@ fn cluster_port(src: &Source<'_>, raw: &Option<Spanned<i64>>) -> Result<u16, Con
             format!("port {} out of range 1..=65535", value.get_ref()),
         )),
     }
+}
+
+/// The HTTP port when the config does not say.
+pub const HTTP_PORT_DEFAULT: u16 = 7901;
+
+fn http_port(src: &Source<'_>, raw: &Option<Spanned<i64>>) -> Result<u16, ConfigError> {
+    let Some(value) = raw else {
+        return Ok(HTTP_PORT_DEFAULT);
+    };
+    u16::try_from(*value.get_ref()).map_err(|_| {
+        let message = format!(
+            "http_port {} out of range 0..=65535 (0: no HTTP)",
+            value.get_ref()
+        );
+        src.at(value, "http_port", message)
+    })
 }
 
 /// `value` resolved against the config's folder (absolute paths stay as they are).

@@ -1,6 +1,7 @@
 //! claro: a cluster of identical server instances sharing file and script work.
 //! See docs/ARCHITECTURE.md for the map.
 
+pub mod access;
 pub mod cert;
 pub mod cli;
 pub mod client;
@@ -23,5 +24,6 @@ pub mod script;
 pub mod state;
 pub mod throttle;
 pub mod tls;
+pub mod token_client;
 pub mod transport;
 pub mod view;

@@ -18,7 +18,7 @@ use crate::state::Command;
 /// Bumped when the peer protocol changes incompatibly; peers must match.
 /// 2: `Gossip` and `View` requests; `Command::Once` in log entries (a
 /// version-1 instance could not apply it).
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// A request or response on a bidirectional stream (a 1 MiB setting plus framing).
 pub const REQUEST_BYTES_MAX: usize = 2 * 1024 * 1024;
@@ -236,6 +236,8 @@ pub enum Request {
         #[serde(default)]
         stale: bool,
     },
+    /// The API tokens (names and roles; never the tokens).
+    Tokens,
     /// Jobs, newest first (`JOBS_COUNT_MAX` at most per page).
     Jobs {
         filter: crate::state::jobs::JobFilter,
@@ -332,6 +334,9 @@ pub enum Response {
     },
     Scripts {
         scripts: Vec<crate::jobs::StoredScript>,
+    },
+    Tokens {
+        tokens: Vec<crate::state::tokens::TokenInfo>,
     },
     Hotfolders {
         hotfolders: Vec<(

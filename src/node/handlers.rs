@@ -284,6 +284,7 @@ async fn respond(shared: &Arc<Shared>, peer: Option<&str>, req: Request) -> Resp
         } => read_script(shared, &name, version, stale).await,
         Request::Scripts { stale } => list_scripts(shared, stale).await,
         Request::Hotfolders { stale } => list_hotfolders(shared, stale).await,
+        Request::Tokens => list_tokens(shared).await,
         Request::Jobs {
             filter,
             limit,
@@ -826,6 +827,16 @@ async fn list_scripts(shared: &Shared, stale: bool) -> Response {
         match crate::state::jobs::scripts(core.state().conn(), SCRIPTS_LIST_COUNT_MAX) {
             Ok(scripts) => Response::Scripts { scripts },
             Err(e) => read_failed(shared, "stored scripts", e),
+        }
+    })
+    .await
+}
+
+async fn list_tokens(shared: &Shared) -> Response {
+    read(shared, false, |core, _| {
+        match crate::state::tokens::list(core.state().conn()) {
+            Ok(tokens) => Response::Tokens { tokens },
+            Err(e) => read_failed(shared, "tokens", e),
         }
     })
     .await

@@ -9,6 +9,7 @@
 
 pub mod hotfolders;
 pub mod jobs;
+pub mod tokens;
 
 use std::path::{Path, PathBuf};
 
@@ -177,6 +178,16 @@ pub enum Command {
     JobsPublished {
         ids: Vec<String>,
     },
+    /// An API token: its name, role and SHA-256 (never the token).
+    TokenAdd {
+        name: String,
+        role: crate::access::Role,
+        hash: String,
+        at_ms: u64,
+    },
+    TokenRemove {
+        name: String,
+    },
 }
 
 /// Placements in one `JobAssign`, and attempts in one `JobRelease`.
@@ -275,6 +286,13 @@ impl Command {
                 Err(format!("more than {JOB_BATCH_COUNT_MAX} jobs in one entry"))
             }
             Command::JobsPublished { ids } => ids.iter().try_for_each(|id| check_job_id(id)),
+            Command::TokenAdd { name, hash, .. } => {
+                crate::access::check_token_name(name)?;
+                let hex = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit());
+                hex.then_some(())
+                    .ok_or_else(|| "a token hash is 64 hex digits".into())
+            }
+            Command::TokenRemove { name } => crate::access::check_token_name(name),
             _ => Ok(()),
         }
     }
@@ -668,6 +686,7 @@ fn open_conn(path: &Path, sync: Sync) -> rusqlite::Result<Connection> {
     conn.execute_batch(jobs::SCHEMA)?;
     jobs::migrate(&conn)?;
     conn.execute_batch(hotfolders::SCHEMA)?;
+    conn.execute_batch(tokens::SCHEMA)?;
     Ok(conn)
 }
 
@@ -785,6 +804,13 @@ fn apply_job_command(tx: &Transaction<'_>, cmd: &Command) -> rusqlite::Result<()
         Command::HotfolderPause { name, paused } => hotfolders::set_paused(tx, name, *paused),
         Command::HotfoldersSeed { defs } => hotfolders::seed(tx, defs),
         Command::JobsPublished { ids } => hotfolders::published(tx, ids),
+        Command::TokenAdd {
+            name,
+            role,
+            hash,
+            at_ms,
+        } => tokens::add(tx, name, *role, hash, *at_ms),
+        Command::TokenRemove { name } => tokens::remove(tx, name),
         _ => unreachable!("not a job command: {cmd:?}"),
     }
 }
@@ -822,6 +848,7 @@ fn digest_of(conn: &Connection, cluster_id: Option<&str>) -> rusqlite::Result<St
     }
     jobs::digest(conn, &mut |bytes| digest_field(&mut ctx, bytes))?;
     hotfolders::digest(conn, &mut |bytes| digest_field(&mut ctx, bytes))?;
+    tokens::digest(conn, &mut |bytes| digest_field(&mut ctx, bytes))?;
     Ok(hex(ctx.finish().as_ref()))
 }
 
