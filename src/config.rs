@@ -209,6 +209,9 @@ pub struct Config {
     /// TCP port of the HTTP API, dashboard and metrics on every server's
     /// address (`http_port`, default 7901; 0: no HTTP).
     pub http_port: u16,
+    /// `http_login = true`: the HTTP API asks loopback clients for a token
+    /// too (by default they need none on a loopback address).
+    pub http_login: bool,
     /// Resolved against the config's folder; exists and is a directory.
     pub shared_root: PathBuf,
     /// Resolved against the config's folder; need not exist yet.
@@ -283,6 +286,7 @@ struct RawConfig {
     cluster: Option<Spanned<String>>,
     port: Option<Spanned<i64>>,
     http_port: Option<Spanned<i64>>,
+    http_login: Option<bool>,
     shared_root: Option<Spanned<String>>,
     data_dir: Option<Spanned<String>>,
     tls_dir: Option<Spanned<String>>,
@@ -437,6 +441,7 @@ impl Config {
             cluster,
             port,
             http_port,
+            http_login: raw.http_login.unwrap_or(false),
             shared_root,
             data_dir,
             tls_dir,

@@ -258,7 +258,7 @@ fn answer_frame(resp: &Response, peer: Option<&str>) -> Vec<u8> {
     }
 }
 
-async fn respond(shared: &Arc<Shared>, peer: Option<&str>, req: Request) -> Response {
+pub(super) async fn respond(shared: &Arc<Shared>, peer: Option<&str>, req: Request) -> Response {
     match req {
         Request::Info => Response::Info(local_info(shared)),
         Request::Status => status(shared).await,
@@ -703,7 +703,7 @@ fn request_index(core: &crate::consensus::Core, command: &Command) -> Option<u64
 /// Serves a read: by default only once this replica holds every write
 /// acknowledged before the read began (ReadIndex); `stale` at once, saying
 /// how old the replica is.
-async fn read(
+pub(super) async fn read(
     shared: &Shared,
     stale: bool,
     serve: impl FnOnce(&crate::consensus::Core, Option<Staleness>) -> Response,

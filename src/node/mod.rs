@@ -14,13 +14,16 @@
 //! through the core.
 
 mod damage;
+mod dashboard;
 mod gossip;
 mod handlers;
 mod hotfolder;
 #[cfg(test)]
 mod hotfolder_sim;
+mod http;
 mod integrity;
 mod jobs;
+mod metrics;
 mod peers;
 mod process;
 mod rejoin;
@@ -121,6 +124,8 @@ pub(crate) struct Shared {
     pub rejoin: rejoin::Rejoin,
     /// The job loops' wake-ups and this instance's runs (`jobs`, `worker`).
     pub jobs: jobs::JobsShell,
+    /// The HTTP API's connections, sessions and counters (`http`).
+    pub http: http::HttpState,
 }
 
 /// A server's Raft id: derived from its name, so that it is the same on every
@@ -409,6 +414,7 @@ async fn serve_async(opts: ServeOptions) -> Result<(), String> {
     async_std::task::spawn(integrity::watch(shared.clone()));
     async_std::task::spawn(jobs::assign_loop(shared.clone()));
     async_std::task::spawn(hotfolder::hotfolder_loop(shared.clone()));
+    async_std::task::spawn(http::serve(shared.clone()));
     async_std::task::spawn(worker::worker_loop(shared.clone()));
     async_std::task::spawn(worker::report_loop(shared.clone()));
     let _ = stop_rx.recv().await;

@@ -117,6 +117,7 @@ pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
         damage: super::damage::Damage::new(damage),
         rejoin: super::rejoin::Rejoin::new(incarnation),
         jobs: super::jobs::JobsShell::new(),
+        http: super::http::HttpState::default(),
     };
     Ok((Arc::new(shared), wake_rx, stop_rx))
 }

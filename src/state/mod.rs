@@ -568,6 +568,19 @@ impl StateMachine {
             .optional()
     }
 
+    /// The job made by the submission tagged `request_id`, if it was applied
+    /// (within the last `REQUEST_IDS_KEEP_ENTRIES` entries).
+    pub fn request_job(&self, request_id: &str) -> rusqlite::Result<Option<String>> {
+        self.conn
+            .query_row(
+                "SELECT job FROM requests WHERE id = ?1",
+                params![request_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(Option::flatten)
+    }
+
     /// The incarnation `name` joined with, and why it was re-added (if it was).
     pub fn incarnation(&self, name: &str) -> rusqlite::Result<Option<(String, Option<String>)>> {
         self.conn
@@ -685,6 +698,15 @@ fn open_conn(path: &Path, sync: Sync) -> rusqlite::Result<Connection> {
     )?;
     conn.execute_batch(jobs::SCHEMA)?;
     jobs::migrate(&conn)?;
+    // Added after the first release: the job a keyed submission made.
+    let has_job: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('requests') WHERE name = 'job'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_job {
+        conn.execute_batch("ALTER TABLE requests ADD COLUMN job TEXT")?;
+    }
     conn.execute_batch(hotfolders::SCHEMA)?;
     conn.execute_batch(tokens::SCHEMA)?;
     Ok(conn)
@@ -729,6 +751,12 @@ fn apply_command(
                 == 1;
             if first {
                 apply_command(tx, index, command, cluster_id)?;
+                // The job a keyed submission made: an HTTP client's retry
+                // with the same Idempotency-Key is answered with it.
+                if let Command::JobSubmit { id, .. } = command.as_ref() {
+                    tx.prepare_cached("UPDATE requests SET job = ?2 WHERE id = ?1")?
+                        .execute(params![request_id, id])?;
+                }
             }
             // Forget ids older than the window, by index (the same on every
             // replica), once every REQUEST_IDS_PRUNE_ENTRIES entries rather

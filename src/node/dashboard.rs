@@ -1,0 +1,29 @@
+//! The dashboard's files, built into the binary (no CDN, no build step).
+//! Only these paths exist: anything else, `/../` included, is a 404.
+//! Pages load no inline script; the Content-Security-Policy forbids it.
+
+use hyper::header::HeaderValue;
+use hyper::Method;
+
+const INDEX: &str = include_str!("dashboard/index.html");
+const APP_JS: &str = include_str!("dashboard/app.js");
+const APP_CSS: &str = include_str!("dashboard/app.css");
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+pub fn asset(method: &Method, path: &str) -> Option<hyper::Response<super::http::Body>> {
+    if method != Method::GET {
+        return None;
+    }
+    let (body, kind) = match path {
+        "/" | "/index.html" => (INDEX, "text/html; charset=utf-8"),
+        "/app.js" => (APP_JS, "text/javascript; charset=utf-8"),
+        "/app.css" => (APP_CSS, "text/css; charset=utf-8"),
+        _ => return None,
+    };
+    let mut reply = super::http::text(body.to_string(), kind);
+    let h = reply.headers_mut();
+    h.insert("content-security-policy", HeaderValue::from_static(CSP));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    Some(reply)
+}

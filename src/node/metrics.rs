@@ -1,0 +1,123 @@
+//! `/metrics` in Prometheus' text format, from this instance's replica
+//! and its own counters. Names are `claro_*`; each carries its unit last.
+//!
+//! Not yet exported: job duration and fsync/commit latency histograms and
+//! leader changes (they need counters in the Raft loop).
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use super::Shared;
+
+pub async fn render(shared: &Shared) -> String {
+    let mut out = String::new();
+    raft(shared, &mut out);
+    jobs(shared, &mut out);
+    http(shared, &mut out);
+    out
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn raft(shared: &Shared, out: &mut String) {
+    let guard = shared.core();
+    let Some(core) = guard.as_ref() else {
+        metric(
+            out,
+            "claro_database_present",
+            "gauge",
+            "1 when this instance holds a database.",
+        );
+        let _ = writeln!(out, "claro_database_present 0");
+        return;
+    };
+    metric(
+        out,
+        "claro_database_present",
+        "gauge",
+        "1 when this instance holds a database.",
+    );
+    let _ = writeln!(out, "claro_database_present 1");
+    for (name, help, value) in [
+        ("claro_raft_term", "Current Raft term.", core.term()),
+        (
+            "claro_raft_commit_index",
+            "Highest committed log index.",
+            core.commit_index(),
+        ),
+        (
+            "claro_raft_applied_index",
+            "Highest log index applied here.",
+            core.applied_index(),
+        ),
+        (
+            "claro_coordinator",
+            "1 when this instance is the coordinator.",
+            u64::from(core.is_leader()),
+        ),
+    ] {
+        metric(out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    let bytes = std::fs::metadata(shared.dir.join("state.db")).map_or(0, |m| m.len());
+    metric(out, "claro_database_bytes", "gauge", "Size of state.db.");
+    let _ = writeln!(out, "claro_database_bytes {bytes}");
+}
+
+fn jobs(shared: &Shared, out: &mut String) {
+    let guard = shared.core();
+    let Some(core) = guard.as_ref() else { return };
+    let conn = core.state().conn();
+    let counts = conn
+        .prepare_cached("SELECT state, kind, count(*) FROM jobs GROUP BY state, kind")
+        .and_then(|mut s| {
+            s.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, u64>(2)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        });
+    metric(out, "claro_jobs", "gauge", "Jobs kept, by state and kind.");
+    for (state, kind, n) in counts.unwrap_or_default() {
+        let _ = writeln!(out, "claro_jobs{{state=\"{state}\",kind=\"{kind}\"}} {n}");
+    }
+    let hour_ago_ms = super::now_ms().saturating_sub(3_600_000);
+    let defs = crate::state::hotfolders::list(conn).unwrap_or_default();
+    metric(
+        out,
+        "claro_hotfolder_waiting_files",
+        "gauge",
+        "Files of a hotfolder with a job not started yet.",
+    );
+    for d in defs {
+        if let Ok(c) = crate::state::hotfolders::counts(conn, &d.name, hour_ago_ms) {
+            let _ = writeln!(
+                out,
+                "claro_hotfolder_waiting_files{{hotfolder=\"{}\"}} {}",
+                d.name, c.waiting
+            );
+        }
+    }
+}
+
+fn http(shared: &Shared, out: &mut String) {
+    metric(
+        out,
+        "claro_http_responses_total",
+        "counter",
+        "HTTP answers of this instance, by status class.",
+    );
+    for (i, n) in shared.http.answered.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "claro_http_responses_total{{class=\"{}xx\"}} {}",
+            i + 1,
+            n.load(Ordering::Relaxed)
+        );
+    }
+}
