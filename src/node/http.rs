@@ -554,8 +554,15 @@ async fn pause(shared: &Arc<Shared>, name: &str, verb: &str) -> Result<Reply, Fa
         _ => return Err(not_found()),
     };
     crate::hotfolder::check_name(name).map_err(|e| (StatusCode::NOT_FOUND, e))?;
-    let list = hotfolders(shared).await?;
-    let _ = list; // existence is checked by the state machine's no-op below
+    // The state machine ignores a pause of an unknown hotfolder: say so here.
+    match super::handlers::respond(shared, None, Request::Hotfolders { stale: false }).await {
+        Response::Hotfolders { hotfolders, .. }
+            if hotfolders.iter().any(|(d, _)| d.name == name) => {}
+        Response::Hotfolders { .. } => {
+            return Err((StatusCode::NOT_FOUND, format!("no hotfolder `{name}`")))
+        }
+        other => return Err(failure(other)),
+    }
     write(
         shared,
         Command::HotfolderPause {
