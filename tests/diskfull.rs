@@ -8,12 +8,11 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use claro::proto::StatusView;
-use common::{Cluster, Tmpfs};
+use common::{fill, Cluster, Tmpfs};
 
 /// Size of the file system the data directory lives on.
 const TMPFS_SIZE: &str = "8m";
@@ -33,22 +32,6 @@ fn small_disk(c: &Cluster, name: &str) -> Option<Tmpfs> {
             None
         }
     }
-}
-
-/// Writes a filler file in `dir` until the file system is full.
-fn fill(dir: &Path) -> PathBuf {
-    let path = dir.join("filler");
-    let mut f = std::fs::File::create(&path).expect("create the filler");
-    let block = vec![0xA5u8; 64 * 1024];
-    loop {
-        match f.write_all(&block) {
-            Ok(()) => continue,
-            Err(e) if e.raw_os_error() == Some(28) => break,
-            Err(e) => panic!("filler: {e}"),
-        }
-    }
-    let _ = f.flush();
-    path
 }
 
 /// The process is running (not exited, not a zombie waiting to be reaped).

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Tmpfs, BIN, TEST_TIMING};
+use common::{fill, Cluster, Tmpfs, BIN, TEST_TIMING};
 
 /// A script action that copies the file upper-cased, keeping its name.
 const UPPER: &str = "let t = file_read(FILE.input);\nfile_write(FILE.output_dir + \"/\" + FILE.name, t.to_upper());\n";
@@ -468,18 +468,6 @@ fn failed_job(c: &Cluster, input: &str, why: &str) -> String {
     let text = format!("{} {}", job["error"], job["log"]);
     assert!(text.contains(why), "{job}");
     id
-}
-
-/// Writes a filler file in `dir` until its file system is full.
-fn fill(dir: &Path) -> PathBuf {
-    use std::io::Write;
-    let path = dir.join("filler");
-    let mut f = std::fs::File::create(&path).unwrap();
-    let block = vec![0u8; 64 * 1024];
-    while f.write_all(&block).is_ok() {}
-    let byte = [0u8; 1];
-    while f.write_all(&byte).is_ok() {}
-    path
 }
 
 /// Peak resident memory of a process, in KiB (VmHWM).

@@ -256,12 +256,7 @@ impl Sim {
     fn lose_instance(&mut self) {
         let instance = INSTANCES[self.rng.gen_range(0..INSTANCES.len())];
         let cut_off = self.rng.gen_bool(0.5);
-        let attempts: Vec<(String, u32)> = self
-            .running
-            .iter()
-            .filter(|a| a.instance == instance && !a.stale)
-            .map(|a| (a.id.clone(), a.attempt))
-            .collect();
+        self.release(instance);
         if cut_off {
             for a in self.running.iter_mut().filter(|a| a.instance == instance) {
                 a.stale = true;
@@ -269,6 +264,16 @@ impl Sim {
         } else {
             self.running.retain(|a| a.instance != instance);
         }
+    }
+
+    /// The coordinator releases `instance`'s current attempts.
+    fn release(&mut self, instance: &str) {
+        let attempts: Vec<(String, u32)> = self
+            .running
+            .iter()
+            .filter(|a| a.instance == instance && !a.stale)
+            .map(|a| (a.id.clone(), a.attempt))
+            .collect();
         let at_ms = self.now_ms;
         let reason = format!("{instance} lost");
         self.apply(Command::JobRelease {
@@ -479,19 +484,7 @@ fn run(seed: u64) {
     }
     // The instances still running attempts are lost at the end of the faults.
     for instance in INSTANCES {
-        let attempts: Vec<(String, u32)> = sim
-            .running
-            .iter()
-            .filter(|a| a.instance == instance && !a.stale)
-            .map(|a| (a.id.clone(), a.attempt))
-            .collect();
-        let at_ms = sim.now_ms;
-        let reason = format!("{instance} lost");
-        sim.apply(Command::JobRelease {
-            attempts,
-            reason,
-            at_ms,
-        });
+        sim.release(instance);
     }
     sim.running.clear();
     sim.drain();

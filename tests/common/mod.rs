@@ -498,3 +498,23 @@ impl Drop for Tmpfs {
             .status();
     }
 }
+
+/// Writes a filler file in `dir` until its file system is full (down to
+/// the last byte); returns its path.
+pub fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).expect("create the filler");
+    let block = vec![0xA5u8; 64 * 1024];
+    for chunk in [&block[..], &block[..1]] {
+        loop {
+            match f.write_all(chunk) {
+                Ok(()) => continue,
+                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) => panic!("filler: {e}"),
+            }
+        }
+    }
+    let _ = f.flush();
+    path
+}
