@@ -43,6 +43,9 @@ fn store_err(e: impl std::fmt::Display) -> raft::Error {
 impl LogStore {
     pub fn open(path: &Path, sync: Sync) -> rusqlite::Result<LogStore> {
         let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_millis(
+            crate::state::DB_BUSY_MS_MAX,
+        ))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         let level = if sync == Sync::Full { "FULL" } else { "OFF" };
         conn.pragma_update(None, "synchronous", level)?;
@@ -104,7 +107,7 @@ impl LogStore {
         }
         let hs = Some(self.hard_state.clone());
         let hs = hs.as_ref();
-        let tx = self.conn.transaction()?;
+        let tx = crate::state::write_tx(&mut self.conn)?;
         if let Some(first) = entries.first() {
             assert!(
                 first.index > self.snapshot_meta.index,
@@ -134,7 +137,7 @@ impl LogStore {
         let mut hs = self.hard_state.clone();
         hs.term = hs.term.max(meta.term);
         hs.commit = meta.index;
-        let tx = self.conn.transaction()?;
+        let tx = crate::state::write_tx(&mut self.conn)?;
         tx.execute("DELETE FROM entries", [])?;
         write_proto(&tx, "snapshot_meta", meta)?;
         write_proto(&tx, "hard_state", &hs)?;
@@ -158,7 +161,7 @@ impl LogStore {
         let mut meta = self.snapshot_meta.clone();
         meta.index = index;
         meta.term = term;
-        let tx = self.conn.transaction()?;
+        let tx = crate::state::write_tx(&mut self.conn)?;
         tx.execute("DELETE FROM entries WHERE idx <= ?1", params![index])?;
         write_proto(&tx, "snapshot_meta", &meta)?;
         tx.commit()?;

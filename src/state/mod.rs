@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use protobuf::Message as _;
 use raft::eraftpb::ConfState;
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 /// Largest value a `Put` may carry: keeps every entry and message bounded.
@@ -469,7 +469,7 @@ impl StateMachine {
         if batch.is_empty() {
             return Ok(());
         }
-        let tx = self.conn.transaction()?;
+        let tx = write_tx(&mut self.conn)?;
 
         let mut cluster_id = self.cluster_id.clone();
         let mut conf_state = None;
@@ -524,7 +524,7 @@ impl StateMachine {
     /// Sets the conf state outside the log: only for creating a cluster
     /// (bootstrap) or re-creating one (`--force-bootstrap`).
     pub fn set_conf_state(&mut self, cs: &ConfState) -> rusqlite::Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = write_tx(&mut self.conn)?;
         write_meta(
             &tx,
             "conf_state",
@@ -539,7 +539,7 @@ impl StateMachine {
     /// forks a new cluster from this (possibly older) database, so that it is
     /// never mistaken for the cluster it came from.
     pub fn set_cluster_id(&mut self, cluster_id: &str) -> rusqlite::Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = write_tx(&mut self.conn)?;
         write_meta(&tx, "cluster_id", cluster_id)?;
         tx.commit()?;
         self.cluster_id = Some(cluster_id.to_string());
@@ -680,8 +680,21 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// How long a write waits for another program holding state.db's write
+/// lock (an operator's `sqlite3`) before the Ready cycle fails.
+pub const DB_BUSY_MS_MAX: u64 = 5_000;
+
+/// A write transaction that takes the write lock at BEGIN. A deferred one
+/// that reads first (a checkpoint's digest, a job's row) gets SQLITE_BUSY at
+/// once, without waiting, when it comes to write while another connection
+/// holds the lock, and that failure would be taken for damage.
+pub fn write_tx(conn: &mut Connection) -> rusqlite::Result<Transaction<'_>> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+}
+
 fn open_conn(path: &Path, sync: Sync) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_millis(DB_BUSY_MS_MAX))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     let level = if sync == Sync::Normal {
         "NORMAL"
@@ -1008,6 +1021,41 @@ mod tests {
         );
         reader.execute_batch("COMMIT;").unwrap();
         assert!(sm.checkpoint().unwrap());
+    }
+
+    /// Another program writing to state.db (an operator's sqlite3, or the
+    /// damage tests) is waited for, not taken for damage: an apply whose
+    /// first statement reads (a checkpoint's digest) must not find its
+    /// snapshot stale when it comes to write (SQLITE_BUSY_SNAPSHOT).
+    #[test]
+    fn an_apply_waits_for_another_writer_instead_of_failing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("state.db");
+        let mut sm = StateMachine::open(&path, Sync::Normal).unwrap();
+        let put = |k: &str| Command::Put {
+            key: k.into(),
+            value: vec![1; 10],
+        };
+        sm.apply(&[(1, 1, Change::Command(&put("a")))]).unwrap();
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let other_path = path.clone();
+        let other = std::thread::spawn(move || {
+            let conn = Connection::open(&other_path).unwrap();
+            conn.execute_batch("BEGIN IMMEDIATE; UPDATE settings SET value = x'00';")
+                .unwrap();
+            locked_tx.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            conn.execute_batch("COMMIT;").unwrap();
+        });
+        locked_rx.recv().unwrap();
+        let batch = [
+            (2, 1, Change::Command(&Command::Checkpoint)),
+            (3, 1, Change::Command(&put("b"))),
+        ];
+        sm.apply(&batch)
+            .expect("the apply waits for the other writer");
+        other.join().unwrap();
+        assert_eq!(sm.applied_index(), 3);
     }
 
     #[test]
