@@ -212,6 +212,10 @@ pub struct Config {
     /// `http_login = true`: the HTTP API asks loopback clients for a token
     /// too (by default they need none on a loopback address).
     pub http_login: bool,
+    /// `https = true|false`: serve the HTTP API over TLS with the server's
+    /// certificate. `None` (not given): HTTPS on any address but a loopback
+    /// one. Plain HTTP is never served on a non-loopback address.
+    pub https: Option<bool>,
     /// Resolved against the config's folder; exists and is a directory.
     pub shared_root: PathBuf,
     /// Resolved against the config's folder; need not exist yet.
@@ -287,6 +291,7 @@ struct RawConfig {
     port: Option<Spanned<i64>>,
     http_port: Option<Spanned<i64>>,
     http_login: Option<bool>,
+    https: Option<bool>,
     shared_root: Option<Spanned<String>>,
     data_dir: Option<Spanned<String>>,
     tls_dir: Option<Spanned<String>>,
@@ -442,6 +447,7 @@ impl Config {
             port,
             http_port,
             http_login: raw.http_login.unwrap_or(false),
+            https: raw.https,
             shared_root,
             data_dir,
             tls_dir,

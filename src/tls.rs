@@ -582,6 +582,21 @@ pub fn server_config(id: &Identity, alpns: &[&[u8]]) -> Result<rustls::ServerCon
     Ok(config)
 }
 
+/// HTTPS for the HTTP API and dashboard: the server's own certificate
+/// (signed by the cluster CA, for its name and configured host), no client
+/// certificate (browsers log in with a token instead), TLS 1.2 and 1.3,
+/// ALPN http/1.1.
+pub fn https_config(id: &Identity) -> Result<rustls::ServerConfig, TlsError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(format!("TLS unavailable: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(id.chain.clone(), id.key.clone_key())
+        .map_err(|e| TlsError(format!("unusable certificate or key: {e}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// TLS 1.3 only; the server is verified against the cluster CA only (rustls
 /// checks its name against the one given to connect); presents `id`.
 pub fn client_config(id: &Identity, alpn: &[u8]) -> Result<rustls::ClientConfig, TlsError> {

@@ -23,6 +23,17 @@ fn http(
 ) -> (u16, String, String) {
     let mut s = TcpStream::connect((host, 7901)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    exchange(&mut s, host, method, path, headers, body)
+}
+
+fn exchange(
+    s: &mut dyn ReadWrite,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, String) {
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -31,8 +42,9 @@ fn http(
         req += &format!("{k}: {v}\r\n");
     }
     req += "\r\n";
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
+    if s.write_all(req.as_bytes()).is_err() || s.write_all(body).is_err() {
+        return (0, String::new(), String::new());
+    }
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
     let text = String::from_utf8_lossy(&raw).into_owned();
@@ -44,6 +56,9 @@ fn http(
         .unwrap_or(0);
     (status, head.to_lowercase(), body.to_string())
 }
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
@@ -344,5 +359,311 @@ fn slow_headers_are_cut_off(host: &str) {
     assert!(
         elapsed < Duration::from_secs(20),
         "cut off only after {elapsed:?}"
+    );
+}
+
+/// HTTPS with the server's certificate from the cluster CA, trusted through
+/// `conf/tls/ca.crt` and checked against the server's address.
+struct Https {
+    config: std::sync::Arc<rustls::ClientConfig>,
+}
+
+impl Https {
+    fn new(c: &Cluster) -> Https {
+        use rustls_pki_types::pem::PemObject;
+        let ca = c.conf.parent().unwrap().join("tls").join("ca.crt");
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls_pki_types::CertificateDer::from_pem_file(&ca).unwrap())
+            .unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Https {
+            config: std::sync::Arc::new(config),
+        }
+    }
+
+    fn connect(&self, host: &str) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+        let name = rustls_pki_types::ServerName::try_from(host.to_string()).unwrap();
+        let conn = rustls::ClientConnection::new(self.config.clone(), name).unwrap();
+        let tcp = TcpStream::connect((host, 7901)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        rustls::StreamOwned::new(conn, tcp)
+    }
+
+    fn call(
+        &self,
+        host: &str,
+        method: &str,
+        path: &str,
+        auth: &str,
+        body: &str,
+    ) -> (u16, serde_json::Value) {
+        let mut s = self.connect(host);
+        let (status, _, text) = exchange(
+            &mut s,
+            host,
+            method,
+            path,
+            &[
+                ("Authorization", auth),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_bytes(),
+        );
+        let value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        (status, value)
+    }
+}
+
+/// The admin API, the job events and HTTPS, against three instances on
+/// 127.0.122.x serving HTTPS (`https = true`) with logins required.
+#[test]
+fn admin_endpoints_job_events_and_https() {
+    let mut c = Cluster::three_running_prepared(122, TEST_TIMING, 4, |c| {
+        let text = std::fs::read_to_string(&c.conf).unwrap();
+        std::fs::write(&c.conf, format!("http_login = true\nhttps = true\n{text}")).unwrap();
+    });
+    let hosts: Vec<String> = (0..3).map(|i| addr(122, i)).collect();
+    let tls = Https::new(&c);
+    let admin = format!("Bearer {}", token(&c, "admin", "admin"));
+    // Plain HTTP gets no HTTP answer from an HTTPS port.
+    assert_eq!(http(&hosts[0], "GET", "/api/v1/status", &[], b"").0, 0);
+    // An admin makes an operator's token over the API; it works elsewhere.
+    let (status, made) = tls.call(
+        &hosts[0],
+        "POST",
+        "/api/v1/tokens",
+        &admin,
+        r#"{"name":"ops","role":"operator"}"#,
+    );
+    assert_eq!(status, 201, "{made}");
+    let ops = format!("Bearer {}", made["token"].as_str().unwrap());
+    let (status, _) = tls.call(
+        &hosts[0],
+        "POST",
+        "/api/v1/tokens",
+        &admin,
+        r#"{"name":"ops","role":"viewer"}"#,
+    );
+    assert_eq!(status, 409, "a second token named ops");
+    assert_eq!(
+        tls.call(&hosts[1], "GET", "/api/v1/status", &ops, "").0,
+        200
+    );
+    assert_eq!(
+        tls.call(&hosts[1], "GET", "/api/v1/tokens", &ops, "").0,
+        403
+    );
+    let (status, list) = tls.call(&hosts[2], "GET", "/api/v1/tokens", &admin, "");
+    assert_eq!(status, 200);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert!(!list.to_string().contains("claro_"), "{list}");
+    admin_changes_servers_scripts_and_settings(&tls, &hosts, &admin, &ops);
+    job_events_follow_a_job_to_its_end(&tls, &hosts, &ops);
+    // The session cookie is Secure under HTTPS.
+    let admin_token = admin.trim_start_matches("Bearer ");
+    let mut s = tls.connect(&hosts[0]);
+    let body = format!("{{\"token\":\"{admin_token}\"}}");
+    let (status, head, _) = exchange(
+        &mut s,
+        &hosts[0],
+        "POST",
+        "/api/v1/login",
+        &[],
+        body.as_bytes(),
+    );
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("secure") && head.contains("httponly"),
+        "{head}"
+    );
+    let (status, doc) = tls.call(&hosts[1], "GET", "/api/v1/openapi.json", &ops, "");
+    assert_eq!(status, 200);
+    assert!(doc["paths"]["/jobs"]["post"].is_object(), "{doc}");
+    let (status, stats) = tls.call(&hosts[1], "GET", "/api/v1/stats", &ops, "");
+    assert_eq!((status, stats["interval_s"].as_u64()), (200, Some(10)));
+    c.assert_nobody_crashed();
+}
+
+fn admin_changes_servers_scripts_and_settings(
+    tls: &Https,
+    hosts: &[String],
+    admin: &str,
+    ops: &str,
+) {
+    let path = "/api/v1/servers/srv2/maintenance";
+    assert_eq!(tls.call(&hosts[0], "POST", path, ops, "").0, 403);
+    let (status, v) = tls.call(&hosts[0], "POST", path, admin, "");
+    assert_eq!(
+        (status, v["mode"].as_str()),
+        (200, Some("maintenance")),
+        "{v}"
+    );
+    let (_, servers) = tls.call(&hosts[2], "GET", "/api/v1/servers", ops, "");
+    let srv2 = servers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "srv2")
+        .unwrap()
+        .clone();
+    assert_eq!(srv2["mode"], "maintenance", "{servers}");
+    assert_eq!(srv2["slots"], 4);
+    assert_eq!(
+        tls.call(
+            &hosts[0],
+            "POST",
+            "/api/v1/servers/srv2/activate",
+            admin,
+            ""
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        tls.call(
+            &hosts[0],
+            "POST",
+            "/api/v1/servers/nobody/activate",
+            admin,
+            ""
+        )
+        .0,
+        404
+    );
+    // A script with a syntax error is refused, naming it; a good one is stored.
+    let bad = r#"{"name":"broken","code":"let x = ;"}"#;
+    let (status, v) = tls.call(&hosts[1], "POST", "/api/v1/scripts", admin, bad);
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("broken"), "{v}");
+    let good = r#"{"name":"answer","code":"40 + 2"}"#;
+    assert_eq!(
+        tls.call(&hosts[1], "POST", "/api/v1/scripts", ops, good).0,
+        403
+    );
+    let (status, v) = tls.call(&hosts[1], "POST", "/api/v1/scripts", admin, good);
+    assert_eq!((status, v["version"].as_u64()), (201, Some(1)), "{v}");
+    let (status, v) = tls.call(&hosts[2], "GET", "/api/v1/scripts/answer", ops, "");
+    assert_eq!((status, v["code"].as_str()), (200, Some("40 + 2")));
+    assert_eq!(
+        tls.call(&hosts[2], "GET", "/api/v1/scripts/nothing", ops, "")
+            .0,
+        404
+    );
+    // Settings: set through one instance, read through another.
+    let put = r#"{"value":"RED"}"#;
+    assert_eq!(
+        tls.call(&hosts[0], "PUT", "/api/v1/settings/colour", admin, put)
+            .0,
+        200
+    );
+    let (_, all) = tls.call(&hosts[2], "GET", "/api/v1/settings", ops, "");
+    assert!(
+        all.as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["key"] == "colour" && s["value"] == "RED"),
+        "{all}"
+    );
+    assert_eq!(
+        tls.call(
+            &hosts[0],
+            "PUT",
+            "/api/v1/settings/colour",
+            admin,
+            r#"{"value":1}"#
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        tls.call(&hosts[0], "DELETE", "/api/v1/settings/colour", admin, "")
+            .0,
+        200
+    );
+    // Hotfolders: an unknown field is refused, an unknown one is 404.
+    let unknown = r#"{"name":"h1","action":{"command":{"argv":["true"]}},"colour":"red"}"#;
+    assert_eq!(
+        tls.call(&hosts[0], "POST", "/api/v1/hotfolders", admin, unknown)
+            .0,
+        400
+    );
+    assert_eq!(
+        tls.call(&hosts[0], "GET", "/api/v1/hotfolders/nothing", ops, "")
+            .0,
+        404
+    );
+    // The coordinator moves where it is sent.
+    let (_, status) = tls.call(&hosts[0], "GET", "/api/v1/status", ops, "");
+    let to = if status["coordinator"] == "srv3" {
+        "srv2"
+    } else {
+        "srv3"
+    };
+    let body = format!("{{\"name\":\"{to}\"}}");
+    let (code, v) = tls.call(
+        &hosts[0],
+        "POST",
+        "/api/v1/coordinator/transfer",
+        admin,
+        &body,
+    );
+    assert_eq!(code, 200, "{v}");
+    let started = Instant::now();
+    while tls.call(&hosts[1], "GET", "/api/v1/status", ops, "").1["coordinator"] != to {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{to} never took over"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A job submitted through srv1 is followed on srv3's event stream, job
+/// event by job event, to `succeeded`.
+fn job_events_follow_a_job_to_its_end(tls: &Https, hosts: &[String], ops: &str) {
+    let mut s = tls.connect(&hosts[2]);
+    let req = format!("GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: {ops}\r\n\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("event: change") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0);
+        seen += &String::from_utf8_lossy(&buf[..n]);
+    }
+    let (status, job) = tls.call(
+        &hosts[0],
+        "POST",
+        "/api/v1/jobs",
+        ops,
+        r#"{"script": "6 * 7"}"#,
+    );
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let started = Instant::now();
+    loop {
+        let finished = seen.split("\n\n").any(|e| {
+            e.contains("event: job") && e.contains(&id) && e.contains("\"state\":\"succeeded\"")
+        });
+        if finished {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no succeeded event for {id}: {seen}"
+        );
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended: {seen}");
+        seen += &String::from_utf8_lossy(&buf[..n]);
+    }
+    assert!(
+        seen.contains("\"state\":\"queued\""),
+        "the submission itself is an event: {seen}"
     );
 }

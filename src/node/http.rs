@@ -25,29 +25,27 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, Limited, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use super::{now_ms, Shared};
 use crate::access::{self, Role};
-use crate::jobs::{JobKind, JobSpec, JobState};
-use crate::output::JobJson;
-use crate::proto::{Request, Response};
-use crate::state::jobs::JobFilter;
-use crate::state::Command;
+use crate::proto::Request;
+
+mod admin;
+mod api;
+pub mod events;
+pub mod stats;
 
 pub const CONNECTIONS_MAX: usize = 1024;
 pub const EVENT_STREAMS_MAX: usize = 256;
 pub const HEADER_READ_MS: u64 = 10_000;
 pub const BODY_BYTES_MAX: usize = 1024 * 1024;
-/// How often an event stream looks for changes, and sends a keep-alive.
-const EVENTS_POLL_MS: u64 = 200;
-const EVENTS_KEEPALIVE_MS: u64 = 15_000;
-/// Jobs one list page returns at most.
-const JOBS_PAGE_MAX: u32 = 500;
+/// A TLS handshake must end within this.
+pub const TLS_HANDSHAKE_MS: u64 = 10_000;
 
 pub(super) type Body = UnsyncBoxBody<Bytes, Infallible>;
 type Reply = hyper::Response<Body>;
@@ -61,25 +59,42 @@ pub struct HttpState {
     logins: Mutex<access::LoginLimiter>,
     /// Requests answered, by status class, for /metrics.
     pub answered: [AtomicUsize; 5],
+    pub hub: events::Hub,
+    pub stats: Mutex<stats::Stats>,
+    /// Coordinator changes seen since this instance started.
+    pub coordinator_changes: std::sync::atomic::AtomicU64,
+    /// Served over TLS: session cookies are `Secure`.
+    https: std::sync::atomic::AtomicBool,
 }
 
-/// Serves HTTP on this server's address and `http_port` until the process ends.
+/// Serves HTTP (or HTTPS) on this server's address and `http_port` until
+/// the process ends, with the event hub and the stats sampler beside it.
 pub async fn serve(shared: Arc<Shared>) {
     let port = shared.cfg.http_port;
     if port == 0 {
         return;
     }
     let ip = shared.me.address.ip();
-    if !ip.is_loopback() {
-        tracing::warn!("the HTTP API is served only on a loopback address for now (HTTPS is not built yet); {ip} has none");
-        return;
+    let https = shared.cfg.https.unwrap_or(!ip.is_loopback());
+    if !https && !ip.is_loopback() {
+        return tracing::error!(
+            "the HTTP API is not served: plain HTTP (https = false) is allowed only on a loopback address, and {ip} is none"
+        );
     }
+    let tls = match https.then(|| https_acceptor(&shared)).transpose() {
+        Ok(tls) => tls,
+        Err(e) => return tracing::error!("the HTTP API is not served: {e}"),
+    };
     let addr = SocketAddr::new(ip, port);
     let listener = match async_std::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => return tracing::error!("HTTP API: cannot listen on {addr}: {e}"),
     };
-    tracing::info!("HTTP API and dashboard on http://{addr}/");
+    shared.http.https.store(https, Ordering::Relaxed);
+    async_std::task::spawn(events::hub_loop(shared.clone()));
+    async_std::task::spawn(stats::sample_loop(shared.clone()));
+    let scheme = if https { "https" } else { "http" };
+    tracing::info!("HTTP API and dashboard on {scheme}://{addr}/");
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -96,11 +111,48 @@ pub async fn serve(shared: Arc<Shared>) {
             continue; // dropped: the client sees the connection closed
         }
         let _ = stream.set_nodelay(true);
-        async_std::task::spawn(connection(shared.clone(), stream, peer));
+        async_std::task::spawn(accepted(shared.clone(), stream, peer, tls.clone()));
     }
 }
 
-async fn connection(shared: Arc<Shared>, stream: async_std::net::TcpStream, peer: SocketAddr) {
+fn https_acceptor(shared: &Shared) -> Result<futures_rustls::TlsAcceptor, String> {
+    let id = crate::tls::load_identity(&shared.cfg.tls_dir, &shared.me.name)
+        .map_err(|e| e.to_string())?;
+    let config = crate::tls::https_config(&id).map_err(|e| e.to_string())?;
+    Ok(futures_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// One accepted connection: its TLS handshake (time-limited) when HTTPS,
+/// then HTTP on it.
+async fn accepted(
+    shared: Arc<Shared>,
+    stream: async_std::net::TcpStream,
+    peer: SocketAddr,
+    tls: Option<futures_rustls::TlsAcceptor>,
+) {
+    match tls {
+        None => connection(&shared, stream, peer).await,
+        Some(acceptor) => {
+            let handshake = async_std::future::timeout(
+                Duration::from_millis(TLS_HANDSHAKE_MS),
+                acceptor.accept(stream),
+            );
+            match handshake.await {
+                Ok(Ok(tls)) => connection(&shared, tls, peer).await,
+                Ok(Err(e)) => tracing::debug!("HTTPS handshake from {peer}: {e}"),
+                Err(_) => {
+                    tracing::debug!("HTTPS handshake from {peer}: over {TLS_HANDSHAKE_MS} ms")
+                }
+            }
+        }
+    }
+    shared.http.connections.fetch_sub(1, Ordering::SeqCst);
+}
+
+async fn connection<S>(shared: &Arc<Shared>, stream: S, peer: SocketAddr)
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + 'static,
+{
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(AsyncIoTimer)
@@ -114,7 +166,6 @@ async fn connection(shared: Arc<Shared>, stream: async_std::net::TcpStream, peer
     if let Err(e) = builder.serve_connection(io, service).await {
         tracing::debug!("HTTP connection from {peer}: {e}");
     }
-    shared.http.connections.fetch_sub(1, Ordering::SeqCst);
 }
 
 // ---------------------------------------------------------------------------
@@ -125,6 +176,8 @@ async fn connection(shared: Arc<Shared>, stream: async_std::net::TcpStream, peer
 struct Caller {
     role: Role,
     csrf_ok: bool,
+    /// The session's CSRF token ("" without a session).
+    csrf: String,
 }
 
 async fn route(shared: &Arc<Shared>, req: hyper::Request<Incoming>, from: IpAddr) -> Reply {
@@ -152,16 +205,27 @@ async fn dispatch(
     if path == "/api/v1/login" && method == Method::POST {
         return login(shared, req, from).await;
     }
+    if path == "/metrics" && method == Method::GET && from.is_loopback() {
+        // Prometheus on the same machine needs no token; elsewhere it
+        // sends a viewer's (`authorization: credentials` in its config).
+        return Ok(metrics(shared).await);
+    }
     let caller = caller(shared, &req, from)?;
-    let need = if method == Method::GET {
-        Role::Viewer
-    } else {
-        Role::Operator
-    };
+    let parts: Vec<String> = path
+        .trim_start_matches("/api/v1/")
+        .split('/')
+        .map(str::to_string)
+        .collect();
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    let need = need(&method, &parts);
     if !caller.role.may(need) {
         return Err((
             StatusCode::FORBIDDEN,
-            format!("a {} may not do this", caller.role.as_str()),
+            format!(
+                "a {} may not do this (it takes an {})",
+                caller.role.as_str(),
+                need.as_str()
+            ),
         ));
     }
     if method != Method::GET && !caller.csrf_ok {
@@ -171,28 +235,105 @@ async fn dispatch(
         ));
     }
     if path == "/metrics" {
-        return Ok(text(
-            super::metrics::render(shared).await,
-            "text/plain; version=0.0.4",
-        ));
+        return Ok(metrics(shared).await);
+    }
+    if method == Method::GET && parts == ["session"] {
+        return Ok(session(shared, &caller));
     }
     let query = req.uri().query().unwrap_or("").to_string();
     let idem = header(&req, "idempotency-key");
     let body = read_body(req).await?;
-    let parts: Vec<&str> = path.trim_start_matches("/api/v1/").split('/').collect();
-    match (method, parts.as_slice()) {
-        (Method::GET, ["status"]) => ask(shared, Request::Status).await,
-        (Method::GET, ["jobs"]) => jobs(shared, &query).await,
-        (Method::POST, ["jobs"]) => submit(shared, &body, idem).await,
-        (Method::GET, ["jobs", id]) => job(shared, id).await,
-        (Method::POST, ["jobs", id, verb]) => cancel_or_retry(shared, id, verb).await,
-        (Method::GET, ["hotfolders"]) => hotfolders(shared).await,
-        (Method::POST, ["hotfolders", name, verb]) => pause(shared, name, verb).await,
-        (Method::GET, ["scripts"]) => ask(shared, Request::Scripts { stale: false }).await,
-        (Method::GET, ["events"]) => events(shared.clone()),
-        (Method::POST, ["logout"]) => Ok(logout()),
+    route_api(shared, &method, &parts, &query, &body, idem).await
+}
+
+/// The role a request takes: viewers read (tokens are an admin's), operators
+/// run work, admins change the cluster.
+fn need(method: &Method, parts: &[&str]) -> Role {
+    let admin = matches!(
+        parts.first(),
+        Some(&"servers" | &"coordinator" | &"settings" | &"tokens")
+    ) || (matches!(parts.first(), Some(&"scripts")) && method != Method::GET)
+        || (matches!(parts.first(), Some(&"hotfolders"))
+            && parts.len() <= 2
+            && method != Method::GET);
+    if admin && (method != Method::GET || parts.first() == Some(&"tokens")) {
+        return Role::Admin;
+    }
+    if method == Method::GET {
+        Role::Viewer
+    } else {
+        Role::Operator
+    }
+}
+
+async fn route_api(
+    shared: &Arc<Shared>,
+    method: &Method,
+    parts: &[&str],
+    query: &str,
+    body: &[u8],
+    idem: Option<String>,
+) -> Result<Reply, Fail> {
+    use Method as M;
+    match (method.clone(), parts) {
+        (M::GET, ["status"]) => api::ask(shared, Request::Status).await,
+        (M::GET, ["servers"]) => api::servers(shared).await,
+        (M::POST, ["servers", name, verb]) => admin::server_mode(shared, name, verb).await,
+        (M::POST, ["coordinator", "transfer"]) => admin::transfer(shared, body).await,
+        (M::GET, ["jobs"]) => api::jobs(shared, query).await,
+        (M::POST, ["jobs"]) => api::submit(shared, body, idem).await,
+        (M::GET, ["jobs", id]) => api::job(shared, id).await,
+        (M::POST, ["jobs", id, verb]) => api::cancel_or_retry(shared, id, verb).await,
+        (M::GET, ["hotfolders"]) => api::hotfolders(shared).await,
+        (M::POST, ["hotfolders"]) => admin::hotfolder_add(shared, body).await,
+        (M::GET, ["hotfolders", name]) => api::hotfolder(shared, name).await,
+        (M::DELETE, ["hotfolders", name]) => admin::hotfolder_remove(shared, name).await,
+        (M::POST, ["hotfolders", name, verb]) => api::pause(shared, name, verb).await,
+        (M::GET, ["scripts"]) => api::ask(shared, Request::Scripts { stale: false }).await,
+        (M::POST, ["scripts"]) => admin::script_add(shared, body).await,
+        (M::GET, ["scripts", name]) => api::script(shared, name, query).await,
+        (M::DELETE, ["scripts", name]) => admin::script_remove(shared, name).await,
+        (M::GET, ["settings"]) => api::settings(shared).await,
+        (M::PUT, ["settings", key]) => admin::setting_put(shared, key, body).await,
+        (M::DELETE, ["settings", key]) => admin::setting_delete(shared, key).await,
+        (M::GET, ["tokens"]) => admin::tokens(shared).await,
+        (M::POST, ["tokens"]) => admin::token_add(shared, body).await,
+        (M::DELETE, ["tokens", name]) => admin::token_remove(shared, name).await,
+        (M::GET, ["stats"]) => Ok(stats_reply(shared)),
+        (M::GET, ["events"]) => events::stream(shared.clone()),
+        (M::GET, ["openapi.json"]) => Ok(text(OPENAPI.to_string(), "application/json")),
+        (M::POST, ["logout"]) => Ok(logout()),
         _ => Err(not_found()),
     }
+}
+
+/// The API's description, kept beside the routes above.
+const OPENAPI: &str = include_str!("http/openapi.json");
+
+async fn metrics(shared: &Arc<Shared>) -> Reply {
+    text(
+        super::metrics::render(shared).await,
+        "text/plain; version=0.0.4",
+    )
+}
+
+fn stats_reply(shared: &Shared) -> Reply {
+    let stats = shared.http.stats.lock().expect("stats lock");
+    let samples: Vec<&stats::Sample> = stats.samples.iter().collect();
+    json_reply(
+        StatusCode::OK,
+        &json!({"interval_s": stats::STATS_INTERVAL_MS / 1000, "samples": samples}),
+    )
+}
+
+/// `GET session`: who the dashboard is, and its CSRF token (a cross-site
+/// page cannot read this answer: no CORS header is ever sent).
+fn session(shared: &Shared, caller: &Caller) -> Reply {
+    let login_required = shared.cfg.http_login || !shared.me.address.ip().is_loopback();
+    json_reply(
+        StatusCode::OK,
+        &json!({"role": caller.role, "csrf": caller.csrf, "login_required": login_required}),
+    )
 }
 
 fn not_found() -> Fail {
@@ -213,6 +354,7 @@ fn caller(shared: &Shared, req: &hyper::Request<Incoming>, from: IpAddr) -> Resu
         return Ok(Caller {
             role,
             csrf_ok: true,
+            csrf: String::new(),
         });
     }
     if let Some(id) = cookie(req, "claro_session") {
@@ -223,6 +365,7 @@ fn caller(shared: &Shared, req: &hyper::Request<Incoming>, from: IpAddr) -> Resu
             return Ok(Caller {
                 role: s.role,
                 csrf_ok,
+                csrf: s.csrf.clone(),
             });
         }
     }
@@ -234,6 +377,7 @@ fn caller(shared: &Shared, req: &hyper::Request<Incoming>, from: IpAddr) -> Resu
         return Ok(Caller {
             role: Role::Admin,
             csrf_ok,
+            csrf: String::new(),
         });
     }
     Err((
@@ -300,7 +444,12 @@ async fn login(
         (id, csrf)
     };
     let mut reply = json_reply(StatusCode::OK, &json!({"role": role, "csrf": csrf}));
-    let cookie = format!("claro_session={id}; HttpOnly; SameSite=Strict; Path=/");
+    let secure = if shared.http.https.load(Ordering::Relaxed) {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!("claro_session={id}; HttpOnly; SameSite=Strict; Path=/{secure}");
     reply
         .headers_mut()
         .insert("set-cookie", HeaderValue::from_str(&cookie).expect("ascii"));
@@ -314,310 +463,6 @@ fn logout() -> Reply {
         .headers_mut()
         .insert("set-cookie", HeaderValue::from_static(cookie));
     reply
-}
-
-// ---------------------------------------------------------------------------
-// The API
-
-async fn ask(shared: &Arc<Shared>, req: Request) -> Result<Reply, Fail> {
-    let resp = super::handlers::respond(shared, None, req).await;
-    let value = match resp {
-        Response::Status(v) => json!(v),
-        Response::Scripts { scripts } => json!(scripts
-            .iter()
-            .map(|s| json!({"name": s.name, "version": s.version, "added_at": crate::output::rfc3339(s.added_ms)}))
-            .collect::<Vec<_>>()),
-        other => return Err(failure(other)),
-    };
-    Ok(json_reply(StatusCode::OK, &value))
-}
-
-/// An error answer of an instance, with the HTTP status that fits.
-fn failure(resp: Response) -> Fail {
-    match resp {
-        Response::Error { message } => {
-            let lower = message.to_lowercase();
-            let status = if lower.contains("no coordinator")
-                || lower.contains("not answer")
-                || lower.contains("try again")
-            {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            (status, message)
-        }
-        other => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("unexpected answer: {other:?}"),
-        ),
-    }
-}
-
-async fn jobs(shared: &Arc<Shared>, query: &str) -> Result<Reply, Fail> {
-    let mut filter = JobFilter::default();
-    let mut limit = 50;
-    for (k, v) in query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .filter_map(|p| p.split_once('='))
-    {
-        let v = percent_decode(v);
-        let bad = |what: &str| (StatusCode::BAD_REQUEST, format!("{k}={v}: {what}"));
-        match k {
-            "state" => {
-                filter.state = Some(JobState::parse(&v).ok_or_else(|| bad("not a job state"))?)
-            }
-            "kind" => filter.kind = Some(JobKind::parse(&v).ok_or_else(|| bad("not a job kind"))?),
-            "instance" => filter.instance = Some(v),
-            "hotfolder" => filter.hotfolder = Some(v),
-            "before" => filter.before = Some(v),
-            "limit" => {
-                limit = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=JOBS_PAGE_MAX).contains(n))
-                    .ok_or_else(|| bad(&format!("a number 1..={JOBS_PAGE_MAX}")))?
-            }
-            _ => return Err((StatusCode::BAD_REQUEST, format!("unknown parameter `{k}`"))),
-        }
-    }
-    let req = Request::Jobs {
-        filter,
-        limit,
-        stale: false,
-    };
-    match super::handlers::respond(shared, None, req).await {
-        Response::Jobs { jobs, .. } => {
-            let list: Vec<JobJson> = jobs.iter().map(|j| JobJson::new(j, false)).collect();
-            let next = (jobs.len() == limit as usize)
-                .then(|| jobs.last().map(|j| j.id.clone()))
-                .flatten();
-            Ok(json_reply(
-                StatusCode::OK,
-                &json!({"jobs": list, "next_before": next}),
-            ))
-        }
-        other => Err(failure(other)),
-    }
-}
-
-async fn job(shared: &Arc<Shared>, id: &str) -> Result<Reply, Fail> {
-    crate::jobs::check_job_id(id).map_err(|e| (StatusCode::NOT_FOUND, e))?;
-    let req = Request::Job {
-        id: id.to_string(),
-        stale: false,
-    };
-    match super::handlers::respond(shared, None, req).await {
-        Response::Job { job: Some(job), .. } => {
-            let mut value = json!(JobJson::new(&job, true));
-            value["profile"] = json!(job.profile);
-            Ok(json_reply(StatusCode::OK, &value))
-        }
-        Response::Job { job: None, .. } => Err((StatusCode::NOT_FOUND, format!("no job {id}"))),
-        other => Err(failure(other)),
-    }
-}
-
-/// What `POST /api/v1/jobs` takes: a script's code or a stored script's
-/// name, with the options of `claro submit`.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Submission {
-    script: Option<String>,
-    stored: Option<String>,
-    #[serde(default)]
-    args: Vec<String>,
-    priority: Option<i32>,
-    max_attempts: Option<u32>,
-    timeout_s: Option<u64>,
-}
-
-async fn submit(shared: &Arc<Shared>, body: &[u8], idem: Option<String>) -> Result<Reply, Fail> {
-    let s: Submission = parse_json(body)?;
-    let bad = |m: String| (StatusCode::BAD_REQUEST, m);
-    let mut spec = match (s.script, s.stored) {
-        (Some(code), None) => {
-            crate::script::check(&code).map_err(|e| bad(format!("script: {e}")))?;
-            JobSpec::script(&code)
-        }
-        (None, Some(name)) => {
-            let mut spec = JobSpec::script("");
-            spec.stored = Some(name);
-            spec
-        }
-        _ => {
-            return Err(bad(
-                "give one of `script` (code) or `stored` (a stored script's name)".into(),
-            ))
-        }
-    };
-    spec.args = s.args;
-    spec.priority = s.priority.unwrap_or(spec.priority);
-    spec.max_attempts = s.max_attempts.unwrap_or(spec.max_attempts);
-    spec.timeout_ms = s
-        .timeout_s
-        .map_or(spec.timeout_ms, |t| t.saturating_mul(1000));
-    spec.validate().map_err(bad)?;
-    let id = crate::jobs::new_job_id(now_ms(), rand::random());
-    let request_id = match &idem {
-        Some(key) if key.is_empty() || key.len() > 64 => {
-            return Err(bad("Idempotency-Key: 1 to 64 characters".into()))
-        }
-        Some(key) => format!("http:{key}"),
-        None => id.clone(),
-    };
-    let command = Command::JobSubmit {
-        id: id.clone(),
-        spec,
-        at_ms: now_ms(),
-    };
-    command.validate().map_err(bad)?;
-    let req = Request::propose(command, Some(request_id.clone()));
-    match super::handlers::respond(shared, None, req).await {
-        Response::Proposed { .. } => {}
-        other => return Err(failure(other)),
-    }
-    // A retried keyed POST made no new job: answer with the first one's.
-    let made = super::handlers::read(shared, false, |core, _| {
-        match core.state().request_job(&request_id) {
-            Ok(Some(job)) => Response::Value {
-                value: Some(serde_bytes::ByteBuf::from(job.into_bytes())),
-                stale: None,
-            },
-            _ => Response::Value {
-                value: None,
-                stale: None,
-            },
-        }
-    })
-    .await;
-    let id = match made {
-        Response::Value { value: Some(v), .. } => String::from_utf8_lossy(&v).into_owned(),
-        _ => id,
-    };
-    let mut reply = job(shared, &id).await?;
-    *reply.status_mut() = StatusCode::CREATED;
-    Ok(reply)
-}
-
-async fn cancel_or_retry(shared: &Arc<Shared>, id: &str, verb: &str) -> Result<Reply, Fail> {
-    crate::jobs::check_job_id(id).map_err(|e| (StatusCode::NOT_FOUND, e))?;
-    job(shared, id).await?; // 404 for an unknown id
-    let (id, at_ms) = (id.to_string(), now_ms());
-    let command = match verb {
-        "cancel" => Command::JobCancel {
-            id: id.clone(),
-            at_ms,
-        },
-        "retry" => Command::JobRetry {
-            id: id.clone(),
-            at_ms,
-        },
-        _ => return Err(not_found()),
-    };
-    write(shared, command).await?;
-    job(shared, &id).await
-}
-
-async fn write(shared: &Arc<Shared>, command: Command) -> Result<(), Fail> {
-    let req = Request::propose(command, Some(crate::proto::new_request_id()));
-    match super::handlers::respond(shared, None, req).await {
-        Response::Proposed { .. } => Ok(()),
-        other => Err(failure(other)),
-    }
-}
-
-async fn hotfolders(shared: &Arc<Shared>) -> Result<Reply, Fail> {
-    match super::handlers::respond(shared, None, Request::Hotfolders { stale: false }).await {
-        Response::Hotfolders { hotfolders, .. } => {
-            let list: Vec<Value> = hotfolders
-                .iter()
-                .map(|(d, c)| {
-                    json!({
-                        "name": d.name, "paused": d.paused, "waiting": c.waiting,
-                        "in_progress": c.in_progress, "done_last_hour": c.done_last_hour,
-                        "failed_last_hour": c.failed_last_hour,
-                    })
-                })
-                .collect();
-            Ok(json_reply(StatusCode::OK, &json!(list)))
-        }
-        other => Err(failure(other)),
-    }
-}
-
-async fn pause(shared: &Arc<Shared>, name: &str, verb: &str) -> Result<Reply, Fail> {
-    let paused = match verb {
-        "pause" => true,
-        "resume" => false,
-        _ => return Err(not_found()),
-    };
-    crate::hotfolder::check_name(name).map_err(|e| (StatusCode::NOT_FOUND, e))?;
-    // The state machine ignores a pause of an unknown hotfolder: say so here.
-    match super::handlers::respond(shared, None, Request::Hotfolders { stale: false }).await {
-        Response::Hotfolders { hotfolders, .. }
-            if hotfolders.iter().any(|(d, _)| d.name == name) => {}
-        Response::Hotfolders { .. } => {
-            return Err((StatusCode::NOT_FOUND, format!("no hotfolder `{name}`")))
-        }
-        other => return Err(failure(other)),
-    }
-    write(
-        shared,
-        Command::HotfolderPause {
-            name: name.to_string(),
-            paused,
-        },
-    )
-    .await?;
-    hotfolders(shared).await
-}
-
-/// `GET /api/v1/events`: a `change` event with the applied index whenever
-/// this instance applied new entries, and a comment as keep-alive.
-fn events(shared: Arc<Shared>) -> Result<Reply, Fail> {
-    let http = &shared.http;
-    if http.streams.fetch_add(1, Ordering::SeqCst) >= EVENT_STREAMS_MAX {
-        http.streams.fetch_sub(1, Ordering::SeqCst);
-        return Err((
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("more than {EVENT_STREAMS_MAX} event streams"),
-        ));
-    }
-    let guard = StreamGuard(shared.clone());
-    let state = (guard, 0u64, Instant::now());
-    let stream = futures_lite::stream::unfold(state, |(guard, last, mut beat)| async move {
-        loop {
-            let applied = guard.0.core().as_ref().map_or(0, |c| c.applied_index());
-            if applied != last {
-                let ev = format!("event: change\ndata: {{\"applied_index\":{applied}}}\n\n");
-                return Some((Ok(Frame::data(Bytes::from(ev))), (guard, applied, beat)));
-            }
-            if beat.elapsed() >= Duration::from_millis(EVENTS_KEEPALIVE_MS) {
-                beat = Instant::now();
-                return Some((
-                    Ok(Frame::data(Bytes::from_static(b": keep-alive\n\n"))),
-                    (guard, last, beat),
-                ));
-            }
-            async_std::task::sleep(Duration::from_millis(EVENTS_POLL_MS)).await;
-        }
-    });
-    let mut reply = hyper::Response::new(StreamBody::new(stream).boxed_unsync());
-    let h = reply.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    h.insert("cache-control", HeaderValue::from_static("no-cache"));
-    Ok(reply)
-}
-
-/// Counts an open event stream; dropped with it.
-struct StreamGuard(Arc<Shared>);
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        self.0.http.streams.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 // ---------------------------------------------------------------------------

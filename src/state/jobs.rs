@@ -531,6 +531,53 @@ pub fn attempt_of(
         .optional()
 }
 
+/// Jobs waiting in the queue (through the `jobs_queued` index).
+pub fn queued_count(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.prepare_cached("SELECT count(*) FROM jobs WHERE state = 'queued'")?
+        .query_row([], |r| r.get(0))
+}
+
+/// Jobs that ended with `finished_ms` in `(from_ms, to_ms]` (through the
+/// `jobs_final` index): how many succeeded, failed and were cancelled, and
+/// the run time of each that ran (at most `durations_max` of them).
+pub fn finished_between(
+    conn: &Connection,
+    from_ms: u64,
+    to_ms: u64,
+    durations_max: u32,
+) -> rusqlite::Result<(FinishedCounts, Vec<u64>)> {
+    let mut counts = FinishedCounts::default();
+    let mut stmt = conn.prepare_cached(
+        "SELECT state, count(*) FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled')
+           AND finished_ms > ?1 AND finished_ms <= ?2 GROUP BY state",
+    )?;
+    let mut rows = stmt.query(params![from_ms, to_ms])?;
+    while let Some(r) = rows.next()? {
+        let n: u64 = r.get(1)?;
+        match r.get::<_, String>(0)?.as_str() {
+            "succeeded" => counts.succeeded = n,
+            "failed" => counts.failed = n,
+            _ => counts.cancelled = n,
+        }
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT finished_ms - started_ms FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled')
+           AND finished_ms > ?1 AND finished_ms <= ?2 AND started_ms IS NOT NULL
+           AND finished_ms >= started_ms LIMIT ?3",
+    )?;
+    let durations = stmt
+        .query_map(params![from_ms, to_ms, durations_max], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<u64>>>()?;
+    Ok((counts, durations))
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct FinishedCounts {
+    pub succeeded: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
 /// Servers in maintenance (they get no new jobs).
 pub fn modes(conn: &Connection) -> rusqlite::Result<HashMap<String, String>> {
     let mut stmt = conn.prepare_cached("SELECT name, mode FROM node_modes")?;

@@ -8,6 +8,7 @@
 //! anything: it applies what Raft committed.
 
 pub mod hotfolders;
+pub mod job_events;
 pub mod jobs;
 pub mod tokens;
 
@@ -506,6 +507,7 @@ impl StateMachine {
             write_meta(&tx, "cluster_id", cluster_id.as_ref().expect("set"))?;
         }
         tx.commit()?;
+        job_events::trim(&self.conn)?;
         self.applied_index = *last_index;
         self.applied_term = *last_term;
         self.cluster_id = cluster_id;
@@ -722,6 +724,7 @@ fn open_conn(path: &Path, sync: Sync) -> rusqlite::Result<Connection> {
     }
     conn.execute_batch(hotfolders::SCHEMA)?;
     conn.execute_batch(tokens::SCHEMA)?;
+    conn.execute_batch(job_events::SCHEMA_TEMP)?;
     Ok(conn)
 }
 
@@ -1056,6 +1059,39 @@ mod tests {
             .expect("the apply waits for the other writer");
         other.join().unwrap();
         assert_eq!(sm.applied_index(), 3);
+    }
+
+    /// The job feed records each job's changes in order, also those no
+    /// command names one by one, and is not part of the digest.
+    #[test]
+    fn the_job_feed_holds_every_applied_change_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(&tmp.path().join("state.db"), Sync::Off).unwrap();
+        let submit = Command::JobSubmit {
+            id: "j1".into(),
+            spec: crate::jobs::JobSpec::script("1"),
+            at_ms: 5,
+        };
+        let cancel = Command::JobCancel {
+            id: "j1".into(),
+            at_ms: 6,
+        };
+        sm.apply(&[(1, 1, Change::Command(&submit))]).unwrap();
+        sm.apply(&[(2, 1, Change::Command(&cancel))]).unwrap();
+        let feed = job_events::after(&sm.conn, 0, 10).unwrap();
+        let states: Vec<(&str, &str)> = feed
+            .iter()
+            .map(|e| (e.id.as_str(), e.state.as_str()))
+            .collect();
+        assert_eq!(states, [("j1", "queued"), ("j1", "cancelled")]);
+        assert_eq!(job_events::after(&sm.conn, 1, 10).unwrap().len(), 1);
+        assert_eq!(job_events::last(&sm.conn).unwrap(), 2);
+        // The feed is no replicated state: emptied, the digest is the same.
+        let with_feed = digest_of(&sm.conn, None).unwrap();
+        sm.conn
+            .execute_batch("DELETE FROM temp.job_events")
+            .unwrap();
+        assert_eq!(digest_of(&sm.conn, None).unwrap(), with_feed);
     }
 
     #[test]

@@ -1,0 +1,436 @@
+//! The API's reading and operating endpoints: status, jobs, hotfolders,
+//! scripts. Each becomes the `Request` the CLI sends and is answered by
+//! `handlers::respond`, so the JSON is the CLI's `--json`.
+
+use std::sync::Arc;
+
+use hyper::StatusCode;
+use serde_json::{json, Value};
+
+use super::{json_reply, not_found, parse_json, percent_decode, Fail, Reply};
+use crate::jobs::{JobKind, JobSpec, JobState};
+use crate::node::{now_ms, Shared};
+use crate::output::JobJson;
+use crate::proto::{Request, Response};
+use crate::state::jobs::JobFilter;
+use crate::state::Command;
+
+/// Jobs one list page returns at most.
+pub const JOBS_PAGE_MAX: u32 = 500;
+/// Recent files and errors shown for one hotfolder.
+const HOTFOLDER_RECENT_MAX: u32 = 20;
+
+pub(super) async fn ask(shared: &Arc<Shared>, req: Request) -> Result<Reply, Fail> {
+    let resp = crate::node::handlers::respond(shared, None, req).await;
+    let value = match resp {
+        Response::Status(v) => json!(v),
+        Response::Scripts { scripts } => json!(scripts
+            .iter()
+            .map(|s| json!({"name": s.name, "version": s.version, "added_at": crate::output::rfc3339(s.added_ms)}))
+            .collect::<Vec<_>>()),
+        other => return Err(failure(other)),
+    };
+    Ok(json_reply(StatusCode::OK, &value))
+}
+
+/// An error answer of an instance, with the HTTP status that fits.
+pub(super) fn failure(resp: Response) -> Fail {
+    match resp {
+        Response::Error { message } => {
+            let lower = message.to_lowercase();
+            let status = if lower.contains("no coordinator")
+                || lower.contains("not answer")
+                || lower.contains("try again")
+            {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            (status, message)
+        }
+        other => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unexpected answer: {other:?}"),
+        ),
+    }
+}
+
+pub(super) async fn jobs(shared: &Arc<Shared>, query: &str) -> Result<Reply, Fail> {
+    let mut filter = JobFilter::default();
+    let mut limit = 50;
+    for (k, v) in query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| p.split_once('='))
+    {
+        let v = percent_decode(v);
+        let bad = |what: &str| (StatusCode::BAD_REQUEST, format!("{k}={v}: {what}"));
+        match k {
+            "state" => {
+                filter.state = Some(JobState::parse(&v).ok_or_else(|| bad("not a job state"))?)
+            }
+            "kind" => filter.kind = Some(JobKind::parse(&v).ok_or_else(|| bad("not a job kind"))?),
+            "instance" => filter.instance = Some(v),
+            "hotfolder" => filter.hotfolder = Some(v),
+            "before" => filter.before = Some(v),
+            "limit" => {
+                limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=JOBS_PAGE_MAX).contains(n))
+                    .ok_or_else(|| bad(&format!("a number 1..={JOBS_PAGE_MAX}")))?
+            }
+            _ => return Err((StatusCode::BAD_REQUEST, format!("unknown parameter `{k}`"))),
+        }
+    }
+    let req = Request::Jobs {
+        filter,
+        limit,
+        stale: false,
+    };
+    match crate::node::handlers::respond(shared, None, req).await {
+        Response::Jobs { jobs, .. } => {
+            let list: Vec<JobJson> = jobs.iter().map(|j| JobJson::new(j, false)).collect();
+            let next = (jobs.len() == limit as usize)
+                .then(|| jobs.last().map(|j| j.id.clone()))
+                .flatten();
+            Ok(json_reply(
+                StatusCode::OK,
+                &json!({"jobs": list, "next_before": next}),
+            ))
+        }
+        other => Err(failure(other)),
+    }
+}
+
+pub(super) async fn job(shared: &Arc<Shared>, id: &str) -> Result<Reply, Fail> {
+    crate::jobs::check_job_id(id).map_err(|e| (StatusCode::NOT_FOUND, e))?;
+    let req = Request::Job {
+        id: id.to_string(),
+        stale: false,
+    };
+    match crate::node::handlers::respond(shared, None, req).await {
+        Response::Job { job: Some(job), .. } => {
+            let mut value = json!(JobJson::new(&job, true));
+            value["profile"] = json!(job.profile);
+            Ok(json_reply(StatusCode::OK, &value))
+        }
+        Response::Job { job: None, .. } => Err((StatusCode::NOT_FOUND, format!("no job {id}"))),
+        other => Err(failure(other)),
+    }
+}
+
+/// What `POST /api/v1/jobs` takes: a script's code or a stored script's
+/// name, with the options of `claro submit`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Submission {
+    script: Option<String>,
+    stored: Option<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    priority: Option<i32>,
+    max_attempts: Option<u32>,
+    timeout_s: Option<u64>,
+}
+
+pub(super) async fn submit(
+    shared: &Arc<Shared>,
+    body: &[u8],
+    idem: Option<String>,
+) -> Result<Reply, Fail> {
+    let s: Submission = parse_json(body)?;
+    let bad = |m: String| (StatusCode::BAD_REQUEST, m);
+    let mut spec = match (s.script, s.stored) {
+        (Some(code), None) => {
+            crate::script::check(&code).map_err(|e| bad(format!("script: {e}")))?;
+            JobSpec::script(&code)
+        }
+        (None, Some(name)) => {
+            let mut spec = JobSpec::script("");
+            spec.stored = Some(name);
+            spec
+        }
+        _ => {
+            return Err(bad(
+                "give one of `script` (code) or `stored` (a stored script's name)".into(),
+            ))
+        }
+    };
+    spec.args = s.args;
+    spec.priority = s.priority.unwrap_or(spec.priority);
+    spec.max_attempts = s.max_attempts.unwrap_or(spec.max_attempts);
+    spec.timeout_ms = s
+        .timeout_s
+        .map_or(spec.timeout_ms, |t| t.saturating_mul(1000));
+    spec.validate().map_err(bad)?;
+    let id = crate::jobs::new_job_id(now_ms(), rand::random());
+    let request_id = match &idem {
+        Some(key) if key.is_empty() || key.len() > 64 => {
+            return Err(bad("Idempotency-Key: 1 to 64 characters".into()))
+        }
+        Some(key) => format!("http:{key}"),
+        None => id.clone(),
+    };
+    let command = Command::JobSubmit {
+        id: id.clone(),
+        spec,
+        at_ms: now_ms(),
+    };
+    command.validate().map_err(bad)?;
+    let req = Request::propose(command, Some(request_id.clone()));
+    match crate::node::handlers::respond(shared, None, req).await {
+        Response::Proposed { .. } => {}
+        other => return Err(failure(other)),
+    }
+    // A retried keyed POST made no new job: answer with the first one's.
+    let made = crate::node::handlers::read(shared, false, |core, _| {
+        match core.state().request_job(&request_id) {
+            Ok(Some(job)) => Response::Value {
+                value: Some(serde_bytes::ByteBuf::from(job.into_bytes())),
+                stale: None,
+            },
+            _ => Response::Value {
+                value: None,
+                stale: None,
+            },
+        }
+    })
+    .await;
+    let id = match made {
+        Response::Value { value: Some(v), .. } => String::from_utf8_lossy(&v).into_owned(),
+        _ => id,
+    };
+    let mut reply = job(shared, &id).await?;
+    *reply.status_mut() = StatusCode::CREATED;
+    Ok(reply)
+}
+
+pub(super) async fn cancel_or_retry(
+    shared: &Arc<Shared>,
+    id: &str,
+    verb: &str,
+) -> Result<Reply, Fail> {
+    crate::jobs::check_job_id(id).map_err(|e| (StatusCode::NOT_FOUND, e))?;
+    job(shared, id).await?; // 404 for an unknown id
+    let (id, at_ms) = (id.to_string(), now_ms());
+    let command = match verb {
+        "cancel" => Command::JobCancel {
+            id: id.clone(),
+            at_ms,
+        },
+        "retry" => Command::JobRetry {
+            id: id.clone(),
+            at_ms,
+        },
+        _ => return Err(not_found()),
+    };
+    write(shared, command).await?;
+    job(shared, &id).await
+}
+
+pub(super) async fn write(shared: &Arc<Shared>, command: Command) -> Result<(), Fail> {
+    let req = Request::propose(command, Some(crate::proto::new_request_id()));
+    match crate::node::handlers::respond(shared, None, req).await {
+        Response::Proposed { .. } => Ok(()),
+        other => Err(failure(other)),
+    }
+}
+
+pub(super) async fn hotfolders(shared: &Arc<Shared>) -> Result<Reply, Fail> {
+    match crate::node::handlers::respond(shared, None, Request::Hotfolders { stale: false }).await {
+        Response::Hotfolders { hotfolders, .. } => {
+            let list: Vec<Value> = hotfolders
+                .iter()
+                .map(|(d, c)| {
+                    json!({
+                        "name": d.name, "paused": d.paused, "waiting": c.waiting,
+                        "in_progress": c.in_progress, "done_last_hour": c.done_last_hour,
+                        "failed_last_hour": c.failed_last_hour,
+                    })
+                })
+                .collect();
+            Ok(json_reply(StatusCode::OK, &json!(list)))
+        }
+        other => Err(failure(other)),
+    }
+}
+
+pub(super) async fn pause(shared: &Arc<Shared>, name: &str, verb: &str) -> Result<Reply, Fail> {
+    let paused = match verb {
+        "pause" => true,
+        "resume" => false,
+        _ => return Err(not_found()),
+    };
+    crate::hotfolder::check_name(name).map_err(|e| (StatusCode::NOT_FOUND, e))?;
+    // The state machine ignores a pause of an unknown hotfolder: say so here.
+    match crate::node::handlers::respond(shared, None, Request::Hotfolders { stale: false }).await {
+        Response::Hotfolders { hotfolders, .. }
+            if hotfolders.iter().any(|(d, _)| d.name == name) => {}
+        Response::Hotfolders { .. } => {
+            return Err((StatusCode::NOT_FOUND, format!("no hotfolder `{name}`")))
+        }
+        other => return Err(failure(other)),
+    }
+    write(
+        shared,
+        Command::HotfolderPause {
+            name: name.to_string(),
+            paused,
+        },
+    )
+    .await?;
+    hotfolders(shared).await
+}
+
+fn hotfolder_json(d: &crate::hotfolder::Hotfolder, c: &crate::state::hotfolders::Counts) -> Value {
+    json!({
+        "name": d.name, "paused": d.paused, "waiting": c.waiting,
+        "in_progress": c.in_progress, "done_last_hour": c.done_last_hour,
+        "failed_last_hour": c.failed_last_hour,
+    })
+}
+
+/// `GET hotfolders/NAME`: the counts, the definition, the newest files'
+/// jobs and the newest failures, each with its reason.
+pub(super) async fn hotfolder(shared: &Arc<Shared>, name: &str) -> Result<Reply, Fail> {
+    crate::hotfolder::check_name(name).map_err(|e| (StatusCode::NOT_FOUND, e))?;
+    let req = Request::Hotfolders { stale: false };
+    let (def, counts) = match crate::node::handlers::respond(shared, None, req).await {
+        Response::Hotfolders { hotfolders, .. } => hotfolders
+            .into_iter()
+            .find(|(d, _)| d.name == name)
+            .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no hotfolder `{name}`")))?,
+        other => return Err(failure(other)),
+    };
+    let page = |state| JobFilter {
+        state,
+        hotfolder: Some(name.to_string()),
+        ..JobFilter::default()
+    };
+    let recent = job_page(shared, page(None), HOTFOLDER_RECENT_MAX).await?;
+    let errors = job_page(shared, page(Some(JobState::Failed)), HOTFOLDER_RECENT_MAX).await?;
+    let mut value = hotfolder_json(&def, &counts);
+    value["definition"] = json!(def);
+    value["recent"] = json!(recent);
+    value["errors"] = json!(errors);
+    Ok(json_reply(StatusCode::OK, &value))
+}
+
+async fn job_page(
+    shared: &Arc<Shared>,
+    filter: JobFilter,
+    limit: u32,
+) -> Result<Vec<JobJson>, Fail> {
+    let req = Request::Jobs {
+        filter,
+        limit,
+        stale: false,
+    };
+    match crate::node::handlers::respond(shared, None, req).await {
+        Response::Jobs { jobs, .. } => Ok(jobs.iter().map(|j| JobJson::new(j, false)).collect()),
+        other => Err(failure(other)),
+    }
+}
+
+/// `GET scripts/NAME[?version=N]`: a stored script with its code.
+pub(super) async fn script(shared: &Arc<Shared>, name: &str, query: &str) -> Result<Reply, Fail> {
+    let mut version = None;
+    for (k, v) in query_pairs(query) {
+        match k.as_str() {
+            "version" => {
+                version = Some(v.parse::<u32>().map_err(|_| {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        format!("version={v}: not a version number"),
+                    )
+                })?)
+            }
+            _ => return Err((StatusCode::BAD_REQUEST, format!("unknown parameter `{k}`"))),
+        }
+    }
+    let req = Request::Script {
+        name: percent_decode(name),
+        version,
+        stale: false,
+    };
+    match crate::node::handlers::respond(shared, None, req).await {
+        Response::Script { script: Some(s) } => Ok(json_reply(
+            StatusCode::OK,
+            &json!({"name": s.name, "version": s.version,
+                    "added_at": crate::output::rfc3339(s.added_ms), "code": s.code}),
+        )),
+        Response::Script { script: None } => Err((
+            StatusCode::NOT_FOUND,
+            format!("no stored script `{}`", percent_decode(name)),
+        )),
+        other => Err(failure(other)),
+    }
+}
+
+/// The query's `key=value` pairs, values percent-decoded.
+pub(super) fn query_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+/// `GET settings`: every setting (pages of `Request::List` followed to the
+/// end, at most `SETTINGS_SHOWN_MAX`), as text where it is UTF-8, and in hex.
+pub(super) async fn settings(shared: &Arc<Shared>) -> Result<Reply, Fail> {
+    const SETTINGS_SHOWN_MAX: usize = 10_000;
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let req = Request::List(crate::proto::ListQuery {
+            after: after.take(),
+            limit: None,
+            stale: false,
+        });
+        let (items, next) = match crate::node::handlers::respond(shared, None, req).await {
+            Response::List {
+                items, next_after, ..
+            } => (items, next_after),
+            other => return Err(failure(other)),
+        };
+        for (key, value) in items {
+            let text = std::str::from_utf8(&value).ok().map(str::to_string);
+            let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
+            out.push(json!({"key": key, "value": text, "value_hex": hex}));
+        }
+        match next {
+            Some(n) if out.len() < SETTINGS_SHOWN_MAX => after = Some(n),
+            _ => break,
+        }
+    }
+    Ok(json_reply(StatusCode::OK, &json!(out)))
+}
+
+/// `GET servers`: the status view's servers, each with its running jobs,
+/// slots and mode from the replicated state.
+pub(super) async fn servers(shared: &Arc<Shared>) -> Result<Reply, Fail> {
+    let view = match crate::node::handlers::respond(shared, None, Request::Status).await {
+        Response::Status(v) => v,
+        other => return Err(failure(other)),
+    };
+    let load = super::stats::load(shared);
+    let list: Vec<Value> = view
+        .servers
+        .iter()
+        .map(|s| {
+            let mut v = json!(s);
+            if let Some(l) = load.get(&s.name) {
+                v["running"] = json!(l.running);
+                v["slots"] = json!(l.slots);
+                v["mode"] = json!(l.mode);
+            }
+            v
+        })
+        .collect();
+    Ok(json_reply(StatusCode::OK, &json!(list)))
+}
