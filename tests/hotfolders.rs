@@ -281,7 +281,7 @@ fn failures_go_to_error_with_the_reason_and_bad_definitions_are_refused() {
         "x"
     );
     // A paused hotfolder takes nothing; resumed, it does.
-    assert!(c.cli(&["hotfolder", "pause", "hf"]).status.success());
+    cli_ok(&c, &["hotfolder", "pause", "hf"]);
     std::fs::write(hf.join("in/later.txt"), "later").unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     assert!(hf.join("in/later.txt").exists());
@@ -294,7 +294,7 @@ fn failures_go_to_error_with_the_reason_and_bad_definitions_are_refused() {
         .unwrap()
         .clone();
     assert_eq!(row["paused"], true);
-    assert!(c.cli(&["hotfolder", "resume", "hf"]).status.success());
+    cli_ok(&c, &["hotfolder", "resume", "hf"]);
     c.wait(20, "the paused file taken after resume", || {
         hf.join("out/later.txt").exists()
     });
@@ -354,6 +354,12 @@ fn hotfolder_jobs(c: &Cluster, name: &str) -> Vec<serde_json::Value> {
     jobs.as_array().unwrap().clone()
 }
 
+/// Runs the CLI and asserts it succeeded, showing its output if not.
+fn cli_ok(c: &Cluster, args: &[&str]) {
+    let out = c.cli(args);
+    assert!(out.status.success(), "claro {args:?}: {out:?}");
+}
+
 fn add_hotfolder(c: &Cluster, name: &str, template: &str, extra: &[&str]) {
     let mut args = vec!["hotfolder", "add", name, "--command", template];
     args.extend_from_slice(extra);
@@ -385,10 +391,10 @@ fn a_full_or_read_only_share_fails_jobs_with_the_reason_and_loses_nothing() {
     );
     c.wait(10, "the hotfolder's folders", || root.join("in").is_dir());
     // Full: the attempt fails saying so; the file is kept.
-    assert!(c.cli(&["hotfolder", "pause", "small"]).status.success());
+    cli_ok(&c, &["hotfolder", "pause", "small"]);
     std::fs::write(root.join("in/a.pdf"), "a").unwrap();
     let filler = fill(&root);
-    assert!(c.cli(&["hotfolder", "resume", "small"]).status.success());
+    cli_ok(&c, &["hotfolder", "resume", "small"]);
     let a = failed_job(&c, "a.pdf", "No space left on device");
     assert!(
         files(&root).iter().any(|f| f.ends_with("a.pdf")),
@@ -408,10 +414,10 @@ fn a_full_or_read_only_share_fails_jobs_with_the_reason_and_loses_nothing() {
         "a"
     );
     // Read-only: the claim fails, the file stays in in/.
-    assert!(c.cli(&["hotfolder", "pause", "small"]).status.success());
+    cli_ok(&c, &["hotfolder", "pause", "small"]);
     std::fs::write(root.join("in/b.pdf"), "b").unwrap();
     share.read_only(true).unwrap();
-    assert!(c.cli(&["hotfolder", "resume", "small"]).status.success());
+    cli_ok(&c, &["hotfolder", "resume", "small"]);
     let b = failed_job(&c, "b.pdf", "Read-only file system");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(std::fs::read_to_string(root.join("in/b.pdf")).unwrap(), "b");
