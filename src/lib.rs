@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod consensus;
 pub mod exit;
+pub mod histogram;
 pub mod hotfolder;
 pub mod hotfolder_client;
 pub mod init;

@@ -268,6 +268,20 @@ fn the_api_answers_alike_everywhere_and_checks_access_and_input() {
             && text.contains("claro_jobs{state=\"succeeded\",kind=\"script\"} 1"),
         "{text}"
     );
+    for family in [
+        "claro_queue_depth 0\n",
+        "claro_peers_connected 2\n",
+        "claro_server_slots{server=\"srv1\"} 4\n",
+        "claro_server_running_jobs{server=\"srv3\"} ",
+        "claro_log_persist_us_bucket{le=\"+Inf\"} ",
+        "claro_apply_us_count ",
+        "claro_job_duration_ms_bucket{le=\"1000\"} ",
+        "claro_coordinator_changes_total 0\n",
+    ] {
+        assert!(text.contains(family), "{family} missing: {text}");
+    }
+    // A loopback Prometheus needs no token, even with logins required.
+    assert_eq!(http(&hosts[2], "GET", "/metrics", &[], b"").0, 200);
 
     events_follow_a_submission_elsewhere(&hosts, &viewer, &ops);
     slow_headers_are_cut_off(&hosts[0]);
@@ -619,6 +633,26 @@ fn admin_changes_servers_scripts_and_settings(
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "{to} never took over"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Each instance counts the change it saw.
+    let changes = |host: &str| {
+        let mut s = tls.connect(host);
+        let (_, _, text) = exchange(
+            &mut s,
+            host,
+            "GET",
+            "/metrics",
+            &[("Authorization", admin)],
+            b"",
+        );
+        text.contains("claro_coordinator_changes_total 1\n")
+    };
+    while !changes(&hosts[1]) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "srv2 counted no coordinator change"
         );
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -190,6 +190,32 @@ pub struct Core {
     pending_local_reads: Vec<(Vec<u8>, u64)>,
     /// Data loss seen by the guard: ours, and (as leader) our followers'.
     losses: Losses,
+    /// How long log writes (with their fsync) and applies took: measured
+    /// for /metrics, never used to decide anything.
+    pub latency: StorageLatency,
+}
+
+/// Upper bounds of the storage latency histograms, in microseconds.
+pub const LATENCY_BUCKETS_US: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
+/// Latency of the two writes of a Ready cycle.
+#[derive(Debug, Clone)]
+pub struct StorageLatency {
+    /// Appending entries and the hard state to the log, fsync included.
+    pub persist_us: crate::histogram::Histogram,
+    /// Applying committed entries to state.db (one transaction).
+    pub apply_us: crate::histogram::Histogram,
+}
+
+impl Default for StorageLatency {
+    fn default() -> StorageLatency {
+        StorageLatency {
+            persist_us: crate::histogram::Histogram::new(&LATENCY_BUCKETS_US),
+            apply_us: crate::histogram::Histogram::new(&LATENCY_BUCKETS_US),
+        }
+    }
 }
 
 /// A server holds less than it acknowledged: its log ends at `holds`, but it
@@ -348,6 +374,7 @@ impl Core {
             mutation: None,
             pending_local_reads: Vec::new(),
             losses: Losses::default(),
+            latency: StorageLatency::default(),
         };
         core.member = core.is_member();
         Ok(core)
@@ -701,7 +728,13 @@ impl Core {
             self.install_snapshot(rd.snapshot().clone())?;
         }
         self.apply(rd.take_committed_entries(), out)?;
+        let writes = !rd.entries().is_empty() || rd.hs().is_some();
+        let started = std::time::Instant::now();
         self.node.mut_store().persist(rd.entries(), rd.hs())?;
+        if writes {
+            let us = started.elapsed().as_micros() as u64;
+            self.latency.persist_us.observe(us);
+        }
         self.crash_point(CrashPoint::Persisted)?;
         self.emit(rd.take_persisted_messages(), out);
         let mut light = self.node.advance(rd);
@@ -755,7 +788,11 @@ impl Core {
                 (e.index, e.term, change)
             })
             .collect();
+        let started = std::time::Instant::now();
         self.state.apply(&batch)?;
+        self.latency
+            .apply_us
+            .observe(started.elapsed().as_micros() as u64);
         drop(batch);
         self.node
             .mut_store()

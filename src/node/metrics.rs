@@ -1,8 +1,8 @@
 //! `/metrics` in Prometheus' text format, from this instance's replica
 //! and its own counters. Names are `claro_*`; each carries its unit last.
-//!
-//! Not yet exported: job duration and fsync/commit latency histograms and
-//! leader changes (they need counters in the Raft loop).
+//! Histograms count since this instance started: job run times (ms, of the
+//! jobs the stats sampler saw end), log persist with fsync and state apply
+//! (µs, of this instance's Ready cycles).
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -13,6 +13,7 @@ pub async fn render(shared: &Shared) -> String {
     let mut out = String::new();
     raft(shared, &mut out);
     jobs(shared, &mut out);
+    servers(shared, &mut out);
     http(shared, &mut out);
     out
 }
@@ -61,6 +62,22 @@ fn raft(shared: &Shared, out: &mut String) {
         metric(out, name, "gauge", help);
         let _ = writeln!(out, "{name} {value}");
     }
+    metric(
+        out,
+        "claro_log_persist_us",
+        "histogram",
+        "Log appends with their fsync, per Ready cycle.",
+    );
+    core.latency
+        .persist_us
+        .render("claro_log_persist_us", "", out);
+    metric(
+        out,
+        "claro_apply_us",
+        "histogram",
+        "Applying committed entries to state.db, per batch.",
+    );
+    core.latency.apply_us.render("claro_apply_us", "", out);
     let bytes = std::fs::metadata(shared.dir.join("state.db")).map_or(0, |m| m.len());
     metric(out, "claro_database_bytes", "gauge", "Size of state.db.");
     let _ = writeln!(out, "claro_database_bytes {bytes}");
@@ -86,6 +103,14 @@ fn jobs(shared: &Shared, out: &mut String) {
     for (state, kind, n) in counts.unwrap_or_default() {
         let _ = writeln!(out, "claro_jobs{{state=\"{state}\",kind=\"{kind}\"}} {n}");
     }
+    let queued = crate::state::jobs::queued_count(conn).unwrap_or(0);
+    metric(
+        out,
+        "claro_queue_depth",
+        "gauge",
+        "Jobs waiting for a server.",
+    );
+    let _ = writeln!(out, "claro_queue_depth {queued}");
     let hour_ago_ms = super::now_ms().saturating_sub(3_600_000);
     let defs = crate::state::hotfolders::list(conn).unwrap_or_default();
     metric(
@@ -120,4 +145,69 @@ fn http(shared: &Shared, out: &mut String) {
             n.load(Ordering::Relaxed)
         );
     }
+}
+
+fn servers(shared: &Shared, out: &mut String) {
+    let load = super::http::stats::load(shared);
+    metric(
+        out,
+        "claro_server_running_jobs",
+        "gauge",
+        "Jobs assigned to or running on a server.",
+    );
+    for (name, l) in &load {
+        let _ = writeln!(
+            out,
+            "claro_server_running_jobs{{server=\"{name}\"}} {}",
+            l.running
+        );
+    }
+    metric(
+        out,
+        "claro_server_slots",
+        "gauge",
+        "Jobs a server runs at once at most.",
+    );
+    for (name, l) in &load {
+        let _ = writeln!(out, "claro_server_slots{{server=\"{name}\"}} {}", l.slots);
+    }
+    metric(
+        out,
+        "claro_server_maintenance",
+        "gauge",
+        "1 when a server takes no new jobs.",
+    );
+    for (name, l) in &load {
+        let on = u8::from(l.mode == "maintenance");
+        let _ = writeln!(out, "claro_server_maintenance{{server=\"{name}\"}} {on}");
+    }
+    let view = super::handlers::own_view(shared);
+    let peers = view
+        .servers
+        .iter()
+        .filter(|s| s.name != shared.me.name && s.connected)
+        .count();
+    metric(
+        out,
+        "claro_peers_connected",
+        "gauge",
+        "Other servers this instance hears from.",
+    );
+    let _ = writeln!(out, "claro_peers_connected {peers}");
+    let changes = shared.http.coordinator_changes.load(Ordering::Relaxed);
+    metric(
+        out,
+        "claro_coordinator_changes_total",
+        "counter",
+        "Times this instance saw the coordinator change since it started.",
+    );
+    let _ = writeln!(out, "claro_coordinator_changes_total {changes}");
+    let stats = shared.http.stats.lock().expect("stats lock");
+    metric(
+        out,
+        "claro_job_duration_ms",
+        "histogram",
+        "Run time of jobs that ended.",
+    );
+    stats.durations.render("claro_job_duration_ms", "", out);
 }

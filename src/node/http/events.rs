@@ -56,6 +56,7 @@ pub struct Watcher {
     applied_index: u64,
     pub job_seq: u64,
     coordinator: Option<(Option<String>, u64)>,
+    last_known: Option<String>,
     servers: BTreeMap<String, (String, bool)>,
     pub coordinator_changes: u64,
 }
@@ -83,8 +84,13 @@ impl Watcher {
         }
         if let Some(c) = obs.coordinator {
             if self.coordinator.as_ref() != Some(&c) {
-                if self.coordinator.as_ref().is_some_and(|old| old.0 != c.0) {
-                    self.coordinator_changes += 1;
+                // A change is a coordinator other than the last one known;
+                // none known in between (an election under way) is none.
+                if let Some(name) = &c.0 {
+                    if self.last_known.as_ref().is_some_and(|k| k != name) {
+                        self.coordinator_changes += 1;
+                    }
+                    self.last_known = Some(name.clone());
                 }
                 out.push(("coordinator", json!({"name": c.0, "term": c.1})));
                 self.coordinator = Some(c);
@@ -322,6 +328,11 @@ mod tests {
     #[test]
     fn a_new_coordinator_and_a_server_change_are_reported() {
         let mut w = Watcher::default();
+        let starting = Observation {
+            coordinator: Some((None, 0)),
+            ..Observation::default()
+        };
+        w.observe(starting);
         let with = |coord: &str, term, state: &str| Observation {
             coordinator: Some((Some(coord.to_string()), term)),
             servers: Some(vec![("srv2".into(), state.into(), true)]),
@@ -332,6 +343,12 @@ mod tests {
         let moved = w.observe(with("srv2", 2, "coordinator"));
         assert_eq!(moved.len(), 2);
         assert_eq!(moved[0].1["name"], "srv2");
+        assert_eq!(w.coordinator_changes, 1);
+        // An election (no coordinator), then the same one again: no change.
+        let mut none = with("srv2", 3, "coordinator");
+        none.coordinator = Some((None, 3));
+        assert_eq!(w.observe(none).len(), 1);
+        w.observe(with("srv2", 3, "coordinator"));
         assert_eq!(w.coordinator_changes, 1);
     }
 }

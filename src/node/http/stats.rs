@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::histogram::Histogram;
 use crate::node::{now_ms, Shared};
 use crate::state::jobs as db;
 
@@ -49,34 +50,22 @@ pub struct Sample {
     pub servers: BTreeMap<String, Load>,
 }
 
-/// A cumulative histogram in Prometheus' sense.
-#[derive(Debug, Clone, Default)]
-pub struct Histogram {
-    /// Observations at or under each bound of `DURATION_BUCKETS_MS`.
-    pub buckets: [u64; DURATION_BUCKETS_MS.len()],
-    pub count: u64,
-    pub sum_ms: u64,
-}
-
-impl Histogram {
-    pub fn observe(&mut self, ms: u64) {
-        for (bound, n) in DURATION_BUCKETS_MS.iter().zip(self.buckets.iter_mut()) {
-            if ms <= *bound {
-                *n += 1;
-            }
-        }
-        self.count += 1;
-        self.sum_ms = self.sum_ms.saturating_add(ms);
-        debug_assert!(self.buckets.windows(2).all(|w| w[0] <= w[1]));
-    }
-}
-
-#[derive(Default)]
 pub struct Stats {
     pub samples: VecDeque<Sample>,
+    /// Run times of the jobs that ended since this instance started.
     pub durations: Histogram,
     /// End of the window the last sample counted (`0`: none yet).
     counted_to_ms: u64,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats {
+            samples: VecDeque::new(),
+            durations: Histogram::new(&DURATION_BUCKETS_MS),
+            counted_to_ms: 0,
+        }
+    }
 }
 
 impl Stats {
@@ -175,18 +164,6 @@ fn sample_once(shared: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_histogram_is_cumulative() {
-        let mut h = Histogram::default();
-        for ms in [5, 60, 60, 400_000] {
-            h.observe(ms);
-        }
-        assert_eq!(h.buckets[0], 1, "5 ms is under 10 ms");
-        assert_eq!(h.buckets[2], 3, "60 ms twice, under 100 ms");
-        assert_eq!(*h.buckets.last().unwrap(), 3, "400 s is over every bound");
-        assert_eq!((h.count, h.sum_ms), (4, 400_125));
-    }
 
     #[test]
     fn the_ring_keeps_one_hour() {
