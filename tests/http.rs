@@ -286,13 +286,14 @@ fn the_api_answers_alike_everywhere_and_checks_access_and_input() {
     events_follow_a_submission_elsewhere(&hosts, &viewer, &ops);
     slow_headers_are_cut_off(&hosts[0]);
 
+    let alive = a_key_holds_across_a_coordinator_kill(&mut c, &hosts, &ops);
     // Wrong tokens: 401, then 429 for that address.
     let wrong = format!("Bearer claro_{}", "0".repeat(64));
     let mut statuses = Vec::new();
     for _ in 0..12 {
         statuses.push(
             http(
-                &hosts[0],
+                &alive,
                 "GET",
                 "/api/v1/status",
                 &[("Authorization", &wrong)],
@@ -700,4 +701,71 @@ fn job_events_follow_a_job_to_its_end(tls: &Https, hosts: &[String], ops: &str) 
         seen.contains("\"state\":\"queued\""),
         "the submission itself is an event: {seen}"
     );
+}
+
+/// A keyed submission through a survivor, the coordinator killed -9, and
+/// the same key again through the other survivor: one job, the first. The
+/// status answers promptly on a survivor meanwhile. Returns a survivor.
+fn a_key_holds_across_a_coordinator_kill(c: &mut Cluster, hosts: &[String], ops: &str) -> String {
+    let (_, _, body) = http(
+        &hosts[0],
+        "GET",
+        "/api/v1/status",
+        &[("Authorization", ops)],
+        b"",
+    );
+    let coordinator = json(&body)["coordinator"].as_str().unwrap().to_string();
+    let at =
+        |name: &str| hosts[name.trim_start_matches("srv").parse::<usize>().unwrap() - 1].clone();
+    let survivors: Vec<String> = ["srv1", "srv2", "srv3"]
+        .iter()
+        .filter(|n| **n != coordinator)
+        .map(|n| at(n))
+        .collect();
+    let keyed = [("Authorization", ops), ("Idempotency-Key", "across-a-kill")];
+    let (status, _, first) = http(
+        &survivors[0],
+        "POST",
+        "/api/v1/jobs",
+        &keyed,
+        br#"{"script": "1"}"#,
+    );
+    assert_eq!(status, 201, "{first}");
+    let first = json(&first)["id"].clone();
+    c.kill9(&coordinator);
+    let asked = Instant::now();
+    let (status, _, _) = http(
+        &survivors[0],
+        "GET",
+        "/api/v1/status",
+        &[("Authorization", ops)],
+        b"",
+    );
+    assert_eq!(status, 200);
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "status took {:?}",
+        asked.elapsed()
+    );
+    let started = Instant::now();
+    loop {
+        let (status, _, again) = http(
+            &survivors[1],
+            "POST",
+            "/api/v1/jobs",
+            &keyed,
+            br#"{"script": "1"}"#,
+        );
+        if status == 201 {
+            assert_eq!(json(&again)["id"], first, "the retry made another job");
+            break;
+        }
+        assert_eq!(status, 503, "{again}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no coordinator after 30 s: {again}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    survivors[0].clone()
 }
