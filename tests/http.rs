@@ -286,6 +286,7 @@ fn the_api_answers_alike_everywhere_and_checks_access_and_input() {
     events_follow_a_submission_elsewhere(&hosts, &viewer, &ops);
     slow_headers_are_cut_off(&hosts[0]);
 
+    idle_event_streams_are_bounded(&hosts[1], &viewer);
     let alive = a_key_holds_across_a_coordinator_kill(&mut c, &hosts, &ops);
     // Wrong tokens: 401, then 429 for that address.
     let wrong = format!("Bearer claro_{}", "0".repeat(64));
@@ -768,4 +769,48 @@ fn a_key_holds_across_a_coordinator_kill(c: &mut Cluster, hosts: &[String], ops:
         std::thread::sleep(Duration::from_millis(200));
     }
     survivors[0].clone()
+}
+
+/// More idle event streams than `EVENT_STREAMS_MAX` (256): the ones over
+/// are refused with 429, the instance answers meanwhile, and a stream is
+/// accepted again once the idle ones are gone.
+fn idle_event_streams_are_bounded(host: &str, viewer: &str) {
+    const STREAMS: usize = 300;
+    let req = format!("GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: {viewer}\r\n\r\n");
+    let open = |n: usize| -> (Vec<TcpStream>, Vec<u16>) {
+        let mut streams = Vec::new();
+        let mut statuses = Vec::new();
+        for _ in 0..n {
+            let mut s = TcpStream::connect((host, 7901)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(req.as_bytes()).unwrap();
+            let mut buf = [0u8; 12];
+            s.read_exact(&mut buf).unwrap();
+            let head = String::from_utf8_lossy(&buf).into_owned();
+            statuses.push(head[9..12].parse().unwrap());
+            streams.push(s);
+        }
+        (streams, statuses)
+    };
+    let (idle, statuses) = open(STREAMS);
+    let accepted = statuses.iter().filter(|s| **s == 200).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((accepted, refused), (256, STREAMS - 256), "{statuses:?}");
+    let (status, _, _) = http(
+        host,
+        "GET",
+        "/api/v1/status",
+        &[("Authorization", viewer)],
+        b"",
+    );
+    assert_eq!(status, 200, "the instance answers beside its idle streams");
+    drop(idle);
+    let started = Instant::now();
+    while open(1).1 != [200] {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "closed streams are not counted off"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
