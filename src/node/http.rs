@@ -559,3 +559,34 @@ impl hyper::rt::Timer for AsyncIoTimer {
         Box::pin(AsyncIoSleep(async_io::Timer::at(at)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_route_takes_the_role_its_change_needs() {
+        let cases = [
+            (Method::GET, "status", Role::Viewer),
+            (Method::GET, "servers", Role::Viewer),
+            (Method::POST, "servers/srv2/drain", Role::Admin),
+            (Method::POST, "coordinator/transfer", Role::Admin),
+            (Method::POST, "jobs", Role::Operator),
+            (Method::POST, "jobs/J/cancel", Role::Operator),
+            (Method::GET, "hotfolders/hf", Role::Viewer),
+            (Method::POST, "hotfolders/hf/pause", Role::Operator),
+            (Method::POST, "hotfolders", Role::Admin),
+            (Method::DELETE, "hotfolders/hf", Role::Admin),
+            (Method::GET, "scripts/s", Role::Viewer),
+            (Method::POST, "scripts", Role::Admin),
+            (Method::GET, "settings", Role::Viewer),
+            (Method::PUT, "settings/k", Role::Admin),
+            (Method::GET, "tokens", Role::Admin),
+            (Method::DELETE, "tokens/t", Role::Admin),
+        ];
+        for (method, path, role) in cases {
+            let parts: Vec<&str> = path.split('/').collect();
+            assert_eq!(need(&method, &parts), role, "{method} {path}");
+        }
+    }
+}
