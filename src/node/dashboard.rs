@@ -8,6 +8,9 @@ use hyper::Method;
 const INDEX: &str = include_str!("dashboard/index.html");
 const APP_JS: &str = include_str!("dashboard/app.js");
 const APP_CSS: &str = include_str!("dashboard/app.css");
+const UI_JS: &str = include_str!("dashboard/ui.js");
+const PAGES_JS: &str = include_str!("dashboard/pages.js");
+const FAVICON: &str = include_str!("dashboard/favicon.svg");
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
 pub fn asset(method: &Method, path: &str) -> Option<hyper::Response<super::http::Body>> {
@@ -18,6 +21,9 @@ pub fn asset(method: &Method, path: &str) -> Option<hyper::Response<super::http:
         "/" | "/index.html" => (INDEX, "text/html; charset=utf-8"),
         "/app.js" => (APP_JS, "text/javascript; charset=utf-8"),
         "/app.css" => (APP_CSS, "text/css; charset=utf-8"),
+        "/ui.js" => (UI_JS, "text/javascript; charset=utf-8"),
+        "/pages.js" => (PAGES_JS, "text/javascript; charset=utf-8"),
+        "/favicon.svg" => (FAVICON, "image/svg+xml"),
         _ => return None,
     };
     let mut reply = super::http::text(body.to_string(), kind);

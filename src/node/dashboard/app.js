@@ -1,152 +1,265 @@
-// The dashboard: reads the JSON API of the instance that served it and
-// refreshes on its event stream. Every value is put in the page as text
-// (textContent), never as HTML.
+// The dashboard's shell: the API client with its session (login, CSRF),
+// the router (#page/argument), and the live updates from the instance's
+// event stream. The pages themselves are in pages.js.
 "use strict";
 
-let csrf = "";
-const $ = (id) => document.getElementById(id);
+/// At most one refresh of the visible page per this many milliseconds
+/// (events may come hundreds a second under load).
+const REFRESH_GAP_MS = 250;
+/// A stream the server closed (a restarted instance forgot the session, or
+/// refused a stream) is opened again after this long.
+const STREAM_RETRY_MS = 3000;
+/// Ranks of the roles: a button needs its page's role or a higher one.
+const ROLE_RANK = { viewer: 1, operator: 2, admin: 3 };
 
-function cell(row, text, cls) {
-  const td = document.createElement("td");
-  td.textContent = text === null || text === undefined ? "" : String(text);
-  if (cls) td.className = cls;
-  row.appendChild(td);
-  return td;
+const session = { role: null, csrf: "", loginRequired: false };
+
+class ApiError extends Error {
+  constructor(message, status) {
+    super(message);
+    this.status = status;
+  }
 }
 
-function badge(row, text) {
-  const td = document.createElement("td");
-  const span = document.createElement("span");
-  span.className = "badge s-" + String(text).replace(/[^a-z]/g, "");
-  span.textContent = text;
-  td.appendChild(span);
-  row.appendChild(td);
-}
-
+/// One API call: JSON in and out, the dashboard's header, the CSRF token on
+/// every change. A 401 shows the login page.
 async function api(path, options) {
-  const opts = Object.assign({ headers: {} }, options || {});
-  opts.headers["X-Claro"] = "dashboard";
-  if (csrf) opts.headers["X-CSRF-Token"] = csrf;
-  const res = await fetch("/api/v1/" + path, opts);
-  if (res.status === 401) { $("login").hidden = false; throw new Error("log in"); }
-  const body = await res.json();
-  if (!res.ok) throw new Error(body.error || res.statusText);
-  return body;
-}
-
-async function loadCluster() {
-  const s = await api("status");
-  $("cluster-meta").textContent = "coordinator " + (s.coordinator || "none") + " · term " + s.term + " · answered by " + s.answered_by;
-  const tbody = $("servers");
-  tbody.replaceChildren();
-  for (const v of s.servers) {
-    const tr = document.createElement("tr");
-    cell(tr, v.name + (v.name === s.coordinator ? " ★" : ""));
-    cell(tr, v.address);
-    cell(tr, v.role);
-    badge(tr, v.state);
-    badge(tr, v.connected ? "yes" : "no");
-    badge(tr, v.synchronized ? "yes" : "no");
-    cell(tr, v.applied_index);
-    cell(tr, v.note, "wrap");
-    tbody.appendChild(tr);
+  const opts = Object.assign({ method: "GET" }, options || {});
+  const headers = { "X-Claro": "dashboard" };
+  if (opts.method !== "GET" && session.csrf) headers["X-CSRF-Token"] = session.csrf;
+  let body;
+  if (opts.json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    body = JSON.stringify(opts.json);
   }
-}
-
-function actionButton(label, path) {
-  const b = document.createElement("button");
-  b.textContent = label;
-  b.addEventListener("click", async () => {
-    try { await api(path, { method: "POST" }); refresh(); } catch (e) { alert(e.message); }
-  });
-  return b;
-}
-
-async function loadJobs() {
-  const state = $("state-filter").value;
-  const page = await api("jobs?limit=50" + (state ? "&state=" + state : ""));
-  const tbody = $("job-rows");
-  tbody.replaceChildren();
-  for (const j of page.jobs) {
-    const tr = document.createElement("tr");
-    cell(tr, j.id);
-    cell(tr, j.kind);
-    badge(tr, j.state);
-    cell(tr, j.attempt + "/" + j.max_attempts);
-    cell(tr, j.instance);
-    cell(tr, j.input, "wrap");
-    cell(tr, j.created_at);
-    cell(tr, j.error || j.result, "wrap");
-    const td = document.createElement("td");
-    if (["queued", "assigned", "running"].includes(j.state)) td.appendChild(actionButton("Cancel", "jobs/" + j.id + "/cancel"));
-    if (["failed", "cancelled"].includes(j.state)) td.appendChild(actionButton("Retry", "jobs/" + j.id + "/retry"));
-    tr.appendChild(td);
-    tbody.appendChild(tr);
-  }
-}
-
-async function loadHotfolders() {
-  const list = await api("hotfolders");
-  const tbody = $("hotfolder-rows");
-  tbody.replaceChildren();
-  for (const h of list) {
-    const tr = document.createElement("tr");
-    cell(tr, h.name);
-    badge(tr, h.paused ? "paused" : "active");
-    cell(tr, h.waiting);
-    cell(tr, h.in_progress);
-    cell(tr, h.done_last_hour);
-    cell(tr, h.failed_last_hour);
-    const td = document.createElement("td");
-    td.appendChild(actionButton(h.paused ? "Resume" : "Pause", "hotfolders/" + encodeURIComponent(h.name) + (h.paused ? "/resume" : "/pause")));
-    tr.appendChild(td);
-    tbody.appendChild(tr);
-  }
-}
-
-let pending = false;
-async function refresh() {
-  if (pending) return;
-  pending = true;
+  let res;
   try {
-    await Promise.all([loadCluster(), loadJobs(), loadHotfolders()]);
-    $("login").hidden = true;
+    res = await fetch("/api/v1/" + path, { method: opts.method, headers, body, credentials: "same-origin" });
   } catch (e) {
-    console.log(e.message);
-  } finally {
-    pending = false;
+    throw new ApiError("the instance does not answer (" + e.message + ")", 0);
+  }
+  let data = null;
+  try { data = await res.json(); } catch (e) { data = null; }
+  if (res.status === 401 && path !== "login") {
+    showLogin(data && data.error);
+    throw new ApiError("log in first", 401);
+  }
+  if (!res.ok) throw new ApiError((data && data.error) || res.status + " " + res.statusText, res.status);
+  return data;
+}
+
+function can(role) {
+  return (ROLE_RANK[session.role] || 0) >= ROLE_RANK[role];
+}
+
+/// Shows or hides every element marked data-role by the session's role.
+function applyRole() {
+  for (const el of document.querySelectorAll("[data-role]")) el.hidden = !can(el.dataset.role);
+  const role = $("role");
+  role.hidden = !session.role;
+  role.textContent = session.role || "";
+  role.title = "You are logged in as " + (session.role || "nobody");
+  $("logout").hidden = !session.loginRequired;
+}
+
+/// The cluster's name in the top bar (from any status answer).
+function showClusterId(status) {
+  const el = $("cluster-id");
+  const id = status.cluster_id || "";
+  el.textContent = id ? "cluster " + id.slice(0, 8) : "";
+  el.title = "Cluster " + id + ", coordinator " + (status.coordinator || "none");
+}
+
+/// Asks the instance who we are: true when it answered with a session;
+/// false on a 401 (the login page shows) or when it cannot be reached.
+async function loadSession() {
+  try {
+    const s = await api("session");
+    session.role = s.role;
+    session.csrf = s.csrf || "";
+    session.loginRequired = !!s.login_required;
+    return true;
+  } catch (e) {
+    return false;
   }
 }
 
-function listen() {
-  const events = new EventSource("/api/v1/events");
-  const live = $("live");
-  events.addEventListener("change", () => refresh());
-  events.onopen = () => { live.textContent = "live"; live.className = "badge s-live"; refresh(); };
-  events.onerror = () => { live.textContent = "reconnecting"; live.className = "badge s-reconnecting"; };
+function showLogin(reason) {
+  session.role = null;
+  applyRole();
+  for (const p of document.querySelectorAll(".page")) p.hidden = p.id !== "page-login";
+  $("nav").classList.add("disabled");
+  $("login-error").textContent = reason && !/^log in/i.test(reason) ? reason : "";
+  $("token").focus();
 }
 
-document.addEventListener("DOMContentLoaded", () => {
-  $("login-form").addEventListener("submit", async (ev) => {
-    ev.preventDefault();
-    try {
-      const res = await fetch("/api/v1/login", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ token: $("token").value }) });
-      const body = await res.json();
-      if (!res.ok) throw new Error(body.error);
-      csrf = body.csrf;
-      $("login").hidden = true;
-      refresh();
-    } catch (e) { $("login-error").textContent = e.message; }
-  });
-  $("submit-form").addEventListener("submit", async (ev) => {
-    ev.preventDefault();
-    try {
-      const job = await api("jobs", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ script: $("script").value }) });
-      $("submit-result").textContent = "submitted " + job.id;
-      refresh();
-    } catch (e) { $("submit-result").textContent = e.message; }
-  });
-  $("state-filter").addEventListener("change", () => loadJobs());
-  listen();
-  refresh();
-});
+async function login(ev) {
+  ev.preventDefault();
+  $("login-error").textContent = "";
+  try {
+    const r = await api("login", { method: "POST", json: { token: $("token").value.trim() } });
+    session.role = r.role;
+    session.csrf = r.csrf;
+    session.loginRequired = true;
+    $("token").value = "";
+    $("nav").classList.remove("disabled");
+    applyRole();
+    openStream();
+    route();
+    api("status").then(showClusterId, () => {});
+  } catch (e) {
+    $("login-error").textContent = e.message;
+  }
+}
+
+async function logout() {
+  try { await api("logout", { method: "POST" }); } catch (e) { /* the session ends anyway */ }
+  session.csrf = "";
+  closeStream();
+  showLogin("");
+}
+
+// ---------------------------------------------------------------------------
+// Router: #cluster, #jobs?state=failed, #job/ID, #hotfolders/NAME, #scripts/NAME, #settings.
+
+function parseHash() {
+  const raw = location.hash.replace(/^#/, "") || "cluster";
+  const [path, query] = raw.split("?");
+  const [page, ...rest] = path.split("/");
+  const arg = rest.length ? decodeURIComponent(rest.join("/")) : null;
+  const params = new URLSearchParams(query || "");
+  return { page: PAGES[page] ? page : "cluster", arg, params };
+}
+
+let current = null;
+
+function route() {
+  if (!session.role) return;
+  const r = parseHash();
+  const changed = !current || current.page !== r.page;
+  current = r;
+  for (const p of document.querySelectorAll(".page")) p.hidden = p.id !== "page-" + r.page;
+  const navPage = r.page === "job" ? "jobs" : r.page;
+  for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.dataset.page === navPage);
+  document.title = "claro · " + PAGES[r.page].title;
+  if (changed && PAGES[r.page].enter) PAGES[r.page].enter(r);
+  if (changed) schedulePoll();
+  refreshNow();
+}
+
+// ---------------------------------------------------------------------------
+// Refreshing: one at a time, at most one per REFRESH_GAP_MS.
+
+let refreshing = false;
+let again = false;
+let timer = null;
+let lastRefresh = 0;
+
+function scheduleRefresh() {
+  if (timer) return;
+  const wait = Math.max(0, lastRefresh + REFRESH_GAP_MS - Date.now());
+  timer = setTimeout(() => { timer = null; refreshNow(); }, wait);
+}
+
+async function refreshNow() {
+  if (!current || !session.role) return;
+  if (refreshing) { again = true; return; }
+  refreshing = true;
+  lastRefresh = Date.now();
+  try {
+    await PAGES[current.page].load(current);
+  } catch (e) {
+    if (e.status !== 401) setStale(e.message);
+  } finally {
+    refreshing = false;
+    if (again) { again = false; scheduleRefresh(); }
+  }
+}
+
+/// Pages with `pollMs` are also refreshed that often (as long as they show).
+let pollTimer = null;
+function schedulePoll() {
+  clearTimeout(pollTimer);
+  const page = current && PAGES[current.page];
+  if (page && page.pollMs) pollTimer = setTimeout(() => { scheduleRefresh(); schedulePoll(); }, page.pollMs);
+}
+
+function setStale(message) {
+  const live = $("live");
+  if (live.dataset.state === "live") live.title = "Last refresh failed: " + message;
+}
+
+// ---------------------------------------------------------------------------
+// Live: one event stream; EventSource reconnects by itself after a network
+// error, but not after an answer it refuses (a 401 once the instance
+// restarted and forgot the session): then the session is asked again.
+
+let stream = null;
+let retry = null;
+
+function setLive(state, text) {
+  const live = $("live");
+  live.dataset.state = state;
+  live.className = "pill pill-" + state;
+  live.textContent = text;
+  live.title = state === "live" ? "Updates arrive as they happen" : "The event stream is down; showing the last known state";
+}
+
+function openStream() {
+  closeStream();
+  setLive("wait", "connecting");
+  stream = new EventSource("/api/v1/events");
+  stream.onopen = () => { setLive("live", "live"); scheduleRefresh(); };
+  stream.onerror = () => {
+    setLive("down", "reconnecting");
+    if (stream && stream.readyState === EventSource.CLOSED) {
+      stream = null;
+      clearTimeout(retry);
+      retry = setTimeout(connect, STREAM_RETRY_MS);
+    }
+  };
+  for (const name of ["job", "change", "server", "coordinator", "resync"]) {
+    stream.addEventListener(name, (ev) => onEvent(name, ev));
+  }
+}
+
+function closeStream() {
+  clearTimeout(retry);
+  if (stream) stream.close();
+  stream = null;
+}
+
+function onEvent(name, ev) {
+  let data = {};
+  try { data = JSON.parse(ev.data); } catch (e) { /* an event without data still means "look again" */ }
+  const page = current && PAGES[current.page];
+  if (page && page.wants && !page.wants(name, data, current)) return;
+  scheduleRefresh();
+}
+
+/// Asks who we are until the instance answers, then shows the page and
+/// opens the event stream; a 401 shows the login form instead (a restarted
+/// instance has forgotten its sessions).
+async function connect() {
+  clearTimeout(retry);
+  if (await loadSession()) {
+    applyRole();
+    openStream();
+    route();
+    api("status").then(showClusterId, () => {});
+  } else if ($("page-login").hidden) {
+    setLive("down", "reconnecting");
+    retry = setTimeout(connect, STREAM_RETRY_MS);
+  }
+}
+
+function start() {
+  $("login-form").addEventListener("submit", login);
+  $("logout").addEventListener("click", logout);
+  for (const p of Object.values(PAGES)) if (p.init) p.init();
+  window.addEventListener("hashchange", route);
+  window.addEventListener("resize", () => scheduleRefresh());
+  connect();
+}
+
+document.addEventListener("DOMContentLoaded", start);
