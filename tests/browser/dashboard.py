@@ -230,6 +230,7 @@ def check_scripts(page):
     page.click("#script-form button[type=submit]")
     expect(page.locator("#script-error")).to_be_visible(timeout=ms(UI_S))
     step("a syntax error is refused: " + page.locator("#script-error").inner_text().splitlines()[0])
+    shot(page, "scripts-error", full=False)
     code = ('// Makes a proof sheet. <script>alert(1)</script>\n'
             'let pages = if ARGS.len() > 0 { parse_int(ARGS[0]) } else { 4 };\n'
             'log("proof with " + pages + " pages");\n'
