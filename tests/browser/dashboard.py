@@ -169,6 +169,10 @@ def check_jobs(page):
     shot(page, "job-failed")
     step("a failed job's page shows its error")
 
+    page.goto(f"{URL}#job/{'0' * 20}")
+    expect(page.locator("#job-missing")).to_contain_text("no job", timeout=ms(UI_S))
+    expect(page.locator("#job-body")).to_be_hidden()
+
 
 def check_cancel(page):
     long_job = submit_job(page, 'log("a long one"); sleep_ms(60000); "never"')

@@ -392,13 +392,17 @@ const jobPage = {
 
   missing(id, message) {
     $("job-id").textContent = id || "";
-    fill("job-state", badge("unknown", "no"));
-    fill("job-fields", h("div", { className: "form-error" }, message));
+    fill("job-state");
+    fill("job-missing", message);
+    $("job-missing").hidden = false;
+    $("job-body").hidden = true;
     for (const b of ["job-cancel", "job-retry"]) $(b).hidden = true;
   },
 
   draw(j) {
     this.job = j;
+    $("job-missing").hidden = true;
+    $("job-body").hidden = false;
     $("job-id").textContent = j.id;
     fill("job-state", badge(j.state));
     $("job-cancel").hidden = !can("operator") || !ACTIVE_STATES.includes(j.state);
