@@ -220,7 +220,7 @@ pub(super) async fn token_remove(shared: &Arc<Shared>, name: &str) -> Result<Rep
 pub(super) async fn hotfolder_add(shared: &Arc<Shared>, body: &[u8]) -> Result<Reply, Fail> {
     let def = hotfolder_of(body)?;
     def.validate().map_err(bad)?;
-    if super::api::hotfolder(shared, &def.name).await.is_ok() {
+    if super::api::find_hotfolder(shared, &def.name).await.is_ok() {
         return Err((
             StatusCode::CONFLICT,
             format!("hotfolder `{}` exists", def.name),
@@ -235,7 +235,7 @@ pub(super) async fn hotfolder_add(shared: &Arc<Shared>, body: &[u8]) -> Result<R
 
 /// `DELETE hotfolders/NAME`: the definition; its folders stay.
 pub(super) async fn hotfolder_remove(shared: &Arc<Shared>, name: &str) -> Result<Reply, Fail> {
-    super::api::hotfolder(shared, name).await?; // 404 for an unknown one
+    super::api::find_hotfolder(shared, name).await?; // 404 for an unknown one
     let name = name.to_string();
     write(shared, Command::HotfolderRemove { name: name.clone() }).await?;
     Ok(json_reply(StatusCode::OK, &json!({"removed": name})))

@@ -242,13 +242,7 @@ pub(super) async fn hotfolders(shared: &Arc<Shared>) -> Result<Reply, Fail> {
         Response::Hotfolders { hotfolders, .. } => {
             let list: Vec<Value> = hotfolders
                 .iter()
-                .map(|(d, c)| {
-                    json!({
-                        "name": d.name, "paused": d.paused, "waiting": c.waiting,
-                        "in_progress": c.in_progress, "done_last_hour": c.done_last_hour,
-                        "failed_last_hour": c.failed_last_hour,
-                    })
-                })
+                .map(|(d, c)| hotfolder_json(d, c))
                 .collect();
             Ok(json_reply(StatusCode::OK, &json!(list)))
         }
@@ -264,14 +258,7 @@ pub(super) async fn pause(shared: &Arc<Shared>, name: &str, verb: &str) -> Resul
     };
     crate::hotfolder::check_name(name).map_err(|e| (StatusCode::NOT_FOUND, e))?;
     // The state machine ignores a pause of an unknown hotfolder: say so here.
-    match crate::node::handlers::respond(shared, None, Request::Hotfolders { stale: false }).await {
-        Response::Hotfolders { hotfolders, .. }
-            if hotfolders.iter().any(|(d, _)| d.name == name) => {}
-        Response::Hotfolders { .. } => {
-            return Err((StatusCode::NOT_FOUND, format!("no hotfolder `{name}`")))
-        }
-        other => return Err(failure(other)),
-    }
+    find_hotfolder(shared, name).await?;
     write(
         shared,
         Command::HotfolderPause {
@@ -291,18 +278,32 @@ fn hotfolder_json(d: &crate::hotfolder::Hotfolder, c: &crate::state::hotfolders:
     })
 }
 
-/// `GET hotfolders/NAME`: the counts, the definition, the newest files'
-/// jobs and the newest failures, each with its reason.
-pub(super) async fn hotfolder(shared: &Arc<Shared>, name: &str) -> Result<Reply, Fail> {
+/// The definition and counts of hotfolder `name`; 404 when there is none.
+pub(super) async fn find_hotfolder(
+    shared: &Arc<Shared>,
+    name: &str,
+) -> Result<
+    (
+        crate::hotfolder::Hotfolder,
+        crate::state::hotfolders::Counts,
+    ),
+    Fail,
+> {
     crate::hotfolder::check_name(name).map_err(|e| (StatusCode::NOT_FOUND, e))?;
     let req = Request::Hotfolders { stale: false };
-    let (def, counts) = match crate::node::handlers::respond(shared, None, req).await {
+    match crate::node::handlers::respond(shared, None, req).await {
         Response::Hotfolders { hotfolders, .. } => hotfolders
             .into_iter()
             .find(|(d, _)| d.name == name)
-            .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no hotfolder `{name}`")))?,
-        other => return Err(failure(other)),
-    };
+            .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no hotfolder `{name}`"))),
+        other => Err(failure(other)),
+    }
+}
+
+/// `GET hotfolders/NAME`: the counts, the definition, the newest files'
+/// jobs and the newest failures, each with its reason.
+pub(super) async fn hotfolder(shared: &Arc<Shared>, name: &str) -> Result<Reply, Fail> {
+    let (def, counts) = find_hotfolder(shared, name).await?;
     let page = |state| JobFilter {
         state,
         hotfolder: Some(name.to_string()),
