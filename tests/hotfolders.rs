@@ -283,20 +283,37 @@ fn failures_go_to_error_with_the_reason_and_bad_definitions_are_refused() {
     // A paused hotfolder takes nothing; resumed, it does.
     cli_ok(&c, &["hotfolder", "pause", "hf"]);
     std::fs::write(hf.join("in/later.txt"), "later").unwrap();
+    // The held file counts as waiting, the same through every instance.
+    let row_via = |server: &str| {
+        let out = c.cli(&["hotfolder", "list", "--json", "--server", server]);
+        assert!(out.status.success(), "{out:?}");
+        let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let row = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == "hf");
+        row.unwrap().clone()
+    };
+    c.wait(10, "the paused file counted as waiting", || {
+        row_via("srv1")["waiting"] == 1
+    });
     std::thread::sleep(Duration::from_millis(1500));
     assert!(hf.join("in/later.txt").exists());
-    let listed = hotfolder_list(&c);
-    let row = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["name"] == "hf")
-        .unwrap()
-        .clone();
-    assert_eq!(row["paused"], true);
+    for server in ["srv1", "srv2", "srv3"] {
+        let row = row_via(server);
+        assert_eq!(
+            (&row["paused"], &row["waiting"]),
+            (&true.into(), &1.into()),
+            "{server}"
+        );
+    }
     cli_ok(&c, &["hotfolder", "resume", "hf"]);
     c.wait(20, "the paused file taken after resume", || {
         hf.join("out/later.txt").exists()
+    });
+    c.wait(10, "nothing waiting once it went through", || {
+        row_via("srv2")["waiting"] == 0
     });
     c.assert_nobody_crashed();
 }

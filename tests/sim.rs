@@ -1227,9 +1227,9 @@ impl Sim {
     fn jobs_done(&self, leader: &Core) -> bool {
         let conn = leader.state().conn();
         let counts = jobdb::counts(conn).expect("counts");
-        let unfinished = counts
-            .iter()
-            .any(|(state, n)| *n > 0 && JobState::parse(state).is_some_and(|s| !s.is_final()));
+        let unfinished = counts.iter().any(|(state, _kind, n)| {
+            *n > 0 && JobState::parse(state).is_some_and(|s| !s.is_final())
+        });
         !unfinished
             && self
                 .acked_jobs

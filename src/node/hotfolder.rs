@@ -129,8 +129,9 @@ struct Scanner {
     stability: HashMap<String, Stability>,
 }
 
-/// Scans every running hotfolder once and submits its stable files;
-/// returns when the next waiting file becomes stable.
+/// Scans every hotfolder once, submits the stable files of those running
+/// and records what waits in each `in/` without a job; returns when the
+/// next waiting file becomes stable.
 async fn scan_round(shared: &Shared, scanner: &mut Scanner) -> Option<u64> {
     let defs = match read(shared, db::list) {
         Ok(d) => d,
@@ -139,37 +140,75 @@ async fn scan_round(shared: &Shared, scanner: &mut Scanner) -> Option<u64> {
             return None;
         }
     };
+    // A hotfolder whose scan fails keeps the count recorded before.
+    let mut waiting: HashMap<String, u64> = read(shared, db::files_waiting)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     let mut due_ms: Option<u64> = None;
     scanner
         .stability
         .retain(|name, _| defs.iter().any(|d| d.name == *name && !d.paused));
-    for def in defs.iter().filter(|d| !d.paused) {
-        let root = shared.cfg.shared_root.clone();
-        let d = def.clone();
-        let scanned = async_std::task::spawn_blocking(move || scan(&root, &d)).await;
-        let seen = match scanned {
-            Ok(seen) => seen,
-            Err(e) => {
-                crate::throttled_warn!(
-                    "hotfolder-scan",
-                    &def.name,
-                    "scanning hotfolder {}: {e}",
-                    def.name
-                );
-                continue;
-            }
+    for def in &defs {
+        let Some(seen) = scan_logged(shared, def).await else {
+            continue;
         };
-        let stability = scanner.stability.entry(def.name.clone()).or_default();
-        let now = now_ms();
-        let ready = stability.observe(now, def.stable_ms, &seen);
-        if let Some(due) = stability.due_ms(now, def.stable_ms) {
-            due_ms = Some(due_ms.map_or(due, |d| d.min(due)));
+        if !def.paused {
+            let stability = scanner.stability.entry(def.name.clone()).or_default();
+            let now = now_ms();
+            let ready = stability.observe(now, def.stable_ms, &seen);
+            if let Some(due) = stability.due_ms(now, def.stable_ms) {
+                due_ms = Some(due_ms.map_or(due, |d| d.min(due)));
+            }
+            if !ready.is_empty() {
+                submit_ready(shared, def, ready).await;
+            }
         }
-        if !ready.is_empty() {
-            submit_ready(shared, def, ready).await;
+        if let Ok(owned) = read(shared, |c| db::owned_inputs(c, &def.name)) {
+            let unowned = seen.iter().filter(|s| !owned.contains(&s.path)).count();
+            waiting.insert(def.name.clone(), unowned as u64);
         }
     }
+    waiting.retain(|name, _| defs.iter().any(|d| d.name == *name));
+    record_files_waiting(shared, waiting).await;
     due_ms
+}
+
+/// `scan` on a blocking thread; a failure is logged (throttled).
+async fn scan_logged(shared: &Shared, def: &Hotfolder) -> Option<Vec<Seen>> {
+    let root = shared.cfg.shared_root.clone();
+    let d = def.clone();
+    match async_std::task::spawn_blocking(move || scan(&root, &d)).await {
+        Ok(seen) => Some(seen),
+        Err(e) => {
+            crate::throttled_warn!(
+                "hotfolder-scan",
+                &def.name,
+                "scanning hotfolder {}: {e}",
+                def.name
+            );
+            None
+        }
+    }
+}
+
+/// Commits the files waiting per hotfolder when they differ from what the
+/// cluster holds (at most one entry per scan, none while nothing changes),
+/// so that every instance shows the same `waiting`.
+async fn record_files_waiting(shared: &Shared, waiting: HashMap<String, u64>) {
+    let mut counts: Vec<(String, u64)> = waiting.into_iter().filter(|(_, n)| *n > 0).collect();
+    counts.sort();
+    if read(shared, db::files_waiting).is_ok_and(|held| held == counts) {
+        return;
+    }
+    let command = Command::HotfolderFilesWaiting { counts };
+    if let Response::Error { message } = propose(shared, command, None, false).await {
+        crate::throttled_warn!(
+            "hotfolder-waiting",
+            "all",
+            "recording the files waiting failed: {message}"
+        );
+    }
 }
 
 /// Lists `in/` (subfolders too), skipping what the patterns ignore; makes

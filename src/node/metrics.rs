@@ -87,18 +87,7 @@ fn jobs(shared: &Shared, out: &mut String) {
     let guard = shared.core();
     let Some(core) = guard.as_ref() else { return };
     let conn = core.state().conn();
-    let counts = conn
-        .prepare_cached("SELECT state, kind, count(*) FROM jobs GROUP BY state, kind")
-        .and_then(|mut s| {
-            s.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, u64>(2)?,
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()
-        });
+    let counts = crate::state::jobs::counts(conn);
     metric(out, "claro_jobs", "gauge", "Jobs kept, by state and kind.");
     for (state, kind, n) in counts.unwrap_or_default() {
         let _ = writeln!(out, "claro_jobs{{state=\"{state}\",kind=\"{kind}\"}} {n}");

@@ -11,6 +11,7 @@ use crate::jobs::Job;
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS hotfolders (name TEXT PRIMARY KEY, def BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS hotfolder_files (name TEXT PRIMARY KEY, waiting INTEGER NOT NULL);
 ";
 
 fn encode(def: &Hotfolder) -> Vec<u8> {
@@ -38,7 +39,36 @@ pub fn put(tx: &Transaction<'_>, def: &Hotfolder) -> rusqlite::Result<()> {
 pub fn remove(tx: &Transaction<'_>, name: &str) -> rusqlite::Result<()> {
     tx.prepare_cached("DELETE FROM hotfolders WHERE name = ?1")?
         .execute(params![name])?;
+    tx.prepare_cached("DELETE FROM hotfolder_files WHERE name = ?1")?
+        .execute(params![name])?;
     Ok(())
+}
+
+/// Records, per hotfolder, the files the coordinator's last scan found in
+/// `in/` that no job owns yet (still settling, or the hotfolder paused): all
+/// of them at once, so a hotfolder left out has none. Names of hotfolders
+/// that no longer exist are passed over.
+pub fn set_files_waiting(tx: &Transaction<'_>, counts: &[(String, u64)]) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM hotfolder_files")?
+        .execute([])?;
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO hotfolder_files (name, waiting)
+         SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM hotfolders WHERE name = ?1)
+         ON CONFLICT(name) DO UPDATE SET waiting = excluded.waiting",
+    )?;
+    for (name, n) in counts.iter().filter(|(_, n)| *n > 0) {
+        stmt.execute(params![name, n])?;
+    }
+    Ok(())
+}
+
+/// The files waiting in `in/` without a job, as last recorded, by hotfolder
+/// (only those with some), ordered by name.
+pub fn files_waiting(conn: &Connection) -> rusqlite::Result<Vec<(String, u64)>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT name, waiting FROM hotfolder_files ORDER BY name")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
 }
 
 pub fn set_paused(tx: &Transaction<'_>, name: &str, paused: bool) -> rusqlite::Result<()> {
@@ -150,7 +180,9 @@ pub fn published(tx: &Transaction<'_>, ids: &[String]) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// What `claro hotfolder list` shows of one hotfolder.
+/// What `claro hotfolder list` shows of one hotfolder. `waiting` counts
+/// the queued jobs and the files in `in/` that have no job yet (as of the
+/// coordinator's last scan: settling, or held by a pause).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counts {
     pub waiting: u64,
@@ -161,6 +193,11 @@ pub struct Counts {
 
 pub fn counts(conn: &Connection, name: &str, since_ms: u64) -> rusqlite::Result<Counts> {
     let mut c = Counts::default();
+    c.waiting = conn
+        .prepare_cached("SELECT waiting FROM hotfolder_files WHERE name = ?1")?
+        .query_row(params![name], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
     let mut stmt = conn.prepare_cached(
         "SELECT state, count(*) FROM jobs INDEXED BY jobs_unpublished
          WHERE hotfolder = ?1 AND published = 0 GROUP BY state",
@@ -199,5 +236,45 @@ pub fn digest(conn: &Connection, field: &mut dyn FnMut(&[u8])) -> rusqlite::Resu
         field(name.as_bytes());
         field(&def);
     }
+    for (name, waiting) in files_waiting(conn)? {
+        field(name.as_bytes());
+        field(&waiting.to_be_bytes());
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::hotfolder::{Action, Hotfolder};
+    use crate::state::{Change, Command, StateMachine, Sync};
+
+    #[test]
+    fn files_waiting_are_replaced_whole_counted_as_waiting_and_in_the_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(&dir.path().join("state.db"), Sync::Off).unwrap();
+        let mut index = 0;
+        let mut apply = |sm: &mut StateMachine, cmd: Command| {
+            index += 1;
+            sm.apply(&[(index, 1, Change::Command(&cmd))]).unwrap();
+        };
+        for name in ["a", "b"] {
+            let def = Hotfolder::new(name, Action::Script { code: "1".into() });
+            apply(&mut sm, Command::HotfolderPut { def });
+        }
+        let before = sm.digest().unwrap();
+        let counts = vec![("a".into(), 3), ("b".into(), 0), ("gone".into(), 9)];
+        apply(&mut sm, Command::HotfolderFilesWaiting { counts });
+        // Zero and unknown hotfolders are not kept.
+        assert_eq!(
+            super::files_waiting(sm.conn()).unwrap(),
+            vec![("a".into(), 3)]
+        );
+        assert_eq!(super::counts(sm.conn(), "a", 0).unwrap().waiting, 3);
+        assert_ne!(sm.digest().unwrap(), before);
+        let counts = vec![("b".into(), 2)];
+        apply(&mut sm, Command::HotfolderFilesWaiting { counts });
+        assert_eq!(super::counts(sm.conn(), "a", 0).unwrap().waiting, 0);
+        apply(&mut sm, Command::HotfolderRemove { name: "b".into() });
+        assert!(super::files_waiting(sm.conn()).unwrap().is_empty());
+    }
 }

@@ -129,12 +129,16 @@ pub fn finished(
     if current != attempt || on.as_deref() != Some(instance) {
         return Ok(()); // a stale report: fenced off
     }
-    tx.prepare_cached("UPDATE jobs SET profile = ?2 WHERE id = ?1")?
-        .execute(params![id, profile_bytes(&outcome.profile)])?;
+    // The attempt ran, whether it ended well or not: a run shorter than the
+    // worker's `running` report threshold starts when it was assigned.
+    tx.prepare_cached(
+        "UPDATE jobs SET profile = ?2, started_ms = coalesce(started_ms, assigned_ms) WHERE id = ?1",
+    )?
+    .execute(params![id, profile_bytes(&outcome.profile)])?;
     if outcome.ok {
         tx.prepare_cached(
             "UPDATE jobs SET state = 'succeeded', finished_ms = ?2, result = ?3, error = NULL,
-               log = ?4, started_ms = coalesce(started_ms, assigned_ms)
+               log = ?4
              WHERE id = ?1",
         )?
         .execute(params![id, at_ms, outcome.result, outcome.log])?;
@@ -531,9 +535,9 @@ pub fn attempt_of(
         .optional()
 }
 
-/// Jobs waiting in the queue (through the `jobs_queued` index).
+/// Jobs waiting in the queue (from the counts the state connection keeps).
 pub fn queued_count(conn: &Connection) -> rusqlite::Result<u64> {
-    conn.prepare_cached("SELECT count(*) FROM jobs WHERE state = 'queued'")?
+    conn.prepare_cached("SELECT coalesce(sum(n), 0) FROM temp.job_counts WHERE state = 'queued'")?
         .query_row([], |r| r.get(0))
 }
 
@@ -585,10 +589,13 @@ pub fn modes(conn: &Connection) -> rusqlite::Result<HashMap<String, String>> {
     rows.collect()
 }
 
-/// Jobs by state.
-pub fn counts(conn: &Connection) -> rusqlite::Result<Vec<(String, u64)>> {
-    let mut stmt = conn.prepare_cached("SELECT state, count(*) FROM jobs GROUP BY state")?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+/// Jobs kept, by state and kind, ordered by both: read from the counts
+/// the state connection keeps (`job_counts`), not by a scan of the jobs.
+pub fn counts(conn: &Connection) -> rusqlite::Result<Vec<(String, String, u64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT state, kind, n FROM temp.job_counts WHERE n > 0 ORDER BY state, kind",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     rows.collect()
 }
 
@@ -678,6 +685,16 @@ mod tests {
                 .apply(&[(self.index, 1, Change::Command(&cmd))])
                 .unwrap();
         }
+        /// The counts by state and kind, counted from the table itself.
+        fn counted(&self) -> Vec<(String, String, u64)> {
+            let mut stmt = self
+                .sm
+                .conn()
+                .prepare("SELECT state, kind, count(*) FROM jobs GROUP BY state, kind")
+                .unwrap();
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)));
+            rows.unwrap().collect::<rusqlite::Result<_>>().unwrap()
+        }
         fn state(&self, id: &str) -> (JobState, u32, Option<String>) {
             let j = super::job(self.sm.conn(), id).unwrap().unwrap();
             (j.state, j.attempt, j.instance)
@@ -760,6 +777,41 @@ mod tests {
             at_ms: 40,
         });
         assert_eq!(db.state(ID).0, JobState::Succeeded);
+    }
+
+    #[test]
+    fn a_failed_or_succeeded_run_keeps_when_it_started_and_counts_follow_every_change() {
+        let mut db = Db::new();
+        db.apply(Command::JobSubmit {
+            id: ID.into(),
+            spec: spec(1),
+            at_ms: 1,
+        });
+        assert_eq!(super::counts(db.sm.conn()).unwrap(), db.counted());
+        db.apply(assign("srv2", 1));
+        // No `running` report (a short run): it started when it was assigned.
+        db.apply(finish("srv2", 1, false));
+        let j = super::job(db.sm.conn(), ID).unwrap().unwrap();
+        assert_eq!(j.state, JobState::Failed);
+        assert_eq!((j.started_ms, j.finished_ms), (Some(10), Some(20)));
+        assert_eq!(super::counts(db.sm.conn()).unwrap(), db.counted());
+        db.apply(Command::JobRetry {
+            id: ID.into(),
+            at_ms: 30,
+        });
+        assert_eq!(
+            super::job(db.sm.conn(), ID).unwrap().unwrap().started_ms,
+            None
+        );
+        db.apply(assign("srv1", 2));
+        db.apply(finish("srv1", 2, true));
+        let j = super::job(db.sm.conn(), ID).unwrap().unwrap();
+        assert_eq!((j.state, j.started_ms), (JobState::Succeeded, Some(10)));
+        let counts = super::counts(db.sm.conn()).unwrap();
+        assert_eq!(counts, vec![("succeeded".into(), "script".into(), 1)]);
+        assert_eq!(counts, db.counted());
+        assert!(crate::state::job_counts::agree(db.sm.conn()).unwrap());
+        assert_eq!(super::queued_count(db.sm.conn()).unwrap(), 0);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! anything: it applies what Raft committed.
 
 pub mod hotfolders;
+pub mod job_counts;
 pub mod job_events;
 pub mod jobs;
 pub mod tokens;
@@ -179,6 +180,11 @@ pub enum Command {
     JobsPublished {
         ids: Vec<String>,
     },
+    /// The files each hotfolder's `in/` holds without a job, from the
+    /// coordinator's last scan (all hotfolders with some; the rest have none).
+    HotfolderFilesWaiting {
+        counts: Vec<(String, u64)>,
+    },
     /// An API token: its name, role and SHA-256 (never the token).
     TokenAdd {
         name: String,
@@ -287,6 +293,12 @@ impl Command {
                 Err(format!("more than {JOB_BATCH_COUNT_MAX} jobs in one entry"))
             }
             Command::JobsPublished { ids } => ids.iter().try_for_each(|id| check_job_id(id)),
+            Command::HotfolderFilesWaiting { counts } if counts.len() > HOTFOLDERS_MAX => {
+                Err(format!("more than {HOTFOLDERS_MAX} hotfolders"))
+            }
+            Command::HotfolderFilesWaiting { counts } => {
+                counts.iter().try_for_each(|(name, _)| check_name(name))
+            }
             Command::TokenAdd { name, hash, .. } => {
                 crate::access::check_token_name(name)?;
                 let hex = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit());
@@ -480,10 +492,13 @@ impl StateMachine {
             match change {
                 // Taken inside the transaction, so it sees exactly the
                 // entries up to this one, wherever it falls in the batch.
-                Change::Command(Command::Checkpoint) => checkpoints.push(Checkpoint {
-                    index: *index,
-                    digest: digest_of(&tx, cluster_id.as_deref())?,
-                }),
+                Change::Command(Command::Checkpoint) => {
+                    debug_assert!(job_counts::agree(&tx)?, "kept job counts drifted");
+                    checkpoints.push(Checkpoint {
+                        index: *index,
+                        digest: digest_of(&tx, cluster_id.as_deref())?,
+                    })
+                }
                 Change::Command(cmd) => apply_command(&tx, *index, cmd, &mut cluster_id)?,
                 Change::Conf(cs) => conf_state = Some((*cs).clone()),
                 Change::Empty => {}
@@ -725,6 +740,7 @@ fn open_conn(path: &Path, sync: Sync) -> rusqlite::Result<Connection> {
     conn.execute_batch(hotfolders::SCHEMA)?;
     conn.execute_batch(tokens::SCHEMA)?;
     conn.execute_batch(job_events::SCHEMA_TEMP)?;
+    conn.execute_batch(job_counts::SCHEMA_TEMP)?;
     Ok(conn)
 }
 
@@ -848,6 +864,7 @@ fn apply_job_command(tx: &Transaction<'_>, cmd: &Command) -> rusqlite::Result<()
         Command::HotfolderPause { name, paused } => hotfolders::set_paused(tx, name, *paused),
         Command::HotfoldersSeed { defs } => hotfolders::seed(tx, defs),
         Command::JobsPublished { ids } => hotfolders::published(tx, ids),
+        Command::HotfolderFilesWaiting { counts } => hotfolders::set_files_waiting(tx, counts),
         Command::TokenAdd {
             name,
             role,
