@@ -10,9 +10,14 @@
 //! - `GET /api/v1/status` requests per second on one instance of three,
 //!   CLIENTS keep-alive connections for RATE_S seconds; and `claro status
 //!   --json` processes per second, CLIENTS at a time, for RATE_S seconds.
+//! - `GET /metrics` at the same million jobs (jobs by state and kind, the
+//!   queue depth), p50/p99.
 //! - Event delay on three instances: a job submitted through srv1, from the
 //!   POST's answer (the job committed and applied there) to its `job` event
 //!   on srv2's stream, p50/p99.
+//!
+//! - After a kill -9 of the coordinator: each read a dashboard makes,
+//!   through a survivor, and the time until a submission is accepted.
 //!
 //! Every loop is bounded in count and time.
 
@@ -34,6 +39,7 @@ const SCALE_JOBS: usize = 1_000_000;
 const BATCH: usize = 4096;
 const LIST_COUNT: usize = 200;
 const CLI_COUNT: usize = 30;
+const METRICS_COUNT: usize = 50;
 const CLIENTS: usize = 8;
 const RATE_S: u64 = 5;
 const EVENT_COUNT: usize = 100;
@@ -137,6 +143,21 @@ fn list_figures(c: &Cluster, host: &str) {
         assert!(out.status.success(), "{out:?}");
     }
     cli_ms.sort_by(f64::total_cmp);
+    let mut metrics_ms = Vec::new();
+    for _ in 0..METRICS_COUNT {
+        let t = Instant::now();
+        let mut s = connect(host);
+        let (status, body) = exchange(&mut s, host, "GET", "/metrics", "");
+        metrics_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("claro_jobs{state=\"queued\""), "{body}");
+    }
+    metrics_ms.sort_by(f64::total_cmp);
+    println!(
+        "/metrics at {SCALE_JOBS} jobs: p50 {:.2} ms p99 {:.2} ms ({METRICS_COUNT} scrapes)",
+        percentile(&metrics_ms, 0.5),
+        percentile(&metrics_ms, 0.99)
+    );
     println!(
         "jobs --limit 50 at {SCALE_JOBS} jobs: HTTP p50 {:.2} ms p99 {:.2} ms ({LIST_COUNT} requests, a connection each); CLI p50 {:.1} ms p99 {:.1} ms ({CLI_COUNT} runs)",
         percentile(&http_ms, 0.5),
@@ -227,6 +248,55 @@ fn event_delay(hosts: &[String]) {
     );
 }
 
+/// Kills the coordinator with SIGKILL and times, through a survivor, each
+/// read a dashboard makes, then a submission until it is accepted (a 503
+/// while no coordinator is elected is retried after 100 ms, as the
+/// dashboard's form lets a user do).
+fn after_coordinator_kill(c: &mut Cluster, hosts: &[String]) {
+    let mut s = connect(&hosts[1]);
+    let (_, body) = exchange(&mut s, &hosts[1], "GET", "/api/v1/status", "");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let coordinator = status["coordinator"].as_str().unwrap().to_string();
+    let index: usize = coordinator.trim_start_matches("srv").parse().unwrap();
+    let via = &hosts[index % 3]; // a survivor
+    c.kill9(&coordinator);
+    let killed = Instant::now();
+    let mut line = format!("after kill -9 of the coordinator ({coordinator}), through a survivor:");
+    for path in [
+        "/api/v1/status",
+        "/api/v1/servers",
+        "/api/v1/jobs?limit=50",
+        "/api/v1/hotfolders",
+        "/metrics",
+    ] {
+        let t = Instant::now();
+        let (code, body) = exchange(&mut connect(via), via, "GET", path, "");
+        assert!(code == 200 || code == 503, "{path}: {code} {body}");
+        let took = t.elapsed().as_secs_f64() * 1000.0;
+        line += &format!(" {path} {code} in {took:.1} ms;");
+    }
+    loop {
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no submission accepted"
+        );
+        let (code, _) = exchange(
+            &mut connect(via),
+            via,
+            "POST",
+            "/api/v1/jobs",
+            r#"{"script":"1"}"#,
+        );
+        if code == 201 {
+            break;
+        }
+        assert_eq!(code, 503);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = killed.elapsed().as_secs_f64() * 1000.0;
+    println!("{line} a submission accepted {took:.0} ms after the kill");
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -234,11 +304,12 @@ fn main() {
     let date = std::process::Command::new("date").arg("-u").output();
     let date = date.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
     println!("claro HTTP API benchmark, {}", date.unwrap_or_default());
-    let c3 = Cluster::three_running_with_slots(126, "", 4);
+    let mut c3 = Cluster::three_running_with_slots(126, "", 4);
     std::thread::sleep(Duration::from_secs(2));
     let hosts: Vec<String> = (0..3).map(|i| common::addr(126, i)).collect();
     event_delay(&hosts);
     status_rates(&c3, &hosts[1]);
+    after_coordinator_kill(&mut c3, &hosts);
     drop(c3);
     let mut c1 = Cluster::with_timing(125, &[("srv1", "server")], "");
     c1.start_alone("srv1");

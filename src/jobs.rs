@@ -560,6 +560,29 @@ pub struct Job {
     pub log: String,
     /// The profile of the attempt that ended last (scripts).
     pub profile: Vec<ProfileRow>,
+    /// Every attempt so far, oldest first (the newest `ATTEMPTS_KEPT`): the
+    /// ended ones as recorded, the current one as the job stands. Only a
+    /// single job's read fills it; lists leave it empty.
+    #[serde(default)]
+    pub attempts: Vec<Attempt>,
+}
+
+/// Attempts of one job kept in its history; older ones are dropped (a job
+/// retried by hand again and again).
+pub const ATTEMPTS_KEPT: u32 = 32;
+
+/// One attempt of a job: where it ran, when, and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub attempt: u32,
+    pub instance: Option<String>,
+    pub assigned_ms: Option<u64>,
+    pub started_ms: Option<u64>,
+    pub ended_ms: Option<u64>,
+    /// `failed`, `released` (its instance stopped or was lost), `cancelled`,
+    /// `succeeded`, or the current state of the attempt under way.
+    pub outcome: String,
+    pub error: Option<String>,
 }
 
 #[cfg(test)]

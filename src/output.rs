@@ -465,6 +465,37 @@ pub struct JobJson {
     /// (times in microseconds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<Vec<crate::jobs::ProfileRow>>,
+    /// One job's attempts, oldest first (not in lists).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<AttemptJson>,
+}
+
+/// One attempt of a job in JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AttemptJson {
+    pub attempt: u32,
+    pub instance: Option<String>,
+    /// `failed`, `released`, `cancelled`, `succeeded`, or the state of the
+    /// attempt under way (`assigned`, `running`).
+    pub outcome: String,
+    pub assigned_at: Option<String>,
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+    pub error: Option<String>,
+}
+
+impl AttemptJson {
+    pub fn new(a: &crate::jobs::Attempt) -> AttemptJson {
+        AttemptJson {
+            attempt: a.attempt,
+            instance: a.instance.clone(),
+            outcome: a.outcome.clone(),
+            assigned_at: a.assigned_ms.map(rfc3339),
+            started_at: a.started_ms.map(rfc3339),
+            ended_at: a.ended_ms.map(rfc3339),
+            error: a.error.clone(),
+        }
+    }
 }
 
 impl JobJson {
@@ -486,6 +517,7 @@ impl JobJson {
             input: job.spec.file.as_ref().map(|f| f.input.clone()),
             log: with_log.then(|| job.log.clone()),
             profile: None,
+            attempts: job.attempts.iter().map(AttemptJson::new).collect(),
         }
     }
 
@@ -579,6 +611,24 @@ pub fn job_text(job: &crate::jobs::Job, with_log: bool) -> String {
         j.id, j.kind, j.state, opt(&j.instance), j.attempt, j.max_attempts, j.priority,
         j.created_at, opt(&j.started_at), opt(&j.finished_at), opt(&j.result), opt(&j.error)
     );
+    if job.attempts.len() > 1 {
+        out.push_str("attempts:\n");
+        for a in &job.attempts {
+            let a = AttemptJson::new(a);
+            out.push_str(&format!(
+                "  {} on {}: {}, started {}, ended {}{}\n",
+                a.attempt,
+                opt(&a.instance),
+                a.outcome,
+                opt(&a.started_at),
+                opt(&a.ended_at),
+                a.error
+                    .as_deref()
+                    .map(|e| format!(": {}", escape_text(e)))
+                    .unwrap_or_default()
+            ));
+        }
+    }
     if with_log {
         out.push_str("log:\n");
         for line in job.log.lines() {

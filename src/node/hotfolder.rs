@@ -944,6 +944,7 @@ mod tests {
             error: Some("attempt 2 on srv1: no ink".into()),
             log: "a line".into(),
             profile: Vec::new(),
+            attempts: Vec::new(),
         }
     }
 

@@ -518,6 +518,7 @@ fn cycle(shared: &Arc<Shared>, ticked: bool) -> Result<Vec<Output>, String> {
     drop(guard);
     if applied > applied_before {
         shared.jobs.applied();
+        shared.http.hub.applied();
     }
     shared.release_reads(applied);
     shared.after_cycle(member, voter);

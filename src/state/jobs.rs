@@ -26,6 +26,13 @@ CREATE INDEX IF NOT EXISTS jobs_by_kind ON jobs (kind, id);
 CREATE INDEX IF NOT EXISTS jobs_by_instance ON jobs (instance, id);
 CREATE INDEX IF NOT EXISTS jobs_final ON jobs (finished_ms)
   WHERE state IN ('succeeded', 'failed', 'cancelled');
+CREATE TABLE IF NOT EXISTS job_attempts (
+  job TEXT NOT NULL, attempt INTEGER NOT NULL, instance TEXT, assigned_ms INTEGER,
+  started_ms INTEGER, ended_ms INTEGER NOT NULL, outcome TEXT NOT NULL, error TEXT,
+  PRIMARY KEY (job, attempt)) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS job_attempts_purge AFTER DELETE ON jobs BEGIN
+  DELETE FROM job_attempts WHERE job = old.id;
+END;
 CREATE TABLE IF NOT EXISTS node_modes (name TEXT PRIMARY KEY, mode TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS scripts (name TEXT NOT NULL, version INTEGER NOT NULL, code TEXT NOT NULL,
   added_ms INTEGER NOT NULL, PRIMARY KEY (name, version));
@@ -172,6 +179,8 @@ fn end_attempt(
     back_off: bool,
 ) -> rusqlite::Result<()> {
     let error = bounded_text(error, RESULT_BYTES_MAX);
+    let outcome = if back_off { "failed" } else { "released" };
+    record_attempt(tx, id, outcome, &error, at_ms)?;
     if attempt >= max {
         tx.prepare_cached(
             "UPDATE jobs SET state = 'failed', finished_ms = ?2, error = ?3, log = coalesce(?4, log)
@@ -224,9 +233,46 @@ pub fn cancel(tx: &Transaction<'_>, id: &str, at_ms: u64) -> rusqlite::Result<()
     Ok(())
 }
 
+/// Keeps the job's current attempt in its history as ended with `outcome`
+/// (a second record of the same attempt is ignored), and drops the oldest,
+/// so that with the attempt after it at most `ATTEMPTS_KEPT` are shown.
+fn record_attempt(
+    tx: &Transaction<'_>,
+    id: &str,
+    outcome: &str,
+    error: &str,
+    at_ms: u64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO job_attempts
+           (job, attempt, instance, assigned_ms, started_ms, ended_ms, outcome, error)
+         SELECT id, attempt, instance, assigned_ms, started_ms, ?2, ?3, ?4 FROM jobs WHERE id = ?1
+         ON CONFLICT (job, attempt) DO NOTHING",
+    )?
+    .execute(params![id, at_ms, outcome, error])?;
+    tx.prepare_cached(
+        "DELETE FROM job_attempts WHERE job = ?1
+           AND attempt + ?2 <= (SELECT attempt + 1 FROM jobs WHERE id = ?1)",
+    )?
+    .execute(params![id, crate::jobs::ATTEMPTS_KEPT])?;
+    Ok(())
+}
+
 /// A failed or cancelled job runs again as a new attempt (granted beyond
-/// its max attempts if need be).
+/// its max attempts if need be); the attempt that ended stays in its history.
 pub fn retry(tx: &Transaction<'_>, id: &str, at_ms: u64) -> rusqlite::Result<()> {
+    let ended: Option<(String, Option<String>, Option<u64>)> = tx
+        .prepare_cached(
+            "SELECT state, error, finished_ms FROM jobs
+             WHERE id = ?1 AND state IN ('failed', 'cancelled')",
+        )?
+        .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let Some((state, error, finished_ms)) = ended else {
+        return Ok(());
+    };
+    let error = error.unwrap_or_default();
+    record_attempt(tx, id, &state, &error, finished_ms.unwrap_or(at_ms))?;
     tx.prepare_cached(
         "UPDATE jobs SET state = 'queued', attempt = attempt + 1,
            max_attempts = max(max_attempts, attempt + 1), instance = NULL, assigned_ms = NULL,
@@ -426,13 +472,57 @@ pub(super) fn job_of(r: &Row<'_>) -> rusqlite::Result<Job> {
         error: r.get(11)?,
         log: r.get(12)?,
         profile: profile_of(r.get::<_, Option<Vec<u8>>>(13)?),
+        attempts: Vec::new(),
     })
 }
 
 pub fn job(conn: &Connection, id: &str) -> rusqlite::Result<Option<Job>> {
-    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"))?
+    let job = conn
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"))?
         .query_row(params![id], job_of)
-        .optional()
+        .optional()?;
+    let Some(mut job) = job else {
+        return Ok(None);
+    };
+    job.attempts = attempts(conn, &job)?;
+    Ok(Some(job))
+}
+
+/// The attempts of `job`, oldest first: those recorded as ended, then the
+/// current one as the job stands, unless it is recorded or never placed.
+fn attempts(conn: &Connection, job: &Job) -> rusqlite::Result<Vec<crate::jobs::Attempt>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT attempt, instance, assigned_ms, started_ms, ended_ms, outcome, error
+         FROM job_attempts WHERE job = ?1 ORDER BY attempt",
+    )?;
+    let rows = stmt.query_map(params![job.id], |r| {
+        Ok(crate::jobs::Attempt {
+            attempt: r.get(0)?,
+            instance: r.get(1)?,
+            assigned_ms: r.get(2)?,
+            started_ms: r.get(3)?,
+            ended_ms: r.get(4)?,
+            outcome: r.get(5)?,
+            error: r.get(6)?,
+        })
+    })?;
+    let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    let recorded = out.last().is_some_and(|a| a.attempt == job.attempt);
+    let placed = job.assigned_ms.is_some() || job.state.is_final();
+    if !recorded && placed {
+        out.push(crate::jobs::Attempt {
+            attempt: job.attempt,
+            instance: job.instance.clone(),
+            assigned_ms: job.assigned_ms,
+            started_ms: job.started_ms,
+            ended_ms: job.finished_ms,
+            outcome: job.state.as_str().into(),
+            error: (job.state != JobState::Succeeded)
+                .then(|| job.error.clone())
+                .flatten(),
+        });
+    }
+    Ok(out)
 }
 
 /// Which jobs `claro jobs` lists.
@@ -600,6 +690,25 @@ pub fn counts(conn: &Connection) -> rusqlite::Result<Vec<(String, String, u64)>>
 }
 
 /// Adds every job row and node mode to a state digest, in id order.
+/// Adds the first `columns` values of every row of `stmt` to a digest.
+fn digest_rows(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    columns: usize,
+    field: &mut dyn FnMut(&[u8]),
+) -> rusqlite::Result<()> {
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        for i in 0..columns {
+            match row.get_ref(i)? {
+                rusqlite::types::ValueRef::Integer(n) => field(&n.to_be_bytes()),
+                rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => field(t),
+                other => field(format!("{other:?}").as_bytes()),
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn digest(conn: &Connection, field: &mut dyn FnMut(&[u8])) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, spec, state, coalesce(instance, ''), attempt, max_attempts, created_ms,
@@ -608,16 +717,13 @@ pub fn digest(conn: &Connection, field: &mut dyn FnMut(&[u8])) -> rusqlite::Resu
            coalesce(published, -1)
          FROM jobs ORDER BY id",
     )?;
-    let mut rows = stmt.query([])?;
-    while let Some(row) = rows.next()? {
-        for i in 0..16 {
-            match row.get_ref(i)? {
-                rusqlite::types::ValueRef::Integer(n) => field(&n.to_be_bytes()),
-                rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => field(t),
-                other => field(format!("{other:?}").as_bytes()),
-            }
-        }
-    }
+    digest_rows(&mut stmt, 16, field)?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT job, attempt, coalesce(instance, ''), coalesce(assigned_ms, -1),
+           coalesce(started_ms, -1), ended_ms, outcome, coalesce(error, '')
+         FROM job_attempts ORDER BY job, attempt",
+    )?;
+    digest_rows(&mut stmt, 8, field)?;
     let mut stmt = conn.prepare_cached("SELECT name, mode FROM node_modes ORDER BY name")?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
@@ -812,6 +918,84 @@ mod tests {
         assert_eq!(counts, db.counted());
         assert!(crate::state::job_counts::agree(db.sm.conn()).unwrap());
         assert_eq!(super::queued_count(db.sm.conn()).unwrap(), 0);
+    }
+
+    #[test]
+    fn every_attempt_is_kept_with_its_server_times_and_reason_up_to_a_bound() {
+        let mut db = Db::new();
+        db.apply(Command::JobSubmit {
+            id: ID.into(),
+            spec: spec(3),
+            at_ms: 1,
+        });
+        let attempts = |db: &Db| super::job(db.sm.conn(), ID).unwrap().unwrap().attempts;
+        assert!(attempts(&db).is_empty(), "never placed: no attempt yet");
+        db.apply(assign("srv2", 1));
+        assert_eq!(attempts(&db)[0].outcome, "assigned");
+        db.apply(finish("srv2", 1, false));
+        db.apply(assign("srv3", 2));
+        db.apply(Command::JobRelease {
+            attempts: vec![(ID.into(), 2)],
+            reason: "srv3 lost".into(),
+            at_ms: 50,
+        });
+        db.apply(assign("srv1", 3));
+        db.apply(finish("srv1", 3, true));
+        let list = attempts(&db);
+        let seen: Vec<_> = list
+            .iter()
+            .map(|a| (a.attempt, a.instance.as_deref(), a.outcome.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (1, Some("srv2"), "failed"),
+                (2, Some("srv3"), "released"),
+                (3, Some("srv1"), "succeeded")
+            ]
+        );
+        assert!(list[0].error.as_deref().unwrap().contains("boom"));
+        assert_eq!((list[0].started_ms, list[0].ended_ms), (Some(10), Some(20)));
+        assert_eq!((list[1].started_ms, list[1].ended_ms), (None, Some(50)));
+        assert!(list[1].error.as_deref().unwrap().contains("srv3 lost"));
+        assert_eq!(list[2].error, None);
+        // Cancelled and retried by hand again and again: the newest are kept.
+        let other = "00000000000100000002";
+        db.apply(Command::JobSubmit {
+            id: other.into(),
+            spec: spec(1),
+            at_ms: 1,
+        });
+        let cancel = |at_ms| Command::JobCancel {
+            id: other.into(),
+            at_ms,
+        };
+        for at_ms in 100..100 + u64::from(crate::jobs::ATTEMPTS_KEPT) + 5 {
+            db.apply(cancel(at_ms));
+            db.apply(Command::JobRetry {
+                id: other.into(),
+                at_ms,
+            });
+        }
+        db.apply(cancel(500));
+        let list = super::job(db.sm.conn(), other).unwrap().unwrap().attempts;
+        assert_eq!(list.len() as u32, crate::jobs::ATTEMPTS_KEPT);
+        assert!(list
+            .iter()
+            .all(|a| a.outcome == "cancelled" && a.instance.is_none()));
+        assert_eq!(list.last().unwrap().attempt, crate::jobs::ATTEMPTS_KEPT + 6);
+        // A purge takes the jobs' attempts with them.
+        db.apply(Command::JobPurge {
+            finished_before_ms: 1_000,
+            keep_count: 0,
+            batch_max: 10,
+        });
+        let left: u64 = db
+            .sm
+            .conn()
+            .query_row("SELECT count(*) FROM job_attempts", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
     }
 
     #[test]

@@ -146,7 +146,7 @@ def check_jobs(page):
 
     hostile = submit_job(page, f'log("{MARKUP}"); "{MARKUP}"')
     expect(job_row(page, hostile)).to_have_attribute("data-state", "succeeded", timeout=ms(JOB_S))
-    failing = submit_job(page, 'throw "the printer is out of paper";', attempts=1)
+    failing = submit_job(page, 'throw "the printer is out of paper";', attempts=2)
     expect(job_row(page, failing)).to_have_attribute("data-state", "failed", timeout=ms(JOB_S))
     shot(page, "jobs")
 
@@ -166,8 +166,12 @@ def check_jobs(page):
     page.goto(f"{URL}#job/{failing}")
     expect(page.locator("#job-outcome .pre-error")).to_contain_text("out of paper", timeout=ms(UI_S))
     expect(page.locator("#job-retry")).to_be_visible()
+    for attempt in ["1", "2"]:
+        tried = page.locator(f"#job-attempts tr[data-attempt='{attempt}']")
+        expect(tried).to_contain_text("failed", timeout=ms(UI_S))
+        expect(tried).to_contain_text("out of paper")
     shot(page, "job-failed")
-    step("a failed job's page shows its error")
+    step("a failed job's page shows its error and both attempts with theirs")
 
     page.goto(f"{URL}#job/{'0' * 20}")
     expect(page.locator("#job-missing")).to_contain_text("no job", timeout=ms(UI_S))
@@ -216,6 +220,8 @@ def check_hotfolders(page):
     row.get_by_role("button", name="Pause").click()
     expect(row).to_contain_text("paused", timeout=ms(UI_S))
     (INBOX / "later.txt").write_text("wait for me\n")
+    # The held file is counted as waiting (the coordinator's next scan).
+    expect(row.locator("td").nth(2)).to_have_text("1", timeout=ms(HOTFOLDER_S))
     page.wait_for_timeout(ms(PAUSED_LOOK_S))
     assert (INBOX / "later.txt").exists(), "a paused hotfolder took a file"
     expect(detail).not_to_contain_text("later.txt")

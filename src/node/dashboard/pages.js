@@ -444,8 +444,21 @@ const jobPage = {
       const cls = i < j.attempt ? "dot-failed" : i === j.attempt ? "dot-" + token(j.state) : "dot-left";
       dots.push(h("span", { className: "attempt-dot " + cls, title: "attempt " + i }));
     }
-    fill("job-attempts", h("div", { className: "attempts" }, dots,
-      h("span", {}, j.attempt === 0 ? "not started yet" : "attempt " + j.attempt + " of " + j.max_attempts)));
+    const summary = h("div", { className: "attempts" }, dots,
+      h("span", {}, j.attempt === 0 ? "not started yet" : "attempt " + j.attempt + " of " + j.max_attempts));
+    const list = j.attempts || [];
+    if (!list.length) return fill("job-attempts", summary);
+    const none = () => h("span", { className: "muted" }, "—");
+    const rows = list.map((a) => h("tr", { dataset: { attempt: String(a.attempt) } },
+      h("td", { className: "num" }, String(a.attempt)),
+      h("td", {}, a.instance || none()),
+      h("td", {}, badge(a.outcome)),
+      h("td", {}, a.started_at ? when(a.started_at) : none()),
+      h("td", {}, a.ended_at ? when(a.ended_at) : none()),
+      h("td", { className: "attempt-error" }, a.error || "")));
+    fill("job-attempts", summary, h("table", { className: "table" },
+      h("thead", {}, h("tr", {}, ["#", "Server", "Outcome", "Started", "Ended", "Error"].map((c, i) => h("th", { className: i ? "" : "num" }, c)))),
+      h("tbody", {}, rows)));
   },
 
   drawLog(j) {

@@ -1,6 +1,6 @@
 //! `GET /api/v1/events`: server-sent events of what changed, so that no
-//! client polls. One hub per instance watches the replica every
-//! `HUB_POLL_MS` and publishes into a ring of `EVENTS_KEPT` events; each
+//! client polls. One hub per instance watches the replica as soon as
+//! something is applied (at least every `HUB_POLL_MS`) and publishes into a ring of `EVENTS_KEPT` events; each
 //! stream follows the ring from where it joined and is woken at once.
 //!
 //! Events (each `data:` is a JSON object):
@@ -33,6 +33,8 @@ use crate::state::job_events::{self, JobEvent};
 
 pub const EVENTS_KEPT: usize = 4096;
 const HUB_POLL_MS: u64 = 50;
+/// The least time between two passes of the hub.
+const HUB_GAP_MS: u64 = 5;
 /// Server states are compared this often even when nothing was applied.
 const SERVERS_POLL_MS: u64 = 1_000;
 const JOB_EVENTS_PER_POLL_MAX: u32 = 1_000;
@@ -122,10 +124,17 @@ struct Ring {
 pub struct Hub {
     ring: Mutex<Ring>,
     wake: event_listener::Event,
+    /// Notified when entries were applied here (`Hub::applied`).
+    applied: event_listener::Event,
     pub watcher: Mutex<Watcher>,
 }
 
 impl Hub {
+    /// Entries were applied on this replica: the hub looks at once.
+    pub fn applied(&self) {
+        self.applied.notify(1);
+    }
+
     fn publish(&self, events: Vec<(&'static str, Value)>) {
         if events.is_empty() {
             return;
@@ -166,38 +175,47 @@ impl Hub {
     }
 }
 
-/// Watches this instance's replica until the process ends.
+/// Watches this instance's replica until the process ends: a pass as soon
+/// as something is applied (woken by `Hub::applied`), at most one per
+/// `HUB_GAP_MS` so that a busy replica is not read after every entry, and
+/// at least one per `HUB_POLL_MS` (server states change without entries).
 pub async fn hub_loop(shared: Arc<Shared>) {
     let mut servers_due = std::time::Instant::now();
     let mut last_applied = u64::MAX;
     loop {
-        async_std::task::sleep(Duration::from_millis(HUB_POLL_MS)).await;
-        let with_servers = servers_due.elapsed() >= Duration::from_millis(SERVERS_POLL_MS);
-        let Some(mut obs) = read_core(&shared) else {
-            continue;
-        };
-        if obs.applied_index == last_applied && obs.job_events.is_empty() && !with_servers {
-            continue;
-        }
-        last_applied = obs.applied_index;
-        if with_servers || !obs.job_events.is_empty() {
-            servers_due = std::time::Instant::now();
-            let view = crate::node::handlers::own_view(&shared);
-            obs.coordinator = Some((view.coordinator.clone(), view.term));
-            let servers = view.servers.into_iter();
-            obs.servers = Some(servers.map(|s| (s.name, s.state, s.connected)).collect());
-        }
-        let events = {
-            let mut w = shared.http.hub.watcher.lock().expect("watcher lock");
-            let events = w.observe(obs);
-            shared
-                .http
-                .coordinator_changes
-                .store(w.coordinator_changes, Ordering::Relaxed);
-            events
-        };
-        shared.http.hub.publish(events);
+        let applied = shared.http.hub.applied.listen();
+        hub_pass(&shared, &mut servers_due, &mut last_applied);
+        let _ = async_std::future::timeout(Duration::from_millis(HUB_POLL_MS), applied).await;
+        async_std::task::sleep(Duration::from_millis(HUB_GAP_MS)).await;
     }
+}
+
+fn hub_pass(shared: &Shared, servers_due: &mut std::time::Instant, last_applied: &mut u64) {
+    let with_servers = servers_due.elapsed() >= Duration::from_millis(SERVERS_POLL_MS);
+    let Some(mut obs) = read_core(shared) else {
+        return;
+    };
+    if obs.applied_index == *last_applied && obs.job_events.is_empty() && !with_servers {
+        return;
+    }
+    *last_applied = obs.applied_index;
+    if with_servers || !obs.job_events.is_empty() {
+        *servers_due = std::time::Instant::now();
+        let view = crate::node::handlers::own_view(shared);
+        obs.coordinator = Some((view.coordinator.clone(), view.term));
+        let servers = view.servers.into_iter();
+        obs.servers = Some(servers.map(|s| (s.name, s.state, s.connected)).collect());
+    }
+    let events = {
+        let mut w = shared.http.hub.watcher.lock().expect("watcher lock");
+        let events = w.observe(obs);
+        shared
+            .http
+            .coordinator_changes
+            .store(w.coordinator_changes, Ordering::Relaxed);
+        events
+    };
+    shared.http.hub.publish(events);
 }
 
 /// The applied index and the job feed after what was reported.
