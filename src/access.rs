@@ -131,13 +131,23 @@ impl LoginLimiter {
         }
         entry.1 += 1;
     }
+
+    /// Takes back one failure counted by `failed` (a token that turned out
+    /// to be known once the replica caught up).
+    pub fn refund(&mut self, from: IpAddr) {
+        if let Some(entry) = self.failures.get_mut(&from) {
+            entry.1 = entry.1.saturating_sub(1);
+        }
+    }
 }
 
 /// One dashboard login: the token's name and role, until when, and the
 /// CSRF token every state-changing request must carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
-    pub name: String,
+    /// The SHA-256 of the token it logged in with: a session lasts only as
+    /// long as its token (revoking the token ends it).
+    pub token_hash: String,
     pub role: Role,
     pub csrf: String,
     pub expires_ms: u64,
@@ -151,7 +161,13 @@ pub struct Sessions {
 
 impl Sessions {
     /// A new session; returns its id (the cookie's value).
-    pub fn open(&mut self, name: &str, role: Role, random: [[u8; 32]; 2], now_ms: u64) -> String {
+    pub fn open(
+        &mut self,
+        token_hash: &str,
+        role: Role,
+        random: [[u8; 32]; 2],
+        now_ms: u64,
+    ) -> String {
         if self.by_id.len() >= SESSIONS_MAX {
             self.by_id.retain(|_, s| s.expires_ms > now_ms);
         }
@@ -168,7 +184,7 @@ impl Sessions {
         }
         let id = hex(&random[0]);
         let session = Session {
-            name: name.to_string(),
+            token_hash: token_hash.to_string(),
             role,
             csrf: hex(&random[1]),
             expires_ms: now_ms + SESSION_MS,
@@ -234,6 +250,10 @@ mod tests {
             assert!(l.allows(a, 1000));
             l.failed(a, 1000);
         }
+        assert!(!l.allows(a, 1000));
+        l.refund(a); // one turned out to be a known token
+        assert!(l.allows(a, 1000));
+        l.failed(a, 1000);
         assert!(!l.allows(a, 1000));
         assert!(l.allows(b, 1000), "another address is not limited");
         assert!(l.allows(a, 61_000), "a new minute");

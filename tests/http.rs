@@ -64,6 +64,72 @@ fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
+/// Logs in through `host` with `token`: the session cookie (`name=value`)
+/// and its CSRF token.
+fn log_in(host: &str, token: &str) -> (String, String) {
+    let login = format!("{{\"token\": \"{token}\"}}");
+    let (status, head, body) = http(host, "POST", "/api/v1/login", &[], login.as_bytes());
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        head.contains("httponly") && head.contains("samesite=strict"),
+        "{head}"
+    );
+    let session = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    (session, json(&body)["csrf"].as_str().unwrap().to_string())
+}
+
+/// A logout ends its session on the server (a copied cookie no longer
+/// works); revoking a token ends every session made with it.
+fn sessions_end_with_a_logout_or_their_token(c: &Cluster, host: &str) {
+    let desk = token(c, "desk", "viewer");
+    let (first, _) = log_in(host, &desk);
+    let (second, _) = log_in(host, &desk);
+    let get = |session: &str| {
+        http(
+            host,
+            "GET",
+            "/api/v1/hotfolders",
+            &[("Cookie", session)],
+            b"",
+        )
+        .0
+    };
+    assert_eq!((get(&first), get(&second)), (200, 200));
+    let (status, _, body) = http(host, "POST", "/api/v1/logout", &[("Cookie", &second)], b"");
+    assert_eq!(status, 200, "a viewer logs out: {body}");
+    assert_eq!((get(&first), get(&second)), (200, 401));
+    let out = c.cli(&["token", "rm", "desk"]);
+    assert!(out.status.success(), "{out:?}");
+    // This instance refuses it once it has applied the removal.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, _, body) = http(
+            host,
+            "GET",
+            "/api/v1/hotfolders",
+            &[("Cookie", &first)],
+            b"",
+        );
+        if status == 401 {
+            assert!(body.contains("revoked"), "{body}");
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "a revoked token's session still works"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn token(c: &Cluster, name: &str, role: &str) -> String {
     let out = c.cli(&["token", "add", name, "--role", role, "--json"]);
     assert!(out.status.success(), "{out:?}");
@@ -221,22 +287,7 @@ fn the_api_answers_alike_everywhere_and_checks_access_and_input() {
     assert!(page.contains("<script src=\"/app.js\" defer></script>") && !page.contains("<script>"));
 
     // Dashboard login: a session cookie, and a state change needs its CSRF token.
-    let login = format!("{{\"token\": \"{}\"}}", ops.trim_start_matches("Bearer "));
-    let (status, head, body) = http(&hosts[1], "POST", "/api/v1/login", &[], login.as_bytes());
-    assert_eq!(status, 200, "{body}");
-    assert!(
-        head.contains("httponly") && head.contains("samesite=strict"),
-        "{head}"
-    );
-    let session = head
-        .lines()
-        .find_map(|l| l.strip_prefix("set-cookie: "))
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let csrf = json(&body)["csrf"].as_str().unwrap().to_string();
+    let (session, csrf) = log_in(&hosts[1], ops.trim_start_matches("Bearer "));
     let cookie = [("Cookie", session.as_str())];
     assert_eq!(
         http(&hosts[1], "GET", "/api/v1/hotfolders", &cookie, b"").0,
@@ -253,6 +304,7 @@ fn the_api_answers_alike_everywhere_and_checks_access_and_input() {
         ("X-CSRF-Token", csrf.as_str()),
     ];
     assert_eq!(http(&hosts[1], "POST", &cancel, &with_csrf, b"").0, 200);
+    sessions_end_with_a_logout_or_their_token(&c, &hosts[1]);
 
     // Metrics.
     let (status, _, text) = http(

@@ -14,6 +14,24 @@ use common::BIN;
 
 const SETTLE_S: u64 = 40;
 const STATUS_BOUND_MS: u128 = 1_000;
+/// A cut-off server refuses a read or a write within this (a CLI process).
+const REFUSAL_BOUND_MS: u128 = 2_000;
+
+/// `https_get`'s client: prints the status and milliseconds, then the body.
+const HTTPS_GET_PY: &str = r#"
+import ssl, sys, time, urllib.request, urllib.error
+url, ca, token = sys.argv[1:4]
+ctx = ssl.create_default_context(cafile=ca)
+req = urllib.request.Request(url, headers={"Authorization": "Bearer " + token})
+t = time.monotonic()
+try:
+    r = urllib.request.urlopen(req, context=ctx, timeout=10)
+    code, body = r.status, r.read()
+except urllib.error.HTTPError as e:
+    code, body = e.code, e.read()
+print(code, int((time.monotonic() - t) * 1000))
+sys.stdout.write(body.decode("utf-8", "replace"))
+"#;
 
 /// Namespaces and links made by one test, removed when it ends.
 struct Net {
@@ -133,6 +151,41 @@ impl Servers {
             .expect("run claro")
     }
 
+    /// A GET to server `i`'s HTTPS API from inside its namespace, as a
+    /// user's client makes it (Python's urllib, trusting only the cluster
+    /// CA, a 10 s timeout): the status, the milliseconds it took and the
+    /// body. `None` where python3 cannot be run.
+    fn https_get(&self, i: usize, path: &str, token: &str) -> Option<(u16, u128, String)> {
+        let url = format!("https://{}:7901{path}", self.net.addr(i));
+        let ca = self.dir.path().join("conf/tls/ca.crt");
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.net.ns(i),
+                "python3",
+                "-c",
+                HTTPS_GET_PY,
+                &url,
+            ])
+            .arg(ca)
+            .arg(token)
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let parsed = text.split_once('\n').and_then(|(head, body)| {
+            let (code, ms) = head.split_once(' ')?;
+            Some((code.parse().ok()?, ms.parse().ok()?, body.to_string()))
+        });
+        let missing = String::from_utf8_lossy(&out.stderr).contains("No such file");
+        assert!(
+            parsed.is_some() || missing,
+            "GET {path}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        parsed
+    }
+
     fn status(&self, i: usize) -> Option<StatusView> {
         let out = self.cli(i, &["status", "--json"]);
         out.status
@@ -203,6 +256,49 @@ fn set_up(subnet: u8) -> Option<Servers> {
     })
 }
 
+/// A viewer's API token, made through srv2 and applied on srv1 (which
+/// checks tokens in its own replica); `None` where python3 is missing.
+fn viewer_token_known_to_srv1(s: &Servers) -> Option<String> {
+    let out = s.cli(2, &["token", "add", "probe", "--role", "viewer", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = made["token"].as_str().unwrap().to_string();
+    if s.https_get(1, "/api/v1/status", &token).is_none() {
+        println!("SKIPPED the HTTP part: python3 cannot be run in the namespace");
+        return None;
+    }
+    s.wait("srv1 to know the token", || {
+        s.https_get(1, "/api/v1/status", &token)
+            .is_some_and(|(code, _, _)| code == 200)
+    });
+    Some(token)
+}
+
+/// The HTTP API of a cut-off server answers at once and truthfully: the
+/// status with its `no quorum` note, and 503 for a read it cannot vouch for.
+fn api_on_the_cut_off_server(s: &Servers, token: Option<&str>) {
+    let Some(token) = token else { return };
+    let (code, ms, body) = s.https_get(1, "/api/v1/status", token).unwrap();
+    println!("HTTP status on the cut-off server: {code} in {ms} ms");
+    assert_eq!(code, 200, "{body}");
+    assert!(ms < STATUS_BOUND_MS, "{ms} ms");
+    assert!(
+        body.contains("no quorum: reaches 0 of 2 other voters"),
+        "{body}"
+    );
+    for path in [
+        "/api/v1/jobs?limit=50",
+        "/api/v1/hotfolders",
+        "/api/v1/settings",
+    ] {
+        let (code, ms, body) = s.https_get(1, path, token).unwrap();
+        println!("HTTP {path} on the cut-off server: {code} in {ms} ms: {body}");
+        assert_eq!(code, 503, "{path}: {body}");
+        assert!(ms < STATUS_BOUND_MS, "{path}: {ms} ms");
+        assert!(body.contains("\"error\""), "{path}: {body}");
+    }
+}
+
 fn own_line(v: &StatusView, name: &str) -> claro::proto::ServerStatus {
     v.servers.iter().find(|s| s.name == name).unwrap().clone()
 }
@@ -231,6 +327,7 @@ fn a_cut_off_coordinator_reports_electing_and_the_majority_goes_on() {
             .stdout
             .starts_with(b"before-cut")
     });
+    let token = viewer_token_known_to_srv1(&s);
     s.net.link(1, false);
     s.wait("srv1 to know it has no coordinator", || {
         s.status(1).is_some_and(|v| {
@@ -267,9 +364,28 @@ fn a_cut_off_coordinator_reports_electing_and_the_majority_goes_on() {
     // Reads on the cut-off server: a default read refuses (it cannot know
     // what it misses) and says how to read anyway; a stale read answers and
     // says how old its replica is.
+    // Both refuse at once, naming why, rather than after the 10 s a write
+    // or read may wait for an election it could win.
+    let t = Instant::now();
     let out = s.cli(1, &["settings", "get", "colour"]);
+    let read_ms = t.elapsed().as_millis();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--stale"));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("--stale") && text.contains("no quorum"),
+        "{text}"
+    );
+    let t = Instant::now();
+    let out = s.cli(1, &["settings", "set", "colour", "cut-off"]);
+    let write_ms = t.elapsed().as_millis();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("not applied: no coordinator (no quorum"),
+        "{text}"
+    );
+    println!("on the cut-off server: a read refused in {read_ms} ms, a write in {write_ms} ms");
+    assert!(read_ms < REFUSAL_BOUND_MS && write_ms < REFUSAL_BOUND_MS);
     let out = s.cli(1, &["settings", "get", "colour", "--stale"]);
     assert!(
         out.status.success(),
@@ -279,6 +395,8 @@ fn a_cut_off_coordinator_reports_electing_and_the_majority_goes_on() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "before-cut");
     let note = String::from_utf8_lossy(&out.stderr);
     assert!(note.contains("it knows no coordinator"), "{note}");
+
+    api_on_the_cut_off_server(&s, token.as_deref());
 
     // The majority elects a coordinator and takes writes.
     s.wait("srv2 and srv3 to elect a coordinator", || {

@@ -396,6 +396,25 @@ fn electing_note(shared: &Shared, core: &crate::consensus::Core) -> String {
     crate::view::electing_note(others.len(), reachable)
 }
 
+/// Why no coordinator can confirm anything for this member now: it is a
+/// voter that knows none and reaches too few voters for a quorum (cut off),
+/// so waiting out `PROPOSAL_WAIT_MS` would only delay the same answer.
+/// `None` during an election it can win, and for the first two election
+/// timeouts after the start, while it has not heard its peers yet.
+fn quorum_lost(shared: &Shared) -> Option<String> {
+    let grace_ms = 2 * shared.cfg.timing.election_ms;
+    if now_ms().saturating_sub(shared.started_at_ms) < grace_ms {
+        return None;
+    }
+    let guard = shared.core();
+    let core = guard.as_ref()?;
+    if core.leader_id().is_some() || !core.is_voter(shared.id) {
+        return None;
+    }
+    let note = electing_note(shared, core);
+    note.starts_with("no quorum").then_some(note)
+}
+
 fn state_name(shared: &Shared, core: &crate::consensus::Core, phase: &Phase) -> &'static str {
     match phase {
         Phase::Discovering | Phase::Waiting { .. } => "waiting",
@@ -559,6 +578,7 @@ pub(super) async fn propose(
     }
     let deadline = std::time::Instant::now() + Duration::from_millis(PROPOSAL_WAIT_MS);
     let mut why = String::from("no coordinator is elected");
+    let mut sent = false;
     while std::time::Instant::now() < deadline {
         if let Some(full) = shared.space_refusal() {
             return Response::Error {
@@ -579,9 +599,21 @@ pub(super) async fn propose(
                 leader: shared.leader_name(),
             };
         }
+        // Whether this try may reach a coordinator (and the write with it).
+        sent |= shared.leader_name().is_some_and(|l| l != shared.me.name);
         match hold_or_forward(shared, &command, deadline).await {
             Ok(answer) => return answer,
             Err(reason) => why = reason,
+        }
+        if let Some(note) = quorum_lost(shared) {
+            let outcome = if sent {
+                "it may still be applied: a retry with the same request id is applied at most once"
+            } else {
+                "it was not sent to any coordinator"
+            };
+            return Response::Error {
+                message: format!("not applied: no coordinator ({note}); {outcome}"),
+            };
         }
         async_std::task::sleep(Duration::from_millis(HOLD_POLL_MS)).await;
     }
@@ -725,7 +757,7 @@ pub(super) async fn read(
 /// Waits until the coordinator confirmed a read index and this replica
 /// applied it. Asked again every `READ_RETRY_MS` (raft drops the request
 /// while no coordinator is known), until `PROPOSAL_WAIT_MS`.
-async fn confirm_read(shared: &Shared) -> Result<(), String> {
+pub(crate) async fn confirm_read(shared: &Shared) -> Result<(), String> {
     let deadline = std::time::Instant::now() + Duration::from_millis(PROPOSAL_WAIT_MS);
     while std::time::Instant::now() < deadline {
         let (ctx, ready) = shared.register_read();
@@ -744,6 +776,11 @@ async fn confirm_read(shared: &Shared) -> Result<(), String> {
             return Ok(());
         }
         shared.forget_read(&ctx);
+        if let Some(note) = quorum_lost(shared) {
+            return Err(format!(
+                "no coordinator ({note}), so this replica may miss acknowledged writes; `--stale` reads it as it is"
+            ));
+        }
     }
     Err(format!(
         "no coordinator confirmed the read within {PROPOSAL_WAIT_MS} ms, so this replica may miss acknowledged writes; `--stale` reads it as it is"

@@ -205,12 +205,17 @@ async fn dispatch(
     if path == "/api/v1/login" && method == Method::POST {
         return login(shared, req, from).await;
     }
+    if path == "/api/v1/logout" && method == Method::POST {
+        // Any role may end its own session (the SameSite=Strict cookie is
+        // never sent by another site's page).
+        return Ok(logout(shared, &req));
+    }
     if path == "/metrics" && method == Method::GET && from.is_loopback() {
         // Prometheus on the same machine needs no token; elsewhere it
         // sends a viewer's (`authorization: credentials` in its config).
         return Ok(metrics(shared).await);
     }
-    let caller = caller(shared, &req, from)?;
+    let caller = caller(shared, &req, from).await?;
     let parts: Vec<String> = path
         .trim_start_matches("/api/v1/")
         .split('/')
@@ -302,7 +307,6 @@ async fn route_api(
         (M::GET, ["stats"]) => Ok(stats_reply(shared)),
         (M::GET, ["events"]) => events::stream(shared.clone()),
         (M::GET, ["openapi.json"]) => Ok(text(OPENAPI.to_string(), "application/json")),
-        (M::POST, ["logout"]) => Ok(logout()),
         _ => Err(not_found()),
     }
 }
@@ -347,10 +351,14 @@ fn header(req: &hyper::Request<Incoming>, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-fn caller(shared: &Shared, req: &hyper::Request<Incoming>, from: IpAddr) -> Result<Caller, Fail> {
+async fn caller(
+    shared: &Shared,
+    req: &hyper::Request<Incoming>,
+    from: IpAddr,
+) -> Result<Caller, Fail> {
     if let Some(auth) = header(req, "authorization") {
         let token = auth.strip_prefix("Bearer ").unwrap_or("");
-        let role = token_role(shared, token, from)?;
+        let role = token_role(shared, token, from).await?;
         return Ok(Caller {
             role,
             csrf_ok: true,
@@ -358,14 +366,29 @@ fn caller(shared: &Shared, req: &hyper::Request<Incoming>, from: IpAddr) -> Resu
         });
     }
     if let Some(id) = cookie(req, "claro_session") {
-        let sessions = shared.http.sessions.lock().expect("sessions lock");
-        if let Some(s) = sessions.get(&id, now_ms()) {
+        let session = {
+            let sessions = shared.http.sessions.lock().expect("sessions lock");
+            sessions.get(&id, now_ms()).cloned()
+        };
+        if let Some(s) = session {
+            if !token_exists(shared, &s.token_hash) {
+                shared
+                    .http
+                    .sessions
+                    .lock()
+                    .expect("sessions lock")
+                    .close(&id);
+                return Err((
+                    StatusCode::UNAUTHORIZED,
+                    "the token of this session was revoked: log in again".into(),
+                ));
+            }
             let sent = header(req, "x-csrf-token").unwrap_or_default();
             let csrf_ok = access::same_secret(&sent, &s.csrf);
             return Ok(Caller {
                 role: s.role,
                 csrf_ok,
-                csrf: s.csrf.clone(),
+                csrf: s.csrf,
             });
         }
     }
@@ -386,30 +409,66 @@ fn caller(shared: &Shared, req: &hyper::Request<Incoming>, from: IpAddr) -> Resu
     ))
 }
 
-/// The role of `token`; failed attempts count against `from`.
-fn token_role(shared: &Shared, token: &str, from: IpAddr) -> Result<Role, Fail> {
-    let mut logins = shared.http.logins.lock().expect("logins lock");
-    if !logins.allows(from, now_ms()) {
-        return Err((
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "more than {} failed logins from {from} in a minute; wait",
-                access::FAILED_LOGINS_PER_MINUTE_MAX
-            ),
-        ));
+/// Whether a token of this hash is still in the cluster. Without a replica
+/// to ask (an instance still starting), a session is kept: it cannot be
+/// told revoked, and a restarted instance has no sessions anyway.
+fn token_exists(shared: &Shared, hash: &str) -> bool {
+    let guard = shared.core();
+    let Some(core) = guard.as_ref() else {
+        return true;
+    };
+    !matches!(
+        crate::state::tokens::by_hash(core.state().conn(), hash),
+        Ok(None)
+    )
+}
+
+/// The role of `token`; failed attempts count against `from`. A token this
+/// replica does not know is looked up again once it holds every write the
+/// coordinator acknowledged, so a token works on every instance as soon as
+/// `claro token add` returned. The failure is counted before that wait, so
+/// that concurrent guesses cannot pass the limit while they wait.
+async fn token_role(shared: &Shared, token: &str, from: IpAddr) -> Result<Role, Fail> {
+    let hash = access::check_token_form(token)
+        .ok()
+        .map(|()| access::token_hash(token));
+    {
+        let mut logins = shared.http.logins.lock().expect("logins lock");
+        if !logins.allows(from, now_ms()) {
+            return Err((
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "more than {} failed logins from {from} in a minute; wait",
+                    access::FAILED_LOGINS_PER_MINUTE_MAX
+                ),
+            ));
+        }
+        if let Some(role) = hash.as_deref().and_then(|h| token_by_hash(shared, h)) {
+            return Ok(role);
+        }
+        logins.failed(from, now_ms());
     }
-    let found = access::check_token_form(token).ok().and_then(|()| {
-        let guard = shared.core();
-        let core = guard.as_ref()?;
-        crate::state::tokens::by_hash(core.state().conn(), &access::token_hash(token)).ok()?
-    });
-    match found {
-        Some((_, role)) => Ok(role),
-        None => {
-            logins.failed(from, now_ms());
-            Err((StatusCode::UNAUTHORIZED, "unknown or revoked token".into()))
+    let Some(hash) = hash else {
+        return Err(unknown_token());
+    };
+    if crate::node::handlers::confirm_read(shared).await.is_ok() {
+        if let Some(role) = token_by_hash(shared, &hash) {
+            shared.http.logins.lock().expect("logins lock").refund(from);
+            return Ok(role);
         }
     }
+    Err(unknown_token())
+}
+
+fn unknown_token() -> Fail {
+    (StatusCode::UNAUTHORIZED, "unknown or revoked token".into())
+}
+
+fn token_by_hash(shared: &Shared, hash: &str) -> Option<Role> {
+    let guard = shared.core();
+    let core = guard.as_ref()?;
+    let found = crate::state::tokens::by_hash(core.state().conn(), hash).ok()?;
+    found.map(|(_, role)| role)
 }
 
 fn cookie(req: &hyper::Request<Incoming>, name: &str) -> Option<String> {
@@ -432,10 +491,11 @@ async fn login(
         token: String,
     }
     let login: Login = parse_json(&body)?;
-    let role = token_role(shared, &login.token, from)?;
+    let role = token_role(shared, &login.token, from).await?;
     let (id, csrf) = {
         let mut sessions = shared.http.sessions.lock().expect("sessions lock");
-        let id = sessions.open("dashboard", role, rand::random(), now_ms());
+        let hash = access::token_hash(&login.token);
+        let id = sessions.open(&hash, role, rand::random(), now_ms());
         let csrf = sessions
             .get(&id, now_ms())
             .expect("just opened")
@@ -456,7 +516,16 @@ async fn login(
     Ok(reply)
 }
 
-fn logout() -> Reply {
+/// Ends the session of the cookie sent (on this instance) and clears it.
+fn logout(shared: &Shared, req: &hyper::Request<Incoming>) -> Reply {
+    if let Some(id) = cookie(req, "claro_session") {
+        shared
+            .http
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .close(&id);
+    }
     let mut reply = json_reply(StatusCode::OK, &json!({"ok": true}));
     let cookie = "claro_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0";
     reply

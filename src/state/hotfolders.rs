@@ -192,12 +192,15 @@ pub struct Counts {
 }
 
 pub fn counts(conn: &Connection, name: &str, since_ms: u64) -> rusqlite::Result<Counts> {
-    let mut c = Counts::default();
-    c.waiting = conn
+    let files_waiting = conn
         .prepare_cached("SELECT waiting FROM hotfolder_files WHERE name = ?1")?
         .query_row(params![name], |r| r.get(0))
         .optional()?
         .unwrap_or(0);
+    let mut c = Counts {
+        waiting: files_waiting,
+        ..Counts::default()
+    };
     let mut stmt = conn.prepare_cached(
         "SELECT state, count(*) FROM jobs INDEXED BY jobs_unpublished
          WHERE hotfolder = ?1 AND published = 0 GROUP BY state",
