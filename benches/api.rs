@@ -125,16 +125,23 @@ fn fill(c: &Cluster) {
     );
 }
 
-fn list_figures(c: &Cluster, host: &str) {
-    let mut http_ms = Vec::new();
-    for _ in 0..LIST_COUNT {
+/// Times `count` GETs of `path`, a fresh connection each, as `curl` makes
+/// them; each answer must be 200 and contain `expect`. Sorted, in ms.
+fn timed_gets(host: &str, path: &str, count: usize, expect: &str) -> Vec<f64> {
+    let mut ms = Vec::new();
+    for _ in 0..count {
         let t = Instant::now();
-        let mut s = connect(host);
-        let (status, body) = exchange(&mut s, host, "GET", "/api/v1/jobs?limit=50", "");
-        http_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        let (status, body) = exchange(&mut connect(host), host, "GET", path, "");
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
         assert_eq!(status, 200, "{body}");
+        assert!(body.contains(expect), "{body}");
     }
-    http_ms.sort_by(f64::total_cmp);
+    ms.sort_by(f64::total_cmp);
+    ms
+}
+
+fn list_figures(c: &Cluster, host: &str) {
+    let http_ms = timed_gets(host, "/api/v1/jobs?limit=50", LIST_COUNT, "\"jobs\"");
     let mut cli_ms = Vec::new();
     for _ in 0..CLI_COUNT {
         let t = Instant::now();
@@ -143,16 +150,12 @@ fn list_figures(c: &Cluster, host: &str) {
         assert!(out.status.success(), "{out:?}");
     }
     cli_ms.sort_by(f64::total_cmp);
-    let mut metrics_ms = Vec::new();
-    for _ in 0..METRICS_COUNT {
-        let t = Instant::now();
-        let mut s = connect(host);
-        let (status, body) = exchange(&mut s, host, "GET", "/metrics", "");
-        metrics_ms.push(t.elapsed().as_secs_f64() * 1000.0);
-        assert_eq!(status, 200, "{body}");
-        assert!(body.contains("claro_jobs{state=\"queued\""), "{body}");
-    }
-    metrics_ms.sort_by(f64::total_cmp);
+    let metrics_ms = timed_gets(
+        host,
+        "/metrics",
+        METRICS_COUNT,
+        "claro_jobs{state=\"queued\"",
+    );
     println!(
         "/metrics at {SCALE_JOBS} jobs: p50 {:.2} ms p99 {:.2} ms ({METRICS_COUNT} scrapes)",
         percentile(&metrics_ms, 0.5),

@@ -372,12 +372,7 @@ async fn caller(
         };
         if let Some(s) = session {
             if !token_exists(shared, &s.token_hash) {
-                shared
-                    .http
-                    .sessions
-                    .lock()
-                    .expect("sessions lock")
-                    .close(&id);
+                close_session(shared, &id);
                 return Err((
                     StatusCode::UNAUTHORIZED,
                     "the token of this session was revoked: log in again".into(),
@@ -516,15 +511,19 @@ async fn login(
     Ok(reply)
 }
 
+fn close_session(shared: &Shared, id: &str) {
+    shared
+        .http
+        .sessions
+        .lock()
+        .expect("sessions lock")
+        .close(id);
+}
+
 /// Ends the session of the cookie sent (on this instance) and clears it.
 fn logout(shared: &Shared, req: &hyper::Request<Incoming>) -> Reply {
     if let Some(id) = cookie(req, "claro_session") {
-        shared
-            .http
-            .sessions
-            .lock()
-            .expect("sessions lock")
-            .close(&id);
+        close_session(shared, &id);
     }
     let mut reply = json_reply(StatusCode::OK, &json!({"ok": true}));
     let cookie = "claro_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0";

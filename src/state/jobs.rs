@@ -785,6 +785,14 @@ mod tests {
                 index: 0,
             }
         }
+        /// Submits a script job allowed `max_attempts`, at 1 ms.
+        fn submit(&mut self, id: &str, max_attempts: u32) {
+            self.apply(Command::JobSubmit {
+                id: id.into(),
+                spec: spec(max_attempts),
+                at_ms: 1,
+            });
+        }
         fn apply(&mut self, cmd: Command) {
             self.index += 1;
             self.sm
@@ -840,11 +848,7 @@ mod tests {
     #[test]
     fn a_job_runs_its_life_and_stale_reports_change_nothing() {
         let mut db = Db::new();
-        db.apply(Command::JobSubmit {
-            id: ID.into(),
-            spec: spec(2),
-            at_ms: 1,
-        });
+        db.submit(ID, 2);
         assert_eq!(db.state(ID), (JobState::Queued, 1, None));
         db.apply(assign("srv2", 1));
         assert_eq!(db.state(ID).0, JobState::Assigned);
@@ -888,11 +892,7 @@ mod tests {
     #[test]
     fn a_failed_or_succeeded_run_keeps_when_it_started_and_counts_follow_every_change() {
         let mut db = Db::new();
-        db.apply(Command::JobSubmit {
-            id: ID.into(),
-            spec: spec(1),
-            at_ms: 1,
-        });
+        db.submit(ID, 1);
         assert_eq!(super::counts(db.sm.conn()).unwrap(), db.counted());
         db.apply(assign("srv2", 1));
         // No `running` report (a short run): it started when it was assigned.
@@ -923,11 +923,7 @@ mod tests {
     #[test]
     fn every_attempt_is_kept_with_its_server_times_and_reason_up_to_a_bound() {
         let mut db = Db::new();
-        db.apply(Command::JobSubmit {
-            id: ID.into(),
-            spec: spec(3),
-            at_ms: 1,
-        });
+        db.submit(ID, 3);
         let attempts = |db: &Db| super::job(db.sm.conn(), ID).unwrap().unwrap().attempts;
         assert!(attempts(&db).is_empty(), "never placed: no attempt yet");
         db.apply(assign("srv2", 1));
@@ -961,11 +957,7 @@ mod tests {
         assert_eq!(list[2].error, None);
         // Cancelled and retried by hand again and again: the newest are kept.
         let other = "00000000000100000002";
-        db.apply(Command::JobSubmit {
-            id: other.into(),
-            spec: spec(1),
-            at_ms: 1,
-        });
+        db.submit(other, 1);
         let cancel = |at_ms| Command::JobCancel {
             id: other.into(),
             at_ms,
@@ -1001,11 +993,7 @@ mod tests {
     #[test]
     fn a_released_attempt_is_queued_again_until_attempts_run_out() {
         let mut db = Db::new();
-        db.apply(Command::JobSubmit {
-            id: ID.into(),
-            spec: spec(2),
-            at_ms: 1,
-        });
+        db.submit(ID, 2);
         let release = |attempt| Command::JobRelease {
             attempts: vec![(ID.into(), attempt)],
             reason: "srv2 lost".into(),
