@@ -448,6 +448,8 @@ pub struct JobJson {
     pub attempt: u32,
     pub max_attempts: u32,
     pub priority: i32,
+    /// How long one attempt may run before it is stopped.
+    pub timeout_ms: u64,
     pub result: Option<String>,
     pub error: Option<String>,
     pub created_at: String,
@@ -508,6 +510,7 @@ impl JobJson {
             attempt: job.attempt,
             max_attempts: job.spec.max_attempts.max(job.attempt),
             priority: job.spec.priority,
+            timeout_ms: job.spec.timeout_ms,
             result: job.result.clone(),
             error: job.error.clone(),
             created_at: rfc3339(job.created_ms),

@@ -359,6 +359,7 @@ fn the_cli_submits_waits_cancels_and_refuses_bad_jobs() {
         "attempt",
         "max_attempts",
         "priority",
+        "timeout_ms",
         "result",
         "error",
         "created_at",

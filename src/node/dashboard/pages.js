@@ -413,6 +413,7 @@ const jobPage = {
       field("Kind", j.kind),
       field("Server", j.instance),
       field("Priority", String(j.priority)),
+      field("Time limit", j.timeout_ms ? duration(j.timeout_ms) + " an attempt" : null),
       field("Created", when(j.created_at)),
       field("Started", when(j.started_at)),
       field("Finished", when(j.finished_at)),
