@@ -37,6 +37,8 @@ pub(super) async fn ask(shared: &Arc<Shared>, req: Request) -> Result<Reply, Fai
 pub(super) fn failure(resp: Response) -> Fail {
     match resp {
         Response::Error { message } => {
+            // The CLI's hint; the API has no stale reads.
+            let message = message.replace("; `--stale` reads it as it is", "");
             let lower = message.to_lowercase();
             let status = if lower.contains("no coordinator")
                 || lower.contains("not answer")
