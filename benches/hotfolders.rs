@@ -165,13 +165,26 @@ fn main() {
         return scan_cost();
     }
     let timing = format!("\n[hotfolder.hf]\nscript = \"action.rhai\"\nstable_ms = {STABLE_MS}\n");
-    let c = Cluster::three_running_prepared(55, &timing, 16, |c| {
+    // CLARO_BENCH_SERVERS=1: one instance alone (nothing replicated), to
+    // see what one instance does with two CPUs of its own.
+    let count: usize = std::env::var("CLARO_BENCH_SERVERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| (1..=3).contains(n))
+        .unwrap_or(3);
+    // CLARO_BENCH_SLOTS: slots per instance (default 16).
+    let slots: u32 = std::env::var("CLARO_BENCH_SLOTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| (1..=256).contains(n))
+        .unwrap_or(16);
+    let c = Cluster::running_prepared(55, count, &timing, slots, |c| {
         std::fs::write(c.conf.with_file_name("action.rhai"), ACTION).unwrap();
     });
     let hf = c.conf.parent().unwrap().join("../shared/hf");
     c.wait(10, "the hotfolder", || hf.join("in").is_dir());
     println!(
-        "three instances, 16 slots each, the product's timings, action: a script copying the file"
+        "{count} instance(s), {slots} slots each, the product's timings, action: a script copying the file"
     );
     pickup(&c, &hf);
     throughput(&hf);

@@ -344,7 +344,20 @@ impl Cluster {
         slots: u32,
         prepare: impl FnOnce(&Cluster),
     ) -> Cluster {
-        let servers = [("srv1", "server"), ("srv2", "server"), ("srv3", "server")];
+        Cluster::running_prepared(net, 3, timing, slots, prepare)
+    }
+
+    /// `count` servers srv1.. with `slots` each, `prepare` run on the
+    /// config's folder before the start, all synchronized.
+    pub fn running_prepared(
+        net: u8,
+        count: usize,
+        timing: &str,
+        slots: u32,
+        prepare: impl FnOnce(&Cluster),
+    ) -> Cluster {
+        let names: Vec<String> = (1..=count).map(|i| format!("srv{i}")).collect();
+        let servers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "server")).collect();
         let mut c = Cluster::with_timing(net, &servers, timing);
         let text = std::fs::read_to_string(&c.conf).unwrap();
         std::fs::write(
@@ -354,11 +367,11 @@ impl Cluster {
         .unwrap();
         prepare(&c);
         c.start_alone("srv1");
-        c.start("srv2");
-        c.start("srv3");
-        c.wait(30, "all three synchronized", || {
-            c.settled("srv1", "srv1", &["srv1", "srv2", "srv3"])
-        });
+        for name in &names[1..] {
+            c.start(name);
+        }
+        let all: Vec<&str> = names.iter().map(String::as_str).collect();
+        c.wait(30, "all synchronized", || c.settled("srv1", "srv1", &all));
         c
     }
 
