@@ -60,6 +60,21 @@ fn exchange(
 trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
 
+/// Opens the event stream on `s` with `auth`; returns what arrived up to
+/// the first `change` event (the headers included).
+fn subscribe(s: &mut dyn ReadWrite, auth: &str) -> String {
+    let req = format!("GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("event: change") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the event stream closed: {seen}");
+        seen += &String::from_utf8_lossy(&buf[..n]);
+    }
+    seen
+}
+
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
@@ -364,16 +379,9 @@ fn the_api_answers_alike_everywhere_and_checks_access_and_input() {
 fn events_follow_a_submission_elsewhere(hosts: &[String], viewer: &str, ops: &str) {
     let mut s = TcpStream::connect((hosts[1].as_str(), 7901)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let req = format!("GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: {viewer}\r\n\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    let mut seen = String::new();
-    let mut buf = [0u8; 4096];
     // The first event tells the current index; then one after the submission.
-    while !seen.contains("event: change") {
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0);
-        seen += &String::from_utf8_lossy(&buf[..n]);
-    }
+    let mut seen = subscribe(&mut s, viewer);
+    let mut buf = [0u8; 4096];
     assert!(
         seen.to_lowercase()
             .contains("content-type: text/event-stream"),
@@ -716,15 +724,8 @@ fn admin_changes_servers_scripts_and_settings(
 /// event by job event, to `succeeded`.
 fn job_events_follow_a_job_to_its_end(tls: &Https, hosts: &[String], ops: &str) {
     let mut s = tls.connect(&hosts[2]);
-    let req = format!("GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: {ops}\r\n\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    let mut seen = String::new();
+    let mut seen = subscribe(&mut s, ops);
     let mut buf = [0u8; 4096];
-    while !seen.contains("event: change") {
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0);
-        seen += &String::from_utf8_lossy(&buf[..n]);
-    }
     let (status, job) = tls.call(
         &hosts[0],
         "POST",
