@@ -30,9 +30,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use claro::jobs::{new_job_id, JobSpec};
 use claro::proto::{Request, Response};
 use claro::state::Command;
+use claro::work::jobs::{new_job_id, JobSpec};
 use common::Cluster;
 
 const SCALE_JOBS: usize = 1_000_000;
@@ -96,7 +96,7 @@ fn fill(c: &Cluster) {
     assert!(out.status.success(), "{out:?}");
     let conn = conn::Conn::open(c, "srv1");
     let started = Instant::now();
-    let base_ms = claro::node::now_ms() - 86_400_000;
+    let base_ms = claro::clock::now_ms() - 86_400_000;
     for b in 0..SCALE_JOBS.div_ceil(BATCH) {
         assert!(
             started.elapsed() < Duration::from_secs(TIME_MAX_S),

@@ -55,7 +55,7 @@ fn rfc3339_ms(t: &str) -> u64 {
 }
 
 fn now_ms() -> u64 {
-    claro::node::now_ms()
+    claro::clock::now_ms()
 }
 
 fn throughput(hf: &Path) -> f64 {
@@ -105,7 +105,7 @@ fn pickup(c: &Cluster, hf: &Path) {
 }
 
 fn scan_cost() {
-    use claro::hotfolder::{Action, Hotfolder, Patterns, Seen, Stability};
+    use claro::work::hotfolder::{Action, Hotfolder, Patterns, Seen, Stability};
     let dir = tempfile::tempdir().unwrap();
     let inbox = dir.path().join("in");
     std::fs::create_dir_all(&inbox).unwrap();

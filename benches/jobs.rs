@@ -21,10 +21,10 @@ mod conn;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use claro::jobs::{new_job_id, JobSpec, JobState};
 use claro::proto::{Request, Response};
 use claro::state::jobs::JobFilter;
 use claro::state::Command;
+use claro::work::jobs::{new_job_id, JobSpec, JobState};
 use common::Cluster;
 use conn::Conn;
 
@@ -48,13 +48,13 @@ trait Jobs {
 
 impl Jobs for Conn {
     async fn submit(&self, code: &str) -> Result<String, String> {
-        let id = new_job_id(claro::node::now_ms(), rand::random());
+        let id = new_job_id(claro::clock::now_ms(), rand::random());
         let mut spec = JobSpec::script(code);
         spec.timeout_ms = 60_000;
         let command = Command::JobSubmit {
             id: id.clone(),
             spec,
-            at_ms: claro::node::now_ms(),
+            at_ms: claro::clock::now_ms(),
         };
         match self
             .ask(&Request::propose(command, Some(id.clone())), REQUEST_MS)
@@ -272,7 +272,7 @@ fn scale() {
         (
             "--kind script",
             JobFilter {
-                kind: Some(claro::jobs::JobKind::Script),
+                kind: Some(claro::work::jobs::JobKind::Script),
                 ..JobFilter::default()
             },
         ),

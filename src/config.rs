@@ -228,7 +228,7 @@ pub struct Config {
     pub servers: Vec<ServerConf>,
     /// `[hotfolder.NAME]` tables: created when a new cluster bootstraps
     /// (afterwards they are cluster settings, changed with `claro hotfolder`).
-    pub hotfolders: Vec<crate::hotfolder::Hotfolder>,
+    pub hotfolders: Vec<crate::work::hotfolder::Hotfolder>,
 }
 
 /// The `[jobs]` table: finished jobs are kept for `keep_ms` after they end,
@@ -849,8 +849,8 @@ fn hotfolder_conf(
     folder: &Path,
     name: &str,
     raw: &Spanned<RawHotfolder>,
-) -> Result<crate::hotfolder::Hotfolder, ConfigError> {
-    use crate::hotfolder::{split_template, Action, Hotfolder, OnSuccess};
+) -> Result<crate::work::hotfolder::Hotfolder, ConfigError> {
+    use crate::work::hotfolder::{split_template, Action, Hotfolder, OnSuccess};
     let key = format!("hotfolder.{name}");
     let r = raw.get_ref();
     let whole = |message: String| src.err(Some(raw.span()), Some(&key), message);

@@ -1,30 +1,33 @@
 //! claro: a cluster of identical server instances sharing file and script work.
-//! See docs/ARCHITECTURE.md for the map.
+//! See docs/ARCHITECTURE.md for the map. Imports run downward only:
+//!
+//! - `cli`: the operator's side, the `claro` command (its only way into the
+//!   server shell is `serve`);
+//! - `node`: the server shell, one instance's async I/O, in three parts
+//!   (`node::cluster`, `node::work`, `node::web`) composed by `node` itself;
+//! - the pure rules, grouped by what they decide: `cluster` (membership,
+//!   live view, integrity), `work` (jobs, scheduler, hotfolders, scripts),
+//!   `web` (access);
+//! - the foundations: `config`, `tls`, `transport`, `proto`, `consensus`,
+//!   `state`, `data_dir`, `contract`, `clock`, `logging`, `throttle`,
+//!   `histogram`.
 
-pub mod access;
-pub mod cert;
 pub mod cli;
-pub mod client;
+pub mod node;
+
+pub mod cluster;
+pub mod web;
+pub mod work;
+
+pub mod clock;
 pub mod config;
 pub mod consensus;
-pub mod exit;
+pub mod contract;
+pub mod data_dir;
 pub mod histogram;
-pub mod hotfolder;
-pub mod hotfolder_client;
-pub mod init;
-pub mod integrity;
-pub mod job_client;
-pub mod jobs;
 pub mod logging;
-pub mod membership;
-pub mod node;
-pub mod output;
 pub mod proto;
-pub mod scheduler;
-pub mod script;
 pub mod state;
 pub mod throttle;
 pub mod tls;
-pub mod token_client;
 pub mod transport;
-pub mod view;

@@ -325,22 +325,22 @@ pub enum Response {
         digest: String,
     },
     Job {
-        job: Option<Box<crate::jobs::Job>>,
+        job: Option<Box<crate::work::jobs::Job>>,
         #[serde(default)]
         stale: Option<Staleness>,
     },
     Script {
-        script: Option<crate::jobs::StoredScript>,
+        script: Option<crate::work::jobs::StoredScript>,
     },
     Scripts {
-        scripts: Vec<crate::jobs::StoredScript>,
+        scripts: Vec<crate::work::jobs::StoredScript>,
     },
     Tokens {
         tokens: Vec<crate::state::tokens::TokenInfo>,
     },
     Hotfolders {
         hotfolders: Vec<(
-            crate::hotfolder::Hotfolder,
+            crate::work::hotfolder::Hotfolder,
             crate::state::hotfolders::Counts,
         )>,
         #[serde(default)]
@@ -348,7 +348,7 @@ pub enum Response {
     },
     /// A page of jobs (summaries); `next_before`: the cursor of the next.
     Jobs {
-        jobs: Vec<crate::jobs::Job>,
+        jobs: Vec<crate::work::jobs::Job>,
         next_before: Option<String>,
         #[serde(default)]
         stale: Option<Staleness>,

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
-use claro::output::base64;
+use claro::cli::output::base64;
 use common::{Cluster, BIN};
 
 const SETTLE_S: u64 = 30;
@@ -372,7 +372,7 @@ fn assert_gone(c: &mut Cluster, name: &str, i: usize) -> claro::proto::StopRecor
     let addr = format!("{}:7900", common::addr(c.net, i));
     std::net::UdpSocket::bind(&addr).unwrap_or_else(|e| panic!("{addr} still bound: {e}"));
     c.kill9(name); // reaps the exited process
-    claro::node::read_record(&c.data_dir(name)).expect("stopped.json")
+    claro::data_dir::read_record(&c.data_dir(name)).expect("stopped.json")
 }
 
 /// `start-order --json`'s entry for `name`.

@@ -454,7 +454,7 @@ fn malformed_and_oversized_frames_close_only_their_stream() {
     c.start_alone("srv1");
     let cfg = c.config();
     let addr = cfg.server("srv1").unwrap().address;
-    let ep = claro::client::endpoint(&cfg, addr).unwrap();
+    let ep = claro::cli::client::endpoint(&cfg, addr).unwrap();
     async_std::task::block_on(async {
         let conn = ep.connect(addr, "srv1", 2000).await.unwrap();
         // A length prefix of 4 GiB: refused before anything is allocated.
@@ -477,7 +477,7 @@ fn malformed_and_oversized_frames_close_only_their_stream() {
             "garbage answered"
         );
         // A peer-only request from a client.
-        let r = claro::client::request(
+        let r = claro::cli::client::request(
             &conn,
             &claro::proto::Request::Join {
                 name: "srv1".into(),
@@ -488,7 +488,7 @@ fn malformed_and_oversized_frames_close_only_their_stream() {
         .unwrap();
         assert!(matches!(r, claro::proto::Response::Error { .. }), "{r:?}");
         // The same connection still works.
-        let r = claro::client::request(&conn, &claro::proto::Request::Status, 2000)
+        let r = claro::cli::client::request(&conn, &claro::proto::Request::Status, 2000)
             .await
             .unwrap();
         assert!(matches!(r, claro::proto::Response::Status(_)), "{r:?}");

@@ -9,10 +9,10 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use claro::jobs::{new_job_id, Job, JobSpec, JobState};
 use claro::proto::{Request, Response};
 use claro::state::jobs::JobFilter;
 use claro::state::Command;
+use claro::work::jobs::{new_job_id, Job, JobSpec, JobState};
 use common::Cluster;
 
 /// Longest wait for jobs to end in these tests.
@@ -27,11 +27,11 @@ fn script(code: &str) -> JobSpec {
 /// Submits `spec` through `via` as the CLI does (the job id is the request
 /// id); returns the id once the submission is acknowledged.
 fn submit(c: &Cluster, via: &str, spec: JobSpec) -> Result<String, String> {
-    let id = new_job_id(claro::node::now_ms(), rand::random());
+    let id = new_job_id(claro::clock::now_ms(), rand::random());
     let command = Command::JobSubmit {
         id: id.clone(),
         spec,
-        at_ms: claro::node::now_ms(),
+        at_ms: claro::clock::now_ms(),
     };
     match c.call(via, Request::propose(command, Some(id.clone())))? {
         Response::Proposed { .. } => Ok(id),

@@ -63,9 +63,9 @@ use std::sync::{Arc, Mutex};
 use claro::consensus::{
     self, Core, CoreConfig, CoreError, CrashHook, CrashPoint, Mutation, Output, SnapshotFile,
 };
-use claro::jobs::{JobKind, JobSpec, JobState, Outcome};
-use claro::scheduler::{self, Candidate};
 use claro::state::{self, jobs as jobdb, Command, StateMachine};
+use claro::work::jobs::{JobKind, JobSpec, JobState, Outcome};
+use claro::work::scheduler::{self, Candidate};
 use raft::eraftpb::{ConfChangeType, Message, MessageType};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -1091,7 +1091,7 @@ impl Sim {
 
     fn submit_job(&mut self) {
         let Some(l) = self.leader_index() else { return };
-        let id = claro::jobs::new_job_id(self.now, self.rng.gen());
+        let id = claro::work::jobs::new_job_id(self.now, self.rng.gen());
         let spec = JobSpec {
             kind: JobKind::Script,
             script: "1".into(),

@@ -36,7 +36,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
-use claro::membership::{self, AdoptAnswer, Situation, Startup};
+use claro::cluster::membership::{self, AdoptAnswer, Situation, Startup};
 use claro::proto::LocalInfo;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -14,7 +14,7 @@ impl Conn {
     pub fn open(c: &Cluster, name: &str) -> Conn {
         let cfg = c.config();
         let server = cfg.server(name).expect("configured").clone();
-        let ep = claro::client::endpoint(&cfg, server.address).expect("client endpoint");
+        let ep = claro::cli::client::endpoint(&cfg, server.address).expect("client endpoint");
         let conn =
             async_std::task::block_on(ep.connect(server.address, name, 2000)).expect("connect");
         Conn { _ep: ep, conn }
@@ -22,6 +22,6 @@ impl Conn {
 
     /// One request and its answer, within `timeout_ms`.
     pub async fn ask(&self, req: &Request, timeout_ms: u64) -> Result<Response, String> {
-        claro::client::request(&self.conn, req, timeout_ms).await
+        claro::cli::client::request(&self.conn, req, timeout_ms).await
     }
 }

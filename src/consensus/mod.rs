@@ -1105,6 +1105,15 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
+/// A server's Raft id: derived from its name, so that it is the same on every
+/// instance and does not depend on the order of the config.
+pub fn raft_id(name: &str) -> u64 {
+    let d = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d.as_ref()[..8]);
+    (u64::from_be_bytes(b) >> 1).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

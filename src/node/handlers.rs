@@ -14,7 +14,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeType, Message};
 
 use super::{now_ms, raft_id, Phase, Shared, PEER_CALL_MS, PROPOSAL_WAIT_MS};
-use crate::membership;
+use crate::cluster::membership;
 use crate::proto::{
     LocalInfo, RaftBatch, Request, Response, Staleness, StatusView, LIST_COUNT_DEFAULT,
     LIST_COUNT_MAX, LIST_PAGE_BYTES_MAX, RAFT_BATCH_BYTES_MAX, REQUEST_BYTES_MAX,
@@ -393,7 +393,7 @@ fn electing_note(shared: &Shared, core: &crate::consensus::Core) -> String {
     let reachable = shared
         .view()
         .heard_count(others.iter().copied(), window_ms, now_ms());
-    crate::view::electing_note(others.len(), reachable)
+    crate::cluster::view::electing_note(others.len(), reachable)
 }
 
 /// Why no coordinator can confirm anything for this member now: it is a
@@ -825,7 +825,7 @@ pub(super) async fn read_setting(shared: &Shared, key: &str, stale: bool) -> Res
 }
 
 async fn read_job(shared: &Shared, id: &str, stale: bool) -> Response {
-    if let Err(message) = crate::jobs::check_job_id(id) {
+    if let Err(message) = crate::work::jobs::check_job_id(id) {
         return Response::Error { message };
     }
     read(shared, stale, |core, stale| {
@@ -844,7 +844,7 @@ async fn read_job(shared: &Shared, id: &str, stale: bool) -> Response {
 }
 
 async fn read_script(shared: &Shared, name: &str, version: Option<u32>, stale: bool) -> Response {
-    if let Err(message) = crate::jobs::check_script_name(name) {
+    if let Err(message) = crate::work::jobs::check_script_name(name) {
         return Response::Error { message };
     }
     read(shared, stale, |core, _| {
@@ -914,7 +914,7 @@ async fn list_jobs(
         };
     }
     if let Some(before) = &filter.before {
-        if let Err(message) = crate::jobs::check_job_id(before) {
+        if let Err(message) = crate::work::jobs::check_job_id(before) {
             return Response::Error { message };
         }
     }
@@ -940,9 +940,9 @@ async fn list_jobs(
 /// The summaries of `found` (one more than `limit` was asked, to know
 /// whether more follow) that fit a page, and the cursor of the next page.
 fn jobs_page(
-    found: Vec<crate::jobs::Job>,
+    found: Vec<crate::work::jobs::Job>,
     limit: usize,
-) -> (Vec<crate::jobs::Job>, Option<String>) {
+) -> (Vec<crate::work::jobs::Job>, Option<String>) {
     let more = found.len() > limit;
     let mut jobs = Vec::new();
     let mut bytes = 0;
@@ -952,7 +952,7 @@ fn jobs_page(
             + job.result.as_ref().map_or(0, String::len)
             + job.error.as_ref().map_or(0, String::len);
         if bytes + size > JOBS_PAGE_BYTES_MAX {
-            let next = jobs.last().map(|j: &crate::jobs::Job| j.id.clone());
+            let next = jobs.last().map(|j: &crate::work::jobs::Job| j.id.clone());
             return (jobs, next);
         }
         bytes += size;

@@ -2,7 +2,7 @@
 //! submit each stable file once, publish the files of final jobs) and the
 //! assigned instance's side (claim the file, run the action into a staging
 //! folder). The decisions (stability, patterns, templates, free names) are
-//! in `crate::hotfolder`; this module does the file system work.
+//! in `crate::work::hotfolder`; this module does the file system work.
 //!
 //! A file's way: `in/REL` → (claim: one rename) `.claro/work/ID/in/NAME` →
 //! the action writes into `.claro/work/ID/ATTEMPT/out/` → the attempt's end
@@ -23,13 +23,13 @@ use super::process::Capture;
 use super::script_host::{run_job_script, FileContext};
 use super::worker::failed;
 use super::{now_ms, Phase, Shared};
-use crate::hotfolder::{
+use crate::proto::Response;
+use crate::state::{hotfolders as db, Command, JOB_BATCH_COUNT_MAX};
+use crate::work::hotfolder::{
     expand, free_name, next_scan_ms, FileValues, Hotfolder, Patterns, Seen, Stability, OUTPUTS_MAX,
     SCAN_FILES_MAX, WORK_DIR,
 };
-use crate::jobs::{FileInput, Job, JobKind, JobSpec, JobState, Outcome, LOG_BYTES_MAX};
-use crate::proto::Response;
-use crate::state::{hotfolders as db, Command, JOB_BATCH_COUNT_MAX};
+use crate::work::jobs::{FileInput, Job, JobKind, JobSpec, JobState, Outcome, LOG_BYTES_MAX};
 
 /// Final jobs published per round, at most.
 const PUBLISH_BATCH_MAX: u32 = 1024;
@@ -246,14 +246,14 @@ pub(super) fn scan(shared_root: &Path, def: &Hotfolder) -> Result<Vec<Seen>, Str
             }
             if !meta.is_file()
                 || !patterns.takes(&name)
-                || crate::jobs::check_relative(&path).is_err()
+                || crate::work::jobs::check_relative(&path).is_err()
             {
                 continue;
             }
             out.push(Seen {
                 path,
                 bytes: meta.len(),
-                modified_ms: crate::jobs::modified_ms(&meta),
+                modified_ms: crate::work::jobs::modified_ms(&meta),
                 inode: std::os::unix::fs::MetadataExt::ino(&meta),
             });
         }
@@ -322,7 +322,7 @@ fn batches(def: &Hotfolder, files: &[Seen]) -> Vec<Vec<(String, JobSpec)>> {
             bytes = 0;
         }
         bytes += size;
-        let id = crate::jobs::new_job_id(now_ms(), rand::random());
+        let id = crate::work::jobs::new_job_id(now_ms(), rand::random());
         out.last_mut().expect("a batch").push((id, spec));
     }
     out
@@ -333,8 +333,8 @@ pub fn file_job(def: &Hotfolder, seen: &Seen) -> JobSpec {
     let mut spec = JobSpec::script("");
     spec.kind = JobKind::Hotfolder;
     match &def.action {
-        crate::hotfolder::Action::Command { argv } => spec.args = argv.clone(),
-        crate::hotfolder::Action::Script { code } => spec.script = code.clone(),
+        crate::work::hotfolder::Action::Command { argv } => spec.args = argv.clone(),
+        crate::work::hotfolder::Action::Script { code } => spec.script = code.clone(),
     }
     spec.priority = def.priority;
     spec.max_attempts = def.max_attempts;
@@ -345,7 +345,7 @@ pub fn file_job(def: &Hotfolder, seen: &Seen) -> JobSpec {
         bytes: seen.bytes,
         modified_ms: seen.modified_ms,
         inode: seen.inode,
-        delete_on_success: def.on_success == crate::hotfolder::OnSuccess::Delete,
+        delete_on_success: def.on_success == crate::work::hotfolder::OnSuccess::Delete,
     });
     spec
 }
@@ -503,7 +503,7 @@ pub(super) fn work_ids(shared_root: &Path, name: &str) -> Vec<String> {
         .flatten()
         .take(SWEEP_FOLDERS_MAX)
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|id| crate::jobs::check_job_id(id).is_ok())
+        .filter(|id| crate::work::jobs::check_job_id(id).is_ok())
         .collect()
 }
 
@@ -690,7 +690,7 @@ fn move_no_replace(from: &Path, dir: &Path, name: &str, steps: &mut Steps) -> Re
         steps.take()?;
         return std::fs::remove_file(from).map_err(|e| format!("{}: {e}", from.display()));
     }
-    for _ in 0..crate::hotfolder::FREE_NAME_TRIES_MAX {
+    for _ in 0..crate::work::hotfolder::FREE_NAME_TRIES_MAX {
         let free = free_name(name, &mut |n| dir.join(n).exists()).ok_or("no free name")?;
         let to = dir.join(&free);
         steps.take()?;
@@ -786,7 +786,7 @@ pub fn process(shared: Arc<Shared>, job: Job, cancel: Arc<AtomicBool>) -> Outcom
             },
         )
     } else {
-        let profiler = Arc::new(crate::script::Profiler::default());
+        let profiler = Arc::new(crate::work::script::Profiler::default());
         let paths = (root.as_path(), claimed.as_path(), staging.as_path());
         let ended = run_script(shared, &job, paths, cancel, (&log, &profiler));
         profile = profiler.rows();
@@ -888,7 +888,7 @@ fn run_script(
     job: &Job,
     (root, claimed, staging): (&Path, &Path, &Path),
     cancel: Arc<AtomicBool>,
-    sinks: (&Arc<Capture>, &Arc<crate::script::Profiler>),
+    sinks: (&Arc<Capture>, &Arc<crate::work::script::Profiler>),
 ) -> Result<(), String> {
     let rel = |p: &Path| {
         p.strip_prefix(root)
@@ -1054,13 +1054,16 @@ mod tests {
             modified_ms: 0,
             inode: i as u64,
         };
-        let small = Hotfolder::new("hf", crate::hotfolder::Action::Script { code: "1".into() });
+        let small = Hotfolder::new(
+            "hf",
+            crate::work::hotfolder::Action::Script { code: "1".into() },
+        );
         let files: Vec<Seen> = (0..JOB_BATCH_COUNT_MAX + 10).map(seen).collect();
         let sizes: Vec<usize> = batches(&small, &files).iter().map(Vec::len).collect();
         assert_eq!(sizes, [JOB_BATCH_COUNT_MAX, 10]);
         // A 200 KB script: five jobs to an entry, not 4,096 (an 800 MB entry).
         let code = format!("let a = \"{}\";", "x".repeat(200_000));
-        let big = Hotfolder::new("hf", crate::hotfolder::Action::Script { code });
+        let big = Hotfolder::new("hf", crate::work::hotfolder::Action::Script { code });
         let files: Vec<Seen> = (0..12).map(seen).collect();
         let sizes: Vec<usize> = batches(&big, &files).iter().map(Vec::len).collect();
         assert_eq!(sizes, [5, 5, 2]);
@@ -1074,7 +1077,7 @@ mod tests {
             hotfolder: "hf".into(),
             input: rel.into(),
             bytes: meta.len(),
-            modified_ms: crate::jobs::modified_ms(&meta),
+            modified_ms: crate::work::jobs::modified_ms(&meta),
             inode: meta.ino(),
             delete_on_success: false,
         }

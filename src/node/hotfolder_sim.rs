@@ -21,10 +21,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::hotfolder::{claim, file_job, publish_steps, scan, sweep, work_ids, Layout, Steps};
-use crate::hotfolder::{Action, Hotfolder, OnSuccess, Stability};
-use crate::jobs::{Job, JobState, Outcome};
-use crate::scheduler::Assignment;
 use crate::state::{hotfolders as db, jobs, Change, Command, StateMachine, Sync};
+use crate::work::hotfolder::{Action, Hotfolder, OnSuccess, Stability};
+use crate::work::jobs::{Job, JobState, Outcome};
+use crate::work::scheduler::Assignment;
 
 const INSTANCES: [&str; 3] = ["srv1", "srv2", "srv3"];
 const FILES_MAX: usize = 24;
@@ -135,7 +135,7 @@ impl Sim {
             .iter()
             .filter(|s| !owned.contains(&s.path))
             .map(|s| {
-                let id = crate::jobs::new_job_id(self.now_ms, self.rng.gen());
+                let id = crate::work::jobs::new_job_id(self.now_ms, self.rng.gen());
                 (id, file_job(&self.def, s))
             })
             .collect();
@@ -381,7 +381,7 @@ impl Sim {
             files(&layout.dir("in")).is_empty(),
             "seed {seed}: in/ not empty"
         );
-        let work = files(&layout.dir(crate::hotfolder::WORK_DIR));
+        let work = files(&layout.dir(crate::work::hotfolder::WORK_DIR));
         let states: Vec<String> = self
             .ids
             .iter()

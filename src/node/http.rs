@@ -32,8 +32,8 @@ use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use super::{now_ms, Shared};
-use crate::access::{self, Role};
 use crate::proto::Request;
+use crate::web::access::{self, Role};
 
 mod admin;
 mod api;

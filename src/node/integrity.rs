@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{now_ms, Phase, Shared};
-use crate::integrity::{self, Verdict};
+use crate::cluster::integrity::{self, Verdict};
 use crate::state::{Checkpoint, Command};
 
 /// Time between two looks at the checkpoints (and at whether one is due).

@@ -13,10 +13,10 @@ use async_std::channel::{Receiver, Sender};
 use super::handlers::propose;
 use super::{now_ms, Phase, Shared};
 use crate::config::Role;
-use crate::jobs::Job;
 use crate::proto::Response;
-use crate::scheduler::{self, Candidate};
 use crate::state::{jobs as db, Command, JOB_BATCH_COUNT_MAX, JOB_PURGE_COUNT_MAX};
+use crate::work::jobs::Job;
+use crate::work::scheduler::{self, Candidate};
 
 /// Longest time between two rounds when nothing wakes the loops.
 const POLL_MS: u64 = 50;

@@ -34,8 +34,8 @@ mod startup;
 mod stop;
 mod worker;
 
-pub use startup::{read_facts, LocalFacts};
-pub use stop::read_record;
+pub(crate) use crate::clock::now_ms;
+pub(crate) use crate::consensus::raft_id;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -45,11 +45,11 @@ use std::time::Duration;
 
 use async_std::channel::{Receiver, Sender};
 
+use crate::cluster::view::ClusterView;
 use crate::config::{Config, Role, ServerConf};
 use crate::consensus::{Core, CoreConfig, Output};
 use crate::proto::{Hello, StopRecord, PROTOCOL_VERSION};
 use crate::transport::Endpoint;
-use crate::view::ClusterView;
 
 /// Outbound Raft messages queued per peer before new ones are dropped (raft
 /// retransmits; a stalled peer must not grow memory without bound).
@@ -111,7 +111,7 @@ pub(crate) struct Shared {
     read_parked: Mutex<Vec<(u64, Sender<u64>)>>,
     proposal_seq: AtomicU64,
     pub last_stop: Mutex<Option<StopRecord>>,
-    facts: Mutex<startup::LocalFacts>,
+    facts: Mutex<crate::data_dir::LocalFacts>,
     /// What this instance last heard from every server (`claro status`).
     view: Mutex<ClusterView>,
     /// Servers seen in another cluster than this one: name -> (its cluster
@@ -126,22 +126,6 @@ pub(crate) struct Shared {
     pub jobs: jobs::JobsShell,
     /// The HTTP API's connections, sessions and counters (`http`).
     pub http: http::HttpState,
-}
-
-/// A server's Raft id: derived from its name, so that it is the same on every
-/// instance and does not depend on the order of the config.
-pub fn raft_id(name: &str) -> u64 {
-    let d = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&d.as_ref()[..8]);
-    (u64::from_be_bytes(b) >> 1).max(1)
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Shared {
@@ -193,7 +177,7 @@ impl Shared {
     }
 
     /// Another cluster under this config, seen within `node_timeout_ms`.
-    pub fn conflict(&self) -> Option<crate::membership::Conflict> {
+    pub fn conflict(&self) -> Option<crate::cluster::membership::Conflict> {
         let now = now_ms();
         let window_ms = self.cfg.timing.node_timeout_ms;
         let others: Vec<(String, String)> = self
@@ -220,7 +204,7 @@ impl Shared {
             }
         }
         mine.sort();
-        crate::membership::conflict(&mine_id, &mine, &others)
+        crate::cluster::membership::conflict(&mine_id, &mine, &others)
     }
 
     pub fn view(&self) -> MutexGuard<'_, ClusterView> {
@@ -539,7 +523,7 @@ impl Shared {
             let mut rec = self.last_stop.lock().expect("stop record lock");
             if rec.as_ref().is_some_and(|r| r.left) {
                 *rec = None;
-                stop::clear_record(&self.dir);
+                crate::data_dir::clear_record(&self.dir);
             }
         }
     }

@@ -12,7 +12,7 @@ use protobuf::Message as _;
 use raft::eraftpb::Message;
 
 use super::{Shared, PEER_CALL_MS, PEER_QUEUE_COUNT_MAX};
-use crate::membership;
+use crate::cluster::membership;
 use crate::proto::{
     RaftBatch, Request, Response, RAFT_BATCH_BYTES_MAX, RAFT_BATCH_COUNT_MAX, REQUEST_BYTES_MAX,
 };

@@ -36,7 +36,7 @@ impl Capture {
     }
 
     pub fn take(&self) -> String {
-        crate::jobs::bounded_text(&self.text.lock().expect("capture lock"), self.bytes_max)
+        crate::work::jobs::bounded_text(&self.text.lock().expect("capture lock"), self.bytes_max)
     }
 }
 

@@ -24,8 +24,8 @@ use raft::eraftpb::ConfChangeType;
 
 use super::handlers::{change_membership, propose};
 use super::{raft_id, Phase, Shared, PEER_CALL_MS};
+use crate::cluster::membership::{self, MemberFacts, Readmission};
 use crate::consensus::{Core, LostData};
-use crate::membership::{self, MemberFacts, Readmission};
 use crate::proto::{Hello, Request, Response};
 use crate::state::Command;
 

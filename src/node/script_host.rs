@@ -14,10 +14,10 @@ use serde_json::{json, Value};
 use super::handlers::propose;
 use super::process::Capture;
 use super::{now_ms, Shared};
-use crate::jobs::{Job, JobKind, JobSpec, JobState};
 use crate::proto::Response;
-use crate::script::{CallTarget, Called, FileOp, Split};
 use crate::state::{jobs as db, Command};
+use crate::work::jobs::{Job, JobKind, JobSpec, JobState};
+use crate::work::script::{CallTarget, Called, FileOp, Split};
 
 /// Rows one `sql` call may return.
 pub const SQL_ROWS_MAX: usize = 10_000;
@@ -41,7 +41,7 @@ pub struct ScriptHost {
     pub write_under: Option<PathBuf>,
 }
 
-impl crate::script::Host for ScriptHost {
+impl crate::work::script::Host for ScriptHost {
     fn log(&self, line: &str) {
         self.log.push(line);
     }
@@ -154,13 +154,13 @@ pub fn run_job_script(
     shared: Arc<Shared>,
     job: &Job,
     cancel: Arc<AtomicBool>,
-    (log, profiler): (&Arc<Capture>, &Arc<crate::script::Profiler>),
+    (log, profiler): (&Arc<Capture>, &Arc<crate::work::script::Profiler>),
     file: Option<FileContext>,
-) -> Result<String, crate::script::Failure> {
+) -> Result<String, crate::work::script::Failure> {
     let hotfolder = job.spec.file.as_ref().map(|f| f.hotfolder.as_str());
     let name = job.spec.stored.as_deref().or(hotfolder).unwrap_or("script");
     let (value, write_under) = file.map(|f| (f.value, f.output_dir)).unzip();
-    let program = crate::script::Program {
+    let program = crate::work::script::Program {
         name,
         code: &job.spec.script,
         args: &job.spec.args,
@@ -173,7 +173,7 @@ pub fn run_job_script(
         job: job.clone(),
         write_under,
     });
-    crate::script::run(
+    crate::work::script::run(
         &program,
         job.spec.timeout_ms,
         cancel,
@@ -193,7 +193,7 @@ impl ScriptHost {
     }
 
     fn submit_spec(&self, spec: JobSpec) -> Result<String, String> {
-        let id = crate::jobs::new_job_id(now_ms(), rand::random());
+        let id = crate::work::jobs::new_job_id(now_ms(), rand::random());
         let command = Command::JobSubmit {
             id: id.clone(),
             spec,
@@ -373,7 +373,7 @@ fn sql_value(v: &Value) -> rusqlite::types::Value {
 /// `within` (a folder under `root`), also when its real place is not in it.
 pub fn confine(root: &Path, rel: &str, within: Option<&Path>) -> Result<PathBuf, String> {
     if !rel.is_empty() {
-        crate::jobs::check_relative(rel)?;
+        crate::work::jobs::check_relative(rel)?;
     }
     let root = root
         .canonicalize()
@@ -410,10 +410,10 @@ pub fn file_op(root: &Path, op: FileOp, write_within: Option<&Path>) -> Result<V
         FileOp::Read(rel) => {
             let path = confine(root, &rel, None)?;
             let bytes = std::fs::metadata(&path).map_err(|e| e.to_string())?.len();
-            if bytes > crate::script::STRING_BYTES_MAX as u64 {
+            if bytes > crate::work::script::STRING_BYTES_MAX as u64 {
                 return Err(format!(
                     "{bytes} bytes, the limit is {}",
-                    crate::script::STRING_BYTES_MAX
+                    crate::work::script::STRING_BYTES_MAX
                 ));
             }
             let data = std::fs::read(&path).map_err(|e| e.to_string())?;

@@ -10,9 +10,10 @@ use async_std::channel::Receiver;
 
 use super::peers::{PeerError, Peers};
 use super::{now_ms, raft_id, Phase, ServeOptions, Shared};
+use crate::cluster::membership::{self, AdoptAnswer, Situation, Startup};
 use crate::config::Role;
 use crate::consensus;
-use crate::membership::{self, AdoptAnswer, Situation, Startup};
+use crate::data_dir::LocalFacts;
 use crate::proto::{LocalInfo, Request, Response};
 use crate::transport::Endpoint;
 
@@ -20,34 +21,6 @@ use crate::transport::Endpoint;
 const DISCOVERY_ROUND_MS: u64 = 300;
 /// Time one discovery probe waits for an answer.
 const PROBE_MS: u64 = 500;
-
-/// What the data directory holds before the core is opened.
-#[derive(Debug, Clone, Default)]
-pub struct LocalFacts {
-    pub initialized: bool,
-    pub member: bool,
-    pub applied_index: u64,
-    pub cluster_id: Option<String>,
-    /// The initial voters of a cluster being adopted (until the core runs).
-    pub voters: Vec<String>,
-}
-
-pub fn read_facts(dir: &std::path::Path, id: u64) -> LocalFacts {
-    let path = consensus::state_db(dir);
-    if !path.exists() {
-        return LocalFacts::default();
-    }
-    match crate::state::StateMachine::open(&path, crate::state::Sync::Normal) {
-        Ok(sm) => LocalFacts {
-            initialized: sm.applied_index() > 0,
-            member: sm.conf_state().voters.contains(&id) || sm.conf_state().learners.contains(&id),
-            applied_index: sm.applied_index(),
-            cluster_id: sm.cluster_id().map(str::to_string),
-            voters: Vec::new(),
-        },
-        Err(_) => LocalFacts::default(),
-    }
-}
 
 /// Everything up to a bound endpoint; nothing is decided yet.
 /// The shared state, the raft loop's wake-up channel and the stop channel.
@@ -84,8 +57,8 @@ pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
     let cfg_timeout_ms = cfg.timing.node_timeout_ms;
     let (wake, wake_rx) = async_std::channel::bounded(1);
     let (stop_tx, stop_rx) = async_std::channel::bounded(4);
-    let facts = read_facts(&dir, id);
-    let last_stop = super::stop::read_record(&dir);
+    let facts = crate::data_dir::read_facts(&dir, id);
+    let last_stop = crate::data_dir::read_record(&dir);
     tracing::info!(name = %me.name, address = %me.address, data = %dir.display(), "claro {} starting", env!("CARGO_PKG_VERSION"));
     let space = super::space::Space::new(&dir);
     let shared = Shared {
@@ -112,7 +85,7 @@ pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
         last_stop: Mutex::new(last_stop),
         facts: Mutex::new(facts),
         other_clusters: Mutex::new(HashMap::new()),
-        view: Mutex::new(crate::view::ClusterView::new(cfg_timeout_ms)),
+        view: Mutex::new(crate::cluster::view::ClusterView::new(cfg_timeout_ms)),
         space,
         damage: super::damage::Damage::new(damage),
         rejoin: super::rejoin::Rejoin::new(incarnation),
@@ -302,7 +275,7 @@ fn start_member(shared: &Arc<Shared>, wake_rx: Receiver<()>, how: Startup) -> Re
             consensus::rebootstrap(&shared.dir, shared.id, &cluster_id, true)
                 .map_err(|e| e.to_string())?;
             *shared.last_stop.lock().expect("stop record lock") = None;
-            super::stop::clear_record(&shared.dir);
+            crate::data_dir::clear_record(&shared.dir);
         }
         Startup::Run => tracing::info!("starting on the local database"),
         other => unreachable!("not a member start: {other:?}"),

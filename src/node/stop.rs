@@ -2,7 +2,6 @@
 //! the membership, and record when and which servers remained, so that a later
 //! start knows whether its database is the newest.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,48 +12,6 @@ use crate::proto::{Request, Response, StopRecord};
 const HANDOVER_WAIT_MS: u64 = 3_000;
 /// How long a stopping instance keeps trying to leave the membership.
 const LEAVE_WAIT_MS: u64 = PROPOSAL_WAIT_MS;
-
-fn record_path(dir: &Path) -> PathBuf {
-    dir.join("stopped.json")
-}
-
-pub fn read_record(dir: &Path) -> Option<StopRecord> {
-    let text = std::fs::read_to_string(record_path(dir)).ok()?;
-    match serde_json::from_str(&text) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            tracing::warn!("ignoring unreadable {}: {e}", record_path(dir).display());
-            None
-        }
-    }
-}
-
-fn write_record(dir: &Path, rec: &StopRecord) {
-    if let Err(e) = try_write_record(dir, rec) {
-        tracing::error!("cannot write {}: {e}", record_path(dir).display());
-    }
-}
-
-/// Writes the record through a temporary file that is renamed once whole;
-/// if anything fails (a full disk, say), the temporary file is removed.
-fn try_write_record(dir: &Path, rec: &StopRecord) -> std::io::Result<()> {
-    let tmp = dir.join("stopped.json.tmp");
-    let text = serde_json::to_string_pretty(rec).expect("record encodes");
-    // Durable before the process exits: the record decides the next start.
-    let written = std::fs::File::create(&tmp)
-        .and_then(|mut f| {
-            std::io::Write::write_all(&mut f, text.as_bytes()).and_then(|()| f.sync_all())
-        })
-        .and_then(|()| std::fs::rename(&tmp, record_path(dir)));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.and_then(|()| crate::state::sync_dir(dir))
-}
-
-pub fn clear_record(dir: &Path) {
-    let _ = std::fs::remove_file(record_path(dir));
-}
 
 /// SIGINT and SIGTERM start a graceful stop; a second one exits at once.
 pub fn install_signal_handlers(shared: Arc<Shared>) {
@@ -127,7 +84,7 @@ pub async fn graceful_stop(shared: &Shared) {
     };
     drop(core);
     tracing::info!(left = rec.left, remaining = ?rec.remaining, applied_index = rec.applied_index, "stop recorded");
-    write_record(&shared.dir, &rec);
+    crate::data_dir::write_record(&shared.dir, &rec);
 }
 
 fn voters(shared: &Shared) -> Vec<String> {
@@ -195,40 +152,4 @@ async fn leave(shared: &Shared) -> Result<Vec<String>, String> {
         async_std::task::sleep(Duration::from_millis(100)).await;
     }
     Err(last)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record() -> StopRecord {
-        StopRecord {
-            stopped_at_ms: 1,
-            left: false,
-            remaining: vec![],
-            applied_index: 7,
-            cluster_id: Some("c".into()),
-        }
-    }
-
-    #[test]
-    fn a_record_is_written_whole_and_read_back() {
-        let tmp = tempfile::tempdir().unwrap();
-        try_write_record(tmp.path(), &record()).unwrap();
-        assert_eq!(read_record(tmp.path()), Some(record()));
-        assert!(!tmp.path().join("stopped.json.tmp").exists());
-    }
-
-    #[test]
-    fn a_record_that_cannot_be_written_leaves_no_temporary_file() {
-        let tmp = tempfile::tempdir().unwrap();
-        // A directory in the record's place: the rename fails, as a write
-        // on a full disk would, after the temporary file was made.
-        std::fs::create_dir_all(record_path(tmp.path()).join("x")).unwrap();
-        assert!(try_write_record(tmp.path(), &record()).is_err());
-        assert!(
-            !tmp.path().join("stopped.json.tmp").exists(),
-            "stopped.json.tmp left behind"
-        );
-    }
 }

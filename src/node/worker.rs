@@ -17,11 +17,11 @@ use super::jobs::active_on;
 use super::process::Capture;
 use super::script_host::run_job_script;
 use super::{now_ms, Phase, Shared};
-use crate::jobs::{
-    bounded_text, AttemptEnd, Job, JobKind, JobState, Outcome, LOG_BYTES_MAX, RESULT_BYTES_MAX,
-};
 use crate::proto::Response;
 use crate::state::{jobs as db, Command};
+use crate::work::jobs::{
+    bounded_text, AttemptEnd, Job, JobKind, JobState, Outcome, LOG_BYTES_MAX, RESULT_BYTES_MAX,
+};
 
 /// Longest time between two looks at the applied state.
 const POLL_MS: u64 = 50;
@@ -269,7 +269,7 @@ fn run_job(shared: Arc<Shared>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
 
 fn run_script(shared: Arc<Shared>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
     let log = Arc::new(Capture::new(LOG_BYTES_MAX));
-    let profiler = Arc::new(crate::script::Profiler::default());
+    let profiler = Arc::new(crate::work::script::Profiler::default());
     let result = run_job_script(shared, &job, cancel, (&log, &profiler), None);
     let (ok, result, error) = match result {
         Ok(value) => (true, Some(bounded_text(&value, RESULT_BYTES_MAX)), None),

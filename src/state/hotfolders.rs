@@ -6,8 +6,8 @@ use std::collections::HashSet;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use crate::hotfolder::Hotfolder;
-use crate::jobs::Job;
+use crate::work::hotfolder::Hotfolder;
+use crate::work::jobs::Job;
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS hotfolders (name TEXT PRIMARY KEY, def BLOB NOT NULL);
@@ -248,8 +248,8 @@ pub fn digest(conn: &Connection, field: &mut dyn FnMut(&[u8])) -> rusqlite::Resu
 
 #[cfg(test)]
 mod tests {
-    use crate::hotfolder::{Action, Hotfolder};
     use crate::state::{Change, Command, StateMachine, Sync};
+    use crate::work::hotfolder::{Action, Hotfolder};
 
     #[test]
     fn files_waiting_are_replaced_whole_counted_as_waiting_and_in_the_digest() {

@@ -7,10 +7,10 @@ use std::collections::HashMap;
 
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
-use crate::jobs::{
+use crate::work::jobs::{
     backoff_ms, bounded_text, Job, JobSpec, JobState, Outcome, ProfileRow, RESULT_BYTES_MAX,
 };
-use crate::scheduler::{Assignment, Queued};
+use crate::work::scheduler::{Assignment, Queued};
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -254,7 +254,7 @@ fn record_attempt(
         "DELETE FROM job_attempts WHERE job = ?1
            AND attempt + ?2 <= (SELECT attempt + 1 FROM jobs WHERE id = ?1)",
     )?
-    .execute(params![id, crate::jobs::ATTEMPTS_KEPT])?;
+    .execute(params![id, crate::work::jobs::ATTEMPTS_KEPT])?;
     Ok(())
 }
 
@@ -368,13 +368,13 @@ pub fn script(
     conn: &Connection,
     name: &str,
     version: Option<u32>,
-) -> rusqlite::Result<Option<crate::jobs::StoredScript>> {
+) -> rusqlite::Result<Option<crate::work::jobs::StoredScript>> {
     conn.prepare_cached(
         "SELECT name, version, code, added_ms FROM scripts
          WHERE name = ?1 AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1",
     )?
     .query_row(params![name, version], |r| {
-        Ok(crate::jobs::StoredScript {
+        Ok(crate::work::jobs::StoredScript {
             name: r.get(0)?,
             version: r.get(1)?,
             code: r.get(2)?,
@@ -385,14 +385,17 @@ pub fn script(
 }
 
 /// The latest version of every stored script, by name (code left empty).
-pub fn scripts(conn: &Connection, limit: u32) -> rusqlite::Result<Vec<crate::jobs::StoredScript>> {
+pub fn scripts(
+    conn: &Connection,
+    limit: u32,
+) -> rusqlite::Result<Vec<crate::work::jobs::StoredScript>> {
     let mut stmt = conn.prepare_cached(
         "SELECT name, max(version), length(code), max(added_ms) FROM scripts
          GROUP BY name ORDER BY name LIMIT ?1",
     )?;
     let rows = stmt.query_map(params![limit], |r| {
         let bytes: i64 = r.get(2)?;
-        Ok(crate::jobs::StoredScript {
+        Ok(crate::work::jobs::StoredScript {
             name: r.get(0)?,
             version: r.get(1)?,
             code: format!("{bytes} bytes"),
@@ -490,13 +493,13 @@ pub fn job(conn: &Connection, id: &str) -> rusqlite::Result<Option<Job>> {
 
 /// The attempts of `job`, oldest first: those recorded as ended, then the
 /// current one as the job stands, unless it is recorded or never placed.
-fn attempts(conn: &Connection, job: &Job) -> rusqlite::Result<Vec<crate::jobs::Attempt>> {
+fn attempts(conn: &Connection, job: &Job) -> rusqlite::Result<Vec<crate::work::jobs::Attempt>> {
     let mut stmt = conn.prepare_cached(
         "SELECT attempt, instance, assigned_ms, started_ms, ended_ms, outcome, error
          FROM job_attempts WHERE job = ?1 ORDER BY attempt",
     )?;
     let rows = stmt.query_map(params![job.id], |r| {
-        Ok(crate::jobs::Attempt {
+        Ok(crate::work::jobs::Attempt {
             attempt: r.get(0)?,
             instance: r.get(1)?,
             assigned_ms: r.get(2)?,
@@ -510,7 +513,7 @@ fn attempts(conn: &Connection, job: &Job) -> rusqlite::Result<Vec<crate::jobs::A
     let recorded = out.last().is_some_and(|a| a.attempt == job.attempt);
     let placed = job.assigned_ms.is_some() || job.state.is_final();
     if !recorded && placed {
-        out.push(crate::jobs::Attempt {
+        out.push(crate::work::jobs::Attempt {
             attempt: job.attempt,
             instance: job.instance.clone(),
             assigned_ms: job.assigned_ms,
@@ -529,7 +532,7 @@ fn attempts(conn: &Connection, job: &Job) -> rusqlite::Result<Vec<crate::jobs::A
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct JobFilter {
     pub state: Option<JobState>,
-    pub kind: Option<crate::jobs::JobKind>,
+    pub kind: Option<crate::work::jobs::JobKind>,
     pub instance: Option<String>,
     /// Only jobs older than this id (the next page).
     pub before: Option<String>,
@@ -748,9 +751,9 @@ pub fn digest(conn: &Connection, field: &mut dyn FnMut(&[u8])) -> rusqlite::Resu
 
 #[cfg(test)]
 mod tests {
-    use crate::jobs::{JobKind, JobSpec, JobState, Outcome};
-    use crate::scheduler::Assignment;
     use crate::state::{Change, Command, StateMachine, Sync};
+    use crate::work::jobs::{JobKind, JobSpec, JobState, Outcome};
+    use crate::work::scheduler::Assignment;
 
     fn spec(max_attempts: u32) -> JobSpec {
         JobSpec {
@@ -862,7 +865,7 @@ mod tests {
         db.apply(finish("srv2", 1, false));
         let j = super::job(db.sm.conn(), ID).unwrap().unwrap();
         assert_eq!((j.state, j.attempt), (JobState::Queued, 2));
-        assert_eq!(j.not_before_ms, 20 + crate::jobs::backoff_ms(2));
+        assert_eq!(j.not_before_ms, 20 + crate::work::jobs::backoff_ms(2));
         assert!(j.error.unwrap().contains("attempt 1 on srv2: boom"));
         // A late report of attempt 1 is fenced off.
         db.apply(finish("srv2", 1, true));
@@ -962,7 +965,7 @@ mod tests {
             id: other.into(),
             at_ms,
         };
-        for at_ms in 100..100 + u64::from(crate::jobs::ATTEMPTS_KEPT) + 5 {
+        for at_ms in 100..100 + u64::from(crate::work::jobs::ATTEMPTS_KEPT) + 5 {
             db.apply(cancel(at_ms));
             db.apply(Command::JobRetry {
                 id: other.into(),
@@ -971,11 +974,14 @@ mod tests {
         }
         db.apply(cancel(500));
         let list = super::job(db.sm.conn(), other).unwrap().unwrap().attempts;
-        assert_eq!(list.len() as u32, crate::jobs::ATTEMPTS_KEPT);
+        assert_eq!(list.len() as u32, crate::work::jobs::ATTEMPTS_KEPT);
         assert!(list
             .iter()
             .all(|a| a.outcome == "cancelled" && a.instance.is_none()));
-        assert_eq!(list.last().unwrap().attempt, crate::jobs::ATTEMPTS_KEPT + 6);
+        assert_eq!(
+            list.last().unwrap().attempt,
+            crate::work::jobs::ATTEMPTS_KEPT + 6
+        );
         // A purge takes the jobs' attempts with them.
         db.apply(Command::JobPurge {
             finished_before_ms: 1_000,
@@ -1038,7 +1044,7 @@ mod tests {
                 s.args = vec!["true".into()];
             }
             db.apply(Command::JobSubmit {
-                id: crate::jobs::new_job_id(i, 0),
+                id: crate::work::jobs::new_job_id(i, 0),
                 spec: s,
                 at_ms: i,
             });
@@ -1087,7 +1093,9 @@ mod tests {
     #[test]
     fn finished_jobs_are_purged_by_age_and_count_in_bounded_batches() {
         let mut db = Db::new();
-        let ids: Vec<String> = (1..=6u64).map(|i| crate::jobs::new_job_id(i, 0)).collect();
+        let ids: Vec<String> = (1..=6u64)
+            .map(|i| crate::work::jobs::new_job_id(i, 0))
+            .collect();
         for (i, id) in ids.iter().enumerate() {
             db.apply(Command::JobSubmit {
                 id: id.clone(),
@@ -1128,11 +1136,13 @@ mod tests {
     #[test]
     fn unpublished_jobs_are_paged_oldest_first_and_purge_keeps_them() {
         let mut db = Db::new();
-        let ids: Vec<String> = (1..=5u64).map(|i| crate::jobs::new_job_id(i, 0)).collect();
+        let ids: Vec<String> = (1..=5u64)
+            .map(|i| crate::work::jobs::new_job_id(i, 0))
+            .collect();
         for (i, id) in ids.iter().enumerate() {
             let mut spec = spec(1);
-            spec.kind = crate::jobs::JobKind::Hotfolder;
-            spec.file = Some(crate::jobs::FileInput {
+            spec.kind = crate::work::jobs::JobKind::Hotfolder;
+            spec.file = Some(crate::work::jobs::FileInput {
                 hotfolder: "hf".into(),
                 input: format!("f{i}"),
                 bytes: 1,

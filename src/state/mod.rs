@@ -86,13 +86,13 @@ pub enum Command {
     /// A new job, queued as attempt 1 (`jobs`); `at_ms` is the submission time.
     JobSubmit {
         id: String,
-        spec: crate::jobs::JobSpec,
+        spec: crate::work::jobs::JobSpec,
         at_ms: u64,
     },
     /// The coordinator's placements: each applies only if that attempt is
     /// still queued.
     JobAssign {
-        assignments: Vec<crate::scheduler::Assignment>,
+        assignments: Vec<crate::work::scheduler::Assignment>,
         at_ms: u64,
     },
     /// An instance started an attempt assigned to it.
@@ -109,14 +109,14 @@ pub enum Command {
         instance: String,
         attempt: u32,
         at_ms: u64,
-        outcome: crate::jobs::Outcome,
+        outcome: crate::work::jobs::Outcome,
     },
     /// Several attempts of `instance` ended (one entry for many: the
     /// worker batches its reports); each as `JobFinished`.
     JobsFinished {
         instance: String,
         at_ms: u64,
-        ends: Vec<crate::jobs::AttemptEnd>,
+        ends: Vec<crate::work::jobs::AttemptEnd>,
     },
     /// These attempts (job id, attempt) lost their instance: each that is
     /// still current is queued again, or failed when it was the last.
@@ -157,12 +157,12 @@ pub enum Command {
     },
     /// Several new jobs in one entry (a hotfolder scan's stable files).
     JobsSubmit {
-        jobs: Vec<(String, crate::jobs::JobSpec)>,
+        jobs: Vec<(String, crate::work::jobs::JobSpec)>,
         at_ms: u64,
     },
     /// A hotfolder's definition, added or replaced.
     HotfolderPut {
-        def: crate::hotfolder::Hotfolder,
+        def: crate::work::hotfolder::Hotfolder,
     },
     HotfolderRemove {
         name: String,
@@ -173,7 +173,7 @@ pub enum Command {
     },
     /// The hotfolders of `ClaroServers.conf`: applied once per cluster.
     HotfoldersSeed {
-        defs: Vec<crate::hotfolder::Hotfolder>,
+        defs: Vec<crate::work::hotfolder::Hotfolder>,
     },
     /// These final hotfolder jobs' files are published (outputs in `out/`,
     /// the original in `done/` or `error/`, or deleted).
@@ -188,7 +188,7 @@ pub enum Command {
     /// An API token: its name, role and SHA-256 (never the token).
     TokenAdd {
         name: String,
-        role: crate::access::Role,
+        role: crate::web::access::Role,
         hash: String,
         at_ms: u64,
     },
@@ -241,7 +241,7 @@ impl Command {
     }
 
     fn validate_job(&self) -> Result<(), String> {
-        use crate::jobs::check_job_id;
+        use crate::work::jobs::check_job_id;
         match self {
             Command::JobSubmit { id, spec, .. } => check_job_id(id).and_then(|()| spec.validate()),
             Command::JobAssign { assignments, .. } if assignments.len() > JOB_BATCH_COUNT_MAX => {
@@ -272,8 +272,8 @@ impl Command {
     }
 
     fn validate_hotfolder(&self) -> Result<(), String> {
-        use crate::hotfolder::{check_name, HOTFOLDERS_MAX};
-        use crate::jobs::check_job_id;
+        use crate::work::hotfolder::{check_name, HOTFOLDERS_MAX};
+        use crate::work::jobs::check_job_id;
         match self {
             Command::JobsSubmit { jobs, .. } if jobs.len() > JOB_BATCH_COUNT_MAX => Err(format!(
                 "more than {JOB_BATCH_COUNT_MAX} jobs in one submission"
@@ -300,12 +300,12 @@ impl Command {
                 counts.iter().try_for_each(|(name, _)| check_name(name))
             }
             Command::TokenAdd { name, hash, .. } => {
-                crate::access::check_token_name(name)?;
+                crate::web::access::check_token_name(name)?;
                 let hex = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit());
                 hex.then_some(())
                     .ok_or_else(|| "a token hash is 64 hex digits".into())
             }
-            Command::TokenRemove { name } => crate::access::check_token_name(name),
+            Command::TokenRemove { name } => crate::web::access::check_token_name(name),
             _ => Ok(()),
         }
     }
@@ -1086,7 +1086,7 @@ mod tests {
         let mut sm = StateMachine::open(&tmp.path().join("state.db"), Sync::Off).unwrap();
         let submit = Command::JobSubmit {
             id: "j1".into(),
-            spec: crate::jobs::JobSpec::script("1"),
+            spec: crate::work::jobs::JobSpec::script("1"),
             at_ms: 5,
         };
         let cancel = Command::JobCancel {

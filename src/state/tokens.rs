@@ -4,7 +4,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use crate::access::Role;
+use crate::web::access::Role;
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tokens (name TEXT PRIMARY KEY, role TEXT NOT NULL,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use claro::client::ClientArgs;
+use claro::cli::client::ClientArgs;
 use claro::config::Config;
 use claro::proto::{Request, Response, StatusView};
 
@@ -209,7 +209,7 @@ impl Cluster {
             server: Some(via.to_string()),
             json: false,
         };
-        claro::client::call(&self.config(), &args, &req)
+        claro::cli::client::call(&self.config(), &args, &req)
             .map(|(_, r)| r)
             .map_err(|f| f.message)
     }

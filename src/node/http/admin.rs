@@ -11,10 +11,10 @@ use serde_json::json;
 
 use super::api::{failure, write};
 use super::{json_reply, parse_json, percent_decode, Fail, Reply};
-use crate::access::{self, Role};
 use crate::node::{now_ms, Shared};
 use crate::proto::{Request, Response};
 use crate::state::Command;
+use crate::web::access::{self, Role};
 
 fn bad(message: impl Into<String>) -> Fail {
     (StatusCode::BAD_REQUEST, message.into())
@@ -88,8 +88,8 @@ pub(super) async fn script_add(shared: &Arc<Shared>, body: &[u8]) -> Result<Repl
         code: String,
     }
     let add: Add = parse_json(body)?;
-    crate::jobs::check_script_name(&add.name).map_err(bad)?;
-    crate::script::check(&add.code).map_err(|e| bad(format!("{}: {e}", add.name)))?;
+    crate::work::jobs::check_script_name(&add.name).map_err(bad)?;
+    crate::work::script::check(&add.code).map_err(|e| bad(format!("{}: {e}", add.name)))?;
     let command = Command::ScriptAdd {
         name: add.name.clone(),
         code: add.code,
@@ -153,7 +153,7 @@ pub(super) async fn tokens(shared: &Arc<Shared>) -> Result<Reply, Fail> {
     let list: Vec<_> = all_tokens(shared)
         .await?
         .iter()
-        .map(|t| json!({"name": t.name, "role": t.role, "created_at": crate::output::rfc3339(t.created_ms)}))
+        .map(|t| json!({"name": t.name, "role": t.role, "created_at": crate::contract::rfc3339(t.created_ms)}))
         .collect();
     Ok(json_reply(StatusCode::OK, &json!(list)))
 }
@@ -244,8 +244,8 @@ pub(super) async fn hotfolder_remove(shared: &Arc<Shared>, name: &str) -> Result
 /// A definition from a JSON object: `name` and `action` are required, any
 /// other field left out keeps `Hotfolder::new`'s default, an unknown one is
 /// refused.
-fn hotfolder_of(body: &[u8]) -> Result<crate::hotfolder::Hotfolder, Fail> {
-    use crate::hotfolder::{Action, Hotfolder};
+fn hotfolder_of(body: &[u8]) -> Result<crate::work::hotfolder::Hotfolder, Fail> {
+    use crate::work::hotfolder::{Action, Hotfolder};
     let given: serde_json::Map<String, serde_json::Value> = parse_json(body)?;
     let name = given
         .get("name")

@@ -8,12 +8,12 @@ use hyper::StatusCode;
 use serde_json::{json, Value};
 
 use super::{json_reply, not_found, parse_json, percent_decode, Fail, Reply};
-use crate::jobs::{JobKind, JobSpec, JobState};
+use crate::contract::JobJson;
 use crate::node::{now_ms, Shared};
-use crate::output::JobJson;
 use crate::proto::{Request, Response};
 use crate::state::jobs::JobFilter;
 use crate::state::Command;
+use crate::work::jobs::{JobKind, JobSpec, JobState};
 
 /// Jobs one list page returns at most.
 pub const JOBS_PAGE_MAX: u32 = 500;
@@ -26,7 +26,7 @@ pub(super) async fn ask(shared: &Arc<Shared>, req: Request) -> Result<Reply, Fai
         Response::Status(v) => json!(v),
         Response::Scripts { scripts } => json!(scripts
             .iter()
-            .map(|s| json!({"name": s.name, "version": s.version, "added_at": crate::output::rfc3339(s.added_ms)}))
+            .map(|s| json!({"name": s.name, "version": s.version, "added_at": crate::contract::rfc3339(s.added_ms)}))
             .collect::<Vec<_>>()),
         other => return Err(failure(other)),
     };
@@ -106,7 +106,7 @@ pub(super) async fn jobs(shared: &Arc<Shared>, query: &str) -> Result<Reply, Fai
 }
 
 pub(super) async fn job(shared: &Arc<Shared>, id: &str) -> Result<Reply, Fail> {
-    crate::jobs::check_job_id(id).map_err(|e| (StatusCode::NOT_FOUND, e))?;
+    crate::work::jobs::check_job_id(id).map_err(|e| (StatusCode::NOT_FOUND, e))?;
     let req = Request::Job {
         id: id.to_string(),
         stale: false,
@@ -145,7 +145,7 @@ pub(super) async fn submit(
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
     let mut spec = match (s.script, s.stored) {
         (Some(code), None) => {
-            crate::script::check(&code).map_err(|e| bad(format!("script: {e}")))?;
+            crate::work::script::check(&code).map_err(|e| bad(format!("script: {e}")))?;
             JobSpec::script(&code)
         }
         (None, Some(name)) => {
@@ -166,7 +166,7 @@ pub(super) async fn submit(
         .timeout_s
         .map_or(spec.timeout_ms, |t| t.saturating_mul(1000));
     spec.validate().map_err(bad)?;
-    let id = crate::jobs::new_job_id(now_ms(), rand::random());
+    let id = crate::work::jobs::new_job_id(now_ms(), rand::random());
     let request_id = match &idem {
         Some(key) if key.is_empty() || key.len() > 64 => {
             return Err(bad("Idempotency-Key: 1 to 64 characters".into()))
@@ -213,7 +213,7 @@ pub(super) async fn cancel_or_retry(
     id: &str,
     verb: &str,
 ) -> Result<Reply, Fail> {
-    crate::jobs::check_job_id(id).map_err(|e| (StatusCode::NOT_FOUND, e))?;
+    crate::work::jobs::check_job_id(id).map_err(|e| (StatusCode::NOT_FOUND, e))?;
     job(shared, id).await?; // 404 for an unknown id
     let (id, at_ms) = (id.to_string(), now_ms());
     let command = match verb {
@@ -258,7 +258,7 @@ pub(super) async fn pause(shared: &Arc<Shared>, name: &str, verb: &str) -> Resul
         "resume" => false,
         _ => return Err(not_found()),
     };
-    crate::hotfolder::check_name(name).map_err(|e| (StatusCode::NOT_FOUND, e))?;
+    crate::work::hotfolder::check_name(name).map_err(|e| (StatusCode::NOT_FOUND, e))?;
     // The state machine ignores a pause of an unknown hotfolder: say so here.
     find_hotfolder(shared, name).await?;
     write(
@@ -272,7 +272,10 @@ pub(super) async fn pause(shared: &Arc<Shared>, name: &str, verb: &str) -> Resul
     hotfolders(shared).await
 }
 
-fn hotfolder_json(d: &crate::hotfolder::Hotfolder, c: &crate::state::hotfolders::Counts) -> Value {
+fn hotfolder_json(
+    d: &crate::work::hotfolder::Hotfolder,
+    c: &crate::state::hotfolders::Counts,
+) -> Value {
     json!({
         "name": d.name, "paused": d.paused, "waiting": c.waiting,
         "in_progress": c.in_progress, "done_last_hour": c.done_last_hour,
@@ -286,12 +289,12 @@ pub(super) async fn find_hotfolder(
     name: &str,
 ) -> Result<
     (
-        crate::hotfolder::Hotfolder,
+        crate::work::hotfolder::Hotfolder,
         crate::state::hotfolders::Counts,
     ),
     Fail,
 > {
-    crate::hotfolder::check_name(name).map_err(|e| (StatusCode::NOT_FOUND, e))?;
+    crate::work::hotfolder::check_name(name).map_err(|e| (StatusCode::NOT_FOUND, e))?;
     let req = Request::Hotfolders { stale: false };
     match crate::node::handlers::respond(shared, None, req).await {
         Response::Hotfolders { hotfolders, .. } => hotfolders
@@ -361,7 +364,7 @@ pub(super) async fn script(shared: &Arc<Shared>, name: &str, query: &str) -> Res
         Response::Script { script: Some(s) } => Ok(json_reply(
             StatusCode::OK,
             &json!({"name": s.name, "version": s.version,
-                    "added_at": crate::output::rfc3339(s.added_ms), "code": s.code}),
+                    "added_at": crate::contract::rfc3339(s.added_ms), "code": s.code}),
         )),
         Response::Script { script: None } => Err((
             StatusCode::NOT_FOUND,

@@ -143,7 +143,7 @@ fn sample_once(shared: &Shared) {
     let window_s = (to_ms - from_ms).max(1) as f64 / 1000.0;
     let total = ended.succeeded + ended.failed + ended.cancelled;
     let sample = Sample {
-        at: crate::output::rfc3339(now),
+        at: crate::contract::rfc3339(now),
         at_ms: now,
         queued,
         running,

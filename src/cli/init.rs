@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
+use crate::cli::exit::Failure;
 use crate::config::{Config, Host};
-use crate::exit::Failure;
 
 #[allow(clippy::too_many_arguments)] // one per `claro init` option
 pub fn run(
@@ -29,9 +29,9 @@ pub fn run(
     let tls_dir = dir.join(crate::config::TLS_DIR_DEFAULT);
     let ca_dir = match ca_dir {
         Some(p) => p.to_path_buf(),
-        None => crate::cert::default_ca_dir(dir)?,
+        None => crate::cli::cert::default_ca_dir(dir)?,
     };
-    crate::cert::check_ca_dir(&ca_dir, &[dir, &tls_dir])?;
+    crate::cli::cert::check_ca_dir(&ca_dir, &[dir, &tls_dir])?;
     for (name, addr) in servers {
         // Form only: whether a name resolves is checked with the whole config.
         Host::parse(addr, port)

@@ -5,13 +5,15 @@
 
 use std::time::{Duration, Instant};
 
-use crate::client::{call, failure_of, print_staleness, ClientArgs};
+use crate::cli::client::{call, failure_of, print_staleness, ClientArgs};
+use crate::cli::exit::Failure;
+use crate::cli::output::{self, JobJson};
 use crate::config::Config;
-use crate::exit::Failure;
-use crate::jobs::{Job, JobSpec};
-use crate::output::{self, JobJson};
 use crate::proto::{Request, Response};
 use crate::state::{jobs::JobFilter, Command};
+use crate::work::jobs::{Job, JobSpec};
+use clap::Subcommand;
+use std::path::PathBuf;
 
 /// First and longest pause between two looks at a job being waited for.
 const WAIT_POLL_MS_FIRST: u64 = 5;
@@ -26,7 +28,7 @@ pub enum Wait {
 }
 
 fn new_id() -> String {
-    crate::jobs::new_job_id(crate::node::now_ms(), rand::random())
+    crate::work::jobs::new_job_id(crate::clock::now_ms(), rand::random())
 }
 
 /// Proposes `command` (checked first: bad input sends nothing).
@@ -55,7 +57,7 @@ pub fn submit(
     let command = Command::JobSubmit {
         id: id.clone(),
         spec,
-        at_ms: crate::node::now_ms(),
+        at_ms: crate::clock::now_ms(),
     };
     write(config, args, command, id.clone())?;
     match wait {
@@ -72,7 +74,7 @@ pub fn submit(
 
 /// The job `id` (a default read: it includes every acknowledged write).
 fn fetch(config: &Config, args: &ClientArgs, id: &str) -> Result<Job, Failure> {
-    crate::jobs::check_job_id(id).map_err(Failure::usage)?;
+    crate::work::jobs::check_job_id(id).map_err(Failure::usage)?;
     let req = Request::Job {
         id: id.to_string(),
         stale: false,
@@ -117,7 +119,7 @@ fn print_end(job: &Job, json: bool, with_log: bool) -> Result<(), Failure> {
         }
     }
     match job.state {
-        crate::jobs::JobState::Succeeded => Ok(()),
+        crate::work::jobs::JobState::Succeeded => Ok(()),
         state => Err(Failure::failed(format!(
             "job {} {}: {}",
             job.id,
@@ -142,7 +144,7 @@ pub fn show(
     detail: Detail,
     stale: bool,
 ) -> Result<(), Failure> {
-    crate::jobs::check_job_id(id).map_err(Failure::usage)?;
+    crate::work::jobs::check_job_id(id).map_err(Failure::usage)?;
     let req = Request::Job {
         id: id.to_string(),
         stale,
@@ -214,7 +216,7 @@ pub fn cancel_or_retry(
     retry: bool,
 ) -> Result<(), Failure> {
     let before = fetch(config, args, id)?;
-    let at_ms = crate::node::now_ms();
+    let at_ms = crate::clock::now_ms();
     let command = if retry {
         Command::JobRetry {
             id: id.into(),
@@ -231,7 +233,10 @@ pub fn cancel_or_retry(
     let (verb, changed) = if retry {
         ("retried", after.attempt > before.attempt)
     } else {
-        ("cancelled", after.state == crate::jobs::JobState::Cancelled)
+        (
+            "cancelled",
+            after.state == crate::work::jobs::JobState::Cancelled,
+        )
     };
     if args.json {
         return output::emit(&output::json_line(&JobJson::new(&after, false)));
@@ -271,8 +276,8 @@ pub fn node_mode(
         };
         let mut active = 0;
         for state in [
-            crate::jobs::JobState::Assigned,
-            crate::jobs::JobState::Running,
+            crate::work::jobs::JobState::Assigned,
+            crate::work::jobs::JobState::Running,
         ] {
             let req = Request::Jobs {
                 filter: filter(state),
@@ -306,7 +311,7 @@ pub fn script_add(
     let command = Command::ScriptAdd {
         name: name.into(),
         code,
-        at_ms: crate::node::now_ms(),
+        at_ms: crate::clock::now_ms(),
     };
     write(config, args, command, crate::proto::new_request_id())?;
     let stored = fetch_script(config, args, name, None)?;
@@ -321,8 +326,8 @@ fn fetch_script(
     args: &ClientArgs,
     name: &str,
     version: Option<u32>,
-) -> Result<crate::jobs::StoredScript, Failure> {
-    crate::jobs::check_script_name(name).map_err(Failure::usage)?;
+) -> Result<crate::work::jobs::StoredScript, Failure> {
+    crate::work::jobs::check_script_name(name).map_err(Failure::usage)?;
     let req = Request::Script {
         name: name.into(),
         version,
@@ -345,7 +350,7 @@ pub fn script_show(
     version: Option<u32>,
     stale: bool,
 ) -> Result<(), Failure> {
-    crate::jobs::check_script_name(name).map_err(Failure::usage)?;
+    crate::work::jobs::check_script_name(name).map_err(Failure::usage)?;
     let req = Request::Script {
         name: name.into(),
         version,
@@ -401,4 +406,275 @@ pub fn script_rm(config: &Config, args: &ClientArgs, name: &str) -> Result<(), F
     let command = Command::ScriptRemove { name: name.into() };
     write(config, args, command, crate::proto::new_request_id())?;
     output::emit(&format!("{name} removed\n"))
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScriptAction {
+    /// Store FILE as NAME's next version (checked first: a script that does
+    /// not compile is refused with its line).
+    Add {
+        name: String,
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Every stored script: name, latest version, size, when added.
+    List {
+        #[arg(long)]
+        stale: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A stored script's code (its latest version, or --version N).
+    Show {
+        name: String,
+        #[arg(long)]
+        version: Option<u32>,
+        #[arg(long)]
+        stale: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove every version of NAME.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeAction {
+    /// NAME gets no new jobs; those it runs finish.
+    Maintenance {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// NAME gets jobs again.
+    Activate {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Maintenance, then wait until NAME runs nothing.
+    Drain {
+        name: String,
+        /// Longest wait, in milliseconds.
+        #[arg(long, default_value_t = 600_000)]
+        wait_ms: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// What every job may set.
+#[derive(clap::Args, Debug)]
+pub struct JobOptions {
+    /// An argument (the script's ARGS), repeatable.
+    #[arg(long = "arg")]
+    pub args: Vec<String>,
+    /// -100 (last) ..= 100 (first).
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub priority: i32,
+    #[arg(long, default_value_t = crate::work::jobs::ATTEMPTS_DEFAULT)]
+    pub max_attempts: u32,
+    /// Longest time one attempt may run: 500ms, 30s, 10m, 2h (a bare
+    /// number is seconds).
+    #[arg(long, value_parser = parse_duration_ms, default_value = "1h")]
+    pub timeout: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SubmitArgs {
+    /// A script file.
+    #[arg(long, conflicts_with_all = ["inline", "command"])]
+    pub script: Option<PathBuf>,
+    /// A script given here.
+    #[arg(long, conflicts_with = "command")]
+    pub inline: Option<String>,
+    /// A stored script (`claro script add`), its latest version.
+    #[arg(long, conflicts_with_all = ["script", "inline", "command"])]
+    pub stored: Option<String>,
+    /// A command: its argv follows `--` (no shell).
+    #[arg(long)]
+    pub command: bool,
+    /// The command's working directory, under shared_root.
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// K=V added to the command's environment, repeatable.
+    #[arg(long = "env", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Wait for the job's end and print its result; exit 0 only if it succeeded.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub job: JobOptions,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(last = true)]
+    pub argv: Vec<String>,
+}
+
+pub fn parse_state(s: &str) -> Result<crate::work::jobs::JobState, String> {
+    crate::work::jobs::JobState::parse(s).ok_or_else(|| {
+        format!(
+            "`{s}` is not a job state (queued, assigned, running, succeeded, failed, cancelled)"
+        )
+    })
+}
+
+pub fn parse_hotfolder_name(s: &str) -> Result<String, String> {
+    crate::work::hotfolder::check_name(s).map(|()| s.to_string())
+}
+
+pub fn parse_kind(s: &str) -> Result<crate::work::jobs::JobKind, String> {
+    crate::work::jobs::JobKind::parse(s)
+        .ok_or_else(|| format!("`{s}` is not a job kind (script, command, hotfolder)"))
+}
+
+pub fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("`{s}` is not K=V")),
+    }
+}
+
+/// `500ms`, `30s`, `10m`, `2h`, or a bare number of seconds, in milliseconds.
+pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let (digits, unit_ms) = if let Some(d) = s.strip_suffix("ms") {
+        (d, 1)
+    } else if let Some(d) = s.strip_suffix('s') {
+        (d, 1000)
+    } else if let Some(d) = s.strip_suffix('m') {
+        (d, 60_000)
+    } else if let Some(d) = s.strip_suffix('h') {
+        (d, 3_600_000)
+    } else {
+        (s, 1000)
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_ms))
+        .filter(|ms| *ms > 0)
+        .ok_or_else(|| format!("`{s}` is not a duration such as 500ms, 30s, 10m or 2h"))
+}
+
+pub fn script_command(config: &Config, action: ScriptAction) -> Result<(), Failure> {
+    match action {
+        ScriptAction::Add { name, file, client } => {
+            crate::work::jobs::check_script_name(&name).map_err(Failure::usage)?;
+            let code = read_script(&file)?;
+            crate::work::script::check(&code)
+                .map_err(|e| Failure::usage(format!("{}: {e}", file.display())))?;
+            script_add(config, &client, &name, code)
+        }
+        ScriptAction::List { stale, client } => script_list(config, &client, stale),
+        ScriptAction::Show {
+            name,
+            version,
+            stale,
+            client,
+        } => script_show(config, &client, &name, version, stale),
+        ScriptAction::Rm { name, client } => script_rm(config, &client, &name),
+    }
+}
+
+pub fn node(config: &Config, action: NodeAction) -> Result<(), Failure> {
+    let (name, mode, drain, client) = match action {
+        NodeAction::Maintenance { name, client } => (name, "maintenance", None, client),
+        NodeAction::Activate { name, client } => (name, "active", None, client),
+        NodeAction::Drain {
+            name,
+            wait_ms,
+            client,
+        } => (name, "maintenance", Some(wait_ms), client),
+    };
+    if config.server(&name).is_none() {
+        return Err(Failure::usage(format!(
+            "no server named `{name}` in the config"
+        )));
+    }
+    crate::cli::jobs::node_mode(config, &client, &name, mode, drain)
+}
+
+pub fn job_spec(
+    kind: crate::work::jobs::JobKind,
+    script: String,
+    o: &JobOptions,
+) -> crate::work::jobs::JobSpec {
+    crate::work::jobs::JobSpec {
+        kind,
+        script,
+        stored: None,
+        args: o.args.clone(),
+        cwd: None,
+        env: Vec::new(),
+        priority: o.priority,
+        max_attempts: o.max_attempts,
+        timeout_ms: o.timeout,
+        call: None,
+        depth: 0,
+        file: None,
+    }
+}
+
+/// The job `claro submit` describes, checked (bad input: exit 2, nothing sent).
+pub fn submit_spec(a: SubmitArgs) -> Result<crate::work::jobs::JobSpec, Failure> {
+    use crate::work::jobs::JobKind;
+    let mut spec = match (&a.script, &a.inline, a.command) {
+        (None, None, false) if a.stored.is_some() => {
+            let mut spec = job_spec(JobKind::Script, String::new(), &a.job);
+            spec.stored = a.stored.clone();
+            spec
+        }
+        (Some(file), None, false) => job_spec(JobKind::Script, read_script(file)?, &a.job),
+        (None, Some(code), false) => job_spec(JobKind::Script, code.clone(), &a.job),
+        (None, None, true) if !a.job.args.is_empty() => {
+            return Err(Failure::usage(
+                "a command takes its arguments after `--`, not --arg",
+            ))
+        }
+        (None, None, true) => {
+            let mut spec = job_spec(JobKind::Command, String::new(), &a.job);
+            spec.args = a.argv.clone();
+            spec
+        }
+        _ => {
+            return Err(Failure::usage(
+                "give exactly one of --script FILE, --inline CODE, --stored NAME, or --command -- ARGV...",
+            ))
+        }
+    };
+    if spec.kind == JobKind::Script && !a.argv.is_empty() {
+        return Err(Failure::usage(
+            "arguments after `--` are for --command; a script takes --arg",
+        ));
+    }
+    spec.cwd = a.cwd;
+    spec.env = a.env;
+    spec.validate().map_err(Failure::usage)?;
+    if spec.kind == JobKind::Script && spec.stored.is_none() {
+        crate::work::script::check(&spec.script).map_err(|e| Failure::usage(e.to_string()))?;
+    }
+    Ok(spec)
+}
+
+/// A script file's text, refused (exit 2) over `SCRIPT_BYTES_MAX` or not UTF-8.
+pub fn read_script(file: &std::path::Path) -> Result<String, Failure> {
+    use std::io::Read as _;
+    let max = crate::work::jobs::SCRIPT_BYTES_MAX;
+    let mut bytes = Vec::new();
+    std::fs::File::open(file)
+        .and_then(|f| f.take(max as u64 + 1).read_to_end(&mut bytes))
+        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", file.display())))?;
+    if bytes.len() > max {
+        return Err(Failure::usage(format!(
+            "{} is larger than the script limit of {max} bytes",
+            file.display()
+        )));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| Failure::usage(format!("{} is not UTF-8 text", file.display())))
 }

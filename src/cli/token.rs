@@ -1,15 +1,15 @@
 //! The client side of API tokens: `claro token add|list|rm`. The token is
 //! made here and printed once; only its SHA-256 goes to the cluster.
 
-use crate::access::{check_token_name, new_token, token_hash, Role};
-use crate::cli::TokenAction;
-use crate::client::{call, failure_of, ClientArgs};
+use crate::cli::client::{call, failure_of, ClientArgs};
+use crate::cli::exit::Failure;
+use crate::cli::output;
 use crate::config::Config;
-use crate::exit::Failure;
-use crate::output;
 use crate::proto::{new_request_id, Request, Response};
 use crate::state::tokens::TokenInfo;
 use crate::state::Command;
+use crate::web::access::{check_token_name, new_token, token_hash, Role};
+use clap::Subcommand;
 
 pub fn command(config: &Config, action: TokenAction) -> Result<(), Failure> {
     match action {
@@ -21,7 +21,7 @@ pub fn command(config: &Config, action: TokenAction) -> Result<(), Failure> {
                 return Err(Failure::usage(format!("no token named `{name}`")));
             }
             let command = Command::TokenRemove { name: name.clone() };
-            crate::job_client::write(config, &client, command, new_request_id())?;
+            crate::cli::jobs::write(config, &client, command, new_request_id())?;
             output::emit(&format!("{name}: removed\n"))
         }
     }
@@ -38,10 +38,10 @@ fn add(config: &Config, client: &ClientArgs, name: &str, role: &str) -> Result<(
             "a token named `{name}` exists; remove it first (`claro token rm {name}`)"
         )));
     }
-    if tokens.len() >= crate::access::TOKENS_MAX {
+    if tokens.len() >= crate::web::access::TOKENS_MAX {
         return Err(Failure::usage(format!(
             "the cluster holds {} tokens already, the most it keeps",
-            crate::access::TOKENS_MAX
+            crate::web::access::TOKENS_MAX
         )));
     }
     let token = new_token(rand::random());
@@ -49,9 +49,9 @@ fn add(config: &Config, client: &ClientArgs, name: &str, role: &str) -> Result<(
         name: name.to_string(),
         role,
         hash: token_hash(&token),
-        at_ms: crate::node::now_ms(),
+        at_ms: crate::clock::now_ms(),
     };
-    crate::job_client::write(config, client, command, new_request_id())?;
+    crate::cli::jobs::write(config, client, command, new_request_id())?;
     if client.json {
         let value = serde_json::json!({"name": name, "role": role, "token": token});
         return output::emit(&output::json_line(&value));
@@ -84,4 +84,29 @@ fn list(config: &Config, client: &ClientArgs) -> Result<(), Failure> {
         ));
     }
     output::emit(&out)
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenAction {
+    /// Make a token NAME with a role; it is printed once (only its hash is kept).
+    Add {
+        name: String,
+        /// viewer (reads), operator (also submits, cancels, retries, pauses)
+        /// or admin (also servers, scripts, settings, tokens).
+        #[arg(long)]
+        role: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The tokens: names, roles, when made.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke NAME: requests with it are refused from then on.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }

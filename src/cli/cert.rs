@@ -11,9 +11,10 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::cli::exit::Failure;
 use crate::config::{Config, Host};
-use crate::exit::Failure;
 use crate::tls;
+use clap::Subcommand;
 
 /// The default CA folder is the config folder's name with this suffix,
 /// beside it: `conf/` → `conf-ca/`.
@@ -226,6 +227,41 @@ fn needed(tls_dir: &Path, name: &str) -> String {
         .join(", ")
 }
 
+#[derive(Subcommand, Debug)]
+pub enum CertAction {
+    /// Sign a key and certificate for NAME, a server of the config (e.g.
+    /// one added later), into the config's tls folder.
+    Add {
+        name: String,
+        /// The CA folder (default: beside the config's folder, named
+        /// after it with `-ca`, e.g. conf-ca/).
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
+        /// Replace NAME's existing certificate and key.
+        #[arg(long)]
+        force: bool,
+    },
+    /// New keys and certificates for every server and the client, signed
+    /// by the same CA.
+    Rotate {
+        /// The CA folder (default: as for `cert add`).
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
+    },
+}
+
+pub fn command(path: &std::path::Path, action: CertAction) -> Result<(), Failure> {
+    let config = Config::load(path)?;
+    match action {
+        CertAction::Add {
+            name,
+            ca_dir,
+            force,
+        } => crate::cli::cert::add(&config, ca_dir.as_deref(), &name, force),
+        CertAction::Rotate { ca_dir } => crate::cli::cert::rotate(&config, ca_dir.as_deref()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,7 +299,7 @@ mod tests {
         check_ca_dir(Path::new("/x"), &[conf, tls]).unwrap();
         for bad in ["/x/conf", "/x/conf/ca", "/y/tls/ca"] {
             let err = check_ca_dir(Path::new(bad), &[conf, tls]).unwrap_err();
-            assert_eq!(err.status, crate::exit::EXIT_USAGE);
+            assert_eq!(err.status, crate::cli::exit::EXIT_USAGE);
             assert!(err.message.contains("copied to servers"), "{}", err.message);
         }
     }

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Position, Scope, AST};
 
-use crate::jobs::{ProfileRow, PROFILE_NAME_BYTES_MAX, PROFILE_ROWS_MAX};
+use crate::work::jobs::{ProfileRow, PROFILE_NAME_BYTES_MAX, PROFILE_ROWS_MAX};
 
 /// Operations one run may take (a busy loop of a few seconds).
 pub const OPERATIONS_MAX: u64 = 200_000_000;
@@ -164,7 +164,7 @@ impl Profiler {
     pub fn record(&self, name: &str, split: Split) {
         let mut rows = self.rows.lock().expect("profile lock");
         let name = if rows.contains_key(name) || rows.len() < PROFILE_ROWS_MAX - 1 {
-            crate::jobs::bounded_text(name, PROFILE_NAME_BYTES_MAX - 32)
+            crate::work::jobs::bounded_text(name, PROFILE_NAME_BYTES_MAX - 32)
         } else {
             "(other)".to_string()
         };

@@ -2,20 +2,21 @@
 //! list`. Definitions are cluster settings: any instance answers, writes go
 //! through the coordinator.
 
-use crate::cli::{HotfolderAction, HotfolderOptions};
-use crate::client::{call, failure_of, print_staleness, ClientArgs};
+use crate::cli::client::{call, failure_of, print_staleness, ClientArgs};
+use crate::cli::exit::Failure;
+use crate::cli::output;
 use crate::config::Config;
-use crate::exit::Failure;
-use crate::hotfolder::{split_template, Action, Hotfolder, OnSuccess};
-use crate::output;
 use crate::proto::{Request, Response};
 use crate::state::hotfolders::Counts;
 use crate::state::Command;
+use crate::work::hotfolder::{split_template, Action, Hotfolder, OnSuccess};
+use clap::Subcommand;
+use std::path::PathBuf;
 
 pub fn command(config: &Config, action: HotfolderAction) -> Result<(), Failure> {
     match action {
         HotfolderAction::Add(d) => {
-            crate::hotfolder::check_name(&d.name).map_err(Failure::usage)?;
+            crate::work::hotfolder::check_name(&d.name).map_err(Failure::usage)?;
             let action = action_of(&d.options)?.ok_or_else(|| {
                 Failure::usage("give the action: --command TEMPLATE or --script FILE")
             })?;
@@ -49,7 +50,7 @@ pub fn command(config: &Config, action: HotfolderAction) -> Result<(), Failure> 
         HotfolderAction::Rm { name, client } => {
             existing(config, &client, &name)?;
             let command = Command::HotfolderRemove { name: name.clone() };
-            crate::job_client::write(config, &client, command, crate::proto::new_request_id())?;
+            crate::cli::jobs::write(config, &client, command, crate::proto::new_request_id())?;
             output::emit(&format!("{name}: removed (its folders stay)\n"))
         }
         HotfolderAction::Pause { name, client } => pause(config, &client, &name, true),
@@ -64,8 +65,8 @@ fn action_of(o: &HotfolderOptions) -> Result<Option<Action>, Failure> {
         return Ok(Some(Action::Command { argv }));
     }
     if let Some(file) = &o.script {
-        let code = crate::cli::read_script(file)?;
-        crate::script::check(&code)
+        let code = crate::cli::jobs::read_script(file)?;
+        crate::work::script::check(&code)
             .map_err(|e| Failure::usage(format!("{}: {e}", file.display())))?;
         return Ok(Some(Action::Script { code }));
     }
@@ -102,7 +103,7 @@ fn with_options(mut def: Hotfolder, o: &HotfolderOptions) -> Result<Hotfolder, F
 
 fn put(config: &Config, client: &ClientArgs, def: Hotfolder) -> Result<(), Failure> {
     let command = Command::HotfolderPut { def };
-    crate::job_client::write(config, client, command, crate::proto::new_request_id()).map(|_| ())
+    crate::cli::jobs::write(config, client, command, crate::proto::new_request_id()).map(|_| ())
 }
 
 fn pause(config: &Config, client: &ClientArgs, name: &str, paused: bool) -> Result<(), Failure> {
@@ -111,7 +112,7 @@ fn pause(config: &Config, client: &ClientArgs, name: &str, paused: bool) -> Resu
         name: name.into(),
         paused,
     };
-    crate::job_client::write(config, client, command, crate::proto::new_request_id())?;
+    crate::cli::jobs::write(config, client, command, crate::proto::new_request_id())?;
     output::emit(&format!(
         "{name}: {}\n",
         if paused { "paused" } else { "resumed" }
@@ -133,7 +134,7 @@ fn all(
 }
 
 fn find(config: &Config, client: &ClientArgs, name: &str) -> Result<Option<Hotfolder>, Failure> {
-    crate::hotfolder::check_name(name).map_err(Failure::usage)?;
+    crate::work::hotfolder::check_name(name).map_err(Failure::usage)?;
     Ok(all(config, client, false)?
         .into_iter()
         .map(|(d, _)| d)
@@ -197,4 +198,79 @@ fn list(config: &Config, client: &ClientArgs, stale: bool) -> Result<(), Failure
         ));
     }
     output::emit(&out)
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HotfolderAction {
+    /// Define NAME (its folders are made under shared_root/NAME/).
+    Add(HotfolderDef),
+    /// Change NAME: the options given replace those it had.
+    Set(HotfolderDef),
+    /// Forget NAME (its folders and files stay where they are).
+    Rm {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop taking new files from NAME (jobs already made go on).
+    Pause {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    Resume {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Every hotfolder: files waiting, in progress, done and failed in the
+    /// last hour, paused or not.
+    List {
+        #[arg(long)]
+        stale: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// What `hotfolder add` and `set` take.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HotfolderOptions {
+    /// The action: an argv template split like a shell would (no shell
+    /// runs), with {input}, {output_dir}, {name}, {stem}, {ext}.
+    #[arg(long, conflicts_with = "script")]
+    pub command: Option<String>,
+    /// The action: a script file; it sees FILE (#{input, output_dir, name,
+    /// stem, ext, relative}) and may write only in FILE.output_dir.
+    #[arg(long)]
+    pub script: Option<PathBuf>,
+    /// Time a file's size and modification time must stay unchanged.
+    #[arg(long)]
+    pub stable_ms: Option<u64>,
+    /// Names taken (glob; default: all not ignored). Repeat for more.
+    #[arg(long)]
+    pub include: Vec<String>,
+    /// Names ignored (glob), instead of the default list.
+    #[arg(long)]
+    pub ignore: Vec<String>,
+    /// What becomes of the original after success: move (to done/) or delete.
+    #[arg(long)]
+    pub on_success: Option<String>,
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Longest time of one attempt, in seconds.
+    #[arg(long)]
+    pub timeout_s: Option<u64>,
+    #[arg(long, allow_hyphen_values = true)]
+    pub priority: Option<i32>,
+}
+
+/// A hotfolder's name and options (`hotfolder add` and `set`).
+#[derive(clap::Args, Debug)]
+pub struct HotfolderDef {
+    pub name: String,
+    #[command(flatten)]
+    pub options: HotfolderOptions,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }

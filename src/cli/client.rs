@@ -7,10 +7,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::cli::exit::Failure;
+use crate::cli::output;
+use crate::cluster::membership::{self, ServerFacts};
 use crate::config::Config;
-use crate::exit::Failure;
-use crate::membership::{self, ServerFacts};
-use crate::output;
 use crate::proto::{Request, Response, StatusView, REQUEST_BYTES_MAX};
 use crate::transport::{exchange, Endpoint};
 
@@ -243,18 +243,18 @@ fn server_facts(
                 };
                 return (facts, output::SOURCE_RUNNING);
             }
-            let id = crate::node::raft_id(&s.name);
+            let id = crate::consensus::raft_id(&s.name);
             let dirs = std::iter::once(config.server_dir(&s.name))
                 .chain(data_dirs.iter().map(|d| d.join(&s.name)));
             // The newest copy found, if several folders hold one.
             let (local, dir) = dirs
-                .map(|d| (crate::node::read_facts(&d, id), d))
+                .map(|d| (crate::data_dir::read_facts(&d, id), d))
                 .max_by_key(|(f, _)| (f.initialized, f.applied_index))
                 .expect("at least the config's data_dir");
             let facts = ServerFacts {
                 name: s.name.clone(),
                 applied_index: local.initialized.then_some(local.applied_index),
-                last_stop: crate::node::read_record(&dir),
+                last_stop: crate::data_dir::read_record(&dir),
                 running_member: false,
             };
             (

@@ -102,8 +102,8 @@ impl Hotfolder {
             ignore: IGNORE_DEFAULT.iter().map(|s| s.to_string()).collect(),
             stable_ms: STABLE_MS_DEFAULT,
             priority: 0,
-            max_attempts: crate::jobs::ATTEMPTS_DEFAULT,
-            timeout_ms: crate::jobs::TIMEOUT_MS_DEFAULT,
+            max_attempts: crate::work::jobs::ATTEMPTS_DEFAULT,
+            timeout_ms: crate::work::jobs::TIMEOUT_MS_DEFAULT,
             on_success: OnSuccess::Move,
             paused: false,
         }
@@ -118,10 +118,10 @@ impl Hotfolder {
                     return Err("the command template is empty".into());
                 }
                 let bytes: usize = argv.iter().map(String::len).sum();
-                if bytes > TEMPLATE_BYTES_MAX || argv.len() > crate::jobs::ARGS_COUNT_MAX {
+                if bytes > TEMPLATE_BYTES_MAX || argv.len() > crate::work::jobs::ARGS_COUNT_MAX {
                     return Err(format!(
                         "the command template is over {TEMPLATE_BYTES_MAX} bytes or {} arguments",
-                        crate::jobs::ARGS_COUNT_MAX
+                        crate::work::jobs::ARGS_COUNT_MAX
                     ));
                 }
                 for a in argv {
@@ -129,13 +129,13 @@ impl Hotfolder {
                 }
             }
             Action::Script { code } => {
-                if code.len() > crate::jobs::SCRIPT_BYTES_MAX {
+                if code.len() > crate::work::jobs::SCRIPT_BYTES_MAX {
                     return Err(format!(
                         "the script is over {} bytes",
-                        crate::jobs::SCRIPT_BYTES_MAX
+                        crate::work::jobs::SCRIPT_BYTES_MAX
                     ));
                 }
-                crate::script::check(code).map_err(|e| e.to_string())?;
+                crate::work::script::check(code).map_err(|e| e.to_string())?;
             }
         }
         if self.include.len() + self.ignore.len() > PATTERNS_MAX {
@@ -148,7 +148,7 @@ impl Hotfolder {
                 self.stable_ms
             ));
         }
-        let mut spec = crate::jobs::JobSpec::script("1");
+        let mut spec = crate::work::jobs::JobSpec::script("1");
         spec.priority = self.priority;
         spec.max_attempts = self.max_attempts;
         spec.timeout_ms = self.timeout_ms;

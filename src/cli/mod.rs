@@ -1,0 +1,386 @@
+//! The `claro` command line: argument parsing, the client side of requests,
+//! and output (human or `--json`). Exit status: 0 done, 1 failed (nothing
+//! reachable, the cluster refused), 2 bad usage or bad input.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub mod cert;
+pub mod client;
+pub mod exit;
+pub mod hotfolder;
+pub mod init;
+pub mod jobs;
+pub mod output;
+pub mod settings;
+pub mod token;
+
+use self::cert::CertAction;
+use self::client::ClientArgs;
+pub use self::exit::{Failure, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use self::hotfolder::HotfolderAction;
+use self::jobs::{
+    parse_hotfolder_name, parse_kind, parse_state, JobOptions, NodeAction, ScriptAction, SubmitArgs,
+};
+use self::settings::SettingsAction;
+use self::token::TokenAction;
+use crate::config::Config;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "claro",
+    version,
+    about = "A cluster of identical servers sharing file and script work"
+)]
+pub struct Cli {
+    /// The cluster's config file.
+    #[arg(
+        long,
+        global = true,
+        env = "CLARO_CONFIG",
+        default_value = "conf/ClaroServers.conf"
+    )]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run this machine's instance.
+    Serve {
+        /// Which [[server]] of the config this is (default: the one whose address is local).
+        #[arg(long)]
+        name: Option<String>,
+        /// Start a one-server cluster on this instance's database even though
+        /// servers that stopped later hold newer state.
+        #[arg(long)]
+        force_bootstrap: bool,
+    },
+    /// Write a config skeleton and the cluster's TLS material.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Where the CA's certificate and private key go: a folder kept on
+        /// this machine, never copied to servers (default: beside DIR,
+        /// named DIR-ca, e.g. conf-ca/).
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
+        /// NAME=ADDRESS, once per server.
+        #[arg(long = "server", required = true, value_parser = parse_server_arg)]
+        servers: Vec<(String, String)>,
+        #[arg(long, default_value = "claro")]
+        cluster: String,
+        #[arg(long, default_value = "../hotfolders")]
+        shared_root: String,
+        #[arg(long, default_value = "../data")]
+        data_dir: String,
+        #[arg(long, default_value_t = crate::config::PORT_DEFAULT)]
+        port: u16,
+        /// Overwrite existing config and TLS material.
+        #[arg(long)]
+        force: bool,
+    },
+    /// The cluster's state, as the coordinator sees it.
+    Status(ClientArgs),
+    /// Which server holds the newest database, and the order to start them in.
+    StartOrder {
+        /// A folder holding servers' data directories (`DIR/NAME/`), read
+        /// for servers that do not answer; repeatable. The config's data_dir
+        /// is always read.
+        #[arg(long = "data-dir")]
+        data_dirs: Vec<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop an instance gracefully (default: this machine's) and wait until
+    /// it has exited.
+    Stop {
+        name: Option<String>,
+        /// Return once the stop is under way, without waiting for the exit.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Coordinator role.
+    Coordinator {
+        #[command(subcommand)]
+        action: CoordinatorAction,
+    },
+    /// Replicated settings.
+    Settings {
+        #[command(subcommand)]
+        action: SettingsAction,
+    },
+    /// Certificates, signed with the CA's key (run where the CA folder is).
+    Cert {
+        #[command(subcommand)]
+        action: CertAction,
+    },
+    /// Submit a job: a script (a file or inline) or a command; prints its id.
+    Submit(SubmitArgs),
+    /// Submit a script and wait for it, printing its log and result.
+    Run {
+        file: PathBuf,
+        #[command(flatten)]
+        job: JobOptions,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List jobs, newest first.
+    Jobs {
+        /// queued, assigned, running, succeeded, failed or cancelled.
+        #[arg(long, value_parser = parse_state)]
+        state: Option<crate::work::jobs::JobState>,
+        /// script, command or hotfolder.
+        #[arg(long, value_parser = parse_kind)]
+        kind: Option<crate::work::jobs::JobKind>,
+        /// Jobs of this server's current or last attempt.
+        #[arg(long)]
+        instance: Option<String>,
+        /// The files of this hotfolder.
+        #[arg(long, value_parser = parse_hotfolder_name)]
+        hotfolder: Option<String>,
+        /// Jobs in this page (1..=1000).
+        #[arg(long, default_value_t = crate::proto::JOBS_COUNT_DEFAULT)]
+        limit: u32,
+        /// Jobs older than this id (the cursor of the previous page).
+        #[arg(long)]
+        before: Option<String>,
+        /// As for `settings get`.
+        #[arg(long)]
+        stale: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// One job: its state, result and error (`--log`: its captured log).
+    Job {
+        id: String,
+        #[arg(long)]
+        log: bool,
+        /// Where a script's time went: per host function and remote call,
+        /// calls and time (preparing, waiting, receiving), slowest first.
+        #[arg(long)]
+        profile: bool,
+        #[arg(long)]
+        stale: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a job that has not ended (a running attempt is stopped).
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Run a failed or cancelled job again, as a new attempt.
+    Retry {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Wait for a job's end; exit 0 only if it succeeded.
+    Wait {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A server's mode for jobs.
+    Node {
+        #[command(subcommand)]
+        action: NodeAction,
+    },
+    /// Named, versioned scripts kept in the cluster (`submit --stored NAME`).
+    Script {
+        #[command(subcommand)]
+        action: ScriptAction,
+    },
+    /// Folders under shared_root whose files become jobs.
+    Hotfolder {
+        #[command(subcommand)]
+        action: HotfolderAction,
+    },
+    /// API tokens for the HTTP API and the dashboard.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CoordinatorAction {
+    /// Hand the coordinator role to NAME (Raft leadership transfer).
+    Transfer {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+fn parse_server_arg(s: &str) -> Result<(String, String), String> {
+    let (name, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not NAME=ADDRESS"))?;
+    if name.is_empty() || addr.is_empty() {
+        return Err(format!("`{s}` is not NAME=ADDRESS"));
+    }
+    Ok((name.to_string(), addr.to_string()))
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+        }
+    };
+    crate::logging::init();
+    match run(cli) {
+        Ok(()) => EXIT_OK,
+        Err(f) if f.is_quiet() => f.status,
+        Err(f) => {
+            crate::cli::output::note(&format!("claro: {}\n", f.message));
+            f.status
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Init {
+            dir,
+            ca_dir,
+            servers,
+            cluster,
+            shared_root,
+            data_dir,
+            port,
+            force,
+        } => crate::cli::init::run(
+            &dir,
+            ca_dir.as_deref(),
+            &cluster,
+            &servers,
+            &shared_root,
+            &data_dir,
+            port,
+            force,
+        ),
+        Command::Serve {
+            name,
+            force_bootstrap,
+        } => {
+            let config = Config::load(&cli.config)?;
+            let name = config.local_server(name.as_deref())?.name.clone();
+            crate::cli::cert::for_serve(&config, &name)?;
+            let opts = crate::node::ServeOptions {
+                config,
+                name,
+                force_bootstrap,
+            };
+            crate::node::serve(opts).map_err(Failure::failed)
+        }
+        Command::Status(args) => crate::cli::client::status(&Config::load(&cli.config)?, &args),
+        Command::StartOrder { data_dirs, client } => {
+            crate::cli::client::start_order(&Config::load(&cli.config)?, &data_dirs, &client)
+        }
+        Command::Stop {
+            name,
+            no_wait,
+            client,
+        } => {
+            let config = Config::load(&cli.config)?;
+            let name = match name {
+                Some(n) if config.server(&n).is_none() => {
+                    return Err(Failure::usage(format!(
+                        "no server named `{n}` in {}",
+                        cli.config.display()
+                    )))
+                }
+                Some(n) => n,
+                None => config.local_server(None)?.name.clone(),
+            };
+            crate::cli::client::stop(&config, &client, &name, !no_wait)
+        }
+        Command::Coordinator {
+            action: CoordinatorAction::Transfer { name, client },
+        } => {
+            let config = Config::load(&cli.config)?;
+            if config.server(&name).is_none() {
+                return Err(Failure::usage(format!(
+                    "no server named `{name}` in {}",
+                    cli.config.display()
+                )));
+            }
+            crate::cli::client::transfer(&config, &client, &name)
+        }
+        Command::Settings { action } => settings::command(&cli.config, action),
+        Command::Cert { action } => cert::command(&cli.config, action),
+        other => jobs(&cli.config, other),
+    }
+}
+
+/// The job commands.
+fn jobs(path: &std::path::Path, command: Command) -> Result<(), Failure> {
+    use crate::cli::jobs as jc;
+    let config = Config::load(path)?;
+    match command {
+        Command::Submit(a) => {
+            let wait = if a.wait {
+                jc::Wait::Result
+            } else {
+                jc::Wait::No
+            };
+            let client = ClientArgs {
+                server: a.client.server.clone(),
+                json: a.client.json,
+            };
+            jc::submit(&config, &client, jc::submit_spec(a)?, wait)
+        }
+        Command::Run { file, job, client } => {
+            let spec = jc::job_spec(
+                crate::work::jobs::JobKind::Script,
+                jc::read_script(&file)?,
+                &job,
+            );
+            jc::submit(&config, &client, spec, jc::Wait::LogAndResult)
+        }
+        Command::Jobs {
+            state,
+            kind,
+            instance,
+            hotfolder,
+            limit,
+            before,
+            stale,
+            client,
+        } => {
+            let filter = crate::state::jobs::JobFilter {
+                state,
+                kind,
+                instance,
+                before,
+                hotfolder,
+            };
+            jc::list(&config, &client, filter, limit, stale)
+        }
+        Command::Job {
+            id,
+            log,
+            profile,
+            stale,
+            client,
+        } => jc::show(&config, &client, &id, jc::Detail { log, profile }, stale),
+        Command::Cancel { id, client } => jc::cancel_or_retry(&config, &client, &id, false),
+        Command::Retry { id, client } => jc::cancel_or_retry(&config, &client, &id, true),
+        Command::Wait { id, client } => jc::wait_for(&config, &client, &id, false),
+        Command::Node { action } => jc::node(&config, action),
+        Command::Script { action } => jc::script_command(&config, action),
+        Command::Hotfolder { action } => crate::cli::hotfolder::command(&config, action),
+        Command::Token { action } => crate::cli::token::command(&config, action),
+        other => unreachable!("not a job command: {other:?}"),
+    }
+}

@@ -1,0 +1,15 @@
+//! The work's pure rules: what a job is, where it goes, when a hotfolder's
+//! file is ready and what its action runs, and the sandboxed script engine.
+//! No disk, no network, no clock: the server shell (`node::work`) feeds
+//! them and carries out what they decide.
+//!
+//! - `jobs`: the job model, its limits and submission checks;
+//! - `scheduler`: the coordinator's placement rule;
+//! - `hotfolder`: definitions, patterns, stability, action templates;
+//! - `script`: the Script Execution Engine (Rhai with every limit), which
+//!   reaches its instance only through the `Host` it is given.
+
+pub mod hotfolder;
+pub mod jobs;
+pub mod scheduler;
+pub mod script;
