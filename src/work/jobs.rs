@@ -418,6 +418,20 @@ pub struct Outcome {
     pub profile: Vec<ProfileRow>,
 }
 
+impl Outcome {
+    /// An attempt that failed with `error` (cut to `RESULT_BYTES_MAX`),
+    /// keeping the log it wrote.
+    pub fn failed(error: String, log: String) -> Outcome {
+        Outcome {
+            ok: false,
+            result: None,
+            error: Some(bounded_text(&error, RESULT_BYTES_MAX)),
+            log,
+            profile: Vec::new(),
+        }
+    }
+}
+
 /// One line of a job's profile: a host function or a remote call's target
 /// (`call lib.f`), how often it was called and where its time went. Calls
 /// that wait on the cluster split their time into preparing (building and

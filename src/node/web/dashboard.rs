@@ -13,7 +13,7 @@ const PAGES_JS: &str = include_str!("dashboard/pages.js");
 const FAVICON: &str = include_str!("dashboard/favicon.svg");
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
-pub fn asset(method: &Method, path: &str) -> Option<hyper::Response<super::http::Body>> {
+pub fn asset(method: &Method, path: &str) -> Option<hyper::Response<super::Body>> {
     if method != Method::GET {
         return None;
     }
@@ -26,7 +26,7 @@ pub fn asset(method: &Method, path: &str) -> Option<hyper::Response<super::http:
         "/favicon.svg" => (FAVICON, "image/svg+xml"),
         _ => return None,
     };
-    let mut reply = super::http::text(body.to_string(), kind);
+    let mut reply = super::text(body.to_string(), kind);
     let h = reply.headers_mut();
     h.insert("content-security-policy", HeaderValue::from_static(CSP));
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));

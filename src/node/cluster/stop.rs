@@ -38,13 +38,13 @@ pub fn install_signal_handlers(shared: Arc<Shared>) {
     });
 }
 
-pub async fn graceful_stop(shared: &Shared) {
+pub async fn graceful_stop(shared: &Shared, drain: impl std::future::Future<Output = ()>) {
     let was = shared.phase();
     shared.set_phase(Phase::Stopping);
     if matches!(was, Phase::Discovering | Phase::Waiting { .. }) || shared.core().is_none() {
         return;
     }
-    super::worker::drain(shared).await;
+    drain.await;
     hand_over(shared).await;
     let others: Vec<String> = voters(shared)
         .into_iter()

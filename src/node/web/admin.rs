@@ -10,8 +10,9 @@ use hyper::StatusCode;
 use serde_json::json;
 
 use super::api::{failure, write};
+use super::Web;
 use super::{json_reply, parse_json, percent_decode, Fail, Reply};
-use crate::node::{now_ms, Shared};
+use crate::clock::now_ms;
 use crate::proto::{Request, Response};
 use crate::state::Command;
 use crate::web::access::{self, Role};
@@ -22,17 +23,13 @@ fn bad(message: impl Into<String>) -> Fail {
 
 /// `POST servers/NAME/maintenance|activate|drain`. A drain is maintenance
 /// (no new jobs) whose answer says how many jobs still run there.
-pub(super) async fn server_mode(
-    shared: &Arc<Shared>,
-    name: &str,
-    verb: &str,
-) -> Result<Reply, Fail> {
+pub(super) async fn server_mode(web: &Arc<Web>, name: &str, verb: &str) -> Result<Reply, Fail> {
     let mode = match verb {
         "maintenance" | "drain" => "maintenance",
         "activate" => "active",
         _ => return Err(super::not_found()),
     };
-    if !shared.cfg.servers.iter().any(|s| s.name == name) {
+    if !web.cluster.cfg.servers.iter().any(|s| s.name == name) {
         return Err((
             StatusCode::NOT_FOUND,
             format!("no server named `{name}` in the config"),
@@ -42,10 +39,8 @@ pub(super) async fn server_mode(
         name: name.to_string(),
         mode: mode.to_string(),
     };
-    write(shared, command).await?;
-    let running = super::stats::load(shared)
-        .get(name)
-        .map_or(0, |l| l.running);
+    write(web, command).await?;
+    let running = super::stats::load(web).get(name).map_or(0, |l| l.running);
     Ok(json_reply(
         StatusCode::OK,
         &json!({"name": name, "mode": mode, "running": running}),
@@ -53,21 +48,21 @@ pub(super) async fn server_mode(
 }
 
 /// `POST coordinator/transfer {"name": SERVER}`.
-pub(super) async fn transfer(shared: &Arc<Shared>, body: &[u8]) -> Result<Reply, Fail> {
+pub(super) async fn transfer(web: &Arc<Web>, body: &[u8]) -> Result<Reply, Fail> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct To {
         name: String,
     }
     let to: To = parse_json(body)?;
-    if !shared.cfg.servers.iter().any(|s| s.name == to.name) {
+    if !web.cluster.cfg.servers.iter().any(|s| s.name == to.name) {
         return Err((
             StatusCode::NOT_FOUND,
             format!("no server named `{}` in the config", to.name),
         ));
     }
     let req = Request::Transfer { name: to.name };
-    match crate::node::handlers::respond(shared, None, req).await {
+    match crate::node::cluster::respond(&web.cluster, None, req).await {
         Response::Ok { message } => Ok(json_reply(StatusCode::OK, &json!({"message": message}))),
         Response::Error { message }
             if message.contains("witness") || message.contains("not a voting") =>
@@ -80,7 +75,7 @@ pub(super) async fn transfer(shared: &Arc<Shared>, body: &[u8]) -> Result<Reply,
 
 /// `POST scripts {"name", "code"}`: stores a new version after the same
 /// syntax check as `claro script add`.
-pub(super) async fn script_add(shared: &Arc<Shared>, body: &[u8]) -> Result<Reply, Fail> {
+pub(super) async fn script_add(web: &Arc<Web>, body: &[u8]) -> Result<Reply, Fail> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Add {
@@ -96,26 +91,22 @@ pub(super) async fn script_add(shared: &Arc<Shared>, body: &[u8]) -> Result<Repl
         at_ms: now_ms(),
     };
     command.validate().map_err(bad)?;
-    write(shared, command).await?;
-    let mut reply = super::api::script(shared, &add.name, "").await?;
+    write(web, command).await?;
+    let mut reply = super::api::script(web, &add.name, "").await?;
     *reply.status_mut() = StatusCode::CREATED;
     Ok(reply)
 }
 
 /// `DELETE scripts/NAME`: every version.
-pub(super) async fn script_remove(shared: &Arc<Shared>, name: &str) -> Result<Reply, Fail> {
+pub(super) async fn script_remove(web: &Arc<Web>, name: &str) -> Result<Reply, Fail> {
     let name = percent_decode(name);
-    super::api::script(shared, &name, "").await?; // 404 for an unknown one
-    write(shared, Command::ScriptRemove { name: name.clone() }).await?;
+    super::api::script(web, &name, "").await?; // 404 for an unknown one
+    write(web, Command::ScriptRemove { name: name.clone() }).await?;
     Ok(json_reply(StatusCode::OK, &json!({"removed": name})))
 }
 
 /// `PUT settings/KEY {"value": TEXT}`.
-pub(super) async fn setting_put(
-    shared: &Arc<Shared>,
-    key: &str,
-    body: &[u8],
-) -> Result<Reply, Fail> {
+pub(super) async fn setting_put(web: &Arc<Web>, key: &str, body: &[u8]) -> Result<Reply, Fail> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Put {
@@ -128,29 +119,29 @@ pub(super) async fn setting_put(
         value: put.value.into_bytes(),
     };
     command.validate().map_err(bad)?;
-    write(shared, command).await?;
+    write(web, command).await?;
     Ok(json_reply(StatusCode::OK, &json!({"key": key})))
 }
 
 /// `DELETE settings/KEY`.
-pub(super) async fn setting_delete(shared: &Arc<Shared>, key: &str) -> Result<Reply, Fail> {
+pub(super) async fn setting_delete(web: &Arc<Web>, key: &str) -> Result<Reply, Fail> {
     let key = percent_decode(key);
     let command = Command::Delete { key: key.clone() };
     command.validate().map_err(bad)?;
-    write(shared, command).await?;
+    write(web, command).await?;
     Ok(json_reply(StatusCode::OK, &json!({"removed": key})))
 }
 
-async fn all_tokens(shared: &Arc<Shared>) -> Result<Vec<crate::state::tokens::TokenInfo>, Fail> {
-    match crate::node::handlers::respond(shared, None, Request::Tokens).await {
+async fn all_tokens(web: &Arc<Web>) -> Result<Vec<crate::state::tokens::TokenInfo>, Fail> {
+    match crate::node::cluster::respond(&web.cluster, None, Request::Tokens).await {
         Response::Tokens { tokens } => Ok(tokens),
         other => Err(failure(other)),
     }
 }
 
 /// `GET tokens`: names and roles, never the tokens.
-pub(super) async fn tokens(shared: &Arc<Shared>) -> Result<Reply, Fail> {
-    let list: Vec<_> = all_tokens(shared)
+pub(super) async fn tokens(web: &Arc<Web>) -> Result<Reply, Fail> {
+    let list: Vec<_> = all_tokens(web)
         .await?
         .iter()
         .map(|t| json!({"name": t.name, "role": t.role, "created_at": crate::contract::rfc3339(t.created_ms)}))
@@ -159,7 +150,7 @@ pub(super) async fn tokens(shared: &Arc<Shared>) -> Result<Reply, Fail> {
 }
 
 /// `POST tokens {"name", "role"}`: the token is in this answer only.
-pub(super) async fn token_add(shared: &Arc<Shared>, body: &[u8]) -> Result<Reply, Fail> {
+pub(super) async fn token_add(web: &Arc<Web>, body: &[u8]) -> Result<Reply, Fail> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Add {
@@ -174,7 +165,7 @@ pub(super) async fn token_add(shared: &Arc<Shared>, body: &[u8]) -> Result<Reply
             add.role
         ))
     })?;
-    let tokens = all_tokens(shared).await?;
+    let tokens = all_tokens(web).await?;
     if tokens.iter().any(|t| t.name == add.name) {
         return Err((
             StatusCode::CONFLICT,
@@ -197,7 +188,7 @@ pub(super) async fn token_add(shared: &Arc<Shared>, body: &[u8]) -> Result<Reply
         hash: access::token_hash(&token),
         at_ms: now_ms(),
     };
-    write(shared, command).await?;
+    write(web, command).await?;
     Ok(json_reply(
         StatusCode::CREATED,
         &json!({"name": add.name, "role": role, "token": token}),
@@ -205,39 +196,39 @@ pub(super) async fn token_add(shared: &Arc<Shared>, body: &[u8]) -> Result<Reply
 }
 
 /// `DELETE tokens/NAME`.
-pub(super) async fn token_remove(shared: &Arc<Shared>, name: &str) -> Result<Reply, Fail> {
+pub(super) async fn token_remove(web: &Arc<Web>, name: &str) -> Result<Reply, Fail> {
     let name = percent_decode(name);
-    if !all_tokens(shared).await?.iter().any(|t| t.name == name) {
+    if !all_tokens(web).await?.iter().any(|t| t.name == name) {
         return Err((StatusCode::NOT_FOUND, format!("no token named `{name}`")));
     }
-    write(shared, Command::TokenRemove { name: name.clone() }).await?;
+    write(web, Command::TokenRemove { name: name.clone() }).await?;
     Ok(json_reply(StatusCode::OK, &json!({"removed": name})))
 }
 
 /// `POST hotfolders`: a new hotfolder, given as its whole definition (the
 /// JSON of `GET hotfolders/NAME`'s `definition`; fields left out take the
 /// defaults of `claro hotfolder add`).
-pub(super) async fn hotfolder_add(shared: &Arc<Shared>, body: &[u8]) -> Result<Reply, Fail> {
+pub(super) async fn hotfolder_add(web: &Arc<Web>, body: &[u8]) -> Result<Reply, Fail> {
     let def = hotfolder_of(body)?;
     def.validate().map_err(bad)?;
-    if super::api::find_hotfolder(shared, &def.name).await.is_ok() {
+    if super::api::find_hotfolder(web, &def.name).await.is_ok() {
         return Err((
             StatusCode::CONFLICT,
             format!("hotfolder `{}` exists", def.name),
         ));
     }
     let name = def.name.clone();
-    write(shared, Command::HotfolderPut { def }).await?;
-    let mut reply = super::api::hotfolder(shared, &name).await?;
+    write(web, Command::HotfolderPut { def }).await?;
+    let mut reply = super::api::hotfolder(web, &name).await?;
     *reply.status_mut() = StatusCode::CREATED;
     Ok(reply)
 }
 
 /// `DELETE hotfolders/NAME`: the definition; its folders stay.
-pub(super) async fn hotfolder_remove(shared: &Arc<Shared>, name: &str) -> Result<Reply, Fail> {
-    super::api::find_hotfolder(shared, name).await?; // 404 for an unknown one
+pub(super) async fn hotfolder_remove(web: &Arc<Web>, name: &str) -> Result<Reply, Fail> {
+    super::api::find_hotfolder(web, name).await?; // 404 for an unknown one
     let name = name.to_string();
-    write(shared, Command::HotfolderRemove { name: name.clone() }).await?;
+    write(web, Command::HotfolderRemove { name: name.clone() }).await?;
     Ok(json_reply(StatusCode::OK, &json!({"removed": name})))
 }
 

@@ -27,8 +27,8 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::StatusCode;
 use serde_json::{json, Value};
 
+use super::Web;
 use super::{Fail, Reply};
-use crate::node::Shared;
 use crate::state::job_events::{self, JobEvent};
 
 pub const EVENTS_KEPT: usize = 4096;
@@ -179,20 +179,20 @@ impl Hub {
 /// as something is applied (woken by `Hub::applied`), at most one per
 /// `HUB_GAP_MS` so that a busy replica is not read after every entry, and
 /// at least one per `HUB_POLL_MS` (server states change without entries).
-pub async fn hub_loop(shared: Arc<Shared>) {
+pub async fn hub_loop(web: Arc<Web>) {
     let mut servers_due = std::time::Instant::now();
     let mut last_applied = u64::MAX;
     loop {
-        let applied = shared.http.hub.applied.listen();
-        hub_pass(&shared, &mut servers_due, &mut last_applied);
+        let applied = web.hub.applied.listen();
+        hub_pass(&web, &mut servers_due, &mut last_applied);
         let _ = async_std::future::timeout(Duration::from_millis(HUB_POLL_MS), applied).await;
         async_std::task::sleep(Duration::from_millis(HUB_GAP_MS)).await;
     }
 }
 
-fn hub_pass(shared: &Shared, servers_due: &mut std::time::Instant, last_applied: &mut u64) {
+fn hub_pass(web: &Web, servers_due: &mut std::time::Instant, last_applied: &mut u64) {
     let with_servers = servers_due.elapsed() >= Duration::from_millis(SERVERS_POLL_MS);
-    let Some(mut obs) = read_core(shared) else {
+    let Some(mut obs) = read_core(web) else {
         return;
     };
     if obs.applied_index == *last_applied && obs.job_events.is_empty() && !with_servers {
@@ -201,33 +201,25 @@ fn hub_pass(shared: &Shared, servers_due: &mut std::time::Instant, last_applied:
     *last_applied = obs.applied_index;
     if with_servers || !obs.job_events.is_empty() {
         *servers_due = std::time::Instant::now();
-        let view = crate::node::handlers::own_view(shared);
+        let view = crate::node::cluster::own_view(&web.cluster);
         obs.coordinator = Some((view.coordinator.clone(), view.term));
         let servers = view.servers.into_iter();
         obs.servers = Some(servers.map(|s| (s.name, s.state, s.connected)).collect());
     }
     let events = {
-        let mut w = shared.http.hub.watcher.lock().expect("watcher lock");
+        let mut w = web.hub.watcher.lock().expect("watcher lock");
         let events = w.observe(obs);
-        shared
-            .http
-            .coordinator_changes
+        web.coordinator_changes
             .store(w.coordinator_changes, Ordering::Relaxed);
         events
     };
-    shared.http.hub.publish(events);
+    web.hub.publish(events);
 }
 
 /// The applied index and the job feed after what was reported.
-fn read_core(shared: &Shared) -> Option<Observation> {
-    let job_seq = shared
-        .http
-        .hub
-        .watcher
-        .lock()
-        .expect("watcher lock")
-        .job_seq;
-    let guard = shared.core();
+fn read_core(web: &Web) -> Option<Observation> {
+    let job_seq = web.hub.watcher.lock().expect("watcher lock").job_seq;
+    let guard = web.cluster.core();
     let core = guard.as_ref()?;
     let conn = core.state().conn();
     let job_last = job_events::last(conn).ok()?;
@@ -243,8 +235,8 @@ fn read_core(shared: &Shared) -> Option<Observation> {
 
 /// `GET /api/v1/events`: a stream that starts with a `change` (so a client
 /// loads what it shows) and then follows the hub.
-pub(super) fn stream(shared: Arc<Shared>) -> Result<Reply, Fail> {
-    let http = &shared.http;
+pub(super) fn stream(web: Arc<Web>) -> Result<Reply, Fail> {
+    let http = &*web;
     if http.streams.fetch_add(1, Ordering::SeqCst) >= super::EVENT_STREAMS_MAX {
         http.streams.fetch_sub(1, Ordering::SeqCst);
         return Err((
@@ -252,10 +244,10 @@ pub(super) fn stream(shared: Arc<Shared>) -> Result<Reply, Fail> {
             format!("more than {} event streams", super::EVENT_STREAMS_MAX),
         ));
     }
-    let applied = shared.core().as_ref().map_or(0, |c| c.applied_index());
+    let applied = web.cluster.core().as_ref().map_or(0, |c| c.applied_index());
     let first = format!("event: change\ndata: {{\"applied_index\":{applied}}}\n\n");
     let cursor = http.hub.cursor();
-    let guard = StreamGuard(shared.clone());
+    let guard = StreamGuard(web.clone());
     let state = (guard, cursor, Some(Bytes::from(first)));
     let stream = futures_lite::stream::unfold(state, |(guard, cursor, first)| async move {
         if let Some(first) = first {
@@ -272,8 +264,8 @@ pub(super) fn stream(shared: Arc<Shared>) -> Result<Reply, Fail> {
 }
 
 /// Waits for events after `cursor` (or sends a keep-alive comment).
-async fn next_events(shared: &Shared, cursor: u64) -> (Bytes, u64) {
-    let hub = &shared.http.hub;
+async fn next_events(web: &Web, cursor: u64) -> (Bytes, u64) {
+    let hub = &web.hub;
     let keepalive = async_io::Timer::after(Duration::from_millis(EVENTS_KEEPALIVE_MS));
     futures_lite::pin!(keepalive);
     loop {
@@ -304,11 +296,11 @@ async fn next_events(shared: &Shared, cursor: u64) -> (Bytes, u64) {
 }
 
 /// Counts an open event stream; dropped with it.
-struct StreamGuard(Arc<Shared>);
+struct StreamGuard(Arc<Web>);
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        self.0.http.streams.fetch_sub(1, Ordering::SeqCst);
+        self.0.streams.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -7,14 +7,14 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
-use super::Shared;
+use super::Web;
 
-pub async fn render(shared: &Shared) -> String {
+pub async fn render(web: &Web) -> String {
     let mut out = String::new();
-    raft(shared, &mut out);
-    jobs(shared, &mut out);
-    servers(shared, &mut out);
-    http(shared, &mut out);
+    raft(web, &mut out);
+    jobs(web, &mut out);
+    servers(web, &mut out);
+    http(web, &mut out);
     out
 }
 
@@ -22,8 +22,8 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-fn raft(shared: &Shared, out: &mut String) {
-    let guard = shared.core();
+fn raft(web: &Web, out: &mut String) {
+    let guard = web.cluster.core();
     let Some(core) = guard.as_ref() else {
         metric(
             out,
@@ -78,13 +78,13 @@ fn raft(shared: &Shared, out: &mut String) {
         "Applying committed entries to state.db, per batch.",
     );
     core.latency.apply_us.render("claro_apply_us", "", out);
-    let bytes = std::fs::metadata(shared.dir.join("state.db")).map_or(0, |m| m.len());
+    let bytes = std::fs::metadata(web.cluster.dir.join("state.db")).map_or(0, |m| m.len());
     metric(out, "claro_database_bytes", "gauge", "Size of state.db.");
     let _ = writeln!(out, "claro_database_bytes {bytes}");
 }
 
-fn jobs(shared: &Shared, out: &mut String) {
-    let guard = shared.core();
+fn jobs(web: &Web, out: &mut String) {
+    let guard = web.cluster.core();
     let Some(core) = guard.as_ref() else { return };
     let conn = core.state().conn();
     let counts = crate::state::jobs::counts(conn);
@@ -100,7 +100,7 @@ fn jobs(shared: &Shared, out: &mut String) {
         "Jobs waiting for a server.",
     );
     let _ = writeln!(out, "claro_queue_depth {queued}");
-    let hour_ago_ms = super::now_ms().saturating_sub(3_600_000);
+    let hour_ago_ms = crate::clock::now_ms().saturating_sub(3_600_000);
     let defs = crate::state::hotfolders::list(conn).unwrap_or_default();
     metric(
         out,
@@ -119,14 +119,14 @@ fn jobs(shared: &Shared, out: &mut String) {
     }
 }
 
-fn http(shared: &Shared, out: &mut String) {
+fn http(web: &Web, out: &mut String) {
     metric(
         out,
         "claro_http_responses_total",
         "counter",
         "HTTP answers of this instance, by status class.",
     );
-    for (i, n) in shared.http.answered.iter().enumerate() {
+    for (i, n) in web.answered.iter().enumerate() {
         let _ = writeln!(
             out,
             "claro_http_responses_total{{class=\"{}xx\"}} {}",
@@ -136,8 +136,8 @@ fn http(shared: &Shared, out: &mut String) {
     }
 }
 
-fn servers(shared: &Shared, out: &mut String) {
-    let load = super::http::stats::load(shared);
+fn servers(web: &Web, out: &mut String) {
+    let load = super::stats::load(web);
     metric(
         out,
         "claro_server_running_jobs",
@@ -170,11 +170,11 @@ fn servers(shared: &Shared, out: &mut String) {
         let on = u8::from(l.mode == "maintenance");
         let _ = writeln!(out, "claro_server_maintenance{{server=\"{name}\"}} {on}");
     }
-    let view = super::handlers::own_view(shared);
+    let view = crate::node::cluster::own_view(&web.cluster);
     let peers = view
         .servers
         .iter()
-        .filter(|s| s.name != shared.me.name && s.connected)
+        .filter(|s| s.name != web.cluster.me.name && s.connected)
         .count();
     metric(
         out,
@@ -183,7 +183,7 @@ fn servers(shared: &Shared, out: &mut String) {
         "Other servers this instance hears from.",
     );
     let _ = writeln!(out, "claro_peers_connected {peers}");
-    let changes = shared.http.coordinator_changes.load(Ordering::Relaxed);
+    let changes = web.coordinator_changes.load(Ordering::Relaxed);
     metric(
         out,
         "claro_coordinator_changes_total",
@@ -191,7 +191,7 @@ fn servers(shared: &Shared, out: &mut String) {
         "Times this instance saw the coordinator change since it started.",
     );
     let _ = writeln!(out, "claro_coordinator_changes_total {changes}");
-    let stats = shared.http.stats.lock().expect("stats lock");
+    let stats = web.stats.lock().expect("stats lock");
     metric(
         out,
         "claro_job_duration_ms",

@@ -24,7 +24,7 @@ const PROBE_MS: u64 = 500;
 
 /// Everything up to a bound endpoint; nothing is decided yet.
 /// The shared state, the raft loop's wake-up channel and the stop channel.
-type Prepared = (Arc<Shared>, Receiver<()>, Receiver<()>);
+pub(crate) type Prepared = (Arc<Shared>, Receiver<()>, Receiver<()>);
 
 pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
     let cfg = opts.config;
@@ -89,8 +89,7 @@ pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
         space,
         damage: super::damage::Damage::new(damage),
         rejoin: super::rejoin::Rejoin::new(incarnation),
-        jobs: super::jobs::JobsShell::new(),
-        http: super::http::HttpState::default(),
+        applied_hooks: Default::default(),
     };
     Ok((Arc::new(shared), wake_rx, stop_rx))
 }

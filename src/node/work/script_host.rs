@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::handlers::propose;
 use super::process::Capture;
-use super::{now_ms, Shared};
+use super::Work;
+use crate::clock::now_ms;
+use crate::node::cluster::propose;
 use crate::proto::Response;
 use crate::state::{jobs as db, Command};
 use crate::work::jobs::{Job, JobKind, JobSpec, JobState};
@@ -32,7 +33,7 @@ const CALL_POLL_MS: u64 = 20;
 
 pub struct ScriptHost {
     pub log: Arc<Capture>,
-    pub shared: Arc<Shared>,
+    pub work: Arc<Work>,
     /// The job running the script: its children are one deeper and share
     /// its priority.
     pub job: Job,
@@ -51,7 +52,7 @@ impl crate::work::script::Host for ScriptHost {
     }
 
     fn kv_get(&self, key: &str) -> Result<Option<String>, String> {
-        let read = super::handlers::read_setting(&self.shared, key, false);
+        let read = crate::node::cluster::read_setting(&self.work.cluster, key, false);
         match async_std::task::block_on(read) {
             Response::Value { value, .. } => {
                 Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
@@ -71,7 +72,7 @@ impl crate::work::script::Host for ScriptHost {
 
     fn sql(&self, query: &str, params: &[Value]) -> Result<Vec<Value>, String> {
         let path = {
-            let guard = self.shared.core();
+            let guard = self.work.cluster.core();
             let core = guard.as_ref().ok_or("this instance holds no database")?;
             core.state().path().to_path_buf()
         };
@@ -80,7 +81,7 @@ impl crate::work::script::Host for ScriptHost {
 
     fn file(&self, op: FileOp) -> Result<Value, String> {
         file_op(
-            &self.shared.cfg.shared_root,
+            &self.work.cluster.cfg.shared_root,
             op,
             self.write_under.as_deref(),
         )
@@ -88,7 +89,7 @@ impl crate::work::script::Host for ScriptHost {
 
     fn run(&self, argv: &[String], timeout_ms: u64, cancel: &AtomicBool) -> Result<Value, String> {
         let out = Arc::new(Capture::new(RUN_OUTPUT_BYTES_MAX));
-        let root = &self.shared.cfg.shared_root;
+        let root = &self.work.cluster.cfg.shared_root;
         let status = super::process::run(argv, root, &[], timeout_ms, cancel, &out)?;
         Ok(json!({ "status": status.code().unwrap_or(-1), "output": out.take() }))
     }
@@ -151,7 +152,7 @@ pub struct FileContext {
 /// to `log` and `profiler`. The name in messages is the stored script's,
 /// the hotfolder's, or `script`.
 pub fn run_job_script(
-    shared: Arc<Shared>,
+    work: Arc<Work>,
     job: &Job,
     cancel: Arc<AtomicBool>,
     (log, profiler): (&Arc<Capture>, &Arc<crate::work::script::Profiler>),
@@ -169,7 +170,7 @@ pub fn run_job_script(
     };
     let host = Arc::new(ScriptHost {
         log: log.clone(),
-        shared,
+        work,
         job: job.clone(),
         write_under,
     });
@@ -185,7 +186,7 @@ pub fn run_job_script(
 impl ScriptHost {
     fn commit(&self, command: Command) -> Result<(), String> {
         command.validate()?;
-        match async_std::task::block_on(propose(&self.shared, command, None, false)) {
+        match async_std::task::block_on(propose(&self.work.cluster, command, None, false)) {
             Response::Proposed { .. } => Ok(()),
             Response::Error { message } => Err(message),
             other => Err(format!("{other:?}")),
@@ -208,7 +209,7 @@ impl ScriptHost {
     fn wait_final(&self, id: &str, deadline: Instant, cancel: &AtomicBool) -> Result<Job, String> {
         loop {
             let seen = {
-                let guard = self.shared.core();
+                let guard = self.work.cluster.core();
                 let core = guard.as_ref().ok_or("this instance holds no database")?;
                 db::job(core.state().conn(), id).map_err(|e| e.to_string())?
             };
@@ -223,9 +224,7 @@ impl ScriptHost {
                 });
                 return Err(format!("job {id} did not end before the script's timeout"));
             }
-            self.shared
-                .jobs
-                .wait_applied(Duration::from_millis(CALL_POLL_MS));
+            self.work.wait_applied(Duration::from_millis(CALL_POLL_MS));
         }
     }
 }

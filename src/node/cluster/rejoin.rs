@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use raft::eraftpb::ConfChangeType;
 
-use super::handlers::{change_membership, propose};
+use super::replicated::{change_membership, propose};
 use super::{raft_id, Phase, Shared, PEER_CALL_MS};
 use crate::cluster::membership::{self, MemberFacts, Readmission};
 use crate::consensus::{Core, LostData};

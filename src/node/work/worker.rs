@@ -12,11 +12,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::handlers::propose;
 use super::jobs::active_on;
 use super::process::Capture;
 use super::script_host::run_job_script;
-use super::{now_ms, Phase, Shared};
+use super::Work;
+use crate::clock::now_ms;
+use crate::node::cluster::propose;
+use crate::node::cluster::Phase;
 use crate::proto::Response;
 use crate::state::{jobs as db, Command};
 use crate::work::jobs::{
@@ -44,33 +46,36 @@ pub(crate) struct Run {
     done: AtomicBool,
 }
 
-pub async fn worker_loop(shared: Arc<Shared>) {
-    let wake = shared.jobs.worker_wake.1.clone();
+pub async fn worker_loop(work: Arc<Work>) {
+    let wake = work.worker_wake.1.clone();
     let mut handed_back: HashSet<(String, u32)> = HashSet::new();
     loop {
         let _ = async_std::future::timeout(Duration::from_millis(POLL_MS), wake.recv()).await;
-        let mine = active_on(&shared, &shared.me.name);
-        stop_stale_runs(&shared, &mine);
+        let mine = active_on(&work, &work.cluster.me.name);
+        stop_stale_runs(&work, &mine);
         // Only attempts still held here stay remembered: the set is bounded
         // by this instance's active attempts.
         handed_back
             .retain(|(id, attempt)| mine.iter().any(|j| j.id == *id && j.attempt == *attempt));
-        let hand_back = start_new_runs(&shared, mine);
+        let hand_back = start_new_runs(&work, mine);
         let fresh: Vec<(String, u32)> = hand_back
             .into_iter()
             .filter(|a| handed_back.insert(a.clone()))
             .collect();
         if !fresh.is_empty() {
-            let reason = format!("{} does not run it (restarted or stopping)", shared.me.name);
-            release(&shared, fresh, reason).await;
+            let reason = format!(
+                "{} does not run it (restarted or stopping)",
+                work.cluster.me.name
+            );
+            release(&work, fresh, reason).await;
         }
     }
 }
 
 /// Cancels runs whose attempt is no longer current here; forgets those
 /// that ended and whose end is applied.
-fn stop_stale_runs(shared: &Shared, mine: &[Job]) {
-    let mut runs = shared.jobs.runs.lock().expect("runs lock");
+fn stop_stale_runs(work: &Work, mine: &[Job]) {
+    let mut runs = work.runs.lock().expect("runs lock");
     runs.retain(|id, run| {
         let current = mine.iter().any(|j| j.id == *id && j.attempt == run.attempt);
         if current {
@@ -86,9 +91,9 @@ fn stop_stale_runs(shared: &Shared, mine: &[Job]) {
 /// Starts the attempts assigned here that do not run yet; returns those to
 /// hand back: `running` ones this instance does not run (it restarted), and
 /// new ones while it drains.
-fn start_new_runs(shared: &Arc<Shared>, mine: Vec<Job>) -> Vec<(String, u32)> {
-    let accepting = shared.jobs.accepting.load(Ordering::Relaxed);
-    let mut runs = shared.jobs.runs.lock().expect("runs lock");
+fn start_new_runs(work: &Arc<Work>, mine: Vec<Job>) -> Vec<(String, u32)> {
+    let accepting = work.accepting.load(Ordering::Relaxed);
+    let mut runs = work.runs.lock().expect("runs lock");
     let mut hand_back = Vec::new();
     for job in mine {
         if runs.get(&job.id).is_some_and(|r| r.attempt == job.attempt) {
@@ -104,55 +109,55 @@ fn start_new_runs(shared: &Arc<Shared>, mine: Vec<Job>) -> Vec<(String, u32)> {
             done: AtomicBool::new(false),
         });
         runs.insert(job.id.clone(), run.clone());
-        async_std::task::spawn(execute(shared.clone(), job, run));
+        async_std::task::spawn(execute(work.clone(), job, run));
     }
     hand_back
 }
 
-async fn release(shared: &Shared, attempts: Vec<(String, u32)>, reason: String) {
+async fn release(work: &Work, attempts: Vec<(String, u32)>, reason: String) {
     let command = Command::JobRelease {
         attempts,
         reason,
         at_ms: now_ms(),
     };
-    if let Response::Error { message } = propose(shared, command, None, false).await {
+    if let Response::Error { message } = propose(&work.cluster, command, None, false).await {
         tracing::warn!("handing back attempts failed: {message}");
     }
 }
 
 /// Runs one attempt and reports its end.
-async fn execute(shared: Arc<Shared>, job: Job, run: Arc<Run>) {
+async fn execute(work: Arc<Work>, job: Job, run: Arc<Run>) {
     let (id, attempt) = (job.id.clone(), job.attempt);
     let ended = Arc::new(AtomicBool::new(false));
     {
-        let (shared, ended, id) = (shared.clone(), ended.clone(), id.clone());
+        let (work, ended, id) = (work.clone(), ended.clone(), id.clone());
         async_std::task::spawn(async move {
             async_std::task::sleep(Duration::from_millis(STARTED_REPORT_MS)).await;
             if !ended.load(Ordering::Relaxed) {
                 let command = Command::JobStarted {
                     id,
-                    instance: shared.me.name.clone(),
+                    instance: work.cluster.me.name.clone(),
                     attempt,
                     at_ms: now_ms(),
                 };
-                let _ = propose(&shared, command, None, false).await;
+                let _ = propose(&work.cluster, command, None, false).await;
             }
         });
     }
     let cancel = run.cancel.clone();
-    let outcome = match stored_code(&shared, job) {
+    let outcome = match stored_code(&work, job) {
         Ok(job) => {
-            let shared = shared.clone();
-            async_std::task::spawn_blocking(move || run_job(shared, job, cancel)).await
+            let work = work.clone();
+            async_std::task::spawn_blocking(move || run_job(work, job, cancel)).await
         }
-        Err(why) => failed(why, String::new()),
+        Err(why) => Outcome::failed(why, String::new()),
     };
     // A `running` report still on its way is fenced off by the end's (an
     // attempt that ended is no longer `assigned`).
     ended.store(true, Ordering::Relaxed);
-    report(&shared, &id, attempt, outcome).await;
+    report(&work, &id, attempt, outcome).await;
     run.done.store(true, Ordering::Relaxed);
-    shared.jobs.applied(); // let the loop forget the run once its end is applied
+    work.applied(); // let the loop forget the run once its end is applied
 }
 
 /// One end waiting in the report queue, and who waits for its commit.
@@ -160,22 +165,22 @@ pub(crate) type Report = (AttemptEnd, async_std::channel::Sender<()>);
 
 /// Hands an attempt's end to the report loop and waits until it is
 /// applied (or given up).
-async fn report(shared: &Shared, id: &str, attempt: u32, outcome: Outcome) {
+async fn report(work: &Work, id: &str, attempt: u32, outcome: Outcome) {
     let end = AttemptEnd {
         id: id.to_string(),
         attempt,
         outcome,
     };
     let (done_tx, done_rx) = async_std::channel::bounded(1);
-    if shared.jobs.reports.0.send((end, done_tx)).await.is_ok() {
+    if work.reports.0.send((end, done_tx)).await.is_ok() {
         let _ = done_rx.recv().await;
     }
 }
 
 /// Reports ends in batches: while one report is being committed, the ends
 /// that arrive meanwhile gather into the next (one entry for many jobs).
-pub async fn report_loop(shared: Arc<Shared>) {
-    let queue = shared.jobs.reports.1.clone();
+pub async fn report_loop(work: Arc<Work>) {
+    let queue = work.reports.1.clone();
     while let Ok(first) = queue.recv().await {
         let mut batch = vec![first];
         let mut bytes = batch[0].0.size_bytes();
@@ -189,9 +194,9 @@ pub async fn report_loop(shared: Arc<Shared>) {
             }
         }
         let (ends, waiters): (Vec<AttemptEnd>, Vec<_>) = batch.into_iter().unzip();
-        commit_ends(&shared, &ends).await;
+        commit_ends(&work, &ends).await;
         for e in &ends {
-            log_if_fenced(&shared, &e.id, e.attempt);
+            log_if_fenced(&work, &e.id, e.attempt);
         }
         for w in waiters {
             let _ = w.try_send(());
@@ -201,14 +206,14 @@ pub async fn report_loop(shared: Arc<Shared>) {
 
 /// Proposes `ends` until applied, or until the tries run out (then the
 /// coordinator releases the attempts when this instance is gone).
-async fn commit_ends(shared: &Shared, ends: &[AttemptEnd]) {
+async fn commit_ends(work: &Work, ends: &[AttemptEnd]) {
     let command = Command::JobsFinished {
-        instance: shared.me.name.clone(),
+        instance: work.cluster.me.name.clone(),
         at_ms: now_ms(),
         ends: ends.to_vec(),
     };
     for _ in 0..REPORT_TRIES_MAX {
-        match propose(shared, command.clone(), None, false).await {
+        match propose(&work.cluster, command.clone(), None, false).await {
             Response::Proposed { .. } => return,
             Response::Error { message } => {
                 tracing::warn!(
@@ -218,7 +223,7 @@ async fn commit_ends(shared: &Shared, ends: &[AttemptEnd]) {
             }
             _ => {}
         }
-        if shared.phase() == Phase::Stopping && shared.core().is_none() {
+        if work.cluster.phase() == Phase::Stopping && work.cluster.core().is_none() {
             return;
         }
         async_std::task::sleep(Duration::from_millis(POLL_MS)).await;
@@ -226,13 +231,13 @@ async fn commit_ends(shared: &Shared, ends: &[AttemptEnd]) {
     tracing::error!(count = ends.len(), "the end of attempts could not be reported; the coordinator releases them when this instance is gone");
 }
 
-fn log_if_fenced(shared: &Shared, id: &str, attempt: u32) {
-    let guard = shared.core();
+fn log_if_fenced(work: &Work, id: &str, attempt: u32) {
+    let guard = work.cluster.core();
     let Some(core) = guard.as_ref() else { return };
     if let Ok(Some((current, state, instance))) = db::attempt_of(core.state().conn(), id) {
         // Still active and ours: this replica has not applied the end yet,
         // which says nothing. Moved on, or cancelled: the end was refused.
-        let mine = current == attempt && instance.as_deref() == Some(shared.me.name.as_str());
+        let mine = current == attempt && instance.as_deref() == Some(work.cluster.me.name.as_str());
         if !mine || state == JobState::Cancelled {
             tracing::info!(job = %id, attempt, "the report was refused: the attempt is no longer current (cancelled or released)");
         }
@@ -242,11 +247,11 @@ fn log_if_fenced(shared: &Shared, id: &str, attempt: u32) {
 /// The job with the code of the stored script it names (its latest
 /// version in this replica, which holds every version committed before the
 /// attempt was placed).
-fn stored_code(shared: &Shared, mut job: Job) -> Result<Job, String> {
+fn stored_code(work: &Work, mut job: Job) -> Result<Job, String> {
     let Some(name) = job.spec.stored.clone() else {
         return Ok(job);
     };
-    let guard = shared.core();
+    let guard = work.cluster.core();
     let core = guard.as_ref().ok_or("this instance holds no database")?;
     match db::script(core.state().conn(), &name, None) {
         Ok(Some(s)) => {
@@ -259,18 +264,18 @@ fn stored_code(shared: &Shared, mut job: Job) -> Result<Job, String> {
 }
 
 /// Runs an attempt on this (blocking) thread.
-fn run_job(shared: Arc<Shared>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
+fn run_job(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
     match job.spec.kind {
-        JobKind::Script => run_script(shared, job, cancel),
-        JobKind::Command => run_command(&job, &shared.cfg.shared_root, &cancel),
-        JobKind::Hotfolder => super::hotfolder::process(shared, job, cancel),
+        JobKind::Script => run_script(work, job, cancel),
+        JobKind::Command => run_command(&job, &work.cluster.cfg.shared_root, &cancel),
+        JobKind::Hotfolder => super::hotfolder::process(work, job, cancel),
     }
 }
 
-fn run_script(shared: Arc<Shared>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
+fn run_script(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
     let log = Arc::new(Capture::new(LOG_BYTES_MAX));
     let profiler = Arc::new(crate::work::script::Profiler::default());
-    let result = run_job_script(shared, &job, cancel, (&log, &profiler), None);
+    let result = run_job_script(work, &job, cancel, (&log, &profiler), None);
     let (ok, result, error) = match result {
         Ok(value) => (true, Some(bounded_text(&value, RESULT_BYTES_MAX)), None),
         Err(e) => (
@@ -285,16 +290,6 @@ fn run_script(shared: Arc<Shared>, job: Job, cancel: Arc<AtomicBool>) -> Outcome
         error,
         log: log.take(),
         profile: profiler.rows(),
-    }
-}
-
-pub(super) fn failed(error: String, log: String) -> Outcome {
-    Outcome {
-        ok: false,
-        result: None,
-        error: Some(bounded_text(&error, RESULT_BYTES_MAX)),
-        log,
-        profile: Vec::new(),
     }
 }
 
@@ -320,25 +315,24 @@ fn run_command(job: &Job, root: &std::path::Path, cancel: &AtomicBool) -> Outcom
             log,
             profile: Vec::new(),
         },
-        Ok(s) => failed(format!("the command ended with {s}"), log),
-        Err(why) => failed(why, log),
+        Ok(s) => Outcome::failed(format!("the command ended with {s}"), log),
+        Err(why) => Outcome::failed(why, log),
     }
 }
 
 /// A graceful stop: no new attempts; running ones get `drain_ms` to end;
 /// what is left (and anything assigned meanwhile) is handed back at once.
-pub async fn drain(shared: &Shared) {
-    shared.jobs.accepting.store(false, Ordering::Relaxed);
-    if !active_on(shared, &shared.me.name).is_empty() {
+pub async fn drain(work: &Work) {
+    work.accepting.store(false, Ordering::Relaxed);
+    if !active_on(work, &work.cluster.me.name).is_empty() {
         // The coordinator learns `stopping` by gossip: until then it might
         // place the handed-back attempts here again.
         async_std::task::sleep(Duration::from_millis(GOSSIP_SETTLE_MS)).await;
     }
-    let drain_ms = shared.cfg.timing.drain_ms;
+    let drain_ms = work.cluster.cfg.timing.drain_ms;
     let deadline = std::time::Instant::now() + Duration::from_millis(drain_ms);
     loop {
-        let running = shared
-            .jobs
+        let running = work
             .runs
             .lock()
             .expect("runs lock")
@@ -349,15 +343,15 @@ pub async fn drain(shared: &Shared) {
         }
         async_std::task::sleep(Duration::from_millis(POLL_MS)).await;
     }
-    for run in shared.jobs.runs.lock().expect("runs lock").values() {
+    for run in work.runs.lock().expect("runs lock").values() {
         run.cancel.store(true, Ordering::Relaxed);
     }
-    let left: Vec<(String, u32)> = active_on(shared, &shared.me.name)
+    let left: Vec<(String, u32)> = active_on(work, &work.cluster.me.name)
         .into_iter()
         .map(|j| (j.id, j.attempt))
         .collect();
     if !left.is_empty() {
         tracing::info!("handing back {} attempts before stopping", left.len());
-        release(shared, left, format!("{} stopped", shared.me.name)).await;
+        release(work, left, format!("{} stopped", work.cluster.me.name)).await;
     }
 }

@@ -1,8 +1,15 @@
-//! HTTP on every instance: the JSON API under `/api/v1/`, the dashboard
-//! at `/`, Prometheus metrics at `/metrics` and server-sent events. Every
-//! request becomes the same `Request` the CLI sends over QUIC and is
-//! answered by `handlers::respond`, so each instance gives the CLI's
-//! answers, as the same JSON objects as its `--json`.
+//! The web of one instance, HTTP on every instance: the JSON API under
+//! `/api/v1/`, the dashboard at `/`, Prometheus metrics at `/metrics` and
+//! server-sent events. Every request becomes the same `Request` the CLI
+//! sends over QUIC and is answered by the cluster's `respond`, so each
+//! instance gives the CLI's answers, as the same JSON objects as its
+//! `--json`. Built by the composition root (`node::serve`) on the cluster's
+//! handle, reached only through `Web::cluster`; it imports nothing of the
+//! work.
+//!
+//! Children: `api` (reads and operator writes), `admin` (admin writes),
+//! `events` (the hub and its streams), `stats` (the sampler behind charts),
+//! `metrics` (`/metrics`), `dashboard` (the built-in files).
 //!
 //! hyper 1 serves HTTP/1.1 on async-std through smol-hyper's futures-io
 //! adapter; no tokio runtime runs. Limits: `CONNECTIONS_MAX` connections,
@@ -31,14 +38,17 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use super::{now_ms, Shared};
+use crate::clock::now_ms;
+use crate::node::cluster::Shared;
 use crate::proto::Request;
 use crate::web::access::{self, Role};
 
 mod admin;
 mod api;
-pub mod events;
-pub mod stats;
+mod dashboard;
+mod events;
+mod metrics;
+mod stats;
 
 pub const CONNECTIONS_MAX: usize = 1024;
 pub const EVENT_STREAMS_MAX: usize = 256;
@@ -47,41 +57,64 @@ pub const BODY_BYTES_MAX: usize = 1024 * 1024;
 /// A TLS handshake must end within this.
 pub const TLS_HANDSHAKE_MS: u64 = 10_000;
 
-pub(super) type Body = UnsyncBoxBody<Bytes, Infallible>;
+type Body = UnsyncBoxBody<Bytes, Infallible>;
 type Reply = hyper::Response<Body>;
 
-/// What the HTTP side keeps per instance.
-#[derive(Default)]
-pub struct HttpState {
+/// What the HTTP side keeps per instance, beside the cluster it serves.
+pub(crate) struct Web {
+    /// The cluster's handle: requests are answered by its `respond`.
+    cluster: Arc<Shared>,
     connections: AtomicUsize,
     streams: AtomicUsize,
     sessions: Mutex<access::Sessions>,
     logins: Mutex<access::LoginLimiter>,
     /// Requests answered, by status class, for /metrics.
-    pub answered: [AtomicUsize; 5],
-    pub hub: events::Hub,
-    pub stats: Mutex<stats::Stats>,
+    answered: [AtomicUsize; 5],
+    hub: events::Hub,
+    stats: Mutex<stats::Stats>,
     /// Coordinator changes seen since this instance started.
-    pub coordinator_changes: std::sync::atomic::AtomicU64,
+    coordinator_changes: std::sync::atomic::AtomicU64,
     /// Served over TLS: session cookies are `Secure`.
     https: std::sync::atomic::AtomicBool,
 }
 
+impl Web {
+    pub fn new(cluster: Arc<Shared>) -> Web {
+        Web {
+            cluster,
+            connections: Default::default(),
+            streams: Default::default(),
+            sessions: Default::default(),
+            logins: Default::default(),
+            answered: Default::default(),
+            hub: Default::default(),
+            stats: Default::default(),
+            coordinator_changes: Default::default(),
+            https: Default::default(),
+        }
+    }
+
+    /// Something was applied: the event hub looks now (`events::Hub`).
+    pub fn applied(&self) {
+        self.hub.applied();
+    }
+}
+
 /// Serves HTTP (or HTTPS) on this server's address and `http_port` until
 /// the process ends, with the event hub and the stats sampler beside it.
-pub async fn serve(shared: Arc<Shared>) {
-    let port = shared.cfg.http_port;
+pub async fn serve(web: Arc<Web>) {
+    let port = web.cluster.cfg.http_port;
     if port == 0 {
         return;
     }
-    let ip = shared.me.address.ip();
-    let https = shared.cfg.https.unwrap_or(!ip.is_loopback());
+    let ip = web.cluster.me.address.ip();
+    let https = web.cluster.cfg.https.unwrap_or(!ip.is_loopback());
     if !https && !ip.is_loopback() {
         return tracing::error!(
             "the HTTP API is not served: plain HTTP (https = false) is allowed only on a loopback address, and {ip} is none"
         );
     }
-    let tls = match https.then(|| https_acceptor(&shared)).transpose() {
+    let tls = match https.then(|| https_acceptor(&web)).transpose() {
         Ok(tls) => tls,
         Err(e) => return tracing::error!("the HTTP API is not served: {e}"),
     };
@@ -90,9 +123,9 @@ pub async fn serve(shared: Arc<Shared>) {
         Ok(l) => l,
         Err(e) => return tracing::error!("HTTP API: cannot listen on {addr}: {e}"),
     };
-    shared.http.https.store(https, Ordering::Relaxed);
-    async_std::task::spawn(events::hub_loop(shared.clone()));
-    async_std::task::spawn(stats::sample_loop(shared.clone()));
+    web.https.store(https, Ordering::Relaxed);
+    async_std::task::spawn(events::hub_loop(web.clone()));
+    async_std::task::spawn(stats::sample_loop(web.clone()));
     let scheme = if https { "https" } else { "http" };
     tracing::info!("HTTP API and dashboard on {scheme}://{addr}/");
     loop {
@@ -105,18 +138,18 @@ pub async fn serve(shared: Arc<Shared>) {
                 continue;
             }
         };
-        let http = &shared.http;
+        let http = &*web;
         if http.connections.fetch_add(1, Ordering::SeqCst) >= CONNECTIONS_MAX {
             http.connections.fetch_sub(1, Ordering::SeqCst);
             continue; // dropped: the client sees the connection closed
         }
         let _ = stream.set_nodelay(true);
-        async_std::task::spawn(accepted(shared.clone(), stream, peer, tls.clone()));
+        async_std::task::spawn(accepted(web.clone(), stream, peer, tls.clone()));
     }
 }
 
-fn https_acceptor(shared: &Shared) -> Result<futures_rustls::TlsAcceptor, String> {
-    let id = crate::tls::load_identity(&shared.cfg.tls_dir, &shared.me.name)
+fn https_acceptor(web: &Web) -> Result<futures_rustls::TlsAcceptor, String> {
+    let id = crate::tls::load_identity(&web.cluster.cfg.tls_dir, &web.cluster.me.name)
         .map_err(|e| e.to_string())?;
     let config = crate::tls::https_config(&id).map_err(|e| e.to_string())?;
     Ok(futures_rustls::TlsAcceptor::from(Arc::new(config)))
@@ -125,20 +158,20 @@ fn https_acceptor(shared: &Shared) -> Result<futures_rustls::TlsAcceptor, String
 /// One accepted connection: its TLS handshake (time-limited) when HTTPS,
 /// then HTTP on it.
 async fn accepted(
-    shared: Arc<Shared>,
+    web: Arc<Web>,
     stream: async_std::net::TcpStream,
     peer: SocketAddr,
     tls: Option<futures_rustls::TlsAcceptor>,
 ) {
     match tls {
-        None => connection(&shared, stream, peer).await,
+        None => connection(&web, stream, peer).await,
         Some(acceptor) => {
             let handshake = async_std::future::timeout(
                 Duration::from_millis(TLS_HANDSHAKE_MS),
                 acceptor.accept(stream),
             );
             match handshake.await {
-                Ok(Ok(tls)) => connection(&shared, tls, peer).await,
+                Ok(Ok(tls)) => connection(&web, tls, peer).await,
                 Ok(Err(e)) => tracing::debug!("HTTPS handshake from {peer}: {e}"),
                 Err(_) => {
                     tracing::debug!("HTTPS handshake from {peer}: over {TLS_HANDSHAKE_MS} ms")
@@ -146,10 +179,10 @@ async fn accepted(
             }
         }
     }
-    shared.http.connections.fetch_sub(1, Ordering::SeqCst);
+    web.connections.fetch_sub(1, Ordering::SeqCst);
 }
 
-async fn connection<S>(shared: &Arc<Shared>, stream: S, peer: SocketAddr)
+async fn connection<S>(web: &Arc<Web>, stream: S, peer: SocketAddr)
 where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + 'static,
 {
@@ -159,8 +192,8 @@ where
         .header_read_timeout(Duration::from_millis(HEADER_READ_MS))
         .keep_alive(true);
     let service = hyper::service::service_fn(|req| {
-        let shared = shared.clone();
-        async move { Ok::<_, Infallible>(route(&shared, req, peer.ip()).await) }
+        let web = web.clone();
+        async move { Ok::<_, Infallible>(route(&web, req, peer.ip()).await) }
     });
     let io = smol_hyper::rt::FuturesIo::new(stream);
     if let Err(e) = builder.serve_connection(io, service).await {
@@ -180,42 +213,42 @@ struct Caller {
     csrf: String,
 }
 
-async fn route(shared: &Arc<Shared>, req: hyper::Request<Incoming>, from: IpAddr) -> Reply {
-    let reply = match dispatch(shared, req, from).await {
+async fn route(web: &Arc<Web>, req: hyper::Request<Incoming>, from: IpAddr) -> Reply {
+    let reply = match dispatch(web, req, from).await {
         Ok(r) => r,
         Err((status, message)) => error(status, &message),
     };
     let class = (reply.status().as_u16() / 100).clamp(1, 5) as usize - 1;
-    shared.http.answered[class].fetch_add(1, Ordering::Relaxed);
+    web.answered[class].fetch_add(1, Ordering::Relaxed);
     reply
 }
 
 type Fail = (StatusCode, String);
 
 async fn dispatch(
-    shared: &Arc<Shared>,
+    web: &Arc<Web>,
     req: hyper::Request<Incoming>,
     from: IpAddr,
 ) -> Result<Reply, Fail> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     if !path.starts_with("/api/") && path != "/metrics" {
-        return super::dashboard::asset(&method, &path).ok_or_else(not_found);
+        return dashboard::asset(&method, &path).ok_or_else(not_found);
     }
     if path == "/api/v1/login" && method == Method::POST {
-        return login(shared, req, from).await;
+        return login(web, req, from).await;
     }
     if path == "/api/v1/logout" && method == Method::POST {
         // Any role may end its own session (the SameSite=Strict cookie is
         // never sent by another site's page).
-        return Ok(logout(shared, &req));
+        return Ok(logout(web, &req));
     }
     if path == "/metrics" && method == Method::GET && from.is_loopback() {
         // Prometheus on the same machine needs no token; elsewhere it
         // sends a viewer's (`authorization: credentials` in its config).
-        return Ok(metrics(shared).await);
+        return Ok(metrics(web).await);
     }
-    let caller = caller(shared, &req, from).await?;
+    let caller = caller(web, &req, from).await?;
     let parts: Vec<String> = path
         .trim_start_matches("/api/v1/")
         .split('/')
@@ -240,15 +273,15 @@ async fn dispatch(
         ));
     }
     if path == "/metrics" {
-        return Ok(metrics(shared).await);
+        return Ok(metrics(web).await);
     }
     if method == Method::GET && parts == ["session"] {
-        return Ok(session(shared, &caller));
+        return Ok(session(web, &caller));
     }
     let query = req.uri().query().unwrap_or("").to_string();
     let idem = header(&req, "idempotency-key");
     let body = read_body(req).await?;
-    route_api(shared, &method, &parts, &query, &body, idem).await
+    route_api(web, &method, &parts, &query, &body, idem).await
 }
 
 /// The role a request takes: viewers read (tokens are an admin's), operators
@@ -272,7 +305,7 @@ fn need(method: &Method, parts: &[&str]) -> Role {
 }
 
 async fn route_api(
-    shared: &Arc<Shared>,
+    web: &Arc<Web>,
     method: &Method,
     parts: &[&str],
     query: &str,
@@ -281,48 +314,45 @@ async fn route_api(
 ) -> Result<Reply, Fail> {
     use Method as M;
     match (method.clone(), parts) {
-        (M::GET, ["status"]) => api::ask(shared, Request::Status).await,
-        (M::GET, ["servers"]) => api::servers(shared).await,
-        (M::POST, ["servers", name, verb]) => admin::server_mode(shared, name, verb).await,
-        (M::POST, ["coordinator", "transfer"]) => admin::transfer(shared, body).await,
-        (M::GET, ["jobs"]) => api::jobs(shared, query).await,
-        (M::POST, ["jobs"]) => api::submit(shared, body, idem).await,
-        (M::GET, ["jobs", id]) => api::job(shared, id).await,
-        (M::POST, ["jobs", id, verb]) => api::cancel_or_retry(shared, id, verb).await,
-        (M::GET, ["hotfolders"]) => api::hotfolders(shared).await,
-        (M::POST, ["hotfolders"]) => admin::hotfolder_add(shared, body).await,
-        (M::GET, ["hotfolders", name]) => api::hotfolder(shared, name).await,
-        (M::DELETE, ["hotfolders", name]) => admin::hotfolder_remove(shared, name).await,
-        (M::POST, ["hotfolders", name, verb]) => api::pause(shared, name, verb).await,
-        (M::GET, ["scripts"]) => api::ask(shared, Request::Scripts { stale: false }).await,
-        (M::POST, ["scripts"]) => admin::script_add(shared, body).await,
-        (M::GET, ["scripts", name]) => api::script(shared, name, query).await,
-        (M::DELETE, ["scripts", name]) => admin::script_remove(shared, name).await,
-        (M::GET, ["settings"]) => api::settings(shared).await,
-        (M::PUT, ["settings", key]) => admin::setting_put(shared, key, body).await,
-        (M::DELETE, ["settings", key]) => admin::setting_delete(shared, key).await,
-        (M::GET, ["tokens"]) => admin::tokens(shared).await,
-        (M::POST, ["tokens"]) => admin::token_add(shared, body).await,
-        (M::DELETE, ["tokens", name]) => admin::token_remove(shared, name).await,
-        (M::GET, ["stats"]) => Ok(stats_reply(shared)),
-        (M::GET, ["events"]) => events::stream(shared.clone()),
+        (M::GET, ["status"]) => api::ask(web, Request::Status).await,
+        (M::GET, ["servers"]) => api::servers(web).await,
+        (M::POST, ["servers", name, verb]) => admin::server_mode(web, name, verb).await,
+        (M::POST, ["coordinator", "transfer"]) => admin::transfer(web, body).await,
+        (M::GET, ["jobs"]) => api::jobs(web, query).await,
+        (M::POST, ["jobs"]) => api::submit(web, body, idem).await,
+        (M::GET, ["jobs", id]) => api::job(web, id).await,
+        (M::POST, ["jobs", id, verb]) => api::cancel_or_retry(web, id, verb).await,
+        (M::GET, ["hotfolders"]) => api::hotfolders(web).await,
+        (M::POST, ["hotfolders"]) => admin::hotfolder_add(web, body).await,
+        (M::GET, ["hotfolders", name]) => api::hotfolder(web, name).await,
+        (M::DELETE, ["hotfolders", name]) => admin::hotfolder_remove(web, name).await,
+        (M::POST, ["hotfolders", name, verb]) => api::pause(web, name, verb).await,
+        (M::GET, ["scripts"]) => api::ask(web, Request::Scripts { stale: false }).await,
+        (M::POST, ["scripts"]) => admin::script_add(web, body).await,
+        (M::GET, ["scripts", name]) => api::script(web, name, query).await,
+        (M::DELETE, ["scripts", name]) => admin::script_remove(web, name).await,
+        (M::GET, ["settings"]) => api::settings(web).await,
+        (M::PUT, ["settings", key]) => admin::setting_put(web, key, body).await,
+        (M::DELETE, ["settings", key]) => admin::setting_delete(web, key).await,
+        (M::GET, ["tokens"]) => admin::tokens(web).await,
+        (M::POST, ["tokens"]) => admin::token_add(web, body).await,
+        (M::DELETE, ["tokens", name]) => admin::token_remove(web, name).await,
+        (M::GET, ["stats"]) => Ok(stats_reply(web)),
+        (M::GET, ["events"]) => events::stream(web.clone()),
         (M::GET, ["openapi.json"]) => Ok(text(OPENAPI.to_string(), "application/json")),
         _ => Err(not_found()),
     }
 }
 
 /// The API's description, kept beside the routes above.
-const OPENAPI: &str = include_str!("http/openapi.json");
+const OPENAPI: &str = include_str!("openapi.json");
 
-async fn metrics(shared: &Arc<Shared>) -> Reply {
-    text(
-        super::metrics::render(shared).await,
-        "text/plain; version=0.0.4",
-    )
+async fn metrics(web: &Arc<Web>) -> Reply {
+    text(metrics::render(web).await, "text/plain; version=0.0.4")
 }
 
-fn stats_reply(shared: &Shared) -> Reply {
-    let stats = shared.http.stats.lock().expect("stats lock");
+fn stats_reply(web: &Web) -> Reply {
+    let stats = web.stats.lock().expect("stats lock");
     let samples: Vec<&stats::Sample> = stats.samples.iter().collect();
     json_reply(
         StatusCode::OK,
@@ -332,8 +362,8 @@ fn stats_reply(shared: &Shared) -> Reply {
 
 /// `GET session`: who the dashboard is, and its CSRF token (a cross-site
 /// page cannot read this answer: no CORS header is ever sent).
-fn session(shared: &Shared, caller: &Caller) -> Reply {
-    let login_required = shared.cfg.http_login || !shared.me.address.ip().is_loopback();
+fn session(web: &Web, caller: &Caller) -> Reply {
+    let login_required = web.cluster.cfg.http_login || !web.cluster.me.address.ip().is_loopback();
     json_reply(
         StatusCode::OK,
         &json!({"role": caller.role, "csrf": caller.csrf, "login_required": login_required}),
@@ -351,14 +381,10 @@ fn header(req: &hyper::Request<Incoming>, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-async fn caller(
-    shared: &Shared,
-    req: &hyper::Request<Incoming>,
-    from: IpAddr,
-) -> Result<Caller, Fail> {
+async fn caller(web: &Web, req: &hyper::Request<Incoming>, from: IpAddr) -> Result<Caller, Fail> {
     if let Some(auth) = header(req, "authorization") {
         let token = auth.strip_prefix("Bearer ").unwrap_or("");
-        let role = token_role(shared, token, from).await?;
+        let role = token_role(web, token, from).await?;
         return Ok(Caller {
             role,
             csrf_ok: true,
@@ -367,12 +393,12 @@ async fn caller(
     }
     if let Some(id) = cookie(req, "claro_session") {
         let session = {
-            let sessions = shared.http.sessions.lock().expect("sessions lock");
+            let sessions = web.sessions.lock().expect("sessions lock");
             sessions.get(&id, now_ms()).cloned()
         };
         if let Some(s) = session {
-            if !token_exists(shared, &s.token_hash) {
-                close_session(shared, &id);
+            if !token_exists(web, &s.token_hash) {
+                close_session(web, &id);
                 return Err((
                     StatusCode::UNAUTHORIZED,
                     "the token of this session was revoked: log in again".into(),
@@ -387,7 +413,7 @@ async fn caller(
             });
         }
     }
-    let open = !shared.cfg.http_login && from.is_loopback();
+    let open = !web.cluster.cfg.http_login && from.is_loopback();
     if open {
         // The quickstart: a loopback client on a loopback address. A
         // browser's cross-site POST still needs the dashboard's header.
@@ -407,8 +433,8 @@ async fn caller(
 /// Whether a token of this hash is still in the cluster. Without a replica
 /// to ask (an instance still starting), a session is kept: it cannot be
 /// told revoked, and a restarted instance has no sessions anyway.
-fn token_exists(shared: &Shared, hash: &str) -> bool {
-    let guard = shared.core();
+fn token_exists(web: &Web, hash: &str) -> bool {
+    let guard = web.cluster.core();
     let Some(core) = guard.as_ref() else {
         return true;
     };
@@ -423,12 +449,12 @@ fn token_exists(shared: &Shared, hash: &str) -> bool {
 /// coordinator acknowledged, so a token works on every instance as soon as
 /// `claro token add` returned. The failure is counted before that wait, so
 /// that concurrent guesses cannot pass the limit while they wait.
-async fn token_role(shared: &Shared, token: &str, from: IpAddr) -> Result<Role, Fail> {
+async fn token_role(web: &Web, token: &str, from: IpAddr) -> Result<Role, Fail> {
     let hash = access::check_token_form(token)
         .ok()
         .map(|()| access::token_hash(token));
     {
-        let mut logins = shared.http.logins.lock().expect("logins lock");
+        let mut logins = web.logins.lock().expect("logins lock");
         if !logins.allows(from, now_ms()) {
             return Err((
                 StatusCode::TOO_MANY_REQUESTS,
@@ -438,7 +464,7 @@ async fn token_role(shared: &Shared, token: &str, from: IpAddr) -> Result<Role, 
                 ),
             ));
         }
-        if let Some(role) = hash.as_deref().and_then(|h| token_by_hash(shared, h)) {
+        if let Some(role) = hash.as_deref().and_then(|h| token_by_hash(web, h)) {
             return Ok(role);
         }
         logins.failed(from, now_ms());
@@ -446,9 +472,12 @@ async fn token_role(shared: &Shared, token: &str, from: IpAddr) -> Result<Role, 
     let Some(hash) = hash else {
         return Err(unknown_token());
     };
-    if crate::node::handlers::confirm_read(shared).await.is_ok() {
-        if let Some(role) = token_by_hash(shared, &hash) {
-            shared.http.logins.lock().expect("logins lock").refund(from);
+    if crate::node::cluster::confirm_read(&web.cluster)
+        .await
+        .is_ok()
+    {
+        if let Some(role) = token_by_hash(web, &hash) {
+            web.logins.lock().expect("logins lock").refund(from);
             return Ok(role);
         }
     }
@@ -459,8 +488,8 @@ fn unknown_token() -> Fail {
     (StatusCode::UNAUTHORIZED, "unknown or revoked token".into())
 }
 
-fn token_by_hash(shared: &Shared, hash: &str) -> Option<Role> {
-    let guard = shared.core();
+fn token_by_hash(web: &Web, hash: &str) -> Option<Role> {
+    let guard = web.cluster.core();
     let core = guard.as_ref()?;
     let found = crate::state::tokens::by_hash(core.state().conn(), hash).ok()?;
     found.map(|(_, role)| role)
@@ -474,11 +503,7 @@ fn cookie(req: &hyper::Request<Incoming>, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
-async fn login(
-    shared: &Shared,
-    req: hyper::Request<Incoming>,
-    from: IpAddr,
-) -> Result<Reply, Fail> {
+async fn login(web: &Web, req: hyper::Request<Incoming>, from: IpAddr) -> Result<Reply, Fail> {
     let body = read_body(req).await?;
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -486,9 +511,9 @@ async fn login(
         token: String,
     }
     let login: Login = parse_json(&body)?;
-    let role = token_role(shared, &login.token, from).await?;
+    let role = token_role(web, &login.token, from).await?;
     let (id, csrf) = {
-        let mut sessions = shared.http.sessions.lock().expect("sessions lock");
+        let mut sessions = web.sessions.lock().expect("sessions lock");
         let hash = access::token_hash(&login.token);
         let id = sessions.open(&hash, role, rand::random(), now_ms());
         let csrf = sessions
@@ -499,7 +524,7 @@ async fn login(
         (id, csrf)
     };
     let mut reply = json_reply(StatusCode::OK, &json!({"role": role, "csrf": csrf}));
-    let secure = if shared.http.https.load(Ordering::Relaxed) {
+    let secure = if web.https.load(Ordering::Relaxed) {
         "; Secure"
     } else {
         ""
@@ -511,19 +536,14 @@ async fn login(
     Ok(reply)
 }
 
-fn close_session(shared: &Shared, id: &str) {
-    shared
-        .http
-        .sessions
-        .lock()
-        .expect("sessions lock")
-        .close(id);
+fn close_session(web: &Web, id: &str) {
+    web.sessions.lock().expect("sessions lock").close(id);
 }
 
 /// Ends the session of the cookie sent (on this instance) and clears it.
-fn logout(shared: &Shared, req: &hyper::Request<Incoming>) -> Reply {
+fn logout(web: &Web, req: &hyper::Request<Incoming>) -> Reply {
     if let Some(id) = cookie(req, "claro_session") {
-        close_session(shared, &id);
+        close_session(web, &id);
     }
     let mut reply = json_reply(StatusCode::OK, &json!({"ok": true}));
     let cookie = "claro_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0";
@@ -591,7 +611,7 @@ fn error(status: StatusCode, message: &str) -> Reply {
     )
 }
 
-pub(super) fn text(body: String, content_type: &'static str) -> Reply {
+fn text(body: String, content_type: &'static str) -> Reply {
     let mut reply = hyper::Response::new(Full::new(Bytes::from(body)).boxed_unsync());
     let h = reply.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));

@@ -1,4 +1,4 @@
-//! Hotfolders on the shared storage: the coordinator's loop (scan `in/`,
+//! Hotfolders on the work storage: the coordinator's loop (scan `in/`,
 //! submit each stable file once, publish the files of final jobs) and the
 //! assigned instance's side (claim the file, run the action into a staging
 //! folder). The decisions (stability, patterns, templates, free names) are
@@ -18,11 +18,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::handlers::propose;
 use super::process::Capture;
 use super::script_host::{run_job_script, FileContext};
-use super::worker::failed;
-use super::{now_ms, Phase, Shared};
+use super::Work;
+use crate::clock::now_ms;
+use crate::node::cluster::propose;
+use crate::node::cluster::Phase;
 use crate::proto::Response;
 use crate::state::{hotfolders as db, Command, JOB_BATCH_COUNT_MAX};
 use crate::work::hotfolder::{
@@ -82,26 +83,26 @@ fn parent_of(rel: &str) -> &str {
 // The coordinator's loop
 
 /// Scans and publishes while this instance coordinates.
-pub async fn hotfolder_loop(shared: Arc<Shared>) {
+pub async fn hotfolder_loop(work: Arc<Work>) {
     let mut scanner = Scanner::default();
     let mut publisher = Publisher::default();
     let mut next_scan = 0;
     loop {
         async_std::task::sleep(Duration::from_millis(PUBLISH_POLL_MS)).await;
-        if shared.phase() == Phase::Stopping {
+        if work.cluster.phase() == Phase::Stopping {
             return;
         }
-        if !super::jobs::may_coordinate(&shared) {
+        if !super::jobs::may_coordinate(&work) {
             scanner = Scanner::default();
             publisher = Publisher::default();
             continue;
         }
-        publish_round(&shared, &mut publisher).await;
+        publish_round(&work, &mut publisher).await;
         if now_ms() >= next_scan {
-            seed(&shared).await;
+            seed(&work).await;
             let started_ms = now_ms();
-            let due_ms = scan_round(&shared, &mut scanner).await;
-            let (now, poll_ms) = (now_ms(), shared.cfg.timing.hotfolder_poll_ms);
+            let due_ms = scan_round(&work, &mut scanner).await;
+            let (now, poll_ms) = (now_ms(), work.cluster.cfg.timing.hotfolder_poll_ms);
             next_scan = next_scan_ms(now, poll_ms, due_ms, now - started_ms);
         }
     }
@@ -109,14 +110,14 @@ pub async fn hotfolder_loop(shared: Arc<Shared>) {
 
 /// Creates the hotfolders of `ClaroServers.conf` in a cluster that has not
 /// had them yet (once per cluster: see `state::hotfolders::seed`).
-async fn seed(shared: &Shared) {
-    if read(shared, db::seeded).unwrap_or(true) {
+async fn seed(work: &Work) {
+    if read(work, db::seeded).unwrap_or(true) {
         return;
     }
     let command = Command::HotfoldersSeed {
-        defs: shared.cfg.hotfolders.clone(),
+        defs: work.cluster.cfg.hotfolders.clone(),
     };
-    if let Response::Error { message } = propose(shared, command, None, false).await {
+    if let Response::Error { message } = propose(&work.cluster, command, None, false).await {
         tracing::warn!("creating the hotfolders of the config failed: {message}");
     }
 }
@@ -132,8 +133,8 @@ struct Scanner {
 /// Scans every hotfolder once, submits the stable files of those running
 /// and records what waits in each `in/` without a job; returns when the
 /// next waiting file becomes stable.
-async fn scan_round(shared: &Shared, scanner: &mut Scanner) -> Option<u64> {
-    let defs = match read(shared, db::list) {
+async fn scan_round(work: &Work, scanner: &mut Scanner) -> Option<u64> {
+    let defs = match read(work, db::list) {
         Ok(d) => d,
         Err(e) => {
             tracing::error!("reading the hotfolders failed: {e}");
@@ -141,7 +142,7 @@ async fn scan_round(shared: &Shared, scanner: &mut Scanner) -> Option<u64> {
         }
     };
     // A hotfolder whose scan fails keeps the count recorded before.
-    let mut waiting: HashMap<String, u64> = read(shared, db::files_waiting)
+    let mut waiting: HashMap<String, u64> = read(work, db::files_waiting)
         .unwrap_or_default()
         .into_iter()
         .collect();
@@ -150,7 +151,7 @@ async fn scan_round(shared: &Shared, scanner: &mut Scanner) -> Option<u64> {
         .stability
         .retain(|name, _| defs.iter().any(|d| d.name == *name && !d.paused));
     for def in &defs {
-        let Some(seen) = scan_logged(shared, def).await else {
+        let Some(seen) = scan_logged(work, def).await else {
             continue;
         };
         if !def.paused {
@@ -161,22 +162,22 @@ async fn scan_round(shared: &Shared, scanner: &mut Scanner) -> Option<u64> {
                 due_ms = Some(due_ms.map_or(due, |d| d.min(due)));
             }
             if !ready.is_empty() {
-                submit_ready(shared, def, ready).await;
+                submit_ready(work, def, ready).await;
             }
         }
-        if let Ok(owned) = read(shared, |c| db::owned_inputs(c, &def.name)) {
+        if let Ok(owned) = read(work, |c| db::owned_inputs(c, &def.name)) {
             let unowned = seen.iter().filter(|s| !owned.contains(&s.path)).count();
             waiting.insert(def.name.clone(), unowned as u64);
         }
     }
     waiting.retain(|name, _| defs.iter().any(|d| d.name == *name));
-    record_files_waiting(shared, waiting).await;
+    record_files_waiting(work, waiting).await;
     due_ms
 }
 
 /// `scan` on a blocking thread; a failure is logged (throttled).
-async fn scan_logged(shared: &Shared, def: &Hotfolder) -> Option<Vec<Seen>> {
-    let root = shared.cfg.shared_root.clone();
+async fn scan_logged(work: &Work, def: &Hotfolder) -> Option<Vec<Seen>> {
+    let root = work.cluster.cfg.shared_root.clone();
     let d = def.clone();
     match async_std::task::spawn_blocking(move || scan(&root, &d)).await {
         Ok(seen) => Some(seen),
@@ -195,14 +196,14 @@ async fn scan_logged(shared: &Shared, def: &Hotfolder) -> Option<Vec<Seen>> {
 /// Commits the files waiting per hotfolder when they differ from what the
 /// cluster holds (at most one entry per scan, none while nothing changes),
 /// so that every instance shows the same `waiting`.
-async fn record_files_waiting(shared: &Shared, waiting: HashMap<String, u64>) {
+async fn record_files_waiting(work: &Work, waiting: HashMap<String, u64>) {
     let mut counts: Vec<(String, u64)> = waiting.into_iter().filter(|(_, n)| *n > 0).collect();
     counts.sort();
-    if read(shared, db::files_waiting).is_ok_and(|held| held == counts) {
+    if read(work, db::files_waiting).is_ok_and(|held| held == counts) {
         return;
     }
     let command = Command::HotfolderFilesWaiting { counts };
-    if let Response::Error { message } = propose(shared, command, None, false).await {
+    if let Response::Error { message } = propose(&work.cluster, command, None, false).await {
         crate::throttled_warn!(
             "hotfolder-waiting",
             "all",
@@ -262,8 +263,8 @@ pub(super) fn scan(shared_root: &Path, def: &Hotfolder) -> Result<Vec<Seen>, Str
 }
 
 /// Submits the stable files no job owns, in entries of many jobs.
-async fn submit_ready(shared: &Shared, def: &Hotfolder, ready: Vec<Seen>) {
-    let owned = match read(shared, |c| db::owned_inputs(c, &def.name)) {
+async fn submit_ready(work: &Work, def: &Hotfolder, ready: Vec<Seen>) {
+    let owned = match read(work, |c| db::owned_inputs(c, &def.name)) {
         Ok(o) => o,
         Err(e) => return tracing::error!("reading the jobs of hotfolder {} failed: {e}", def.name),
     };
@@ -277,7 +278,7 @@ async fn submit_ready(shared: &Shared, def: &Hotfolder, ready: Vec<Seen>) {
             jobs: batch,
             at_ms: now_ms(),
         };
-        match propose(shared, command, None, false).await {
+        match propose(&work.cluster, command, None, false).await {
             Response::Proposed { .. } => {
                 tracing::debug!(hotfolder = %def.name, count, "files submitted")
             }
@@ -351,10 +352,10 @@ pub fn file_job(def: &Hotfolder, seen: &Seen) -> JobSpec {
 }
 
 fn read<T>(
-    shared: &Shared,
+    work: &Work,
     f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
 ) -> Result<T, String> {
-    let guard = shared.core();
+    let guard = work.cluster.core();
     let core = guard.as_ref().ok_or("this instance holds no database")?;
     f(core.state().conn()).map_err(|e| e.to_string())
 }
@@ -387,8 +388,8 @@ const PUBLISH_FAILING_MAX: usize = 100_000;
 
 impl Publisher {
     /// The next page of final unpublished jobs, less those backing off.
-    fn page(&mut self, shared: &Shared) -> Result<Vec<Job>, String> {
-        let jobs = read(shared, |c| {
+    fn page(&mut self, work: &Work) -> Result<Vec<Job>, String> {
+        let jobs = read(work, |c| {
             db::unpublished(c, self.cursor.as_ref(), PUBLISH_BATCH_MAX)
         })?;
         self.cursor = match jobs.last() {
@@ -415,19 +416,19 @@ impl Publisher {
 }
 
 /// Publishes the files of final jobs and records it.
-async fn publish_round(shared: &Shared, publisher: &mut Publisher) {
+async fn publish_round(work: &Work, publisher: &mut Publisher) {
     if now_ms() >= publisher.next_sweep_ms {
         publisher.next_sweep_ms = now_ms() + SWEEP_MS;
-        sweep_round(shared).await;
+        sweep_round(work).await;
     }
-    let jobs = match publisher.page(shared) {
+    let jobs = match publisher.page(work) {
         Ok(j) => j,
         Err(e) => return tracing::error!("reading unpublished hotfolder jobs failed: {e}"),
     };
     if jobs.is_empty() {
         return;
     }
-    let root = shared.cfg.shared_root.clone();
+    let root = work.cluster.cfg.shared_root.clone();
     let results: Vec<(String, Result<(), String>)> = async_std::task::spawn_blocking(move || {
         jobs.iter()
             .map(|job| (job.id.clone(), publish(&root, job)))
@@ -455,30 +456,30 @@ async fn publish_round(shared: &Shared, publisher: &mut Publisher) {
         return;
     }
     let command = Command::JobsPublished { ids: done };
-    if let Response::Error { message } = propose(shared, command, None, false).await {
+    if let Response::Error { message } = propose(&work.cluster, command, None, false).await {
         // Published again next round: every step finds what is left.
         tracing::warn!("recording published files failed: {message}");
     }
 }
 
 /// Sweeps the working area of every hotfolder: see `sweep`.
-async fn sweep_round(shared: &Shared) {
-    let Ok(defs) = read(shared, db::list) else {
+async fn sweep_round(work: &Work) {
+    let Ok(defs) = read(work, db::list) else {
         return;
     };
     for def in defs {
-        let root = shared.cfg.shared_root.clone();
+        let root = work.cluster.cfg.shared_root.clone();
         let name = def.name.clone();
         let ids = async_std::task::spawn_blocking(move || work_ids(&root, &name)).await;
         let mut settled = Vec::new();
         for id in ids {
-            match read(shared, |c| db::settled(c, &id)) {
+            match read(work, |c| db::settled(c, &id)) {
                 Ok(Some(job)) => settled.push((id, job)),
                 Ok(None) => {}
                 Err(e) => return tracing::error!("reading job {id} failed: {e}"),
             }
         }
-        let root = shared.cfg.shared_root.clone();
+        let root = work.cluster.cfg.shared_root.clone();
         async_std::task::spawn_blocking(move || {
             for (id, job) in settled {
                 if let Err(e) = sweep(&root, &def.name, &id, job.as_ref()) {
@@ -744,29 +745,32 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
 /// Runs one attempt of a hotfolder job: claims the file (or finds it
 /// claimed by an earlier attempt), runs the action into a fresh staging
 /// folder. Nothing is published here: that waits for the commit.
-pub fn process(shared: Arc<Shared>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
+pub fn process(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
     // Absolute: the action runs in its staging folder, not here.
-    let root = match shared.cfg.shared_root.canonicalize() {
+    let root = match work.cluster.cfg.shared_root.canonicalize() {
         Ok(r) => r,
         Err(e) => {
-            return failed(
-                format!("shared_root {}: {e}", shared.cfg.shared_root.display()),
+            return Outcome::failed(
+                format!(
+                    "shared_root {}: {e}",
+                    work.cluster.cfg.shared_root.display()
+                ),
                 String::new(),
             )
         }
     };
     let Some(file) = job.spec.file.clone() else {
-        return failed("a hotfolder job without its file".into(), String::new());
+        return Outcome::failed("a hotfolder job without its file".into(), String::new());
     };
     let layout = Layout::new(&root, &file.hotfolder);
     let claimed = match claim(&layout, &job.id, &file) {
         Ok(p) => p,
-        Err(e) => return failed(e, String::new()),
+        Err(e) => return Outcome::failed(e, String::new()),
     };
     let staging = layout.staging(&job.id, job.attempt);
     let _ = std::fs::remove_dir_all(&staging);
     if let Err(e) = std::fs::create_dir_all(&staging) {
-        return failed(
+        return Outcome::failed(
             format!("making the staging folder {}: {e}", staging.display()),
             String::new(),
         );
@@ -788,7 +792,7 @@ pub fn process(shared: Arc<Shared>, job: Job, cancel: Arc<AtomicBool>) -> Outcom
     } else {
         let profiler = Arc::new(crate::work::script::Profiler::default());
         let paths = (root.as_path(), claimed.as_path(), staging.as_path());
-        let ended = run_script(shared, &job, paths, cancel, (&log, &profiler));
+        let ended = run_script(work, &job, paths, cancel, (&log, &profiler));
         profile = profiler.rows();
         ended
     };
@@ -808,7 +812,7 @@ pub fn process(shared: Arc<Shared>, job: Job, cancel: Arc<AtomicBool>) -> Outcom
             // A failed attempt's outputs are never published: they go at
             // once, so that on a full share the reason can still be written.
             let _ = std::fs::remove_dir_all(&staging);
-            failed(e, log.take())
+            Outcome::failed(e, log.take())
         }
     };
     outcome.profile = profile;
@@ -884,7 +888,7 @@ fn count_files(dir: &Path) -> usize {
 /// (as its file functions take them) and may write only in its staging
 /// folder.
 fn run_script(
-    shared: Arc<Shared>,
+    work: Arc<Work>,
     job: &Job,
     (root, claimed, staging): (&Path, &Path, &Path),
     cancel: Arc<AtomicBool>,
@@ -909,7 +913,7 @@ fn run_script(
         value,
         output_dir: staging.to_path_buf(),
     };
-    run_job_script(shared, job, cancel, sinks, Some(file))
+    run_job_script(work, job, cancel, sinks, Some(file))
         .map(|_| ())
         .map_err(|e| e.to_string())
 }

@@ -4,15 +4,15 @@
 //! coordinator continues from the committed state: nothing here is kept
 //! between rounds but the time it became coordinator.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_std::channel::{Receiver, Sender};
-
-use super::handlers::propose;
-use super::{now_ms, Phase, Shared};
+use super::Work;
+use crate::clock::now_ms;
 use crate::config::Role;
+use crate::node::cluster::propose;
+use crate::node::cluster::Phase;
 use crate::proto::Response;
 use crate::state::{jobs as db, Command, JOB_BATCH_COUNT_MAX, JOB_PURGE_COUNT_MAX};
 use crate::work::jobs::Job;
@@ -27,74 +27,22 @@ const QUEUED_SCAN_MARGIN_COUNT: usize = 64;
 /// the next one while a purge hit its batch limit.
 const PURGE_CHECK_MS: u64 = 10_000;
 const PURGE_AGAIN_MS: u64 = 200;
-/// Ends waiting to be reported, at most (runs wait to hand theirs over).
-const REPORT_QUEUE_COUNT_MAX: usize = 4096;
 /// A server not heard for this long gets no new placement (four gossip
 /// rounds, `node::gossip`).
 const PLACE_HEARD_MS_MAX: u64 = 1_000;
 /// Placements per proposal.
 const ASSIGN_BATCH_COUNT_MAX: usize = 1024;
 
-/// What the job loops share: their wake-ups and this instance's runs.
-pub(crate) struct JobsShell {
-    assign_wake: (Sender<()>, Receiver<()>),
-    pub(super) worker_wake: (Sender<()>, Receiver<()>),
-    /// When this instance became coordinator (0: it is not).
-    leader_since_ms: AtomicU64,
-    /// Attempts running here: job id -> the run.
-    pub(super) runs: Mutex<std::collections::HashMap<String, Arc<super::worker::Run>>>,
-    /// Takes new attempts (false while draining for a stop).
-    pub(super) accepting: AtomicBool,
-    /// Ends of attempts waiting to be reported (`worker::report_loop`).
-    pub(super) reports: (
-        Sender<super::worker::Report>,
-        Receiver<super::worker::Report>,
-    ),
-    /// Applied batches so far, for blocking waiters (`wait_applied`).
-    applied_count: (Mutex<u64>, std::sync::Condvar),
-}
-
-impl JobsShell {
-    pub fn new() -> JobsShell {
-        JobsShell {
-            assign_wake: async_std::channel::bounded(1),
-            worker_wake: async_std::channel::bounded(1),
-            leader_since_ms: AtomicU64::new(0),
-            runs: Mutex::default(),
-            accepting: AtomicBool::new(true),
-            reports: async_std::channel::bounded(REPORT_QUEUE_COUNT_MAX),
-            applied_count: (Mutex::new(0), std::sync::Condvar::new()),
-        }
-    }
-
-    /// Something was applied: both loops look again.
-    pub fn applied(&self) {
-        let _ = self.assign_wake.0.try_send(());
-        let _ = self.worker_wake.0.try_send(());
-        *self.applied_count.0.lock().expect("applied lock") += 1;
-        self.applied_count.1.notify_all();
-    }
-
-    /// Blocks this (non-async) thread until something more is applied, or
-    /// for `most`: how a script's remote call waits for its child.
-    pub fn wait_applied(&self, most: Duration) {
-        let (count, changed) = &self.applied_count;
-        let guard = count.lock().expect("applied lock");
-        let seen = *guard;
-        let _ = changed.wait_timeout_while(guard, most, |now| *now == seen);
-    }
-}
-
-pub async fn assign_loop(shared: Arc<Shared>) {
-    let wake = shared.jobs.assign_wake.1.clone();
+pub async fn assign_loop(work: Arc<Work>) {
+    let wake = work.assign_wake.1.clone();
     let mut next_purge_ms = 0;
     loop {
         let _ = async_std::future::timeout(Duration::from_millis(POLL_MS), wake.recv()).await;
-        if shared.phase() == Phase::Stopping {
+        if work.cluster.phase() == Phase::Stopping {
             return;
         }
-        let leading = shared.core().as_ref().is_some_and(|c| c.is_leader());
-        let since = &shared.jobs.leader_since_ms;
+        let leading = work.cluster.core().as_ref().is_some_and(|c| c.is_leader());
+        let since = &work.leader_since_ms;
         if !leading {
             since.store(0, Ordering::Relaxed);
             continue;
@@ -102,10 +50,10 @@ pub async fn assign_loop(shared: Arc<Shared>) {
         if since.load(Ordering::Relaxed) == 0 {
             since.store(now_ms(), Ordering::Relaxed);
         }
-        release_lost(&shared).await;
-        assign_round(&shared).await;
+        release_lost(&work).await;
+        assign_round(&work).await;
         if now_ms() >= next_purge_ms {
-            let more = purge(&shared).await;
+            let more = purge(&work).await;
             next_purge_ms = now_ms() + if more { PURGE_AGAIN_MS } else { PURGE_CHECK_MS };
         }
     }
@@ -113,11 +61,11 @@ pub async fn assign_loop(shared: Arc<Shared>) {
 
 /// Purges finished jobs past the `[jobs]` limits, one bounded batch;
 /// returns whether one was due (so more may be).
-async fn purge(shared: &Shared) -> bool {
-    let keep = shared.cfg.jobs;
+async fn purge(work: &Work) -> bool {
+    let keep = work.cluster.cfg.jobs;
     let cutoff = now_ms().saturating_sub(keep.keep_ms);
     let due = {
-        let guard = shared.core();
+        let guard = work.cluster.core();
         let Some(core) = guard.as_ref() else {
             return false;
         };
@@ -140,15 +88,15 @@ async fn purge(shared: &Shared) -> bool {
         keep_count: keep.keep_count,
         batch_max: JOB_PURGE_COUNT_MAX as u32,
     };
-    if let Err(e) = commit(shared, command).await {
+    if let Err(e) = commit(work, command).await {
         crate::throttled_warn!("purge", "", "purging finished jobs failed: {e}");
     }
     true
 }
 
 /// Proposes one internal command and says whether it was applied.
-async fn commit(shared: &Shared, command: Command) -> Result<(), String> {
-    match propose(shared, command, None, false).await {
+async fn commit(work: &Work, command: Command) -> Result<(), String> {
+    match propose(&work.cluster, command, None, false).await {
         Response::Proposed { .. } => Ok(()),
         Response::Error { message } => Err(message),
         other => Err(format!("{other:?}")),
@@ -156,8 +104,8 @@ async fn commit(shared: &Shared, command: Command) -> Result<(), String> {
 }
 
 /// One batch of placements, if any job is queued and any slot is free.
-async fn assign_round(shared: &Shared) {
-    let Some(batch) = placements(shared) else {
+async fn assign_round(work: &Work) {
+    let Some(batch) = placements(work) else {
         return;
     };
     if batch.is_empty() {
@@ -167,7 +115,7 @@ async fn assign_round(shared: &Shared) {
         assignments: batch,
         at_ms: now_ms(),
     };
-    if let Err(e) = commit(shared, command).await {
+    if let Err(e) = commit(work, command).await {
         crate::throttled_warn!("assign", "", "placing jobs failed: {e}");
     }
 }
@@ -175,14 +123,14 @@ async fn assign_round(shared: &Shared) {
 /// The placements of this round, from the committed state and the live view.
 /// Whether this instance coordinates and its applied state holds all it
 /// committed: decisions read from the applied state only then.
-pub(super) fn may_coordinate(shared: &Shared) -> bool {
-    shared.core().as_ref().is_some_and(|c| {
+pub(super) fn may_coordinate(work: &Work) -> bool {
+    work.cluster.core().as_ref().is_some_and(|c| {
         c.is_leader() && c.committed_in_term() && c.applied_index() >= c.commit_index()
     })
 }
 
-fn placements(shared: &Shared) -> Option<Vec<scheduler::Assignment>> {
-    let guard = shared.core();
+fn placements(work: &Work) -> Option<Vec<scheduler::Assignment>> {
+    let guard = work.cluster.core();
     // Placement reads the applied state: only once it holds everything
     // committed (a new coordinator may still be applying its predecessor's).
     let core = guard.as_ref().filter(|c| {
@@ -195,7 +143,7 @@ fn placements(shared: &Shared) -> Option<Vec<scheduler::Assignment>> {
         .ok()?;
     let voters = core.conf_state().voters.clone();
     drop(guard);
-    let mut candidates = candidates(shared, &voters, &active, &modes);
+    let mut candidates = candidates(work, &voters, &active, &modes);
     let free: u32 = candidates
         .iter()
         .map(|c| c.slots.saturating_sub(c.active))
@@ -207,7 +155,7 @@ fn placements(shared: &Shared) -> Option<Vec<scheduler::Assignment>> {
     // those still in their retry backoff): the core's lock is held here.
     let scan = (free as usize + QUEUED_SCAN_MARGIN_COUNT).min(QUEUED_SCAN_COUNT_MAX);
     let queued = {
-        let guard = shared.core();
+        let guard = work.cluster.core();
         let core = guard.as_ref()?;
         db::queued(core.state().conn(), scan)
             .map_err(|e| tracing::error!("reading the job queue from state.db failed: {e}"))
@@ -225,22 +173,22 @@ fn placements(shared: &Shared) -> Option<Vec<scheduler::Assignment>> {
 /// The instances that may take jobs now: servers (not witnesses), voters
 /// (not joining), not in maintenance, up and not stopping.
 fn candidates(
-    shared: &Shared,
+    work: &Work,
     voters: &[u64],
     active: &std::collections::HashMap<String, u32>,
     modes: &std::collections::HashMap<String, String>,
 ) -> Vec<Candidate> {
     let now = now_ms();
-    let view = shared.view();
-    shared
+    let view = work.cluster.view();
+    work.cluster
         .cfg
         .servers
         .iter()
-        .filter(|s| s.role == Role::Server && voters.contains(&super::raft_id(&s.name)))
+        .filter(|s| s.role == Role::Server && voters.contains(&crate::consensus::raft_id(&s.name)))
         .filter(|s| modes.get(&s.name).is_none_or(|m| m != "maintenance"))
         .filter(|s| {
-            if s.name == shared.me.name {
-                return shared.jobs.accepting.load(Ordering::Relaxed);
+            if s.name == work.cluster.me.name {
+                return work.accepting.load(Ordering::Relaxed);
             }
             // Placement is stricter than the failure detector: a server not
             // heard for a few gossip rounds (a coordinator that just died)
@@ -249,7 +197,7 @@ fn candidates(
             // Nor one not heard since this instance became coordinator (the
             // coordinator it replaced, most likely dead): live ones answer
             // its first heartbeats within a round trip.
-            let since = shared.jobs.leader_since_ms.load(Ordering::Relaxed);
+            let since = work.leader_since_ms.load(Ordering::Relaxed);
             let window = PLACE_HEARD_MS_MAX.min(now.saturating_sub(since));
             let state = view.info(&s.name).map(|i| i.state.as_str());
             let recent = view.age_ms(&s.name, now).is_some_and(|a| a <= window);
@@ -265,25 +213,25 @@ fn candidates(
 
 /// Releases the attempts of every instance silent for `node_timeout_ms`, once
 /// this instance has been coordinator that long (its view is complete).
-async fn release_lost(shared: &Shared) {
-    let timeout_ms = shared.cfg.timing.node_timeout_ms;
-    let since = shared.jobs.leader_since_ms.load(Ordering::Relaxed);
+async fn release_lost(work: &Work) {
+    let timeout_ms = work.cluster.cfg.timing.node_timeout_ms;
+    let since = work.leader_since_ms.load(Ordering::Relaxed);
     let now = now_ms();
     if now < since + timeout_ms {
         return;
     }
     let lost: Vec<String> = {
-        let view = shared.view();
-        shared
+        let view = work.cluster.view();
+        work.cluster
             .cfg
             .servers
             .iter()
-            .filter(|s| s.name != shared.me.name && !view.is_up(&s.name, now))
+            .filter(|s| s.name != work.cluster.me.name && !view.is_up(&s.name, now))
             .map(|s| s.name.clone())
             .collect()
     };
     for name in lost {
-        let attempts: Vec<(String, u32)> = active_on(shared, &name)
+        let attempts: Vec<(String, u32)> = active_on(work, &name)
             .into_iter()
             .map(|j| (j.id, j.attempt))
             .take(JOB_BATCH_COUNT_MAX)
@@ -299,15 +247,15 @@ async fn release_lost(shared: &Shared) {
             reason,
             at_ms: now,
         };
-        if let Err(e) = commit(shared, command).await {
+        if let Err(e) = commit(work, command).await {
             crate::throttled_warn!("release", &name, "releasing the jobs of {name} failed: {e}");
         }
     }
 }
 
 /// The active attempts of `instance` in the local replica.
-pub(super) fn active_on(shared: &Shared, instance: &str) -> Vec<Job> {
-    let guard = shared.core();
+pub(super) fn active_on(work: &Work, instance: &str) -> Vec<Job> {
+    let guard = work.cluster.core();
     let Some(core) = guard.as_ref() else {
         return Vec::new();
     };

@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::Web;
+use crate::clock::now_ms;
 use crate::histogram::Histogram;
-use crate::node::{now_ms, Shared};
 use crate::state::jobs as db;
 
 pub const STATS_INTERVAL_MS: u64 = 10_000;
@@ -78,8 +79,8 @@ impl Stats {
 }
 
 /// Every server of the config with its running jobs, slots and mode.
-pub fn load(shared: &Shared) -> BTreeMap<String, Load> {
-    let guard = shared.core();
+pub fn load(web: &Web) -> BTreeMap<String, Load> {
+    let guard = web.cluster.core();
     let (active, modes) = guard.as_ref().map_or_else(Default::default, |core| {
         let conn = core.state().conn();
         (
@@ -87,7 +88,7 @@ pub fn load(shared: &Shared) -> BTreeMap<String, Load> {
             db::modes(conn).unwrap_or_default(),
         )
     });
-    shared
+    web.cluster
         .cfg
         .servers
         .iter()
@@ -106,18 +107,18 @@ pub fn load(shared: &Shared) -> BTreeMap<String, Load> {
 }
 
 /// Samples every `STATS_INTERVAL_MS` until the process ends.
-pub async fn sample_loop(shared: Arc<Shared>) {
+pub async fn sample_loop(web: Arc<Web>) {
     loop {
-        sample_once(&shared);
+        sample_once(&web);
         async_std::task::sleep(Duration::from_millis(STATS_INTERVAL_MS)).await;
     }
 }
 
-fn sample_once(shared: &Shared) {
+fn sample_once(web: &Web) {
     let now = now_ms();
     let to_ms = now.saturating_sub(STATS_LAG_MS);
     let from_ms = {
-        let stats = shared.http.stats.lock().expect("stats lock");
+        let stats = web.stats.lock().expect("stats lock");
         if stats.counted_to_ms == 0 {
             to_ms.saturating_sub(STATS_INTERVAL_MS)
         } else {
@@ -125,7 +126,7 @@ fn sample_once(shared: &Shared) {
         }
     };
     let read = {
-        let guard = shared.core();
+        let guard = web.cluster.core();
         let Some(core) = guard.as_ref() else { return };
         let conn = core.state().conn();
         let queued = db::queued_count(conn);
@@ -138,7 +139,7 @@ fn sample_once(shared: &Shared) {
         }
     };
     let (queued, (ended, durations)) = read;
-    let servers = load(shared);
+    let servers = load(web);
     let running = servers.values().map(|l| u64::from(l.running)).sum();
     let window_s = (to_ms - from_ms).max(1) as f64 / 1000.0;
     let total = ended.succeeded + ended.failed + ended.cancelled;
@@ -153,7 +154,7 @@ fn sample_once(shared: &Shared) {
         jobs_per_s: (total as f64 / window_s * 100.0).round() / 100.0,
         servers,
     };
-    let mut stats = shared.http.stats.lock().expect("stats lock");
+    let mut stats = web.stats.lock().expect("stats lock");
     for ms in durations {
         stats.durations.observe(ms);
     }

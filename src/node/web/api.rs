@@ -7,9 +7,10 @@ use std::sync::Arc;
 use hyper::StatusCode;
 use serde_json::{json, Value};
 
+use super::Web;
 use super::{json_reply, not_found, parse_json, percent_decode, Fail, Reply};
+use crate::clock::now_ms;
 use crate::contract::JobJson;
-use crate::node::{now_ms, Shared};
 use crate::proto::{Request, Response};
 use crate::state::jobs::JobFilter;
 use crate::state::Command;
@@ -20,8 +21,8 @@ pub const JOBS_PAGE_MAX: u32 = 500;
 /// Recent files and errors shown for one hotfolder.
 const HOTFOLDER_RECENT_MAX: u32 = 20;
 
-pub(super) async fn ask(shared: &Arc<Shared>, req: Request) -> Result<Reply, Fail> {
-    let resp = crate::node::handlers::respond(shared, None, req).await;
+pub(super) async fn ask(web: &Arc<Web>, req: Request) -> Result<Reply, Fail> {
+    let resp = crate::node::cluster::respond(&web.cluster, None, req).await;
     let value = match resp {
         Response::Status(v) => json!(v),
         Response::Scripts { scripts } => json!(scripts
@@ -57,7 +58,7 @@ pub(super) fn failure(resp: Response) -> Fail {
     }
 }
 
-pub(super) async fn jobs(shared: &Arc<Shared>, query: &str) -> Result<Reply, Fail> {
+pub(super) async fn jobs(web: &Arc<Web>, query: &str) -> Result<Reply, Fail> {
     let mut filter = JobFilter::default();
     let mut limit = 50;
     for (k, v) in query
@@ -90,7 +91,7 @@ pub(super) async fn jobs(shared: &Arc<Shared>, query: &str) -> Result<Reply, Fai
         limit,
         stale: false,
     };
-    match crate::node::handlers::respond(shared, None, req).await {
+    match crate::node::cluster::respond(&web.cluster, None, req).await {
         Response::Jobs { jobs, .. } => {
             let list: Vec<JobJson> = jobs.iter().map(|j| JobJson::new(j, false)).collect();
             let next = (jobs.len() == limit as usize)
@@ -105,13 +106,13 @@ pub(super) async fn jobs(shared: &Arc<Shared>, query: &str) -> Result<Reply, Fai
     }
 }
 
-pub(super) async fn job(shared: &Arc<Shared>, id: &str) -> Result<Reply, Fail> {
+pub(super) async fn job(web: &Arc<Web>, id: &str) -> Result<Reply, Fail> {
     crate::work::jobs::check_job_id(id).map_err(|e| (StatusCode::NOT_FOUND, e))?;
     let req = Request::Job {
         id: id.to_string(),
         stale: false,
     };
-    match crate::node::handlers::respond(shared, None, req).await {
+    match crate::node::cluster::respond(&web.cluster, None, req).await {
         Response::Job { job: Some(job), .. } => {
             let mut value = json!(JobJson::new(&job, true));
             value["profile"] = json!(job.profile);
@@ -137,7 +138,7 @@ struct Submission {
 }
 
 pub(super) async fn submit(
-    shared: &Arc<Shared>,
+    web: &Arc<Web>,
     body: &[u8],
     idem: Option<String>,
 ) -> Result<Reply, Fail> {
@@ -181,12 +182,12 @@ pub(super) async fn submit(
     };
     command.validate().map_err(bad)?;
     let req = Request::propose(command, Some(request_id.clone()));
-    match crate::node::handlers::respond(shared, None, req).await {
+    match crate::node::cluster::respond(&web.cluster, None, req).await {
         Response::Proposed { .. } => {}
         other => return Err(failure(other)),
     }
     // A retried keyed POST made no new job: answer with the first one's.
-    let made = crate::node::handlers::read(shared, false, |core, _| {
+    let made = crate::node::cluster::read(&web.cluster, false, |core, _| {
         match core.state().request_job(&request_id) {
             Ok(Some(job)) => Response::Value {
                 value: Some(serde_bytes::ByteBuf::from(job.into_bytes())),
@@ -203,18 +204,14 @@ pub(super) async fn submit(
         Response::Value { value: Some(v), .. } => String::from_utf8_lossy(&v).into_owned(),
         _ => id,
     };
-    let mut reply = job(shared, &id).await?;
+    let mut reply = job(web, &id).await?;
     *reply.status_mut() = StatusCode::CREATED;
     Ok(reply)
 }
 
-pub(super) async fn cancel_or_retry(
-    shared: &Arc<Shared>,
-    id: &str,
-    verb: &str,
-) -> Result<Reply, Fail> {
+pub(super) async fn cancel_or_retry(web: &Arc<Web>, id: &str, verb: &str) -> Result<Reply, Fail> {
     crate::work::jobs::check_job_id(id).map_err(|e| (StatusCode::NOT_FOUND, e))?;
-    job(shared, id).await?; // 404 for an unknown id
+    job(web, id).await?; // 404 for an unknown id
     let (id, at_ms) = (id.to_string(), now_ms());
     let command = match verb {
         "cancel" => Command::JobCancel {
@@ -227,20 +224,22 @@ pub(super) async fn cancel_or_retry(
         },
         _ => return Err(not_found()),
     };
-    write(shared, command).await?;
-    job(shared, &id).await
+    write(web, command).await?;
+    job(web, &id).await
 }
 
-pub(super) async fn write(shared: &Arc<Shared>, command: Command) -> Result<(), Fail> {
+pub(super) async fn write(web: &Arc<Web>, command: Command) -> Result<(), Fail> {
     let req = Request::propose(command, Some(crate::proto::new_request_id()));
-    match crate::node::handlers::respond(shared, None, req).await {
+    match crate::node::cluster::respond(&web.cluster, None, req).await {
         Response::Proposed { .. } => Ok(()),
         other => Err(failure(other)),
     }
 }
 
-pub(super) async fn hotfolders(shared: &Arc<Shared>) -> Result<Reply, Fail> {
-    match crate::node::handlers::respond(shared, None, Request::Hotfolders { stale: false }).await {
+pub(super) async fn hotfolders(web: &Arc<Web>) -> Result<Reply, Fail> {
+    match crate::node::cluster::respond(&web.cluster, None, Request::Hotfolders { stale: false })
+        .await
+    {
         Response::Hotfolders { hotfolders, .. } => {
             let list: Vec<Value> = hotfolders
                 .iter()
@@ -252,7 +251,7 @@ pub(super) async fn hotfolders(shared: &Arc<Shared>) -> Result<Reply, Fail> {
     }
 }
 
-pub(super) async fn pause(shared: &Arc<Shared>, name: &str, verb: &str) -> Result<Reply, Fail> {
+pub(super) async fn pause(web: &Arc<Web>, name: &str, verb: &str) -> Result<Reply, Fail> {
     let paused = match verb {
         "pause" => true,
         "resume" => false,
@@ -260,16 +259,16 @@ pub(super) async fn pause(shared: &Arc<Shared>, name: &str, verb: &str) -> Resul
     };
     crate::work::hotfolder::check_name(name).map_err(|e| (StatusCode::NOT_FOUND, e))?;
     // The state machine ignores a pause of an unknown hotfolder: say so here.
-    find_hotfolder(shared, name).await?;
+    find_hotfolder(web, name).await?;
     write(
-        shared,
+        web,
         Command::HotfolderPause {
             name: name.to_string(),
             paused,
         },
     )
     .await?;
-    hotfolders(shared).await
+    hotfolders(web).await
 }
 
 fn hotfolder_json(
@@ -285,7 +284,7 @@ fn hotfolder_json(
 
 /// The definition and counts of hotfolder `name`; 404 when there is none.
 pub(super) async fn find_hotfolder(
-    shared: &Arc<Shared>,
+    web: &Arc<Web>,
     name: &str,
 ) -> Result<
     (
@@ -296,7 +295,7 @@ pub(super) async fn find_hotfolder(
 > {
     crate::work::hotfolder::check_name(name).map_err(|e| (StatusCode::NOT_FOUND, e))?;
     let req = Request::Hotfolders { stale: false };
-    match crate::node::handlers::respond(shared, None, req).await {
+    match crate::node::cluster::respond(&web.cluster, None, req).await {
         Response::Hotfolders { hotfolders, .. } => hotfolders
             .into_iter()
             .find(|(d, _)| d.name == name)
@@ -307,15 +306,15 @@ pub(super) async fn find_hotfolder(
 
 /// `GET hotfolders/NAME`: the counts, the definition, the newest files'
 /// jobs and the newest failures, each with its reason.
-pub(super) async fn hotfolder(shared: &Arc<Shared>, name: &str) -> Result<Reply, Fail> {
-    let (def, counts) = find_hotfolder(shared, name).await?;
+pub(super) async fn hotfolder(web: &Arc<Web>, name: &str) -> Result<Reply, Fail> {
+    let (def, counts) = find_hotfolder(web, name).await?;
     let page = |state| JobFilter {
         state,
         hotfolder: Some(name.to_string()),
         ..JobFilter::default()
     };
-    let recent = job_page(shared, page(None), HOTFOLDER_RECENT_MAX).await?;
-    let errors = job_page(shared, page(Some(JobState::Failed)), HOTFOLDER_RECENT_MAX).await?;
+    let recent = job_page(web, page(None), HOTFOLDER_RECENT_MAX).await?;
+    let errors = job_page(web, page(Some(JobState::Failed)), HOTFOLDER_RECENT_MAX).await?;
     let mut value = hotfolder_json(&def, &counts);
     value["definition"] = json!(def);
     value["recent"] = json!(recent);
@@ -323,24 +322,20 @@ pub(super) async fn hotfolder(shared: &Arc<Shared>, name: &str) -> Result<Reply,
     Ok(json_reply(StatusCode::OK, &value))
 }
 
-async fn job_page(
-    shared: &Arc<Shared>,
-    filter: JobFilter,
-    limit: u32,
-) -> Result<Vec<JobJson>, Fail> {
+async fn job_page(web: &Arc<Web>, filter: JobFilter, limit: u32) -> Result<Vec<JobJson>, Fail> {
     let req = Request::Jobs {
         filter,
         limit,
         stale: false,
     };
-    match crate::node::handlers::respond(shared, None, req).await {
+    match crate::node::cluster::respond(&web.cluster, None, req).await {
         Response::Jobs { jobs, .. } => Ok(jobs.iter().map(|j| JobJson::new(j, false)).collect()),
         other => Err(failure(other)),
     }
 }
 
 /// `GET scripts/NAME[?version=N]`: a stored script with its code.
-pub(super) async fn script(shared: &Arc<Shared>, name: &str, query: &str) -> Result<Reply, Fail> {
+pub(super) async fn script(web: &Arc<Web>, name: &str, query: &str) -> Result<Reply, Fail> {
     let mut version = None;
     for (k, v) in query_pairs(query) {
         match k.as_str() {
@@ -360,7 +355,7 @@ pub(super) async fn script(shared: &Arc<Shared>, name: &str, query: &str) -> Res
         version,
         stale: false,
     };
-    match crate::node::handlers::respond(shared, None, req).await {
+    match crate::node::cluster::respond(&web.cluster, None, req).await {
         Response::Script { script: Some(s) } => Ok(json_reply(
             StatusCode::OK,
             &json!({"name": s.name, "version": s.version,
@@ -388,7 +383,7 @@ pub(super) fn query_pairs(query: &str) -> Vec<(String, String)> {
 
 /// `GET settings`: every setting (pages of `Request::List` followed to the
 /// end, at most `SETTINGS_SHOWN_MAX`), as text where it is UTF-8, and in hex.
-pub(super) async fn settings(shared: &Arc<Shared>) -> Result<Reply, Fail> {
+pub(super) async fn settings(web: &Arc<Web>) -> Result<Reply, Fail> {
     const SETTINGS_SHOWN_MAX: usize = 10_000;
     let mut out = Vec::new();
     let mut after = None;
@@ -398,7 +393,7 @@ pub(super) async fn settings(shared: &Arc<Shared>) -> Result<Reply, Fail> {
             limit: None,
             stale: false,
         });
-        let (items, next) = match crate::node::handlers::respond(shared, None, req).await {
+        let (items, next) = match crate::node::cluster::respond(&web.cluster, None, req).await {
             Response::List {
                 items, next_after, ..
             } => (items, next_after),
@@ -419,12 +414,12 @@ pub(super) async fn settings(shared: &Arc<Shared>) -> Result<Reply, Fail> {
 
 /// `GET servers`: the status view's servers, each with its running jobs,
 /// slots and mode from the replicated state.
-pub(super) async fn servers(shared: &Arc<Shared>) -> Result<Reply, Fail> {
-    let view = match crate::node::handlers::respond(shared, None, Request::Status).await {
+pub(super) async fn servers(web: &Arc<Web>) -> Result<Reply, Fail> {
+    let view = match crate::node::cluster::respond(&web.cluster, None, Request::Status).await {
         Response::Status(v) => v,
         other => return Err(failure(other)),
     };
-    let load = super::stats::load(shared);
+    let load = super::stats::load(web);
     let list: Vec<Value> = view
         .servers
         .iter()

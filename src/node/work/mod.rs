@@ -1,0 +1,100 @@
+//! The work of one instance: the coordinator's job and hotfolder loops,
+//! every instance's worker, the script host and external processes. Built
+//! by the composition root (`node::serve`) on the cluster's handle
+//! (`node::cluster`: `Shared`, `propose`, `read_setting`), which it reaches
+//! only through `Work::cluster`; it imports nothing of the web.
+//!
+//! - `jobs`: the coordinator's placement, release and purge loop;
+//! - `worker`: runs the attempts placed here and reports their ends;
+//! - `hotfolder`: the coordinator's scan and publish loop, and the file
+//!   work of an assigned attempt (claim, action, staging);
+//! - `script_host`: what a running script reaches through its instance;
+//! - `process`: external processes of jobs, bounded and killable.
+//!
+//! What it must not do: run an attempt the applied state does not assign to
+//! this instance, or write the state other than through committed commands.
+
+mod hotfolder;
+#[cfg(test)]
+mod hotfolder_sim;
+mod jobs;
+mod process;
+mod script_host;
+mod worker;
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_std::channel::{Receiver, Sender};
+
+use super::cluster::Shared;
+
+/// Ends waiting to be reported, at most (runs wait to hand theirs over).
+const REPORT_QUEUE_COUNT_MAX: usize = 4096;
+
+/// What the job loops share: their wake-ups and this instance's runs.
+pub(crate) struct Work {
+    /// The cluster this instance's work runs on: proposals, reads and the
+    /// applied state, through its handle only.
+    cluster: Arc<Shared>,
+    assign_wake: (Sender<()>, Receiver<()>),
+    worker_wake: (Sender<()>, Receiver<()>),
+    /// When this instance became coordinator (0: it is not).
+    leader_since_ms: AtomicU64,
+    /// Attempts running here: job id -> the run.
+    runs: Mutex<std::collections::HashMap<String, Arc<worker::Run>>>,
+    /// Takes new attempts (false while draining for a stop).
+    accepting: AtomicBool,
+    /// Ends of attempts waiting to be reported (`worker::report_loop`).
+    reports: (Sender<worker::Report>, Receiver<worker::Report>),
+    /// Applied batches so far, for blocking waiters (`wait_applied`).
+    applied_count: (Mutex<u64>, std::sync::Condvar),
+}
+
+impl Work {
+    pub fn new(cluster: Arc<Shared>) -> Work {
+        Work {
+            cluster,
+            assign_wake: async_std::channel::bounded(1),
+            worker_wake: async_std::channel::bounded(1),
+            leader_since_ms: AtomicU64::new(0),
+            runs: Mutex::default(),
+            accepting: AtomicBool::new(true),
+            reports: async_std::channel::bounded(REPORT_QUEUE_COUNT_MAX),
+            applied_count: (Mutex::new(0), std::sync::Condvar::new()),
+        }
+    }
+
+    /// Something was applied: both loops look again.
+    pub fn applied(&self) {
+        let _ = self.assign_wake.0.try_send(());
+        let _ = self.worker_wake.0.try_send(());
+        *self.applied_count.0.lock().expect("applied lock") += 1;
+        self.applied_count.1.notify_all();
+    }
+
+    /// Blocks this (non-async) thread until something more is applied, or
+    /// for `most`: how a script's remote call waits for its child.
+    pub fn wait_applied(&self, most: Duration) {
+        let (count, changed) = &self.applied_count;
+        let guard = count.lock().expect("applied lock");
+        let seen = *guard;
+        let _ = changed.wait_timeout_while(guard, most, |now| *now == seen);
+    }
+}
+
+/// Starts the work's loops: placement (coordinator), hotfolders
+/// (coordinator), the worker and its reports (every instance).
+pub(crate) fn start(work: &Arc<Work>) {
+    async_std::task::spawn(jobs::assign_loop(work.clone()));
+    async_std::task::spawn(hotfolder::hotfolder_loop(work.clone()));
+    async_std::task::spawn(worker::worker_loop(work.clone()));
+    async_std::task::spawn(worker::report_loop(work.clone()));
+}
+
+/// A graceful stop's first step: no new attempts; running ones get
+/// `drain_ms`; what is left is handed back (`worker::drain`).
+pub(crate) async fn drain(work: Arc<Work>) {
+    worker::drain(&work).await;
+}
