@@ -216,6 +216,11 @@ pub struct Config {
     /// certificate. `None` (not given): HTTPS on any address but a loopback
     /// one. Plain HTTP is never served on a non-loopback address.
     pub https: Option<bool>,
+    /// `http_hosts = ["claro.example.com"]`: more names the HTTP API answers
+    /// to (a `Host` header of any other name is refused with 421), beside
+    /// each server's configured host, address and name, and `localhost` on
+    /// a loopback address. Lowercase; at most `HTTP_HOSTS_MAX`.
+    pub http_hosts: Vec<String>,
     /// Resolved against the config's folder; exists and is a directory.
     pub shared_root: PathBuf,
     /// Resolved against the config's folder; need not exist yet.
@@ -292,6 +297,7 @@ struct RawConfig {
     http_port: Option<Spanned<i64>>,
     http_login: Option<bool>,
     https: Option<bool>,
+    http_hosts: Option<Spanned<Vec<String>>>,
     shared_root: Option<Spanned<String>>,
     data_dir: Option<Spanned<String>>,
     tls_dir: Option<Spanned<String>>,
@@ -422,6 +428,7 @@ impl Config {
         let cluster = cluster_name(&src, &raw.cluster)?;
         let port = cluster_port(&src, &raw.port)?;
         let http_port = http_port(&src, &raw.http_port)?;
+        let http_hosts = http_hosts(&src, &raw.http_hosts)?;
         let shared_root = shared_root(&src, &folder, &raw.shared_root)?;
         let data_dir = resolve(
             &src,
@@ -448,6 +455,7 @@ impl Config {
             http_port,
             http_login: raw.http_login.unwrap_or(false),
             https: raw.https,
+            http_hosts,
             shared_root,
             data_dir,
             tls_dir,
@@ -720,6 +728,40 @@ fn http_port(src: &Source<'_>, raw: &Option<Spanned<i64>>) -> Result<u16, Config
         );
         src.at(value, "http_port", message)
     })
+}
+
+/// Names in `http_hosts`, at most.
+pub const HTTP_HOSTS_MAX: usize = 32;
+
+/// `http_hosts`: host names (letters, digits, '-', '.', 1..=253 bytes) or IP
+/// addresses, lowercased; no ports (the HTTP port is `http_port`).
+fn http_hosts(
+    src: &Source<'_>,
+    raw: &Option<Spanned<Vec<String>>>,
+) -> Result<Vec<String>, ConfigError> {
+    let Some(value) = raw else {
+        return Ok(Vec::new());
+    };
+    if value.get_ref().len() > HTTP_HOSTS_MAX {
+        let message = format!("at most {HTTP_HOSTS_MAX} names");
+        return Err(src.at(value, "http_hosts", message));
+    }
+    let mut names = Vec::new();
+    for name in value.get_ref() {
+        let is_ip = name.parse::<IpAddr>().is_ok();
+        let is_name = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !is_ip && !is_name {
+            let message =
+                format!("{name:?} is not a host name or an IP address (no port, no scheme)");
+            return Err(src.at(value, "http_hosts", message));
+        }
+        names.push(name.to_ascii_lowercase());
+    }
+    Ok(names)
 }
 
 /// `value` resolved against the config's folder (absolute paths stay as they are).

@@ -78,6 +78,31 @@ pub fn clear_record(dir: &Path) {
     let _ = std::fs::remove_file(record_path(dir));
 }
 
+/// Mode of a data directory: only the service's user may enter it.
+pub const DIR_MODE: u32 = 0o700;
+/// Mode of the databases in it (their `-wal` and `-shm` files take the
+/// database's mode from SQLite).
+pub const DB_MODE: u32 = 0o600;
+
+/// Makes `dir` and the databases in it private to the service's user: they
+/// hold every setting, script, job log and result, and the Raft log. Called
+/// at every start (a directory made by an older version, or copied, is
+/// tightened too) and once the databases exist.
+pub fn make_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))?;
+    for name in ["raft.db", "state.db"] {
+        for suffix in ["", "-wal", "-shm"] {
+            let path = dir.join(format!("{name}{suffix}"));
+            match std::fs::set_permissions(&path, std::fs::Permissions::from_mode(DB_MODE)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +136,21 @@ mod tests {
             !tmp.path().join("stopped.json.tmp").exists(),
             "stopped.json.tmp left behind"
         );
+    }
+
+    #[test]
+    fn a_data_directory_and_its_databases_are_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("srv1");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(dir.join("state.db"), "x").unwrap();
+        std::fs::write(dir.join("raft.db-wal"), "x").unwrap();
+        make_private(&dir).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("state.db")), 0o600);
+        assert_eq!(mode(&dir.join("raft.db-wal")), 0o600);
     }
 }

@@ -2,8 +2,9 @@
 //! (port 7901): the same answers from every instance, access by token and
 //! role, idempotent submission across instances, the event stream, metrics,
 //! the dashboard's headers, and bad input (malformed and unknown JSON,
-//! oversized bodies, unknown ids, paths with `..`, slow headers, repeated
-//! wrong tokens).
+//! oversized bodies, unknown ids, paths with `..`, slow headers and bodies,
+//! repeated wrong tokens, foreign `Host` and `Origin` headers, too many
+//! connections from one address).
 
 mod common;
 
@@ -62,8 +63,9 @@ impl<T: Read + Write> ReadWrite for T {}
 
 /// Opens the event stream on `s` with `auth`; returns what arrived up to
 /// the first `change` event (the headers included).
-fn subscribe(s: &mut dyn ReadWrite, auth: &str) -> String {
-    let req = format!("GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n");
+fn subscribe(s: &mut dyn ReadWrite, host: &str, auth: &str) -> String {
+    let req =
+        format!("GET /api/v1/events HTTP/1.1\r\nHost: {host}\r\nAuthorization: {auth}\r\n\r\n");
     s.write_all(req.as_bytes()).unwrap();
     let mut seen = String::new();
     let mut buf = [0u8; 4096];
@@ -195,8 +197,24 @@ fn the_api_answers_alike_everywhere_and_checks_access_and_input() {
         .iter()
         .all(|c| *c == coordinators[0] && !c.is_null()));
 
+    // Running code is an admin's: an operator may not send a script, only
+    // run a stored one (an admin's code) with arguments.
+    let file = c.dir.path().join("answer.rhai");
+    std::fs::write(&file, "let x = 6 * 7; x").unwrap();
+    let out = c.cli(&["script", "add", "answer", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let inline = br#"{"script": "run([\"id\"])"}"#;
+    let (status, _, body) = http(
+        &hosts[0],
+        "POST",
+        "/api/v1/jobs",
+        &[("Authorization", &ops)],
+        inline,
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("stored"), "{body}");
     // A viewer may not submit; an operator may, once per Idempotency-Key.
-    let script = br#"{"script": "let x = 6 * 7; x"}"#;
+    let script = br#"{"stored": "answer"}"#;
     let (status, _, _) = http(
         &hosts[0],
         "POST",
@@ -256,7 +274,7 @@ fn the_api_answers_alike_everywhere_and_checks_access_and_input() {
     let auth = [("Authorization", ops.as_str())];
     for (body, want) in [
         (&b"{not json"[..], "JSON"),
-        (br#"{"script": "1", "colour": 1}"#, "colour"),
+        (br#"{"stored": "answer", "colour": 1}"#, "colour"),
         (br#"{}"#, "script"),
     ] {
         let (status, _, text) = http(&hosts[0], "POST", "/api/v1/jobs", &auth, body);
@@ -352,6 +370,9 @@ fn the_api_answers_alike_everywhere_and_checks_access_and_input() {
 
     events_follow_a_submission_elsewhere(&hosts, &viewer, &ops);
     slow_headers_are_cut_off(&hosts[0]);
+    a_page_of_another_site_is_refused(&hosts[0], &ops);
+    a_slow_body_is_cut_off(&hosts[0]);
+    one_address_holds_a_bounded_number_of_connections(&hosts[0], &viewer);
 
     idle_event_streams_are_bounded(&hosts[1], &viewer);
     let alive = a_key_holds_across_a_coordinator_kill(&mut c, &hosts, &ops);
@@ -372,6 +393,16 @@ fn the_api_answers_alike_everywhere_and_checks_access_and_input() {
     }
     assert_eq!(statuses[0], 401);
     assert_eq!(*statuses.last().unwrap(), 429, "{statuses:?}");
+    // A known token from that address is never refused: one guesser behind
+    // a proxy or NAT must not lock everyone out.
+    let (status, _, body) = http(
+        &alive,
+        "GET",
+        "/api/v1/status",
+        &[("Authorization", &viewer)],
+        b"",
+    );
+    assert_eq!(status, 200, "a valid token after ten bad ones: {body}");
     c.assert_nobody_crashed();
 }
 
@@ -380,7 +411,7 @@ fn events_follow_a_submission_elsewhere(hosts: &[String], viewer: &str, ops: &st
     let mut s = TcpStream::connect((hosts[1].as_str(), 7901)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     // The first event tells the current index; then one after the submission.
-    let mut seen = subscribe(&mut s, viewer);
+    let mut seen = subscribe(&mut s, &hosts[1], viewer);
     let mut buf = [0u8; 4096];
     assert!(
         seen.to_lowercase()
@@ -393,7 +424,7 @@ fn events_follow_a_submission_elsewhere(hosts: &[String], viewer: &str, ops: &st
         "POST",
         "/api/v1/jobs",
         &[("Authorization", ops)],
-        br#"{"script": "1"}"#,
+        br#"{"stored": "answer"}"#,
     );
     assert_eq!(status, 201);
     let started = Instant::now();
@@ -724,14 +755,14 @@ fn admin_changes_servers_scripts_and_settings(
 /// event by job event, to `succeeded`.
 fn job_events_follow_a_job_to_its_end(tls: &Https, hosts: &[String], ops: &str) {
     let mut s = tls.connect(&hosts[2]);
-    let mut seen = subscribe(&mut s, ops);
+    let mut seen = subscribe(&mut s, &hosts[2], ops);
     let mut buf = [0u8; 4096];
     let (status, job) = tls.call(
         &hosts[0],
         "POST",
         "/api/v1/jobs",
         ops,
-        r#"{"script": "6 * 7"}"#,
+        r#"{"stored": "answer"}"#,
     );
     assert_eq!(status, 201, "{job}");
     let id = job["id"].as_str().unwrap().to_string();
@@ -782,7 +813,7 @@ fn a_key_holds_across_a_coordinator_kill(c: &mut Cluster, hosts: &[String], ops:
         "POST",
         "/api/v1/jobs",
         &keyed,
-        br#"{"script": "1"}"#,
+        br#"{"stored": "answer"}"#,
     );
     assert_eq!(status, 201, "{first}");
     let first = json(&first)["id"].clone();
@@ -808,7 +839,7 @@ fn a_key_holds_across_a_coordinator_kill(c: &mut Cluster, hosts: &[String], ops:
             "POST",
             "/api/v1/jobs",
             &keyed,
-            br#"{"script": "1"}"#,
+            br#"{"stored": "answer"}"#,
         );
         if status == 201 {
             assert_eq!(json(&again)["id"], first, "the retry made another job");
@@ -829,12 +860,15 @@ fn a_key_holds_across_a_coordinator_kill(c: &mut Cluster, hosts: &[String], ops:
 /// accepted again once the idle ones are gone.
 fn idle_event_streams_are_bounded(host: &str, viewer: &str) {
     const STREAMS: usize = 300;
-    let req = format!("GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: {viewer}\r\n\r\n");
+    let req =
+        format!("GET /api/v1/events HTTP/1.1\r\nHost: {host}\r\nAuthorization: {viewer}\r\n\r\n");
     let open = |n: usize| -> (Vec<TcpStream>, Vec<u16>) {
         let mut streams = Vec::new();
         let mut statuses = Vec::new();
-        for _ in 0..n {
-            let mut s = TcpStream::connect((host, 7901)).unwrap();
+        for i in 0..n {
+            // From three client addresses: one address may hold only
+            // `CONNECTIONS_PER_ADDRESS_MAX` (128) connections.
+            let mut s = connect_from(&format!("127.0.250.{}", 11 + i % 3), host);
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             s.write_all(req.as_bytes()).unwrap();
             let mut buf = [0u8; 12];
@@ -866,4 +900,159 @@ fn idle_event_streams_are_bounded(host: &str, viewer: &str) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A connection to `host`:7901 from the client address `from`.
+fn connect_from(from: &str, host: &str) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let local: std::net::SocketAddr = format!("{from}:0").parse().unwrap();
+    socket.bind(&local.into()).unwrap();
+    let remote: std::net::SocketAddr = format!("{host}:7901").parse().unwrap();
+    socket.connect(&remote.into()).unwrap();
+    socket.into()
+}
+
+/// A DNS-rebinding page: same origin as far as the browser knows, but its
+/// requests name its own host: refused (421) before anything else, even on
+/// the open loopback quickstart. A request from another site's page
+/// (its `Origin`) is refused too (403), whatever header it adds.
+fn a_page_of_another_site_is_refused(host: &str, ops: &str) {
+    let mut s = TcpStream::connect((host, 7901)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let (status, _, body) = exchange(
+        &mut s,
+        "evil.example:7901",
+        "POST",
+        "/api/v1/tokens",
+        &[("X-Claro", "1"), ("Authorization", ops)],
+        br#"{"name":"mine","role":"admin"}"#,
+    );
+    assert_eq!(status, 421, "{body}");
+    assert!(
+        body.contains("evil.example") && body.contains("http_hosts"),
+        "{body}"
+    );
+    let (status, _, _) = http(host, "GET", "/", &[], b"");
+    assert_eq!(status, 200, "the instance's own name is served");
+    let (status, _, body) = http(
+        host,
+        "POST",
+        "/api/v1/jobs",
+        &[
+            ("Authorization", ops),
+            ("Origin", "http://evil.example:7901"),
+            ("X-Claro", "1"),
+        ],
+        br#"{"stored": "answer"}"#,
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("another site"), "{body}");
+}
+
+/// A body trickled one byte a second is cut off after `BODY_READ_MS`
+/// (10 s) with 408, before any login (the login route reads a body too).
+fn a_slow_body_is_cut_off(host: &str) {
+    let mut s = TcpStream::connect((host, 7901)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head =
+        format!("POST /api/v1/login HTTP/1.1\r\nHost: {host}\r\nContent-Length: 100000\r\n\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    let started = Instant::now();
+    let writer = {
+        let mut w = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..30 {
+                if w.write_all(b"{").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+    };
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "held {:?}",
+        started.elapsed()
+    );
+    drop(s);
+    let _ = writer.join();
+}
+
+/// One client address holds at most `CONNECTIONS_PER_ADDRESS_MAX` (128)
+/// connections: the next ones are closed at once, while other addresses
+/// are served.
+fn one_address_holds_a_bounded_number_of_connections(host: &str, viewer: &str) {
+    let held: Vec<TcpStream> = (0..128)
+        .map(|_| connect_from("127.0.250.21", host))
+        .collect();
+    let mut over = connect_from("127.0.250.21", host);
+    over.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (status, _, _) = exchange(
+        &mut over,
+        host,
+        "GET",
+        "/api/v1/status",
+        &[("Authorization", viewer)],
+        b"",
+    );
+    assert_eq!(status, 0, "the 129th connection of one address is closed");
+    let mut other = connect_from("127.0.250.22", host);
+    other
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let (status, _, body) = exchange(
+        &mut other,
+        host,
+        "GET",
+        "/api/v1/status",
+        &[("Authorization", viewer)],
+        b"",
+    );
+    assert_eq!(status, 200, "another address is served: {body}");
+    drop(held);
+}
+
+/// A taken HTTP port stops `serve` at start, exit status 2, naming the port
+/// and the config, before anything else started (its data directory is not
+/// even made); once the port is free, the same command serves, and its data
+/// directory and databases are private to the service's user (0700, 0600).
+#[test]
+fn a_taken_http_port_stops_serve_and_data_is_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut c = Cluster::new(123, &[("srv1", "server")]);
+    let taken = std::net::TcpListener::bind((addr(123, 0).as_str(), 7901)).unwrap();
+    let started = Instant::now();
+    let out = std::process::Command::new(common::BIN)
+        .arg("--config")
+        .arg(&c.conf)
+        .args(["serve", "--name", "srv1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("http_port = 7901") && stderr.contains("ClaroServers.conf"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(!c.data_dir("srv1").exists(), "nothing started");
+    drop(taken);
+    c.start("srv1");
+    c.wait(20, "srv1 to serve", || {
+        TcpStream::connect((addr(123, 0).as_str(), 7901)).is_ok()
+            && http(&addr(123, 0), "GET", "/api/v1/status", &[], b"")
+                .2
+                .contains("\"coordinator\":\"srv1\"")
+    });
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = c.data_dir("srv1");
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("state.db")), 0o600);
+    assert_eq!(mode(&dir.join("raft.db")), 0o600);
+    c.assert_nobody_crashed();
 }

@@ -6,7 +6,7 @@
 //! (before the `Adopt` requests go out, between their answers, after the
 //! bootstrapper recorded its cluster) and restarts.
 //!
-//! The shell's protocol is modelled step by step as `node::startup` runs it:
+//! The shell's protocol is modelled step by step as `node::cluster::startup` runs it:
 //! probe everyone (answers up to `PROBE_MS` late), decide; a bootstrapper
 //! asks every other initial voter to adopt (each answer within
 //! `ADOPT_CALL_MS`), then records the cluster itself; a joiner asks the
@@ -43,9 +43,9 @@ use rand::{Rng, SeedableRng};
 
 /// The product's discovery window (`discovery_ms` default).
 const DISCOVERY_MS: u64 = 2_000;
-/// Time between two discovery rounds (`node::startup`).
+/// Time between two discovery rounds (`node::cluster::startup`).
 const ROUND_MS: u64 = 300;
-/// Longest time a probe answer takes (`node::startup::PROBE_MS`).
+/// Longest time a probe answer takes (`node::cluster::startup::PROBE_MS`).
 const PROBE_MS: u64 = 500;
 /// Longest time the bootstrapper waits for one `Adopt` answer.
 const ADOPT_CALL_MS: u64 = 1_000;
@@ -437,7 +437,7 @@ impl Sim {
     }
 
     /// The bootstrapper records its cluster if the answers allow it, else
-    /// looks again (`node::startup::bootstrap`).
+    /// looks again (`node::cluster::startup::bootstrap`).
     fn record(&mut self, i: usize, cluster: &str, voters: &[String]) {
         let mut answers = self.answers.remove(cluster).unwrap_or_default();
         answers.resize(voters.len() - 1, AdoptAnswer::Silent);

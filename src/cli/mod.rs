@@ -281,7 +281,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 name,
                 force_bootstrap,
             };
-            crate::node::serve(opts).map_err(Failure::failed)
+            crate::node::serve(opts).map_err(|e| match e {
+                crate::node::ServeError::Setup(m) => Failure::usage(m),
+                crate::node::ServeError::Failed(m) => Failure::failed(m),
+            })
         }
         Command::Status(args) => crate::cli::client::status(&Config::load(&cli.config)?, &args),
         Command::StartOrder { data_dirs, client } => {

@@ -23,13 +23,31 @@ use std::sync::Arc;
 
 pub use cluster::ServeOptions;
 
+/// Why `serve` did not run.
+#[derive(Debug)]
+pub enum ServeError {
+    /// The setup is wrong and nothing started (the CLI's exit 2): the HTTP
+    /// port is taken, or plain HTTP asked for off loopback.
+    Setup(String),
+    /// The instance could not start or stopped on an error (exit 1).
+    Failed(String),
+}
+
 /// Runs one instance until it is stopped.
-pub fn serve(opts: ServeOptions) -> Result<(), String> {
+pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     async_std::task::block_on(serve_async(opts))
 }
 
-async fn serve_async(opts: ServeOptions) -> Result<(), String> {
-    let (shared, wake_rx, stop_rx) = cluster::prepare(opts)?;
+async fn serve_async(opts: ServeOptions) -> Result<(), ServeError> {
+    let me = opts
+        .config
+        .server(&opts.name)
+        .ok_or_else(|| ServeError::Setup(format!("no server named `{}` in the config", opts.name)))?
+        .clone();
+    let http = web::listen(&opts.config, &me)
+        .await
+        .map_err(ServeError::Setup)?;
+    let (shared, wake_rx, stop_rx) = cluster::prepare(opts).map_err(ServeError::Failed)?;
     let work = Arc::new(work::Work::new(shared.clone()));
     let web = Arc::new(web::Web::new(shared.clone()));
     // Before the raft loop starts (`cluster::start`): no apply goes unheard.
@@ -39,7 +57,9 @@ async fn serve_async(opts: ServeOptions) -> Result<(), String> {
     shared.on_applied(Box::new(move || heard.applied()));
     cluster::start(&shared, wake_rx);
     work::start(&work);
-    async_std::task::spawn(web::serve(web));
+    if let Some(listener) = http {
+        async_std::task::spawn(web::serve(web, listener));
+    }
     let _ = stop_rx.recv().await;
     cluster::stop(&shared, work::drain(work)).await;
     tracing::info!("stopped");

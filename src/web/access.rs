@@ -1,7 +1,7 @@
 //! Who may do what over HTTP: API tokens and their roles, dashboard
 //! sessions with their CSRF tokens, and the limit on failed logins. Pure:
 //! time comes in as arguments, randomness as bytes; the HTTP shell
-//! (`node::http`) stores, looks up and answers.
+//! (`node::web`) stores, looks up and answers.
 //!
 //! A token is shown once, when it is made (`claro token add`); the cluster
 //! keeps only its SHA-256 (replicated, `state::tokens`), so a copy of the
@@ -56,6 +56,96 @@ impl Role {
     /// Whether this role may do what needs `need`.
     pub fn may(self, need: Role) -> bool {
         self >= need
+    }
+}
+
+/// The role a request to the HTTP API takes, from its method and its path
+/// under `/api/v1/` (`parts`): viewers read (tokens are an admin's),
+/// operators run work, admins change the cluster. With `submit_role`, the
+/// one place where the API's roles are decided (docs/SECURITY.md).
+pub fn route_role(method: &str, parts: &[&str]) -> Role {
+    let read = method == "GET";
+    let first = parts.first().copied();
+    let admin_area = matches!(
+        first,
+        Some("servers" | "coordinator" | "settings" | "tokens")
+    ) || (first == Some("scripts") && !read)
+        || (first == Some("hotfolders") && parts.len() <= 2 && !read);
+    if admin_area && (!read || first == Some("tokens")) {
+        return Role::Admin;
+    }
+    if read {
+        Role::Viewer
+    } else {
+        Role::Operator
+    }
+}
+
+/// The role a job submission takes. Running code is an admin's power:
+/// code sent with the request (an inline script, a command) needs an admin;
+/// a stored script, which an admin put in the cluster, may be run with
+/// arguments by an operator. Code that runs from there (`run`, `submit`,
+/// `kv_set` inside the script) is the admin's code, so the host functions
+/// need no check of their own.
+pub fn submit_role(code_in_request: bool) -> Role {
+    if code_in_request {
+        Role::Admin
+    } else {
+        Role::Operator
+    }
+}
+
+/// Whether a request's `Host` header names this instance: one of `names`
+/// (its configured host, its address, its server name, `localhost` on a
+/// loopback address, and the config's `http_hosts`), with this instance's
+/// port or none. Anything else is refused (421): a page served from another
+/// name whose DNS now points here (DNS rebinding) is not this instance's.
+pub fn host_allowed(host: Option<&str>, names: &[String], port: u16) -> Result<(), String> {
+    let host = host.ok_or("the request has no Host header")?;
+    let (name, host_port) = split_host_port(host);
+    let port_ok = host_port.is_none_or(|p| p == port.to_string());
+    let name_ok = names.iter().any(|n| n.eq_ignore_ascii_case(name));
+    if port_ok && name_ok {
+        return Ok(());
+    }
+    Err(format!(
+        "Host {host:?} does not name this instance (it answers to {} on port {port}; add a name to http_hosts in ClaroServers.conf)",
+        names.join(", ")
+    ))
+}
+
+/// Whether an `Origin` header is this instance's own dashboard: a scheme,
+/// then a host that `host_allowed` accepts. Browsers set it on every
+/// cross-site request and scripts cannot change it, so a state-changing
+/// request with a foreign origin is refused whatever else it carries.
+pub fn origin_allowed(origin: &str, names: &[String], port: u16) -> bool {
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    let default_port = match scheme {
+        "http" => 80,
+        "https" => 443,
+        _ => return false,
+    };
+    let (name, origin_port) = split_host_port(rest);
+    let origin_port = match origin_port {
+        Some(p) => p.parse::<u16>().ok(),
+        None => Some(default_port),
+    };
+    origin_port == Some(port) && names.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// `host[:port]` or `[v6]:port` into the name (brackets kept off) and port.
+fn split_host_port(host: &str) -> (&str, Option<&str>) {
+    if let Some(rest) = host.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((v6, tail)) => (v6, tail.strip_prefix(':')),
+            None => (host, None),
+        };
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') => (name, Some(port)),
+        _ => (host, None),
     }
 }
 
@@ -268,5 +358,64 @@ mod tests {
         s.close(&id);
         assert!(s.get(&id, 10).is_none());
         assert!(same_secret("abc", "abc") && !same_secret("abc", "abd") && !same_secret("a", "ab"));
+    }
+
+    #[test]
+    fn only_this_instances_names_pass_as_host() {
+        let names: Vec<String> = ["127.0.0.1", "localhost", "srv1", "claro.example.com"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for ok in [
+            "127.0.0.1:7901",
+            "127.0.0.1",
+            "localhost:7901",
+            "LOCALHOST:7901",
+            "srv1:7901",
+            "claro.example.com",
+        ] {
+            assert!(host_allowed(Some(ok), &names, 7901).is_ok(), "{ok}");
+        }
+        for bad in [
+            "evil.example:7901",
+            "evil.example",
+            "127.0.0.1:8080",
+            "127.0.0.1.evil.example:7901",
+            "",
+            "[::1]:7901",
+        ] {
+            let e = host_allowed(Some(bad), &names, 7901).unwrap_err();
+            assert!(e.contains("http_hosts"), "{bad}: {e}");
+        }
+        assert!(host_allowed(None, &names, 7901).is_err());
+        let v6 = vec!["::1".to_string()];
+        assert!(host_allowed(Some("[::1]:7901"), &v6, 7901).is_ok());
+    }
+
+    #[test]
+    fn only_this_instances_own_pages_pass_as_origin() {
+        let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        assert!(origin_allowed("http://127.0.0.1:7901", &names, 7901));
+        assert!(origin_allowed("https://localhost:7901", &names, 7901));
+        assert!(origin_allowed("https://localhost", &names, 443));
+        for bad in [
+            "http://evil.example:7901",
+            "http://127.0.0.1:8000",
+            "http://127.0.0.1",
+            "null",
+            "file://",
+            "http://127.0.0.1:7901.evil",
+        ] {
+            assert!(!origin_allowed(bad, &names, 7901), "{bad}");
+        }
+    }
+
+    #[test]
+    fn code_in_a_request_takes_an_admin() {
+        assert_eq!(submit_role(true), Role::Admin);
+        assert_eq!(submit_role(false), Role::Operator);
+        assert!(!Role::Operator.may(submit_role(true)));
+        assert!(Role::Operator.may(submit_role(false)));
+        assert!(!Role::Viewer.may(submit_role(false)));
     }
 }

@@ -75,6 +75,7 @@ pub fn set_aside(dir: &Path, cause: &str) -> Result<String, String> {
     let fail = |e: std::io::Error| format!("{}: {e}", dir.display());
     std::fs::rename(dir, &aside).map_err(fail)?;
     std::fs::create_dir_all(dir).map_err(fail)?;
+    crate::data_dir::make_private(dir).map_err(fail)?;
     std::fs::write(dir.join(NOTE_FILE), &note).map_err(fail)?;
     crate::state::sync_dir(dir).map_err(fail)?;
     if let Some(parent) = dir.parent() {

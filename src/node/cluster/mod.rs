@@ -303,6 +303,10 @@ impl Shared {
     pub fn open_core(&self) -> Result<(), String> {
         let logger = crate::logging::raft_logger(&self.me.name);
         let core = Core::open(&self.dir, self.core_config(), &logger).map_err(|e| e.to_string())?;
+        // The databases exist now: they are made private as the directory is.
+        if let Err(e) = crate::data_dir::make_private(&self.dir) {
+            tracing::warn!("cannot make {} private: {e}", self.dir.display());
+        }
         *self.core() = Some(core);
         Ok(())
     }

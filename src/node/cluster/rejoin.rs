@@ -12,8 +12,9 @@
 //! directory (wiped, replaced disk), or it reported holding fewer entries than
 //! it had acknowledged (a directory restored from an older copy, seen by
 //! `consensus::guard`). This happens when it asks to join, and on a periodic
-//! check. Until it holds the current database again such an instance refuses
-//! reads (`read_refusal`) and says why in its status line (`note`).
+//! check. Until it holds the current database again such an instance serves
+//! no default read (each waits for a read index applied here,
+//! `replicated::confirm_read`) and says why in its status line (`note`).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

@@ -39,6 +39,7 @@ pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
         .map_err(|e| format!("cannot listen on {}: {e}", me.address))?;
     let dir = cfg.server_dir(&me.name);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    crate::data_dir::make_private(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     // Nothing opens a damaged directory: it is set aside first.
     let damage = super::damage::check_at_start(&dir)?;
     // The directory's identity exists before anything else is written to it.

@@ -14,6 +14,7 @@ use crate::contract::JobJson;
 use crate::proto::{Request, Response};
 use crate::state::jobs::JobFilter;
 use crate::state::Command;
+use crate::web::access::{self, Role};
 use crate::work::jobs::{JobKind, JobSpec, JobState};
 
 /// Jobs one list page returns at most.
@@ -139,11 +140,23 @@ struct Submission {
 
 pub(super) async fn submit(
     web: &Arc<Web>,
+    role: Role,
     body: &[u8],
     idem: Option<String>,
 ) -> Result<Reply, Fail> {
     let s: Submission = parse_json(body)?;
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
+    let need = access::submit_role(s.script.is_some());
+    if !role.may(need) {
+        return Err((
+            StatusCode::FORBIDDEN,
+            format!(
+                "a {} may not send code to run (an inline script takes an {}); run a stored script: {{\"stored\": NAME}}",
+                role.as_str(),
+                need.as_str()
+            ),
+        ));
+    }
     let mut spec = match (s.script, s.stored) {
         (Some(code), None) => {
             crate::work::script::check(&code).map_err(|e| bad(format!("script: {e}")))?;

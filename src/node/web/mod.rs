@@ -54,6 +54,12 @@ pub const CONNECTIONS_MAX: usize = 1024;
 pub const EVENT_STREAMS_MAX: usize = 256;
 pub const HEADER_READ_MS: u64 = 10_000;
 pub const BODY_BYTES_MAX: usize = 1024 * 1024;
+/// A body must arrive within this once the headers did (408 beyond), before
+/// and after login: a client trickling a body cannot hold a connection.
+pub const BODY_READ_MS: u64 = 10_000;
+/// Connections one client address may hold at once (beyond: closed at
+/// accept), so that one client cannot take all of `CONNECTIONS_MAX`.
+pub const CONNECTIONS_PER_ADDRESS_MAX: usize = 128;
 /// A TLS handshake must end within this.
 pub const TLS_HANDSHAKE_MS: u64 = 10_000;
 
@@ -64,7 +70,11 @@ type Reply = hyper::Response<Body>;
 pub(crate) struct Web {
     /// The cluster's handle: requests are answered by its `respond`.
     cluster: Arc<Shared>,
+    /// The names a `Host` header may give (`access::host_allowed`).
+    hosts: Vec<String>,
     connections: AtomicUsize,
+    /// Open connections by client address (`CONNECTIONS_PER_ADDRESS_MAX`).
+    by_address: Mutex<std::collections::HashMap<IpAddr, usize>>,
     streams: AtomicUsize,
     sessions: Mutex<access::Sessions>,
     logins: Mutex<access::LoginLimiter>,
@@ -81,8 +91,10 @@ pub(crate) struct Web {
 impl Web {
     pub fn new(cluster: Arc<Shared>) -> Web {
         Web {
+            hosts: host_names(&cluster.cfg, &cluster.me),
             cluster,
             connections: Default::default(),
+            by_address: Default::default(),
             streams: Default::default(),
             sessions: Default::default(),
             logins: Default::default(),
@@ -98,31 +110,97 @@ impl Web {
     pub fn applied(&self) {
         self.hub.applied();
     }
+
+    /// Counts a connection from `from`; false when that address holds
+    /// `CONNECTIONS_PER_ADDRESS_MAX` already (nothing counted then).
+    fn admit(&self, from: IpAddr) -> bool {
+        let mut by = self.by_address.lock().expect("addresses lock");
+        let n = by.entry(from).or_insert(0);
+        if *n >= CONNECTIONS_PER_ADDRESS_MAX {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn release(&self, from: IpAddr) {
+        let mut by = self.by_address.lock().expect("addresses lock");
+        if let Some(n) = by.get_mut(&from) {
+            *n -= 1;
+            if *n == 0 {
+                by.remove(&from);
+            }
+        }
+    }
+}
+
+/// The names this instance answers to over HTTP: its host as configured,
+/// its address, its server name, `localhost` on a loopback address, and
+/// `http_hosts`.
+fn host_names(cfg: &crate::config::Config, me: &crate::config::ServerConf) -> Vec<String> {
+    let ip = me.address.ip();
+    let mut names = vec![
+        me.host.to_string(),
+        ip.to_string(),
+        me.name.to_ascii_lowercase(),
+    ];
+    if ip.is_loopback() {
+        names.push("localhost".into());
+    }
+    names.extend(cfg.http_hosts.iter().cloned());
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The HTTP listener of this instance, bound before anything else starts so
+/// that a taken port stops `serve` at once, naming it (exit 2), rather than
+/// leaving an instance without its API while another answers on the port.
+/// `None`: `http_port = 0`.
+pub async fn listen(
+    cfg: &crate::config::Config,
+    me: &crate::config::ServerConf,
+) -> Result<Option<Listener>, String> {
+    if cfg.http_port == 0 {
+        return Ok(None);
+    }
+    let ip = me.address.ip();
+    let https = cfg.https.unwrap_or(!ip.is_loopback());
+    if !https && !ip.is_loopback() {
+        return Err(format!(
+            "{}: https = false, but plain HTTP is allowed only on a loopback address, and {ip} is none",
+            cfg.path.display()
+        ));
+    }
+    let addr = SocketAddr::new(ip, cfg.http_port);
+    let tcp = async_std::net::TcpListener::bind(addr).await.map_err(|e| {
+        format!(
+            "cannot listen on {addr} for the HTTP API (http_port = {} in {}): {e}",
+            cfg.http_port,
+            cfg.path.display()
+        )
+    })?;
+    Ok(Some(Listener { tcp, https }))
+}
+
+/// A bound HTTP listener (`listen`) and whether it serves TLS.
+pub struct Listener {
+    tcp: async_std::net::TcpListener,
+    https: bool,
 }
 
 /// Serves HTTP (or HTTPS) on this server's address and `http_port` until
 /// the process ends, with the event hub and the stats sampler beside it.
-pub async fn serve(web: Arc<Web>) {
-    let port = web.cluster.cfg.http_port;
-    if port == 0 {
-        return;
-    }
-    let ip = web.cluster.me.address.ip();
-    let https = web.cluster.cfg.https.unwrap_or(!ip.is_loopback());
-    if !https && !ip.is_loopback() {
-        return tracing::error!(
-            "the HTTP API is not served: plain HTTP (https = false) is allowed only on a loopback address, and {ip} is none"
-        );
-    }
+pub async fn serve(web: Arc<Web>, listener: Listener) {
+    let Listener {
+        tcp: listener,
+        https,
+    } = listener;
     let tls = match https.then(|| https_acceptor(&web)).transpose() {
         Ok(tls) => tls,
         Err(e) => return tracing::error!("the HTTP API is not served: {e}"),
     };
-    let addr = SocketAddr::new(ip, port);
-    let listener = match async_std::net::TcpListener::bind(addr).await {
-        Ok(l) => l,
-        Err(e) => return tracing::error!("HTTP API: cannot listen on {addr}: {e}"),
-    };
+    let addr = SocketAddr::new(web.cluster.me.address.ip(), web.cluster.cfg.http_port);
     web.https.store(https, Ordering::Relaxed);
     async_std::task::spawn(events::hub_loop(web.clone()));
     async_std::task::spawn(stats::sample_loop(web.clone()));
@@ -142,6 +220,16 @@ pub async fn serve(web: Arc<Web>) {
         if http.connections.fetch_add(1, Ordering::SeqCst) >= CONNECTIONS_MAX {
             http.connections.fetch_sub(1, Ordering::SeqCst);
             continue; // dropped: the client sees the connection closed
+        }
+        if !http.admit(peer.ip()) {
+            http.connections.fetch_sub(1, Ordering::SeqCst);
+            crate::throttled_warn!(
+                "http-per-address",
+                &peer.ip().to_string(),
+                "HTTP: {} holds {CONNECTIONS_PER_ADDRESS_MAX} connections (CONNECTIONS_PER_ADDRESS_MAX); closing its new one",
+                peer.ip()
+            );
+            continue;
         }
         let _ = stream.set_nodelay(true);
         async_std::task::spawn(accepted(web.clone(), stream, peer, tls.clone()));
@@ -179,6 +267,7 @@ async fn accepted(
             }
         }
     }
+    web.release(peer.ip());
     web.connections.fetch_sub(1, Ordering::SeqCst);
 }
 
@@ -232,6 +321,19 @@ async fn dispatch(
 ) -> Result<Reply, Fail> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
+    let host = header(&req, "host");
+    access::host_allowed(host.as_deref(), &web.hosts, web.cluster.cfg.http_port)
+        .map_err(|e| (StatusCode::MISDIRECTED_REQUEST, e))?;
+    if method != Method::GET {
+        if let Some(origin) = header(&req, "origin") {
+            if !access::origin_allowed(&origin, &web.hosts, web.cluster.cfg.http_port) {
+                return Err((
+                    StatusCode::FORBIDDEN,
+                    format!("a request from the page of {origin:?}, another site, is refused"),
+                ));
+            }
+        }
+    }
     if !path.starts_with("/api/") && path != "/metrics" {
         return dashboard::asset(&method, &path).ok_or_else(not_found);
     }
@@ -255,7 +357,7 @@ async fn dispatch(
         .map(str::to_string)
         .collect();
     let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
-    let need = need(&method, &parts);
+    let need = access::route_role(method.as_str(), &parts);
     if !caller.role.may(need) {
         return Err((
             StatusCode::FORBIDDEN,
@@ -281,31 +383,12 @@ async fn dispatch(
     let query = req.uri().query().unwrap_or("").to_string();
     let idem = header(&req, "idempotency-key");
     let body = read_body(req).await?;
-    route_api(web, &method, &parts, &query, &body, idem).await
-}
-
-/// The role a request takes: viewers read (tokens are an admin's), operators
-/// run work, admins change the cluster.
-fn need(method: &Method, parts: &[&str]) -> Role {
-    let admin = matches!(
-        parts.first(),
-        Some(&"servers" | &"coordinator" | &"settings" | &"tokens")
-    ) || (matches!(parts.first(), Some(&"scripts")) && method != Method::GET)
-        || (matches!(parts.first(), Some(&"hotfolders"))
-            && parts.len() <= 2
-            && method != Method::GET);
-    if admin && (method != Method::GET || parts.first() == Some(&"tokens")) {
-        return Role::Admin;
-    }
-    if method == Method::GET {
-        Role::Viewer
-    } else {
-        Role::Operator
-    }
+    route_api(web, &caller, &method, &parts, &query, &body, idem).await
 }
 
 async fn route_api(
     web: &Arc<Web>,
+    caller: &Caller,
     method: &Method,
     parts: &[&str],
     query: &str,
@@ -319,7 +402,7 @@ async fn route_api(
         (M::POST, ["servers", name, verb]) => admin::server_mode(web, name, verb).await,
         (M::POST, ["coordinator", "transfer"]) => admin::transfer(web, body).await,
         (M::GET, ["jobs"]) => api::jobs(web, query).await,
-        (M::POST, ["jobs"]) => api::submit(web, body, idem).await,
+        (M::POST, ["jobs"]) => api::submit(web, caller.role, body, idem).await,
         (M::GET, ["jobs", id]) => api::job(web, id).await,
         (M::POST, ["jobs", id, verb]) => api::cancel_or_retry(web, id, verb).await,
         (M::GET, ["hotfolders"]) => api::hotfolders(web).await,
@@ -415,12 +498,14 @@ async fn caller(web: &Web, req: &hyper::Request<Incoming>, from: IpAddr) -> Resu
     }
     let open = !web.cluster.cfg.http_login && from.is_loopback();
     if open {
-        // The quickstart: a loopback client on a loopback address. A
-        // browser's cross-site POST still needs the dashboard's header.
-        let csrf_ok = header(req, "x-claro").is_some() || header(req, "origin").is_none();
+        // The quickstart: a loopback client on a loopback address, trusted
+        // as every local process is (it could read conf/tls/client.key). A
+        // web page is not such a client: its requests name another Host
+        // (refused, 421) or carry a foreign Origin (refused, 403) before
+        // they get here; no header stands in for a login.
         return Ok(Caller {
             role: Role::Admin,
-            csrf_ok,
+            csrf_ok: true,
             csrf: String::new(),
         });
     }
@@ -453,6 +538,11 @@ async fn token_role(web: &Web, token: &str, from: IpAddr) -> Result<Role, Fail> 
     let hash = access::check_token_form(token)
         .ok()
         .map(|()| access::token_hash(token));
+    // A known token is never refused: the limit slows guessing, and behind a
+    // proxy or NAT one guesser's failures must not lock everyone out.
+    if let Some(role) = hash.as_deref().and_then(|h| token_by_hash(web, h)) {
+        return Ok(role);
+    }
     {
         let mut logins = web.logins.lock().expect("logins lock");
         if !logins.allows(from, now_ms()) {
@@ -463,9 +553,6 @@ async fn token_role(web: &Web, token: &str, from: IpAddr) -> Result<Role, Fail> 
                     access::FAILED_LOGINS_PER_MINUTE_MAX
                 ),
             ));
-        }
-        if let Some(role) = hash.as_deref().and_then(|h| token_by_hash(web, h)) {
-            return Ok(role);
         }
         logins.failed(from, now_ms());
     }
@@ -557,10 +644,15 @@ fn logout(web: &Web, req: &hyper::Request<Incoming>) -> Reply {
 // Bodies and answers
 
 async fn read_body(req: hyper::Request<Incoming>) -> Result<Bytes, Fail> {
-    match Limited::new(req.into_body(), BODY_BYTES_MAX)
-        .collect()
-        .await
-    {
+    let collect = Limited::new(req.into_body(), BODY_BYTES_MAX).collect();
+    let Ok(read) = async_std::future::timeout(Duration::from_millis(BODY_READ_MS), collect).await
+    else {
+        return Err((
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the body did not arrive within {BODY_READ_MS} ms (BODY_READ_MS)"),
+        ));
+    };
+    match read {
         Ok(b) => Ok(b.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err((
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -674,7 +766,11 @@ mod tests {
         ];
         for (method, path, role) in cases {
             let parts: Vec<&str> = path.split('/').collect();
-            assert_eq!(need(&method, &parts), role, "{method} {path}");
+            assert_eq!(
+                access::route_role(method.as_str(), &parts),
+                role,
+                "{method} {path}"
+            );
         }
     }
 }

@@ -407,24 +407,35 @@ pub fn confine(root: &Path, rel: &str, within: Option<&Path>) -> Result<PathBuf,
 pub fn file_op(root: &Path, op: FileOp, write_within: Option<&Path>) -> Result<Value, String> {
     match op {
         FileOp::Read(rel) => {
+            use std::io::Read as _;
             let path = confine(root, &rel, None)?;
-            let bytes = std::fs::metadata(&path).map_err(|e| e.to_string())?.len();
+            let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+            // Checked on the opened file: the name cannot be swapped between
+            // the check and the read.
+            let meta = file.metadata().map_err(|e| e.to_string())?;
+            one_name(&meta, &rel)?;
+            let bytes = meta.len();
             if bytes > crate::work::script::STRING_BYTES_MAX as u64 {
                 return Err(format!(
                     "{bytes} bytes, the limit is {}",
                     crate::work::script::STRING_BYTES_MAX
                 ));
             }
-            let data = std::fs::read(&path).map_err(|e| e.to_string())?;
+            let mut data = Vec::new();
+            file.take(crate::work::script::STRING_BYTES_MAX as u64 + 1)
+                .read_to_end(&mut data)
+                .map_err(|e| e.to_string())?;
             String::from_utf8(data)
                 .map(Value::String)
                 .map_err(|_| "not UTF-8 text".into())
         }
-        FileOp::Write { path, text, append } => {
-            let path = confine(root, &path, write_within)?;
-            write_file(&path, &text, append)
-                .map(|()| Value::Null)
-                .map_err(|e| e.to_string())
+        FileOp::Write {
+            path: rel,
+            text,
+            append,
+        } => {
+            let path = confine(root, &rel, write_within)?;
+            write_file(&path, &rel, &text, append).map(|()| Value::Null)
         }
         FileOp::List(rel) => list_dir(&confine(root, &rel, None)?).map_err(|e| e.to_string()),
         FileOp::Exists(rel) => Ok(Value::Bool(confine(root, &rel, None)?.exists())),
@@ -441,25 +452,45 @@ pub fn file_op(root: &Path, op: FileOp, write_within: Option<&Path>) -> Result<V
 
 /// Writes through a temporary name and a rename, so that nobody (a
 /// hotfolder scan included) sees half a file; appends in place.
-fn write_file(path: &Path, text: &str, append: bool) -> std::io::Result<()> {
+/// A file a script reads or appends to must have one name: a second hard
+/// link may be a file outside `shared_root` (a link does not show where the
+/// other name is), which `confine`'s path checks cannot see.
+fn one_name(meta: &std::fs::Metadata, rel: &str) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    if meta.is_file() && meta.nlink() > 1 {
+        return Err(format!(
+            "`{rel}` has {} hard links: a file with more than one name may be one outside shared_root, so scripts may not read or change it",
+            meta.nlink()
+        ));
+    }
+    Ok(())
+}
+
+/// Writes `text` (a new file through a temporary one renamed over the old
+/// name, which never changes another name's content) or appends it (to a
+/// file of one name only, checked on the opened file).
+fn write_file(path: &Path, rel: &str, text: &str, append: bool) -> Result<(), String> {
     use std::io::Write;
+    let io = |e: std::io::Error| e.to_string();
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).map_err(io)?;
     }
     if append {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(path)?;
-        return f.write_all(text.as_bytes());
+            .open(path)
+            .map_err(io)?;
+        one_name(&f.metadata().map_err(io)?, rel)?;
+        return f.write_all(text.as_bytes()).map_err(io);
     }
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.claro-tmp"));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
 fn list_dir(dir: &Path) -> std::io::Result<Value> {
@@ -521,6 +552,35 @@ mod tests {
         assert!(!outside.exists());
         assert_eq!(op(FileOp::Remove("a/b.txt".into())).unwrap(), true);
         assert_eq!(op(FileOp::Exists("a/b.txt".into())).unwrap(), false);
+    }
+
+    #[test]
+    fn a_hard_link_to_a_file_outside_is_neither_read_nor_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let secret = dir.path().join("secret.txt");
+        std::fs::write(&secret, "outside").unwrap();
+        std::fs::hard_link(&secret, root.join("link.txt")).unwrap();
+        let op = |op| file_op(&root, op, None);
+        let e = op(FileOp::Read("link.txt".into())).unwrap_err();
+        assert!(e.contains("2 hard links"), "{e}");
+        let append = FileOp::Write {
+            path: "link.txt".into(),
+            text: "changed".into(),
+            append: true,
+        };
+        let e = op(append).unwrap_err();
+        assert!(e.contains("hard links"), "{e}");
+        // A whole write replaces the name inside the root only.
+        let write = FileOp::Write {
+            path: "link.txt".into(),
+            text: "mine".into(),
+            append: false,
+        };
+        op(write).unwrap();
+        assert_eq!(std::fs::read_to_string(&secret).unwrap(), "outside");
+        assert_eq!(op(FileOp::Read("link.txt".into())).unwrap(), "mine");
     }
 
     #[test]
