@@ -243,6 +243,15 @@ pub struct Config {
 pub struct JobsConf {
     pub keep_ms: u64,
     pub keep_count: u64,
+    /// Address space of one script worker process (`script_memory_mb`): a
+    /// script that needs more fails naming this limit, its instance unharmed.
+    pub script_memory_mb: u64,
+    /// CPU time one script may use (`script_cpu_s`), beside its wall-clock
+    /// timeout: the worker process is stopped past it.
+    pub script_cpu_s: u64,
+    /// Files a script worker process may hold open (`script_files_max`); its
+    /// host functions' files are opened by the instance, not the worker.
+    pub script_files_max: u64,
 }
 
 impl Default for JobsConf {
@@ -250,9 +259,18 @@ impl Default for JobsConf {
         JobsConf {
             keep_ms: 7 * 24 * 3600 * 1000,
             keep_count: 1_000_000,
+            script_memory_mb: 1024,
+            script_cpu_s: 3600,
+            script_files_max: 64,
         }
     }
 }
+
+/// Bounds of the script workers' limits: 64 MiB to 64 GiB of address space,
+/// a second to a day of CPU time, 16 to 4,096 open files.
+const SCRIPT_MEMORY_MB_RANGE: std::ops::RangeInclusive<u64> = 64..=65_536;
+const SCRIPT_CPU_S_RANGE: std::ops::RangeInclusive<u64> = 1..=86_400;
+const SCRIPT_FILES_RANGE: std::ops::RangeInclusive<u64> = 16..=4096;
 
 /// Bounds of `[jobs]`: a minute to a year; one to a hundred million jobs.
 const JOBS_KEEP_MS_RANGE: std::ops::RangeInclusive<u64> = 60_000..=365 * 24 * 3600 * 1000;
@@ -328,6 +346,9 @@ struct RawHotfolder {
 struct RawJobs {
     keep_ms: Option<Spanned<i64>>,
     keep_count: Option<Spanned<i64>>,
+    script_memory_mb: Option<Spanned<i64>>,
+    script_cpu_s: Option<Spanned<i64>>,
+    script_files_max: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -979,6 +1000,24 @@ fn jobs_conf(src: &Source<'_>, raw: Option<&Spanned<RawJobs>>) -> Result<JobsCon
             "keep_count",
             JOBS_KEEP_COUNT_RANGE,
             d.keep_count,
+        )?,
+        script_memory_mb: value(
+            &raw.script_memory_mb,
+            "script_memory_mb",
+            SCRIPT_MEMORY_MB_RANGE,
+            d.script_memory_mb,
+        )?,
+        script_cpu_s: value(
+            &raw.script_cpu_s,
+            "script_cpu_s",
+            SCRIPT_CPU_S_RANGE,
+            d.script_cpu_s,
+        )?,
+        script_files_max: value(
+            &raw.script_files_max,
+            "script_files_max",
+            SCRIPT_FILES_RANGE,
+            d.script_files_max,
         )?,
     })
 }
@@ -2114,7 +2153,8 @@ address = "fd00::4"
             c.jobs,
             JobsConf {
                 keep_ms: 3_600_000,
-                keep_count: 500
+                keep_count: 500,
+                ..JobsConf::default()
             }
         );
         assert_eq!(f.ok(&minimal()).jobs, JobsConf::default());

@@ -564,3 +564,50 @@ fn a_script_reaches_sql_files_commands_and_child_jobs_and_nothing_outside() {
     assert_eq!(count, 7, "the script, its child and the five refused ones");
     c.assert_nobody_crashed();
 }
+
+/// Scripts run in worker processes under OS limits: scripts that grow a
+/// map, an array or strings without end (each value under its own limit)
+/// end with an error naming `script_memory_mb`, the instance keeps serving
+/// and its memory stays small, and the next script runs as usual.
+#[test]
+fn a_memory_hungry_script_ends_its_worker_not_its_instance() {
+    let timing = format!("{}\n[jobs]\nscript_memory_mb = 128\n", common::TEST_TIMING);
+    let mut c = Cluster::with_timing(133, &[("srv1", "server")], &timing);
+    c.start_alone("srv1");
+    // A map of small strings passes the engine's own size checks (they
+    // count string bytes) long after it passed the worker's memory.
+    let hungry = ["let m = #{}; let i = 0; loop { m[\"k\" + i] = \"v\" + i; i += 1; }"];
+    let mut ids = Vec::new();
+    for code in hungry {
+        let mut spec = script(code);
+        spec.max_attempts = 1;
+        spec.timeout_ms = 120_000;
+        ids.push(submit(&c, "srv1", spec).expect("submit"));
+    }
+    let started = Instant::now();
+    c.wait(120, "the hungry scripts to fail", || {
+        ids.iter()
+            .all(|id| job(&c, "srv1", id).is_some_and(|j| j.state.is_final()))
+    });
+    for id in &ids {
+        let j = job(&c, "srv1", id).unwrap();
+        assert_eq!(j.state, JobState::Failed, "{j:?}");
+        let error = j.error.unwrap_or_default();
+        assert!(error.contains("script_memory_mb = 128 MiB"), "{error}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(110));
+    let pid = c.pid("srv1").expect("srv1 runs");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(rss_kb < 200 * 1024, "the instance holds {rss_kb} kB");
+    let id = submit(&c, "srv1", script("log(\"after\"); 6 * 7")).expect("submit");
+    c.wait(20, "a script after them", || {
+        job(&c, "srv1", &id).is_some_and(|j| j.state == JobState::Succeeded)
+    });
+    assert_eq!(job(&c, "srv1", &id).unwrap().result.as_deref(), Some("42"));
+    c.assert_nobody_crashed();
+}

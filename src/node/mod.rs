@@ -33,6 +33,16 @@ pub enum ServeError {
     Failed(String),
 }
 
+/// The body of a script worker process (`claro` started with
+/// `SCRIPT_WORKER_ARG`, by an instance, never by a person): runs scripts
+/// for its instance over stdin and stdout. Its exit status.
+pub fn script_worker() -> i32 {
+    work::sandbox::worker_main()
+}
+
+/// The first argument that makes `claro` a script worker.
+pub const SCRIPT_WORKER_ARG: &str = work::sandbox::WORKER_ARG;
+
 /// Runs one instance until it is stopped.
 pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     async_std::task::block_on(serve_async(opts))

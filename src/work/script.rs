@@ -107,7 +107,7 @@ pub trait Host: Send + Sync {
 }
 
 /// A file operation, paths relative to `shared_root`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FileOp {
     Read(String),
     Write {
@@ -129,7 +129,7 @@ pub struct CallTarget {
 }
 
 /// How a run ends when it fails: the message says where.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Failure {
     /// It does not compile (message with line and column).
     Compile(String),
@@ -162,21 +162,37 @@ impl Profiler {
     /// Adds one call of `name`. Past `PROFILE_ROWS_MAX` names, further ones
     /// share one row, so that a script calling many targets stays bounded.
     pub fn record(&self, name: &str, split: Split) {
-        let mut rows = self.rows.lock().expect("profile lock");
-        let name = if rows.contains_key(name) || rows.len() < PROFILE_ROWS_MAX - 1 {
-            crate::work::jobs::bounded_text(name, PROFILE_NAME_BYTES_MAX - 32)
-        } else {
-            "(other)".to_string()
-        };
-        let row = rows.entry(name.clone()).or_insert_with(|| ProfileRow {
-            name,
-            ..ProfileRow::default()
-        });
-        row.calls += 1;
-        row.prepare_us += split.prepare_us;
-        row.wait_us += split.wait_us;
-        row.receive_us += split.receive_us;
-        row.total_us += split.prepare_us + split.wait_us + split.receive_us;
+        self.merge(&[ProfileRow {
+            name: name.to_string(),
+            calls: 1,
+            total_us: split.prepare_us + split.wait_us + split.receive_us,
+            prepare_us: split.prepare_us,
+            wait_us: split.wait_us,
+            receive_us: split.receive_us,
+        }]);
+    }
+
+    /// Adds rows (one call's, or those a script worker process kept): same
+    /// names add up; past `PROFILE_ROWS_MAX` names, further ones share one
+    /// row, so that a script calling many targets stays bounded.
+    pub fn merge(&self, rows: &[ProfileRow]) {
+        let mut kept = self.rows.lock().expect("profile lock");
+        for r in rows {
+            let name = if kept.contains_key(&r.name) || kept.len() < PROFILE_ROWS_MAX - 1 {
+                crate::work::jobs::bounded_text(&r.name, PROFILE_NAME_BYTES_MAX - 32)
+            } else {
+                "(other)".to_string()
+            };
+            let row = kept.entry(name.clone()).or_insert_with(|| ProfileRow {
+                name,
+                ..ProfileRow::default()
+            });
+            row.calls += r.calls;
+            row.prepare_us += r.prepare_us;
+            row.wait_us += r.wait_us;
+            row.receive_us += r.receive_us;
+            row.total_us += r.total_us;
+        }
     }
 
     /// The rows, slowest first.

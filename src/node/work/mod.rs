@@ -19,6 +19,7 @@ mod hotfolder;
 mod hotfolder_sim;
 mod jobs;
 mod process;
+pub(crate) mod sandbox;
 mod script_host;
 mod worker;
 
@@ -50,11 +51,20 @@ pub(crate) struct Work {
     reports: (Sender<worker::Report>, Receiver<worker::Report>),
     /// Applied batches so far, for blocking waiters (`wait_applied`).
     applied_count: (Mutex<u64>, std::sync::Condvar),
+    /// The worker processes scripts run in (`sandbox`).
+    scripts: sandbox::Pool,
 }
 
 impl Work {
     pub fn new(cluster: Arc<Shared>) -> Work {
+        // As many idle script workers as slots; a witness runs no jobs.
+        let idle_max = match cluster.me.role {
+            crate::config::Role::Server => cluster.me.slots as usize,
+            crate::config::Role::Witness => 0,
+        };
+        let scripts = sandbox::Pool::new(sandbox::Limits::of(&cluster.cfg.jobs), idle_max);
         Work {
+            scripts,
             cluster,
             assign_wake: async_std::channel::bounded(1),
             worker_wake: async_std::channel::bounded(1),
@@ -87,6 +97,8 @@ impl Work {
 /// Starts the work's loops: placement (coordinator), hotfolders
 /// (coordinator), the worker and its reports (every instance).
 pub(crate) fn start(work: &Arc<Work>) {
+    let pool = work.clone();
+    async_std::task::spawn_blocking(move || pool.scripts.prestart());
     async_std::task::spawn(jobs::assign_loop(work.clone()));
     async_std::task::spawn(hotfolder::hotfolder_loop(work.clone()));
     async_std::task::spawn(worker::worker_loop(work.clone()));

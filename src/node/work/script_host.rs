@@ -1,4 +1,5 @@
-//! What a running script reaches through this instance (`script::Host`):
+//! What a running script reaches through this instance (`script::Host`),
+//! answering the calls of its worker process (`sandbox`):
 //! its log, the cluster's settings, read-only SQL on the local replica,
 //! files under `shared_root`, external commands, child jobs and remote
 //! calls. Every method runs on the script's blocking thread and is bounded
@@ -170,16 +171,19 @@ pub fn run_job_script(
     };
     let host = Arc::new(ScriptHost {
         log: log.clone(),
-        work,
+        work: work.clone(),
         job: job.clone(),
         write_under,
     });
-    crate::work::script::run(
+    // In a worker process of this instance: a script that breaks its limits
+    // ends its worker, never this instance.
+    super::sandbox::run(
+        &work.scripts,
         &program,
         job.spec.timeout_ms,
         cancel,
         host,
-        profiler.clone(),
+        profiler,
     )
 }
 
