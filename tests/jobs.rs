@@ -609,5 +609,46 @@ fn a_memory_hungry_script_ends_its_worker_not_its_instance() {
         job(&c, "srv1", &id).is_some_and(|j| j.state == JobState::Succeeded)
     });
     assert_eq!(job(&c, "srv1", &id).unwrap().result.as_deref(), Some("42"));
-    c.assert_nobody_crashed();
+    // A script looping in its worker when the instance is killed -9: the
+    // worker ends with its instance, not at the script's timeout.
+    let mut spec = script("loop { sleep_ms(100); }");
+    spec.timeout_ms = 600_000;
+    let id = submit(&c, "srv1", spec).expect("submit");
+    c.wait(20, "the loop to run", || {
+        job(&c, "srv1", &id).is_some_and(|j| j.state == JobState::Running)
+    });
+    let workers = children_of(pid);
+    assert!(!workers.is_empty(), "srv1 has worker processes");
+    c.kill9("srv1");
+    let killed = Instant::now();
+    while workers
+        .iter()
+        .any(|w| std::path::Path::new(&format!("/proc/{w}")).exists())
+    {
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "a script worker outlived its instance"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // The parent is the second field after the name, which ends with ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            found.push(child);
+        }
+    }
+    found
 }

@@ -40,6 +40,8 @@ pub const REUSE_RSS_BYTES_MAX: u64 = 64 * 1024 * 1024;
 const KILL_GRACE_MS: u64 = 2_000;
 /// Step of the watchdog's looks at the cancel flag and the deadline.
 const WATCH_MS: u64 = 10;
+/// Step of a worker's look at whether its instance is still there.
+const PARENT_CHECK_MS: u64 = 100;
 /// What a worker wrote to stderr, kept for the message if it dies.
 const STDERR_BYTES_MAX: usize = 4096;
 
@@ -509,6 +511,7 @@ pub fn worker_main() -> i32 {
         eprintln!("script worker: cannot set its limits: {e}");
         return 70;
     }
+    exit_with_parent();
     let link = Arc::new(Link {
         from: Mutex::new(BufReader::new(std::io::stdin())),
         to: Mutex::new(BufWriter::new(std::io::stdout())),
@@ -557,6 +560,22 @@ fn run_order(link: &Arc<Link>, order: Order) -> FromWorker {
         result,
         profile: profiler.rows(),
     }
+}
+
+/// Ends this worker as soon as its instance is gone (killed -9, say): a
+/// script in a loop would otherwise run on for nobody until its timeout.
+/// The parent is watched, not signalled: `PR_SET_PDEATHSIG` fires when the
+/// *thread* that started the worker ends, which a blocking pool's threads do.
+fn exit_with_parent() {
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() };
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(PARENT_CHECK_MS));
+        // SAFETY: as above; _exit ends the process without unwinding.
+        if unsafe { libc::getppid() } != parent {
+            unsafe { libc::_exit(0) };
+        }
+    });
 }
 
 fn limits_from_env() -> Result<Limits, String> {
