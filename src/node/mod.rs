@@ -58,6 +58,10 @@ async fn serve_async(opts: ServeOptions) -> Result<(), ServeError> {
         .await
         .map_err(ServeError::Setup)?;
     let (shared, wake_rx, stop_rx) = cluster::prepare(opts).map_err(ServeError::Failed)?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        tracing::warn!("this instance runs as root, and so do its jobs' commands and script workers: run claro as a user of its own (docs/SECURITY.md)");
+    }
     let work = Arc::new(work::Work::new(shared.clone()));
     let web = Arc::new(web::Web::new(shared.clone()));
     // Before the raft loop starts (`cluster::start`): no apply goes unheard.
