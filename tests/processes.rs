@@ -1,7 +1,9 @@
-//! Processes end with their job, through a real server: a timed-out
-//! command, a cancelled one, a script's timed-out `run` and a background
-//! child are gone, the whole process group, when the job ends
-//! (127.0.140.x).
+//! The processes jobs start, through a real server. They end with their
+//! job: a timed-out command, a cancelled one, a script's timed-out `run`
+//! and a background child are gone, the whole process group, when the job
+//! ends (127.0.140.x). A hotfolder's file name never reaches a shell as
+//! code: such a template is refused unless knowingly allowed, and the
+//! action gets the values in its environment (127.0.141.x).
 
 mod common;
 
@@ -23,6 +25,10 @@ fn alive_with(marker: &str) -> Vec<String> {
     found
 }
 
+/// One cluster at a time: the timings measured here are not a contest
+/// for the CPU between the tests of this file.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn state(c: &Cluster, id: &str) -> String {
     let out = c.cli(&["job", id, "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
@@ -31,6 +37,7 @@ fn state(c: &Cluster, id: &str) -> String {
 
 #[test]
 fn a_jobs_processes_end_with_the_job() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let c = Cluster::running_prepared(140, 1, common::TEST_TIMING, 1, |_| {});
 
     // A timeout: `sh` and its `sleep` are killed together, at once.
@@ -107,4 +114,103 @@ fn a_jobs_processes_end_with_the_job() {
     assert!(out.status.success(), "{out:?}");
     assert!(took < Duration::from_secs(5), "took {took:?}");
     assert_eq!(alive_with("30.0143"), Vec::<String>::new());
+}
+
+#[test]
+fn file_names_reach_a_shell_only_as_data() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let timing = format!("{}hotfolder_poll_ms = 200\n", common::TEST_TIMING);
+    let c = Cluster::running_prepared(141, 1, &timing, 2, |_| {});
+    let root = c.conf.parent().unwrap().join("../shared");
+
+    // The unsafe form is refused, naming the placeholder and the safe forms.
+    let unsafe_form = "sh -c 'echo {name} > {output_dir}/name.txt'";
+    let out = c.cli(&["hotfolder", "add", "bad", "--command", unsafe_form]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    for part in [
+        "`{name}`",
+        "as code",
+        "sh -c 'echo \"$1\"' sh {name}",
+        "CLARO_NAME",
+    ] {
+        assert!(stderr.contains(part), "no {part} in {stderr}");
+    }
+    // Knowingly allowed: accepted, with a warning.
+    let out = c.cli(&[
+        "hotfolder",
+        "add",
+        "risky",
+        "--command",
+        unsafe_form,
+        "--allow-shell",
+        "--stable-ms",
+        "200",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("warning:"),
+        "{out:?}"
+    );
+    // A new template given to `set` is checked again.
+    let out = c.cli(&["hotfolder", "set", "risky", "--command", unsafe_form]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    // The safe forms: the value as an argument, or from the environment.
+    let by_env =
+        "sh -c 'printf %s \"$CLARO_NAME|$CLARO_STEM|$CLARO_EXT\" > \"$CLARO_OUTPUT_DIR/name.txt\"'";
+    let by_arg = "sh -c 'printf %s \"$1\" > name.txt' sh {name}";
+    for (name, template) in [("env", by_env), ("arg", by_arg)] {
+        let out = c.cli(&[
+            "hotfolder",
+            "add",
+            name,
+            "--command",
+            template,
+            "--stable-ms",
+            "200",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    c.wait(10, "the hotfolders' folders", || {
+        ["env", "arg", "risky"]
+            .iter()
+            .all(|n| root.join(n).join("in").is_dir())
+    });
+    let evil = "$(touch pwned).txt";
+    for name in ["env", "arg", "risky"] {
+        std::fs::write(root.join(name).join("in").join(evil), "x").unwrap();
+    }
+    let env_out = root.join("env/out/name.txt");
+    let arg_out = root.join("arg/out/name.txt");
+    let risky_out = root.join("risky/out/name.txt");
+    c.wait(30, "the outputs", || {
+        env_out.exists() && arg_out.exists() && risky_out.exists()
+    });
+    assert_eq!(
+        std::fs::read_to_string(&env_out).unwrap(),
+        "$(touch pwned).txt|$(touch pwned)|txt"
+    );
+    assert_eq!(std::fs::read_to_string(&arg_out).unwrap(), evil);
+    // What the allowed template does with that name: it runs `touch` (in
+    // its output folder, so `pwned` is published).
+    let pwned: Vec<_> = walk(&root)
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "pwned"))
+        .collect();
+    assert_eq!(pwned, [root.join("risky/out/pwned")]);
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
 }
