@@ -339,6 +339,7 @@ struct RawHotfolder {
     max_attempts: Option<Spanned<i64>>,
     timeout_s: Option<Spanned<i64>>,
     on_success: Option<Spanned<String>>,
+    allow_shell: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -969,6 +970,7 @@ fn hotfolder_conf(
             )
         })?;
     }
+    h.allow_shell = r.allow_shell.unwrap_or(false);
     h.validate().map_err(whole)?;
     Ok(h)
 }
@@ -1572,6 +1574,20 @@ mod tests {
     }
 
     // --- good configs -----------------------------------------------------
+
+    #[test]
+    fn a_hotfolder_shell_template_needs_allow_shell() {
+        let f = Fixture::new();
+        let table = "\n[hotfolder.hf]\ncommand = \"sh -c 'echo {name}'\"\n";
+        let text = format!("{}{table}", minimal());
+        let e = f.bad(&text, Some(9), Some("hotfolder.hf"), "as code");
+        assert!(e.message.contains("allow_shell"), "{e}");
+        let c = f.ok(&format!("{text}allow_shell = true\n"));
+        assert!(c.hotfolders[0].allow_shell);
+        let safe = "\n[hotfolder.hf]\ncommand = \"sh -c 'echo \\\"$CLARO_NAME\\\"'\"\n";
+        let c = f.ok(&format!("{}{safe}", minimal()));
+        assert!(!c.hotfolders[0].allow_shell);
+    }
 
     #[test]
     fn minimal_config_gets_defaults() {

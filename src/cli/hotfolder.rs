@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::proto::{Request, Response};
 use crate::state::hotfolders::Counts;
 use crate::state::Command;
-use crate::work::hotfolder::{split_template, Action, Hotfolder, OnSuccess};
+use crate::work::hotfolder::{shell_danger, split_template, Action, Hotfolder, OnSuccess};
 use clap::Subcommand;
 use std::path::PathBuf;
 
@@ -43,6 +43,8 @@ pub fn command(config: &Config, action: HotfolderAction) -> Result<(), Failure> 
             let mut def = existing(config, &d.client, &d.name)?;
             if let Some(action) = action_of(&d.options)? {
                 def.action = action;
+                // Allowed for the template it was given with, not a new one.
+                def.allow_shell = false;
             }
             put(config, &d.client, with_options(def, &d.options)?)?;
             output::emit(&format!("{}: changed\n", d.name))
@@ -97,7 +99,19 @@ fn with_options(mut def: Hotfolder, o: &HotfolderOptions) -> Result<Hotfolder, F
     if let Some(v) = o.priority {
         def.priority = v;
     }
+    if o.allow_shell {
+        def.allow_shell = true;
+    }
     def.validate().map_err(Failure::usage)?;
+    if let Action::Command { argv } = &def.action {
+        if let Some(danger) = shell_danger(argv).filter(|_| def.allow_shell) {
+            output::note(&format!(
+                "warning: {danger}. Allowed by --allow-shell: whoever can drop a file \
+                 into {}/in/ can run commands as the server's user\n",
+                def.name
+            ));
+        }
+    }
     Ok(def)
 }
 
@@ -237,9 +251,15 @@ pub enum HotfolderAction {
 #[derive(clap::Args, Debug, Clone)]
 pub struct HotfolderOptions {
     /// The action: an argv template split like a shell would (no shell
-    /// runs), with {input}, {output_dir}, {name}, {stem}, {ext}.
+    /// runs), with {input}, {output_dir}, {name}, {stem}, {ext}; it also
+    /// gets CLARO_INPUT, CLARO_OUTPUT_DIR, CLARO_NAME, CLARO_STEM,
+    /// CLARO_EXT in its environment.
     #[arg(long, conflicts_with = "script")]
     pub command: Option<String>,
+    /// Accept a shell template with a placeholder in its -c string
+    /// (`sh -c 'echo {name}'`), which runs parts of file names as code.
+    #[arg(long)]
+    pub allow_shell: bool,
     /// The action: a script file; it sees FILE (#{input, output_dir, name,
     /// stem, ext, relative}) and may write only in FILE.output_dir.
     #[arg(long)]

@@ -91,6 +91,11 @@ pub struct Hotfolder {
     pub timeout_ms: u64,
     pub on_success: OnSuccess,
     pub paused: bool,
+    /// Accepts a shell template with a placeholder in its command string
+    /// (`sh -c 'echo {name}'`), which runs parts of file names as code:
+    /// the admin said so knowingly. Absent in older definitions: false.
+    #[serde(default)]
+    pub allow_shell: bool,
 }
 
 impl Hotfolder {
@@ -106,6 +111,7 @@ impl Hotfolder {
             timeout_ms: crate::work::jobs::TIMEOUT_MS_DEFAULT,
             on_success: OnSuccess::Move,
             paused: false,
+            allow_shell: false,
         }
     }
 
@@ -126,6 +132,14 @@ impl Hotfolder {
                 }
                 for a in argv {
                     check_placeholders(a)?;
+                }
+                if !self.allow_shell {
+                    if let Some(danger) = shell_danger(argv) {
+                        return Err(format!(
+                            "{danger}; or, knowing the risk, allow it (--allow-shell, \
+                             `allow_shell`)"
+                        ));
+                    }
                 }
             }
             Action::Script { code } => {
@@ -193,6 +207,89 @@ fn check_placeholders(arg: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Programs that run their `-c` argument as shell code (matched on the
+/// last path component: `/bin/sh`, `/usr/bin/bash` ...).
+const SHELLS: [&str; 11] = [
+    "sh", "bash", "dash", "zsh", "ksh", "ash", "mksh", "yash", "csh", "tcsh", "fish",
+];
+
+/// The environment variables every action process gets, one per
+/// placeholder: the safe way for a shell to see them.
+pub const ENV_VARS: [(&str, &str); 5] = [
+    ("CLARO_INPUT", "input"),
+    ("CLARO_OUTPUT_DIR", "output_dir"),
+    ("CLARO_NAME", "name"),
+    ("CLARO_STEM", "stem"),
+    ("CLARO_EXT", "ext"),
+];
+
+/// Why a template would run file names as code, if it would: a shell
+/// given `-c` (alone or among other flags: `-ec`, `-lc`) whose command
+/// string holds a placeholder. The shell may come after a wrapper (`env
+/// sh`, `busybox sh`, `nice bash`): every argument that names a shell is
+/// looked at. Placeholders after the command string are the shell's `$0`,
+/// `$1` ...: data, never code.
+pub fn shell_danger(argv: &[String]) -> Option<String> {
+    for (i, word) in argv.iter().enumerate() {
+        let program = word.rsplit('/').next().unwrap_or(word);
+        if !SHELLS.contains(&program) {
+            continue;
+        }
+        let Some(code) = command_string(&argv[i + 1..]) else {
+            continue;
+        };
+        // The placeholders in the command string, in their order there.
+        let mut found: Vec<(usize, &str)> = PLACEHOLDERS
+            .iter()
+            .filter_map(|p| code.find(&format!("{{{p}}}")).map(|at| (at, *p)))
+            .collect();
+        found.sort();
+        let Some(&(_, first)) = found.first() else {
+            continue;
+        };
+        let named: Vec<String> = found.iter().map(|(_, p)| format!("`{{{p}}}`")).collect();
+        let template =
+            shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_else(|_| argv.join(" "));
+        return Some(format!(
+            "`{template}`: the shell would run {} as code (in its -c command string, a \
+             file named `$(touch x).pdf` runs `touch`). Give the values as separate \
+             arguments (`sh -c 'echo \"$1\"' sh {{{first}}}`) or read them from the \
+             environment (`sh -c 'echo \"$CLARO_NAME\"'`; {})",
+            named.join(", "),
+            ENV_VARS.map(|(var, _)| var).join(", ")
+        ));
+    }
+    None
+}
+
+/// The command string of a shell's arguments when they hold `-c`: the
+/// first operand after the options (`sh -c [options] STRING [$0 [$1 ...]]`).
+fn command_string(args: &[String]) -> Option<&str> {
+    let mut with_c = false;
+    let mut rest = args.iter();
+    while let Some(a) = rest.next() {
+        if a == "--" || a == "-" {
+            return rest.next().filter(|_| with_c).map(String::as_str);
+        }
+        if let Some(long) = a.strip_prefix("--") {
+            // bash's long options; two of them take a value.
+            if matches!(long, "rcfile" | "init-file") {
+                rest.next();
+            }
+            continue;
+        }
+        let Some(flags) = a.strip_prefix('-').or_else(|| a.strip_prefix('+')) else {
+            return with_c.then_some(a.as_str());
+        };
+        with_c |= a.starts_with('-') && flags.contains('c');
+        // `-o OPTION`, `+o OPTION`, bash's `-O SHOPT`: a value follows.
+        if flags.contains('o') || flags.contains('O') {
+            rest.next();
+        }
+    }
+    None
+}
+
 /// A command template split into argv as a shell would split it (quotes,
 /// backslashes), without running a shell.
 pub fn split_template(template: &str) -> Result<Vec<String>, String> {
@@ -229,6 +326,24 @@ impl FileValues {
             stem,
             ext,
         }
+    }
+
+    /// `CLARO_INPUT`, `CLARO_OUTPUT_DIR`, `CLARO_NAME`, `CLARO_STEM` and
+    /// `CLARO_EXT`, for the action's environment.
+    pub fn env(&self) -> Vec<(String, String)> {
+        ENV_VARS
+            .iter()
+            .map(|&(var, placeholder)| {
+                let value = match placeholder {
+                    "input" => &self.input,
+                    "output_dir" => &self.output_dir,
+                    "name" => &self.name,
+                    "stem" => &self.stem,
+                    _ => &self.ext,
+                };
+                (var.to_string(), value.clone())
+            })
+            .collect()
     }
 }
 
@@ -550,6 +665,132 @@ mod tests {
             check_name("../x").is_err()
                 && check_name("in box").is_err()
                 && check_name("ok-1_a").is_ok()
+        );
+    }
+
+    #[test]
+    fn shell_templates_that_run_file_names_as_code_are_refused() {
+        let def = |template: &str| {
+            Hotfolder::new(
+                "hf",
+                Action::Command {
+                    argv: split_template(template).unwrap(),
+                },
+            )
+        };
+        for refused in [
+            "sh -c 'echo {name}'",
+            "bash -c 'convert {input} {output_dir}/x.png'",
+            "dash -c 'echo {stem}'",
+            "zsh -c 'echo {ext}'",
+            "ksh -c 'echo {output_dir}'",
+            "/bin/sh -c 'echo {name}'",
+            "/usr/local/bin/bash -c 'echo {name}'",
+            "sh -ec 'echo {name}'",
+            "bash -lc 'echo {name}'",
+            "bash -e -o pipefail -c 'echo {name}'",
+            "sh -c -- 'echo {name}'",
+            "bash --norc -c 'echo {name}'",
+            "env sh -c 'echo {name}'",
+            "/usr/bin/env LANG=C bash -c 'echo {name}'",
+            "busybox sh -c 'echo {name}'",
+            "nice -n 5 sh -c 'echo {name}'",
+            "sh -c 'cp \"{input}\" out/' sh",
+        ] {
+            let why = def(refused).validate().unwrap_err();
+            assert!(why.contains("as code"), "{refused}: {why}");
+            assert!(why.contains("allow-shell"), "{refused}: {why}");
+        }
+        let why = def("sh -c 'cp {output_dir}/x {name}'")
+            .validate()
+            .unwrap_err();
+        assert!(
+            why.contains("run `{output_dir}`, `{name}` as code"),
+            "{why}"
+        );
+        // The error names the template, the placeholder and the safe forms.
+        let why = def("sh -c 'echo {name}'").validate().unwrap_err();
+        for part in [
+            "`sh -c 'echo {name}'`",
+            "`{name}`",
+            "sh -c 'echo \"$1\"' sh {name}",
+            "$CLARO_NAME",
+            "CLARO_INPUT, CLARO_OUTPUT_DIR, CLARO_NAME, CLARO_STEM, CLARO_EXT",
+        ] {
+            assert!(why.contains(part), "no {part} in {why}");
+        }
+        for accepted in [
+            "sh -c 'echo \"$1\"' sh {name}",
+            "cp {input} {output_dir}",
+            "sh -c 'echo \"$CLARO_NAME\"'",
+            "sh -ec 'cp \"$0\" \"$1\"' {input} {output_dir}",
+            "sh script.sh {input}",
+            "bash -o pipefail -c 'cat \"$1\" | wc -c' bash {input}",
+            "grep -c sh {input}",
+            "convert {input} -resize 50% {output_dir}/{name}",
+        ] {
+            assert_eq!(def(accepted).validate(), Ok(()), "{accepted}");
+        }
+        // Knowingly allowed.
+        let mut allowed = def("sh -c 'echo {name}'");
+        allowed.allow_shell = true;
+        assert_eq!(allowed.validate(), Ok(()));
+    }
+
+    #[test]
+    fn old_definitions_without_allow_shell_still_read() {
+        #[derive(Serialize)]
+        struct Old {
+            name: String,
+            action: Action,
+            include: Vec<String>,
+            ignore: Vec<String>,
+            stable_ms: u64,
+            priority: i32,
+            max_attempts: u32,
+            timeout_ms: u64,
+            on_success: OnSuccess,
+            paused: bool,
+        }
+        let now = Hotfolder::new(
+            "hf",
+            Action::Command {
+                argv: vec!["cp".into(), "{input}".into(), "{output_dir}".into()],
+            },
+        );
+        let old = Old {
+            name: now.name.clone(),
+            action: now.action.clone(),
+            include: now.include.clone(),
+            ignore: now.ignore.clone(),
+            stable_ms: now.stable_ms,
+            priority: now.priority,
+            max_attempts: now.max_attempts,
+            timeout_ms: now.timeout_ms,
+            on_success: now.on_success,
+            paused: now.paused,
+        };
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&old, &mut bytes).unwrap();
+        let read: Hotfolder = ciborium::from_reader(&bytes[..]).unwrap();
+        assert_eq!(read, now);
+        let read: Hotfolder = serde_json::from_value(serde_json::json!(old)).unwrap();
+        assert!(!read.allow_shell);
+    }
+
+    #[test]
+    fn an_action_sees_the_values_in_its_environment() {
+        let v = FileValues::new("/s/hf/in/$(touch x).txt", "/s/out");
+        assert_eq!(
+            v.env(),
+            [
+                ("CLARO_INPUT", "/s/hf/in/$(touch x).txt"),
+                ("CLARO_OUTPUT_DIR", "/s/out"),
+                ("CLARO_NAME", "$(touch x).txt"),
+                ("CLARO_STEM", "$(touch x)"),
+                ("CLARO_EXT", "txt"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
         );
     }
 

@@ -780,7 +780,10 @@ pub fn process(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
     let ended = if job.spec.script.is_empty() {
         let values = FileValues::new(&path_text(&claimed), &path_text(&staging));
         let argv = expand(&job.spec.args, &values);
-        super::process::run(&argv, &staging, &[], job.spec.timeout_ms, &cancel, &log).and_then(
+        // The values as environment variables too: the safe way for a
+        // shell to see them (`sh -c 'echo "$CLARO_NAME"'`).
+        let env = values.env();
+        super::process::run(&argv, &staging, &env, job.spec.timeout_ms, &cancel, &log).and_then(
             |s| {
                 if s.success() {
                     Ok(())

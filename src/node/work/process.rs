@@ -1,7 +1,14 @@
 //! External processes that jobs start: a `command` job's argv, and `run`
-//! inside a script. No shell; the output is captured into a bounded text;
-//! a timeout or a cancel kills the process.
+//! inside a script. No shell; the output is captured into a bounded text.
+//!
+//! Every process starts in a process group of its own, and the group ends
+//! with the job: a timeout or a cancel kills the whole group (SIGKILL), and
+//! so does a normal exit of the process (a background child does not
+//! outlive its job). `run` returns once the group is gone, so a slot is free
+//! only when its processes are. A process that leaves its group (`setsid`,
+//! `setpgid`) is beyond this reach.
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,6 +16,9 @@ use std::time::{Duration, Instant};
 
 /// Step of the wait for a process to exit.
 const POLL_MS: u64 = 10;
+/// Longest wait, after the group was killed, for its processes to be gone
+/// and its output pipes closed.
+const GROUP_EXIT_WAIT_MS: u64 = 5_000;
 
 /// Captured text, bounded: what comes past the limit is left out, with a
 /// note saying how much.
@@ -43,8 +53,10 @@ impl Capture {
 /// How a process ended: its exit status, or why it did not.
 pub type Ended = Result<std::process::ExitStatus, String>;
 
-/// Runs `argv` in `cwd` with `env` added, until it exits, `timeout_ms`
-/// passes or `cancel` is set; its stdout and stderr go to `out`, line by line.
+/// Runs `argv` in `cwd` with `env` added, in a process group of its own,
+/// until it exits, `timeout_ms` passes or `cancel` is set; its stdout and
+/// stderr go to `out`, line by line. Whichever way it ends, the whole group
+/// is killed and gone (or the error says it is not) before this returns.
 pub fn run(
     argv: &[String],
     cwd: &Path,
@@ -64,35 +76,156 @@ pub fn run(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot start `{program}` in {}: {e}", cwd.display()))?;
+    // The leader's pid is its group's id.
+    let pgid = child.id() as libc::pid_t;
     let readers = [
         copy_lines(child.stdout.take().map(|o| Box::new(o) as _), out),
         copy_lines(child.stderr.take().map(|o| Box::new(o) as _), out),
     ];
     let deadline = Instant::now() + Duration::from_millis(timeout_ms);
-    let ended = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Ok(status),
-            Ok(None) => {}
-            Err(e) => break Err(format!("waiting for `{program}` failed: {e}")),
+    let why = loop {
+        // The leader is only looked at, not reaped: until it is, its pid
+        // (the group's id) cannot be given to another process, so the kill
+        // below reaches this group and no other.
+        match exited(pgid) {
+            Ok(true) => break None,
+            Ok(false) => {}
+            Err(e) => break Some(format!("waiting for `{program}` failed: {e}")),
         }
-        let why = if cancel.load(Ordering::Relaxed) {
-            "cancelled".to_string()
-        } else if Instant::now() >= deadline {
-            format!("`{program}` timed out after {timeout_ms} ms")
-        } else {
-            std::thread::sleep(Duration::from_millis(POLL_MS));
-            continue;
-        };
-        let _ = child.kill();
-        let _ = child.wait();
-        break Err(why);
+        if cancel.load(Ordering::Relaxed) {
+            break Some(format!(
+                "cancelled; the process group of `{program}` was killed"
+            ));
+        }
+        if Instant::now() >= deadline {
+            break Some(format!(
+                "`{program}` timed out after {timeout_ms} ms; its process group was killed"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(POLL_MS));
     };
-    for r in readers.into_iter().flatten() {
+    kill_group(pgid);
+    let status = child.wait();
+    let gone_by = Instant::now() + Duration::from_millis(GROUP_EXIT_WAIT_MS);
+    let mut left = Vec::new();
+    if !group_gone(pgid, gone_by) {
+        left.push(format!(
+            "processes of its group ({pgid}) were still there {GROUP_EXIT_WAIT_MS} ms after SIGKILL"
+        ));
+    }
+    // Once the group is dead nothing writes to the pipes: the readers end
+    // at EOF, unless a process that left the group still holds them.
+    let mut readers: Vec<_> = readers.into_iter().flatten().collect();
+    while readers.iter().any(|r| !r.is_finished()) && Instant::now() < gone_by {
+        std::thread::sleep(Duration::from_millis(POLL_MS));
+    }
+    if readers.iter().any(|r| !r.is_finished()) {
+        left.push(format!(
+            "its output was still open {GROUP_EXIT_WAIT_MS} ms after its group was killed \
+             (a process that left the group holds it; its output is no longer read)"
+        ));
+    }
+    for r in readers.drain(..).filter(|r| r.is_finished()) {
         let _ = r.join();
     }
-    ended
+    let ended = match (why, status) {
+        (Some(why), _) => Err(why),
+        (None, Ok(status)) => Ok(status),
+        (None, Err(e)) => Err(format!("waiting for `{program}` failed: {e}")),
+    };
+    if left.is_empty() {
+        return ended;
+    }
+    let left = format!("`{program}`: {}", left.join("; "));
+    tracing::warn!("{left}");
+    // Its outputs cannot be trusted while something of it may still run.
+    Err(match ended {
+        Ok(status) => format!("{left} (it ended with {status})"),
+        Err(why) => format!("{why}; {left}"),
+    })
+}
+
+/// Whether the child `pid` has exited, without reaping it.
+fn exited(pid: libc::pid_t) -> std::io::Result<bool> {
+    // SAFETY: a zeroed siginfo_t is valid; waitid only writes into it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+    // SAFETY: plain system call on our own child, `info` outlives it.
+    if unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // With WNOHANG, si_pid stays 0 while the child runs.
+    // SAFETY: waitid filled `info` (or left it zeroed).
+    Ok(unsafe { info.si_pid() } != 0)
+}
+
+/// SIGKILL to every process of the group `pgid`.
+fn kill_group(pgid: libc::pid_t) {
+    // SAFETY: plain system call; `pgid` is a group this module started,
+    // whose leader is not reaped yet.
+    unsafe { libc::killpg(pgid, libc::SIGKILL) };
+}
+
+/// Waits until no process of group `pgid` is left (zombies whose parent
+/// does not reap them do not count), or `until`; whether it is gone.
+fn group_gone(pgid: libc::pid_t, until: Instant) -> bool {
+    loop {
+        // Members that are this process's own children (when it is the
+        // reaper of orphans, as PID 1 in a container) are reaped here.
+        // SAFETY: plain system call; no status is read.
+        while unsafe { libc::waitpid(-pgid, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+        // SAFETY: signal 0 only checks that the group exists.
+        let none = unsafe { libc::kill(-pgid, 0) } == -1
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if none || only_zombies(pgid) {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(POLL_MS));
+    }
+}
+
+/// Whether every process left in group `pgid` is a zombie (dead, waiting
+/// for a parent that may never reap it: not every init does).
+#[cfg(target_os = "linux")]
+fn only_zombies(pgid: libc::pid_t) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    for entry in dir.flatten() {
+        if !entry
+            .file_name()
+            .as_encoded_bytes()
+            .iter()
+            .all(u8::is_ascii_digit)
+        {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue; // gone meanwhile
+        };
+        // `pid (comm) state ppid pgrp ...`; comm may hold anything.
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let mut fields = after.split_whitespace();
+        let state = fields.next();
+        let group = fields.nth(1).and_then(|g| g.parse::<libc::pid_t>().ok());
+        if group == Some(pgid) && state != Some("Z") {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(not(target_os = "linux"))]
+fn only_zombies(_pgid: libc::pid_t) -> bool {
+    false
 }
 
 type Source = Box<dyn std::io::Read + Send>;
@@ -143,6 +276,102 @@ mod tests {
         assert!(ended
             .unwrap_err()
             .contains("cannot start `/no/such/program`"));
+    }
+
+    /// Processes whose command line holds `marker` as one argument (a
+    /// zombie's command line is empty: only live processes count).
+    fn alive_with(marker: &str) -> Vec<String> {
+        with(marker).into_iter().map(|(_, line)| line).collect()
+    }
+
+    fn pids_with(marker: &str) -> Vec<libc::pid_t> {
+        with(marker).into_iter().map(|(pid, _)| pid).collect()
+    }
+
+    fn with(marker: &str) -> Vec<(libc::pid_t, String)> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            if cmdline.split(|b| *b == 0).any(|a| a == marker.as_bytes()) {
+                found.push((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn a_timeout_kills_the_whole_group_at_once() {
+        let started = Instant::now();
+        let (ended, _) = go(&["sh", "-c", "sleep 20.0131; true"], 300);
+        let took = started.elapsed();
+        let why = ended.unwrap_err();
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+        assert!(
+            why.contains("timed out after 300 ms") && why.contains("process group was killed"),
+            "{why}"
+        );
+        assert_eq!(alive_with("20.0131"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_cancel_kills_the_whole_group_at_once() {
+        let out = Arc::new(Capture::new(1024));
+        let argv: Vec<String> = ["sh", "-c", "sleep 20.0132; true"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        let cancel = AtomicBool::new(false);
+        let started = Instant::now();
+        let ended = std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(300));
+                cancel.store(true, Ordering::Relaxed);
+            });
+            run(&argv, Path::new("."), &[], 60_000, &cancel, &out)
+        });
+        let took = started.elapsed();
+        let why = ended.unwrap_err();
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+        assert!(why.contains("cancelled"), "{why}");
+        assert_eq!(alive_with("20.0132"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_background_child_does_not_outlive_its_job() {
+        let started = Instant::now();
+        let (ended, out) = go(&["sh", "-c", "sleep 30.0133 & echo hi"], 60_000);
+        let took = started.elapsed();
+        assert!(ended.unwrap().success());
+        assert_eq!(out, "hi\n");
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+        assert_eq!(alive_with("30.0133"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_process_that_left_its_group_is_reported_not_waited_for() {
+        // `setsid` puts the sleep in a session of its own, out of reach;
+        // it keeps the output pipe open.
+        let escape = "setsid sh -c 'echo escaped; exec sleep 30.0134'";
+        let started = Instant::now();
+        let (ended, out) = go(&["sh", "-c", escape], 1000);
+        let took = started.elapsed();
+        for pid in pids_with("30.0134") {
+            // SAFETY: a plain signal to the test's own stray process.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        assert_eq!(out, "escaped\n");
+        let why = ended.unwrap_err();
+        assert!(
+            why.contains("timed out after 1000 ms") && why.contains("output was still open"),
+            "{why}"
+        );
+        let limit = Duration::from_millis(1000 + GROUP_EXIT_WAIT_MS);
+        assert!(took >= limit && took < limit * 2, "took {took:?}");
     }
 
     #[test]
