@@ -227,6 +227,7 @@ impl Worker {
 /// The workers of one instance: idle ones wait here for the next script.
 pub struct Pool {
     idle: Mutex<Vec<Worker>>,
+    watchdog: Arc<Watchdog>,
     /// Idle workers kept at most: the instance's slots.
     idle_max: usize,
     limits: Limits,
@@ -236,6 +237,7 @@ impl Pool {
     pub fn new(limits: Limits, idle_max: usize) -> Pool {
         Pool {
             idle: Mutex::new(Vec::new()),
+            watchdog: Arc::default(),
             idle_max,
             limits,
         }
@@ -298,9 +300,11 @@ pub fn run(
     };
     let mut w = start(pool, ToWorker::Run(order)).map_err(Failure::Runtime)?;
     let deadline = Instant::now() + Duration::from_millis(timeout_ms);
-    let watch = Watchdog::start(w.child.id(), deadline, cancel.clone(), timeout_ms);
+    let watch = pool
+        .watchdog
+        .watch(w.child.id(), deadline, cancel.clone(), timeout_ms);
     let ended = converse(&mut w, &*host, deadline, &cancel, profiler);
-    let killed = watch.stop();
+    let killed = pool.watchdog.unwatch(watch);
     match ended {
         Ok(result) => {
             pool.give_back(w);
@@ -412,60 +416,83 @@ fn remote_call(
     Ok((value, [s.prepare_us, s.wait_us, s.receive_us]))
 }
 
-/// Kills the worker at a cancel, or `KILL_GRACE_MS` after the deadline,
-/// unless stopped first; says which it did.
-struct Watchdog {
-    state: Arc<Mutex<WatchState>>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-#[derive(Default)]
-struct WatchState {
-    stopped: bool,
+/// One running script's watch: its worker, when it must be killed, and
+/// why it was (`None` while it was not).
+struct Watch {
+    pid: u32,
+    hard: Instant,
+    timeout_ms: u64,
+    cancel: Arc<AtomicBool>,
     killed: Option<Failure>,
 }
 
+/// The pool's one watchdog thread: every `WATCH_MS` it kills the workers
+/// whose script was cancelled or is `KILL_GRACE_MS` past its deadline. One
+/// thread for all, rather than one per script, keeps a short script's cost
+/// to a map insert and remove.
+#[derive(Default)]
+struct Watchdog {
+    watches: Mutex<std::collections::HashMap<u64, Watch>>,
+    next_id: std::sync::atomic::AtomicU64,
+    started: std::sync::OnceLock<()>,
+}
+
 impl Watchdog {
-    fn start(pid: u32, deadline: Instant, cancel: Arc<AtomicBool>, timeout_ms: u64) -> Watchdog {
-        let state = Arc::new(Mutex::new(WatchState::default()));
-        let s = state.clone();
-        let hard = deadline + Duration::from_millis(KILL_GRACE_MS);
-        let thread = std::thread::spawn(move || loop {
-            std::thread::sleep(Duration::from_millis(WATCH_MS));
-            let why = if cancel.load(Ordering::Relaxed) {
-                Failure::Cancelled
-            } else if Instant::now() >= hard {
-                Failure::TimedOut {
-                    after_ms: timeout_ms,
+    fn watch(
+        self: &Arc<Self>,
+        pid: u32,
+        deadline: Instant,
+        cancel: Arc<AtomicBool>,
+        timeout_ms: u64,
+    ) -> u64 {
+        self.started.get_or_init(|| {
+            // Weak: the thread ends with the pool rather than keeping it.
+            let me = Arc::downgrade(self);
+            std::thread::spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(WATCH_MS));
+                match me.upgrade() {
+                    Some(dog) => dog.look(),
+                    None => return,
                 }
-            } else {
-                if s.lock().expect("watch lock").stopped {
-                    return;
-                }
-                continue;
-            };
-            // Under the lock: a worker whose job ended is never killed.
-            let mut st = s.lock().expect("watch lock");
-            if !st.stopped {
-                // SAFETY: kill has no memory preconditions; the pid is our
-                // child's, not yet reaped (the caller waits only after stop).
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-                st.killed = Some(why);
-            }
-            return;
+            });
         });
-        Watchdog { state, thread }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let w = Watch {
+            pid,
+            hard: deadline + Duration::from_millis(KILL_GRACE_MS),
+            timeout_ms,
+            cancel,
+            killed: None,
+        };
+        self.watches.lock().expect("watch lock").insert(id, w);
+        id
     }
 
-    /// Stops watching; `Some` when it had killed the worker first.
-    fn stop(self) -> Option<Failure> {
-        let killed = {
-            let mut st = self.state.lock().expect("watch lock");
-            st.stopped = true;
-            st.killed.take()
-        };
-        let _ = self.thread.join();
-        killed
+    fn look(&self) {
+        let now = Instant::now();
+        let mut watches = self.watches.lock().expect("watch lock");
+        for w in watches.values_mut().filter(|w| w.killed.is_none()) {
+            let why = if w.cancel.load(Ordering::Relaxed) {
+                Failure::Cancelled
+            } else if now >= w.hard {
+                Failure::TimedOut {
+                    after_ms: w.timeout_ms,
+                }
+            } else {
+                continue;
+            };
+            // Under the lock: a watch removed (its script ended) is never
+            // killed. SAFETY: kill has no memory preconditions; the pid is
+            // a child not yet reaped (its runner waits only after `unwatch`).
+            unsafe { libc::kill(w.pid as libc::pid_t, libc::SIGKILL) };
+            w.killed = Some(why);
+        }
+    }
+
+    /// Stops watching `id`; `Some` when its worker was killed first.
+    fn unwatch(&self, id: u64) -> Option<Failure> {
+        let w = self.watches.lock().expect("watch lock").remove(&id);
+        w.and_then(|w| w.killed)
     }
 }
 
