@@ -18,7 +18,8 @@ use crate::state::Command;
 /// Bumped when the peer protocol changes incompatibly; peers must match.
 /// 2: `Gossip` and `View` requests; `Command::Once` in log entries (a
 /// version-1 instance could not apply it).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// 6: `Command::CertRevoke` in log entries.
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// A request or response on a bidirectional stream (a 1 MiB setting plus framing).
 pub const REQUEST_BYTES_MAX: usize = 2 * 1024 * 1024;
@@ -238,6 +239,8 @@ pub enum Request {
     },
     /// The API tokens (names and roles; never the tokens).
     Tokens,
+    /// The revoked certificates.
+    Revoked,
     /// Jobs, newest first (`JOBS_COUNT_MAX` at most per page).
     Jobs {
         filter: crate::state::jobs::JobFilter,
@@ -337,6 +340,10 @@ pub enum Response {
     },
     Tokens {
         tokens: Vec<crate::state::tokens::TokenInfo>,
+    },
+    /// At most `REVOKED_COUNT_MAX` (10,000), about 1 MB: within a frame.
+    Revoked {
+        revoked: Vec<crate::state::revoked::Revoked>,
     },
     Hotfolders {
         hotfolders: Vec<(

@@ -278,20 +278,28 @@ impl Endpoint {
     /// An instance's endpoint on UDP `addr`: accepts [`ALPN_PEER`] and
     /// [`ALPN_CLIENT`] from holders of a CA-signed certificate, and connects
     /// to peers with [`ALPN_PEER`] as `id`.
-    pub fn bind_server(addr: SocketAddr, id: &Identity) -> Result<Endpoint, WireError> {
-        let tls = tls::server_config(id, &[ALPN_PEER, ALPN_CLIENT])?;
+    /// Certificates in `deny` are refused both ways.
+    pub fn bind_server(
+        addr: SocketAddr,
+        id: &Identity,
+        deny: &tls::DenyList,
+    ) -> Result<Endpoint, WireError> {
+        let tls = tls::server_config(id, &[ALPN_PEER, ALPN_CLIENT], deny)?;
         let crypto = QuicServerConfig::try_from(tls)
             .map_err(|e| WireError::Io(format!("TLS config unusable for QUIC: {e}")))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server.transport_config(Arc::new(transport_config()));
-        Self::bind(addr, Some(server), client_config(id, ALPN_PEER)?)
+        Self::bind(addr, Some(server), client_config(id, ALPN_PEER, deny)?)
     }
 
     /// A client-only endpoint (the CLI) on an ephemeral UDP port of `bind_ip`;
     /// connects with [`ALPN_CLIENT`] as `id`.
     pub fn bind_client(bind_ip: IpAddr, id: &Identity) -> Result<Endpoint, WireError> {
         let addr = SocketAddr::new(bind_ip, 0);
-        Self::bind(addr, None, client_config(id, ALPN_CLIENT)?)
+        // The CLI holds no replicated state, so no deny list: the servers
+        // it talks to refuse a revoked one among themselves.
+        let deny = tls::DenyList::default();
+        Self::bind(addr, None, client_config(id, ALPN_CLIENT, &deny)?)
     }
 
     fn bind(
@@ -343,8 +351,12 @@ impl Endpoint {
     }
 }
 
-fn client_config(id: &Identity, alpn: &[u8]) -> Result<quinn::ClientConfig, WireError> {
-    let crypto = QuicClientConfig::try_from(tls::client_config(id, alpn)?)
+fn client_config(
+    id: &Identity,
+    alpn: &[u8],
+    deny: &tls::DenyList,
+) -> Result<quinn::ClientConfig, WireError> {
+    let crypto = QuicClientConfig::try_from(tls::client_config(id, alpn, deny)?)
         .map_err(|e| WireError::Io(format!("TLS config unusable for QUIC: {e}")))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config()));
@@ -431,8 +443,12 @@ mod tests {
     }
 
     fn server(dir: &Path, name: &str) -> (Endpoint, SocketAddr) {
+        server_denying(dir, name, &tls::DenyList::default())
+    }
+
+    fn server_denying(dir: &Path, name: &str, deny: &tls::DenyList) -> (Endpoint, SocketAddr) {
         let id = tls::load_identity(dir, name).unwrap();
-        let ep = Endpoint::bind_server(SocketAddr::new(LOCALHOST, 0), &id).unwrap();
+        let ep = Endpoint::bind_server(SocketAddr::new(LOCALHOST, 0), &id, deny).unwrap();
         let addr = ep.quinn.local_addr().unwrap();
         (ep, addr)
     }
@@ -603,6 +619,47 @@ mod tests {
         let err = cli.connect(addr, "srv1", TIMEOUT_MS).await.unwrap_err();
         assert!(start.elapsed() < Duration::from_millis(TIMEOUT_MS), "{err}");
         assert!(err.to_string().contains("refused us"), "{err}");
+    }
+
+    /// A revoked client certificate is refused at the handshake, promptly;
+    /// the list is live: revoking it later refuses the next connection.
+    #[async_std::test]
+    async fn a_revoked_client_certificate_is_refused() {
+        let dir = pki();
+        let deny = tls::DenyList::default();
+        let (srv, addr) = server_denying(dir.path(), "srv1", &deny);
+        let echo = spawn_echo(srv.quinn.clone());
+        let conn = client(dir.path())
+            .connect(addr, "srv1", TIMEOUT_MS)
+            .await
+            .unwrap();
+        echo_once(&conn).await;
+        echo.await;
+        let id = tls::load_identity(dir.path(), tls::CLIENT_NAME).unwrap();
+        deny.replace([tls::revocation::fingerprint(&id.chain[0])]);
+        spawn_acceptor(srv.quinn.clone());
+        let start = Instant::now();
+        let err = client(dir.path())
+            .connect(addr, "srv1", TIMEOUT_MS)
+            .await
+            .unwrap_err();
+        assert!(start.elapsed() < Duration::from_millis(TIMEOUT_MS), "{err}");
+        assert!(err.to_string().contains("refused us"), "{err}");
+    }
+
+    /// An instance that connects to a peer whose certificate is revoked
+    /// refuses it, as the peer's own accepting side would.
+    #[async_std::test]
+    async fn a_revoked_server_certificate_is_refused_by_who_connects() {
+        let dir = pki();
+        let (srv, addr) = server(dir.path(), "srv1");
+        spawn_acceptor(srv.quinn.clone());
+        let revoked = tls::load_identity(dir.path(), "srv1").unwrap();
+        let deny = tls::DenyList::default();
+        deny.replace([tls::revocation::fingerprint(&revoked.chain[0])]);
+        let (peer, _) = server_denying(dir.path(), "srv2", &deny);
+        let err = peer.connect(addr, "srv1", TIMEOUT_MS).await.unwrap_err();
+        assert!(err.to_string().contains("Revoked"), "{err}");
     }
 
     #[async_std::test]

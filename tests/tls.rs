@@ -237,3 +237,108 @@ fn the_quickstart_makes_its_material_with_the_ca_key_beside_conf() {
     c.start_alone("srv1");
     assert_eq!(std::fs::read(conf_dir.join("tls/ca.crt")).unwrap(), ca);
 }
+
+/// `claro` with another config folder: an operator's old copy.
+fn cli_with(conf: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(conf)
+        .args(args)
+        .output()
+        .expect("run claro")
+}
+
+/// True when `via`'s status shows all of `names` connected and voting.
+fn all_connected(c: &Cluster, via: &str, names: &[&str]) -> bool {
+    c.status(via).is_some_and(|v| {
+        v.coordinator.is_some()
+            && names.iter().all(|n| {
+                v.servers
+                    .iter()
+                    .any(|s| s.name == *n && s.connected && s.synchronized)
+            })
+    })
+}
+
+/// Once a reproduction: after `cert rotate`, with every server restarted on
+/// its new files, the old client certificate still wrote a setting. Now
+/// `cert revoke --replaced` ends it on every instance, the CLI will not
+/// revoke its own certificate, and a revoked server is cut off by its peers
+/// (127.0.160.x).
+#[test]
+fn revoked_certificates_are_refused_by_every_instance() {
+    let mut c = Cluster::three_running(160);
+    let all = ["srv1", "srv2", "srv3"];
+    let conf_dir = c.conf.parent().unwrap().to_path_buf();
+    let kept = c.dir.path().join("kept-conf");
+    common::copy_dir(&conf_dir, &kept);
+    let old_conf = kept.join("ClaroServers.conf");
+    let out = cli_with(&old_conf, &["settings", "set", "k", "old"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let out = c.cli(&["cert", "rotate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for name in all {
+        c.terminate(name);
+        c.start(name);
+        c.wait(SETTLE_S, "the restarted server to rejoin", || {
+            all_connected(&c, "srv1", &all)
+        });
+    }
+    // Same CA: the old certificate is still accepted until it is revoked.
+    let out = cli_with(&old_conf, &["settings", "get", "k"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let out = c.cli(&["cert", "revoke", "--replaced"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(text.matches(": revoked").count(), 4, "{text}");
+    for via in all {
+        let started = std::time::Instant::now();
+        let out = cli_with(
+            &old_conf,
+            &["settings", "set", "k", "revoked", "--server", via],
+        );
+        assert_eq!(out.status.code(), Some(1), "{via}: {}", stderr(&out));
+        assert!(started.elapsed().as_secs() < 10, "{via}: refused promptly");
+    }
+    assert_eq!(c.get("srv2", "k").as_deref(), Some(&b"old"[..]));
+    let out = c.cli(&["cert", "revoke", "--replaced"]);
+    assert_eq!(out.status.code(), Some(2), "nothing left to revoke");
+
+    // The CLI's own certificate, a name nobody has, and nothing at all.
+    for args in [
+        &["cert", "revoke", "client"][..],
+        &["cert", "revoke", "srv9"],
+        &["cert", "revoke"],
+    ] {
+        let out = c.cli(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    }
+    assert!(stderr(&c.cli(&["cert", "revoke", "client"])).contains("lock you out"));
+
+    // A revoked server: its peers close its connections and refuse new ones.
+    let out = c.cli(&["cert", "revoke", "srv3"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    c.wait(SETTLE_S, "srv3 to be cut off", || {
+        c.status("srv1")
+            .is_some_and(|v| v.servers.iter().any(|s| s.name == "srv3" && !s.connected))
+    });
+    c.set("srv1", "k", b"without srv3".to_vec()).unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let stale = claro::proto::Request::Get {
+        key: "k".into(),
+        stale: true,
+    };
+    match c.call("srv3", stale) {
+        Ok(claro::proto::Response::Value { value, .. }) => {
+            assert_ne!(value.map(|v| v.into_vec()), Some(b"without srv3".to_vec()))
+        }
+        other => panic!("srv3 still answers its own stale reads: {other:?}"),
+    }
+    let out = c.cli(&["cert", "revoked", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(5), "{listed}");
+    c.assert_nobody_crashed();
+}

@@ -143,16 +143,86 @@ pub fn add(config: &Config, ca_dir: Option<&Path>, name: &str, force: bool) -> R
 pub fn rotate(config: &Config, ca_dir: Option<&Path>) -> Result<(), Failure> {
     let ca_dir = ca_dir_for(config, ca_dir)?;
     let ca = tls::load_ca(&ca_dir, &config.cluster).map_err(tls_failure)?;
+    let mut whos: Vec<&str> = config.servers.iter().map(|s| s.name.as_str()).collect();
+    whos.push(tls::CLIENT_NAME);
+    tls::note_replaced(&config.tls_dir, &whos).map_err(tls_failure)?;
     let written = tls::sign_all(&ca, &config.tls_dir, &config.cluster, &hosts(config))
         .map_err(tls_failure)?;
     for f in &written {
         println!("wrote {}", f.display());
     }
     println!(
-        "copy each server's new {}/NAME.crt and NAME.key (and client.crt, client.key where the CLI runs) to it and restart the servers one at a time",
+        "copy each server's new {}/NAME.crt and NAME.key (and client.crt, client.key where the CLI runs) to it and restart the servers one at a time; then `claro cert revoke --replaced` revokes the old certificates in the whole cluster",
         config.tls_dir.display()
     );
     Ok(())
+}
+
+/// `claro cert renew`: the same keys, new certificates valid
+/// `LEAF_VALIDITY_DAYS` from now. Nothing is revoked: the keys did not
+/// change hands, and servers restarted one at a time keep accepting the
+/// others meanwhile.
+pub fn renew(config: &Config, ca_dir: Option<&Path>) -> Result<(), Failure> {
+    let ca_dir = ca_dir_for(config, ca_dir)?;
+    let ca = tls::load_ca(&ca_dir, &config.cluster).map_err(tls_failure)?;
+    tls::install_ca_cert(&ca, &config.tls_dir).map_err(tls_failure)?;
+    let wanted = config
+        .servers
+        .iter()
+        .map(|s| (s.name.as_str(), Some(&s.host)))
+        .chain([(tls::CLIENT_NAME, None)]);
+    for (who, host) in wanted {
+        let path =
+            tls::renew(&ca, &config.tls_dir, &config.cluster, who, host).map_err(tls_failure)?;
+        println!("wrote {}", path.display());
+    }
+    println!(
+        "copy each server's new {}/NAME.crt to it and restart the servers one at a time (the keys are unchanged)",
+        config.tls_dir.display()
+    );
+    Ok(())
+}
+
+/// `claro cert list`: the CA's, every server's and the client's certificate
+/// in the tls folder, with the days each has left.
+pub fn list(config: &Config, json: bool) -> Result<(), Failure> {
+    let now_s = crate::clock::now_ms() / 1000;
+    let mut whos = vec!["ca".to_string(), tls::CLIENT_NAME.to_string()];
+    whos.extend(config.servers.iter().map(|s| s.name.clone()));
+    let mut rows = Vec::new();
+    for who in &whos {
+        let path = tls::cert_file(&config.tls_dir, who);
+        let facts = path
+            .exists()
+            .then(|| tls::file_facts(&path))
+            .transpose()
+            .map_err(tls_failure)?;
+        rows.push((who.as_str(), facts));
+    }
+    if json {
+        let values: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(who, f)| serde_json::json!({"name": who, "certificate": f}))
+            .collect();
+        return crate::cli::output::emit(&crate::cli::output::json_line(&values));
+    }
+    let mut out = format!(
+        "{:<16} {:<22} {:>9} FINGERPRINT\n",
+        "NAME", "EXPIRES", "DAYS"
+    );
+    for (who, facts) in &rows {
+        let Some(f) = facts else {
+            out.push_str(&format!("{who:<16} (missing)\n"));
+            continue;
+        };
+        let expires = crate::contract::rfc3339(f.not_after_s.saturating_mul(1000));
+        let days = tls::days_left(f.not_after_s, now_s);
+        out.push_str(&format!(
+            "{who:<16} {expires:<22} {days:>9} {}\n",
+            f.fingerprint
+        ));
+    }
+    crate::cli::output::emit(&out)
 }
 
 /// True for the quickstart: a one-server config on a loopback address,
@@ -242,11 +312,42 @@ pub enum CertAction {
         force: bool,
     },
     /// New keys and certificates for every server and the client, signed
-    /// by the same CA.
+    /// by the same CA; the replaced ones are noted for `cert revoke --replaced`.
     Rotate {
         /// The CA folder (default: as for `cert add`).
         #[arg(long)]
         ca_dir: Option<PathBuf>,
+    },
+    /// New certificates for the same keys, valid two years from now, for
+    /// every server of the config and the client.
+    Renew {
+        /// The CA folder (default: as for `cert add`).
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
+    },
+    /// The certificates of the tls folder: fingerprint, serial, expiry.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a certificate in the whole cluster: every instance refuses it
+    /// at its next handshake and closes the connections that use it.
+    Revoke {
+        /// A server of the config or `client` (its certificate in the tls
+        /// folder), or a SHA-256 fingerprint (as `cert list` prints it).
+        target: Option<String>,
+        /// Revoke the certificates `cert rotate` replaced (once every server
+        /// runs its new one).
+        #[arg(long)]
+        replaced: bool,
+        #[command(flatten)]
+        client: crate::cli::client::ClientArgs,
+    },
+    /// The cluster's revoked certificates.
+    Revoked {
+        #[command(flatten)]
+        client: crate::cli::client::ClientArgs,
     },
 }
 
@@ -259,6 +360,14 @@ pub fn command(path: &std::path::Path, action: CertAction) -> Result<(), Failure
             force,
         } => crate::cli::cert::add(&config, ca_dir.as_deref(), &name, force),
         CertAction::Rotate { ca_dir } => crate::cli::cert::rotate(&config, ca_dir.as_deref()),
+        CertAction::Renew { ca_dir } => renew(&config, ca_dir.as_deref()),
+        CertAction::List { json } => list(&config, json),
+        CertAction::Revoke {
+            target,
+            replaced,
+            client,
+        } => crate::cli::revocation::revoke(&config, &client, target.as_deref(), replaced),
+        CertAction::Revoked { client } => crate::cli::revocation::list(&config, &client),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod hotfolder;
 pub mod init;
 pub mod jobs;
 pub mod output;
+pub mod revocation;
 pub mod settings;
 pub mod token;
 

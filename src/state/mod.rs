@@ -11,6 +11,7 @@ pub mod hotfolders;
 pub mod job_counts;
 pub mod job_events;
 pub mod jobs;
+pub mod revoked;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};
@@ -195,6 +196,13 @@ pub enum Command {
     TokenRemove {
         name: String,
     },
+    /// A certificate (by SHA-256 fingerprint, lowercase hex) that no
+    /// instance accepts any more; `name` says whose it was.
+    CertRevoke {
+        fingerprint: String,
+        name: String,
+        at_ms: u64,
+    },
 }
 
 /// Placements in one `JobAssign`, and attempts in one `JobRelease`.
@@ -306,6 +314,9 @@ impl Command {
                     .ok_or_else(|| "a token hash is 64 hex digits".into())
             }
             Command::TokenRemove { name } => crate::web::access::check_token_name(name),
+            Command::CertRevoke {
+                fingerprint, name, ..
+            } => revoked::check(fingerprint, name),
             _ => Ok(()),
         }
     }
@@ -355,6 +366,25 @@ pub struct StateMachine {
     cluster_id: Option<String>,
     /// The latest digest checkpoints, oldest first, at most `CHECKPOINTS_KEPT`.
     checkpoints: std::collections::VecDeque<Checkpoint>,
+    /// Changes whenever the revoked certificates may have: at every open
+    /// (a new value for the process) and at every applied `CertRevoke`.
+    revoked_version: u64,
+}
+
+/// Source of `revoked_version`s: unique in the process, so that a state
+/// machine opened anew (a snapshot installed) never repeats an old one.
+static REVOKED_VERSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_revoked_version() -> u64 {
+    REVOKED_VERSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+fn revokes(cmd: &Command) -> bool {
+    match cmd {
+        Command::CertRevoke { .. } => true,
+        Command::Once { command, .. } => revokes(command),
+        _ => false,
+    }
 }
 
 /// One page of settings (`StateMachine::list_page`).
@@ -387,6 +417,7 @@ impl StateMachine {
             conf_state: ConfState::default(),
             cluster_id: None,
             checkpoints: Default::default(),
+            revoked_version: next_revoked_version(),
         };
         sm.load_meta()?;
         Ok(sm)
@@ -467,6 +498,12 @@ impl StateMachine {
         self.cluster_id.as_deref()
     }
 
+    /// Compare with the last one seen: when it differs, the revoked
+    /// certificates may have changed (`revoked::fingerprints`).
+    pub fn revoked_version(&self) -> u64 {
+        self.revoked_version
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -487,6 +524,7 @@ impl StateMachine {
         let mut cluster_id = self.cluster_id.clone();
         let mut conf_state = None;
         let mut checkpoints = Vec::new();
+        let mut revoked = false;
         for (expected, (index, _term, change)) in (self.applied_index + 1..).zip(batch) {
             assert_eq!(*index, expected, "entries applied out of order");
             match change {
@@ -499,7 +537,10 @@ impl StateMachine {
                         digest: digest_of(&tx, cluster_id.as_deref())?,
                     })
                 }
-                Change::Command(cmd) => apply_command(&tx, *index, cmd, &mut cluster_id)?,
+                Change::Command(cmd) => {
+                    apply_command(&tx, *index, cmd, &mut cluster_id)?;
+                    revoked |= revokes(cmd);
+                }
                 Change::Conf(cs) => conf_state = Some((*cs).clone()),
                 Change::Empty => {}
             }
@@ -528,6 +569,9 @@ impl StateMachine {
         self.cluster_id = cluster_id;
         if let Some(cs) = conf_state {
             self.conf_state = cs;
+        }
+        if revoked {
+            self.revoked_version = next_revoked_version();
         }
         for cp in checkpoints {
             if self.checkpoints.len() == CHECKPOINTS_KEPT {
@@ -739,6 +783,7 @@ fn open_conn(path: &Path, sync: Sync) -> rusqlite::Result<Connection> {
     }
     conn.execute_batch(hotfolders::SCHEMA)?;
     conn.execute_batch(tokens::SCHEMA)?;
+    conn.execute_batch(revoked::SCHEMA)?;
     conn.execute_batch(job_events::SCHEMA_TEMP)?;
     conn.execute_batch(job_counts::SCHEMA_TEMP)?;
     Ok(conn)
@@ -872,6 +917,11 @@ fn apply_job_command(tx: &Transaction<'_>, cmd: &Command) -> rusqlite::Result<()
             at_ms,
         } => tokens::add(tx, name, *role, hash, *at_ms),
         Command::TokenRemove { name } => tokens::remove(tx, name),
+        Command::CertRevoke {
+            fingerprint,
+            name,
+            at_ms,
+        } => revoked::add(tx, fingerprint, name, *at_ms),
         _ => unreachable!("not a job command: {cmd:?}"),
     }
 }
@@ -910,6 +960,7 @@ fn digest_of(conn: &Connection, cluster_id: Option<&str>) -> rusqlite::Result<St
     jobs::digest(conn, &mut |bytes| digest_field(&mut ctx, bytes))?;
     hotfolders::digest(conn, &mut |bytes| digest_field(&mut ctx, bytes))?;
     tokens::digest(conn, &mut |bytes| digest_field(&mut ctx, bytes))?;
+    revoked::digest(conn, &mut |bytes| digest_field(&mut ctx, bytes))?;
     Ok(hex(ctx.finish().as_ref()))
 }
 

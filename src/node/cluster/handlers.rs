@@ -49,12 +49,19 @@ pub async fn accept_loop(shared: Arc<Shared>) {
     }
 }
 
+/// Serves one accepted connection, tracked meanwhile so that a revocation
+/// that names its certificate closes it.
 async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection) {
-    match alpn_of(&conn).as_deref() {
-        Some(ALPN_PEER) => serve_peer(shared, conn).await,
-        Some(ALPN_CLIENT) => serve_requests(shared, conn, None).await,
-        _ => conn.close(1u32.into(), b"unknown protocol"),
+    shared.revocation.track(&conn);
+    // A revocation applied between the handshake and the tracking.
+    if !shared.revocation.close_if_revoked(&conn) {
+        match alpn_of(&conn).as_deref() {
+            Some(ALPN_PEER) => serve_peer(shared.clone(), conn.clone()).await,
+            Some(ALPN_CLIENT) => serve_requests(shared.clone(), conn.clone(), None).await,
+            _ => conn.close(1u32.into(), b"unknown protocol"),
+        }
     }
+    shared.revocation.untrack(&conn);
 }
 
 async fn serve_peer(shared: Arc<Shared>, conn: quinn::Connection) {
@@ -278,6 +285,7 @@ pub(crate) async fn respond(shared: &Arc<Shared>, peer: Option<&str>, req: Reque
         Request::Scripts { stale } => list_scripts(shared, stale).await,
         Request::Hotfolders { stale } => list_hotfolders(shared, stale).await,
         Request::Tokens => list_tokens(shared).await,
+        Request::Revoked => list_revoked(shared).await,
         Request::Jobs {
             filter,
             limit,
@@ -350,6 +358,9 @@ pub fn local_info(shared: &Shared) -> LocalInfo {
         }
         if info.note.is_none() {
             info.note = super::rejoin::note(shared, core, &phase);
+        }
+        if info.note.is_none() {
+            info.note = shared.expiry_note();
         }
     } else {
         shared.describe_parked(&mut info);
@@ -528,6 +539,16 @@ async fn list_tokens(shared: &Shared) -> Response {
         match crate::state::tokens::list(core.state().conn()) {
             Ok(tokens) => Response::Tokens { tokens },
             Err(e) => read_failed(shared, "tokens", e),
+        }
+    })
+    .await
+}
+
+async fn list_revoked(shared: &Shared) -> Response {
+    read(shared, false, |core, _| {
+        match crate::state::revoked::list(core.state().conn()) {
+            Ok(revoked) => Response::Revoked { revoked },
+            Err(e) => read_failed(shared, "revoked certificates", e),
         }
     })
     .await

@@ -31,6 +31,7 @@ mod integrity;
 mod peers;
 mod rejoin;
 mod replicated;
+mod revocation;
 mod snapshot;
 mod space;
 mod startup;
@@ -130,6 +131,11 @@ pub(crate) struct Shared {
     /// Called after every Ready cycle that applied something: the work wakes
     /// its loops, the web its event hub (`on_applied`).
     applied_hooks: std::sync::RwLock<Vec<AppliedHook>>,
+    /// The certificates refused at every handshake (`revocation`).
+    revocation: revocation::Revocation,
+    /// This instance's own certificate and the CA's, as loaded at start:
+    /// ("server" | "ca", facts), for the expiry warnings.
+    pub certificates: Vec<(&'static str, crate::tls::CertFacts)>,
 }
 
 /// What a part built on the cluster runs when something was applied: short
@@ -517,7 +523,11 @@ fn cycle(shared: &Arc<Shared>, ticked: bool) -> Result<Vec<Output>, String> {
     let member = core.is_member();
     let voter = core.is_voter(shared.id);
     let applied = core.applied_index();
+    let revoked_changed = shared.revocation.refresh(core);
     drop(guard);
+    if revoked_changed {
+        shared.close_revoked();
+    }
     if applied > applied_before {
         for hook in shared.applied_hooks.read().expect("hooks lock").iter() {
             hook();
@@ -529,6 +539,19 @@ fn cycle(shared: &Arc<Shared>, ticked: bool) -> Result<Vec<Output>, String> {
 }
 
 impl Shared {
+    /// Closes every connection, accepted or opened, whose certificate is
+    /// now revoked.
+    fn close_revoked(&self) {
+        self.revocation.close_revoked_incoming();
+        self.peers
+            .close_where(|conn| self.revocation.close_if_revoked(conn));
+    }
+
+    /// A note when this instance's certificate or the CA's expires soon.
+    pub fn expiry_note(&self) -> Option<String> {
+        crate::tls::expiry_note(&self.certificates, now_ms() / 1000)
+    }
+
     /// Keeps the phase and the stop record in step with the membership.
     fn after_cycle(&self, member: bool, voter: bool) {
         if voter && self.phase() == Phase::Joining {

@@ -86,6 +86,14 @@ impl Peers {
 
     /// Closes the connection to `name` (its streams fail at once, and the
     /// next use opens a new one).
+    /// Forgets every connection for which `closed` says it closed it.
+    pub fn close_where(&self, closed: impl Fn(&quinn::Connection) -> bool) {
+        self.conns
+            .lock()
+            .expect("conns lock")
+            .retain(|_, conn| !closed(conn));
+    }
+
     pub fn close(&self, name: &str) {
         if let Some(c) = self.conns.lock().expect("conns lock").remove(name) {
             c.close(0u32.into(), b"peer restarted");

@@ -35,9 +35,11 @@ pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
     // The material was checked (and, for the quickstart, made) by
     // `cert::for_serve` before anything started.
     let identity = crate::tls::load_identity(&cfg.tls_dir, &me.name).map_err(|e| e.to_string())?;
-    let endpoint = Endpoint::bind_server(me.address, &identity)
-        .map_err(|e| format!("cannot listen on {}: {e}", me.address))?;
+    let certificates = certificate_facts(&identity);
     let dir = cfg.server_dir(&me.name);
+    let revocation = super::revocation::Revocation::at_rest(&dir);
+    let endpoint = Endpoint::bind_server(me.address, &identity, &revocation.deny)
+        .map_err(|e| format!("cannot listen on {}: {e}", me.address))?;
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     crate::data_dir::make_private(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     // Nothing opens a damaged directory: it is set aside first.
@@ -91,8 +93,25 @@ pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
         damage: super::damage::Damage::new(damage),
         rejoin: super::rejoin::Rejoin::new(incarnation),
         applied_hooks: Default::default(),
+        revocation,
+        certificates,
     };
     Ok((Arc::new(shared), wake_rx, stop_rx))
+}
+
+/// The facts of this instance's certificate and the CA's; one that cannot
+/// be read is left out (the handshake checks the certificates themselves).
+fn certificate_facts(id: &crate::tls::Identity) -> Vec<(&'static str, crate::tls::CertFacts)> {
+    [("server", &id.chain[0]), ("ca", &id.ca)]
+        .into_iter()
+        .filter_map(|(which, der)| match crate::tls::facts(der) {
+            Ok(f) => Some((which, f)),
+            Err(e) => {
+                tracing::warn!("cannot read the {which} certificate's expiry: {e}");
+                None
+            }
+        })
+        .collect()
 }
 
 impl Shared {

@@ -15,7 +15,26 @@ pub async fn render(web: &Web) -> String {
     jobs(web, &mut out);
     servers(web, &mut out);
     http(web, &mut out);
+    certificates(web, &mut out);
     out
+}
+
+/// When this instance's certificate and the CA's expire: an alert rule
+/// compares them with `time()` (e.g. 30 days ahead, as `status` warns).
+fn certificates(web: &Web, out: &mut String) {
+    metric(
+        out,
+        "claro_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "When a certificate this instance uses expires (server: its own; ca: the cluster CA's).",
+    );
+    for (which, facts) in &web.cluster.certificates {
+        let _ = writeln!(
+            out,
+            "claro_certificate_expiry_timestamp_seconds{{certificate=\"{which}\"}} {}",
+            facts.not_after_s
+        );
+    }
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str) {

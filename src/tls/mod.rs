@@ -26,6 +26,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
@@ -34,10 +35,31 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::config::Host;
 
+pub mod revocation;
+pub use revocation::DenyList;
+
 /// Name (CN and DNS SAN) of the CLI's certificate; no server may use it.
 pub const CLIENT_NAME: &str = "client";
 /// Base name of the CA's files (`ca.crt`, `ca.key`); no server may use it.
 const CA_NAME: &str = "ca";
+
+/// End-entity certificates (servers', the CLI's) are valid this long:
+/// renewing them (`claro cert renew`) is a chore of every other year, and a
+/// lost one stops working on its own.
+pub const LEAF_VALIDITY_DAYS: i64 = 730;
+/// The CA is valid this long: replacing it means new certificates for
+/// every server and client (`claro init --force`).
+pub const CA_VALIDITY_DAYS: i64 = 7300;
+/// Certificates are valid from this long before they are made, so that a
+/// server whose clock is a little behind the signer's accepts them.
+const BACKDATE_S: i64 = 3600;
+/// Certificates that expire within this many days are warned about in
+/// `status`, `/metrics` and the dashboard.
+pub const EXPIRY_WARN_DAYS: u64 = 30;
+/// Replaced certificates remembered for `claro cert revoke --replaced`.
+const REPLACED_FILE: &str = "replaced.txt";
+/// Lines of `replaced.txt` kept at most (the newest).
+const REPLACED_COUNT_MAX: usize = 1000;
 
 /// A certificate chain and its key, with the CA that everything is checked against.
 pub struct Identity {
@@ -278,11 +300,171 @@ pub fn issue(
     host: Option<&Host>,
 ) -> Result<Vec<PathBuf>, TlsError> {
     let key = new_key_pair()?;
-    let cert = leaf_params(cluster, who, host)?
-        .signed_by(&key, &ca.issuer)
-        .map_err(|e| TlsError(format!("cannot sign the certificate of {who}: {e}")))?;
+    let pem = sign_leaf(ca, cluster, who, host, &key)?;
     fs::create_dir_all(tls_dir).map_err(|e| file_error(tls_dir, e))?;
-    write_pair(tls_dir, who, &cert.pem(), &key)
+    write_pair(tls_dir, who, &pem, &key)
+}
+
+/// A certificate for `who`'s `key`, valid `LEAF_VALIDITY_DAYS` from now.
+fn sign_leaf(
+    ca: &Ca,
+    cluster: &str,
+    who: &str,
+    host: Option<&Host>,
+    key: &KeyPair,
+) -> Result<String, TlsError> {
+    let mut params = leaf_params(cluster, who, host)?;
+    set_validity(&mut params, LEAF_VALIDITY_DAYS);
+    let cert = params
+        .signed_by(key, &ca.issuer)
+        .map_err(|e| TlsError(format!("cannot sign the certificate of {who}: {e}")))?;
+    Ok(cert.pem())
+}
+
+/// Valid from a little before now for `days`, under a random serial (two
+/// certificates of one key still differ, and tools that track serials can).
+fn set_validity(params: &mut CertificateParams, days: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::seconds(BACKDATE_S);
+    params.not_after = now + time::Duration::days(days);
+    let mut serial: [u8; 16] = rand::random();
+    // Positive and without a leading zero byte, as DER integers want.
+    serial[0] = (serial[0] & 0x7f) | 0x01;
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+}
+
+/// Signs a new certificate for the key `who` already has in `tls_dir`,
+/// valid `LEAF_VALIDITY_DAYS` from now; the key stays, so nothing else
+/// needs to change where it is used. Returns the certificate's path.
+pub fn renew(
+    ca: &Ca,
+    tls_dir: &Path,
+    cluster: &str,
+    who: &str,
+    host: Option<&Host>,
+) -> Result<PathBuf, TlsError> {
+    let key_file = key_path(tls_dir, who);
+    let key_pem = fs::read_to_string(&key_file).map_err(|e| file_error(&key_file, e))?;
+    let key = KeyPair::from_pem(&key_pem).map_err(|e| file_error(&key_file, e))?;
+    let pem = sign_leaf(ca, cluster, who, host, &key)?;
+    let cert_file = cert_path(tls_dir, who);
+    write_file(&cert_file, pem.as_bytes(), 0o644)?;
+    Ok(cert_file)
+}
+
+/// What `claro cert list` and the expiry warnings show of a certificate.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CertFacts {
+    /// SHA-256 of the DER, lowercase hex (what `claro cert revoke` takes).
+    pub fingerprint: String,
+    /// The serial number, hex.
+    pub serial: String,
+    /// Valid until, seconds since the Unix epoch.
+    pub not_after_s: u64,
+}
+
+/// The facts of one DER certificate.
+pub fn facts(der: &[u8]) -> Result<CertFacts, String> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| format!("bad certificate: {e}"))?;
+    let not_after = cert.validity().not_after.timestamp();
+    Ok(CertFacts {
+        fingerprint: revocation::fingerprint_hex(&revocation::fingerprint(der)),
+        serial: cert.tbs_certificate.raw_serial_as_string().replace(':', ""),
+        not_after_s: u64::try_from(not_after).unwrap_or(0),
+    })
+}
+
+/// The facts of the first certificate of a PEM file.
+pub fn file_facts(path: &Path) -> Result<CertFacts, TlsError> {
+    let der = read_certs(path)?.swap_remove(0);
+    facts(&der).map_err(|e| file_error(path, e))
+}
+
+/// The certificate file of `who` (a server name, `client` or `ca`).
+pub fn cert_file(tls_dir: &Path, who: &str) -> PathBuf {
+    cert_path(tls_dir, who)
+}
+
+/// Whole days from `now_s` until `not_after_s` (negative once expired).
+pub fn days_left(not_after_s: u64, now_s: u64) -> i64 {
+    (not_after_s as i64 - now_s as i64).div_euclid(86_400)
+}
+
+/// What `status` says of certificates `(which, facts)` ("server" or
+/// "ca") at `now_s`: the first to expire, when it does within
+/// `EXPIRY_WARN_DAYS` or has.
+pub fn expiry_note(certs: &[(&str, CertFacts)], now_s: u64) -> Option<String> {
+    let (which, facts) = certs.iter().min_by_key(|(_, f)| f.not_after_s)?;
+    let days = days_left(facts.not_after_s, now_s);
+    let on = crate::contract::rfc3339(facts.not_after_s.saturating_mul(1000));
+    let whose = match *which {
+        "ca" => "the cluster CA's certificate",
+        _ => "its certificate",
+    };
+    let fix = "`claro cert renew` where the CA folder is, then restart";
+    match days {
+        _ if facts.not_after_s < now_s => Some(format!("{whose} expired on {on}: {fix}")),
+        d if d < EXPIRY_WARN_DAYS as i64 => {
+            Some(format!("{whose} expires in {d} days, on {on}: {fix}"))
+        }
+        _ => None,
+    }
+}
+
+/// Notes, before `files` are replaced, their certificates' fingerprints in
+/// `tls_dir/replaced.txt`, for `claro cert revoke --replaced` once every
+/// server runs its new one. Files that do not exist are skipped.
+pub fn note_replaced(tls_dir: &Path, whos: &[&str]) -> Result<(), TlsError> {
+    let mut lines = read_replaced(tls_dir)?
+        .into_iter()
+        .map(|(fp, who)| format!("{} {who}", revocation::fingerprint_hex(&fp)))
+        .collect::<Vec<_>>();
+    for who in whos {
+        let path = cert_path(tls_dir, who);
+        if path.exists() {
+            let der = read_certs(&path)?.swap_remove(0);
+            let fp = revocation::fingerprint(&der);
+            lines.push(format!("{} {who}", revocation::fingerprint_hex(&fp)));
+        }
+    }
+    let keep_from = lines.len().saturating_sub(REPLACED_COUNT_MAX);
+    let text: String = lines[keep_from..]
+        .iter()
+        .map(|l| format!("{l}\n"))
+        .collect();
+    write_file(&tls_dir.join(REPLACED_FILE), text.as_bytes(), 0o644)
+}
+
+/// The certificates `note_replaced` remembered: (fingerprint, whose).
+pub fn read_replaced(tls_dir: &Path) -> Result<Vec<(revocation::Fingerprint, String)>, TlsError> {
+    let path = tls_dir.join(REPLACED_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(file_error(&path, e)),
+    };
+    let mut out = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let (fp, who) = line.split_once(' ').unwrap_or((line, ""));
+        let fp = revocation::parse_fingerprint(fp)
+            .map_err(|e| file_error(&path, format!("line {}: {e}", i + 1)))?;
+        out.push((fp, who.trim().to_string()));
+    }
+    Ok(out)
+}
+
+/// Forgets the replaced certificates (they are revoked now).
+pub fn clear_replaced(tls_dir: &Path) -> Result<(), TlsError> {
+    let path = tls_dir.join(REPLACED_FILE);
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(file_error(&path, e)),
+        _ => Ok(()),
+    }
 }
 
 /// Writes `tls_dir/ca.crt` when it is missing (returns its path); leaves an
@@ -311,7 +493,8 @@ fn make_ca(ca_dir: &Path, cluster: &str) -> Result<(Ca, Vec<PathBuf>), TlsError>
     fs::create_dir_all(ca_dir).map_err(|e| file_error(ca_dir, e))?;
     restrict_dir(ca_dir)?;
     let key = new_key_pair()?;
-    let params = ca_params(cluster);
+    let mut params = ca_params(cluster);
+    set_validity(&mut params, CA_VALIDITY_DAYS);
     let cert = params
         .self_signed(&key)
         .map_err(|e| TlsError(format!("cannot make the CA certificate: {e}")))?;
@@ -394,9 +577,9 @@ fn new_key_pair() -> Result<KeyPair, TlsError> {
 }
 
 /// CA parameters, a pure function of the cluster name (see `load_ca`).
-/// Path length 0: the CA signs end-entity certificates only. Validity is
-/// rcgen's default (1975-4096): the CA is private to the cluster, and
-/// replacing it is done by `claro init --force`, not by expiry.
+/// Path length 0: the CA signs end-entity certificates only. Its validity
+/// (`CA_VALIDITY_DAYS`) is set where it is made (`make_ca`): signing with
+/// a rebuilt issuer needs only its name and key.
 fn ca_params(cluster: &str) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
@@ -568,10 +751,19 @@ fn root_store(id: &Identity) -> Result<Arc<RootCertStore>, TlsError> {
 
 /// TLS 1.3 only (QUIC requires it), ring provider, client certificates
 /// required and checked against the cluster CA, ALPN as given.
-pub fn server_config(id: &Identity, alpns: &[&[u8]]) -> Result<rustls::ServerConfig, TlsError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(root_store(id)?, provider())
+/// Client certificates in `deny` are refused.
+pub fn server_config(
+    id: &Identity,
+    alpns: &[&[u8]],
+    deny: &DenyList,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let inner = WebPkiClientVerifier::builder_with_provider(root_store(id)?, provider())
         .build()
         .map_err(|e| TlsError(format!("cannot build the client verifier: {e}")))?;
+    let verifier = Arc::new(revocation::DenyingClientVerifier {
+        inner,
+        deny: deny.clone(),
+    });
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError(format!("TLS 1.3 unavailable: {e}")))?
@@ -598,12 +790,25 @@ pub fn https_config(id: &Identity) -> Result<rustls::ServerConfig, TlsError> {
 }
 
 /// TLS 1.3 only; the server is verified against the cluster CA only (rustls
-/// checks its name against the one given to connect); presents `id`.
-pub fn client_config(id: &Identity, alpn: &[u8]) -> Result<rustls::ClientConfig, TlsError> {
+/// checks its name against the one given to connect), and refused when its
+/// certificate is in `deny`; presents `id`.
+pub fn client_config(
+    id: &Identity,
+    alpn: &[u8],
+    deny: &DenyList,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let inner = WebPkiServerVerifier::builder_with_provider(root_store(id)?, provider())
+        .build()
+        .map_err(|e| TlsError(format!("cannot build the server verifier: {e}")))?;
+    let verifier = Arc::new(revocation::DenyingServerVerifier {
+        inner,
+        deny: deny.clone(),
+    });
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError(format!("TLS 1.3 unavailable: {e}")))?
-        .with_root_certificates(root_store(id)?)
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
         .map_err(|e| TlsError(format!("unusable certificate or key: {e}")))?;
     config.alpn_protocols = vec![alpn.to_vec()];
@@ -789,8 +994,8 @@ mod tests {
         let client = load_identity(&d.tls, CLIENT_NAME).unwrap();
         assert!(cert_is_for(&client.chain[0], CLIENT_NAME));
         assert!(!cert_is_for(&client.chain[0], "srv1"));
-        server_config(&id, &[b"x"]).unwrap();
-        client_config(&id.clone(), b"x").unwrap();
+        server_config(&id, &[b"x"], &DenyList::default()).unwrap();
+        client_config(&id.clone(), b"x", &DenyList::default()).unwrap();
     }
 
     #[test]
@@ -889,6 +1094,87 @@ mod tests {
 
     /// Rotation keeps the CA: old and new certificates both chain to it, so
     /// servers restarted one at a time with new ones still accept the rest.
+    #[test]
+    fn certificates_last_two_years_under_a_ca_of_twenty() {
+        let d = dirs();
+        let servers = servers(&["srv1"]);
+        generate(&d.tls, &d.ca, "test", &servers, false).unwrap();
+        let now_s = crate::clock::now_ms() / 1000;
+        let leaf = file_facts(&cert_path(&d.tls, "srv1")).unwrap();
+        let ca = file_facts(&cert_path(&d.tls, CA_NAME)).unwrap();
+        let client = file_facts(&cert_path(&d.tls, CLIENT_NAME)).unwrap();
+        // Whole days: the second the test reads the clock may fall on either side.
+        let leaf_days = days_left(leaf.not_after_s, now_s);
+        let ca_days = days_left(ca.not_after_s, now_s);
+        assert!((LEAF_VALIDITY_DAYS - 1..=LEAF_VALIDITY_DAYS).contains(&leaf_days));
+        assert!((CA_VALIDITY_DAYS - 1..=CA_VALIDITY_DAYS).contains(&ca_days));
+        assert_ne!(leaf.serial, client.serial, "serials are random");
+        assert_eq!(
+            expiry_note(&[("server", leaf.clone()), ("ca", ca)], now_s),
+            None
+        );
+    }
+
+    #[test]
+    fn renew_keeps_the_key_and_gives_a_new_certificate_that_chains() {
+        let d = dirs();
+        generate(&d.tls, &d.ca, "test", &servers(&["srv1"]), false).unwrap();
+        let key = fs::read(key_path(&d.tls, "srv1")).unwrap();
+        let before = file_facts(&cert_path(&d.tls, "srv1")).unwrap();
+        let ca = load_ca(&d.ca, "test").unwrap();
+        let host = Host::Ip(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        renew(&ca, &d.tls, "test", "srv1", Some(&host)).unwrap();
+        assert_eq!(fs::read(key_path(&d.tls, "srv1")).unwrap(), key);
+        let after = file_facts(&cert_path(&d.tls, "srv1")).unwrap();
+        assert_ne!(after.fingerprint, before.fingerprint);
+        load_identity(&d.tls, "srv1").unwrap();
+        // A server without a key has nothing to renew: named, not made.
+        let err = renew(&ca, &d.tls, "test", "srv9", Some(&host)).unwrap_err();
+        assert!(err.to_string().contains("srv9.key"), "{err}");
+    }
+
+    #[test]
+    fn expiry_is_noted_thirty_days_ahead_and_after() {
+        let facts = |days: i64| CertFacts {
+            fingerprint: String::new(),
+            serial: String::new(),
+            not_after_s: (1_000_000_000 + days * 86_400) as u64,
+        };
+        let now_s = 1_000_000_000;
+        let note = |certs: &[(&str, CertFacts)]| expiry_note(certs, now_s);
+        assert_eq!(note(&[("server", facts(31)), ("ca", facts(400))]), None);
+        let soon = note(&[("server", facts(29)), ("ca", facts(400))]).unwrap();
+        assert!(
+            soon.starts_with("its certificate expires in 29 days"),
+            "{soon}"
+        );
+        let ca = note(&[("server", facts(300)), ("ca", facts(3))]).unwrap();
+        assert!(
+            ca.starts_with("the cluster CA's certificate expires in 3"),
+            "{ca}"
+        );
+        let gone = note(&[("server", facts(-2))]).unwrap();
+        assert!(gone.starts_with("its certificate expired on"), "{gone}");
+        assert_eq!(note(&[]), None);
+    }
+
+    #[test]
+    fn rotate_notes_what_it_replaces_for_revocation() {
+        let d = dirs();
+        generate(&d.tls, &d.ca, "test", &servers(&["srv1"]), false).unwrap();
+        let old = file_facts(&cert_path(&d.tls, CLIENT_NAME)).unwrap();
+        note_replaced(&d.tls, &["srv1", CLIENT_NAME, "missing"]).unwrap();
+        let noted = read_replaced(&d.tls).unwrap();
+        assert_eq!(noted.len(), 2);
+        assert_eq!(revocation::fingerprint_hex(&noted[1].0), old.fingerprint);
+        assert_eq!(noted[1].1, CLIENT_NAME);
+        fs::write(d.tls.join(REPLACED_FILE), "nonsense client\n").unwrap();
+        let err = read_replaced(&d.tls).unwrap_err();
+        assert!(err.to_string().contains("line 1"), "{err}");
+        clear_replaced(&d.tls).unwrap();
+        assert!(read_replaced(&d.tls).unwrap().is_empty());
+    }
+
     #[test]
     fn sign_all_renews_every_certificate_under_the_same_ca() {
         let d = dirs();
