@@ -629,20 +629,17 @@ mod tests {
         let deny = tls::DenyList::default();
         let (srv, addr) = server_denying(dir.path(), "srv1", &deny);
         let echo = spawn_echo(srv.quinn.clone());
-        let conn = client(dir.path())
-            .connect(addr, "srv1", TIMEOUT_MS)
-            .await
-            .unwrap();
+        // One client endpoint for both: a resumed TLS session would skip
+        // the certificate check the second time.
+        let cli = client(dir.path());
+        let conn = cli.connect(addr, "srv1", TIMEOUT_MS).await.unwrap();
         echo_once(&conn).await;
         echo.await;
         let id = tls::load_identity(dir.path(), tls::CLIENT_NAME).unwrap();
         deny.replace([tls::revocation::fingerprint(&id.chain[0])]);
         spawn_acceptor(srv.quinn.clone());
         let start = Instant::now();
-        let err = client(dir.path())
-            .connect(addr, "srv1", TIMEOUT_MS)
-            .await
-            .unwrap_err();
+        let err = cli.connect(addr, "srv1", TIMEOUT_MS).await.unwrap_err();
         assert!(start.elapsed() < Duration::from_millis(TIMEOUT_MS), "{err}");
         assert!(err.to_string().contains("refused us"), "{err}");
     }
@@ -653,11 +650,15 @@ mod tests {
     async fn a_revoked_server_certificate_is_refused_by_who_connects() {
         let dir = pki();
         let (srv, addr) = server(dir.path(), "srv1");
-        spawn_acceptor(srv.quinn.clone());
-        let revoked = tls::load_identity(dir.path(), "srv1").unwrap();
+        let echo = spawn_echo(srv.quinn.clone());
         let deny = tls::DenyList::default();
-        deny.replace([tls::revocation::fingerprint(&revoked.chain[0])]);
         let (peer, _) = server_denying(dir.path(), "srv2", &deny);
+        let conn = peer.connect(addr, "srv1", TIMEOUT_MS).await.unwrap();
+        echo_once(&conn).await;
+        echo.await;
+        let revoked = tls::load_identity(dir.path(), "srv1").unwrap();
+        deny.replace([tls::revocation::fingerprint(&revoked.chain[0])]);
+        spawn_acceptor(srv.quinn.clone());
         let err = peer.connect(addr, "srv1", TIMEOUT_MS).await.unwrap_err();
         assert!(err.to_string().contains("Revoked"), "{err}");
     }

@@ -336,7 +336,7 @@ fn revoked_certificates_are_refused_by_every_instance() {
         }
         other => panic!("srv3 still answers its own stale reads: {other:?}"),
     }
-    let out = c.cli(&["cert", "revoked", "--json"]);
+    let out = c.cli(&["cert", "revoked", "--json", "--server", "srv1"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed.as_array().map(Vec::len), Some(5), "{listed}");

@@ -771,6 +771,10 @@ pub fn server_config(
         .with_single_cert(id.chain.clone(), id.key.clone_key())
         .map_err(|e| TlsError(format!("unusable certificate or key: {e}")))?;
     config.alpn_protocols = alpns.iter().map(|alpn| alpn.to_vec()).collect();
+    // No resumption: a resumed session skips the certificate check, so a
+    // certificate revoked since its first handshake would still get in.
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(config)
 }
 
@@ -812,6 +816,8 @@ pub fn client_config(
         .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
         .map_err(|e| TlsError(format!("unusable certificate or key: {e}")))?;
     config.alpn_protocols = vec![alpn.to_vec()];
+    // No resumption, as for servers (`server_config`).
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }
 
