@@ -130,6 +130,9 @@ pub(crate) struct Shared {
     /// Called after every Ready cycle that applied something: the work wakes
     /// its loops, the web its event hub (`on_applied`).
     applied_hooks: std::sync::RwLock<Vec<AppliedHook>>,
+    /// What is wrong with how this instance is set up, though it runs
+    /// (jobs run as root): its status note when nothing more pressing is.
+    setup_note: std::sync::OnceLock<String>,
 }
 
 /// What a part built on the cluster runs when something was applied: short
@@ -141,6 +144,16 @@ impl Shared {
     /// composition root (`node::serve`) before the raft loop starts.
     pub fn on_applied(&self, hook: AppliedHook) {
         self.applied_hooks.write().expect("hooks lock").push(hook);
+    }
+
+    /// Sets the note about how this instance is set up; by the
+    /// composition root, once, as soon as the instance is built.
+    pub fn set_setup_note(&self, note: String) {
+        let _ = self.setup_note.set(note);
+    }
+
+    pub fn setup_note(&self) -> Option<String> {
+        self.setup_note.get().cloned()
     }
 
     pub fn core(&self) -> MutexGuard<'_, Option<Core>> {

@@ -91,6 +91,7 @@ pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
         damage: super::damage::Damage::new(damage),
         rejoin: super::rejoin::Rejoin::new(incarnation),
         applied_hooks: Default::default(),
+        setup_note: Default::default(),
     };
     Ok((Arc::new(shared), wake_rx, stop_rx))
 }
