@@ -239,7 +239,7 @@ pub struct Config {
 /// The `[jobs]` table: finished jobs are kept for `keep_ms` after they end,
 /// and at most `keep_count` of them (the oldest go first); the coordinator
 /// purges the rest by committed commands, in bounded batches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobsConf {
     pub keep_ms: u64,
     pub keep_count: u64,
@@ -252,7 +252,39 @@ pub struct JobsConf {
     /// Files a script worker process may hold open (`script_files_max`); its
     /// host functions' files are opened by the instance, not the worker.
     pub script_files_max: u64,
+    /// `run_as`: the user every process of a job runs as (commands,
+    /// hotfolder actions, `run` children, script workers). Only written
+    /// here: `serve` looks it up on its own machine, where it matters (a
+    /// client's machine need not know the user).
+    pub run_as: Option<RunAs>,
 }
+
+/// `[jobs] run_as` as written, and its line for the errors of the lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub user: UserRef,
+    /// 1-based.
+    pub line: usize,
+}
+
+/// A user of the machine, by name or by number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserRef {
+    Name(String),
+    Uid(u32),
+}
+
+impl fmt::Display for UserRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UserRef::Name(name) => f.write_str(name),
+            UserRef::Uid(uid) => write!(f, "uid {uid}"),
+        }
+    }
+}
+
+/// Upper bound of a user name's length (Linux's `useradd` takes 32).
+pub const USER_NAME_MAX_CHARS: usize = 32;
 
 impl Default for JobsConf {
     fn default() -> Self {
@@ -262,6 +294,7 @@ impl Default for JobsConf {
             script_memory_mb: 1024,
             script_cpu_s: 3600,
             script_files_max: 64,
+            run_as: None,
         }
     }
 }
@@ -350,6 +383,15 @@ struct RawJobs {
     script_memory_mb: Option<Spanned<i64>>,
     script_cpu_s: Option<Spanned<i64>>,
     script_files_max: Option<Spanned<i64>>,
+    run_as: Option<Spanned<RawUser>>,
+}
+
+/// `run_as = "name"`, `run_as = "1001"` or `run_as = 1001`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawUser {
+    Uid(i64),
+    Name(String),
 }
 
 #[derive(Deserialize)]
@@ -1021,7 +1063,45 @@ fn jobs_conf(src: &Source<'_>, raw: Option<&Spanned<RawJobs>>) -> Result<JobsCon
             SCRIPT_FILES_RANGE,
             d.script_files_max,
         )?,
+        run_as: raw.run_as.as_ref().map(|v| run_as(src, v)).transpose()?,
     })
+}
+
+/// `[jobs] run_as`: a user name (the portable characters, not starting
+/// with `-`) or a uid. Whether the user exists is for `serve` to say.
+fn run_as(src: &Source<'_>, value: &Spanned<RawUser>) -> Result<RunAs, ConfigError> {
+    let line = line_of(src.text, value.span().start);
+    let bad = |message: String| src.at(value, "jobs.run_as", message);
+    let user = match value.get_ref() {
+        RawUser::Uid(n) => {
+            UserRef::Uid(uid(*n).ok_or_else(|| bad(format!("uid {n} out of range")))?)
+        }
+        RawUser::Name(text) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
+            let n = text.parse::<i64>().unwrap_or(i64::MAX);
+            UserRef::Uid(uid(n).ok_or_else(|| bad(format!("uid {text} out of range")))?)
+        }
+        RawUser::Name(name) => {
+            let allowed = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+            let chars = name.chars().count();
+            if chars == 0
+                || chars > USER_NAME_MAX_CHARS
+                || name.starts_with('-')
+                || !name.chars().all(allowed)
+            {
+                return Err(bad(format!(
+                    "bad user {name:?}: a user name (1 to {USER_NAME_MAX_CHARS} characters among A-Z a-z 0-9 . _ -, not starting with -) or a uid"
+                )));
+            }
+            UserRef::Name(name.clone())
+        }
+    };
+    Ok(RunAs { user, line })
+}
+
+/// A uid: 0 up to the largest one, `(uid_t)-1` meaning "no change" to the
+/// system calls that take it.
+fn uid(n: i64) -> Option<u32> {
+    u32::try_from(n).ok().filter(|&u| u != u32::MAX)
 }
 
 fn timing_value(
@@ -1471,6 +1551,11 @@ hotfolder_poll_ms = {hotfolder_poll}
 [jobs]
 keep_ms = {keep_ms}
 keep_count = {keep_count}
+# The user every process of a job runs as (commands, hotfolder actions,
+# `run` children, script workers), when `claro serve` runs as root: a name
+# or a uid. It must exist on every server and may write where jobs write
+# (docs/SECURITY.md). Without it, jobs run as the service's own user.
+# run_as = \"claro\"
 
 # One [[server]] per instance. name: a-z 0-9 - (a DNS name in its certificate);
 # address: IP, IP:PORT, [IPv6]:PORT, or a DNS name (NAME or NAME:PORT, looked up
@@ -2181,6 +2266,44 @@ address = "fd00::4"
             Some("jobs.keep_ms"),
             "out of range 60000..=",
         );
+    }
+
+    #[test]
+    fn run_as_is_a_user_name_or_a_uid() {
+        let f = Fixture::new();
+        let run_as = |value: &str| {
+            let text = format!("{HEAD}\n[jobs]\nrun_as = {value}\n{ONE}");
+            f.ok(&text).jobs.run_as.map(|r| (r.user, r.line))
+        };
+        assert_eq!(f.ok(&minimal()).jobs.run_as, None);
+        let nobody = UserRef::Name("nobody".into());
+        assert_eq!(run_as("\"nobody\""), Some((nobody, 6)));
+        assert_eq!(
+            run_as("\"svc.claro_1\""),
+            Some((UserRef::Name("svc.claro_1".into()), 6))
+        );
+        assert_eq!(run_as("65534"), Some((UserRef::Uid(65534), 6)));
+        assert_eq!(run_as("\"1001\""), Some((UserRef::Uid(1001), 6)));
+        assert_eq!(run_as("0"), Some((UserRef::Uid(0), 6)));
+        for (value, fragment) in [
+            ("\"\"", "bad user \"\""),
+            ("\"-rf\"", "bad user \"-rf\""),
+            ("\"a b\"", "bad user \"a b\""),
+            ("\"../etc\"", "bad user"),
+            (
+                "\"abcdefghijklmnopqrstuvwxyz0123456\"",
+                "1 to 32 characters",
+            ),
+            ("-1", "uid -1 out of range"),
+            ("4294967295", "uid 4294967295 out of range"),
+            ("\"99999999999\"", "uid 99999999999 out of range"),
+        ] {
+            let text = format!("{HEAD}\n[jobs]\nrun_as = {value}\n{ONE}");
+            f.bad(&text, Some(6), Some("jobs.run_as"), fragment);
+        }
+        let text = format!("{HEAD}\n[jobs]\nrun_as = true\n{ONE}");
+        let e = f.parse(&text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("jobs.run_as"), "{e}");
     }
 
     #[test]

@@ -516,10 +516,11 @@ fn status_and_coordinator_transfer_are_plain_objects() {
     let out = claro(&c, &["status", "--json", "--server", "srv2"], None);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let note = serde_json::to_string(&common::setup_note()).unwrap();
     let line = |i: usize, state: &str| {
         let s = &v["servers"][i];
         format!(
-            "{{\"name\":\"srv{n}\",\"address\":\"127.0.84.{n}:7900\",\"role\":\"server\",\"state\":\"{state}\",\"connected\":true,\"synchronized\":true,\"applied_index\":{},\"note\":null,\"heard_ago_ms\":{}}}",
+            "{{\"name\":\"srv{n}\",\"address\":\"127.0.84.{n}:7900\",\"role\":\"server\",\"state\":\"{state}\",\"connected\":true,\"synchronized\":true,\"applied_index\":{},\"note\":{note},\"heard_ago_ms\":{}}}",
             s["applied_index"],
             s["heard_ago_ms"],
             n = i + 1

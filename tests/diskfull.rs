@@ -199,7 +199,10 @@ fn one_server_on_a_full_disk_stays_up_refuses_writes_and_resumes_when_space_is_b
         took.as_millis()
     );
     assert_eq!(c.get("srv1", "colour"), Some(b"after".to_vec()));
-    assert_eq!(note_of(&status_json(&c, "srv1"), "srv1"), None);
+    assert_eq!(
+        note_of(&status_json(&c, "srv1"), "srv1"),
+        common::setup_note()
+    );
     assert!(c.log("srv1").contains("space is back on"));
     assert!(alive(c.pid("srv1").unwrap()), "restarted meanwhile?");
     assert_eq!(leftovers(&c.data_dir("srv1")), Vec::<PathBuf>::new());

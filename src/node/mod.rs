@@ -27,7 +27,8 @@ pub use cluster::ServeOptions;
 #[derive(Debug)]
 pub enum ServeError {
     /// The setup is wrong and nothing started (the CLI's exit 2): the HTTP
-    /// port is taken, or plain HTTP asked for off loopback.
+    /// port is taken, plain HTTP asked for off loopback, or jobs cannot run
+    /// as `[jobs] run_as` says.
     Setup(String),
     /// The instance could not start or stopped on an error (exit 1).
     Failed(String),
@@ -43,6 +44,32 @@ pub fn script_worker() -> i32 {
 /// The first argument that makes `claro` a script worker.
 pub const SCRIPT_WORKER_ARG: &str = work::sandbox::WORKER_ARG;
 
+/// The warning, when this instance's jobs run as root: it runs as root and
+/// `[jobs] run_as` does not name another user (or names root). A witness
+/// runs no jobs.
+fn jobs_as_root(
+    account: Option<&work::account::Account>,
+    role: crate::config::Role,
+) -> Option<String> {
+    if role == crate::config::Role::Witness {
+        return None;
+    }
+    match account {
+        Some(a) if a.uid == 0 => Some(format!(
+            "jobs run as root: [jobs] run_as = {:?} is root, so every job's commands and script workers have the machine's every right (docs/SECURITY.md)",
+            a.name
+        )),
+        Some(_) => None,
+        // SAFETY: geteuid has no preconditions.
+        None if unsafe { libc::geteuid() } == 0 => Some(JOBS_AS_ROOT_NOTE.to_string()),
+        None => None,
+    }
+}
+
+/// The status note (and warning) of an instance that runs as root with no
+/// `[jobs] run_as`.
+pub const JOBS_AS_ROOT_NOTE: &str = "jobs run as root: this instance runs as root and so do its jobs' commands and script workers; set [jobs] run_as to a user of their own, or run claro as one (docs/SECURITY.md)";
+
 /// Runs one instance until it is stopped.
 pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     async_std::task::block_on(serve_async(opts))
@@ -54,15 +81,17 @@ async fn serve_async(opts: ServeOptions) -> Result<(), ServeError> {
         .server(&opts.name)
         .ok_or_else(|| ServeError::Setup(format!("no server named `{}` in the config", opts.name)))?
         .clone();
+    let account =
+        work::account::for_jobs(&opts.config).map_err(|e| ServeError::Setup(e.to_string()))?;
     let http = web::listen(&opts.config, &me)
         .await
         .map_err(ServeError::Setup)?;
     let (shared, wake_rx, stop_rx) = cluster::prepare(opts).map_err(ServeError::Failed)?;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        tracing::warn!("this instance runs as root, and so do its jobs' commands and script workers: run claro as a user of its own (docs/SECURITY.md)");
+    if let Some(note) = jobs_as_root(account.as_ref(), me.role) {
+        tracing::warn!("{note}");
+        shared.set_setup_note(note);
     }
-    let work = Arc::new(work::Work::new(shared.clone()));
+    let work = Arc::new(work::Work::new(shared.clone(), account));
     let web = Arc::new(web::Web::new(shared.clone()));
     // Before the raft loop starts (`cluster::start`): no apply goes unheard.
     let heard = work.clone();
@@ -78,4 +107,30 @@ async fn serve_async(opts: ServeOptions) -> Result<(), ServeError> {
     cluster::stop(&shared, work::drain(work)).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Role;
+
+    #[test]
+    fn jobs_as_root_are_noted_unless_another_user_runs_them() {
+        let user = |uid| work::account::Account {
+            name: "u".into(),
+            uid,
+            gid: uid,
+            groups: vec![uid],
+            home: "/".into(),
+        };
+        let note = jobs_as_root(Some(&user(0)), Role::Server).unwrap();
+        assert!(note.starts_with("jobs run as root: [jobs] run_as = \"u\" is root"));
+        assert_eq!(jobs_as_root(Some(&user(65534)), Role::Server), None);
+        assert_eq!(jobs_as_root(Some(&user(0)), Role::Witness), None);
+        assert_eq!(jobs_as_root(None, Role::Witness), None);
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let expected = root.then(|| JOBS_AS_ROOT_NOTE.to_string());
+        assert_eq!(jobs_as_root(None, Role::Server), expected);
+    }
 }

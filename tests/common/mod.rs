@@ -431,6 +431,15 @@ impl Drop for Cluster {
     }
 }
 
+/// The status note every server of a test shows when nothing else is
+/// wrong: tests run as root without `[jobs] run_as` on CI, and then jobs
+/// run as root.
+pub fn setup_note() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    root.then(|| claro::node::JOBS_AS_ROOT_NOTE.to_string())
+}
+
 /// Tests keep the default election timeout's slack for loaded CI machines,
 /// and a short discovery window so that they do not wait long.
 pub const TEST_TIMING: &str =

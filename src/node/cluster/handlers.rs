@@ -378,6 +378,9 @@ pub fn local_info(shared: &Shared) -> LocalInfo {
         info.state = "damaged".into();
         info.note = Some(note);
     }
+    if info.note.is_none() {
+        info.note = shared.setup_note();
+    }
     info
 }
 

@@ -136,6 +136,9 @@ pub(crate) struct Shared {
     /// This instance's own certificate and the CA's, as loaded at start:
     /// ("server" | "ca", facts), for the expiry warnings.
     pub certificates: Vec<(&'static str, crate::tls::CertFacts)>,
+    /// What is wrong with how this instance is set up, though it runs
+    /// (jobs run as root): its status note when nothing more pressing is.
+    setup_note: std::sync::OnceLock<String>,
 }
 
 /// What a part built on the cluster runs when something was applied: short
@@ -147,6 +150,16 @@ impl Shared {
     /// composition root (`node::serve`) before the raft loop starts.
     pub fn on_applied(&self, hook: AppliedHook) {
         self.applied_hooks.write().expect("hooks lock").push(hook);
+    }
+
+    /// Sets the note about how this instance is set up; by the
+    /// composition root, once, as soon as the instance is built.
+    pub fn set_setup_note(&self, note: String) {
+        let _ = self.setup_note.set(note);
+    }
+
+    pub fn setup_note(&self) -> Option<String> {
+        self.setup_note.get().cloned()
     }
 
     pub fn core(&self) -> MutexGuard<'_, Option<Core>> {

@@ -95,6 +95,7 @@ pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
         applied_hooks: Default::default(),
         revocation,
         certificates,
+        setup_note: Default::default(),
     };
     Ok((Arc::new(shared), wake_rx, stop_rx))
 }

@@ -18,6 +18,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::account::Account;
 use super::process::Capture;
 use super::script_host::{run_job_script, FileContext};
 use super::Work;
@@ -769,11 +770,8 @@ pub fn process(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
     };
     let staging = layout.staging(&job.id, job.attempt);
     let _ = std::fs::remove_dir_all(&staging);
-    if let Err(e) = std::fs::create_dir_all(&staging) {
-        return Outcome::failed(
-            format!("making the staging folder {}: {e}", staging.display()),
-            String::new(),
-        );
+    if let Err(e) = make_staging(&staging, work.account.as_ref()) {
+        return Outcome::failed(e, String::new());
     }
     let log = Arc::new(Capture::new(LOG_BYTES_MAX));
     let mut profile = Vec::new();
@@ -783,15 +781,14 @@ pub fn process(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
         // The values as environment variables too: the safe way for a
         // shell to see them (`sh -c 'echo "$CLARO_NAME"'`).
         let env = values.env();
-        super::process::run(&argv, &staging, &env, job.spec.timeout_ms, &cancel, &log).and_then(
-            |s| {
-                if s.success() {
-                    Ok(())
-                } else {
-                    Err(format!("the action ended with {s}"))
-                }
-            },
-        )
+        let at = (staging.as_path(), work.account.as_ref());
+        super::process::run(&argv, at, &env, job.spec.timeout_ms, &cancel, &log).and_then(|s| {
+            if s.success() {
+                Ok(())
+            } else {
+                Err(format!("the action ended with {s}"))
+            }
+        })
     } else {
         let profiler = Arc::new(crate::work::script::Profiler::default());
         let paths = (root.as_path(), claimed.as_path(), staging.as_path());
@@ -820,6 +817,21 @@ pub fn process(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
     };
     outcome.profile = profile;
     outcome
+}
+
+/// The attempt's staging folder, new and empty; owned by the `run_as`
+/// user, when there is one, since the action writes its outputs there.
+fn make_staging(staging: &Path, user: Option<&Account>) -> Result<(), String> {
+    std::fs::create_dir_all(staging)
+        .map_err(|e| format!("making the staging folder {}: {e}", staging.display()))?;
+    let Some(user) = user else { return Ok(()) };
+    std::os::unix::fs::chown(staging, Some(user.uid), Some(user.gid)).map_err(|e| {
+        format!(
+            "giving the staging folder {} to user {} (run_as): {e}",
+            staging.display(),
+            user.name
+        )
+    })
 }
 
 fn path_text(p: &Path) -> String {

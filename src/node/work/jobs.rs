@@ -62,7 +62,7 @@ pub async fn assign_loop(work: Arc<Work>) {
 /// Purges finished jobs past the `[jobs]` limits, one bounded batch;
 /// returns whether one was due (so more may be).
 async fn purge(work: &Work) -> bool {
-    let keep = work.cluster.cfg.jobs;
+    let keep = work.cluster.cfg.jobs.clone();
     let cutoff = now_ms().saturating_sub(keep.keep_ms);
     let due = {
         let guard = work.cluster.core();

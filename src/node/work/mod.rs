@@ -9,11 +9,13 @@
 //! - `hotfolder`: the coordinator's scan and publish loop, and the file
 //!   work of an assigned attempt (claim, action, staging);
 //! - `script_host`: what a running script reaches through its instance;
-//! - `process`: external processes of jobs, bounded and killable.
+//! - `process`: external processes of jobs, bounded and killable;
+//! - `account`: the user they run as (`[jobs] run_as`).
 //!
 //! What it must not do: run an attempt the applied state does not assign to
 //! this instance, or write the state other than through committed commands.
 
+pub(crate) mod account;
 mod hotfolder;
 #[cfg(test)]
 mod hotfolder_sim;
@@ -53,18 +55,23 @@ pub(crate) struct Work {
     applied_count: (Mutex<u64>, std::sync::Condvar),
     /// The worker processes scripts run in (`sandbox`).
     scripts: sandbox::Pool,
+    /// The user every process of a job runs as (`[jobs] run_as`); `None`:
+    /// the instance's own.
+    account: Option<account::Account>,
 }
 
 impl Work {
-    pub fn new(cluster: Arc<Shared>) -> Work {
+    pub fn new(cluster: Arc<Shared>, account: Option<account::Account>) -> Work {
         // As many idle script workers as slots; a witness runs no jobs.
         let idle_max = match cluster.me.role {
             crate::config::Role::Server => cluster.me.slots as usize,
             crate::config::Role::Witness => 0,
         };
-        let scripts = sandbox::Pool::new(sandbox::Limits::of(&cluster.cfg.jobs), idle_max);
+        let limits = sandbox::Limits::of(&cluster.cfg.jobs);
+        let scripts = sandbox::Pool::new(limits, idle_max, account.clone());
         Work {
             scripts,
+            account,
             cluster,
             assign_wake: async_std::channel::bounded(1),
             worker_wake: async_std::channel::bounded(1),

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::account::Account;
+
 /// Step of the wait for a process to exit.
 const POLL_MS: u64 = 10;
 /// Longest wait, after the group was killed, for its processes to be gone
@@ -54,12 +56,13 @@ impl Capture {
 pub type Ended = Result<std::process::ExitStatus, String>;
 
 /// Runs `argv` in `cwd` with `env` added, in a process group of its own,
-/// until it exits, `timeout_ms` passes or `cancel` is set; its stdout and
-/// stderr go to `out`, line by line. Whichever way it ends, the whole group
-/// is killed and gone (or the error says it is not) before this returns.
+/// as `user` when given (`[jobs] run_as`), until it exits, `timeout_ms`
+/// passes or `cancel` is set; its stdout and stderr go to `out`, line by
+/// line. Whichever way it ends, the whole group is killed and gone (or the
+/// error says it is not) before this returns.
 pub fn run(
     argv: &[String],
-    cwd: &Path,
+    (cwd, user): (&Path, Option<&Account>),
     env: &[(String, String)],
     timeout_ms: u64,
     cancel: &AtomicBool,
@@ -69,16 +72,30 @@ pub fn run(
     let Some(program) = argv.first() else {
         return Err("no command given".into());
     };
-    let mut child = Command::new(program)
+    let cannot = |e: std::io::Error| match user {
+        Some(u) => format!(
+            "cannot start `{program}` in {} as user {}: {e}",
+            cwd.display(),
+            u.name
+        ),
+        None => format!("cannot start `{program}` in {}: {e}", cwd.display()),
+    };
+    let mut command = Command::new(program);
+    match user {
+        Some(u) => u.apply(&mut command, Some(cwd)).map_err(cannot)?,
+        None => {
+            command.current_dir(cwd);
+        }
+    }
+    let mut child = command
         .args(&argv[1..])
-        .current_dir(cwd)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
-        .map_err(|e| format!("cannot start `{program}` in {}: {e}", cwd.display()))?;
+        .map_err(cannot)?;
     // The leader's pid is its group's id.
     let pgid = child.id() as libc::pid_t;
     let readers = [
@@ -259,7 +276,14 @@ mod tests {
         let out = Arc::new(Capture::new(1024));
         let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
         let cancel = AtomicBool::new(false);
-        let ended = run(&argv, Path::new("."), &[], timeout_ms, &cancel, &out);
+        let ended = run(
+            &argv,
+            (Path::new("."), None),
+            &[],
+            timeout_ms,
+            &cancel,
+            &out,
+        );
         (ended, out.take())
     }
 
@@ -332,7 +356,7 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(300));
                 cancel.store(true, Ordering::Relaxed);
             });
-            run(&argv, Path::new("."), &[], 60_000, &cancel, &out)
+            run(&argv, (Path::new("."), None), &[], 60_000, &cancel, &out)
         });
         let took = started.elapsed();
         let why = ended.unwrap_err();

@@ -14,6 +14,8 @@
 //! `FRAME_BYTES_MAX`. The worker speaks only when asked to run a script.
 
 use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,12 +24,15 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::account::Account;
 use crate::config::JobsConf;
 use crate::work::jobs::ProfileRow;
 use crate::work::script::{CallTarget, Called, Failure, FileOp, Host, Profiler, Program, Split};
 
 /// The first argument that makes `claro` a script worker, not a command.
 pub const WORKER_ARG: &str = "__claro-script-worker";
+/// This process's own binary, as the kernel keeps it open.
+const SELF_EXE: &str = "/proc/self/exe";
 /// The worker's limits, passed at its start: `MEMORY_BYTES,CPU_S,FILES`.
 const LIMITS_ENV: &str = "CLARO_SCRIPT_LIMITS";
 /// Largest frame either way: a 4 MiB string (`file_read`) as JSON, and more.
@@ -159,9 +164,21 @@ struct Worker {
 }
 
 impl Worker {
-    fn spawn(limits: Limits) -> Result<Worker, String> {
+    fn spawn(limits: Limits, user: Option<&Account>) -> Result<Worker, String> {
         let exe = std::env::current_exe().map_err(|e| format!("this program's path: {e}"))?;
-        let mut child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        if let Some(user) = user {
+            // Its own binary through /proc: the `run_as` user need not be
+            // able to reach the folder claro is installed in, and the worker
+            // is the very program its instance runs, even after an upgrade
+            // replaced the file. It needs no working folder: its instance
+            // opens every file for it.
+            command = Command::new(SELF_EXE);
+            command.arg0(&exe);
+            user.apply(&mut command, Some(Path::new("/")))
+                .map_err(|e| format!("cannot start a script worker as user {}: {e}", user.name))?;
+        }
+        let mut child = command
             .arg(WORKER_ARG)
             .env(
                 LIMITS_ENV,
@@ -171,7 +188,14 @@ impl Worker {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("cannot start a script worker ({}): {e}", exe.display()))?;
+            .map_err(|e| match user {
+                Some(u) => format!(
+                    "cannot start a script worker ({}) as user {}: {e}",
+                    exe.display(),
+                    u.name
+                ),
+                None => format!("cannot start a script worker ({}): {e}", exe.display()),
+            })?;
         let stderr = Arc::new(Mutex::new(Vec::new()));
         if let Some(mut err) = child.stderr.take() {
             let kept = stderr.clone();
@@ -231,23 +255,30 @@ pub struct Pool {
     /// Idle workers kept at most: the instance's slots.
     idle_max: usize,
     limits: Limits,
+    /// The user workers run as (`[jobs] run_as`); `None`: the instance's.
+    user: Option<Account>,
 }
 
 impl Pool {
-    pub fn new(limits: Limits, idle_max: usize) -> Pool {
+    pub fn new(limits: Limits, idle_max: usize, user: Option<Account>) -> Pool {
         Pool {
             idle: Mutex::new(Vec::new()),
             watchdog: Arc::default(),
             idle_max,
             limits,
+            user,
         }
+    }
+
+    fn spawn(&self) -> Result<Worker, String> {
+        Worker::spawn(self.limits, self.user.as_ref())
     }
 
     /// Starts the idle workers ahead of the first scripts (on a blocking
     /// thread: each start is a process start).
     pub fn prestart(&self) {
         for _ in 0..self.idle_max {
-            match Worker::spawn(self.limits) {
+            match self.spawn() {
                 Ok(w) => self.give_back(w),
                 Err(e) => return tracing::error!("{e}"),
             }
@@ -257,7 +288,7 @@ impl Pool {
     fn take(&self) -> Result<Worker, String> {
         match self.idle.lock().expect("pool lock").pop() {
             Some(w) => Ok(w),
-            None => Worker::spawn(self.limits),
+            None => self.spawn(),
         }
     }
 
@@ -327,7 +358,7 @@ fn start(pool: &Pool, first: ToWorker) -> Result<Worker, String> {
         return Ok(w);
     }
     w.end();
-    let mut w = Worker::spawn(pool.limits)?;
+    let mut w = pool.spawn()?;
     w.send(&first)
         .map_err(|e| format!("a new script worker did not take the script: {e}"))?;
     Ok(w)
@@ -644,15 +675,22 @@ fn apply_fixed_limits(l: Limits) -> std::io::Result<()> {
 }
 
 /// CPU time for the next script: what this worker used so far plus
-/// `cpu_s` (the soft limit only, so that it can be moved for the next one).
+/// `cpu_s` (the soft limit only, so that it can be moved for the next one;
+/// the hard one stays as it is, which a worker that is not root, under
+/// `run_as`, could not raise).
 fn set_cpu_limit(cpu_s: u64) {
-    // SAFETY: getrusage fills the struct we pass.
-    let used_s = unsafe {
+    // SAFETY: getrusage and getrlimit fill the structs we pass.
+    let (used_s, hard) = unsafe {
         let mut u: libc::rusage = std::mem::zeroed();
         libc::getrusage(libc::RUSAGE_SELF, &mut u);
-        (u.ru_utime.tv_sec + u.ru_stime.tv_sec + 1) as u64
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        let hard = match libc::getrlimit(libc::RLIMIT_CPU, &mut lim) {
+            0 => lim.rlim_max,
+            _ => libc::RLIM_INFINITY,
+        };
+        ((u.ru_utime.tv_sec + u.ru_stime.tv_sec + 1) as u64, hard)
     };
-    let _ = set_limit(libc::RLIMIT_CPU, used_s + cpu_s, libc::RLIM_INFINITY);
+    let _ = set_limit(libc::RLIMIT_CPU, (used_s + cpu_s).min(hard), hard);
 }
 
 /// The worker's pipes to its instance.

@@ -91,7 +91,8 @@ impl crate::work::script::Host for ScriptHost {
     fn run(&self, argv: &[String], timeout_ms: u64, cancel: &AtomicBool) -> Result<Value, String> {
         let out = Arc::new(Capture::new(RUN_OUTPUT_BYTES_MAX));
         let root = &self.work.cluster.cfg.shared_root;
-        let status = super::process::run(argv, root, &[], timeout_ms, cancel, &out)?;
+        let user = self.work.account.as_ref();
+        let status = super::process::run(argv, (root, user), &[], timeout_ms, cancel, &out)?;
         Ok(json!({ "status": status.code().unwrap_or(-1), "output": out.take() }))
     }
 

@@ -267,7 +267,7 @@ fn stored_code(work: &Work, mut job: Job) -> Result<Job, String> {
 fn run_job(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
     match job.spec.kind {
         JobKind::Script => run_script(work, job, cancel),
-        JobKind::Command => run_command(&job, &work.cluster.cfg.shared_root, &cancel),
+        JobKind::Command => run_command(&job, &work, &cancel),
         JobKind::Hotfolder => super::hotfolder::process(work, job, cancel),
     }
 }
@@ -293,14 +293,19 @@ fn run_script(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
     }
 }
 
-/// Runs a command job's argv (no shell) under `shared_root`, capturing its
-/// output, until it exits, times out or is cancelled (then it is killed).
-fn run_command(job: &Job, root: &std::path::Path, cancel: &AtomicBool) -> Outcome {
-    let cwd = root.join(job.spec.cwd.as_deref().unwrap_or("."));
+/// Runs a command job's argv (no shell) under `shared_root`, as the
+/// `run_as` user if any, capturing its output, until it exits, times out or
+/// is cancelled (then it is killed).
+fn run_command(job: &Job, work: &Work, cancel: &AtomicBool) -> Outcome {
+    let cwd = work
+        .cluster
+        .cfg
+        .shared_root
+        .join(job.spec.cwd.as_deref().unwrap_or("."));
     let log = Arc::new(Capture::new(LOG_BYTES_MAX));
     let ended = super::process::run(
         &job.spec.args,
-        &cwd,
+        (&cwd, work.account.as_ref()),
         &job.spec.env,
         job.spec.timeout_ms,
         cancel,
