@@ -576,7 +576,12 @@ fn a_memory_hungry_script_ends_its_worker_not_its_instance() {
     c.start_alone("srv1");
     // A map of small strings passes the engine's own size checks (they
     // count string bytes) long after it passed the worker's memory.
-    let hungry = ["let m = #{}; let i = 0; loop { m[\"k\" + i] = \"v\" + i; i += 1; }"];
+    let hungry = [
+        "let m = #{}; let i = 0; loop { m[\"k\" + i] = \"v\" + i; i += 1; }",
+        // A 1 MB string assigned again and again: the engine counts the
+        // string, not the map that holds ever more of them.
+        "let big = \"\"; big.pad(1000000, \"x\"); let m = #{}; let i = 0; loop { m[\"k\" + i] = big + i; i += 1; }",
+    ];
     let mut ids = Vec::new();
     for code in hungry {
         let mut spec = script(code);
@@ -596,6 +601,18 @@ fn a_memory_hungry_script_ends_its_worker_not_its_instance() {
         assert!(error.contains("script_memory_mb = 128 MiB"), "{error}");
     }
     assert!(started.elapsed() < Duration::from_secs(110));
+    // An array grown in place slows as it grows (SECURITY.md): it is
+    // bounded by its timeout, in its worker.
+    let mut spec = script("let a = []; loop { a.push(1); }");
+    spec.max_attempts = 1;
+    spec.timeout_ms = 3_000;
+    let id = submit(&c, "srv1", spec).expect("submit");
+    c.wait(20, "the push loop to time out", || {
+        job(&c, "srv1", &id).is_some_and(|j| j.state.is_final())
+    });
+    let j = job(&c, "srv1", &id).unwrap();
+    assert_eq!(j.state, JobState::Failed, "{j:?}");
+    assert!(j.error.as_deref().unwrap_or("").contains("timed out"), "{j:?}");
     let pid = c.pid("srv1").expect("srv1 runs");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let rss_kb: u64 = status
