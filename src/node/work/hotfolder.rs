@@ -214,7 +214,7 @@ async fn record_files_waiting(work: &Work, waiting: HashMap<String, u64>) {
 
 /// Lists `in/` (subfolders too), skipping what the patterns ignore; makes
 /// the hotfolder's folders first.
-pub(super) fn scan(shared_root: &Path, def: &Hotfolder) -> Result<Vec<Seen>, String> {
+pub fn scan(shared_root: &Path, def: &Hotfolder) -> Result<Vec<Seen>, String> {
     let layout = Layout::new(shared_root, &def.name);
     layout
         .create()
