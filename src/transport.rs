@@ -119,6 +119,35 @@ fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, WireErr
     Ok(msg)
 }
 
+/// Decodes the first frame of `input` and moves `input` past it, with the
+/// checks and errors of [`read_frame`] (which reads the same from a stream):
+/// `Ok(None)` when `input` is empty. For callers holding frames in memory,
+/// and for tests/fuzz.rs, which feeds it hostile bytes without a connection.
+pub fn decode_frame<T: serde::de::DeserializeOwned>(
+    input: &mut &[u8],
+    bytes_max: usize,
+) -> Result<Option<T>, WireError> {
+    if input.is_empty() {
+        return Ok(None);
+    }
+    let Some((prefix, rest)) = input.split_first_chunk::<PREFIX_BYTES>() else {
+        return Err(WireError::Decode(format!(
+            "frame truncated: input ended after {} bytes of the length prefix",
+            input.len()
+        )));
+    };
+    let len_bytes = body_len(*prefix, bytes_max)?;
+    let Some((body, rest)) = rest.split_at_checked(len_bytes) else {
+        return Err(WireError::Decode(format!(
+            "frame truncated: input ended after {} of {len_bytes} body bytes",
+            rest.len()
+        )));
+    };
+    let msg = decode_body(body)?;
+    *input = rest;
+    Ok(Some(msg))
+}
+
 /// Sends one frame (see [`encode`]).
 pub async fn write_frame<T: serde::Serialize>(
     send: &mut quinn::SendStream,
@@ -546,6 +575,32 @@ mod tests {
         body.push(0);
         let err = decode_body::<Msg>(&body).unwrap_err();
         assert!(err.to_string().contains("trailing"), "{err}");
+    }
+
+    /// Frames in memory: one after the other, then the end; the errors of
+    /// `read_frame` for a cut prefix, a cut body and a prefix over the limit.
+    #[test]
+    fn decode_frame_reads_frames_in_turn() {
+        let mut two = encode(&msg(), MAX_BYTES).unwrap();
+        two.extend(encode(&Msg { id: 8, ..msg() }, MAX_BYTES).unwrap());
+        let mut rest = &two[..];
+        let first: Option<Msg> = decode_frame(&mut rest, MAX_BYTES).unwrap();
+        assert_eq!(first, Some(msg()));
+        let second: Option<Msg> = decode_frame(&mut rest, MAX_BYTES).unwrap();
+        assert_eq!(second.map(|m| m.id), Some(8));
+        assert!(decode_frame::<Msg>(&mut rest, MAX_BYTES).unwrap().is_none());
+        let err = decode_frame::<Msg>(&mut &two[..2], MAX_BYTES).unwrap_err();
+        assert!(
+            err.to_string().contains("2 bytes of the length prefix"),
+            "{err}"
+        );
+        let err = decode_frame::<Msg>(&mut &two[..10], MAX_BYTES).unwrap_err();
+        assert!(err.to_string().contains("6 of"), "{err}");
+        let err = decode_frame::<Msg>(&mut &two[..], 3).unwrap_err();
+        assert!(
+            matches!(err, WireError::TooLarge { max_bytes: 3, .. }),
+            "{err}"
+        );
     }
 
     #[async_std::test]

@@ -23,6 +23,20 @@ use std::sync::Arc;
 
 pub use cluster::ServeOptions;
 
+/// The parsers of what reaches an instance from outside, with the checks
+/// that follow them: HTTP bodies and queries (each returns what its handler
+/// then proposes or asks for, or the HTTP error), a script worker's frames
+/// and the names a hotfolder scan finds. Public so that tests/fuzz.rs can
+/// feed them hostile input without a running instance.
+pub mod inputs {
+    pub use super::web::{
+        hotfolder_definition, job_query, script_addition, setting_write, submission, token_request,
+        transfer_target, JOBS_PAGE_MAX,
+    };
+    pub use super::work::sandbox::{read_order_frame, read_worker_frame};
+    pub use super::work::scan;
+}
+
 /// Why `serve` did not run.
 #[derive(Debug)]
 pub enum ServeError {

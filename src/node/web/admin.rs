@@ -47,21 +47,26 @@ pub(super) async fn server_mode(web: &Arc<Web>, name: &str, verb: &str) -> Resul
     ))
 }
 
-/// `POST coordinator/transfer {"name": SERVER}`.
-pub(super) async fn transfer(web: &Arc<Web>, body: &[u8]) -> Result<Reply, Fail> {
+/// The server a `POST coordinator/transfer {"name": SERVER}` body names.
+pub fn transfer_target(body: &[u8]) -> Result<String, Fail> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct To {
         name: String,
     }
-    let to: To = parse_json(body)?;
-    if !web.cluster.cfg.servers.iter().any(|s| s.name == to.name) {
+    parse_json::<To>(body).map(|to| to.name)
+}
+
+/// `POST coordinator/transfer {"name": SERVER}`.
+pub(super) async fn transfer(web: &Arc<Web>, body: &[u8]) -> Result<Reply, Fail> {
+    let name = transfer_target(body)?;
+    if !web.cluster.cfg.servers.iter().any(|s| s.name == name) {
         return Err((
             StatusCode::NOT_FOUND,
-            format!("no server named `{}` in the config", to.name),
+            format!("no server named `{name}` in the config"),
         ));
     }
-    let req = Request::Transfer { name: to.name };
+    let req = Request::Transfer { name };
     match crate::node::cluster::respond(&web.cluster, None, req).await {
         Response::Ok { message } => Ok(json_reply(StatusCode::OK, &json!({"message": message}))),
         Response::Error { message }
@@ -73,9 +78,9 @@ pub(super) async fn transfer(web: &Arc<Web>, body: &[u8]) -> Result<Reply, Fail>
     }
 }
 
-/// `POST scripts {"name", "code"}`: stores a new version after the same
-/// syntax check as `claro script add`.
-pub(super) async fn script_add(web: &Arc<Web>, body: &[u8]) -> Result<Reply, Fail> {
+/// The script a `POST scripts {"name", "code"}` body stores, at `at_ms`,
+/// after the same syntax check as `claro script add`: its name and the command.
+pub fn script_addition(body: &[u8], at_ms: u64) -> Result<(String, Command), Fail> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Add {
@@ -88,11 +93,17 @@ pub(super) async fn script_add(web: &Arc<Web>, body: &[u8]) -> Result<Reply, Fai
     let command = Command::ScriptAdd {
         name: add.name.clone(),
         code: add.code,
-        at_ms: now_ms(),
+        at_ms,
     };
     command.validate().map_err(bad)?;
+    Ok((add.name, command))
+}
+
+/// `POST scripts {"name", "code"}`: stores a new version.
+pub(super) async fn script_add(web: &Arc<Web>, body: &[u8]) -> Result<Reply, Fail> {
+    let (name, command) = script_addition(body, now_ms())?;
     write(web, command).await?;
-    let mut reply = super::api::script(web, &add.name, "").await?;
+    let mut reply = super::api::script(web, &name, "").await?;
     *reply.status_mut() = StatusCode::CREATED;
     Ok(reply)
 }
@@ -105,20 +116,27 @@ pub(super) async fn script_remove(web: &Arc<Web>, name: &str) -> Result<Reply, F
     Ok(json_reply(StatusCode::OK, &json!({"removed": name})))
 }
 
-/// `PUT settings/KEY {"value": TEXT}`.
-pub(super) async fn setting_put(web: &Arc<Web>, key: &str, body: &[u8]) -> Result<Reply, Fail> {
+/// The write a `PUT settings/KEY {"value": TEXT}` asks for (`key` as the
+/// path has it, percent-encoded), checked.
+pub fn setting_write(key: &str, body: &[u8]) -> Result<Command, Fail> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Put {
         value: String,
     }
     let put: Put = parse_json(body)?;
-    let key = percent_decode(key);
     let command = Command::Put {
-        key: key.clone(),
+        key: percent_decode(key),
         value: put.value.into_bytes(),
     };
     command.validate().map_err(bad)?;
+    Ok(command)
+}
+
+/// `PUT settings/KEY {"value": TEXT}`.
+pub(super) async fn setting_put(web: &Arc<Web>, key: &str, body: &[u8]) -> Result<Reply, Fail> {
+    let command = setting_write(key, body)?;
+    let key = percent_decode(key);
     write(web, command).await?;
     Ok(json_reply(StatusCode::OK, &json!({"key": key})))
 }
@@ -149,8 +167,8 @@ pub(super) async fn tokens(web: &Arc<Web>) -> Result<Reply, Fail> {
     Ok(json_reply(StatusCode::OK, &json!(list)))
 }
 
-/// `POST tokens {"name", "role"}`: the token is in this answer only.
-pub(super) async fn token_add(web: &Arc<Web>, body: &[u8]) -> Result<Reply, Fail> {
+/// The name and role a `POST tokens {"name", "role"}` body asks for, checked.
+pub fn token_request(body: &[u8]) -> Result<(String, Role), Fail> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Add {
@@ -165,11 +183,17 @@ pub(super) async fn token_add(web: &Arc<Web>, body: &[u8]) -> Result<Reply, Fail
             add.role
         ))
     })?;
+    Ok((add.name, role))
+}
+
+/// `POST tokens {"name", "role"}`: the token is in this answer only.
+pub(super) async fn token_add(web: &Arc<Web>, body: &[u8]) -> Result<Reply, Fail> {
+    let (name, role) = token_request(body)?;
     let tokens = all_tokens(web).await?;
-    if tokens.iter().any(|t| t.name == add.name) {
+    if tokens.iter().any(|t| t.name == name) {
         return Err((
             StatusCode::CONFLICT,
-            format!("a token named `{}` exists; remove it first", add.name),
+            format!("a token named `{name}` exists; remove it first"),
         ));
     }
     if tokens.len() >= access::TOKENS_MAX {
@@ -183,7 +207,7 @@ pub(super) async fn token_add(web: &Arc<Web>, body: &[u8]) -> Result<Reply, Fail
     }
     let token = access::new_token(rand::random());
     let command = Command::TokenAdd {
-        name: add.name.clone(),
+        name: name.clone(),
         role,
         hash: access::token_hash(&token),
         at_ms: now_ms(),
@@ -191,7 +215,7 @@ pub(super) async fn token_add(web: &Arc<Web>, body: &[u8]) -> Result<Reply, Fail
     write(web, command).await?;
     Ok(json_reply(
         StatusCode::CREATED,
-        &json!({"name": add.name, "role": role, "token": token}),
+        &json!({"name": name, "role": role, "token": token}),
     ))
 }
 
@@ -209,8 +233,7 @@ pub(super) async fn token_remove(web: &Arc<Web>, name: &str) -> Result<Reply, Fa
 /// JSON of `GET hotfolders/NAME`'s `definition`; fields left out take the
 /// defaults of `claro hotfolder add`).
 pub(super) async fn hotfolder_add(web: &Arc<Web>, body: &[u8]) -> Result<Reply, Fail> {
-    let def = hotfolder_of(body)?;
-    def.validate().map_err(bad)?;
+    let def = hotfolder_definition(body)?;
     if super::api::find_hotfolder(web, &def.name).await.is_ok() {
         return Err((
             StatusCode::CONFLICT,
@@ -230,6 +253,13 @@ pub(super) async fn hotfolder_remove(web: &Arc<Web>, name: &str) -> Result<Reply
     let name = name.to_string();
     write(web, Command::HotfolderRemove { name: name.clone() }).await?;
     Ok(json_reply(StatusCode::OK, &json!({"removed": name})))
+}
+
+/// The definition a `POST hotfolders` body gives, checked.
+pub fn hotfolder_definition(body: &[u8]) -> Result<crate::work::hotfolder::Hotfolder, Fail> {
+    let def = hotfolder_of(body)?;
+    def.validate().map_err(bad)?;
+    Ok(def)
 }
 
 /// A definition from a JSON object: `name` and `action` are required, any

@@ -59,7 +59,8 @@ pub(super) fn failure(resp: Response) -> Fail {
     }
 }
 
-pub(super) async fn jobs(web: &Arc<Web>, query: &str) -> Result<Reply, Fail> {
+/// The filter and page size of `GET jobs?QUERY`, checked.
+pub fn job_query(query: &str) -> Result<(JobFilter, u32), Fail> {
     let mut filter = JobFilter::default();
     let mut limit = 50;
     for (k, v) in query
@@ -87,6 +88,11 @@ pub(super) async fn jobs(web: &Arc<Web>, query: &str) -> Result<Reply, Fail> {
             _ => return Err((StatusCode::BAD_REQUEST, format!("unknown parameter `{k}`"))),
         }
     }
+    Ok((filter, limit))
+}
+
+pub(super) async fn jobs(web: &Arc<Web>, query: &str) -> Result<Reply, Fail> {
+    let (filter, limit) = job_query(query)?;
     let req = Request::Jobs {
         filter,
         limit,
@@ -138,12 +144,8 @@ struct Submission {
     timeout_s: Option<u64>,
 }
 
-pub(super) async fn submit(
-    web: &Arc<Web>,
-    role: Role,
-    body: &[u8],
-    idem: Option<String>,
-) -> Result<Reply, Fail> {
+/// The job a `POST jobs` body asks for, checked, from a client of `role`.
+pub fn submission(role: Role, body: &[u8]) -> Result<JobSpec, Fail> {
     let s: Submission = parse_json(body)?;
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
     let need = access::submit_role(s.script.is_some());
@@ -180,6 +182,17 @@ pub(super) async fn submit(
         .timeout_s
         .map_or(spec.timeout_ms, |t| t.saturating_mul(1000));
     spec.validate().map_err(bad)?;
+    Ok(spec)
+}
+
+pub(super) async fn submit(
+    web: &Arc<Web>,
+    role: Role,
+    body: &[u8],
+    idem: Option<String>,
+) -> Result<Reply, Fail> {
+    let spec = submission(role, body)?;
+    let bad = |m: String| (StatusCode::BAD_REQUEST, m);
     let id = crate::work::jobs::new_job_id(now_ms(), rand::random());
     let request_id = match &idem {
         Some(key) if key.is_empty() || key.len() > 64 => {

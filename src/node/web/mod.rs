@@ -50,6 +50,11 @@ mod events;
 mod metrics;
 mod stats;
 
+pub use admin::{
+    hotfolder_definition, script_addition, setting_write, token_request, transfer_target,
+};
+pub use api::{job_query, submission, JOBS_PAGE_MAX};
+
 pub const CONNECTIONS_MAX: usize = 1024;
 pub const EVENT_STREAMS_MAX: usize = 256;
 pub const HEADER_READ_MS: u64 = 10_000;

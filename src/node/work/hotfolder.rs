@@ -215,7 +215,7 @@ async fn record_files_waiting(work: &Work, waiting: HashMap<String, u64>) {
 
 /// Lists `in/` (subfolders too), skipping what the patterns ignore; makes
 /// the hotfolder's folders first.
-pub(super) fn scan(shared_root: &Path, def: &Hotfolder) -> Result<Vec<Seen>, String> {
+pub fn scan(shared_root: &Path, def: &Hotfolder) -> Result<Vec<Seen>, String> {
     let layout = Layout::new(shared_root, &def.name);
     layout
         .create()
@@ -233,7 +233,9 @@ pub(super) fn scan(shared_root: &Path, def: &Hotfolder) -> Result<Vec<Seen>, Str
             if out.len() >= SCAN_FILES_MAX {
                 return Ok(out);
             }
-            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(name) = utf8_name(def, &rel, &entry.file_name()) else {
+                continue;
+            };
             let path = if rel.is_empty() {
                 name.clone()
             } else {
@@ -261,6 +263,24 @@ pub(super) fn scan(shared_root: &Path, def: &Hotfolder) -> Result<Vec<Seen>, Str
         }
     }
     Ok(out)
+}
+
+/// The name of an entry of `in/REL` as text, or `None` (logged) when it is
+/// not UTF-8. A job names its file as text: such a name would become
+/// another file's, which the claim never finds, and the file would be taken
+/// again after every failed job.
+fn utf8_name(def: &Hotfolder, rel: &str, name: &std::ffi::OsStr) -> Option<String> {
+    if let Some(text) = name.to_str() {
+        return Some(text.to_owned());
+    }
+    let lossy = Path::new(rel).join(name).to_string_lossy().into_owned();
+    crate::throttled_warn!(
+        "hotfolder-name",
+        &def.name,
+        "hotfolder {}: in/{lossy} is not taken: its name is not UTF-8; rename it",
+        def.name
+    );
+    None
 }
 
 /// Submits the stable files no job owns, in entries of many jobs.

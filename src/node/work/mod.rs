@@ -25,6 +25,9 @@ pub(crate) mod sandbox;
 mod script_host;
 mod worker;
 
+// For `node::inputs`.
+pub use hotfolder::scan;
+
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -134,6 +134,19 @@ fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> std::io::Result<T> {
     ciborium::from_reader(&buf[..]).map_err(std::io::Error::other)
 }
 
+/// Reads one frame from `bytes` as the instance reads its worker's stdout:
+/// a frame a broken worker wrote is an error, never a panic nor a large
+/// allocation from its length alone. Public for tests/fuzz.rs.
+pub fn read_worker_frame(mut bytes: &[u8]) -> std::io::Result<()> {
+    read_frame::<FromWorker>(&mut bytes).map(drop)
+}
+
+/// Reads one frame from `bytes` as a worker reads its stdin (see
+/// [`read_worker_frame`]).
+pub fn read_order_frame(mut bytes: &[u8]) -> std::io::Result<()> {
+    read_frame::<ToWorker>(&mut bytes).map(drop)
+}
+
 // ---------------------------------------------------------------------------
 // The instance's side
 
