@@ -612,7 +612,10 @@ fn a_memory_hungry_script_ends_its_worker_not_its_instance() {
     });
     let j = job(&c, "srv1", &id).unwrap();
     assert_eq!(j.state, JobState::Failed, "{j:?}");
-    assert!(j.error.as_deref().unwrap_or("").contains("timed out"), "{j:?}");
+    assert!(
+        j.error.as_deref().unwrap_or("").contains("timed out"),
+        "{j:?}"
+    );
     let pid = c.pid("srv1").expect("srv1 runs");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let rss_kb: u64 = status
