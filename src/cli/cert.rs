@@ -207,7 +207,7 @@ pub fn list(config: &Config, json: bool) -> Result<(), Failure> {
         return crate::cli::output::emit(&crate::cli::output::json_line(&values));
     }
     let mut out = format!(
-        "{:<16} {:<22} {:>9} FINGERPRINT\n",
+        "{:<16} {:<24} {:>6} FINGERPRINT\n",
         "NAME", "EXPIRES", "DAYS"
     );
     for (who, facts) in &rows {
@@ -218,7 +218,7 @@ pub fn list(config: &Config, json: bool) -> Result<(), Failure> {
         let expires = crate::contract::rfc3339(f.not_after_s.saturating_mul(1000));
         let days = tls::days_left(f.not_after_s, now_s);
         out.push_str(&format!(
-            "{who:<16} {expires:<22} {days:>9} {}\n",
+            "{who:<16} {expires:<24} {days:>6} {}\n",
             f.fingerprint
         ));
     }
