@@ -92,6 +92,10 @@ def login(page, token):
 def submit_job(page, code, attempts=None):
     """Submits `code` from the Jobs page's form; returns the new job's id."""
     page.click("#nav a[data-page=jobs]")
+    # The form is inside the page: until the page shows, it reads as hidden
+    # even when it is open (and its opening button then hidden), so a slow
+    # machine would click a button that never shows.
+    expect(page.locator("#page-jobs")).to_be_visible(timeout=ms(UI_S))
     if page.locator("#submit-form").is_hidden():
         page.click("#show-submit")
     page.fill("#submit-code", code)
