@@ -1,7 +1,9 @@
 //! The CA key stays apart: servers run from folders that hold no CA key,
 //! `claro cert add` signs a server added later, `claro cert rotate` renews
 //! certificates under the same CA, and `serve` makes TLS material only for
-//! the quickstart. Real processes on 127.0.85.x-127.0.88.x, port 7900.
+//! the quickstart; revoked certificates are refused by every instance,
+//! also one that was down and wiped. Real processes on 127.0.85.x-127.0.88.x
+//! and 127.0.160.x-127.0.161.x, port 7900.
 
 mod common;
 
@@ -353,5 +355,69 @@ fn revoked_certificates_are_refused_by_every_instance() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed.as_array().map(Vec::len), Some(5), "{listed}");
+    c.assert_nobody_crashed();
+}
+
+/// A revocation while a server is down (killed -9) is accepted by the
+/// others, and that server, restarted on a wiped data directory, receives
+/// the list with the database and refuses the certificate too
+/// (127.0.161.x).
+#[test]
+fn a_revocation_reaches_a_server_that_was_down_and_wiped() {
+    let mut c = Cluster::three_running(161);
+    let all = ["srv1", "srv2", "srv3"];
+    let conf_dir = c.conf.parent().unwrap().to_path_buf();
+    // Another operator's CLI: its own client certificate, same CA.
+    let other = c.dir.path().join("other-conf");
+    common::copy_dir(&conf_dir, &other);
+    let other_conf = other.join("ClaroServers.conf");
+    let ca = c.dir.path().join("conf-ca");
+    let out = cli_with(
+        &other_conf,
+        &["cert", "rotate", "--ca-dir", ca.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = cli_with(
+        &other_conf,
+        &["settings", "set", "k", "v", "--server", "srv2"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = cli_with(&other_conf, &["cert", "list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fingerprint = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "client")
+        .and_then(|e| e["certificate"]["fingerprint"].as_str())
+        .unwrap()
+        .to_string();
+
+    c.kill9("srv2");
+    let started = std::time::Instant::now();
+    let out = c.cli(&["cert", "revoke", &fingerprint, "--server", "srv1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(started.elapsed().as_secs() < 15, "answered promptly");
+    let out = cli_with(&other_conf, &["settings", "get", "k", "--server", "srv1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+
+    std::fs::remove_dir_all(c.data_dir("srv2")).unwrap();
+    c.start("srv2");
+    c.wait(SETTLE_S, "the wiped srv2 to rejoin", || {
+        all_connected(&c, "srv1", &all)
+    });
+    // Only refused for its certificate: the cluster's own CLI reads it there.
+    c.wait(SETTLE_S, "srv2 to answer reads", || {
+        c.cli(&["settings", "get", "k", "--server", "srv2"])
+            .status
+            .success()
+    });
+    let out = cli_with(&other_conf, &["settings", "get", "k", "--server", "srv2"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("Revoked"), "{}", stderr(&out));
+    let out = c.cli(&["cert", "revoked", "--json", "--server", "srv2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let revoked: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(revoked[0]["fingerprint"], fingerprint.as_str(), "{revoked}");
     c.assert_nobody_crashed();
 }
