@@ -293,24 +293,28 @@ pub fn purge(
     keep_count: u64,
     batch_max: u32,
 ) -> rusqlite::Result<()> {
+    // The same selections note and delete: hotfolder jobs are remembered
+    // as purged (`hotfolders::settled`).
+    let expired = format!(
+        "SELECT id FROM jobs INDEXED BY jobs_final
+           WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_ms < ?1
+             AND coalesce(published, 1) = 1
+           ORDER BY finished_ms LIMIT {batch_max}"
+    );
+    super::hotfolders::note_purged(tx, &expired, finished_before_ms)?;
     let old = tx
-        .prepare_cached(
-            "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_final
-               WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_ms < ?1
-                 AND coalesce(published, 1) = 1
-               ORDER BY finished_ms LIMIT ?2)",
-        )?
-        .execute(params![finished_before_ms, batch_max])? as u32;
+        .prepare_cached(&format!("DELETE FROM jobs WHERE id IN ({expired})"))?
+        .execute(params![finished_before_ms])? as u32;
     let budget = batch_max.saturating_sub(old);
     let excess = finished_count(tx)?.saturating_sub(keep_count);
     let count = excess.min(u64::from(budget));
     if count > 0 {
-        tx.prepare_cached(
-            "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_final
+        let oldest = "SELECT id FROM jobs INDEXED BY jobs_final
                WHERE state IN ('succeeded', 'failed', 'cancelled') AND coalesce(published, 1) = 1
-               ORDER BY finished_ms LIMIT ?1)",
-        )?
-        .execute(params![count])?;
+               ORDER BY finished_ms LIMIT ?1";
+        super::hotfolders::note_purged(tx, oldest, count)?;
+        tx.prepare_cached(&format!("DELETE FROM jobs WHERE id IN ({oldest})"))?
+            .execute(params![count])?;
     }
     Ok(())
 }
@@ -1190,5 +1194,30 @@ mod tests {
             ids: vec![ids[4].clone()],
         });
         assert_eq!(page(&db, None), [ids[3].clone(), ids[2].clone()]);
+        // A replica that never heard of a job does not take it for purged
+        // (it may lag behind its submission); a purged one is recorded.
+        use crate::state::hotfolders::settled;
+        let unknown = crate::work::jobs::new_job_id(9, 9);
+        assert_eq!(settled(db.sm.conn(), &unknown).unwrap(), None);
+        assert_eq!(
+            settled(db.sm.conn(), &ids[3]).unwrap(),
+            None,
+            "not published"
+        );
+        assert!(matches!(
+            settled(db.sm.conn(), &ids[4]).unwrap(),
+            Some(Some(_))
+        ));
+        db.apply(Command::JobPurge {
+            finished_before_ms: 1000,
+            keep_count: 0,
+            batch_max: 100,
+        });
+        assert_eq!(
+            settled(db.sm.conn(), &ids[4]).unwrap(),
+            Some(None),
+            "purged"
+        );
+        assert_eq!(settled(db.sm.conn(), &unknown).unwrap(), None);
     }
 }

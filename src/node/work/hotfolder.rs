@@ -23,8 +23,8 @@ use super::process::Capture;
 use super::script_host::{run_job_script, FileContext};
 use super::Work;
 use crate::clock::now_ms;
-use crate::node::cluster::propose;
 use crate::node::cluster::Phase;
+use crate::node::cluster::{confirm_read, propose};
 use crate::proto::Response;
 use crate::state::{hotfolders as db, Command, JOB_BATCH_COUNT_MAX};
 use crate::work::hotfolder::{
@@ -483,7 +483,11 @@ async fn publish_round(work: &Work, publisher: &mut Publisher) {
     }
 }
 
-/// Sweeps the working area of every hotfolder: see `sweep`.
+/// Sweeps the working area of every hotfolder: see `sweep`. Only on a
+/// replica confirmed current by a read index taken after the folders were
+/// listed: every job whose folder was listed is then known here, so a
+/// coordinator that was frozen while the others went on never cleans up or
+/// publishes on the word of its lagging replica.
 async fn sweep_round(work: &Work) {
     let Ok(defs) = read(work, db::list) else {
         return;
@@ -492,6 +496,12 @@ async fn sweep_round(work: &Work) {
         let root = work.cluster.cfg.shared_root.clone();
         let name = def.name.clone();
         let ids = async_std::task::spawn_blocking(move || work_ids(&root, &name)).await;
+        if ids.is_empty() {
+            continue;
+        }
+        if let Err(e) = confirm_read(&work.cluster).await {
+            return tracing::info!("working areas not swept this round: {e}");
+        }
         let mut settled = Vec::new();
         for id in ids {
             match read(work, |c| db::settled(c, &id)) {

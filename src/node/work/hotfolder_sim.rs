@@ -58,6 +58,11 @@ struct Sim {
     def: Hotfolder,
     sm: StateMachine,
     index: u64,
+    /// A replica that lags: it applies `log` only as far as a stale sweep
+    /// catches it up, like a coordinator frozen while the others went on.
+    lag: StateMachine,
+    lag_index: u64,
+    log: Vec<Command>,
     now_ms: u64,
     stability: Stability,
     /// relative path in `in/` -> content
@@ -80,6 +85,7 @@ impl Sim {
             def.on_success = OnSuccess::Delete;
         }
         let sm = StateMachine::open(&dir.path().join("state.db"), Sync::Off).unwrap();
+        let lag = StateMachine::open(&dir.path().join("lag.db"), Sync::Off).unwrap();
         Layout::new(&root, "hf").create().unwrap();
         Sim {
             seed,
@@ -89,6 +95,9 @@ impl Sim {
             def,
             sm,
             index: 0,
+            lag,
+            lag_index: 0,
+            log: Vec::new(),
             now_ms: 1_000,
             stability: Stability::default(),
             dropped: HashMap::new(),
@@ -107,6 +116,29 @@ impl Sim {
         self.sm
             .apply(&[(self.index, 1, Change::Command(&cmd))])
             .unwrap();
+        self.log.push(cmd);
+    }
+
+    /// A sweep by a replica that lags behind (a coordinator frozen while
+    /// the others went on): caught up to somewhere between where it was and
+    /// now, it reads its own state.
+    fn stale_sweep(&mut self) {
+        let upto = self.rng.gen_range(self.lag_index..=self.index);
+        for i in self.lag_index..upto {
+            let cmd = &self.log[i as usize];
+            self.lag.apply(&[(i + 1, 1, Change::Command(cmd))]).unwrap();
+        }
+        self.lag_index = upto;
+        for id in work_ids(&self.root, "hf") {
+            // Publishing again from a lagging replica (a job it shows as
+            // published may have been retried since) is what the shell's
+            // read index prevents (`sweep_round`); a replica that does not
+            // know a job yet must not take it for purged, which is what
+            // this checks.
+            if let Some(None) = db::settled(self.lag.conn(), &id).unwrap() {
+                sweep(&self.root, "hf", &id, None).unwrap();
+            }
+        }
     }
 
     fn job(&self, id: &str) -> Job {
@@ -343,6 +375,7 @@ impl Sim {
             78..=94 => self.publish(true),
             95 if self.rng.gen_bool(0.2) => self.retry_one(),
             96 => self.sweep(),
+            97 => self.stale_sweep(),
             _ => {}
         }
     }
