@@ -12,37 +12,7 @@ use crate::work::jobs::Job;
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS hotfolders (name TEXT PRIMARY KEY, def BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS hotfolder_files (name TEXT PRIMARY KEY, waiting INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS purged_hotfolder_jobs (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);
 ";
-
-/// Purged hotfolder jobs remembered (the newest): a working folder whose
-/// job is neither known nor among them is left alone, never cleaned up on
-/// the word of a replica that may not have seen the job yet. A folder that
-/// outlives this many purges stays (and is logged), which loses nothing.
-pub const PURGED_IDS_KEPT: u64 = 100_000;
-
-/// Notes the hotfolder jobs among those `doomed` selects (a subquery of
-/// job ids about to be deleted, with `?1` as its parameter) as purged, and
-/// forgets the oldest beyond `PURGED_IDS_KEPT`.
-pub fn note_purged(tx: &Transaction<'_>, doomed: &str, param: u64) -> rusqlite::Result<()> {
-    let sql = format!(
-        "INSERT OR IGNORE INTO purged_hotfolder_jobs (id)
-         SELECT id FROM jobs WHERE published IS NOT NULL AND id IN ({doomed})"
-    );
-    tx.prepare_cached(&sql)?.execute(params![param])?;
-    tx.prepare_cached(
-        "DELETE FROM purged_hotfolder_jobs WHERE seq <= (SELECT max(seq) FROM purged_hotfolder_jobs) - ?1",
-    )?
-    .execute(params![PURGED_IDS_KEPT])?;
-    Ok(())
-}
-
-fn purged(conn: &Connection, id: &str) -> rusqlite::Result<bool> {
-    conn.prepare_cached("SELECT 1 FROM purged_hotfolder_jobs WHERE id = ?1")?
-        .query_row(params![id], |_| Ok(()))
-        .optional()
-        .map(|r| r.is_some())
-}
 
 fn encode(def: &Hotfolder) -> Vec<u8> {
     let mut bytes = Vec::new();
@@ -193,7 +163,7 @@ pub fn settled(conn: &Connection, id: &str) -> rusqlite::Result<Option<Option<Jo
         .query_row(params![id], |r| r.get(0))
         .optional()?;
     match published {
-        None if purged(conn, id)? => Ok(Some(None)),
+        None if super::jobs::purged(conn, id)? => Ok(Some(None)),
         None => Ok(None),
         Some(Some(1)) => Ok(super::jobs::job(conn, id)?.map(Some)),
         Some(_) => Ok(None),

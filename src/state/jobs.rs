@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS job_attempts (
 CREATE TRIGGER IF NOT EXISTS job_attempts_purge AFTER DELETE ON jobs BEGIN
   DELETE FROM job_attempts WHERE job = old.id;
 END;
+CREATE TABLE IF NOT EXISTS purged_hotfolder_jobs (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS node_modes (name TEXT PRIMARY KEY, mode TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS scripts (name TEXT NOT NULL, version INTEGER NOT NULL, code TEXT NOT NULL,
   added_ms INTEGER NOT NULL, PRIMARY KEY (name, version));
@@ -284,6 +285,36 @@ pub fn retry(tx: &Transaction<'_>, id: &str, at_ms: u64) -> rusqlite::Result<()>
     Ok(())
 }
 
+/// Purged hotfolder jobs remembered (the newest): a working folder whose
+/// job is neither known nor among them is left alone, never cleaned up on
+/// the word of a replica that may not have seen the job yet. A folder that
+/// outlives this many purges stays (and is logged), which loses nothing.
+pub const PURGED_IDS_KEPT: u64 = 100_000;
+
+/// Notes the hotfolder jobs among those `doomed` selects (a subquery of
+/// job ids about to be deleted, with `?1` as its parameter) as purged, and
+/// forgets the oldest beyond `PURGED_IDS_KEPT`.
+fn note_purged(tx: &Transaction<'_>, doomed: &str, param: u64) -> rusqlite::Result<()> {
+    let sql = format!(
+        "INSERT OR IGNORE INTO purged_hotfolder_jobs (id)
+         SELECT id FROM jobs WHERE published IS NOT NULL AND id IN ({doomed})"
+    );
+    tx.prepare_cached(&sql)?.execute(params![param])?;
+    tx.prepare_cached(
+        "DELETE FROM purged_hotfolder_jobs WHERE seq <= (SELECT max(seq) FROM purged_hotfolder_jobs) - ?1",
+    )?
+    .execute(params![PURGED_IDS_KEPT])?;
+    Ok(())
+}
+
+/// Whether a purge recorded hotfolder job `id` (within `PURGED_IDS_KEPT`).
+pub fn purged(conn: &Connection, id: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM purged_hotfolder_jobs WHERE id = ?1")?
+        .query_row(params![id], |_| Ok(()))
+        .optional()
+        .map(|r| r.is_some())
+}
+
 /// Deletes finished jobs that ended before `finished_before_ms`, and the
 /// oldest finished ones beyond `keep_count`: at most `batch_max` in all,
 /// those that ended first going first.
@@ -301,7 +332,7 @@ pub fn purge(
              AND coalesce(published, 1) = 1
            ORDER BY finished_ms LIMIT {batch_max}"
     );
-    super::hotfolders::note_purged(tx, &expired, finished_before_ms)?;
+    note_purged(tx, &expired, finished_before_ms)?;
     let old = tx
         .prepare_cached(&format!("DELETE FROM jobs WHERE id IN ({expired})"))?
         .execute(params![finished_before_ms])? as u32;
@@ -312,7 +343,7 @@ pub fn purge(
         let oldest = "SELECT id FROM jobs INDEXED BY jobs_final
                WHERE state IN ('succeeded', 'failed', 'cancelled') AND coalesce(published, 1) = 1
                ORDER BY finished_ms LIMIT ?1";
-        super::hotfolders::note_purged(tx, oldest, count)?;
+        note_purged(tx, oldest, count)?;
         tx.prepare_cached(&format!("DELETE FROM jobs WHERE id IN ({oldest})"))?
             .execute(params![count])?;
     }
