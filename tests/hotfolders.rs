@@ -3,7 +3,8 @@
 //! rsync's temporary names ignored, and the README's quickstart example.
 //! Bad input on the share: a full or read-only file system, a file of
 //! several GB, `in/` removed, files deleted or replaced while waiting.
-//! Real processes on 127.0.113.x-127.0.118.x, port 7900.
+//! An input changed while its action ran is never a success. Real
+//! processes on 127.0.113.x-127.0.118.x and 127.0.162.x, port 7900.
 
 mod common;
 
@@ -560,5 +561,58 @@ fn a_huge_file_a_vanished_in_folder_and_files_changed_while_waiting() {
     c.wait(30, "a file in the new in/ processed", || {
         root.join("done/after.pdf").exists()
     });
+    c.assert_nobody_crashed();
+}
+
+/// Once a reproduction: a writer that went on after the file was taken
+/// (it paused longer than `stable_ms`) changed the input under its action,
+/// and the job said `succeeded` with an output of part of the file. Now the
+/// input is checked after the action: the attempt fails naming the change,
+/// nothing reaches `out/`, and the whole file waits in `error/` with the
+/// reason (127.0.162.x).
+#[test]
+fn an_input_changed_while_processing_is_never_a_success() {
+    let (mut c, hf) = cluster_with_hotfolder(162, 300);
+    let root = hf.parent().unwrap().to_path_buf();
+    // The action stands in for the late writer: it copies the input, then
+    // the input grows.
+    add_hotfolder(
+        &c,
+        "grows",
+        "sh -c 'cp \"$CLARO_INPUT\" \"$CLARO_OUTPUT_DIR/\"; echo more >> \"$CLARO_INPUT\"'",
+        &["--stable-ms", "200", "--max-attempts", "1"],
+    );
+    let dir = root.join("grows");
+    c.wait(10, "the hotfolder's folders", || dir.join("in").is_dir());
+    std::fs::write(dir.join("in/part.pdf"), b"the first part\n").unwrap();
+    let mut job = serde_json::Value::Null;
+    c.wait(60, "the job to end", || {
+        job = hotfolder_jobs(&c, "grows")
+            .into_iter()
+            .find(|j| j["input"] == "part.pdf")
+            .unwrap_or_default();
+        job["state"] == "failed" || job["state"] == "succeeded"
+    });
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("input changed while processing"),
+        "{job}"
+    );
+    c.wait(30, "the input in error/ with its reason", || {
+        dir.join("error/part.pdf.error.txt").is_file()
+    });
+    let reason = std::fs::read_to_string(dir.join("error/part.pdf.error.txt")).unwrap();
+    assert!(
+        reason.contains("input changed while processing"),
+        "{reason}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("error/part.pdf")).unwrap(),
+        "the first part\nmore\n"
+    );
+    assert!(files(&dir.join("out")).is_empty(), "no output of a part");
     c.assert_nobody_crashed();
 }

@@ -826,6 +826,8 @@ pub fn process(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
         profile = profiler.rows();
         ended
     };
+    // Checked after the action, before anything is published.
+    let ended = ended.and_then(|()| unchanged(&claimed, &file));
     let mut outcome = match ended {
         Ok(()) => Outcome {
             ok: true,
@@ -847,6 +849,24 @@ pub fn process(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
     };
     outcome.profile = profile;
     outcome
+}
+
+/// The claimed input is still the file the job took (size, time, inode):
+/// a writer still at work (it paused longer than `stable_ms`, or kept the
+/// file open) changes it under the action, whose outputs would then be of a
+/// part of it. Such an attempt fails, and its outputs go.
+fn unchanged(claimed: &Path, file: &FileInput) -> Result<(), String> {
+    let meta = std::fs::metadata(claimed)
+        .map_err(|e| format!("the claimed input {}: {e}", claimed.display()))?;
+    if file.is(&meta) {
+        return Ok(());
+    }
+    Err(format!(
+        "input changed while processing: {} had {} bytes when taken and {} after the action, so a writer was still at work and the outputs were dropped; write files under a temporary or ignored name and rename them when complete",
+        file.input,
+        file.bytes,
+        meta.len()
+    ))
 }
 
 /// The attempt's staging folder, new and empty; owned by the `run_as`
