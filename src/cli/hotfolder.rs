@@ -173,7 +173,7 @@ struct HotfolderJson<'a> {
 
 fn action_text(a: &Action) -> String {
     match a {
-        Action::Command { argv } => argv.join(" "),
+        Action::Command { argv } => crate::work::hotfolder::template_text(argv),
         Action::Script { code } => format!("script ({} bytes)", code.len()),
     }
 }

@@ -223,6 +223,13 @@ pub const ENV_VARS: [(&str, &str); 5] = [
     ("CLARO_EXT", "ext"),
 ];
 
+/// A command template as it would be typed again: argv quoted as a shell
+/// reads it (`sh -c 'echo "$1"' sh {input}`), so what `hotfolder list`
+/// shows can be given back to `hotfolder add`.
+pub fn template_text(argv: &[String]) -> String {
+    shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_else(|_| argv.join(" "))
+}
+
 /// Why a template would run file names as code, if it would: a shell
 /// given `-c` (alone or among other flags: `-ec`, `-lc`) whose command
 /// string holds a placeholder. The shell may come after a wrapper (`env
@@ -248,8 +255,7 @@ pub fn shell_danger(argv: &[String]) -> Option<String> {
             continue;
         };
         let named: Vec<String> = found.iter().map(|(_, p)| format!("`{{{p}}}`")).collect();
-        let template =
-            shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_else(|_| argv.join(" "));
+        let template = template_text(argv);
         return Some(format!(
             "`{template}`: the shell would run {} as code (in its -c command string, a \
              file named `$(touch x).pdf` runs `touch`). Give the values as separate \
@@ -666,6 +672,25 @@ mod tests {
                 && check_name("in box").is_err()
                 && check_name("ok-1_a").is_ok()
         );
+    }
+
+    #[test]
+    fn a_template_is_shown_as_it_would_be_typed_again() {
+        for typed in [
+            "convert {input} -resize 50% {output_dir}/{name}",
+            "sh -c 'cp \"$CLARO_INPUT\" \"$CLARO_OUTPUT_DIR/\"'",
+            "tool --title 'two words' {input}",
+        ] {
+            let argv = split_template(typed).unwrap();
+            let shown = template_text(&argv);
+            assert_eq!(
+                split_template(&shown).unwrap(),
+                argv,
+                "{typed} shown as {shown}"
+            );
+        }
+        let argv = split_template("tool --title 'two words'").unwrap();
+        assert_ne!(template_text(&argv), argv.join(" "), "quoting kept");
     }
 
     #[test]
