@@ -582,8 +582,9 @@ fn an_input_changed_while_processing_is_never_a_success() {
         "sh -c 'cp \"$CLARO_INPUT\" \"$CLARO_OUTPUT_DIR/\"; echo more >> \"$CLARO_INPUT\"'",
         &["--stable-ms", "200", "--max-attempts", "1"],
     );
+    // `hotfolder add` says "drop files into" once that folder exists.
     let dir = root.join("grows");
-    c.wait(10, "the hotfolder's folders", || dir.join("in").is_dir());
+    assert!(dir.join("in").is_dir(), "in/ exists when add returns");
     std::fs::write(dir.join("in/part.pdf"), b"the first part\n").unwrap();
     let mut job = serde_json::Value::Null;
     c.wait(60, "the job to end", || {

@@ -13,6 +13,25 @@ use crate::work::hotfolder::{shell_danger, split_template, Action, Hotfolder, On
 use clap::Subcommand;
 use std::path::PathBuf;
 
+/// How long `hotfolder add` waits for the coordinator to make the new
+/// hotfolder's folders, where the share is reachable from here, so that
+/// the folder it names exists when it says "drop files into".
+const FOLDERS_WAIT_MS: u64 = 5_000;
+
+/// True once `dir` exists, looking every 50 ms for at most `wait_ms`.
+fn appears(dir: &std::path::Path, wait_ms: u64) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+    loop {
+        if dir.is_dir() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 pub fn command(config: &Config, action: HotfolderAction) -> Result<(), Failure> {
     match action {
         HotfolderAction::Add(d) => {
@@ -33,8 +52,14 @@ pub fn command(config: &Config, action: HotfolderAction) -> Result<(), Failure> 
                 .canonicalize()
                 .unwrap_or_else(|_| config.shared_root.clone());
             let inbox = root.join(&d.name).join("in");
+            let made = root.is_dir() && appears(&inbox, FOLDERS_WAIT_MS);
+            let when = if made || !root.is_dir() {
+                ""
+            } else {
+                " (once the coordinator has made it)"
+            };
             output::emit(&format!(
-                "{}: added; drop files into {}\n",
+                "{}: added; drop files into {}{when}\n",
                 d.name,
                 inbox.display()
             ))
