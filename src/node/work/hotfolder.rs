@@ -816,7 +816,7 @@ pub fn process(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
             if s.success() {
                 Ok(())
             } else {
-                Err(format!("the action ended with {s}"))
+                Err(format!("the action {}", log.ended_with(s)))
             }
         })
     } else {

@@ -22,6 +22,9 @@ const POLL_MS: u64 = 10;
 /// and its output pipes closed.
 const GROUP_EXIT_WAIT_MS: u64 = 5_000;
 
+/// Characters of a failed process's last line quoted in its job's error.
+const REASON_CHARS_MAX: usize = 200;
+
 /// Captured text, bounded: what comes past the limit is left out, with a
 /// note saying how much.
 pub struct Capture {
@@ -44,6 +47,22 @@ impl Capture {
         if t.len() < self.bytes_max * 2 {
             t.push_str(line);
             t.push('\n');
+        }
+    }
+
+    /// The last line that is not blank, cut to `chars_max` characters: the
+    /// likeliest reason a failed process gave, for its job's error.
+    pub fn last_line(&self, chars_max: usize) -> Option<String> {
+        let t = self.text.lock().expect("capture lock");
+        let line = t.lines().rev().find(|l| !l.trim().is_empty())?;
+        Some(line.trim().chars().take(chars_max).collect())
+    }
+
+    /// `ended with STATUS`, and the last line the process printed, if any.
+    pub fn ended_with(&self, status: std::process::ExitStatus) -> String {
+        match self.last_line(REASON_CHARS_MAX) {
+            Some(line) => format!("ended with {status}: {line}"),
+            None => format!("ended with {status}"),
         }
     }
 
@@ -271,6 +290,26 @@ fn copy_lines(from: Option<Source>, out: &Arc<Capture>) -> Option<std::thread::J
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_process_is_quoted_by_its_last_line() {
+        use std::os::unix::process::ExitStatusExt;
+        let status = std::process::ExitStatus::from_raw(3 << 8);
+        let log = Capture::new(1024);
+        assert_eq!(log.ended_with(status), "ended with exit status: 3");
+        log.push("reading page 1");
+        log.push("no ink in the printer");
+        log.push("   ");
+        assert_eq!(
+            log.ended_with(status),
+            "ended with exit status: 3: no ink in the printer"
+        );
+        log.push(&"x".repeat(1000));
+        assert_eq!(
+            log.last_line(REASON_CHARS_MAX).unwrap().len(),
+            REASON_CHARS_MAX
+        );
+    }
 
     fn go(argv: &[&str], timeout_ms: u64) -> (Ended, String) {
         let out = Arc::new(Capture::new(1024));

@@ -311,17 +311,16 @@ fn run_command(job: &Job, work: &Work, cancel: &AtomicBool) -> Outcome {
         cancel,
         &log,
     );
-    let log = log.take();
     match ended {
         Ok(s) if s.success() => Outcome {
             ok: true,
             result: Some("exit status 0".into()),
             error: None,
-            log,
+            log: log.take(),
             profile: Vec::new(),
         },
-        Ok(s) => Outcome::failed(format!("the command ended with {s}"), log),
-        Err(why) => Outcome::failed(why, log),
+        Ok(s) => Outcome::failed(format!("the command {}", log.ended_with(s)), log.take()),
+        Err(why) => Outcome::failed(why, log.take()),
     }
 }
 
