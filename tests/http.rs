@@ -594,6 +594,12 @@ fn admin_endpoints_job_events_and_https() {
     assert!(doc["paths"]["/jobs"]["post"].is_object(), "{doc}");
     let (status, stats) = tls.call(&hosts[1], "GET", "/api/v1/stats", &ops, "");
     assert_eq!((status, stats["interval_s"].as_u64()), (200, Some(10)));
+    // Jobs by state, as this replica counts them: the job followed above
+    // succeeded (the replica may apply its end a moment later).
+    c.wait(10, "the stats to count the succeeded job", || {
+        let (_, stats) = tls.call(&hosts[1], "GET", "/api/v1/stats", &ops, "");
+        stats["jobs"]["succeeded"].as_u64().unwrap_or(0) >= 1
+    });
     c.assert_nobody_crashed();
 }
 

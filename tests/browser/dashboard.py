@@ -353,6 +353,9 @@ def check_cluster(browser, page):
     expect(page.locator("#servers tr")).to_have_count(3, timeout=ms(UI_S))
     expect(page.locator("#chart-load svg")).to_be_visible(timeout=ms(UI_S))
     expect(page.locator("#cluster-cards")).to_contain_text("/ 12")
+    # Jobs by state: the load's jobs, and the failed ones of the jobs page.
+    expect(page.locator("#cluster-cards")).to_contain_text("succeeded", timeout=ms(UI_S))
+    expect(page.locator("#cluster-cards")).to_contain_text("failed", timeout=ms(UI_S))
     shot(page, "cluster")
     step("the charts draw the load")
     context = browser.new_context(viewport=DESKTOP)

@@ -440,12 +440,29 @@ async fn metrics(web: &Arc<Web>) -> Reply {
 }
 
 fn stats_reply(web: &Web) -> Reply {
+    let jobs = jobs_by_state(web);
     let stats = web.stats.lock().expect("stats lock");
     let samples: Vec<&stats::Sample> = stats.samples.iter().collect();
     json_reply(
         StatusCode::OK,
-        &json!({"interval_s": stats::STATS_INTERVAL_MS / 1000, "samples": samples}),
+        &json!({"interval_s": stats::STATS_INTERVAL_MS / 1000, "samples": samples, "jobs": jobs}),
     )
+}
+
+/// The jobs kept, by state (all kinds), as this replica counts them (the
+/// kept counts of `state::job_counts`: no scan of the jobs).
+fn jobs_by_state(web: &Web) -> serde_json::Map<String, serde_json::Value> {
+    let guard = web.cluster.core();
+    let counts = guard
+        .as_ref()
+        .map(|core| crate::state::jobs::counts(core.state().conn()).unwrap_or_default())
+        .unwrap_or_default();
+    let mut by_state = serde_json::Map::new();
+    for (state, _kind, n) in counts {
+        let sum = by_state.get(&state).and_then(|v| v.as_u64()).unwrap_or(0) + n;
+        by_state.insert(state, json!(sum));
+    }
+    by_state
 }
 
 /// `GET session`: who the dashboard is, and its CSRF token (a cross-site

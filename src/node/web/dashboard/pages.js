@@ -78,6 +78,18 @@ function clip(text, cls) {
 // ---------------------------------------------------------------------------
 // Cluster
 
+/// The jobs kept, by state, from the stats answer: "12 succeeded · 1 failed".
+const JOB_STATES = ["queued", "assigned", "running", "succeeded", "failed", "cancelled"];
+function jobsByState(stats) {
+  const jobs = (stats && stats.jobs) || {};
+  const parts = JOB_STATES.filter((s) => jobs[s]).map((s) => jobs[s] + " " + s);
+  return parts.length ? parts.join(" · ") : "none kept";
+}
+function jobsTotal(stats) {
+  const jobs = (stats && stats.jobs) || {};
+  return String(Object.values(jobs).reduce((n, v) => n + v, 0));
+}
+
 const clusterPage = {
   title: "Cluster",
   stats: null,
@@ -119,7 +131,8 @@ const clusterPage = {
       card("Servers", connected + " / " + status.servers.length, "connected", connected === status.servers.length ? "" : "stat-warn"),
       card("Running", running + " / " + slots, h("span", {}, meter(running, slots, "slots in use"))),
       card("Queued", last ? String(last.queued) : "—", "jobs waiting for a slot"),
-      card("Throughput", last ? last.jobs_per_s.toFixed(2) : "—", "jobs per second, last 10 s"));
+      card("Throughput", last ? last.jobs_per_s.toFixed(2) : "—", "jobs per second, last 10 s"),
+      card("Jobs", jobsTotal(stats), jobsByState(stats)));
   },
 
   drawNotes(status) {
