@@ -73,11 +73,14 @@ pub fn count(conn: &Connection) -> rusqlite::Result<usize> {
         .map(|n| n as usize)
 }
 
+/// At most `REVOKED_COUNT_MAX`, even from a file that holds more (made
+/// elsewhere, or edited): the live list asserts its limit.
 pub fn list(conn: &Connection) -> rusqlite::Result<Vec<Revoked>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT fingerprint, name, revoked_ms FROM revoked_certificates ORDER BY revoked_ms, fingerprint",
+        "SELECT fingerprint, name, revoked_ms FROM revoked_certificates
+         ORDER BY revoked_ms, fingerprint LIMIT ?1",
     )?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map([REVOKED_COUNT_MAX as i64], |r| {
         Ok(Revoked {
             fingerprint: r.get(0)?,
             name: r.get(1)?,
@@ -126,4 +129,29 @@ pub fn digest(conn: &Connection, field: &mut dyn FnMut(&[u8])) -> rusqlite::Resu
         field(&r.revoked_ms.to_be_bytes());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::revocation::fingerprint;
+
+    /// A database holding more revocations than the limit (made elsewhere,
+    /// or edited) gives the live list no more than it allows: the instance
+    /// that receives it does not stop on the list's assertion.
+    #[test]
+    fn a_file_with_too_many_revocations_is_read_up_to_the_limit() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        let mut insert = conn
+            .prepare("INSERT INTO revoked_certificates VALUES (?1, 'x', ?2)")
+            .unwrap();
+        for i in 0..=REVOKED_COUNT_MAX as u64 {
+            let fp = fingerprint_hex(&fingerprint(&i.to_be_bytes()));
+            insert.execute(rusqlite::params![fp, i as i64]).unwrap();
+        }
+        let listed = fingerprints(&conn).unwrap();
+        assert_eq!(listed.len(), REVOKED_COUNT_MAX);
+        crate::tls::DenyList::default().replace(listed);
+    }
 }
