@@ -54,29 +54,30 @@ fn report(
     wanted: &[(Fingerprint, String)],
     fresh: &[&(Fingerprint, String)],
 ) -> Result<(), Failure> {
-    let rows: Vec<serde_json::Value> = wanted
+    let rows: Vec<(&str, String, bool)> = wanted
         .iter()
-        .map(|w| {
-            let was_new = fresh.iter().any(|f| f.0 == w.0);
-            serde_json::json!({
-                "name": w.1,
-                "fingerprint": fingerprint_hex(&w.0),
-                "already_revoked": !was_new,
-            })
+        .map(|(fp, name)| {
+            let already = !fresh.iter().any(|f| f.0 == *fp);
+            (name.as_str(), fingerprint_hex(fp), already)
         })
         .collect();
     if client.json {
-        return output::emit(&output::json_line(&rows));
+        let values: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(name, fp, already)| {
+                serde_json::json!({"name": name, "fingerprint": fp, "already_revoked": already})
+            })
+            .collect();
+        return output::emit(&output::json_line(&values));
     }
     let mut out = String::new();
-    for (fp, name) in wanted {
-        let was_new = fresh.iter().any(|f| f.0 == *fp);
-        let how = if was_new {
-            "revoked"
-        } else {
+    for (name, fp, already) in &rows {
+        let how = if *already {
             "already revoked"
+        } else {
+            "revoked"
         };
-        out.push_str(&format!("{name} {}: {how}\n", fingerprint_hex(fp)));
+        out.push_str(&format!("{name} {fp}: {how}\n"));
     }
     output::emit(&out)
 }
