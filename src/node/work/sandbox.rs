@@ -477,9 +477,16 @@ struct Watch {
 #[derive(Default)]
 struct Watchdog {
     watches: Mutex<std::collections::HashMap<u64, Watch>>,
+    /// Signalled when a watch is added: an idle pool's thread waits on it
+    /// rather than looking every `WATCH_MS` at nothing.
+    added: std::sync::Condvar,
     next_id: std::sync::atomic::AtomicU64,
     started: std::sync::OnceLock<()>,
 }
+
+/// Longest wait of the watchdog's thread while nothing is watched (it then
+/// lets go of the pool for a moment, so that a dropped pool ends it).
+const IDLE_WAIT_MS: u64 = 1_000;
 
 impl Watchdog {
     fn watch(
@@ -495,7 +502,10 @@ impl Watchdog {
             std::thread::spawn(move || loop {
                 std::thread::sleep(Duration::from_millis(WATCH_MS));
                 match me.upgrade() {
-                    Some(dog) => dog.look(),
+                    Some(dog) => {
+                        dog.idle();
+                        dog.look();
+                    }
                     None => return,
                 }
             });
@@ -509,7 +519,17 @@ impl Watchdog {
             killed: None,
         };
         self.watches.lock().expect("watch lock").insert(id, w);
+        self.added.notify_one();
         id
+    }
+
+    /// Waits, while nothing is watched, up to `IDLE_WAIT_MS` for a watch.
+    fn idle(&self) {
+        let watches = self.watches.lock().expect("watch lock");
+        if watches.is_empty() {
+            let wait = Duration::from_millis(IDLE_WAIT_MS);
+            let _ = self.added.wait_timeout(watches, wait).expect("watch lock");
+        }
     }
 
     fn look(&self) {
