@@ -19,7 +19,8 @@ use crate::state::Command;
 /// 2: `Gossip` and `View` requests; `Command::Once` in log entries (a
 /// version-1 instance could not apply it).
 /// 6: `Command::CertRevoke` in log entries.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// 7: `Response::Unavailable`.
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// A request or response on a bidirectional stream (a 1 MiB setting plus framing).
 pub const REQUEST_BYTES_MAX: usize = 2 * 1024 * 1024;
@@ -296,6 +297,14 @@ pub enum Response {
     Info(LocalInfo),
     Status(StatusView),
     Ok {
+        message: String,
+    },
+    /// This instance cannot serve the request now, though another may: it
+    /// is cut off from the coordinator, no coordinator confirmed in time,
+    /// or it holds no database yet. A write carries a request id, so a
+    /// client sends it again to another instance and it is applied at most
+    /// once; every other failure is `Error`, the same on every instance.
+    Unavailable {
         message: String,
     },
     Proposed {

@@ -601,7 +601,10 @@ fn a_member_restored_from_an_older_copy_never_serves_stale_data() {
             assert_eq!(&v[..], b"new", "srv3 served a stale value");
             true
         }
-        Ok(claro::proto::Response::Error { message }) => {
+        Ok(
+            claro::proto::Response::Error { message }
+            | claro::proto::Response::Unavailable { message },
+        ) => {
             if !refusals.contains(&message) {
                 refusals.push(message);
             }

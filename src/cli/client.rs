@@ -69,8 +69,11 @@ const LOCAL_HEAD_START_MS: u64 = 5;
 
 /// Sends `req` to the first instance that completes the handshake; the
 /// servers are tried all at once, so one that is down costs nothing. If the
-/// exchange with that instance fails (it died), the request goes to the next
-/// one that connected: requests are safe to repeat (writes carry a request id).
+/// exchange with that instance fails (it died), or it answers `Unavailable`
+/// (cut off from the coordinator, as a server whose certificate was just
+/// revoked is), the request goes to the next one that connected: requests
+/// are safe to repeat (writes carry a request id). When every instance is
+/// unavailable, the last one's answer is returned, saying why.
 /// Returns who answered.
 pub fn call(
     config: &Config,
@@ -110,6 +113,7 @@ async fn first_answer(
         });
     }
     let mut errors = Vec::new();
+    let mut unavailable = None;
     for _ in 0..targets.len() {
         let Ok((name, addr, conn)) = rx.recv().await else {
             break;
@@ -119,11 +123,12 @@ async fn first_answer(
             Err(e) => Err(e.to_string()),
         };
         match answer {
+            Ok(r @ Response::Unavailable { .. }) => unavailable = Some((name, r)),
             Ok(r) => return Ok((name, r)),
             Err(e) => errors.push(format!("{name} ({addr}): {e}")),
         }
     }
-    Err(errors.join("; "))
+    unavailable.ok_or_else(|| errors.join("; "))
 }
 
 async fn call_one(
@@ -312,6 +317,7 @@ pub fn resolve_server(config: &Config, arg: &str) -> Result<(String, SocketAddr)
 pub(crate) fn failure_of(resp: Response) -> Failure {
     match resp {
         Response::Error { message }
+        | Response::Unavailable { message }
         | Response::Refused {
             reason: message, ..
         } => Failure::failed(message),

@@ -240,7 +240,7 @@ pub fn request(rng: &mut Rng) -> Request {
 
 /// A random response of the kinds peers and clients decode most.
 pub fn response(rng: &mut Rng) -> Response {
-    match rng.gen_range(0..8) {
+    match rng.gen_range(0..9) {
         0 => Response::Hello(hello(rng)),
         1 => Response::Refused {
             reason: text(rng),
@@ -264,6 +264,7 @@ pub fn response(rng: &mut Rng) -> Response {
         6 => Response::NotLeader {
             leader: opt_text(rng),
         },
+        7 => Response::Unavailable { message: text(rng) },
         _ => Response::Error { message: text(rng) },
     }
 }

@@ -285,7 +285,9 @@ async fn record(
     };
     match propose(shared, command, None, false).await {
         Response::Proposed { .. } => Ok(()),
-        Response::Error { message } => Err(format!("recording {name}'s incarnation: {message}")),
+        Response::Error { message } | Response::Unavailable { message } => {
+            Err(format!("recording {name}'s incarnation: {message}"))
+        }
         other => Err(format!("recording {name}'s incarnation: {other:?}")),
     }
 }

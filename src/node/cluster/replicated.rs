@@ -174,13 +174,13 @@ pub(crate) async fn propose(
             } else {
                 "it was not sent to any coordinator"
             };
-            return Response::Error {
+            return Response::Unavailable {
                 message: format!("not applied: no coordinator ({note}); {outcome}"),
             };
         }
         async_std::task::sleep(Duration::from_millis(HOLD_POLL_MS)).await;
     }
-    Response::Error {
+    Response::Unavailable {
         message: format!(
             "not applied within {PROPOSAL_WAIT_MS} ms ({why}); it may still be applied: a retry with the same request id is applied at most once"
         ),
@@ -282,7 +282,7 @@ async fn propose_here(
         }
     }
     shared.forget_proposal(&ctx);
-    Some(Response::Error {
+    Some(Response::Unavailable {
         message: format!("not applied within {PROPOSAL_WAIT_MS} ms; it may still be applied: a retry with the same request id is applied at most once"),
     })
 }
@@ -305,14 +305,14 @@ pub(crate) async fn read(
 ) -> Response {
     if !stale {
         if let Err(message) = confirm_read(shared).await {
-            return Response::Error { message };
+            return Response::Unavailable { message };
         }
     }
     let staleness = stale.then(|| staleness(shared));
     // A core parked for lack of space still serves `--stale` reads.
     shared
         .with_replica(|core| serve(core, staleness))
-        .unwrap_or_else(|| Response::Error {
+        .unwrap_or_else(|| Response::Unavailable {
             message: "this instance holds no database yet".into(),
         })
 }

@@ -38,6 +38,10 @@ pub(super) async fn ask(web: &Arc<Web>, req: Request) -> Result<Reply, Fail> {
 /// An error answer of an instance, with the HTTP status that fits.
 pub(super) fn failure(resp: Response) -> Fail {
     match resp {
+        Response::Unavailable { message } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            message.replace("; `--stale` reads it as it is", ""),
+        ),
         Response::Error { message } => {
             // The CLI's hint; the API has no stale reads.
             let message = message.replace("; `--stale` reads it as it is", "");

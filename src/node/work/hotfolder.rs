@@ -118,7 +118,9 @@ async fn seed(work: &Work) {
     let command = Command::HotfoldersSeed {
         defs: work.cluster.cfg.hotfolders.clone(),
     };
-    if let Response::Error { message } = propose(&work.cluster, command, None, false).await {
+    if let Response::Error { message } | Response::Unavailable { message } =
+        propose(&work.cluster, command, None, false).await
+    {
         tracing::warn!("creating the hotfolders of the config failed: {message}");
     }
 }
@@ -204,7 +206,9 @@ async fn record_files_waiting(work: &Work, waiting: HashMap<String, u64>) {
         return;
     }
     let command = Command::HotfolderFilesWaiting { counts };
-    if let Response::Error { message } = propose(&work.cluster, command, None, false).await {
+    if let Response::Error { message } | Response::Unavailable { message } =
+        propose(&work.cluster, command, None, false).await
+    {
         crate::throttled_warn!(
             "hotfolder-waiting",
             "all",
@@ -303,7 +307,7 @@ async fn submit_ready(work: &Work, def: &Hotfolder, ready: Vec<Seen>) {
             Response::Proposed { .. } => {
                 tracing::debug!(hotfolder = %def.name, count, "files submitted")
             }
-            Response::Error { message } => {
+            Response::Error { message } | Response::Unavailable { message } => {
                 crate::throttled_warn!(
                     "hotfolder-submit",
                     &def.name,
@@ -477,7 +481,9 @@ async fn publish_round(work: &Work, publisher: &mut Publisher) {
         return;
     }
     let command = Command::JobsPublished { ids: done };
-    if let Response::Error { message } = propose(&work.cluster, command, None, false).await {
+    if let Response::Error { message } | Response::Unavailable { message } =
+        propose(&work.cluster, command, None, false).await
+    {
         // Published again next round: every step finds what is left.
         tracing::warn!("recording published files failed: {message}");
     }

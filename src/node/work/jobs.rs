@@ -98,7 +98,7 @@ async fn purge(work: &Work) -> bool {
 async fn commit(work: &Work, command: Command) -> Result<(), String> {
     match propose(&work.cluster, command, None, false).await {
         Response::Proposed { .. } => Ok(()),
-        Response::Error { message } => Err(message),
+        Response::Error { message } | Response::Unavailable { message } => Err(message),
         other => Err(format!("{other:?}")),
     }
 }

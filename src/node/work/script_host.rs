@@ -58,7 +58,7 @@ impl crate::work::script::Host for ScriptHost {
             Response::Value { value, .. } => {
                 Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
             }
-            Response::Error { message } => Err(message),
+            Response::Error { message } | Response::Unavailable { message } => Err(message),
             other => Err(format!("{other:?}")),
         }
     }
@@ -193,7 +193,7 @@ impl ScriptHost {
         command.validate()?;
         match async_std::task::block_on(propose(&self.work.cluster, command, None, false)) {
             Response::Proposed { .. } => Ok(()),
-            Response::Error { message } => Err(message),
+            Response::Error { message } | Response::Unavailable { message } => Err(message),
             other => Err(format!("{other:?}")),
         }
     }

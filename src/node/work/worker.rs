@@ -120,7 +120,9 @@ async fn release(work: &Work, attempts: Vec<(String, u32)>, reason: String) {
         reason,
         at_ms: now_ms(),
     };
-    if let Response::Error { message } = propose(&work.cluster, command, None, false).await {
+    if let Response::Error { message } | Response::Unavailable { message } =
+        propose(&work.cluster, command, None, false).await
+    {
         tracing::warn!("handing back attempts failed: {message}");
     }
 }
@@ -215,7 +217,7 @@ async fn commit_ends(work: &Work, ends: &[AttemptEnd]) {
     for _ in 0..REPORT_TRIES_MAX {
         match propose(&work.cluster, command.clone(), None, false).await {
             Response::Proposed { .. } => return,
-            Response::Error { message } => {
+            Response::Error { message } | Response::Unavailable { message } => {
                 tracing::warn!(
                     count = ends.len(),
                     "reporting the end of attempts failed, retrying: {message}"
