@@ -19,7 +19,7 @@ use crate::state::Command;
 /// 2: `Gossip` and `View` requests; `Command::Once` in log entries (a
 /// version-1 instance could not apply it).
 /// 6: `Command::CertRevoke` in log entries.
-/// 7: `Response::Unavailable`.
+/// 7: `Response::Unavailable`; `Command::Placed` in log entries.
 pub const PROTOCOL_VERSION: u32 = 7;
 
 /// A request or response on a bidirectional stream (a 1 MiB setting plus framing).

@@ -662,3 +662,56 @@ fn children_of(pid: u32) -> Vec<u32> {
     }
     found
 }
+
+/// On an idle cluster a job is placed in the entry that submits it (one
+/// commit, not a submission and then a placement round), through any
+/// instance: read from a replica's raft log (127.0.163.x).
+#[test]
+fn an_idle_cluster_places_a_job_in_the_entry_that_submits_it() {
+    let mut c = Cluster::three_running(163);
+    let all = ["srv1", "srv2", "srv3"];
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let via = all[i % 3];
+        ids.push(submit(&c, via, script("1")).expect("submit"));
+        c.wait(END_S, "the job to end", || {
+            job(&c, via, ids.last().unwrap()).is_some_and(|j| j.state == JobState::Succeeded)
+        });
+    }
+    let log = c.data_dir("srv1").join("raft.db");
+    let entries = submissions_in(&log);
+    for id in &ids {
+        let entry = entries
+            .get(id)
+            .unwrap_or_else(|| panic!("{id} not in the log"));
+        let Command::Placed { assignments, .. } = entry else {
+            panic!("{id} was submitted unplaced: {entry:?}");
+        };
+        assert_eq!(assignments.len(), 1, "{assignments:?}");
+        assert!(all.contains(&assignments[0].instance.as_str()));
+    }
+    c.assert_nobody_crashed();
+}
+
+/// The submissions in a replica's raft log, by job id: the command that
+/// made each job (a plain or a placed submission), request id unwrapped.
+fn submissions_in(raft_db: &std::path::Path) -> HashMap<String, Command> {
+    use protobuf::Message as _;
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+    let conn = rusqlite::Connection::open_with_flags(raft_db, flags).expect("raft.db opens");
+    let mut stmt = conn
+        .prepare("SELECT entry FROM entries ORDER BY idx")
+        .unwrap();
+    let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).unwrap();
+    let mut out = HashMap::new();
+    for bytes in rows {
+        let entry = raft::eraftpb::Entry::parse_from_bytes(&bytes.unwrap()).unwrap();
+        let Ok(Command::Once { command, .. }) = Command::decode(&entry.data) else {
+            continue;
+        };
+        if let Some(id) = command.submitted_job() {
+            out.insert(id.to_string(), *command);
+        }
+    }
+    out
+}

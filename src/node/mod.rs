@@ -110,6 +110,8 @@ async fn serve_async(opts: ServeOptions) -> Result<(), ServeError> {
     // Before the raft loop starts (`cluster::start`): no apply goes unheard.
     let heard = work.clone();
     shared.on_applied(Box::new(move || heard.applied()));
+    let placer = work.clone();
+    shared.on_propose(Box::new(move |c| work::place_on_submit(&placer, c)));
     let heard = web.clone();
     shared.on_applied(Box::new(move || heard.applied()));
     cluster::start(&shared, wake_rx);

@@ -1125,6 +1125,56 @@ mod tests {
         assert_eq!(db.state(ids[1]), (JobState::Queued, 1, None));
     }
 
+    /// A submission placed in its own entry (`Command::Placed`): the jobs
+    /// are queued and placed at once, each placement within its instance's
+    /// slots (the one over them stays queued for a round); placements of
+    /// jobs the submission does not make are refused before proposing.
+    #[test]
+    fn a_placed_submission_queues_and_places_in_one_entry_within_slots() {
+        let mut db = Db::new();
+        let ids = ["00000000000100000001", "00000000000100000002"];
+        let place = |id: &str| Assignment {
+            id: id.into(),
+            attempt: 1,
+            instance: "srv2".into(),
+            slots: 1,
+        };
+        let jobs = ids.iter().map(|id| (id.to_string(), spec(1))).collect();
+        let placed = Command::Placed {
+            submission: Box::new(Command::JobsSubmit { jobs, at_ms: 1 }),
+            assignments: vec![place(ids[0]), place(ids[1])],
+            at_ms: 2,
+        };
+        placed.validate().unwrap();
+        db.apply(placed);
+        assert_eq!(
+            db.state(ids[0]),
+            (JobState::Assigned, 1, Some("srv2".into()))
+        );
+        assert_eq!(db.state(ids[1]), (JobState::Queued, 1, None));
+
+        let foreign = Command::Placed {
+            submission: Box::new(Command::JobSubmit {
+                id: "00000000000100000003".into(),
+                spec: spec(1),
+                at_ms: 3,
+            }),
+            assignments: vec![place(ids[1])],
+            at_ms: 3,
+        };
+        assert!(foreign.validate().is_err());
+        let not_a_submission = Command::Placed {
+            submission: Box::new(Command::JobCancel {
+                id: ids[1].into(),
+                at_ms: 3,
+            }),
+            assignments: Vec::new(),
+            at_ms: 3,
+        };
+        assert!(not_a_submission.validate().is_err());
+        assert_eq!(db.counted().len(), 2, "{:?}", db.counted());
+    }
+
     #[test]
     fn finished_jobs_are_purged_by_age_and_count_in_bounded_batches() {
         let mut db = Db::new();

@@ -161,6 +161,16 @@ pub enum Command {
         jobs: Vec<(String, crate::work::jobs::JobSpec)>,
         at_ms: u64,
     },
+    /// A submission (`JobSubmit` or `JobsSubmit`) with the coordinator's
+    /// placements of its new jobs, in one entry: an idle job costs one
+    /// commit to be queued and placed, not two. Each placement applies only
+    /// if its instance still holds fewer active attempts than its slots (as
+    /// `JobAssign`'s); a job left over stays queued for the next round.
+    Placed {
+        submission: Box<Command>,
+        assignments: Vec<crate::work::scheduler::Assignment>,
+        at_ms: u64,
+    },
     /// A hotfolder's definition, added or replaced.
     HotfolderPut {
         def: crate::work::hotfolder::Hotfolder,
@@ -283,6 +293,11 @@ impl Command {
         use crate::work::hotfolder::{check_name, HOTFOLDERS_MAX};
         use crate::work::jobs::check_job_id;
         match self {
+            Command::Placed {
+                submission,
+                assignments,
+                ..
+            } => validate_placed(submission, assignments),
             Command::JobsSubmit { jobs, .. } if jobs.len() > JOB_BATCH_COUNT_MAX => Err(format!(
                 "more than {JOB_BATCH_COUNT_MAX} jobs in one submission"
             )),
@@ -321,6 +336,25 @@ impl Command {
         }
     }
 
+    /// The job a single submission makes (also when placed in its entry).
+    pub fn submitted_job(&self) -> Option<&str> {
+        match self {
+            Command::JobSubmit { id, .. } => Some(id),
+            Command::Placed { submission, .. } => submission.submitted_job(),
+            _ => None,
+        }
+    }
+
+    /// The ids of the jobs a submission makes, in order; empty for any
+    /// other command.
+    pub fn submitted_jobs(&self) -> Vec<(&str, &crate::work::jobs::JobSpec)> {
+        match self {
+            Command::JobSubmit { id, spec, .. } => vec![(id.as_str(), spec)],
+            Command::JobsSubmit { jobs, .. } => jobs.iter().map(|(i, s)| (i.as_str(), s)).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         ciborium::into_writer(self, &mut out).expect("command encodes");
@@ -330,6 +364,28 @@ impl Command {
     pub fn decode(bytes: &[u8]) -> Result<Command, String> {
         ciborium::from_reader(bytes).map_err(|e| e.to_string())
     }
+}
+
+/// A placed submission: a plain submission inside, and placements of its
+/// own new jobs only (first attempts), within the batch limit.
+fn validate_placed(
+    submission: &Command,
+    assignments: &[crate::work::scheduler::Assignment],
+) -> Result<(), String> {
+    let jobs = submission.submitted_jobs();
+    if jobs.is_empty() {
+        return Err("only a job submission can carry placements".into());
+    }
+    if assignments.len() > JOB_BATCH_COUNT_MAX {
+        return Err(format!("more than {JOB_BATCH_COUNT_MAX} placements"));
+    }
+    let own = |a: &crate::work::scheduler::Assignment| {
+        a.attempt == 1 && jobs.iter().any(|(id, _)| *id == a.id)
+    };
+    if !assignments.iter().all(own) {
+        return Err("a placement of a job this submission does not make".into());
+    }
+    submission.validate()
 }
 
 fn validate_incarnation(name: &str, incarnation: &str, reason: Option<&str>) -> Result<(), String> {
@@ -830,7 +886,7 @@ fn apply_command(
                 apply_command(tx, index, command, cluster_id)?;
                 // The job a keyed submission made: an HTTP client's retry
                 // with the same Idempotency-Key is answered with it.
-                if let Command::JobSubmit { id, .. } = command.as_ref() {
+                if let Some(id) = command.submitted_job() {
                     tx.prepare_cached("UPDATE requests SET job = ?2 WHERE id = ?1")?
                         .execute(params![request_id, id])?;
                 }
@@ -904,6 +960,14 @@ fn apply_job_command(tx: &Transaction<'_>, cmd: &Command) -> rusqlite::Result<()
         Command::JobsSubmit { jobs: list, at_ms } => list
             .iter()
             .try_for_each(|(id, spec)| jobs::submit(tx, id, spec, *at_ms)),
+        Command::Placed {
+            submission,
+            assignments,
+            at_ms,
+        } => {
+            apply_job_command(tx, submission)?;
+            jobs::assign(tx, assignments, *at_ms)
+        }
         Command::HotfolderPut { def } => hotfolders::put(tx, def),
         Command::HotfolderRemove { name } => hotfolders::remove(tx, name),
         Command::HotfolderPause { name, paused } => hotfolders::set_paused(tx, name, *paused),

@@ -55,6 +55,7 @@ use crate::cluster::view::ClusterView;
 use crate::config::{Config, Role, ServerConf};
 use crate::consensus::{Core, CoreConfig, Output};
 use crate::proto::{Hello, StopRecord, PROTOCOL_VERSION};
+use crate::state::Command;
 use crate::transport::Endpoint;
 
 /// Outbound Raft messages queued per peer before new ones are dropped (raft
@@ -131,6 +132,9 @@ pub(crate) struct Shared {
     /// Called after every Ready cycle that applied something: the work wakes
     /// its loops, the web its event hub (`on_applied`).
     applied_hooks: std::sync::RwLock<Vec<AppliedHook>>,
+    /// Turns a submission into a placed one as the coordinator proposes it
+    /// (`on_propose`); set by the work.
+    propose_hook: std::sync::OnceLock<ProposeHook>,
     /// The certificates refused at every handshake (`revocation`).
     revocation: revocation::Revocation,
     /// This instance's own certificate and the CA's, as loaded at start:
@@ -145,7 +149,23 @@ pub(crate) struct Shared {
 /// and non-blocking (it runs on the raft thread, outside the core's lock).
 pub(crate) type AppliedHook = Box<dyn Fn() + Send + Sync>;
 
+/// What the coordinator runs on each write it is about to propose: it may
+/// return a fuller command of the same effect (a submission with the
+/// placements of its jobs). Short; it runs on the proposing task.
+pub(crate) type ProposeHook = Box<dyn Fn(&Command) -> Option<Command> + Send + Sync>;
+
 impl Shared {
+    /// Sets the hook the coordinator runs on each write before proposing
+    /// it; by the composition root, once, before the raft loop starts.
+    pub fn on_propose(&self, hook: ProposeHook) {
+        let _ = self.propose_hook.set(hook);
+    }
+
+    /// The command to propose for `command`: the hook's, or itself.
+    pub(crate) fn before_propose(&self, command: &Command) -> Option<Command> {
+        self.propose_hook.get().and_then(|hook| hook(command))
+    }
+
     /// Adds a hook run after every cycle that applied something; set by the
     /// composition root (`node::serve`) before the raft loop starts.
     pub fn on_applied(&self, hook: AppliedHook) {

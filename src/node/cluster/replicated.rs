@@ -237,6 +237,10 @@ async fn propose_here(
     command: &Command,
     deadline: std::time::Instant,
 ) -> Option<Response> {
+    // Outside the core's lock: the hook reads the applied state and the
+    // live view, each under its own.
+    let placed = shared.before_propose(command);
+    let command = placed.as_ref().unwrap_or(command);
     let (ctx, applied) = shared.register_proposal();
     // One hold of the core's lock for the check and the proposal: the raft
     // loop holds it through each fsync, and every extra wait on it makes

@@ -93,6 +93,7 @@ pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
         damage: super::damage::Damage::new(damage),
         rejoin: super::rejoin::Rejoin::new(incarnation),
         applied_hooks: Default::default(),
+        propose_hook: Default::default(),
         revocation,
         certificates,
         setup_note: Default::default(),

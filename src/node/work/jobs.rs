@@ -170,6 +170,61 @@ fn placements(work: &Work) -> Option<Vec<scheduler::Assignment>> {
     ))
 }
 
+/// A submission as the coordinator proposes it: with the placements of its
+/// new jobs, when slots are free and no job is queued ahead of them (which
+/// keep their turn: priorities are placed in order by the rounds). `None`:
+/// propose it as it is. The counts read here may miss placements proposed
+/// and not yet applied; the apply-time slot check of each placement keeps
+/// every instance within its slots, and a job it leaves queued is placed
+/// by the next round.
+pub(super) fn place_on_submit(work: &Work, command: &Command) -> Option<Command> {
+    let Command::Once {
+        request_id,
+        command: submission,
+    } = command
+    else {
+        return None;
+    };
+    let jobs = submission.submitted_jobs();
+    if jobs.is_empty() {
+        return None;
+    }
+    let (active, modes, voters) = {
+        let guard = work.cluster.core();
+        let core = guard.as_ref().filter(|c| c.is_leader())?;
+        let conn = core.state().conn();
+        if db::queued_count(conn).ok()? > 0 {
+            return None;
+        }
+        let counts = (db::active_counts(conn).ok()?, db::modes(conn).ok()?);
+        (counts.0, counts.1, core.conf_state().voters.clone())
+    };
+    let mut candidates = candidates(work, &voters, &active, &modes);
+    let queued: Vec<scheduler::Queued> = jobs
+        .iter()
+        .map(|(id, spec)| scheduler::Queued {
+            id: id.to_string(),
+            attempt: 1,
+            priority: spec.priority,
+            not_before_ms: 0,
+        })
+        .collect();
+    let batch_max = ASSIGN_BATCH_COUNT_MAX.min(JOB_BATCH_COUNT_MAX);
+    let assignments = scheduler::place(&queued, &mut candidates, now_ms(), batch_max);
+    if assignments.is_empty() {
+        return None;
+    }
+    let placed = Command::Placed {
+        submission: submission.clone(),
+        assignments,
+        at_ms: now_ms(),
+    };
+    Some(Command::Once {
+        request_id: request_id.clone(),
+        command: Box::new(placed),
+    })
+}
+
 /// The instances that may take jobs now: servers (not witnesses), voters
 /// (not joining), not in maintenance, up and not stopping.
 fn candidates(

@@ -104,6 +104,16 @@ impl Work {
     }
 }
 
+/// The coordinator's hook on each write it proposes: a submission is
+/// proposed with the placements of its jobs when slots are free
+/// (`jobs::place_on_submit`).
+pub(crate) fn place_on_submit(
+    work: &Work,
+    command: &crate::state::Command,
+) -> Option<crate::state::Command> {
+    jobs::place_on_submit(work, command)
+}
+
 /// Starts the work's loops: placement (coordinator), hotfolders
 /// (coordinator), the worker and its reports (every instance).
 pub(crate) fn start(work: &Arc<Work>) {
