@@ -617,3 +617,98 @@ fn an_input_changed_while_processing_is_never_a_success() {
     assert!(files(&dir.join("out")).is_empty(), "no output of a part");
     c.assert_nobody_crashed();
 }
+
+/// Once reproductions: a writer that paused longer than `stable_ms` had its
+/// file taken mid-write. Now a file a local process holds open for writing
+/// is not taken until it closes it (then the whole file is processed once);
+/// and a writer that opens the file anew for each piece, whose next piece
+/// came while the part taken was processed, ends with both parts in
+/// `error/` with the reason, never a success of a part (127.0.164.x).
+#[test]
+fn a_file_still_being_written_is_never_processed_in_part() {
+    let (mut c, hf) = cluster_with_hotfolder(164, 300);
+    let root = hf.parent().unwrap().to_path_buf();
+    let copy = "cp \"$CLARO_INPUT\" \"$CLARO_OUTPUT_DIR/\"";
+    add_hotfolder(
+        &c,
+        "held",
+        &format!("sh -c '{copy}'"),
+        &["--stable-ms", "200"],
+    );
+    let held = root.join("held");
+    // The writer holds the file open, silent for far longer than stable_ms.
+    let path = held.join("in/held.pdf");
+    let mut writer = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec 3>>'{}'; echo first >&3; echo ready; read line; echo second >&3",
+            path.display()
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    let out = writer.stdout.as_mut().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut ready).unwrap();
+    std::thread::sleep(Duration::from_millis(2_500));
+    assert!(path.is_file(), "taken while its writer held it open");
+    assert!(hotfolder_jobs(&c, "held").is_empty());
+    drop(writer.stdin.take());
+    writer.wait().unwrap();
+    c.wait(30, "the whole file processed", || {
+        held.join("done/held.pdf").is_file()
+    });
+    assert_eq!(
+        std::fs::read_to_string(held.join("out/held.pdf")).unwrap(),
+        "first\nsecond\n"
+    );
+
+    // The writer that reopens: its next piece comes while the action (2 s)
+    // still runs on the part taken.
+    add_hotfolder(
+        &c,
+        "pieces",
+        &format!("sh -c 'sleep 2; {copy}'"),
+        &["--stable-ms", "300", "--max-attempts", "1"],
+    );
+    let pieces = root.join("pieces");
+    let path = pieces.join("in/big slow.pdf");
+    for piece in 0..3 {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        writeln!(f, "piece {piece}").unwrap();
+        drop(f);
+        std::thread::sleep(Duration::from_millis(if piece == 0 { 1_200 } else { 200 }));
+    }
+    c.wait(60, "every part ended", || {
+        let jobs = hotfolder_jobs(&c, "pieces");
+        let ended = jobs
+            .iter()
+            .all(|j| j["state"] == "failed" || j["state"] == "succeeded");
+        let originals = |d: &str| {
+            let all = files(&pieces.join(d));
+            all.iter().filter(|n| !n.ends_with(".error.txt")).count()
+        };
+        let published = originals("error") + originals("done");
+        !path.exists() && !jobs.is_empty() && ended && published >= jobs.len()
+    });
+    let jobs = hotfolder_jobs(&c, "pieces");
+    assert!(jobs.iter().all(|j| j["state"] == "failed"), "{jobs:?}");
+    assert!(files(&pieces.join("out")).is_empty(), "no output of a part");
+    let kept: String = files(&pieces.join("error"))
+        .iter()
+        .filter(|n| !n.ends_with(".error.txt"))
+        .map(|n| std::fs::read_to_string(pieces.join("error").join(n)).unwrap())
+        .collect();
+    assert_eq!(
+        kept.lines().count(),
+        3,
+        "every piece kept in error/: {kept}"
+    );
+    c.assert_nobody_crashed();
+}

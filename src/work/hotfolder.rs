@@ -466,6 +466,16 @@ impl Stability {
         self.since.len()
     }
 
+    /// Starts the wait of `paths` again at `now_ms`: a file found stable
+    /// but still open for writing is taken only `stable_ms` after that.
+    pub fn restart(&mut self, paths: &[String], now_ms: u64) {
+        for p in paths {
+            if let Some(entry) = self.since.get_mut(p) {
+                entry.3 = now_ms;
+            }
+        }
+    }
+
     /// When the next waiting file becomes stable, if any is waiting at
     /// `now_ms`: the scanner looks again then rather than at the next poll,
     /// so a file is taken within one poll interval of being stable.

@@ -161,9 +161,16 @@ async fn scan_round(work: &Work, scanner: &mut Scanner) -> Option<u64> {
             let stability = scanner.stability.entry(def.name.clone()).or_default();
             let now = now_ms();
             let ready = stability.observe(now, def.stable_ms, &seen);
+            let ready = not_owned(work, def, ready);
+            let held = held_by_writers(work, def, &ready).await;
+            stability.restart(&held, now);
             if let Some(due) = stability.due_ms(now, def.stable_ms) {
                 due_ms = Some(due_ms.map_or(due, |d| d.min(due)));
             }
+            let ready: Vec<Seen> = ready
+                .into_iter()
+                .filter(|s| !held.contains(&s.path))
+                .collect();
             if !ready.is_empty() {
                 submit_ready(work, def, ready).await;
             }
@@ -288,15 +295,53 @@ fn utf8_name(def: &Hotfolder, rel: &str, name: &std::ffi::OsStr) -> Option<Strin
 }
 
 /// Submits the stable files no job owns, in entries of many jobs.
-async fn submit_ready(work: &Work, def: &Hotfolder, ready: Vec<Seen>) {
-    let owned = match read(work, |c| db::owned_inputs(c, &def.name)) {
-        Ok(o) => o,
-        Err(e) => return tracing::error!("reading the jobs of hotfolder {} failed: {e}", def.name),
-    };
-    let fresh: Vec<Seen> = ready
-        .into_iter()
-        .filter(|s| !owned.contains(&s.path))
-        .collect();
+/// The stable files no job owns yet (a ready file stays ready until it
+/// goes; its job owns it meanwhile).
+fn not_owned(work: &Work, def: &Hotfolder, ready: Vec<Seen>) -> Vec<Seen> {
+    if ready.is_empty() {
+        return ready;
+    }
+    match read(work, |c| db::owned_inputs(c, &def.name)) {
+        Ok(owned) => ready
+            .into_iter()
+            .filter(|s| !owned.contains(&s.path))
+            .collect(),
+        Err(e) => {
+            tracing::error!("reading the jobs of hotfolder {} failed: {e}", def.name);
+            Vec::new()
+        }
+    }
+}
+
+/// Of the stable files, those a process on this machine still holds open
+/// for writing (`writers`): they wait `stable_ms` again.
+async fn held_by_writers(work: &Work, def: &Hotfolder, ready: &[Seen]) -> Vec<String> {
+    if ready.is_empty() {
+        return Vec::new();
+    }
+    let in_dir = Layout::new(&work.cluster.cfg.shared_root, &def.name).dir("in");
+    let paths: Vec<String> = ready.iter().map(|s| s.path.clone()).collect();
+    let name = def.name.clone();
+    async_std::task::spawn_blocking(move || {
+        let ids: Vec<Option<(u64, u64)>> = paths
+            .iter()
+            .map(|p| super::writers::identity(&in_dir.join(p)))
+            .collect();
+        let wanted = ids.iter().flatten().copied().collect();
+        let open = super::writers::open_for_writing(&wanted);
+        let mut held = Vec::new();
+        for (path, id) in paths.into_iter().zip(ids) {
+            if let Some(w) = id.and_then(|id| open.get(&id)) {
+                tracing::debug!(hotfolder = %name, pid = w.pid, command = %w.command, "in/{path} is stable but still open for writing: it waits until its writer closes it");
+                held.push(path);
+            }
+        }
+        held
+    })
+    .await
+}
+
+async fn submit_ready(work: &Work, def: &Hotfolder, fresh: Vec<Seen>) {
     for batch in batches(def, &fresh) {
         let count = batch.len();
         let command = Command::JobsSubmit {
@@ -800,10 +845,15 @@ pub fn process(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
         return Outcome::failed("a hotfolder job without its file".into(), String::new());
     };
     let layout = Layout::new(&root, &file.hotfolder);
+    let claimed_ms = now_ms();
     let claimed = match claim(&layout, &job.id, &file) {
         Ok(p) => p,
         Err(e) => return Outcome::failed(e, String::new()),
     };
+    // Failed, not left in `in/`: it goes to `error/` beside the part before.
+    if let Err(e) = not_a_continuation(&layout, (&job.id, &file), &claimed) {
+        return Outcome::failed(e, String::new());
+    }
     let staging = layout.staging(&job.id, job.attempt);
     let _ = std::fs::remove_dir_all(&staging);
     if let Err(e) = make_staging(&staging, work.account.as_ref()) {
@@ -833,7 +883,9 @@ pub fn process(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
         ended
     };
     // Checked after the action, before anything is published.
-    let ended = ended.and_then(|()| unchanged(&claimed, &file));
+    let ended = ended
+        .and_then(|()| unchanged(&claimed, &file))
+        .and_then(|()| not_reappeared(&layout, (&job.id, &file), claimed_ms));
     let mut outcome = match ended {
         Ok(()) => Outcome {
             ok: true,
@@ -875,6 +927,156 @@ fn unchanged(claimed: &Path, file: &FileInput) -> Result<(), String> {
     ))
 }
 
+/// A file made under the input's name in `in/` within this long after the
+/// claim is the same writer's next piece, not a new drop.
+const REAPPEAR_WINDOW_MS: u64 = 10_000;
+
+/// No new file took the input's name in `in/` right after the claim: a
+/// writer that opens the file anew for each piece (`>>`) and paused longer
+/// than `stable_ms` makes one there, and the part taken is then a fragment.
+/// Such an attempt fails naming both, and its outputs go. A file dropped
+/// under the same name later than `REAPPEAR_WINDOW_MS` is a new drop.
+fn not_reappeared(
+    layout: &Layout,
+    (id, file): (&str, &FileInput),
+    claimed_ms: u64,
+) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    // The next piece may already be another job's (taken while this
+    // action ran): it was made within the window after this claim.
+    for (other, meta) in other_claims(layout, id, &file.input) {
+        let made = made_ms(&meta);
+        if made + 1_000 >= claimed_ms && made <= claimed_ms + REAPPEAR_WINDOW_MS {
+            return Err(format!(
+                "input changed while processing: a new in/{} was made {} ms after {} bytes of it were taken and went to job {other}, so {PART_MARKER} (it opens the file anew for each piece) and the outputs of the part taken were dropped; write files under a temporary or ignored name and rename them when complete",
+                file.input,
+                made.saturating_sub(claimed_ms),
+                file.bytes
+            ));
+        }
+    }
+    let Ok(meta) = std::fs::metadata(layout.dir("in").join(&file.input)) else {
+        return Ok(());
+    };
+    if file.inode != 0 && meta.ino() == file.inode {
+        return Ok(()); // the claim's rename did not happen: nothing new
+    }
+    let made_ms = made_ms(&meta);
+    if made_ms + 1_000 < claimed_ms || made_ms > claimed_ms + REAPPEAR_WINDOW_MS {
+        return Ok(());
+    }
+    Err(format!(
+        "input changed while processing: a new in/{} appeared {} ms after {} bytes of it were taken, so {PART_MARKER} (it opens the file anew for each piece) and the outputs of the part taken were dropped; write files under a temporary or ignored name and rename them when complete",
+        file.input,
+        made_ms.saturating_sub(claimed_ms),
+        file.bytes
+    ))
+}
+
+/// When a file was made: its birth time where the file system keeps one,
+/// else its modification time.
+fn made_ms(meta: &std::fs::Metadata) -> u64 {
+    meta.created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or_else(
+            || crate::work::jobs::modified_ms(meta),
+            |d| d.as_millis() as u64,
+        )
+}
+
+/// What a reason in `error/` says of a part taken from a writer still at
+/// work; a file made under that name soon after is the rest of it.
+const PART_MARKER: &str = "its writer was still at work";
+
+/// The input is not the rest of a file whose earlier part failed as taken
+/// while its writer was still at work (`not_reappeared`): a file made under
+/// the same name within `REAPPEAR_WINDOW_MS` of such a failure being
+/// written to `error/`. Processed alone it would be a truncated success;
+/// it fails instead and joins the other part in `error/`.
+fn not_a_continuation(
+    layout: &Layout,
+    (id, file): (&str, &FileInput),
+    claimed: &Path,
+) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(claimed) else {
+        return Ok(());
+    };
+    let made = made_ms(&meta);
+    // An earlier part still in another job's hands: its claim (the rename,
+    // which sets its change time) came within the window before this file
+    // was made.
+    for (other, m) in other_claims(layout, id, &file.input) {
+        let taken_ms = (m.ctime().max(0) as u64) * 1000 + m.ctime_nsec().max(0) as u64 / 1_000_000;
+        if taken_ms <= made + 1_000 && made <= taken_ms + REAPPEAR_WINDOW_MS {
+            return Err(format!(
+                "input changed while processing: in/{} was made {} ms after job {other} took an earlier part of it, so {PART_MARKER}; neither part is processed; write files under a temporary or ignored name and rename them when complete",
+                file.input,
+                made.saturating_sub(taken_ms)
+            ));
+        }
+    }
+    let error_dir = layout.dir("error").join(parent_of(&file.input));
+    let name = base_name(&file.input);
+    let (stem, ext) = match name.rfind('.') {
+        Some(dot) if dot > 0 => (&name[..dot], &name[dot..]),
+        _ => (name, ""),
+    };
+    let Ok(entries) = std::fs::read_dir(&error_dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten().take(ERROR_ENTRIES_LOOKED_MAX) {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let Some(of) = n.strip_suffix(".error.txt") else {
+            continue;
+        };
+        let same = of == name
+            || (of.starts_with(&format!("{stem} (")) && of.ends_with(&format!("){ext}")));
+        let Ok(m) = e.metadata() else { continue };
+        let written = crate::work::jobs::modified_ms(&m);
+        if !same || written + REAPPEAR_WINDOW_MS < made {
+            continue;
+        }
+        let reason = std::fs::read_to_string(e.path()).unwrap_or_default();
+        if reason
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains(PART_MARKER))
+        {
+            return Err(format!(
+                "input changed while processing: in/{} was made while an earlier part of it failed as taken when {PART_MARKER} (error/{n}); this part was not processed either; write files under a temporary or ignored name and rename them when complete",
+                file.input
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The files of the same input name that other jobs of this hotfolder hold
+/// claimed now, with their metadata (bounded by `work_ids`).
+fn other_claims(layout: &Layout, id: &str, input: &str) -> Vec<(String, std::fs::Metadata)> {
+    let Some(work) = layout.work(id).parent().map(Path::to_path_buf) else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(work) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .take(SWEEP_FOLDERS_MAX)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|other| other != id && crate::work::jobs::check_job_id(other).is_ok())
+        .filter_map(|other| {
+            let meta = std::fs::metadata(layout.claimed(&other, input)).ok()?;
+            Some((other, meta))
+        })
+        .collect()
+}
+
+/// Entries of an `error/` folder looked at for an earlier part, at most.
+const ERROR_ENTRIES_LOOKED_MAX: usize = 10_000;
+
 /// The attempt's staging folder, new and empty; owned by the `run_as`
 /// user, when there is one, since the action writes its outputs there.
 fn make_staging(staging: &Path, user: Option<&Account>) -> Result<(), String> {
@@ -912,6 +1114,17 @@ pub(super) fn claim(layout: &Layout, id: &str, file: &FileInput) -> Result<PathB
     } else {
         from_error.clone()
     };
+    // A writer on this machine that still holds the file (it found the
+    // file stable on the coordinator's machine, or opened it since): the
+    // file stays in `in/` and gets a job of its own once it is stable again.
+    if let Some(w) = super::writers::identity(&source)
+        .and_then(|id| super::writers::open_for_writing(&[id].into()).remove(&id))
+    {
+        return Err(format!(
+            "in/{input} is still open for writing by process {} ({}) on this server: it was left in in/ and is taken once its writer closes it and it is stable again",
+            w.pid, w.command
+        ));
+    }
     // Only this job's file: one dropped later under the same name is
     // another file, and gets a job of its own once this one is published.
     match std::fs::metadata(&source) {

@@ -10,7 +10,8 @@
 //!   work of an assigned attempt (claim, action, staging);
 //! - `script_host`: what a running script reaches through its instance;
 //! - `process`: external processes of jobs, bounded and killable;
-//! - `account`: the user they run as (`[jobs] run_as`).
+//! - `account`: the user they run as (`[jobs] run_as`);
+//! - `writers`: which files a local process holds open for writing.
 //!
 //! What it must not do: run an attempt the applied state does not assign to
 //! this instance, or write the state other than through committed commands.
@@ -24,6 +25,7 @@ mod process;
 pub(crate) mod sandbox;
 mod script_host;
 mod worker;
+mod writers;
 
 // For `node::inputs`.
 pub use hotfolder::scan;
