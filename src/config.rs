@@ -370,6 +370,7 @@ struct RawHotfolder {
     stable_ms: Option<Spanned<i64>>,
     priority: Option<Spanned<i64>>,
     max_attempts: Option<Spanned<i64>>,
+    retries: Option<Spanned<i64>>,
     timeout_s: Option<Spanned<i64>>,
     on_success: Option<Spanned<String>>,
     allow_shell: Option<bool>,
@@ -1001,6 +1002,17 @@ fn hotfolder_conf(
     h.priority = number(&r.priority, "priority", 0)?.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
     h.max_attempts =
         number(&r.max_attempts, "max_attempts", h.max_attempts as i64)?.min(u32::MAX as i64) as u32;
+    if let Some(retries) = &r.retries {
+        if r.max_attempts.is_some() {
+            return Err(src.at(
+                retries,
+                &format!("{key}.retries"),
+                "give `retries` or `max_attempts`, not both",
+            ));
+        }
+        let n = number(&r.retries, "retries", 0)?.min(u32::MAX as i64 - 1) as u32;
+        h.max_attempts = n + 1;
+    }
     h.timeout_ms = (number(&r.timeout_s, "timeout_s", (h.timeout_ms / 1000) as i64)? as u64)
         .saturating_mul(1000);
     if let Some(o) = &r.on_success {
@@ -1672,6 +1684,21 @@ mod tests {
         let safe = "\n[hotfolder.hf]\ncommand = \"sh -c 'echo \\\"$CLARO_NAME\\\"'\"\n";
         let c = f.ok(&format!("{}{safe}", minimal()));
         assert!(!c.hotfolders[0].allow_shell);
+    }
+
+    /// A hotfolder tries a failed action once unless told (`retries`);
+    /// `retries` and `max_attempts` together are refused, naming the line.
+    #[test]
+    fn a_hotfolder_s_retries_set_its_attempts() {
+        let f = Fixture::new();
+        let table = "\n[hotfolder.hf]\ncommand = \"convert {input} {output_dir}/{name}\"\n";
+        let c = f.ok(&format!("{}{table}", minimal()));
+        assert_eq!(c.hotfolders[0].max_attempts, 1);
+        let c = f.ok(&format!("{}{table}retries = 2\n", minimal()));
+        assert_eq!(c.hotfolders[0].max_attempts, 3);
+        let both = format!("{}{table}retries = 2\nmax_attempts = 3\n", minimal());
+        let e = f.bad(&both, Some(11), Some("hotfolder.hf.retries"), "not both");
+        assert!(e.message.contains("max_attempts"), "{e}");
     }
 
     #[test]

@@ -31,8 +31,24 @@ fn cluster_with_hotfolder(net: u8, stable_ms: u64) -> (Cluster, PathBuf) {
     (c, hf)
 }
 
-/// Every file under `dir` (relative paths), recursively.
+/// Every file under `dir` (relative paths), recursively, but the result
+/// tickets (`tickets`).
 fn files(dir: &Path) -> Vec<String> {
+    let mut all = every_file(dir);
+    all.retain(|f| !f.ends_with(".result.json"));
+    all
+}
+
+/// The result tickets under `dir`, parsed.
+fn tickets(dir: &Path) -> Vec<serde_json::Value> {
+    every_file(dir)
+        .iter()
+        .filter(|f| f.ends_with(".result.json"))
+        .map(|f| serde_json::from_slice(&std::fs::read(dir.join(f)).unwrap()).unwrap())
+        .collect()
+}
+
+fn every_file(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut dirs = vec![dir.to_path_buf()];
     while let Some(d) = dirs.pop() {
@@ -96,6 +112,17 @@ fn a_thousand_files_through_a_kill_9_are_each_processed_once() {
     );
     let done: HashSet<String> = files(&hf.join("done")).into_iter().collect();
     assert_eq!(done, names);
+    // One result ticket per file, each of a job of its own, succeeded.
+    let tickets = tickets(&out);
+    assert_eq!(tickets.len(), count);
+    let jobs: HashSet<&str> = tickets.iter().filter_map(|t| t["job"].as_str()).collect();
+    assert_eq!(jobs.len(), count, "a ticket per job");
+    let inputs: HashSet<String> = tickets
+        .iter()
+        .map(|t| t["input"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(inputs, names);
+    assert!(tickets.iter().all(|t| t["outcome"] == "succeeded"));
     assert!(files(&hf.join("in")).is_empty());
     assert!(
         files(&hf.join("error")).is_empty(),
@@ -710,5 +737,31 @@ fn a_file_still_being_written_is_never_processed_in_part() {
         3,
         "every piece kept in error/: {kept}"
     );
+
+    // An action that fails on the file is not tried again unless the
+    // hotfolder says so (`--retries`).
+    add_hotfolder(&c, "once", "sh -c 'echo no ink >&2; exit 3'", &[]);
+    add_hotfolder(
+        &c,
+        "twice",
+        "sh -c 'echo no ink >&2; exit 3'",
+        &["--retries", "1"],
+    );
+    for name in ["once", "twice"] {
+        std::fs::write(root.join(name).join("in/a.pdf"), b"a").unwrap();
+    }
+    for (name, attempts) in [("once", 1), ("twice", 2)] {
+        let dir = root.join(name);
+        c.wait(60, "the failed file in error/", || {
+            dir.join("error/a.pdf.result.json").is_file()
+        });
+        let ticket = &tickets(&dir.join("error"))[0];
+        assert_eq!(ticket["outcome"], "failed", "{ticket}");
+        assert_eq!(ticket["attempts"], attempts, "{name}: {ticket}");
+        assert!(
+            ticket["error"].as_str().unwrap().contains("no ink"),
+            "{ticket}"
+        );
+    }
     c.assert_nobody_crashed();
 }

@@ -118,6 +118,9 @@ fn with_options(mut def: Hotfolder, o: &HotfolderOptions) -> Result<Hotfolder, F
     if let Some(v) = o.max_attempts {
         def.max_attempts = v;
     }
+    if let Some(v) = o.retries {
+        def.max_attempts = v.saturating_add(1);
+    }
     if let Some(v) = o.timeout_s {
         def.timeout_ms = v.saturating_mul(1000);
     }
@@ -301,8 +304,14 @@ pub struct HotfolderOptions {
     /// What becomes of the original after success: move (to done/) or delete.
     #[arg(long)]
     pub on_success: Option<String>,
-    #[arg(long)]
+    /// Attempts of the action per file, in all (default 1).
+    #[arg(long, conflicts_with = "retries")]
     pub max_attempts: Option<u32>,
+    /// Tries of a failed action after the first (default 0: a failed file
+    /// goes to error/ at once); an attempt lost with its server always
+    /// runs again.
+    #[arg(long)]
+    pub retries: Option<u32>,
     /// Longest time of one attempt, in seconds.
     #[arg(long)]
     pub timeout_s: Option<u64>,

@@ -18,7 +18,7 @@ CREATE TABLE IF NOT EXISTS jobs (
   state TEXT NOT NULL, instance TEXT, attempt INTEGER NOT NULL, max_attempts INTEGER NOT NULL,
   created_ms INTEGER NOT NULL, assigned_ms INTEGER, started_ms INTEGER, finished_ms INTEGER,
   not_before_ms INTEGER NOT NULL, result TEXT, error TEXT, log TEXT NOT NULL, profile BLOB,
-  hotfolder TEXT, input TEXT, published INTEGER);
+  hotfolder TEXT, input TEXT, published INTEGER, releases INTEGER);
 CREATE INDEX IF NOT EXISTS jobs_queued ON jobs (priority DESC, id) WHERE state = 'queued';
 CREATE INDEX IF NOT EXISTS jobs_active ON jobs (instance) WHERE state IN ('assigned', 'running');
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id);
@@ -182,7 +182,22 @@ fn end_attempt(
     let error = bounded_text(error, RESULT_BYTES_MAX);
     let outcome = if back_off { "failed" } else { "released" };
     record_attempt(tx, id, outcome, &error, at_ms)?;
-    if attempt >= max {
+    // A release (the instance stopped or was lost) is not the job's
+    // failure: it does not use up an attempt, up to RELEASES_MAX of them (a
+    // job that takes its instance down each time must end somewhere).
+    let releases: u32 = tx
+        .prepare_cached("SELECT coalesce(releases, 0) FROM jobs WHERE id = ?1")?
+        .query_row(params![id], |r| r.get(0))?;
+    let releases = releases + u32::from(!back_off);
+    tx.prepare_cached("UPDATE jobs SET releases = ?2 WHERE id = ?1")?
+        .execute(params![id, releases])?;
+    let failures = attempt.saturating_sub(releases);
+    let error = if releases >= RELEASES_MAX {
+        format!("{error} (released {releases} times: the job is given up)")
+    } else {
+        error
+    };
+    if failures >= max || releases >= RELEASES_MAX {
         tx.prepare_cached(
             "UPDATE jobs SET state = 'failed', finished_ms = ?2, error = ?3, log = coalesce(?4, log)
              WHERE id = ?1",
@@ -205,8 +220,13 @@ fn end_attempt(
     Ok(())
 }
 
+/// Releases of one job at most: past them it fails rather than being
+/// tried on instance after instance (a job that crashes its instance).
+pub const RELEASES_MAX: u32 = 20;
+
 /// Releases attempts (their instance stopped, or was lost): each that is
-/// still current goes back to the queue at once, or fails when it was the last.
+/// still current goes back to the queue at once, not counted against its
+/// `max_attempts`; the job fails only after `RELEASES_MAX` of them.
 pub fn release(
     tx: &Transaction<'_>,
     attempts: &[(String, u32)],
@@ -276,7 +296,8 @@ pub fn retry(tx: &Transaction<'_>, id: &str, at_ms: u64) -> rusqlite::Result<()>
     record_attempt(tx, id, &state, &error, finished_ms.unwrap_or(at_ms))?;
     tx.prepare_cached(
         "UPDATE jobs SET state = 'queued', attempt = attempt + 1,
-           max_attempts = max(max_attempts, attempt + 1), instance = NULL, assigned_ms = NULL,
+           max_attempts = max(max_attempts, attempt + 1 - coalesce(releases, 0)),
+           instance = NULL, assigned_ms = NULL,
            started_ms = NULL, finished_ms = NULL, not_before_ms = ?2, result = NULL,
            published = CASE WHEN published IS NULL THEN NULL ELSE 0 END
          WHERE id = ?1 AND state IN ('failed', 'cancelled')",
@@ -448,6 +469,7 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         ("hotfolder", "TEXT"),
         ("input", "TEXT"),
         ("published", "INTEGER"),
+        ("releases", "INTEGER"),
     ] {
         let has: bool = conn.query_row(
             "SELECT count(*) > 0 FROM pragma_table_info('jobs') WHERE name = ?1",
@@ -752,10 +774,10 @@ pub fn digest(conn: &Connection, field: &mut dyn FnMut(&[u8])) -> rusqlite::Resu
         "SELECT id, spec, state, coalesce(instance, ''), attempt, max_attempts, created_ms,
            coalesce(assigned_ms, -1), coalesce(started_ms, -1), coalesce(finished_ms, -1),
            not_before_ms, coalesce(result, ''), coalesce(error, ''), log, coalesce(profile, x''),
-           coalesce(published, -1)
+           coalesce(published, -1), coalesce(releases, 0)
          FROM jobs ORDER BY id",
     )?;
-    digest_rows(&mut stmt, 16, field)?;
+    digest_rows(&mut stmt, 17, field)?;
     let mut stmt = conn.prepare_cached(
         "SELECT job, attempt, coalesce(instance, ''), coalesce(assigned_ms, -1),
            coalesce(started_ms, -1), ended_ms, outcome, coalesce(error, '')
@@ -1031,10 +1053,13 @@ mod tests {
         assert_eq!(left, 0);
     }
 
+    /// A release (the instance stopped or was lost) is not the job's
+    /// failure: it does not use up an attempt; the job's own failure does;
+    /// `RELEASES_MAX` releases give it up.
     #[test]
-    fn a_released_attempt_is_queued_again_until_attempts_run_out() {
+    fn a_released_attempt_is_queued_again_without_using_up_an_attempt() {
         let mut db = Db::new();
-        db.submit(ID, 2);
+        db.submit(ID, 1);
         let release = |attempt| Command::JobRelease {
             attempts: vec![(ID.into(), attempt)],
             reason: "srv2 lost".into(),
@@ -1053,18 +1078,34 @@ mod tests {
         db.apply(release(1)); // stale: attempt 2 is current
         assert_eq!(db.state(ID).0, JobState::Assigned);
         db.apply(release(2));
-        let j = super::job(db.sm.conn(), ID).unwrap().unwrap();
-        assert_eq!(j.state, JobState::Failed);
-        assert!(j.error.unwrap().contains("srv2 lost"));
+        assert_eq!(db.state(ID), (JobState::Queued, 3, None));
+        // Its own failure uses up its one attempt.
+        db.apply(assign("srv3", 3));
+        db.apply(finish("srv3", 3, false));
+        assert_eq!(db.state(ID).0, JobState::Failed);
         // A retry grants one more attempt.
         db.apply(Command::JobRetry {
             id: ID.into(),
             at_ms: 60,
         });
-        assert_eq!(db.state(ID), (JobState::Queued, 3, None));
+        assert_eq!(db.state(ID), (JobState::Queued, 4, None));
         let q = super::queued(db.sm.conn(), 10).unwrap();
         assert_eq!(q.len(), 1);
-        assert_eq!(q[0].attempt, 3);
+        assert_eq!(q[0].attempt, 4);
+        // Two releases so far; the job is given up at the RELEASES_MAXth.
+        let last = 4 + super::RELEASES_MAX - 3;
+        for attempt in 4..=last {
+            assert_eq!(db.state(ID).0, JobState::Queued, "attempt {attempt}");
+            db.apply(assign("srv2", attempt));
+            db.apply(release(attempt));
+        }
+        let j = super::job(db.sm.conn(), ID).unwrap().unwrap();
+        assert_eq!(j.state, JobState::Failed);
+        let error = j.error.unwrap();
+        assert!(
+            error.contains("srv2 lost") && error.contains("released 20 times"),
+            "{error}"
+        );
     }
 
     #[test]

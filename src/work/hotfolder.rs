@@ -27,6 +27,11 @@ pub const TEMPLATE_BYTES_MAX: usize = 8 * 1024;
 pub const STABLE_MS_MIN: u64 = 100;
 pub const STABLE_MS_MAX: u64 = 3_600_000;
 pub const STABLE_MS_DEFAULT: u64 = 2_000;
+/// Tries of a failed action after the first, unless the hotfolder says
+/// otherwise (`--retries`): an action that fails on a file's content fails
+/// again on it, so the file goes to `error/` at once. An attempt lost with
+/// its instance is not a failure: it runs again whatever this says.
+pub const RETRIES_DEFAULT: u32 = 0;
 /// Files one scan of one hotfolder looks at; more wait for later scans.
 pub const SCAN_FILES_MAX: usize = 200_000;
 /// Outputs published for one file at most.
@@ -34,8 +39,10 @@ pub const OUTPUTS_MAX: usize = 10_000;
 /// Suffixes tried for a free output name (`name (1).ext` ...).
 pub const FREE_NAME_TRIES_MAX: u32 = 10_000;
 /// Ignored unless the definition says otherwise: hidden files, temporary
-/// and partial downloads, Office lock files and desktop litter.
-pub const IGNORE_DEFAULT: [&str; 7] = [
+/// and partial downloads, Office lock files and desktop litter, and result
+/// tickets (a hotfolder fed by another's `out/` takes its outputs, not the
+/// tickets beside them).
+pub const IGNORE_DEFAULT: [&str; 8] = [
     ".*",
     "*.tmp",
     "*.part",
@@ -43,6 +50,7 @@ pub const IGNORE_DEFAULT: [&str; 7] = [
     "Thumbs.db",
     ".DS_Store",
     "._*",
+    "*.result.json",
 ];
 /// Working area inside each hotfolder.
 pub const WORK_DIR: &str = ".claro";
@@ -107,7 +115,7 @@ impl Hotfolder {
             ignore: IGNORE_DEFAULT.iter().map(|s| s.to_string()).collect(),
             stable_ms: STABLE_MS_DEFAULT,
             priority: 0,
-            max_attempts: crate::work::jobs::ATTEMPTS_DEFAULT,
+            max_attempts: RETRIES_DEFAULT + 1,
             timeout_ms: crate::work::jobs::TIMEOUT_MS_DEFAULT,
             on_success: OnSuccess::Move,
             paused: false,
@@ -611,6 +619,7 @@ mod tests {
             ".DS_Store",
             "._a.pdf",
             ".a.pdf.Xy12Ab",
+            "a.pdf.result.json",
         ] {
             assert!(!p.takes(ignored), "{ignored}");
         }

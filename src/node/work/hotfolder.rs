@@ -690,6 +690,7 @@ fn publish_success(
     let staging = layout.staging(&job.id, job.attempt);
     let out_dir = layout.dir("out").join(parent_of(&file.input));
     if staging.is_dir() {
+        stage_ticket(layout, job, file, &staging, steps)?;
         move_tree(&staging, &out_dir, steps)?;
     }
     let Some(original) = original.filter(|p| p.starts_with(layout.work(&job.id))) else {
@@ -735,7 +736,78 @@ fn publish_failure(
     );
     steps.take()?;
     write_atomic(&to.join(format!("{name}.error.txt")), reason.as_bytes())?;
+    let ticket = result_ticket(job, file, &[]);
+    write_atomic(&to.join(format!("{name}.result.json")), &ticket)?;
     move_no_replace(original, &to, &name, steps)
+}
+
+/// Files a result ticket lists, at most (an action may write many).
+const TICKET_OUTPUTS_MAX: usize = 10_000;
+
+/// A published job's result ticket (`NAME.result.json`, beside its
+/// outputs in `out/` or beside the original in `error/`): what a
+/// downstream system reads instead of parsing the job list.
+fn result_ticket(job: &Job, file: &FileInput, outputs: &[String]) -> Vec<u8> {
+    let at = |ms: Option<u64>| ms.map(crate::contract::rfc3339);
+    let ticket = serde_json::json!({
+        "job": job.id,
+        "hotfolder": file.hotfolder,
+        "input": file.input,
+        "outcome": job.state.as_str(),
+        "attempts": job.attempt,
+        "instance": job.instance,
+        "started_at": at(job.started_ms),
+        "finished_at": at(job.finished_ms),
+        "outputs": outputs,
+        "error": job.error,
+        "fields": {},
+    });
+    let mut bytes = serde_json::to_vec_pretty(&ticket).expect("a ticket encodes");
+    bytes.push(b'\n');
+    bytes
+}
+
+/// Puts the result ticket among the staged outputs, once (a marker in the
+/// working folder says it is there or already published with them), so
+/// that it is published with them, under a free name, crash-safely.
+fn stage_ticket(
+    layout: &Layout,
+    job: &Job,
+    file: &FileInput,
+    staging: &Path,
+    steps: &mut Steps,
+) -> Result<(), String> {
+    let marker = layout.work(&job.id).join("ticket-staged");
+    if marker.exists() {
+        return Ok(());
+    }
+    let outputs = staged_files(staging);
+    steps.take()?;
+    let name = format!("{}.result.json", base_name(&file.input));
+    write_atomic(&staging.join(name), &result_ticket(job, file, &outputs))?;
+    write_atomic(&marker, b"")
+}
+
+/// The files under `staging`, relative, sorted; at most `TICKET_OUTPUTS_MAX`.
+fn staged_files(staging: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut dirs = vec![staging.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(path);
+            } else if let Ok(rel) = path.strip_prefix(staging) {
+                out.push(rel.to_string_lossy().into_owned());
+            }
+            if out.len() == TICKET_OUTPUTS_MAX {
+                out.sort();
+                return out;
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 /// Moves every file under `from` into `to` (same relative paths), each
@@ -1311,6 +1383,7 @@ mod tests {
             let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
             if state == JobState::Succeeded {
                 let mut want = vec![
+                    "out/sub/a b.pdf.result.json",
                     "out/sub/deep/z.pdf",
                     "out/sub/x (1).pdf",
                     "out/sub/x.pdf",
@@ -1322,14 +1395,28 @@ mod tests {
                 assert_eq!(names, want, "{seen:?}");
                 assert!(seen.contains(&("out/sub/x.pdf".into(), "older".into())));
                 assert!(seen.contains(&("out/sub/x (1).pdf".into(), "x".into())));
+                let ticket = seen
+                    .iter()
+                    .find(|(n, _)| n.ends_with(".result.json"))
+                    .unwrap();
+                let ticket: serde_json::Value = serde_json::from_str(&ticket.1).unwrap();
+                assert_eq!(ticket["outcome"], "succeeded", "{ticket}");
+                assert_eq!(ticket["input"], "sub/a b.pdf");
+                let outputs = serde_json::json!(["deep/z.pdf", "x.pdf", "y.pdf"]);
+                assert_eq!(ticket["outputs"], outputs, "{ticket}");
             } else {
                 let want = [
                     "error/sub/a b.pdf",
                     "error/sub/a b.pdf.error.txt",
+                    "error/sub/a b.pdf.result.json",
                     "out/sub/x.pdf",
                 ];
                 assert_eq!(names, want, "{seen:?}");
                 assert!(seen[1].1.contains("no ink") && seen[1].1.contains("a line"));
+                let ticket: serde_json::Value = serde_json::from_str(&seen[2].1).unwrap();
+                assert_eq!(ticket["outcome"], state.as_str(), "{ticket}");
+                assert_eq!(ticket["outputs"], serde_json::json!([]));
+                assert!(ticket["error"].as_str().unwrap().contains("no ink"));
             }
         }
     }

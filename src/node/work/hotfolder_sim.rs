@@ -462,6 +462,12 @@ impl Sim {
                         Some(format!("{content}!")),
                         "seed {seed}: {out_name}"
                     );
+                    // Its result ticket, once (no ` (1)` twin).
+                    let ticket = read(&layout.dir("out").join(format!("{rel}.result.json")));
+                    assert!(
+                        ticket.is_some_and(|t| t.contains(&job.id)),
+                        "seed {seed}: the ticket of {rel}"
+                    );
                 }
                 state => {
                     assert_eq!(state, JobState::Failed, "seed {seed}: {rel}");
@@ -473,6 +479,8 @@ impl Sim {
                     );
                     let reason = layout.dir("error").join(format!("{rel}.error.txt"));
                     assert!(reason.is_file(), "seed {seed}: no reason for {rel}");
+                    let ticket = layout.dir("error").join(format!("{rel}.result.json"));
+                    assert!(ticket.is_file(), "seed {seed}: no ticket for {rel}");
                     assert!(
                         !outs.contains(&out_name),
                         "seed {seed}: output of failed {rel}"
@@ -480,7 +488,11 @@ impl Sim {
                 }
             }
         }
-        assert_eq!(outs.len(), succeeded, "seed {seed}: outputs {outs:?}");
+        assert_eq!(
+            outs.len(),
+            2 * succeeded,
+            "seed {seed}: outputs and tickets {outs:?}"
+        );
     }
 }
 
