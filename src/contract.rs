@@ -29,9 +29,12 @@ pub struct JobJson {
     pub hotfolder: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input: Option<String>,
-    /// Only with `--log`.
+    /// Only with `--log` (while it runs: its log so far, live).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
+    /// While it runs: the last progress its attempt reported, in percent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<u8>,
     /// Only with `--profile`: where a script's time went, slowest first
     /// (times in microseconds).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -88,9 +91,20 @@ impl JobJson {
             hotfolder: job.spec.file.as_ref().map(|f| f.hotfolder.clone()),
             input: job.spec.file.as_ref().map(|f| f.input.clone()),
             log: with_log.then(|| job.log.clone()),
+            progress: None,
             profile: None,
             attempts: job.attempts.iter().map(AttemptJson::new).collect(),
         }
+    }
+
+    /// A running job as its instance sees it: its progress, and its log so
+    /// far where the log is asked for.
+    pub fn with_live(mut self, live: &crate::proto::LiveView) -> JobJson {
+        self.progress = live.progress;
+        if self.log.is_some() {
+            self.log = Some(live.log.clone());
+        }
+        self
     }
 
     pub fn with_profile(mut self, job: &crate::work::jobs::Job) -> JobJson {

@@ -15,11 +15,27 @@ use serde::{Deserialize, Serialize};
 use crate::consensus::SnapshotFile;
 use crate::state::Command;
 
+/// A running attempt as its instance sees it: the log text from the byte
+/// asked for (at most `LIVE_LOG_BYTES_MAX`), where to ask from next, and
+/// the last progress reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveView {
+    pub instance: String,
+    pub attempt: u32,
+    pub progress: Option<u8>,
+    pub log: String,
+    pub next_bytes: u64,
+}
+
+/// Log text in one `LiveView`, at most.
+pub const LIVE_LOG_BYTES_MAX: usize = 256 * 1024;
+
 /// Bumped when the peer protocol changes incompatibly; peers must match.
 /// 2: `Gossip` and `View` requests; `Command::Once` in log entries (a
 /// version-1 instance could not apply it).
 /// 6: `Command::CertRevoke` in log entries.
-/// 7: `Response::Unavailable`; `Command::Placed` in log entries.
+/// 7: `Response::Unavailable`, `Request::Live`; `Command::Placed` in log
+/// entries.
 pub const PROTOCOL_VERSION: u32 = 7;
 
 /// A request or response on a bidirectional stream (a 1 MiB setting plus framing).
@@ -221,6 +237,16 @@ pub enum Request {
         #[serde(default)]
         stale: bool,
     },
+    /// The log (from byte `after_bytes`) and progress of a job's attempt
+    /// while it runs, from the instance running it (any instance forwards
+    /// the question there once: `forwarded`). Answered `Live`.
+    Live {
+        id: String,
+        #[serde(default)]
+        after_bytes: u64,
+        #[serde(default)]
+        forwarded: bool,
+    },
     /// A stored script (its latest version without `version`).
     Script {
         name: String,
@@ -341,6 +367,9 @@ pub enum Response {
         #[serde(default)]
         stale: Option<Staleness>,
     },
+    /// `None`: the job does not run now (queued, ended, or its instance
+    /// did not answer); its stored log is in `Job`.
+    Live(Option<LiveView>),
     Script {
         script: Option<crate::work::jobs::StoredScript>,
     },

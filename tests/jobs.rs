@@ -722,3 +722,89 @@ fn submissions_in(raft_db: &std::path::Path) -> HashMap<String, Command> {
     }
     out
 }
+
+/// Once a reproduction: a script that logged and reported progress showed
+/// nothing until it ended. Now a running job's log and progress come live
+/// from the instance running it, asked through any other; `claro wait`
+/// streams the log to stderr and `claro run` to stdout while the job runs
+/// (127.0.165.x).
+#[test]
+fn a_running_job_s_log_and_progress_are_followed_live_from_any_instance() {
+    use std::io::BufRead as _;
+    let mut c = Cluster::three_running(165);
+    let code = "log(\"step 1\"); progress(40); sleep_ms(4000); log(\"step 2\"); 7";
+    let id = submit(&c, "srv1", script(code)).expect("submit");
+    c.wait(END_S, "the job to run", || {
+        job(&c, "srv1", &id).is_some_and(|j| j.state == JobState::Running)
+    });
+    let on = job(&c, "srv1", &id).unwrap().instance.unwrap();
+    let via = ["srv1", "srv2", "srv3"]
+        .into_iter()
+        .find(|n| *n != on)
+        .unwrap();
+    let live = |after_bytes| {
+        let req = Request::Live {
+            id: id.clone(),
+            after_bytes,
+            forwarded: false,
+        };
+        match c.call(via, req) {
+            Ok(Response::Live(view)) => view,
+            other => panic!("{other:?}"),
+        }
+    };
+    let view = live(0).expect("the running job's view, through another instance");
+    assert_eq!(view.instance, on);
+    assert_eq!(view.progress, Some(40));
+    assert!(view.log.starts_with("step 1\n"), "{view:?}");
+    assert_eq!(live(view.next_bytes).map(|v| v.log), Some(String::new()));
+
+    // `claro wait` shows the log on stderr while the job runs.
+    let mut wait = std::process::Command::new(common::BIN)
+        .arg("--config")
+        .arg(&c.conf)
+        .args(["wait", &id])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(wait.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("step 1") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "stderr ended");
+    }
+    assert_eq!(job(&c, "srv1", &id).unwrap().state, JobState::Running);
+    let out = wait.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "7\n");
+
+    // `claro run` prints the log on stdout as it comes, then the result.
+    let file = c.dir.path().join("steps.rhai");
+    std::fs::write(&file, code).unwrap();
+    let started = Instant::now();
+    let mut run = std::process::Command::new(common::BIN)
+        .arg("--config")
+        .arg(&c.conf)
+        .arg("run")
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(run.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    let first_at = started.elapsed();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(run.wait().unwrap().success());
+    let ended_at = started.elapsed();
+    assert_eq!(first, "step 1\n");
+    assert_eq!(rest, "[progress 40%]\nstep 2\n7\n");
+    assert!(
+        ended_at > first_at + Duration::from_secs(2),
+        "the first line came {first_at:?} after the start, the end {ended_at:?}"
+    );
+    c.assert_nobody_crashed();
+}

@@ -96,23 +96,31 @@ pub fn wait_for(
     with_log: bool,
 ) -> Result<(), Failure> {
     let mut pause = WAIT_POLL_MS_FIRST;
+    // The log as it comes: on stdout for `run`, on stderr for the others.
+    let mut follow = crate::cli::follow::Follow::new(args.json, with_log);
     let job = loop {
         let job = fetch(config, args, id)?;
         if job.state.is_final() {
             break job;
         }
+        if job.state == crate::work::jobs::JobState::Running {
+            follow.poll(config, args, id);
+        }
         std::thread::sleep(Duration::from_millis(pause));
         pause = (pause * 2).min(WAIT_POLL_MS_MAX);
     };
-    print_end(&job, args.json, with_log)
+    let rest = follow.rest_of(&job).to_string();
+    print_end(&job, args.json, with_log.then_some(rest.as_str()))
 }
 
-fn print_end(job: &Job, json: bool, with_log: bool) -> Result<(), Failure> {
+/// The end of a job waited for; `log`: the part of its log to print first
+/// (text mode).
+fn print_end(job: &Job, json: bool, log: Option<&str>) -> Result<(), Failure> {
     if json {
-        output::emit(&output::json_line(&JobJson::new(job, with_log)))?;
+        output::emit(&output::json_line(&JobJson::new(job, log.is_some())))?;
     } else {
-        if with_log && !job.log.is_empty() {
-            output::emit(&job.log)?;
+        if let Some(log) = log.filter(|l| !l.is_empty()) {
+            output::emit(&output::escape_log(log))?;
         }
         if let Some(r) = job.result.as_deref().filter(|r| !r.is_empty()) {
             output::emit(&format!("{}\n", output::escape_text(r)))?;
@@ -151,16 +159,26 @@ pub fn show(
     };
     match call(config, args, &req)?.1 {
         Response::Job {
-            job: Some(job),
+            job: Some(mut job),
             stale,
         } => {
             print_staleness(stale.as_ref());
+            let live = live_view(config, args, &job);
             if args.json {
                 let mut j = JobJson::new(&job, detail.log);
+                if let Some(live) = &live {
+                    j = j.with_live(live);
+                }
                 if detail.profile {
                     j = j.with_profile(&job);
                 }
                 return output::emit(&output::json_line(&j));
+            }
+            if let Some(live) = live {
+                job.log = live.log;
+                if let Some(p) = live.progress {
+                    eprintln!("progress {p}%");
+                }
             }
             let mut text = output::job_text(&job, detail.log);
             if detail.profile {
@@ -170,6 +188,25 @@ pub fn show(
         }
         Response::Job { job: None, .. } => Err(Failure::failed(format!("no job `{id}`"))),
         other => Err(failure_of(other)),
+    }
+}
+
+/// A running job's log so far and progress, from the instance running it;
+/// `None` for a job that does not run (its log is stored with its end).
+fn live_view(config: &Config, args: &ClientArgs, job: &Job) -> Option<crate::proto::LiveView> {
+    if job.state != crate::work::jobs::JobState::Running
+        && job.state != crate::work::jobs::JobState::Assigned
+    {
+        return None;
+    }
+    let req = Request::Live {
+        id: job.id.clone(),
+        after_bytes: 0,
+        forwarded: false,
+    };
+    match call(config, args, &req) {
+        Ok((_, Response::Live(view))) => view,
+        _ => None,
     }
 }
 

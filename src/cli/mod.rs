@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 pub mod cert;
 pub mod client;
 pub mod exit;
+pub mod follow;
 pub mod hotfolder;
 pub mod init;
 pub mod jobs;

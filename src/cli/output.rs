@@ -209,6 +209,22 @@ pub fn escape_text(s: &str) -> String {
     out
 }
 
+/// A log for text output: each line as [`escape_text`] writes it (a job's
+/// log is other people's text: no control sequence reaches the terminal),
+/// the line ends kept.
+pub fn escape_log(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let (body, end) = match line.strip_suffix('\n') {
+            Some(b) => (b, "\n"),
+            None => (line, ""),
+        };
+        out.push_str(&escape_text(body));
+        out.push_str(end);
+    }
+    out
+}
+
 /// Like [`escape_text`], for bytes: each byte that is not part of valid
 /// UTF-8 is written `\xHH`.
 pub fn escape_bytes(b: &[u8]) -> String {

@@ -112,6 +112,8 @@ async fn serve_async(opts: ServeOptions) -> Result<(), ServeError> {
     shared.on_applied(Box::new(move || heard.applied()));
     let placer = work.clone();
     shared.on_propose(Box::new(move |c| work::place_on_submit(&placer, c)));
+    let running = work.clone();
+    shared.on_live(Box::new(move |id, after| work::live(&running, id, after)));
     let heard = web.clone();
     shared.on_applied(Box::new(move || heard.applied()));
     cluster::start(&shared, wake_rx);

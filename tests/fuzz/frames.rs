@@ -194,7 +194,7 @@ fn snapshot_file(rng: &mut Rng) -> SnapshotFile {
 /// A random request of any kind.
 pub fn request(rng: &mut Rng) -> Request {
     let stale = rng.gen();
-    match rng.gen_range(0..14) {
+    match rng.gen_range(0..15) {
         0 => Request::Hello(hello(rng)),
         1 => Request::Join { name: text(rng) },
         2 => Request::propose(command(rng, 3), opt_text(rng)),
@@ -234,13 +234,18 @@ pub fn request(rng: &mut Rng) -> Request {
         },
         11 => Request::Transfer { name: text(rng) },
         12 => Request::Status,
+        13 => Request::Live {
+            id: text(rng),
+            after_bytes: rng.gen(),
+            forwarded: rng.gen(),
+        },
         _ => Request::Digest,
     }
 }
 
 /// A random response of the kinds peers and clients decode most.
 pub fn response(rng: &mut Rng) -> Response {
-    match rng.gen_range(0..9) {
+    match rng.gen_range(0..10) {
         0 => Response::Hello(hello(rng)),
         1 => Response::Refused {
             reason: text(rng),
@@ -265,6 +270,13 @@ pub fn response(rng: &mut Rng) -> Response {
             leader: opt_text(rng),
         },
         7 => Response::Unavailable { message: text(rng) },
+        8 => Response::Live(rng.gen_bool(0.5).then(|| claro::proto::LiveView {
+            instance: text(rng),
+            attempt: rng.gen(),
+            progress: rng.gen_bool(0.5).then(|| rng.gen()),
+            log: text(rng),
+            next_bytes: rng.gen(),
+        })),
         _ => Response::Error { message: text(rng) },
     }
 }

@@ -277,6 +277,11 @@ pub(crate) async fn respond(shared: &Arc<Shared>, peer: Option<&str>, req: Reque
         Request::Get { key, stale } => read_setting(shared, &key, stale).await,
         Request::List(q) => list_settings(shared, q).await,
         Request::Job { id, stale } => read_job(shared, &id, stale).await,
+        Request::Live {
+            id,
+            after_bytes,
+            forwarded,
+        } => super::live::respond(shared, &id, after_bytes, forwarded).await,
         Request::Script {
             name,
             version,

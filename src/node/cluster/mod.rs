@@ -28,6 +28,7 @@ mod damage;
 mod gossip;
 mod handlers;
 mod integrity;
+mod live;
 mod peers;
 mod rejoin;
 mod replicated;
@@ -135,6 +136,8 @@ pub(crate) struct Shared {
     /// Turns a submission into a placed one as the coordinator proposes it
     /// (`on_propose`); set by the work.
     propose_hook: std::sync::OnceLock<ProposeHook>,
+    /// Answers for the runs of this instance (`on_live`); set by the work.
+    live_hook: std::sync::OnceLock<LiveHook>,
     /// The certificates refused at every handshake (`revocation`).
     revocation: revocation::Revocation,
     /// This instance's own certificate and the CA's, as loaded at start:
@@ -154,7 +157,21 @@ pub(crate) type AppliedHook = Box<dyn Fn() + Send + Sync>;
 /// placements of its jobs). Short; it runs on the proposing task.
 pub(crate) type ProposeHook = Box<dyn Fn(&Command) -> Option<Command> + Send + Sync>;
 
+/// The log (from a byte) and progress of a job running on this instance;
+/// `None` when it does not run here.
+pub(crate) type LiveHook = Box<dyn Fn(&str, u64) -> Option<crate::proto::LiveView> + Send + Sync>;
+
 impl Shared {
+    /// Sets the hook that answers for the runs of this instance; by the
+    /// composition root, once.
+    pub fn on_live(&self, hook: LiveHook) {
+        let _ = self.live_hook.set(hook);
+    }
+
+    fn live_here(&self, id: &str, after_bytes: u64) -> Option<crate::proto::LiveView> {
+        self.live_hook.get().and_then(|hook| hook(id, after_bytes))
+    }
+
     /// Sets the hook the coordinator runs on each write before proposing
     /// it; by the composition root, once, before the raft loop starts.
     pub fn on_propose(&self, hook: ProposeHook) {

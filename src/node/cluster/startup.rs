@@ -94,6 +94,7 @@ pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
         rejoin: super::rejoin::Rejoin::new(incarnation),
         applied_hooks: Default::default(),
         propose_hook: Default::default(),
+        live_hook: Default::default(),
         revocation,
         certificates,
         setup_note: Default::default(),

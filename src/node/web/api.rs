@@ -125,7 +125,21 @@ pub(super) async fn job(web: &Arc<Web>, id: &str) -> Result<Reply, Fail> {
     };
     match crate::node::cluster::respond(&web.cluster, None, req).await {
         Response::Job { job: Some(job), .. } => {
-            let mut value = json!(JobJson::new(&job, true));
+            let mut j = JobJson::new(&job, true);
+            // A running job: its log so far and progress, from its instance.
+            if !job.state.is_final() {
+                let req = Request::Live {
+                    id: job.id.clone(),
+                    after_bytes: 0,
+                    forwarded: false,
+                };
+                if let Response::Live(Some(live)) =
+                    crate::node::cluster::respond(&web.cluster, None, req).await
+                {
+                    j = j.with_live(&live);
+                }
+            }
+            let mut value = json!(j);
             value["profile"] = json!(job.profile);
             Ok(json_reply(StatusCode::OK, &value))
         }

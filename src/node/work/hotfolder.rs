@@ -31,7 +31,7 @@ use crate::work::hotfolder::{
     expand, free_name, next_scan_ms, FileValues, Hotfolder, Patterns, Seen, Stability, OUTPUTS_MAX,
     SCAN_FILES_MAX, WORK_DIR,
 };
-use crate::work::jobs::{FileInput, Job, JobKind, JobSpec, JobState, Outcome, LOG_BYTES_MAX};
+use crate::work::jobs::{FileInput, Job, JobKind, JobSpec, JobState, Outcome};
 
 /// Final jobs published per round, at most.
 const PUBLISH_BATCH_MAX: u32 = 1024;
@@ -899,7 +899,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
 /// Runs one attempt of a hotfolder job: claims the file (or finds it
 /// claimed by an earlier attempt), runs the action into a fresh staging
 /// folder. Nothing is published here: that waits for the commit.
-pub fn process(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
+pub fn process(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>, log: Arc<Capture>) -> Outcome {
     // Absolute: the action runs in its staging folder, not here.
     let root = match work.cluster.cfg.shared_root.canonicalize() {
         Ok(r) => r,
@@ -931,7 +931,6 @@ pub fn process(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
     if let Err(e) = make_staging(&staging, work.account.as_ref()) {
         return Outcome::failed(e, String::new());
     }
-    let log = Arc::new(Capture::new(LOG_BYTES_MAX));
     let mut profile = Vec::new();
     let ended = if job.spec.script.is_empty() {
         let values = FileValues::new(&path_text(&claimed), &path_text(&staging));

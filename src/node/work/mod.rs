@@ -52,6 +52,9 @@ pub(crate) struct Work {
     leader_since_ms: AtomicU64,
     /// Attempts running here: job id -> the run.
     runs: Mutex<std::collections::HashMap<String, Arc<worker::Run>>>,
+    /// The log and progress of each attempt running here, for those who
+    /// follow it (`live`): job id -> (attempt, its capture).
+    live: Mutex<std::collections::HashMap<String, (u32, Arc<process::Capture>)>>,
     /// Takes new attempts (false while draining for a stop).
     accepting: AtomicBool,
     /// Ends of attempts waiting to be reported (`worker::report_loop`).
@@ -82,6 +85,7 @@ impl Work {
             worker_wake: async_std::channel::bounded(1),
             leader_since_ms: AtomicU64::new(0),
             runs: Mutex::default(),
+            live: Mutex::default(),
             accepting: AtomicBool::new(true),
             reports: async_std::channel::bounded(REPORT_QUEUE_COUNT_MAX),
             applied_count: (Mutex::new(0), std::sync::Condvar::new()),
@@ -114,6 +118,20 @@ pub(crate) fn place_on_submit(
     command: &crate::state::Command,
 ) -> Option<crate::state::Command> {
     jobs::place_on_submit(work, command)
+}
+
+/// The log from byte `after_bytes` and the progress of job `id`'s attempt
+/// running here, if one is.
+pub(crate) fn live(work: &Work, id: &str, after_bytes: u64) -> Option<crate::proto::LiveView> {
+    let (attempt, log) = work.live.lock().expect("live lock").get(id).cloned()?;
+    let (text, next_bytes) = log.since(after_bytes, crate::proto::LIVE_LOG_BYTES_MAX);
+    Some(crate::proto::LiveView {
+        instance: work.cluster.me.name.clone(),
+        attempt,
+        progress: log.progress(),
+        log: text,
+        next_bytes,
+    })
 }
 
 /// Starts the work's loops: placement (coordinator), hotfolders

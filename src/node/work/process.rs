@@ -30,14 +30,53 @@ const REASON_CHARS_MAX: usize = 200;
 pub struct Capture {
     text: Mutex<String>,
     bytes_max: usize,
+    /// The last progress reported, in percent; `NO_PROGRESS` until one is.
+    progress: std::sync::atomic::AtomicU8,
 }
+
+/// `Capture::progress` before any is reported.
+const NO_PROGRESS: u8 = u8::MAX;
 
 impl Capture {
     pub fn new(bytes_max: usize) -> Capture {
         Capture {
             text: Mutex::new(String::new()),
             bytes_max,
+            progress: std::sync::atomic::AtomicU8::new(NO_PROGRESS),
         }
+    }
+
+    /// Notes a progress report (0..=100), for those following the run.
+    pub fn set_progress(&self, percent: u8) {
+        let p = percent.min(100);
+        self.progress.store(p, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn progress(&self) -> Option<u8> {
+        let p = self.progress.load(std::sync::atomic::Ordering::Relaxed);
+        (p != NO_PROGRESS).then_some(p)
+    }
+
+    /// The text captured from byte `after` on (at most `bytes_max`, cut on
+    /// a line's end where one is in reach), and the byte to ask from next:
+    /// a follower asks again from where it got to.
+    pub fn since(&self, after: u64, bytes_max: usize) -> (String, u64) {
+        let t = self.text.lock().expect("capture lock");
+        let total = t.len() as u64;
+        let mut start = (after.min(total)) as usize;
+        while !t.is_char_boundary(start) {
+            start -= 1;
+        }
+        let rest = &t[start..];
+        if rest.len() <= bytes_max {
+            return (rest.to_string(), total);
+        }
+        let mut end = bytes_max;
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        let end = rest[..end].rfind('\n').map_or(end, |i| i + 1);
+        (rest[..end].to_string(), (start + end) as u64)
     }
 
     pub fn push(&self, line: &str) {

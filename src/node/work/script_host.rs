@@ -49,6 +49,7 @@ impl crate::work::script::Host for ScriptHost {
     }
 
     fn progress(&self, percent: u8) {
+        self.log.set_progress(percent);
         self.log.push(&format!("[progress {percent}%]"));
     }
 

@@ -147,13 +147,20 @@ async fn execute(work: Arc<Work>, job: Job, run: Arc<Run>) {
         });
     }
     let cancel = run.cancel.clone();
+    // Followed live (`live`) while it runs; stored with the end.
+    let log = Arc::new(Capture::new(LOG_BYTES_MAX));
+    work.live
+        .lock()
+        .expect("live lock")
+        .insert(id.clone(), (attempt, log.clone()));
     let outcome = match stored_code(&work, job) {
         Ok(job) => {
             let work = work.clone();
-            async_std::task::spawn_blocking(move || run_job(work, job, cancel)).await
+            async_std::task::spawn_blocking(move || run_job(work, job, cancel, log)).await
         }
         Err(why) => Outcome::failed(why, String::new()),
     };
+    work.live.lock().expect("live lock").remove(&id);
     // A `running` report still on its way is fenced off by the end's (an
     // attempt that ended is no longer `assigned`).
     ended.store(true, Ordering::Relaxed);
@@ -266,16 +273,15 @@ fn stored_code(work: &Work, mut job: Job) -> Result<Job, String> {
 }
 
 /// Runs an attempt on this (blocking) thread.
-fn run_job(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
+fn run_job(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>, log: Arc<Capture>) -> Outcome {
     match job.spec.kind {
-        JobKind::Script => run_script(work, job, cancel),
-        JobKind::Command => run_command(&job, &work, &cancel),
-        JobKind::Hotfolder => super::hotfolder::process(work, job, cancel),
+        JobKind::Script => run_script(work, job, cancel, log),
+        JobKind::Command => run_command(&job, &work, &cancel, log),
+        JobKind::Hotfolder => super::hotfolder::process(work, job, cancel, log),
     }
 }
 
-fn run_script(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
-    let log = Arc::new(Capture::new(LOG_BYTES_MAX));
+fn run_script(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>, log: Arc<Capture>) -> Outcome {
     let profiler = Arc::new(crate::work::script::Profiler::default());
     let result = run_job_script(work, &job, cancel, (&log, &profiler), None);
     let (ok, result, error) = match result {
@@ -298,13 +304,12 @@ fn run_script(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>) -> Outcome {
 /// Runs a command job's argv (no shell) under `shared_root`, as the
 /// `run_as` user if any, capturing its output, until it exits, times out or
 /// is cancelled (then it is killed).
-fn run_command(job: &Job, work: &Work, cancel: &AtomicBool) -> Outcome {
+fn run_command(job: &Job, work: &Work, cancel: &AtomicBool, log: Arc<Capture>) -> Outcome {
     let cwd = work
         .cluster
         .cfg
         .shared_root
         .join(job.spec.cwd.as_deref().unwrap_or("."));
-    let log = Arc::new(Capture::new(LOG_BYTES_MAX));
     let ended = super::process::run(
         &job.spec.args,
         (&cwd, work.account.as_ref()),

@@ -8,9 +8,10 @@
 const JOBS_PAGE_SIZE = 50;
 /// The stats history changes once per sample: fetch it at most this often.
 const STATS_REFETCH_MS = 5000;
-/// A job that is not finished is looked at this often even without events
-/// (its log and progress; the event stream may be down).
-const JOB_POLL_MS = 2000;
+/// A job that is not finished is looked at this often even without events:
+/// its log and progress come live from the server running it (the event
+/// stream carries state changes only).
+const JOB_POLL_MS = 1000;
 const ACTIVE_STATES = ["queued", "assigned", "running"];
 const FINAL_STATES = ["succeeded", "failed", "cancelled"];
 
@@ -445,8 +446,7 @@ const jobPage = {
 
   drawProgress(j) {
     if (j.state !== "running") return fill("job-progress");
-    const marks = [...(j.log || "").matchAll(/\[progress (\d+)%\]/g)];
-    const share = marks.length ? Number(marks[marks.length - 1][1]) / 100 : null;
+    const share = typeof j.progress === "number" ? j.progress / 100 : null;
     fill("job-progress", h("div", { className: "card progress-card" },
       h("span", {}, "Running on ", h("b", {}, j.instance || "?"), " for "), elapsed(j),
       progressBar(share), share === null ? h("span", { className: "muted" }, "no progress reported") : h("b", {}, Math.round(share * 100) + "%")));
@@ -484,7 +484,7 @@ const jobPage = {
       if (atEnd) pre.scrollTop = pre.scrollHeight;
     }
     pre.classList.toggle("log-empty", !text);
-    if (!text) pre.textContent = FINAL_STATES.includes(j.state) ? "(no log lines)" : "(the log arrives when the attempt ends)";
+    if (!text) pre.textContent = FINAL_STATES.includes(j.state) ? "(no log lines)" : "(no log lines yet)";
     const lines = text ? text.split("\n").filter((l) => l).length : 0;
     $("job-log-meta").textContent = lines + " line" + (lines === 1 ? "" : "s") + (FINAL_STATES.includes(j.state) ? "" : " · live");
   },
