@@ -183,11 +183,15 @@ def check_jobs(page):
 
 
 def check_cancel(page):
-    long_job = submit_job(page, 'log("a long one"); sleep_ms(60000); "never"')
+    long_job = submit_job(page, 'log("a long one"); progress(30); sleep_ms(60000); "never"')
     page.click("#submit-result a")
     expect(page.locator("#job-id")).to_have_text(long_job, timeout=ms(UI_S))
     expect(page.locator("#job-state")).to_have_text("running", timeout=ms(JOB_S))
     expect(page.locator("#job-progress .progress")).to_be_visible(timeout=ms(UI_S))
+    # Live, from the server running it: the log so far and the progress.
+    expect(page.locator("#job-log")).to_contain_text("a long one", timeout=ms(UI_S))
+    expect(page.locator("#job-progress")).to_contain_text("30%", timeout=ms(UI_S))
+    step("a running job's log and progress are followed live")
     page.wait_for_timeout(1200)  # the elapsed time moves on screen
     shot(page, "job-running")
     page.click("#job-cancel")
