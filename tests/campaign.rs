@@ -1,0 +1,467 @@
+//! A fault campaign on a real three-server cluster (127.0.166.x): steady
+//! load of script jobs, hotfolder files and settings while a seeded
+//! sequence of faults hits the servers (kill -9, SIGSTOP, a graceful
+//! restart, a rolling restart, a power cut of all three, a wiped data
+//! directory), then an invariant check once the faults stop:
+//!
+//! - every acknowledged job is final exactly once, and succeeded (its
+//!   attempts lost with a server ran again);
+//! - every dropped file is published exactly once: its output in `out/` and
+//!   its original in `done/`, or its original in `error/` with the reason;
+//! - no default read of a setting returned a value older than one already
+//!   acknowledged (no stale read);
+//! - the three replicas are identical (same digest at the same index);
+//! - no instance panicked.
+//!
+//! `cargo test` runs a short campaign (`CLARO_CAMPAIGN_S`, default 60 s of
+//! faults); the long one is `CLARO_CAMPAIGN_S=1800 cargo test --release
+//! --test campaign -- --nocapture` (docs/RELIABILITY.md). A failure names
+//! its seed; `CLARO_CAMPAIGN_SEED=N` runs that sequence of faults again
+//! (the load's timing is the machine's, so a replay is close, not exact).
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use claro::cli::client::ClientArgs;
+use claro::config::Config;
+use claro::proto::{Request, Response};
+use claro::state::Command;
+use claro::work::jobs::{new_job_id, JobSpec, JobState};
+use common::{Cluster, TEST_TIMING};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const NAMES: [&str; 3] = ["srv1", "srv2", "srv3"];
+/// Load, at most: jobs and files submitted, settings written.
+const JOBS_MAX: u64 = 3_000;
+const FILES_MAX: u64 = 2_000;
+const WRITES_MAX: u64 = 5_000;
+/// Pause between two submissions of each load thread.
+const LOAD_PAUSE_MS: u64 = 60;
+/// Tries of one write with its request id before the load gives it up
+/// (unacknowledged: it may or may not be applied, and is not checked).
+const WRITE_TRIES_MAX: u32 = 20;
+/// Longest wait for the cluster to settle after a fault, and for the
+/// work to finish after the campaign.
+const SETTLE_S: u64 = 90;
+const DRAIN_S: u64 = 240;
+
+#[test]
+fn a_fault_campaign_loses_and_doubles_nothing() {
+    let seconds: u64 = env_or("CLARO_CAMPAIGN_S", 60);
+    let seed: u64 = env_or("CLARO_CAMPAIGN_SEED", 1);
+    eprintln!("fault campaign: seed {seed}, {seconds} s of faults");
+    let timing = format!(
+        "{TEST_TIMING}hotfolder_poll_ms = 200\n\n[hotfolder.hf]\nscript = \"mark.rhai\"\nstable_ms = 300\n"
+    );
+    let mut c = Cluster::three_running_prepared(166, &timing, 4, |c| {
+        let mark = "let t = file_read(FILE.input);\nfile_write(FILE.output_dir + \"/\" + FILE.name, t + \"!\");\n";
+        std::fs::write(c.conf.with_file_name("mark.rhai"), mark).unwrap();
+    });
+    let hf = c.conf.parent().unwrap().join("../shared/hf");
+    c.wait(10, "the hotfolder's folders", || hf.join("in").is_dir());
+    let load = Load::start(c.config(), hf.clone());
+    let faults = inject(&mut c, seed, Duration::from_secs(seconds));
+    let record = load.stop();
+    eprintln!(
+        "faults: {faults:?}; acknowledged {} jobs, {} files, {} writes",
+        record.jobs.len(),
+        record.files.len(),
+        record.writes
+    );
+    settle(&mut c, seed);
+    check_jobs(&c, seed, &record.jobs);
+    check_files(&c, seed, &hf, &record.files);
+    assert!(
+        record.stale.is_empty(),
+        "seed {seed}: stale reads {:?}",
+        record.stale
+    );
+    check_replicas(&c, seed);
+    c.assert_nobody_crashed();
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+// ---------------------------------------------------------------------------
+// The faults
+
+/// Runs seeded faults until `span` has passed; returns how many of each.
+fn inject(c: &mut Cluster, seed: u64, span: Duration) -> HashMap<&'static str, u32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut count = HashMap::new();
+    let end = Instant::now() + span;
+    while Instant::now() < end {
+        let victim = NAMES[rng.gen_range(0..NAMES.len())];
+        let kind = match rng.gen_range(0..100) {
+            0..=34 => kill9(c, victim, &mut rng),
+            35..=54 => freeze(c, victim, &mut rng),
+            55..=69 => restart(c, victim),
+            70..=79 => rolling(c),
+            80..=89 => power_cut(c),
+            _ => wipe(c, victim),
+        };
+        *count.entry(kind).or_insert(0) += 1;
+        wait_settled(c, seed, kind);
+        std::thread::sleep(Duration::from_millis(rng.gen_range(500..2_500)));
+    }
+    count
+}
+
+fn kill9(c: &mut Cluster, victim: &str, rng: &mut StdRng) -> &'static str {
+    c.kill9(victim);
+    std::thread::sleep(Duration::from_millis(rng.gen_range(500..4_000)));
+    c.start(victim);
+    "kill -9"
+}
+
+fn freeze(c: &mut Cluster, victim: &str, rng: &mut StdRng) -> &'static str {
+    let pid = c.pid(victim).expect("running").to_string();
+    signal(&pid, "STOP");
+    std::thread::sleep(Duration::from_millis(rng.gen_range(1_000..6_000)));
+    signal(&pid, "CONT");
+    "SIGSTOP"
+}
+
+fn restart(c: &mut Cluster, victim: &str) -> &'static str {
+    c.terminate(victim);
+    c.start(victim);
+    "graceful restart"
+}
+
+fn rolling(c: &mut Cluster) -> &'static str {
+    for name in NAMES {
+        c.terminate(name);
+        c.start(name);
+        wait_settled(c, 0, "rolling restart");
+    }
+    "rolling restart"
+}
+
+fn power_cut(c: &mut Cluster) -> &'static str {
+    for name in NAMES {
+        c.kill9(name);
+    }
+    for name in NAMES {
+        c.start(name);
+    }
+    "power cut"
+}
+
+fn wipe(c: &mut Cluster, victim: &str) -> &'static str {
+    c.kill9(victim);
+    std::fs::remove_dir_all(c.data_dir(victim)).unwrap();
+    c.start(victim);
+    "wiped data directory"
+}
+
+fn signal(pid: &str, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), pid])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+/// Until a coordinator leads all three, connected and synchronized, as
+/// each of them sees it; panics with what each saw last.
+fn wait_settled(c: &Cluster, seed: u64, after: &str) {
+    let deadline = Instant::now() + Duration::from_secs(SETTLE_S);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        seen = NAMES.iter().map(|n| c.status(n)).collect();
+        if settled(&seen) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!(
+        "seed {seed}: the cluster did not settle within {SETTLE_S} s after a {after}:\n{seen:#?}\n{}",
+        c.all_logs()
+    );
+}
+
+/// Every server sees the same coordinator and all three connected as
+/// voters. (Not `synchronized`: under steady load a follower's gossiped
+/// applied index is always a little behind the commit index.)
+fn settled(seen: &[Option<claro::proto::StatusView>]) -> bool {
+    let Some(Some(first)) = seen.first() else {
+        return false;
+    };
+    let Some(coordinator) = first.coordinator.as_deref() else {
+        return false;
+    };
+    let voter = |state: &str| matches!(state, "coordinator" | "follower");
+    seen.iter().all(|v| {
+        v.as_ref().is_some_and(|v| {
+            v.coordinator.as_deref() == Some(coordinator)
+                && NAMES.iter().all(|n| {
+                    v.servers
+                        .iter()
+                        .any(|s| s.name == *n && s.connected && voter(&s.state))
+                })
+        })
+    })
+}
+
+fn settle(c: &mut Cluster, seed: u64) {
+    wait_settled(c, seed, "campaign");
+}
+
+// ---------------------------------------------------------------------------
+// The load
+
+/// What the load had acknowledged, and what it saw wrong.
+#[derive(Default)]
+struct Record {
+    /// Acknowledged jobs: id -> the result it must end with.
+    jobs: HashMap<String, String>,
+    /// Files dropped (complete, by rename): name -> content.
+    files: HashMap<String, String>,
+    writes: u64,
+    /// Default reads that returned a value older than one acknowledged.
+    stale: Vec<String>,
+}
+
+struct Load {
+    stop: Arc<AtomicBool>,
+    record: Arc<Mutex<Record>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(config: Config, hf: PathBuf) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let record = Arc::new(Mutex::new(Record::default()));
+        let mut threads = Vec::new();
+        let (s, r, cfg) = (stop.clone(), record.clone(), config.clone());
+        threads.push(std::thread::spawn(move || submit_jobs(&cfg, &s, &r)));
+        let (s, r) = (stop.clone(), record.clone());
+        threads.push(std::thread::spawn(move || drop_files(&hf, &s, &r)));
+        let (s, r) = (stop.clone(), record.clone());
+        threads.push(std::thread::spawn(move || write_and_read(&config, &s, &r)));
+        Load {
+            stop,
+            record,
+            threads,
+        }
+    }
+
+    fn stop(self) -> Record {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().expect("a load thread panicked");
+        }
+        std::mem::take(&mut *self.record.lock().unwrap())
+    }
+}
+
+fn via(config: &Config, server: &str) -> (Config, ClientArgs) {
+    let args = ClientArgs {
+        server: Some(server.to_string()),
+        json: false,
+    };
+    (config.clone(), args)
+}
+
+/// Sends `req` until an instance acknowledges it (the CLI's way: the same
+/// request id on every try, so it is applied at most once), trying the
+/// servers in turn; `None` when it never was.
+fn acknowledged(config: &Config, req: &Request, first: usize) -> Option<Response> {
+    for attempt in 0..WRITE_TRIES_MAX {
+        let (cfg, args) = via(config, NAMES[(first + attempt as usize) % NAMES.len()]);
+        match claro::cli::client::call(&cfg, &args, req) {
+            Ok((_, r @ Response::Proposed { .. })) => return Some(r),
+            Ok((_, r @ Response::Value { .. })) => return Some(r),
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+    None
+}
+
+fn submit_jobs(config: &Config, stop: &AtomicBool, record: &Mutex<Record>) {
+    for n in 0..JOBS_MAX {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let id = new_job_id(claro::clock::now_ms(), rand::random());
+        let result = format!("job {n}");
+        let mut spec = JobSpec::script(&format!("sleep_ms({}); \"{result}\"", n % 7 * 150));
+        spec.timeout_ms = 60_000;
+        let command = Command::JobSubmit {
+            id: id.clone(),
+            spec,
+            at_ms: claro::clock::now_ms(),
+        };
+        let req = Request::propose(command, Some(id.clone()));
+        if acknowledged(config, &req, n as usize).is_some() {
+            record.lock().unwrap().jobs.insert(id, result);
+        }
+        std::thread::sleep(Duration::from_millis(LOAD_PAUSE_MS));
+    }
+}
+
+/// Files written under an ignored name and renamed when complete: the
+/// way the docs ask writers to work.
+fn drop_files(hf: &Path, stop: &AtomicBool, record: &Mutex<Record>) {
+    for n in 0..FILES_MAX {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let name = format!("file {n}.txt");
+        let content = format!("content of {n}");
+        let part = hf.join("in").join(format!("{name}.part"));
+        std::fs::write(&part, &content).unwrap();
+        std::fs::rename(&part, hf.join("in").join(&name)).unwrap();
+        record.lock().unwrap().files.insert(name, content);
+        std::thread::sleep(Duration::from_millis(LOAD_PAUSE_MS));
+    }
+}
+
+/// Writes `k` = n in order, and after each acknowledged write reads it
+/// back (a default read) from another server: it must see n or later.
+fn write_and_read(config: &Config, stop: &AtomicBool, record: &Mutex<Record>) {
+    let mut acked: u64 = 0;
+    for n in 1..=WRITES_MAX {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let command = Command::Put {
+            key: "k".into(),
+            value: n.to_string().into_bytes(),
+        };
+        let req = Request::propose(command, Some(claro::proto::new_request_id()));
+        if acknowledged(config, &req, n as usize).is_some() {
+            acked = n;
+            record.lock().unwrap().writes += 1;
+        }
+        let read = Request::Get {
+            key: "k".into(),
+            stale: false,
+        };
+        if let Some(Response::Value { value: Some(v), .. }) =
+            acknowledged(config, &read, n as usize + 1)
+        {
+            let seen: u64 = String::from_utf8_lossy(&v).parse().unwrap_or(0);
+            if seen < acked {
+                let at = NAMES[(n as usize + 1) % NAMES.len()];
+                record.lock().unwrap().stale.push(format!(
+                    "read {seen} after {acked} was acknowledged (from {at} or later)"
+                ));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(LOAD_PAUSE_MS));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The invariants
+
+fn check_jobs(c: &Cluster, seed: u64, acked: &HashMap<String, String>) {
+    c.wait(
+        DRAIN_S,
+        &format!("seed {seed}: every acknowledged job to end"),
+        || {
+            acked
+                .keys()
+                .all(|id| job(c, id).is_some_and(|j| j.state.is_final()))
+        },
+    );
+    for (id, result) in acked {
+        let j = job(c, id).unwrap_or_else(|| panic!("seed {seed}: job {id} lost"));
+        assert_eq!(j.state, JobState::Succeeded, "seed {seed}: {j:?}");
+        assert_eq!(
+            j.result.as_deref(),
+            Some(result.as_str()),
+            "seed {seed}: {j:?}"
+        );
+    }
+}
+
+fn job(c: &Cluster, id: &str) -> Option<claro::work::jobs::Job> {
+    let req = Request::Job {
+        id: id.into(),
+        stale: false,
+    };
+    NAMES
+        .iter()
+        .find_map(|via| match c.call(via, req.clone()) {
+            Ok(Response::Job { job, .. }) => Some(job.map(|j| *j)),
+            _ => None,
+        })?
+}
+
+fn check_files(c: &Cluster, seed: u64, hf: &Path, dropped: &HashMap<String, String>) {
+    let published =
+        |name: &str| hf.join("done").join(name).is_file() || hf.join("error").join(name).is_file();
+    c.wait(
+        DRAIN_S,
+        &format!("seed {seed}: every dropped file published"),
+        || dropped.keys().all(|n| published(n)) && listing(&hf.join(".claro/work")).is_empty(),
+    );
+    let done: HashSet<String> = listing(&hf.join("done")).into_iter().collect();
+    let errors: Vec<String> = listing(&hf.join("error"));
+    let outs: HashSet<String> = listing(&hf.join("out"))
+        .into_iter()
+        .filter(|n| !n.ends_with(".result.json"))
+        .collect();
+    for (name, content) in dropped {
+        if done.contains(name) {
+            let out = std::fs::read_to_string(hf.join("out").join(name));
+            assert_eq!(out.ok(), Some(format!("{content}!")), "seed {seed}: {name}");
+            assert!(
+                !errors.contains(name),
+                "seed {seed}: {name} in done/ and error/"
+            );
+        } else {
+            let reason = hf.join("error").join(format!("{name}.error.txt"));
+            assert!(
+                reason.is_file(),
+                "seed {seed}: {name} in error/ without a reason"
+            );
+        }
+    }
+    let expected: HashSet<&String> = dropped.keys().collect();
+    assert!(
+        done.iter().all(|n| expected.contains(n)),
+        "seed {seed}: a twin in done/: {done:?}"
+    );
+    assert_eq!(outs.len(), done.len(), "seed {seed}: outputs {outs:?}");
+    assert!(
+        listing(&hf.join("in")).is_empty(),
+        "seed {seed}: left in in/"
+    );
+}
+
+fn listing(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn check_replicas(c: &Cluster, seed: u64) {
+    c.wait(
+        SETTLE_S,
+        &format!("seed {seed}: the replicas to be identical"),
+        || {
+            let digests: Vec<Option<(u64, String)>> = NAMES.iter().map(|n| c.digest(n)).collect();
+            digests.iter().all(Option::is_some) && digests.windows(2).all(|w| w[0] == w[1])
+        },
+    );
+}
