@@ -711,6 +711,34 @@ fn admin_changes_servers_scripts_and_settings(
             .0,
         404
     );
+    // Added as the CLI adds one (a template, retries), and edited: by an
+    // admin only, never renamed, with the same checks.
+    let add = r#"{"name":"h2","template":"cp {input} {output_dir}","retries":1}"#;
+    let (code, v) = tls.call(&hosts[0], "POST", "/api/v1/hotfolders", admin, add);
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(v["definition"]["max_attempts"], 2, "{v}");
+    assert_eq!(v["template"], "cp '{input}' '{output_dir}'", "{v}");
+    let edit = r#"{"name":"h2","template":"cp {input} {output_dir}","retries":3}"#;
+    let path = "/api/v1/hotfolders/h2";
+    assert_eq!(tls.call(&hosts[0], "PUT", path, ops, edit).0, 403);
+    let (code, v) = tls.call(&hosts[0], "PUT", path, admin, edit);
+    assert_eq!(
+        (code, &v["definition"]["max_attempts"]),
+        (200, &serde_json::json!(4)),
+        "{v}"
+    );
+    let renamed = r#"{"name":"h3","template":"true"}"#;
+    assert_eq!(tls.call(&hosts[0], "PUT", path, admin, renamed).0, 400);
+    let shell = r#"{"name":"h2","template":"sh -c 'cat {input}'"}"#;
+    let (code, v) = tls.call(&hosts[0], "PUT", path, admin, shell);
+    assert!(
+        code == 400 && v.to_string().contains("allow_shell"),
+        "{code} {v}"
+    );
+    let both = r#"{"name":"h2","template":"true","script":"1"}"#;
+    assert_eq!(tls.call(&hosts[0], "PUT", path, admin, both).0, 400);
+    let missing = "/api/v1/hotfolders/nothing";
+    assert_eq!(tls.call(&hosts[0], "PUT", missing, admin, renamed).0, 404);
     // The coordinator moves where it is sent.
     let (_, status) = tls.call(&hosts[0], "GET", "/api/v1/status", ops, "");
     let to = if status["coordinator"] == "srv3" {

@@ -238,6 +238,37 @@ def check_hotfolders(page):
     expect(row).to_contain_text("active", timeout=ms(UI_S))
     expect(detail).to_contain_text("later.txt", timeout=ms(HOTFOLDER_S))
     step("paused: the file waited; resumed: it went through")
+    check_hotfolder_form(page, detail)
+
+
+def check_hotfolder_form(page, detail):
+    page.click("#show-add-hotfolder")
+    page.fill("#hf-name", "covers")
+    # A placeholder inside a shell's code is refused (the CLI's check).
+    page.fill("#hf-template", "sh -c 'cp {input} .'")
+    page.click("#hotfolder-form button[type=submit]")
+    expect(page.locator("#hotfolder-error")).to_contain_text("allow_shell", timeout=ms(UI_S))
+    page.fill("#hf-template", "cp {input} {output_dir}/{name}")
+    page.fill("#hf-stable", "200")
+    page.click("#hotfolder-form button[type=submit]")
+    expect(page.locator("#hotfolder-rows tr[data-hotfolder=covers]")).to_be_visible(timeout=ms(UI_S))
+    inbox = INBOX.parent.parent / "covers" / "in"
+    deadline = time.monotonic() + HOTFOLDER_S
+    while not inbox.is_dir() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (inbox / "cover.pdf").write_text("a cover\n")
+    expect(detail).to_contain_text("cover.pdf", timeout=ms(HOTFOLDER_S))
+    step("a hotfolder added from the form took a file")
+    detail.get_by_role("button", name="Edit").click()
+    expect(page.locator("#hf-name")).to_have_value("covers")
+    # As `claro hotfolder list` quotes it: the same argv.
+    expect(page.locator("#hf-template")).to_have_value("cp '{input}' '{output_dir}/{name}'")
+    page.fill("#hf-retries", "2")
+    page.click("#hotfolder-form button[type=submit]")
+    retries = detail.locator(".fact", has_text="Retries")
+    expect(retries).to_contain_text("2", timeout=ms(UI_S))
+    shot(page, "hotfolder-edited")
+    step("edited from its page: two retries")
 
 
 def check_scripts(page):

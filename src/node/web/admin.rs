@@ -247,12 +247,65 @@ pub(super) async fn hotfolder_add(web: &Arc<Web>, body: &[u8]) -> Result<Reply, 
     Ok(reply)
 }
 
+/// `PUT hotfolders/NAME`: a hotfolder's definition replaced (the dashboard's
+/// edit), checked as a new one; its files and jobs stay as they are.
+pub(super) async fn hotfolder_replace(
+    web: &Arc<Web>,
+    name: &str,
+    body: &[u8],
+) -> Result<Reply, Fail> {
+    let (old, _) = super::api::find_hotfolder(web, name).await?; // 404 for an unknown one
+    let mut def = hotfolder_definition(body)?;
+    if def.name != name {
+        return Err(bad(format!(
+            "the definition names `{}`, the address `{name}`: a hotfolder is not renamed",
+            def.name
+        )));
+    }
+    def.paused = old.paused; // pausing is the operator's, not an edit's
+    write(web, Command::HotfolderPut { def }).await?;
+    super::api::hotfolder(web, name).await
+}
+
 /// `DELETE hotfolders/NAME`: the definition; its folders stay.
 pub(super) async fn hotfolder_remove(web: &Arc<Web>, name: &str) -> Result<Reply, Fail> {
     super::api::find_hotfolder(web, name).await?; // 404 for an unknown one
     let name = name.to_string();
     write(web, Command::HotfolderRemove { name: name.clone() }).await?;
     Ok(json_reply(StatusCode::OK, &json!({"removed": name})))
+}
+
+/// The action of a definition: `action` as the definition's JSON has it,
+/// or, as `claro hotfolder add` takes them, `template` (a command template,
+/// split as a shell would, no shell run) or `script` (the code); exactly
+/// one. Taken out of `given`.
+fn action_of(
+    given: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<crate::work::hotfolder::Action, Fail> {
+    use crate::work::hotfolder::Action;
+    let text = |v: serde_json::Value, what: &str| match v {
+        serde_json::Value::String(s) => Ok(s),
+        _ => Err(bad(format!("`{what}` is text"))),
+    };
+    let action = given.remove("action");
+    let template = given.remove("template");
+    let script = given.remove("script");
+    match (action, template, script) {
+        (Some(a), None, None) => serde_json::from_value(a).map_err(|e| bad(format!("action: {e}"))),
+        (None, Some(t), None) => {
+            let argv = crate::work::hotfolder::split_template(&text(t, "template")?)
+                .map_err(|e| bad(format!("template: {e}")))?;
+            Ok(Action::Command { argv })
+        }
+        (None, None, Some(code)) => {
+            let code = text(code, "script")?;
+            crate::work::script::check(&code).map_err(|e| bad(format!("script: {e}")))?;
+            Ok(Action::Script { code })
+        }
+        _ => Err(bad(
+            "give one of `template` (a command template), `script` (its code) or `action`",
+        )),
+    }
 }
 
 /// The definition a `POST hotfolders` body gives, checked.
@@ -266,17 +319,30 @@ pub fn hotfolder_definition(body: &[u8]) -> Result<crate::work::hotfolder::Hotfo
 /// other field left out keeps `Hotfolder::new`'s default, an unknown one is
 /// refused.
 fn hotfolder_of(body: &[u8]) -> Result<crate::work::hotfolder::Hotfolder, Fail> {
-    use crate::work::hotfolder::{Action, Hotfolder};
-    let given: serde_json::Map<String, serde_json::Value> = parse_json(body)?;
+    use crate::work::hotfolder::Hotfolder;
+    let mut given: serde_json::Map<String, serde_json::Value> = parse_json(body)?;
     let name = given
         .get("name")
         .and_then(|v| v.as_str())
-        .ok_or_else(|| bad("`name` (text) is required"))?;
-    let action: Action = serde_json::from_value(given.get("action").cloned().ok_or_else(|| {
-        bad("`action` is required: {\"command\": {\"argv\": [..]}} or {\"script\": {\"code\": ..}}")
-    })?)
-    .map_err(|e| bad(format!("action: {e}")))?;
-    let mut merged = json!(Hotfolder::new(name, action));
+        .ok_or_else(|| bad("`name` (text) is required"))?
+        .to_string();
+    let action = action_of(&mut given)?;
+    if let Some(retries) = given.remove("retries") {
+        let n = retries
+            .as_u64()
+            .filter(|n| *n < u64::from(crate::work::jobs::ATTEMPTS_MAX))
+            .ok_or_else(|| {
+                bad(format!(
+                    "retries: {retries} is not 0..{}",
+                    crate::work::jobs::ATTEMPTS_MAX
+                ))
+            })?;
+        if given.contains_key("max_attempts") {
+            return Err(bad("give `retries` or `max_attempts`, not both"));
+        }
+        given.insert("max_attempts".into(), json!(n + 1));
+    }
+    let mut merged = json!(Hotfolder::new(&name, action));
     let fields = merged.as_object_mut().expect("a definition is an object");
     for (k, v) in given {
         if !fields.contains_key(&k) {

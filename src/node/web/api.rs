@@ -360,6 +360,10 @@ pub(super) async fn hotfolder(web: &Arc<Web>, name: &str) -> Result<Reply, Fail>
     let recent = job_page(web, page(None), HOTFOLDER_RECENT_MAX).await?;
     let errors = job_page(web, page(Some(JobState::Failed)), HOTFOLDER_RECENT_MAX).await?;
     let mut value = hotfolder_json(&def, &counts);
+    // A command's argv as `claro hotfolder add --command` takes it back.
+    if let crate::work::hotfolder::Action::Command { argv } = &def.action {
+        value["template"] = json!(crate::work::hotfolder::template_text(argv));
+    }
     value["definition"] = json!(def);
     value["recent"] = json!(recent);
     value["errors"] = json!(errors);

@@ -512,6 +512,81 @@ const jobPage = {
 const hotfoldersPage = {
   title: "Hotfolders",
 
+  init() {
+    $("show-add-hotfolder").addEventListener("click", () => this.openForm(null));
+    $("hide-add-hotfolder").addEventListener("click", () => this.closeForm());
+    $("hf-kind").addEventListener("change", () => this.showKind());
+    $("hotfolder-form").addEventListener("submit", (ev) => this.save(ev));
+  },
+
+  showKind() {
+    const script = $("hf-kind").value === "script";
+    $("hf-script-field").hidden = !script;
+    $("hf-template-field").hidden = script;
+  },
+
+  /// Opens the form empty (add) or with hotfolder `d`'s definition (edit).
+  openForm(d) {
+    const def = (d && d.definition) || {};
+    const action = def.action || {};
+    this.editing = d ? d.name : null;
+    $("hotfolder-form-title").textContent = d ? "Edit hotfolder " + d.name : "Add a hotfolder";
+    $("hf-name").value = d ? d.name : "";
+    $("hf-name").readOnly = !!d;
+    $("hf-kind").value = action.script ? "script" : "template";
+    $("hf-template").value = (d && d.template) || "";
+    $("hf-script").value = action.script ? action.script.code : "";
+    $("hf-stable").value = def.stable_ms || 2000;
+    $("hf-retries").value = def.max_attempts ? def.max_attempts - 1 : 0;
+    $("hf-include").value = (def.include || []).join(", ");
+    $("hf-allow-shell").checked = !!def.allow_shell;
+    $("hotfolder-error").hidden = true;
+    this.showKind();
+    $("hotfolder-form").hidden = false;
+    $("show-add-hotfolder").hidden = true;
+    (d ? $("hf-template") : $("hf-name")).focus();
+  },
+
+  closeForm() {
+    $("hotfolder-form").hidden = true;
+    $("show-add-hotfolder").hidden = !can("admin");
+    this.editing = null;
+  },
+
+  /// The definition the form gives, in the API's words (the CLI's checks
+  /// are the server's).
+  formBody() {
+    const body = {
+      name: $("hf-name").value.trim(),
+      stable_ms: Number($("hf-stable").value),
+      retries: Number($("hf-retries").value),
+      include: $("hf-include").value.split(",").map((g) => g.trim()).filter((g) => g),
+      allow_shell: $("hf-allow-shell").checked,
+    };
+    if ($("hf-kind").value === "script") body.script = $("hf-script").value;
+    else body.template = $("hf-template").value;
+    return body;
+  },
+
+  async save(ev) {
+    ev.preventDefault();
+    const err = $("hotfolder-error");
+    err.hidden = true;
+    const body = this.formBody();
+    try {
+      const d = this.editing
+        ? await api("hotfolders/" + enc(this.editing), { method: "PUT", json: body })
+        : await api("hotfolders", { method: "POST", json: body });
+      toast((this.editing ? "Changed " : "Added ") + d.name + ": drop files into its in/ folder", "ok");
+      this.closeForm();
+      location.hash = "#hotfolders/" + enc(d.name);
+      scheduleRefresh();
+    } catch (e) {
+      err.hidden = false;
+      err.textContent = e.message;
+    }
+  },
+
   wants(name) {
     return name !== "server" && name !== "coordinator";
   },
@@ -554,21 +629,22 @@ const hotfoldersPage = {
     if (d.missing) return fill(box, h("div", { className: "callout callout-bad" }, d.missing));
     const def = d.definition || {};
     const action = def.action || {};
-    const actionText = action.script ? action.script.code : action.command ? action.command.argv.join(" ") : JSON.stringify(action);
+    const actionText = action.script ? action.script.code : d.template || JSON.stringify(action);
     const paused = d.paused
       ? h("div", { className: "callout callout-warn" }, "Paused: files dropped into in/ stay there, untouched, until the hotfolder is resumed.")
       : null;
     const fact = (k, v) => h("div", { className: "fact" }, h("span", { className: "muted" }, k), h("span", {}, v));
     fill(box,
       h("div", { className: "card" },
-        h("div", { className: "card-head" }, h("h2", {}, "Hotfolder ", h("span", { className: "mono" }, d.name)), badge(d.paused ? "paused" : "active")),
+        h("div", { className: "card-head" }, h("h2", {}, "Hotfolder ", h("span", { className: "mono" }, d.name)), badge(d.paused ? "paused" : "active"),
+          can("admin") ? actionButton("Edit", "", async () => this.openForm(d)) : null),
         paused,
         h("div", { className: "facts" },
           fact("Action", action.script ? "script" : "command"),
           fact("Takes", def.include && def.include.length ? def.include.join(", ") : "every file"),
           fact("Ignores", (def.ignore || []).join(", ") || "—"),
           fact("Stable after", duration(def.stable_ms)),
-          fact("Attempts", String(def.max_attempts)),
+          fact("Retries of a failed action", String(Math.max(0, def.max_attempts - 1))),
           fact("Timeout", duration(def.timeout_ms)),
           fact("On success", def.on_success === "delete" ? "delete the input" : "move the input to done/")),
         h("pre", { className: "pre code-view" }, actionText)),
