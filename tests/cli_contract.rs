@@ -540,3 +540,59 @@ fn status_and_coordinator_transfer_are_plain_objects() {
     assert!(v["cluster_id"].is_string() && v["term"].as_u64() > Some(0));
     assert_eq!(text(&out.stderr), "");
 }
+
+/// Once reproductions, command by command: `--json` was ignored by the
+/// commands that change a server's mode, a token or a hotfolder; `cancel
+/// --json` and `retry --json` on a finished job exited 0 where text mode
+/// exits 1; `jobs --limit 0` and `--limit 5000` exited 1 (bad values are
+/// 2); `settings get` with a key over the limit exited 1 "no setting"
+/// where `settings set` exits 2 naming the limit (127.0.170.x).
+#[test]
+fn every_command_keeps_the_json_and_exit_status_contract() {
+    let c = one_server(170);
+    let json_of = |out: &Output| -> serde_json::Value {
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+    };
+    let v = json_of(&claro(&c, &["node", "maintenance", "srv1", "--json"], None));
+    assert_eq!(
+        v,
+        serde_json::json!({"name": "srv1", "mode": "maintenance"})
+    );
+    let v = json_of(&claro(&c, &["node", "activate", "srv1", "--json"], None));
+    assert_eq!(v["mode"], "active");
+    claro(&c, &["token", "add", "t2", "--role", "viewer"], None);
+    let v = json_of(&claro(&c, &["token", "rm", "t2", "--json"], None));
+    assert_eq!(v, serde_json::json!({"removed": "t2"}));
+    let add = ["hotfolder", "add", "hf", "--command", "true", "--json"];
+    assert_eq!(json_of(&claro(&c, &add, None))["added"], "hf");
+    let v = json_of(&claro(&c, &["hotfolder", "pause", "hf", "--json"], None));
+    assert_eq!(v, serde_json::json!({"name": "hf", "paused": true}));
+    let v = json_of(&claro(&c, &["hotfolder", "resume", "hf", "--json"], None));
+    assert_eq!(v["paused"], false);
+    let v = json_of(&claro(&c, &["hotfolder", "rm", "hf", "--json"], None));
+    assert_eq!(v, serde_json::json!({"removed": "hf"}));
+
+    let out = claro(&c, &["submit", "--inline", "1", "--wait"], None);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let id = text(&claro(&c, &["jobs", "--limit", "1", "--json"], None).stdout);
+    let id: serde_json::Value = serde_json::from_str(&id).unwrap();
+    let id = id[0]["id"].as_str().unwrap().to_string();
+    for verb in ["cancel", "retry"] {
+        for json in [false, true] {
+            let mut args = vec![verb, id.as_str()];
+            args.extend(json.then_some("--json"));
+            let out = claro(&c, &args, None);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+            assert!(text(&out.stderr).contains("is succeeded"), "{out:?}");
+            assert_eq!(json, !out.stdout.is_empty(), "{args:?}: {out:?}");
+        }
+    }
+    for limit in ["0", "5000"] {
+        let out = claro(&c, &["jobs", "--limit", limit], None);
+        expect_failure(&out, 2, &["--limit must be 1..=1000"]);
+    }
+    let long = "k".repeat(2000);
+    let out = claro(&c, &["settings", "get", &long], None);
+    expect_failure(&out, 2, &["1..=1024 bytes"]);
+}

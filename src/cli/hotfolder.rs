@@ -58,11 +58,13 @@ pub fn command(config: &Config, action: HotfolderAction) -> Result<(), Failure> 
             } else {
                 " (once the coordinator has made it)"
             };
-            output::emit(&format!(
-                "{}: added; drop files into {}{when}\n",
+            let text = format!(
+                "{}: added; drop files into {}{when}",
                 d.name,
                 inbox.display()
-            ))
+            );
+            let value = serde_json::json!({"added": d.name, "in": inbox, "made": made});
+            output::changed(d.client.json, &text, value)
         }
         HotfolderAction::Set(d) => {
             let mut def = existing(config, &d.client, &d.name)?;
@@ -72,13 +74,15 @@ pub fn command(config: &Config, action: HotfolderAction) -> Result<(), Failure> 
                 def.allow_shell = false;
             }
             put(config, &d.client, with_options(def, &d.options)?)?;
-            output::emit(&format!("{}: changed\n", d.name))
+            let value = serde_json::json!({"changed": d.name});
+            output::changed(d.client.json, &format!("{}: changed", d.name), value)
         }
         HotfolderAction::Rm { name, client } => {
             existing(config, &client, &name)?;
             let command = Command::HotfolderRemove { name: name.clone() };
             crate::cli::jobs::write(config, &client, command, crate::proto::new_request_id())?;
-            output::emit(&format!("{name}: removed (its folders stay)\n"))
+            let text = format!("{name}: removed (its folders stay)");
+            output::changed(client.json, &text, serde_json::json!({"removed": name}))
         }
         HotfolderAction::Pause { name, client } => pause(config, &client, &name, true),
         HotfolderAction::Resume { name, client } => pause(config, &client, &name, false),
@@ -155,10 +159,12 @@ fn pause(config: &Config, client: &ClientArgs, name: &str, paused: bool) -> Resu
         paused,
     };
     crate::cli::jobs::write(config, client, command, crate::proto::new_request_id())?;
-    output::emit(&format!(
-        "{name}: {}\n",
-        if paused { "paused" } else { "resumed" }
-    ))
+    let text = format!("{name}: {}", if paused { "paused" } else { "resumed" });
+    output::changed(
+        client.json,
+        &text,
+        serde_json::json!({"name": name, "paused": paused}),
+    )
 }
 
 fn all(

@@ -275,11 +275,15 @@ pub fn cancel_or_retry(
             after.state == crate::work::jobs::JobState::Cancelled,
         )
     };
+    // The job is printed either way; the exit status says whether it was
+    // changed, in both modes (docs/CLI.md).
     if args.json {
-        return output::emit(&output::json_line(&JobJson::new(&after, false)));
+        output::emit(&output::json_line(&JobJson::new(&after, false)))?;
+    } else if changed {
+        output::emit(&format!("{id} {verb}\n"))?;
     }
     if changed {
-        return output::emit(&format!("{id} {verb}\n"));
+        return Ok(());
     }
     Err(Failure::failed(format!(
         "job {id} is {}: not {verb}",
@@ -302,7 +306,8 @@ pub fn node_mode(
     };
     write(config, args, command, crate::proto::new_request_id())?;
     let Some(wait_ms) = drain_wait_ms else {
-        return output::emit(&format!("{name}: {mode}\n"));
+        let value = serde_json::json!({"name": name, "mode": mode});
+        return output::changed(args.json, &format!("{name}: {mode}"), value);
     };
     let deadline = Instant::now() + Duration::from_millis(wait_ms);
     loop {
@@ -327,7 +332,9 @@ pub fn node_mode(
             }
         }
         if active == 0 {
-            return output::emit(&format!("{name}: drained (maintenance, runs nothing)\n"));
+            let value = serde_json::json!({"name": name, "mode": mode, "drained": true});
+            let text = format!("{name}: drained (maintenance, runs nothing)");
+            return output::changed(args.json, &text, value);
         }
         if Instant::now() >= deadline {
             return Err(Failure::failed(format!(

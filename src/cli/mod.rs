@@ -363,6 +363,13 @@ fn jobs(path: &std::path::Path, command: Command) -> Result<(), Failure> {
             stale,
             client,
         } => {
+            // Refused here as a usage error (exit 2), before any request.
+            let max = crate::proto::JOBS_COUNT_MAX;
+            if limit == 0 || limit > max {
+                return Err(Failure::usage(format!(
+                    "--limit must be 1..={max}, not {limit}"
+                )));
+            }
             let filter = crate::state::jobs::JobFilter {
                 state,
                 kind,

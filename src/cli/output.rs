@@ -95,6 +95,16 @@ pub struct StartOrderJson {
 }
 
 /// One JSON document on one line.
+/// What a command that changed something prints: `text` (a line), or with
+/// `--json` `value` as one JSON line.
+pub fn changed(json: bool, text: &str, value: serde_json::Value) -> Result<(), Failure> {
+    if json {
+        emit(&json_line(&value))
+    } else {
+        emit(&format!("{text}\n"))
+    }
+}
+
 pub fn json_line<T: Serialize>(value: &T) -> String {
     let mut line = serde_json::to_string(value).expect("output objects encode");
     line.push('\n');

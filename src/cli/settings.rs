@@ -75,6 +75,14 @@ pub fn command(path: &std::path::Path, action: SettingsAction) -> Result<(), Fai
             crate::cli::client::settings_set(&config, &client, key, value)
         }
         SettingsAction::Get { key, stale, client } => {
+            // The same limit `settings set` names: no such key can exist.
+            let max = crate::state::KEY_BYTES_MAX;
+            if key.is_empty() || key.len() > max {
+                return Err(Failure::usage(format!(
+                    "key must be 1..={max} bytes, not {}",
+                    key.len()
+                )));
+            }
             crate::cli::client::settings_get(&config, &client, &key, stale)
         }
         SettingsAction::List {

@@ -22,7 +22,8 @@ pub fn command(config: &Config, action: TokenAction) -> Result<(), Failure> {
             }
             let command = Command::TokenRemove { name: name.clone() };
             crate::cli::jobs::write(config, &client, command, new_request_id())?;
-            output::emit(&format!("{name}: removed\n"))
+            let value = serde_json::json!({"removed": name});
+            output::changed(client.json, &format!("{name}: removed"), value)
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::web::access::{self, Role};
 use crate::work::jobs::{JobKind, JobSpec, JobState};
 
 /// Jobs one list page returns at most.
-pub const JOBS_PAGE_MAX: u32 = 500;
+pub const JOBS_PAGE_MAX: u32 = crate::proto::JOBS_COUNT_MAX;
 /// Recent files and errors shown for one hotfolder.
 const HOTFOLDER_RECENT_MAX: u32 = 20;
 
