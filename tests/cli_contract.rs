@@ -172,7 +172,13 @@ fn settings_set_from_a_file_or_stdin_up_to_the_value_limit() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(c.get("srv1", "piped").unwrap(), b"from stdin");
 
-    // Exactly the limit is taken, through a file and through stdin.
+    // Exactly the limit is taken, through a file and through stdin; also
+    // of bytes over 127 (once: "frame of 2097254 bytes exceeds the limit").
+    let high = vec![0xffu8; MIB];
+    std::fs::write(&file, &high).unwrap();
+    let out = claro(&c, &["settings", "set", "high", "--file", path], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(c.get("srv1", "high").unwrap(), high);
     let limit: Vec<u8> = (0..MIB).map(|i| (i % 251) as u8).collect();
     std::fs::write(&file, &limit).unwrap();
     let out = claro(&c, &["settings", "set", "big", "--file", path], None);

@@ -61,6 +61,10 @@ pub enum Command {
     /// A setting (key/value), e.g. what `claro settings set` writes.
     Put {
         key: String,
+        /// As CBOR bytes: as an array of numbers, a 1 MiB value of high
+        /// bytes took 2 MiB and broke the frame limit. (An entry written
+        /// as an array still reads.)
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     Delete {
