@@ -138,6 +138,9 @@ pub(crate) struct Shared {
     propose_hook: std::sync::OnceLock<ProposeHook>,
     /// Answers for the runs of this instance (`on_live`); set by the work.
     live_hook: std::sync::OnceLock<LiveHook>,
+    /// A database transfer into this instance is under way (`snapshot`:
+    /// one at a time).
+    snapshot_receiving: AtomicBool,
     /// The certificates refused at every handshake (`revocation`).
     revocation: revocation::Revocation,
     /// This instance's own certificate and the CA's, as loaded at start:

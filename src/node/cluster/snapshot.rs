@@ -111,9 +111,17 @@ pub async fn receive(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let result = receive_file(shared, &meta, &mut send, &mut recv)
-        .await
-        .and_then(|()| step_snapshot(shared, peer, &meta, &raft_message));
+    // One transfer at a time: a second stream of the same database (the
+    // sender's retry while the first still runs) appended to the same
+    // partial file, and the one that finished first installed a database
+    // with the other's bytes in it ("disk image is malformed": the
+    // instance stopped). Found by the fault campaign (a wiped server).
+    let result = match Receiving::start(shared) {
+        Some(_receiving) => receive_file(shared, &meta, &mut send, &mut recv)
+            .await
+            .and_then(|()| step_snapshot(shared, peer, &meta, &raft_message)),
+        None => Err("another database transfer to this instance is under way".into()),
+    };
     let resp = match result {
         Ok(()) => Response::Ok {
             message: "received and verified".into(),
@@ -130,6 +138,26 @@ pub async fn receive(
     };
     let _ = write_frame(&mut send, &resp, REQUEST_BYTES_MAX).await;
     let _ = send.finish();
+}
+
+/// A database transfer under way into this instance; the next may start
+/// when it is dropped.
+struct Receiving<'a> {
+    flag: &'a std::sync::atomic::AtomicBool,
+}
+
+impl<'a> Receiving<'a> {
+    fn start(shared: &'a Shared) -> Option<Receiving<'a>> {
+        let flag = &shared.snapshot_receiving;
+        let free = !flag.swap(true, std::sync::atomic::Ordering::AcqRel);
+        free.then_some(Receiving { flag })
+    }
+}
+
+impl Drop for Receiving<'_> {
+    fn drop(&mut self) {
+        self.flag.store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 async fn receive_file(

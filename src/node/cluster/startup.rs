@@ -95,6 +95,7 @@ pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
         applied_hooks: Default::default(),
         propose_hook: Default::default(),
         live_hook: Default::default(),
+        snapshot_receiving: Default::default(),
         revocation,
         certificates,
         setup_note: Default::default(),
