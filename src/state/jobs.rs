@@ -461,6 +461,21 @@ pub fn scripts(
     rows.collect()
 }
 
+/// `present` when the jobs table has `column`, else `absent`.
+fn column_or(
+    conn: &Connection,
+    column: &str,
+    present: &'static str,
+    absent: &'static str,
+) -> rusqlite::Result<&'static str> {
+    let has: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('jobs') WHERE name = ?1",
+        params![column],
+        |r| r.get(0),
+    )?;
+    Ok(if has { present } else { absent })
+}
+
 /// Brings a jobs table made by an older version up to this schema, then
 /// makes the indexes of the added columns.
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -770,14 +785,21 @@ fn digest_rows(
 }
 
 pub fn digest(conn: &Connection, field: &mut dyn FnMut(&[u8])) -> rusqlite::Result<()> {
-    let mut stmt = conn.prepare_cached(
+    // Readable by the at-rest check before `migrate` (read-only): a column
+    // an older version did not have counts as its default. `releases` is
+    // folded into the last field so that a database written before it had
+    // the same digest as then (an upgrade is not taken for damage).
+    let published = column_or(conn, "published", "coalesce(published, -1)", "-1")?;
+    let releases = column_or(conn, "releases", "coalesce(releases, 0)", "0")?;
+    let sql = format!(
         "SELECT id, spec, state, coalesce(instance, ''), attempt, max_attempts, created_ms,
            coalesce(assigned_ms, -1), coalesce(started_ms, -1), coalesce(finished_ms, -1),
            not_before_ms, coalesce(result, ''), coalesce(error, ''), log, coalesce(profile, x''),
-           coalesce(published, -1), coalesce(releases, 0)
-         FROM jobs ORDER BY id",
-    )?;
-    digest_rows(&mut stmt, 17, field)?;
+           {published} + 1000 * {releases}
+         FROM jobs ORDER BY id"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    digest_rows(&mut stmt, 16, field)?;
     let mut stmt = conn.prepare_cached(
         "SELECT job, attempt, coalesce(instance, ''), coalesce(assigned_ms, -1),
            coalesce(started_ms, -1), ended_ms, outcome, coalesce(error, '')
@@ -1214,6 +1236,28 @@ mod tests {
         };
         assert!(not_a_submission.validate().is_err());
         assert_eq!(db.counted().len(), 2, "{:?}", db.counted());
+    }
+
+    /// A database written before `releases` (or `published`) existed has
+    /// the digest it had then, and the at-rest check, which runs read-only
+    /// before `migrate`, can take it: an upgrade is not taken for damage.
+    #[test]
+    fn a_database_from_before_a_column_keeps_its_digest() {
+        let mut db = Db::new();
+        db.submit(ID, 1);
+        let digest = |conn: &rusqlite::Connection| {
+            let mut bytes = Vec::new();
+            super::digest(conn, &mut |b| bytes.extend_from_slice(b)).unwrap();
+            bytes
+        };
+        let now = digest(db.sm.conn());
+        for column in ["releases", "published"] {
+            let drop = format!(
+                "DROP INDEX IF EXISTS jobs_unpublished; ALTER TABLE jobs DROP COLUMN {column}"
+            );
+            db.sm.conn().execute_batch(&drop).unwrap();
+            assert_eq!(digest(db.sm.conn()), now, "without {column}");
+        }
     }
 
     #[test]
