@@ -65,11 +65,14 @@ impl Follow {
 
     fn show(&mut self, view: LiveView) {
         if view.attempt != self.attempt {
-            // A new attempt starts its log anew.
+            // A new attempt starts its log anew: what was asked from an
+            // offset of the attempt before is asked again from its start.
+            let asked_from = view.next_bytes.saturating_sub(view.log.len() as u64);
             self.attempt = view.attempt;
             self.printed_bytes = 0;
-            if view.next_bytes < view.log.len() as u64 {
-                return; // asked from a later byte of the last attempt: ask again
+            if asked_from > 0 {
+                self.next_at = Instant::now();
+                return;
             }
         }
         if !view.log.is_empty() {

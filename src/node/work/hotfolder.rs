@@ -781,9 +781,13 @@ fn stage_ticket(
     if marker.exists() {
         return Ok(());
     }
-    let outputs = staged_files(staging);
-    steps.take()?;
     let name = format!("{}.result.json", base_name(&file.input));
+    // Not the ticket itself (a crash before the marker leaves it staged).
+    let outputs: Vec<String> = staged_files(staging)
+        .into_iter()
+        .filter(|f| *f != name && !f.ends_with(".claro-tmp"))
+        .collect();
+    steps.take()?;
     write_atomic(&staging.join(name), &result_ticket(job, file, &outputs))?;
     write_atomic(&marker, b"")
 }
@@ -917,11 +921,17 @@ pub fn process(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>, log: Arc<Capt
         return Outcome::failed("a hotfolder job without its file".into(), String::new());
     };
     let layout = Layout::new(&root, &file.hotfolder);
-    let claimed_ms = now_ms();
+    if let Err(e) = wait_for_writer(&layout, &file, &cancel) {
+        return Outcome::failed(e, String::new());
+    }
     let claimed = match claim(&layout, &job.id, &file) {
         Ok(p) => p,
         Err(e) => return Outcome::failed(e, String::new()),
     };
+    let claimed_ms = std::fs::read_to_string(layout.work(&job.id).join(CLAIMED_AT))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or_else(now_ms);
     // Failed, not left in `in/`: it goes to `error/` beside the part before.
     if let Err(e) = not_a_continuation(&layout, (&job.id, &file), &claimed) {
         return Outcome::failed(e, String::new());
@@ -996,6 +1006,41 @@ fn unchanged(claimed: &Path, file: &FileInput) -> Result<(), String> {
         file.bytes,
         meta.len()
     ))
+}
+
+/// The claim's time, in the job's working folder (ms since the epoch).
+const CLAIMED_AT: &str = "claimed-at";
+/// Longest wait for a writer on this server to close the input.
+const WRITER_WAIT_MS: u64 = 60_000;
+/// Step of that wait.
+const WRITER_POLL_MS: u64 = 250;
+
+/// Waits while a process on this server holds the input in `in/` open for
+/// writing (the coordinator, which found it stable, sees only its own
+/// machine's writers), at most `WRITER_WAIT_MS`; the claim then checks it
+/// is still the file found stable (else it gets a job of its own). A
+/// writer that keeps it open longer fails the attempt, naming it.
+fn wait_for_writer(layout: &Layout, file: &FileInput, cancel: &AtomicBool) -> Result<(), String> {
+    let source = layout.dir("in").join(&file.input);
+    let deadline = std::time::Instant::now() + Duration::from_millis(WRITER_WAIT_MS);
+    loop {
+        let Some(id) = super::writers::identity(&source) else {
+            return Ok(()); // claimed already, or gone: the claim says which
+        };
+        let Some(w) = super::writers::open_for_writing(&[id].into()).remove(&id) else {
+            return Ok(());
+        };
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("cancelled while its writer still held it".into());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "in/{} was still open for writing by process {} ({}) on this server after {WRITER_WAIT_MS} ms",
+                file.input, w.pid, w.command
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(WRITER_POLL_MS));
+    }
 }
 
 /// A file made under the input's name in `in/` within this long after the
@@ -1185,17 +1230,6 @@ pub(super) fn claim(layout: &Layout, id: &str, file: &FileInput) -> Result<PathB
     } else {
         from_error.clone()
     };
-    // A writer on this machine that still holds the file (it found the
-    // file stable on the coordinator's machine, or opened it since): the
-    // file stays in `in/` and gets a job of its own once it is stable again.
-    if let Some(w) = super::writers::identity(&source)
-        .and_then(|id| super::writers::open_for_writing(&[id].into()).remove(&id))
-    {
-        return Err(format!(
-            "in/{input} is still open for writing by process {} ({}) on this server: it was left in in/ and is taken once its writer closes it and it is stable again",
-            w.pid, w.command
-        ));
-    }
     // Only this job's file: one dropped later under the same name is
     // another file, and gets a job of its own once this one is published.
     match std::fs::metadata(&source) {
@@ -1211,9 +1245,17 @@ pub(super) fn claim(layout: &Layout, id: &str, file: &FileInput) -> Result<PathB
     match std::fs::rename(&source, &claimed) {
         Ok(()) => {
             if source == from_error {
-                let _ =
-                    std::fs::remove_file(layout.dir("error").join(format!("{input}.error.txt")));
+                for note in ["error.txt", "result.json"] {
+                    let _ =
+                        std::fs::remove_file(layout.dir("error").join(format!("{input}.{note}")));
+                }
             }
+            // When it was taken, for the checks after the action: kept with
+            // the claim, so that a later attempt measures from the same time.
+            let _ = write_atomic(
+                &layout.work(id).join(CLAIMED_AT),
+                now_ms().to_string().as_bytes(),
+            );
             Ok(claimed)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
@@ -1469,10 +1511,49 @@ mod tests {
         assert!(e.contains("in/gone.pdf is gone"), "{e}");
         std::fs::write(layout.dir("error/again.pdf"), "p").unwrap();
         std::fs::write(layout.dir("error/again.pdf.error.txt"), "why").unwrap();
+        std::fs::write(layout.dir("error/again.pdf.result.json"), "{}").unwrap();
         let again = taken(&layout.dir("error"), "again.pdf");
         let claimed = claim(&layout, "01a2093a8452b12da5d1", &again).unwrap();
         assert_eq!(std::fs::read_to_string(claimed).unwrap(), "p");
         assert!(!layout.dir("error/again.pdf.error.txt").exists());
+        assert!(
+            !layout.dir("error/again.pdf.result.json").exists(),
+            "a stale ticket"
+        );
+        assert!(layout
+            .work("01a2093a8452b12da5d1")
+            .join(CLAIMED_AT)
+            .is_file());
+    }
+
+    /// A file a process on this server holds open for writing is claimed
+    /// only once the writer closed it; a cancel ends the wait.
+    #[test]
+    fn a_claim_waits_for_a_local_writer_to_close_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path(), "hf");
+        layout.create().unwrap();
+        let path = layout.dir("in/held.pdf");
+        std::fs::write(&path, "p").unwrap();
+        let held = taken(&layout.dir("in"), "held.pdf");
+        let script = format!("exec 3>>'{}'; sleep 1", path.display());
+        let started = std::time::Instant::now();
+        let mut writer = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let cancel = AtomicBool::new(true);
+        let e = wait_for_writer(&layout, &held, &cancel).unwrap_err();
+        assert!(e.contains("cancelled"), "{e}");
+        cancel.store(false, std::sync::atomic::Ordering::Relaxed);
+        wait_for_writer(&layout, &held, &cancel).unwrap();
+        // The writer holds it for a second (a lower bound: never flaky).
+        assert!(
+            started.elapsed() >= Duration::from_millis(900),
+            "taken while held"
+        );
+        writer.wait().unwrap();
     }
 
     #[test]

@@ -189,6 +189,12 @@ pub(super) fn place_on_submit(work: &Work, command: &Command) -> Option<Command>
     if jobs.is_empty() {
         return None;
     }
+    // As for a round: only from a fully applied state, and once the loop
+    // knows since when this instance coordinates (the window in which
+    // servers must have been heard, `candidates`).
+    if work.leader_since_ms.load(Ordering::Relaxed) == 0 || !may_coordinate(work) {
+        return None;
+    }
     let (active, modes, voters) = {
         let guard = work.cluster.core();
         let core = guard.as_ref().filter(|c| c.is_leader())?;
