@@ -575,19 +575,23 @@ async fn sweep_round(work: &Work) {
 
 /// The job ids that have a folder in `name`'s working area.
 pub(super) fn work_ids(shared_root: &Path, name: &str) -> Vec<String> {
-    let dir = Layout::new(shared_root, name)
-        .root
-        .join(WORK_DIR)
-        .join("work");
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .take(SWEEP_FOLDERS_MAX)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|id| crate::work::jobs::check_job_id(id).is_ok())
-        .collect()
+    Layout::new(shared_root, name).work_ids()
+}
+
+impl Layout {
+    /// The job ids that have a folder in this hotfolder's working area, at
+    /// most `SWEEP_FOLDERS_MAX`.
+    fn work_ids(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.root.join(WORK_DIR).join("work")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .take(SWEEP_FOLDERS_MAX)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|id| crate::work::jobs::check_job_id(id).is_ok())
+            .collect()
+    }
 }
 
 /// A job's working folder that outlived its publication: an attempt
@@ -1172,17 +1176,10 @@ fn not_a_continuation(
 /// The files of the same input name that other jobs of this hotfolder hold
 /// claimed now, with their metadata (bounded by `work_ids`).
 fn other_claims(layout: &Layout, id: &str, input: &str) -> Vec<(String, std::fs::Metadata)> {
-    let Some(work) = layout.work(id).parent().map(Path::to_path_buf) else {
-        return Vec::new();
-    };
-    let Ok(entries) = std::fs::read_dir(work) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .take(SWEEP_FOLDERS_MAX)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|other| other != id && crate::work::jobs::check_job_id(other).is_ok())
+    layout
+        .work_ids()
+        .into_iter()
+        .filter(|other| other != id)
         .filter_map(|other| {
             let meta = std::fs::metadata(layout.claimed(&other, input)).ok()?;
             Some((other, meta))
