@@ -174,7 +174,13 @@ struct Worker {
     to: BufWriter<ChildStdin>,
     from: BufReader<ChildStdout>,
     stderr: Arc<Mutex<Vec<u8>>>,
+    /// Signalled when the worker's stderr reached its end (it exited).
+    stderr_closed: std::sync::mpsc::Receiver<()>,
 }
+
+/// Longest wait, after a worker died, for the last of its stderr (where
+/// the reason is: "memory allocation of N bytes failed").
+const STDERR_DRAIN_MS: u64 = 2_000;
 
 impl Worker {
     fn spawn(limits: Limits, user: Option<&Account>) -> Result<Worker, String> {
@@ -210,6 +216,7 @@ impl Worker {
                 None => format!("cannot start a script worker ({}): {e}", exe.display()),
             })?;
         let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (closed_tx, stderr_closed) = std::sync::mpsc::channel();
         if let Some(mut err) = child.stderr.take() {
             let kept = stderr.clone();
             std::thread::spawn(move || {
@@ -223,6 +230,7 @@ impl Worker {
                     let over = k.len().saturating_sub(STDERR_BYTES_MAX);
                     k.drain(..over);
                 }
+                let _ = closed_tx.send(());
             });
         }
         let to = BufWriter::new(child.stdin.take().expect("piped stdin"));
@@ -232,6 +240,7 @@ impl Worker {
             to,
             from,
             stderr,
+            stderr_closed,
         })
     }
 
@@ -356,6 +365,10 @@ pub fn run(
         }
         Err(e) => {
             let status = w.child.wait();
+            // The reason it printed may still be on its way from the pipe
+            // (once read too early: "ended (signal 6)" without the reason).
+            let drain = Duration::from_millis(STDERR_DRAIN_MS);
+            let _ = w.stderr_closed.recv_timeout(drain);
             let stderr =
                 String::from_utf8_lossy(&w.stderr.lock().expect("stderr lock")).into_owned();
             Err(killed.unwrap_or_else(|| died(status.ok(), &stderr, &e, pool.limits)))
