@@ -925,7 +925,14 @@ pub fn process(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>, log: Arc<Capt
         return Outcome::failed("a hotfolder job without its file".into(), String::new());
     };
     let layout = Layout::new(&root, &file.hotfolder);
-    if let Err(e) = wait_for_writer(&layout, &file, &cancel) {
+    // The coordinator's scan looked at this machine's writers a moment ago:
+    // only another server pays for a look of its own (a walk of /proc).
+    let waited = if work.cluster.is_leader() {
+        Ok(())
+    } else {
+        wait_for_writer(&layout, &file, &cancel)
+    };
+    if let Err(e) = waited {
         return Outcome::failed(e, String::new());
     }
     let claimed = match claim(&layout, &job.id, &file) {
