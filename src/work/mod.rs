@@ -6,6 +6,8 @@
 //! - `jobs`: the job model, its limits and submission checks;
 //! - `scheduler`: the coordinator's placement rule;
 //! - `hotfolder`: definitions, patterns, stability, action templates;
+//! - `ticket`: job tickets in (sidecar JSON or XML) and the fields a
+//!   script sets for the result ticket;
 //! - `script`: the Script Execution Engine (Rhai with every limit), which
 //!   reaches its instance only through the `Host` it is given.
 
@@ -13,3 +15,4 @@ pub mod hotfolder;
 pub mod jobs;
 pub mod scheduler;
 pub mod script;
+pub mod ticket;
