@@ -1319,6 +1319,7 @@ mod tests {
                 modified_ms: 1,
                 inode: 0,
                 delete_on_success: false,
+                ..Default::default()
             });
             db.apply(Command::JobSubmit {
                 id: id.clone(),

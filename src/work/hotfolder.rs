@@ -104,6 +104,51 @@ pub struct Hotfolder {
     /// the admin said so knowingly. Absent in older definitions: false.
     #[serde(default)]
     pub allow_shell: bool,
+    /// When a stable file is taken (absent in older definitions: when
+    /// stable, as before).
+    #[serde(default)]
+    pub trigger: Trigger,
+    /// Each folder dropped directly into `in/` is one job (a job folder),
+    /// taken once everything in it is stable; files directly in `in/` are
+    /// still jobs of their own.
+    #[serde(default)]
+    pub folders: bool,
+}
+
+/// When a hotfolder takes a file (or job folder) that is stable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    /// As soon as it is stable; a ticket beside it (`NAME.json` or
+    /// `NAME.xml`) goes with it when there is one.
+    #[default]
+    Stable,
+    /// Only once its ticket is there and stable too: `NAME.json` or
+    /// `NAME.xml` beside it, or `ticket.json`/`ticket.xml` inside a job
+    /// folder. Files named `*.json` and `*.xml` are then tickets only.
+    Ticket,
+    /// Only once `NAME.ready` is there (the writer's "I am done"); the
+    /// marker is removed when the file is taken. Files named `*.ready` are
+    /// then markers only.
+    Marker,
+}
+
+impl Trigger {
+    pub fn parse(s: &str) -> Option<Trigger> {
+        match s {
+            "stable" => Some(Trigger::Stable),
+            "ticket" => Some(Trigger::Ticket),
+            "marker" => Some(Trigger::Marker),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Stable => "stable",
+            Trigger::Ticket => "ticket",
+            Trigger::Marker => "marker",
+        }
+    }
 }
 
 impl Hotfolder {
@@ -120,6 +165,8 @@ impl Hotfolder {
             on_success: OnSuccess::Move,
             paused: false,
             allow_shell: false,
+            trigger: Trigger::Stable,
+            folders: false,
         }
     }
 
@@ -204,9 +251,11 @@ fn check_placeholders(arg: &str) -> Result<(), String> {
             return Err(format!("`{arg}`: a `{{` without `}}`"));
         };
         let name = &rest[open + 1..open + close];
-        if !PLACEHOLDERS.contains(&name) {
+        if let Some(key) = name.strip_prefix("ticket.") {
+            crate::work::ticket::check_key(key).map_err(|e| format!("`{arg}`: {e}"))?;
+        } else if !PLACEHOLDERS.contains(&name) {
             return Err(format!(
-                "`{arg}`: unknown placeholder `{{{name}}}` (known: {})",
+                "`{arg}`: unknown placeholder `{{{name}}}` (known: {}, {{ticket.KEY}})",
                 PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")
             ));
         }
@@ -258,6 +307,17 @@ pub fn shell_danger(argv: &[String]) -> Option<String> {
             .iter()
             .filter_map(|p| code.find(&format!("{{{p}}}")).map(|at| (at, *p)))
             .collect();
+        // A ticket's values are the sender's text, as much as a file name.
+        found.extend(
+            crate::work::ticket::placeholders(code)
+                .into_iter()
+                .map(|key| {
+                    (
+                        code.find(&format!("{{ticket.{key}}}")).unwrap_or(0),
+                        "ticket.KEY",
+                    )
+                }),
+        );
         found.sort();
         let Some(&(_, first)) = found.first() else {
             continue;
@@ -428,8 +488,12 @@ pub struct Seen {
     pub bytes: u64,
     pub modified_ms: u64,
     /// The file's identity (inode): a file replaced under the same name
-    /// with the same size and time is still a new file.
+    /// with the same size and time is still a new file. For a job folder,
+    /// a fingerprint of its listing (see `folder_print`).
     pub inode: u64,
+    /// A job folder: `bytes` is the sum of its files, `modified_ms` the
+    /// latest change below it.
+    pub folder: bool,
 }
 
 /// Decides when files are stable: a file is ready once a scan has seen the
@@ -509,6 +573,145 @@ pub fn next_scan_ms(now_ms: u64, poll_ms: u64, due_ms: Option<u64>, took_ms: u64
     wanted.max(now_ms.saturating_add(took_ms.max(SCAN_GAP_MS_MIN)))
 }
 
+/// One job's worth of a scan: a file or job folder, with the ticket and
+/// marker that go with it (paths relative to `in/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unit {
+    pub main: Seen,
+    pub ticket: Option<String>,
+    pub marker: Option<String>,
+}
+
+impl Unit {
+    /// A file or folder alone, without ticket or marker.
+    pub fn of(main: Seen) -> Unit {
+        Unit {
+            main,
+            ticket: None,
+            marker: None,
+        }
+    }
+}
+
+/// What an entry of a scan is to the trigger.
+enum Role<'a> {
+    Main,
+    /// A ticket or marker of the entry named.
+    Companion(&'a str),
+}
+
+fn role<'a>(
+    trigger: Trigger,
+    s: &'a Seen,
+    folder: &dyn Fn(&str) -> bool,
+    known: &dyn Fn(&str) -> bool,
+) -> Role<'a> {
+    if let Some((top, _)) = s.path.split_once('/') {
+        if folder(top) {
+            return Role::Companion(top); // a job folder's own ticket
+        }
+    }
+    if s.folder {
+        return Role::Main;
+    }
+    for suffix in crate::work::ticket::SIDECAR_SUFFIXES {
+        if let Some(of) = s.path.strip_suffix(suffix).filter(|of| !of.is_empty()) {
+            if trigger == Trigger::Ticket || known(of) {
+                return Role::Companion(of);
+            }
+        }
+    }
+    match s.path.strip_suffix(crate::work::ticket::MARKER_SUFFIX) {
+        Some(of) if trigger == Trigger::Marker && !of.is_empty() => Role::Companion(of),
+        _ => Role::Main,
+    }
+}
+
+/// Groups a scan into units and says which are ready under `trigger`,
+/// given the paths found stable: a unit is ready when it is stable, and
+/// so is its ticket if it has one (a ticket still being written waits),
+/// with the ticket the `ticket` trigger needs and the marker the `marker`
+/// trigger needs. Tickets and markers are never units of their own (with
+/// the `stable` trigger, `NAME.json` is a ticket only while `NAME` is
+/// there). Units in path order.
+pub fn units(
+    trigger: Trigger,
+    scan: &[Seen],
+    stable: &std::collections::HashSet<&str>,
+) -> Vec<(Unit, bool)> {
+    let by_path: HashMap<&str, &Seen> = scan.iter().map(|s| (s.path.as_str(), s)).collect();
+    let folder = |p: &str| by_path.get(p).is_some_and(|s| s.folder);
+    let known = |p: &str| by_path.contains_key(p);
+    let mut companions: HashMap<&str, Vec<&str>> = HashMap::new();
+    let mut mains = Vec::new();
+    for s in scan {
+        match role(trigger, s, &folder, &known) {
+            Role::Main => mains.push(s),
+            Role::Companion(of) => companions.entry(of).or_default().push(&s.path),
+        }
+    }
+    mains.sort();
+    mains
+        .into_iter()
+        .map(|m| {
+            let mut ticket = None;
+            let mut marker = None;
+            let mut theirs = companions.remove(m.path.as_str()).unwrap_or_default();
+            theirs.sort(); // `.json` before `.xml`; inside a folder first
+            for c in theirs {
+                if c.ends_with(crate::work::ticket::MARKER_SUFFIX) && !c.contains('/') {
+                    marker.get_or_insert(c.to_string());
+                } else {
+                    ticket.get_or_insert(c.to_string());
+                }
+            }
+            let is_stable = |p: &Option<String>| p.as_deref().is_none_or(|p| stable.contains(p));
+            let ready = stable.contains(m.path.as_str())
+                && is_stable(&ticket)
+                && is_stable(&marker)
+                && (trigger != Trigger::Ticket || ticket.is_some())
+                && (trigger != Trigger::Marker || marker.is_some());
+            (
+                Unit {
+                    main: m.clone(),
+                    ticket,
+                    marker,
+                },
+                ready,
+            )
+        })
+        .collect()
+}
+
+/// Entries of one job folder, at most: a bigger one is not taken (its
+/// listing alone would be a large entry); the scan says so.
+pub const FOLDER_ENTRIES_MAX: usize = 10_000;
+/// Folder levels inside a job folder, at most.
+pub const FOLDER_DEPTH_MAX: usize = 16;
+
+/// A job folder's identity, from its listing (each entry's path below the
+/// folder, size and modification time, in any order): any file added,
+/// removed, renamed, grown or touched changes it, whatever the folder's
+/// own times say (a rename of the folder may change those). FNV-1a, so
+/// that every instance computes the same from the same listing.
+pub fn folder_print(entries: &mut [(String, u64, u64)]) -> u64 {
+    entries.sort();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            hash ^= u64::from(*b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for (path, bytes, modified_ms) in entries.iter() {
+        eat(path.as_bytes());
+        eat(&[0]);
+        eat(&bytes.to_le_bytes());
+        eat(&modified_ms.to_le_bytes());
+    }
+    hash
+}
+
 /// The first name `name`, `stem (1).ext`, `stem (2).ext`, ... for which
 /// `taken` is false: an output never overwrites another.
 pub fn free_name(name: &str, taken: &mut dyn FnMut(&str) -> bool) -> Option<String> {
@@ -534,6 +737,7 @@ mod tests {
             bytes,
             modified_ms,
             inode: 1,
+            folder: false,
         }
     }
 
@@ -836,6 +1040,150 @@ mod tests {
             ]
             .map(|(k, v)| (k.to_string(), v.to_string()))
         );
+    }
+
+    fn ready_of(
+        trigger: Trigger,
+        scan: &[Seen],
+        stable: &[&str],
+    ) -> Vec<(String, Option<String>, Option<String>, bool)> {
+        let stable: std::collections::HashSet<&str> = stable.iter().copied().collect();
+        units(trigger, scan, &stable)
+            .into_iter()
+            .map(|(u, r)| (u.main.path, u.ticket, u.marker, r))
+            .collect()
+    }
+
+    fn some(s: &str) -> Option<String> {
+        Some(s.to_string())
+    }
+
+    /// With the `stable` trigger a ticket beside its file goes with it (and
+    /// a ticket still being written holds the file back); a lone `.json`
+    /// is a file like any other.
+    #[test]
+    fn a_ticket_beside_its_file_goes_with_it() {
+        let scan = [
+            seen("a.pdf", 1, 1),
+            seen("a.pdf.json", 1, 1),
+            seen("lone.json", 1, 1),
+        ];
+        let got = ready_of(
+            Trigger::Stable,
+            &scan,
+            &["a.pdf", "a.pdf.json", "lone.json"],
+        );
+        assert_eq!(
+            got,
+            vec![
+                ("a.pdf".into(), some("a.pdf.json"), None, true),
+                ("lone.json".into(), None, None, true),
+            ]
+        );
+        let got = ready_of(Trigger::Stable, &scan, &["a.pdf", "lone.json"]);
+        assert!(!got[0].3, "its ticket is still being written");
+    }
+
+    /// The `ticket` trigger waits for the ticket; `.json` and `.xml` files
+    /// are tickets only, even before their file arrives.
+    #[test]
+    fn the_ticket_trigger_waits_for_the_ticket() {
+        let scan = [
+            seen("a.pdf", 1, 1),
+            seen("b.pdf", 1, 1),
+            seen("b.pdf.xml", 1, 1),
+            seen("c.pdf.json", 1, 1),
+        ];
+        let all = ["a.pdf", "b.pdf", "b.pdf.xml", "c.pdf.json"];
+        let got = ready_of(Trigger::Ticket, &scan, &all);
+        assert_eq!(
+            got,
+            vec![
+                ("a.pdf".into(), None, None, false),
+                ("b.pdf".into(), some("b.pdf.xml"), None, true),
+            ]
+        );
+    }
+
+    /// The `marker` trigger takes a file only once `NAME.ready` is there.
+    #[test]
+    fn the_marker_trigger_waits_for_the_marker() {
+        let scan = [
+            seen("a.pdf", 1, 1),
+            seen("b.pdf", 1, 1),
+            seen("b.pdf.ready", 0, 1),
+        ];
+        let got = ready_of(Trigger::Marker, &scan, &["a.pdf", "b.pdf", "b.pdf.ready"]);
+        assert_eq!(
+            got,
+            vec![
+                ("a.pdf".into(), None, None, false),
+                ("b.pdf".into(), None, some("b.pdf.ready"), true),
+            ]
+        );
+        // Under `stable`, a `.ready` file is a file.
+        assert_eq!(ready_of(Trigger::Stable, &scan, &[]).len(), 3);
+    }
+
+    /// A job folder is one unit; its own `ticket.xml` is its ticket, and
+    /// the `ticket` trigger waits for it.
+    #[test]
+    fn a_job_folder_is_one_unit_with_its_ticket() {
+        let folder = |p: &str| Seen {
+            folder: true,
+            ..seen(p, 10, 1)
+        };
+        let scan = [
+            folder("Job 4711"),
+            seen("Job 4711/ticket.xml", 1, 1),
+            folder("Job 4712"),
+            seen("loose.pdf", 1, 1),
+        ];
+        let all = ["Job 4711", "Job 4711/ticket.xml", "Job 4712", "loose.pdf"];
+        let got = ready_of(Trigger::Ticket, &scan, &all);
+        assert_eq!(
+            got,
+            vec![
+                ("Job 4711".into(), some("Job 4711/ticket.xml"), None, true),
+                ("Job 4712".into(), None, None, false),
+                ("loose.pdf".into(), None, None, false),
+            ]
+        );
+        let got = ready_of(Trigger::Stable, &scan, &all);
+        assert!(got.iter().all(|u| u.3), "{got:?}");
+    }
+
+    /// Triggers and folders default to today's rule in older definitions.
+    #[test]
+    fn older_definitions_take_stable_files() {
+        let def = Hotfolder::new("hf", Action::Script { code: "1".into() });
+        let mut json = serde_json::to_value(&def).unwrap();
+        let map = json.as_object_mut().unwrap();
+        map.remove("trigger");
+        map.remove("folders");
+        let back: Hotfolder = serde_json::from_value(json).unwrap();
+        assert_eq!(back.trigger, Trigger::Stable);
+        assert!(!back.folders);
+        assert_eq!(Trigger::parse("ticket"), Some(Trigger::Ticket));
+        assert_eq!(Trigger::parse("soon"), None);
+    }
+
+    /// `{ticket.KEY}` is a placeholder; inside a shell's command string it
+    /// is code, like a file name.
+    #[test]
+    fn ticket_placeholders_are_checked() {
+        let argv = split_template("convert --title {ticket.customer.name} {input}").unwrap();
+        let def = Hotfolder::new("hf", Action::Command { argv });
+        def.validate().unwrap();
+        let argv = split_template("sh -c 'echo {ticket.name}'").unwrap();
+        let def = Hotfolder::new("hf", Action::Command { argv });
+        let e = def.validate().unwrap_err();
+        assert!(e.contains("ticket.KEY"), "{e}");
+        let argv = split_template("convert {ticket.} {input}").unwrap();
+        let e = Hotfolder::new("hf", Action::Command { argv })
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("not a field name"), "{e}");
     }
 
     #[test]

@@ -170,7 +170,7 @@ pub struct JobSpec {
 
 /// Which file a `hotfolder` job processes, as the scan saw it when it was
 /// stable, and what becomes of it after success.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileInput {
     pub hotfolder: String,
     /// Path under the hotfolder's `in/`, `/`-separated.
@@ -184,6 +184,17 @@ pub struct FileInput {
     pub inode: u64,
     /// The original is deleted after success (else moved to `done/`).
     pub delete_on_success: bool,
+    /// A job folder (`input` is the folder; `bytes`, `modified_ms` and
+    /// `inode` are its listing's, see `work::hotfolder::folder_print`).
+    #[serde(default)]
+    pub folder: bool,
+    /// Its ticket when taken, relative to `in/`: `NAME.json` or `NAME.xml`
+    /// beside it, or `NAME/ticket.json` (`.xml`) inside a job folder.
+    #[serde(default)]
+    pub ticket: Option<String>,
+    /// Its marker (`NAME.ready`, the `marker` trigger), removed at the claim.
+    #[serde(default)]
+    pub marker: Option<String>,
 }
 
 /// A file's modification time in ms since the epoch (0 when unknown).
@@ -195,8 +206,15 @@ pub fn modified_ms(meta: &std::fs::Metadata) -> u64 {
 }
 
 impl FileInput {
+    /// The job folder this job took: the same listing (`print`), size and
+    /// latest change.
+    pub fn is_folder(&self, bytes: u64, modified_ms: u64, print: u64) -> bool {
+        self.folder && (bytes, modified_ms, print) == (self.bytes, self.modified_ms, self.inode)
+    }
+
     /// `meta` is the file this job took (same size, time and inode).
     pub fn is(&self, meta: &std::fs::Metadata) -> bool {
+        debug_assert!(!self.folder, "a job folder is compared by its listing");
         use std::os::unix::fs::MetadataExt;
         meta.len() == self.bytes
             && modified_ms(meta) == self.modified_ms
@@ -328,6 +346,12 @@ impl JobSpec {
         }
         if let Some(f) = &self.file {
             check_relative(&f.input)?;
+            for companion in f.ticket.iter().chain(&f.marker) {
+                check_relative(companion)?;
+                if companion.len() > ARG_BYTES_MAX {
+                    return Err("a hotfolder job's ticket over its limits".into());
+                }
+            }
             if f.hotfolder.is_empty()
                 || f.hotfolder.len() > ARG_BYTES_MAX
                 || f.input.len() > ARG_BYTES_MAX

@@ -2,6 +2,9 @@
 //! arguments as `ARGS` (an array of strings) and a small host API:
 //!
 //! - `log(text)`: a line in the job's captured log; `progress(percent)`;
+//! - `ticket_set(key, value)`: a field of a hotfolder job's result ticket
+//!   (`fields`); a hotfolder script also sees `FILE` and its ticket's fields
+//!   as `TICKET`;
 //! - `sleep_ms(n)`: waits, and is cut short by a cancel or the timeout;
 //! - `kv_get(key)` / `kv_set(key, value)`: the cluster's settings, read with
 //!   the default read rule (never stale) and written through the
@@ -74,6 +77,10 @@ pub struct Called {
 pub trait Host: Send + Sync {
     fn log(&self, line: &str);
     fn progress(&self, percent: u8);
+    /// Sets a field of the hotfolder job's result ticket.
+    fn ticket_set(&self, _key: &str, _value: &str) -> Result<(), String> {
+        Err("ticket_set is for hotfolder scripts: only they have a result ticket".into())
+    }
     /// A cluster setting's value as text (`None`: no such key).
     fn kv_get(&self, key: &str) -> Result<Option<String>, String>;
     /// Sets a cluster setting; returns once it is committed.
@@ -324,9 +331,17 @@ pub fn run(
         None => {
             scope.push_constant("ARGS", list);
             if let Some(file) = &program.file {
-                let file =
-                    rhai::serde::to_dynamic(file).map_err(|e| Failure::Runtime(e.to_string()))?;
-                scope.push_constant("FILE", file);
+                // A hotfolder's ticket comes inside FILE and is a constant
+                // of its own: `TICKET["customer.name"]`.
+                let mut file = file.clone();
+                let ticket = file
+                    .as_object_mut()
+                    .and_then(|f| f.remove("TICKET"))
+                    .unwrap_or_else(|| serde_json::json!({}));
+                let to =
+                    |v| rhai::serde::to_dynamic(v).map_err(|e| Failure::Runtime(e.to_string()));
+                scope.push_constant("FILE", to(&file)?);
+                scope.push_constant("TICKET", to(&ticket)?);
             }
             e.eval_ast_with_scope::<Dynamic>(&mut scope, &ast)
                 .map(|v| value_text(&v))
@@ -390,6 +405,14 @@ fn register_host(e: &mut Engine, host: &Arc<dyn Host>, profiler: &Arc<Profiler>,
     e.register_fn("log", move |value: Dynamic| h.log(&value_text(&value)));
     let h = host.clone();
     e.register_fn("progress", move |p: i64| h.progress(p.clamp(0, 100) as u8));
+    let h = host.clone();
+    e.register_fn(
+        "ticket_set",
+        move |key: &str, value: Dynamic| -> Result<(), Box<EvalAltResult>> {
+            h.ticket_set(key, &value_text(&value))
+                .map_err(|e| host_error(format!("ticket_set(\"{key}\")"), e))
+        },
+    );
     register_kv(e, host, profiler);
     register_sql(e, host, profiler);
     register_files(e, host, profiler);

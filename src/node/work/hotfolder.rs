@@ -12,7 +12,7 @@
 //! the last failed attempt. Publishing is idempotent: a publisher that
 //! dies midway leaves what is left where the next one finds it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -28,8 +28,8 @@ use crate::node::cluster::{confirm_read, propose};
 use crate::proto::Response;
 use crate::state::{hotfolders as db, Command, JOB_BATCH_COUNT_MAX};
 use crate::work::hotfolder::{
-    expand, free_name, next_scan_ms, FileValues, Hotfolder, Patterns, Seen, Stability, OUTPUTS_MAX,
-    SCAN_FILES_MAX, WORK_DIR,
+    expand, free_name, next_scan_ms, units, FileValues, Hotfolder, Patterns, Seen, Stability, Unit,
+    OUTPUTS_MAX, SCAN_FILES_MAX, WORK_DIR,
 };
 use crate::work::jobs::{FileInput, Job, JobKind, JobSpec, JobState, Outcome};
 
@@ -157,27 +157,35 @@ async fn scan_round(work: &Work, scanner: &mut Scanner) -> Option<u64> {
         let Some(seen) = scan_logged(work, def).await else {
             continue;
         };
-        if !def.paused {
-            let stability = scanner.stability.entry(def.name.clone()).or_default();
-            let now = now_ms();
-            let ready = stability.observe(now, def.stable_ms, &seen);
-            let ready = not_owned(work, def, ready);
-            let held = held_by_writers(work, def, &ready).await;
-            stability.restart(&held, now);
-            if let Some(due) = stability.due_ms(now, def.stable_ms) {
-                due_ms = Some(due_ms.map_or(due, |d| d.min(due)));
-            }
-            let ready: Vec<Seen> = ready
-                .into_iter()
-                .filter(|s| !held.contains(&s.path))
-                .collect();
-            if !ready.is_empty() {
-                submit_ready(work, def, ready).await;
-            }
-        }
+        let now = now_ms();
+        let stability = scanner.stability.entry(def.name.clone()).or_default();
+        let stable = if def.paused {
+            Vec::new()
+        } else {
+            stability.observe(now, def.stable_ms, &seen)
+        };
+        let stable: HashSet<&str> = stable.iter().map(|s| s.path.as_str()).collect();
+        let all = units(def.trigger, &seen, &stable);
         if let Ok(owned) = read(work, |c| db::owned_inputs(c, &def.name)) {
-            let unowned = seen.iter().filter(|s| !owned.contains(&s.path)).count();
-            waiting.insert(def.name.clone(), unowned as u64);
+            let unowned = all.iter().filter(|(u, _)| !owned.contains(&u.main.path));
+            waiting.insert(def.name.clone(), unowned.count() as u64);
+        }
+        if def.paused {
+            continue;
+        }
+        let ready = all.into_iter().filter_map(|(u, ready)| ready.then_some(u));
+        let ready = not_owned(work, def, ready.collect());
+        let held = held_by_writers(work, def, &ready).await;
+        stability.restart(&held, now);
+        if let Some(due) = stability.due_ms(now, def.stable_ms) {
+            due_ms = Some(due_ms.map_or(due, |d| d.min(due)));
+        }
+        let ready: Vec<Unit> = ready
+            .into_iter()
+            .filter(|u| !held.contains(&u.main.path))
+            .collect();
+        if !ready.is_empty() {
+            submit_ready(work, def, ready).await;
         }
     }
     waiting.retain(|name, _| defs.iter().any(|d| d.name == *name));
@@ -253,6 +261,12 @@ pub fn scan(shared_root: &Path, def: &Hotfolder) -> Result<Vec<Seen>, String> {
                 format!("{rel}/{name}")
             };
             let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() && def.folders && rel.is_empty() {
+                if patterns.enters(&name) {
+                    folder_entries(def, &entry.path(), &path, &mut out);
+                }
+                continue;
+            }
             if meta.is_dir() {
                 if patterns.enters(&name) {
                     dirs.push((entry.path(), path));
@@ -270,10 +284,50 @@ pub fn scan(shared_root: &Path, def: &Hotfolder) -> Result<Vec<Seen>, String> {
                 bytes: meta.len(),
                 modified_ms: crate::work::jobs::modified_ms(&meta),
                 inode: std::os::unix::fs::MetadataExt::ino(&meta),
+                folder: false,
             });
         }
     }
     Ok(out)
+}
+
+/// A job folder of the scan (`in/REL`), and its own ticket as an entry of
+/// its own (`REL/ticket.json`), which the trigger looks for. A folder past
+/// its limits is logged and not taken.
+fn folder_entries(def: &Hotfolder, dir: &Path, rel: &str, out: &mut Vec<Seen>) {
+    if crate::work::jobs::check_relative(rel).is_err() {
+        return;
+    }
+    let listing = match super::job_folder::list(dir) {
+        Ok(l) => l,
+        Err(e) => {
+            crate::throttled_warn!(
+                "hotfolder-folder",
+                &def.name,
+                "hotfolder {}: the job folder in/{rel} is not taken: {e}",
+                def.name
+            );
+            return;
+        }
+    };
+    for inner in crate::work::ticket::FOLDER_TICKETS {
+        if let Ok(meta) = std::fs::metadata(dir.join(inner)) {
+            out.push(Seen {
+                path: format!("{rel}/{inner}"),
+                bytes: meta.len(),
+                modified_ms: crate::work::jobs::modified_ms(&meta),
+                inode: std::os::unix::fs::MetadataExt::ino(&meta),
+                folder: false,
+            });
+        }
+    }
+    out.push(Seen {
+        path: rel.to_string(),
+        bytes: listing.bytes,
+        modified_ms: listing.modified_ms,
+        inode: listing.print,
+        folder: true,
+    });
 }
 
 /// The name of an entry of `in/REL` as text, or `None` (logged) when it is
@@ -294,17 +348,16 @@ fn utf8_name(def: &Hotfolder, rel: &str, name: &std::ffi::OsStr) -> Option<Strin
     None
 }
 
-/// Submits the stable files no job owns, in entries of many jobs.
-/// The stable files no job owns yet (a ready file stays ready until it
+/// The ready units no job owns yet (a ready file stays ready until it
 /// goes; its job owns it meanwhile).
-fn not_owned(work: &Work, def: &Hotfolder, ready: Vec<Seen>) -> Vec<Seen> {
+fn not_owned(work: &Work, def: &Hotfolder, ready: Vec<Unit>) -> Vec<Unit> {
     if ready.is_empty() {
         return ready;
     }
     match read(work, |c| db::owned_inputs(c, &def.name)) {
         Ok(owned) => ready
             .into_iter()
-            .filter(|s| !owned.contains(&s.path))
+            .filter(|u| !owned.contains(&u.main.path))
             .collect(),
         Err(e) => {
             tracing::error!("reading the jobs of hotfolder {} failed: {e}", def.name);
@@ -315,23 +368,35 @@ fn not_owned(work: &Work, def: &Hotfolder, ready: Vec<Seen>) -> Vec<Seen> {
 
 /// Of the stable files, those a process on this machine still holds open
 /// for writing (`writers`): they wait `stable_ms` again.
-async fn held_by_writers(work: &Work, def: &Hotfolder, ready: &[Seen]) -> Vec<String> {
+async fn held_by_writers(work: &Work, def: &Hotfolder, ready: &[Unit]) -> Vec<String> {
     if ready.is_empty() {
         return Vec::new();
     }
     let in_dir = Layout::new(&work.cluster.cfg.shared_root, &def.name).dir("in");
-    let paths: Vec<String> = ready.iter().map(|s| s.path.clone()).collect();
+    let units: Vec<(String, Vec<String>)> = ready
+        .iter()
+        .map(|u| (u.main.path.clone(), u.ticket.iter().cloned().collect()))
+        .collect();
     let name = def.name.clone();
     async_std::task::spawn_blocking(move || {
-        let ids: Vec<Option<(u64, u64)>> = paths
+        let ids: Vec<Vec<(u64, u64)>> = units
             .iter()
-            .map(|p| super::writers::identity(&in_dir.join(p)))
+            .map(|(main, tickets)| {
+                let main_path = in_dir.join(main);
+                let mut ids = if main_path.is_dir() {
+                    super::job_folder::identities(&main_path)
+                } else {
+                    super::writers::identity(&main_path).into_iter().collect()
+                };
+                ids.extend(tickets.iter().filter_map(|t| super::writers::identity(&in_dir.join(t))));
+                ids
+            })
             .collect();
         let wanted = ids.iter().flatten().copied().collect();
         let open = super::writers::open_for_writing(&wanted);
         let mut held = Vec::new();
-        for (path, id) in paths.into_iter().zip(ids) {
-            if let Some(w) = id.and_then(|id| open.get(&id)) {
+        for ((path, _), ids) in units.into_iter().zip(ids) {
+            if let Some(w) = ids.iter().find_map(|id| open.get(id)) {
                 tracing::debug!(hotfolder = %name, pid = w.pid, command = %w.command, "in/{path} is stable but still open for writing: it waits until its writer closes it");
                 held.push(path);
             }
@@ -341,7 +406,7 @@ async fn held_by_writers(work: &Work, def: &Hotfolder, ready: &[Seen]) -> Vec<St
     .await
 }
 
-async fn submit_ready(work: &Work, def: &Hotfolder, fresh: Vec<Seen>) {
+async fn submit_ready(work: &Work, def: &Hotfolder, fresh: Vec<Unit>) {
     for batch in batches(def, &fresh) {
         let count = batch.len();
         let command = Command::JobsSubmit {
@@ -370,11 +435,12 @@ async fn submit_ready(work: &Work, def: &Hotfolder, fresh: Vec<Seen>) {
 /// and about `SUBMIT_BATCH_BYTES_MAX` bytes: each job carries the action,
 /// and a script can be large. A file whose job breaks a limit is logged
 /// and left in `in/`.
-fn batches(def: &Hotfolder, files: &[Seen]) -> Vec<Vec<(String, JobSpec)>> {
+fn batches(def: &Hotfolder, files: &[Unit]) -> Vec<Vec<(String, JobSpec)>> {
     let mut out: Vec<Vec<(String, JobSpec)>> = Vec::new();
     let mut bytes = usize::MAX;
-    for s in files {
-        let spec = file_job(def, s);
+    for u in files {
+        let s = &u.main;
+        let spec = file_job(def, u);
         if let Err(e) = spec.validate() {
             crate::throttled_warn!(
                 "hotfolder-file",
@@ -400,7 +466,8 @@ fn batches(def: &Hotfolder, files: &[Seen]) -> Vec<Vec<(String, JobSpec)>> {
 }
 
 /// The job of one stable file, with the hotfolder's action as it is now.
-pub fn file_job(def: &Hotfolder, seen: &Seen) -> JobSpec {
+pub fn file_job(def: &Hotfolder, unit: &Unit) -> JobSpec {
+    let seen = &unit.main;
     let mut spec = JobSpec::script("");
     spec.kind = JobKind::Hotfolder;
     match &def.action {
@@ -417,6 +484,9 @@ pub fn file_job(def: &Hotfolder, seen: &Seen) -> JobSpec {
         modified_ms: seen.modified_ms,
         inode: seen.inode,
         delete_on_success: def.on_success == crate::work::hotfolder::OnSuccess::Delete,
+        folder: seen.folder,
+        ticket: unit.ticket.clone(),
+        marker: unit.marker.clone(),
     });
     spec
 }
@@ -662,12 +732,10 @@ pub fn publish_steps(shared_root: &Path, job: &Job, steps: &mut Steps) -> Result
     // later under the same name is not this job's.
     let claimed = layout.claimed(&job.id, &file.input);
     let waiting = layout.dir("in").join(&file.input);
-    let original = if claimed.is_file() {
+    let original = if claimed.symlink_metadata().is_ok() {
         Some(claimed)
     } else {
-        std::fs::metadata(&waiting)
-            .is_ok_and(|m| m.is_file() && file.is(&m))
-            .then_some(waiting)
+        matches!(same_input(&waiting, file), Some(Ok(()))).then_some(waiting)
     };
     if job.state == JobState::Succeeded {
         publish_success(&layout, job, file, original, steps)?;
@@ -700,11 +768,27 @@ fn publish_success(
     let Some(original) = original.filter(|p| p.starts_with(layout.work(&job.id))) else {
         return Ok(());
     };
+    let to = layout.dir("done").join(parent_of(&file.input));
+    // The ticket before the original: the original's place says whether
+    // this is still to do, so a crash between the two loses nothing.
+    if let Some(ticket) = super::tickets::claimed_sidecar(&layout.work(&job.id), file) {
+        if file.delete_on_success {
+            steps.take()?;
+            std::fs::remove_file(&ticket).map_err(|e| format!("deleting the ticket: {e}"))?;
+        } else {
+            let name = ticket.file_name().map(|n| n.to_string_lossy().into_owned());
+            move_no_replace(&ticket, &to, &name.unwrap_or_default(), steps)?;
+        }
+    }
     if file.delete_on_success {
         steps.take()?;
-        return std::fs::remove_file(&original).map_err(|e| format!("deleting the original: {e}"));
+        let gone = if file.folder {
+            std::fs::remove_dir_all(&original)
+        } else {
+            std::fs::remove_file(&original)
+        };
+        return gone.map_err(|e| format!("deleting the original: {e}"));
     }
-    let to = layout.dir("done").join(parent_of(&file.input));
     move_no_replace(&original, &to, base_name(&file.input), steps)
 }
 
@@ -740,8 +824,20 @@ fn publish_failure(
     );
     steps.take()?;
     write_atomic(&to.join(format!("{name}.error.txt")), reason.as_bytes())?;
-    let ticket = result_ticket(job, file, &[]);
+    let fields = super::tickets::read_fields(&super::tickets::fields_path(
+        &layout.work(&job.id),
+        job.attempt,
+    ));
+    let ticket = result_ticket(job, file, &[], &fields);
     write_atomic(&to.join(format!("{name}.result.json")), &ticket)?;
+    // The job's own ticket beside the original, under the original's name.
+    if let Some(t) = super::tickets::claimed_sidecar(&layout.work(&job.id), file) {
+        let suffix = file.ticket.as_deref().unwrap_or_default();
+        let suffix = &suffix[file.input.len().min(suffix.len())..];
+        steps.take()?;
+        std::fs::rename(&t, to.join(format!("{name}{suffix}")))
+            .map_err(|e| format!("moving the ticket to error/: {e}"))?;
+    }
     move_no_replace(original, &to, &name, steps)
 }
 
@@ -751,7 +847,12 @@ const TICKET_OUTPUTS_MAX: usize = 10_000;
 /// A published job's result ticket (`NAME.result.json`, beside its
 /// outputs in `out/` or beside the original in `error/`): what a
 /// downstream system reads instead of parsing the job list.
-fn result_ticket(job: &Job, file: &FileInput, outputs: &[String]) -> Vec<u8> {
+fn result_ticket(
+    job: &Job,
+    file: &FileInput,
+    outputs: &[String],
+    fields: &crate::work::ticket::Fields,
+) -> Vec<u8> {
     let at = |ms: Option<u64>| ms.map(crate::contract::rfc3339);
     let ticket = serde_json::json!({
         "job": job.id,
@@ -764,7 +865,7 @@ fn result_ticket(job: &Job, file: &FileInput, outputs: &[String]) -> Vec<u8> {
         "finished_at": at(job.finished_ms),
         "outputs": outputs,
         "error": job.error,
-        "fields": {},
+        "fields": fields,
     });
     let mut bytes = serde_json::to_vec_pretty(&ticket).expect("a ticket encodes");
     bytes.push(b'\n');
@@ -791,8 +892,15 @@ fn stage_ticket(
         .into_iter()
         .filter(|f| *f != name && !f.ends_with(".claro-tmp"))
         .collect();
+    let fields = super::tickets::read_fields(&super::tickets::fields_path(
+        &layout.work(&job.id),
+        job.attempt,
+    ));
     steps.take()?;
-    write_atomic(&staging.join(name), &result_ticket(job, file, &outputs))?;
+    write_atomic(
+        &staging.join(name),
+        &result_ticket(job, file, &outputs, &fields),
+    )?;
     write_atomic(&marker, b"")
 }
 
@@ -952,27 +1060,22 @@ pub fn process(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>, log: Arc<Capt
     if let Err(e) = make_staging(&staging, work.account.as_ref()) {
         return Outcome::failed(e, String::new());
     }
+    let fields = match super::tickets::read(&layout.work(&job.id), &claimed, &file) {
+        Ok(f) => f,
+        Err(e) => return Outcome::failed(e, String::new()),
+    };
     let mut profile = Vec::new();
     let ended = if job.spec.script.is_empty() {
-        let values = FileValues::new(&path_text(&claimed), &path_text(&staging));
-        let argv = expand(&job.spec.args, &values);
-        // The values as environment variables too: the safe way for a
-        // shell to see them (`sh -c 'echo "$CLARO_NAME"'`).
-        let env = values.env();
-        let at = (staging.as_path(), work.account.as_ref());
-        super::process::run(&argv, at, &env, job.spec.timeout_ms, &cancel, &log).and_then(|s| {
-            if s.success() {
-                Ok(())
-            } else {
-                Err(format!("the action {}", log.ended_with(s)))
-            }
-        })
+        run_command(&work, &job, (&claimed, &staging), &fields, (&cancel, &log))
     } else {
         let profiler = Arc::new(crate::work::script::Profiler::default());
         let paths = (root.as_path(), claimed.as_path(), staging.as_path());
-        let ended = run_script(work, &job, paths, cancel, (&log, &profiler));
+        let set = Arc::new(std::sync::Mutex::new(crate::work::ticket::Fields::new()));
+        let ended = run_script(work, &job, paths, cancel, (&log, &profiler), (fields, &set));
         profile = profiler.rows();
-        ended
+        let set = set.lock().expect("fields lock");
+        let kept = super::tickets::fields_path(&layout.work(&job.id), job.attempt);
+        ended.and_then(|()| super::tickets::write_fields(&kept, &set))
     };
     // Checked after the action, before anything is published.
     let ended = ended
@@ -1006,17 +1109,14 @@ pub fn process(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>, log: Arc<Capt
 /// file open) changes it under the action, whose outputs would then be of a
 /// part of it. Such an attempt fails, and its outputs go.
 fn unchanged(claimed: &Path, file: &FileInput) -> Result<(), String> {
-    let meta = std::fs::metadata(claimed)
-        .map_err(|e| format!("the claimed input {}: {e}", claimed.display()))?;
-    if file.is(&meta) {
-        return Ok(());
+    match same_input(claimed, file) {
+        Some(Ok(())) => Ok(()),
+        None => Err(format!("the claimed input {} is gone", claimed.display())),
+        Some(Err(now)) => Err(format!(
+            "input changed while processing: {} changed after it was taken ({now}), so a writer was still at work and the outputs were dropped; write files under a temporary or ignored name and rename them when complete",
+            file.input
+        )),
     }
-    Err(format!(
-        "input changed while processing: {} had {} bytes when taken and {} after the action, so a writer was still at work and the outputs were dropped; write files under a temporary or ignored name and rename them when complete",
-        file.input,
-        file.bytes,
-        meta.len()
-    ))
 }
 
 /// The claim's time, in the job's working folder (ms since the epoch).
@@ -1035,10 +1135,15 @@ fn wait_for_writer(layout: &Layout, file: &FileInput, cancel: &AtomicBool) -> Re
     let source = layout.dir("in").join(&file.input);
     let deadline = std::time::Instant::now() + Duration::from_millis(WRITER_WAIT_MS);
     loop {
-        let Some(id) = super::writers::identity(&source) else {
-            return Ok(()); // claimed already, or gone: the claim says which
+        // A job folder's files, or the file: none when claimed already, or
+        // gone (the claim says which).
+        let ids: std::collections::HashSet<(u64, u64)> = if file.folder {
+            super::job_folder::identities(&source).into_iter().collect()
+        } else {
+            super::writers::identity(&source).into_iter().collect()
         };
-        let Some(w) = super::writers::open_for_writing(&[id].into()).remove(&id) else {
+        let open = super::writers::open_for_writing(&ids);
+        let Some(w) = open.into_values().next() else {
             return Ok(());
         };
         if cancel.load(std::sync::atomic::Ordering::Relaxed) {
@@ -1222,29 +1327,25 @@ fn path_text(p: &Path) -> String {
 pub(super) fn claim(layout: &Layout, id: &str, file: &FileInput) -> Result<PathBuf, String> {
     let input = file.input.as_str();
     let claimed = layout.claimed(id, input);
-    if claimed.is_file() {
+    let from_in = layout.dir("in").join(input);
+    let from_error = layout.dir("error").join(input);
+    if claimed.symlink_metadata().is_ok() {
+        super::tickets::claim(&layout.work(id), (&layout.dir("in"), false), file)?;
         return Ok(claimed);
     }
     let dir = claimed.parent().expect("claimed files are in a folder");
     std::fs::create_dir_all(dir).map_err(|e| format!("making {}: {e}", dir.display()))?;
-    let from_in = layout.dir("in").join(input);
-    let from_error = layout.dir("error").join(input);
-    let source = if from_in.is_file() {
+    let source = if from_in.symlink_metadata().is_ok() {
         from_in
     } else {
         from_error.clone()
     };
     // Only this job's file: one dropped later under the same name is
     // another file, and gets a job of its own once this one is published.
-    match std::fs::metadata(&source) {
-        Ok(meta) if !file.is(&meta) => {
-            return Err(format!(
-                "in/{input} was replaced after it was taken (now {} bytes, was {}): the new file gets its own job",
-                meta.len(),
-                file.bytes
-            ))
-        }
-        _ => {}
+    if let Some(Err(now)) = same_input(&source, file) {
+        return Err(format!(
+            "in/{input} was replaced or changed after it was taken ({now}): the new one gets its own job"
+        ));
     }
     match std::fs::rename(&source, &claimed) {
         Ok(()) => {
@@ -1254,6 +1355,9 @@ pub(super) fn claim(layout: &Layout, id: &str, file: &FileInput) -> Result<PathB
                         std::fs::remove_file(layout.dir("error").join(format!("{input}.{note}")));
                 }
             }
+            let again = source == from_error;
+            let from = layout.dir(if again { "error" } else { "in" });
+            super::tickets::claim(&layout.work(id), (&from, again), file)?;
             // When it was taken, for the checks after the action: kept with
             // the claim, so that a later attempt measures from the same time.
             let _ = write_atomic(
@@ -1267,6 +1371,29 @@ pub(super) fn claim(layout: &Layout, id: &str, file: &FileInput) -> Result<PathB
         )),
         Err(e) => Err(format!("claiming in/{input}: {e}")),
     }
+}
+
+/// Whether `path` is still the input the job took (same size, time and
+/// inode; for a job folder, the same listing): `None` when it is not
+/// there, `Err` with what it is now when it differs.
+fn same_input(path: &Path, file: &FileInput) -> Option<Result<(), String>> {
+    if file.folder {
+        let listing = super::job_folder::list(path).ok()?;
+        if file.is_folder(listing.bytes, listing.modified_ms, listing.print) {
+            return Some(Ok(()));
+        }
+        return Some(Err(format!(
+            "{} files, {} bytes, was {} bytes",
+            listing.files.len(),
+            listing.bytes,
+            file.bytes
+        )));
+    }
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.is_file() && file.is(&meta) {
+        return Some(Ok(()));
+    }
+    Some(Err(format!("now {} bytes, was {}", meta.len(), file.bytes)))
 }
 
 fn count_files(dir: &Path) -> usize {
@@ -1294,29 +1421,86 @@ fn run_script(
     (root, claimed, staging): (&Path, &Path, &Path),
     cancel: Arc<AtomicBool>,
     sinks: (&Arc<Capture>, &Arc<crate::work::script::Profiler>),
+    (ticket, set): (
+        crate::work::ticket::Fields,
+        &Arc<std::sync::Mutex<crate::work::ticket::Fields>>,
+    ),
 ) -> Result<(), String> {
     let rel = |p: &Path| {
         p.strip_prefix(root)
             .map_or_else(|_| path_text(p), path_text)
     };
     let values = FileValues::new(&rel(claimed), &rel(staging));
-    let input = job
+    let file = job
         .spec
         .file
         .as_ref()
-        .map(|f| f.input.clone())
-        .unwrap_or_default();
+        .expect("a hotfolder job has its file");
+    // A job folder's files, as paths the file functions take.
+    let files: Vec<String> = if file.folder {
+        let listing = super::job_folder::list(claimed)?;
+        listing
+            .files
+            .iter()
+            .map(|f| format!("{}/{f}", values.input))
+            .collect()
+    } else {
+        vec![values.input.clone()]
+    };
+    let ticket_path =
+        super::tickets::claimed(&claimed_work(claimed), claimed, file).map(|p| rel(&p));
     let value = serde_json::json!({
         "input": values.input, "output_dir": values.output_dir, "name": values.name,
-        "stem": values.stem, "ext": values.ext, "relative": input,
+        "stem": values.stem, "ext": values.ext, "relative": file.input,
+        "folder": file.folder, "files": files, "ticket": ticket_path,
+        // Taken out again by the engine as the constant `TICKET`.
+        "TICKET": ticket,
     });
     let file = FileContext {
         value,
         output_dir: staging.to_path_buf(),
+        fields: set.clone(),
     };
     run_job_script(work, job, cancel, sinks, Some(file))
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// The job's working folder, from its claimed input (`WORK/in/NAME`).
+fn claimed_work(claimed: &Path) -> PathBuf {
+    claimed
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// A command action: the template's placeholders and the ticket's
+/// `{ticket.KEY}` substituted per argument, the same values in the
+/// environment (`CLARO_*`, `CLARO_TICKET_*`), run in the staging folder.
+fn run_command(
+    work: &Work,
+    job: &Job,
+    (claimed, staging): (&Path, &Path),
+    fields: &crate::work::ticket::Fields,
+    (cancel, log): (&AtomicBool, &Arc<Capture>),
+) -> Result<(), String> {
+    let values = FileValues::new(&path_text(claimed), &path_text(staging));
+    let argv = expand(&job.spec.args, &values)
+        .iter()
+        .map(|a| crate::work::ticket::expand(a, fields))
+        .collect::<Result<Vec<String>, String>>()?;
+    // The values as environment variables too: the safe way for a
+    // shell to see them (`sh -c 'echo "$CLARO_NAME"'`).
+    let mut env = values.env();
+    env.extend(crate::work::ticket::env(fields));
+    let at = (staging, work.account.as_ref());
+    let status = super::process::run(&argv, at, &env, job.spec.timeout_ms, cancel, log)?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("the action {}", log.ended_with(status)))
+    }
 }
 
 #[cfg(test)]
@@ -1333,6 +1517,7 @@ mod tests {
             modified_ms: 0,
             inode: 0,
             delete_on_success: delete,
+            ..Default::default()
         });
         Job {
             id: "01a2093a8452b12da5d1".into(),
@@ -1466,25 +1651,159 @@ mod tests {
         }
     }
 
+    /// A job folder with a sidecar ticket, claimed (the marker goes), its
+    /// ticket read, a field kept, one output staged.
+    fn prepare_folder(root: &Path, j: &Job) -> FileInput {
+        let layout = Layout::new(root, "hf");
+        layout.create().unwrap();
+        let folder = layout.dir("in/Job 4711");
+        std::fs::create_dir_all(folder.join("parts")).unwrap();
+        std::fs::write(folder.join("cover.pdf"), "cover").unwrap();
+        std::fs::write(folder.join("parts/inner.pdf"), "inner").unwrap();
+        std::fs::write(layout.dir("in/Job 4711.json"), r#"{"copies": 500}"#).unwrap();
+        std::fs::write(layout.dir("in/Job 4711.ready"), "").unwrap();
+        let listing = super::super::job_folder::list(&folder).unwrap();
+        let file = FileInput {
+            hotfolder: "hf".into(),
+            input: "Job 4711".into(),
+            bytes: listing.bytes,
+            modified_ms: listing.modified_ms,
+            inode: listing.print,
+            delete_on_success: j.spec.file.as_ref().unwrap().delete_on_success,
+            folder: true,
+            ticket: Some("Job 4711.json".into()),
+            marker: Some("Job 4711.ready".into()),
+        };
+        let claimed = claim(&layout, &j.id, &file).unwrap();
+        assert_eq!(claim(&layout, &j.id, &file).unwrap(), claimed);
+        assert!(!layout.dir("in/Job 4711.ready").exists(), "the marker goes");
+        unchanged(&claimed, &file).unwrap();
+        let fields = super::super::tickets::read(&layout.work(&j.id), &claimed, &file).unwrap();
+        assert_eq!(fields["copies"], "500");
+        let staging = layout.staging(&j.id, j.attempt);
+        std::fs::create_dir_all(&staging).unwrap();
+        std::fs::write(staging.join("imposed.pdf"), "imposed").unwrap();
+        let mut set = crate::work::ticket::Fields::new();
+        set.insert("sheets".into(), "250".into());
+        let kept = super::super::tickets::fields_path(&layout.work(&j.id), j.attempt);
+        super::super::tickets::write_fields(&kept, &set).unwrap();
+        file
+    }
+
+    /// A job folder and its ticket are published crash-safely like a file:
+    /// after success the folder and its ticket in `done/`, the output and a
+    /// result ticket with the script's fields in `out/`; after a failure
+    /// both in `error/` beside the reason.
+    #[test]
+    fn a_job_folder_with_its_ticket_is_published_once_at_any_crash() {
+        for (state, delete) in [
+            (JobState::Succeeded, false),
+            (JobState::Succeeded, true),
+            (JobState::Failed, false),
+        ] {
+            let mut expected = None;
+            for crash_after in 0..40 {
+                let dir = tempfile::tempdir().unwrap();
+                let mut j = job(state, delete);
+                let file = prepare_folder(dir.path(), &j);
+                j.spec.file = Some(file);
+                let crashed = publish_steps(dir.path(), &j, &mut Steps::crash_after(crash_after));
+                publish(dir.path(), &j).unwrap();
+                publish(dir.path(), &j).unwrap();
+                let seen = contents(&dir.path().join("hf"));
+                match &expected {
+                    None => expected = Some(seen),
+                    Some(e) => assert_eq!(&seen, e, "{state:?} crash after {crash_after}"),
+                }
+                if crashed.is_ok() {
+                    break;
+                }
+            }
+            let seen = expected.unwrap();
+            let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
+            let ticket = |name: &str| -> serde_json::Value {
+                serde_json::from_str(&seen.iter().find(|(n, _)| n == name).unwrap().1).unwrap()
+            };
+            match (state, delete) {
+                (JobState::Succeeded, false) => {
+                    let want = [
+                        "done/Job 4711.json",
+                        "done/Job 4711/cover.pdf",
+                        "done/Job 4711/parts/inner.pdf",
+                        "out/Job 4711.result.json",
+                        "out/imposed.pdf",
+                    ];
+                    assert_eq!(names, want);
+                    let t = ticket("out/Job 4711.result.json");
+                    assert_eq!(t["fields"]["sheets"], "250", "{t}");
+                    assert_eq!(t["outputs"], serde_json::json!(["imposed.pdf"]));
+                }
+                (JobState::Succeeded, true) => {
+                    assert_eq!(names, ["out/Job 4711.result.json", "out/imposed.pdf"]);
+                }
+                _ => {
+                    let want = [
+                        "error/Job 4711.error.txt",
+                        "error/Job 4711.json",
+                        "error/Job 4711.result.json",
+                        "error/Job 4711/cover.pdf",
+                        "error/Job 4711/parts/inner.pdf",
+                    ];
+                    assert_eq!(names, want);
+                    assert_eq!(
+                        ticket("error/Job 4711.result.json")["fields"]["sheets"],
+                        "250"
+                    );
+                }
+            }
+            assert!(!dir_has_work(&seen), "{seen:?}");
+        }
+    }
+
+    fn dir_has_work(seen: &[(String, String)]) -> bool {
+        seen.iter().any(|(n, _)| n.starts_with(WORK_DIR))
+    }
+
+    /// A failed job folder retried takes the folder and its ticket back
+    /// from `error/`.
+    #[test]
+    fn a_failed_job_folder_retried_comes_back_with_its_ticket() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = job(JobState::Failed, false);
+        let file = prepare_folder(dir.path(), &j);
+        j.spec.file = Some(file.clone());
+        publish(dir.path(), &j).unwrap();
+        let layout = Layout::new(dir.path(), "hf");
+        let again = "01a2093a8452b12da5d2";
+        let claimed = claim(&layout, again, &file).unwrap();
+        assert!(claimed.join("cover.pdf").is_file());
+        let fields = super::super::tickets::read(&layout.work(again), &claimed, &file).unwrap();
+        assert_eq!(fields["copies"], "500");
+        assert!(!layout.dir("error/Job 4711.error.txt").exists());
+    }
+
     #[test]
     fn submissions_are_cut_by_count_and_by_bytes() {
-        let seen = |i: usize| Seen {
-            path: format!("f{i}.pdf"),
-            bytes: 1,
-            modified_ms: 0,
-            inode: i as u64,
+        let seen = |i: usize| {
+            Unit::of(Seen {
+                path: format!("f{i}.pdf"),
+                bytes: 1,
+                modified_ms: 0,
+                inode: i as u64,
+                folder: false,
+            })
         };
         let small = Hotfolder::new(
             "hf",
             crate::work::hotfolder::Action::Script { code: "1".into() },
         );
-        let files: Vec<Seen> = (0..JOB_BATCH_COUNT_MAX + 10).map(seen).collect();
+        let files: Vec<Unit> = (0..JOB_BATCH_COUNT_MAX + 10).map(seen).collect();
         let sizes: Vec<usize> = batches(&small, &files).iter().map(Vec::len).collect();
         assert_eq!(sizes, [JOB_BATCH_COUNT_MAX, 10]);
         // A 200 KB script: five jobs to an entry, not 4,096 (an 800 MB entry).
         let code = format!("let a = \"{}\";", "x".repeat(200_000));
         let big = Hotfolder::new("hf", crate::work::hotfolder::Action::Script { code });
-        let files: Vec<Seen> = (0..12).map(seen).collect();
+        let files: Vec<Unit> = (0..12).map(seen).collect();
         let sizes: Vec<usize> = batches(&big, &files).iter().map(Vec::len).collect();
         assert_eq!(sizes, [5, 5, 2]);
     }
@@ -1500,6 +1819,7 @@ mod tests {
             modified_ms: crate::work::jobs::modified_ms(&meta),
             inode: meta.ino(),
             delete_on_success: false,
+            ..Default::default()
         }
     }
 
@@ -1573,7 +1893,7 @@ mod tests {
         std::fs::write(layout.dir("in/.a.pdf.part"), "newer").unwrap();
         std::fs::rename(layout.dir("in/.a.pdf.part"), layout.dir("in/a.pdf")).unwrap();
         let e = claim(&layout, "01a2093a8452b12da5d1", &old).unwrap_err();
-        assert!(e.contains("replaced after it was taken"), "{e}");
+        assert!(e.contains("replaced or changed after it was taken"), "{e}");
         let mut j = job(JobState::Failed, false);
         j.spec.file = Some(old);
         publish(root, &j).unwrap();

@@ -168,7 +168,10 @@ impl Sim {
             .filter(|s| !owned.contains(&s.path))
             .map(|s| {
                 let id = crate::work::jobs::new_job_id(self.now_ms, self.rng.gen());
-                (id, file_job(&self.def, s))
+                (
+                    id,
+                    file_job(&self.def, &crate::work::hotfolder::Unit::of(s.clone())),
+                )
             })
             .collect();
         if fresh.is_empty() {

@@ -11,7 +11,10 @@
 //! - `script_host`: what a running script reaches through its instance;
 //! - `process`: external processes of jobs, bounded and killable;
 //! - `account`: the user they run as (`[jobs] run_as`);
-//! - `writers`: which files a local process holds open for writing.
+//! - `writers`: which files a local process holds open for writing;
+//! - `job_folder`: what a job folder holds (listing, fingerprint);
+//! - `tickets`: job tickets on disk (the claimed ticket, the fields a
+//!   script set).
 //!
 //! What it must not do: run an attempt the applied state does not assign to
 //! this instance, or write the state other than through committed commands.
@@ -20,10 +23,12 @@ pub(crate) mod account;
 mod hotfolder;
 #[cfg(test)]
 mod hotfolder_sim;
+mod job_folder;
 mod jobs;
 mod process;
 pub(crate) mod sandbox;
 mod script_host;
+mod tickets;
 mod worker;
 mod writers;
 

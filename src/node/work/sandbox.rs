@@ -89,6 +89,7 @@ enum FromWorker {
 /// A host function the script called; JSON values travel as text.
 #[derive(Serialize, Deserialize)]
 enum HostCall {
+    TicketSet(String, String),
     KvGet(String),
     KvSet(String, String),
     Sql(String, String),
@@ -420,6 +421,7 @@ fn serve(host: &dyn Host, call: HostCall, deadline: Instant, cancel: &AtomicBool
     let json = |v: serde_json::Value| v.to_string();
     let parse = |t: &str| serde_json::from_str::<serde_json::Value>(t).map_err(|e| e.to_string());
     let answer = match call {
+        HostCall::TicketSet(key, value) => host.ticket_set(&key, &value).map(|()| "null".into()),
         HostCall::KvGet(key) => host.kv_get(&key).map(|v| json(serde_json::json!(v))),
         HostCall::KvSet(key, value) => host.kv_set(&key, &value).map(|()| "null".into()),
         HostCall::Sql(query, params) => parse(&params).and_then(|p| {
@@ -787,6 +789,12 @@ impl Host for Proxy {
 
     fn progress(&self, percent: u8) {
         let _ = self.link.send(&FromWorker::Progress(percent));
+    }
+
+    fn ticket_set(&self, key: &str, value: &str) -> Result<(), String> {
+        self.link
+            .answer(HostCall::TicketSet(key.to_string(), value.to_string()))
+            .map(|_| ())
     }
 
     fn kv_get(&self, key: &str) -> Result<Option<String>, String> {

@@ -41,6 +41,9 @@ pub struct ScriptHost {
     /// Where the script may write and remove files (a hotfolder action: its
     /// staging folder); `None`: anywhere under `shared_root`.
     pub write_under: Option<PathBuf>,
+    /// The result ticket's fields a hotfolder script sets (`ticket_set`);
+    /// `None` for other scripts.
+    pub fields: Option<Arc<std::sync::Mutex<crate::work::ticket::Fields>>>,
 }
 
 impl crate::work::script::Host for ScriptHost {
@@ -51,6 +54,14 @@ impl crate::work::script::Host for ScriptHost {
     fn progress(&self, percent: u8) {
         self.log.set_progress(percent);
         self.log.push(&format!("[progress {percent}%]"));
+    }
+
+    fn ticket_set(&self, key: &str, value: &str) -> Result<(), String> {
+        let fields = self
+            .fields
+            .as_ref()
+            .ok_or("ticket_set is for hotfolder scripts: only they have a result ticket")?;
+        crate::work::ticket::set(&mut fields.lock().expect("fields lock"), key, value)
     }
 
     fn kv_get(&self, key: &str) -> Result<Option<String>, String> {
@@ -149,6 +160,8 @@ impl crate::work::script::Host for ScriptHost {
 pub struct FileContext {
     pub value: Value,
     pub output_dir: PathBuf,
+    /// Where `ticket_set` puts the result ticket's fields.
+    pub fields: Arc<std::sync::Mutex<crate::work::ticket::Fields>>,
 }
 
 /// Runs `job`'s script on this (blocking) thread: its log and profile go
@@ -163,7 +176,10 @@ pub fn run_job_script(
 ) -> Result<String, crate::work::script::Failure> {
     let hotfolder = job.spec.file.as_ref().map(|f| f.hotfolder.as_str());
     let name = job.spec.stored.as_deref().or(hotfolder).unwrap_or("script");
-    let (value, write_under) = file.map(|f| (f.value, f.output_dir)).unzip();
+    let (value, write_under, fields) = match file {
+        Some(f) => (Some(f.value), Some(f.output_dir), Some(f.fields)),
+        None => (None, None, None),
+    };
     let program = crate::work::script::Program {
         name,
         code: &job.spec.script,
@@ -176,6 +192,7 @@ pub fn run_job_script(
         work: work.clone(),
         job: job.clone(),
         write_under,
+        fields,
     });
     // In a worker process of this instance: a script that breaks its limits
     // ends its worker, never this instance.

@@ -1,0 +1,129 @@
+//! Job tickets on disk: the ticket taken with a hotfolder file (moved into
+//! the job's working folder at the claim, so that it travels with the file
+//! and nobody else takes it), the marker removed then, and the fields a
+//! script set (`ticket_set`), kept per attempt beside its staged outputs
+//! for the result ticket. Paths come from the caller (`hotfolder::Layout`);
+//! what a ticket means is in `work::ticket`.
+
+use std::path::{Path, PathBuf};
+
+use crate::work::jobs::FileInput;
+use crate::work::ticket::{self, Fields};
+
+/// Folder of a job's working area that holds its sidecar ticket.
+const TICKET_DIR: &str = "ticket";
+/// The fields a script set in one attempt, beside that attempt's outputs.
+const FIELDS_FILE: &str = "fields.json";
+
+/// The job's ticket where the claim put it: inside the claimed job folder
+/// (`ticket.json`), or in the working folder's `ticket/` (a sidecar).
+pub fn claimed(work_dir: &Path, claimed_input: &Path, file: &FileInput) -> Option<PathBuf> {
+    let t = file.ticket.as_deref()?;
+    if let Some(inner) = t.strip_prefix(&format!("{}/", file.input)) {
+        return Some(claimed_input.join(inner));
+    }
+    Some(work_dir.join(TICKET_DIR).join(base_name(t)))
+}
+
+/// The sidecar ticket the claim moved into the working folder, if the job
+/// has one and it is still there (a ticket inside a job folder moves with
+/// the folder).
+pub fn claimed_sidecar(work_dir: &Path, file: &FileInput) -> Option<PathBuf> {
+    let t = file.ticket.as_deref()?;
+    if t.starts_with(&format!("{}/", file.input)) {
+        return None;
+    }
+    let path = work_dir.join(TICKET_DIR).join(base_name(t));
+    path.exists().then_some(path)
+}
+
+/// Moves the sidecar ticket from `from_dir` (`in/`, or `error/` for a
+/// failed job retried) into the working folder, and removes the marker;
+/// again after a crash, each is done if it is still to do.
+pub fn claim(
+    work_dir: &Path,
+    (from_dir, from_error): (&Path, bool),
+    file: &FileInput,
+) -> Result<(), String> {
+    if let Some(m) = &file.marker {
+        match std::fs::remove_file(from_dir.join(m)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("removing the marker {m}: {e}"))
+            }
+            _ => {}
+        }
+    }
+    let Some(t) = file.ticket.as_deref() else {
+        return Ok(());
+    };
+    if t.starts_with(&format!("{}/", file.input)) {
+        return Ok(()); // inside the job folder: moved with it
+    }
+    let to = work_dir.join(TICKET_DIR);
+    if to.join(base_name(t)).exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&to).map_err(|e| format!("{}: {e}", to.display()))?;
+    // From error/, the ticket sits beside the original under its name.
+    let source = if from_error {
+        let suffix = &t[file.input.len().min(t.len())..];
+        from_dir.join(format!("{}{suffix}", file.input))
+    } else {
+        from_dir.join(t)
+    };
+    match std::fs::rename(&source, to.join(base_name(t))) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(format!("claiming the ticket {t}: {e}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The fields of the job's ticket (none without one). A ticket that is
+/// gone, unreadable or malformed fails the attempt with the reason.
+pub fn read(work_dir: &Path, claimed_input: &Path, file: &FileInput) -> Result<Fields, String> {
+    let Some(path) = claimed(work_dir, claimed_input, file) else {
+        return Ok(Fields::new());
+    };
+    let name = file.ticket.as_deref().unwrap_or_default();
+    let meta = std::fs::metadata(&path).map_err(|e| format!("the ticket {name}: {e}"))?;
+    if meta.len() > ticket::TICKET_BYTES_MAX as u64 {
+        return Err(format!(
+            "the ticket {name} has {} bytes, over the limit of {} (TICKET_BYTES_MAX)",
+            meta.len(),
+            ticket::TICKET_BYTES_MAX
+        ));
+    }
+    let bytes = std::fs::read(&path).map_err(|e| format!("the ticket {name}: {e}"))?;
+    ticket::parse(name, &bytes)
+}
+
+/// Where an attempt's fields are kept.
+pub fn fields_path(work_dir: &Path, attempt: u32) -> PathBuf {
+    work_dir.join(attempt.to_string()).join(FIELDS_FILE)
+}
+
+/// Keeps the fields a script set (nothing when it set none).
+pub fn write_fields(path: &Path, fields: &Fields) -> Result<(), String> {
+    if fields.is_empty() {
+        return Ok(());
+    }
+    let bytes = serde_json::to_vec(fields).expect("fields encode");
+    let tmp = path.with_extension("claro-tmp");
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("keeping the ticket fields in {}: {e}", path.display()))
+}
+
+/// The fields an attempt kept; none when it kept none (or they cannot be
+/// read: the result ticket is written without them rather than never).
+pub fn read_fields(path: &Path) -> Fields {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn base_name(rel: &str) -> &str {
+    rel.rsplit('/').next().unwrap_or(rel)
+}
