@@ -374,6 +374,8 @@ struct RawHotfolder {
     timeout_s: Option<Spanned<i64>>,
     on_success: Option<Spanned<String>>,
     allow_shell: Option<bool>,
+    trigger: Option<Spanned<String>>,
+    folders: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -957,7 +959,7 @@ fn hotfolder_conf(
     name: &str,
     raw: &Spanned<RawHotfolder>,
 ) -> Result<crate::work::hotfolder::Hotfolder, ConfigError> {
-    use crate::work::hotfolder::{split_template, Action, Hotfolder, OnSuccess};
+    use crate::work::hotfolder::{split_template, Action, Hotfolder, OnSuccess, Trigger};
     let key = format!("hotfolder.{name}");
     let r = raw.get_ref();
     let whole = |message: String| src.err(Some(raw.span()), Some(&key), message);
@@ -1025,6 +1027,16 @@ fn hotfolder_conf(
         })?;
     }
     h.allow_shell = r.allow_shell.unwrap_or(false);
+    if let Some(t) = &r.trigger {
+        h.trigger = Trigger::parse(t.get_ref()).ok_or_else(|| {
+            src.at(
+                t,
+                &format!("{key}.trigger"),
+                "must be \"stable\", \"ticket\" or \"marker\"",
+            )
+        })?;
+    }
+    h.folders = r.folders.unwrap_or(false);
     h.validate().map_err(whole)?;
     Ok(h)
 }

@@ -765,3 +765,163 @@ fn a_file_still_being_written_is_never_processed_in_part() {
     }
     c.assert_nobody_crashed();
 }
+
+/// Waits until `hotfolder`'s job for `input` is final; returns it.
+fn final_job(c: &Cluster, hotfolder: &str, input: &str) -> serde_json::Value {
+    let mut job = serde_json::Value::Null;
+    c.wait(
+        60,
+        &format!("the job of {hotfolder}/{input} to end"),
+        || {
+            job = hotfolder_jobs(c, hotfolder)
+                .into_iter()
+                .find(|j| j["input"] == input)
+                .unwrap_or_default();
+            job["state"] == "failed" || job["state"] == "succeeded"
+        },
+    );
+    job
+}
+
+/// Job folders and tickets, as a prepress shop drops them (127.0.167.x):
+/// a folder `Job 4711/` with two PDFs and its `ticket.xml` is one job whose
+/// script sees the files and the ticket and sets a field of the result
+/// ticket; a file with a JSON ticket beside it gives the ticket's values to
+/// a command as an argument and in the environment, and both go to `done/`
+/// together; the `marker` trigger waits for `NAME.ready`; a malformed
+/// ticket fails its job with the reason, both files in `error/`.
+#[test]
+fn job_folders_and_tickets_go_in_and_result_tickets_come_out() {
+    let (mut c, hf) = cluster_with_hotfolder(167, 300);
+    let root = hf.parent().unwrap().to_path_buf();
+    let script = c.conf.with_file_name("impose.rhai");
+    std::fs::write(
+        &script,
+        "let text = \"customer=\" + TICKET[\"customer.name\"] + \" id=\" + TICKET[\"id\"] + \"\\n\";\n\
+         for f in FILE.files { text += f + \"\\n\"; }\n\
+         file_write(FILE.output_dir + \"/\" + FILE.name + \".txt\", text);\n\
+         ticket_set(\"sheets\", FILE.files.len() * 2);\n",
+    )
+    .unwrap();
+    let script_arg = script.to_string_lossy().into_owned();
+    let quick = ["--stable-ms", "300"];
+    let args = [
+        &quick[..],
+        &["--folders", "--trigger", "ticket", "--script", &script_arg],
+    ]
+    .concat();
+    cli_ok(&c, &[&["hotfolder", "add", "jobs"], &args[..]].concat());
+    let jobs = root.join("jobs");
+    let folder = jobs.join("in/Job 4711");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("cover.pdf"), "cover").unwrap();
+    std::fs::write(folder.join("inner.pdf"), "inner").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        hotfolder_jobs(&c, "jobs").is_empty(),
+        "no ticket yet: not taken"
+    );
+    std::fs::write(
+        folder.join("ticket.xml"),
+        "<job id=\"4711\"><customer><name>Ink &amp; Co</name></customer></job>",
+    )
+    .unwrap();
+    let job = final_job(&c, "jobs", "Job 4711");
+    assert_eq!(job["state"], "succeeded", "{job}");
+    c.wait(30, "the folder published", || {
+        jobs.join("done/Job 4711").is_dir()
+    });
+    assert_eq!(
+        hotfolder_jobs(&c, "jobs").len(),
+        1,
+        "one job for the folder"
+    );
+    let listing = std::fs::read_to_string(jobs.join("out/Job 4711.txt")).unwrap();
+    assert!(
+        listing.starts_with("customer=Ink & Co id=4711\n"),
+        "{listing}"
+    );
+    for f in ["cover.pdf", "inner.pdf", "ticket.xml"] {
+        assert!(listing.contains(&format!("Job 4711/{f}\n")), "{listing}");
+        assert!(jobs.join("done/Job 4711").join(f).is_file(), "{f} in done/");
+    }
+    let ticket: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(jobs.join("out/Job 4711.result.json")).unwrap())
+            .unwrap();
+    assert_eq!(ticket["fields"]["sheets"], "6", "{ticket}");
+    assert_eq!(ticket["outcome"], "succeeded");
+    assert_eq!(ticket["outputs"], serde_json::json!(["Job 4711.txt"]));
+
+    // A ticket beside a file, for a command: an argument and the environment.
+    let template = "sh -c 'printf \"%s copies for %s\" \"$1\" \"$CLARO_TICKET_CUSTOMER_NAME\" > \"$CLARO_OUTPUT_DIR/$CLARO_NAME.txt\"' sh {ticket.copies}";
+    add_hotfolder(&c, "tagged", template, &quick);
+    let tagged = root.join("tagged");
+    std::fs::write(
+        tagged.join("in/a.pdf.json"),
+        r#"{"customer": {"name": "Ink; $(touch pwned)"}, "copies": 500}"#,
+    )
+    .unwrap();
+    std::fs::write(tagged.join("in/a.pdf"), "pdf").unwrap();
+    std::fs::write(tagged.join("in/bad.pdf.json"), "{\"copies\": ").unwrap();
+    std::fs::write(tagged.join("in/bad.pdf"), "pdf").unwrap();
+    assert_eq!(final_job(&c, "tagged", "a.pdf")["state"], "succeeded");
+    c.wait(30, "a.pdf published", || {
+        tagged.join("done/a.pdf.json").is_file()
+    });
+    let text = std::fs::read_to_string(tagged.join("out/a.pdf.txt")).unwrap();
+    assert_eq!(text, "500 copies for Ink; $(touch pwned)");
+    assert!(tagged.join("done/a.pdf").is_file());
+    assert!(!root.join("pwned").exists() && !tagged.join("out/pwned").exists());
+    let bad = final_job(&c, "tagged", "bad.pdf");
+    let why = bad["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("the ticket bad.pdf.json") && why.contains("line 1"),
+        "{bad}"
+    );
+    c.wait(30, "bad.pdf in error/", || {
+        tagged.join("error/bad.pdf.error.txt").is_file()
+    });
+    assert!(tagged.join("error/bad.pdf").is_file() && tagged.join("error/bad.pdf.json").is_file());
+    assert_eq!(hotfolder_jobs(&c, "tagged").len(), 2, "tickets are no jobs");
+
+    // The marker trigger.
+    add_hotfolder(
+        &c,
+        "marked",
+        "cp {input} {output_dir}",
+        &[&quick[..], &["--trigger", "marker"]].concat(),
+    );
+    let marked = root.join("marked");
+    std::fs::write(marked.join("in/b.pdf"), "b").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        hotfolder_jobs(&c, "marked").is_empty(),
+        "no marker yet: not taken"
+    );
+    let listed = hotfolder_list(&c);
+    let row = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "marked")
+        .unwrap();
+    assert_eq!(
+        (row["trigger"].as_str(), row["waiting"].as_u64()),
+        (Some("marker"), Some(1)),
+        "{row}"
+    );
+    std::fs::write(marked.join("in/b.pdf.ready"), "").unwrap();
+    assert_eq!(final_job(&c, "marked", "b.pdf")["state"], "succeeded");
+    c.wait(30, "b.pdf published", || {
+        marked.join("done/b.pdf").is_file()
+    });
+    assert!(
+        !marked.join("in/b.pdf.ready").exists(),
+        "the marker is removed"
+    );
+    assert_eq!(
+        std::fs::read_to_string(marked.join("out/b.pdf")).unwrap(),
+        "b"
+    );
+    c.assert_nobody_crashed();
+}

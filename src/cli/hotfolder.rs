@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::proto::{Request, Response};
 use crate::state::hotfolders::Counts;
 use crate::state::Command;
-use crate::work::hotfolder::{shell_danger, split_template, Action, Hotfolder, OnSuccess};
+use crate::work::hotfolder::{shell_danger, split_template, Action, Hotfolder, OnSuccess, Trigger};
 use clap::Subcommand;
 use std::path::PathBuf;
 
@@ -134,6 +134,16 @@ fn with_options(mut def: Hotfolder, o: &HotfolderOptions) -> Result<Hotfolder, F
     if o.allow_shell {
         def.allow_shell = true;
     }
+    if let Some(t) = &o.trigger {
+        def.trigger = Trigger::parse(t)
+            .ok_or_else(|| Failure::usage(format!("--trigger `{t}`: stable, ticket or marker")))?;
+    }
+    if o.folders {
+        def.folders = true;
+    }
+    if o.no_folders {
+        def.folders = false;
+    }
     def.validate().map_err(Failure::usage)?;
     if let Action::Command { argv } = &def.action {
         if let Some(danger) = shell_danger(argv).filter(|_| def.allow_shell) {
@@ -203,6 +213,15 @@ struct HotfolderJson<'a> {
     done_last_hour: u64,
     failed_last_hour: u64,
     action: String,
+    trigger: &'static str,
+    folders: bool,
+}
+
+/// When a hotfolder takes its input, in one word: `stable`, `ticket` or
+/// `marker`, with `+folders` when each folder is a job.
+fn takes_text(d: &Hotfolder) -> String {
+    let folders = if d.folders { "+folders" } else { "" };
+    format!("{}{folders}", d.trigger.as_str())
 }
 
 fn action_text(a: &Action) -> String {
@@ -225,23 +244,26 @@ fn list(config: &Config, client: &ClientArgs, stale: bool) -> Result<(), Failure
                 done_last_hour: c.done_last_hour,
                 failed_last_hour: c.failed_last_hour,
                 action: action_text(&d.action),
+                trigger: d.trigger.as_str(),
+                folders: d.folders,
             })
             .collect();
         return output::emit(&output::json_line(&list));
     }
     let mut out = format!(
-        "{:<20} {:<7} {:>8} {:>11} {:>9} {:>11}  ACTION\n",
-        "NAME", "STATE", "WAITING", "IN_PROGRESS", "DONE_1H", "FAILED_1H"
+        "{:<20} {:<7} {:>8} {:>11} {:>9} {:>11}  {:<14} ACTION\n",
+        "NAME", "STATE", "WAITING", "IN_PROGRESS", "DONE_1H", "FAILED_1H", "TAKES"
     );
     for (d, c) in &rows {
         out.push_str(&format!(
-            "{:<20} {:<7} {:>8} {:>11} {:>9} {:>11}  {}\n",
+            "{:<20} {:<7} {:>8} {:>11} {:>9} {:>11}  {:<14} {}\n",
             d.name,
             if d.paused { "paused" } else { "active" },
             c.waiting,
             c.in_progress,
             c.done_last_hour,
             c.failed_last_hour,
+            takes_text(d),
             output::escape_text(&action_text(&d.action))
         ));
     }
@@ -323,6 +345,18 @@ pub struct HotfolderOptions {
     pub timeout_s: Option<u64>,
     #[arg(long, allow_hyphen_values = true)]
     pub priority: Option<i32>,
+    /// When a stable file is taken: stable (at once), ticket (once
+    /// NAME.json or NAME.xml is beside it; ticket.json or ticket.xml inside
+    /// a job folder), marker (once NAME.ready is beside it).
+    #[arg(long)]
+    pub trigger: Option<String>,
+    /// Each folder dropped directly into in/ is one job (a job folder),
+    /// taken when everything in it is stable.
+    #[arg(long, overrides_with = "no_folders")]
+    pub folders: bool,
+    /// Folders in in/ are looked into for files again (the default).
+    #[arg(long)]
+    pub no_folders: bool,
 }
 
 /// A hotfolder's name and options (`hotfolder add` and `set`).
