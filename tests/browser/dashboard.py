@@ -264,11 +264,15 @@ def check_hotfolder_form(page, detail):
     # As `claro hotfolder list` quotes it: the same argv.
     expect(page.locator("#hf-template")).to_have_value("cp '{input}' '{output_dir}/{name}'")
     page.fill("#hf-retries", "2")
+    page.select_option("#hf-trigger", "marker")
+    page.check("#hf-folders")
     page.click("#hotfolder-form button[type=submit]")
     retries = detail.locator(".fact", has_text="Retries")
     expect(retries).to_contain_text("2", timeout=ms(UI_S))
+    expect(detail.locator(".fact", has_text="Taken when")).to_contain_text("marker")
+    expect(detail.locator(".fact", has_text="Job folders")).to_contain_text("one job")
     shot(page, "hotfolder-edited")
-    step("edited from its page: two retries")
+    step("edited from its page: two retries, the marker trigger, job folders")
 
 
 def check_scripts(page):

@@ -540,6 +540,8 @@ const hotfoldersPage = {
     $("hf-retries").value = def.max_attempts ? def.max_attempts - 1 : 0;
     $("hf-include").value = (def.include || []).join(", ");
     $("hf-allow-shell").checked = !!def.allow_shell;
+    $("hf-trigger").value = def.trigger || "stable";
+    $("hf-folders").checked = !!def.folders;
     $("hotfolder-error").hidden = true;
     this.showKind();
     $("hotfolder-form").hidden = false;
@@ -562,6 +564,8 @@ const hotfoldersPage = {
       retries: Number($("hf-retries").value),
       include: $("hf-include").value.split(",").map((g) => g.trim()).filter((g) => g),
       allow_shell: $("hf-allow-shell").checked,
+      trigger: $("hf-trigger").value,
+      folders: $("hf-folders").checked,
     };
     if ($("hf-kind").value === "script") body.script = $("hf-script").value;
     else body.template = $("hf-template").value;
@@ -644,6 +648,8 @@ const hotfoldersPage = {
           fact("Takes", def.include && def.include.length ? def.include.join(", ") : "every file"),
           fact("Ignores", (def.ignore || []).join(", ") || "—"),
           fact("Stable after", duration(def.stable_ms)),
+          fact("Taken when", { stable: "stable", ticket: "stable, with its ticket", marker: "stable, with its marker" }[def.trigger || "stable"]),
+          fact("Job folders", def.folders ? "each folder in in/ is one job" : "no: folders are looked into"),
           fact("Retries of a failed action", String(Math.max(0, def.max_attempts - 1))),
           fact("Timeout", duration(def.timeout_ms)),
           fact("On success", def.on_success === "delete" ? "delete the input" : "move the input to done/")),
