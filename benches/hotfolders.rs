@@ -12,6 +12,15 @@
 //! - The scan: one poll of an `in/` holding SCAN_FILES waiting files, timed
 //!   in-process (readdir and stat of each, patterns, stability).
 //!
+//! - Job folders: FOLDERS folders of FOLDER_FILES small files each, each
+//!   made under an ignored name and renamed into `in/` (as a writer
+//!   should), into a hotfolder with `--folders` whose script copies every
+//!   file of the folder; folders/s to the last folder in `done/`.
+//! - The checks against files still being written, at CHECK_FILES files:
+//!   one look in /proc for writers of all of them (what the coordinator's
+//!   scan pays when that many files become stable at once), and the `stat`
+//!   of each before the claim and after the action.
+//!
 //! Every loop is bounded in count and time.
 
 #[path = "../tests/common/mod.rs"]
@@ -26,6 +35,10 @@ const FILES: usize = 10_000;
 const LATENCY_COUNT: usize = 40;
 const STABLE_MS: u64 = 300;
 const SCAN_FILES: usize = 100_000;
+const FOLDERS: usize = 500;
+const FOLDER_FILES: usize = 10;
+const CHECK_FILES: usize = 10_000;
+const FOLDER_ACTION: &str = "for f in FILE.files {\n    let parts = f.split(\"/\");\n    file_write(FILE.output_dir + \"/\" + FILE.name + \"-\" + parts[parts.len() - 1], file_read(f));\n}\n";
 const TIME_MAX_S: u64 = 300;
 const ACTION: &str = "file_write(FILE.output_dir + \"/\" + FILE.name, file_read(FILE.input));\n";
 
@@ -104,6 +117,69 @@ fn pickup(c: &Cluster, hf: &Path) {
     );
 }
 
+fn folders_throughput(c: &Cluster, root: &Path) -> f64 {
+    let script = c.conf.with_file_name("folder.rhai");
+    std::fs::write(&script, FOLDER_ACTION).unwrap();
+    let out = c.cli(&[
+        "hotfolder",
+        "add",
+        "jf",
+        "--folders",
+        "--stable-ms",
+        &STABLE_MS.to_string(),
+        "--script",
+        &script.to_string_lossy(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let jf = root.join("jf");
+    let started = Instant::now();
+    for i in 0..FOLDERS {
+        let tmp = jf.join(format!("in/.making {i}"));
+        std::fs::create_dir_all(&tmp).unwrap();
+        for f in 0..FOLDER_FILES {
+            std::fs::write(tmp.join(format!("p{f}.pdf")), format!("job {i} page {f}")).unwrap();
+        }
+        std::fs::rename(&tmp, jf.join(format!("in/Job {i}"))).unwrap();
+    }
+    let written_s = started.elapsed().as_secs_f64();
+    let deadline = started + Duration::from_secs(TIME_MAX_S);
+    while count(&jf.join("done")) < FOLDERS && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let s = started.elapsed().as_secs_f64();
+    let done = count(&jf.join("done"));
+    let outputs = count(&jf.join("out"));
+    println!("job folders: {FOLDERS} folders of {FOLDER_FILES} files dropped at once (made in {written_s:.2} s): {done} published in {s:.2} s, {:.0} folders/s ({:.0} files/s; {outputs} entries in out/, with the result tickets)", done as f64 / s, (done * FOLDER_FILES) as f64 / s);
+    done as f64 / s
+}
+
+/// The cost of the checks against files still being written, at
+/// CHECK_FILES files, timed in process.
+fn check_cost() {
+    use claro::node::measured::{identity, open_for_writing};
+    let dir = tempfile::tempdir().unwrap();
+    let paths: Vec<std::path::PathBuf> = (0..CHECK_FILES)
+        .map(|i| dir.path().join(format!("f{i}.pdf")))
+        .collect();
+    for p in &paths {
+        std::fs::write(p, "x").unwrap();
+    }
+    for round in 0..3 {
+        let started = Instant::now();
+        let ids: std::collections::HashSet<(u64, u64)> =
+            paths.iter().filter_map(|p| identity(p)).collect();
+        let stat_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let started = Instant::now();
+        let open = open_for_writing(&ids);
+        let proc_ms = started.elapsed().as_secs_f64() * 1000.0;
+        println!(
+            "checks for writers at {CHECK_FILES} files (round {round}): stat of each {stat_ms:.1} ms, one look in /proc {proc_ms:.1} ms ({} open), so {:.1} us a file",
+            open.len(),
+            (stat_ms * 2.0 + proc_ms) * 1000.0 / CHECK_FILES as f64
+        );
+    }
+}
+
 fn scan_cost() {
     use claro::work::hotfolder::{Action, Hotfolder, Patterns, Seen, Stability};
     let dir = tempfile::tempdir().unwrap();
@@ -133,6 +209,7 @@ fn scan_cost() {
                     bytes: meta.len(),
                     modified_ms,
                     inode: std::os::unix::fs::MetadataExt::ino(&meta),
+                    folder: false,
                 });
             }
         }
@@ -162,6 +239,7 @@ fn main() {
             .trim()
     );
     if std::env::var("CLARO_BENCH_ONLY").as_deref() == Ok("scan") {
+        check_cost();
         return scan_cost();
     }
     let timing = format!("\n[hotfolder.hf]\nscript = \"action.rhai\"\nstable_ms = {STABLE_MS}\n");
@@ -188,7 +266,9 @@ fn main() {
     );
     pickup(&c, &hf);
     throughput(&hf);
+    folders_throughput(&c, hf.parent().unwrap());
     drop(c);
+    check_cost();
     scan_cost();
     println!(
         "load average at the end: {}",

@@ -738,6 +738,44 @@ fn a_file_still_being_written_is_never_processed_in_part() {
         "every piece kept in error/: {kept}"
     );
 
+    // A fast action: the first piece is processed and published before
+    // the writer's next one comes. That next piece is never a success of
+    // its own: it fails naming the earlier one.
+    add_hotfolder(
+        &c,
+        "fast",
+        &format!("sh -c '{copy}'"),
+        &["--stable-ms", "300"],
+    );
+    let fast = root.join("fast");
+    let path = fast.join("in/scan.pdf");
+    let append = |text: &str| {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        writeln!(f, "{text}").unwrap();
+    };
+    append("piece 0");
+    c.wait(30, "the first piece published", || {
+        fast.join("done/scan.pdf").is_file()
+    });
+    append("piece 1");
+    c.wait(30, "the next piece in error/", || {
+        fast.join("error/scan.pdf.error.txt").is_file()
+    });
+    let reason = std::fs::read_to_string(fast.join("error/scan.pdf.error.txt")).unwrap();
+    assert!(
+        reason.contains("after an earlier file of that name was processed (done/scan.pdf)"),
+        "{reason}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(fast.join("error/scan.pdf")).unwrap(),
+        "piece 1\n"
+    );
+
     // An action that fails on the file is not tried again unless the
     // hotfolder says so (`--retries`).
     add_hotfolder(&c, "once", "sh -c 'echo no ink >&2; exit 3'", &[]);

@@ -37,6 +37,13 @@ pub mod inputs {
     pub use super::work::scan;
 }
 
+/// What `benches/hotfolders.rs` times in process: the look for local
+/// writers of files about to be taken, and a job folder's listing.
+pub mod measured {
+    pub use super::work::job_folder::list as job_folder_listing;
+    pub use super::work::writers::{identity, open_for_writing};
+}
+
 /// Why `serve` did not run.
 #[derive(Debug)]
 pub enum ServeError {

@@ -130,6 +130,22 @@ pub fn owned_inputs(conn: &Connection, hotfolder: &str) -> rusqlite::Result<Hash
     rows.collect()
 }
 
+/// The jobs that own `input` of `hotfolder` (as in `owned_inputs`), at
+/// most `limit`: the claims a writer's next piece may meet.
+pub fn owners_of(
+    conn: &Connection,
+    hotfolder: &str,
+    input: &str,
+    limit: u32,
+) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id FROM jobs INDEXED BY jobs_unpublished
+         WHERE hotfolder = ?1 AND input = ?2 AND published = 0 LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![hotfolder, input, limit], |r| r.get::<_, String>(0))?;
+    rows.collect()
+}
+
 /// Final hotfolder jobs whose files are not published yet, oldest first,
 /// after the key `(finished_ms, id)` when given: the publisher pages
 /// through them, so jobs it cannot publish (a read-only share) do not

@@ -718,13 +718,18 @@ pub fn free_name(name: &str, taken: &mut dyn FnMut(&str) -> bool) -> Option<Stri
     if !taken(name) {
         return Some(name.to_string());
     }
+    (1..FREE_NAME_TRIES_MAX)
+        .map(|n| numbered(name, n))
+        .find(|candidate| !taken(candidate))
+}
+
+/// `name` with ` (n)` before its extension: `a b (2).pdf`.
+pub fn numbered(name: &str, n: u32) -> String {
     let (stem, ext) = match name.rfind('.') {
         Some(i) if i > 0 => (&name[..i], &name[i..]),
         _ => (name, ""),
     };
-    (1..FREE_NAME_TRIES_MAX)
-        .map(|n| format!("{stem} ({n}){ext}"))
-        .find(|candidate| !taken(candidate))
+    format!("{stem} ({n}){ext}")
 }
 
 #[cfg(test)]

@@ -23,14 +23,14 @@ pub(crate) mod account;
 mod hotfolder;
 #[cfg(test)]
 mod hotfolder_sim;
-mod job_folder;
+pub(crate) mod job_folder;
 mod jobs;
 mod process;
 pub(crate) mod sandbox;
 mod script_host;
 mod tickets;
 mod worker;
-mod writers;
+pub(crate) mod writers;
 
 // For `node::inputs`.
 pub use hotfolder::scan;
