@@ -8,6 +8,9 @@
 //!   attempts lost with a server ran again);
 //! - every dropped file is published exactly once: its output in `out/` and
 //!   its original in `done/`, or its original in `error/` with the reason;
+//!   likewise every job folder with its ticket (a second hotfolder takes
+//!   folders once their `ticket.json` is there), whose output must carry
+//!   the ticket's value and whose result ticket the field its script set;
 //! - no default read of a setting returned a value older than one already
 //!   acknowledged (no stale read);
 //! - the three replicas are identical (same digest at the same index);
@@ -37,10 +40,14 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const NAMES: [&str; 3] = ["srv1", "srv2", "srv3"];
-/// Load, at most: jobs and files submitted, settings written.
-const JOBS_MAX: u64 = 3_000;
-const FILES_MAX: u64 = 2_000;
-const WRITES_MAX: u64 = 5_000;
+/// Load per second of faults, at most: jobs and files submitted, settings
+/// written (each thread pauses `LOAD_PAUSE_MS` and waits for its
+/// acknowledgement, so it does less), and the limits whatever the length.
+const LOAD_PER_S: u64 = 20;
+const LOAD_COUNT_MIN: u64 = 2_000;
+const LOAD_COUNT_MAX: u64 = 200_000;
+/// Every this many drops, a job folder instead of a file.
+const FOLDER_EVERY: u64 = 5;
 /// Pause between two submissions of each load thread.
 const LOAD_PAUSE_MS: u64 = 60;
 /// Tries of one write with its request id before the load gives it up
@@ -57,26 +64,32 @@ fn a_fault_campaign_loses_and_doubles_nothing() {
     let seed: u64 = env_or("CLARO_CAMPAIGN_SEED", 1);
     eprintln!("fault campaign: seed {seed}, {seconds} s of faults");
     let timing = format!(
-        "{TEST_TIMING}hotfolder_poll_ms = 200\n\n[hotfolder.hf]\nscript = \"mark.rhai\"\nstable_ms = 300\n"
+        "{TEST_TIMING}hotfolder_poll_ms = 200\n\n[hotfolder.hf]\nscript = \"mark.rhai\"\nstable_ms = 300\n\n[hotfolder.jf]\nscript = \"bind.rhai\"\nstable_ms = 300\nfolders = true\ntrigger = \"ticket\"\n"
     );
     let mut c = Cluster::three_running_prepared(166, &timing, 4, |c| {
         let mark = "let t = file_read(FILE.input);\nfile_write(FILE.output_dir + \"/\" + FILE.name, t + \"!\");\n";
         std::fs::write(c.conf.with_file_name("mark.rhai"), mark).unwrap();
+        std::fs::write(c.conf.with_file_name("bind.rhai"), BIND).unwrap();
     });
     let hf = c.conf.parent().unwrap().join("../shared/hf");
-    c.wait(10, "the hotfolder's folders", || hf.join("in").is_dir());
-    let load = Load::start(c.config(), hf.clone());
+    c.wait(10, "the hotfolder's folders", || {
+        hf.join("in").is_dir() && hf.with_file_name("jf").join("in").is_dir()
+    });
+    let count_max = (seconds * LOAD_PER_S).clamp(LOAD_COUNT_MIN, LOAD_COUNT_MAX);
+    let load = Load::start(c.config(), hf.clone(), count_max);
     let faults = inject(&mut c, seed, Duration::from_secs(seconds));
     let record = load.stop();
     eprintln!(
-        "faults: {faults:?}; acknowledged {} jobs, {} files, {} writes",
+        "faults: {faults:?}; acknowledged {} jobs, {} files, {} job folders, {} writes",
         record.jobs.len(),
         record.files.len(),
+        record.folders.len(),
         record.writes
     );
     settle(&mut c, seed);
     check_jobs(&c, seed, &record.jobs);
     check_files(&c, seed, &hf, &record.files);
+    check_folders(&c, seed, &hf.with_file_name("jf"), &record.folders);
     assert!(
         record.stale.is_empty(),
         "seed {seed}: stale reads {:?}",
@@ -228,6 +241,8 @@ struct Record {
     jobs: HashMap<String, String>,
     /// Files dropped (complete, by rename): name -> content.
     files: HashMap<String, String>,
+    /// Job folders dropped (complete, by rename): name -> their ticket's `n`.
+    folders: HashMap<String, u64>,
     writes: u64,
     /// Default reads that returned a value older than one acknowledged.
     stale: Vec<String>,
@@ -240,16 +255,22 @@ struct Load {
 }
 
 impl Load {
-    fn start(config: Config, hf: PathBuf) -> Load {
+    fn start(config: Config, hf: PathBuf, count_max: u64) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let record = Arc::new(Mutex::new(Record::default()));
         let mut threads = Vec::new();
         let (s, r, cfg) = (stop.clone(), record.clone(), config.clone());
-        threads.push(std::thread::spawn(move || submit_jobs(&cfg, &s, &r)));
+        threads.push(std::thread::spawn(move || {
+            submit_jobs(&cfg, (&s, count_max), &r)
+        }));
         let (s, r) = (stop.clone(), record.clone());
-        threads.push(std::thread::spawn(move || drop_files(&hf, &s, &r)));
+        threads.push(std::thread::spawn(move || {
+            drop_files(&hf, (&s, count_max), &r)
+        }));
         let (s, r) = (stop.clone(), record.clone());
-        threads.push(std::thread::spawn(move || write_and_read(&config, &s, &r)));
+        threads.push(std::thread::spawn(move || {
+            write_and_read(&config, (&s, count_max), &r)
+        }));
         Load {
             stop,
             record,
@@ -289,8 +310,8 @@ fn acknowledged(config: &Config, req: &Request, first: usize) -> Option<Response
     None
 }
 
-fn submit_jobs(config: &Config, stop: &AtomicBool, record: &Mutex<Record>) {
-    for n in 0..JOBS_MAX {
+fn submit_jobs(config: &Config, (stop, count_max): (&AtomicBool, u64), record: &Mutex<Record>) {
+    for n in 0..count_max {
         if stop.load(Ordering::Relaxed) {
             return;
         }
@@ -313,10 +334,16 @@ fn submit_jobs(config: &Config, stop: &AtomicBool, record: &Mutex<Record>) {
 
 /// Files written under an ignored name and renamed when complete: the
 /// way the docs ask writers to work.
-fn drop_files(hf: &Path, stop: &AtomicBool, record: &Mutex<Record>) {
-    for n in 0..FILES_MAX {
+fn drop_files(hf: &Path, (stop, count_max): (&AtomicBool, u64), record: &Mutex<Record>) {
+    for n in 0..count_max {
         if stop.load(Ordering::Relaxed) {
             return;
+        }
+        if n % FOLDER_EVERY == FOLDER_EVERY - 1 {
+            let name = drop_folder(&hf.with_file_name("jf"), n);
+            record.lock().unwrap().folders.insert(name, n);
+            std::thread::sleep(Duration::from_millis(LOAD_PAUSE_MS));
+            continue;
         }
         let name = format!("file {n}.txt");
         let content = format!("content of {n}");
@@ -330,9 +357,9 @@ fn drop_files(hf: &Path, stop: &AtomicBool, record: &Mutex<Record>) {
 
 /// Writes `k` = n in order, and after each acknowledged write reads it
 /// back (a default read) from another server: it must see n or later.
-fn write_and_read(config: &Config, stop: &AtomicBool, record: &Mutex<Record>) {
+fn write_and_read(config: &Config, (stop, count_max): (&AtomicBool, u64), record: &Mutex<Record>) {
     let mut acked: u64 = 0;
-    for n in 1..=WRITES_MAX {
+    for n in 1..=count_max {
         if stop.load(Ordering::Relaxed) {
             return;
         }
@@ -440,6 +467,85 @@ fn check_files(c: &Cluster, seed: u64, hf: &Path, dropped: &HashMap<String, Stri
     assert!(
         listing(&hf.join("in")).is_empty(),
         "seed {seed}: left in in/"
+    );
+}
+
+/// The job folders' action: their files' texts in name order and the
+/// ticket's `n` in one output, and a field of the result ticket.
+const BIND: &str = "let text = \"n=\" + TICKET[\"n\"] + \"\\n\";\n\
+for f in FILE.files { if !f.ends_with(\"ticket.json\") { text += file_read(f) + \"\\n\"; } }\n\
+file_write(FILE.output_dir + \"/\" + FILE.name + \".txt\", text);\n\
+ticket_set(\"bound\", FILE.files.len());\n";
+
+/// A job folder `job N` with three pages, made under an ignored name with
+/// its ticket last, then renamed into `in/`.
+fn drop_folder(jf: &Path, n: u64) -> String {
+    let name = format!("job {n}");
+    let making = jf.join("in").join(format!(".{name}"));
+    std::fs::create_dir_all(&making).unwrap();
+    for page in 0..3 {
+        std::fs::write(
+            making.join(format!("p{page}.txt")),
+            format!("job {n} page {page}"),
+        )
+        .unwrap();
+    }
+    std::fs::write(making.join("ticket.json"), format!("{{\"n\": {n}}}")).unwrap();
+    std::fs::rename(&making, jf.join("in").join(&name)).unwrap();
+    name
+}
+
+/// Every job folder published once: in `done/` whole with its output
+/// (the ticket's value and every page) and a result ticket whose field
+/// the script set, or in `error/` with the reason.
+fn check_folders(c: &Cluster, seed: u64, jf: &Path, dropped: &HashMap<String, u64>) {
+    let published =
+        |name: &str| jf.join("done").join(name).is_dir() || jf.join("error").join(name).is_dir();
+    c.wait(
+        DRAIN_S,
+        &format!("seed {seed}: every job folder published"),
+        || dropped.keys().all(|n| published(n)) && listing(&jf.join(".claro/work")).is_empty(),
+    );
+    for (name, n) in dropped {
+        if !jf.join("done").join(name).is_dir() {
+            assert!(
+                jf.join("error").join(format!("{name}.error.txt")).is_file(),
+                "seed {seed}: {name} in error/ without a reason"
+            );
+            continue;
+        }
+        assert!(
+            !jf.join("error").join(name).exists(),
+            "seed {seed}: {name} in done/ and error/"
+        );
+        let pages: String = (0..3).map(|p| format!("job {n} page {p}\n")).collect();
+        let out = std::fs::read_to_string(jf.join("out").join(format!("{name}.txt")));
+        assert_eq!(
+            out.ok(),
+            Some(format!("n={n}\n{pages}")),
+            "seed {seed}: {name}"
+        );
+        let ticket = std::fs::read(jf.join("out").join(format!("{name}.result.json"))).unwrap();
+        let ticket: serde_json::Value = serde_json::from_slice(&ticket).unwrap();
+        assert_eq!(
+            ticket["fields"]["bound"], "4",
+            "seed {seed}: {name}: {ticket}"
+        );
+        assert_eq!(
+            listing(&jf.join("done").join(name)).len(),
+            4,
+            "seed {seed}: {name} whole in done/"
+        );
+    }
+    let outs = listing(&jf.join("out"));
+    assert_eq!(
+        outs.len(),
+        2 * listing(&jf.join("done")).len(),
+        "seed {seed}: one output and one ticket per folder: {outs:?}"
+    );
+    assert!(
+        listing(&jf.join("in")).is_empty(),
+        "seed {seed}: left in jf/in/"
     );
 }
 
