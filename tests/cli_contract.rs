@@ -602,3 +602,66 @@ fn every_command_keeps_the_json_and_exit_status_contract() {
     let out = claro(&c, &["settings", "get", &long], None);
     expect_failure(&out, 2, &["1..=1024 bytes"]);
 }
+
+/// `claro submit --many`: JSON lines in, one id a line out, in order, all
+/// in one entry; a bad line is exit 2 naming it, and nothing is submitted.
+/// A script's `submit([...])` does the same from inside a job
+/// (127.0.171.x).
+#[test]
+fn submit_many_submits_all_or_none() {
+    let c = one_server(171);
+    let lines = b"{\"script\": \"40 + 2\"}\n\n{\"command\": [\"true\"]}\n{\"script\": \"ARGS[0]\", \"args\": [\"third\"], \"priority\": 3}\n";
+    let out = claro(&c, &["submit", "--many", "-"], Some(lines));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let ids: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    assert!(ids.iter().all(|id| id.len() == 20), "{ids:?}");
+    for (id, result) in ids.iter().zip(["42", "exit status 0", "third"]) {
+        let out = claro(&c, &["wait", id], None);
+        expect(&out, 0, &format!("{result}\n"), "");
+    }
+    let count = |c: &Cluster| {
+        let out = claro(c, &["jobs", "--json"], None);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(count(&c), 3);
+    // A bad line: nothing submitted, the line named.
+    let bad = b"{\"script\": \"1\"}\n{\"script\": \"let x = ;\"}\n";
+    let out = claro(&c, &["submit", "--many", "-"], Some(bad));
+    expect_failure(&out, 2, &["-: line 2: script:"]);
+    let out = claro(
+        &c,
+        &["submit", "--many", "-"],
+        Some(b"{\"script\": \"1\", \"colour\": 1}\n"),
+    );
+    expect_failure(&out, 2, &["line 1: unknown field `colour`"]);
+    let out = claro(&c, &["submit", "--many", "/no/such/file"], None);
+    expect_failure(&out, 2, &["cannot read /no/such/file"]);
+    assert_eq!(count(&c), 3, "a refused batch submits nothing");
+    // JSON: the ids as an array.
+    let out = claro(
+        &c,
+        &["submit", "--many", "-", "--json"],
+        Some(b"{\"script\": \"1\"}\n{\"script\": \"2\"}\n"),
+    );
+    let ids: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids.as_array().map(Vec::len), Some(2), "{ids}");
+    // From a script: a list submits many at once, all or none.
+    let code =
+        "let ids = submit([#{script: \"1\"}, #{script: \"2\"}, #{stored: \"x\"}]); ids.len()";
+    let out = claro(&c, &["submit", "--inline", code, "--wait"], None);
+    expect(&out, 0, "3\n", "");
+    let code = "submit([#{script: \"1\"}, #{script: \"2\", max_attempts: 0}])";
+    let out = claro(&c, &["submit", "--inline", code, "--wait"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("job 1"), "{}", text(&out.stderr));
+    assert_eq!(
+        count(&c),
+        5 + 1 + 3 + 1,
+        "the refused list submitted nothing"
+    );
+}

@@ -255,6 +255,51 @@ fn the_api_answers_alike_everywhere_and_checks_access_and_input() {
         b"",
     );
     assert_eq!(json(&body)["result"], "42");
+    // A batch: an array, one entry, all or none; its key holds for the
+    // whole batch; an element's fault names its index.
+    let batch = br#"[{"stored": "answer"}, {"stored": "answer", "args": ["b"]}]"#;
+    let keyed = [
+        ("Authorization", ops.as_str()),
+        ("Idempotency-Key", "batch-3"),
+    ];
+    let (status, _, body) = http(&hosts[0], "POST", "/api/v1/jobs", &keyed, batch);
+    assert_eq!(status, 201, "{body}");
+    let ids = json(&body);
+    assert_eq!(ids.as_array().map(Vec::len), Some(2), "{body}");
+    let (status, _, body) = http(&hosts[2], "POST", "/api/v1/jobs", &keyed, batch);
+    assert_eq!(
+        (status, json(&body)),
+        (201, ids.clone()),
+        "a retried batch makes no new jobs"
+    );
+    for (bad, code, needle) in [
+        (
+            &br#"[{"stored": "answer"}, {"stored": "answer", "max_attempts": 0}]"#[..],
+            400,
+            "job 1:",
+        ),
+        (
+            &br#"[{"stored": "answer"}, {"script": "1"}]"#[..],
+            403,
+            "job 1: an operator may not",
+        ),
+        (
+            &br#"[{"stored": "answer", "command": ["id"]}]"#[..],
+            400,
+            "job 0: the HTTP API runs scripts",
+        ),
+        (&b"[]"[..], 400, "1 to 4096 jobs"),
+    ] {
+        let (status, _, body) = http(
+            &hosts[1],
+            "POST",
+            "/api/v1/jobs",
+            &[("Authorization", &ops)],
+            bad,
+        );
+        assert_eq!(status, code, "{body}");
+        assert!(body.contains(needle), "{needle}: {body}");
+    }
     let (_, _, body) = http(
         &hosts[1],
         "GET",
@@ -268,7 +313,20 @@ fn the_api_answers_alike_everywhere_and_checks_access_and_input() {
         .iter()
         .map(|j| j["id"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(listed, std::slice::from_ref(&id));
+    let mut want: Vec<String> = ids
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_str().unwrap().to_string())
+        .chain([id.clone()])
+        .collect();
+    want.sort();
+    let mut listed = listed;
+    listed.sort();
+    assert_eq!(
+        listed, want,
+        "the single job and the batch's, nothing refused"
+    );
 
     // Bad input.
     let auth = [("Authorization", ops.as_str())];
@@ -350,7 +408,7 @@ fn the_api_answers_alike_everywhere_and_checks_access_and_input() {
     assert_eq!(status, 200);
     assert!(
         text.contains("claro_raft_term ")
-            && text.contains("claro_jobs{state=\"succeeded\",kind=\"script\"} 1"),
+            && text.contains("claro_jobs{state=\"succeeded\",kind=\"script\"} 3"),
         "{text}"
     );
     for family in [

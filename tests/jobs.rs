@@ -722,7 +722,7 @@ fn submissions_in(raft_db: &std::path::Path) -> HashMap<String, Command> {
         let Ok(Command::Once { command, .. }) = Command::decode(&entry.data) else {
             continue;
         };
-        if let Some(id) = command.submitted_job() {
+        if let Some(id) = command.submitted_ids() {
             out.insert(id.to_string(), *command);
         }
     }

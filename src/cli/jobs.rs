@@ -27,7 +27,7 @@ pub enum Wait {
     LogAndResult,
 }
 
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     crate::work::jobs::new_job_id(crate::clock::now_ms(), rand::random())
 }
 
@@ -531,6 +531,12 @@ pub struct JobOptions {
 
 #[derive(clap::Args, Debug)]
 pub struct SubmitArgs {
+    /// Many jobs in one entry, all or none: one JSON object a line
+    /// ({script | stored | command, args, priority, max_attempts,
+    /// timeout_s, cwd, env}) from FILE, or stdin with `-`; prints one id a
+    /// line, in order.
+    #[arg(long, value_name = "FILE|-", conflicts_with_all = ["script", "inline", "stored", "command", "wait"])]
+    pub many: Option<String>,
     /// A script file.
     #[arg(long, conflicts_with_all = ["inline", "command"])]
     pub script: Option<PathBuf>,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+pub mod batch;
 pub mod cert;
 pub mod client;
 pub mod exit;
@@ -333,6 +334,10 @@ fn jobs(path: &std::path::Path, command: Command) -> Result<(), Failure> {
     use crate::cli::jobs as jc;
     let config = Config::load(path)?;
     match command {
+        Command::Submit(a) if a.many.is_some() => {
+            let from = a.many.as_deref().expect("--many");
+            crate::cli::batch::submit_many(&config, &a.client, from)
+        }
         Command::Submit(a) => {
             let wait = if a.wait {
                 jc::Wait::Result

@@ -221,6 +221,7 @@ pub enum Command {
 
 /// Placements in one `JobAssign`, and attempts in one `JobRelease`.
 pub const JOB_BATCH_COUNT_MAX: usize = 4096;
+const _: () = assert!(JOB_BATCH_COUNT_MAX == crate::work::submission::BATCH_COUNT_MAX);
 /// Jobs one purge entry deletes, at most (bounded work per apply).
 pub const JOB_PURGE_COUNT_MAX: usize = 10_000;
 /// Longest release reason.
@@ -340,11 +341,19 @@ impl Command {
         }
     }
 
-    /// The job a single submission makes (also when placed in its entry).
-    pub fn submitted_job(&self) -> Option<&str> {
+    /// The jobs a submission makes (also when placed in its entry), as a
+    /// keyed request records them: one id, or a batch's ids joined by `,`
+    /// in order (ids are hexadecimal).
+    pub fn submitted_ids(&self) -> Option<String> {
         match self {
-            Command::JobSubmit { id, .. } => Some(id),
-            Command::Placed { submission, .. } => submission.submitted_job(),
+            Command::JobSubmit { id, .. } => Some(id.clone()),
+            Command::JobsSubmit { jobs, .. } => Some(
+                jobs.iter()
+                    .map(|(id, _)| id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            Command::Placed { submission, .. } => submission.submitted_ids(),
             _ => None,
         }
     }
@@ -890,7 +899,7 @@ fn apply_command(
                 apply_command(tx, index, command, cluster_id)?;
                 // The job a keyed submission made: an HTTP client's retry
                 // with the same Idempotency-Key is answered with it.
-                if let Some(id) = command.submitted_job() {
+                if let Some(id) = command.submitted_ids() {
                     tx.prepare_cached("UPDATE requests SET job = ?2 WHERE id = ?1")?
                         .execute(params![request_id, id])?;
                 }

@@ -6,6 +6,8 @@
 //! - `jobs`: the job model, its limits and submission checks;
 //! - `scheduler`: the coordinator's placement rule;
 //! - `hotfolder`: definitions, patterns, stability, action templates;
+//! - `submission`: a job as a client writes it in JSON (`submit --many`,
+//!   the HTTP API's body);
 //! - `ticket`: job tickets in (sidecar JSON or XML) and the fields a
 //!   script sets for the result ticket;
 //! - `script`: the Script Execution Engine (Rhai with every limit), which
@@ -15,4 +17,5 @@ pub mod hotfolder;
 pub mod jobs;
 pub mod scheduler;
 pub mod script;
+pub mod submission;
 pub mod ticket;

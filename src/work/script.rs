@@ -17,7 +17,8 @@
 //! - `run(argv)` / `run(argv, timeout_ms)`: an external command, without a
 //!   shell, in `shared_root`; returns `#{status, output}`;
 //! - `submit(#{script | stored | command, args, priority, max_attempts,
-//!   timeout_ms})`: a child job; returns its id;
+//!   timeout_ms})`: a child job; returns its id; `submit([#{...}, ...])`:
+//!   many in one entry, all or none; returns their ids;
 //! - `call_script(NAME, FN, args...)`: runs function FN of stored script NAME as a
 //!   child job where the coordinator places it, waits for it and returns
 //!   its value; its error is an error here. (Rhai keeps the name `call`
@@ -101,6 +102,10 @@ pub trait Host: Send + Sync {
     ) -> Result<serde_json::Value, String>;
     /// Submits a child job (`spec` as the script gave it); its id.
     fn submit(&self, spec: serde_json::Value) -> Result<String, String>;
+    /// Submits child jobs in one entry, all or none; their ids in order.
+    fn submit_many(&self, _specs: Vec<serde_json::Value>) -> Result<Vec<String>, String> {
+        Err("this host submits one job at a time".into())
+    }
     /// Runs `function` of stored script `script` on the cluster and waits.
     fn call(
         &self,
@@ -550,6 +555,20 @@ fn register_jobs(e: &mut Engine, host: &Arc<dyn Host>, profiler: &Arc<Profiler>,
             let id = timed(&p, "submit", || h.submit(spec))
                 .map_err(|e| host_error("submit".into(), e))?;
             Ok(id.into())
+        },
+    );
+    // `submit([#{...}, #{...}])`: many jobs in one entry, all or none.
+    let (h, p) = (host.clone(), profiler.clone());
+    e.register_fn(
+        "submit",
+        move |specs: rhai::Array| -> Result<rhai::Array, Box<EvalAltResult>> {
+            let specs: Vec<serde_json::Value> = specs
+                .into_iter()
+                .map(|s| rhai::serde::from_dynamic(&s))
+                .collect::<Result<_, _>>()?;
+            let ids = timed(&p, "submit", || h.submit_many(specs))
+                .map_err(|e| host_error("submit".into(), e))?;
+            Ok(ids.into_iter().map(Dynamic::from).collect())
         },
     );
     // `call_script(NAME, FN, args...)`: Rhai has no variadic functions, so one is

@@ -121,10 +121,19 @@ fn check_body(endpoint: u32, body: &[u8]) {
     match endpoint {
         0 => {
             for role in [Role::Viewer, Role::Operator, Role::Admin] {
-                if let Ok(spec) = submission(role, body) {
-                    spec.validate().expect("an accepted submission is valid");
-                    let id = "0123456789abcdef0123".to_string();
-                    let _ = Command::JobSubmit { id, spec, at_ms: 1 }.validate();
+                if let Ok((specs, _)) = submission(role, body) {
+                    assert!(!specs.is_empty(), "an accepted submission has a job");
+                    let jobs: Vec<(String, _)> = specs
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, spec)| {
+                            spec.validate().expect("an accepted submission is valid");
+                            (format!("0123456789abcdef{i:04x}"), spec)
+                        })
+                        .collect();
+                    Command::JobsSubmit { jobs, at_ms: 1 }
+                        .validate()
+                        .expect("an accepted batch is valid");
                 }
             }
         }

@@ -148,59 +148,48 @@ pub(super) async fn job(web: &Arc<Web>, id: &str) -> Result<Reply, Fail> {
     }
 }
 
-/// What `POST /api/v1/jobs` takes: a script's code or a stored script's
-/// name, with the options of `claro submit`.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Submission {
-    script: Option<String>,
-    stored: Option<String>,
-    #[serde(default)]
-    args: Vec<String>,
-    priority: Option<i32>,
-    max_attempts: Option<u32>,
-    timeout_s: Option<u64>,
-}
-
-/// The job a `POST jobs` body asks for, checked, from a client of `role`.
-pub fn submission(role: Role, body: &[u8]) -> Result<JobSpec, Fail> {
-    let s: Submission = parse_json(body)?;
+/// The jobs a `POST jobs` body asks for, checked, from a client of
+/// `role`: one job object (`{script | stored, args, priority,
+/// max_attempts, timeout_s}`, as `work::submission::JobRequest` without
+/// the command's fields, which the HTTP API does not take), or an array of
+/// them (a batch: one entry, all or none; an element's fault names its
+/// index). `true` with a batch.
+pub fn submission(role: Role, body: &[u8]) -> Result<(Vec<JobSpec>, bool), Fail> {
+    use crate::work::submission::{JobRequest, BATCH_BYTES_MAX, BATCH_COUNT_MAX};
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
-    let need = access::submit_role(s.script.is_some());
-    if !role.may(need) {
-        return Err((
-            StatusCode::FORBIDDEN,
-            format!(
-                "a {} may not send code to run (an inline script takes an {}); run a stored script: {{\"stored\": NAME}}",
-                role.as_str(),
-                need.as_str()
-            ),
-        ));
-    }
-    let mut spec = match (s.script, s.stored) {
-        (Some(code), None) => {
-            crate::work::script::check(&code).map_err(|e| bad(format!("script: {e}")))?;
-            JobSpec::script(&code)
+    let batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    let requests: Vec<JobRequest> = if batch {
+        if body.len() > BATCH_BYTES_MAX {
+            return Err(bad(format!("a batch is at most {BATCH_BYTES_MAX} bytes")));
         }
-        (None, Some(name)) => {
-            let mut spec = JobSpec::script("");
-            spec.stored = Some(name);
-            spec
-        }
-        _ => {
-            return Err(bad(
-                "give one of `script` (code) or `stored` (a stored script's name)".into(),
-            ))
-        }
+        parse_json(body)?
+    } else {
+        vec![parse_json(body)?]
     };
-    spec.args = s.args;
-    spec.priority = s.priority.unwrap_or(spec.priority);
-    spec.max_attempts = s.max_attempts.unwrap_or(spec.max_attempts);
-    spec.timeout_ms = s
-        .timeout_s
-        .map_or(spec.timeout_ms, |t| t.saturating_mul(1000));
-    spec.validate().map_err(bad)?;
-    Ok(spec)
+    if requests.is_empty() || requests.len() > BATCH_COUNT_MAX {
+        return Err(bad(format!("a batch holds 1 to {BATCH_COUNT_MAX} jobs")));
+    }
+    let at = |i: usize, m: String| if batch { format!("job {i}: {m}") } else { m };
+    let mut specs = Vec::with_capacity(requests.len());
+    for (i, r) in requests.into_iter().enumerate() {
+        if r.is_command_like() {
+            return Err(bad(at(i, "the HTTP API runs scripts: `command`, `cwd` and `env` are the CLI's (`claro submit --command`)".into())));
+        }
+        let need = access::submit_role(r.runs_code());
+        if !role.may(need) {
+            return Err((
+                StatusCode::FORBIDDEN,
+                at(i, format!(
+                    "{} {} may not send code to run (an inline script takes an {}); run a stored script: {{\"stored\": NAME}}",
+                    if role == Role::Viewer { "a" } else { "an" },
+                    role.as_str(),
+                    need.as_str()
+                )),
+            ));
+        }
+        specs.push(r.spec().map_err(|e| bad(at(i, e)))?);
+    }
+    Ok((specs, batch))
 }
 
 pub(super) async fn submit(
@@ -209,20 +198,37 @@ pub(super) async fn submit(
     body: &[u8],
     idem: Option<String>,
 ) -> Result<Reply, Fail> {
-    let spec = submission(role, body)?;
+    let (specs, batch) = submission(role, body)?;
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
-    let id = crate::work::jobs::new_job_id(now_ms(), rand::random());
+    let jobs: Vec<(String, JobSpec)> = specs
+        .into_iter()
+        .map(|spec| {
+            (
+                crate::work::jobs::new_job_id(now_ms(), rand::random()),
+                spec,
+            )
+        })
+        .collect();
+    let ids: Vec<String> = jobs.iter().map(|(id, _)| id.clone()).collect();
     let request_id = match &idem {
         Some(key) if key.is_empty() || key.len() > 64 => {
             return Err(bad("Idempotency-Key: 1 to 64 characters".into()))
         }
         Some(key) => format!("http:{key}"),
-        None => id.clone(),
+        None => ids[0].clone(),
     };
-    let command = Command::JobSubmit {
-        id: id.clone(),
-        spec,
-        at_ms: now_ms(),
+    let command = if batch {
+        Command::JobsSubmit {
+            jobs,
+            at_ms: now_ms(),
+        }
+    } else {
+        let (id, spec) = jobs.into_iter().next().expect("one job");
+        Command::JobSubmit {
+            id,
+            spec,
+            at_ms: now_ms(),
+        }
     };
     command.validate().map_err(bad)?;
     let req = Request::propose(command, Some(request_id.clone()));
@@ -231,10 +237,22 @@ pub(super) async fn submit(
         other => return Err(failure(other)),
     }
     // A retried keyed POST made no new job: answer with the first one's.
+    let ids = made_by(web, &request_id).await.unwrap_or(ids);
+    if batch {
+        return Ok(json_reply(StatusCode::CREATED, &json!(ids)));
+    }
+    let mut reply = job(web, &ids[0]).await?;
+    *reply.status_mut() = StatusCode::CREATED;
+    Ok(reply)
+}
+
+/// The jobs the keyed submission `request_id` made, as recorded when it
+/// was applied.
+async fn made_by(web: &Arc<Web>, request_id: &str) -> Option<Vec<String>> {
     let made = crate::node::cluster::read(&web.cluster, false, |core, _| {
-        match core.state().request_job(&request_id) {
-            Ok(Some(job)) => Response::Value {
-                value: Some(serde_bytes::ByteBuf::from(job.into_bytes())),
+        match core.state().request_job(request_id) {
+            Ok(Some(ids)) => Response::Value {
+                value: Some(serde_bytes::ByteBuf::from(ids.into_bytes())),
                 stale: None,
             },
             _ => Response::Value {
@@ -244,13 +262,15 @@ pub(super) async fn submit(
         }
     })
     .await;
-    let id = match made {
-        Response::Value { value: Some(v), .. } => String::from_utf8_lossy(&v).into_owned(),
-        _ => id,
-    };
-    let mut reply = job(web, &id).await?;
-    *reply.status_mut() = StatusCode::CREATED;
-    Ok(reply)
+    match made {
+        Response::Value { value: Some(v), .. } => Some(
+            String::from_utf8_lossy(&v)
+                .split(',')
+                .map(str::to_string)
+                .collect(),
+        ),
+        _ => None,
+    }
 }
 
 pub(super) async fn cancel_or_retry(web: &Arc<Web>, id: &str, verb: &str) -> Result<Reply, Fail> {

@@ -99,6 +99,7 @@ enum HostCall {
         timeout_ms: u64,
     },
     Submit(String),
+    SubmitMany(String),
     Call {
         script: String,
         function: String,
@@ -434,6 +435,12 @@ fn serve(host: &dyn Host, call: HostCall, deadline: Instant, cancel: &AtomicBool
         HostCall::Submit(spec) => parse(&spec)
             .and_then(|s| host.submit(s))
             .map(|id| json(id.into())),
+        HostCall::SubmitMany(specs) => parse(&specs)
+            .and_then(|s| match s {
+                serde_json::Value::Array(list) => host.submit_many(list),
+                _ => Err("submit takes a list".into()),
+            })
+            .map(|ids| json(serde_json::json!(ids))),
         HostCall::Call {
             script,
             function,
@@ -834,6 +841,11 @@ impl Host for Proxy {
 
     fn submit(&self, spec: serde_json::Value) -> Result<String, String> {
         self.link.value(HostCall::Submit(spec.to_string()))
+    }
+
+    fn submit_many(&self, specs: Vec<serde_json::Value>) -> Result<Vec<String>, String> {
+        let list = serde_json::Value::Array(specs).to_string();
+        self.link.value(HostCall::SubmitMany(list))
     }
 
     fn call(

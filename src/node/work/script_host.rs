@@ -113,6 +113,32 @@ impl crate::work::script::Host for ScriptHost {
         self.submit_spec(spec)
     }
 
+    fn submit_many(&self, specs: Vec<Value>) -> Result<Vec<String>, String> {
+        use crate::work::submission::BATCH_COUNT_MAX;
+        if specs.is_empty() || specs.len() > BATCH_COUNT_MAX {
+            return Err(format!(
+                "submit takes a list of 1 to {BATCH_COUNT_MAX} jobs"
+            ));
+        }
+        let jobs = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let spec = child_spec(s, &self.job).map_err(|e| format!("job {i}: {e}"))?;
+                Ok((
+                    crate::work::jobs::new_job_id(now_ms(), rand::random()),
+                    spec,
+                ))
+            })
+            .collect::<Result<Vec<(String, JobSpec)>, String>>()?;
+        let ids = jobs.iter().map(|(id, _)| id.clone()).collect();
+        self.commit(Command::JobsSubmit {
+            jobs,
+            at_ms: now_ms(),
+        })?;
+        Ok(ids)
+    }
+
     fn call(
         &self,
         target: CallTarget,
