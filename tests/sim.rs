@@ -64,7 +64,7 @@ use claro::consensus::{
     self, Core, CoreConfig, CoreError, CrashHook, CrashPoint, Mutation, Output, SnapshotFile,
 };
 use claro::state::{self, jobs as jobdb, Command, StateMachine};
-use claro::work::jobs::{JobKind, JobSpec, JobState, Outcome};
+use claro::work::jobs::{JobSpec, JobState, Outcome};
 use claro::work::scheduler::{self, Candidate};
 use raft::eraftpb::{ConfChangeType, Message, MessageType};
 use rand::rngs::StdRng;
@@ -161,7 +161,7 @@ struct Sim {
     trace: bool,
     /// Jobs: submissions awaiting their answer (context -> job id), those
     /// answered, and the final state each replica was seen to give a job.
-    job_submits: HashMap<Vec<u8>, String>,
+    job_submits: HashMap<Vec<u8>, Vec<String>>,
     acked_jobs: BTreeSet<String>,
     finals: HashMap<(usize, String), JobState>,
     jobs_finished: u64,
@@ -637,8 +637,8 @@ impl Sim {
             i + 1
         );
         self.nodes[i].waiting.remove(context);
-        if let Some(id) = self.job_submits.remove(context) {
-            self.acked_jobs.insert(id);
+        if let Some(ids) = self.job_submits.remove(context) {
+            self.acked_jobs.extend(ids);
         }
         let (term, digest) = out
             .iter()
@@ -1077,7 +1077,9 @@ fn soak() {
 /// Slots of every simulated instance.
 const SIM_SLOTS: u32 = 2;
 
-/// Jobs in the simulation: submissions, the coordinator's placements (from
+/// Jobs in the simulation: submissions (single, batched, and either one
+/// placed in its own entry from the leader's applied view), the
+/// coordinator's placements (from
 /// `scheduler::place`, without waiting for the previous ones to apply, so
 /// that the apply-time guards are exercised), workers that report from their
 /// own, possibly stale, replica, and releases of crashed instances. Checked:
@@ -1089,29 +1091,48 @@ impl Sim {
         format!("n{}", self.nodes[i].id)
     }
 
+    /// A submission through the leader, as the product makes them: one job
+    /// (`JobSubmit`), a batch (`JobsSubmit`, `submit --many`), or either
+    /// placed in its own entry (`Placed`, from the leader's applied view,
+    /// which may be behind its own earlier placements: the apply-time
+    /// guard keeps every instance within its slots).
     fn submit_job(&mut self) {
         let Some(l) = self.leader_index() else { return };
-        let id = claro::work::jobs::new_job_id(self.now, self.rng.gen());
-        let spec = JobSpec {
-            kind: JobKind::Script,
-            script: "1".into(),
-            stored: None,
-            args: Vec::new(),
-            cwd: None,
-            env: Vec::new(),
-            priority: self.rng.gen_range(-2..=2),
-            max_attempts: 3,
-            timeout_ms: 1000,
-            call: None,
-            depth: 0,
-            file: None,
+        let count = if self.rng.gen_bool(0.3) {
+            self.rng.gen_range(2..=6)
+        } else {
+            1
+        };
+        let jobs: Vec<(String, JobSpec)> = (0..count)
+            .map(|_| {
+                let id = claro::work::jobs::new_job_id(self.now, self.rng.gen());
+                let mut spec = JobSpec::script("1");
+                spec.priority = self.rng.gen_range(-2..=2);
+                spec.max_attempts = 3;
+                spec.timeout_ms = 1000;
+                (id, spec)
+            })
+            .collect();
+        let ids: Vec<String> = jobs.iter().map(|(id, _)| id.clone()).collect();
+        let submission = if count == 1 {
+            let (id, spec) = jobs.into_iter().next().expect("one job");
+            Command::JobSubmit {
+                id,
+                spec,
+                at_ms: self.now,
+            }
+        } else {
+            Command::JobsSubmit {
+                jobs,
+                at_ms: self.now,
+            }
+        };
+        let cmd = if self.rng.gen_bool(0.5) {
+            self.placed(l, submission)
+        } else {
+            submission
         };
         let ctx = self.rng.gen::<u64>().to_be_bytes().to_vec();
-        let cmd = Command::JobSubmit {
-            id: id.clone(),
-            spec,
-            at_ms: self.now,
-        };
         let node = &mut self.nodes[l];
         if node
             .core
@@ -1121,9 +1142,48 @@ impl Sim {
             .is_ok()
         {
             node.waiting.insert(ctx.clone());
-            self.job_submits.insert(ctx, id);
+            self.job_submits.insert(ctx, ids);
         }
         self.pump(l);
+    }
+
+    /// `submission` with placements of its jobs on the instances that are
+    /// up, from the leader's applied view (`Command::Placed`); the
+    /// submission alone when nothing fits.
+    fn placed(&mut self, l: usize, submission: Command) -> Command {
+        let up: Vec<String> = (0..self.nodes.len())
+            .filter(|&j| self.nodes[j].core.is_some())
+            .map(|j| self.name(j))
+            .collect();
+        let core = self.nodes[l].core.as_ref().expect("leader is up");
+        let active = jobdb::active_counts(core.state().conn()).expect("active");
+        let mut candidates: Vec<Candidate> = up
+            .iter()
+            .map(|n| Candidate {
+                name: n.clone(),
+                slots: SIM_SLOTS,
+                active: active.get(n).copied().unwrap_or(0),
+            })
+            .collect();
+        let queued: Vec<scheduler::Queued> = submission
+            .submitted_jobs()
+            .iter()
+            .map(|(id, spec)| scheduler::Queued {
+                id: id.to_string(),
+                attempt: 1,
+                priority: spec.priority,
+                not_before_ms: 0,
+            })
+            .collect();
+        let assignments = scheduler::place(&queued, &mut candidates, self.now, 16);
+        if assignments.is_empty() {
+            return submission;
+        }
+        Command::Placed {
+            submission: Box::new(submission),
+            assignments,
+            at_ms: self.now,
+        }
     }
 
     /// The leader places queued jobs on the instances that are up.
