@@ -1,8 +1,8 @@
 //! A fault campaign on a real three-server cluster (127.0.166.x): steady
 //! load of script jobs, hotfolder files and settings while a seeded
-//! sequence of faults hits the servers (kill -9, SIGSTOP, a graceful
-//! restart, a rolling restart, a power cut of all three, a wiped data
-//! directory), then an invariant check once the faults stop:
+//! sequence of faults hits the servers (kill -9, SIGSTOP, packet loss, a
+//! graceful restart, a rolling restart, a power cut of all three, a wiped
+//! data directory), then an invariant check once the faults stop:
 //!
 //! - every acknowledged job is final exactly once, and succeeded (its
 //!   attempts lost with a server ran again);
@@ -117,11 +117,12 @@ fn inject(c: &mut Cluster, seed: u64, span: Duration) -> HashMap<&'static str, u
     while Instant::now() < end {
         let victim = NAMES[rng.gen_range(0..NAMES.len())];
         let kind = match rng.gen_range(0..100) {
-            0..=34 => kill9(c, victim, &mut rng),
-            35..=54 => freeze(c, victim, &mut rng),
-            55..=69 => restart(c, victim),
-            70..=79 => rolling(c),
-            80..=89 => power_cut(c),
+            0..=29 => kill9(c, victim, &mut rng),
+            30..=44 => freeze(c, victim, &mut rng),
+            45..=59 => loss(victim, &mut rng),
+            60..=71 => restart(c, victim),
+            72..=81 => rolling(c),
+            82..=90 => power_cut(c),
             _ => wipe(c, victim),
         };
         *count.entry(kind).or_insert(0) += 1;
@@ -129,6 +130,98 @@ fn inject(c: &mut Cluster, seed: u64, span: Duration) -> HashMap<&'static str, u
         std::thread::sleep(Duration::from_millis(rng.gen_range(500..2_500)));
     }
     count
+}
+
+/// Drops 10-30 % of the packets to and from `victim` for 5-15 s. Netem is
+/// missing from some kernels (this project's machines among them), so
+/// iptables' `statistic` match on the server's loopback address does it;
+/// only this campaign's addresses (127.0.166.x) are touched, and the rules
+/// go when the fault ends, even on a panic. Without iptables (or root) the
+/// fault is counted as skipped.
+fn loss(victim: &str, rng: &mut StdRng) -> &'static str {
+    let i = NAMES.iter().position(|n| *n == victim).expect("a server");
+    let probability = f64::from(rng.gen_range(10..=30)) / 100.0;
+    let Some(rules) = Loss::add(&common::addr(166, i), probability) else {
+        return "packet loss (skipped: no iptables here)";
+    };
+    std::thread::sleep(Duration::from_millis(rng.gen_range(5_000..15_000)));
+    drop(rules);
+    "packet loss"
+}
+
+/// The comment that marks the campaign's iptables rules.
+const LOSS_TAG: &str = "claro-campaign-166";
+
+/// iptables rules that drop packets at random; removed when dropped.
+struct Loss {
+    rules: Vec<Vec<String>>,
+}
+
+impl Loss {
+    fn add(addr: &str, probability: f64) -> Option<Loss> {
+        Loss::clear_leftovers();
+        let mut loss = Loss { rules: Vec::new() };
+        for way in ["-d", "-s"] {
+            let rule: Vec<String> = [
+                "INPUT",
+                way,
+                addr,
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                &probability.to_string(),
+                "-m",
+                "comment",
+                "--comment",
+                LOSS_TAG,
+                "-j",
+                "DROP",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            if !iptables("-A", &rule) {
+                return None; // `loss` drops what was added
+            }
+            loss.rules.push(rule);
+        }
+        Some(loss)
+    }
+
+    /// Rules an earlier run left (it was killed mid-fault).
+    fn clear_leftovers() {
+        let Ok(out) = std::process::Command::new("iptables")
+            .args(["-S", "INPUT"])
+            .output()
+        else {
+            return;
+        };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(rule) = line.strip_prefix("-A ").filter(|l| l.contains(LOSS_TAG)) {
+                let rule: Vec<String> = rule.split_whitespace().map(str::to_string).collect();
+                iptables("-D", &rule);
+            }
+        }
+    }
+}
+
+impl Drop for Loss {
+    fn drop(&mut self) {
+        for rule in &self.rules {
+            iptables("-D", rule);
+        }
+    }
+}
+
+fn iptables(verb: &str, rule: &[String]) -> bool {
+    std::process::Command::new("iptables")
+        .arg(verb)
+        .args(rule)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn kill9(c: &mut Cluster, victim: &str, rng: &mut StdRng) -> &'static str {
