@@ -889,6 +889,30 @@ fn job_folders_and_tickets_go_in_and_result_tickets_come_out() {
     assert_eq!(ticket["fields"]["sheets"], "6", "{ticket}");
     assert_eq!(ticket["outcome"], "succeeded");
     assert_eq!(ticket["outputs"], serde_json::json!(["Job 4711.txt"]));
+    // A job folder of thousands of files is one job too (made under an
+    // ignored name, then renamed into in/).
+    let making = jobs.join("in/.making");
+    std::fs::create_dir_all(making.join("pages")).unwrap();
+    for i in 0..3_000 {
+        std::fs::write(making.join(format!("pages/{i:04}.pdf")), "p").unwrap();
+    }
+    std::fs::write(
+        making.join("ticket.json"),
+        r#"{"customer": {"name": "Big"}, "id": 9}"#,
+    )
+    .unwrap();
+    std::fs::rename(&making, jobs.join("in/Job big")).unwrap();
+    assert_eq!(final_job(&c, "jobs", "Job big")["state"], "succeeded");
+    c.wait(60, "the big folder published", || {
+        jobs.join("done/Job big/pages/2999.pdf").is_file()
+    });
+    let listing = std::fs::read_to_string(jobs.join("out/Job big.txt")).unwrap();
+    assert_eq!(listing.lines().count(), 1 + 3_001, "every file listed");
+    assert!(
+        listing.starts_with("customer=Big id=9\n"),
+        "{}",
+        &listing[..40]
+    );
 
     // A ticket beside a file, for a command: an argument and the environment.
     let template = "sh -c 'printf \"%s copies for %s\" \"$1\" \"$CLARO_TICKET_CUSTOMER_NAME\" > \"$CLARO_OUTPUT_DIR/$CLARO_NAME.txt\"' sh {ticket.copies}";
