@@ -36,7 +36,10 @@ pub const LIVE_LOG_BYTES_MAX: usize = 256 * 1024;
 /// 6: `Command::CertRevoke` in log entries.
 /// 7: `Response::Unavailable`, `Request::Live`; `Command::Placed` in log
 /// entries.
-pub const PROTOCOL_VERSION: u32 = 7;
+/// 8: job folders, tickets and markers in a hotfolder job's `FileInput`
+/// and triggers in a hotfolder's definition (an older instance would run
+/// a job folder as a file); a batch's ids recorded for its request id.
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// A request or response on a bidirectional stream (a 1 MiB setting plus framing).
 pub const REQUEST_BYTES_MAX: usize = 2 * 1024 * 1024;
