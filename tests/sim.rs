@@ -36,9 +36,10 @@
 //! - a read served at its read index (`Core::read_index`, Raft ReadIndex)
 //!   sees every write answered before the read began: the index is not below
 //!   theirs;
-//! - a restarted instance holds what it acknowledged before its crash: the
-//!   entries of its append responses (in their term) and the terms of its
-//!   votes; Raft counts those towards commits and elections;
+//! - a restarted instance holds exactly what it acknowledged before its
+//!   crash: the entries of its append responses (up to their index, with
+//!   the same term there) and its votes (the term and whom); Raft counts
+//!   those towards commits and elections;
 //! - at the end, with the network healed, every replica converges.
 //!
 //! The checks are themselves checked: `consensus::Mutation` makes every core
@@ -50,7 +51,10 @@
 //! - `AnswerBeforeApply`: proposers are answered before state.db holds the
 //!   entry; caught at the first answer;
 //! - `ReadWithoutQuorum`: a read index is the instance's own commit index,
-//!   unconfirmed by the coordinator; caught as a stale read.
+//!   unconfirmed by the coordinator; caught as a stale read;
+//! - `ForgetVote`: the hard state is written without its vote (its term
+//!   is durable, whom it voted for is not); caught by the exact vote
+//!   promise (whom, not only the term) when such an instance restarts.
 //!
 //! A failing seed is printed; `CLARO_SIM_SEED=N cargo test --test sim replay`
 //! runs exactly that seed again (`CLARO_SIM_MUTATION=ack-before-persist` or
@@ -102,10 +106,12 @@ struct SimNode {
     /// index answered to any proposer when the read began.
     reads: HashMap<Vec<u8>, u64>,
     /// The highest (term, index) this incarnation acknowledged as appended,
-    /// and the highest term in which it granted a vote: promises of durable
-    /// state, checked when it restarts.
-    appended_ack: (u64, u64),
-    vote_ack: u64,
+    /// with the term of its entry at that index (0: not known, the instance
+    /// crashed in the cycle that sent it), and the highest (term,
+    /// candidate) of a vote it granted: promises of durable state, checked
+    /// exactly when it restarts.
+    appended_ack: (u64, u64, u64),
+    vote_ack: (u64, u64),
 }
 
 /// Decides, from the seed, whether a crash point crashes its instance; one
@@ -196,26 +202,34 @@ fn applied_on_disk(dir: &Path) -> u64 {
         .applied_index()
 }
 
-/// A restarted instance must hold what it acknowledged before its crash: the
-/// entries of its append responses (in their term) and its votes' terms.
-/// Raft counts those acknowledgments towards commits and elections, so a
-/// promise broken here can lose a committed entry or elect two leaders.
+/// A restarted instance must hold exactly what it acknowledged before its
+/// crash: the entries of its append responses (up to the index, with the
+/// same term at that index, unless it moved on to a later term) and whom
+/// it voted for (in the vote's term, unless it moved on). Raft counts
+/// those acknowledgments towards commits and elections, so a promise
+/// broken here can lose a committed entry or elect two leaders in a term.
 fn check_promises(seed: u64, node: &mut SimNode, core: &Core) {
     let (term, last) = (core.term(), core.last_index());
-    let (ack_term, ack_index) = node.appended_ack;
+    let (ack_term, ack_index, entry_term) = node.appended_ack;
+    let held = term > ack_term
+        || (term == ack_term
+            && last >= ack_index
+            && (entry_term == 0 || core.log_term(ack_index).is_none_or(|t| t == entry_term)));
     assert!(
-        term > ack_term || (term == ack_term && last >= ack_index),
-        "seed {seed}: node {} acknowledged entries up to index {ack_index} in term {ack_term} but restarted with its log ending at index {last} in term {term}: an acknowledgment was sent before its entries were durable",
-        node.id
-    );
-    assert!(
-        term >= node.vote_ack,
-        "seed {seed}: node {} granted a vote in term {} but restarted in term {term}: a vote was sent before it was durable",
+        held,
+        "seed {seed}: node {} acknowledged entries up to index {ack_index} (term {entry_term} there) in term {ack_term} but restarted with its log ending at index {last} in term {term}, term {:?} at that index: an acknowledgment was sent before its entries were durable",
         node.id,
-        node.vote_ack
+        core.log_term(ack_index)
     );
-    node.appended_ack = (0, 0);
-    node.vote_ack = 0;
+    let (vote_term, candidate) = node.vote_ack;
+    assert!(
+        term > vote_term || (term == vote_term && core.vote() == candidate),
+        "seed {seed}: node {} granted a vote to {candidate} in term {vote_term} but restarted in term {term} having voted for {}: a vote was sent before it was durable",
+        node.id,
+        core.vote()
+    );
+    node.appended_ack = (0, 0, 0);
+    node.vote_ack = (0, 0);
 }
 
 impl Sim {
@@ -233,8 +247,8 @@ impl Sim {
                 last_applied: 0,
                 waiting: HashSet::new(),
                 reads: HashMap::new(),
-                appended_ack: (0, 0),
-                vote_ack: 0,
+                appended_ack: (0, 0, 0),
+                vote_ack: (0, 0),
             })
             .collect();
         let dice = CrashDice {
@@ -405,8 +419,8 @@ impl Sim {
         node.last_applied = 0;
         // What it acknowledged went with the disk: the re-admission, not
         // the restarted log, must make up for it.
-        node.appended_ack = (0, 0);
-        node.vote_ack = 0;
+        node.appended_ack = (0, 0, 0);
+        node.vote_ack = (0, 0);
         self.finals.retain(|(n, _), _| *n != i);
     }
 
@@ -694,10 +708,18 @@ impl Sim {
         let node = &mut self.nodes[i];
         match msg.get_msg_type() {
             MessageType::MsgAppendResponse if !msg.reject => {
-                node.appended_ack = node.appended_ack.max((msg.term, msg.index));
+                let at = node
+                    .core
+                    .as_ref()
+                    .and_then(|c| c.log_term(msg.index))
+                    .unwrap_or(0);
+                let ack = (msg.term, msg.index, at);
+                if (ack.0, ack.1) > (node.appended_ack.0, node.appended_ack.1) {
+                    node.appended_ack = ack;
+                }
             }
             MessageType::MsgRequestVoteResponse if !msg.reject => {
-                node.vote_ack = node.vote_ack.max(msg.term);
+                node.vote_ack = node.vote_ack.max((msg.term, msg.to));
             }
             _ => {}
         }
@@ -988,8 +1010,9 @@ fn mutation_from_env() -> Option<Mutation> {
         "ack-before-persist" => Some(Mutation::AckBeforePersist),
         "answer-before-apply" => Some(Mutation::AnswerBeforeApply),
         "read-without-quorum" => Some(Mutation::ReadWithoutQuorum),
+        "forget-vote" => Some(Mutation::ForgetVote),
         other => panic!(
-            "CLARO_SIM_MUTATION={other:?}: expected ack-before-persist or answer-before-apply"
+            "CLARO_SIM_MUTATION={other:?}: expected ack-before-persist, answer-before-apply, read-without-quorum or forget-vote"
         ),
     }
 }
@@ -1035,6 +1058,16 @@ fn mutation_ack_before_persist_is_caught() {
             "an acknowledgment was sent before its entries were durable",
             "a vote was sent before it was durable",
         ],
+    );
+}
+
+/// An instance that keeps its term but forgets whom it voted for is
+/// caught: the vote promise is exact, not only its term.
+#[test]
+fn mutation_forget_vote_is_caught() {
+    expect_caught(
+        Mutation::ForgetVote,
+        &["a vote was sent before it was durable"],
     );
 }
 

@@ -137,6 +137,10 @@ pub enum Mutation {
     /// A read index is answered at once with this instance's own commit
     /// index, without the coordinator confirming it still leads.
     ReadWithoutQuorum,
+    /// The hard state is written without its vote: the term is durable but
+    /// whom this instance voted for in it is not, so after a restart it may
+    /// vote again in the same term.
+    ForgetVote,
 }
 
 #[derive(Debug)]
@@ -408,6 +412,20 @@ impl Core {
     }
     pub fn last_index(&self) -> u64 {
         self.node.raft.raft_log.last_index()
+    }
+    /// Whom this instance voted for in its current term (0: nobody).
+    pub fn vote(&self) -> u64 {
+        self.node.raft.vote
+    }
+    /// The term of the entry at `index` in this instance's log, if it holds
+    /// that entry (not compacted away, not past its end).
+    pub fn log_term(&self, index: u64) -> Option<u64> {
+        self.node
+            .raft
+            .raft_log
+            .term(index)
+            .ok()
+            .filter(|_| index <= self.last_index())
     }
     pub fn conf_state(&self) -> &ConfState {
         self.state.conf_state()
@@ -730,7 +748,17 @@ impl Core {
         self.apply(rd.take_committed_entries(), out)?;
         let writes = !rd.entries().is_empty() || rd.hs().is_some();
         let started = std::time::Instant::now();
-        self.node.mut_store().persist(rd.entries(), rd.hs())?;
+        let forgotten = rd
+            .hs()
+            .filter(|_| self.mutation == Some(Mutation::ForgetVote))
+            .map(|hs| {
+                let mut hs = hs.clone();
+                hs.vote = 0;
+                hs
+            });
+        self.node
+            .mut_store()
+            .persist(rd.entries(), forgotten.as_ref().or(rd.hs()))?;
         if writes {
             let us = started.elapsed().as_micros() as u64;
             self.latency.persist_us.observe(us);
