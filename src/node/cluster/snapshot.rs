@@ -176,8 +176,19 @@ async fn receive_file(
     std::fs::create_dir_all(&incoming).map_err(|e| shared.write_failed(&incoming, e))?;
     let part = incoming.join(format!("{}.part", meta.file_name));
     remove_other_parts(&incoming, &part);
+    // A partial file resumes only the same database: its checksum is kept
+    // beside it (a file of the same name made again could differ).
+    let of = incoming.join(format!("{}.part-of", meta.file_name));
+    let same = std::fs::read_to_string(&of).is_ok_and(|sha| sha == meta.sha256);
     let held = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
-    let offset = if held <= meta.size_bytes { held } else { 0 };
+    let offset = if same && held <= meta.size_bytes {
+        held
+    } else {
+        0
+    };
+    if offset == 0 {
+        std::fs::write(&of, &meta.sha256).map_err(|e| shared.write_failed(&of, e))?;
+    }
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -225,6 +236,16 @@ async fn receive_file(
             meta.size_bytes, meta.sha256
         ));
     }
+    // The bytes that arrived are the sender's; the file must be them too,
+    // and a database: a damaged one is refused here (raft sends it again),
+    // never installed (which would stop this instance).
+    if let Err(e) = crate::state::check_file(&part) {
+        let _ = std::fs::remove_file(&part);
+        return Err(format!(
+            "the database received is damaged ({e}); it is sent again"
+        ));
+    }
+    let _ = std::fs::remove_file(&of);
     std::fs::rename(&part, incoming.join(&meta.file_name))
         .map_err(|e| shared.write_failed(&part, e))?;
     crate::state::sync_dir(&incoming).map_err(|e| shared.write_failed(&incoming, e))?;
@@ -265,9 +286,13 @@ fn remove_other_parts(dir: &Path, keep: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
+    let keep_of = keep.with_extension("part-of");
     for e in entries.flatten() {
-        let partial = e.path().extension().is_some_and(|x| x == "part");
-        if partial && e.path() != keep {
+        let partial = e
+            .path()
+            .extension()
+            .is_some_and(|x| x == "part" || x == "part-of");
+        if partial && e.path() != keep && e.path() != keep_of {
             let _ = std::fs::remove_file(e.path());
         }
     }
