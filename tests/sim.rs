@@ -1180,24 +1180,27 @@ impl Sim {
         self.pump(l);
     }
 
+    /// The instances that are up, with their active attempts as leader
+    /// `l`'s replica counts them.
+    fn candidates(&self, l: usize) -> Vec<Candidate> {
+        let core = self.nodes[l].core.as_ref().expect("leader is up");
+        let active = jobdb::active_counts(core.state().conn()).expect("active");
+        (0..self.nodes.len())
+            .filter(|&j| self.nodes[j].core.is_some())
+            .map(|j| self.name(j))
+            .map(|n| Candidate {
+                slots: SIM_SLOTS,
+                active: active.get(&n).copied().unwrap_or(0),
+                name: n,
+            })
+            .collect()
+    }
+
     /// `submission` with placements of its jobs on the instances that are
     /// up, from the leader's applied view (`Command::Placed`); the
     /// submission alone when nothing fits.
     fn placed(&mut self, l: usize, submission: Command) -> Command {
-        let up: Vec<String> = (0..self.nodes.len())
-            .filter(|&j| self.nodes[j].core.is_some())
-            .map(|j| self.name(j))
-            .collect();
-        let core = self.nodes[l].core.as_ref().expect("leader is up");
-        let active = jobdb::active_counts(core.state().conn()).expect("active");
-        let mut candidates: Vec<Candidate> = up
-            .iter()
-            .map(|n| Candidate {
-                name: n.clone(),
-                slots: SIM_SLOTS,
-                active: active.get(n).copied().unwrap_or(0),
-            })
-            .collect();
+        let mut candidates = self.candidates(l);
         let queued: Vec<scheduler::Queued> = submission
             .submitted_jobs()
             .iter()
@@ -1222,22 +1225,9 @@ impl Sim {
     /// The leader places queued jobs on the instances that are up.
     fn schedule_jobs(&mut self) {
         let Some(l) = self.leader_index() else { return };
-        let up: Vec<String> = (0..self.nodes.len())
-            .filter(|&j| self.nodes[j].core.is_some())
-            .map(|j| self.name(j))
-            .collect();
         let core = self.nodes[l].core.as_ref().expect("leader is up");
-        let conn = core.state().conn();
-        let queued = jobdb::queued(conn, 64).expect("queued");
-        let active = jobdb::active_counts(conn).expect("active");
-        let mut candidates: Vec<Candidate> = up
-            .iter()
-            .map(|n| Candidate {
-                name: n.clone(),
-                slots: SIM_SLOTS,
-                active: active.get(n).copied().unwrap_or(0),
-            })
-            .collect();
+        let queued = jobdb::queued(core.state().conn(), 64).expect("queued");
+        let mut candidates = self.candidates(l);
         let batch = scheduler::place(&queued, &mut candidates, self.now, 16);
         if batch.is_empty() {
             return;

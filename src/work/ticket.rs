@@ -74,13 +74,7 @@ fn flatten_json(
     if depth > DEPTH_MAX {
         return Err(format!("nested deeper than {DEPTH_MAX} levels at `{key}`"));
     }
-    let join = |k: &str| {
-        if key.is_empty() {
-            k.to_string()
-        } else {
-            format!("{key}.{k}")
-        }
-    };
+    let join = |k: &str| joined(key, k);
     match value {
         Value::Object(map) => {
             for (k, v) in map {
@@ -119,13 +113,7 @@ fn flatten_xml(
     if depth > DEPTH_MAX {
         return Err(format!("nested deeper than {DEPTH_MAX} levels at `{key}`"));
     }
-    let join = |k: &str| {
-        if key.is_empty() {
-            k.to_string()
-        } else {
-            format!("{key}.{k}")
-        }
-    };
+    let join = |k: &str| joined(key, k);
     for a in node.attributes() {
         insert_unique(fields, &join(a.name()), a.value().to_string())?;
     }
@@ -138,6 +126,15 @@ fn flatten_xml(
         flatten_xml(&join(child.tag_name().name()), child, depth + 1, fields)?;
     }
     Ok(())
+}
+
+/// A nested field's name: `outer.inner` (`inner` at the top).
+fn joined(outer: &str, inner: &str) -> String {
+    if outer.is_empty() {
+        inner.to_string()
+    } else {
+        format!("{outer}.{inner}")
+    }
 }
 
 /// `key`, or `key.2`, `key.3`, ... when taken (repeated XML elements).
