@@ -50,6 +50,20 @@ fn bad_config_exits_2_naming_file_line_and_key() {
         !dir.path().join("data").exists(),
         "a bad config must change nothing"
     );
+    // `config check` says the same without starting anything, and exit 0
+    // with a summary for a good one.
+    let out = claro(&["--config", conf.to_str().unwrap(), "config", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains(":4") && stderr(&out).contains("bogus"));
+    let good = std::fs::read_to_string(&conf)
+        .unwrap()
+        .replace("bogus = 1\n", "");
+    std::fs::write(&conf, good).unwrap();
+    let out = claro(&["--config", conf.to_str().unwrap(), "config", "check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("ok (cluster c, 1 server(s), 0 hotfolder(s))"));
+    assert!(!dir.path().join("data").exists(), "a check changes nothing");
 }
 
 #[test]

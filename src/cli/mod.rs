@@ -85,6 +85,11 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// The config file.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// The cluster's state, as the coordinator sees it.
     Status(ClientArgs),
     /// Which server holds the newest database, and the order to start them in.
@@ -289,6 +294,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 crate::node::ServeError::Failed(m) => Failure::failed(m),
             })
         }
+        Command::Config {
+            action: ConfigAction::Check,
+        } => config_check(&cli.config),
         Command::Status(args) => crate::cli::client::status(&Config::load(&cli.config)?, &args),
         Command::StartOrder { data_dirs, client } => {
             crate::cli::client::start_order(&Config::load(&cli.config)?, &data_dirs, &client)
@@ -327,6 +335,27 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Cert { action } => cert::command(&cli.config, action),
         other => jobs(&cli.config, other),
     }
+}
+
+/// What `claro config` does.
+#[derive(Subcommand, Debug)]
+pub enum ConfigAction {
+    /// Check the config (`--config`, default conf/ClaroServers.conf) as
+    /// `serve` reads it, without starting anything: exit 0 with a summary,
+    /// or 2 naming file:line and the key at fault.
+    Check,
+}
+
+/// `claro config check`.
+fn config_check(path: &std::path::Path) -> Result<(), Failure> {
+    let config = Config::load(path)?;
+    output::emit(&format!(
+        "{}: ok (cluster {}, {} server(s), {} hotfolder(s))\n",
+        path.display(),
+        config.cluster,
+        config.servers.len(),
+        config.hotfolders.len()
+    ))
 }
 
 /// The job commands.
