@@ -3,7 +3,12 @@
 
 use slog::Drain;
 
-/// Installs the global subscriber: `RUST_LOG` or `info`, to stderr.
+/// Installs the global subscriber: `RUST_LOG` or `info`, to stderr. A log
+/// line that cannot be written (stderr is a pipe whose reader has gone) is
+/// dropped: the subscriber would otherwise report it with `eprintln!`,
+/// which panics on the same broken pipe, in whatever thread was logging,
+/// the one that takes SIGTERM among them (`serve 2>&1 | head` then never
+/// stopped).
 pub fn init() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,raft=warn,quinn=warn,rustls=warn")
@@ -13,6 +18,7 @@ pub fn init() {
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .try_init();
 }
 

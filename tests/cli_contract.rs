@@ -665,3 +665,41 @@ fn submit_many_submits_all_or_none() {
         "the refused list submitted nothing"
     );
 }
+
+/// Once a reproduction: `claro serve 2>&1 | head -5` ignored SIGTERM once
+/// `head` had gone, until kill -9: the log's writer, failing on the broken
+/// pipe, reported that on stderr too, which panicked the thread that took
+/// the signal. A server whose stderr reader is gone stops gracefully, in
+/// about the time it takes otherwise (127.0.172.x).
+#[test]
+fn a_server_whose_log_reader_is_gone_still_stops_on_sigterm() {
+    let c = Cluster::with_timing(172, &[("srv1", "server")], CONTRACT_TIMING);
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&c.conf)
+        .args(["serve", "--name", "srv1"])
+        .env("RUST_LOG", "info,raft=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn claro serve");
+    drop(child.stderr.take()); // the reader goes, as `head` does
+    c.wait(SETTLE_S, "the server up", || c.status("srv1").is_some());
+    let pid = child.id();
+    let started = Instant::now();
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let mut exited = None;
+    while started.elapsed() < std::time::Duration::from_secs(30) {
+        if let Some(status) = child.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if exited.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let status = exited.expect("no exit 30 s after SIGTERM with its log reader gone");
+    assert!(status.success(), "{status:?}");
+}
