@@ -420,9 +420,31 @@ fn the_api_answers_alike_everywhere_and_checks_access_and_input() {
         "claro_apply_us_count ",
         "claro_job_duration_ms_bucket{le=\"1000\"} ",
         "claro_coordinator_changes_total 0\n",
+        "claro_build_info{version=\"",
+        "claro_jobs_finished_total{outcome=\"failed\"} 0\n",
+        "process_cpu_seconds_total ",
+        "process_open_fds ",
     ] {
         assert!(text.contains(family), "{family} missing: {text}");
     }
+    let rss: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+        .and_then(|v| v.parse().ok())
+        .expect("process_resident_memory_bytes");
+    assert!(rss > 1_000_000, "an instance's RSS is megabytes: {rss}");
+    // The sampler counts the ends a few seconds late: the three jobs that
+    // succeeded are counted once it has seen them.
+    c.wait(20, "the finished jobs counted", || {
+        let (_, _, text) = http(
+            &hosts[2],
+            "GET",
+            "/metrics",
+            &[("Authorization", &viewer)],
+            b"",
+        );
+        text.contains("claro_jobs_finished_total{outcome=\"succeeded\"} 3\n")
+    });
     // A loopback Prometheus needs no token, even with logins required.
     assert_eq!(http(&hosts[2], "GET", "/metrics", &[], b"").0, 200);
 

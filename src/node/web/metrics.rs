@@ -16,7 +16,68 @@ pub async fn render(web: &Web) -> String {
     servers(web, &mut out);
     http(web, &mut out);
     certificates(web, &mut out);
+    build_and_process(&mut out);
     out
+}
+
+/// What runs (`claro_build_info`) and what the process costs: the
+/// `process_*` metrics of Prometheus' client libraries, read from
+/// /proc/self (absent where it cannot be read).
+fn build_and_process(out: &mut String) {
+    metric(
+        out,
+        "claro_build_info",
+        "gauge",
+        "The version and peer protocol of this instance.",
+    );
+    let _ = writeln!(
+        out,
+        "claro_build_info{{version=\"{}\",protocol=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        crate::proto::PROTOCOL_VERSION
+    );
+    let page = 4096u64;
+    if let Some(rss) = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(1)?.parse::<u64>().ok())
+    {
+        metric(
+            out,
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+        );
+        let _ = writeln!(out, "process_resident_memory_bytes {}", rss * page);
+    }
+    // utime and stime, fields 14 and 15 of /proc/self/stat, in clock ticks
+    // (100 a second on Linux), after the command name in parentheses.
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    if let (Some(user), Some(system)) = (ticks(11), ticks(12)) {
+        metric(
+            out,
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time spent in seconds.",
+        );
+        let _ = writeln!(
+            out,
+            "process_cpu_seconds_total {:.2}",
+            (user + system) as f64 / 100.0
+        );
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        metric(
+            out,
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+        );
+        let _ = writeln!(out, "process_open_fds {}", fds.count());
+    }
 }
 
 /// When this instance's certificate and the CA's expire: an alert rule
@@ -218,4 +279,19 @@ fn servers(web: &Web, out: &mut String) {
         "Run time of jobs that ended.",
     );
     stats.durations.render("claro_job_duration_ms", "", out);
+    metric(
+        out,
+        "claro_jobs_finished_total",
+        "counter",
+        "Jobs that ended since this instance started, by outcome.",
+    );
+    for (outcome, n) in ["succeeded", "failed", "cancelled"]
+        .iter()
+        .zip(stats.finished)
+    {
+        let _ = writeln!(
+            out,
+            "claro_jobs_finished_total{{outcome=\"{outcome}\"}} {n}"
+        );
+    }
 }

@@ -55,6 +55,9 @@ pub struct Stats {
     pub samples: VecDeque<Sample>,
     /// Run times of the jobs that ended since this instance started.
     pub durations: Histogram,
+    /// Jobs that ended since this instance started, as the sampler saw
+    /// them: succeeded, failed, cancelled.
+    pub finished: [u64; 3],
     /// End of the window the last sample counted (`0`: none yet).
     counted_to_ms: u64,
 }
@@ -64,6 +67,7 @@ impl Default for Stats {
         Stats {
             samples: VecDeque::new(),
             durations: Histogram::new(&DURATION_BUCKETS_MS),
+            finished: [0; 3],
             counted_to_ms: 0,
         }
     }
@@ -157,6 +161,13 @@ fn sample_once(web: &Web) {
     let mut stats = web.stats.lock().expect("stats lock");
     for ms in durations {
         stats.durations.observe(ms);
+    }
+    for (n, more) in stats
+        .finished
+        .iter_mut()
+        .zip([ended.succeeded, ended.failed, ended.cancelled])
+    {
+        *n += more;
     }
     stats.counted_to_ms = to_ms;
     stats.push(sample);
