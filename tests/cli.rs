@@ -212,3 +212,30 @@ fn init_and_server_take_host_names() {
         stderr(&out)
     );
 }
+
+/// `claro completions SHELL` prints a script the shell accepts, naming the
+/// commands; an unknown shell is exit 2.
+#[test]
+fn completions_are_printed_for_each_shell() {
+    let out = claro(&["completions", "bash"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let script = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        script.contains("_claro") && script.contains("hotfolder"),
+        "{script}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("claro.bash");
+    std::fs::write(&path, &script).unwrap();
+    let parsed = Command::new("bash").arg("-n").arg(&path).status().unwrap();
+    assert!(parsed.success(), "bash refuses the script");
+    for shell in ["zsh", "fish"] {
+        let out = claro(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "{shell}: {}", stderr(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("submit"),
+            "{shell}"
+        );
+    }
+    assert_eq!(claro(&["completions", "tcsh"]).status.code(), Some(2));
+}

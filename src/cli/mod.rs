@@ -85,6 +85,9 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Print the shell's completion script for claro: `claro completions
+    /// bash > /etc/bash_completion.d/claro`.
+    Completions { shell: clap_complete::Shell },
     /// The config file.
     Config {
         #[command(subcommand)]
@@ -297,6 +300,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Config {
             action: ConfigAction::Check,
         } => config_check(&cli.config),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "claro", &mut script);
+            output::emit(&String::from_utf8_lossy(&script))
+        }
         Command::Status(args) => crate::cli::client::status(&Config::load(&cli.config)?, &args),
         Command::StartOrder { data_dirs, client } => {
             crate::cli::client::start_order(&Config::load(&cli.config)?, &data_dirs, &client)
