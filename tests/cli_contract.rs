@@ -703,3 +703,75 @@ fn a_server_whose_log_reader_is_gone_still_stops_on_sigterm() {
     let status = exited.expect("no exit 30 s after SIGTERM with its log reader gone");
     assert!(status.success(), "{status:?}");
 }
+
+/// Once a reproduction: SIGTERM to all three servers at once took 10 s,
+/// two times out of three: the last member, handed the coordinator role
+/// by a server stopping too, waited the whole leave time for a coordinator
+/// other than itself ("could not leave the membership (no coordinator)"),
+/// and its stopped.json named as remaining servers that had already left.
+/// Now each stops within an election and the drain, exactly one keeps its
+/// membership (it holds the newest database), and the servers a record
+/// names as remaining are those that did not leave (127.0.173.x).
+#[test]
+fn stopping_every_server_at_once_is_prompt_and_its_records_agree() {
+    for round in 0..3 {
+        let mut c = Cluster::three_running_with_timing(173, CONTRACT_TIMING);
+        let names = ["srv1", "srv2", "srv3"];
+        let started = Instant::now();
+        for name in names {
+            let pid = c.pid(name).expect("running");
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + std::time::Duration::from_secs(SETTLE_S);
+        while names.iter().any(|n| c.running(n)) {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: a server did not stop"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let took = started.elapsed();
+        let records: Vec<_> = names
+            .iter()
+            .map(|n| claro::data_dir::read_record(&c.data_dir(n)).expect("stopped.json"))
+            .collect();
+        let logs = c.all_logs();
+        assert!(
+            !logs.contains("could not leave the membership"),
+            "round {round}: {logs}"
+        );
+        let kept: Vec<&str> = names
+            .iter()
+            .zip(&records)
+            .filter(|(_, r)| !r.left)
+            .map(|(n, _)| *n)
+            .collect();
+        assert_eq!(
+            kept.len(),
+            1,
+            "round {round}: one keeps its membership: {records:?}"
+        );
+        // A record names as remaining only servers that were still members
+        // when it was written: none that had left before it.
+        for (name, r) in names.iter().zip(&records) {
+            for other in &r.remaining {
+                let i = names.iter().position(|n| n == other).expect("a server");
+                let later = !records[i].left || records[i].stopped_at_ms >= r.stopped_at_ms;
+                assert!(
+                    later,
+                    "round {round}: {name} names {other}, which had left: {records:?}"
+                );
+            }
+        }
+        let last = names.iter().position(|n| *n == kept[0]).unwrap();
+        assert!(
+            records[last].remaining.is_empty(),
+            "round {round}: {records:?}"
+        );
+        assert!(
+            took < std::time::Duration::from_secs(9),
+            "round {round}: {took:?} to stop all three"
+        );
+        drop(c);
+    }
+}

@@ -61,7 +61,10 @@ pub async fn graceful_stop(shared: &Shared, drain: impl std::future::Future<Outp
         (false, vec![])
     } else {
         match leave(shared).await {
-            Ok(remaining) => (true, remaining),
+            Ok(Leaving::Left(remaining)) => (true, remaining),
+            // The others left first (all stopped at once): this one is the
+            // last, and keeps its membership as above.
+            Ok(Leaving::Last) => (false, vec![]),
             Err(e) => {
                 tracing::warn!("could not leave the membership ({e}); stopping as a member");
                 (false, others)
@@ -130,24 +133,53 @@ async fn hand_over(shared: &Shared) {
     tracing::warn!("{name} did not take the coordinator role within {HANDOVER_WAIT_MS} ms");
 }
 
-/// Asks the coordinator to remove this instance; returns the voters that remain.
-async fn leave(shared: &Shared) -> Result<Vec<String>, String> {
+/// How a stopping member's leave ended.
+enum Leaving {
+    /// The coordinator removed it; the voters that remain.
+    Left(Vec<String>),
+    /// Every other voter left first: it is the last member.
+    Last,
+}
+
+/// Asks the coordinator to remove this instance. The voters are looked at
+/// again each round: when every other one has left (all stopped at once)
+/// this one is the last and stays a member. When it holds the coordinator
+/// role itself (a stopping server handed it over), the others leave
+/// through it; if some are still members after `HANDOVER_WAIT_MS` (they are
+/// not stopping), it hands the role on and leaves through the new one.
+async fn leave(shared: &Shared) -> Result<Leaving, String> {
     let deadline = std::time::Instant::now() + Duration::from_millis(LEAVE_WAIT_MS);
     let req = Request::Leave {
         name: shared.me.name.clone(),
     };
     let mut last = String::from("no coordinator");
+    let mut leading_since: Option<std::time::Instant> = None;
     while std::time::Instant::now() < deadline {
-        if let Some(leader) = shared.leader_name().filter(|l| *l != shared.me.name) {
-            match shared
-                .peers
-                .call(shared, &leader, &req, PEER_CALL_MS + PROPOSAL_WAIT_MS)
-                .await
-            {
-                Ok(Response::Left { remaining }) => return Ok(remaining),
-                Ok(other) => last = format!("{other:?}"),
-                Err(e) => last = e.to_string(),
+        if voters(shared).iter().all(|v| *v == shared.me.name) {
+            return Ok(Leaving::Last);
+        }
+        match shared.leader_name() {
+            Some(leader) if leader != shared.me.name => {
+                leading_since = None;
+                match shared
+                    .peers
+                    .call(shared, &leader, &req, PEER_CALL_MS + PROPOSAL_WAIT_MS)
+                    .await
+                {
+                    Ok(Response::Left { remaining }) => return Ok(Leaving::Left(remaining)),
+                    Ok(other) => last = format!("{other:?}"),
+                    Err(e) => last = e.to_string(),
+                }
             }
+            Some(_) => {
+                let since = *leading_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= Duration::from_millis(HANDOVER_WAIT_MS) {
+                    hand_over(shared).await;
+                    leading_since = None;
+                }
+                last = "this instance was handed the coordinator role".into();
+            }
+            None => {}
         }
         async_std::task::sleep(Duration::from_millis(100)).await;
     }
