@@ -93,42 +93,118 @@ pub fn call(
     answer.map_err(|e| Failure::failed(format!("no instance reachable: {e}")))
 }
 
+/// How long the instance asked may take before the request also goes to
+/// the next one that connected (the same request: writes carry their
+/// request id, so it is applied once whoever answers). A server frozen or
+/// overloaded right after it took the request costs this, not its freeze.
+const HEDGE_MS: u64 = 1_000;
+
+/// What a request to one instance came to.
+type Answer = (String, SocketAddr, Result<Response, String>);
+
 async fn first_answer(
     ep: &Endpoint,
     targets: &[(String, SocketAddr)],
     local: Option<String>,
     req: &Request,
 ) -> Result<(String, Response), String> {
-    let (tx, rx) = async_std::channel::bounded(targets.len());
+    let (conn_tx, conns) = async_std::channel::bounded(targets.len());
     for (name, addr) in targets {
         let delay_ms = match &local {
             Some(l) if l != name && targets.len() > 1 => LOCAL_HEAD_START_MS,
             _ => 0,
         };
-        let (ep, name, addr, tx) = (ep.clone(), name.clone(), *addr, tx.clone());
+        let (ep, name, addr, tx) = (ep.clone(), name.clone(), *addr, conn_tx.clone());
         async_std::task::spawn(async move {
             async_std::task::sleep(Duration::from_millis(delay_ms)).await;
             let conn = ep.connect(addr, &name, CONNECT_MS).await;
             let _ = tx.send((name, addr, conn)).await;
         });
     }
-    let mut errors = Vec::new();
-    let mut unavailable = None;
-    for _ in 0..targets.len() {
-        let Ok((name, addr, conn)) = rx.recv().await else {
-            break;
+    let (answer_tx, answers) = async_std::channel::bounded::<Answer>(targets.len());
+    let mut asked = Asked::default();
+    let mut connects_left = targets.len();
+    loop {
+        // Nothing in flight: wait for the next instance to connect.
+        if asked.in_flight == 0 {
+            if connects_left == 0 {
+                break;
+            }
+            let Ok(next) = conns.recv().await else { break };
+            connects_left -= 1;
+            asked.send(next, req, &answer_tx);
+            continue;
+        }
+        let hedge = async {
+            async_std::task::sleep(Duration::from_millis(HEDGE_MS)).await;
+            None
         };
-        let answer = match conn {
-            Ok(conn) => request(&conn, req, REQUEST_MS).await,
-            Err(e) => Err(e.to_string()),
-        };
-        match answer {
-            Ok(r @ Response::Unavailable { .. }) => unavailable = Some((name, r)),
-            Ok(r) => return Ok((name, r)),
-            Err(e) => errors.push(format!("{name} ({addr}): {e}")),
+        match futures_lite::future::or(async { answers.recv().await.ok() }, hedge).await {
+            Some((name, addr, result)) => {
+                asked.in_flight -= 1;
+                if let Some(r) = asked.take(name, addr, result) {
+                    return Ok(r);
+                }
+            }
+            // Slow: the next instance that connected is asked too.
+            None => {
+                if let Ok(next) = conns.try_recv() {
+                    connects_left -= 1;
+                    asked.send(next, req, &answer_tx);
+                }
+            }
         }
     }
-    unavailable.ok_or_else(|| errors.join("; "))
+    asked.unavailable.ok_or_else(|| asked.errors.join("; "))
+}
+
+/// The instances a request went to, and what the ones that answered said.
+#[derive(Default)]
+struct Asked {
+    in_flight: usize,
+    errors: Vec<String>,
+    unavailable: Option<(String, Response)>,
+}
+
+impl Asked {
+    /// Sends `req` to a connected instance on a task of its own; a failed
+    /// connection is an error at once.
+    fn send(
+        &mut self,
+        (name, addr, conn): (
+            String,
+            SocketAddr,
+            Result<quinn::Connection, crate::transport::WireError>,
+        ),
+        req: &Request,
+        answers: &async_std::channel::Sender<Answer>,
+    ) {
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => return self.errors.push(format!("{name} ({addr}): {e}")),
+        };
+        self.in_flight += 1;
+        let (req, tx) = (req.clone(), answers.clone());
+        async_std::task::spawn(async move {
+            let result = request(&conn, &req, REQUEST_MS).await;
+            let _ = tx.send((name, addr, result)).await;
+        });
+    }
+
+    /// An answer: the one to return, or noted (unavailable, an error).
+    fn take(
+        &mut self,
+        name: String,
+        addr: SocketAddr,
+        result: Result<Response, String>,
+    ) -> Option<(String, Response)> {
+        match result {
+            Ok(r @ Response::Unavailable { .. }) => self.unavailable = Some((name, r)),
+            Ok(r) => return Some((name, r)),
+            Err(e) => self.errors.push(format!("{name} ({addr}): {e}")),
+        }
+        None
+    }
 }
 
 async fn call_one(

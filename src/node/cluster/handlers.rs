@@ -484,6 +484,14 @@ fn read_failed(shared: &Shared, what: &str, e: rusqlite::Error) -> Response {
 }
 
 pub(crate) async fn read_setting(shared: &Shared, key: &str, stale: bool) -> Response {
+    // Failpoint for the test that a slow server is not waited for:
+    // `CLARO_FAILPOINT_READ_DELAY_MS=N` answers every setting read N ms late.
+    if let Some(ms) = std::env::var("CLARO_FAILPOINT_READ_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        async_std::task::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
+    }
     read(shared, stale, |core, stale| match core.state().get(key) {
         Ok(v) => {
             shared.read_succeeded();
