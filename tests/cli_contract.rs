@@ -674,7 +674,7 @@ fn submit_many_submits_all_or_none() {
 #[test]
 fn a_server_whose_log_reader_is_gone_still_stops_on_sigterm() {
     let c = Cluster::with_timing(172, &[("srv1", "server")], CONTRACT_TIMING);
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .arg("--config")
         .arg(&c.conf)
         .args(["serve", "--name", "srv1"])
@@ -683,25 +683,29 @@ fn a_server_whose_log_reader_is_gone_still_stops_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn claro serve");
-    drop(child.stderr.take()); // the reader goes, as `head` does
+    // Killed if the test fails before it exits.
+    let mut child = KillOnDrop(child);
+    drop(child.0.stderr.take()); // the reader goes, as `head` does
     c.wait(SETTLE_S, "the server up", || c.status("srv1").is_some());
-    let pid = child.id();
     let started = Instant::now();
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
     let mut exited = None;
-    while started.elapsed() < std::time::Duration::from_secs(30) {
-        if let Some(status) = child.try_wait().unwrap() {
-            exited = Some(status);
-            break;
-        }
+    while exited.is_none() && started.elapsed() < std::time::Duration::from_secs(30) {
+        exited = child.0.try_wait().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    if exited.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
     }
     let status = exited.expect("no exit 30 s after SIGTERM with its log reader gone");
     assert!(status.success(), "{status:?}");
+}
+
+/// A child process killed and reaped when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Once a reproduction: SIGTERM to all three servers at once took 10 s,

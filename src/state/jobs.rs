@@ -206,10 +206,14 @@ fn end_attempt(
         return Ok(());
     }
     let next = attempt + 1;
+    // A release waits too, a little more each time: an instance that hands
+    // attempts back as it stops gossips that it is stopping only a moment
+    // later, and meanwhile took the same job back again and again (the
+    // fault campaign saw 20 releases in 100 ms fail a job).
     let not_before = if back_off {
         at_ms + backoff_ms(next)
     } else {
-        at_ms
+        at_ms + crate::work::jobs::release_backoff_ms(releases)
     };
     tx.prepare_cached(
         "UPDATE jobs SET state = 'queued', attempt = ?2, instance = NULL, assigned_ms = NULL,
@@ -1127,6 +1131,41 @@ mod tests {
         assert!(
             error.contains("srv2 lost") && error.contains("released 20 times"),
             "{error}"
+        );
+    }
+
+    /// Once a reproduction (the fault campaign, seed 11): a stopping
+    /// instance handed a job back, was given it again at once, and so 20
+    /// times in 100 ms, and the job failed. The first release queues the job
+    /// at once; each later one waits longer, so `RELEASES_MAX` releases take
+    /// more than a minute.
+    #[test]
+    fn releases_back_off_so_a_burst_cannot_give_a_job_up() {
+        let mut db = Db::new();
+        db.submit(ID, 3);
+        let mut waited_ms = 0;
+        for attempt in 1..super::RELEASES_MAX {
+            let at_ms = 1_000 + waited_ms;
+            db.apply(assign("srv2", attempt));
+            db.apply(Command::JobRelease {
+                attempts: vec![(ID.into(), attempt)],
+                reason: "srv2 does not run it (restarted or stopping)".into(),
+                at_ms,
+            });
+            let j = super::job(db.sm.conn(), ID).unwrap().unwrap();
+            assert_eq!(j.state, JobState::Queued);
+            if attempt == 1 {
+                assert_eq!(
+                    j.not_before_ms, at_ms,
+                    "the first release runs it again at once"
+                );
+            }
+            waited_ms += j.not_before_ms - at_ms;
+        }
+        assert!(
+            waited_ms > 60_000,
+            "{RELEASES_MAX} releases in {waited_ms} ms",
+            RELEASES_MAX = super::RELEASES_MAX
         );
     }
 

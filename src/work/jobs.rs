@@ -554,6 +554,20 @@ pub fn bounded_text(text: &str, max: usize) -> String {
 }
 
 /// Time before attempt `next` (2, 3, ...) of a job that failed may start.
+/// How long a job waits after its `releases`-th release before it may be
+/// placed again: nothing after the first (its instance was lost: run it
+/// elsewhere at once), then 100 ms doubling up to `RELEASE_BACKOFF_MS_MAX`,
+/// so that `RELEASES_MAX` releases take minutes, never a burst.
+pub fn release_backoff_ms(releases: u32) -> u64 {
+    match releases {
+        0 | 1 => 0,
+        r => (BACKOFF_MS_FIRST << (r - 2).min(16)).min(RELEASE_BACKOFF_MS_MAX),
+    }
+}
+
+/// The longest wait between two releases of a job.
+pub const RELEASE_BACKOFF_MS_MAX: u64 = 5_000;
+
 pub fn backoff_ms(next: u32) -> u64 {
     let doublings = next.saturating_sub(2).min(20);
     (BACKOFF_MS_FIRST << doublings).min(BACKOFF_MS_MAX)
