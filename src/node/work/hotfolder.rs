@@ -961,9 +961,32 @@ fn move_no_replace(from: &Path, dir: &Path, name: &str, steps: &mut Steps) -> Re
         steps.take()?;
         return std::fs::remove_file(from).map_err(|e| format!("{}: {e}", from.display()));
     }
+    link_free(from, dir, name, steps)
+}
+
+/// Links `from` into `dir` under `name` or the first free `name (N)`, then
+/// removes `from`; where links are not supported, a rename.
+fn link_free(from: &Path, dir: &Path, name: &str, steps: &mut Steps) -> Result<(), String> {
     for _ in 0..crate::work::hotfolder::FREE_NAME_TRIES_MAX {
-        let free = free_name(name, &mut |n| dir.join(n).exists()).ok_or("no free name")?;
+        // A name that holds `from` already is not taken but done: another
+        // publisher (a coordinator that froze mid-round and woke beside its
+        // successor) linked it a moment ago. Taking the next free name
+        // instead published the same file twice (`NAME (1)`; the fault
+        // campaign saw a result ticket so).
+        let ours = |p: &Path| same_file(from, p);
+        let free = free_name(name, &mut |n| {
+            let p = dir.join(n);
+            p.exists() && !ours(&p)
+        })
+        .ok_or("no free name")?;
         let to = dir.join(&free);
+        if ours(&to) {
+            steps.take()?;
+            return std::fs::remove_file(from).or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(format!("{}: {e}", from.display())),
+            });
+        }
         steps.take()?;
         match std::fs::hard_link(from, &to) {
             Ok(()) => {
@@ -982,6 +1005,15 @@ fn move_no_replace(from: &Path, dir: &Path, name: &str, steps: &mut Steps) -> Re
         }
     }
     Err(format!("no free name for {name} in {}", dir.display()))
+}
+
+/// Whether `a` and `b` are one file (same device and inode).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
 }
 
 /// Another name of the file `from` in `dir`, when `from` has more than one.
@@ -1847,6 +1879,49 @@ mod tests {
         let found = other_claims(&layout, me, "a.pdf", &[other.into(), me.into()]);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].0, other);
+    }
+
+    /// Two publishers of one job (a frozen coordinator woke beside its
+    /// successor): the second finds the file already under its name in
+    /// `out/` and does not publish it again as `NAME (1)`.
+    #[test]
+    fn a_second_publisher_does_not_publish_a_file_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let (staged, out) = (dir.path().join("staged"), dir.path().join("out"));
+        std::fs::create_dir_all(&staged).unwrap();
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join("a.pdf"), "someone else's").unwrap();
+        std::fs::write(staged.join("t.json"), "ticket").unwrap();
+        // The first publisher linked it after this one looked for a link
+        // (`linked_in`), and has not removed it yet.
+        std::fs::hard_link(staged.join("t.json"), out.join("t.json")).unwrap();
+        link_free(
+            &staged.join("t.json"),
+            &out,
+            "t.json",
+            &mut Steps::unlimited(),
+        )
+        .unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a.pdf", "t.json"]);
+        assert!(!staged.join("t.json").exists());
+        // A file of another's under the name: the next free name, as before.
+        std::fs::write(staged.join("a.pdf"), "mine").unwrap();
+        move_no_replace(
+            &staged.join("a.pdf"),
+            &out,
+            "a.pdf",
+            &mut Steps::unlimited(),
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(out.join("a (1).pdf")).unwrap(),
+            "mine"
+        );
     }
 
     #[test]
