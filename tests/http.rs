@@ -255,6 +255,36 @@ fn the_api_answers_alike_everywhere_and_checks_access_and_input() {
         b"",
     );
     assert_eq!(json(&body)["result"], "42");
+    // What the API answers is what its OpenAPI document says: a job, a
+    // page of jobs, a batch's ids.
+    let (_, _, doc) = http(
+        &hosts[0],
+        "GET",
+        "/api/v1/openapi.json",
+        &[("Authorization", &viewer)],
+        b"",
+    );
+    let doc = json(&doc);
+    let job_schema = answer_schema(&doc, "/jobs/{id}", "get", "200");
+    conforms(&json(&body), &job_schema, &doc, "job").unwrap();
+    let (_, _, page) = http(
+        &hosts[1],
+        "GET",
+        "/api/v1/jobs?limit=5",
+        &[("Authorization", &viewer)],
+        b"",
+    );
+    conforms(
+        &json(&page),
+        &answer_schema(&doc, "/jobs", "get", "200"),
+        &doc,
+        "page",
+    )
+    .unwrap();
+    assert!(
+        conforms(&serde_json::json!({"id": "x"}), &job_schema, &doc, "bad").is_err(),
+        "the check can fail"
+    );
     // A batch: an array, one entry, all or none; its key holds for the
     // whole batch; an element's fault names its index.
     let batch = br#"[{"stored": "answer"}, {"stored": "answer", "args": ["b"]}]"#;
@@ -266,6 +296,13 @@ fn the_api_answers_alike_everywhere_and_checks_access_and_input() {
     assert_eq!(status, 201, "{body}");
     let ids = json(&body);
     assert_eq!(ids.as_array().map(Vec::len), Some(2), "{body}");
+    conforms(
+        &ids,
+        &answer_schema(&doc, "/jobs", "post", "201"),
+        &doc,
+        "batch",
+    )
+    .unwrap();
     let (status, _, body) = http(&hosts[2], "POST", "/api/v1/jobs", &keyed, batch);
     assert_eq!(
         (status, json(&body)),
@@ -1220,4 +1257,90 @@ fn the_openapi_document_is_valid() {
         }
         other => panic!("the OpenAPI document is not valid: {other:?}"),
     }
+}
+
+/// Whether `value` is what the OpenAPI document's `schema` says (the part
+/// of JSON Schema the document uses: `$ref`, `oneOf`, types with
+/// `nullable`, `enum`, `required`, `properties` with
+/// `additionalProperties: false`, `items`); the error names the path.
+fn conforms(
+    value: &serde_json::Value,
+    schema: &serde_json::Value,
+    doc: &serde_json::Value,
+    at: &str,
+) -> Result<(), String> {
+    use serde_json::Value;
+    if !schema.is_object() {
+        return Err(format!("{at}: no schema ({schema})"));
+    }
+    if let Some(r) = schema["$ref"].as_str() {
+        let name = r.trim_start_matches("#/components/schemas/");
+        return conforms(value, &doc["components"]["schemas"][name], doc, at);
+    }
+    if let Some(options) = schema["oneOf"].as_array() {
+        return options
+            .iter()
+            .find(|o| conforms(value, o, doc, at).is_ok())
+            .map(|_| ())
+            .ok_or_else(|| format!("{at}: none of oneOf fits {value}"));
+    }
+    if value.is_null() {
+        return if schema["nullable"] == true {
+            Ok(())
+        } else {
+            Err(format!("{at}: null"))
+        };
+    }
+    let kind_ok = match schema["type"].as_str() {
+        Some("object") => value.is_object(),
+        Some("array") => value.is_array(),
+        Some("string") => value.is_string(),
+        Some("integer") => value.is_i64() || value.is_u64(),
+        Some("boolean") => value.is_boolean(),
+        _ => true,
+    };
+    if !kind_ok {
+        return Err(format!("{at}: {value} is not a {}", schema["type"]));
+    }
+    if let Some(allowed) = schema["enum"].as_array() {
+        if !allowed.contains(value) {
+            return Err(format!("{at}: {value} is not one of {allowed:?}"));
+        }
+    }
+    match value {
+        Value::Object(map) => {
+            for key in schema["required"].as_array().into_iter().flatten() {
+                let key = key.as_str().unwrap();
+                if !map.contains_key(key) {
+                    return Err(format!("{at}: `{key}` missing"));
+                }
+            }
+            let props = &schema["properties"];
+            for (k, v) in map {
+                match props.get(k) {
+                    Some(p) => conforms(v, p, doc, &format!("{at}.{k}"))?,
+                    None if schema["additionalProperties"] == false => {
+                        return Err(format!("{at}: `{k}` is not in the schema"))
+                    }
+                    None => {}
+                }
+            }
+            Ok(())
+        }
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| conforms(v, &schema["items"], doc, &format!("{at}[{i}]"))),
+        _ => Ok(()),
+    }
+}
+
+/// The schema of `method path`'s answer `code` in the served document.
+fn answer_schema(
+    doc: &serde_json::Value,
+    path: &str,
+    method: &str,
+    code: &str,
+) -> serde_json::Value {
+    doc["paths"][path][method]["responses"][code]["content"]["application/json"]["schema"].clone()
 }
