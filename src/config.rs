@@ -2403,7 +2403,7 @@ address = "fd00::4"
         );
         let text = timing_text("election_ms = 100\nheartbeat_ms = 100\n");
         f.bad(&text, Some(5), Some("timing.election_ms"), "at least twice");
-        // Default election (1000 ms) against a written heartbeat.
+        // Default election (500 ms) against a written heartbeat.
         f.bad(
             &timing_text("heartbeat_ms = 600\n"),
             Some(5),

@@ -275,3 +275,44 @@ fn the_service_unit_is_valid_and_hardened() {
         Err(e) => eprintln!("systemd-analyze not run ({e}): only the unit's keys were checked"),
     }
 }
+
+/// docs/CONFIG.md names every key the config reads: a key added to
+/// `src/config.rs` without its line in the reference fails here.
+#[test]
+fn the_config_reference_names_every_key() {
+    let code = include_str!("../src/config.rs");
+    let doc = include_str!("../docs/CONFIG.md");
+    let mut keys = Vec::new();
+    let mut inside = false;
+    for line in code.lines() {
+        if line.starts_with("struct Raw") {
+            inside = true;
+            continue;
+        }
+        if inside && line.starts_with('}') {
+            inside = false;
+        }
+        let field = line.trim().split(':').next().unwrap_or("");
+        if inside && !field.is_empty() && field.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        {
+            keys.push(field.to_string());
+        }
+    }
+    assert!(keys.len() > 30, "the raw structs were not found: {keys:?}");
+    // A key as `key`, a table as [key], [key.NAME] or [[key]].
+    let named = |k: &str| {
+        [
+            format!("`{k}`"),
+            format!("[{k}]"),
+            format!("[{k}."),
+            format!("[[{k}]]"),
+        ]
+        .iter()
+        .any(|form| doc.contains(form.as_str()))
+    };
+    let missing: Vec<&String> = keys.iter().filter(|k| !named(k)).collect();
+    assert!(
+        missing.is_empty(),
+        "keys missing from docs/CONFIG.md: {missing:?}"
+    );
+}
