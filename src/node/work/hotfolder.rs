@@ -311,7 +311,7 @@ fn folder_entries(def: &Hotfolder, dir: &Path, rel: &str, out: &mut Vec<Seen>) {
         }
     };
     for inner in crate::work::ticket::FOLDER_TICKETS {
-        if let Ok(meta) = std::fs::metadata(dir.join(inner)) {
+        if let Ok(meta) = std::fs::symlink_metadata(dir.join(inner)) {
             out.push(Seen {
                 path: format!("{rel}/{inner}"),
                 bytes: meta.len(),

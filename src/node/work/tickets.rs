@@ -86,16 +86,45 @@ pub fn read(work_dir: &Path, claimed_input: &Path, file: &FileInput) -> Result<F
         return Ok(Fields::new());
     };
     let name = file.ticket.as_deref().unwrap_or_default();
-    let meta = std::fs::metadata(&path).map_err(|e| format!("the ticket {name}: {e}"))?;
-    if meta.len() > ticket::TICKET_BYTES_MAX as u64 {
+    let bytes = read_bounded(&path).map_err(|e| format!("the ticket {name}: {e}"))?;
+    ticket::parse(name, &bytes)
+}
+
+/// A ticket's bytes: a regular file only, never followed through a
+/// symbolic link (a link to `/dev/zero` or to a secret elsewhere), never
+/// a FIFO or device (which would block or never end), read up to one
+/// byte past `TICKET_BYTES_MAX` whatever its size says.
+fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    if !meta.file_type().is_file() {
+        return Err("not a regular file (a link, folder, FIFO or device is not a ticket)".into());
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    if !f
+        .metadata()
+        .map_err(|e| e.to_string())?
+        .file_type()
+        .is_file()
+    {
+        return Err("not a regular file".into());
+    }
+    let mut bytes = Vec::new();
+    f.take(ticket::TICKET_BYTES_MAX as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() > ticket::TICKET_BYTES_MAX {
         return Err(format!(
-            "the ticket {name} has {} bytes, over the limit of {} (TICKET_BYTES_MAX)",
-            meta.len(),
+            "over the limit of {} bytes (TICKET_BYTES_MAX)",
             ticket::TICKET_BYTES_MAX
         ));
     }
-    let bytes = std::fs::read(&path).map_err(|e| format!("the ticket {name}: {e}"))?;
-    ticket::parse(name, &bytes)
+    Ok(bytes)
 }
 
 /// Where an attempt's fields are kept.
@@ -126,4 +155,34 @@ pub fn read_fields(path: &Path) -> Fields {
 
 fn base_name(rel: &str) -> &str {
     rel.rsplit('/').next().unwrap_or(rel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hostile job folder's `ticket.json` cannot make the instance read
+    /// what it points to, hang on a FIFO, or read without end.
+    #[test]
+    fn a_ticket_is_a_regular_file_read_within_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.json");
+        std::fs::write(&good, r#"{"a": 1}"#).unwrap();
+        assert_eq!(read_bounded(&good).unwrap(), br#"{"a": 1}"#);
+        let secret = dir.path().join("secret.json");
+        std::fs::write(&secret, r#"{"key": "hunter2"}"#).unwrap();
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        assert!(read_bounded(&link).unwrap_err().contains("regular file"));
+        let zero = dir.path().join("zero.json");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        assert!(read_bounded(&zero).is_err());
+        let fifo = dir.path().join("fifo.json");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(read_bounded(&fifo).unwrap_err().contains("regular file"));
+        let big = dir.path().join("big.json");
+        std::fs::write(&big, vec![b' '; ticket::TICKET_BYTES_MAX + 10]).unwrap();
+        assert!(read_bounded(&big).unwrap_err().contains("TICKET_BYTES_MAX"));
+    }
 }
