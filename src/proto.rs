@@ -417,6 +417,30 @@ pub fn new_request_id() -> String {
 }
 
 impl Request {
+    /// Whether the same request may go to a second instance while the
+    /// first still works on it: reads, and writes that carry a request id
+    /// (applied once whoever answers). A transfer or a stop has none.
+    pub fn repeatable(&self) -> bool {
+        matches!(
+            self,
+            Request::Status
+                | Request::Get { .. }
+                | Request::List(_)
+                | Request::Job { .. }
+                | Request::Live { .. }
+                | Request::Script { .. }
+                | Request::Scripts { .. }
+                | Request::Hotfolders { .. }
+                | Request::Tokens
+                | Request::Revoked
+                | Request::Jobs { .. }
+                | Request::Propose {
+                    request_id: Some(_),
+                    ..
+                }
+        )
+    }
+
     /// A client's proposal, tagged with its request id.
     pub fn propose(command: Command, request_id: Option<String>) -> Request {
         Request::Propose {

@@ -145,9 +145,21 @@ async fn first_answer(
                 if let Some(r) = asked.take(name, addr, result) {
                     return Ok(r);
                 }
+                // An instance that refused while another still works on the
+                // same request: the other's answer counts (it may have
+                // applied the write); the refusal only if it fails too.
+                if asked.in_flight == 0 {
+                    if let Some(r) = asked.refused.take() {
+                        return Ok(r);
+                    }
+                }
             }
-            // Slow: the next instance that connected is asked too.
+            // Slow: the next instance that connected is asked too, when
+            // the request may be sent twice.
             None => {
+                if !req.repeatable() {
+                    continue;
+                }
                 if let Ok(next) = conns.try_recv() {
                     connects_left -= 1;
                     asked.send(next, req, &answer_tx);
@@ -155,7 +167,10 @@ async fn first_answer(
             }
         }
     }
-    asked.unavailable.ok_or_else(|| asked.errors.join("; "))
+    asked
+        .refused
+        .or(asked.unavailable)
+        .ok_or_else(|| asked.errors.join("; "))
 }
 
 /// The instances a request went to, and what the ones that answered said.
@@ -164,6 +179,9 @@ struct Asked {
     in_flight: usize,
     errors: Vec<String>,
     unavailable: Option<(String, Response)>,
+    /// The first refusal (`Error`), held while another instance still has
+    /// the request.
+    refused: Option<(String, Response)>,
 }
 
 impl Asked {
@@ -200,6 +218,9 @@ impl Asked {
     ) -> Option<(String, Response)> {
         match result {
             Ok(r @ Response::Unavailable { .. }) => self.unavailable = Some((name, r)),
+            Ok(r @ Response::Error { .. }) if self.in_flight > 0 => {
+                self.refused.get_or_insert((name, r));
+            }
             Ok(r) => return Some((name, r)),
             Err(e) => self.errors.push(format!("{name} ({addr}): {e}")),
         }
