@@ -657,7 +657,8 @@ pub fn units(
             let mut ticket = None;
             let mut marker = None;
             let mut theirs = companions.remove(m.path.as_str()).unwrap_or_default();
-            theirs.sort(); // `.json` before `.xml`; inside a folder first
+            // Inside a job folder first, then `.json` before `.xml`.
+            theirs.sort_by_key(|c| (!c.contains('/'), *c));
             for c in theirs {
                 if c.ends_with(crate::work::ticket::MARKER_SUFFIX) && !c.contains('/') {
                     marker.get_or_insert(c.to_string());

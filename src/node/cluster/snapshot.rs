@@ -239,7 +239,10 @@ async fn receive_file(
     // The bytes that arrived are the sender's; the file must be them too,
     // and a database: a damaged one is refused here (raft sends it again),
     // never installed (which would stop this instance).
-    if let Err(e) = crate::state::check_file(&part) {
+    // On a blocking thread: a big database takes a while to check.
+    let checked = part.clone();
+    let verdict = async_std::task::spawn_blocking(move || crate::state::check_file(&checked)).await;
+    if let Err(e) = verdict {
         let _ = std::fs::remove_file(&part);
         return Err(format!(
             "the database received is damaged ({e}); it is sent again"

@@ -155,7 +155,18 @@ async fn leave(shared: &Shared) -> Result<Leaving, String> {
     let mut last = String::from("no coordinator");
     let mut leading_since: Option<std::time::Instant> = None;
     while std::time::Instant::now() < deadline {
-        if voters(shared).iter().all(|v| *v == shared.me.name) {
+        // A witness votes but holds no jobs and never takes the role: with
+        // only witnesses left beside it, this server is the last one.
+        let witness = |v: &str| {
+            shared
+                .cfg
+                .server(v)
+                .is_some_and(|s| s.role == crate::config::Role::Witness)
+        };
+        if voters(shared)
+            .iter()
+            .all(|v| *v == shared.me.name || witness(v))
+        {
             return Ok(Leaving::Last);
         }
         match shared.leader_name() {

@@ -740,6 +740,11 @@ pub fn publish_steps(shared_root: &Path, job: &Job, steps: &mut Steps) -> Result
     if job.state == JobState::Succeeded {
         publish_success(&layout, job, file, original, steps)?;
     } else if let Some(original) = original {
+        // Never claimed (cancelled while queued, given up): its ticket and
+        // marker are still in `in/` and go with it.
+        if original.starts_with(layout.dir("in")) {
+            super::tickets::claim(&layout.work(&job.id), (&layout.dir("in"), false), file)?;
+        }
         publish_failure(&layout, job, file, &original, steps)?;
     }
     steps.take()?;
@@ -834,9 +839,7 @@ fn publish_failure(
     if let Some(t) = super::tickets::claimed_sidecar(&layout.work(&job.id), file) {
         let suffix = file.ticket.as_deref().unwrap_or_default();
         let suffix = &suffix[file.input.len().min(suffix.len())..];
-        steps.take()?;
-        std::fs::rename(&t, to.join(format!("{name}{suffix}")))
-            .map_err(|e| format!("moving the ticket to error/: {e}"))?;
+        move_no_replace(&t, &to, &format!("{name}{suffix}"), steps)?;
     }
     move_no_replace(original, &to, &name, steps)
 }
@@ -1161,6 +1164,9 @@ fn unchanged(claimed: &Path, file: &FileInput) -> Result<(), String> {
     }
 }
 
+/// Marks a working folder whose ticket and marker the claim took.
+const COMPANIONS_TAKEN: &str = "companions-taken";
+
 /// The claim's time, in the job's working folder (ms since the epoch).
 const CLAIMED_AT: &str = "claimed-at";
 /// Longest wait for a writer on this server to close the input.
@@ -1296,6 +1302,11 @@ fn not_a_continuation(
     if let Some(e) = earlier_part_in(layout, "error", &file.input, made) {
         return Err(e);
     }
+    // A marker or ticket is the writer's "complete": a file under the same
+    // name after it is a new drop, not the rest of the one published.
+    if file.marker.is_some() || file.ticket.is_some() {
+        return Ok(());
+    }
     match earlier_part_in(layout, "done", &file.input, made) {
         Some(e) => Err(e),
         None => Ok(()),
@@ -1409,7 +1420,13 @@ pub(super) fn claim(layout: &Layout, id: &str, file: &FileInput) -> Result<PathB
     let from_in = layout.dir("in").join(input);
     let from_error = layout.dir("error").join(input);
     if claimed.symlink_metadata().is_ok() {
-        super::tickets::claim(&layout.work(id), (&layout.dir("in"), false), file)?;
+        // Its ticket and marker were taken with it unless a crash came in
+        // between; once taken, a ticket or marker of that name in `in/` is
+        // a newer drop's and stays.
+        if !layout.work(id).join(COMPANIONS_TAKEN).exists() {
+            super::tickets::claim(&layout.work(id), (&layout.dir("in"), false), file)?;
+            let _ = write_atomic(&layout.work(id).join(COMPANIONS_TAKEN), b"");
+        }
         return Ok(claimed);
     }
     let dir = claimed.parent().expect("claimed files are in a folder");
@@ -1437,6 +1454,7 @@ pub(super) fn claim(layout: &Layout, id: &str, file: &FileInput) -> Result<PathB
             let again = source == from_error;
             let from = layout.dir(if again { "error" } else { "in" });
             super::tickets::claim(&layout.work(id), (&from, again), file)?;
+            let _ = write_atomic(&layout.work(id).join(COMPANIONS_TAKEN), b"");
             // When it was taken, for the checks after the action: kept with
             // the claim, so that a later attempt measures from the same time.
             let _ = write_atomic(
@@ -1922,6 +1940,40 @@ mod tests {
             std::fs::read_to_string(out.join("a (1).pdf")).unwrap(),
             "mine"
         );
+    }
+
+    /// A job that ends without its file ever being claimed (cancelled while
+    /// queued) takes its ticket and marker to `error/` with the file, and
+    /// never over a file already there (found in review: they stayed in
+    /// `in/`, and a ticket replaced a failed file of its name).
+    #[test]
+    fn an_unclaimed_failed_file_takes_its_ticket_along_and_replaces_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path(), "hf");
+        layout.create().unwrap();
+        std::fs::write(layout.dir("in/a.pdf"), "pdf").unwrap();
+        std::fs::write(layout.dir("in/a.pdf.json"), r#"{"n": 1}"#).unwrap();
+        std::fs::write(layout.dir("in/a.pdf.ready"), "").unwrap();
+        std::fs::write(layout.dir("error/a.pdf.json"), "an earlier failed file").unwrap();
+        let mut file = taken(&layout.dir("in"), "a.pdf");
+        file.ticket = Some("a.pdf.json".into());
+        file.marker = Some("a.pdf.ready".into());
+        let mut j = job(JobState::Cancelled, false);
+        j.spec.file = Some(file);
+        publish(dir.path(), &j).unwrap();
+        let left: Vec<_> = std::fs::read_dir(layout.dir("in")).unwrap().collect();
+        assert!(left.is_empty(), "nothing left in in/");
+        let error = layout.dir("error");
+        assert_eq!(std::fs::read_to_string(error.join("a.pdf")).unwrap(), "pdf");
+        assert_eq!(
+            std::fs::read_to_string(error.join("a.pdf.json")).unwrap(),
+            "an earlier failed file"
+        );
+        assert_eq!(
+            std::fs::read_to_string(error.join("a.pdf (1).json")).unwrap(),
+            r#"{"n": 1}"#
+        );
+        assert!(error.join("a.pdf.error.txt").is_file());
     }
 
     #[test]
