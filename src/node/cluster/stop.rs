@@ -67,7 +67,13 @@ pub async fn graceful_stop(shared: &Shared, drain: impl std::future::Future<Outp
             Ok(Leaving::Last) => (false, vec![]),
             Err(e) => {
                 tracing::warn!("could not leave the membership ({e}); stopping as a member");
-                (false, others)
+                // The voters as this instance last knew them, not as they
+                // were when the stop began (some may have left since).
+                let now: Vec<String> = voters(shared)
+                    .into_iter()
+                    .filter(|n| *n != shared.me.name)
+                    .collect();
+                (false, now)
             }
         }
     };
@@ -133,6 +139,19 @@ async fn hand_over(shared: &Shared) {
     tracing::warn!("{name} did not take the coordinator role within {HANDOVER_WAIT_MS} ms");
 }
 
+/// Whether no other voter has been heard from lately (the live view).
+fn no_voter_heard(shared: &Shared) -> bool {
+    let now = crate::clock::now_ms();
+    let view = shared.view();
+    voters(shared)
+        .iter()
+        .filter(|v| **v != shared.me.name)
+        .all(|v| view.age_ms(v, now).is_none_or(|a| a > HEARD_RECENTLY_MS))
+}
+
+/// "Heard lately", for a stopping instance looking for anyone left.
+const HEARD_RECENTLY_MS: u64 = 1_000;
+
 /// How a stopping member's leave ended.
 enum Leaving {
     /// The coordinator removed it; the voters that remain.
@@ -179,6 +198,12 @@ async fn leave(shared: &Shared) -> Result<Leaving, String> {
                 {
                     Ok(Response::Left { remaining }) => return Ok(Leaving::Left(remaining)),
                     Ok(other) => last = format!("{other:?}"),
+                    // The coordinator is gone, and no other voter is heard
+                    // either (all stopped at once; it may have removed this
+                    // one before it went): nobody is left to ask.
+                    Err(e) if no_voter_heard(shared) => {
+                        return Err(format!("{e}; no other server is reachable"))
+                    }
                     Err(e) => last = e.to_string(),
                 }
             }
