@@ -526,10 +526,10 @@ fn a_member_wiped_after_kill_9_rejoins_with_the_clusters_data() {
     c.kill9("srv3");
     std::fs::remove_dir_all(c.data_dir("srv3")).unwrap();
     c.set("srv2", "while-down", b"2".to_vec()).unwrap();
-    // The first transfer of the database is cut (as a dropped connection
-    // would), so that the readmission lasts a retry: long enough to be seen
-    // in status through gossip on a busy machine (else a flaky race).
-    let cut = [("CLARO_FAILPOINT_SNAPSHOT_CUT_BYTES", "1000000")];
+    // The database transfer starts 2 s late (a failpoint), so that the
+    // readmission lasts long enough to be seen in status through gossip
+    // (else a race, which a fast handshake loses: it once did).
+    let cut = [("CLARO_FAILPOINT_SNAPSHOT_DELAY_MS", "2000")];
     c.start_env("srv3", &[], &cut);
     let mut notes = Vec::new();
     c.wait(60, "srv3 re-added and back as a synchronized voter", || {

@@ -172,6 +172,14 @@ async fn receive_file(
             meta.file_name, meta.size_bytes
         ));
     }
+    // Failpoint for the test that a rejoin shows in `status`:
+    // `CLARO_FAILPOINT_SNAPSHOT_DELAY_MS=N` starts every transfer N ms late.
+    if let Some(ms) = std::env::var("CLARO_FAILPOINT_SNAPSHOT_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        async_std::task::sleep(Duration::from_millis(ms.min(STALL_MS / 2))).await;
+    }
     let incoming = consensus::incoming_dir(&shared.dir);
     std::fs::create_dir_all(&incoming).map_err(|e| shared.write_failed(&incoming, e))?;
     let part = incoming.join(format!("{}.part", meta.file_name));
