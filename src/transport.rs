@@ -282,8 +282,7 @@ fn transport_config() -> quinn::TransportConfig {
         .receive_window(VarInt::from_u32(CONNECTION_WINDOW_BYTES))
         .send_window(u64::from(CONNECTION_WINDOW_BYTES))
         .max_concurrent_bidi_streams(VarInt::from_u32(BIDI_STREAMS_MAX))
-        .max_concurrent_uni_streams(VarInt::from_u32(UNI_STREAMS_MAX))
-        .initial_rtt(Duration::from_millis(INITIAL_RTT_MS));
+        .max_concurrent_uni_streams(VarInt::from_u32(UNI_STREAMS_MAX));
     // Clusters run on LANs (and tests on loopback), where paths often carry
     // more than quinn's internet-safe 1452-byte ceiling: let MTU discovery
     // probe up to jumbo frames. A failed probe only costs a lost packet.
@@ -292,15 +291,6 @@ fn transport_config() -> quinn::TransportConfig {
     config.mtu_discovery_config(Some(mtu));
     config
 }
-
-/// The round trip assumed before the first one is measured. quinn's
-/// default (333 ms) is the internet's: a lost handshake packet was sent
-/// again only after about a second, so at 30 % packet loss on the server
-/// asked, 12-20 of 60 CLI calls missed their 1.5 s handshake budget; with
-/// a LAN's round trip a lost packet goes again after about 150 ms
-/// (doubling while lost), and 1-2 of 60 did (docs/BENCHMARKS.md). A slower
-/// path only sees an early, harmless resend until its round trip is known.
-const INITIAL_RTT_MS: u64 = 50;
 
 /// Largest UDP payload MTU discovery tries (jumbo Ethernet frames).
 const MTU_PROBE_BYTES_MAX: u16 = 8952;
