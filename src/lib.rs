@@ -24,6 +24,7 @@ pub mod config;
 pub mod consensus;
 pub mod contract;
 pub mod data_dir;
+pub mod fingerprint;
 pub mod histogram;
 pub mod logging;
 pub mod proto;

@@ -1124,14 +1124,7 @@ pub fn valid_snapshot_name(name: &str) -> bool {
 
 /// FNV-1a, 64 bits: a cheap fingerprint of an entry's bytes for the checks that
 /// replicas applied the same entry at the same index.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in bytes {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
-}
+pub use crate::fingerprint::fnv1a;
 
 /// A server's Raft id: derived from its name, so that it is the same on every
 /// instance and does not depend on the order of the config.

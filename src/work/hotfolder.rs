@@ -697,20 +697,14 @@ pub const FOLDER_DEPTH_MAX: usize = 16;
 /// that every instance computes the same from the same listing.
 pub fn folder_print(entries: &mut [(String, u64, u64)]) -> u64 {
     entries.sort();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for b in bytes {
-            hash ^= u64::from(*b);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
+    let mut hash = crate::fingerprint::Fnv::default();
     for (path, bytes, modified_ms) in entries.iter() {
-        eat(path.as_bytes());
-        eat(&[0]);
-        eat(&bytes.to_le_bytes());
-        eat(&modified_ms.to_le_bytes());
+        hash.eat(path.as_bytes());
+        hash.eat(&[0]);
+        hash.eat(&bytes.to_le_bytes());
+        hash.eat(&modified_ms.to_le_bytes());
     }
-    hash
+    hash.finish()
 }
 
 /// The first name `name`, `stem (1).ext`, `stem (2).ext`, ... for which

@@ -76,10 +76,7 @@ pub fn place(
 /// Where a job's ties start among `count` candidates: from its id, the
 /// same on every replica and for every retry of a placement.
 fn tie_start(id: &str, count: usize) -> usize {
-    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    (hash % count.max(1) as u64) as usize
+    (crate::fingerprint::fnv1a(id.as_bytes()) % count.max(1) as u64) as usize
 }
 
 /// The candidate with a free slot and the lowest load; among equals, the
