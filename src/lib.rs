@@ -19,6 +19,7 @@ pub mod cluster;
 pub mod web;
 pub mod work;
 
+pub mod backup;
 pub mod clock;
 pub mod config;
 pub mod consensus;

@@ -311,11 +311,19 @@ pub enum Request {
         cluster_id: String,
         voters: Vec<String>,
     },
+    /// Client only (`claro backup`): a consistent copy of the replicated
+    /// database, at a read index (every write acknowledged before it is in
+    /// the copy). Answered `Backup` followed by the database's raw bytes to
+    /// the end of the stream, or `Unavailable` / `Error`. A client request
+    /// only, so instances of a version without it still form a cluster.
+    Backup,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response {
     Hello(Hello),
+    /// What a `Backup` stream holds; the database's bytes follow.
+    Backup(crate::backup::BackupHeader),
     Refused {
         reason: String,
         /// The refusing instance's cluster id: two clusters under one

@@ -52,7 +52,10 @@ pub fn endpoint(config: &Config, family_of: SocketAddr) -> Result<Endpoint, Fail
 }
 
 /// The instances to try: `--server`'s one, or every configured server.
-fn targets(config: &Config, args: &ClientArgs) -> Result<Vec<(String, SocketAddr)>, Failure> {
+pub(crate) fn targets(
+    config: &Config,
+    args: &ClientArgs,
+) -> Result<Vec<(String, SocketAddr)>, Failure> {
     match &args.server {
         Some(s) => Ok(vec![resolve_server(config, s)?]),
         None => Ok(config

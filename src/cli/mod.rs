@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+pub mod backup;
 pub mod batch;
 pub mod cert;
 pub mod client;
@@ -114,6 +115,34 @@ pub enum Command {
         no_wait: bool,
         #[command(flatten)]
         client: ClientArgs,
+    },
+    /// Write a consistent copy of the replicated database to FILE, made
+    /// online by one instance (this machine's first) at a read index: every
+    /// write acknowledged before the command is in it.
+    Backup {
+        file: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Write this machine's server's data directory from a backup, as a new
+    /// one-server cluster (a new cluster id); then `serve` starts it and
+    /// the other servers join it with empty data directories.
+    Restore {
+        file: PathBuf,
+        /// Which [[server]] of the config gets the data (default: the one
+        /// whose address is local).
+        #[arg(long)]
+        name: Option<String>,
+        /// Restore over a data directory that holds data (moved aside to
+        /// DIR.before-restore-SECONDS, never deleted).
+        #[arg(long)]
+        force: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Coordinator role.
     Coordinator {
@@ -340,6 +369,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             crate::cli::client::transfer(&config, &client, &name)
         }
+        Command::Backup {
+            file,
+            force,
+            client,
+        } => crate::cli::backup::backup(&Config::load(&cli.config)?, &client, &file, force),
+        Command::Restore {
+            file,
+            name,
+            force,
+            json,
+        } => crate::cli::backup::restore(
+            &Config::load(&cli.config)?,
+            name.as_deref(),
+            &file,
+            force,
+            json,
+        ),
         Command::Settings { action } => settings::command(&cli.config, action),
         Command::Cert { action } => cert::command(&cli.config, action),
         other => jobs(&cli.config, other),

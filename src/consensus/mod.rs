@@ -1025,6 +1025,54 @@ impl SnapshotJob {
     }
 }
 
+/// What [`backup_copy`] made: the copy's Raft position, cluster and digest.
+#[derive(Debug, Clone)]
+pub struct BackupCopy {
+    pub index: u64,
+    pub term: u64,
+    pub cluster_id: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+}
+
+/// A consistent copy of the state.db of data directory `dir` for `claro
+/// backup`, written to `dest` in the snapshots folder: SQLite's online
+/// backup in one step, as for a snapshot, so the raft loop goes on
+/// applying meanwhile. A name `copy-PID-...` keeps it from the clean-up of
+/// other processes' copies while this one lives.
+pub fn backup_copy(dir: &Path, name: &str) -> Result<(PathBuf, BackupCopy), String> {
+    let folder = snapshots_dir(dir);
+    std::fs::create_dir_all(&folder).map_err(|e| format!("{}: {e}", folder.display()))?;
+    let dest = folder.join(format!("copy-{}-{name}.tmp", std::process::id()));
+    let made = backup_copy_to(&state_db(dir), &dest);
+    if made.is_err() {
+        remove_copies(&folder, |n| {
+            n.starts_with(&format!("copy-{}-{name}", std::process::id()))
+        });
+    }
+    made.map(|copy| (dest, copy))
+}
+
+fn backup_copy_to(state_db: &Path, dest: &Path) -> Result<BackupCopy, String> {
+    copy_database(state_db, dest).map_err(|e| e.to_string())?;
+    let copy = StateMachine::open(dest, state::Sync::Off).map_err(|e| e.to_string())?;
+    let cluster_id = copy
+        .cluster_id()
+        .ok_or("this replica holds no cluster yet")?
+        .to_string();
+    let (index, term) = (copy.applied_index(), copy.applied_term());
+    copy.checkpoint().map_err(|e| e.to_string())?;
+    drop(copy);
+    let (size_bytes, sha256) = file_digest(dest)?;
+    Ok(BackupCopy {
+        index,
+        term,
+        cluster_id,
+        size_bytes,
+        sha256,
+    })
+}
+
 /// Removes the database copies in `dir` (`copy-*`, with SQLite's journal,
 /// WAL and shm files beside them) whose names `doomed` picks.
 fn remove_copies(dir: &Path, doomed: impl Fn(&str) -> bool) {

@@ -231,6 +231,7 @@ async fn serve_request(
         (None, r) if r.is_peer_only() => Response::Error {
             message: "this request is for instances only".into(),
         },
+        (None, Request::Backup) => return super::backup::send(&shared, send).await,
         (Some(p), Request::Snapshot { meta, raft_message }) => {
             return super::snapshot::receive(&shared, p, meta, raft_message, send, recv).await;
         }
@@ -307,6 +308,10 @@ pub(crate) async fn respond(shared: &Arc<Shared>, peer: Option<&str>, req: Reque
         Request::Adopt { cluster_id, voters } => super::startup::adopt(shared, cluster_id, voters),
         Request::Hello(_) | Request::Snapshot { .. } | Request::Gossip { .. } => Response::Error {
             message: "unexpected request".into(),
+        },
+        // Only a client's own stream carries the database (`serve_request`).
+        Request::Backup => Response::Error {
+            message: "a backup is streamed to the CLI only (`claro backup FILE`)".into(),
         },
     }
 }

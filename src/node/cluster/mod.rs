@@ -14,6 +14,7 @@
 //! - `replicated`: writes held through a coordinator change, linearizable reads;
 //! - `gossip`: the periodic exchange that keeps the live view fresh;
 //! - `snapshot`: streaming the database to a late joiner, resumably;
+//! - `backup`: a consistent copy of the database streamed to `claro backup`;
 //! - `rejoin`: incarnations and the re-admission of members that lost data;
 //! - `integrity`: digest checkpoints and the verdict on this replica;
 //! - `damage`: a damaged data directory set aside;
@@ -24,6 +25,7 @@
 //! What it must not do: decide anything Raft decides, touch state.db except
 //! through the core, or import the work or the web.
 
+mod backup;
 mod damage;
 mod gossip;
 mod handlers;

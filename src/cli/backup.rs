@@ -1,0 +1,336 @@
+//! `claro backup FILE` and `claro restore FILE`: the operator's side of
+//! disaster recovery (docs/OPERATIONS.md has the whole procedure).
+//!
+//! A backup is asked of one instance (this machine's first, then the others
+//! in the config's order, or `--server`'s), which confirms a read index and
+//! streams a consistent copy of its replica (`node::cluster::backup`). The
+//! CLI writes `FILE.part`, checks size and SHA-256 against the header, and
+//! renames it to FILE: a FILE that exists is always whole.
+//!
+//! A restore writes one server's data directory from a backup, as a new
+//! one-server cluster with a new cluster id (the old cluster's servers,
+//! which may hold newer data, then refuse it instead of mixing histories).
+//! It never deletes: with `--force`, an existing data directory is moved
+//! aside, not removed.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::backup::{write_header, BackupHeader, Sha256};
+use crate::cli::client::{endpoint, targets, ClientArgs};
+use crate::cli::exit::Failure;
+use crate::cli::output;
+use crate::config::Config;
+use crate::proto::{Request, Response, REQUEST_BYTES_MAX};
+use crate::transport::{read_frame, write_frame};
+
+/// Time to reach one instance.
+const CONNECT_MS: u64 = 1_500;
+/// Time for the instance to confirm its read and copy its database.
+const HEADER_MS: u64 = 60_000;
+/// A transfer that brings no byte for this long is given up.
+const STALL_MS: u64 = 30_000;
+
+/// `claro backup FILE`.
+pub fn backup(config: &Config, args: &ClientArgs, file: &Path, force: bool) -> Result<(), Failure> {
+    if file.exists() && !force {
+        return Err(Failure::usage(format!(
+            "{} exists; `--force` replaces it",
+            file.display()
+        )));
+    }
+    let mut targets = targets(config, args)?;
+    // This machine's own server first: its copy needs no network hop.
+    if let Ok(local) = config.local_server(None) {
+        targets.sort_by_key(|(name, _)| *name != local.name);
+    }
+    let part = part_path(file);
+    let ep = endpoint(config, targets[0].1)?;
+    let fetched = async_std::task::block_on(fetch_any(&ep, &targets, &part));
+    ep.quinn.close(0u32.into(), b"done");
+    let header = fetched.inspect_err(|_| {
+        let _ = std::fs::remove_file(&part);
+    })?;
+    std::fs::rename(&part, file)
+        .map_err(|e| Failure::failed(format!("{}: {e}", file.display())))?;
+    if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let _ = crate::state::sync_dir(parent);
+    }
+    let text = format!(
+        "backup of cluster {} at index {} from {}: {} ({} bytes of database)",
+        header.cluster_id,
+        header.applied_index,
+        header.server,
+        file.display(),
+        header.size_bytes
+    );
+    let json = serde_json::json!({
+        "file": file.display().to_string(),
+        "cluster_id": header.cluster_id,
+        "applied_index": header.applied_index,
+        "server": header.server,
+        "created": crate::contract::rfc3339(header.created_ms),
+        "size_bytes": header.size_bytes,
+        "sha256": header.sha256,
+    });
+    output::changed(args.json, &text, json)
+}
+
+fn part_path(file: &Path) -> PathBuf {
+    let mut name = file.file_name().unwrap_or_default().to_os_string();
+    name.push(".part");
+    file.with_file_name(name)
+}
+
+/// Asks each instance in turn until one sends a whole backup into `part`.
+async fn fetch_any(
+    ep: &crate::transport::Endpoint,
+    targets: &[(String, SocketAddr)],
+    part: &Path,
+) -> Result<BackupHeader, Failure> {
+    let mut why = Vec::new();
+    for (name, addr) in targets {
+        match fetch(ep, name, *addr, part).await {
+            Ok(header) => return Ok(header),
+            Err(Fetch::Bad(f)) => return Err(f),
+            Err(Fetch::Next(e)) => why.push(format!("{name}: {e}")),
+        }
+    }
+    Err(Failure::failed(format!(
+        "no instance made the backup: {}",
+        why.join("; ")
+    )))
+}
+
+enum Fetch {
+    /// Another instance may do better.
+    Next(String),
+    /// Nobody can (this machine's file cannot be written).
+    Bad(Failure),
+}
+
+async fn fetch(
+    ep: &crate::transport::Endpoint,
+    name: &str,
+    addr: SocketAddr,
+    part: &Path,
+) -> Result<BackupHeader, Fetch> {
+    let conn = ep
+        .connect(addr, name, CONNECT_MS)
+        .await
+        .map_err(|e| Fetch::Next(e.to_string()))?;
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| Fetch::Next(e.to_string()))?;
+    write_frame(&mut send, &Request::Backup, REQUEST_BYTES_MAX)
+        .await
+        .map_err(|e| Fetch::Next(e.to_string()))?;
+    let _ = send.finish();
+    let first = read_frame::<Response>(&mut recv, REQUEST_BYTES_MAX);
+    let header = match async_std::future::timeout(Duration::from_millis(HEADER_MS), first).await {
+        Err(_) => return Err(Fetch::Next(format!("no answer within {HEADER_MS} ms"))),
+        Ok(Err(e)) => return Err(Fetch::Next(e.to_string())),
+        Ok(Ok(Some(Response::Backup(h)))) => h,
+        Ok(Ok(Some(Response::Unavailable { message } | Response::Error { message }))) => {
+            return Err(Fetch::Next(message))
+        }
+        Ok(Ok(other)) => return Err(Fetch::Next(format!("unexpected answer: {other:?}"))),
+    };
+    header
+        .check()
+        .map_err(|e| Fetch::Next(format!("a bad header: {e}")))?;
+    let mut out = std::fs::File::create(part)
+        .map_err(|e| Fetch::Bad(Failure::failed(format!("{}: {e}", part.display()))))?;
+    let bad = |e: std::io::Error| Fetch::Bad(Failure::failed(format!("{}: {e}", part.display())));
+    write_header(&mut out, &header).map_err(bad)?;
+    receive(&mut recv, &mut out, &header).await?;
+    out.sync_all().map_err(bad)?;
+    conn.close(0u32.into(), b"done");
+    Ok(header)
+}
+
+/// The database's bytes into `out`, checked against the header.
+async fn receive(
+    recv: &mut quinn::RecvStream,
+    out: &mut std::fs::File,
+    header: &BackupHeader,
+) -> Result<(), Fetch> {
+    let mut hash = Sha256::default();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let read = recv.read(&mut buf);
+        let n = match async_std::future::timeout(Duration::from_millis(STALL_MS), read).await {
+            Err(_) => return Err(Fetch::Next(format!("no byte for {STALL_MS} ms"))),
+            Ok(Err(e)) => return Err(Fetch::Next(e.to_string())),
+            Ok(Ok(None)) => break,
+            Ok(Ok(Some(n))) => n,
+        };
+        size += n as u64;
+        if size > header.size_bytes {
+            return Err(Fetch::Next("more bytes than the header said".into()));
+        }
+        hash.update(&buf[..n]);
+        out.write_all(&buf[..n])
+            .map_err(|e| Fetch::Bad(Failure::failed(format!("writing the backup: {e}"))))?;
+    }
+    if size != header.size_bytes {
+        return Err(Fetch::Next(format!(
+            "the transfer ended after {size} of {} bytes",
+            header.size_bytes
+        )));
+    }
+    let sha = hash.finish();
+    if sha != header.sha256 {
+        return Err(Fetch::Next(format!(
+            "the bytes received do not match the header's SHA-256 ({sha})"
+        )));
+    }
+    Ok(())
+}
+
+/// `claro restore FILE`: this machine's server (or `--name`'s) gets a data
+/// directory holding the backup's database as a new one-server cluster.
+pub fn restore(
+    config: &Config,
+    name: Option<&str>,
+    file: &Path,
+    force: bool,
+    json: bool,
+) -> Result<(), Failure> {
+    let server = config.local_server(name)?.clone();
+    // A bad file is bad input: refused before anything is touched.
+    let header = crate::backup::extract(file, None).map_err(Failure::usage)?;
+    if let Some(why) = answers(config, &server.name, server.address) {
+        return Err(Failure::failed(format!(
+            "{} answers at {} ({why}): stop it before restoring its data directory",
+            server.name, server.address
+        )));
+    }
+    let dir = config.server_dir(&server.name);
+    let holds_data = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
+    if holds_data && !force {
+        return Err(Failure::failed(format!(
+            "{} holds data already; `--force` moves it aside (never deletes it) and restores",
+            dir.display()
+        )));
+    }
+    let staging = sibling(&dir, "restoring");
+    let cluster_id = format!("{:032x}", rand::random::<u128>());
+    let staged = stage(&staging, file, &server.name, &cluster_id);
+    if let Err(e) = staged {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    let aside = match holds_data {
+        true => Some(move_aside(&dir)?),
+        false => None,
+    };
+    let _ = std::fs::remove_dir(&dir);
+    std::fs::rename(&staging, &dir)
+        .map_err(|e| Failure::failed(format!("{}: {e}", dir.display())))?;
+    if let Some(parent) = dir.parent() {
+        let _ = crate::state::sync_dir(parent);
+    }
+    report(
+        &server.name,
+        &dir,
+        &header,
+        &cluster_id,
+        aside.as_deref(),
+        json,
+    )
+}
+
+/// Builds the new data directory in `staging`: the database checked and
+/// made the one voter's state of a new cluster.
+fn stage(staging: &Path, file: &Path, name: &str, cluster_id: &str) -> Result<(), Failure> {
+    let _ = std::fs::remove_dir_all(staging);
+    let io = |e: std::io::Error| Failure::failed(format!("{}: {e}", staging.display()));
+    std::fs::create_dir_all(staging).map_err(io)?;
+    crate::data_dir::make_private(staging).map_err(io)?;
+    let db = crate::consensus::state_db(staging);
+    crate::backup::extract(file, Some(&db)).map_err(Failure::usage)?;
+    crate::state::check_file(&db).map_err(|e| {
+        Failure::usage(format!(
+            "{}: the database in it is damaged: {e}",
+            file.display()
+        ))
+    })?;
+    let id = crate::consensus::raft_id(name);
+    crate::consensus::rebootstrap(staging, id, cluster_id, true)
+        .map_err(|e| Failure::failed(format!("{}: {e}", staging.display())))?;
+    crate::data_dir::make_private(staging).map_err(io)?;
+    crate::state::sync_dir(staging).map_err(io)
+}
+
+/// `DIR.<what>` beside `dir`.
+fn sibling(dir: &Path, what: &str) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{what}"));
+    dir.with_file_name(name)
+}
+
+/// Moves a data directory aside, under a name that says when and why.
+fn move_aside(dir: &Path) -> Result<PathBuf, Failure> {
+    let secs = crate::clock::now_ms() / 1000;
+    let aside = sibling(dir, &format!("before-restore-{secs}"));
+    std::fs::rename(dir, &aside)
+        .map_err(|e| Failure::failed(format!("moving {} aside: {e}", dir.display())))?;
+    Ok(aside)
+}
+
+/// Why `name` is taken for running: it answered `Info` at its address.
+fn answers(config: &Config, name: &str, addr: SocketAddr) -> Option<String> {
+    let ep = endpoint(config, addr).ok()?;
+    let asked = async_std::task::block_on(async {
+        let conn = ep.connect(addr, name, CONNECT_MS).await.ok()?;
+        crate::cli::client::request(&conn, &Request::Info, CONNECT_MS)
+            .await
+            .ok()
+    });
+    ep.quinn.close(0u32.into(), b"done");
+    match asked? {
+        Response::Info(info) => Some(format!("state {}", info.state)),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+fn report(
+    name: &str,
+    dir: &Path,
+    header: &BackupHeader,
+    cluster_id: &str,
+    aside: Option<&Path>,
+    json: bool,
+) -> Result<(), Failure> {
+    let mut text = format!(
+        "{name}: {} now holds the backup of cluster {} at index {} (made {} by {}), as the new cluster {cluster_id}\n",
+        dir.display(),
+        header.cluster_id,
+        header.applied_index,
+        crate::contract::rfc3339(header.created_ms),
+        header.server,
+    );
+    if let Some(a) = aside {
+        text.push_str(&format!(
+            "the data directory it held is kept in {}\n",
+            a.display()
+        ));
+    }
+    text.push_str(&format!(
+        "next: `claro serve --name {name}`, then start the other servers with empty data directories (docs/OPERATIONS.md)"
+    ));
+    let value = serde_json::json!({
+        "server": name,
+        "data_dir": dir.display().to_string(),
+        "cluster_id": cluster_id,
+        "from_cluster_id": header.cluster_id,
+        "applied_index": header.applied_index,
+        "moved_aside": aside.map(|a| a.display().to_string()),
+    });
+    output::changed(json, &text, value)
+}

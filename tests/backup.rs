@@ -1,0 +1,148 @@
+//! Disaster recovery with real processes: `claro backup` under load, every
+//! server wiped, `claro restore` onto one of them, and the cluster as of
+//! the backup (docs/OPERATIONS.md's procedure, step by step).
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::Cluster;
+
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+/// Writes `load-N` settings through srv2 until told to stop (bounded in
+/// count and time); returns each write's key and acknowledged index.
+fn write_load(c: &Cluster, stop: Arc<AtomicBool>) -> Vec<(String, u64)> {
+    let mut acked = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for i in 0..5_000 {
+        if stop.load(Ordering::SeqCst) || Instant::now() > deadline {
+            break;
+        }
+        let key = format!("load-{i:05}");
+        if let Ok(index) = c.set("srv2", &key, key.clone().into_bytes()) {
+            acked.push((key, index));
+        }
+    }
+    acked
+}
+
+#[test]
+fn a_backup_under_load_restores_a_wiped_cluster_as_of_the_backup() {
+    let mut c = Cluster::three_running(180);
+    let file = c.dir.path().join("cluster.claro-backup");
+    let file_s = file.to_str().unwrap().to_string();
+    for i in 0..20 {
+        c.set("srv1", &format!("before-{i}"), vec![b'x'; 1000])
+            .unwrap();
+    }
+    let out = c.cli(&["submit", "--wait", "--json", "--inline", "6 * 7"]);
+    let job = json_of(&out)["id"].as_str().unwrap().to_string();
+
+    // The backup, taken while writes go on through another server.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (acked, meta) = std::thread::scope(|s| {
+        let load = s.spawn(|| write_load(&c, stop.clone()));
+        std::thread::sleep(Duration::from_millis(500));
+        let meta = json_of(&c.cli(&["backup", &file_s, "--json"]));
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::SeqCst);
+        (load.join().unwrap(), meta)
+    });
+    let index = meta["applied_index"].as_u64().unwrap();
+    let old_cluster = meta["cluster_id"].as_str().unwrap().to_string();
+    assert!(
+        acked.iter().any(|(_, i)| *i <= index) && acked.iter().any(|(_, i)| *i > index),
+        "the load ran on both sides of the backup (index {index}, {} writes)",
+        acked.len()
+    );
+    // A file that exists is not replaced without --force.
+    let again = c.cli(&["backup", &file_s]);
+    assert_eq!(again.status.code(), Some(2), "{again:?}");
+
+    // A damaged copy is refused with the reason, and changes nothing.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 100;
+    bytes[last] ^= 0x55;
+    let damaged = c.dir.path().join("damaged.claro-backup");
+    std::fs::write(&damaged, &bytes).unwrap();
+
+    // Disaster: every server gone with its data.
+    for n in ["srv1", "srv2", "srv3"] {
+        c.kill9(n);
+        std::fs::remove_dir_all(c.data_dir(n)).unwrap();
+    }
+    let out = c.cli(&["restore", damaged.to_str().unwrap(), "--name", "srv1"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("damaged") && err.contains("damaged.claro-backup"),
+        "{err}"
+    );
+    assert!(
+        !c.data_dir("srv1").exists(),
+        "a refused restore writes nothing"
+    );
+
+    let restored = json_of(&c.cli(&["restore", &file_s, "--name", "srv1", "--json"]));
+    let new_cluster = restored["cluster_id"].as_str().unwrap().to_string();
+    assert_ne!(new_cluster, old_cluster, "a restore starts a new cluster");
+    assert_eq!(restored["applied_index"].as_u64(), Some(index));
+    // Once restored, a second restore needs --force, and keeps the data aside.
+    let out = c.cli(&["restore", &file_s, "--name", "srv1"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+
+    c.start_alone("srv1");
+    // The running server's directory is never restored over.
+    let out = c.cli(&["restore", &file_s, "--name", "srv1", "--force"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("answers"));
+    c.start("srv2");
+    c.start("srv3");
+    c.wait(60, "the restored cluster with all three", || {
+        c.settled("srv3", "srv1", &["srv1", "srv2", "srv3"])
+    });
+    assert_eq!(
+        c.status("srv2").unwrap().cluster_id.as_deref(),
+        Some(new_cluster.as_str())
+    );
+
+    // The state is the backup's: what was acknowledged up to its index is
+    // there, what came after is not; the job is there, succeeded.
+    for i in 0..20 {
+        assert_eq!(
+            c.get("srv3", &format!("before-{i}")),
+            Some(vec![b'x'; 1000])
+        );
+    }
+    for (key, i) in &acked {
+        let got = c.get("srv2", key);
+        match *i <= index {
+            true => assert_eq!(got.as_deref(), Some(key.as_bytes()), "{key} at {i}"),
+            false => assert_eq!(got, None, "{key} at {i} came after the backup at {index}"),
+        }
+    }
+    let out = c.cli(&["job", &job, "--json", "--server", "srv3"]);
+    assert_eq!(json_of(&out)["state"], "succeeded");
+    // And the restored cluster takes new work.
+    let out = c.cli(&["submit", "--wait", "--inline", "1 + 1"]);
+    assert!(out.status.success(), "{out:?}");
+    c.wait(20, "identical replicas", || {
+        let d: Vec<_> = ["srv1", "srv2", "srv3"]
+            .iter()
+            .map(|n| c.digest(n))
+            .collect();
+        d[0].is_some() && d.iter().all(|x| *x == d[0])
+    });
+    c.assert_nobody_crashed();
+}
