@@ -150,6 +150,13 @@ fn a_thousand_script_jobs_spread_over_three_instances_by_load() {
         seen.iter().all(|r| r == &seen[0] && r.is_some()),
         "{seen:?}"
     );
+    // Nothing was cancelled or released: no log may say an attempt was
+    // stopped (it said so once per succeeded job).
+    for name in ["srv1", "srv2", "srv3"] {
+        let log = c.log(name);
+        let stopped = log.lines().find(|l| l.contains("no longer current here"));
+        assert_eq!(stopped, None, "{name}");
+    }
 }
 
 /// Submits six long jobs and waits until every one runs; returns their ids,

@@ -43,6 +43,10 @@ const REPORT_BATCH_BYTES_MAX: usize = 1024 * 1024;
 pub(crate) struct Run {
     attempt: u32,
     cancel: Arc<AtomicBool>,
+    /// The attempt ended here (its end report may still be on its way):
+    /// no longer being current then is its own doing, not a stop.
+    ended: AtomicBool,
+    /// Its end is applied: the run can be forgotten.
     done: AtomicBool,
 }
 
@@ -81,7 +85,8 @@ fn stop_stale_runs(work: &Work, mine: &[Job]) {
         if current {
             return true;
         }
-        if !run.done.load(Ordering::Relaxed) && !run.cancel.swap(true, Ordering::Relaxed) {
+        let running = !run.ended.load(Ordering::Relaxed) && !run.done.load(Ordering::Relaxed);
+        if running && !run.cancel.swap(true, Ordering::Relaxed) {
             tracing::info!(job = %id, attempt = run.attempt, "the attempt is no longer current here (cancelled or released): stopping it");
         }
         !run.done.load(Ordering::Relaxed)
@@ -106,6 +111,7 @@ fn start_new_runs(work: &Arc<Work>, mine: Vec<Job>) -> Vec<(String, u32)> {
         let run = Arc::new(Run {
             attempt: job.attempt,
             cancel: Arc::new(AtomicBool::new(false)),
+            ended: AtomicBool::new(false),
             done: AtomicBool::new(false),
         });
         runs.insert(job.id.clone(), run.clone());
@@ -130,12 +136,11 @@ async fn release(work: &Work, attempts: Vec<(String, u32)>, reason: String) {
 /// Runs one attempt and reports its end.
 async fn execute(work: Arc<Work>, job: Job, run: Arc<Run>) {
     let (id, attempt) = (job.id.clone(), job.attempt);
-    let ended = Arc::new(AtomicBool::new(false));
     {
-        let (work, ended, id) = (work.clone(), ended.clone(), id.clone());
+        let (work, run, id) = (work.clone(), run.clone(), id.clone());
         async_std::task::spawn(async move {
             async_std::task::sleep(Duration::from_millis(STARTED_REPORT_MS)).await;
-            if !ended.load(Ordering::Relaxed) {
+            if !run.ended.load(Ordering::Relaxed) {
                 let command = Command::JobStarted {
                     id,
                     instance: work.cluster.me.name.clone(),
@@ -163,7 +168,7 @@ async fn execute(work: Arc<Work>, job: Job, run: Arc<Run>) {
     work.live.lock().expect("live lock").remove(&id);
     // A `running` report still on its way is fenced off by the end's (an
     // attempt that ended is no longer `assigned`).
-    ended.store(true, Ordering::Relaxed);
+    run.ended.store(true, Ordering::Relaxed);
     report(&work, &id, attempt, outcome).await;
     run.done.store(true, Ordering::Relaxed);
     work.applied(); // let the loop forget the run once its end is applied
