@@ -10,11 +10,14 @@ use crate::proto::{Hello, LocalInfo, StopRecord};
 /// Whether two instances may work together; the error names the difference.
 /// Both must speak the same protocol, belong to the same named cluster, have
 /// the same membership in their config, and (once they have one) the same
-/// cluster id.
+/// cluster id. The error names both servers instead of saying "this" and
+/// "that": the refused instance logs the refuser's words, and they must read
+/// true on both sides.
 pub fn compatible(mine: &Hello, theirs: &Hello) -> Result<(), String> {
+    let (me, they) = (&mine.name, &theirs.name);
     if mine.protocol_version != theirs.protocol_version {
         return Err(format!(
-            "protocol version {} (claro {}) differs from this instance's {} (claro {})",
+            "{they} speaks protocol version {} (claro {}), {me} speaks {} (claro {})",
             theirs.protocol_version,
             theirs.software_version,
             mine.protocol_version,
@@ -23,40 +26,38 @@ pub fn compatible(mine: &Hello, theirs: &Hello) -> Result<(), String> {
     }
     if mine.cluster != theirs.cluster {
         return Err(format!(
-            "cluster name `{}` differs from this instance's `{}`",
+            "{they}'s cluster name is `{}`, {me}'s is `{}`",
             theirs.cluster, mine.cluster
         ));
     }
     if mine.membership_hash != theirs.membership_hash {
         return Err(format!(
-            "the [[server]] list of its config differs: {}",
-            config_difference(&mine.membership_text, &theirs.membership_text)
+            "the [[server]] lists of their configs differ: {}",
+            config_difference(mine, theirs)
         ));
     }
     if let (Some(a), Some(b)) = (&mine.cluster_id, &theirs.cluster_id) {
         if a != b {
             return Err(format!(
-                "it belongs to cluster id {b}, this instance to {a}: they were started as two separate clusters"
+                "{they} belongs to cluster id {b}, {me} to {a}: they were started as two separate clusters"
             ));
         }
     }
     Ok(())
 }
 
-/// Lines present in one membership text and not the other.
-fn config_difference(mine: &str, theirs: &str) -> String {
-    let only_mine: Vec<&str> = mine
-        .lines()
-        .filter(|l| !theirs.lines().any(|t| t == *l))
-        .collect();
-    let only_theirs: Vec<&str> = theirs
-        .lines()
-        .filter(|l| !mine.lines().any(|m| m == *l))
-        .collect();
+/// Lines present in one membership text and not the other, by server.
+fn config_difference(mine: &Hello, theirs: &Hello) -> String {
+    let only = |a: &str, b: &str| -> String {
+        let lines: Vec<&str> = a.lines().filter(|l| !b.lines().any(|t| t == *l)).collect();
+        lines.join("; ")
+    };
     format!(
-        "here [{}], there [{}]",
-        only_mine.join("; "),
-        only_theirs.join("; ")
+        "only in {}'s [{}], only in {}'s [{}]",
+        mine.name,
+        only(&mine.membership_text, &theirs.membership_text),
+        theirs.name,
+        only(&theirs.membership_text, &mine.membership_text)
     )
 }
 
@@ -528,9 +529,8 @@ mod tests {
             protocol_version: 2,
             ..hello("srv2")
         };
-        assert!(compatible(&a, &b)
-            .unwrap_err()
-            .contains("protocol version 2"));
+        let e = compatible(&a, &b).unwrap_err();
+        assert!(e.starts_with("srv2 speaks protocol version 2"), "{e}");
         let b = Hello {
             cluster: "other".into(),
             ..hello("srv2")
@@ -542,12 +542,20 @@ mod tests {
             ..hello("srv2")
         };
         let e = compatible(&a, &b).unwrap_err();
-        assert!(e.contains("127.0.0.9") && e.contains("127.0.0.1"), "{e}");
+        assert!(
+            e.contains("only in srv1's [server srv1 127.0.0.1:7900 server]")
+                && e.contains("only in srv2's [server srv1 127.0.0.9:7900 server]"),
+            "{e}"
+        );
+        // The refused side logs the refuser's words: both named, no "here".
+        let e = compatible(&b, &a).unwrap_err();
+        assert!(e.contains("only in srv2's [server srv1 127.0.0.9"), "{e}");
         let b = Hello {
             cluster_id: Some("c2".into()),
             ..hello("srv2")
         };
-        assert!(compatible(&a, &b).unwrap_err().contains("cluster id c2"));
+        let e = compatible(&a, &b).unwrap_err();
+        assert!(e.starts_with("srv2 belongs to cluster id c2, srv1 to c1"), "{e}");
         let b = Hello {
             cluster_id: None,
             ..hello("srv2")
