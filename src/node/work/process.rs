@@ -145,21 +145,26 @@ pub fn run(
             command.current_dir(cwd);
         }
     }
-    let mut child = command
+    // One pipe for stdout and stderr, as `2>&1` would: the log keeps the
+    // order the process wrote its lines in (two pipes read by two threads
+    // could put an error before the output printed ahead of it).
+    let (from, to) = std::io::pipe().map_err(cannot)?;
+    let to_err = to.try_clone().map_err(cannot)?;
+    let child = command
         .args(&argv[1..])
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(to)
+        .stderr(to_err)
         .process_group(0)
-        .spawn()
-        .map_err(cannot)?;
+        .spawn();
+    // The command holds our copies of the pipe's write end: dropped, so the
+    // reader sees the end once the process's own copies are closed.
+    drop(command);
+    let mut child = child.map_err(cannot)?;
     // The leader's pid is its group's id.
     let pgid = child.id() as libc::pid_t;
-    let readers = [
-        copy_lines(child.stdout.take().map(|o| Box::new(o) as _), out),
-        copy_lines(child.stderr.take().map(|o| Box::new(o) as _), out),
-    ];
+    let readers = [copy_lines(Some(Box::new(from) as _), out)];
     let deadline = Instant::now() + Duration::from_millis(timeout_ms);
     let why = loop {
         // The leader is only looked at, not reaped: until it is, its pid
@@ -378,6 +383,15 @@ mod tests {
         assert!(ended
             .unwrap_err()
             .contains("cannot start `/no/such/program`"));
+    }
+
+    #[test]
+    fn output_and_errors_keep_the_order_they_were_written_in() {
+        let script = "for i in 1 2 3 4 5 6 7 8 9 10; do echo out$i; echo err$i >&2; done";
+        let (ended, out) = go(&["sh", "-c", script], 10_000);
+        assert!(ended.unwrap().success());
+        let want: String = (1..=10).map(|i| format!("out{i}\nerr{i}\n")).collect();
+        assert_eq!(out, want);
     }
 
     /// Processes whose command line holds `marker` as one argument (a
