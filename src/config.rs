@@ -546,8 +546,16 @@ impl Config {
         if let Some(s) = self.server(arg) {
             return Ok(s);
         }
-        let (host, port) = Host::parse(arg, self.port)
-            .map_err(|e| format!("`{arg}` is neither a server name nor an address: {e}"))?;
+        // A mistyped name is the likely case: say which names there are.
+        let names: Vec<&str> = self.servers.iter().map(|s| s.name.as_str()).collect();
+        let known = format!(
+            "the servers of {}: {}",
+            self.path.display(),
+            names.join(", ")
+        );
+        let (host, port) = Host::parse(arg, self.port).map_err(|e| {
+            format!("`{arg}` is neither a server name nor an address ({known}): {e}")
+        })?;
         if let Some(s) = self
             .servers
             .iter()
@@ -555,17 +563,15 @@ impl Config {
         {
             return Ok(s);
         }
-        let found = host.lookup(port).map_err(|e| format!("`{arg}`: {e}"))?;
+        let found = host
+            .lookup(port)
+            .map_err(|e| format!("`{arg}` is no server name ({known}) and no address: {e}"))?;
         self.servers
             .iter()
             .find(|s| found.contains(&s.address))
             .ok_or_else(|| {
                 let found: Vec<String> = found.iter().map(SocketAddr::to_string).collect();
-                format!(
-                    "`{arg}` ({}) is no server of {}",
-                    found.join(", "),
-                    self.path.display()
-                )
+                format!("`{arg}` ({}) is no server; {known}", found.join(", "))
             })
     }
 
@@ -2926,17 +2932,21 @@ address = "fd00::4"
         assert_eq!(by("localhost"), Ok("a"));
         let e = by("192.0.2.1").unwrap_err();
         assert!(
-            e.contains("`192.0.2.1` (192.0.2.1:7900) is no server of"),
+            e.contains("`192.0.2.1` (192.0.2.1:7900) is no server; the servers of")
+                && e.ends_with(": a, b, c"),
             "{e}"
         );
-        let e = by("nosuch.invalid").unwrap_err();
+        // A mistyped name is told the names there are.
+        let e = by("srv9").unwrap_err();
         assert!(
-            e.starts_with("`nosuch.invalid`: cannot resolve host name"),
+            e.starts_with("`srv9` is no server name (the servers of")
+                && e.contains(": a, b, c) and no address: cannot resolve host name"),
             "{e}"
         );
         let e = by("no_such").unwrap_err();
         assert!(
-            e.contains("`no_such` is neither a server name nor an address"),
+            e.contains("`no_such` is neither a server name nor an address (the servers of")
+                && e.contains(": a, b, c)"),
             "{e}"
         );
     }

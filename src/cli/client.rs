@@ -1,7 +1,8 @@
 //! The client side of the CLI: connects to an instance over QUIC with the
 //! cluster's client certificate and sends one request. Without `--server` it
-//! tries the servers of the config in turn, so any one being down does not
-//! matter.
+//! connects to every server of the config at once and asks the first that
+//! connects (this machine's own gets a head start), so any one being down
+//! does not matter.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -22,8 +23,8 @@ const REQUEST_MS: u64 = 20_000;
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ClientArgs {
     /// The instance to ask: a server name, or an IP or host name with or
-    /// without :PORT (default: each server of the config in turn until one
-    /// answers).
+    /// without :PORT (default: every server of the config at once; the
+    /// first to answer does).
     #[arg(long)]
     pub server: Option<String>,
     /// Print JSON.

@@ -555,7 +555,10 @@ mod tests {
             ..hello("srv2")
         };
         let e = compatible(&a, &b).unwrap_err();
-        assert!(e.starts_with("srv2 belongs to cluster id c2, srv1 to c1"), "{e}");
+        assert!(
+            e.starts_with("srv2 belongs to cluster id c2, srv1 to c1"),
+            "{e}"
+        );
         let b = Hello {
             cluster_id: None,
             ..hello("srv2")
