@@ -404,17 +404,23 @@ fn register_host(e: &mut Engine, host: &Arc<dyn Host>, profiler: &Arc<Profiler>,
     e.on_print(move |text| h.log(text));
     let h = host.clone();
     e.on_debug(move |text, _, _| h.log(text));
-    let h = host.clone();
-    e.register_fn("log", move |text: &str| h.log(text));
-    let h = host.clone();
-    e.register_fn("log", move |value: Dynamic| h.log(&value_text(&value)));
-    let h = host.clone();
-    e.register_fn("progress", move |p: i64| h.progress(p.clamp(0, 100) as u8));
-    let h = host.clone();
+    // Every host function a script calls by name is timed, so that a
+    // profile never says "no host function" of a script that logged.
+    let (h, p) = (host.clone(), profiler.clone());
+    e.register_fn("log", move |text: &str| timed(&p, "log", || h.log(text)));
+    let (h, p) = (host.clone(), profiler.clone());
+    e.register_fn("log", move |value: Dynamic| {
+        timed(&p, "log", || h.log(&value_text(&value)))
+    });
+    let (h, p) = (host.clone(), profiler.clone());
+    e.register_fn("progress", move |pc: i64| {
+        timed(&p, "progress", || h.progress(pc.clamp(0, 100) as u8))
+    });
+    let (h, p) = (host.clone(), profiler.clone());
     e.register_fn(
         "ticket_set",
         move |key: &str, value: Dynamic| -> Result<(), Box<EvalAltResult>> {
-            h.ticket_set(key, &value_text(&value))
+            timed(&p, "ticket_set", || h.ticket_set(key, &value_text(&value)))
                 .map_err(|e| host_error(format!("ticket_set(\"{key}\")"), e))
         },
     );
@@ -774,6 +780,14 @@ mod tests {
             profiler.clone(),
         );
         (r, profiler.rows())
+    }
+
+    #[test]
+    fn a_script_that_only_logs_has_a_profile() {
+        let (r, profile) = go_profiled("log(\"hi\"); log(1); progress(50); 7");
+        assert_eq!(r, Ok("7".into()));
+        let calls = |name: &str| profile.iter().find(|r| r.name == name).map(|r| r.calls);
+        assert_eq!((calls("log"), calls("progress")), (Some(2), Some(1)));
     }
 
     #[test]
