@@ -39,7 +39,9 @@ pub const LIVE_LOG_BYTES_MAX: usize = 256 * 1024;
 /// 8: job folders, tickets and markers in a hotfolder job's `FileInput`
 /// and triggers in a hotfolder's definition (an older instance would run
 /// a job folder as a file); a batch's ids recorded for its request id.
-pub const PROTOCOL_VERSION: u32 = 8;
+/// 9: a retry clears the job's error (a replica applying it the old way
+/// would hold another state); `Request::Backup` (client only).
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// A request or response on a bidirectional stream (a 1 MiB setting plus framing).
 pub const REQUEST_BYTES_MAX: usize = 2 * 1024 * 1024;

@@ -302,7 +302,7 @@ pub fn retry(tx: &Transaction<'_>, id: &str, at_ms: u64) -> rusqlite::Result<()>
         "UPDATE jobs SET state = 'queued', attempt = attempt + 1,
            max_attempts = max(max_attempts, attempt + 1 - coalesce(releases, 0)),
            instance = NULL, assigned_ms = NULL,
-           started_ms = NULL, finished_ms = NULL, not_before_ms = ?2, result = NULL,
+           started_ms = NULL, finished_ms = NULL, not_before_ms = ?2, result = NULL, error = NULL,
            published = CASE WHEN published IS NULL THEN NULL ELSE 0 END
          WHERE id = ?1 AND state IN ('failed', 'cancelled')",
     )?
@@ -1004,6 +1004,27 @@ mod tests {
         assert_eq!(counts, db.counted());
         assert!(crate::state::job_counts::agree(db.sm.conn()).unwrap());
         assert_eq!(super::queued_count(db.sm.conn()).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_retried_attempt_cancelled_before_it_ran_does_not_show_the_last_ones_error() {
+        let mut db = Db::new();
+        db.submit(ID, 1);
+        db.apply(assign("srv2", 1));
+        db.apply(finish("srv2", 1, false));
+        let failed = super::job(db.sm.conn(), ID).unwrap().unwrap();
+        assert!(failed.error.is_some());
+        db.apply(Command::JobRetry {
+            id: ID.into(),
+            at_ms: 30,
+        });
+        db.apply(Command::JobCancel {
+            id: ID.into(),
+            at_ms: 40,
+        });
+        let j = super::job(db.sm.conn(), ID).unwrap().unwrap();
+        assert_eq!((j.state, j.error.as_deref()), (JobState::Cancelled, None));
+        assert_eq!(j.attempts[0].error, failed.error, "attempt 1 keeps its own");
     }
 
     #[test]
