@@ -275,20 +275,18 @@ pub fn cancel_or_retry(
             after.state == crate::work::jobs::JobState::Cancelled,
         )
     };
-    // The job is printed either way; the exit status says whether it was
-    // changed, in both modes (docs/CLI.md).
-    if args.json {
-        output::emit(&output::json_line(&JobJson::new(&after, false)))?;
-    } else if changed {
-        output::emit(&format!("{id} {verb}\n"))?;
+    // Unchanged is a failure, in both modes, and failures print nothing
+    // on stdout (docs/CLI.md's rule for every command).
+    if !changed {
+        return Err(Failure::failed(format!(
+            "job {id} is {}: not {verb}",
+            after.state.as_str()
+        )));
     }
-    if changed {
-        return Ok(());
+    match args.json {
+        true => output::emit(&output::json_line(&JobJson::new(&after, false))),
+        false => output::emit(&format!("{id} {verb}\n")),
     }
-    Err(Failure::failed(format!(
-        "job {id} is {}: not {verb}",
-        after.state.as_str()
-    )))
 }
 
 /// `claro node maintenance|activate|drain NAME`. `drain` also waits until
@@ -428,17 +426,19 @@ pub fn script_list(config: &Config, args: &ClientArgs, stale: bool) -> Result<()
             output::emit(&output::json_line(&items))
         }
         Response::Scripts { scripts } => {
-            let mut out = String::from("NAME  VERSION  SIZE  ADDED\n");
-            for s in scripts {
-                out.push_str(&format!(
-                    "{}  {}  {}  {}\n",
-                    s.name,
-                    s.version,
-                    s.code,
-                    output::rfc3339(s.added_ms)
-                ));
-            }
-            output::emit(&out)
+            let rows: Vec<[String; 4]> = scripts
+                .iter()
+                .map(|s| {
+                    let added = output::rfc3339(s.added_ms);
+                    [
+                        output::escape_text(&s.name),
+                        s.version.to_string(),
+                        s.code.clone(),
+                        added,
+                    ]
+                })
+                .collect();
+            output::emit(&output::table(["NAME", "VERSION", "SIZE", "ADDED"], &rows))
         }
         other => Err(failure_of(other)),
     }
@@ -449,7 +449,8 @@ pub fn script_rm(config: &Config, args: &ClientArgs, name: &str) -> Result<(), F
     fetch_script(config, args, name, None)?;
     let command = Command::ScriptRemove { name: name.into() };
     write(config, args, command, crate::proto::new_request_id())?;
-    output::emit(&format!("{name} removed\n"))
+    let value = serde_json::json!({"removed": name});
+    output::changed(args.json, &format!("{name}: removed"), value)
 }
 
 #[derive(Subcommand, Debug)]

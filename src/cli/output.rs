@@ -465,6 +465,33 @@ mod tests {
     }
 }
 
+/// Rows under a header line, each column as wide as its widest cell (two
+/// spaces between columns; the last column is not padded).
+pub fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; N]| -> String {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            match i + 1 == N {
+                true => out.push_str(cell),
+                false => out.push_str(&format!("{cell:<w$}  ")),
+            }
+        }
+        out.push('\n');
+        out
+    };
+    let mut out = line(header);
+    for row in rows {
+        out.push_str(&line(std::array::from_fn(|i| row[i].as_str())));
+    }
+    out
+}
+
 /// `claro jobs` as text: one line per job, newest first.
 pub fn jobs_text(jobs: &[crate::work::jobs::Job]) -> String {
     let mut out = format!(
@@ -555,6 +582,18 @@ pub fn profile_text(rows: &[crate::work::jobs::ProfileRow]) -> String {
 #[cfg(test)]
 mod job_tests {
     use super::*;
+
+    #[test]
+    fn a_table_aligns_its_columns() {
+        let rows = [
+            ["prepress-check".to_string(), "12".into(), "x".into()],
+            ["a".to_string(), "3".into(), "y".into()],
+        ];
+        assert_eq!(
+            table(["NAME", "VERSION", "ADDED"], &rows),
+            "NAME            VERSION  ADDED\nprepress-check  12       x\na               3        y\n"
+        );
+    }
 
     #[test]
     fn a_profile_is_a_table_in_milliseconds() {
