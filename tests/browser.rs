@@ -96,7 +96,7 @@ fn run_bounded(cmd: &mut Command, limit: Duration, mut tick: impl FnMut()) -> (b
 #[test]
 fn the_dashboard_works_in_headless_chromium() {
     if let Some(why) = missing_tools() {
-        eprintln!("SKIPPED the browser test: {why}");
+        common::skip("the_dashboard_works_in_headless_chromium", "browser", &why);
         return;
     }
     let started = Instant::now();

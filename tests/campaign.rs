@@ -142,6 +142,11 @@ fn loss(victim: &str, rng: &mut StdRng) -> &'static str {
     let i = NAMES.iter().position(|n| *n == victim).expect("a server");
     let probability = f64::from(rng.gen_range(10..=30)) / 100.0;
     let Some(rules) = Loss::add(&common::addr(166, i), probability) else {
+        common::skip(
+            "the campaign's packet loss",
+            "iptables",
+            "no iptables (or not root)",
+        );
         return "packet loss (skipped: no iptables here)";
     };
     std::thread::sleep(Duration::from_millis(rng.gen_range(5_000..15_000)));

@@ -28,7 +28,11 @@ fn small_disk(c: &Cluster, name: &str) -> Option<Tmpfs> {
     match Tmpfs::mount(&c.data_dir(name), TMPFS_SIZE) {
         Ok(t) => Some(t),
         Err(why) => {
-            eprintln!("SKIPPED: cannot mount a small file system for the test: {why}");
+            common::skip(
+                "a disk-full test",
+                "tmpfs",
+                &format!("cannot mount a small file system: {why}"),
+            );
             None
         }
     }

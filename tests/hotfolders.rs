@@ -423,7 +423,11 @@ fn a_full_or_read_only_share_fails_jobs_with_the_reason_and_loses_nothing() {
     let share = match Tmpfs::mount(&root, "2m") {
         Ok(t) => t,
         Err(why) => {
-            eprintln!("SKIPPED: cannot mount a small file system for the test: {why}");
+            common::skip(
+                "a_full_or_read_only_share_fails_jobs_with_the_reason_and_loses_nothing",
+                "tmpfs",
+                &format!("cannot mount a small file system: {why}"),
+            );
             return;
         }
     };

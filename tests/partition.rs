@@ -229,7 +229,11 @@ fn set_up(subnet: u8) -> Option<Servers> {
     let net = match Net::make(subnet, 3) {
         Ok(n) => n,
         Err(e) => {
-            println!("SKIPPED: network namespaces cannot be made here ({e})");
+            common::skip(
+                "a partition test",
+                "netns",
+                &format!("network namespaces cannot be made here: {e}"),
+            );
             return None;
         }
     };
@@ -264,7 +268,11 @@ fn viewer_token_known_to_srv1(s: &Servers) -> Option<String> {
     let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let token = made["token"].as_str().unwrap().to_string();
     if s.https_get(1, "/api/v1/status", &token).is_none() {
-        println!("SKIPPED the HTTP part: python3 cannot be run in the namespace");
+        common::skip(
+            "a partition test's HTTP part",
+            "netns-python",
+            "python3 cannot be run in the namespace",
+        );
         return None;
     }
     s.wait("srv1 to know the token", || {

@@ -434,6 +434,31 @@ impl Drop for Cluster {
 /// The status note every server of a test shows when nothing else is
 /// wrong: tests run as root without `[jobs] run_as` on CI, and then jobs
 /// run as root.
+/// A test (or a part of one) that cannot run on this machine: `need` names
+/// what is missing (`browser`, `openapi`, `tmpfs`, `netns`, `iptables`).
+///
+/// Said where `cargo test` shows it: written to the process's stderr
+/// itself, which the test harness does not capture (its `eprintln!`
+/// capture would hide the line behind an "ok"). Under CI (`CI` set to
+/// `true` or `1`) a skip fails the test instead, unless `.ci/run` found
+/// `need` impossible on this machine and listed it in
+/// `CLARO_CI_UNAVAILABLE`: there, what can run must run.
+pub fn skip(test: &str, need: &str, why: &str) {
+    use std::io::Write as _;
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    let excused = std::env::var("CLARO_CI_UNAVAILABLE")
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|n| n == need);
+    if ci && !excused {
+        panic!(
+            "{test} cannot run here ({need}: {why}), and .ci/run did not find `{need}` impossible on this machine (CLARO_CI_UNAVAILABLE)"
+        );
+    }
+    let line = format!("\nSKIPPED {test} ({need}): {why}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
 pub fn setup_note() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
