@@ -137,6 +137,9 @@ fn the_dashboard_works_in_headless_chromium() {
             c.start("srv2");
             std::fs::write(control.join("restarted"), "srv2").unwrap();
         }
+        if std::fs::remove_file(control.join("stop")).is_ok() {
+            c.terminate("srv3");
+        }
     });
     println!("{output}");
     assert!(

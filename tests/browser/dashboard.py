@@ -358,6 +358,19 @@ def check_restart(page):
     step("it came back: logged in again, live again")
 
 
+def check_down_server(page):
+    """A server that is down is offered no coordinator move; a follower is."""
+    (CONTROL / "stop").write_text("srv3")
+    page.click("#nav a[data-page=cluster]")
+    row = page.locator("#servers tr[data-server=srv3]")
+    expect(row).not_to_contain_text("follower", timeout=ms(RESTART_S))
+    expect(row.locator("button", has_text="Make coordinator")).to_have_count(0)
+    follower = page.locator("#servers tr", has=page.locator("text=follower"))
+    expect(follower.locator("button", has_text="Make coordinator")).to_have_count(1, timeout=ms(UI_S))
+    shot(page, "server-down")
+    step("a stopped server is offered no coordinator move; the follower is")
+
+
 def make_load(page):
     """Fills every slot and queues a few more, through the page's own API client."""
     page.evaluate(
@@ -424,6 +437,7 @@ def main():
             check_viewer(browser)
             check_cluster(browser, page)
             check_restart(page)
+            check_down_server(page)
         except Exception:
             shot(page, "failure")
             raise

@@ -122,9 +122,13 @@ const clusterPage = {
 
   drawCards(status, servers, stats) {
     const connected = status.servers.filter((s) => s.connected).length;
-    const running = servers.reduce((n, s) => n + (s.running || 0), 0);
-    const slots = servers.reduce((n, s) => n + (s.slots || 0), 0);
     const last = stats && stats.samples.length ? stats.samples[stats.samples.length - 1] : null;
+    // Running, Queued and Throughput come from one sample, the charts'
+    // last point, so that the cards and the charts never disagree; the
+    // servers' table below is live.
+    const sampled = (f) => (last && last.servers ? Object.values(last.servers).reduce((n, l) => n + (f(l) || 0), 0) : null);
+    const running = last ? last.running : servers.reduce((n, s) => n + (s.running || 0), 0);
+    const slots = sampled((l) => l.slots) ?? servers.reduce((n, s) => n + (s.slots || 0), 0);
     const card = (label, value, sub, cls) => h("div", { className: "stat " + (cls || "") },
       h("div", { className: "stat-label" }, label), h("div", { className: "stat-value" }, value), h("div", { className: "stat-sub" }, sub));
     fill("cluster-cards",
@@ -181,7 +185,8 @@ const clusterPage = {
       out.push(actionButton("Maintenance", "", post("maintenance", (r) => r.name + " in maintenance: no new jobs (" + r.running + " still running)"), "Stop new jobs?", "maintenance/" + s.name));
       out.push(actionButton("Drain", "", post("drain", (r) => r.name + " draining: " + r.running + " jobs still running"), "Drain " + s.name + "?", "drain/" + s.name));
     }
-    if (!isCoord && s.role === "server") {
+    // Only a connected, synchronized follower can take the role now.
+    if (!isCoord && s.role === "server" && s.connected && s.synchronized && s.state === "follower") {
       out.push(actionButton("Make coordinator", "", async () => {
         const r = await api("coordinator/transfer", { method: "POST", json: { name: s.name } });
         toast(r.message || "coordinator moved to " + s.name, "ok");
