@@ -379,10 +379,13 @@ fn the_api_answers_alike_everywhere_and_checks_access_and_input() {
             "{text}"
         );
     }
-    let big = vec![b' '; 2 * 1024 * 1024];
+    let big = vec![b' '; 3 * 1024 * 1024];
     let (status, _, text) = http(&hosts[0], "POST", "/api/v1/jobs", &auth, &big);
     assert_eq!(status, 413, "{text}");
-    assert!(text.contains("1048576"), "{text}");
+    assert!(text.contains("2162688"), "{text}");
+    // The login's body is read before anyone is known: a token's worth.
+    let (status, _, text) = http(&hosts[0], "POST", "/api/v1/login", &[], &big[..8192]);
+    assert_eq!(status, 413, "{text}");
     assert_eq!(
         http(
             &hosts[0],
@@ -688,6 +691,20 @@ fn admin_endpoints_job_events_and_https() {
     assert_eq!(list.as_array().unwrap().len(), 2);
     assert!(!list.to_string().contains("claro_"), "{list}");
     admin_changes_servers_scripts_and_settings(&tls, &hosts, &admin, &ops);
+    // The CLI too: a value at the limit through a follower, read through
+    // the third server.
+    let file = c.dir.path().join("mebibyte");
+    std::fs::write(&file, vec![0xffu8; 1024 * 1024]).unwrap();
+    let set = [
+        "settings",
+        "set",
+        "cli-big",
+        "--file",
+        file.to_str().unwrap(),
+    ];
+    let out = c.cli(&[&set[..], &["--server", "srv2"]].concat());
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(c.get("srv3", "cli-big"), Some(vec![0xffu8; 1024 * 1024]));
     job_events_follow_a_job_to_its_end(&tls, &hosts, &ops);
     // The session cookie is Secure under HTTPS.
     let admin_token = admin.trim_start_matches("Bearer ");
@@ -816,6 +833,71 @@ fn admin_changes_servers_scripts_and_settings(
             .0,
         200
     );
+    // A value at the limit (1 MiB) through a follower (srv1 coordinates),
+    // read back through the third; one byte more is refused at once,
+    // naming the limit.
+    let value = "v".repeat(1024 * 1024);
+    let put = serde_json::json!({ "value": value }).to_string();
+    let started = std::time::Instant::now();
+    let (status, v) = tls.call(&hosts[1], "PUT", "/api/v1/settings/big", admin, &put);
+    assert_eq!(status, 200, "{v}");
+    let (status, got) = tls.call(&hosts[2], "GET", "/api/v1/settings/big", ops, "");
+    assert_eq!(
+        (status, got["value"].as_str().map(str::len)),
+        (200, Some(1024 * 1024))
+    );
+    let over = serde_json::json!({ "value": format!("{value}v") }).to_string();
+    let (status, v) = tls.call(&hosts[1], "PUT", "/api/v1/settings/big", admin, &over);
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("the limit is 1048576"),
+        "{v}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // Nine values of 1 MiB are more than one answer holds (about 8 MiB):
+    // the list stops and names the key to go on after.
+    for i in 1..=8 {
+        let path = format!("/api/v1/settings/big{i}");
+        assert_eq!(tls.call(&hosts[0], "PUT", &path, admin, &put).0, 200);
+    }
+    let list = |path: &str| {
+        let mut s = tls.connect(&hosts[2]);
+        let (status, head, body) = exchange(
+            &mut s,
+            &hosts[2],
+            "GET",
+            path,
+            &[("Authorization", ops)],
+            b"",
+        );
+        assert_eq!(status, 200, "{head}");
+        let next = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-next-after: "))
+            .map(str::to_string);
+        let keys: Vec<String> = json(&body)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["key"].as_str().unwrap().to_string())
+            .collect();
+        (keys, next)
+    };
+    let (first, next) = list("/api/v1/settings");
+    let next = next.expect("more than one answer's worth");
+    assert_eq!(first.last(), Some(&next), "{first:?}");
+    let (rest, none) = list(&format!("/api/v1/settings?after={next}"));
+    assert_eq!(none, None);
+    let all: Vec<String> = first.iter().chain(&rest).cloned().collect();
+    let bigs = all.iter().filter(|k| k.starts_with("big")).count();
+    assert_eq!(bigs, 9, "each once: {all:?}");
     // Hotfolders: an unknown field is refused, an unknown one is 404.
     let unknown = r#"{"name":"h1","action":{"command":{"argv":["true"]}},"colour":"red"}"#;
     assert_eq!(

@@ -205,6 +205,16 @@ async fn hold_or_forward(
         request_id: None,
         forwarded: true,
     };
+    // A write too large for a frame is refused at once with the limit, not
+    // retried as if the coordinator were unreachable (every command is
+    // validated against smaller limits first: this is the last guard).
+    if let Err(e) = crate::transport::encode(&req, crate::proto::REQUEST_BYTES_MAX) {
+        return Ok(Response::Error {
+            message: format!(
+                "the write cannot be forwarded to the coordinator: {e} (REQUEST_BYTES_MAX)"
+            ),
+        });
+    }
     let forward = async {
         match shared
             .peers

@@ -449,13 +449,59 @@ pub(super) fn query_pairs(query: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// `GET settings`: every setting (pages of `Request::List` followed to the
-/// end, at most `SETTINGS_SHOWN_MAX`), as text where it is UTF-8, and in hex.
-pub(super) async fn settings(web: &Arc<Web>) -> Result<Reply, Fail> {
-    const SETTINGS_SHOWN_MAX: usize = 10_000;
+/// Settings one `GET settings` answers with, at most.
+const SETTINGS_SHOWN_MAX: usize = 10_000;
+/// Bytes of values one `GET settings` answers with, about (the page that
+/// crosses it is the last): values reach 1 MiB each.
+const SETTINGS_SHOWN_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// One setting as JSON: the value as text where it is UTF-8, and in hex.
+fn setting_json(key: &str, value: &[u8]) -> Value {
+    let text = std::str::from_utf8(value).ok();
+    let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
+    json!({"key": key, "value": text, "value_hex": hex})
+}
+
+/// Every byte but unreserved ASCII as `%XX`.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `GET settings/KEY`: one setting (read index confirmed), or 404.
+pub(super) async fn setting(web: &Arc<Web>, key: &str) -> Result<Reply, Fail> {
+    let key = percent_decode(key);
+    let req = Request::Get {
+        key: key.clone(),
+        stale: false,
+    };
+    match crate::node::cluster::respond(&web.cluster, None, req).await {
+        Response::Value { value: Some(v), .. } => {
+            Ok(json_reply(StatusCode::OK, &setting_json(&key, &v)))
+        }
+        Response::Value { value: None, .. } => Err(super::not_found()),
+        other => Err(failure(other)),
+    }
+}
+
+/// `GET settings[?after=KEY]`: the settings in key order from after KEY
+/// (pages of `Request::List` followed), at most `SETTINGS_SHOWN_MAX` of
+/// them and about `SETTINGS_SHOWN_BYTES_MAX` of values; when more remain,
+/// the header `x-next-after` holds the key to ask after.
+pub(super) async fn settings(web: &Arc<Web>, query: &str) -> Result<Reply, Fail> {
     let mut out = Vec::new();
-    let mut after = None;
-    loop {
+    let mut bytes = 0usize;
+    let mut after = query_pairs(query)
+        .into_iter()
+        .find(|(k, _)| k == "after")
+        .map(|(_, v)| v);
+    let more = loop {
         let req = Request::List(crate::proto::ListQuery {
             after: after.take(),
             limit: None,
@@ -468,16 +514,26 @@ pub(super) async fn settings(web: &Arc<Web>) -> Result<Reply, Fail> {
             other => return Err(failure(other)),
         };
         for (key, value) in items {
-            let text = std::str::from_utf8(&value).ok().map(str::to_string);
-            let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
-            out.push(json!({"key": key, "value": text, "value_hex": hex}));
+            bytes += value.len();
+            out.push(setting_json(&key, &value));
         }
         match next {
-            Some(n) if out.len() < SETTINGS_SHOWN_MAX => after = Some(n),
-            _ => break,
+            Some(n) if out.len() < SETTINGS_SHOWN_MAX && bytes < SETTINGS_SHOWN_BYTES_MAX => {
+                after = Some(n)
+            }
+            Some(n) => break Some(n),
+            None => break None,
         }
+    };
+    let mut reply = json_reply(StatusCode::OK, &json!(out));
+    // Percent-encoded, as the query's `after` takes it: a key may hold
+    // bytes no header may.
+    if let Some(key) =
+        more.and_then(|k| hyper::header::HeaderValue::from_str(&percent_encode(&k)).ok())
+    {
+        reply.headers_mut().insert("x-next-after", key);
     }
-    Ok(json_reply(StatusCode::OK, &json!(out)))
+    Ok(reply)
 }
 
 /// `GET servers`: the status view's servers, each with its running jobs,

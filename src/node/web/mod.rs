@@ -58,7 +58,13 @@ pub use api::{job_query, submission, JOBS_PAGE_MAX};
 pub const CONNECTIONS_MAX: usize = 1024;
 pub const EVENT_STREAMS_MAX: usize = 256;
 pub const HEADER_READ_MS: u64 = 10_000;
-pub const BODY_BYTES_MAX: usize = 1024 * 1024;
+/// A request body's limit once its sender is known: a setting's value at
+/// `VALUE_BYTES_MAX` fits as a JSON string with room for escapes (up to
+/// half the value's bytes written as `\\uXXXX` or two-byte escapes), and
+/// so do batches, scripts and hotfolder definitions.
+pub const BODY_BYTES_MAX: usize = 2 * crate::state::VALUE_BYTES_MAX + 64 * 1024;
+/// The login's body, read before anyone is known: a token in JSON.
+pub const LOGIN_BODY_BYTES_MAX: usize = 4 * 1024;
 /// A body must arrive within this once the headers did (408 beyond), before
 /// and after login: a client trickling a body cannot hold a connection.
 pub const BODY_READ_MS: u64 = 10_000;
@@ -387,7 +393,7 @@ async fn dispatch(
     }
     let query = req.uri().query().unwrap_or("").to_string();
     let idem = header(&req, "idempotency-key");
-    let body = read_body(req).await?;
+    let body = read_body(req, BODY_BYTES_MAX).await?;
     route_api(web, &caller, &method, &parts, &query, &body, idem).await
 }
 
@@ -420,7 +426,8 @@ async fn route_api(
         (M::POST, ["scripts"]) => admin::script_add(web, body).await,
         (M::GET, ["scripts", name]) => api::script(web, name, query).await,
         (M::DELETE, ["scripts", name]) => admin::script_remove(web, name).await,
-        (M::GET, ["settings"]) => api::settings(web).await,
+        (M::GET, ["settings"]) => api::settings(web, query).await,
+        (M::GET, ["settings", key]) => api::setting(web, key).await,
         (M::PUT, ["settings", key]) => admin::setting_put(web, key, body).await,
         (M::DELETE, ["settings", key]) => admin::setting_delete(web, key).await,
         (M::GET, ["tokens"]) => admin::tokens(web).await,
@@ -476,7 +483,7 @@ fn session(web: &Web, caller: &Caller) -> Reply {
     )
 }
 
-fn not_found() -> Fail {
+pub(super) fn not_found() -> Fail {
     (StatusCode::NOT_FOUND, "no such resource".into())
 }
 
@@ -614,7 +621,7 @@ fn cookie(req: &hyper::Request<Incoming>, name: &str) -> Option<String> {
 }
 
 async fn login(web: &Web, req: hyper::Request<Incoming>, from: IpAddr) -> Result<Reply, Fail> {
-    let body = read_body(req).await?;
+    let body = read_body(req, LOGIN_BODY_BYTES_MAX).await?;
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Login {
@@ -666,8 +673,8 @@ fn logout(web: &Web, req: &hyper::Request<Incoming>) -> Reply {
 // ---------------------------------------------------------------------------
 // Bodies and answers
 
-async fn read_body(req: hyper::Request<Incoming>) -> Result<Bytes, Fail> {
-    let collect = Limited::new(req.into_body(), BODY_BYTES_MAX).collect();
+async fn read_body(req: hyper::Request<Incoming>, bytes_max: usize) -> Result<Bytes, Fail> {
+    let collect = Limited::new(req.into_body(), bytes_max).collect();
     let Ok(read) = async_std::future::timeout(Duration::from_millis(BODY_READ_MS), collect).await
     else {
         return Err((
@@ -679,7 +686,7 @@ async fn read_body(req: hyper::Request<Incoming>) -> Result<Bytes, Fail> {
         Ok(b) => Ok(b.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err((
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is over {BODY_BYTES_MAX} bytes (BODY_BYTES_MAX)"),
+            format!("the body is over {bytes_max} bytes (the limit of this route)"),
         )),
         Err(e) => Err((StatusCode::BAD_REQUEST, format!("reading the body: {e}"))),
     }
