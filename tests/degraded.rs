@@ -214,6 +214,37 @@ fn a_slow_server_is_not_waited_for() {
     );
 }
 
+/// Right after a restart on its own (intact) data directory, an instance
+/// asked directly answers once its database is open, instead of refusing
+/// with "holds no database yet" while it looks for its peers
+/// (127.0.178.x).
+#[test]
+fn a_restarted_server_asked_at_once_answers_once_its_database_is_open() {
+    let mut c = Cluster::three_running(178);
+    c.set("srv1", "k", b"v".to_vec()).unwrap();
+    c.terminate("srv2");
+    c.start("srv2");
+    let started = Instant::now();
+    // The first call that reaches srv2's endpoint is the one that counts:
+    // before it binds, the CLI cannot connect at all.
+    let out = loop {
+        let out = c.cli(&["settings", "get", "k", "--server", "srv2"]);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        let unreachable =
+            err.contains("timed out") || err.contains("no answer") || err.contains("refused");
+        if out.status.success() || !unreachable || started.elapsed() > Duration::from_secs(SETTLE_S)
+        {
+            break out;
+        }
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v");
+}
+
 #[test]
 fn writes_during_a_coordinator_transfer_all_succeed() {
     let c = Cluster::three_running(44);

@@ -99,7 +99,9 @@ fn log_in(host: &str, token: &str) -> (String, String) {
         .next()
         .unwrap()
         .to_string();
-    (session, json(&body)["csrf"].as_str().unwrap().to_string())
+    let body = json(&body);
+    check_answer(&body, "post", "/login", "200");
+    (session, body["csrf"].as_str().unwrap().to_string())
 }
 
 /// A logout ends its session on the server (a copied cookie no longer
@@ -109,18 +111,22 @@ fn sessions_end_with_a_logout_or_their_token(c: &Cluster, host: &str) {
     let (first, _) = log_in(host, &desk);
     let (second, _) = log_in(host, &desk);
     let get = |session: &str| {
-        http(
+        let (status, _, body) = http(
             host,
             "GET",
             "/api/v1/hotfolders",
             &[("Cookie", session)],
             b"",
-        )
-        .0
+        );
+        if status == 200 {
+            check_answer(&json(&body), "get", "/hotfolders", "200");
+        }
+        status
     };
     assert_eq!((get(&first), get(&second)), (200, 200));
     let (status, _, body) = http(host, "POST", "/api/v1/logout", &[("Cookie", &second)], b"");
     assert_eq!(status, 200, "a viewer logs out: {body}");
+    check_answer(&json(&body), "post", "/logout", "200");
     assert_eq!((get(&first), get(&second)), (200, 401));
     let out = c.cli(&["token", "rm", "desk"]);
     assert!(out.status.success(), "{out:?}");
@@ -190,6 +196,7 @@ fn the_api_answers_alike_everywhere_and_checks_access_and_input() {
         );
         assert_eq!(status, 200, "{body}");
         let v = json(&body);
+        check_answer(&v, "get", "/status", "200");
         assert_eq!(v["servers"].as_array().unwrap().len(), 3);
         coordinators.push(v["coordinator"].clone());
     }
@@ -265,6 +272,7 @@ fn the_api_answers_alike_everywhere_and_checks_access_and_input() {
         b"",
     );
     let doc = json(&doc);
+    assert!(doc == *document(), "the served document is the source's");
     let job_schema = answer_schema(&doc, "/jobs/{id}", "get", "200");
     conforms(&json(&body), &job_schema, &doc, "job").unwrap();
     let (_, _, page) = http(
@@ -420,9 +428,21 @@ fn the_api_answers_alike_everywhere_and_checks_access_and_input() {
     // Dashboard login: a session cookie, and a state change needs its CSRF token.
     let (session, csrf) = log_in(&hosts[1], ops.trim_start_matches("Bearer "));
     let cookie = [("Cookie", session.as_str())];
+    let (status, _, body) = http(&hosts[1], "GET", "/api/v1/hotfolders", &cookie, b"");
+    assert_eq!(status, 200, "{body}");
+    check_answer(&json(&body), "get", "/hotfolders", "200");
+    let (status, _, body) = http(&hosts[1], "GET", "/api/v1/session", &cookie, b"");
+    assert_eq!(status, 200, "{body}");
+    let who = json(&body);
+    check_answer(&who, "get", "/session", "200");
     assert_eq!(
-        http(&hosts[1], "GET", "/api/v1/hotfolders", &cookie, b"").0,
-        200
+        (&who["role"], &who["csrf"], &who["login_required"]),
+        (
+            &serde_json::json!("operator"),
+            &serde_json::json!(csrf),
+            &serde_json::json!(true)
+        ),
+        "{who}"
     );
     let cancel = format!("/api/v1/jobs/{id}/cancel");
     assert_eq!(
@@ -434,7 +454,9 @@ fn the_api_answers_alike_everywhere_and_checks_access_and_input() {
         ("Cookie", session.as_str()),
         ("X-CSRF-Token", csrf.as_str()),
     ];
-    assert_eq!(http(&hosts[1], "POST", &cancel, &with_csrf, b"").0, 200);
+    let (status, _, body) = http(&hosts[1], "POST", &cancel, &with_csrf, b"");
+    assert_eq!(status, 200, "{body}");
+    check_answer(&json(&body), "post", "/jobs/{id}/{action}", "200");
     sessions_end_with_a_logout_or_their_token(&c, &hosts[1]);
 
     // Metrics.
@@ -669,6 +691,7 @@ fn admin_endpoints_job_events_and_https() {
         r#"{"name":"ops","role":"operator"}"#,
     );
     assert_eq!(status, 201, "{made}");
+    check_answer(&made, "post", "/tokens", "201");
     let ops = format!("Bearer {}", made["token"].as_str().unwrap());
     let (status, _) = tls.call(
         &hosts[0],
@@ -690,6 +713,20 @@ fn admin_endpoints_job_events_and_https() {
     assert_eq!(status, 200);
     assert_eq!(list.as_array().unwrap().len(), 2);
     assert!(!list.to_string().contains("claro_"), "{list}");
+    check_answer(&list, "get", "/tokens", "200");
+    // A token made and revoked.
+    let brief = r#"{"name":"brief","role":"viewer"}"#;
+    assert_eq!(
+        tls.call(&hosts[0], "POST", "/api/v1/tokens", &admin, brief)
+            .0,
+        201
+    );
+    let (status, gone) = tls.call(&hosts[1], "DELETE", "/api/v1/tokens/brief", &admin, "");
+    assert_eq!(
+        (status, &gone["removed"]),
+        (200, &serde_json::json!("brief"))
+    );
+    check_answer(&gone, "delete", "/tokens/{name}", "200");
     admin_changes_servers_scripts_and_settings(&tls, &hosts, &admin, &ops);
     // The CLI too: a value at the limit through a follower, read through
     // the third server.
@@ -728,10 +765,12 @@ fn admin_endpoints_job_events_and_https() {
     assert!(doc["paths"]["/jobs"]["post"].is_object(), "{doc}");
     let (status, stats) = tls.call(&hosts[1], "GET", "/api/v1/stats", &ops, "");
     assert_eq!((status, stats["interval_s"].as_u64()), (200, Some(10)));
+    check_answer(&stats, "get", "/stats", "200");
     // Jobs by state, as this replica counts them: the job followed above
     // succeeded (the replica may apply its end a moment later).
     c.wait(10, "the stats to count the succeeded job", || {
         let (_, stats) = tls.call(&hosts[1], "GET", "/api/v1/stats", &ops, "");
+        check_answer(&stats, "get", "/stats", "200");
         stats["jobs"]["succeeded"].as_u64().unwrap_or(0) >= 1
     });
     c.assert_nobody_crashed();
@@ -751,7 +790,9 @@ fn admin_changes_servers_scripts_and_settings(
         (200, Some("maintenance")),
         "{v}"
     );
+    check_answer(&v, "post", "/servers/{name}/{action}", "200");
     let (_, servers) = tls.call(&hosts[2], "GET", "/api/v1/servers", ops, "");
+    check_answer(&servers, "get", "/servers", "200");
     let srv2 = servers
         .as_array()
         .unwrap()
@@ -761,17 +802,15 @@ fn admin_changes_servers_scripts_and_settings(
         .clone();
     assert_eq!(srv2["mode"], "maintenance", "{servers}");
     assert_eq!(srv2["slots"], 4);
-    assert_eq!(
-        tls.call(
-            &hosts[0],
-            "POST",
-            "/api/v1/servers/srv2/activate",
-            admin,
-            ""
-        )
-        .0,
-        200
+    let (status, v) = tls.call(
+        &hosts[0],
+        "POST",
+        "/api/v1/servers/srv2/activate",
+        admin,
+        "",
     );
+    assert_eq!((status, v["mode"].as_str()), (200, Some("active")), "{v}");
+    check_answer(&v, "post", "/servers/{name}/{action}", "200");
     assert_eq!(
         tls.call(
             &hosts[0],
@@ -795,8 +834,13 @@ fn admin_changes_servers_scripts_and_settings(
     );
     let (status, v) = tls.call(&hosts[1], "POST", "/api/v1/scripts", admin, good);
     assert_eq!((status, v["version"].as_u64()), (201, Some(1)), "{v}");
+    check_answer(&v, "post", "/scripts", "201");
     let (status, v) = tls.call(&hosts[2], "GET", "/api/v1/scripts/answer", ops, "");
     assert_eq!((status, v["code"].as_str()), (200, Some("40 + 2")));
+    check_answer(&v, "get", "/scripts/{name}", "200");
+    let (status, v) = tls.call(&hosts[2], "GET", "/api/v1/scripts", ops, "");
+    assert_eq!(status, 200, "{v}");
+    check_answer(&v, "get", "/scripts", "200");
     assert_eq!(
         tls.call(&hosts[2], "GET", "/api/v1/scripts/nothing", ops, "")
             .0,
@@ -804,12 +848,11 @@ fn admin_changes_servers_scripts_and_settings(
     );
     // Settings: set through one instance, read through another.
     let put = r#"{"value":"RED"}"#;
-    assert_eq!(
-        tls.call(&hosts[0], "PUT", "/api/v1/settings/colour", admin, put)
-            .0,
-        200
-    );
+    let (status, v) = tls.call(&hosts[0], "PUT", "/api/v1/settings/colour", admin, put);
+    assert_eq!((status, &v["key"]), (200, &serde_json::json!("colour")));
+    check_answer(&v, "put", "/settings/{key}", "200");
     let (_, all) = tls.call(&hosts[2], "GET", "/api/v1/settings", ops, "");
+    check_answer(&all, "get", "/settings", "200");
     assert!(
         all.as_array()
             .unwrap()
@@ -828,11 +871,9 @@ fn admin_changes_servers_scripts_and_settings(
         .0,
         400
     );
-    assert_eq!(
-        tls.call(&hosts[0], "DELETE", "/api/v1/settings/colour", admin, "")
-            .0,
-        200
-    );
+    let (status, v) = tls.call(&hosts[0], "DELETE", "/api/v1/settings/colour", admin, "");
+    assert_eq!((status, &v["removed"]), (200, &serde_json::json!("colour")));
+    check_answer(&v, "delete", "/settings/{key}", "200");
     // A value at the limit (1 MiB) through a follower (srv1 coordinates),
     // read back through the third; one byte more is refused at once,
     // naming the limit.
@@ -841,11 +882,13 @@ fn admin_changes_servers_scripts_and_settings(
     let started = std::time::Instant::now();
     let (status, v) = tls.call(&hosts[1], "PUT", "/api/v1/settings/big", admin, &put);
     assert_eq!(status, 200, "{v}");
+    check_answer(&v, "put", "/settings/{key}", "200");
     let (status, got) = tls.call(&hosts[2], "GET", "/api/v1/settings/big", ops, "");
     assert_eq!(
         (status, got["value"].as_str().map(str::len)),
         (200, Some(1024 * 1024))
     );
+    check_answer(&got, "get", "/settings/{key}", "200");
     let over = serde_json::json!({ "value": format!("{value}v") }).to_string();
     let (status, v) = tls.call(&hosts[1], "PUT", "/api/v1/settings/big", admin, &over);
     assert_eq!(status, 400, "{v}");
@@ -882,7 +925,9 @@ fn admin_changes_servers_scripts_and_settings(
             .lines()
             .find_map(|l| l.strip_prefix("x-next-after: "))
             .map(str::to_string);
-        let keys: Vec<String> = json(&body)
+        let page = json(&body);
+        check_answer(&page, "get", "/settings", "200");
+        let keys: Vec<String> = page
             .as_array()
             .unwrap()
             .iter()
@@ -915,6 +960,7 @@ fn admin_changes_servers_scripts_and_settings(
     let add = r#"{"name":"h2","template":"cp {input} {output_dir}","retries":1}"#;
     let (code, v) = tls.call(&hosts[0], "POST", "/api/v1/hotfolders", admin, add);
     assert_eq!(code, 201, "{v}");
+    check_answer(&v, "post", "/hotfolders", "201");
     assert_eq!(v["definition"]["max_attempts"], 2, "{v}");
     assert_eq!(v["template"], "cp '{input}' '{output_dir}'", "{v}");
     let edit = r#"{"name":"h2","template":"cp {input} {output_dir}","retries":3}"#;
@@ -926,6 +972,7 @@ fn admin_changes_servers_scripts_and_settings(
         (200, &serde_json::json!(4)),
         "{v}"
     );
+    check_answer(&v, "put", "/hotfolders/{name}", "200");
     let renamed = r#"{"name":"h3","template":"true"}"#;
     assert_eq!(tls.call(&hosts[0], "PUT", path, admin, renamed).0, 400);
     let shell = r#"{"name":"h2","template":"sh -c 'cat {input}'"}"#;
@@ -938,8 +985,35 @@ fn admin_changes_servers_scripts_and_settings(
     assert_eq!(tls.call(&hosts[0], "PUT", path, admin, both).0, 400);
     let missing = "/api/v1/hotfolders/nothing";
     assert_eq!(tls.call(&hosts[0], "PUT", missing, admin, renamed).0, 404);
+    // Read, paused and resumed; one with a script added and removed.
+    let (code, v) = tls.call(&hosts[2], "GET", path, ops, "");
+    assert_eq!((code, &v["name"]), (200, &serde_json::json!("h2")), "{v}");
+    check_answer(&v, "get", "/hotfolders/{name}", "200");
+    for (verb, paused) in [("pause", true), ("resume", false)] {
+        let (code, v) = tls.call(&hosts[1], "POST", &format!("{path}/{verb}"), ops, "");
+        assert_eq!(code, 200, "{v}");
+        check_answer(&v, "post", "/hotfolders/{name}/{action}", "200");
+        let h2 = v.as_array().unwrap().iter().find(|h| h["name"] == "h2");
+        assert_eq!(h2.unwrap()["paused"], paused, "{v}");
+    }
+    let (code, v) = tls.call(&hosts[2], "GET", "/api/v1/hotfolders", ops, "");
+    assert_eq!(code, 200, "{v}");
+    check_answer(&v, "get", "/hotfolders", "200");
+    let scripted = r#"{"name":"h5","script":"1","trigger":"marker"}"#;
+    let (code, v) = tls.call(&hosts[0], "POST", "/api/v1/hotfolders", admin, scripted);
+    assert_eq!(code, 201, "{v}");
+    check_answer(&v, "post", "/hotfolders", "201");
+    assert_eq!(v["definition"]["action"]["script"]["code"], "1", "{v}");
+    let (code, v) = tls.call(&hosts[0], "DELETE", "/api/v1/hotfolders/h5", admin, "");
+    assert_eq!(
+        (code, &v["removed"]),
+        (200, &serde_json::json!("h5")),
+        "{v}"
+    );
+    check_answer(&v, "delete", "/hotfolders/{name}", "200");
     // The coordinator moves where it is sent.
     let (_, status) = tls.call(&hosts[0], "GET", "/api/v1/status", ops, "");
+    check_answer(&status, "get", "/status", "200");
     let to = if status["coordinator"] == "srv3" {
         "srv2"
     } else {
@@ -954,6 +1028,7 @@ fn admin_changes_servers_scripts_and_settings(
         &body,
     );
     assert_eq!(code, 200, "{v}");
+    check_answer(&v, "post", "/coordinator/transfer", "200");
     let started = Instant::now();
     while tls.call(&hosts[1], "GET", "/api/v1/status", ops, "").1["coordinator"] != to {
         assert!(
@@ -1325,6 +1400,19 @@ fn the_openapi_document_is_valid() {
                 op["x-claro-role"].is_string() || route == "/login" || route == "/openapi.json",
                 "{method} {route}: no role"
             );
+            // Every JSON answer and body says what it holds.
+            let answers = op["responses"].as_object().unwrap().values();
+            for content in answers
+                .chain([&op["requestBody"]])
+                .filter_map(|r| r["content"].as_object())
+            {
+                if let Some(media) = content.get("application/json") {
+                    assert!(
+                        media["schema"].is_object(),
+                        "{method} {route}: a JSON answer or body without a schema"
+                    );
+                }
+            }
         }
     }
     let check =
@@ -1347,8 +1435,8 @@ fn the_openapi_document_is_valid() {
 
 /// Whether `value` is what the OpenAPI document's `schema` says (the part
 /// of JSON Schema the document uses: `$ref`, `oneOf`, types with
-/// `nullable`, `enum`, `required`, `properties` with
-/// `additionalProperties: false`, `items`); the error names the path.
+/// `nullable`, `enum`, `required`, `properties` with `additionalProperties`
+/// false or a schema, `items`); the error names the path.
 fn conforms(
     value: &serde_json::Value,
     schema: &serde_json::Value,
@@ -1382,6 +1470,7 @@ fn conforms(
         Some("array") => value.is_array(),
         Some("string") => value.is_string(),
         Some("integer") => value.is_i64() || value.is_u64(),
+        Some("number") => value.is_number(),
         Some("boolean") => value.is_boolean(),
         _ => true,
     };
@@ -1401,13 +1490,14 @@ fn conforms(
                     return Err(format!("{at}: `{key}` missing"));
                 }
             }
-            let props = &schema["properties"];
+            let (props, others) = (&schema["properties"], &schema["additionalProperties"]);
             for (k, v) in map {
                 match props.get(k) {
                     Some(p) => conforms(v, p, doc, &format!("{at}.{k}"))?,
-                    None if schema["additionalProperties"] == false => {
+                    None if *others == false => {
                         return Err(format!("{at}: `{k}` is not in the schema"))
                     }
+                    None if others.is_object() => conforms(v, others, doc, &format!("{at}.{k}"))?,
                     None => {}
                 }
             }
@@ -1418,6 +1508,30 @@ fn conforms(
             .enumerate()
             .try_for_each(|(i, v)| conforms(v, &schema["items"], doc, &format!("{at}[{i}]"))),
         _ => Ok(()),
+    }
+}
+
+/// The OpenAPI document as the source holds it (the served one is this
+/// file, `include_str!`: `the_api_answers_alike_everywhere_and_checks_access_and_input`
+/// checks that they are equal).
+fn document() -> &'static serde_json::Value {
+    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/node/web/openapi.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    })
+}
+
+/// Panics unless `value`, the answer `code` to `method path` (the
+/// document's path, e.g. `/hotfolders/{name}`), is what the document's
+/// schema of that answer says.
+fn check_answer(value: &serde_json::Value, method: &str, path: &str, code: &str) {
+    let doc = document();
+    let schema = answer_schema(doc, path, method, code);
+    let at = format!("{} {path} {code}", method.to_uppercase());
+    if let Err(e) = conforms(value, &schema, doc, &at) {
+        let text: String = value.to_string().chars().take(4096).collect();
+        panic!("{e}\n{text}");
     }
 }
 

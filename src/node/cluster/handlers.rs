@@ -661,8 +661,8 @@ fn jobs_page(
 fn digest(shared: &Shared) -> Response {
     let guard = shared.core();
     let Some(core) = guard.as_ref() else {
-        return Response::Error {
-            message: "this instance holds no database yet".into(),
+        return Response::Unavailable {
+            message: super::replicated::no_database(shared),
         };
     };
     match core.state().digest() {

@@ -24,6 +24,9 @@ const HOLD_POLL_MS: u64 = 20;
 const LEADER_CHECK_MS: u64 = 50;
 /// Time a read waits for its read index before asking again.
 const READ_RETRY_MS: u64 = 300;
+/// How long a request waits for the database of an instance that is
+/// starting on one it holds (discovery, then the core opens).
+const STARTING_WAIT_MS: u64 = 5_000;
 
 /// Why this member knows no coordinator, from the live view. A voter counts
 /// as reachable when heard from within an election timeout, not the longer
@@ -323,12 +326,50 @@ pub(crate) async fn read(
         }
     }
     let staleness = stale.then(|| staleness(shared));
+    if shared.with_replica(|_| ()).is_none() && shared.space_read_refusal().is_none() {
+        if let Err(message) = core_opened(shared).await {
+            return Response::Unavailable { message };
+        }
+    }
     // A core parked for lack of space still serves `--stale` reads.
     shared
         .with_replica(|core| serve(core, staleness))
         .unwrap_or_else(|| Response::Unavailable {
-            message: "this instance holds no database yet".into(),
+            message: no_database(shared),
         })
+}
+
+/// Waits, at most `STARTING_WAIT_MS`, while this instance starts on a
+/// database it holds (right after a restart it first looks for its peers):
+/// a request then waits a moment instead of being refused. `Err` says why
+/// there is no database to read.
+async fn core_opened(shared: &Shared) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + Duration::from_millis(STARTING_WAIT_MS);
+    loop {
+        if shared.with_replica(|_| ()).is_some() {
+            return Ok(());
+        }
+        let starting =
+            shared.facts().initialized && !matches!(shared.phase(), super::Phase::Stopping);
+        if !starting || std::time::Instant::now() >= deadline {
+            return Err(no_database(shared));
+        }
+        async_std::task::sleep(Duration::from_millis(HOLD_POLL_MS)).await;
+    }
+}
+
+/// Why this instance has no database to answer from, in its words.
+pub(crate) fn no_database(shared: &Shared) -> String {
+    let me = &shared.me.name;
+    match (shared.facts().initialized, shared.phase()) {
+        (true, super::Phase::Waiting { reason, .. }) => {
+            format!("{me} is starting and holds a database, but waits before opening it: {reason}")
+        }
+        (true, _) => {
+            format!("{me} is starting: its database did not open within {STARTING_WAIT_MS} ms")
+        }
+        (false, _) => format!("{me} holds no database yet: it joins the cluster and receives one"),
+    }
 }
 
 /// Waits until the coordinator confirmed a read index and this replica
@@ -338,14 +379,18 @@ pub(crate) async fn confirm_read(shared: &Shared) -> Result<(), String> {
     let deadline = std::time::Instant::now() + Duration::from_millis(PROPOSAL_WAIT_MS);
     while std::time::Instant::now() < deadline {
         let (ctx, ready) = shared.register_read();
-        match shared.core().as_mut() {
-            Some(core) => core.read_index(ctx.clone()),
-            None => {
-                shared.forget_read(&ctx);
-                return Err(shared
-                    .space_read_refusal()
-                    .unwrap_or_else(|| "this instance holds no database yet".into()));
+        // The core's lock is let go before any wait.
+        let asked = shared
+            .core()
+            .as_mut()
+            .map(|core| core.read_index(ctx.clone()));
+        if asked.is_none() {
+            shared.forget_read(&ctx);
+            if let Some(refusal) = shared.space_read_refusal() {
+                return Err(refusal);
             }
+            core_opened(shared).await?;
+            continue;
         }
         shared.wake();
         let wait = Duration::from_millis(READ_RETRY_MS);
