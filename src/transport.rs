@@ -317,7 +317,9 @@ impl Endpoint {
         let crypto = QuicServerConfig::try_from(tls)
             .map_err(|e| WireError::Io(format!("TLS config unusable for QUIC: {e}")))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        server.transport_config(Arc::new(transport_config()));
+        let mut transport = transport_config();
+        transport.initial_rtt(Duration::from_millis(CLI_INITIAL_RTT_MS));
+        server.transport_config(Arc::new(transport));
         Self::bind(addr, Some(server), client_config(id, ALPN_PEER, deny)?)
     }
 
@@ -388,9 +390,24 @@ fn client_config(
     let crypto = QuicClientConfig::try_from(tls::client_config(id, alpn, deny)?)
         .map_err(|e| WireError::Io(format!("TLS config unusable for QUIC: {e}")))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config()));
+    let mut transport = transport_config();
+    if alpn == ALPN_CLIENT {
+        transport.initial_rtt(Duration::from_millis(CLI_INITIAL_RTT_MS));
+    }
+    config.transport_config(Arc::new(transport));
     Ok(config)
 }
+
+/// The round trip assumed before one is measured, on the CLI's side and on
+/// every instance's accepting side (where the server's handshake flight is
+/// sent again when lost). quinn's default (333 ms) is the internet's: a
+/// lost handshake packet went again only after about a second, and at 30 %
+/// packet loss on the server asked 10-15 of 60 CLI calls missed their 1.5 s
+/// handshake budget; with a LAN's round trip it goes again after about
+/// 150 ms, doubling while lost, and 1 of 60 did (docs/BENCHMARKS.md). A
+/// slower path only sees an early, harmless resend until its round trip is
+/// known. Instances connecting to their peers keep quinn's default.
+const CLI_INITIAL_RTT_MS: u64 = 50;
 
 /// Waits for the server's HANDSHAKE_DONE. In TLS 1.3 the client finishes its
 /// handshake before the server has checked the client certificate, so a
