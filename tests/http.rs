@@ -507,6 +507,21 @@ fn the_api_answers_alike_everywhere_and_checks_access_and_input() {
         );
         text.contains("claro_jobs_finished_total{outcome=\"succeeded\"} 3\n")
     });
+    // The same sampler's history, as the document says it.
+    let (status, _, body) = http(
+        &hosts[2],
+        "GET",
+        "/api/v1/stats",
+        &[("Authorization", &viewer)],
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+    let stats = json(&body);
+    assert!(
+        stats["samples"][0]["servers"]["srv1"].is_object(),
+        "{stats}"
+    );
+    check_answer(&stats, "get", "/stats", "200");
     // A loopback Prometheus needs no token, even with logins required.
     assert_eq!(http(&hosts[2], "GET", "/metrics", &[], b"").0, 200);
 

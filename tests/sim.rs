@@ -1192,6 +1192,7 @@ impl Sim {
                 slots: SIM_SLOTS,
                 active: active.get(&n).copied().unwrap_or(0),
                 name: n,
+                last_placed: 0,
             })
             .collect()
     }

@@ -3,10 +3,11 @@
 //! The rule of the seeds (the server with the fewest running engines gets
 //! the next one): queued jobs are taken by priority (highest first), then
 //! age (oldest first); each goes to the eligible instance with the lowest
-//! load, (assigned + running) / slots, never over its slots. Ties go round
-//! the candidates from a place that the job's id picks (job ids are
-//! random): by name, the first server took every job of a cluster whose
-//! jobs end before the next comes, and more than its share under load.
+//! load, (assigned + running) / slots, never over its slots. Among equally
+//! loaded ones the job goes to the one placed on least recently (so jobs
+//! that end before the next comes go round the servers in turn: by name,
+//! the first server took them all), and among those never placed on, from
+//! a place that the job's id picks (job ids are random).
 //! Instances in maintenance, witnesses, joining or down ones are not
 //! eligible: the caller leaves them out.
 
@@ -17,6 +18,10 @@ pub struct Candidate {
     pub slots: u32,
     /// Attempts assigned to it or running on it.
     pub active: u32,
+    /// When it was last given a job, as a placement sequence number
+    /// (higher is more recent; 0: not since the caller keeps count).
+    /// `place` sets it for every job it places.
+    pub last_placed: u64,
 }
 
 /// A queued job, as placement needs it.
@@ -53,6 +58,7 @@ pub fn place(
         .collect();
     order.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
     let mut out = Vec::new();
+    let mut seq = candidates.iter().map(|c| c.last_placed).max().unwrap_or(0);
     for job in order {
         if out.len() == batch_max {
             break;
@@ -60,8 +66,10 @@ pub fn place(
         let Some(best) = least_loaded(candidates, tie_start(&job.id, candidates.len())) else {
             break; // every slot is taken
         };
+        seq += 1;
         let c = &mut candidates[best];
         c.active += 1;
+        c.last_placed = seq;
         assert!(c.active <= c.slots, "{} over its slots", c.name);
         out.push(Assignment {
             id: job.id.clone(),
@@ -80,7 +88,8 @@ fn tie_start(id: &str, count: usize) -> usize {
 }
 
 /// The candidate with a free slot and the lowest load; among equals, the
-/// first at or after `start` (going round).
+/// one placed on least recently; among those, the first at or after
+/// `start` (going round).
 fn least_loaded(candidates: &[Candidate], start: usize) -> Option<usize> {
     let count = candidates.len();
     let turn = |i: usize| (i + count - start % count.max(1)) % count.max(1);
@@ -98,7 +107,8 @@ fn least_loaded(candidates: &[Candidate], start: usize) -> Option<usize> {
                     u64::from(c.active) * u64::from(o.slots),
                     u64::from(o.active) * u64::from(c.slots),
                 );
-                mine < theirs || (mine == theirs && turn(i) < turn(b))
+                let earlier = (c.last_placed, turn(i)) < (o.last_placed, turn(b));
+                mine < theirs || (mine == theirs && earlier)
             }
         };
         if better {
@@ -117,6 +127,7 @@ mod tests {
             name: name.into(),
             slots,
             active,
+            last_placed: 0,
         }
     }
 
@@ -154,7 +165,27 @@ mod tests {
     }
 
     /// Jobs that end before the next comes (every server idle at each
-    /// placement) spread evenly, not all to the server named first.
+    /// placement) go round the servers in turn, wherever the first went.
+    #[test]
+    fn idle_servers_take_jobs_in_turn() {
+        let mut c = [cand("srv1", 4, 0), cand("srv2", 4, 0), cand("srv3", 4, 0)];
+        let mut counts = std::collections::HashMap::new();
+        for i in 0..300u64 {
+            let id = format!("01a2{:016x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let a = place(&[job(&id, 0)], &mut c, 0, 1);
+            *counts.entry(a[0].instance.clone()).or_insert(0) += 1;
+            c.iter_mut().for_each(|c| c.active = 0); // it ended
+        }
+        assert!(counts.values().all(|n| *n == 100), "{counts:?}");
+        // Equal loads: the one placed on least recently, whatever the name.
+        let mut c = [cand("srv1", 4, 1), cand("srv2", 4, 1), cand("srv3", 4, 2)];
+        (c[0].last_placed, c[1].last_placed, c[2].last_placed) = (7, 5, 1);
+        assert_eq!(place(&[job("x", 0)], &mut c, 0, 1)[0].instance, "srv2");
+        assert_eq!(c[1].last_placed, 8);
+    }
+
+    /// Servers never placed on (a new coordinator's view): the job's id
+    /// picks where ties start, so they spread, not all to the first name.
     #[test]
     fn ties_spread_over_the_servers() {
         let mut counts = std::collections::HashMap::new();

@@ -162,12 +162,19 @@ fn placements(work: &Work) -> Option<Vec<scheduler::Assignment>> {
             .ok()?
     };
     let batch_max = ASSIGN_BATCH_COUNT_MAX.min(JOB_BATCH_COUNT_MAX);
-    Some(scheduler::place(
-        &queued,
-        &mut candidates,
-        now_ms(),
-        batch_max,
-    ))
+    let placed = scheduler::place(&queued, &mut candidates, now_ms(), batch_max);
+    remember_placed(work, &candidates);
+    Some(placed)
+}
+
+/// Keeps when each candidate was last given a job (`Candidate::last_placed`)
+/// for the next placement's ties. Coordinator-local: a new coordinator
+/// starts without it, and its ties start where the jobs' ids pick.
+fn remember_placed(work: &Work, candidates: &[Candidate]) {
+    let mut last = work.last_placed.lock().expect("last placed lock");
+    for c in candidates.iter().filter(|c| c.last_placed > 0) {
+        last.insert(c.name.clone(), c.last_placed);
+    }
 }
 
 /// A submission as the coordinator proposes it: with the placements of its
@@ -217,6 +224,7 @@ pub(super) fn place_on_submit(work: &Work, command: &Command) -> Option<Command>
         .collect();
     let batch_max = ASSIGN_BATCH_COUNT_MAX.min(JOB_BATCH_COUNT_MAX);
     let assignments = scheduler::place(&queued, &mut candidates, now_ms(), batch_max);
+    remember_placed(work, &candidates);
     if assignments.is_empty() {
         return None;
     }
@@ -240,7 +248,22 @@ fn candidates(
     modes: &std::collections::HashMap<String, String>,
 ) -> Vec<Candidate> {
     let now = now_ms();
+    let last_placed = work.last_placed.lock().expect("last placed lock").clone();
     let view = work.cluster.view();
+    let me = &work.cluster.me.name;
+    // How late this instance is with gossip itself: the freshest peer's
+    // age. On a saturated machine every peer's gossip is handled late; a
+    // server is silent only when it is that much later than the freshest.
+    let own_lag_ms = work
+        .cluster
+        .cfg
+        .servers
+        .iter()
+        .filter(|s| s.name != *me)
+        .filter_map(|s| view.age_ms(&s.name, now))
+        .min()
+        .unwrap_or(0)
+        .min(work.cluster.cfg.timing.node_timeout_ms);
     work.cluster
         .cfg
         .servers
@@ -259,7 +282,7 @@ fn candidates(
             // coordinator it replaced, most likely dead): live ones answer
             // its first heartbeats within a round trip.
             let since = work.leader_since_ms.load(Ordering::Relaxed);
-            let window = PLACE_HEARD_MS_MAX.min(now.saturating_sub(since));
+            let window = (PLACE_HEARD_MS_MAX + own_lag_ms).min(now.saturating_sub(since));
             let state = view.info(&s.name).map(|i| i.state.as_str());
             let recent = view.age_ms(&s.name, now).is_some_and(|a| a <= window);
             recent && view.is_up(&s.name, now) && matches!(state, Some("follower" | "coordinator"))
@@ -268,6 +291,7 @@ fn candidates(
             name: s.name.clone(),
             slots: s.slots,
             active: active.get(&s.name).copied().unwrap_or(0),
+            last_placed: last_placed.get(&s.name).copied().unwrap_or(0),
         })
         .collect()
 }

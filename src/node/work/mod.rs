@@ -55,6 +55,9 @@ pub(crate) struct Work {
     worker_wake: (Sender<()>, Receiver<()>),
     /// When this instance became coordinator (0: it is not).
     leader_since_ms: AtomicU64,
+    /// Per server, when this coordinator last placed a job on it (a
+    /// placement sequence number): ties go to the least recent.
+    last_placed: Mutex<std::collections::HashMap<String, u64>>,
     /// Attempts running here: job id -> the run.
     runs: Mutex<std::collections::HashMap<String, Arc<worker::Run>>>,
     /// The log and progress of each attempt running here, for those who
@@ -89,6 +92,7 @@ impl Work {
             assign_wake: async_std::channel::bounded(1),
             worker_wake: async_std::channel::bounded(1),
             leader_since_ms: AtomicU64::new(0),
+            last_placed: Mutex::default(),
             runs: Mutex::default(),
             live: Mutex::default(),
             accepting: AtomicBool::new(true),
