@@ -327,8 +327,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             })
         }
         Command::Config {
-            action: ConfigAction::Check,
-        } => config_check(&cli.config),
+            action: ConfigAction::Check { json },
+        } => config_check(&cli.config, json),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             let mut command = <Cli as clap::CommandFactory>::command();
@@ -398,19 +398,30 @@ pub enum ConfigAction {
     /// Check the config (`--config`, default conf/ClaroServers.conf) as
     /// `serve` reads it, without starting anything: exit 0 with a summary,
     /// or 2 naming file:line and the key at fault.
-    Check,
+    Check {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `claro config check`.
-fn config_check(path: &std::path::Path) -> Result<(), Failure> {
+fn config_check(path: &std::path::Path, json: bool) -> Result<(), Failure> {
     let config = Config::load(path)?;
-    output::emit(&format!(
-        "{}: ok (cluster {}, {} server(s), {} hotfolder(s))\n",
+    let text = format!(
+        "{}: ok (cluster {}, {} server(s), {} hotfolder(s))",
         path.display(),
         config.cluster,
         config.servers.len(),
         config.hotfolders.len()
-    ))
+    );
+    let value = serde_json::json!({
+        "file": path.display().to_string(),
+        "cluster": config.cluster,
+        "servers": config.servers.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+        "hotfolders": config.hotfolders.iter().map(|h| h.name.clone()).collect::<Vec<_>>(),
+    });
+    output::changed(json, &text, value)
 }
 
 /// The job commands.
