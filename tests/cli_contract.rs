@@ -878,3 +878,184 @@ fn stored_scripts_and_drain_in_text_and_json() {
         "",
     );
 }
+
+/// The keys of a JSON object, sorted.
+fn keys(v: &serde_json::Value) -> Vec<String> {
+    let mut k: Vec<String> = v.as_object().expect("an object").keys().cloned().collect();
+    k.sort();
+    k
+}
+
+const JOB_KEYS: [&str; 13] = [
+    "attempt",
+    "created_at",
+    "error",
+    "finished_at",
+    "id",
+    "instance",
+    "kind",
+    "max_attempts",
+    "priority",
+    "result",
+    "started_at",
+    "state",
+    "timeout_ms",
+];
+
+/// The job commands, tokens, hotfolder listing, config check and
+/// completions in both modes: exact text where it holds no time, the JSON
+/// objects' fields, and the exit statuses of docs/CLI.md (127.0.183.x).
+#[test]
+fn job_token_hotfolder_and_config_commands_in_text_and_json() {
+    let c = one_server(183);
+    let run = |args: &[&str]| claro(&c, args, None);
+    let object = |out: &Output| -> serde_json::Value {
+        let text = text(&out.stdout);
+        assert!(
+            text.ends_with('\n') && text.lines().count() == 1,
+            "one line: {text:?}"
+        );
+        serde_json::from_str(&text).unwrap()
+    };
+    // submit: the id alone, or the job object.
+    let out = run(&["submit", "--inline", "log(\"hi\"); 6 * 7"]);
+    let id = text(&out.stdout).trim_end().to_string();
+    expect(&out, 0, &format!("{id}\n"), "");
+    assert!(
+        id.len() == 20 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
+    let v = object(&run(&["submit", "--inline", "1", "--json"]));
+    // One job's object: the job's fields and its attempts.
+    let mut want: Vec<String> = JOB_KEYS.iter().map(|k| k.to_string()).collect();
+    want.push("attempts".into());
+    want.sort();
+    assert_eq!(keys(&v), want, "{v}");
+    // wait: the result, or the job with its attempts.
+    expect(&run(&["wait", &id]), 0, "42\n", "");
+    let v = object(&run(&["wait", &id, "--json"]));
+    assert_eq!(
+        (v["state"].as_str(), v["result"].as_str()),
+        (Some("succeeded"), Some("42"))
+    );
+    assert_eq!(v["attempts"][0]["outcome"], "succeeded", "{v}");
+    // job: field lines in a fixed order; --log adds the log indented.
+    let out = run(&["job", &id, "--log"]);
+    let shown = text(&out.stdout);
+    let fields: Vec<&str> = shown
+        .lines()
+        .map(|l| l.split(':').next().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "id", "kind", "state", "instance", "attempt", "priority", "created", "started",
+            "finished", "result", "error", "log", "  hi"
+        ],
+        "{shown}"
+    );
+    assert!(
+        shown.contains("attempt: 1/3\n") && shown.contains("result: 42\nerror: -\n"),
+        "{shown}"
+    );
+    let v = object(&run(&["job", &id, "--json", "--log"]));
+    assert_eq!(v["log"], "hi\n", "{v}");
+    expect_failure(
+        &run(&["job", "0123456789abcdef0123"]),
+        1,
+        &["0123456789abcdef0123"],
+    );
+    expect_failure(&run(&["job", "nonsense"]), 2, &["nonsense"]);
+    // jobs: a header, then one line per job; JSON an array of job objects.
+    let out = run(&["jobs", "--limit", "1"]);
+    let listed = text(&out.stdout);
+    let header = "ID                    STATE      KIND       INSTANCE      ATTEMPT  CREATED                   RESULT";
+    assert_eq!(listed.lines().next(), Some(header), "{listed}");
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    assert!(
+        text(&out.stderr).starts_with("more: claro jobs --before "),
+        "{out:?}"
+    );
+    let v = object(&run(&["jobs", "--json"]));
+    assert_eq!(v.as_array().map(Vec::len), Some(2), "{v}");
+    // run: the log as it comes, then the result; a failed job is exit 1
+    // with nothing on stdout in text, and its object with --json.
+    let file = c.dir.path().join("s.rhai");
+    std::fs::write(&file, "log(\"a\");\n1 + 1\n").unwrap();
+    expect(&run(&["run", file.to_str().unwrap()]), 0, "a\n2\n", "");
+    let bad = [
+        "submit",
+        "--wait",
+        "--max-attempts",
+        "1",
+        "--inline",
+        "throw \"bad\"",
+    ];
+    let out = run(&bad);
+    expect_failure(&out, 1, &["failed: attempt 1 on srv1: script: bad"]);
+    let out = run(&[&bad[..], &["--json"]].concat());
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(object(&out)["state"], "failed");
+    // tokens: the token once, then names and roles only.
+    let v = object(&run(&["token", "add", "t1", "--role", "viewer", "--json"]));
+    assert_eq!(
+        (v["name"].as_str(), v["role"].as_str()),
+        (Some("t1"), Some("viewer")),
+        "{v}"
+    );
+    assert!(v["token"].as_str().unwrap().starts_with("claro_"), "{v}");
+    let out = run(&["token", "list"]);
+    let listed = text(&out.stdout);
+    let words: Vec<Vec<&str>> = listed
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(words[0], ["NAME", "ROLE", "CREATED"], "{listed}");
+    assert_eq!(words[1][..2], ["t1", "viewer"], "{listed}");
+    let v = object(&run(&["token", "list", "--json"]));
+    assert_eq!(
+        (v[0]["name"].as_str(), v[0]["role"].as_str()),
+        (Some("t1"), Some("viewer")),
+        "{v}"
+    );
+    assert!(
+        v[0].get("token").is_none() && v[0].get("hash").is_none(),
+        "{v}"
+    );
+    expect_failure(
+        &run(&["token", "add", "t1", "--role", "viewer"]),
+        2,
+        &["exists"],
+    );
+    // hotfolders: listed in both modes.
+    let out = run(&["hotfolder", "add", "hf", "--command", "true"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = run(&["hotfolder", "list"]);
+    let listed = text(&out.stdout);
+    assert!(
+        listed.starts_with("NAME") && listed.lines().nth(1).unwrap().starts_with("hf "),
+        "{listed}"
+    );
+    let v = object(&run(&["hotfolder", "list", "--json"]));
+    assert_eq!(v[0]["name"], "hf", "{v}");
+    // config check and completions.
+    let conf = c.conf.to_str().unwrap().to_string();
+    let out = run(&["config", "check"]);
+    expect(
+        &out,
+        0,
+        &format!("{conf}: ok (cluster test183, 1 server(s), 0 hotfolder(s))\n"),
+        "",
+    );
+    let v = object(&run(&["config", "check", "--json"]));
+    assert_eq!(
+        v,
+        serde_json::json!({"file": conf, "cluster": "test183", "servers": ["srv1"], "hotfolders": []})
+    );
+    let out = run(&["completions", "bash"]);
+    assert!(
+        out.status.success() && text(&out.stdout).contains("claro"),
+        "{out:?}"
+    );
+    expect_failure(&run(&["completions", "tcsh"]), 2, &[]);
+}

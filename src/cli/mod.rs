@@ -259,6 +259,19 @@ pub enum CoordinatorAction {
     },
 }
 
+/// A usage error as the one `claro: ` line of docs/CLI.md: clap's message,
+/// its possible values and usage kept, its blank lines and pointers to
+/// `--help` dropped.
+fn usage_line(rendered: &str) -> String {
+    let parts: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .collect();
+    let line = parts.join(" ");
+    format!("claro: {}", line.strip_prefix("error: ").unwrap_or(&line))
+}
+
 fn parse_server_arg(s: &str) -> Result<(String, String), String> {
     let (name, addr) = s
         .split_once('=')
@@ -272,9 +285,14 @@ fn parse_server_arg(s: &str) -> Result<(String, String), String> {
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
+        // --help and --version: as clap writes them, on stdout.
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            return if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            return EXIT_OK;
+        }
+        Err(e) => {
+            crate::cli::output::note(&format!("{}\n", usage_line(&e.render().to_string())));
+            return EXIT_USAGE;
         }
     };
     crate::logging::init();
