@@ -1038,6 +1038,47 @@ fn job_token_hotfolder_and_config_commands_in_text_and_json() {
     );
     let v = object(&run(&["hotfolder", "list", "--json"]));
     assert_eq!(v[0]["name"], "hf", "{v}");
+    let out = run(&["hotfolder", "set", "hf", "--stable-ms", "500"]);
+    expect(&out, 0, "hf: changed\n", "");
+    let out = run(&["hotfolder", "set", "hf", "--stable-ms", "600", "--json"]);
+    expect(&out, 0, "{\"changed\":\"hf\"}\n", "");
+    // certificates: the tls folder's, and the cluster's revoked ones.
+    let out = run(&["cert", "list"]);
+    let listed = text(&out.stdout);
+    let names: Vec<&str> = listed
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(names, ["NAME", "ca", "client", "srv1"], "{listed}");
+    assert!(
+        listed.starts_with("NAME             EXPIRES                    DAYS FINGERPRINT\n"),
+        "{listed}"
+    );
+    let v = object(&run(&["cert", "list", "--json"]));
+    assert_eq!(v[2]["name"], "srv1", "{v}");
+    assert_eq!(
+        v[2]["certificate"]["fingerprint"].as_str().map(str::len),
+        Some(64),
+        "{v}"
+    );
+    let out = run(&["cert", "revoked"]);
+    assert_eq!(
+        text(&out.stdout).split_whitespace().collect::<Vec<_>>(),
+        ["FINGERPRINT", "NAME", "REVOKED"]
+    );
+    expect(&run(&["cert", "revoked", "--json"]), 0, "[]\n", "");
+    // status: its first line, and the JSON object's servers.
+    let out = run(&["status"]);
+    assert!(text(&out.stdout).starts_with("cluster "), "{out:?}");
+    assert!(
+        text(&out.stdout).contains("coordinator srv1  term "),
+        "{out:?}"
+    );
+    let v = object(&run(&["status", "--json"]));
+    assert_eq!(
+        (v["coordinator"].as_str(), v["servers"][0]["name"].as_str()),
+        (Some("srv1"), Some("srv1"))
+    );
     // config check and completions.
     let conf = c.conf.to_str().unwrap().to_string();
     let out = run(&["config", "check"]);
