@@ -178,17 +178,19 @@ fn a_command_with_the_first_server_down_answers_promptly() {
 
 /// Once a reproduction: a call taken by a server that then froze waited
 /// the whole freeze, although its request id makes it safe to send again
-/// elsewhere. Two of the three servers answer every read 5 s late (the
-/// CLI takes whichever connects first, so most calls start at a slow one);
-/// each call is answered through the third within two hedge times (1 s
-/// each) and a margin.
+/// elsewhere. Two of the three servers answer every client request 7 s
+/// late, as if frozen after the handshake (the CLI takes whichever
+/// connects first, so most calls start at a slow one); each read and each
+/// write is answered through the third within two hedge times (1 s each)
+/// and a margin (a write carries its request id, so the late copy is
+/// applied at most once).
 #[test]
 fn a_slow_server_is_not_waited_for() {
     let mut c = Cluster::three_running(48);
     c.set("srv3", "k", b"v".to_vec()).unwrap();
     for slow in ["srv1", "srv2"] {
         c.terminate(slow);
-        c.start_env(slow, &[], &[("CLARO_FAILPOINT_READ_DELAY_MS", "5000")]);
+        c.start_env(slow, &[], &[("CLARO_FAILPOINT_CLIENT_DELAY_MS", "7000")]);
         c.wait(SETTLE_S, "the slow server back", || {
             c.status("srv3").is_some_and(|v| {
                 v.coordinator.is_some() && v.servers.iter().all(|s| s.synchronized)
@@ -196,7 +198,7 @@ fn a_slow_server_is_not_waited_for() {
         });
     }
     let mut times = Vec::new();
-    for _ in 0..6 {
+    for i in 0..6 {
         let t = Instant::now();
         let out = c.cli(&["settings", "get", "k"]);
         times.push(t.elapsed().as_millis());
@@ -206,8 +208,20 @@ fn a_slow_server_is_not_waited_for() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v");
+        let t = Instant::now();
+        let out = c.cli(&["settings", "set", &format!("w{i}"), "x", "--json"]);
+        times.push(t.elapsed().as_millis());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    println!("settings get with two servers answering 5 s late: {times:?} ms");
+    println!("settings get and set with two servers answering 7 s late: {times:?} ms");
+    // Every write is there, read through the server that was not slow.
+    for i in 0..6 {
+        assert_eq!(c.get("srv3", &format!("w{i}")), Some(b"x".to_vec()));
+    }
     assert!(
         times.iter().all(|t| *t < 3_500),
         "a slow server was waited for: {times:?}"

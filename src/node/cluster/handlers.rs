@@ -235,13 +235,32 @@ async fn serve_request(
         (Some(p), Request::Snapshot { meta, raft_message }) => {
             return super::snapshot::receive(&shared, p, meta, raft_message, send, recv).await;
         }
-        (_, r) => respond(&shared, peer.as_deref(), r).await,
+        (_, r) => {
+            client_delay_failpoint(peer.as_deref()).await;
+            respond(&shared, peer.as_deref(), r).await
+        }
     };
     let frame = answer_frame(&resp, peer.as_deref());
     if let Err(e) = send.write_all(&frame).await {
         tracing::debug!(peer = ?peer, "answer not delivered: {e}");
     }
     let _ = send.finish();
+}
+
+/// Failpoint for the test that a slow server is not waited for:
+/// `CLARO_FAILPOINT_CLIENT_DELAY_MS=N` answers every client's request (the
+/// CLI's: reads and writes) N ms late, as a frozen or overloaded instance
+/// would after the handshake.
+async fn client_delay_failpoint(peer: Option<&str>) {
+    if peer.is_some() {
+        return;
+    }
+    let delay_ms = std::env::var("CLARO_FAILPOINT_CLIENT_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(ms) = delay_ms {
+        async_std::task::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
+    }
 }
 
 /// The frame of an answer. An answer too large for one frame is a bug of
@@ -489,14 +508,6 @@ fn read_failed(shared: &Shared, what: &str, e: rusqlite::Error) -> Response {
 }
 
 pub(crate) async fn read_setting(shared: &Shared, key: &str, stale: bool) -> Response {
-    // Failpoint for the test that a slow server is not waited for:
-    // `CLARO_FAILPOINT_READ_DELAY_MS=N` answers every setting read N ms late.
-    if let Some(ms) = std::env::var("CLARO_FAILPOINT_READ_DELAY_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        async_std::task::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
-    }
     read(shared, stale, |core, stale| match core.state().get(key) {
         Ok(v) => {
             shared.read_succeeded();
