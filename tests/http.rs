@@ -889,6 +889,9 @@ fn admin_changes_servers_scripts_and_settings(
     let (status, v) = tls.call(&hosts[0], "DELETE", "/api/v1/settings/colour", admin, "");
     assert_eq!((status, &v["removed"]), (200, &serde_json::json!("colour")));
     check_answer(&v, "delete", "/settings/{key}", "200");
+    // A key that is not there is 404, as for the other resources.
+    let (status, v) = tls.call(&hosts[0], "DELETE", "/api/v1/settings/colour", admin, "");
+    assert_eq!(status, 404, "{v}");
     // A value at the limit (1 MiB) through a follower (srv1 coordinates),
     // read back through the third; one byte more is refused at once,
     // naming the limit.

@@ -141,11 +141,15 @@ pub(super) async fn setting_put(web: &Arc<Web>, key: &str, body: &[u8]) -> Resul
     Ok(json_reply(StatusCode::OK, &json!({"key": key})))
 }
 
-/// `DELETE settings/KEY`.
+/// `DELETE settings/KEY`: 404 for a key that is not there, as for the
+/// other resources.
 pub(super) async fn setting_delete(web: &Arc<Web>, key: &str) -> Result<Reply, Fail> {
-    let key = percent_decode(key);
-    let command = Command::Delete { key: key.clone() };
+    let command = Command::Delete {
+        key: percent_decode(key),
+    };
     command.validate().map_err(bad)?;
+    super::api::setting(web, key).await?; // 404 for an unknown one
+    let key = percent_decode(key);
     write(web, command).await?;
     Ok(json_reply(StatusCode::OK, &json!({"removed": key})))
 }
