@@ -62,11 +62,11 @@ impl BackupHeader {
         if self.cluster_id.is_empty() || self.applied_index == 0 {
             return Err("the header names no cluster or index".into());
         }
-        if self.size_bytes > crate::proto::SNAPSHOT_BYTES_MAX {
+        if self.size_bytes > crate::state::DATABASE_BYTES_MAX {
             return Err(format!(
-                "the header announces {} bytes, over the database limit of {} (SNAPSHOT_BYTES_MAX)",
+                "the header announces {} bytes, over the database limit of {} (DATABASE_BYTES_MAX)",
                 self.size_bytes,
-                crate::proto::SNAPSHOT_BYTES_MAX
+                crate::state::DATABASE_BYTES_MAX
             ));
         }
         Ok(())

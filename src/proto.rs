@@ -70,7 +70,7 @@ pub const RAFT_BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Raft messages sent in one batch frame.
 pub const RAFT_BATCH_COUNT_MAX: usize = 256;
 /// Largest database file a snapshot may carry.
-pub const SNAPSHOT_BYTES_MAX: u64 = 64 * 1024 * 1024 * 1024;
+pub const SNAPSHOT_BYTES_MAX: u64 = crate::state::DATABASE_BYTES_MAX;
 
 /// First frame of every peer connection, both ways: who is speaking, and the
 /// facts two instances must agree on to work together.

@@ -21,6 +21,9 @@ use raft::eraftpb::ConfState;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
+/// Largest state.db a transfer, a snapshot or a backup may carry.
+pub const DATABASE_BYTES_MAX: u64 = 64 * 1024 * 1024 * 1024;
+
 /// Largest value a `Put` may carry: keeps every entry and message bounded.
 pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
 /// Largest key.
