@@ -205,6 +205,8 @@ pub fn published(tx: &Transaction<'_>, ids: &[String]) -> rusqlite::Result<()> {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counts {
     pub waiting: u64,
+    /// When the oldest of its jobs not started yet was submitted.
+    pub oldest_waiting_ms: Option<u64>,
     pub in_progress: u64,
     pub done_last_hour: u64,
     pub failed_last_hour: u64,
@@ -221,14 +223,17 @@ pub fn counts(conn: &Connection, name: &str, since_ms: u64) -> rusqlite::Result<
         ..Counts::default()
     };
     let mut stmt = conn.prepare_cached(
-        "SELECT state, count(*) FROM jobs INDEXED BY jobs_unpublished
+        "SELECT state, count(*), min(created_ms) FROM jobs INDEXED BY jobs_unpublished
          WHERE hotfolder = ?1 AND published = 0 GROUP BY state",
     )?;
     let mut rows = stmt.query(params![name])?;
     while let Some(r) = rows.next()? {
         let (state, n): (String, u64) = (r.get(0)?, r.get(1)?);
         match state.as_str() {
-            "queued" => c.waiting += n,
+            "queued" => {
+                c.waiting += n;
+                c.oldest_waiting_ms = r.get(2)?;
+            }
             "assigned" | "running" => c.in_progress += n,
             // Final, its file still being moved.
             _ => c.in_progress += n,

@@ -16,9 +16,14 @@ pub async fn render(web: &Web) -> String {
     servers(web, &mut out);
     http(web, &mut out);
     certificates(web, &mut out);
+    disks(web, &mut out).await;
     build_and_process(&mut out);
     out
 }
+
+/// A look at a file system's free space that takes longer than this (a
+/// share that hangs) is left out of the answer.
+const STATVFS_WAIT_MS: u64 = 1_000;
 
 /// What runs (`claro_build_info`) and what the process costs: the
 /// `process_*` metrics of Prometheus' client libraries, read from
@@ -188,15 +193,80 @@ fn jobs(web: &Web, out: &mut String) {
         "gauge",
         "Files of a hotfolder with a job not started yet.",
     );
-    for d in defs {
-        if let Ok(c) = crate::state::hotfolders::counts(conn, &d.name, hour_ago_ms) {
-            let _ = writeln!(
-                out,
-                "claro_hotfolder_waiting_files{{hotfolder=\"{}\"}} {}",
-                d.name, c.waiting
-            );
+    let now_ms = crate::clock::now_ms();
+    let counts: Vec<_> = defs
+        .iter()
+        .filter_map(|d| {
+            let c = crate::state::hotfolders::counts(conn, &d.name, hour_ago_ms).ok()?;
+            Some((&d.name, c))
+        })
+        .collect();
+    for (name, c) in &counts {
+        let _ = writeln!(
+            out,
+            "claro_hotfolder_waiting_files{{hotfolder=\"{name}\"}} {}",
+            c.waiting
+        );
+    }
+    // What the stalled-hotfolder alert watches (packaging/claro-alerts.yml).
+    metric(
+        out,
+        "claro_hotfolder_oldest_waiting_seconds",
+        "gauge",
+        "How long the oldest file of a hotfolder whose job has not started has waited for a server (0: none waits).",
+    );
+    for (name, c) in &counts {
+        let age_s = c
+            .oldest_waiting_ms
+            .map_or(0, |at| now_ms.saturating_sub(at) / 1000);
+        let _ = writeln!(
+            out,
+            "claro_hotfolder_oldest_waiting_seconds{{hotfolder=\"{name}\"}} {age_s}"
+        );
+    }
+}
+
+/// Free and total bytes of the file systems of the data directory and of
+/// the shared root, for the disk-space alert.
+async fn disks(web: &Web, out: &mut String) {
+    let places = [
+        ("data_dir", web.cluster.dir.clone()),
+        ("shared_root", web.cluster.cfg.shared_root.clone()),
+    ];
+    metric(
+        out,
+        "claro_filesystem_free_bytes",
+        "gauge",
+        "Bytes free to this instance on the file system of its data directory or the shared root.",
+    );
+    metric(
+        out,
+        "claro_filesystem_size_bytes",
+        "gauge",
+        "Size of the file system of this instance's data directory or the shared root.",
+    );
+    for (what, path) in places {
+        let look = async_std::task::spawn_blocking(move || filesystem_bytes(&path));
+        let wait = std::time::Duration::from_millis(STATVFS_WAIT_MS);
+        if let Ok(Some((free, size))) = async_std::future::timeout(wait, look).await {
+            let _ = writeln!(out, "claro_filesystem_free_bytes{{path=\"{what}\"}} {free}");
+            let _ = writeln!(out, "claro_filesystem_size_bytes{{path=\"{what}\"}} {size}");
         }
     }
+}
+
+/// (free to this user, total) bytes of the file system holding `path`.
+fn filesystem_bytes(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: a zeroed statvfs is valid; statvfs only writes into it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` outlives the call.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let block = st.f_frsize as u64;
+    Some((st.f_bavail as u64 * block, st.f_blocks as u64 * block))
 }
 
 fn http(web: &Web, out: &mut String) {
