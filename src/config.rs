@@ -1566,6 +1566,16 @@ data_dir = {dd}
 # A server needs ca.crt and its own NAME.crt and NAME.key.
 # tls_dir = \"{TLS_DIR_DEFAULT}\"
 
+# HTTP API, dashboard and /metrics: TCP port (0: none). Off a loopback
+# address it is HTTPS (the server's certificate), and every request needs
+# a token (`claro token add`); `http_login = true` asks for one on loopback
+# too. `https = false` serves plain HTTP off loopback (behind a TLS proxy).
+# http_hosts: further names a browser may use in its Host header.
+# http_port = {http_port}
+# http_login = false
+# https = true
+# http_hosts = [\"claro.example.com\"]
+
 # Timing, in milliseconds (the defaults are shown).
 [timing]
 tick_ms = {tick}
@@ -1586,6 +1596,22 @@ keep_count = {keep_count}
 # or a uid. It must exist on every server and may write where jobs write
 # (docs/SECURITY.md). Without it, jobs run as the service's own user.
 # run_as = \"claro\"
+# Limits of one script's worker process: address space (MiB), CPU seconds,
+# open files.
+# script_memory_mb = {script_memory_mb}
+# script_cpu_s = {script_cpu_s}
+# script_files_max = {script_files_max}
+
+# A hotfolder: files dropped into <shared_root>/NAME/in/ become jobs; the
+# outputs go to out/, the originals to done/ (or error/, with the reason).
+# [hotfolder.prepress]
+# command = \"gs -q -o {{output_dir}}/{{stem}}.pdf -sDEVICE=pdfwrite {{input}}\"
+# # or: script = \"prepress.rhai\"
+# stable_ms = 2000       # unchanged this long before it is taken
+# retries = 0            # a failed file goes to error/ at once
+# timeout_s = 3600
+# trigger = \"stable\"     # or \"ticket\" (NAME.json/NAME.xml beside it), \"marker\" (NAME.ready)
+# folders = false        # true: a folder dropped into in/ is one job
 
 # One [[server]] per instance. name: a-z 0-9 - (a DNS name in its certificate);
 # address: IP, IP:PORT, [IPv6]:PORT, or a DNS name (NAME or NAME:PORT, looked up
@@ -1605,6 +1631,10 @@ keep_count = {keep_count}
         hotfolder_poll = d.hotfolder_poll_ms,
         keep_ms = JobsConf::default().keep_ms,
         keep_count = JobsConf::default().keep_count,
+        http_port = HTTP_PORT_DEFAULT,
+        script_memory_mb = JobsConf::default().script_memory_mb,
+        script_cpu_s = JobsConf::default().script_cpu_s,
+        script_files_max = JobsConf::default().script_files_max,
     );
     for (name, address) in servers {
         out.push_str(&format!(
@@ -2978,6 +3008,37 @@ address = "fd00::4"
             .servers
             .iter()
             .all(|s| s.slots == SLOTS_DEFAULT && s.role == Role::Server));
+    }
+
+    /// Every commented key of the skeleton is a valid line as written:
+    /// uncommented all at once, the config still loads, with those values.
+    #[test]
+    fn the_skeletons_commented_keys_load_when_uncommented() {
+        let f = Fixture::new();
+        let servers = vec![("srv1".to_string(), "10.0.0.1".to_string())];
+        let text = render("prod", 7900, "shared", "data", &servers);
+        fn key(l: &str) -> Option<&str> {
+            let rest = l.strip_prefix("# ")?;
+            let (k, _) = rest.split_once(" = ")?;
+            let table = rest.starts_with("[hotfolder.");
+            (table || k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')).then_some(rest)
+        }
+        let open: String = text
+            .lines()
+            .map(|l| match (key(l), l.strip_prefix("# [hotfolder.")) {
+                (Some(rest), _) => format!("{rest}\n"),
+                (None, Some(t)) => format!("[hotfolder.{t}\n"),
+                (None, None) => format!("{l}\n"),
+            })
+            .collect();
+        let uncommented = open.lines().filter(|l| !l.starts_with('#')).count()
+            - text.lines().filter(|l| !l.starts_with('#')).count();
+        assert!(uncommented >= 15, "{uncommented} lines:\n{open}");
+        let c = f.ok(&open);
+        assert_eq!(c.http_port, HTTP_PORT_DEFAULT);
+        assert_eq!(c.jobs.script_memory_mb, JobsConf::default().script_memory_mb);
+        assert_eq!(c.hotfolders.len(), 1, "{open}");
+        assert_eq!(c.hotfolders[0].name, "prepress");
     }
 
     #[test]
