@@ -3036,7 +3036,10 @@ address = "fd00::4"
         assert!(uncommented >= 15, "{uncommented} lines:\n{open}");
         let c = f.ok(&open);
         assert_eq!(c.http_port, HTTP_PORT_DEFAULT);
-        assert_eq!(c.jobs.script_memory_mb, JobsConf::default().script_memory_mb);
+        assert_eq!(
+            c.jobs.script_memory_mb,
+            JobsConf::default().script_memory_mb
+        );
         assert_eq!(c.hotfolders.len(), 1, "{open}");
         assert_eq!(c.hotfolders[0].name, "prepress");
     }

@@ -319,6 +319,11 @@ pub enum Request {
     /// the end of the stream, or `Unavailable` / `Error`. A client request
     /// only, so instances of a version without it still form a cluster.
     Backup,
+    /// Client only (`claro log-level`): replace this instance's log filter
+    /// (`RUST_LOG`'s syntax) until it restarts; never forwarded.
+    LogLevel {
+        filter: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1100,3 +1100,42 @@ fn job_token_hotfolder_and_config_commands_in_text_and_json() {
     );
     expect_failure(&run(&["completions", "tcsh"]), 2, &[]);
 }
+
+/// `serve --log-format json` writes one JSON object a line; `claro
+/// log-level` changes a running instance's filter without a restart, in
+/// both modes; a bad filter is exit 2 (127.0.185.x).
+#[test]
+fn log_lines_in_json_and_a_log_level_changed_at_runtime() {
+    let mut c = Cluster::with_timing(185, &[("srv1", "server")], CONTRACT_TIMING);
+    c.start_with("srv1", &["--log-format", "json"]);
+    c.wait(30, "srv1 to coordinate", || {
+        c.settled("srv1", "srv1", &["srv1"])
+    });
+    let log = c.log("srv1");
+    let lines: Vec<&str> = log.lines().filter(|l| !l.is_empty()).collect();
+    assert!(!lines.is_empty());
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{l}"
+        );
+    }
+    let changed = |c: &Cluster| c.log("srv1").matches("log filter changed").count();
+    // To warn: its own info line is not written.
+    expect(
+        &claro(&c, &["log-level", "warn"], None),
+        0,
+        "srv1: warn\n",
+        "",
+    );
+    assert_eq!(changed(&c), 0);
+    // Back to info, in JSON: the change is logged, under the new filter.
+    let out = claro(&c, &["log-level", "info", "--json"], None);
+    expect(&out, 0, "[{\"filter\":\"info\",\"server\":\"srv1\"}]\n", "");
+    assert_eq!(changed(&c), 1);
+    let out = claro(&c, &["log-level", "info,claro=loud"], None);
+    expect_failure(&out, 2, &["`info,claro=loud` is not a log filter"]);
+    let out = claro(&c, &["log-level", "debug", "--server", "srv9"], None);
+    expect_failure(&out, 2, &["srv9"]);
+}

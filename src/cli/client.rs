@@ -613,3 +613,55 @@ pub(crate) fn print_staleness(stale: Option<&crate::proto::Staleness>) {
         s.answered_by, s.applied_index
     ));
 }
+
+/// `claro log-level FILTER`: every server of the config (or `--server`'s)
+/// gets the filter; prints `NAME: FILTER` per server. A filter that does
+/// not parse is exit 2 before anything is sent; a server that could not
+/// be reached or refused makes it exit 1, naming it (the others keep the
+/// new filter).
+pub fn log_level(config: &Config, args: &ClientArgs, filter: &str) -> Result<(), Failure> {
+    if filter.len() > crate::logging::FILTER_BYTES_MAX {
+        return Err(Failure::usage(format!(
+            "a log filter is at most {} bytes (FILTER_BYTES_MAX)",
+            crate::logging::FILTER_BYTES_MAX
+        )));
+    }
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| Failure::usage(format!("`{filter}` is not a log filter: {e}")))?;
+    let req = Request::LogLevel {
+        filter: filter.to_string(),
+    };
+    let (mut done, mut failed) = (Vec::new(), Vec::new());
+    for (name, _) in targets(config, args)? {
+        let one = ClientArgs {
+            server: Some(name.clone()),
+            json: args.json,
+        };
+        match call(config, &one, &req) {
+            Ok((_, Response::Ok { message })) => done.push((name, message)),
+            Ok((_, other)) => failed.push(format!("{name}: {}", failure_of(other).message)),
+            Err(f) => failed.push(format!("{name}: {}", f.message)),
+        }
+    }
+    if !failed.is_empty() {
+        let set: Vec<&str> = done.iter().map(|(n, _)| n.as_str()).collect();
+        return Err(Failure::failed(format!(
+            "the log filter was not set on {} (set on: {})",
+            failed.join("; "),
+            if set.is_empty() {
+                "none".into()
+            } else {
+                set.join(", ")
+            }
+        )));
+    }
+    if args.json {
+        let items: Vec<serde_json::Value> = done
+            .iter()
+            .map(|(n, f)| serde_json::json!({"server": n, "filter": f}))
+            .collect();
+        return output::emit(&output::json_line(&items));
+    }
+    let text: String = done.iter().map(|(n, f)| format!("{n}: {f}\n")).collect();
+    output::emit(&text)
+}

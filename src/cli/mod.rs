@@ -61,6 +61,18 @@ pub enum Command {
         /// servers that stopped later hold newer state.
         #[arg(long)]
         force_bootstrap: bool,
+        /// How log lines are written to stderr (the journal under systemd).
+        #[arg(long, value_enum, default_value = "text", env = "CLARO_LOG_FORMAT")]
+        log_format: crate::logging::Format,
+    },
+    /// Change the log filter of running instances (every server of the
+    /// config, or `--server`'s), without a restart: `info`, `debug`,
+    /// `info,claro::node::work=debug` (RUST_LOG's syntax). It lasts until
+    /// the instance restarts.
+    LogLevel {
+        filter: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Write a config skeleton and the cluster's TLS material.
     Init {
@@ -295,7 +307,10 @@ pub fn main() -> i32 {
             return EXIT_USAGE;
         }
     };
-    crate::logging::init();
+    match &cli.command {
+        Command::Serve { log_format, .. } => crate::logging::init_with(*log_format),
+        _ => crate::logging::init(),
+    }
     match run(cli) {
         Ok(()) => EXIT_OK,
         Err(f) if f.is_quiet() => f.status,
@@ -330,6 +345,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Serve {
             name,
             force_bootstrap,
+            log_format: _,
         } => {
             let config = Config::load(&cli.config)?;
             let name = config.local_server(name.as_deref())?.name.clone();
@@ -404,6 +420,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             force,
             json,
         ),
+        Command::LogLevel { filter, client } => {
+            crate::cli::client::log_level(&Config::load(&cli.config)?, &client, &filter)
+        }
         Command::Settings { action } => settings::command(&cli.config, action),
         Command::Cert { action } => cert::command(&cli.config, action),
         other => jobs(&cli.config, other),

@@ -328,6 +328,18 @@ pub(crate) async fn respond(shared: &Arc<Shared>, peer: Option<&str>, req: Reque
         Request::Hello(_) | Request::Snapshot { .. } | Request::Gossip { .. } => Response::Error {
             message: "unexpected request".into(),
         },
+        Request::LogLevel { filter } if peer.is_none() => {
+            match crate::logging::set_filter(&filter) {
+                Ok(f) => {
+                    tracing::info!(filter = %f, "log filter changed");
+                    Response::Ok { message: f }
+                }
+                Err(message) => Response::Error { message },
+            }
+        }
+        Request::LogLevel { .. } => Response::Error {
+            message: "the log filter is set by an operator's CLI only".into(),
+        },
         // Only a client's own stream carries the database (`serve_request`).
         Request::Backup => Response::Error {
             message: "a backup is streamed to the CLI only (`claro backup FILE`)".into(),
