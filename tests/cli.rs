@@ -240,6 +240,23 @@ fn completions_are_printed_for_each_shell() {
     assert_eq!(claro(&["completions", "tcsh"]).status.code(), Some(2));
 }
 
+/// `claro man-pages DIR` writes a manual page for claro and each command,
+/// in man's format; a DIR that is no folder is exit 2.
+#[test]
+fn manual_pages_are_written_for_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = claro(&["man-pages", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for page in ["claro.1", "claro-submit.1", "claro-hotfolder-add.1", "claro-backup.1"] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap_or_default();
+        assert!(text.starts_with(".ie ") || text.contains(".TH "), "{page}: {text}");
+    }
+    let submit = std::fs::read_to_string(dir.path().join("claro-submit.1")).unwrap();
+    assert!(submit.contains("\\-\\-many"), "the options are there");
+    let out = claro(&["man-pages", "/no/such/folder"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
 /// The systemd unit (packaging/claro.service) is one systemd accepts, and
 /// keeps the stop bounded and the hardening the docs promise. Where
 /// `systemd-analyze` is missing only the keys are checked (said so).

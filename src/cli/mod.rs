@@ -101,6 +101,9 @@ pub enum Command {
     /// Print the shell's completion script for claro: `claro completions
     /// bash > /etc/bash_completion.d/claro`.
     Completions { shell: clap_complete::Shell },
+    /// Write the manual pages (claro.1 and one per command, e.g.
+    /// claro-submit.1) into DIR: `claro man-pages /usr/share/man/man1`.
+    ManPages { dir: PathBuf },
     /// The config file.
     Config {
         #[command(subcommand)]
@@ -369,6 +372,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             clap_complete::generate(shell, &mut command, "claro", &mut script);
             output::emit(&String::from_utf8_lossy(&script))
         }
+        Command::ManPages { dir } => man_pages(&dir),
         Command::Status(args) => crate::cli::client::status(&Config::load(&cli.config)?, &args),
         Command::StartOrder { data_dirs, client } => {
             crate::cli::client::start_order(&Config::load(&cli.config)?, &data_dirs, &client)
@@ -440,6 +444,33 @@ pub enum ConfigAction {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `claro man-pages DIR`: a page for claro and for every command and
+/// subcommand, named as man expects (`claro-hotfolder-add.1`).
+fn man_pages(dir: &std::path::Path) -> Result<(), Failure> {
+    if !dir.is_dir() {
+        return Err(Failure::usage(format!("{} is not a folder", dir.display())));
+    }
+    let command = <Cli as clap::CommandFactory>::command();
+    let written = write_pages(&command, "claro", dir)
+        .map_err(|e| Failure::failed(format!("{}: {e}", dir.display())))?;
+    output::emit(&format!("wrote {written} manual pages in {}\n", dir.display()))
+}
+
+fn write_pages(command: &clap::Command, name: &str, dir: &std::path::Path) -> std::io::Result<usize> {
+    // clap names a command with a `&'static str` (without its `string`
+    // feature): the few dozen names of this one-shot command are leaked.
+    let full: &'static str = Box::leak(name.to_string().into_boxed_str());
+    let page = command.clone().name(full);
+    let mut bytes = Vec::new();
+    clap_mangen::Man::new(page).render(&mut bytes)?;
+    std::fs::write(dir.join(format!("{name}.1")), bytes)?;
+    let mut written = 1;
+    for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+        written += write_pages(sub, &format!("{name}-{}", sub.get_name()), dir)?;
+    }
+    Ok(written)
 }
 
 /// `claro config check`.
