@@ -30,7 +30,11 @@ pub struct LiveView {
 /// Log text in one `LiveView`, at most.
 pub const LIVE_LOG_BYTES_MAX: usize = 256 * 1024;
 
-/// Bumped when the peer protocol changes incompatibly; peers must match.
+/// Bumped when the peer protocol or the meaning of a command changes.
+/// Instances of `PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION` work together in
+/// one cluster (a rolling upgrade, one version at a time): what is new in a
+/// version is used only once the cluster's level (`state::protocol_level`,
+/// raised by the coordinator when every voter speaks it) has reached it.
 /// 2: `Gossip` and `View` requests; `Command::Once` in log entries (a
 /// version-1 instance could not apply it).
 /// 6: `Command::CertRevoke` in log entries.
@@ -42,6 +46,26 @@ pub const LIVE_LOG_BYTES_MAX: usize = 256 * 1024;
 /// 9: a retry clears the job's error (a replica applying it the old way
 /// would hold another state); `Request::Backup` (client only).
 pub const PROTOCOL_VERSION: u32 = 9;
+
+/// The oldest protocol an instance of this version works beside. Instances
+/// of protocol 8 and older know no levels and refuse any other version:
+/// rolling upgrades work from 9 on.
+pub const PROTOCOL_VERSION_MIN: u32 = 8;
+
+/// The protocol this instance speaks: `PROTOCOL_VERSION`, or, for the
+/// rolling-upgrade test only, `CLARO_FAILPOINT_PROTOCOL_VERSION` within
+/// `PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION` (an instance that speaks, and
+/// so lets the cluster's level rise to, no more than that).
+pub fn protocol_version() -> u32 {
+    static VERSION: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *VERSION.get_or_init(|| {
+        std::env::var("CLARO_FAILPOINT_PROTOCOL_VERSION")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|v| (PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(v))
+            .unwrap_or(PROTOCOL_VERSION)
+    })
+}
 
 /// A request or response on a bidirectional stream (a 1 MiB setting plus framing).
 pub const REQUEST_BYTES_MAX: usize = 2 * 1024 * 1024;
@@ -88,6 +112,13 @@ pub struct Hello {
     /// Absent from peers that predate it (they still decode this frame).
     #[serde(default)]
     pub incarnation: Option<String>,
+    /// The oldest protocol the sender works beside (absent: only its own).
+    #[serde(default)]
+    pub protocol_version_min: Option<u32>,
+    /// The level of the sender's cluster, when it holds its database: no
+    /// instance that speaks less may join it.
+    #[serde(default)]
+    pub protocol_level: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -123,6 +154,9 @@ pub struct LocalInfo {
     /// Its latest digest checkpoints (`integrity`).
     #[serde(default)]
     pub checkpoints: Vec<crate::state::Checkpoint>,
+    /// The protocol it speaks (0: not said, an instance before levels).
+    #[serde(default)]
+    pub protocol_version: u32,
 }
 
 /// Written when an instance stops gracefully: when, whether it left the
@@ -153,6 +187,9 @@ pub struct ServerStatus {
     /// (0 for itself; `None`: never heard since it started).
     #[serde(default)]
     pub heard_ago_ms: Option<u64>,
+    /// The protocol it speaks, as last heard (`None`: not heard).
+    #[serde(default)]
+    pub protocol_version: Option<u32>,
 }
 
 /// `claro status`: the same view from every instance (the coordinator's).
@@ -169,6 +206,10 @@ pub struct StatusView {
     /// from what it last heard: the coordinator was unknown or too slow).
     #[serde(default)]
     pub from_coordinator: bool,
+    /// The cluster's protocol level as the answering replica holds it
+    /// (0: it holds no database).
+    #[serde(default)]
+    pub protocol_level: u32,
 }
 
 /// How old a stale read's replica is.

@@ -247,9 +247,17 @@ fn manual_pages_are_written_for_every_command() {
     let dir = tempfile::tempdir().unwrap();
     let out = claro(&["man-pages", dir.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    for page in ["claro.1", "claro-submit.1", "claro-hotfolder-add.1", "claro-backup.1"] {
+    for page in [
+        "claro.1",
+        "claro-submit.1",
+        "claro-hotfolder-add.1",
+        "claro-backup.1",
+    ] {
         let text = std::fs::read_to_string(dir.path().join(page)).unwrap_or_default();
-        assert!(text.starts_with(".ie ") || text.contains(".TH "), "{page}: {text}");
+        assert!(
+            text.starts_with(".ie ") || text.contains(".TH "),
+            "{page}: {text}"
+        );
     }
     let submit = std::fs::read_to_string(dir.path().join("claro-submit.1")).unwrap();
     assert!(submit.contains("\\-\\-many"), "the options are there");

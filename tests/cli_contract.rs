@@ -526,7 +526,7 @@ fn status_and_coordinator_transfer_are_plain_objects() {
     let line = |i: usize, state: &str| {
         let s = &v["servers"][i];
         format!(
-            "{{\"name\":\"srv{n}\",\"address\":\"127.0.84.{n}:7900\",\"role\":\"server\",\"state\":\"{state}\",\"connected\":true,\"synchronized\":true,\"applied_index\":{},\"note\":{note},\"heard_ago_ms\":{}}}",
+            "{{\"name\":\"srv{n}\",\"address\":\"127.0.84.{n}:7900\",\"role\":\"server\",\"state\":\"{state}\",\"connected\":true,\"synchronized\":true,\"applied_index\":{},\"note\":{note},\"heard_ago_ms\":{},\"protocol_version\":9}}",
             s["applied_index"],
             s["heard_ago_ms"],
             n = i + 1
@@ -535,14 +535,18 @@ fn status_and_coordinator_transfer_are_plain_objects() {
     assert_eq!(
         text(&out.stdout),
         format!(
-            "{{\"cluster_id\":{},\"coordinator\":\"srv1\",\"term\":{},\"commit_index\":{},\"servers\":[{},{}],\"answered_by\":\"srv1\",\"from_coordinator\":true}}\n",
+            "{{\"cluster_id\":{},\"coordinator\":\"srv1\",\"term\":{},\"commit_index\":{},\"servers\":[{},{}],\"answered_by\":\"srv1\",\"from_coordinator\":true,\"protocol_level\":{}}}\n",
             v["cluster_id"],
             v["term"],
             v["commit_index"],
             line(0, "coordinator"),
             line(1, "follower"),
+            v["protocol_level"],
         )
     );
+    // A cluster whose voters all speak this protocol rises to its level
+    // (8 for a database made before levels, raised within seconds).
+    assert!(v["protocol_level"].as_u64() >= Some(8));
     assert!(v["cluster_id"].is_string() && v["term"].as_u64() > Some(0));
     assert_eq!(text(&out.stderr), "");
 }

@@ -455,10 +455,17 @@ fn man_pages(dir: &std::path::Path) -> Result<(), Failure> {
     let command = <Cli as clap::CommandFactory>::command();
     let written = write_pages(&command, "claro", dir)
         .map_err(|e| Failure::failed(format!("{}: {e}", dir.display())))?;
-    output::emit(&format!("wrote {written} manual pages in {}\n", dir.display()))
+    output::emit(&format!(
+        "wrote {written} manual pages in {}\n",
+        dir.display()
+    ))
 }
 
-fn write_pages(command: &clap::Command, name: &str, dir: &std::path::Path) -> std::io::Result<usize> {
+fn write_pages(
+    command: &clap::Command,
+    name: &str,
+    dir: &std::path::Path,
+) -> std::io::Result<usize> {
     // clap names a command with a `&'static str` (without its `string`
     // feature): the few dozen names of this one-shot command are leaked.
     let full: &'static str = Box::leak(name.to_string().into_boxed_str());

@@ -15,14 +15,8 @@ use crate::proto::{Hello, LocalInfo, StopRecord};
 /// true on both sides.
 pub fn compatible(mine: &Hello, theirs: &Hello) -> Result<(), String> {
     let (me, they) = (&mine.name, &theirs.name);
-    if mine.protocol_version != theirs.protocol_version {
-        return Err(format!(
-            "{they} speaks protocol version {} (claro {}), {me} speaks {} (claro {})",
-            theirs.protocol_version,
-            theirs.software_version,
-            mine.protocol_version,
-            mine.software_version
-        ));
+    if let Some(why) = protocols_apart(mine, theirs).or_else(|| protocols_apart(theirs, mine)) {
+        return Err(why);
     }
     if mine.cluster != theirs.cluster {
         return Err(format!(
@@ -44,6 +38,45 @@ pub fn compatible(mine: &Hello, theirs: &Hello) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Why `b` cannot work beside `a`, as `a` sees it: `b` speaks a protocol
+/// older than the oldest `a` works beside, or older than the level of the
+/// cluster whose database `a` holds (that level's commands would mean
+/// something else to it). An instance that names no oldest protocol (one
+/// before levels) works beside its own version only.
+fn protocols_apart(a: &Hello, b: &Hello) -> Option<String> {
+    let oldest = a.protocol_version_min.unwrap_or(a.protocol_version);
+    let level = a.protocol_level.unwrap_or(0);
+    let floor = oldest.max(level);
+    (b.protocol_version < floor).then(|| {
+        let why = match level > oldest {
+            true => format!("the cluster {} holds is at level {level}", a.name),
+            false => format!("{} works beside protocol {oldest} and newer", a.name),
+        };
+        format!(
+            "{} speaks protocol version {} (claro {}), {} speaks {} (claro {}): {why}",
+            b.name,
+            b.protocol_version,
+            b.software_version,
+            a.name,
+            a.protocol_version,
+            a.software_version
+        )
+    })
+}
+
+/// The protocol level a cluster may rise to: the oldest protocol its
+/// voters speak (`None` for one not heard or from before levels: nothing
+/// rises until every voter has said), when that is above `current`.
+pub fn level_to_raise(current: u32, voter_versions: &[Option<u32>]) -> Option<u32> {
+    let oldest = voter_versions
+        .iter()
+        .map(|v| v.filter(|v| *v > 0))
+        .collect::<Option<Vec<u32>>>()?
+        .into_iter()
+        .min()?;
+    (oldest > current).then_some(oldest)
 }
 
 /// Lines present in one membership text and not the other, by server.
@@ -486,6 +519,7 @@ mod tests {
             last_stop: None,
             voters: Vec::new(),
             checkpoints: Vec::new(),
+            protocol_version: 9,
         }
     }
 
@@ -518,7 +552,68 @@ mod tests {
             membership_text: "cluster shop\nserver srv1 127.0.0.1:7900 server".into(),
             cluster_id: Some("c1".into()),
             incarnation: None,
+            protocol_version_min: None,
+            protocol_level: None,
         }
+    }
+
+    /// A rolling upgrade: each instance names the oldest protocol it works
+    /// beside; one older than that, or than its cluster's level, is refused.
+    #[test]
+    fn protocols_within_range_and_level_work_together() {
+        let v = |name: &str, version: u32, min: Option<u32>, level: Option<u32>| Hello {
+            protocol_version: version,
+            protocol_version_min: min,
+            protocol_level: level,
+            ..hello(name)
+        };
+        // 9 (works beside 8) and 8: together while the cluster is at 8.
+        assert!(compatible(
+            &v("srv1", 9, Some(8), Some(8)),
+            &v("srv2", 8, Some(8), Some(8))
+        )
+        .is_ok());
+        assert!(compatible(
+            &v("srv2", 8, Some(8), Some(8)),
+            &v("srv1", 9, Some(8), Some(8))
+        )
+        .is_ok());
+        // Once the cluster is at 9, an instance of 8 may not join it.
+        let e = compatible(
+            &v("srv1", 9, Some(8), Some(9)),
+            &v("srv3", 8, Some(8), None),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("srv3 speaks protocol version 8") && e.contains("at level 9"),
+            "{e}"
+        );
+        // Too old for the range: 10 works beside 9 and newer.
+        let e =
+            compatible(&v("srv1", 10, Some(9), None), &v("srv2", 8, Some(8), None)).unwrap_err();
+        assert!(e.contains("srv1 works beside protocol 9 and newer"), "{e}");
+        // One from before levels (no oldest named) takes its own version only.
+        assert!(compatible(&v("srv1", 9, Some(8), None), &v("srv2", 8, None, None)).is_ok());
+        assert!(compatible(&v("srv1", 9, Some(8), None), &v("srv2", 10, None, None)).is_err());
+    }
+
+    #[test]
+    fn the_level_rises_to_the_oldest_protocol_every_voter_speaks() {
+        assert_eq!(level_to_raise(8, &[Some(9), Some(9), Some(9)]), Some(9));
+        assert_eq!(level_to_raise(8, &[Some(9), Some(8), Some(9)]), None);
+        assert_eq!(
+            level_to_raise(8, &[Some(9), None, Some(9)]),
+            None,
+            "one not heard"
+        );
+        assert_eq!(
+            level_to_raise(8, &[Some(9), Some(0), Some(9)]),
+            None,
+            "one before levels"
+        );
+        assert_eq!(level_to_raise(9, &[Some(9), Some(9)]), None);
+        assert_eq!(level_to_raise(9, &[Some(10), Some(11)]), Some(10));
+        assert_eq!(level_to_raise(8, &[]), None);
     }
 
     #[test]
@@ -530,7 +625,10 @@ mod tests {
             ..hello("srv2")
         };
         let e = compatible(&a, &b).unwrap_err();
-        assert!(e.starts_with("srv2 speaks protocol version 2"), "{e}");
+        assert!(
+            e.starts_with("srv1 speaks protocol version 1") && e.contains("srv2 speaks 2"),
+            "{e}"
+        );
         let b = Hello {
             cluster: "other".into(),
             ..hello("srv2")

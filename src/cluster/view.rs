@@ -123,6 +123,8 @@ impl ClusterView {
             servers: lines,
             answered_by: me.name.clone(),
             from_coordinator: me.state == "coordinator",
+            // The replica's, filled in by the shell that holds it.
+            protocol_level: 0,
         }
     }
 
@@ -162,6 +164,7 @@ fn line(
         applied_index: info.map_or(0, |i| i.applied_index),
         note: live.and_then(|i| i.note.clone()),
         heard_ago_ms,
+        protocol_version: info.map(|i| i.protocol_version).filter(|v| *v > 0),
     }
 }
 
@@ -209,6 +212,7 @@ mod tests {
             last_stop: None,
             voters: Vec::new(),
             checkpoints: Vec::new(),
+            protocol_version: 9,
         }
     }
 

@@ -298,15 +298,19 @@ pub fn retry(tx: &Transaction<'_>, id: &str, at_ms: u64) -> rusqlite::Result<()>
     };
     let error = error.unwrap_or_default();
     record_attempt(tx, id, &state, &error, finished_ms.unwrap_or(at_ms))?;
+    // From level 9 a retry clears the job's error: the new attempt has none
+    // yet (level 8 kept the last attempt's until the new one ended).
+    let clears_error = super::protocol_level(tx)? >= 9;
     tx.prepare_cached(
         "UPDATE jobs SET state = 'queued', attempt = attempt + 1,
            max_attempts = max(max_attempts, attempt + 1 - coalesce(releases, 0)),
            instance = NULL, assigned_ms = NULL,
-           started_ms = NULL, finished_ms = NULL, not_before_ms = ?2, result = NULL, error = NULL,
+           started_ms = NULL, finished_ms = NULL, not_before_ms = ?2, result = NULL,
+           error = CASE WHEN ?3 THEN NULL ELSE error END,
            published = CASE WHEN published IS NULL THEN NULL ELSE 0 END
          WHERE id = ?1 AND state IN ('failed', 'cancelled')",
     )?
-    .execute(params![id, at_ms])?;
+    .execute(params![id, at_ms, clears_error])?;
     Ok(())
 }
 
@@ -1008,7 +1012,23 @@ mod tests {
 
     #[test]
     fn a_retried_attempt_cancelled_before_it_ran_does_not_show_the_last_ones_error() {
+        // Level 8 (a cluster with an instance of protocol 8): as protocol 8
+        // applied it, the last attempt's error stays.
         let mut db = Db::new();
+        db.submit(ID, 1);
+        db.apply(assign("srv2", 1));
+        db.apply(finish("srv2", 1, false));
+        db.apply(Command::JobRetry {
+            id: ID.into(),
+            at_ms: 30,
+        });
+        let j = super::job(db.sm.conn(), ID).unwrap().unwrap();
+        assert!(j.error.is_some(), "level 8 keeps it");
+        // Level 9: cleared.
+        let mut db = Db::new();
+        db.apply(Command::SetLevel { level: 9 });
+        db.apply(Command::SetLevel { level: 8 });
+        assert_eq!(db.sm.protocol_level(), 9, "a level never falls");
         db.submit(ID, 1);
         db.apply(assign("srv2", 1));
         db.apply(finish("srv2", 1, false));

@@ -61,6 +61,12 @@ pub enum Command {
     SetCluster {
         cluster_id: String,
     },
+    /// The cluster's protocol level rises to `level` (never falls): the
+    /// coordinator proposes it once every voter speaks that protocol, and
+    /// what a level changes applies from this entry on, on every replica.
+    SetLevel {
+        level: u32,
+    },
     /// A setting (key/value), e.g. what `claro settings set` writes.
     Put {
         key: String,
@@ -236,6 +242,14 @@ impl Command {
         match self {
             Command::SetCluster { cluster_id } if cluster_id.is_empty() => {
                 Err("empty cluster id".into())
+            }
+            Command::SetLevel { level }
+                if !(crate::proto::PROTOCOL_VERSION_MIN..=crate::proto::PROTOCOL_VERSION)
+                    .contains(level) =>
+            {
+                Err(format!(
+                    "protocol level {level} is not one this version speaks"
+                ))
             }
             Command::Put { key, value } if value.len() > VALUE_BYTES_MAX => Err(format!(
                 "value of `{key}` is {} bytes, the limit is {VALUE_BYTES_MAX}",
@@ -570,6 +584,11 @@ impl StateMachine {
         self.cluster_id.as_deref()
     }
 
+    /// The cluster's protocol level as this replica holds it.
+    pub fn protocol_level(&self) -> u32 {
+        protocol_level(&self.conn).unwrap_or(PROTOCOL_LEVEL_DEFAULT)
+    }
+
     /// Compare with the last one seen: when it differs, the revoked
     /// certificates may have changed (`revoked::fingerprints`).
     pub fn revoked_version(&self) -> u64 {
@@ -892,6 +911,10 @@ fn apply_command(
                 *cluster_id = Some(id.clone());
             }
         }
+        Command::SetLevel { level } => {
+            let now = protocol_level(tx)?;
+            write_meta(tx, "protocol_level", &now.max(*level))?;
+        }
         Command::Put { key, value } => {
             tx.prepare_cached(
                 "INSERT INTO settings (key, value, updated_index) VALUES (?1, ?2, ?3)
@@ -1074,6 +1097,16 @@ fn read_checkpoint(conn: &Connection) -> rusqlite::Result<Option<Checkpoint>> {
     Ok(index
         .zip(digest)
         .map(|(index, digest)| Checkpoint { index, digest }))
+}
+
+/// The level of a database that records none: it was made by protocol 8,
+/// which knew no levels (and so applied everything as level 8 does).
+pub const PROTOCOL_LEVEL_DEFAULT: u32 = 8;
+
+/// The cluster's protocol level as this replica holds it: what the commands
+/// mean (`Command::SetLevel`).
+pub fn protocol_level(conn: &Connection) -> rusqlite::Result<u32> {
+    Ok(read_meta::<u32>(conn, "protocol_level")?.unwrap_or(PROTOCOL_LEVEL_DEFAULT))
 }
 
 fn read_meta<T: rusqlite::types::FromSql>(

@@ -371,6 +371,7 @@ pub fn local_info(shared: &Shared) -> LocalInfo {
         last_stop: shared.last_stop.lock().expect("stop record lock").clone(),
         voters: facts.voters.clone(),
         checkpoints: Vec::new(),
+        protocol_version: crate::proto::protocol_version(),
     };
     if let Phase::Waiting { reason, .. } = &phase {
         info.note = Some(reason.clone());
@@ -475,7 +476,11 @@ async fn status(shared: &Arc<Shared>) -> Response {
 /// This instance's status view, from what it last heard (no waiting).
 pub(crate) fn own_view(shared: &Shared) -> StatusView {
     let me = local_info(shared);
-    shared.view().status(&shared.cfg.servers, &me, now_ms())
+    let mut view = shared.view().status(&shared.cfg.servers, &me, now_ms());
+    view.protocol_level = shared
+        .with_replica(|core| core.state().protocol_level())
+        .unwrap_or(0);
+    view
 }
 
 async fn leave(shared: &Shared, name: &str) -> Response {

@@ -19,6 +19,8 @@
 //! - `integrity`: digest checkpoints and the verdict on this replica;
 //! - `damage`: a damaged data directory set aside;
 //! - `stop`: graceful stop (hand over the coordinator role, leave, record it);
+//! - `upgrade`: the cluster's protocol level, raised once every voter
+//!   speaks a newer protocol (rolling upgrades);
 //! - `space`: disk full (the space alarm: writes refused, the core parked
 //!   and reopened once space is back).
 //!
@@ -39,6 +41,7 @@ mod snapshot;
 mod space;
 mod startup;
 mod stop;
+mod upgrade;
 
 pub(crate) use handlers::{own_view, read_setting, respond};
 pub(crate) use replicated::{confirm_read, propose, read};
@@ -57,7 +60,7 @@ use async_std::channel::{Receiver, Sender};
 use crate::cluster::view::ClusterView;
 use crate::config::{Config, Role, ServerConf};
 use crate::consensus::{Core, CoreConfig, Output};
-use crate::proto::{Hello, StopRecord, PROTOCOL_VERSION};
+use crate::proto::{Hello, StopRecord};
 use crate::state::Command;
 use crate::transport::Endpoint;
 
@@ -310,13 +313,15 @@ impl Shared {
     pub fn hello(&self) -> Hello {
         Hello {
             name: self.me.name.clone(),
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version: crate::proto::protocol_version(),
             software_version: env!("CARGO_PKG_VERSION").to_string(),
             cluster: self.cfg.cluster.clone(),
             membership_hash: self.cfg.membership_hash(),
             membership_text: self.cfg.membership_text(),
             cluster_id: self.cluster_id(),
             incarnation: Some(self.rejoin.incarnation.clone()),
+            protocol_version_min: Some(crate::proto::PROTOCOL_VERSION_MIN),
+            protocol_level: self.with_replica(|core| core.state().protocol_level()),
         }
     }
 
@@ -477,6 +482,7 @@ pub(crate) fn start(shared: &Arc<Shared>, wake_rx: Receiver<()>) {
     gossip::spawn(shared);
     async_std::task::spawn(rejoin::watch(shared.clone()));
     async_std::task::spawn(integrity::watch(shared.clone()));
+    async_std::task::spawn(upgrade::watch(shared.clone()));
 }
 
 /// The graceful stop, once the stop channel fired: `drain` (the work's
