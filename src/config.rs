@@ -230,6 +230,8 @@ pub struct Config {
     pub timing: Timing,
     /// `[jobs]`: how long finished jobs are kept.
     pub jobs: JobsConf,
+    /// `[alerts]`: when status and the dashboard raise an alert.
+    pub alerts: AlertsConf,
     pub servers: Vec<ServerConf>,
     /// `[hotfolder.NAME]` tables: created when a new cluster bootstraps
     /// (afterwards they are cluster settings, changed with `claro hotfolder`).
@@ -305,6 +307,35 @@ const SCRIPT_MEMORY_MB_RANGE: std::ops::RangeInclusive<u64> = 64..=65_536;
 const SCRIPT_CPU_S_RANGE: std::ops::RangeInclusive<u64> = 1..=86_400;
 const SCRIPT_FILES_RANGE: std::ops::RangeInclusive<u64> = 16..=4096;
 
+/// `[alerts]`: when `claro status` and the dashboard raise an alert. The
+/// defaults are those of packaging/claro-alerts.yml's Prometheus rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertsConf {
+    /// A hotfolder file waiting this long for a server is stalled.
+    pub hotfolder_stalled_s: u64,
+    /// Of the jobs that ended in the last 15 minutes, this share failed.
+    pub jobs_failing_percent: u64,
+    /// A data directory's file system with less free than this.
+    pub disk_free_percent_min: u64,
+    /// A replica this many entries behind the commit index.
+    pub replica_behind_entries: u64,
+}
+
+impl Default for AlertsConf {
+    fn default() -> Self {
+        AlertsConf {
+            hotfolder_stalled_s: 900,
+            jobs_failing_percent: 25,
+            disk_free_percent_min: 10,
+            replica_behind_entries: 1000,
+        }
+    }
+}
+
+const STALLED_S_RANGE: std::ops::RangeInclusive<u64> = 1..=604_800;
+const PERCENT_RANGE: std::ops::RangeInclusive<u64> = 1..=99;
+const BEHIND_RANGE: std::ops::RangeInclusive<u64> = 1..=100_000_000;
+
 /// Bounds of `[jobs]`: a minute to a year; one to a hundred million jobs.
 const JOBS_KEEP_MS_RANGE: std::ops::RangeInclusive<u64> = 60_000..=365 * 24 * 3600 * 1000;
 const JOBS_KEEP_COUNT_RANGE: std::ops::RangeInclusive<u64> = 1..=100_000_000;
@@ -354,6 +385,7 @@ struct RawConfig {
     tls_dir: Option<Spanned<String>>,
     timing: Option<Spanned<RawTiming>>,
     jobs: Option<Spanned<RawJobs>>,
+    alerts: Option<Spanned<RawAlerts>>,
     #[serde(default)]
     server: Vec<Spanned<RawServer>>,
     #[serde(default)]
@@ -387,6 +419,15 @@ struct RawJobs {
     script_cpu_s: Option<Spanned<i64>>,
     script_files_max: Option<Spanned<i64>>,
     run_as: Option<Spanned<RawUser>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    hotfolder_stalled_s: Option<Spanned<i64>>,
+    jobs_failing_percent: Option<Spanned<i64>>,
+    disk_free_percent_min: Option<Spanned<i64>>,
+    replica_behind_entries: Option<Spanned<i64>>,
 }
 
 /// `run_as = "name"`, `run_as = "1001"` or `run_as = 1001`.
@@ -509,6 +550,7 @@ impl Config {
         };
         let timing = timing(&src, raw.timing.as_ref())?;
         let jobs = jobs_conf(&src, raw.jobs.as_ref())?;
+        let alerts = alerts_conf(&src, raw.alerts.as_ref())?;
         let servers = servers(&src, &raw.server, port)?;
         let hotfolders = raw
             .hotfolder
@@ -528,6 +570,7 @@ impl Config {
             tls_dir,
             timing,
             jobs,
+            alerts,
             servers,
             hotfolders,
         })
@@ -1047,26 +1090,70 @@ fn hotfolder_conf(
     Ok(h)
 }
 
+/// An optional whole number of a table, in `range`, else `default`; out of
+/// range is an error naming `key` (`jobs.keep_ms`) and its line.
+fn ranged(
+    src: &Source<'_>,
+    v: &Option<Spanned<i64>>,
+    key: &str,
+    range: std::ops::RangeInclusive<u64>,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    let Some(v) = v else { return Ok(default) };
+    match u64::try_from(*v.get_ref()) {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => {
+            let (lo, hi) = (range.start(), range.end());
+            Err(src.at(v, key, format!("{} out of range {lo}..={hi}", v.get_ref())))
+        }
+    }
+}
+
+fn alerts_conf(
+    src: &Source<'_>,
+    raw: Option<&Spanned<RawAlerts>>,
+) -> Result<AlertsConf, ConfigError> {
+    let d = AlertsConf::default();
+    let Some(raw) = raw else { return Ok(d) };
+    let raw = raw.get_ref();
+    let value = |v: &Option<Spanned<i64>>, key: &str, range, default| {
+        ranged(src, v, &format!("alerts.{key}"), range, default)
+    };
+    Ok(AlertsConf {
+        hotfolder_stalled_s: value(
+            &raw.hotfolder_stalled_s,
+            "hotfolder_stalled_s",
+            STALLED_S_RANGE,
+            d.hotfolder_stalled_s,
+        )?,
+        jobs_failing_percent: value(
+            &raw.jobs_failing_percent,
+            "jobs_failing_percent",
+            PERCENT_RANGE,
+            d.jobs_failing_percent,
+        )?,
+        disk_free_percent_min: value(
+            &raw.disk_free_percent_min,
+            "disk_free_percent_min",
+            PERCENT_RANGE,
+            d.disk_free_percent_min,
+        )?,
+        replica_behind_entries: value(
+            &raw.replica_behind_entries,
+            "replica_behind_entries",
+            BEHIND_RANGE,
+            d.replica_behind_entries,
+        )?,
+    })
+}
+
 fn jobs_conf(src: &Source<'_>, raw: Option<&Spanned<RawJobs>>) -> Result<JobsConf, ConfigError> {
     let d = JobsConf::default();
     let Some(raw) = raw else { return Ok(d) };
     let raw = raw.get_ref();
-    let value =
-        |v: &Option<Spanned<i64>>, key: &str, range: std::ops::RangeInclusive<u64>, default| {
-            let Some(v) = v else { return Ok(default) };
-            match u64::try_from(*v.get_ref()) {
-                Ok(n) if range.contains(&n) => Ok(n),
-                _ => {
-                    let message = format!(
-                        "{} out of range {}..={}",
-                        v.get_ref(),
-                        range.start(),
-                        range.end()
-                    );
-                    Err(src.at(v, &format!("jobs.{key}"), message))
-                }
-            }
-        };
+    let value = |v: &Option<Spanned<i64>>, key: &str, range, default| {
+        ranged(src, v, &format!("jobs.{key}"), range, default)
+    };
     Ok(JobsConf {
         keep_ms: value(&raw.keep_ms, "keep_ms", JOBS_KEEP_MS_RANGE, d.keep_ms)?,
         keep_count: value(

@@ -33,3 +33,4 @@ pub mod state;
 pub mod throttle;
 pub mod tls;
 pub mod transport;
+pub mod version;

@@ -30,42 +30,7 @@ pub struct LiveView {
 /// Log text in one `LiveView`, at most.
 pub const LIVE_LOG_BYTES_MAX: usize = 256 * 1024;
 
-/// Bumped when the peer protocol or the meaning of a command changes.
-/// Instances of `PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION` work together in
-/// one cluster (a rolling upgrade, one version at a time): what is new in a
-/// version is used only once the cluster's level (`state::protocol_level`,
-/// raised by the coordinator when every voter speaks it) has reached it.
-/// 2: `Gossip` and `View` requests; `Command::Once` in log entries (a
-/// version-1 instance could not apply it).
-/// 6: `Command::CertRevoke` in log entries.
-/// 7: `Response::Unavailable`, `Request::Live`; `Command::Placed` in log
-/// entries.
-/// 8: job folders, tickets and markers in a hotfolder job's `FileInput`
-/// and triggers in a hotfolder's definition (an older instance would run
-/// a job folder as a file); a batch's ids recorded for its request id.
-/// 9: a retry clears the job's error (a replica applying it the old way
-/// would hold another state); `Request::Backup` (client only).
-pub const PROTOCOL_VERSION: u32 = 9;
-
-/// The oldest protocol an instance of this version works beside. Instances
-/// of protocol 8 and older know no levels and refuse any other version:
-/// rolling upgrades work from 9 on.
-pub const PROTOCOL_VERSION_MIN: u32 = 8;
-
-/// The protocol this instance speaks: `PROTOCOL_VERSION`, or, for the
-/// rolling-upgrade test only, `CLARO_FAILPOINT_PROTOCOL_VERSION` within
-/// `PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION` (an instance that speaks, and
-/// so lets the cluster's level rise to, no more than that).
-pub fn protocol_version() -> u32 {
-    static VERSION: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *VERSION.get_or_init(|| {
-        std::env::var("CLARO_FAILPOINT_PROTOCOL_VERSION")
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok())
-            .filter(|v| (PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(v))
-            .unwrap_or(PROTOCOL_VERSION)
-    })
-}
+pub use crate::version::{protocol_version, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
 
 /// A request or response on a bidirectional stream (a 1 MiB setting plus framing).
 pub const REQUEST_BYTES_MAX: usize = 2 * 1024 * 1024;
@@ -157,6 +122,9 @@ pub struct LocalInfo {
     /// The protocol it speaks (0: not said, an instance before levels).
     #[serde(default)]
     pub protocol_version: u32,
+    /// Free space of its data directory's file system, in percent.
+    #[serde(default)]
+    pub disk_free_percent: Option<u8>,
 }
 
 /// Written when an instance stops gracefully: when, whether it left the
@@ -190,6 +158,22 @@ pub struct ServerStatus {
     /// The protocol it speaks, as last heard (`None`: not heard).
     #[serde(default)]
     pub protocol_version: Option<u32>,
+    /// Free space of its data directory's file system, in percent, as last
+    /// heard (`None`: not heard or not known).
+    #[serde(default)]
+    pub disk_free_percent: Option<u8>,
+}
+
+/// Something that needs an operator now (`cluster::alerts`): named as the
+/// Prometheus rule that fires for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alert {
+    pub name: String,
+    /// `critical` or `warning`.
+    pub severity: String,
+    /// What it is about: a server, a hotfolder, `cluster` or `jobs`.
+    pub subject: String,
+    pub message: String,
 }
 
 /// `claro status`: the same view from every instance (the coordinator's).
@@ -210,6 +194,9 @@ pub struct StatusView {
     /// (0: it holds no database).
     #[serde(default)]
     pub protocol_level: u32,
+    /// What needs an operator now (`cluster::alerts`), critical first.
+    #[serde(default)]
+    pub alerts: Vec<Alert>,
 }
 
 /// How old a stale read's replica is.

@@ -68,9 +68,28 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Whether `claro status --json` (asked of srv2) lists alert `name` about
+/// `subject`.
+fn alerted(c: &Cluster, name: &str, subject: &str) -> bool {
+    let out = c.cli(&["status", "--json", "--server", "srv2"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["alerts"].as_array().is_some_and(|a| {
+        a.iter()
+            .any(|a| a["name"] == name && a["subject"] == subject)
+    })
+}
+
 #[test]
 fn a_stalled_hotfolder_and_a_dead_instance_show_in_what_the_alerts_watch() {
-    let mut c = Cluster::three_running_with_slots(NET, TEST_TIMING, 1);
+    // A stall threshold of seconds, not the default quarter of an hour.
+    let mut c = Cluster::three_running_prepared(NET, TEST_TIMING, 1, |c| {
+        let text = std::fs::read_to_string(&c.conf).unwrap();
+        std::fs::write(
+            &c.conf,
+            format!("{text}\n[alerts]\nhotfolder_stalled_s = 2\n"),
+        )
+        .unwrap();
+    });
     let host = addr(NET, 0);
     let out = c.cli(&[
         "hotfolder",
@@ -98,6 +117,8 @@ fn a_stalled_hotfolder_and_a_dead_instance_show_in_what_the_alerts_watch() {
         Some(2.0),
         "{m}"
     );
+    // The same condition in `claro status`, from any instance.
+    assert!(alerted(&c, "ClaroHotfolderStalled", "slow"));
     // The disk alerts' inputs: both file systems, free below size.
     for path in ["data_dir", "shared_root"] {
         let free = sample(
@@ -125,6 +146,14 @@ fn a_stalled_hotfolder_and_a_dead_instance_show_in_what_the_alerts_watch() {
     c.wait(30, "srv1 to count one peer fewer", || {
         metrics(&host).and_then(|m| sample(&m, "claro_peers_connected")) == Some(1.0)
     });
+    c.wait(30, "status to alert that srv3 is down", || {
+        alerted(&c, "ClaroInstanceDown", "srv3")
+    });
+    let text = String::from_utf8_lossy(&c.cli(&["status"]).stdout).to_string();
+    assert!(
+        text.contains("ALERT ClaroInstanceDown (critical): srv3 is down"),
+        "{text}"
+    );
     let coordinators: f64 = [0, 1]
         .iter()
         .filter_map(|i| metrics(&addr(NET, *i)).and_then(|m| sample(&m, "claro_coordinator")))

@@ -526,22 +526,28 @@ fn status_and_coordinator_transfer_are_plain_objects() {
     let line = |i: usize, state: &str| {
         let s = &v["servers"][i];
         format!(
-            "{{\"name\":\"srv{n}\",\"address\":\"127.0.84.{n}:7900\",\"role\":\"server\",\"state\":\"{state}\",\"connected\":true,\"synchronized\":true,\"applied_index\":{},\"note\":{note},\"heard_ago_ms\":{},\"protocol_version\":9}}",
+            "{{\"name\":\"srv{n}\",\"address\":\"127.0.84.{n}:7900\",\"role\":\"server\",\"state\":\"{state}\",\"connected\":true,\"synchronized\":true,\"applied_index\":{},\"note\":{note},\"heard_ago_ms\":{},\"protocol_version\":9,\"disk_free_percent\":{}}}",
             s["applied_index"],
             s["heard_ago_ms"],
+            s["disk_free_percent"],
             n = i + 1
         )
     };
     assert_eq!(
         text(&out.stdout),
         format!(
-            "{{\"cluster_id\":{},\"coordinator\":\"srv1\",\"term\":{},\"commit_index\":{},\"servers\":[{},{}],\"answered_by\":\"srv1\",\"from_coordinator\":true,\"protocol_level\":{}}}\n",
+            "{{\"cluster_id\":{},\"coordinator\":\"srv1\",\"term\":{},\"commit_index\":{},\"servers\":[{},{}],\"answered_by\":\"srv1\",\"from_coordinator\":true,\"protocol_level\":{},\"alerts\":{}}}\n",
             v["cluster_id"],
             v["term"],
             v["commit_index"],
             line(0, "coordinator"),
             line(1, "follower"),
             v["protocol_level"],
+            // In the struct's field order (a Value sorts its keys).
+            serde_json::to_string(
+                &serde_json::from_value::<Vec<claro::proto::Alert>>(v["alerts"].clone()).unwrap()
+            )
+            .unwrap(),
         )
     );
     // A cluster whose voters all speak this protocol rises to its level

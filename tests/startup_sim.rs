@@ -314,6 +314,8 @@ impl Sim {
             last_stop: None,
             voters: cluster.map(|c| c.voters.clone()).unwrap_or_default(),
             checkpoints: Vec::new(),
+            protocol_version: 9,
+            disk_free_percent: None,
         }
     }
 

@@ -300,6 +300,14 @@ pub fn render_status(v: &StatusView) -> String {
             out += &format!("{}: {note}\n", s.name);
         }
     }
+    for a in &v.alerts {
+        out += &format!(
+            "ALERT {} ({}): {}\n",
+            a.name,
+            a.severity,
+            output::escape_text(&a.message)
+        );
+    }
     out
 }
 

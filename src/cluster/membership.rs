@@ -520,6 +520,7 @@ mod tests {
             voters: Vec::new(),
             checkpoints: Vec::new(),
             protocol_version: 9,
+            disk_free_percent: None,
         }
     }
 

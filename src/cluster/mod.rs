@@ -8,8 +8,10 @@
 //!   under one config yields;
 //! - `view`: the live view of every server (the failure detector) and the
 //!   status view built from it;
-//! - `integrity`: the verdict on a replica's digests against its peers'.
+//! - `integrity`: the verdict on a replica's digests against its peers';
+//! - `alerts`: what needs an operator now (status and dashboard).
 
+pub mod alerts;
 pub mod integrity;
 pub mod membership;
 pub mod view;

@@ -125,6 +125,7 @@ impl ClusterView {
             from_coordinator: me.state == "coordinator",
             // The replica's, filled in by the shell that holds it.
             protocol_level: 0,
+            alerts: Vec::new(),
         }
     }
 
@@ -165,6 +166,7 @@ fn line(
         note: live.and_then(|i| i.note.clone()),
         heard_ago_ms,
         protocol_version: info.map(|i| i.protocol_version).filter(|v| *v > 0),
+        disk_free_percent: live.and_then(|i| i.disk_free_percent),
     }
 }
 
@@ -213,6 +215,7 @@ mod tests {
             voters: Vec::new(),
             checkpoints: Vec::new(),
             protocol_version: 9,
+            disk_free_percent: None,
         }
     }
 

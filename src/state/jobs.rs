@@ -314,6 +314,30 @@ pub fn retry(tx: &Transaction<'_>, id: &str, at_ms: u64) -> rusqlite::Result<()>
     Ok(())
 }
 
+/// Jobs read at most to count those that ended since a time: the count
+/// is for an alert, and its cost stays bounded however busy the cluster.
+pub const ENDED_COUNTED_MAX: u64 = 100_000;
+
+/// Jobs that ended at or after `since_ms`, as (failed, all), counting at
+/// most `ENDED_COUNTED_MAX` of them.
+pub fn ended_since(conn: &Connection, since_ms: u64) -> rusqlite::Result<(u64, u64)> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT state = 'failed', count(*) FROM (SELECT state FROM jobs INDEXED BY jobs_final
+           WHERE finished_ms >= ?1 AND state IN ('succeeded', 'failed', 'cancelled') LIMIT ?2)
+         GROUP BY state = 'failed'",
+    )?;
+    let mut rows = stmt.query(params![since_ms, ENDED_COUNTED_MAX])?;
+    let (mut failed, mut all) = (0, 0);
+    while let Some(r) = rows.next()? {
+        let (is_failed, n): (bool, u64) = (r.get(0)?, r.get(1)?);
+        all += n;
+        if is_failed {
+            failed += n;
+        }
+    }
+    Ok((failed, all))
+}
+
 /// Purged hotfolder jobs remembered (the newest): a working folder whose
 /// job is neither known nor among them is left alone, never cleaned up on
 /// the word of a replica that may not have seen the job yet. A folder that

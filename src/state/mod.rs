@@ -244,7 +244,7 @@ impl Command {
                 Err("empty cluster id".into())
             }
             Command::SetLevel { level }
-                if !(crate::proto::PROTOCOL_VERSION_MIN..=crate::proto::PROTOCOL_VERSION)
+                if !(crate::version::PROTOCOL_VERSION_MIN..=crate::version::PROTOCOL_VERSION)
                     .contains(level) =>
             {
                 Err(format!(

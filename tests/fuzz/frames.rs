@@ -87,6 +87,8 @@ fn hello(rng: &mut Rng) -> Hello {
         membership_text: text(rng),
         cluster_id: opt_text(rng),
         incarnation: opt_text(rng),
+        protocol_version_min: rng.gen_bool(0.5).then(|| rng.gen()),
+        protocol_level: rng.gen_bool(0.5).then(|| rng.gen()),
     }
 }
 
@@ -115,6 +117,8 @@ fn local_info(rng: &mut Rng) -> LocalInfo {
             index: rng.gen(),
             digest: text(rng),
         }],
+        protocol_version: rng.gen(),
+        disk_free_percent: rng.gen_bool(0.5).then(|| rng.gen()),
     }
 }
 

@@ -323,7 +323,7 @@ pub(crate) async fn respond(shared: &Arc<Shared>, peer: Option<&str>, req: Reque
             shared.view().info_from(info, now_ms());
             Response::Info(local_info(shared))
         }
-        Request::View => Response::Status(own_view(shared)),
+        Request::View => Response::Status(status_view(shared)),
         Request::Adopt { cluster_id, voters } => super::startup::adopt(shared, cluster_id, voters),
         Request::Hello(_) | Request::Snapshot { .. } | Request::Gossip { .. } => Response::Error {
             message: "unexpected request".into(),
@@ -372,6 +372,9 @@ pub fn local_info(shared: &Shared) -> LocalInfo {
         voters: facts.voters.clone(),
         checkpoints: Vec::new(),
         protocol_version: crate::proto::protocol_version(),
+        disk_free_percent: super::filesystem_bytes(&shared.dir)
+            .filter(|(_, size)| *size > 0)
+            .map(|(free, size)| (free.saturating_mul(100) / size).min(100) as u8),
     };
     if let Phase::Waiting { reason, .. } = &phase {
         info.note = Some(reason.clone());
@@ -470,7 +473,7 @@ async fn status(shared: &Arc<Shared>) -> Response {
             }
         }
     }
-    Response::Status(own_view(shared))
+    Response::Status(status_view(shared))
 }
 
 /// This instance's status view, from what it last heard (no waiting).
@@ -481,6 +484,41 @@ pub(crate) fn own_view(shared: &Shared) -> StatusView {
         .with_replica(|core| core.state().protocol_level())
         .unwrap_or(0);
     view
+}
+
+/// `own_view` with its alerts: what `claro status` answers. Kept apart
+/// from `own_view`, which the event hub reads after every burst of
+/// entries: the alerts' reads are for those who ask.
+fn status_view(shared: &Shared) -> StatusView {
+    let mut view = own_view(shared);
+    let facts = shared.with_replica(|core| alert_facts(core.state().conn()));
+    view.alerts =
+        crate::cluster::alerts::evaluate(&view, &facts.unwrap_or_default(), &shared.cfg.alerts);
+    view
+}
+
+/// Window of the failing-jobs alert.
+const JOBS_FAILING_WINDOW_MS: u64 = 15 * 60 * 1000;
+
+/// What the alerts need from the replica: how long each hotfolder's oldest
+/// file has waited, and the jobs that ended in the window. A read that
+/// fails leaves its part out (the status still answers).
+fn alert_facts(conn: &rusqlite::Connection) -> crate::cluster::alerts::Facts {
+    let now = now_ms();
+    let hotfolders = crate::state::hotfolders::list(conn).unwrap_or_default();
+    let hotfolder_waits_s = hotfolders
+        .iter()
+        .filter_map(|h| {
+            let c = crate::state::hotfolders::counts(conn, &h.name, now).ok()?;
+            let at = c.oldest_waiting_ms?;
+            Some((h.name.clone(), now.saturating_sub(at) / 1000))
+        })
+        .collect();
+    let since = now.saturating_sub(JOBS_FAILING_WINDOW_MS);
+    crate::cluster::alerts::Facts {
+        hotfolder_waits_s,
+        jobs_ended: crate::state::jobs::ended_since(conn, since).unwrap_or((0, 0)),
+    }
 }
 
 async fn leave(shared: &Shared, name: &str) -> Response {

@@ -45,6 +45,7 @@ mod upgrade;
 
 pub(crate) use handlers::{own_view, read_setting, respond};
 pub(crate) use replicated::{confirm_read, propose, read};
+pub(crate) use space::filesystem_bytes;
 
 pub(crate) use crate::clock::now_ms;
 pub(crate) use crate::consensus::raft_id;

@@ -246,27 +246,14 @@ async fn disks(web: &Web, out: &mut String) {
         "Size of the file system of this instance's data directory or the shared root.",
     );
     for (what, path) in places {
-        let look = async_std::task::spawn_blocking(move || filesystem_bytes(&path));
+        let look =
+            async_std::task::spawn_blocking(move || crate::node::cluster::filesystem_bytes(&path));
         let wait = std::time::Duration::from_millis(STATVFS_WAIT_MS);
         if let Ok(Some((free, size))) = async_std::future::timeout(wait, look).await {
             let _ = writeln!(out, "claro_filesystem_free_bytes{{path=\"{what}\"}} {free}");
             let _ = writeln!(out, "claro_filesystem_size_bytes{{path=\"{what}\"}} {size}");
         }
     }
-}
-
-/// (free to this user, total) bytes of the file system holding `path`.
-fn filesystem_bytes(path: &std::path::Path) -> Option<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: a zeroed statvfs is valid; statvfs only writes into it.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a NUL-terminated path and `st` outlives the call.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    let block = st.f_frsize as u64;
-    Some((st.f_bavail as u64 * block, st.f_blocks as u64 * block))
 }
 
 fn http(web: &Web, out: &mut String) {

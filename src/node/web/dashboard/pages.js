@@ -143,11 +143,15 @@ const clusterPage = {
   drawNotes(status) {
     const notes = status.servers.filter((s) => s.note);
     const box = $("cluster-notes");
-    if (!status.coordinator) notes.unshift({ name: "cluster", note: "no coordinator: changes wait until one is elected" });
-    if (!notes.length) return fill(box);
-    fill(box, h("div", { className: "callout callout-warn" },
-      h("strong", {}, "Attention"),
-      h("ul", {}, notes.map((s) => h("li", {}, h("b", {}, s.name + ": "), s.note)))));
+    // Alerts (the same as `claro status` lists and Prometheus' rules fire):
+    // a banner each, critical ones red.
+    const alerts = (status.alerts || []).map((a) => h("div", { className: "callout " + (a.severity === "critical" ? "callout-bad" : "callout-warn"), dataset: { alert: a.name } },
+      h("strong", {}, a.name.replace(/^Claro/, "") + " · " + a.subject), h("div", {}, a.message)));
+    if (!status.coordinator && !alerts.length) notes.unshift({ name: "cluster", note: "no coordinator: changes wait until one is elected" });
+    const list = notes.length ? [h("div", { className: "callout callout-warn" },
+      h("strong", {}, "Notes"),
+      h("ul", {}, notes.map((s) => h("li", {}, h("b", {}, s.name + ": "), s.note))))] : [];
+    fill(box, ...alerts, ...list);
   },
 
   drawServers(status, servers) {
