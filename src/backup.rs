@@ -147,40 +147,70 @@ fn copy_checked(
     mut out: Option<&mut std::fs::File>,
     header: &BackupHeader,
 ) -> Result<(), String> {
-    let mut hash = Sha256::default();
+    let mut check = Check::new(header);
     let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
     loop {
         let n = input.read(&mut buf).map_err(|e| e.to_string())?;
         if n == 0 {
             break;
         }
-        size += n as u64;
-        if size > header.size_bytes {
-            return Err(format!(
-                "the database is longer than the {} bytes its header says",
-                header.size_bytes
-            ));
-        }
-        hash.update(&buf[..n]);
+        check.update(&buf[..n])?;
         if let Some(o) = out.as_mut() {
             o.write_all(&buf[..n]).map_err(|e| e.to_string())?;
         }
     }
-    if size != header.size_bytes {
-        return Err(format!(
-            "the database is cut off: {size} of {} bytes",
-            header.size_bytes
-        ));
+    check.finish()
+}
+
+/// The database's bytes as they come, checked against the header's size
+/// and SHA-256: for a file read back and for a backup being received.
+pub struct Check {
+    hash: Sha256,
+    size_bytes: u64,
+    want_bytes: u64,
+    want_sha256: String,
+}
+
+impl Check {
+    pub fn new(header: &BackupHeader) -> Check {
+        Check {
+            hash: Sha256::default(),
+            size_bytes: 0,
+            want_bytes: header.size_bytes,
+            want_sha256: header.sha256.clone(),
+        }
     }
-    let sha = hash.finish();
-    if sha != header.sha256 {
-        return Err(format!(
-            "the database is damaged: its SHA-256 is {sha}, the header says {}",
-            header.sha256
-        ));
+
+    /// The next bytes; an error as soon as there are more than announced.
+    pub fn update(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.size_bytes += bytes.len() as u64;
+        if self.size_bytes > self.want_bytes {
+            return Err(format!(
+                "the database is longer than the {} bytes its header says",
+                self.want_bytes
+            ));
+        }
+        self.hash.update(bytes);
+        Ok(())
     }
-    Ok(())
+
+    /// All came: the size and the SHA-256 must be the header's.
+    pub fn finish(self) -> Result<(), String> {
+        if self.size_bytes != self.want_bytes {
+            return Err(format!(
+                "the database is cut off: {} of {} bytes",
+                self.size_bytes, self.want_bytes
+            ));
+        }
+        let sha = self.hash.finish();
+        if sha != self.want_sha256 {
+            return Err(format!(
+                "the database is damaged: its SHA-256 is {sha}, the header says {}",
+                self.want_sha256
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A running SHA-256, in the lowercase hex the header keeps.

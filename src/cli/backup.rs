@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::backup::{write_header, BackupHeader, Sha256};
+use crate::backup::{write_header, BackupHeader, Check};
 use crate::cli::client::{endpoint, targets, ClientArgs};
 use crate::cli::exit::Failure;
 use crate::cli::output;
@@ -158,9 +158,8 @@ async fn receive(
     out: &mut std::fs::File,
     header: &BackupHeader,
 ) -> Result<(), Fetch> {
-    let mut hash = Sha256::default();
+    let mut check = Check::new(header);
     let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
     loop {
         let read = recv.read(&mut buf);
         let n = match async_std::future::timeout(Duration::from_millis(STALL_MS), read).await {
@@ -169,27 +168,13 @@ async fn receive(
             Ok(Ok(None)) => break,
             Ok(Ok(Some(n))) => n,
         };
-        size += n as u64;
-        if size > header.size_bytes {
-            return Err(Fetch::Next("more bytes than the header said".into()));
-        }
-        hash.update(&buf[..n]);
+        check.update(&buf[..n]).map_err(Fetch::Next)?;
         out.write_all(&buf[..n])
             .map_err(|e| Fetch::Bad(Failure::failed(format!("writing the backup: {e}"))))?;
     }
-    if size != header.size_bytes {
-        return Err(Fetch::Next(format!(
-            "the transfer ended after {size} of {} bytes",
-            header.size_bytes
-        )));
-    }
-    let sha = hash.finish();
-    if sha != header.sha256 {
-        return Err(Fetch::Next(format!(
-            "the bytes received do not match the header's SHA-256 ({sha})"
-        )));
-    }
-    Ok(())
+    check
+        .finish()
+        .map_err(|e| Fetch::Next(format!("the transfer: {e}")))
 }
 
 /// `claro restore FILE`: this machine's server (or `--name`'s) gets a data
