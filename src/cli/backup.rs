@@ -245,6 +245,12 @@ fn stage(staging: &Path, file: &Path, name: &str, cluster_id: &str) -> Result<()
             file.display()
         ))
     })?;
+    crate::state::check_schema(&db).map_err(|e| {
+        Failure::usage(format!(
+            "{}: not a database claro wrote: {e}",
+            file.display()
+        ))
+    })?;
     let id = crate::consensus::raft_id(name);
     crate::consensus::rebootstrap(staging, id, cluster_id, true)
         .map_err(|e| Failure::failed(format!("{}: {e}", staging.display())))?;

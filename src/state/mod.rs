@@ -836,6 +836,60 @@ pub fn check_file(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks that a database file from outside the cluster (a backup to
+/// restore) holds no schema object of its own: every table, index,
+/// trigger and view in it must be one claro makes, and a trigger or view
+/// must be claro's to the letter. A crafted file could otherwise carry a
+/// trigger that runs on the cluster's own writes once installed. Read
+/// only, before anything runs on the file (migrations would fire
+/// triggers); objects of an older schema that are missing are fine (they
+/// are made when it is opened).
+pub fn check_schema(path: &Path) -> Result<(), String> {
+    let theirs = schema_objects(path)?;
+    // claro's own schema: a fresh database beside the file, then removed.
+    let fresh = with_suffix(path, ".schema");
+    let made = StateMachine::open(&fresh, Sync::Off).map(drop);
+    let ours = made
+        .map_err(|e| e.to_string())
+        .and_then(|()| schema_objects(&fresh));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(with_suffix(&fresh, suffix));
+    }
+    let ours = ours?;
+    for (kind, name, sql) in &theirs {
+        let known = ours.iter().find(|(k, n, _)| k == kind && n == name);
+        match known {
+            None => {
+                return Err(format!(
+                    "it holds a {kind} `{name}` that claro does not make"
+                ))
+            }
+            Some((_, _, our_sql))
+                if matches!(kind.as_str(), "trigger" | "view") && our_sql != sql =>
+            {
+                return Err(format!("its {kind} `{name}` is not claro's"))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// (type, name, sql) of every schema object of a database file, read only.
+fn schema_objects(path: &Path) -> Result<Vec<(String, String, Option<String>)>, String> {
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| e.to_string())?;
+    let mut stmt = conn
+        .prepare("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
+        .map_err(|e| e.to_string())?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .map_err(|e| e.to_string())?;
+    rows.collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(|e| e.to_string())
+}
+
 /// The applied index of a state database file, opened without creating it.
 fn applied_index_of(file: &Path) -> rusqlite::Result<u64> {
     let flags =
@@ -1143,6 +1197,36 @@ pub fn hex(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_database_with_schema_objects_of_its_own_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        drop(StateMachine::open(&path, Sync::Off).unwrap());
+        check_schema(&path).unwrap();
+        assert!(
+            !dir.path().join("state.db.schema").exists(),
+            "the fresh copy is removed"
+        );
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TRIGGER evil AFTER INSERT ON settings BEGIN DELETE FROM settings; END;",
+        )
+        .unwrap();
+        let e = check_schema(&path).unwrap_err();
+        assert!(e.contains("trigger `evil` that claro does not make"), "{e}");
+        conn.execute_batch(
+            "DROP TRIGGER evil; DROP TRIGGER job_attempts_purge;
+             CREATE TRIGGER job_attempts_purge AFTER DELETE ON jobs BEGIN DELETE FROM settings; END;",
+        )
+        .unwrap();
+        let e = check_schema(&path).unwrap_err();
+        assert!(
+            e.contains("trigger `job_attempts_purge` is not claro's"),
+            "{e}"
+        );
+    }
+
     use super::*;
 
     /// A database received from a peer is checked before it is installed:
