@@ -858,21 +858,38 @@ pub fn check_schema(path: &Path) -> Result<(), String> {
     let ours = ours?;
     for (kind, name, sql) in &theirs {
         let known = ours.iter().find(|(k, n, _)| k == kind && n == name);
-        match known {
-            None => {
-                return Err(format!(
-                    "it holds a {kind} `{name}` that claro does not make"
-                ))
-            }
-            Some((_, _, our_sql))
-                if matches!(kind.as_str(), "trigger" | "view") && our_sql != sql =>
-            {
-                return Err(format!("its {kind} `{name}` is not claro's"))
-            }
-            Some(_) => {}
+        let Some((_, _, our_sql)) = known else {
+            return Err(format!(
+                "it holds a {kind} `{name}` that claro does not make"
+            ));
+        };
+        if !same_object(kind, sql.as_deref(), our_sql.as_deref()) {
+            return Err(format!("its {kind} `{name}` is not claro's"));
         }
     }
     Ok(())
+}
+
+/// Triggers, views and indexes are made once, as they are: to the letter.
+/// Tables may have grown columns since (migrations), but never a
+/// constraint or a computed column that could fail or steer the cluster's
+/// writes.
+fn same_object(kind: &str, theirs: Option<&str>, ours: Option<&str>) -> bool {
+    if kind != "table" {
+        return theirs == ours;
+    }
+    let theirs = theirs.unwrap_or("").to_ascii_uppercase();
+    let ours = ours.unwrap_or("").to_ascii_uppercase();
+    [
+        "CHECK",
+        "GENERATED",
+        " AS ",
+        "REFERENCES",
+        "COLLATE",
+        "DEFAULT",
+    ]
+    .iter()
+    .all(|w| !theirs.contains(w) || ours.contains(w))
 }
 
 /// (type, name, sql) of every schema object of a database file, read only.
@@ -881,7 +898,13 @@ fn schema_objects(path: &Path) -> Result<Vec<(String, String, Option<String>)>, 
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| e.to_string())?;
     let mut stmt = conn
-        .prepare("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
+        // Only SQLite's own objects are left out, by their exact names: a
+        // LIKE pattern would let `sqlite1evil` (any case) through.
+        .prepare(
+            "SELECT type, name, sql FROM sqlite_master
+             WHERE name NOT IN ('sqlite_sequence', 'sqlite_stat1', 'sqlite_stat2', 'sqlite_stat3', 'sqlite_stat4')
+               AND NOT (type = 'index' AND sql IS NULL AND name GLOB 'sqlite_autoindex_*')",
+        )
         .map_err(|e| e.to_string())?;
     let rows = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
@@ -966,6 +989,15 @@ fn apply_command(
             }
         }
         Command::SetLevel { level } => {
+            // A replica cannot give a level it does not speak its meaning:
+            // it stops here rather than apply later entries otherwise than
+            // the others (the coordinator raises a level only once every
+            // server speaks it, so this is a broken promise, not an input).
+            let speaks = crate::version::protocol_version();
+            assert!(
+                *level <= speaks,
+                "the cluster's level rises to {level}, and this instance speaks protocol {speaks}: upgrade it"
+            );
             let now = protocol_level(tx)?;
             write_meta(tx, "protocol_level", &now.max(*level))?;
         }
@@ -1225,6 +1257,23 @@ mod tests {
             e.contains("trigger `job_attempts_purge` is not claro's"),
             "{e}"
         );
+        // Names that look like SQLite's own are looked at too.
+        conn.execute_batch(
+            "DROP TRIGGER job_attempts_purge;
+             CREATE TRIGGER SQLITEXevil AFTER INSERT ON settings BEGIN DELETE FROM settings; END;",
+        )
+        .unwrap();
+        let e = check_schema(&path).unwrap_err();
+        assert!(e.contains("trigger `SQLITEXevil`"), "{e}");
+        // A table of claro's with a constraint of its own.
+        let dir2 = tempfile::tempdir().unwrap();
+        let path2 = dir2.path().join("state.db");
+        let conn2 = Connection::open(&path2).unwrap();
+        conn2
+            .execute_batch("CREATE TABLE settings (key TEXT PRIMARY KEY, value BLOB CHECK (length(value) < 0), updated_index INTEGER)")
+            .unwrap();
+        let e = check_schema(&path2).unwrap_err();
+        assert!(e.contains("table `settings` is not claro's"), "{e}");
     }
 
     use super::*;

@@ -2,8 +2,8 @@
 //! neighbouring protocols work together (`membership::compatible`), and
 //! what a newer protocol changes is used only from the entry that raises
 //! the level (`Command::SetLevel`). The coordinator proposes that entry
-//! once every voter says, in its gossip, that it speaks the newer protocol
-//! (`membership::level_to_raise` decides).
+//! once every server of the config says, in its gossip, that it speaks the
+//! newer protocol (`membership::level_to_raise` decides).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,28 +42,26 @@ pub async fn watch(shared: Arc<Shared>) {
 }
 
 /// On the coordinator: the level the cluster may rise to now, if any.
+/// Every server of the config counts, not only the voters: a learner about
+/// to be promoted, or a server stopped for the upgrade (it left the
+/// voters), must speak the new protocol too, or it could not come back
+/// (levels never fall). A server not up now holds the level where it is.
 fn level_due(shared: &Shared) -> Option<u32> {
-    let (current, voters) = shared
-        .with_replica(|core| {
-            core.is_leader().then(|| {
-                (
-                    core.state().protocol_level(),
-                    core.conf_state().voters.clone(),
-                )
-            })
-        })
+    let current = shared
+        .with_replica(|core| core.is_leader().then(|| core.state().protocol_level()))
         .flatten()?;
     let now = now_ms();
     let view = shared.view();
-    let versions: Vec<Option<u32>> = voters
+    let versions: Vec<Option<u32>> = shared
+        .cfg
+        .servers
         .iter()
-        .map(|id| match shared.name_of(*id) {
-            Some(n) if n == shared.me.name => Some(crate::proto::protocol_version()),
-            Some(n) => view
-                .info(n)
-                .filter(|_| view.is_up(n, now))
+        .map(|s| match s.name == shared.me.name {
+            true => Some(crate::proto::protocol_version()),
+            false => view
+                .info(&s.name)
+                .filter(|_| view.is_up(&s.name, now))
                 .map(|i| i.protocol_version),
-            None => None,
         })
         .collect();
     membership::level_to_raise(current, &versions)
