@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 pub const MAGIC: &[u8; 12] = b"CLAROBACKUP1";
 /// The header's size limit: it holds a few short strings and numbers.
 pub const HEADER_BYTES_MAX: usize = 64 * 1024;
+/// Each text of the header (cluster id, server, version), at most.
+pub const HEADER_TEXT_BYTES_MAX: usize = 256;
 /// The format version written in the header.
 pub const FORMAT: u32 = 1;
 
@@ -61,6 +63,14 @@ impl BackupHeader {
         }
         if self.cluster_id.is_empty() || self.applied_index == 0 {
             return Err("the header names no cluster or index".into());
+        }
+        let long = [&self.cluster_id, &self.server, &self.version, &self.sha256]
+            .iter()
+            .any(|s| s.len() > HEADER_TEXT_BYTES_MAX);
+        if long {
+            return Err(format!(
+                "a text of the header is over {HEADER_TEXT_BYTES_MAX} bytes (HEADER_TEXT_BYTES_MAX)"
+            ));
         }
         if self.size_bytes > crate::state::DATABASE_BYTES_MAX {
             return Err(format!(

@@ -103,6 +103,33 @@ pub fn make_private(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The file in a data directory that `serve` holds locked while it runs.
+pub const LOCK_FILE: &str = "serve.lock";
+
+/// Takes the lock of data directory `dir` (an exclusive `flock` on
+/// `LOCK_FILE`, released when the file is closed or the process ends,
+/// whatever way): `None` when another process holds it. `serve` holds it
+/// for its life; `claro restore` takes it before touching the directory,
+/// so it never writes under a running, frozen or starting server.
+pub fn lock(dir: &Path) -> std::io::Result<Option<std::fs::File>> {
+    use std::os::fd::AsRawFd as _;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))?;
+    // SAFETY: flock on a descriptor this function owns.
+    let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    if taken {
+        return Ok(Some(file));
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        true => Ok(None),
+        false => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -114,6 +114,23 @@ fn a_backup_under_load_restores_a_wiped_cluster_as_of_the_backup() {
     let out = c.cli(&["restore", &file_s, "--name", "srv1", "--force"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("answers"));
+    // Nor a frozen one's, which answers nothing: it holds its lock.
+    let pid = c.pid("srv1").unwrap();
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("sh")
+            .args(["-c", &format!("kill -{sig} {pid}")])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("STOP");
+    let out = c.cli(&["restore", &file_s, "--name", "srv1", "--force"]);
+    signal("CONT");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("runs on it"),
+        "{out:?}"
+    );
     c.start("srv2");
     c.start("srv3");
     c.wait(60, "the restored cluster with all three", || {

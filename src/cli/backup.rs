@@ -28,8 +28,11 @@ use crate::transport::{read_frame, write_frame};
 
 /// Time to reach one instance.
 const CONNECT_MS: u64 = 1_500;
-/// Time for the instance to confirm its read and copy its database.
-const HEADER_MS: u64 = 60_000;
+/// Time for the instance to confirm its read, copy its database and hash
+/// the copy before its first byte comes: a database of tens of GiB takes
+/// minutes. A server that dies meanwhile is noticed sooner, by QUIC's idle
+/// timeout.
+const HEADER_MS: u64 = 3_600_000;
 /// A transfer that brings no byte for this long is given up.
 const STALL_MS: u64 = 30_000;
 
@@ -196,7 +199,26 @@ pub fn restore(
         )));
     }
     let dir = config.server_dir(&server.name);
-    let holds_data = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
+    // A server that runs (frozen or starting too) holds its directory's lock.
+    let _lock = match dir.is_dir() {
+        true => match crate::data_dir::lock(&dir) {
+            Ok(Some(held)) => Some(held),
+            Ok(None) => {
+                return Err(Failure::failed(format!(
+                    "{}: {} runs on it (it holds {}): stop it before restoring",
+                    dir.display(),
+                    server.name,
+                    crate::data_dir::LOCK_FILE
+                )))
+            }
+            Err(e) => return Err(Failure::failed(format!("{}: {e}", dir.display()))),
+        },
+        false => None,
+    };
+    let holds_data = std::fs::read_dir(&dir).is_ok_and(|d| {
+        d.flatten()
+            .any(|e| e.file_name() != crate::data_dir::LOCK_FILE)
+    });
     if holds_data && !force {
         return Err(Failure::failed(format!(
             "{} holds data already; `--force` moves it aside (never deletes it) and restores",

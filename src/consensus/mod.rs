@@ -1046,8 +1046,12 @@ pub fn backup_copy(dir: &Path, name: &str) -> Result<(PathBuf, BackupCopy), Stri
     let dest = folder.join(format!("copy-{}-{name}.tmp", std::process::id()));
     let made = backup_copy_to(&state_db(dir), &dest);
     if made.is_err() {
+        // The copy and SQLite's files beside it, by their exact names.
+        let base = format!("copy-{}-{name}.tmp", std::process::id());
         remove_copies(&folder, |n| {
-            n.starts_with(&format!("copy-{}-{name}", std::process::id()))
+            n == base
+                || n.strip_prefix(base.as_str())
+                    .is_some_and(|s| s.starts_with('-'))
         });
     }
     made.map(|copy| (dest, copy))

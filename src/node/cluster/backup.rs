@@ -23,6 +23,8 @@ use crate::transport::write_frame;
 const BACKUPS_AT_ONCE_MAX: usize = 2;
 /// A client that takes no bytes for this long loses its stream.
 const STALL_MS: u64 = 30_000;
+/// Free space a copy leaves on the data directory's disk, at least.
+const COPY_MARGIN_BYTES: u64 = 64 * 1024 * 1024;
 /// Bytes per read of the copy and write to the stream.
 const CHUNK_BYTES: usize = 1024 * 1024;
 
@@ -68,6 +70,20 @@ async fn answer(mut send: quinn::SendStream, resp: Response) {
 async fn copy(shared: &Arc<Shared>) -> Result<(std::path::PathBuf, BackupHeader), Response> {
     if let Err(message) = super::confirm_read(shared).await {
         return Err(Response::Unavailable { message });
+    }
+    // The copy needs the database's size free beside it: a backup must
+    // never fill the disk the replica writes to.
+    let db_bytes =
+        std::fs::metadata(crate::consensus::state_db(&shared.dir)).map_or(0, |m| m.len());
+    let need = db_bytes + db_bytes / 10 + COPY_MARGIN_BYTES;
+    if let Some((free, _)) = super::filesystem_bytes(&shared.dir) {
+        if free < need {
+            let message = format!(
+                "{} has {free} bytes free beside its database, and a copy needs {need}: ask another server (--server) or free space",
+                shared.me.name
+            );
+            return Err(Response::Unavailable { message });
+        }
     }
     static SEQ: AtomicUsize = AtomicUsize::new(0);
     let name = format!("backup-{}", SEQ.fetch_add(1, Ordering::Relaxed));
@@ -121,10 +137,12 @@ async fn stream(
             .map_err(|e| e.to_string())?;
         sent += n as u64;
     }
-    assert_eq!(
-        sent, header.size_bytes,
-        "the backup copy changed while sent"
-    );
+    if sent != header.size_bytes {
+        let size = header.size_bytes;
+        return Err(format!(
+            "the copy changed while it was sent ({sent} of {size} bytes)"
+        ));
+    }
     send.finish().map_err(|e| e.to_string())?;
     Ok(sent)
 }

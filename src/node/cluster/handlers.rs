@@ -349,8 +349,12 @@ pub(crate) async fn respond(shared: &Arc<Shared>, peer: Option<&str>, req: Reque
 
 /// What this instance says about itself.
 pub fn local_info(shared: &Shared) -> LocalInfo {
-    // Before the core's lock: `conflict` takes it itself.
+    // Before the core's lock: `conflict` takes it itself, and a slow disk
+    // must not hold the lock the raft loop needs.
     let conflict = shared.conflict();
+    let disk_free_percent = super::filesystem_bytes(&shared.dir)
+        .filter(|(_, size)| *size > 0)
+        .map(|(free, size)| (free.saturating_mul(100) / size).min(100) as u8);
     let phase = shared.phase();
     let guard = shared.core();
     let facts = shared.facts();
@@ -372,9 +376,7 @@ pub fn local_info(shared: &Shared) -> LocalInfo {
         voters: facts.voters.clone(),
         checkpoints: Vec::new(),
         protocol_version: crate::proto::protocol_version(),
-        disk_free_percent: super::filesystem_bytes(&shared.dir)
-            .filter(|(_, size)| *size > 0)
-            .map(|(free, size)| (free.saturating_mul(100) / size).min(100) as u8),
+        disk_free_percent,
     };
     if let Phase::Waiting { reason, .. } = &phase {
         info.note = Some(reason.clone());
@@ -491,10 +493,31 @@ pub(crate) fn own_view(shared: &Shared) -> StatusView {
 /// entries: the alerts' reads are for those who ask.
 fn status_view(shared: &Shared) -> StatusView {
     let mut view = own_view(shared);
-    let facts = shared.with_replica(|core| alert_facts(core.state().conn()));
-    view.alerts =
-        crate::cluster::alerts::evaluate(&view, &facts.unwrap_or_default(), &shared.cfg.alerts);
+    let facts = cached_alert_facts(shared);
+    view.alerts = crate::cluster::alerts::evaluate(&view, &facts, &shared.cfg.alerts);
     view
+}
+
+/// How long the replica's alert facts are reused: status is asked often
+/// (every dashboard, every follower's status through the coordinator), and
+/// the facts' reads hold the core's lock.
+const ALERT_FACTS_FRESH_MS: u64 = 2_000;
+
+static ALERT_FACTS: std::sync::Mutex<Option<(u64, crate::cluster::alerts::Facts)>> =
+    std::sync::Mutex::new(None);
+
+fn cached_alert_facts(shared: &Shared) -> crate::cluster::alerts::Facts {
+    let now = now_ms();
+    if let Some((at, facts)) = ALERT_FACTS.lock().expect("alert facts lock").as_ref() {
+        if now.saturating_sub(*at) < ALERT_FACTS_FRESH_MS {
+            return facts.clone();
+        }
+    }
+    let facts = shared
+        .with_replica(|core| alert_facts(core.state().conn()))
+        .unwrap_or_default();
+    *ALERT_FACTS.lock().expect("alert facts lock") = Some((now, facts.clone()));
+    facts
 }
 
 /// Window of the failing-jobs alert.

@@ -349,8 +349,12 @@ async fn core_opened(shared: &Shared) -> Result<(), String> {
         if shared.with_replica(|_| ()).is_some() {
             return Ok(());
         }
-        let starting =
-            shared.facts().initialized && !matches!(shared.phase(), super::Phase::Stopping);
+        // Not while it waits for other servers to start: that may last.
+        let opening = matches!(
+            shared.phase(),
+            super::Phase::Discovering | super::Phase::Joining | super::Phase::Running
+        );
+        let starting = shared.facts().initialized && opening;
         if !starting || std::time::Instant::now() >= deadline {
             return Err(no_database(shared));
         }

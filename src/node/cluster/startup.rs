@@ -44,6 +44,22 @@ pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
     crate::data_dir::make_private(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     // Nothing opens a damaged directory: it is set aside first.
     let damage = super::damage::check_at_start(&dir)?;
+    // Held for the process's life (`claro restore` checks it).
+    match crate::data_dir::lock(&dir) {
+        Ok(Some(file)) => std::mem::forget(file),
+        Ok(None) => {
+            return Err(format!(
+                "{}: another process holds it (claro serve, or claro restore)",
+                dir.display()
+            ))
+        }
+        Err(e) => {
+            return Err(format!(
+                "{}: {e}",
+                dir.join(crate::data_dir::LOCK_FILE).display()
+            ))
+        }
+    }
     // The directory's identity exists before anything else is written to it.
     let incarnation = super::rejoin::ensure_incarnation(&dir)?;
     let id = raft_id(&me.name);

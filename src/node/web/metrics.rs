@@ -246,14 +246,48 @@ async fn disks(web: &Web, out: &mut String) {
         "Size of the file system of this instance's data directory or the shared root.",
     );
     for (what, path) in places {
-        let look =
-            async_std::task::spawn_blocking(move || crate::node::cluster::filesystem_bytes(&path));
-        let wait = std::time::Duration::from_millis(STATVFS_WAIT_MS);
-        if let Ok(Some((free, size))) = async_std::future::timeout(wait, look).await {
+        if let Some((free, size)) = filesystem_look(what, path).await {
             let _ = writeln!(out, "claro_filesystem_free_bytes{{path=\"{what}\"}} {free}");
             let _ = writeln!(out, "claro_filesystem_size_bytes{{path=\"{what}\"}} {size}");
         }
     }
+}
+
+/// Per place: the last answer of its look, and whether a look is under way.
+type Looks = std::collections::HashMap<&'static str, (Option<(u64, u64)>, bool)>;
+static LOOKS: std::sync::Mutex<Option<Looks>> = std::sync::Mutex::new(None);
+
+/// A file system's (free, size), looked at on a blocking thread: at most
+/// one look per place at a time, so a share that hangs holds one thread,
+/// not one per scrape. A look that takes over `STATVFS_WAIT_MS` answers
+/// the last value known (none at first).
+async fn filesystem_look(what: &'static str, path: std::path::PathBuf) -> Option<(u64, u64)> {
+    let start = {
+        let mut guard = LOOKS.lock().expect("looks lock");
+        let entry = guard
+            .get_or_insert_with(Default::default)
+            .entry(what)
+            .or_default();
+        let idle = !entry.1;
+        entry.1 = true;
+        idle
+    };
+    if start {
+        let look = async_std::task::spawn_blocking(move || {
+            let found = crate::node::cluster::filesystem_bytes(&path);
+            let mut guard = LOOKS.lock().expect("looks lock");
+            guard
+                .get_or_insert_with(Default::default)
+                .insert(what, (found, false));
+        });
+        let wait = std::time::Duration::from_millis(STATVFS_WAIT_MS);
+        let _ = async_std::future::timeout(wait, look).await;
+    }
+    let guard = LOOKS.lock().expect("looks lock");
+    guard
+        .as_ref()
+        .and_then(|l| l.get(what))
+        .and_then(|(v, _)| *v)
 }
 
 fn http(web: &Web, out: &mut String) {
