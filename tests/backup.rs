@@ -169,4 +169,23 @@ fn a_backup_under_load_restores_a_wiped_cluster_as_of_the_backup() {
         d[0].is_some() && d.iter().all(|x| *x == d[0])
     });
     c.assert_nobody_crashed();
+
+    // With --force over a stopped server's data: the old directory is
+    // swapped out whole and kept aside, the new one holds the backup.
+    c.kill9("srv1");
+    let restored = json_of(&c.cli(&["restore", &file_s, "--name", "srv1", "--force", "--json"]));
+    let aside = std::path::PathBuf::from(restored["moved_aside"].as_str().expect("moved aside"));
+    assert!(
+        aside.join("state.db").is_file() && aside.join("raft.db").is_file(),
+        "{aside:?}"
+    );
+    assert!(c.data_dir("srv1").join("state.db").is_file());
+    assert_ne!(restored["cluster_id"], new_cluster.as_str());
+    let leftovers: Vec<_> = std::fs::read_dir(c.data_dir("srv1").parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".restoring"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }

@@ -233,12 +233,21 @@ pub fn restore(
         return Err(e);
     }
     let aside = match holds_data {
-        true => Some(move_aside(&dir)?),
-        false => None,
+        // One atomic exchange: at every moment DIR is the old data or the
+        // new, never missing; then the old one takes its name aside.
+        true => {
+            exchange(&staging, &dir).inspect_err(|_| {
+                let _ = std::fs::remove_dir_all(&staging);
+            })?;
+            Some(move_aside_from(&staging, &dir)?)
+        }
+        false => {
+            let _ = std::fs::remove_dir(&dir);
+            std::fs::rename(&staging, &dir)
+                .map_err(|e| Failure::failed(format!("{}: {e}", dir.display())))?;
+            None
+        }
     };
-    let _ = std::fs::remove_dir(&dir);
-    std::fs::rename(&staging, &dir)
-        .map_err(|e| Failure::failed(format!("{}: {e}", dir.display())))?;
     if let Some(parent) = dir.parent() {
         let _ = crate::state::sync_dir(parent);
     }
@@ -287,12 +296,43 @@ fn sibling(dir: &Path, what: &str) -> PathBuf {
     dir.with_file_name(name)
 }
 
-/// Moves a data directory aside, under a name that says when and why.
-fn move_aside(dir: &Path) -> Result<PathBuf, Failure> {
+/// Swaps two directories in one step (Linux's `renameat2` with
+/// `RENAME_EXCHANGE`).
+fn exchange(a: &Path, b: &Path) -> Result<(), Failure> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes());
+    let (ca, cb) = match (c(a), c(b)) {
+        (Ok(ca), Ok(cb)) => (ca, cb),
+        _ => return Err(Failure::failed("a path with a NUL byte")),
+    };
+    // SAFETY: two NUL-terminated paths that outlive the call.
+    let done = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    match done {
+        0 => Ok(()),
+        _ => Err(Failure::failed(format!(
+            "swapping {} and {}: {}",
+            a.display(),
+            b.display(),
+            std::io::Error::last_os_error()
+        ))),
+    }
+}
+
+/// Moves the old data directory, now at `from` (the swap put it there),
+/// aside beside `dir`, under a name that says when and why.
+fn move_aside_from(from: &Path, dir: &Path) -> Result<PathBuf, Failure> {
     let secs = crate::clock::now_ms() / 1000;
     let aside = sibling(dir, &format!("before-restore-{secs}"));
-    std::fs::rename(dir, &aside)
-        .map_err(|e| Failure::failed(format!("moving {} aside: {e}", dir.display())))?;
+    std::fs::rename(from, &aside)
+        .map_err(|e| Failure::failed(format!("moving the old {} aside: {e}", dir.display())))?;
     Ok(aside)
 }
 
