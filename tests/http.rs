@@ -387,10 +387,10 @@ fn the_api_answers_alike_everywhere_and_checks_access_and_input() {
             "{text}"
         );
     }
-    let big = vec![b' '; 3 * 1024 * 1024];
+    let big = vec![b' '; 7 * 1024 * 1024];
     let (status, _, text) = http(&hosts[0], "POST", "/api/v1/jobs", &auth, &big);
     assert_eq!(status, 413, "{text}");
-    assert!(text.contains("2162688"), "{text}");
+    assert!(text.contains("6356992"), "{text}");
     // The login's body is read before anyone is known: a token's worth.
     let (status, _, text) = http(&hosts[0], "POST", "/api/v1/login", &[], &big[..8192]);
     assert_eq!(status, 413, "{text}");
@@ -907,6 +907,18 @@ fn admin_changes_servers_scripts_and_settings(
         (200, Some(1024 * 1024))
     );
     check_answer(&got, "get", "/settings/{key}", "200");
+    // The same size of control characters, each escaped as \u0001 (6 MiB
+    // of JSON), fits too.
+    let escaped = serde_json::json!({ "value": "\u{1}".repeat(1024 * 1024) }).to_string();
+    assert!(escaped.len() > 6 * 1024 * 1024);
+    let (status, v) = tls.call(
+        &hosts[1],
+        "PUT",
+        "/api/v1/settings/escaped",
+        admin,
+        &escaped,
+    );
+    assert_eq!(status, 200, "{v}");
     let over = serde_json::json!({ "value": format!("{value}v") }).to_string();
     let (status, v) = tls.call(&hosts[1], "PUT", "/api/v1/settings/big", admin, &over);
     assert_eq!(status, 400, "{v}");

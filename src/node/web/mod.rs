@@ -58,11 +58,11 @@ pub use api::{job_query, submission, JOBS_PAGE_MAX};
 pub const CONNECTIONS_MAX: usize = 1024;
 pub const EVENT_STREAMS_MAX: usize = 256;
 pub const HEADER_READ_MS: u64 = 10_000;
-/// A request body's limit once its sender is known: a setting's value at
-/// `VALUE_BYTES_MAX` fits as a JSON string with room for escapes (up to
-/// half the value's bytes written as `\\uXXXX` or two-byte escapes), and
-/// so do batches, scripts and hotfolder definitions.
-pub const BODY_BYTES_MAX: usize = 2 * crate::state::VALUE_BYTES_MAX + 64 * 1024;
+/// A request body's limit once its sender is known (and only an operator
+/// or an admin may send one): a setting's value at `VALUE_BYTES_MAX` fits
+/// as a JSON string however it is escaped (`\\u00XX` is 6 bytes for one),
+/// and so do batches, scripts and hotfolder definitions.
+pub const BODY_BYTES_MAX: usize = 6 * crate::state::VALUE_BYTES_MAX + 64 * 1024;
 /// The login's body, read before anyone is known: a token in JSON.
 pub const LOGIN_BODY_BYTES_MAX: usize = 4 * 1024;
 /// A body must arrive within this once the headers did (408 beyond), before
