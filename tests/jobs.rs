@@ -40,14 +40,7 @@ fn submit(c: &Cluster, via: &str, spec: JobSpec) -> Result<String, String> {
 }
 
 fn job(c: &Cluster, via: &str, id: &str) -> Option<Job> {
-    let req = Request::Job {
-        id: id.into(),
-        stale: false,
-    };
-    match c.call(via, req) {
-        Ok(Response::Job { job, .. }) => job.map(|j| *j),
-        _ => None,
-    }
+    c.job(via, id)
 }
 
 /// Every job, through `via` (pages of 1,000).

@@ -46,14 +46,7 @@ fn submit_with(config: &claro::config::Config, via: &str, spec: JobSpec) -> Resu
 }
 
 fn job(c: &Cluster, via: &str, id: &str) -> Option<Job> {
-    let req = Request::Job {
-        id: id.into(),
-        stale: false,
-    };
-    match c.call(via, req) {
-        Ok(Response::Job { job, .. }) => job.map(|j| *j),
-        _ => None,
-    }
+    c.job(via, id)
 }
 
 fn level(c: &Cluster, via: &str) -> u32 {

@@ -246,6 +246,18 @@ impl Cluster {
         }
     }
 
+    /// One job, read through `via` (`None`: unknown, or no answer).
+    pub fn job(&self, via: &str, id: &str) -> Option<claro::work::jobs::Job> {
+        let req = Request::Job {
+            id: id.into(),
+            stale: false,
+        };
+        match self.call(via, req) {
+            Ok(Response::Job { job, .. }) => job.map(|j| *j),
+            _ => None,
+        }
+    }
+
     pub fn digest(&self, via: &str) -> Option<(u64, String)> {
         match self.call(via, Request::Digest) {
             Ok(Response::Digest {
