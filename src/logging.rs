@@ -59,18 +59,25 @@ pub fn init_with(format: Format) {
 /// The filter without `RUST_LOG`.
 pub const DEFAULT_FILTER: &str = "info,raft=warn,quinn=warn,rustls=warn";
 
-/// Replaces the log filter of this process (`RUST_LOG`'s syntax: `debug`,
-/// `info,claro::node::work=debug`); returns it as now in force. Refused,
-/// changing nothing, when it does not parse or is over `FILTER_BYTES_MAX`.
-pub fn set_filter(spec: &str) -> Result<String, String> {
+/// A log filter checked as `set_filter` takes it: at most
+/// `FILTER_BYTES_MAX`, `RUST_LOG`'s syntax. The CLI checks with it too,
+/// before it sends anything.
+pub fn parse_filter(spec: &str) -> Result<tracing_subscriber::EnvFilter, String> {
     if spec.len() > FILTER_BYTES_MAX {
         return Err(format!(
             "a log filter of {} bytes is over {FILTER_BYTES_MAX} (FILTER_BYTES_MAX)",
             spec.len()
         ));
     }
-    let filter = tracing_subscriber::EnvFilter::try_new(spec)
-        .map_err(|e| format!("`{spec}` is not a log filter: {e}"))?;
+    tracing_subscriber::EnvFilter::try_new(spec)
+        .map_err(|e| format!("`{spec}` is not a log filter: {e}"))
+}
+
+/// Replaces the log filter of this process (`RUST_LOG`'s syntax: `debug`,
+/// `info,claro::node::work=debug`); returns it as now in force. Refused,
+/// changing nothing, when it does not parse or is over `FILTER_BYTES_MAX`.
+pub fn set_filter(spec: &str) -> Result<String, String> {
+    let filter = parse_filter(spec)?;
     let handle = FILTER.get().ok_or("this process's logging is not set up")?;
     handle.reload(filter).map_err(|e| e.to_string())?;
     Ok(spec.to_string())

@@ -212,6 +212,15 @@ pub struct Counts {
     pub failed_last_hour: u64,
 }
 
+impl Counts {
+    /// How long the oldest waiting file has waited at `now_ms`, in seconds
+    /// (`None`: none waits): what the stalled-hotfolder alert and metric read.
+    pub fn waited_s(&self, now_ms: u64) -> Option<u64> {
+        self.oldest_waiting_ms
+            .map(|at| now_ms.saturating_sub(at) / 1000)
+    }
+}
+
 pub fn counts(conn: &Connection, name: &str, since_ms: u64) -> rusqlite::Result<Counts> {
     let files_waiting = conn
         .prepare_cached("SELECT waiting FROM hotfolder_files WHERE name = ?1")?

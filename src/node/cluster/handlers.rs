@@ -533,8 +533,7 @@ fn alert_facts(conn: &rusqlite::Connection) -> crate::cluster::alerts::Facts {
         .iter()
         .filter_map(|h| {
             let c = crate::state::hotfolders::counts(conn, &h.name, now).ok()?;
-            let at = c.oldest_waiting_ms?;
-            Some((h.name.clone(), now.saturating_sub(at) / 1000))
+            Some((h.name.clone(), c.waited_s(now)?))
         })
         .collect();
     let since = now.saturating_sub(JOBS_FAILING_WINDOW_MS);

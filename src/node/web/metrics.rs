@@ -216,9 +216,7 @@ fn jobs(web: &Web, out: &mut String) {
         "How long the oldest file of a hotfolder whose job has not started has waited for a server (0: none waits).",
     );
     for (name, c) in &counts {
-        let age_s = c
-            .oldest_waiting_ms
-            .map_or(0, |at| now_ms.saturating_sub(at) / 1000);
+        let age_s = c.waited_s(now_ms).unwrap_or(0);
         let _ = writeln!(
             out,
             "claro_hotfolder_oldest_waiting_seconds{{hotfolder=\"{name}\"}} {age_s}"
