@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ fn json_of(out: &std::process::Output) -> serde_json::Value {
 
 /// Writes `load-N` settings through srv2 until told to stop (bounded in
 /// count and time); returns each write's key and acknowledged index.
-fn write_load(c: &Cluster, stop: Arc<AtomicBool>) -> Vec<(String, u64)> {
+fn write_load(c: &Cluster, stop: Arc<AtomicBool>, count: &AtomicUsize) -> Vec<(String, u64)> {
     let mut acked = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     for i in 0..5_000 {
@@ -32,6 +32,7 @@ fn write_load(c: &Cluster, stop: Arc<AtomicBool>) -> Vec<(String, u64)> {
         let key = format!("load-{i:05}");
         if let Ok(index) = c.set("srv2", &key, key.clone().into_bytes()) {
             acked.push((key, index));
+            count.fetch_add(1, Ordering::SeqCst);
         }
     }
     acked
@@ -54,9 +55,15 @@ fn a_backup_under_load_restores_a_wiped_cluster_as_of_the_backup() {
     // the next server makes it once a new coordinator confirms its read.
     c.kill9("srv1");
     let stop = Arc::new(AtomicBool::new(false));
+    let acked_count = AtomicUsize::new(0);
     let (acked, meta) = std::thread::scope(|s| {
-        let load = s.spawn(|| write_load(&c, stop.clone()));
-        std::thread::sleep(Duration::from_millis(500));
+        let load = s.spawn(|| write_load(&c, stop.clone(), &acked_count));
+        // Writes acknowledged before the backup too (after the election
+        // the kill started), so that the load is on both sides of it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while acked_count.load(Ordering::SeqCst) < 5 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let started = Instant::now();
         let meta = json_of(&c.cli(&["backup", &file_s, "--json"]));
         let took = started.elapsed();

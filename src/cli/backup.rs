@@ -28,6 +28,10 @@ use crate::transport::{read_frame, write_frame};
 
 /// Time to reach one instance.
 const CONNECT_MS: u64 = 1_500;
+/// Time for this machine's own server to answer a restore's "do you run?":
+/// one on this machine answers in milliseconds, and one frozen or starting
+/// is caught by its data directory's lock instead.
+const PROBE_MS: u64 = 500;
 /// Time for the instance to confirm its read, copy its database and hash
 /// the copy before its first byte comes: a database of tens of GiB takes
 /// minutes. A server that dies meanwhile is noticed sooner, by QUIC's idle
@@ -87,15 +91,31 @@ fn part_path(file: &Path) -> PathBuf {
     file.with_file_name(name)
 }
 
-/// Asks each instance in turn until one sends a whole backup into `part`.
+/// Connects to every instance at once (one that is down costs nothing),
+/// then asks them one at a time, in the order they connected (this
+/// machine's own first when it is up), until one sends a whole backup into
+/// `part`.
 async fn fetch_any(
     ep: &crate::transport::Endpoint,
     targets: &[(String, SocketAddr)],
     part: &Path,
 ) -> Result<BackupHeader, Failure> {
-    let mut why = Vec::new();
+    let (tx, connected) = async_std::channel::bounded(targets.len().max(1));
     for (name, addr) in targets {
-        match fetch(ep, name, *addr, part).await {
+        let (ep, name, addr, tx) = (ep.clone(), name.clone(), *addr, tx.clone());
+        async_std::task::spawn(async move {
+            let conn = ep.connect(addr, &name, CONNECT_MS).await;
+            let _ = tx.send((name, conn)).await;
+        });
+    }
+    drop(tx);
+    let mut why = Vec::new();
+    while let Ok((name, conn)) = connected.recv().await {
+        let fetched = match conn {
+            Ok(conn) => fetch(&conn, part).await,
+            Err(e) => Err(Fetch::Next(e.to_string())),
+        };
+        match fetched {
             Ok(header) => return Ok(header),
             Err(Fetch::Bad(f)) => return Err(f),
             Err(Fetch::Next(e)) => why.push(format!("{name}: {e}")),
@@ -114,16 +134,7 @@ enum Fetch {
     Bad(Failure),
 }
 
-async fn fetch(
-    ep: &crate::transport::Endpoint,
-    name: &str,
-    addr: SocketAddr,
-    part: &Path,
-) -> Result<BackupHeader, Fetch> {
-    let conn = ep
-        .connect(addr, name, CONNECT_MS)
-        .await
-        .map_err(|e| Fetch::Next(e.to_string()))?;
+async fn fetch(conn: &quinn::Connection, part: &Path) -> Result<BackupHeader, Fetch> {
     let (mut send, mut recv) = conn
         .open_bi()
         .await
@@ -340,8 +351,8 @@ fn move_aside_from(from: &Path, dir: &Path) -> Result<PathBuf, Failure> {
 fn answers(config: &Config, name: &str, addr: SocketAddr) -> Option<String> {
     let ep = endpoint(config, addr).ok()?;
     let asked = async_std::task::block_on(async {
-        let conn = ep.connect(addr, name, CONNECT_MS).await.ok()?;
-        crate::cli::client::request(&conn, &Request::Info, CONNECT_MS)
+        let conn = ep.connect(addr, name, PROBE_MS).await.ok()?;
+        crate::cli::client::request(&conn, &Request::Info, PROBE_MS)
             .await
             .ok()
     });

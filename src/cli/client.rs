@@ -628,24 +628,32 @@ pub(crate) fn print_staleness(stale: Option<&crate::proto::Staleness>) {
 /// be reached or refused makes it exit 1, naming it (the others keep the
 /// new filter).
 pub fn log_level(config: &Config, args: &ClientArgs, filter: &str) -> Result<(), Failure> {
-    if filter.len() > crate::logging::FILTER_BYTES_MAX {
-        return Err(Failure::usage(format!(
-            "a log filter is at most {} bytes (FILTER_BYTES_MAX)",
-            crate::logging::FILTER_BYTES_MAX
-        )));
-    }
-    tracing_subscriber::EnvFilter::try_new(filter)
-        .map_err(|e| Failure::usage(format!("`{filter}` is not a log filter: {e}")))?;
+    crate::logging::parse_filter(filter).map_err(Failure::usage)?;
     let req = Request::LogLevel {
         filter: filter.to_string(),
     };
+    // Every server at once: one that is down costs one handshake limit in
+    // all, not one each.
+    let targets = targets(config, args)?;
+    let answers: Vec<_> = std::thread::scope(|s| {
+        let asks: Vec<_> = targets
+            .iter()
+            .map(|(name, _)| {
+                let one = ClientArgs {
+                    server: Some(name.clone()),
+                    json: args.json,
+                };
+                let req = &req;
+                (name.clone(), s.spawn(move || call(config, &one, req)))
+            })
+            .collect();
+        asks.into_iter()
+            .map(|(name, ask)| (name, ask.join().expect("a log-level call")))
+            .collect()
+    });
     let (mut done, mut failed) = (Vec::new(), Vec::new());
-    for (name, _) in targets(config, args)? {
-        let one = ClientArgs {
-            server: Some(name.clone()),
-            json: args.json,
-        };
-        match call(config, &one, &req) {
+    for (name, answer) in answers {
+        match answer {
             Ok((_, Response::Ok { message })) => done.push((name, message)),
             Ok((_, other)) => failed.push(format!("{name}: {}", failure_of(other).message)),
             Err(f) => failed.push(format!("{name}: {}", f.message)),
