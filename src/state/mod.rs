@@ -690,11 +690,33 @@ impl StateMachine {
     /// Gives the database a new cluster id: only for `--force-bootstrap`, which
     /// forks a new cluster from this (possibly older) database, so that it is
     /// never mistaken for the cluster it came from.
+    ///
+    /// The cluster id is part of every digest, so the recorded checkpoint
+    /// is taken again with the new id where it stands at the applied index
+    /// (the at-rest check compares exactly that one), and dropped otherwise:
+    /// a digest of the old cluster would read as a change made outside claro.
     pub fn set_cluster_id(&mut self, cluster_id: &str) -> rusqlite::Result<()> {
         let tx = write_tx(&mut self.conn)?;
         write_meta(&tx, "cluster_id", cluster_id)?;
+        let last = read_checkpoint(&tx)?;
+        tx.execute(
+            "DELETE FROM meta WHERE key IN ('checkpoint_index', 'checkpoint_digest')",
+            [],
+        )?;
+        let retaken = match last {
+            Some(cp) if cp.index == self.applied_index => Some(Checkpoint {
+                index: cp.index,
+                digest: digest_of(&tx, Some(cluster_id))?,
+            }),
+            _ => None,
+        };
+        if let Some(cp) = &retaken {
+            write_meta(&tx, "checkpoint_index", &cp.index)?;
+            write_meta(&tx, "checkpoint_digest", &cp.digest)?;
+        }
         tx.commit()?;
         self.cluster_id = Some(cluster_id.to_string());
+        self.checkpoints = retaken.into_iter().collect();
         Ok(())
     }
 
@@ -1615,6 +1637,33 @@ mod tests {
         drop(conn);
         let found = StateMachine::verify_at_rest(&path).unwrap();
         assert!(found.is_some_and(|w| w.contains("index 2")));
+    }
+
+    #[test]
+    fn a_new_cluster_id_retakes_the_checkpoint_so_the_at_rest_check_still_passes() {
+        // `claro restore` and `--force-bootstrap` give the database a new
+        // id; a backup taken right at a checkpoint once started as
+        // "changed outside claro" and was set aside as damaged.
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("state.db");
+        let mut sm = StateMachine::open(&path, Sync::Normal).unwrap();
+        let (a, cp) = (put("colour", "RED"), Command::Checkpoint);
+        sm.apply(&[(1, 1, Change::Command(&a)), (2, 1, Change::Command(&cp))])
+            .unwrap();
+        sm.set_cluster_id("forked").unwrap();
+        let retaken = sm.checkpoints();
+        assert_eq!(retaken.len(), 1);
+        assert_eq!(retaken[0].digest, sm.digest().unwrap());
+        drop(sm);
+        assert_eq!(StateMachine::verify_at_rest(&path).unwrap(), None);
+        // A checkpoint behind the applied index is of the old cluster: gone.
+        let mut sm = StateMachine::open(&path, Sync::Normal).unwrap();
+        sm.apply(&[(3, 1, Change::Command(&a))]).unwrap();
+        sm.set_cluster_id("forked again").unwrap();
+        assert!(sm.checkpoints().is_empty());
+        drop(sm);
+        let sm = StateMachine::open(&path, Sync::Normal).unwrap();
+        assert!(sm.checkpoints().is_empty());
     }
 
     #[test]
