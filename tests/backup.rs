@@ -177,10 +177,18 @@ fn a_backup_under_load_restores_a_wiped_cluster_as_of_the_backup() {
     });
     c.assert_nobody_crashed();
 
+    // A backup of an idle cluster stands at its last digest checkpoint
+    // (one every 500 ms here): restored under a new cluster id, it must not
+    // read as changed outside claro.
+    std::thread::sleep(Duration::from_millis(1500));
+    let idle = c.dir.path().join("idle.claro-backup");
+    let idle_s = idle.to_str().unwrap().to_string();
+    json_of(&c.cli(&["backup", &idle_s, "--json"]));
+
     // With --force over a stopped server's data: the old directory is
     // swapped out whole and kept aside, the new one holds the backup.
     c.kill9("srv1");
-    let restored = json_of(&c.cli(&["restore", &file_s, "--name", "srv1", "--force", "--json"]));
+    let restored = json_of(&c.cli(&["restore", &idle_s, "--name", "srv1", "--force", "--json"]));
     let aside = std::path::PathBuf::from(restored["moved_aside"].as_str().expect("moved aside"));
     assert!(
         aside.join("state.db").is_file() && aside.join("raft.db").is_file(),
@@ -195,4 +203,8 @@ fn a_backup_under_load_restores_a_wiped_cluster_as_of_the_backup() {
         .filter(|n| n.ends_with(".restoring"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+    c.kill9("srv2");
+    c.kill9("srv3");
+    c.start_alone("srv1");
+    assert_eq!(c.get("srv1", "before-0"), Some(vec![b'x'; 1000]));
 }
