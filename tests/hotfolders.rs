@@ -780,6 +780,68 @@ fn a_file_still_being_written_is_never_processed_in_part() {
         "piece 1\n"
     );
 
+    // The writer: it reopens the file for each piece and pauses
+    // longer than the stability time (800 ms against 500), and the action
+    // is fast. The part taken is held (two stability times after its last
+    // write) and fails when the next piece comes: never a success of a
+    // part. Whatever the timing, each file ends whole in out/ or in error/.
+    add_hotfolder(
+        &c,
+        "paused",
+        &format!("sh -c '{copy}'"),
+        &["--stable-ms", "500"],
+    );
+    let paused = root.join("paused");
+    let mut parted = 0;
+    for round in 0..2 {
+        let name = format!("scan{round}.pdf");
+        let path = paused.join("in").join(&name);
+        for piece in 0..2 {
+            use std::io::Write as _;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .unwrap();
+            writeln!(f, "piece {piece}").unwrap();
+            drop(f);
+            if piece == 0 {
+                std::thread::sleep(Duration::from_millis(800));
+            }
+        }
+        c.wait(30, "both pieces ended", || {
+            let jobs = hotfolder_jobs(&c, "paused");
+            let mine: Vec<_> = jobs
+                .iter()
+                .filter(|j| j["input"] == name.as_str())
+                .collect();
+            !path.exists()
+                && !mine.is_empty()
+                && mine
+                    .iter()
+                    .all(|j| j["state"] == "failed" || j["state"] == "succeeded")
+                && (paused.join("done").join(&name).is_file()
+                    || paused
+                        .join("error")
+                        .join(format!("{name}.error.txt"))
+                        .is_file())
+        });
+        match std::fs::read_to_string(paused.join("out").join(&name)) {
+            Ok(whole) => assert_eq!(whole, "piece 0\npiece 1\n", "only a whole file succeeds"),
+            Err(_) => {
+                parted += 1;
+                let reason =
+                    std::fs::read_to_string(paused.join("error").join(format!("{name}.error.txt")))
+                        .unwrap();
+                assert!(reason.contains("its writer was still at work"), "{reason}");
+            }
+        }
+    }
+    assert!(
+        parted > 0,
+        "no part was taken mid-write: the case was not tried"
+    );
+
     // An action that fails on the file is not tried again unless the
     // hotfolder says so (`--retries`).
     add_hotfolder(&c, "once", "sh -c 'echo no ink >&2; exit 3'", &[]);

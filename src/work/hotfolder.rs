@@ -496,6 +496,37 @@ pub struct Seen {
     pub folder: bool,
 }
 
+/// A plain stable file's outputs are published no sooner than this many
+/// stability times after its last write: a writer that opens the file anew
+/// for each piece (`>>`) and paused longer than `stable_ms`, but not this
+/// long, makes its next piece before then, and the part taken then fails
+/// naming it instead of becoming a success of a part.
+pub const PUBLISH_HOLD_STABLE_TIMES: u64 = 2;
+/// Longest hold after the claim, whatever the share's clock says.
+pub const PUBLISH_HOLD_MS_MAX: u64 = 60_000;
+
+/// Until when (ms since the epoch) a job's attempt holds its outputs back
+/// after its action ended: see `PUBLISH_HOLD_STABLE_TIMES`. Nothing is held
+/// for a file its writer declared complete (a marker or a ticket) or a job
+/// folder (its listing is checked unchanged instead). The hold ends at
+/// most `stable_ms` after the claim (the claim itself came at least
+/// `stable_ms` after the last write), so a file time in the future holds
+/// no longer than that.
+pub fn publish_hold_until_ms(
+    input: &crate::work::jobs::FileInput,
+    stable_ms: u64,
+    claimed_ms: u64,
+) -> u64 {
+    if input.folder || input.marker.is_some() || input.ticket.is_some() {
+        return 0;
+    }
+    let by_write = input
+        .modified_ms
+        .saturating_add(stable_ms.saturating_mul(PUBLISH_HOLD_STABLE_TIMES));
+    let cap = claimed_ms.saturating_add(stable_ms.min(PUBLISH_HOLD_MS_MAX));
+    by_write.min(cap)
+}
+
 /// Decides when files are stable: a file is ready once a scan has seen the
 /// same size, modification time and inode for `stable_ms`. Any change starts the
 /// wait again; a file that disappears is forgotten. Time is the
@@ -739,6 +770,55 @@ mod tests {
             inode: 1,
             folder: false,
         }
+    }
+
+    #[test]
+    fn outputs_wait_twice_the_stability_time_after_the_last_write_unless_declared_complete() {
+        let mut input = crate::work::jobs::FileInput {
+            hotfolder: "hf".into(),
+            input: "a.pdf".into(),
+            bytes: 1,
+            modified_ms: 10_000,
+            inode: 1,
+            delete_on_success: false,
+            folder: false,
+            ticket: None,
+            marker: None,
+        };
+        // Claimed as soon as stable: held until two stability times after
+        // the last write, i.e. one after the claim.
+        assert_eq!(publish_hold_until_ms(&input, 2_000, 12_000), 14_000);
+        // Claimed long after: nothing left to hold (the time is past).
+        assert_eq!(publish_hold_until_ms(&input, 2_000, 60_000), 14_000);
+        // A file time in the future (another clock): one stability time
+        // after the claim at most, and never more than the cap.
+        input.modified_ms = 1_000_000;
+        assert_eq!(publish_hold_until_ms(&input, 2_000, 12_000), 14_000);
+        let long = STABLE_MS_MAX;
+        assert_eq!(
+            publish_hold_until_ms(&input, long, 12_000),
+            12_000 + PUBLISH_HOLD_MS_MAX
+        );
+        // Declared complete by its writer, or a job folder: no hold.
+        for declared in [
+            FileInputCase::Marker,
+            FileInputCase::Ticket,
+            FileInputCase::Folder,
+        ] {
+            let mut i = input.clone();
+            match declared {
+                FileInputCase::Marker => i.marker = Some("a.pdf.ready".into()),
+                FileInputCase::Ticket => i.ticket = Some("a.pdf.json".into()),
+                FileInputCase::Folder => i.folder = true,
+            }
+            assert_eq!(publish_hold_until_ms(&i, 2_000, 12_000), 0);
+        }
+    }
+
+    enum FileInputCase {
+        Marker,
+        Ticket,
+        Folder,
     }
 
     #[test]

@@ -1086,6 +1086,15 @@ pub fn process(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>, log: Arc<Capt
         .ok()
         .and_then(|t| t.trim().parse().ok())
         .unwrap_or_else(now_ms);
+    // A hotfolder removed meanwhile holds nothing back.
+    let stable_ms = read(&work, |c| db::get(c, &file.hotfolder))
+        .ok()
+        .flatten()
+        .map(|d| d.stable_ms);
+    let hold_until_ms = stable_ms.map_or(0, |ms| {
+        crate::work::hotfolder::publish_hold_until_ms(&file, ms, claimed_ms)
+    });
+    let held = cancel.clone();
     // Failed, not left in `in/`: it goes to `error/` beside the part before.
     let file_key = (file.hotfolder.clone(), file.input.clone());
     // The other jobs of the same input: a look at the replica, not at
@@ -1125,6 +1134,14 @@ pub fn process(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>, log: Arc<Capt
     // Checked after the action, before anything is published.
     let ended = ended
         .and_then(|()| unchanged(&claimed, &file))
+        .and_then(|()| {
+            hold_outputs(
+                &layout,
+                (&job.id, &file),
+                (claimed_ms, hold_until_ms),
+                &held,
+            )
+        })
         .and_then(|()| not_reappeared(&layout, (&job.id, &file), claimed_ms, &owners()));
     let mut outcome = match ended {
         Ok(()) => Outcome {
@@ -1204,6 +1221,34 @@ fn wait_for_writer(layout: &Layout, file: &FileInput, cancel: &AtomicBool) -> Re
             ));
         }
         std::thread::sleep(Duration::from_millis(WRITER_POLL_MS));
+    }
+}
+
+/// Step of the hold of a finished attempt's outputs.
+const HOLD_POLL_MS: u64 = 100;
+
+/// Holds a finished attempt's outputs until `publish_hold_until_ms` (two
+/// stability times after the input's last write, for a plain stable
+/// file), looking every `HOLD_POLL_MS` for the writer's next piece in
+/// `in/`, which ends the attempt at once (`not_reappeared`). The slot stays
+/// taken meanwhile: only a file claimed within that time of its last write
+/// waits, so files that sat stable in `in/` (a backlog) wait for nothing.
+fn hold_outputs(
+    layout: &Layout,
+    (id, file): (&str, &FileInput),
+    (claimed_ms, until): (u64, u64),
+    cancel: &AtomicBool,
+) -> Result<(), String> {
+    loop {
+        let now = now_ms();
+        if now >= until {
+            return Ok(());
+        }
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("cancelled while its outputs were held".into());
+        }
+        std::thread::sleep(Duration::from_millis((until - now).min(HOLD_POLL_MS)));
+        not_reappeared(layout, (id, file), claimed_ms, &[])?;
     }
 }
 
