@@ -878,6 +878,13 @@ fn result_ticket(
 /// Puts the result ticket among the staged outputs, once (a marker in the
 /// working folder says it is there or already published with them), so
 /// that it is published with them, under a free name, crash-safely.
+///
+/// The ticket is one file per job: made once in the working folder (a
+/// hard link, which never replaces) and linked into the staging folder. A
+/// second publisher that passed the marker check before the first wrote it
+/// (a frozen coordinator woke beside its successor) links that same file,
+/// which publication then finds already in `out/` (`link_free`), where a
+/// ticket of its own making was published again as `NAME (1).result.json`.
 fn stage_ticket(
     layout: &Layout,
     job: &Job,
@@ -885,26 +892,54 @@ fn stage_ticket(
     staging: &Path,
     steps: &mut Steps,
 ) -> Result<(), String> {
-    let marker = layout.work(&job.id).join("ticket-staged");
+    let work = layout.work(&job.id);
+    let marker = work.join("ticket-staged");
     if marker.exists() {
         return Ok(());
     }
     let name = format!("{}.result.json", base_name(&file.input));
-    // Not the ticket itself (a crash before the marker leaves it staged).
-    let outputs: Vec<String> = staged_files(staging)
-        .into_iter()
-        .filter(|f| *f != name && !f.ends_with(".claro-tmp"))
-        .collect();
-    let fields = super::tickets::read_fields(&super::tickets::fields_path(
-        &layout.work(&job.id),
-        job.attempt,
-    ));
-    steps.take()?;
-    write_atomic(
-        &staging.join(name),
-        &result_ticket(job, file, &outputs, &fields),
-    )?;
+    let made = work.join(TICKET_MADE);
+    if !made.exists() {
+        // Not the ticket itself (a crash before the marker leaves it staged).
+        let outputs: Vec<String> = staged_files(staging)
+            .into_iter()
+            .filter(|f| *f != name && !f.ends_with(".claro-tmp"))
+            .collect();
+        let fields = super::tickets::read_fields(&super::tickets::fields_path(&work, job.attempt));
+        steps.take()?;
+        make_once(&made, &result_ticket(job, file, &outputs, &fields))?;
+    }
+    let staged = staging.join(&name);
+    if !same_file(&made, &staged) {
+        steps.take()?;
+        // An output of the action under the ticket's name gives way to it.
+        let _ = std::fs::remove_file(&staged);
+        match std::fs::hard_link(&made, &staged) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(format!("{}: {e}", staged.display()))
+            }
+            _ => {}
+        }
+    }
     write_atomic(&marker, b"")
+}
+
+/// The job's result ticket as made once, in its working folder.
+const TICKET_MADE: &str = "result-ticket";
+
+/// Writes `bytes` as `path` unless `path` exists: written whole under a
+/// name of this writer's own, then hard-linked, which fails rather than
+/// replace what another writer made meanwhile (that one is kept).
+fn make_once(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension(format!("{:016x}.claro-tmp", rand::random::<u64>()));
+    let linked = std::fs::write(&tmp, bytes).and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            Err(format!("{}: {e}", path.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The files under `staging`, relative, sorted; at most `TICKET_OUTPUTS_MAX`.
@@ -1985,6 +2020,34 @@ mod tests {
             std::fs::read_to_string(out.join("a (1).pdf")).unwrap(),
             "mine"
         );
+    }
+
+    /// Found in review: a second publisher that passed the staged-ticket
+    /// check before the first wrote its marker, and went on after the
+    /// first had published, made a ticket of its own, which was published
+    /// again as `NAME (1).result.json`.
+    #[test]
+    fn a_second_publisher_that_stalled_at_the_ticket_publishes_no_second_ticket() {
+        let j = job(JobState::Succeeded, false);
+        let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path(), &j);
+        let file = j.spec.file.as_ref().unwrap();
+        let layout = Layout::new(dir.path(), &file.hotfolder);
+        let staging = layout.staging(&j.id, j.attempt);
+        let out_dir = layout.dir("out").join(parent_of(&file.input));
+        // The first publisher stages the ticket and publishes the outputs.
+        stage_ticket(&layout, &j, file, &staging, &mut Steps::unlimited()).unwrap();
+        move_tree(&staging, &out_dir, &mut Steps::unlimited()).unwrap();
+        // The second looked for the marker before it was written.
+        std::fs::remove_file(layout.work(&j.id).join("ticket-staged")).unwrap();
+        stage_ticket(&layout, &j, file, &staging, &mut Steps::unlimited()).unwrap();
+        move_tree(&staging, &out_dir, &mut Steps::unlimited()).unwrap();
+        let tickets: Vec<String> = std::fs::read_dir(&out_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("a b"))
+            .collect();
+        assert_eq!(tickets, ["a b.pdf.result.json"]);
     }
 
     /// A job that ends without its file ever being claimed (cancelled while
