@@ -124,6 +124,9 @@ pub struct ServerConf {
     /// Parallel jobs, 1..=[`SLOTS_MAX`].
     pub slots: u32,
     pub role: Role,
+    /// May vote (`vote`, default true): promoted to voter when the cluster
+    /// has fewer than `consensus::VOTERS_MAX`; else a non-voting member.
+    pub vote: bool,
 }
 
 impl ServerConf {
@@ -458,6 +461,7 @@ struct RawServer {
     address: Option<Spanned<String>>,
     slots: Option<Spanned<i64>>,
     role: Option<Spanned<String>>,
+    vote: Option<Spanned<bool>>,
 }
 
 /// The text being parsed and its file name: everything needed to build errors.
@@ -1248,6 +1252,7 @@ struct ParsedServer {
     port: u16,
     slots: u32,
     role: Role,
+    vote: bool,
     name_span: Range<usize>,
     address_span: Range<usize>,
 }
@@ -1261,6 +1266,7 @@ impl ParsedServer {
             address,
             slots: self.slots,
             role: self.role,
+            vote: self.vote,
         }
     }
 }
@@ -1429,12 +1435,26 @@ fn server(
             }
         },
     };
+    // A witness is there to vote: one that may not is a mistake.
+    let vote = match &r.vote {
+        Some(v) if !*v.get_ref() && role == Role::Witness => {
+            return Err(src.at(
+                v,
+                "server.vote",
+                "a witness is there to vote: remove vote = false or make it role = \"server\""
+                    .to_string(),
+            ));
+        }
+        Some(v) => *v.get_ref(),
+        None => true,
+    };
     Ok(ParsedServer {
         name: name.get_ref().clone(),
         host,
         port,
         slots,
         role,
+        vote,
         name_span: name.span(),
         address_span: address.span(),
     })
@@ -1703,7 +1723,8 @@ keep_count = {keep_count}
 # One [[server]] per instance. name: a-z 0-9 - (a DNS name in its certificate);
 # address: IP, IP:PORT, [IPv6]:PORT, or a DNS name (NAME or NAME:PORT, looked up
 # at start and again on every reconnect); slots: parallel jobs (1..={SLOTS_MAX});
-# role: \"server\" or \"witness\" (votes and holds the database, runs no jobs).
+# role: \"server\" or \"witness\" (votes and holds the database, runs no jobs);
+# vote = false: never one of the (at most 5) voters, a non-voting member.
 ",
         c = quote(cluster),
         s = quote(shared_root),
@@ -1867,6 +1888,7 @@ mod tests {
             address: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7900),
             slots: 4,
             role: Role::Server,
+            vote: true,
         };
         assert_eq!(c.servers, vec![expected]);
         assert_eq!(c.server_dir("srv1"), f.dir.path().join("data").join("srv1"));
@@ -3016,6 +3038,7 @@ address = "fd00::4"
             address: stale,
             slots: 1,
             role: Role::Server,
+            vote: true,
         };
         let moved = server(Host::Name("localhost".into()));
         assert_eq!(moved.resolve().await, loopback_v4(7900));

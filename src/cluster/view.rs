@@ -195,6 +195,7 @@ mod tests {
             address,
             slots: 1,
             role: Role::Server,
+            vote: true,
         }
     }
 

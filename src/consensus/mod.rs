@@ -56,6 +56,29 @@ pub struct CoreConfig {
     pub log_keep_entries: u64,
     /// Largest append message, bytes.
     pub msg_bytes_max: u64,
+    /// Most voters the leader promotes learners up to (`VOTERS_MAX` in
+    /// production): the rest stay non-voting members.
+    pub voters_max: usize,
+    /// The servers that may vote, in the configuration's order: a learner
+    /// outside it (`vote = false`) is never promoted.
+    pub voter_rank: Vec<u64>,
+}
+
+/// Most voters a cluster has: every commit and election waits on a majority
+/// of them, so more voters cost latency and tolerate no more than two lost
+/// at once (with five). Further servers are non-voting members.
+pub const VOTERS_MAX: usize = 5;
+
+/// The learner to promote to voter, if any: while there are fewer than
+/// `max` voters, the first of `rank` (the servers that may vote, in the
+/// configuration's order) among the learners that are caught up.
+pub fn promotion(cs: &ConfState, caught_up: &[u64], rank: &[u64], max: usize) -> Option<u64> {
+    if cs.voters.len() >= max {
+        return None;
+    }
+    rank.iter()
+        .copied()
+        .find(|id| cs.learners.contains(id) && caught_up.contains(id))
 }
 
 /// What the shell must carry out after [`Core::pump`].
@@ -407,6 +430,10 @@ impl Core {
     pub fn commit_index(&self) -> u64 {
         self.node.raft.raft_log.committed
     }
+    /// This instance's Raft id.
+    pub fn id(&self) -> u64 {
+        self.cfg.id
+    }
     pub fn applied_index(&self) -> u64 {
         self.state.applied_index()
     }
@@ -435,6 +462,17 @@ impl Core {
     }
     pub fn is_learner(&self, id: u64) -> bool {
         self.conf_state().learners.contains(&id)
+    }
+    /// This instance is a non-voting member: a learner that holds what it
+    /// knows is committed and will not be promoted (the cluster has its
+    /// most voters, or this server may not vote). A learner that will be
+    /// promoted is still joining.
+    pub fn is_non_voter(&self) -> bool {
+        let me = self.cfg.id;
+        let stays = self.conf_state().voters.len() >= self.cfg.voters_max
+            || !self.cfg.voter_rank.contains(&me);
+        let commit = self.commit_index();
+        self.is_learner(me) && stays && commit > 0 && self.applied_index() >= commit
     }
     /// The leader's view of a peer's replication: (matched index, recently active).
     pub fn progress(&self, id: u64) -> Option<(u64, bool)> {
@@ -670,10 +708,18 @@ impl Core {
             return;
         }
         let commit = self.commit_index();
-        let ready: Option<u64> = self.conf_state().learners.iter().copied().find(|id| {
-            self.progress(*id)
-                .is_some_and(|(matched, _)| matched >= commit)
-        });
+        let caught_up: Vec<u64> = self
+            .conf_state()
+            .learners
+            .iter()
+            .copied()
+            .filter(|id| {
+                self.progress(*id)
+                    .is_some_and(|(matched, _)| matched >= commit)
+            })
+            .collect();
+        let cs = self.conf_state();
+        let ready = promotion(cs, &caught_up, &self.cfg.voter_rank, self.cfg.voters_max);
         if let Some(id) = ready {
             let _ = self.propose_conf_change(ConfChangeType::AddNode, id);
         }
@@ -1203,7 +1249,33 @@ mod tests {
             durable: false,
             log_keep_entries: 16,
             msg_bytes_max: 64 * 1024,
+            voters_max: VOTERS_MAX,
+            voter_rank: (1..=9).collect(),
         }
+    }
+
+    #[test]
+    fn learners_are_promoted_in_the_configurations_order_up_to_the_most_voters() {
+        let cs = |voters: &[u64], learners: &[u64]| ConfState {
+            voters: voters.to_vec(),
+            learners: learners.to_vec(),
+            ..Default::default()
+        };
+        let rank = [1, 2, 3, 4, 5, 6, 7];
+        // Caught up and fewer voters than the most: the first in the order.
+        assert_eq!(promotion(&cs(&[1], &[3, 2]), &[3, 2], &rank, 5), Some(2));
+        // Not caught up: not yet.
+        assert_eq!(promotion(&cs(&[1], &[2]), &[], &rank, 5), None);
+        // Five voters: the rest stay non-voting members.
+        let five = [1, 2, 3, 4, 5];
+        assert_eq!(promotion(&cs(&five, &[6, 7]), &[6, 7], &rank, 5), None);
+        // A voter lost for good (removed): the next one takes its place.
+        assert_eq!(
+            promotion(&cs(&[1, 2, 4, 5], &[6, 7]), &[7, 6], &rank, 5),
+            Some(6)
+        );
+        // A server that may not vote (`vote = false`) is never promoted.
+        assert_eq!(promotion(&cs(&[1], &[8]), &[8], &rank, 5), None);
     }
 
     fn logger() -> slog::Logger {

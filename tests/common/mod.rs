@@ -297,7 +297,8 @@ impl Cluster {
         let Some(v) = self.status(via) else {
             return false;
         };
-        let voter = |state: &str| matches!(state, "coordinator" | "follower" | "witness");
+        let voter =
+            |state: &str| matches!(state, "coordinator" | "follower" | "witness" | "non-voter");
         v.coordinator.as_deref() == Some(coordinator)
             && members.iter().all(|m| {
                 v.servers

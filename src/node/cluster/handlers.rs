@@ -437,6 +437,7 @@ fn state_name(shared: &Shared, core: &crate::consensus::Core, phase: &Phase) -> 
         // Told to peers so that the coordinator places nothing here.
         Phase::Stopping => "stopping",
         _ if core.is_leader() => "coordinator",
+        _ if core.is_non_voter() => "non-voter",
         _ if core.is_learner(shared.id) => "joining",
         _ if core.is_voter(shared.id) && core.leader_id().is_none() => "electing",
         _ if core.is_voter(shared.id) && shared.me.role == crate::config::Role::Witness => {

@@ -363,6 +363,14 @@ impl Shared {
             durable: true,
             log_keep_entries: LOG_KEEP_ENTRIES,
             msg_bytes_max: RAFT_MSG_BYTES_MAX,
+            voters_max: crate::consensus::VOTERS_MAX,
+            voter_rank: self
+                .cfg
+                .servers
+                .iter()
+                .filter(|s| s.vote)
+                .map(|s| raft_id(&s.name))
+                .collect(),
         }
     }
 
@@ -583,7 +591,8 @@ fn cycle(shared: &Arc<Shared>, ticked: bool) -> Result<Vec<Output>, String> {
         return Ok(out);
     }
     let member = core.is_member();
-    let voter = core.is_voter(shared.id);
+    // A non-voting member is in service as a voter is.
+    let voter = core.is_voter(shared.id) || core.is_non_voter();
     let applied = core.applied_index();
     let revoked_changed = shared.revocation.refresh(core);
     drop(guard);
@@ -617,7 +626,7 @@ impl Shared {
     /// Keeps the phase and the stop record in step with the membership.
     fn after_cycle(&self, member: bool, voter: bool) {
         if voter && self.phase() == Phase::Joining {
-            tracing::info!("joined the cluster as a voter");
+            tracing::info!("joined the cluster");
             self.set_phase(Phase::Running);
         }
         if voter {

@@ -383,7 +383,8 @@ pub fn note(shared: &Shared, core: &Core, phase: &Phase) -> Option<String> {
         ));
     }
     let me = shared.id;
-    let joining = core.is_learner(me) || (*phase == Phase::Joining && !core.is_voter(me));
+    let joining = (core.is_learner(me) && !core.is_non_voter())
+        || (*phase == Phase::Joining && !core.is_voter(me) && !core.is_non_voter());
     if !joining {
         return None;
     }

@@ -302,6 +302,7 @@ impl Shared {
         info.commit_index = core.commit_index();
         info.applied_index = core.applied_index();
         let state = match () {
+            _ if core.is_non_voter() => "non-voter",
             _ if core.is_learner(self.id) => "joining",
             _ if !core.is_voter(self.id) => "waiting",
             _ if self.me.role == Role::Witness => "witness",

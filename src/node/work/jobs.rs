@@ -141,9 +141,9 @@ fn placements(work: &Work) -> Option<Vec<scheduler::Assignment>> {
     let (active, modes) = read()
         .map_err(|e| tracing::error!("reading the active jobs from state.db failed: {e}"))
         .ok()?;
-    let voters = core.conf_state().voters.clone();
+    let members = in_service(core);
     drop(guard);
-    let mut candidates = candidates(work, &voters, &active, &modes);
+    let mut candidates = candidates(work, &members, &active, &modes);
     let free: u32 = candidates
         .iter()
         .map(|c| c.slots.saturating_sub(c.active))
@@ -210,7 +210,7 @@ pub(super) fn place_on_submit(work: &Work, command: &Command) -> Option<Command>
             return None;
         }
         let counts = (db::active_counts(conn).ok()?, db::modes(conn).ok()?);
-        (counts.0, counts.1, core.conf_state().voters.clone())
+        (counts.0, counts.1, in_service(core))
     };
     let mut candidates = candidates(work, &voters, &active, &modes);
     let queued: Vec<scheduler::Queued> = jobs
@@ -239,11 +239,19 @@ pub(super) fn place_on_submit(work: &Work, command: &Command) -> Option<Command>
     })
 }
 
+/// The members that may be in service: voters and learners (a learner
+/// still joining says so in its state, which `candidates` checks).
+fn in_service(core: &crate::consensus::Core) -> Vec<u64> {
+    let cs = core.conf_state();
+    cs.voters.iter().chain(cs.learners.iter()).copied().collect()
+}
+
 /// The instances that may take jobs now: servers (not witnesses), voters
-/// (not joining), not in maintenance, up and not stopping.
+/// and non-voting members (not joining), not in maintenance, up and not
+/// stopping.
 fn candidates(
     work: &Work,
-    voters: &[u64],
+    members: &[u64],
     active: &std::collections::HashMap<String, u32>,
     modes: &std::collections::HashMap<String, String>,
 ) -> Vec<Candidate> {
@@ -268,7 +276,7 @@ fn candidates(
         .cfg
         .servers
         .iter()
-        .filter(|s| s.role == Role::Server && voters.contains(&crate::consensus::raft_id(&s.name)))
+        .filter(|s| s.role == Role::Server && members.contains(&crate::consensus::raft_id(&s.name)))
         .filter(|s| modes.get(&s.name).is_none_or(|m| m != "maintenance"))
         .filter(|s| {
             if s.name == work.cluster.me.name {
@@ -285,7 +293,9 @@ fn candidates(
             let window = (PLACE_HEARD_MS_MAX + own_lag_ms).min(now.saturating_sub(since));
             let state = view.info(&s.name).map(|i| i.state.as_str());
             let recent = view.age_ms(&s.name, now).is_some_and(|a| a <= window);
-            recent && view.is_up(&s.name, now) && matches!(state, Some("follower" | "coordinator"))
+            recent
+                && view.is_up(&s.name, now)
+                && matches!(state, Some("follower" | "coordinator" | "non-voter"))
         })
         .map(|s| Candidate {
             name: s.name.clone(),
