@@ -129,10 +129,7 @@ async fn join_all<F: std::future::Future<Output = ()>>(futs: Vec<F>) {
 /// Jobs per second from the first submission to the last success, and how
 /// many were acknowledged.
 fn throughput(c: &Cluster) -> (f64, usize, f64) {
-    let conns: Vec<Conn> = ["srv1", "srv2", "srv3"]
-        .iter()
-        .map(|n| Conn::open(c, n))
-        .collect();
+    let conns: Vec<Conn> = c.names.iter().map(|n| Conn::open(c, n)).collect();
     let acked = AtomicUsize::new(0);
     let deadline = Instant::now() + Duration::from_secs(THROUGHPUT_TIME_MAX_S);
     let started = Instant::now();
@@ -312,6 +309,9 @@ fn main() {
     if std::env::var("CLARO_BENCH_ONLY").as_deref() == Ok("scale") {
         return scale();
     }
+    if std::env::var("CLARO_BENCH_ONLY").as_deref() == Ok("grow") {
+        return grow();
+    }
     let date = std::process::Command::new("date").arg("-u").output();
     let date = date.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
     println!("claro jobs benchmark, {}", date.unwrap_or_default());
@@ -369,4 +369,108 @@ fn celery(appendfsync: &str) {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// Cluster sizes of `CLARO_BENCH_ONLY=grow`.
+const GROW_SIZES: [usize; 4] = [3, 5, 9, 15];
+/// Sequential commits measured per size.
+const GROW_COMMITS: usize = 500;
+/// How long idle CPU is measured, per size.
+const GROW_IDLE_S: u64 = 10;
+/// Longest wait for every instance of a size to be in service.
+const GROW_START_S: u64 = 180;
+
+/// `CLARO_BENCH_ONLY=grow`: the cost as the cluster grows, on one machine
+/// (every instance shares its CPUs, so the figures are of a shared
+/// machine): commit latency, single-job latency, job throughput and idle
+/// CPU with 3, 5, 9 and 15 instances (at most 5 voters; the rest
+/// non-voting members), the product's timings.
+fn grow() {
+    let slots: u32 = std::env::var("CLARO_BENCH_SLOTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(SLOTS);
+    println!("claro as the cluster grows, {slots} slots each, the product's timings");
+    println!("| instances | voters | commit p50 / p99 | job p50 / p99 | jobs/s (64 producers) | idle CPU, all instances |");
+    println!("|---|---|---|---|---|---|");
+    for n in GROW_SIZES {
+        let mut c = grown(n, slots);
+        std::thread::sleep(Duration::from_secs(3));
+        let voters = c.status("srv1").map_or(0, |v| {
+            v.servers
+                .iter()
+                .filter(|s| s.state == "coordinator" || s.state == "follower")
+                .count()
+        });
+        let idle = idle_cpu_percent(&mut c);
+        let (c50, c99) = commits(&c);
+        let (j50, j99) = latency(&c);
+        let (per_s, _, _) = throughput(&c);
+        println!("| {n} | {voters} | {c50:.2} / {c99:.2} ms | {j50:.2} / {j99:.2} ms | {per_s:.0} | {idle:.1} % of one CPU |");
+    }
+}
+
+/// `n` instances srv1.. started one after another, all in service.
+fn grown(n: usize, slots: u32) -> Cluster {
+    let names: Vec<String> = (1..=n).map(|i| format!("srv{i}")).collect();
+    let servers: Vec<(&str, &str)> = names.iter().map(|s| (s.as_str(), "server")).collect();
+    let mut c = Cluster::with_timing(54, &servers, "");
+    let text = std::fs::read_to_string(&c.conf).unwrap();
+    std::fs::write(
+        &c.conf,
+        text.replace("slots = 4\n", &format!("slots = {slots}\n")),
+    )
+    .unwrap();
+    c.start_alone("srv1");
+    for name in &names[1..] {
+        c.start(name);
+    }
+    let all: Vec<&str> = names.iter().map(String::as_str).collect();
+    c.wait(GROW_START_S, "every instance in service", || {
+        c.settled("srv1", "srv1", &all)
+    });
+    c
+}
+
+/// CPU time all instances used over `GROW_IDLE_S` of idleness, as a
+/// percentage of one CPU.
+fn idle_cpu_percent(c: &mut Cluster) -> f64 {
+    let pids: Vec<u32> = c.names.clone().iter().filter_map(|n| c.pid(n)).collect();
+    let ticks = |pid: &u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command's closing parenthesis: utime is the
+        // 12th, stime the 13th.
+        let rest = stat.rsplit(')').next().unwrap_or_default();
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)
+    };
+    let before: u64 = pids.iter().map(ticks).sum();
+    std::thread::sleep(Duration::from_secs(GROW_IDLE_S));
+    let after: u64 = pids.iter().map(ticks).sum();
+    // Clock ticks are 100 a second on Linux.
+    (after - before) as f64 / GROW_IDLE_S as f64
+}
+
+/// Sequential settings writes through the coordinator: p50, p99 in ms.
+fn commits(c: &Cluster) -> (f64, f64) {
+    let conn = Conn::open(c, "srv1");
+    let mut us = Vec::with_capacity(GROW_COMMITS);
+    async_std::task::block_on(async {
+        for i in 0..GROW_COMMITS {
+            let command = Command::Put {
+                key: format!("grow-{i}"),
+                value: vec![7u8; 100],
+            };
+            let req = Request::propose(command, Some(claro::proto::new_request_id()));
+            let t = Instant::now();
+            let r = conn.ask(&req, REQUEST_MS).await;
+            assert!(matches!(r, Ok(Response::Proposed { .. })), "{r:?}");
+            us.push(t.elapsed().as_micros() as u64);
+        }
+    });
+    us.sort_unstable();
+    (percentile_ms(&us, 0.5), percentile_ms(&us, 0.99))
 }

@@ -243,7 +243,11 @@ pub(super) fn place_on_submit(work: &Work, command: &Command) -> Option<Command>
 /// still joining says so in its state, which `candidates` checks).
 fn in_service(core: &crate::consensus::Core) -> Vec<u64> {
     let cs = core.conf_state();
-    cs.voters.iter().chain(cs.learners.iter()).copied().collect()
+    cs.voters
+        .iter()
+        .chain(cs.learners.iter())
+        .copied()
+        .collect()
 }
 
 /// The instances that may take jobs now: servers (not witnesses), voters
