@@ -17,7 +17,13 @@
 /// a job folder as a file); a batch's ids recorded for its request id.
 /// 9: a retry clears the job's error (a replica applying it the old way
 /// would hold another state); `Request::Backup` (client only).
-pub const PROTOCOL_VERSION: u32 = 9;
+/// 10: flat working folders for hotfolder jobs (`LEVEL_FLAT_WORK_AREA`).
+pub const PROTOCOL_VERSION: u32 = 10;
+
+/// The level from which a hotfolder job's working folder is made flat
+/// (`node::work::work_area`): an instance of protocol 9 or older would not
+/// find a claimed input there, and would publish the job without it.
+pub const LEVEL_FLAT_WORK_AREA: u32 = 10;
 
 /// The oldest protocol an instance of this version works beside. Instances
 /// of protocol 8 and older know no levels and refuse any other version:

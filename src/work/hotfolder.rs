@@ -54,6 +54,9 @@ pub const IGNORE_DEFAULT: [&str; 8] = [
 ];
 /// Working area inside each hotfolder.
 pub const WORK_DIR: &str = ".claro";
+/// Names in a job's working folder that are claro's own start with this
+/// (`node::work::work_area`), so a file so named is never taken from `in/`.
+pub const RESERVED_PREFIX: &str = ".claro-";
 
 /// What happens to a file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -469,15 +472,18 @@ impl Patterns {
         })
     }
 
-    /// Whether the file `name` (its last component) is taken.
+    /// Whether the file `name` (its last component) is taken. A name that
+    /// starts with `RESERVED_PREFIX` never is, whatever the patterns say.
     pub fn takes(&self, name: &str) -> bool {
-        !self.ignore.is_match(name) && self.include.as_ref().is_none_or(|s| s.is_match(name))
+        !name.starts_with(RESERVED_PREFIX)
+            && !self.ignore.is_match(name)
+            && self.include.as_ref().is_none_or(|s| s.is_match(name))
     }
 
     /// Whether the folder `name` is looked into (ignored folders, hidden
     /// ones and the working area by default, are not).
     pub fn enters(&self, name: &str) -> bool {
-        name != WORK_DIR && !self.ignore.is_match(name)
+        name != WORK_DIR && !name.starts_with(RESERVED_PREFIX) && !self.ignore.is_match(name)
     }
 }
 
@@ -910,6 +916,9 @@ mod tests {
         assert!(!p.enters(WORK_DIR) && !p.enters(".git") && p.enters("sub folder"));
         let only_pdf = Patterns::new(&["*.pdf".into(), "*.PDF".into()], &ignore).unwrap();
         assert!(only_pdf.takes("a.pdf") && only_pdf.takes("B.PDF") && !only_pdf.takes("a.txt"));
+        // claro's own names in a working folder, whatever the patterns.
+        let all = Patterns::new(&["*".into()], &[]).unwrap();
+        assert!(all.takes(".hidden") && !all.takes(".claro-out-1"));
         assert!(Patterns::new(&["[".into()], &[])
             .unwrap_err()
             .contains("pattern `[`"));

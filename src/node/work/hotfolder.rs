@@ -4,8 +4,10 @@
 //! folder). The decisions (stability, patterns, templates, free names) are
 //! in `crate::work::hotfolder`; this module does the file system work.
 //!
-//! A file's way: `in/REL` → (claim: one rename) `.claro/work/ID/in/NAME` →
-//! the action writes into `.claro/work/ID/ATTEMPT/out/` → the attempt's end
+//! A file's way: `in/REL` → (claim: one rename) `.claro/work/ID/NAME` →
+//! the action writes into `.claro/work/ID/.claro-out-ATTEMPT/` (the flat
+//! working folder; `work_area` has the nested one of earlier versions,
+//! still read) → the attempt's end
 //! is committed → (publish, by the coordinator, recorded by a committed
 //! `JobsPublished`) outputs to `out/DIR(REL)/`, the original to
 //! `done/REL` (or deleted), or to `error/REL` with `REL.error.txt` after
@@ -21,6 +23,7 @@ use std::time::Duration;
 use super::account::Account;
 use super::process::Capture;
 use super::script_host::{run_job_script, FileContext};
+use super::work_area::{WorkArea, CLAIMED_AT, COMPANIONS_TAKEN, TICKET_MADE, TICKET_STAGED};
 use super::Work;
 use crate::clock::now_ms;
 use crate::node::cluster::Phase;
@@ -57,11 +60,10 @@ impl Layout {
     pub(super) fn work(&self, id: &str) -> PathBuf {
         self.root.join(WORK_DIR).join("work").join(id)
     }
-    pub(super) fn claimed(&self, id: &str, input: &str) -> PathBuf {
-        self.work(id).join("in").join(base_name(input))
-    }
-    pub(super) fn staging(&self, id: &str, attempt: u32) -> PathBuf {
-        self.work(id).join(attempt.to_string()).join("out")
+    /// Job `id`'s working folder in the layout it has, or, when not made
+    /// yet, flat if `flat` (the cluster's level allows it).
+    pub(super) fn area(&self, id: &str, flat: bool) -> WorkArea {
+        WorkArea::open(self.work(id), flat)
     }
     /// Makes the folders that are missing.
     pub fn create(&self) -> std::io::Result<()> {
@@ -681,9 +683,16 @@ pub(super) fn sweep(
         return publish(shared_root, job);
     }
     let layout = Layout::new(shared_root, name);
-    let claimed = layout.work(id).join("in");
-    for entry in std::fs::read_dir(&claimed).into_iter().flatten().flatten() {
+    let area = layout.area(id, true);
+    for entry in std::fs::read_dir(area.claimed_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let file = entry.file_name().to_string_lossy().into_owned();
+        if !area.is_input(&file) {
+            continue;
+        }
         let to = layout.dir("error");
         let reason = format!("found in the working folder of job {id}, which is no longer known\n");
         let free = free_name(&file, &mut |n| to.join(n).exists()).ok_or("no free name")?;
@@ -730,7 +739,8 @@ pub fn publish_steps(shared_root: &Path, job: &Job, steps: &mut Steps) -> Result
     let layout = Layout::new(shared_root, &file.hotfolder);
     // In `in/` still when it was never claimed; another file dropped
     // later under the same name is not this job's.
-    let claimed = layout.claimed(&job.id, &file.input);
+    let area = layout.area(&job.id, true);
+    let claimed = area.claimed(base_name(&file.input));
     let waiting = layout.dir("in").join(&file.input);
     let original = if claimed.symlink_metadata().is_ok() {
         Some(claimed)
@@ -738,14 +748,14 @@ pub fn publish_steps(shared_root: &Path, job: &Job, steps: &mut Steps) -> Result
         matches!(same_input(&waiting, file), Some(Ok(()))).then_some(waiting)
     };
     if job.state == JobState::Succeeded {
-        publish_success(&layout, job, file, original, steps)?;
+        publish_success((&layout, &area), job, file, original, steps)?;
     } else if let Some(original) = original {
         // Never claimed (cancelled while queued, given up): its ticket and
         // marker are still in `in/` and go with it.
         if original.starts_with(layout.dir("in")) {
-            super::tickets::claim(&layout.work(&job.id), (&layout.dir("in"), false), file)?;
+            super::tickets::claim(&area, (&layout.dir("in"), false), file)?;
         }
-        publish_failure(&layout, job, file, &original, steps)?;
+        publish_failure((&layout, &area), job, file, &original, steps)?;
     }
     steps.take()?;
     match std::fs::remove_dir_all(layout.work(&job.id)) {
@@ -758,31 +768,32 @@ pub fn publish_steps(shared_root: &Path, job: &Job, steps: &mut Steps) -> Result
 
 /// Outputs into `out/`, then the original to `done/` (or deleted).
 fn publish_success(
-    layout: &Layout,
+    (layout, area): (&Layout, &WorkArea),
     job: &Job,
     file: &FileInput,
     original: Option<PathBuf>,
     steps: &mut Steps,
 ) -> Result<(), String> {
-    let staging = layout.staging(&job.id, job.attempt);
+    let staging = area.staging(job.attempt);
     let out_dir = layout.dir("out").join(parent_of(&file.input));
     if staging.is_dir() {
-        stage_ticket(layout, job, file, &staging, steps)?;
+        stage_ticket(area, job, file, &staging, steps)?;
         move_tree(&staging, &out_dir, steps)?;
     }
-    let Some(original) = original.filter(|p| p.starts_with(layout.work(&job.id))) else {
+    let Some(original) = original.filter(|p| p.starts_with(&area.root)) else {
         return Ok(());
     };
     let to = layout.dir("done").join(parent_of(&file.input));
     // The ticket before the original: the original's place says whether
     // this is still to do, so a crash between the two loses nothing.
-    if let Some(ticket) = super::tickets::claimed_sidecar(&layout.work(&job.id), file) {
+    if let Some(ticket) = super::tickets::claimed_sidecar(area, file) {
         if file.delete_on_success {
             steps.take()?;
             std::fs::remove_file(&ticket).map_err(|e| format!("deleting the ticket: {e}"))?;
         } else {
-            let name = ticket.file_name().map(|n| n.to_string_lossy().into_owned());
-            move_no_replace(&ticket, &to, &name.unwrap_or_default(), steps)?;
+            // Under its name in `in/` (the working folder may prefix it).
+            let name = base_name(file.ticket.as_deref().unwrap_or_default());
+            move_no_replace(&ticket, &to, name, steps)?;
         }
     }
     if file.delete_on_success {
@@ -799,7 +810,7 @@ fn publish_success(
 
 /// The original to `error/`, with `NAME.error.txt` beside it.
 fn publish_failure(
-    layout: &Layout,
+    (layout, area): (&Layout, &WorkArea),
     job: &Job,
     file: &FileInput,
     original: &Path,
@@ -829,14 +840,11 @@ fn publish_failure(
     );
     steps.take()?;
     write_atomic(&to.join(format!("{name}.error.txt")), reason.as_bytes())?;
-    let fields = super::tickets::read_fields(&super::tickets::fields_path(
-        &layout.work(&job.id),
-        job.attempt,
-    ));
+    let fields = super::tickets::read_fields(&area.fields(job.attempt));
     let ticket = result_ticket(job, file, &[], &fields);
     write_atomic(&to.join(format!("{name}.result.json")), &ticket)?;
     // The job's own ticket beside the original, under the original's name.
-    if let Some(t) = super::tickets::claimed_sidecar(&layout.work(&job.id), file) {
+    if let Some(t) = super::tickets::claimed_sidecar(area, file) {
         let suffix = file.ticket.as_deref().unwrap_or_default();
         let suffix = &suffix[file.input.len().min(suffix.len())..];
         move_no_replace(&t, &to, &format!("{name}{suffix}"), steps)?;
@@ -886,26 +894,25 @@ fn result_ticket(
 /// which publication then finds already in `out/` (`link_free`), where a
 /// ticket of its own making was published again as `NAME (1).result.json`.
 fn stage_ticket(
-    layout: &Layout,
+    area: &WorkArea,
     job: &Job,
     file: &FileInput,
     staging: &Path,
     steps: &mut Steps,
 ) -> Result<(), String> {
-    let work = layout.work(&job.id);
-    let marker = work.join("ticket-staged");
+    let marker = area.marker(TICKET_STAGED);
     if marker.exists() {
         return Ok(());
     }
     let name = format!("{}.result.json", base_name(&file.input));
-    let made = work.join(TICKET_MADE);
+    let made = area.marker(TICKET_MADE);
     if !made.exists() {
         // Not the ticket itself (a crash before the marker leaves it staged).
         let outputs: Vec<String> = staged_files(staging)
             .into_iter()
             .filter(|f| *f != name && !f.ends_with(".claro-tmp"))
             .collect();
-        let fields = super::tickets::read_fields(&super::tickets::fields_path(&work, job.attempt));
+        let fields = super::tickets::read_fields(&area.fields(job.attempt));
         steps.take()?;
         make_once(&made, &result_ticket(job, file, &outputs, &fields))?;
     }
@@ -923,9 +930,6 @@ fn stage_ticket(
     }
     write_atomic(&marker, b"")
 }
-
-/// The job's result ticket as made once, in its working folder.
-const TICKET_MADE: &str = "result-ticket";
 
 /// Writes `bytes` as `path` unless `path` exists: written whole under a
 /// name of this writer's own, then hard-linked, which fails rather than
@@ -1113,11 +1117,15 @@ pub fn process(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>, log: Arc<Capt
     if let Err(e) = waited {
         return Outcome::failed(e, String::new());
     }
-    let claimed = match claim(&layout, &job.id, &file) {
+    // A new working folder is flat once every server reads that layout.
+    let flat = read(&work, crate::state::protocol_level)
+        .is_ok_and(|level| level >= crate::version::LEVEL_FLAT_WORK_AREA);
+    let area = layout.area(&job.id, flat);
+    let claimed = match claim(&layout, &area, &file) {
         Ok(p) => p,
         Err(e) => return Outcome::failed(e, String::new()),
     };
-    let claimed_ms = std::fs::read_to_string(layout.work(&job.id).join(CLAIMED_AT))
+    let claimed_ms = std::fs::read_to_string(area.marker(CLAIMED_AT))
         .ok()
         .and_then(|t| t.trim().parse().ok())
         .unwrap_or_else(now_ms);
@@ -1144,12 +1152,12 @@ pub fn process(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>, log: Arc<Capt
     if let Err(e) = not_a_continuation(&layout, (&job.id, &file), &claimed, &owners()) {
         return Outcome::failed(e, String::new());
     }
-    let staging = layout.staging(&job.id, job.attempt);
+    let staging = area.staging(job.attempt);
     let _ = std::fs::remove_dir_all(&staging);
     if let Err(e) = make_staging(&staging, work.account.as_ref()) {
         return Outcome::failed(e, String::new());
     }
-    let fields = match super::tickets::read(&layout.work(&job.id), &claimed, &file) {
+    let fields = match super::tickets::read(&area, &claimed, &file) {
         Ok(f) => f,
         Err(e) => return Outcome::failed(e, String::new()),
     };
@@ -1158,12 +1166,12 @@ pub fn process(work: Arc<Work>, job: Job, cancel: Arc<AtomicBool>, log: Arc<Capt
         run_command(&work, &job, (&claimed, &staging), &fields, (&cancel, &log))
     } else {
         let profiler = Arc::new(crate::work::script::Profiler::default());
-        let paths = (root.as_path(), claimed.as_path(), staging.as_path());
+        let paths = (root.as_path(), &area, claimed.as_path(), staging.as_path());
         let set = Arc::new(std::sync::Mutex::new(crate::work::ticket::Fields::new()));
         let ended = run_script(work, &job, paths, cancel, (&log, &profiler), (fields, &set));
         profile = profiler.rows();
         let set = set.lock().expect("fields lock");
-        let kept = super::tickets::fields_path(&layout.work(&job.id), job.attempt);
+        let kept = area.fields(job.attempt);
         ended.and_then(|()| super::tickets::write_fields(&kept, &set))
     };
     // Checked after the action, before anything is published.
@@ -1216,11 +1224,6 @@ fn unchanged(claimed: &Path, file: &FileInput) -> Result<(), String> {
     }
 }
 
-/// Marks a working folder whose ticket and marker the claim took.
-const COMPANIONS_TAKEN: &str = "companions-taken";
-
-/// The claim's time, in the job's working folder (ms since the epoch).
-const CLAIMED_AT: &str = "claimed-at";
 /// Longest wait for a writer on this server to close the input.
 const WRITER_WAIT_MS: u64 = 60_000;
 /// Step of that wait.
@@ -1461,7 +1464,8 @@ fn other_claims(
         .iter()
         .filter(|other| *other != id)
         .filter_map(|other| {
-            let meta = std::fs::metadata(layout.claimed(other, input)).ok()?;
+            let meta =
+                std::fs::metadata(layout.area(other, true).claimed(base_name(input))).ok()?;
             Some((other.clone(), meta))
         })
         .collect()
@@ -1494,23 +1498,22 @@ fn path_text(p: &Path) -> String {
 /// The file, moved from `in/` into this job's working area by one rename
 /// (only one instance can win it); found there on a retry; taken back from
 /// `error/` when a failed job is retried.
-pub(super) fn claim(layout: &Layout, id: &str, file: &FileInput) -> Result<PathBuf, String> {
+pub(super) fn claim(layout: &Layout, area: &WorkArea, file: &FileInput) -> Result<PathBuf, String> {
     let input = file.input.as_str();
-    let claimed = layout.claimed(id, input);
+    let claimed = area.claimed(base_name(input));
     let from_in = layout.dir("in").join(input);
     let from_error = layout.dir("error").join(input);
     if claimed.symlink_metadata().is_ok() {
         // Its ticket and marker were taken with it unless a crash came in
         // between; once taken, a ticket or marker of that name in `in/` is
         // a newer drop's and stays.
-        if !layout.work(id).join(COMPANIONS_TAKEN).exists() {
-            super::tickets::claim(&layout.work(id), (&layout.dir("in"), false), file)?;
-            let _ = write_atomic(&layout.work(id).join(COMPANIONS_TAKEN), b"");
+        if !area.marker(COMPANIONS_TAKEN).exists() {
+            super::tickets::claim(area, (&layout.dir("in"), false), file)?;
+            let _ = write_atomic(&area.marker(COMPANIONS_TAKEN), b"");
         }
         return Ok(claimed);
     }
-    let dir = claimed.parent().expect("claimed files are in a folder");
-    std::fs::create_dir_all(dir).map_err(|e| format!("making {}: {e}", dir.display()))?;
+    super::work_area::make_parent(&claimed)?;
     let source = if from_in.symlink_metadata().is_ok() {
         from_in
     } else {
@@ -1523,6 +1526,10 @@ pub(super) fn claim(layout: &Layout, id: &str, file: &FileInput) -> Result<PathB
             "in/{input} was replaced or changed after it was taken ({now}): the new one gets its own job"
         ));
     }
+    // When it was taken, for the checks after the action: kept with the
+    // claim, so that a later attempt measures from the same time. Written
+    // first: a flat working folder is known by it (`WorkArea::open`).
+    write_atomic(&area.marker(CLAIMED_AT), now_ms().to_string().as_bytes())?;
     match std::fs::rename(&source, &claimed) {
         Ok(()) => {
             if source == from_error {
@@ -1533,14 +1540,8 @@ pub(super) fn claim(layout: &Layout, id: &str, file: &FileInput) -> Result<PathB
             }
             let again = source == from_error;
             let from = layout.dir(if again { "error" } else { "in" });
-            super::tickets::claim(&layout.work(id), (&from, again), file)?;
-            let _ = write_atomic(&layout.work(id).join(COMPANIONS_TAKEN), b"");
-            // When it was taken, for the checks after the action: kept with
-            // the claim, so that a later attempt measures from the same time.
-            let _ = write_atomic(
-                &layout.work(id).join(CLAIMED_AT),
-                now_ms().to_string().as_bytes(),
-            );
+            super::tickets::claim(area, (&from, again), file)?;
+            let _ = write_atomic(&area.marker(COMPANIONS_TAKEN), b"");
             Ok(claimed)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
@@ -1595,7 +1596,7 @@ fn count_files(dir: &Path) -> usize {
 fn run_script(
     work: Arc<Work>,
     job: &Job,
-    (root, claimed, staging): (&Path, &Path, &Path),
+    (root, area, claimed, staging): (&Path, &WorkArea, &Path, &Path),
     cancel: Arc<AtomicBool>,
     sinks: (&Arc<Capture>, &Arc<crate::work::script::Profiler>),
     (ticket, set): (
@@ -1624,8 +1625,7 @@ fn run_script(
     } else {
         vec![values.input.clone()]
     };
-    let ticket_path =
-        super::tickets::claimed(&claimed_work(claimed), claimed, file).map(|p| rel(&p));
+    let ticket_path = super::tickets::claimed(area, claimed, file).map(|p| rel(&p));
     let value = serde_json::json!({
         "input": values.input, "output_dir": values.output_dir, "name": values.name,
         "stem": values.stem, "ext": values.ext, "relative": file.input,
@@ -1641,15 +1641,6 @@ fn run_script(
     run_job_script(work, job, cancel, sinks, Some(file))
         .map(|_| ())
         .map_err(|e| e.to_string())
-}
-
-/// The job's working folder, from its claimed input (`WORK/in/NAME`).
-fn claimed_work(claimed: &Path) -> PathBuf {
-    claimed
-        .parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
 }
 
 /// A command action: the template's placeholders and the ticket's
@@ -1683,6 +1674,24 @@ fn run_command(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        static NESTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// The layout new working folders get here: flat, unless a test runs
+    /// its case again in the nested one of earlier versions
+    /// (`in_both_layouts`), which is still published whole.
+    fn flat() -> bool {
+        !NESTED.with(|n| n.get())
+    }
+
+    fn in_both_layouts(case: impl Fn()) {
+        case();
+        NESTED.with(|n| n.set(true));
+        case();
+        NESTED.with(|n| n.set(false));
+    }
 
     fn job(state: JobState, delete: bool) -> Job {
         let mut spec = JobSpec::script("1");
@@ -1723,10 +1732,10 @@ mod tests {
         std::fs::create_dir_all(layout.dir("in/sub")).unwrap();
         std::fs::write(layout.dir("in/sub/a b.pdf"), "pdf").unwrap();
         let file = taken(&layout.dir("in"), "sub/a b.pdf");
-        let claimed = claim(&layout, &j.id, &file).unwrap();
-        let again = claim(&layout, &j.id, &file).unwrap();
+        let claimed = claim(&layout, &layout.area(&j.id, flat()), &file).unwrap();
+        let again = claim(&layout, &layout.area(&j.id, flat()), &file).unwrap();
         assert_eq!(again, claimed, "a retry finds its claim");
-        let staging = layout.staging(&j.id, j.attempt);
+        let staging = layout.area(&j.id, flat()).staging(j.attempt);
         std::fs::create_dir_all(staging.join("deep")).unwrap();
         for (name, text) in [("x.pdf", "x"), ("y.pdf", "y"), ("deep/z.pdf", "z")] {
             std::fs::write(staging.join(name), text).unwrap();
@@ -1762,6 +1771,12 @@ mod tests {
     /// output once and whole, the original in exactly one place.
     #[test]
     fn a_publication_crashed_at_any_step_and_run_again_publishes_everything_once() {
+        in_both_layouts(
+            a_publication_crashed_at_any_step_and_run_again_publishes_everything_once_in_one_layout,
+        );
+    }
+
+    fn a_publication_crashed_at_any_step_and_run_again_publishes_everything_once_in_one_layout() {
         let cases = [
             (JobState::Succeeded, false),
             (JobState::Succeeded, true),
@@ -1851,18 +1866,22 @@ mod tests {
             ticket: Some("Job 4711.json".into()),
             marker: Some("Job 4711.ready".into()),
         };
-        let claimed = claim(&layout, &j.id, &file).unwrap();
-        assert_eq!(claim(&layout, &j.id, &file).unwrap(), claimed);
+        let claimed = claim(&layout, &layout.area(&j.id, flat()), &file).unwrap();
+        assert_eq!(
+            claim(&layout, &layout.area(&j.id, flat()), &file).unwrap(),
+            claimed
+        );
         assert!(!layout.dir("in/Job 4711.ready").exists(), "the marker goes");
         unchanged(&claimed, &file).unwrap();
-        let fields = super::super::tickets::read(&layout.work(&j.id), &claimed, &file).unwrap();
+        let fields =
+            super::super::tickets::read(&layout.area(&j.id, flat()), &claimed, &file).unwrap();
         assert_eq!(fields["copies"], "500");
-        let staging = layout.staging(&j.id, j.attempt);
+        let staging = layout.area(&j.id, flat()).staging(j.attempt);
         std::fs::create_dir_all(&staging).unwrap();
         std::fs::write(staging.join("imposed.pdf"), "imposed").unwrap();
         let mut set = crate::work::ticket::Fields::new();
         set.insert("sheets".into(), "250".into());
-        let kept = super::super::tickets::fields_path(&layout.work(&j.id), j.attempt);
+        let kept = layout.area(&j.id, flat()).fields(j.attempt);
         super::super::tickets::write_fields(&kept, &set).unwrap();
         file
     }
@@ -1873,6 +1892,10 @@ mod tests {
     /// both in `error/` beside the reason.
     #[test]
     fn a_job_folder_with_its_ticket_is_published_once_at_any_crash() {
+        in_both_layouts(a_job_folder_with_its_ticket_is_published_once_at_any_crash_in_one_layout);
+    }
+
+    fn a_job_folder_with_its_ticket_is_published_once_at_any_crash_in_one_layout() {
         for (state, delete) in [
             (JobState::Succeeded, false),
             (JobState::Succeeded, true),
@@ -1952,9 +1975,10 @@ mod tests {
         publish(dir.path(), &j).unwrap();
         let layout = Layout::new(dir.path(), "hf");
         let again = "01a2093a8452b12da5d2";
-        let claimed = claim(&layout, again, &file).unwrap();
+        let claimed = claim(&layout, &layout.area(again, flat()), &file).unwrap();
         assert!(claimed.join("cover.pdf").is_file());
-        let fields = super::super::tickets::read(&layout.work(again), &claimed, &file).unwrap();
+        let fields =
+            super::super::tickets::read(&layout.area(again, flat()), &claimed, &file).unwrap();
         assert_eq!(fields["copies"], "500");
         assert!(!layout.dir("error/Job 4711.error.txt").exists());
     }
@@ -1970,8 +1994,10 @@ mod tests {
         let layout = Layout::new(dir.path(), "hf");
         layout.create().unwrap();
         let other = "01a2093a8452b12da5d2";
-        std::fs::create_dir_all(layout.work(other).join("in")).unwrap();
-        std::fs::write(layout.claimed(other, "a.pdf"), "part").unwrap();
+        let area = layout.area(other, flat());
+        super::super::work_area::make_parent(&area.claimed("a.pdf")).unwrap();
+        std::fs::write(area.marker(CLAIMED_AT), "1").unwrap();
+        std::fs::write(area.claimed("a.pdf"), "part").unwrap();
         let me = "01a2093a8452b12da5d1";
         assert!(other_claims(&layout, me, "a.pdf", &[]).is_empty());
         let found = other_claims(&layout, me, "a.pdf", &[other.into(), me.into()]);
@@ -2033,14 +2059,15 @@ mod tests {
         prepare(dir.path(), &j);
         let file = j.spec.file.as_ref().unwrap();
         let layout = Layout::new(dir.path(), &file.hotfolder);
-        let staging = layout.staging(&j.id, j.attempt);
+        let area = layout.area(&j.id, flat());
+        let staging = area.staging(j.attempt);
         let out_dir = layout.dir("out").join(parent_of(&file.input));
         // The first publisher stages the ticket and publishes the outputs.
-        stage_ticket(&layout, &j, file, &staging, &mut Steps::unlimited()).unwrap();
+        stage_ticket(&area, &j, file, &staging, &mut Steps::unlimited()).unwrap();
         move_tree(&staging, &out_dir, &mut Steps::unlimited()).unwrap();
         // The second looked for the marker before it was written.
-        std::fs::remove_file(layout.work(&j.id).join("ticket-staged")).unwrap();
-        stage_ticket(&layout, &j, file, &staging, &mut Steps::unlimited()).unwrap();
+        std::fs::remove_file(area.marker(TICKET_STAGED)).unwrap();
+        stage_ticket(&area, &j, file, &staging, &mut Steps::unlimited()).unwrap();
         move_tree(&staging, &out_dir, &mut Steps::unlimited()).unwrap();
         let tickets: Vec<String> = std::fs::read_dir(&out_dir)
             .unwrap()
@@ -2133,23 +2160,21 @@ mod tests {
         std::fs::write(layout.dir("in/gone.pdf"), "p").unwrap();
         let gone = taken(&layout.dir("in"), "gone.pdf");
         std::fs::remove_file(layout.dir("in/gone.pdf")).unwrap();
-        let e = claim(&layout, "01a2093a8452b12da5d1", &gone).unwrap_err();
+        let area = layout.area("01a2093a8452b12da5d1", flat());
+        let e = claim(&layout, &area, &gone).unwrap_err();
         assert!(e.contains("in/gone.pdf is gone"), "{e}");
         std::fs::write(layout.dir("error/again.pdf"), "p").unwrap();
         std::fs::write(layout.dir("error/again.pdf.error.txt"), "why").unwrap();
         std::fs::write(layout.dir("error/again.pdf.result.json"), "{}").unwrap();
         let again = taken(&layout.dir("error"), "again.pdf");
-        let claimed = claim(&layout, "01a2093a8452b12da5d1", &again).unwrap();
+        let claimed = claim(&layout, &area, &again).unwrap();
         assert_eq!(std::fs::read_to_string(claimed).unwrap(), "p");
         assert!(!layout.dir("error/again.pdf.error.txt").exists());
         assert!(
             !layout.dir("error/again.pdf.result.json").exists(),
             "a stale ticket"
         );
-        assert!(layout
-            .work("01a2093a8452b12da5d1")
-            .join(CLAIMED_AT)
-            .is_file());
+        assert!(area.marker(CLAIMED_AT).is_file());
     }
 
     /// A file a process on this server holds open for writing is claimed
@@ -2194,7 +2219,8 @@ mod tests {
         // the old job failed, moved to error/.
         std::fs::write(layout.dir("in/.a.pdf.part"), "newer").unwrap();
         std::fs::rename(layout.dir("in/.a.pdf.part"), layout.dir("in/a.pdf")).unwrap();
-        let e = claim(&layout, "01a2093a8452b12da5d1", &old).unwrap_err();
+        let area = layout.area("01a2093a8452b12da5d1", flat());
+        let e = claim(&layout, &area, &old).unwrap_err();
         assert!(e.contains("replaced or changed after it was taken"), "{e}");
         let mut j = job(JobState::Failed, false);
         j.spec.file = Some(old);

@@ -107,6 +107,12 @@ impl Sim {
         }
     }
 
+    /// Odd seeds make flat working folders, even ones the nested layout
+    /// of earlier versions: both must publish every file once.
+    fn flat(&self) -> bool {
+        self.seed % 2 == 1
+    }
+
     fn layout(&self) -> Layout {
         Layout::new(&self.root, "hf")
     }
@@ -220,11 +226,12 @@ impl Sim {
         let input = file.input.clone();
         self.stats[0] += u32::from(self.running[k].stale);
         let layout = self.layout();
-        let staging = layout.staging(&id, attempt);
+        let area = layout.area(&id, self.flat());
+        let staging = area.staging(attempt);
         let output = staging.join(format!("{}.out", input.rsplit('/').next().unwrap()));
         match stage {
             Stage::Assigned => {
-                let claimed = claim(&layout, &id, &file);
+                let claimed = claim(&layout, &area, &file);
                 if claimed.is_err() {
                     return self.report(k, false);
                 }
@@ -241,7 +248,7 @@ impl Sim {
             }
             // A stale attempt may find its files gone: its action fails.
             Stage::Claimed => {
-                let Some(text) = read(&layout.claimed(&id, &input)) else {
+                let Some(text) = read(&area.claimed(input.rsplit('/').next().unwrap())) else {
                     return self.report(k, false);
                 };
                 if std::fs::write(&output, text).is_err() {

@@ -29,6 +29,7 @@ mod process;
 pub(crate) mod sandbox;
 mod script_host;
 mod tickets;
+mod work_area;
 mod worker;
 pub(crate) mod writers;
 

@@ -7,33 +7,29 @@
 
 use std::path::{Path, PathBuf};
 
+use super::work_area::{make_parent, WorkArea};
 use crate::work::jobs::FileInput;
 use crate::work::ticket::{self, Fields};
 
-/// Folder of a job's working area that holds its sidecar ticket.
-const TICKET_DIR: &str = "ticket";
-/// The fields a script set in one attempt, beside that attempt's outputs.
-const FIELDS_FILE: &str = "fields.json";
-
 /// The job's ticket where the claim put it: inside the claimed job folder
-/// (`ticket.json`), or in the working folder's `ticket/` (a sidecar).
-pub fn claimed(work_dir: &Path, claimed_input: &Path, file: &FileInput) -> Option<PathBuf> {
+/// (`ticket.json`), or in the working folder (a sidecar, `WorkArea::sidecar`).
+pub fn claimed(area: &WorkArea, claimed_input: &Path, file: &FileInput) -> Option<PathBuf> {
     let t = file.ticket.as_deref()?;
     if let Some(inner) = t.strip_prefix(&format!("{}/", file.input)) {
         return Some(claimed_input.join(inner));
     }
-    Some(work_dir.join(TICKET_DIR).join(base_name(t)))
+    Some(area.sidecar(base_name(t)))
 }
 
 /// The sidecar ticket the claim moved into the working folder, if the job
 /// has one and it is still there (a ticket inside a job folder moves with
 /// the folder).
-pub fn claimed_sidecar(work_dir: &Path, file: &FileInput) -> Option<PathBuf> {
+pub fn claimed_sidecar(area: &WorkArea, file: &FileInput) -> Option<PathBuf> {
     let t = file.ticket.as_deref()?;
     if t.starts_with(&format!("{}/", file.input)) {
         return None;
     }
-    let path = work_dir.join(TICKET_DIR).join(base_name(t));
+    let path = area.sidecar(base_name(t));
     path.exists().then_some(path)
 }
 
@@ -41,7 +37,7 @@ pub fn claimed_sidecar(work_dir: &Path, file: &FileInput) -> Option<PathBuf> {
 /// failed job retried) into the working folder, and removes the marker;
 /// again after a crash, each is done if it is still to do.
 pub fn claim(
-    work_dir: &Path,
+    area: &WorkArea,
     (from_dir, from_error): (&Path, bool),
     file: &FileInput,
 ) -> Result<(), String> {
@@ -59,11 +55,11 @@ pub fn claim(
     if t.starts_with(&format!("{}/", file.input)) {
         return Ok(()); // inside the job folder: moved with it
     }
-    let to = work_dir.join(TICKET_DIR);
-    if to.join(base_name(t)).exists() {
+    let to = area.sidecar(base_name(t));
+    if to.exists() {
         return Ok(());
     }
-    std::fs::create_dir_all(&to).map_err(|e| format!("{}: {e}", to.display()))?;
+    make_parent(&to)?;
     // From error/, the ticket sits beside the original under its name.
     let source = if from_error {
         let suffix = &t[file.input.len().min(t.len())..];
@@ -71,7 +67,7 @@ pub fn claim(
     } else {
         from_dir.join(t)
     };
-    match std::fs::rename(&source, to.join(base_name(t))) {
+    match std::fs::rename(&source, &to) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(format!("claiming the ticket {t}: {e}"))
         }
@@ -81,8 +77,8 @@ pub fn claim(
 
 /// The fields of the job's ticket (none without one). A ticket that is
 /// gone, unreadable or malformed fails the attempt with the reason.
-pub fn read(work_dir: &Path, claimed_input: &Path, file: &FileInput) -> Result<Fields, String> {
-    let Some(path) = claimed(work_dir, claimed_input, file) else {
+pub fn read(area: &WorkArea, claimed_input: &Path, file: &FileInput) -> Result<Fields, String> {
+    let Some(path) = claimed(area, claimed_input, file) else {
         return Ok(Fields::new());
     };
     let name = file.ticket.as_deref().unwrap_or_default();
@@ -125,11 +121,6 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
         ));
     }
     Ok(bytes)
-}
-
-/// Where an attempt's fields are kept.
-pub fn fields_path(work_dir: &Path, attempt: u32) -> PathBuf {
-    work_dir.join(attempt.to_string()).join(FIELDS_FILE)
 }
 
 /// Keeps the fields a script set (nothing when it set none).
