@@ -1053,3 +1053,63 @@ fn job_folders_and_tickets_go_in_and_result_tickets_come_out() {
     );
     c.assert_nobody_crashed();
 }
+
+/// Folders under `dir`, recursively, `dir` not counted.
+fn folders_under(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| 1 + folders_under(&e.path()))
+        .sum()
+}
+
+/// Once every server speaks the flat working folder's protocol level, a
+/// running file job has two folders in the working area (its own, and its
+/// attempt's outputs), with the claimed input under its own name; and
+/// nothing is left there after publication (127.0.190.x).
+#[test]
+fn a_running_file_job_makes_two_folders_in_the_working_area() {
+    let (c, hf) = cluster_with_hotfolder(190, 300);
+    let root = hf.parent().unwrap().to_path_buf();
+    let newest = claro::version::PROTOCOL_VERSION;
+    c.wait(30, "the newest protocol level", || {
+        c.status("srv1").is_some_and(|v| v.protocol_level == newest)
+    });
+    let copy = "cp \"$CLARO_INPUT\" \"$CLARO_OUTPUT_DIR/\"";
+    add_hotfolder(
+        &c,
+        "slow",
+        &format!("sh -c 'sleep 3; {copy}'"),
+        &["--stable-ms", "200"],
+    );
+    std::fs::write(root.join("slow/in/a b.pdf"), "pdf").unwrap();
+    let work = root.join("slow/.claro/work");
+    let job_dir = || {
+        std::fs::read_dir(&work)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.join("a b.pdf").is_file())
+    };
+    c.wait(20, "the file claimed", || job_dir().is_some());
+    let dir = job_dir().unwrap();
+    c.wait(10, "the attempt's staging folder", || {
+        folders_under(&dir) == 1
+    });
+    assert_eq!(1 + folders_under(&dir), 2, "{dir:?}");
+    let own: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "a b.pdf")
+        .collect();
+    assert!(own.iter().all(|n| n.starts_with(".claro-")), "{own:?}");
+    c.wait(30, "published", || root.join("slow/done/a b.pdf").is_file());
+    assert_eq!(
+        std::fs::read_to_string(root.join("slow/out/a b.pdf")).unwrap(),
+        "pdf"
+    );
+    c.wait(10, "the working area emptied", || folders_under(&work) == 0);
+}
