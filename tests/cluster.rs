@@ -633,3 +633,57 @@ fn a_member_restored_from_an_older_copy_never_serves_stale_data() {
     assert_eq!(c.get("srv3", "later19").as_deref(), Some(&[19u8][..]));
     c.assert_nobody_crashed();
 }
+
+/// A peer (a server's certificate, after a valid `Hello`) may not set an
+/// instance's log filter or take its database as a backup: those are an
+/// operator's, through the CLI's client certificate (127.0.191.x).
+#[test]
+fn a_peer_may_not_set_the_log_filter_or_take_a_backup() {
+    let mut c = Cluster::new(191, &[("srv1", "server"), ("srv2", "server")]);
+    c.start_alone("srv1");
+    let cfg = c.config();
+    let srv1 = cfg.server("srv1").unwrap().address;
+    let srv2 = cfg.server("srv2").unwrap().address;
+    let id = claro::tls::load_identity(&cfg.tls_dir, "srv2").unwrap();
+    let deny = claro::tls::DenyList::default();
+    let ep = claro::transport::Endpoint::bind_server(srv2, &id, &deny).unwrap();
+    let hello = claro::proto::Hello {
+        name: "srv2".into(),
+        protocol_version: claro::proto::PROTOCOL_VERSION,
+        software_version: env!("CARGO_PKG_VERSION").into(),
+        cluster: cfg.cluster.clone(),
+        membership_hash: cfg.membership_hash(),
+        membership_text: cfg.membership_text(),
+        cluster_id: None,
+        incarnation: Some("0123456789abcdef0123456789abcdef".into()),
+        protocol_version_min: Some(claro::proto::PROTOCOL_VERSION_MIN),
+        protocol_level: None,
+    };
+    async_std::task::block_on(async {
+        let conn = ep.connect(srv1, "srv1", 2000).await.unwrap();
+        let r = claro::cli::client::request(&conn, &claro::proto::Request::Hello(hello), 2000)
+            .await
+            .unwrap();
+        assert!(matches!(r, claro::proto::Response::Hello(_)), "{r:?}");
+        let set = claro::proto::Request::LogLevel {
+            filter: "trace".into(),
+        };
+        let r = claro::cli::client::request(&conn, &set, 2000)
+            .await
+            .unwrap();
+        assert!(
+            matches!(&r, claro::proto::Response::Error { message } if message.contains("operator")),
+            "{r:?}"
+        );
+        let r = claro::cli::client::request(&conn, &claro::proto::Request::Backup, 2000)
+            .await
+            .unwrap();
+        assert!(
+            matches!(&r, claro::proto::Response::Error { message } if message.contains("CLI only")),
+            "{r:?}"
+        );
+    });
+    assert!(!c.log("srv1").contains("log filter changed"));
+    c.set("srv1", "still", b"fine".to_vec()).unwrap();
+    c.assert_nobody_crashed();
+}
