@@ -691,10 +691,13 @@ impl Config {
         let mut text = format!("cluster {}\nport {}\n", self.cluster, self.port);
         for s in servers {
             text.push_str(&format!(
-                "server {} address={} role={}\n",
+                "server {} address={} role={}{}\n",
                 s.name,
                 s.configured_address(),
-                s.role
+                s.role,
+                // Only when set: the texts (and hashes) of configs without
+                // it are those of the versions before it.
+                if s.vote { "" } else { " vote=false" }
             ));
         }
         text
@@ -1307,6 +1310,12 @@ fn servers(
         let message = "every server is a witness: at least one needs role \"server\"";
         return Err(src.err(Some(span), Some("server.role"), message));
     }
+    if !parsed.iter().any(|p| p.role == Role::Server && p.vote) {
+        // Only such a server starts a cluster and coordinates.
+        let span = raw[0].span();
+        let message = "no server may vote: at least one with role \"server\" needs vote = true";
+        return Err(src.err(Some(span), Some("server.vote"), message));
+    }
     let hosts: Vec<(&Host, u16)> = parsed.iter().map(|p| (&p.host, p.port)).collect();
     let lookups = lookup_all(&hosts);
     let mut resolved = Vec::with_capacity(parsed.len());
@@ -1724,7 +1733,8 @@ keep_count = {keep_count}
 # address: IP, IP:PORT, [IPv6]:PORT, or a DNS name (NAME or NAME:PORT, looked up
 # at start and again on every reconnect); slots: parallel jobs (1..={SLOTS_MAX});
 # role: \"server\" or \"witness\" (votes and holds the database, runs no jobs);
-# vote = false: never one of the (at most 5) voters, a non-voting member.
+# vote: true (default) or false, which keeps a server out of the (at most 5)
+# voters: a non-voting member.
 ",
         c = quote(cluster),
         s = quote(shared_root),
@@ -2277,6 +2287,31 @@ address = "fd00::4"
                 "bad cluster name",
             );
         }
+    }
+
+    #[test]
+    fn vote_false_on_a_witness_or_on_every_server_is_refused() {
+        let f = Fixture::new();
+        let text =
+            with_servers("[[server]]\nname = \"a\"\naddress = \"127.0.0.1\"\nvote = false\n");
+        f.bad(&text, Some(4), Some("server.vote"), "no server may vote");
+        let text = with_servers(
+            "[[server]]\nname = \"a\"\naddress = \"127.0.0.1\"\n[[server]]\nname = \"w\"\naddress = \"127.0.0.2\"\nrole = \"witness\"\nvote = false\n",
+        );
+        f.bad(
+            &text,
+            Some(11),
+            Some("server.vote"),
+            "a witness is there to vote",
+        );
+        let text = with_servers(
+            "[[server]]\nname = \"a\"\naddress = \"127.0.0.1\"\n[[server]]\nname = \"b\"\naddress = \"127.0.0.2\"\nvote = false\n",
+        );
+        let c = f.ok(&text);
+        assert!(c.servers[0].vote && !c.servers[1].vote);
+        assert!(c
+            .membership_text()
+            .contains("server b address=127.0.0.2:7900 role=server vote=false\n"));
     }
 
     #[test]

@@ -340,6 +340,7 @@ impl Sim {
             window_over: self.now_ms >= n.started_at_ms + DISCOVERY_MS,
             peers: infos,
             witnesses: &[],
+            voting: &[],
             seen_cluster: n.seen_cluster.as_deref(),
         };
         let decision = membership::decide(&situation);

@@ -139,6 +139,10 @@ pub struct Situation<'a> {
     pub peers: &'a [LocalInfo],
     /// Names of the configured witnesses.
     pub witnesses: &'a [String],
+    /// Names of the servers that may vote (`vote`, default true), in the
+    /// config's order; empty: every server may, in name order. A cluster is
+    /// bootstrapped by one of them with at most `VOTERS_MAX` of them.
+    pub voting: &'a [String],
     /// A cluster a peer held at some point of this run's discovery (who
     /// and which): a fresh instance that saw one never bootstraps another
     /// in this run, even when its servers are all down since.
@@ -229,32 +233,53 @@ fn fresh(s: &Situation<'_>) -> Startup {
             start_first: Vec::new(),
         };
     }
+    let may_vote = |name: &str| s.voting.is_empty() || s.voting.iter().any(|v| v == name);
+    if !may_vote(s.me) {
+        return Startup::Wait {
+            reason: "a server with vote = false never starts a cluster: waiting for one that may vote to start it".into(),
+            start_first: Vec::new(),
+        };
+    }
     let me = (s.started_at_ms, s.me);
     let first = s
         .peers
         .iter()
-        .filter(|p| !s.witnesses.contains(&p.name))
+        .filter(|p| !s.witnesses.contains(&p.name) && may_vote(&p.name))
         .map(|p| (p.started_at_ms, p.name.as_str()))
         .chain(std::iter::once(me))
         .min()
         .expect("at least this instance");
     if first == me {
-        let mut voters: Vec<String> = s
+        let fresh: Vec<&str> = s
             .peers
             .iter()
-            .filter(|p| !p.initialized && p.cluster_id.is_none())
-            .map(|p| p.name.clone())
-            .chain(std::iter::once(s.me.to_string()))
+            .filter(|p| !p.initialized && p.cluster_id.is_none() && may_vote(&p.name))
+            .map(|p| p.name.as_str())
             .collect();
-        voters.sort();
-        voters.dedup();
-        Startup::Bootstrap { voters }
+        Startup::Bootstrap {
+            voters: initial_voters(s.me, &fresh, s.voting),
+        }
     } else {
         Startup::Wait {
             reason: format!("{} started first and starts the cluster", first.1),
             start_first: Vec::new(),
         }
     }
+}
+
+/// The first voters of a new cluster: this instance and the fresh peers
+/// that may vote, the first `VOTERS_MAX` in the config's order (`voting`;
+/// empty: name order), this instance always among them. The others join
+/// once it coordinates, as non-voting members.
+fn initial_voters(me: &str, fresh: &[&str], voting: &[String]) -> Vec<String> {
+    let rank = |name: &str| voting.iter().position(|v| v == name).unwrap_or(usize::MAX);
+    let mut others: Vec<&str> = fresh.iter().copied().filter(|n| *n != me).collect();
+    others.sort_by(|a, b| rank(a).cmp(&rank(b)).then(a.cmp(b)));
+    others.truncate(crate::consensus::VOTERS_MAX - 1);
+    let mut voters: Vec<String> = others.into_iter().map(str::to_string).collect();
+    voters.push(me.to_string());
+    voters.sort();
+    voters
 }
 
 /// A cluster being formed that names this instance among its initial voters:
@@ -539,8 +564,39 @@ mod tests {
             window_over: true,
             peers,
             witnesses,
+            voting: &[],
             seen_cluster: None,
         }
+    }
+
+    #[test]
+    fn seven_fresh_servers_start_with_five_voters_and_one_that_may_not_vote_never_starts() {
+        let names = ["srv1", "srv2", "srv3", "srv4", "srv5", "srv6", "srv7"];
+        let peers: Vec<LocalInfo> = names[1..].iter().map(|n| info(n, 200)).collect();
+        let voting: Vec<String> = ["srv1", "srv3", "srv4", "srv5", "srv6", "srv7"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let s = Situation {
+            voting: &voting,
+            ..situation("srv1", &peers, &[])
+        };
+        // srv2 may not vote; the first five that may, in the config's order.
+        match decide(&s) {
+            Startup::Bootstrap { voters } => {
+                assert_eq!(voters, ["srv1", "srv3", "srv4", "srv5", "srv6"])
+            }
+            other => panic!("{other:?}"),
+        }
+        // The one that may not vote never starts a cluster, even first.
+        let s = Situation {
+            voting: &voting,
+            started_at_ms: 1,
+            ..situation("srv2", &peers, &[])
+        };
+        assert!(
+            matches!(decide(&s), Startup::Wait { reason, .. } if reason.contains("vote = false"))
+        );
     }
 
     fn hello(name: &str) -> Hello {

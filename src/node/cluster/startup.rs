@@ -247,6 +247,13 @@ fn decide_alone(
         .filter(|s| s.role == Role::Witness)
         .map(|s| s.name.clone())
         .collect();
+    let voting: Vec<String> = shared
+        .cfg
+        .servers
+        .iter()
+        .filter(|s| s.vote)
+        .map(|s| s.name.clone())
+        .collect();
     let s = Situation {
         me: &shared.me.name,
         witness: shared.me.role == Role::Witness,
@@ -257,6 +264,7 @@ fn decide_alone(
         window_over,
         peers,
         witnesses: &witnesses,
+        voting: &voting,
         seen_cluster,
     };
     // A database whose conf state no longer names this instance is treated
