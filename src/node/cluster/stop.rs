@@ -215,6 +215,11 @@ async fn leave(shared: &Shared) -> Result<Leaving, String> {
                 }
                 last = "this instance was handed the coordinator role".into();
             }
+            // No coordinator, and no voter heard (a non-voting member
+            // stopping with, or after, every voter): nobody to ask.
+            None if no_voter_heard(shared) => {
+                return Err("no coordinator, and no voter is reachable".into())
+            }
             None => {}
         }
         async_std::task::sleep(Duration::from_millis(100)).await;

@@ -32,7 +32,7 @@ use crate::proto::Response;
 use crate::state::{hotfolders as db, Command, JOB_BATCH_COUNT_MAX};
 use crate::work::hotfolder::{
     expand, free_name, next_scan_ms, units, FileValues, Hotfolder, Patterns, Seen, Stability, Unit,
-    OUTPUTS_MAX, SCAN_FILES_MAX, WORK_DIR,
+    OUTPUTS_MAX, RESERVED_PREFIX, SCAN_FILES_MAX, WORK_DIR,
 };
 use crate::work::jobs::{FileInput, Job, JobKind, JobSpec, JobState, Outcome};
 
@@ -778,7 +778,7 @@ fn publish_success(
     let out_dir = layout.dir("out").join(parent_of(&file.input));
     if staging.is_dir() {
         stage_ticket(area, job, file, &staging, steps)?;
-        move_tree(&staging, &out_dir, steps)?;
+        publish_outputs(&staging, &out_dir, &ticket_name(file), steps)?;
     }
     let Some(original) = original.filter(|p| p.starts_with(&area.root)) else {
         return Ok(());
@@ -904,7 +904,7 @@ fn stage_ticket(
     if marker.exists() {
         return Ok(());
     }
-    let name = format!("{}.result.json", base_name(&file.input));
+    let name = ticket_name(file);
     let made = area.marker(TICKET_MADE);
     if !made.exists() {
         // Not the ticket itself (a crash before the marker leaves it staged).
@@ -922,10 +922,13 @@ fn stage_ticket(
         // An output of the action under the ticket's name gives way to it.
         let _ = std::fs::remove_file(&staged);
         match std::fs::hard_link(&made, &staged) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                return Err(format!("{}: {e}", staged.display()))
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            // No hard links on this share: a copy of it, whole.
+            Err(_) => {
+                let bytes = std::fs::read(&made).map_err(|e| format!("{}: {e}", made.display()))?;
+                write_atomic(&staged, &bytes)?;
             }
-            _ => {}
+            Ok(()) => {}
         }
     }
     write_atomic(&marker, b"")
@@ -934,16 +937,20 @@ fn stage_ticket(
 /// Writes `bytes` as `path` unless `path` exists: written whole under a
 /// name of this writer's own, then hard-linked, which fails rather than
 /// replace what another writer made meanwhile (that one is kept).
+///
+/// A share without hard links (some SMB and FUSE mounts) gets a rename
+/// when `path` is still missing: two writers racing there may then both
+/// write, each a whole file.
 fn make_once(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let tmp = path.with_extension(format!("{:016x}.claro-tmp", rand::random::<u64>()));
-    let linked = std::fs::write(&tmp, bytes).and_then(|()| std::fs::hard_link(&tmp, path));
+    let written = std::fs::write(&tmp, bytes);
+    let done = written.and_then(|()| match std::fs::hard_link(&tmp, path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(_) if !path.exists() => std::fs::rename(&tmp, path),
+        other => other,
+    });
     let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-            Err(format!("{}: {e}", path.display()))
-        }
-        _ => Ok(()),
-    }
+    done.map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The files under `staging`, relative, sorted; at most `TICKET_OUTPUTS_MAX`.
@@ -968,9 +975,36 @@ fn staged_files(staging: &Path) -> Vec<String> {
     out
 }
 
+/// The result ticket's name beside the outputs.
+fn ticket_name(file: &FileInput) -> String {
+    format!("{}.result.json", base_name(&file.input))
+}
+
+/// The staged outputs into `out_dir`, the result ticket (`ticket`, at the
+/// staging folder's top) last, so that whoever watches for tickets finds
+/// the outputs there. The ticket goes by `link_free`, which knows it once
+/// published by its file: it has a second name in the working folder
+/// (`TICKET_MADE`), so `move_no_replace` would list `out_dir` to look
+/// for a third, for every job.
+fn publish_outputs(
+    staging: &Path,
+    out_dir: &Path,
+    ticket: &str,
+    steps: &mut Steps,
+) -> Result<(), String> {
+    move_tree(staging, out_dir, Some(ticket), steps)?;
+    let staged = staging.join(ticket);
+    if staged.symlink_metadata().is_err() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    link_free(&staged, out_dir, ticket, steps)
+}
+
 /// Moves every file under `from` into `to` (same relative paths), each
-/// under a free name: outputs never overwrite one another.
-fn move_tree(from: &Path, to: &Path, steps: &mut Steps) -> Result<(), String> {
+/// under a free name: outputs never overwrite one another. `skip`, at
+/// `from`'s top, is left.
+fn move_tree(from: &Path, to: &Path, skip: Option<&str>, steps: &mut Steps) -> Result<(), String> {
     let mut count = 0;
     let mut dirs = vec![(from.to_path_buf(), to.to_path_buf())];
     while let Some((src, dst)) = dirs.pop() {
@@ -978,6 +1012,9 @@ fn move_tree(from: &Path, to: &Path, steps: &mut Steps) -> Result<(), String> {
         for entry in entries {
             let entry = entry.map_err(|e| e.to_string())?;
             let name = entry.file_name().to_string_lossy().into_owned();
+            if src == from && skip == Some(name.as_str()) {
+                continue;
+            }
             if entry.file_type().map_err(|e| e.to_string())?.is_dir() {
                 dirs.push((entry.path(), dst.join(&name)));
                 continue;
@@ -1526,10 +1563,17 @@ pub(super) fn claim(layout: &Layout, area: &WorkArea, file: &FileInput) -> Resul
             "in/{input} was replaced or changed after it was taken ({now}): the new one gets its own job"
         ));
     }
+    // In a flat working folder claro's own files have such names.
+    if area.is_flat() && !area.is_input(base_name(input)) {
+        return Err(format!(
+            "in/{input}: names starting with {RESERVED_PREFIX} are claro's own in a job's working folder; rename it"
+        ));
+    }
     // When it was taken, for the checks after the action: kept with the
-    // claim, so that a later attempt measures from the same time. Written
-    // first: a flat working folder is known by it (`WorkArea::open`).
-    write_atomic(&area.marker(CLAIMED_AT), now_ms().to_string().as_bytes())?;
+    // claim, so that a later attempt measures from the same time, and only
+    // the first claimer's (one that loses the rename must not move it).
+    // Written first: a flat working folder is known by it (`WorkArea::open`).
+    make_once(&area.marker(CLAIMED_AT), now_ms().to_string().as_bytes())?;
     match std::fs::rename(&source, &claimed) {
         Ok(()) => {
             if source == from_error {
@@ -2064,11 +2108,23 @@ mod tests {
         let out_dir = layout.dir("out").join(parent_of(&file.input));
         // The first publisher stages the ticket and publishes the outputs.
         stage_ticket(&area, &j, file, &staging, &mut Steps::unlimited()).unwrap();
-        move_tree(&staging, &out_dir, &mut Steps::unlimited()).unwrap();
+        publish_outputs(
+            &staging,
+            &out_dir,
+            &ticket_name(file),
+            &mut Steps::unlimited(),
+        )
+        .unwrap();
         // The second looked for the marker before it was written.
         std::fs::remove_file(area.marker(TICKET_STAGED)).unwrap();
         stage_ticket(&area, &j, file, &staging, &mut Steps::unlimited()).unwrap();
-        move_tree(&staging, &out_dir, &mut Steps::unlimited()).unwrap();
+        publish_outputs(
+            &staging,
+            &out_dir,
+            &ticket_name(file),
+            &mut Steps::unlimited(),
+        )
+        .unwrap();
         let tickets: Vec<String> = std::fs::read_dir(&out_dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -13,9 +13,11 @@
 //!   prefix: four folders. Still read, so that a job claimed that way
 //!   (before or during a rolling upgrade) is published whole.
 //!
-//! Which layout a folder has is read from it once (`WorkArea::open`): a
-//! flat one always holds its claim time (written before the claim's
-//! rename), a nested one an `in/` folder.
+//! Which layout a folder has is read from its listing once
+//! (`WorkArea::open`): any entry of claro's prefixed names makes it flat
+//! (a flat one holds its claim time from before the claim's rename on);
+//! `in/`, `ticket/`, an attempt's numbered folder or an unprefixed marker
+//! makes it nested (what a crash in the middle of removing one may leave).
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +28,31 @@ pub const CLAIMED_AT: &str = "claimed-at";
 pub const COMPANIONS_TAKEN: &str = "companions-taken";
 pub const TICKET_STAGED: &str = "ticket-staged";
 pub const TICKET_MADE: &str = "result-ticket";
+
+/// Entries of a working folder looked at to tell its layout, at most (a
+/// job folder's own entries are inside it: a handful are expected).
+const ENTRIES_LOOKED_MAX: usize = 1_000;
+
+/// Whether a working folder holding `names` is nested (`Some(true)`),
+/// flat (`Some(false)`), or says nothing (`None`: not made, or empty).
+fn layout_of(names: &[String]) -> Option<bool> {
+    if names.iter().any(|n| n.starts_with(RESERVED_PREFIX)) {
+        return Some(false);
+    }
+    let nested_marks = [
+        "in",
+        "ticket",
+        CLAIMED_AT,
+        COMPANIONS_TAKEN,
+        TICKET_STAGED,
+        TICKET_MADE,
+    ];
+    let nested = names.iter().any(|n| {
+        nested_marks.contains(&n.as_str())
+            || (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    });
+    nested.then_some(true)
+}
 
 /// A job's working folder, with its layout.
 #[derive(Debug, Clone)]
@@ -39,18 +66,20 @@ impl WorkArea {
     /// was made so; flat when it is flat or not made yet and `flat` says
     /// new ones are (the cluster's level).
     pub fn open(root: PathBuf, flat: bool) -> WorkArea {
-        let flat_mark = root.join(format!("{RESERVED_PREFIX}{CLAIMED_AT}"));
-        let nested = if flat_mark.exists() {
-            false
-        } else if root.join("in").is_dir() || root.join(CLAIMED_AT).exists() {
-            true
-        } else {
-            !flat
+        let names: Vec<String> = std::fs::read_dir(&root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .take(ENTRIES_LOOKED_MAX)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        let nested = match layout_of(&names) {
+            Some(nested) => nested,
+            None => !flat,
         };
         WorkArea { root, nested }
     }
 
-    #[cfg(test)]
     pub fn is_flat(&self) -> bool {
         !self.nested
     }
@@ -143,6 +172,14 @@ mod tests {
         assert!(WorkArea::open(root.clone(), false).is_flat());
         // Not made yet: as the level says.
         let other = tmp.path().join("OTHER");
-        assert!(!WorkArea::open(other, false).is_flat());
+        assert!(!WorkArea::open(other.clone(), false).is_flat());
+        assert!(WorkArea::open(other.clone(), true).is_flat());
+        // What a crash while removing a nested one may leave, or a nested
+        // one holding only a sidecar ticket: still nested.
+        for left in ["1", "ticket", "ticket-staged", "companions-taken"] {
+            let dir = tmp.path().join(format!("left-{left}"));
+            std::fs::create_dir_all(dir.join(left)).unwrap();
+            assert!(!WorkArea::open(dir, true).is_flat(), "{left}");
+        }
     }
 }
