@@ -529,11 +529,42 @@ fn job(c: &Cluster, id: &str) -> Option<claro::work::jobs::Job> {
 fn check_files(c: &Cluster, seed: u64, hf: &Path, dropped: &HashMap<String, String>) {
     let published =
         |name: &str| hf.join("done").join(name).is_file() || hf.join("error").join(name).is_file();
-    c.wait(
-        DRAIN_S,
-        &format!("seed {seed}: every dropped file published"),
-        || dropped.keys().all(|n| published(n)) && listing(&hf.join(".claro/work")).is_empty(),
-    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(DRAIN_S);
+    let drained =
+        || dropped.keys().all(|n| published(n)) && listing(&hf.join(".claro/work")).is_empty();
+    while !drained() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    if !drained() {
+        // What is left, and the jobs of it: enough to tell a lost job from
+        // a stuck publication or a working folder nobody sweeps.
+        let missing: Vec<&String> = dropped.keys().filter(|n| !published(n)).take(20).collect();
+        let work = hf.join(".claro/work");
+        let left: Vec<String> = listing(&work)
+            .into_iter()
+            .take(20)
+            .map(|id| format!("{id}: {:?}", tree(&work.join(&id))))
+            .collect();
+        let jobs = c.cli(&["jobs", "--hotfolder", "hf", "--json", "--limit", "1000"]);
+        let jobs: serde_json::Value = serde_json::from_slice(&jobs.stdout).unwrap_or_default();
+        let theirs: Vec<&serde_json::Value> = jobs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|j| {
+                missing.iter().any(|m| j["input"] == m.as_str())
+                    || left
+                        .iter()
+                        .any(|l| j["id"].as_str().is_some_and(|id| l.starts_with(id)))
+            })
+            .collect();
+        panic!(
+            "seed {seed}: not every dropped file published within {DRAIN_S} s\nunpublished: {missing:?}\nin {}: {left:#?}\ntheir jobs: {theirs:#?}\nin/: {:?}\n{}",
+            work.display(),
+            listing(&hf.join("in")).into_iter().take(20).collect::<Vec<_>>(),
+            c.all_logs()
+        );
+    }
     let done: HashSet<String> = listing(&hf.join("done")).into_iter().collect();
     let errors: Vec<String> = listing(&hf.join("error"));
     let outs: HashSet<String> = listing(&hf.join("out"))
@@ -645,6 +676,28 @@ fn check_folders(c: &Cluster, seed: u64, jf: &Path, dropped: &HashMap<String, u6
         listing(&jf.join("in")).is_empty(),
         "seed {seed}: left in jf/in/"
     );
+}
+
+/// Every path under `dir`, relative, for a failure's message (bounded).
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = e.path();
+            out.push(
+                path.strip_prefix(dir)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string(),
+            );
+            if path.is_dir() && out.len() < 100 {
+                dirs.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 fn listing(dir: &Path) -> Vec<String> {

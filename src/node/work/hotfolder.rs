@@ -923,6 +923,13 @@ fn stage_ticket(
         let _ = std::fs::remove_file(&staged);
         match std::fs::hard_link(&made, &staged) {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            // Gone under us: another publisher finished this job and
+            // removed its working folder (a coordinator that woke beside
+            // its successor). The next round finds it published.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let gone = if made.exists() { staging } else { made.as_path() };
+                return Err(format!("{} is gone (another publisher?): {e}", gone.display()));
+            }
             // No hard links on this share: a copy of it, whole.
             Err(_) => {
                 let bytes = std::fs::read(&made).map_err(|e| format!("{}: {e}", made.display()))?;
