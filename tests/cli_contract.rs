@@ -526,9 +526,10 @@ fn status_and_coordinator_transfer_are_plain_objects() {
     let line = |i: usize, state: &str| {
         let s = &v["servers"][i];
         format!(
-            "{{\"name\":\"srv{n}\",\"address\":\"127.0.84.{n}:7900\",\"role\":\"server\",\"state\":\"{state}\",\"connected\":true,\"synchronized\":true,\"applied_index\":{},\"note\":{note},\"heard_ago_ms\":{},\"protocol_version\":9,\"disk_free_percent\":{}}}",
+            "{{\"name\":\"srv{n}\",\"address\":\"127.0.84.{n}:7900\",\"role\":\"server\",\"state\":\"{state}\",\"connected\":true,\"synchronized\":true,\"applied_index\":{},\"note\":{note},\"heard_ago_ms\":{},\"protocol_version\":{},\"disk_free_percent\":{}}}",
             s["applied_index"],
             s["heard_ago_ms"],
+            claro::version::PROTOCOL_VERSION,
             s["disk_free_percent"],
             n = i + 1
         )
