@@ -706,14 +706,7 @@ fn a_file_still_being_written_is_never_processed_in_part() {
     let pieces = root.join("pieces");
     let path = pieces.join("in/big slow.pdf");
     for piece in 0..3 {
-        use std::io::Write as _;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .unwrap();
-        writeln!(f, "piece {piece}").unwrap();
-        drop(f);
+        append_line(&path, &format!("piece {piece}"));
         std::thread::sleep(Duration::from_millis(if piece == 0 { 1_200 } else { 200 }));
     }
     c.wait(60, "every part ended", || {
@@ -753,15 +746,7 @@ fn a_file_still_being_written_is_never_processed_in_part() {
     );
     let fast = root.join("fast");
     let path = fast.join("in/scan.pdf");
-    let append = |text: &str| {
-        use std::io::Write as _;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .unwrap();
-        writeln!(f, "{text}").unwrap();
-    };
+    let append = |text: &str| append_line(&path, text);
     append("piece 0");
     c.wait(30, "the first piece published", || {
         fast.join("done/scan.pdf").is_file()
@@ -797,14 +782,7 @@ fn a_file_still_being_written_is_never_processed_in_part() {
         let name = format!("scan{round}.pdf");
         let path = paused.join("in").join(&name);
         for piece in 0..2 {
-            use std::io::Write as _;
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .unwrap();
-            writeln!(f, "piece {piece}").unwrap();
-            drop(f);
+            append_line(&path, &format!("piece {piece}"));
             if piece == 0 {
                 std::thread::sleep(Duration::from_millis(800));
             }
@@ -1112,4 +1090,16 @@ fn a_running_file_job_makes_two_folders_in_the_working_area() {
         "pdf"
     );
     c.wait(10, "the working area emptied", || folders_under(&work) == 0);
+}
+
+/// Opens `path` anew, appends `text` and a newline, closes it: a writer
+/// that reopens the file for each piece (`>>`).
+fn append_line(path: &Path, text: &str) {
+    use std::io::Write as _;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    writeln!(f, "{text}").unwrap();
 }

@@ -927,8 +927,15 @@ fn stage_ticket(
             // removed its working folder (a coordinator that woke beside
             // its successor). The next round finds it published.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let gone = if made.exists() { staging } else { made.as_path() };
-                return Err(format!("{} is gone (another publisher?): {e}", gone.display()));
+                let gone = if made.exists() {
+                    staging
+                } else {
+                    made.as_path()
+                };
+                return Err(format!(
+                    "{} is gone (another publisher?): {e}",
+                    gone.display()
+                ));
             }
             // No hard links on this share: a copy of it, whole.
             Err(_) => {
@@ -2113,25 +2120,16 @@ mod tests {
         let area = layout.area(&j.id, flat());
         let staging = area.staging(j.attempt);
         let out_dir = layout.dir("out").join(parent_of(&file.input));
+        let publisher = || {
+            stage_ticket(&area, &j, file, &staging, &mut Steps::unlimited()).unwrap();
+            let name = ticket_name(file);
+            publish_outputs(&staging, &out_dir, &name, &mut Steps::unlimited()).unwrap();
+        };
         // The first publisher stages the ticket and publishes the outputs.
-        stage_ticket(&area, &j, file, &staging, &mut Steps::unlimited()).unwrap();
-        publish_outputs(
-            &staging,
-            &out_dir,
-            &ticket_name(file),
-            &mut Steps::unlimited(),
-        )
-        .unwrap();
+        publisher();
         // The second looked for the marker before it was written.
         std::fs::remove_file(area.marker(TICKET_STAGED)).unwrap();
-        stage_ticket(&area, &j, file, &staging, &mut Steps::unlimited()).unwrap();
-        publish_outputs(
-            &staging,
-            &out_dir,
-            &ticket_name(file),
-            &mut Steps::unlimited(),
-        )
-        .unwrap();
+        publisher();
         let tickets: Vec<String> = std::fs::read_dir(&out_dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
