@@ -1516,6 +1516,13 @@ fn conforms(
             return Err(format!("{at}: {value} is not one of {allowed:?}"));
         }
     }
+    if let Some(n) = value.as_f64() {
+        let below = schema["minimum"].as_f64().is_some_and(|min| n < min);
+        let above = schema["maximum"].as_f64().is_some_and(|max| n > max);
+        if below || above {
+            return Err(format!("{at}: {value} is outside the schema's range"));
+        }
+    }
     match value {
         Value::Object(map) => {
             for key in schema["required"].as_array().into_iter().flatten() {

@@ -774,6 +774,25 @@ impl hyper::rt::Timer for AsyncIoTimer {
 mod tests {
     use super::*;
 
+    /// The served document's range for `GET /jobs?limit` is the code's, so a
+    /// generated client never refuses a page size the API takes (it said 500
+    /// while the API took 1000).
+    #[test]
+    fn the_documents_jobs_limit_is_the_apis() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json");
+        let params = doc["paths"]["/jobs"]["get"]["parameters"]
+            .as_array()
+            .expect("parameters");
+        let limit = params.iter().find(|p| p["name"] == "limit").expect("limit");
+        assert_eq!(limit["schema"]["minimum"], 1);
+        assert_eq!(limit["schema"]["maximum"], JOBS_PAGE_MAX);
+        let said = format!("1..={JOBS_PAGE_MAX}");
+        assert!(limit["description"].as_str().unwrap().contains(&said));
+        assert!(job_query(&format!("limit={JOBS_PAGE_MAX}")).is_ok());
+        assert!(job_query(&format!("limit={}", JOBS_PAGE_MAX + 1)).is_err());
+        assert!(job_query("limit=0").is_err());
+    }
+
     #[test]
     fn each_route_takes_the_role_its_change_needs() {
         let cases = [

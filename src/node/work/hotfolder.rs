@@ -1694,6 +1694,7 @@ fn run_script(
     let file = FileContext {
         value,
         output_dir: staging.to_path_buf(),
+        work_folder: area.root.clone(),
         fields: set.clone(),
     };
     run_job_script(work, job, cancel, sinks, Some(file))

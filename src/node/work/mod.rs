@@ -9,6 +9,8 @@
 //! - `hotfolder`: the coordinator's scan and publish loop, and the file
 //!   work of an assigned attempt (claim, action, staging);
 //! - `script_host`: what a running script reaches through its instance;
+//! - `shared_files`: a script's file functions, confined to `shared_root`
+//!   outside the hotfolders' working areas, safe against links swapped in;
 //! - `process`: external processes of jobs, bounded and killable;
 //! - `account`: the user they run as (`[jobs] run_as`);
 //! - `writers`: which files a local process holds open for writing;
@@ -28,6 +30,7 @@ mod jobs;
 mod process;
 pub(crate) mod sandbox;
 mod script_host;
+mod shared_files;
 mod tickets;
 mod work_area;
 mod worker;

@@ -25,8 +25,6 @@ use crate::work::script::{CallTarget, Called, FileOp, Split};
 pub const SQL_ROWS_MAX: usize = 10_000;
 /// Longest time one `sql` query may run.
 pub const SQL_MS_MAX: u64 = 10_000;
-/// Entries one `file_list` returns at most.
-pub const LIST_ENTRIES_MAX: usize = 10_000;
 /// Output of `run` kept for the script.
 pub const RUN_OUTPUT_BYTES_MAX: usize = 1024 * 1024;
 /// Longest pause between two looks at a called job.
@@ -39,8 +37,12 @@ pub struct ScriptHost {
     /// its priority.
     pub job: Job,
     /// Where the script may write and remove files (a hotfolder action: its
-    /// staging folder); `None`: anywhere under `shared_root`.
+    /// staging folder); `None`: anywhere under `shared_root` but a
+    /// hotfolder's working area.
     pub write_under: Option<PathBuf>,
+    /// The job's own folder in a working area, which it may read (a
+    /// hotfolder action: its claimed input and ticket).
+    pub own_work: Option<PathBuf>,
     /// The result ticket's fields a hotfolder script sets (`ticket_set`);
     /// `None` for other scripts.
     pub fields: Option<Arc<std::sync::Mutex<crate::work::ticket::Fields>>>,
@@ -93,11 +95,12 @@ impl crate::work::script::Host for ScriptHost {
     }
 
     fn file(&self, op: FileOp) -> Result<Value, String> {
-        file_op(
-            &self.work.cluster.cfg.shared_root,
-            op,
-            self.write_under.as_deref(),
-        )
+        let reach = super::shared_files::Reach {
+            root: &self.work.cluster.cfg.shared_root,
+            write_under: self.write_under.as_deref(),
+            own_work: self.own_work.as_deref(),
+        };
+        super::shared_files::file_op(reach, op)
     }
 
     fn run(&self, argv: &[String], timeout_ms: u64, cancel: &AtomicBool) -> Result<Value, String> {
@@ -186,6 +189,8 @@ impl crate::work::script::Host for ScriptHost {
 pub struct FileContext {
     pub value: Value,
     pub output_dir: PathBuf,
+    /// The job's folder in the working area (`FILE.input` is in it).
+    pub work_folder: PathBuf,
     /// Where `ticket_set` puts the result ticket's fields.
     pub fields: Arc<std::sync::Mutex<crate::work::ticket::Fields>>,
 }
@@ -202,9 +207,14 @@ pub fn run_job_script(
 ) -> Result<String, crate::work::script::Failure> {
     let hotfolder = job.spec.file.as_ref().map(|f| f.hotfolder.as_str());
     let name = job.spec.stored.as_deref().or(hotfolder).unwrap_or("script");
-    let (value, write_under, fields) = match file {
-        Some(f) => (Some(f.value), Some(f.output_dir), Some(f.fields)),
-        None => (None, None, None),
+    let (value, write_under, own_work, fields) = match file {
+        Some(f) => (
+            Some(f.value),
+            Some(f.output_dir),
+            Some(f.work_folder),
+            Some(f.fields),
+        ),
+        None => (None, None, None, None),
     };
     let program = crate::work::script::Program {
         name,
@@ -218,6 +228,7 @@ pub fn run_job_script(
         work: work.clone(),
         job: job.clone(),
         write_under,
+        own_work,
         fields,
     });
     // In a worker process of this instance: a script that breaks its limits
@@ -416,249 +427,9 @@ fn sql_value(v: &Value) -> rusqlite::types::Value {
     }
 }
 
-/// `rel` under `root`, refused when it leaves `root` by `..`, an absolute
-/// path, or a symbolic link (a dangling one too) that points outside; with
-/// `within` (a folder under `root`), also when its real place is not in it.
-pub fn confine(root: &Path, rel: &str, within: Option<&Path>) -> Result<PathBuf, String> {
-    if !rel.is_empty() {
-        crate::work::jobs::check_relative(rel)?;
-    }
-    let root = root
-        .canonicalize()
-        .map_err(|e| format!("shared_root {}: {e}", root.display()))?;
-    let path = root.join(rel);
-    // The deepest part that exists, a link included, decides where the path
-    // leads: a dangling link does not canonicalize, so it is refused.
-    let mut existing = path.as_path();
-    while existing.symlink_metadata().is_err() {
-        existing = existing.parent().unwrap_or(&root);
-    }
-    let real = existing
-        .canonicalize()
-        .map_err(|e| format!("`{rel}`: {e}"))?;
-    if !real.starts_with(&root) {
-        return Err(format!("`{rel}` leads outside shared_root"));
-    }
-    if let Some(within) = within {
-        let within = within.canonicalize().map_err(|e| e.to_string())?;
-        // What does not exist yet is made under `real`.
-        if !real.starts_with(&within) {
-            return Err(format!(
-                "`{rel}` is outside this file's output folder (FILE.output_dir)"
-            ));
-        }
-    }
-    Ok(path)
-}
-
-/// One file operation of a script, confined to `root`; writes and removals
-/// also to `write_within` when given.
-pub fn file_op(root: &Path, op: FileOp, write_within: Option<&Path>) -> Result<Value, String> {
-    match op {
-        FileOp::Read(rel) => {
-            use std::io::Read as _;
-            let path = confine(root, &rel, None)?;
-            let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
-            // Checked on the opened file: the name cannot be swapped between
-            // the check and the read.
-            let meta = file.metadata().map_err(|e| e.to_string())?;
-            one_name(&meta, &rel)?;
-            let bytes = meta.len();
-            if bytes > crate::work::script::STRING_BYTES_MAX as u64 {
-                return Err(format!(
-                    "{bytes} bytes, the limit is {}",
-                    crate::work::script::STRING_BYTES_MAX
-                ));
-            }
-            let mut data = Vec::new();
-            file.take(crate::work::script::STRING_BYTES_MAX as u64 + 1)
-                .read_to_end(&mut data)
-                .map_err(|e| e.to_string())?;
-            String::from_utf8(data)
-                .map(Value::String)
-                .map_err(|_| "not UTF-8 text".into())
-        }
-        FileOp::Write {
-            path: rel,
-            text,
-            append,
-        } => {
-            let path = confine(root, &rel, write_within)?;
-            write_file(&path, &rel, &text, append).map(|()| Value::Null)
-        }
-        FileOp::List(rel) => list_dir(&confine(root, &rel, None)?).map_err(|e| e.to_string()),
-        FileOp::Exists(rel) => Ok(Value::Bool(confine(root, &rel, None)?.exists())),
-        FileOp::Remove(rel) => {
-            let path = confine(root, &rel, write_within)?;
-            match std::fs::remove_file(&path) {
-                Ok(()) => Ok(Value::Bool(true)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Value::Bool(false)),
-                Err(e) => Err(e.to_string()),
-            }
-        }
-    }
-}
-
-/// Writes through a temporary name and a rename, so that nobody (a
-/// hotfolder scan included) sees half a file; appends in place.
-/// A file a script reads or appends to must have one name: a second hard
-/// link may be a file outside `shared_root` (a link does not show where the
-/// other name is), which `confine`'s path checks cannot see.
-fn one_name(meta: &std::fs::Metadata, rel: &str) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt as _;
-    if meta.is_file() && meta.nlink() > 1 {
-        return Err(format!(
-            "`{rel}` has {} hard links: a file with more than one name may be one outside shared_root, so scripts may not read or change it",
-            meta.nlink()
-        ));
-    }
-    Ok(())
-}
-
-/// Writes `text` (a new file through a temporary one renamed over the old
-/// name, which never changes another name's content) or appends it (to a
-/// file of one name only, checked on the opened file).
-fn write_file(path: &Path, rel: &str, text: &str, append: bool) -> Result<(), String> {
-    use std::io::Write;
-    let io = |e: std::io::Error| e.to_string();
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    if append {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io)?;
-        one_name(&f.metadata().map_err(io)?, rel)?;
-        return f.write_all(text.as_bytes()).map_err(io);
-    }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.claro-tmp"));
-    std::fs::write(&tmp, text).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
-}
-
-fn list_dir(dir: &Path) -> std::io::Result<Value> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        if out.len() == LIST_ENTRIES_MAX {
-            break;
-        }
-        let entry = entry?;
-        let meta = entry.metadata()?;
-        let modified_ms = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_millis() as u64);
-        out.push(json!({
-            "name": entry.file_name().to_string_lossy(),
-            "dir": meta.is_dir(),
-            "bytes": meta.len(),
-            "modified_ms": modified_ms,
-        }));
-    }
-    out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-    Ok(Value::Array(out))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn files_stay_under_the_root() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("root");
-        std::fs::create_dir(&root).unwrap();
-        let write = |p: &str, append| FileOp::Write {
-            path: p.into(),
-            text: "hello".into(),
-            append,
-        };
-        let op = |op| file_op(&root, op, None);
-        op(write("a/b.txt", false)).unwrap();
-        assert_eq!(op(FileOp::Read("a/b.txt".into())).unwrap(), "hello");
-        let listed = op(FileOp::List("a".into())).unwrap();
-        assert_eq!(listed[0]["name"], "b.txt");
-        assert_eq!(listed[0]["bytes"], 5);
-        for bad in ["../x", "/etc/passwd", "a/../../x"] {
-            assert!(op(FileOp::Read(bad.into())).is_err(), "{bad}");
-            assert!(op(write(bad, false)).is_err(), "{bad}");
-        }
-        std::os::unix::fs::symlink(dir.path(), root.join("out")).unwrap();
-        let e = op(write("out/escaped.txt", false)).unwrap_err();
-        assert!(e.contains("leads outside shared_root"), "{e}");
-        assert!(!dir.path().join("escaped.txt").exists());
-        // A dangling link to a place outside: an append would create it.
-        let outside = dir.path().join("created-outside.txt");
-        std::os::unix::fs::symlink(&outside, root.join("dangling.txt")).unwrap();
-        assert!(op(write("dangling.txt", true)).is_err());
-        assert!(!outside.exists());
-        assert_eq!(op(FileOp::Remove("a/b.txt".into())).unwrap(), true);
-        assert_eq!(op(FileOp::Exists("a/b.txt".into())).unwrap(), false);
-    }
-
-    #[test]
-    fn a_hard_link_to_a_file_outside_is_neither_read_nor_changed() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("root");
-        std::fs::create_dir(&root).unwrap();
-        let secret = dir.path().join("secret.txt");
-        std::fs::write(&secret, "outside").unwrap();
-        std::fs::hard_link(&secret, root.join("link.txt")).unwrap();
-        let op = |op| file_op(&root, op, None);
-        let e = op(FileOp::Read("link.txt".into())).unwrap_err();
-        assert!(e.contains("2 hard links"), "{e}");
-        let append = FileOp::Write {
-            path: "link.txt".into(),
-            text: "changed".into(),
-            append: true,
-        };
-        let e = op(append).unwrap_err();
-        assert!(e.contains("hard links"), "{e}");
-        // A whole write replaces the name inside the root only.
-        let write = FileOp::Write {
-            path: "link.txt".into(),
-            text: "mine".into(),
-            append: false,
-        };
-        op(write).unwrap();
-        assert_eq!(std::fs::read_to_string(&secret).unwrap(), "outside");
-        assert_eq!(op(FileOp::Read("link.txt".into())).unwrap(), "mine");
-    }
-
-    #[test]
-    fn a_hotfolder_script_writes_only_in_its_output_folder() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        let staging = root.join("hf/.claro/work/1/1/out");
-        std::fs::create_dir_all(&staging).unwrap();
-        std::fs::write(root.join("hf/keep.txt"), "keep").unwrap();
-        let op = |op| file_op(root, op, Some(&staging));
-        let write = |p: &str| FileOp::Write {
-            path: p.into(),
-            text: "x".into(),
-            append: false,
-        };
-        op(write("hf/.claro/work/1/1/out/deep/result.txt")).unwrap();
-        assert!(staging.join("deep/result.txt").exists());
-        for outside in ["hf/out/direct.txt", "hf/keep.txt", "other.txt"] {
-            let e = op(write(outside)).unwrap_err();
-            assert!(e.contains("outside this file's output folder"), "{e}");
-        }
-        assert!(op(FileOp::Remove("hf/keep.txt".into())).is_err());
-        assert_eq!(
-            std::fs::read_to_string(root.join("hf/keep.txt")).unwrap(),
-            "keep"
-        );
-        // Reading anywhere under the root stays allowed.
-        assert_eq!(op(FileOp::Read("hf/keep.txt".into())).unwrap(), "keep");
-    }
 
     #[test]
     fn sql_reads_and_refuses_writes_and_attach() {
