@@ -1718,6 +1718,14 @@ keep_count = {keep_count}
 # script_cpu_s = {script_cpu_s}
 # script_files_max = {script_files_max}
 
+# When `claro status` and the dashboard raise an alert (the defaults are
+# those of the Prometheus rules in packaging/claro-alerts.yml).
+# [alerts]
+# hotfolder_stalled_s = {stalled_s}
+# jobs_failing_percent = {failing_percent}
+# disk_free_percent_min = {disk_free}
+# replica_behind_entries = {behind}
+
 # A hotfolder: files dropped into <shared_root>/NAME/in/ become jobs; the
 # outputs go to out/, the originals to done/ (or error/, with the reason).
 # [hotfolder.prepress]
@@ -1734,7 +1742,7 @@ keep_count = {keep_count}
 # at start and again on every reconnect); slots: parallel jobs (1..={SLOTS_MAX});
 # role: \"server\" or \"witness\" (votes and holds the database, runs no jobs);
 # vote: true (default) or false, which keeps a server out of the (at most 5)
-# voters: a non-voting member.
+# voters: a non-voting member (`vote = false` under its [[server]]).
 ",
         c = quote(cluster),
         s = quote(shared_root),
@@ -1753,6 +1761,10 @@ keep_count = {keep_count}
         script_memory_mb = JobsConf::default().script_memory_mb,
         script_cpu_s = JobsConf::default().script_cpu_s,
         script_files_max = JobsConf::default().script_files_max,
+        stalled_s = AlertsConf::default().hotfolder_stalled_s,
+        failing_percent = AlertsConf::default().jobs_failing_percent,
+        disk_free = AlertsConf::default().disk_free_percent_min,
+        behind = AlertsConf::default().replica_behind_entries,
     );
     for (name, address) in servers {
         out.push_str(&format!(
@@ -3170,9 +3182,9 @@ address = "fd00::4"
         }
         let open: String = text
             .lines()
-            .map(|l| match (key(l), l.strip_prefix("# [hotfolder.")) {
+            .map(|l| match (key(l), l.strip_prefix("# [")) {
                 (Some(rest), _) => format!("{rest}\n"),
-                (None, Some(t)) => format!("[hotfolder.{t}\n"),
+                (None, Some(t)) => format!("[{t}\n"),
                 (None, None) => format!("{l}\n"),
             })
             .collect();
@@ -3187,6 +3199,8 @@ address = "fd00::4"
         );
         assert_eq!(c.hotfolders.len(), 1, "{open}");
         assert_eq!(c.hotfolders[0].name, "prepress");
+        assert_eq!(c.alerts, AlertsConf::default(), "{open}");
+        assert!(open.contains("\n[alerts]\nhotfolder_stalled_s = "), "{open}");
     }
 
     #[test]

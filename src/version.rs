@@ -25,10 +25,10 @@ pub const PROTOCOL_VERSION: u32 = 10;
 /// find a claimed input there, and would publish the job without it.
 pub const LEVEL_FLAT_WORK_AREA: u32 = 10;
 
-/// The oldest protocol an instance of this version works beside. Instances
-/// of protocol 8 and older know no levels and refuse any other version:
-/// rolling upgrades work from 9 on.
-pub const PROTOCOL_VERSION_MIN: u32 = 8;
+/// The oldest protocol an instance of this version works beside: the one
+/// before it, so a rolling upgrade goes one protocol at a time. (Instances
+/// of protocol 8 and older knew no levels and refused any other version.)
+pub const PROTOCOL_VERSION_MIN: u32 = PROTOCOL_VERSION - 1;
 
 /// The protocol this instance speaks: `PROTOCOL_VERSION`, or, for the
 /// rolling-upgrade test only, `CLARO_FAILPOINT_PROTOCOL_VERSION` within
