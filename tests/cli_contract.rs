@@ -563,32 +563,47 @@ fn status_and_coordinator_transfer_are_plain_objects() {
 /// --json` and `retry --json` on a finished job exited 0 where text mode
 /// exits 1; `jobs --limit 0` and `--limit 5000` exited 1 (bad values are
 /// 2); `settings get` with a key over the limit exited 1 "no setting"
-/// where `settings set` exits 2 naming the limit (127.0.170.x).
+/// where `settings set` exits 2 naming the limit. Also every command
+/// where it does what it says, in both modes: cancel and retry of a
+/// running job, backup and restore (127.0.170.x).
 #[test]
 fn every_command_keeps_the_json_and_exit_status_contract() {
-    let c = one_server(170);
+    let mut c = one_server(170);
     let json_of = |out: &Output| -> serde_json::Value {
         assert_eq!(out.status.code(), Some(0), "{out:?}");
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
     };
-    let v = json_of(&claro(&c, &["node", "maintenance", "srv1", "--json"], None));
-    assert_eq!(
-        v,
-        serde_json::json!({"name": "srv1", "mode": "maintenance"})
+    let out = claro(&c, &["node", "maintenance", "srv1"], None);
+    expect(&out, 0, "srv1: maintenance\n", "");
+    let out = claro(&c, &["node", "maintenance", "srv1", "--json"], None);
+    expect(
+        &out,
+        0,
+        "{\"mode\":\"maintenance\",\"name\":\"srv1\"}\n",
+        "",
     );
-    let v = json_of(&claro(&c, &["node", "activate", "srv1", "--json"], None));
-    assert_eq!(v["mode"], "active");
+    let out = claro(&c, &["node", "activate", "srv1", "--json"], None);
+    expect(&out, 0, "{\"mode\":\"active\",\"name\":\"srv1\"}\n", "");
+    expect_failure(
+        &claro(&c, &["node", "maintenance", "srv9", "--json"], None),
+        2,
+        &["no server named `srv9`"],
+    );
     claro(&c, &["token", "add", "t2", "--role", "viewer"], None);
-    let v = json_of(&claro(&c, &["token", "rm", "t2", "--json"], None));
-    assert_eq!(v, serde_json::json!({"removed": "t2"}));
+    let out = claro(&c, &["token", "rm", "t2", "--json"], None);
+    expect(&out, 0, "{\"removed\":\"t2\"}\n", "");
     let add = ["hotfolder", "add", "hf", "--command", "true", "--json"];
-    assert_eq!(json_of(&claro(&c, &add, None))["added"], "hf");
-    let v = json_of(&claro(&c, &["hotfolder", "pause", "hf", "--json"], None));
-    assert_eq!(v, serde_json::json!({"name": "hf", "paused": true}));
-    let v = json_of(&claro(&c, &["hotfolder", "resume", "hf", "--json"], None));
-    assert_eq!(v["paused"], false);
-    let v = json_of(&claro(&c, &["hotfolder", "rm", "hf", "--json"], None));
-    assert_eq!(v, serde_json::json!({"removed": "hf"}));
+    let inbox = c.dir.path().join("shared").canonicalize().unwrap();
+    let inbox = serde_json::to_string(&inbox.join("hf").join("in")).unwrap();
+    let out = claro(&c, &add, None);
+    let added = format!("{{\"added\":\"hf\",\"in\":{inbox},\"made\":true}}\n");
+    expect(&out, 0, &added, "");
+    let out = claro(&c, &["hotfolder", "pause", "hf", "--json"], None);
+    expect(&out, 0, "{\"name\":\"hf\",\"paused\":true}\n", "");
+    let out = claro(&c, &["hotfolder", "resume", "hf", "--json"], None);
+    expect(&out, 0, "{\"name\":\"hf\",\"paused\":false}\n", "");
+    let out = claro(&c, &["hotfolder", "rm", "hf", "--json"], None);
+    expect(&out, 0, "{\"removed\":\"hf\"}\n", "");
 
     let out = claro(&c, &["submit", "--inline", "1", "--wait"], None);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
@@ -612,7 +627,188 @@ fn every_command_keeps_the_json_and_exit_status_contract() {
     let long = "k".repeat(2000);
     let out = claro(&c, &["settings", "get", &long], None);
     expect_failure(&out, 2, &["1..=1024 bytes"]);
+
+    // cancel and retry where they apply: a job that sleeps, cancelled while
+    // it runs, retried, cancelled and retried again, in both modes.
+    let submit = ["submit", "--timeout", "120s", "--inline", "sleep_ms(60000)"];
+    let id = text(&claro(&c, &submit, None).stdout)
+        .trim_end()
+        .to_string();
+    let job = |c: &Cluster| json_of(&claro(c, &["job", &id, "--json"], None));
+    let running = |c: &Cluster, attempt: u64| {
+        c.wait(SETTLE_S, "the job to run", || {
+            let v = job(c);
+            v["state"] == "running" && v["attempt"] == attempt
+        })
+    };
+    let summary = |v: &serde_json::Value| {
+        let outcomes: Vec<&str> = v["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["outcome"].as_str().unwrap())
+            .collect();
+        (
+            v["id"].as_str().map(str::to_string),
+            v["state"].as_str().map(str::to_string),
+            v["attempt"].as_u64(),
+            outcomes.join(","),
+        )
+    };
+    let cancelled = |attempt: u64, outcomes: &str| {
+        (
+            Some(id.clone()),
+            Some("cancelled".to_string()),
+            Some(attempt),
+            outcomes.to_string(),
+        )
+    };
+    running(&c, 1);
+    let out = claro(&c, &["cancel", &id], None);
+    expect(&out, 0, &format!("{id} cancelled\n"), "");
+    assert_eq!(summary(&job(&c)), cancelled(1, "cancelled"));
+    let out = claro(&c, &["retry", &id], None);
+    expect(&out, 0, &format!("{id} retried\n"), "");
+    let v = job(&c);
+    assert!(
+        ["queued", "assigned", "running"].contains(&v["state"].as_str().unwrap()),
+        "{v}"
+    );
+    assert_eq!(v["attempt"], 2, "{v}");
+    assert_eq!((&v["finished_at"], &v["result"]), (&NULL, &NULL), "{v}");
+    running(&c, 2);
+    // JSON: the job as it is now, as `claro job` shows it afterwards.
+    let out = claro(&c, &["cancel", &id, "--json"], None);
+    let shown = text(&claro(&c, &["job", &id, "--json"], None).stdout);
+    expect(&out, 0, &shown, "");
+    let v = json_of(&out);
+    assert_eq!(summary(&v), cancelled(2, "cancelled,cancelled"));
+    assert!(v["finished_at"].is_string(), "{v}");
+    let out = claro(&c, &["retry", &id, "--json"], None);
+    let v = json_of(&out);
+    assert!(
+        text(&out.stdout).lines().count() == 1 && out.stderr.is_empty(),
+        "{out:?}"
+    );
+    let mut want: Vec<String> = JOB_KEYS.iter().map(|k| k.to_string()).collect();
+    want.push("attempts".into());
+    want.sort();
+    assert_eq!(keys(&v), want, "{v}");
+    assert_eq!(
+        (v["id"].as_str(), v["attempt"].as_u64(), &v["finished_at"]),
+        (Some(id.as_str()), Some(3), &NULL),
+        "{v}"
+    );
+    assert!(
+        ["queued", "assigned", "running"].contains(&v["state"].as_str().unwrap()),
+        "{v}"
+    );
+    assert!(
+        summary(&v).3.starts_with("cancelled,cancelled"),
+        "the ended attempts stay: {v}"
+    );
+    running(&c, 3);
+    let out = claro(&c, &["cancel", &id], None);
+    expect(&out, 0, &format!("{id} cancelled\n"), "");
+    assert_eq!(
+        summary(&job(&c)),
+        cancelled(3, "cancelled,cancelled,cancelled")
+    );
+
+    // backup: what the file's own header says, in both modes.
+    let cluster_id = json_of(&claro(&c, &["status", "--json"], None))["cluster_id"].clone();
+    let index = applied_index(&c, "srv1");
+    let file = c.dir.path().join("a.claro-backup");
+    let f = file.to_str().unwrap();
+    let out = claro(&c, &["backup", f, "--json"], None);
+    let header = claro::backup::extract(&file, None).unwrap();
+    let created = claro::contract::rfc3339(header.created_ms);
+    assert_eq!(
+        (Some(header.cluster_id.as_str()), header.applied_index),
+        (cluster_id.as_str(), index)
+    );
+    let backup_json = format!(
+        "{{\"applied_index\":{index},\"cluster_id\":{cluster_id},\"created\":\"{created}\",\"file\":\"{f}\",\"server\":\"srv1\",\"sha256\":\"{}\",\"size_bytes\":{}}}\n",
+        header.sha256, header.size_bytes
+    );
+    expect(&out, 0, &backup_json, "");
+    let text_file = c.dir.path().join("b.claro-backup");
+    let t = text_file.to_str().unwrap();
+    let out = claro(&c, &["backup", t], None);
+    let h = claro::backup::extract(&text_file, None).unwrap();
+    let line = format!(
+        "backup of cluster {} at index {} from srv1: {t} ({} bytes of database)\n",
+        h.cluster_id, h.applied_index, h.size_bytes
+    );
+    expect(&out, 0, &line, "");
+    expect_failure(
+        &claro(&c, &["backup", t, "--json"], None),
+        2,
+        &["exists; `--force` replaces it"],
+    );
+
+    // restore: onto the stopped server's directory, emptied (text), then
+    // with --force over it (JSON: the old one is moved aside).
+    c.kill9("srv1");
+    let restore = ["restore", f, "--name", "srv1"];
+    let dir = c.conf.parent().unwrap().join("../data").join("srv1");
+    expect_failure(
+        &claro(&c, &restore, None),
+        1,
+        &["holds data already; `--force` moves it aside"],
+    );
+    std::fs::rename(c.data_dir("srv1"), c.dir.path().join("srv1.old")).unwrap();
+    let out = claro(&c, &restore, None);
+    let shown = text(&out.stdout);
+    let new_id = shown
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        new_id.len() == 32 && new_id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{shown}"
+    );
+    assert_ne!(Some(new_id.as_str()), cluster_id.as_str());
+    expect(
+        &out,
+        0,
+        &format!(
+            "srv1: {} now holds the backup of cluster {} at index {index} (made {created} by srv1), as the new cluster {new_id}\n\
+             next: `claro serve --name srv1`, then start the other servers with empty data directories (docs/OPERATIONS.md)\n",
+            dir.display(),
+            header.cluster_id,
+        ),
+        "",
+    );
+    let out = claro(&c, &[&restore[..], &["--force", "--json"]].concat(), None);
+    let v = json_of(&out);
+    let aside = v["moved_aside"].as_str().unwrap_or_default();
+    let prefix = format!("{}.before-restore-", dir.display());
+    assert!(aside.starts_with(&prefix), "{v}");
+    assert!(
+        std::path::Path::new(aside).join("state.db").is_file(),
+        "{v}"
+    );
+    assert_ne!(v["cluster_id"].as_str(), Some(new_id.as_str()));
+    let want = serde_json::json!({
+        "server": "srv1",
+        "data_dir": dir.display().to_string(),
+        "cluster_id": v["cluster_id"],
+        "from_cluster_id": header.cluster_id,
+        "applied_index": index,
+        "moved_aside": aside,
+    });
+    expect(
+        &out,
+        0,
+        &format!("{}\n", serde_json::to_string(&want).unwrap()),
+        "",
+    );
 }
+
+const NULL: serde_json::Value = serde_json::Value::Null;
 
 /// `claro submit --many`: JSON lines in, one id a line out, in order, all
 /// in one entry; a bad line is exit 2 naming it, and nothing is submitted.
@@ -913,9 +1109,10 @@ const JOB_KEYS: [&str; 13] = [
     "timeout_ms",
 ];
 
-/// The job commands, tokens, hotfolder listing, config check and
-/// completions in both modes: exact text where it holds no time, the JSON
-/// objects' fields, and the exit statuses of docs/CLI.md (127.0.183.x).
+/// The job commands, tokens, hotfolders, certificates (a revocation of a
+/// fingerprint nobody uses), config check and completions in both modes:
+/// exact text where it holds no time, the JSON objects' fields, and the
+/// exit statuses of docs/CLI.md (127.0.183.x).
 #[test]
 fn job_token_hotfolder_and_config_commands_in_text_and_json() {
     let c = one_server(183);
@@ -994,6 +1191,41 @@ fn job_token_hotfolder_and_config_commands_in_text_and_json() {
     let file = c.dir.path().join("s.rhai");
     std::fs::write(&file, "log(\"a\");\n1 + 1\n").unwrap();
     expect(&run(&["run", file.to_str().unwrap()]), 0, "a\n2\n", "");
+    // run --json: the job's object with its log, as `job ID --json --log`
+    // shows it afterwards; a failed one too, with exit 1.
+    let out = run(&["run", file.to_str().unwrap(), "--json"]);
+    let v = object(&out);
+    let ran = v["id"].as_str().unwrap().to_string();
+    let shown = text(&run(&["job", &ran, "--json", "--log"]).stdout);
+    expect(&out, 0, &shown, "");
+    assert_eq!(
+        (v["state"].as_str(), v["result"].as_str(), v["log"].as_str()),
+        (Some("succeeded"), Some("2"), Some("a\n")),
+        "{v}"
+    );
+    let mut want: Vec<String> = JOB_KEYS.iter().map(|k| k.to_string()).collect();
+    want.extend(["attempts".into(), "log".into()]);
+    want.sort();
+    assert_eq!(keys(&v), want, "{v}");
+    let failing = c.dir.path().join("f.rhai");
+    std::fs::write(&failing, "log(\"a\");\nthrow \"bad\"\n").unwrap();
+    let failing = failing.to_str().unwrap();
+    let out = run(&["run", failing, "--max-attempts", "1", "--json"]);
+    let v = object(&out);
+    let ran = v["id"].as_str().unwrap().to_string();
+    let shown = text(&run(&["job", &ran, "--json", "--log"]).stdout);
+    let error = "attempt 1 on srv1: script: bad (line 2, position 1)";
+    expect(
+        &out,
+        1,
+        &shown,
+        &format!("claro: job {ran} failed: {error}\n"),
+    );
+    assert_eq!(
+        (v["state"].as_str(), v["error"].as_str(), v["log"].as_str()),
+        (Some("failed"), Some(error), Some("a\n")),
+        "{v}"
+    );
     let bad = [
         "submit",
         "--wait",
@@ -1038,9 +1270,40 @@ fn job_token_hotfolder_and_config_commands_in_text_and_json() {
         2,
         &["exists"],
     );
-    // hotfolders: listed in both modes.
+    // Text: the token alone on its first line, then a line naming it.
+    let out = run(&["token", "add", "t2", "--role", "operator"]);
+    let shown = text(&out.stdout);
+    let token = shown.lines().next().unwrap_or_default().to_string();
+    assert!(
+        token.len() == 70
+            && token.starts_with("claro_")
+            && token[6..].bytes().all(|b| b.is_ascii_hexdigit()),
+        "{shown}"
+    );
+    expect(
+        &out,
+        0,
+        &format!("{token}\n(token `t2`, role operator: shown only now; send it as `Authorization: Bearer TOKEN`)\n"),
+        "",
+    );
+    expect(&run(&["token", "rm", "t2"]), 0, "t2: removed\n", "");
+    let v = object(&run(&["token", "list", "--json"]));
+    assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
+    // A name that does not exist is not found (1), as `script rm`'s; a
+    // bad name is bad input (2).
+    for json in [false, true] {
+        let mut args = vec!["token", "rm", "t2"];
+        args.extend(json.then_some("--json"));
+        expect(&run(&args), 1, "", "claro: no token named `t2`\n");
+    }
+    expect_failure(&run(&["token", "rm", "bad name"]), 2, &["token name"]);
+    // hotfolders: added (its folders made by the coordinator meanwhile),
+    // listed, paused, resumed and removed, in both modes.
+    let inbox = c.dir.path().join("shared").canonicalize().unwrap();
+    let inbox = inbox.join("hf").join("in");
     let out = run(&["hotfolder", "add", "hf", "--command", "true"]);
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let added = format!("hf: added; drop files into {}\n", inbox.display());
+    expect(&out, 0, &added, "");
     let out = run(&["hotfolder", "list"]);
     let listed = text(&out.stdout);
     assert!(
@@ -1053,6 +1316,27 @@ fn job_token_hotfolder_and_config_commands_in_text_and_json() {
     expect(&out, 0, "hf: changed\n", "");
     let out = run(&["hotfolder", "set", "hf", "--stable-ms", "600", "--json"]);
     expect(&out, 0, "{\"changed\":\"hf\"}\n", "");
+    expect(&run(&["hotfolder", "pause", "hf"]), 0, "hf: paused\n", "");
+    assert_eq!(
+        object(&run(&["hotfolder", "list", "--json"]))[0]["paused"],
+        true
+    );
+    expect(&run(&["hotfolder", "resume", "hf"]), 0, "hf: resumed\n", "");
+    assert_eq!(
+        object(&run(&["hotfolder", "list", "--json"]))[0]["paused"],
+        false
+    );
+    let out = run(&["hotfolder", "rm", "hf"]);
+    expect(&out, 0, "hf: removed (its folders stay)\n", "");
+    assert!(inbox.is_dir(), "its folders stay");
+    for json in [false, true] {
+        for verb in ["rm", "pause", "resume"] {
+            let mut args = vec!["hotfolder", verb, "hf"];
+            args.extend(json.then_some("--json"));
+            expect(&run(&args), 1, "", "claro: no hotfolder `hf`\n");
+        }
+    }
+    expect(&run(&["hotfolder", "list", "--json"]), 0, "[]\n", "");
     // certificates: the tls folder's, and the cluster's revoked ones.
     let out = run(&["cert", "list"]);
     let listed = text(&out.stdout);
@@ -1078,6 +1362,61 @@ fn job_token_hotfolder_and_config_commands_in_text_and_json() {
         ["FINGERPRINT", "NAME", "REVOKED"]
     );
     expect(&run(&["cert", "revoked", "--json"]), 0, "[]\n", "");
+    // revoke: by a fingerprint no certificate of this cluster has (its
+    // own client's or srv1's would cut the CLI or the server off), in
+    // both modes; once more is `already revoked`, still exit 0.
+    let (fp1, fp2) = ("ab".repeat(32), "cd".repeat(32));
+    let row = |fp: &str, already: bool| {
+        format!("[{{\"already_revoked\":{already},\"fingerprint\":\"{fp}\",\"name\":\"fingerprint\"}}]\n")
+    };
+    expect(
+        &run(&["cert", "revoke", &fp1, "--json"]),
+        0,
+        &row(&fp1, false),
+        "",
+    );
+    expect(
+        &run(&["cert", "revoke", &fp1, "--json"]),
+        0,
+        &row(&fp1, true),
+        "",
+    );
+    // As `openssl x509 -fingerprint -sha256` prints it: colons, capitals.
+    let colons = vec!["CD"; 32].join(":");
+    let out = run(&["cert", "revoke", &colons]);
+    expect(&out, 0, &format!("fingerprint {fp2}: revoked\n"), "");
+    let out = run(&["cert", "revoke", &fp2]);
+    expect(
+        &out,
+        0,
+        &format!("fingerprint {fp2}: already revoked\n"),
+        "",
+    );
+    let v = object(&run(&["cert", "revoked", "--json"]));
+    let listed: Vec<(&str, &str)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["fingerprint"].as_str().unwrap(),
+                r["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [(fp1.as_str(), "fingerprint"), (fp2.as_str(), "fingerprint")],
+        "{v}"
+    );
+    for json in [false, true] {
+        let mut args = vec!["cert", "revoke", "client"];
+        args.extend(json.then_some("--json"));
+        expect_failure(&run(&args), 2, &["lock you out"]);
+        let mut args = vec!["cert", "revoke", "srv9"];
+        args.extend(json.then_some("--json"));
+        expect_failure(&run(&args), 2, &["`srv9` is neither a server"]);
+    }
     // status: its first line, and the JSON object's servers.
     let out = run(&["status"]);
     assert!(text(&out.stdout).starts_with("cluster "), "{out:?}");
@@ -1099,11 +1438,26 @@ fn job_token_hotfolder_and_config_commands_in_text_and_json() {
         &format!("{conf}: ok (cluster test183, 1 server(s), 0 hotfolder(s))\n"),
         "",
     );
-    let v = object(&run(&["config", "check", "--json"]));
-    assert_eq!(
-        v,
-        serde_json::json!({"file": conf, "cluster": "test183", "servers": ["srv1"], "hotfolders": []})
+    let out = run(&["config", "check", "--json"]);
+    let file = serde_json::to_string(&conf).unwrap();
+    let checked = format!(
+        "{{\"cluster\":\"test183\",\"file\":{file},\"hotfolders\":[],\"servers\":[\"srv1\"]}}\n"
     );
+    expect(&out, 0, &checked, "");
+    // Hotfolders by name, whatever the order of their tables.
+    let two = c.dir.path().join("conf").join("Two.conf");
+    let tables = "\n[hotfolder.zeta]\ncommand = \"true {input}\"\n\n[hotfolder.alpha]\ncommand = \"true {input}\"\n";
+    let base = std::fs::read_to_string(&c.conf).unwrap();
+    std::fs::write(&two, format!("{base}{tables}")).unwrap();
+    let two = two.to_str().unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", two, "config", "check", "--json"])
+        .output()
+        .unwrap();
+    let checked = format!(
+        "{{\"cluster\":\"test183\",\"file\":\"{two}\",\"hotfolders\":[\"alpha\",\"zeta\"],\"servers\":[\"srv1\"]}}\n"
+    );
+    expect(&out, 0, &checked, "");
     let out = run(&["completions", "bash"]);
     assert!(
         out.status.success() && text(&out.stdout).contains("claro"),

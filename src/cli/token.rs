@@ -18,7 +18,7 @@ pub fn command(config: &Config, action: TokenAction) -> Result<(), Failure> {
         TokenAction::Rm { name, client } => {
             check_token_name(&name).map_err(Failure::usage)?;
             if !all(config, &client)?.iter().any(|t| t.name == name) {
-                return Err(Failure::usage(format!("no token named `{name}`")));
+                return Err(Failure::failed(format!("no token named `{name}`")));
             }
             let command = Command::TokenRemove { name: name.clone() };
             crate::cli::jobs::write(config, &client, command, new_request_id())?;
