@@ -1,5 +1,7 @@
 //! The command line's contract: exit statuses and messages on bad input.
 
+mod common;
+
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_claro");
@@ -267,7 +269,8 @@ fn manual_pages_are_written_for_every_command() {
 
 /// The systemd unit (packaging/claro.service) is one systemd accepts, and
 /// keeps the stop bounded and the hardening the docs promise. Where
-/// `systemd-analyze` is missing only the keys are checked (said so).
+/// `systemd-analyze` is missing only the keys are checked, and the test
+/// says it skipped the rest (under CI it fails: .ci/run installs systemd).
 #[test]
 fn the_service_unit_is_valid_and_hardened() {
     let unit = include_str!("../packaging/claro.service");
@@ -297,7 +300,11 @@ fn the_service_unit_is_valid_and_hardened() {
             "systemd-analyze verify: {}",
             stderr(&out)
         ),
-        Err(e) => eprintln!("systemd-analyze not run ({e}): only the unit's keys were checked"),
+        Err(e) => common::skip(
+            "the_service_unit_is_valid_and_hardened",
+            "systemd-analyze",
+            &format!("not run ({e}); only the unit's keys were checked"),
+        ),
     }
 }
 
