@@ -560,6 +560,26 @@ fn the_api_answers_alike_everywhere_and_checks_access_and_input() {
         b"",
     );
     assert_eq!(status, 200, "a valid token after ten bad ones: {body}");
+    // Secrets never reach a log: neither the tokens used (good and bad)
+    // nor any private key's body.
+    let logs = c.all_logs();
+    for secret in [&viewer, &ops, &wrong] {
+        let bare = secret.trim_start_matches("Bearer ");
+        assert!(!logs.contains(bare), "a token is in the logs");
+    }
+    let tls = c.conf.parent().unwrap().join("tls");
+    for key in std::fs::read_dir(&tls).unwrap().flatten() {
+        let pem = std::fs::read_to_string(key.path()).unwrap_or_default();
+        let Some(body) = pem
+            .lines()
+            .find(|l| l.len() > 40 && !l.starts_with("-----"))
+        else {
+            continue;
+        };
+        if key.path().extension().is_some_and(|e| e == "key") {
+            assert!(!logs.contains(body), "{:?} is in the logs", key.path());
+        }
+    }
     c.assert_nobody_crashed();
 }
 
