@@ -3200,7 +3200,10 @@ address = "fd00::4"
         assert_eq!(c.hotfolders.len(), 1, "{open}");
         assert_eq!(c.hotfolders[0].name, "prepress");
         assert_eq!(c.alerts, AlertsConf::default(), "{open}");
-        assert!(open.contains("\n[alerts]\nhotfolder_stalled_s = "), "{open}");
+        assert!(
+            open.contains("\n[alerts]\nhotfolder_stalled_s = "),
+            "{open}"
+        );
     }
 
     #[test]
