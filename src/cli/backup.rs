@@ -275,7 +275,14 @@ pub fn restore(
 /// Builds the new data directory in `staging`: the database checked and
 /// made the one voter's state of a new cluster.
 fn stage(staging: &Path, file: &Path, name: &str, cluster_id: &str) -> Result<(), Failure> {
-    let _ = std::fs::remove_dir_all(staging);
+    // A staging folder left by a restore that did not finish may hold the
+    // old data (it was swapped there): a restore never deletes data.
+    if staging.symlink_metadata().is_ok() {
+        return Err(Failure::failed(format!(
+            "{} is left from a restore that did not finish and may hold the old data: move it away (or remove it once it is not needed), then restore again",
+            staging.display()
+        )));
+    }
     let io = |e: std::io::Error| Failure::failed(format!("{}: {e}", staging.display()));
     std::fs::create_dir_all(staging).map_err(io)?;
     crate::data_dir::make_private(staging).map_err(io)?;
@@ -338,13 +345,63 @@ fn exchange(a: &Path, b: &Path) -> Result<(), Failure> {
 }
 
 /// Moves the old data directory, now at `from` (the swap put it there),
-/// aside beside `dir`, under a name that says when and why.
+/// aside beside `dir`, under a name that says when and why and is not
+/// taken (two restores in one second must not collide: the second one's
+/// old data would stay at `from`, where a later restore's staging starts).
 fn move_aside_from(from: &Path, dir: &Path) -> Result<PathBuf, Failure> {
     let secs = crate::clock::now_ms() / 1000;
-    let aside = sibling(dir, &format!("before-restore-{secs}"));
-    std::fs::rename(from, &aside)
-        .map_err(|e| Failure::failed(format!("moving the old {} aside: {e}", dir.display())))?;
-    Ok(aside)
+    let mut last = None;
+    for n in 1..=ASIDE_TRIES_MAX {
+        let what = match n {
+            1 => format!("before-restore-{secs}"),
+            _ => format!("before-restore-{secs}-{n}"),
+        };
+        let aside = sibling(dir, &what);
+        match rename_no_replace(from, &aside) {
+            Ok(()) => return Ok(aside),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => {
+                return Err(Failure::failed(format!(
+                    "moving the old {} aside to {}: {e}",
+                    dir.display(),
+                    aside.display()
+                )))
+            }
+        }
+    }
+    Err(Failure::failed(format!(
+        "moving the old {} aside: {ASIDE_TRIES_MAX} names taken ({last:?}); it is at {}",
+        dir.display(),
+        from.display()
+    )))
+}
+
+/// Names tried for the old data directory kept aside.
+const ASIDE_TRIES_MAX: u32 = 1000;
+
+/// Renames `from` to `to` unless `to` exists (a plain rename would replace
+/// an empty folder there).
+fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::other("a path with a NUL byte"))
+    };
+    let (cf, ct) = (c(from)?, c(to)?);
+    // SAFETY: two NUL-terminated paths that outlive the call.
+    let done = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            cf.as_ptr(),
+            libc::AT_FDCWD,
+            ct.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    match done {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
 }
 
 /// Why `name` is taken for running: it answered `Info` at its address.
@@ -397,4 +454,51 @@ fn report(
         "moved_aside": aside.map(|a| a.display().to_string()),
     });
     output::changed(json, &text, value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two restores within one second: the second one's old data takes a
+    /// name of its own, and nothing kept aside before is touched. Before,
+    /// the second rename failed and left the old data where the next
+    /// restore's staging deleted it.
+    #[test]
+    fn old_data_kept_aside_never_collides() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("srv1");
+        let mut kept = Vec::new();
+        for round in 0..3 {
+            let from = base.path().join("srv1.restoring");
+            std::fs::create_dir(&from).unwrap();
+            std::fs::write(from.join("raft.db"), format!("old {round}")).unwrap();
+            kept.push(move_aside_from(&from, &dir).unwrap());
+            assert!(!from.exists());
+        }
+        for (round, aside) in kept.iter().enumerate() {
+            let text = std::fs::read_to_string(aside.join("raft.db")).unwrap();
+            assert_eq!(text, format!("old {round}"), "{aside:?}");
+        }
+        // An empty folder under the next name is not replaced either.
+        let from = base.path().join("srv1.restoring");
+        std::fs::create_dir(&from).unwrap();
+        let secs = crate::clock::now_ms() / 1000;
+        for n in 4..=6 {
+            let _ = std::fs::create_dir(sibling(&dir, &format!("before-restore-{secs}-{n}")));
+        }
+        let aside = move_aside_from(&from, &dir).unwrap();
+        assert!(!kept.contains(&aside));
+    }
+
+    #[test]
+    fn a_staging_folder_left_behind_is_not_deleted() {
+        let base = tempfile::tempdir().unwrap();
+        let staging = base.path().join("srv1.restoring");
+        std::fs::create_dir(&staging).unwrap();
+        std::fs::write(staging.join("state.db"), "old data").unwrap();
+        let e = stage(&staging, &base.path().join("none.backup"), "srv1", "c").unwrap_err();
+        assert!(e.message.contains("did not finish"), "{}", e.message);
+        assert!(staging.join("state.db").exists());
+    }
 }
