@@ -14,9 +14,13 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 use rusqlite::{params, Connection, OptionalExtension};
 
-/// How the log database is synced. `Full` fsyncs every transaction (production);
-/// `Off` leaves it to the OS (the simulation, where a "crash" is a dropped struct
-/// and the file is still whole).
+/// How the log database is synced. `Full` makes every write durable
+/// (production): SQLite commits to its write-ahead log without waiting
+/// (`synchronous = NORMAL`, which keeps the file whole after a crash), and
+/// the log file is fsynced by [`LogStore::wal`]'s handle, which the driver
+/// does outside the core's lock for appends, and `LogStore` itself does at
+/// once for its rarer writes. `Off` leaves it to the OS (the simulation,
+/// where a "crash" is a dropped struct and the file is still whole).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sync {
     Full,
@@ -25,6 +29,11 @@ pub enum Sync {
 
 pub struct LogStore {
     conn: Connection,
+    sync: Sync,
+    /// The write-ahead log file, opened at the first sync: fsyncing it makes
+    /// every transaction committed before durable.
+    wal: Option<std::sync::Arc<std::fs::File>>,
+    path: std::path::PathBuf,
     hard_state: HardState,
     conf_state: ConfState,
     /// Index and term of the last entry folded into a snapshot: the log starts after it.
@@ -47,7 +56,7 @@ impl LogStore {
             crate::state::DB_BUSY_MS_MAX,
         ))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        let level = if sync == Sync::Full { "FULL" } else { "OFF" };
+        let level = if sync == Sync::Full { "NORMAL" } else { "OFF" };
         conn.pragma_update(None, "synchronous", level)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS entries (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, entry BLOB NOT NULL);
@@ -60,6 +69,9 @@ impl LogStore {
         let last_index = last.unwrap_or(snapshot_meta.index);
         Ok(LogStore {
             conn,
+            sync,
+            wal: None,
+            path: path.to_path_buf(),
             hard_state,
             conf_state: ConfState::default(),
             snapshot_meta,
@@ -67,6 +79,36 @@ impl LogStore {
             prepared: RefCell::new(None),
             snapshot_wanted: Cell::new(false),
         })
+    }
+
+    /// What makes the log's committed writes durable: its write-ahead log
+    /// file, to fsync (`None` with `Sync::Off`). The file stays the same
+    /// while the connection is open (SQLite rewrites it in place after a
+    /// checkpoint, and removes it only when the last connection closes).
+    pub fn wal(&mut self) -> std::io::Result<Option<std::sync::Arc<std::fs::File>>> {
+        if self.sync == Sync::Off {
+            return Ok(None);
+        }
+        if self.wal.is_none() {
+            let mut name = self.path.file_name().unwrap_or_default().to_os_string();
+            name.push("-wal");
+            let file = std::fs::File::open(self.path.with_file_name(name))?;
+            // The file's own name must be durable too, once.
+            if let Some(dir) = self.path.parent() {
+                crate::state::sync_dir(dir)?;
+            }
+            self.wal = Some(std::sync::Arc::new(file));
+        }
+        Ok(self.wal.clone())
+    }
+
+    /// Makes every committed write durable now.
+    pub fn sync_now(&mut self) -> rusqlite::Result<()> {
+        let io = |e: std::io::Error| rusqlite::Error::ToSqlConversionFailure(Box::new(e));
+        match self.wal().map_err(io)? {
+            Some(wal) => wal.sync_data().map_err(io),
+            None => Ok(()),
+        }
     }
 
     pub fn hard_state(&self) -> &HardState {
@@ -88,8 +130,8 @@ impl LogStore {
     }
 
     /// Appends `entries` (replacing any conflicting suffix) and the hard state,
-    /// in one transaction: durable before any message that depends on them is
-    /// sent.
+    /// in one transaction, durable once the log is synced ([`LogStore::wal`]):
+    /// the core sends no message that depends on them before.
     ///
     /// A hard state whose only change is the commit index is not worth an
     /// fsync: raft may restart with an older commit index (it relearns it, and
@@ -142,6 +184,9 @@ impl LogStore {
         write_proto(&tx, "snapshot_meta", meta)?;
         write_proto(&tx, "hard_state", &hs)?;
         tx.commit()?;
+        // state.db already holds the snapshot: the log must not fall back
+        // behind it.
+        self.sync_now()?;
         self.hard_state = hs;
         self.snapshot_meta = meta.clone();
         self.last_index = meta.index;

@@ -201,6 +201,45 @@ impl From<raft::Error> for CoreError {
     }
 }
 
+/// Log writes of a core that are not durable yet: [`SyncTicket::sync`]
+/// makes them so, then [`Core::synced`] lets what waited for them go.
+pub struct SyncTicket {
+    core: u64,
+    number: u64,
+    wal: Option<std::sync::Arc<std::fs::File>>,
+}
+
+impl SyncTicket {
+    /// fsyncs the log (nothing with a log that is not synced, `durable =
+    /// false`). Takes no lock: run it where waiting blocks nobody.
+    pub fn sync(&self) -> std::io::Result<()> {
+        match &self.wal {
+            Some(wal) => wal.sync_data(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What waits for the log to be durable: up to Ready `number`, the
+/// messages raft releases only then.
+struct Unsynced {
+    number: u64,
+    messages: Vec<Message>,
+    since: std::time::Instant,
+}
+
+/// Rounds of write and sync one [`Core::pump`] runs at most (each one's
+/// acknowledgments may make raft commit more, and a round after that apply
+/// it): far above what one call needs.
+const PUMP_SYNCS_MAX: usize = 64;
+
+/// Tells cores apart, so that a ticket of a replaced core is not taken.
+static CORE_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn sync_error(e: std::io::Error) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
+}
+
 pub struct Core {
     node: RawNode<LogStore>,
     state: StateMachine,
@@ -220,6 +259,9 @@ pub struct Core {
     /// How long log writes (with their fsync) and applies took: measured
     /// for /metrics, never used to decide anything.
     pub latency: StorageLatency,
+    /// Log writes not yet synced, and what waits for them.
+    unsynced: Option<Unsynced>,
+    serial: u64,
 }
 
 /// Upper bounds of the storage latency histograms, in microseconds.
@@ -230,7 +272,8 @@ pub const LATENCY_BUCKETS_US: [u64; 12] = [
 /// Latency of the two writes of a Ready cycle.
 #[derive(Debug, Clone)]
 pub struct StorageLatency {
-    /// Appending entries and the hard state to the log, fsync included.
+    /// Appending entries and the hard state to the log until they are
+    /// durable: from the first write of a batch to its fsync's end.
     pub persist_us: crate::histogram::Histogram,
     /// Applying committed entries to state.db (one transaction).
     pub apply_us: crate::histogram::Histogram,
@@ -402,6 +445,8 @@ impl Core {
             pending_local_reads: Vec::new(),
             losses: Losses::default(),
             latency: StorageLatency::default(),
+            unsynced: None,
+            serial: CORE_SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         core.member = core.is_member();
         Ok(core)
@@ -728,7 +773,28 @@ impl Core {
     /// Runs Ready cycles until raft has nothing more to do, handing each effect
     /// to `out` as soon as it is known: a leader's appends go out while its own
     /// log write is still in progress (raft allows it), halving commit latency.
+    /// Runs every Ready cycle due and syncs the log at once after them:
+    /// [`Core::pump_async`] and [`Core::synced`] in one call, for callers
+    /// that hold no lock others wait on (the simulation, tests).
     pub fn pump(&mut self, out: &mut dyn FnMut(Output)) -> Result<(), CoreError> {
+        for _ in 0..PUMP_SYNCS_MAX {
+            let Some(ticket) = self.pump_async(out)? else {
+                return Ok(());
+            };
+            ticket.sync().map_err(|e| CoreError::Db(sync_error(e)))?;
+            self.synced(&ticket, out)?;
+        }
+        Ok(())
+    }
+
+    /// Runs every Ready cycle due. Returns a ticket when log writes wait to
+    /// be made durable: the caller syncs it (without holding the core, so
+    /// that proposals, messages and reads go on meanwhile) and hands it back
+    /// to [`Core::synced`].
+    pub fn pump_async(
+        &mut self,
+        out: &mut dyn FnMut(Output),
+    ) -> Result<Option<SyncTicket>, CoreError> {
         for (context, index) in std::mem::take(&mut self.pending_local_reads) {
             out(Output::ReadReady { context, index });
         }
@@ -755,7 +821,19 @@ impl Core {
             };
             out(Output::MakeSnapshot(job));
         }
-        Ok(())
+        let Some(number) = self.unsynced.as_ref().map(|u| u.number) else {
+            return Ok(None);
+        };
+        let wal = self
+            .node
+            .mut_store()
+            .wal()
+            .map_err(|e| CoreError::Db(sync_error(e)))?;
+        Ok(Some(SyncTicket {
+            core: self.serial,
+            number,
+            wal,
+        }))
     }
 
     /// Test-only fault injection (the simulation's): `crash` is asked at every
@@ -775,6 +853,11 @@ impl Core {
         }
     }
 
+    /// One Ready: messages that may leave before persisting (a leader's
+    /// appends) leave now, committed entries are applied, new entries and
+    /// the hard state are written to the log, not yet synced. What must
+    /// wait for them to be durable (raft's persisted messages: acknowledgments
+    /// and votes) is held in `unsynced` until [`Core::synced`].
     fn ready_cycle(&mut self, out: &mut dyn FnMut(Output)) -> Result<(), CoreError> {
         let mut rd = self.node.ready();
         self.emit(rd.take_messages(), out);
@@ -793,7 +876,6 @@ impl Core {
         }
         self.apply(rd.take_committed_entries(), out)?;
         let writes = !rd.entries().is_empty() || rd.hs().is_some();
-        let started = std::time::Instant::now();
         let forgotten = rd
             .hs()
             .filter(|_| self.mutation == Some(Mutation::ForgetVote))
@@ -805,17 +887,66 @@ impl Core {
         self.node
             .mut_store()
             .persist(rd.entries(), forgotten.as_ref().or(rd.hs()))?;
-        if writes {
-            let us = started.elapsed().as_micros() as u64;
-            self.latency.persist_us.observe(us);
+        let number = rd.number();
+        let snapshot = !rd.snapshot().is_empty();
+        let held = rd.take_persisted_messages();
+        self.node.advance_append_async(rd);
+        // A received database is installed durably in the cycle (raft may
+        // count it applied only once persisted): the log is synced with it,
+        // and everything written before is durable too.
+        if snapshot && (writes || self.unsynced.is_some()) {
+            self.node.mut_store().sync_now()?;
         }
-        self.crash_point(CrashPoint::Persisted)?;
-        self.emit(rd.take_persisted_messages(), out);
-        let mut light = self.node.advance(rd);
-        self.emit(light.take_messages(), out);
-        self.apply(light.take_committed_entries(), out)?;
+        match (&mut self.unsynced, snapshot || !writes) {
+            (None, true) => {
+                self.node.on_persist_ready(number);
+                self.emit(held, out);
+            }
+            (Some(_), true) if snapshot => {
+                let earlier = self.unsynced.take().expect("unsynced");
+                self.node.on_persist_ready(number);
+                self.emit(earlier.messages, out);
+                self.emit(held, out);
+            }
+            (Some(u), _) => {
+                u.number = number;
+                u.messages.extend(held);
+            }
+            (None, false) => {
+                self.unsynced = Some(Unsynced {
+                    number,
+                    messages: held,
+                    since: std::time::Instant::now(),
+                });
+            }
+        }
+        // Committed entries handed out stop at what is persisted here.
         self.node.advance_apply();
         self.maybe_compact()?;
+        Ok(())
+    }
+
+    /// The log written by the last Ready cycles is durable (the caller
+    /// synced the handle of `ticket`): what waited for it leaves, and raft
+    /// counts the entries as persisted. A ticket of another core (one that
+    /// was replaced meanwhile) or an older one changes nothing.
+    pub fn synced(
+        &mut self,
+        ticket: &SyncTicket,
+        out: &mut dyn FnMut(Output),
+    ) -> Result<(), CoreError> {
+        if ticket.core != self.serial {
+            return Ok(());
+        }
+        let Some(u) = self.unsynced.take_if(|u| u.number == ticket.number) else {
+            return Ok(());
+        };
+        self.crash_point(CrashPoint::Persisted)?;
+        self.latency
+            .persist_us
+            .observe(u.since.elapsed().as_micros() as u64);
+        self.node.on_persist_ready(u.number);
+        self.emit(u.messages, out);
         Ok(())
     }
 

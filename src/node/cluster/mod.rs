@@ -559,37 +559,78 @@ async fn raft_loop(shared: Arc<Shared>, wake: Receiver<()>) {
     }
 }
 
-/// One tick and/or Ready cycle under the core's lock. Raft messages are queued
-/// to their peers the moment the core emits them; the other outputs are
-/// returned, to be carried out once the lock is released. A cycle that ran
-/// out of space parks the core (`space`) before the lock is released; one
-/// that failed on another SQLite error sets the directory aside (`damage`).
+/// One tick and the Ready cycles due, under the core's lock; then the
+/// log's fsync without it (proposals, messages and reads go on meanwhile),
+/// and what waited for it, under the lock again, until nothing waits. Raft
+/// messages are queued to their peers the moment the core emits them; the
+/// other outputs are returned, to be carried out once the lock is
+/// released. A cycle that ran out of space parks the core (`space`) before
+/// the lock is released; one that failed on another SQLite error sets the
+/// directory aside (`damage`).
 fn cycle(shared: &Arc<Shared>, ticked: bool) -> Result<Vec<Output>, String> {
+    let mut out = Vec::new();
+    let mut ticket = None;
+    for round in 0..CYCLE_SYNCS_MAX {
+        let Some(next) = cycle_locked(shared, ticked && round == 0, ticket.take(), &mut out)?
+        else {
+            break;
+        };
+        // The only wait on the disk in a cycle, and nobody waits for the lock.
+        next.sync()
+            .map_err(|e| format!("syncing the raft log failed: {e}"))?;
+        ticket = Some(next);
+    }
+    if let Some(left) = ticket {
+        // Hand back the last one: its acknowledgments leave now.
+        cycle_locked(shared, false, Some(left), &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Rounds of write and sync one cycle runs before it looks at the clock
+/// again (each round's acknowledgments may commit more).
+const CYCLE_SYNCS_MAX: usize = 8;
+
+/// Under the core's lock: hands back a synced ticket, ticks, runs the
+/// Ready cycles due; returns the ticket of what they wrote, to sync.
+fn cycle_locked(
+    shared: &Arc<Shared>,
+    ticked: bool,
+    synced: Option<crate::consensus::SyncTicket>,
+    out: &mut Vec<Output>,
+) -> Result<Option<crate::consensus::SyncTicket>, String> {
     let mut guard = shared.core();
     let Some(core) = guard.as_mut() else {
-        return Ok(Vec::new());
+        return Ok(None);
     };
     if ticked {
         core.tick();
     }
     let applied_before = core.applied_index();
-    let mut out = Vec::new();
     let mut sink = |o: Output| match o {
         Output::Send(msg) => shared.peers.send(shared, msg),
         Output::Applied { index, context, .. } => shared.applied(&context, index),
         Output::ReadReady { context, index } => shared.read_ready(&context, index),
         other => out.push(other),
     };
-    if let Err(e) = core.pump(&mut sink) {
-        if space::core_error_is_full(&e) {
+    let pumped = match synced {
+        Some(t) => core
+            .synced(&t, &mut sink)
+            .and_then(|()| core.pump_async(&mut sink)),
+        None => core.pump_async(&mut sink),
+    };
+    let ticket = match pumped {
+        Ok(ticket) => ticket,
+        Err(e) if space::core_error_is_full(&e) => {
             shared.park_core(&mut guard, &e);
-        } else if damage::core_error_is_damage(&e) {
-            shared.core_damaged(&mut guard, &e);
-        } else {
-            return Err(e.to_string());
+            return Ok(None);
         }
-        return Ok(out);
-    }
+        Err(e) if damage::core_error_is_damage(&e) => {
+            shared.core_damaged(&mut guard, &e);
+            return Ok(None);
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     let member = core.is_member();
     // A non-voting member is in service as a voter is.
     let voter = core.is_voter(shared.id) || core.is_non_voter();
@@ -606,7 +647,7 @@ fn cycle(shared: &Arc<Shared>, ticked: bool) -> Result<Vec<Output>, String> {
     }
     shared.release_reads(applied);
     shared.after_cycle(member, voter);
-    Ok(out)
+    Ok(ticket)
 }
 
 impl Shared {
