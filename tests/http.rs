@@ -1465,6 +1465,12 @@ fn the_openapi_document_is_valid() {
                         media["schema"].is_object(),
                         "{method} {route}: a JSON answer or body without a schema"
                     );
+                    // A generated client gets a named type for each.
+                    assert!(
+                        route == "/openapi.json" || named(&media["schema"]),
+                        "{method} {route}: a JSON answer or body whose object is not a component schema: {}",
+                        media["schema"]
+                    );
                 }
             }
         }
@@ -1570,6 +1576,18 @@ fn conforms(
             .try_for_each(|(i, v)| conforms(v, &schema["items"], doc, &format!("{at}[{i}]"))),
         _ => Ok(()),
     }
+}
+
+/// Whether `schema` names its objects: a component (`$ref`), or an array
+/// or a choice of them.
+fn named(schema: &serde_json::Value) -> bool {
+    if schema["$ref"].is_string() {
+        return true;
+    }
+    if let Some(options) = schema["oneOf"].as_array() {
+        return options.iter().all(named);
+    }
+    schema["type"] == "array" && named(&schema["items"])
 }
 
 /// The OpenAPI document as the source holds it (the served one is this
