@@ -1464,6 +1464,12 @@ fn job_token_hotfolder_and_config_commands_in_text_and_json() {
         "{out:?}"
     );
     expect_failure(&run(&["completions", "tcsh"]), 2, &[]);
+    // HTTP open on loopback: every start says what it means.
+    assert!(
+        c.log("srv1").contains(claro::node::OPEN_LOOPBACK_NOTE),
+        "{}",
+        c.log("srv1")
+    );
 }
 
 /// `serve --log-format json` writes one JSON object a line; `claro

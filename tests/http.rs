@@ -563,6 +563,8 @@ fn the_api_answers_alike_everywhere_and_checks_access_and_input() {
     // Secrets never reach a log: neither the tokens used (good and bad)
     // nor any private key's body.
     let logs = c.all_logs();
+    // With http_login = true, no warning of an open API.
+    assert!(!logs.contains(claro::node::OPEN_LOOPBACK_NOTE));
     for secret in [&viewer, &ops, &wrong] {
         let bare = secret.trim_start_matches("Bearer ");
         assert!(!logs.contains(bare), "a token is in the logs");

@@ -89,6 +89,8 @@ fn jobs_as_root(
 
 /// The status note (and warning) of an instance that runs as root with no
 /// `[jobs] run_as`.
+pub use web::OPEN_LOOPBACK_NOTE;
+
 pub const JOBS_AS_ROOT_NOTE: &str = "jobs run as root: this instance runs as root and so do its jobs' commands and script workers; set [jobs] run_as to a user of their own, or run claro as one (docs/SECURITY.md)";
 
 /// Runs one instance until it is stopped.

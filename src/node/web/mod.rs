@@ -217,6 +217,12 @@ pub async fn serve(web: Arc<Web>, listener: Listener) {
     async_std::task::spawn(stats::sample_loop(web.clone()));
     let scheme = if https { "https" } else { "http" };
     tracing::info!("HTTP API and dashboard on {scheme}://{addr}/");
+    if !web.cluster.cfg.http_login && addr.ip().is_loopback() {
+        // Said at every start: on a machine others log into, the open
+        // loopback API makes each of them an admin (and so, through jobs,
+        // the service's user).
+        tracing::warn!("{OPEN_LOOPBACK_NOTE}");
+    }
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -442,6 +448,9 @@ async fn route_api(
 
 /// The API's description, kept beside the routes above.
 const OPENAPI: &str = include_str!("openapi.json");
+
+/// The warning of an HTTP API open on loopback (`http_login = false`).
+pub const OPEN_LOOPBACK_NOTE: &str = "the HTTP API on loopback asks no login: every local user of this machine may act as an admin there, and run code as this service's user; set http_login = true where others log in (docs/SECURITY.md)";
 
 async fn metrics(web: &Arc<Web>) -> Reply {
     text(metrics::render(web).await, "text/plain; version=0.0.4")
