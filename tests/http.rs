@@ -210,16 +210,26 @@ fn the_api_answers_alike_everywhere_and_checks_access_and_input() {
     std::fs::write(&file, "let x = 6 * 7; x").unwrap();
     let out = c.cli(&["script", "add", "answer", file.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
-    let inline = br#"{"script": "run([\"id\"])"}"#;
-    let (status, _, body) = http(
-        &hosts[0],
-        "POST",
-        "/api/v1/jobs",
-        &[("Authorization", &ops)],
-        inline,
-    );
-    assert_eq!(status, 403, "{body}");
-    assert!(body.contains("stored"), "{body}");
+    // Whatever the inline code would do: run a process, submit a command,
+    // write a setting the API keeps for admins, in one job or a batch.
+    let inline: [&[u8]; 4] = [
+        br#"{"script": "run([\"id\"])"}"#,
+        br#"{"script": "submit(#{command: [\"id\"]})"}"#,
+        br#"{"script": "kv_set(\"k\", \"v\")"}"#,
+        br#"[{"stored": "answer"}, {"script": "kv_set(\"k\", \"v\")"}]"#,
+    ];
+    for body in inline {
+        let (status, _, answer) = http(
+            &hosts[0],
+            "POST",
+            "/api/v1/jobs",
+            &[("Authorization", &ops)],
+            body,
+        );
+        assert_eq!(status, 403, "{answer}");
+        assert!(answer.contains("stored"), "{answer}");
+    }
+    assert_eq!(c.get("srv1", "k"), None, "an operator's inline kv_set ran");
     // A viewer may not submit; an operator may, once per Idempotency-Key.
     let script = br#"{"stored": "answer"}"#;
     let (status, _, _) = http(
