@@ -112,6 +112,11 @@ struct SimNode {
     /// exactly when it restarts.
     appended_ack: (u64, u64, u64),
     vote_ack: (u64, u64),
+    /// Log writes of the last pump not yet handed back as synced: as in
+    /// production, where the raft thread syncs without the core's lock,
+    /// messages and proposals reach the core meanwhile, and the ticket is
+    /// handed back (`Core::synced`) before the next tick and pump.
+    unsynced: Option<claro::consensus::SyncTicket>,
 }
 
 /// Decides, from the seed, whether a crash point crashes its instance; one
@@ -263,6 +268,7 @@ impl Sim {
                 reads: HashMap::new(),
                 appended_ack: (0, 0, 0),
                 vote_ack: (0, 0),
+                unsynced: None,
             })
             .collect();
         let dice = CrashDice {
@@ -413,6 +419,7 @@ impl Sim {
         if node.core.take().is_none() {
             return;
         }
+        node.unsynced = None;
         node.down_until = self.now + down_units;
         node.waiting.clear();
         node.reads.clear();
@@ -549,8 +556,7 @@ impl Sim {
         self.deliver_due();
         for i in 0..self.nodes.len() {
             if self.nodes[i].core.is_some() && self.now % TICK_UNITS == self.nodes[i].tick_phase {
-                self.nodes[i].core.as_mut().expect("up").tick();
-                self.pump(i);
+                self.pump_ticked(i, true);
             }
         }
         self.check_leaders();
@@ -639,16 +645,24 @@ impl Sim {
     /// Runs instance `i`'s Ready cycles and carries out what they return; a
     /// crash point that fires drops the instance right there.
     fn pump(&mut self, i: usize) {
+        self.pump_ticked(i, false);
+    }
+
+    /// One raft-thread cycle of node `i`, as production runs it: the last
+    /// pump's log writes handed back as synced (the file is whole: a crash
+    /// here is a process's), then a tick if due, then the Ready cycles,
+    /// whose writes wait unsynced until the next pump.
+    fn pump_ticked(&mut self, i: usize, tick: bool) {
         if self.nodes[i].core.is_none() {
             return;
         }
         self.allow_crash_points(!self.healed);
         let node = &mut self.nodes[i];
         let core = node.core.as_mut().expect("up");
-        let (waiting, dir) = (&node.waiting, &node.dir);
+        let (waiting, dir, unsynced) = (&node.waiting, &node.dir, &mut node.unsynced);
         let mut out = Vec::new();
         let mut answers = Vec::new();
-        let result = core.pump(&mut |o| {
+        let mut sink = |o: Output| {
             // A proposer is answered the moment its entry's Applied is handed
             // out: look at state.db then, through a connection of our own.
             if let Output::Applied { index, context, .. } = &o {
@@ -657,7 +671,21 @@ impl Sim {
                 }
             }
             out.push(o);
+        };
+        let handed = match unsynced.take() {
+            Some(ticket) => ticket
+                .sync()
+                .map_err(|e| CoreError::Snapshot(e.to_string()))
+                .and_then(|()| core.synced(&ticket, &mut sink)),
+            None => Ok(()),
+        };
+        let result = handed.and_then(|()| {
+            if tick {
+                core.tick();
+            }
+            core.pump_async(&mut sink).map(|t| *unsynced = t)
         });
+        drop(sink);
         match result {
             Ok(()) => {}
             Err(CoreError::Crashed(point)) => {

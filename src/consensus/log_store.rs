@@ -45,6 +45,20 @@ pub struct LogStore {
     snapshot_wanted: Cell<bool>,
 }
 
+/// A failed sync of the log, as SQLite itself reports one (it did, with
+/// `synchronous = FULL`): out of space is `SQLITE_FULL`, which parks the
+/// core until space is back; any other failure `SQLITE_IOERR_FSYNC`.
+pub fn sync_error(e: std::io::Error) -> rusqlite::Error {
+    let code = match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => rusqlite::ffi::SQLITE_FULL,
+        _ => rusqlite::ffi::SQLITE_IOERR_FSYNC,
+    };
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(code),
+        Some(format!("syncing the raft log: {e}")),
+    )
+}
+
 fn store_err(e: impl std::fmt::Display) -> raft::Error {
     raft::Error::Store(StorageError::Other(e.to_string().into()))
 }
@@ -67,7 +81,7 @@ impl LogStore {
             read_proto(&conn, "snapshot_meta")?.unwrap_or_default();
         let last: Option<u64> = conn.query_row("SELECT MAX(idx) FROM entries", [], |r| r.get(0))?;
         let last_index = last.unwrap_or(snapshot_meta.index);
-        Ok(LogStore {
+        let mut store = LogStore {
             conn,
             sync,
             wal: None,
@@ -78,7 +92,12 @@ impl LogStore {
             last_index,
             prepared: RefCell::new(None),
             snapshot_wanted: Cell::new(false),
-        })
+        };
+        // What an earlier connection wrote but did not sync (a core
+        // reopened while the old one is still open: nothing checkpointed)
+        // must not be taken for persisted: raft counts the whole log so.
+        store.sync_now()?;
+        Ok(store)
     }
 
     /// What makes the log's committed writes durable: its write-ahead log
@@ -104,9 +123,8 @@ impl LogStore {
 
     /// Makes every committed write durable now.
     pub fn sync_now(&mut self) -> rusqlite::Result<()> {
-        let io = |e: std::io::Error| rusqlite::Error::ToSqlConversionFailure(Box::new(e));
-        match self.wal().map_err(io)? {
-            Some(wal) => wal.sync_data().map_err(io),
+        match self.wal().map_err(sync_error)? {
+            Some(wal) => wal.sync_data().map_err(sync_error),
             None => Ok(()),
         }
     }
@@ -138,14 +156,16 @@ impl LogStore {
     /// `raise_commit` lifts it to the applied index). Such a change is kept in
     /// memory and written with the next transaction. Term and vote changes are
     /// always written at once: forgetting a vote could elect two leaders.
-    pub fn persist(&mut self, entries: &[Entry], hs: Option<&HardState>) -> rusqlite::Result<()> {
+    /// Returns whether it wrote anything (a commit-index-only hard state
+    /// is kept in memory: nothing to sync).
+    pub fn persist(&mut self, entries: &[Entry], hs: Option<&HardState>) -> rusqlite::Result<bool> {
         let mut must_write = !entries.is_empty();
         if let Some(hs) = hs {
             must_write |= hs.term != self.hard_state.term || hs.vote != self.hard_state.vote;
             self.hard_state = hs.clone();
         }
         if !must_write {
-            return Ok(());
+            return Ok(false);
         }
         let hs = Some(self.hard_state.clone());
         let hs = hs.as_ref();
@@ -171,7 +191,7 @@ impl LogStore {
         if let Some(last) = entries.last() {
             self.last_index = last.index;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Resets the log to start after `meta` (a snapshot was installed).

@@ -236,9 +236,7 @@ const PUMP_SYNCS_MAX: usize = 64;
 /// Tells cores apart, so that a ticket of a replaced core is not taken.
 static CORE_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-fn sync_error(e: std::io::Error) -> rusqlite::Error {
-    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
-}
+pub use log_store::sync_error;
 
 pub struct Core {
     node: RawNode<LogStore>,
@@ -875,7 +873,6 @@ impl Core {
             self.install_snapshot(rd.snapshot().clone())?;
         }
         self.apply(rd.take_committed_entries(), out)?;
-        let writes = !rd.entries().is_empty() || rd.hs().is_some();
         let forgotten = rd
             .hs()
             .filter(|_| self.mutation == Some(Mutation::ForgetVote))
@@ -884,7 +881,8 @@ impl Core {
                 hs.vote = 0;
                 hs
             });
-        self.node
+        let writes = self
+            .node
             .mut_store()
             .persist(rd.entries(), forgotten.as_ref().or(rd.hs()))?;
         let number = rd.number();

@@ -534,9 +534,12 @@ pub(crate) fn spawn_raft_loop(shared: Arc<Shared>, wake: Receiver<()>) {
 async fn raft_loop(shared: Arc<Shared>, wake: Receiver<()>) {
     let tick = Duration::from_millis(shared.cfg.timing.tick_ms);
     let mut next_tick = std::time::Instant::now() + tick;
+    // Log writes a cycle left unsynced (it ran its rounds): the next one
+    // syncs them first, without waiting for a wake.
+    let mut carried = None;
     loop {
         let now = std::time::Instant::now();
-        if now < next_tick {
+        if now < next_tick && carried.is_none() {
             let _ = async_std::future::timeout(next_tick - now, wake.recv()).await;
         }
         let ticked = std::time::Instant::now() >= next_tick;
@@ -546,8 +549,11 @@ async fn raft_loop(shared: Arc<Shared>, wake: Receiver<()>) {
                 next_tick = std::time::Instant::now() + tick;
             }
         }
-        let outputs = match cycle(&shared, ticked) {
-            Ok(o) => o,
+        let outputs = match cycle(&shared, ticked, carried.take()) {
+            Ok((o, left)) => {
+                carried = left;
+                o
+            }
             Err(e) => {
                 tracing::error!("consensus core failed, stopping: {e}");
                 let _ = shared.stop_tx.try_send(());
@@ -561,38 +567,66 @@ async fn raft_loop(shared: Arc<Shared>, wake: Receiver<()>) {
 
 /// One tick and the Ready cycles due, under the core's lock; then the
 /// log's fsync without it (proposals, messages and reads go on meanwhile),
-/// and what waited for it, under the lock again, until nothing waits. Raft
-/// messages are queued to their peers the moment the core emits them; the
-/// other outputs are returned, to be carried out once the lock is
-/// released. A cycle that ran out of space parks the core (`space`) before
-/// the lock is released; one that failed on another SQLite error sets the
-/// directory aside (`damage`).
-fn cycle(shared: &Arc<Shared>, ticked: bool) -> Result<Vec<Output>, String> {
+/// and what waited for it, under the lock again, for at most
+/// `CYCLE_SYNCS_MAX` rounds; a ticket still open then is returned synced,
+/// for the next cycle to hand back before it ticks. Raft messages are
+/// queued to their peers the moment the core emits them; the other outputs
+/// are returned, to be carried out once the lock is released. A cycle that
+/// ran out of space parks the core (`space`) before the lock is released;
+/// one that failed on another SQLite error sets the directory aside
+/// (`damage`).
+fn cycle(
+    shared: &Arc<Shared>,
+    ticked: bool,
+    carried: Option<crate::consensus::SyncTicket>,
+) -> Result<Cycled, String> {
     let mut out = Vec::new();
-    let mut ticket = None;
+    let mut ticket = carried;
     for round in 0..CYCLE_SYNCS_MAX {
-        let Some(next) = cycle_locked(shared, ticked && round == 0, ticket.take(), &mut out)?
-        else {
-            break;
+        ticket = cycle_locked(shared, ticked && round == 0, ticket.take(), &mut out)?;
+        let Some(t) = &ticket else {
+            return Ok((out, None));
         };
         // The only wait on the disk in a cycle, and nobody waits for the lock.
-        next.sync()
-            .map_err(|e| format!("syncing the raft log failed: {e}"))?;
-        ticket = Some(next);
+        if let Err(e) = t.sync() {
+            let e = crate::consensus::CoreError::Db(crate::consensus::sync_error(e));
+            core_failed(shared, &mut shared.core(), e)?;
+            return Ok((out, None));
+        }
     }
-    if let Some(left) = ticket {
-        // Hand back the last one: its acknowledgments leave now.
-        cycle_locked(shared, false, Some(left), &mut out)?;
+    Ok((out, ticket))
+}
+
+/// What a cycle gives back: the outputs to carry out, and a synced ticket
+/// it did not hand back yet.
+type Cycled = (Vec<Output>, Option<crate::consensus::SyncTicket>);
+
+/// A core error of a cycle: out of space parks the core, damage sets the
+/// directory aside (both keep the instance up); anything else stops it.
+fn core_failed(
+    shared: &Arc<Shared>,
+    guard: &mut MutexGuard<'_, Option<Core>>,
+    e: crate::consensus::CoreError,
+) -> Result<(), String> {
+    if space::core_error_is_full(&e) {
+        shared.park_core(guard, &e);
+        return Ok(());
     }
-    Ok(out)
+    if damage::core_error_is_damage(&e) {
+        shared.core_damaged(guard, &e);
+        return Ok(());
+    }
+    Err(e.to_string())
 }
 
 /// Rounds of write and sync one cycle runs before it looks at the clock
 /// again (each round's acknowledgments may commit more).
 const CYCLE_SYNCS_MAX: usize = 8;
 
-/// Under the core's lock: hands back a synced ticket, ticks, runs the
-/// Ready cycles due; returns the ticket of what they wrote, to sync.
+/// Under the core's lock: hands back a synced ticket, then ticks (raft
+/// must not campaign while writes are unsynced: it would count them
+/// persisted), runs the Ready cycles due; returns the ticket of what they
+/// wrote, to sync.
 fn cycle_locked(
     shared: &Arc<Shared>,
     ticked: bool,
@@ -603,9 +637,6 @@ fn cycle_locked(
     let Some(core) = guard.as_mut() else {
         return Ok(None);
     };
-    if ticked {
-        core.tick();
-    }
     let applied_before = core.applied_index();
     let mut sink = |o: Output| match o {
         Output::Send(msg) => shared.peers.send(shared, msg),
@@ -613,23 +644,22 @@ fn cycle_locked(
         Output::ReadReady { context, index } => shared.read_ready(&context, index),
         other => out.push(other),
     };
-    let pumped = match synced {
-        Some(t) => core
-            .synced(&t, &mut sink)
-            .and_then(|()| core.pump_async(&mut sink)),
-        None => core.pump_async(&mut sink),
+    let handed = match synced {
+        Some(t) => core.synced(&t, &mut sink),
+        None => Ok(()),
     };
+    let pumped = handed.and_then(|()| {
+        if ticked {
+            core.tick();
+        }
+        core.pump_async(&mut sink)
+    });
     let ticket = match pumped {
         Ok(ticket) => ticket,
-        Err(e) if space::core_error_is_full(&e) => {
-            shared.park_core(&mut guard, &e);
+        Err(e) => {
+            core_failed(shared, &mut guard, e)?;
             return Ok(None);
         }
-        Err(e) if damage::core_error_is_damage(&e) => {
-            shared.core_damaged(&mut guard, &e);
-            return Ok(None);
-        }
-        Err(e) => return Err(e.to_string()),
     };
     let member = core.is_member();
     // A non-voting member is in service as a voter is.
