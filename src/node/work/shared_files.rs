@@ -35,6 +35,8 @@ use crate::work::script::FileOp;
 pub const LIST_ENTRIES_MAX: usize = 10_000;
 /// Tries for a free temporary name beside a written file.
 const TEMP_TRIES_MAX: u32 = 16;
+/// Bytes of the written file's name kept in its temporary name.
+const TEMP_BASE_BYTES_MAX: usize = 200;
 
 /// Where one script's file functions may go.
 #[derive(Clone, Copy)]
@@ -103,13 +105,35 @@ impl Place {
                 .to_str()
                 .is_some_and(|n| n.eq_ignore_ascii_case(WORK_DIR)),
             _ => false,
-        });
+        }) || self.is_work_dir_by_identity(inside);
         if reserved && !allowed.is_some_and(fits) {
             return Some(format!(
                 "`{rel}` is in a hotfolder's working area ({WORK_DIR}/), which belongs to claro and the jobs running there"
             ));
         }
         None
+    }
+
+    /// Whether the second folder of `inside` (`NAME/X`, where a hotfolder's
+    /// working area is `NAME/.claro`) is that working area under another
+    /// name: an SMB share answers to a short name (`CLARO~1`) too, and the
+    /// kernel then names the path so. Compared by device and inode.
+    fn is_work_dir_by_identity(&self, inside: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        let mut parts = inside.components();
+        let (Some(Component::Normal(name)), Some(Component::Normal(x))) =
+            (parts.next(), parts.next())
+        else {
+            return false;
+        };
+        let hotfolder = self.root.join(name);
+        let (Ok(work), Ok(this)) = (
+            std::fs::metadata(hotfolder.join(WORK_DIR)),
+            std::fs::metadata(hotfolder.join(x)),
+        ) else {
+            return false;
+        };
+        (work.dev(), work.ino()) == (this.dev(), this.ino())
     }
 
     /// `rel`'s place before anything is opened: its text, and where the
@@ -157,6 +181,12 @@ impl Place {
         let mut dir = open_dir(libc::AT_FDCWD, &self.root)?;
         for part in parts {
             if create {
+                // Made only where the walk may go: a link swapped in after
+                // the precheck must not have a folder made through it.
+                let at = real_place(&dir)?.join(part);
+                if let Some(why) = self.refusal(&at, rel, change, true) {
+                    return Err(why);
+                }
                 make_dir(&dir, part)?;
             }
             dir = open_dir(dir.as_raw_fd(), Path::new(part))?;
@@ -258,12 +288,33 @@ pub fn file_op(reach: Reach<'_>, op: FileOp) -> Result<Value, String> {
             append: false,
         } => write(&place, &path, &text).map(|()| Value::Null),
         FileOp::List(rel) => list(&place, &rel),
-        FileOp::Exists(rel) => {
-            place.precheck(&rel, false)?;
-            Ok(Value::Bool(place.root.join(&rel).exists()))
-        }
+        FileOp::Exists(rel) => exists(&place, &rel).map(Value::Bool),
         FileOp::Remove(rel) => remove(&place, &rel).map(Value::Bool),
     }
+}
+
+/// Whether the name is there (a link counts as itself, not followed).
+fn exists(place: &Place, rel: &str) -> Result<bool, String> {
+    if rel.is_empty() {
+        place.precheck(rel, false)?;
+        return Ok(true);
+    }
+    let (dir, name) = match place.open_parent(rel, false, false) {
+        Ok(opened) => opened,
+        Err(e) if e.contains("(os error 2)") || e.contains("(os error 20)") => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: a valid descriptor and C string; `stat` is written on success.
+    let found = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            stat.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    Ok(found == 0)
 }
 
 fn read(place: &Place, rel: &str) -> Result<String, String> {
@@ -297,7 +348,15 @@ fn append(place: &Place, rel: &str, text: &str) -> Result<(), String> {
 /// sees half a file and another name's content never changes.
 fn write(place: &Place, rel: &str, text: &str) -> Result<(), String> {
     let (dir, name) = place.open_parent(rel, true, true)?;
-    let base = name.to_string_lossy().into_owned();
+    // Bounded, so that a name near NAME_MAX still has a temporary one.
+    let base: String = name
+        .to_string_lossy()
+        .chars()
+        .scan(0, |bytes, c| {
+            *bytes += c.len_utf8();
+            (*bytes <= TEMP_BASE_BYTES_MAX).then_some(c)
+        })
+        .collect();
     let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
     let (mut file, tmp) = (0..TEMP_TRIES_MAX)
         .find_map(|n| {
@@ -492,6 +551,31 @@ mod tests {
         file_op(anywhere(&root), write("x", false)).unwrap();
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
         assert_eq!(std::fs::read_to_string(root.join("x")).unwrap(), "hello");
+    }
+
+    /// A working area reached under another name of the same folder (an
+    /// SMB share's short name, `CLARO~1`) is known by device and inode; a
+    /// long name still writes through a temporary one; `exists` does not
+    /// follow a link.
+    #[test]
+    fn a_working_area_under_another_name_is_out_of_reach() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("hf/.claro/work/2")).unwrap();
+        std::fs::create_dir_all(root.join("hf/in")).unwrap();
+        let place = Place::of(anywhere(root)).unwrap();
+        assert!(place.is_work_dir_by_identity(Path::new("hf/.claro/work")));
+        assert!(!place.is_work_dir_by_identity(Path::new("hf/in/x")));
+        assert!(!place.is_work_dir_by_identity(Path::new("hf")));
+        let long = "n".repeat(250);
+        file_op(anywhere(root), write(&long, false)).unwrap();
+        assert_eq!(std::fs::read_to_string(root.join(&long)).unwrap(), "hello");
+        let exists = |p: &str| file_op(anywhere(root), FileOp::Exists(p.into())).unwrap();
+        assert_eq!(exists(&long), true);
+        assert_eq!(exists("no/such"), false);
+        let outside = dir.path().parent().unwrap().to_path_buf();
+        std::os::unix::fs::symlink(&outside, root.join("up")).unwrap();
+        assert!(file_op(anywhere(root), FileOp::Exists("up/x".into())).is_err());
     }
 
     /// A FIFO would block the reading thread for ever: it is refused at once.
