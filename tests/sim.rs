@@ -685,7 +685,6 @@ impl Sim {
             }
             core.pump_async(&mut sink).map(|t| *unsynced = t)
         });
-        drop(sink);
         match result {
             Ok(()) => {}
             Err(CoreError::Crashed(point)) => {
