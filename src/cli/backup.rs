@@ -317,30 +317,31 @@ fn sibling(dir: &Path, what: &str) -> PathBuf {
 /// Swaps two directories in one step (Linux's `renameat2` with
 /// `RENAME_EXCHANGE`).
 fn exchange(a: &Path, b: &Path) -> Result<(), Failure> {
+    rename2(a, b, libc::RENAME_EXCHANGE)
+        .map_err(|e| Failure::failed(format!("swapping {} and {}: {e}", a.display(), b.display())))
+}
+
+/// Linux's `renameat2` of `from` to `to` with `flags`.
+fn rename2(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt as _;
-    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes());
-    let (ca, cb) = match (c(a), c(b)) {
-        (Ok(ca), Ok(cb)) => (ca, cb),
-        _ => return Err(Failure::failed("a path with a NUL byte")),
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::other("a path with a NUL byte"))
     };
+    let (cf, ct) = (c(from)?, c(to)?);
     // SAFETY: two NUL-terminated paths that outlive the call.
     let done = unsafe {
         libc::renameat2(
             libc::AT_FDCWD,
-            ca.as_ptr(),
+            cf.as_ptr(),
             libc::AT_FDCWD,
-            cb.as_ptr(),
-            libc::RENAME_EXCHANGE,
+            ct.as_ptr(),
+            flags,
         )
     };
     match done {
         0 => Ok(()),
-        _ => Err(Failure::failed(format!(
-            "swapping {} and {}: {}",
-            a.display(),
-            b.display(),
-            std::io::Error::last_os_error()
-        ))),
+        _ => Err(std::io::Error::last_os_error()),
     }
 }
 
@@ -357,7 +358,8 @@ fn move_aside_from(from: &Path, dir: &Path) -> Result<PathBuf, Failure> {
             _ => format!("before-restore-{secs}-{n}"),
         };
         let aside = sibling(dir, &what);
-        match rename_no_replace(from, &aside) {
+        // Not over an empty folder there either, which a plain rename replaces.
+        match rename2(from, &aside, libc::RENAME_NOREPLACE) {
             Ok(()) => return Ok(aside),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
             Err(e) => {
@@ -378,31 +380,6 @@ fn move_aside_from(from: &Path, dir: &Path) -> Result<PathBuf, Failure> {
 
 /// Names tried for the old data directory kept aside.
 const ASIDE_TRIES_MAX: u32 = 1000;
-
-/// Renames `from` to `to` unless `to` exists (a plain rename would replace
-/// an empty folder there).
-fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let c = |p: &Path| {
-        std::ffi::CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| std::io::Error::other("a path with a NUL byte"))
-    };
-    let (cf, ct) = (c(from)?, c(to)?);
-    // SAFETY: two NUL-terminated paths that outlive the call.
-    let done = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            cf.as_ptr(),
-            libc::AT_FDCWD,
-            ct.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    match done {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
-    }
-}
 
 /// Why `name` is taken for running: it answered `Info` at its address.
 fn answers(config: &Config, name: &str, addr: SocketAddr) -> Option<String> {
