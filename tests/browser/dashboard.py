@@ -398,6 +398,29 @@ def wait_for_busy_sample(page):
     raise AssertionError(f"no stats sample saw the load within {STATS_S} s")
 
 
+def card_value(page, label):
+    card = page.locator("#cluster-cards .stat").filter(has=page.locator(".stat-label", has_text=label))
+    return card.locator(".stat-value").inner_text().strip()
+
+
+def check_cards_match_the_charts(page):
+    # Running, Queued and Throughput are the charts' last sample: each time
+    # the page draws, they equal one of the latest samples of /stats (the
+    # page may have drawn just before a new one came).
+    step("the cards show the charts' last sample")
+    deadline = time.monotonic() + STATS_S
+    seen = None
+    while time.monotonic() < deadline:
+        shown = (card_value(page, "Running"), card_value(page, "Queued"), card_value(page, "Throughput"))
+        samples = page.evaluate("api('stats').then(s => s.samples)")[-3:]
+        wanted = [(f"{s['running']} / ", str(s["queued"]), f"{s['jobs_per_s']:.2f}") for s in samples]
+        if any(shown[0].startswith(r) and shown[1] == q and shown[2] == t for r, q, t in wanted):
+            return
+        seen = (shown, wanted)
+        page.wait_for_timeout(500)
+    raise AssertionError(f"the cards {seen[0]} are none of the latest samples {seen[1]}")
+
+
 def check_cluster(browser, page):
     make_load(page)
     wait_for_busy_sample(page)
@@ -408,6 +431,7 @@ def check_cluster(browser, page):
     # Jobs by state: the load's jobs, and the failed ones of the jobs page.
     expect(page.locator("#cluster-cards")).to_contain_text("succeeded", timeout=ms(UI_S))
     expect(page.locator("#cluster-cards")).to_contain_text("failed", timeout=ms(UI_S))
+    check_cards_match_the_charts(page)
     shot(page, "cluster")
     step("the charts draw the load")
     context = browser.new_context(viewport=DESKTOP)
