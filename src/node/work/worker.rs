@@ -208,9 +208,19 @@ pub async fn report_loop(work: Arc<Work>) {
             }
         }
         let (ends, waiters): (Vec<AttemptEnd>, Vec<_>) = batch.into_iter().unzip();
-        commit_ends(&work, &ends).await;
-        for e in &ends {
-            log_if_fenced(&work, &e.id, e.attempt);
+        let index = commit_ends(&work, &ends).await;
+        if let Some(index) = index {
+            // Judged from this replica once it holds the report's entry (a
+            // thawed instance's replica may still show its attempt as
+            // current): on a task of its own, so reports never wait for it.
+            let work = work.clone();
+            async_std::task::spawn(async move {
+                if applied_here(&work, index).await {
+                    for e in &ends {
+                        log_if_fenced(&work, &e.id, e.attempt);
+                    }
+                }
+            });
         }
         for w in waiters {
             let _ = w.try_send(());
@@ -220,7 +230,7 @@ pub async fn report_loop(work: Arc<Work>) {
 
 /// Proposes `ends` until applied, or until the tries run out (then the
 /// coordinator releases the attempts when this instance is gone).
-async fn commit_ends(work: &Work, ends: &[AttemptEnd]) {
+async fn commit_ends(work: &Work, ends: &[AttemptEnd]) -> Option<u64> {
     let command = Command::JobsFinished {
         instance: work.cluster.me.name.clone(),
         at_ms: now_ms(),
@@ -228,7 +238,7 @@ async fn commit_ends(work: &Work, ends: &[AttemptEnd]) {
     };
     for _ in 0..REPORT_TRIES_MAX {
         match propose(&work.cluster, command.clone(), None, false).await {
-            Response::Proposed { .. } => return,
+            Response::Proposed { index } => return Some(index),
             Response::Error { message } | Response::Unavailable { message } => {
                 tracing::warn!(
                     count = ends.len(),
@@ -238,11 +248,29 @@ async fn commit_ends(work: &Work, ends: &[AttemptEnd]) {
             _ => {}
         }
         if work.cluster.phase() == Phase::Stopping && work.cluster.core().is_none() {
-            return;
+            return None;
         }
         async_std::task::sleep(Duration::from_millis(POLL_MS)).await;
     }
     tracing::error!(count = ends.len(), "the end of attempts could not be reported; the coordinator releases them when this instance is gone");
+    None
+}
+
+/// Longest wait for this replica to apply a report's entry before its
+/// attempts are judged current or fenced.
+const FENCE_CHECK_WAIT_MS: u64 = 10_000;
+
+/// Waits (bounded) until this replica has applied `index`.
+async fn applied_here(work: &Work, index: u64) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_millis(FENCE_CHECK_WAIT_MS);
+    while std::time::Instant::now() < deadline {
+        let applied = work.cluster.core().as_ref().map(|c| c.applied_index());
+        if applied.is_some_and(|a| a >= index) {
+            return true;
+        }
+        async_std::task::sleep(Duration::from_millis(POLL_MS)).await;
+    }
+    false
 }
 
 fn log_if_fenced(work: &Work, id: &str, attempt: u32) {
