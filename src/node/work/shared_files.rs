@@ -293,6 +293,12 @@ pub fn file_op(reach: Reach<'_>, op: FileOp) -> Result<Value, String> {
     }
 }
 
+/// Whether the walk failed because a folder on the way is not there (or
+/// is a file): then the name is not there either.
+fn missing(walk_error: &str) -> bool {
+    walk_error.contains("(os error 2)") || walk_error.contains("(os error 20)")
+}
+
 /// Whether the name is there (a link counts as itself, not followed).
 fn exists(place: &Place, rel: &str) -> Result<bool, String> {
     if rel.is_empty() {
@@ -392,8 +398,7 @@ fn write(place: &Place, rel: &str, text: &str) -> Result<(), String> {
 fn remove(place: &Place, rel: &str) -> Result<bool, String> {
     let (dir, name) = match place.open_parent(rel, true, false) {
         Ok(opened) => opened,
-        // A folder on the way that is not there holds no such file.
-        Err(e) if e.contains("(os error 2)") => return Ok(false),
+        Err(e) if missing(&e) => return Ok(false),
         Err(e) => return Err(e),
     };
     // SAFETY: a valid descriptor and C string.
@@ -565,6 +570,27 @@ mod tests {
         std::fs::create_dir_all(root.join("hf/in")).unwrap();
         let place = Place::of(anywhere(root)).unwrap();
         assert!(place.is_work_dir_by_identity(Path::new("hf/.claro/work")));
+        // Another name of the same folder, as an SMB short name is: a bind
+        // mount (root only; said where it cannot be made).
+        std::fs::create_dir_all(root.join("hf/CLARO~1")).unwrap();
+        let bound = std::process::Command::new("mount")
+            .args(["--bind"])
+            .arg(root.join("hf/.claro"))
+            .arg(root.join("hf/CLARO~1"))
+            .status()
+            .is_ok_and(|s| s.success());
+        if bound {
+            let e = file_op(anywhere(root), FileOp::Read("hf/CLARO~1/work/2/x".into()));
+            let planted = file_op(anywhere(root), write("hf/CLARO~1/work/2/planted", false));
+            let _ = std::process::Command::new("umount")
+                .arg(root.join("hf/CLARO~1"))
+                .status();
+            assert!(e.unwrap_err().contains("working area"));
+            assert!(planted.unwrap_err().contains("working area"));
+            assert!(!root.join("hf/.claro/work/2/planted").exists());
+        } else {
+            eprintln!("SKIPPED the bind-mounted alias of a working area: mount --bind needs root");
+        }
         assert!(!place.is_work_dir_by_identity(Path::new("hf/in/x")));
         assert!(!place.is_work_dir_by_identity(Path::new("hf")));
         let long = "n".repeat(250);
