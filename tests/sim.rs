@@ -68,7 +68,7 @@ use claro::consensus::{
     self, Core, CoreConfig, CoreError, CrashHook, CrashPoint, Mutation, Output, SnapshotFile,
 };
 use claro::state::{self, jobs as jobdb, Command, StateMachine};
-use claro::work::jobs::{JobSpec, JobState, Outcome};
+use claro::work::jobs::{AttemptEnd, JobSpec, JobState, Outcome};
 use claro::work::scheduler::{self, Candidate};
 use raft::eraftpb::{ConfChangeType, Message, MessageType};
 use rand::rngs::StdRng;
@@ -1357,37 +1357,100 @@ impl Sim {
         self.work_on(i);
     }
 
-    /// Instance `i` ends one attempt its own replica says it holds, and
-    /// reports it through the leader (a stale report is fenced off there).
+    /// Instance `i` ends one or more attempts its own replica says it
+    /// holds, and reports them through the leader (a stale report is fenced
+    /// off there): one end (`JobFinished`), or a batch (`JobsFinished`, as
+    /// the product's workers report), which the leader may send with
+    /// placements of queued jobs in the slots its current ends free
+    /// (`Placed`, as `node::work::jobs::place_after_ends` does).
     fn work_on(&mut self, i: usize) {
         let name = self.name(i);
         let Some(core) = self.nodes[i].core.as_ref() else {
             return;
         };
         let mine = jobdb::active_on(core.state().conn(), &name).expect("active_on");
-        let Some(job) = mine.first() else { return };
-        let Some(l) = self.leader_index() else { return };
-        let ok = self.rng.gen_bool(0.8);
-        if ok {
-            self.job_reports
-                .insert((job.id.clone(), job.attempt, name.clone()));
+        if mine.is_empty() {
+            return;
         }
-        let cmd = Command::JobFinished {
-            id: job.id.clone(),
-            instance: name,
-            attempt: job.attempt,
-            at_ms: self.now,
-            outcome: Outcome {
+        let Some(l) = self.leader_index() else { return };
+        let count = self.rng.gen_range(1..=mine.len());
+        let mut ends = Vec::new();
+        for job in &mine[..count] {
+            let ok = self.rng.gen_bool(0.8);
+            if ok {
+                self.job_reports
+                    .insert((job.id.clone(), job.attempt, name.clone()));
+            }
+            let outcome = Outcome {
                 ok,
                 result: ok.then(|| "1".into()),
                 error: (!ok).then(|| "failed in the simulation".into()),
                 log: String::new(),
                 profile: Vec::new(),
-            },
+            };
+            ends.push(AttemptEnd {
+                id: job.id.clone(),
+                attempt: job.attempt,
+                outcome,
+            });
+        }
+        let cmd = if count == 1 && self.rng.gen_bool(0.3) {
+            let end = ends.pop().expect("one end");
+            Command::JobFinished {
+                id: end.id,
+                instance: name,
+                attempt: end.attempt,
+                at_ms: self.now,
+                outcome: end.outcome,
+            }
+        } else {
+            let report = Command::JobsFinished {
+                instance: name.clone(),
+                at_ms: self.now,
+                ends,
+            };
+            if self.rng.gen_bool(0.5) {
+                self.placed_after_ends(l, report)
+            } else {
+                report
+            }
         };
         let ctx = self.rng.gen::<u64>().to_be_bytes().to_vec();
         let _ = self.nodes[l].core.as_mut().expect("up").propose(ctx, &cmd);
         self.pump(l);
+    }
+
+    /// An end report with placements of queued jobs, from leader `l`'s
+    /// applied view with the slots of the report's current ends counted
+    /// free; the report alone when nothing fits.
+    fn placed_after_ends(&mut self, l: usize, report: Command) -> Command {
+        let Command::JobsFinished { instance, ends, .. } = &report else {
+            unreachable!("an end report")
+        };
+        let core = self.nodes[l].core.as_ref().expect("leader is up");
+        let conn = core.state().conn();
+        let freed = jobdb::current_ends(conn, instance, ends).expect("current ends");
+        let queued = jobdb::queued(conn, 64).expect("queued");
+        let mut candidates = self.candidates(l);
+        for c in candidates.iter_mut().filter(|c| c.name == *instance) {
+            assert!(
+                freed <= c.active,
+                "{instance}: {freed} ends of {}",
+                c.active
+            );
+            c.active -= freed;
+        }
+        let assignments = scheduler::place(&queued, &mut candidates, self.now, 16);
+        if assignments.is_empty() {
+            return report;
+        }
+        let placed = Command::Placed {
+            submission: Box::new(report),
+            assignments,
+            at_ms: self.now,
+        };
+        placed.validate().expect("a valid placed report");
+        placed
     }
 
     /// The leader releases the attempts of instances that are down.

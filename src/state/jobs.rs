@@ -732,6 +732,25 @@ pub fn attempt_of(
         .optional()
 }
 
+/// How many of `ends`, reported by `instance`, are attempts it holds now:
+/// each frees one of its slots when the report applies (a stale end, fenced
+/// off, frees none). Bounded by the report's size.
+pub fn current_ends(
+    conn: &Connection,
+    instance: &str,
+    ends: &[crate::work::jobs::AttemptEnd],
+) -> rusqlite::Result<u32> {
+    let mut count = 0;
+    for end in ends {
+        if let Some((attempt, state, holder)) = attempt_of(conn, &end.id)? {
+            let active = matches!(state, JobState::Assigned | JobState::Running);
+            count +=
+                u32::from(active && attempt == end.attempt && holder.as_deref() == Some(instance));
+        }
+    }
+    Ok(count)
+}
+
 /// Jobs waiting in the queue (from the counts the state connection keeps).
 pub fn queued_count(conn: &Connection) -> rusqlite::Result<u64> {
     conn.prepare_cached("SELECT coalesce(sum(n), 0) FROM temp.job_counts WHERE state = 'queued'")?
@@ -1340,6 +1359,101 @@ mod tests {
         };
         assert!(not_a_submission.validate().is_err());
         assert_eq!(db.counted().len(), 2, "{:?}", db.counted());
+    }
+
+    /// An end report with placements (`Command::Placed` around
+    /// `JobsFinished`): the slot it frees takes the next queued job in the
+    /// same entry; a stale end frees nothing, so its placement over the
+    /// slots is skipped; the leader counts only current ends as freeing.
+    #[test]
+    fn an_end_report_places_the_next_job_in_the_slot_it_frees() {
+        let mut db = Db::new();
+        let ids = [
+            "00000000000100000001",
+            "00000000000100000002",
+            "00000000000100000003",
+        ];
+        for id in ids {
+            db.apply(Command::JobSubmit {
+                id: id.into(),
+                spec: spec(1),
+                at_ms: 1,
+            });
+        }
+        let place = |id: &str| Assignment {
+            id: id.into(),
+            attempt: 1,
+            instance: "srv2".into(),
+            slots: 1,
+        };
+        db.apply(Command::JobAssign {
+            assignments: vec![place(ids[0])],
+            at_ms: 2,
+        });
+        let end = |id: &str, attempt: u32| crate::work::jobs::AttemptEnd {
+            id: id.into(),
+            attempt,
+            outcome: Outcome {
+                ok: true,
+                result: None,
+                error: None,
+                log: String::new(),
+                profile: Vec::new(),
+            },
+        };
+        let report = |ends| Command::JobsFinished {
+            instance: "srv2".into(),
+            at_ms: 3,
+            ends,
+        };
+        let conn = db.sm.conn();
+        assert_eq!(
+            super::current_ends(conn, "srv2", &[end(ids[0], 1)]).unwrap(),
+            1
+        );
+        assert_eq!(
+            super::current_ends(conn, "srv2", &[end(ids[0], 2)]).unwrap(),
+            0
+        );
+        assert_eq!(
+            super::current_ends(conn, "srv3", &[end(ids[0], 1)]).unwrap(),
+            0
+        );
+
+        // A stale end (attempt 2 was never placed) with a placement: the
+        // slot is still held, the placement is skipped.
+        let stale = Command::Placed {
+            submission: Box::new(report(vec![end(ids[0], 2)])),
+            assignments: vec![place(ids[1])],
+            at_ms: 3,
+        };
+        stale.validate().unwrap();
+        db.apply(stale);
+        assert_eq!(db.state(ids[0]).0, JobState::Assigned);
+        assert_eq!(db.state(ids[1]), (JobState::Queued, 1, None));
+
+        let placed = Command::Placed {
+            submission: Box::new(report(vec![end(ids[0], 1)])),
+            assignments: vec![place(ids[1]), place(ids[2])],
+            at_ms: 4,
+        };
+        placed.validate().unwrap();
+        db.apply(placed);
+        assert_eq!(db.state(ids[0]).0, JobState::Succeeded);
+        assert_eq!(
+            db.state(ids[1]),
+            (JobState::Assigned, 1, Some("srv2".into()))
+        );
+        assert_eq!(db.state(ids[2]), (JobState::Queued, 1, None));
+        let zero = Command::Placed {
+            submission: Box::new(report(vec![end(ids[1], 1)])),
+            assignments: vec![Assignment {
+                attempt: 0,
+                ..place(ids[2])
+            }],
+            at_ms: 5,
+        };
+        assert!(zero.validate().is_err());
     }
 
     /// A database written before `releases` (or `published`) existed has

@@ -176,9 +176,13 @@ pub enum Command {
     },
     /// A submission (`JobSubmit` or `JobsSubmit`) with the coordinator's
     /// placements of its new jobs, in one entry: an idle job costs one
-    /// commit to be queued and placed, not two. Each placement applies only
-    /// if its instance still holds fewer active attempts than its slots (as
-    /// `JobAssign`'s); a job left over stays queued for the next round.
+    /// commit to be queued and placed, not two. Or an end report
+    /// (`JobsFinished`) with placements of queued jobs in the slots it
+    /// frees: a busy slot passes to the next job in one commit. The inner
+    /// command applies first; then each placement, only if that attempt is
+    /// still queued and its instance holds fewer active attempts than its
+    /// slots (as `JobAssign`'s); a job left over stays queued for the next
+    /// round. (Protocol 7 and later apply both forms alike: no level.)
     Placed {
         submission: Box<Command>,
         assignments: Vec<crate::work::scheduler::Assignment>,
@@ -402,12 +406,23 @@ fn validate_placed(
     submission: &Command,
     assignments: &[crate::work::scheduler::Assignment],
 ) -> Result<(), String> {
-    let jobs = submission.submitted_jobs();
-    if jobs.is_empty() {
-        return Err("only a job submission can carry placements".into());
-    }
     if assignments.len() > JOB_BATCH_COUNT_MAX {
         return Err(format!("more than {JOB_BATCH_COUNT_MAX} placements"));
+    }
+    // An end report carries placements of queued jobs in the slots it
+    // frees: any job, each applied only while still queued at that attempt.
+    if let Command::JobsFinished { .. } = submission {
+        if let Some(a) = assignments.iter().find(|a| a.attempt == 0) {
+            return Err(format!("a placement of attempt 0 of job `{}`", a.id));
+        }
+        assignments
+            .iter()
+            .try_for_each(|a| crate::work::jobs::check_job_id(&a.id))?;
+        return submission.validate();
+    }
+    let jobs = submission.submitted_jobs();
+    if jobs.is_empty() {
+        return Err("only a job submission or an end report can carry placements".into());
     }
     let own = |a: &crate::work::scheduler::Assignment| {
         a.attempt == 1 && jobs.iter().any(|(id, _)| *id == a.id)

@@ -177,29 +177,44 @@ fn remember_placed(work: &Work, candidates: &[Candidate]) {
     }
 }
 
-/// A submission as the coordinator proposes it: with the placements of its
-/// new jobs, when slots are free and no job is queued ahead of them (which
-/// keep their turn: priorities are placed in order by the rounds). `None`:
-/// propose it as it is. The counts read here may miss placements proposed
-/// and not yet applied; the apply-time slot check of each placement keeps
-/// every instance within its slots, and a job it leaves queued is placed
-/// by the next round.
+/// A write as the coordinator proposes it, with placements in the same
+/// entry where that saves a commit: a submission with placements of its
+/// new jobs (`place_submission`), an end report with placements of queued
+/// jobs in the slots it frees (`place_after_ends`). `None`: propose it as
+/// it is. The counts read here may miss placements proposed and not yet
+/// applied; the apply-time slot check of each placement keeps every
+/// instance within its slots, and a job it leaves queued is placed by the
+/// next round.
 pub(super) fn place_on_submit(work: &Work, command: &Command) -> Option<Command> {
-    let Command::Once {
-        request_id,
-        command: submission,
-    } = command
-    else {
-        return None;
-    };
-    let jobs = submission.submitted_jobs();
-    if jobs.is_empty() {
-        return None;
-    }
     // As for a round: only from a fully applied state, and once the loop
     // knows since when this instance coordinates (the window in which
     // servers must have been heard, `candidates`).
     if work.leader_since_ms.load(Ordering::Relaxed) == 0 || !may_coordinate(work) {
+        return None;
+    }
+    let placed = match command {
+        Command::Once {
+            request_id,
+            command: submission,
+        } => place_submission(work, submission).map(|placed| Command::Once {
+            request_id: request_id.clone(),
+            command: Box::new(placed),
+        }),
+        Command::JobsFinished { instance, ends, .. } => {
+            place_after_ends(work, command, instance, ends)
+        }
+        _ => None,
+    }?;
+    debug_assert!(placed.validate().is_ok(), "{placed:?}");
+    Some(placed)
+}
+
+/// A submission with the placements of its new jobs, when slots are free
+/// and no job is queued ahead of them (which keep their turn: priorities
+/// are placed in order by the rounds).
+fn place_submission(work: &Work, submission: &Command) -> Option<Command> {
+    let jobs = submission.submitted_jobs();
+    if jobs.is_empty() {
         return None;
     }
     let (active, modes, voters) = {
@@ -222,20 +237,62 @@ pub(super) fn place_on_submit(work: &Work, command: &Command) -> Option<Command>
             not_before_ms: 0,
         })
         .collect();
+    placed(work, submission, &queued, &mut candidates)
+}
+
+/// An end report with placements of queued jobs, counting the slots its
+/// current ends free as free (they are, once the report applies, before
+/// its placements do): a busy slot goes from one job to the next in one
+/// commit, not two (the end's and a round's placement).
+fn place_after_ends(
+    work: &Work,
+    report: &Command,
+    instance: &str,
+    ends: &[crate::work::jobs::AttemptEnd],
+) -> Option<Command> {
+    let (active, modes, members, queued) = {
+        let guard = work.cluster.core();
+        let core = guard.as_ref().filter(|c| c.is_leader())?;
+        let conn = core.state().conn();
+        if db::queued_count(conn).ok()? == 0 {
+            return None;
+        }
+        let freed = db::current_ends(conn, instance, ends).ok()?;
+        let mut active = db::active_counts(conn).ok()?;
+        let held = active.entry(instance.to_string()).or_default();
+        debug_assert!(
+            freed <= *held,
+            "{instance}: {freed} ends of {held} attempts"
+        );
+        *held = held.saturating_sub(freed);
+        // The queue's head, as many as the report frees and a margin: the
+        // other free slots are the rounds' (the core's lock is held here).
+        let scan = (freed as usize + QUEUED_SCAN_MARGIN_COUNT).min(QUEUED_SCAN_COUNT_MAX);
+        let queued = db::queued(conn, scan).ok()?;
+        (active, db::modes(conn).ok()?, in_service(core), queued)
+    };
+    let mut candidates = candidates(work, &members, &active, &modes);
+    placed(work, report, &queued, &mut candidates)
+}
+
+/// `command` with placements of `queued` on `candidates`; `None` when
+/// nothing fits.
+fn placed(
+    work: &Work,
+    command: &Command,
+    queued: &[scheduler::Queued],
+    candidates: &mut [Candidate],
+) -> Option<Command> {
     let batch_max = ASSIGN_BATCH_COUNT_MAX.min(JOB_BATCH_COUNT_MAX);
-    let assignments = scheduler::place(&queued, &mut candidates, now_ms(), batch_max);
-    remember_placed(work, &candidates);
+    let assignments = scheduler::place(queued, candidates, now_ms(), batch_max);
+    remember_placed(work, candidates);
     if assignments.is_empty() {
         return None;
     }
-    let placed = Command::Placed {
-        submission: submission.clone(),
+    Some(Command::Placed {
+        submission: Box::new(command.clone()),
         assignments,
         at_ms: now_ms(),
-    };
-    Some(Command::Once {
-        request_id: request_id.clone(),
-        command: Box::new(placed),
     })
 }
 
