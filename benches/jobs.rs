@@ -330,8 +330,12 @@ fn main() {
     timeline(&c, 1000);
     println!("throughput: {per_s:.0} jobs/s ({n} no-op script jobs from {CLIENTS} concurrent producers; all submitted after {submit_s:.2} s)");
     drop(c);
-    for appendfsync in ["no", "always"] {
-        celery(appendfsync);
+    // `CLARO_BENCH_ONLY=claro`: no peer (instance binaries compared in
+    // turns, the peer measured once beside them).
+    if std::env::var("CLARO_BENCH_ONLY").as_deref() != Ok("claro") {
+        for appendfsync in ["no", "always"] {
+            celery(appendfsync);
+        }
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load average at the end: {}", load.trim());

@@ -753,6 +753,96 @@ fn an_idle_cluster_places_a_job_in_the_entry_that_submits_it() {
     c.assert_nobody_crashed();
 }
 
+/// On a busy cluster the slot an ending job frees takes the next queued
+/// job in the entry that records the end (one commit, not the end and then
+/// a placement round): one slot per instance, a queue of short jobs, the
+/// end reports read from a replica's raft log (127.0.196.x). Every job
+/// ends once, and no instance ever ran two at a time (each job records
+/// its start and end times).
+#[test]
+fn a_busy_cluster_places_the_next_job_in_the_entry_that_records_an_end() {
+    let mut c = Cluster::three_running_with_slots(196, "", 1);
+    let count = 30;
+    // One batch: the queue is there before the first job ends.
+    let jobs: Vec<(String, JobSpec)> = (0..count)
+        .map(|_| {
+            let id = new_job_id(claro::clock::now_ms(), rand::random());
+            (id, script("sleep_ms(20); 1"))
+        })
+        .collect();
+    let ids: Vec<String> = jobs.iter().map(|(id, _)| id.clone()).collect();
+    let batch = Command::JobsSubmit {
+        jobs,
+        at_ms: claro::clock::now_ms(),
+    };
+    let answer = c.call("srv2", Request::propose(batch, Some(ids[0].clone())));
+    assert!(
+        matches!(answer, Ok(Response::Proposed { .. })),
+        "{answer:?}"
+    );
+    c.wait(END_S, "every job to end", || {
+        ids.iter()
+            .all(|id| job(&c, "srv1", id).is_some_and(|j| j.state == JobState::Succeeded))
+    });
+    let log = c.data_dir("srv1").join("raft.db");
+    let placed: Vec<String> = placed_by_ends(&log);
+    assert!(
+        placed.len() >= 5,
+        "only {} of {count} jobs placed by an end report: {placed:?}",
+        placed.len()
+    );
+    assert!(placed.iter().all(|id| ids.contains(id)), "{placed:?}");
+    // One slot each: an instance's runs never overlap.
+    let jobs: Vec<Job> = ids.iter().map(|id| job(&c, "srv1", id).unwrap()).collect();
+    for a in &jobs {
+        for b in jobs
+            .iter()
+            .filter(|b| b.id != a.id && b.instance == a.instance)
+        {
+            let (a0, a1) = (a.assigned_ms.unwrap(), a.finished_ms.unwrap());
+            let (b0, b1) = (b.assigned_ms.unwrap(), b.finished_ms.unwrap());
+            assert!(
+                a1 <= b0 || b1 <= a0,
+                "{} and {} overlap on {:?}",
+                a.id,
+                b.id,
+                a.instance
+            );
+        }
+    }
+    c.assert_nobody_crashed();
+}
+
+/// The jobs placed by end reports (`Placed` around `JobsFinished`) in a
+/// replica's raft log.
+fn placed_by_ends(raft_db: &std::path::Path) -> Vec<String> {
+    use protobuf::Message as _;
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+    let conn = rusqlite::Connection::open_with_flags(raft_db, flags).expect("raft.db opens");
+    let mut stmt = conn
+        .prepare("SELECT entry FROM entries ORDER BY idx")
+        .unwrap();
+    let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).unwrap();
+    let mut out = Vec::new();
+    for bytes in rows {
+        let entry = raft::eraftpb::Entry::parse_from_bytes(&bytes.unwrap()).unwrap();
+        let Ok(Command::Once { command, .. }) = Command::decode(&entry.data) else {
+            continue;
+        };
+        if let Command::Placed {
+            submission,
+            assignments,
+            ..
+        } = *command
+        {
+            if matches!(*submission, Command::JobsFinished { .. }) {
+                out.extend(assignments.into_iter().map(|a| a.id));
+            }
+        }
+    }
+    out
+}
+
 /// The submissions in a replica's raft log, by job id: the command that
 /// made each job (a plain or a placed submission), request id unwrapped.
 fn submissions_in(raft_db: &std::path::Path) -> HashMap<String, Command> {

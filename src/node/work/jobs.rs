@@ -192,19 +192,24 @@ pub(super) fn place_on_submit(work: &Work, command: &Command) -> Option<Command>
     if work.leader_since_ms.load(Ordering::Relaxed) == 0 || !may_coordinate(work) {
         return None;
     }
-    let placed = match command {
-        Command::Once {
-            request_id,
-            command: submission,
-        } => place_submission(work, submission).map(|placed| Command::Once {
-            request_id: request_id.clone(),
-            command: Box::new(placed),
-        }),
+    // Every write reaches the coordinator under a request id.
+    let Command::Once {
+        request_id,
+        command: inner,
+    } = command
+    else {
+        return None;
+    };
+    let placed = match inner.as_ref() {
         Command::JobsFinished { instance, ends, .. } => {
-            place_after_ends(work, command, instance, ends)
+            place_after_ends(work, inner, instance, ends)
         }
-        _ => None,
+        _ => place_submission(work, inner),
     }?;
+    let placed = Command::Once {
+        request_id: request_id.clone(),
+        command: Box::new(placed),
+    };
     debug_assert!(placed.validate().is_ok(), "{placed:?}");
     Some(placed)
 }
