@@ -69,6 +69,7 @@ impl Jobs for Conn {
         let req = Request::Job {
             id: id.into(),
             stale: false,
+            wait_ms: 0,
         };
         match self.ask(&req, REQUEST_MS).await {
             Ok(Response::Job { job, .. }) => job.map(|j| j.state),

@@ -224,6 +224,11 @@ pub struct ListQuery {
     pub stale: bool,
 }
 
+/// Longest hold of a job read (`Request::Job`'s `wait_ms`): below the
+/// CLI's hedge time, so a held call is never also sent to a second
+/// instance as if this one were slow.
+pub const JOB_WAIT_MS_MAX: u64 = 800;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
     /// Peer only: the first request on a peer connection.
@@ -264,11 +269,16 @@ pub enum Request {
         stale: bool,
     },
     List(ListQuery),
-    /// One job, with its log.
+    /// One job, with its log. `wait_ms`: answered once the job has ended
+    /// on the instance asked, or after that long (at most
+    /// `JOB_WAIT_MS_MAX`), whichever is first; an
+    /// instance of protocol 10 or older ignores it and answers at once.
     Job {
         id: String,
         #[serde(default)]
         stale: bool,
+        #[serde(default)]
+        wait_ms: u64,
     },
     /// The log (from byte `after_bytes`) and progress of a job's attempt
     /// while it runs, from the instance running it (any instance forwards

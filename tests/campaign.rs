@@ -517,6 +517,7 @@ fn job(c: &Cluster, id: &str) -> Option<claro::work::jobs::Job> {
     let req = Request::Job {
         id: id.into(),
         stale: false,
+        wait_ms: 0,
     };
     NAMES
         .iter()

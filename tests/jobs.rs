@@ -813,6 +813,83 @@ fn a_busy_cluster_places_the_next_job_in_the_entry_that_records_an_end() {
     c.assert_nobody_crashed();
 }
 
+/// A job read with `wait_ms` (what `claro wait`, `submit --wait` and `run`
+/// send) is held until the job ends on the instance asked: an answer
+/// before that is never early (a job not yet ended is answered only when
+/// the hold ran out), and a hold never outlasts `JOB_WAIT_MS_MAX`. Many at
+/// once are bounded: past `JOB_WAITS_MAX` held reads the rest are answered
+/// at once, and the instance keeps answering (127.0.197.x).
+#[test]
+fn a_held_job_read_answers_when_the_job_ends_and_holds_are_bounded() {
+    use claro::proto::JOB_WAIT_MS_MAX;
+    let mut c = Cluster::three_running(197);
+    let held = |c: &Cluster, via: &str, id: &str, wait_ms: u64| {
+        let asked = Instant::now();
+        let req = Request::Job {
+            id: id.into(),
+            stale: false,
+            wait_ms,
+        };
+        let answer = c.call(via, req);
+        (answer, asked.elapsed())
+    };
+    for _ in 0..3 {
+        let id = submit(&c, "srv1", script("sleep_ms(300); 1")).expect("submit");
+        let mut calls = 0;
+        loop {
+            calls += 1;
+            assert!(calls <= 20, "job {id} never ended");
+            // Ten times the hold asked for: it is capped.
+            let (answer, took) = held(&c, "srv2", &id, JOB_WAIT_MS_MAX * 10);
+            let Ok(Response::Job { job, .. }) = answer else {
+                panic!("{answer:?}")
+            };
+            let state = job.map(|j| j.state);
+            if state == Some(JobState::Succeeded) {
+                break;
+            }
+            assert!(
+                took >= Duration::from_millis(JOB_WAIT_MS_MAX),
+                "answered {state:?} after {took:?}, before the job ended and before the hold ran out"
+            );
+            assert!(
+                took < Duration::from_millis(JOB_WAIT_MS_MAX * 5),
+                "{took:?}"
+            );
+        }
+    }
+    // A bad id is refused at once, held or not.
+    let (answer, _) = held(&c, "srv3", "../nope", 500);
+    assert!(matches!(answer, Ok(Response::Error { .. })), "{answer:?}");
+
+    // Twice as many holds as an instance keeps, for jobs that do not
+    // exist: every one is answered (no job), those past the limit at once.
+    let count = 2 * 64;
+    let fast = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..count {
+            scope.spawn(|| {
+                let id = new_job_id(claro::clock::now_ms(), rand::random());
+                let (answer, took) = held(&c, "srv3", &id, JOB_WAIT_MS_MAX);
+                assert!(
+                    matches!(answer, Ok(Response::Job { job: None, .. })),
+                    "{answer:?}"
+                );
+                if took < Duration::from_millis(JOB_WAIT_MS_MAX) {
+                    fast.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let fast = fast.into_inner();
+    assert!(
+        fast >= count / 4,
+        "only {fast} of {count} held reads answered at once past the limit"
+    );
+    assert!(c.status("srv3").is_some(), "srv3 stopped answering");
+    c.assert_nobody_crashed();
+}
+
 /// The jobs placed by end reports (`Placed` around `JobsFinished`) in a
 /// replica's raft log.
 fn placed_by_ends(raft_db: &std::path::Path) -> Vec<String> {

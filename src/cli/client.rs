@@ -102,6 +102,8 @@ pub fn call(
 /// request id, so it is applied once whoever answers). A server frozen or
 /// overloaded right after it took the request costs this, not its freeze.
 const HEDGE_MS: u64 = 1_000;
+// A held job read (`claro wait`) must answer before the hedge.
+const _: () = assert!(crate::proto::JOB_WAIT_MS_MAX + 100 < HEDGE_MS);
 
 /// What a request to one instance came to.
 type Answer = (String, SocketAddr, Result<Response, String>);

@@ -9,6 +9,7 @@ use crate::cli::client::{call, failure_of, print_staleness, ClientArgs};
 use crate::cli::exit::Failure;
 use crate::cli::output::{self, JobJson};
 use crate::config::Config;
+use crate::proto::JOB_WAIT_MS_MAX;
 use crate::proto::{Request, Response};
 use crate::state::{jobs::JobFilter, Command};
 use crate::work::jobs::{Job, JobSpec};
@@ -18,6 +19,9 @@ use std::path::PathBuf;
 /// First and longest pause between two looks at a job being waited for.
 const WAIT_POLL_MS_FIRST: u64 = 5;
 const WAIT_POLL_MS_MAX: u64 = 250;
+/// How long the server holds a job read while `run` follows the job's log
+/// (the log is asked for between two holds).
+const WAIT_HOLD_MS_FOLLOWING: u64 = 400;
 
 /// What `submit` waits for and prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,10 +78,16 @@ pub fn submit(
 
 /// The job `id` (a default read: it includes every acknowledged write).
 fn fetch(config: &Config, args: &ClientArgs, id: &str) -> Result<Job, Failure> {
+    fetch_held(config, args, id, 0)
+}
+
+/// The job, asked to answer once it has ended or after `wait_ms`.
+fn fetch_held(config: &Config, args: &ClientArgs, id: &str, wait_ms: u64) -> Result<Job, Failure> {
     crate::work::jobs::check_job_id(id).map_err(Failure::usage)?;
     let req = Request::Job {
         id: id.to_string(),
         stale: false,
+        wait_ms,
     };
     match call(config, args, &req)?.1 {
         Response::Job { job: Some(job), .. } => Ok(*job),
@@ -99,15 +109,28 @@ pub fn wait_for(
     // The log as it comes: on stdout for `run`, on stderr for the others.
     let mut follow = crate::cli::follow::Follow::new(args.json, with_log);
     let job = loop {
-        let job = fetch(config, args, id)?;
+        // Held by the server until the job ends (shorter while a log is
+        // followed, which is asked for between the holds).
+        let hold_ms = if with_log {
+            WAIT_HOLD_MS_FOLLOWING
+        } else {
+            JOB_WAIT_MS_MAX
+        };
+        let asked = std::time::Instant::now();
+        let job = fetch_held(config, args, id, hold_ms)?;
         if job.state.is_final() {
             break job;
         }
         if job.state == crate::work::jobs::JobState::Running {
             follow.poll(config, args, id);
         }
-        std::thread::sleep(Duration::from_millis(pause));
-        pause = (pause * 2).min(WAIT_POLL_MS_MAX);
+        // Answered before the hold ended and not final: a server that does
+        // not hold reads (protocol 10), or one holding as many as it may.
+        // Poll it, backing off, as before.
+        if asked.elapsed() < Duration::from_millis(hold_ms / 2) {
+            std::thread::sleep(Duration::from_millis(pause));
+            pause = (pause * 2).min(WAIT_POLL_MS_MAX);
+        }
     };
     let rest = follow.rest_of(&job).to_string();
     print_end(&job, args.json, with_log.then_some(rest.as_str()))
@@ -156,6 +179,7 @@ pub fn show(
     let req = Request::Job {
         id: id.to_string(),
         stale,
+        wait_ms: 0,
     };
     match call(config, args, &req)?.1 {
         Response::Job {

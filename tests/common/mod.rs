@@ -251,6 +251,7 @@ impl Cluster {
         let req = Request::Job {
             id: id.into(),
             stale: false,
+            wait_ms: 0,
         };
         match self.call(via, req) {
             Ok(Response::Job { job, .. }) => job.map(|j| *j),

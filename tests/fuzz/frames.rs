@@ -214,6 +214,7 @@ pub fn request(rng: &mut Rng) -> Request {
         5 => Request::Job {
             id: text(rng),
             stale,
+            wait_ms: rng.gen_range(0..=2_000),
         },
         6 => Request::Script {
             name: text(rng),

@@ -296,7 +296,13 @@ pub(crate) async fn respond(shared: &Arc<Shared>, peer: Option<&str>, req: Reque
         } => propose(shared, command, request_id, forwarded).await,
         Request::Get { key, stale } => read_setting(shared, &key, stale).await,
         Request::List(q) => list_settings(shared, q).await,
-        Request::Job { id, stale } => read_job(shared, &id, stale).await,
+        Request::Job { id, stale, wait_ms } => {
+            // Checked before the hold: a bad id is refused at once.
+            if wait_ms > 0 && crate::work::jobs::check_job_id(&id).is_ok() {
+                super::job_wait::until_ended(shared, &id, wait_ms).await;
+            }
+            read_job(shared, &id, stale).await
+        }
         Request::Live {
             id,
             after_bytes,

@@ -32,6 +32,7 @@ mod damage;
 mod gossip;
 mod handlers;
 mod integrity;
+mod job_wait;
 mod live;
 mod peers;
 mod rejoin;
@@ -139,6 +140,8 @@ pub(crate) struct Shared {
     /// Called after every Ready cycle that applied something: the work wakes
     /// its loops, the web its event hub (`on_applied`).
     applied_hooks: std::sync::RwLock<Vec<AppliedHook>>,
+    /// Job reads held until their job ends (`job_wait`).
+    pub(crate) job_waits: job_wait::JobWaits,
     /// Turns a submission into a placed one as the coordinator proposes it
     /// (`on_propose`); set by the work.
     propose_hook: std::sync::OnceLock<ProposeHook>,
@@ -671,6 +674,7 @@ fn cycle_locked(
         shared.close_revoked();
     }
     if applied > applied_before {
+        shared.job_waits.applied();
         for hook in shared.applied_hooks.read().expect("hooks lock").iter() {
             hook();
         }

@@ -109,6 +109,7 @@ pub fn prepare(opts: ServeOptions) -> Result<Prepared, String> {
         damage: super::damage::Damage::new(damage),
         rejoin: super::rejoin::Rejoin::new(incarnation),
         applied_hooks: Default::default(),
+        job_waits: Default::default(),
         propose_hook: Default::default(),
         live_hook: Default::default(),
         snapshot_receiving: Default::default(),

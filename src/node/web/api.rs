@@ -122,6 +122,7 @@ pub(super) async fn job(web: &Arc<Web>, id: &str) -> Result<Reply, Fail> {
     let req = Request::Job {
         id: id.to_string(),
         stale: false,
+        wait_ms: 0,
     };
     match crate::node::cluster::respond(&web.cluster, None, req).await {
         Response::Job { job: Some(job), .. } => {
