@@ -1,9 +1,3 @@
-/// mimalloc, not glibc's malloc: in the saturated jobs benchmark glibc's
-/// malloc and free took about a tenth of all CPU time on the executor's
-/// threads (arena locks, `malloc_consolidate`); docs/BENCHMARKS.md.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     // A script worker is started by its instance (node::work::sandbox),
     // before any argument parsing: it is not a command of the CLI.

@@ -271,8 +271,8 @@ pub enum Request {
     List(ListQuery),
     /// One job, with its log. `wait_ms`: answered once the job has ended
     /// on the instance asked, or after that long (at most
-    /// `JOB_WAIT_MS_MAX`), whichever is first; an
-    /// instance of protocol 10 or older ignores it and answers at once.
+    /// `JOB_WAIT_MS_MAX`), whichever is first; a
+    /// build from before the field ignores it and answers at once.
     Job {
         id: String,
         #[serde(default)]

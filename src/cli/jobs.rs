@@ -111,13 +111,14 @@ pub fn wait_for(
     let job = loop {
         // Held by the server until the job ends (shorter while a log is
         // followed, which is asked for between the holds).
-        let hold_ms = if with_log {
+        let hold_ms = if with_log && !args.json {
             WAIT_HOLD_MS_FOLLOWING
         } else {
             JOB_WAIT_MS_MAX
         };
         let asked = std::time::Instant::now();
         let job = fetch_held(config, args, id, hold_ms)?;
+        let answered_in = asked.elapsed();
         if job.state.is_final() {
             break job;
         }
@@ -125,9 +126,9 @@ pub fn wait_for(
             follow.poll(config, args, id);
         }
         // Answered before the hold ended and not final: a server that does
-        // not hold reads (protocol 10), or one holding as many as it may.
+        // not hold reads (a build before held reads), or one holding as many as it may.
         // Poll it, backing off, as before.
-        if asked.elapsed() < Duration::from_millis(hold_ms / 2) {
+        if answered_in < Duration::from_millis(hold_ms / 2) {
             std::thread::sleep(Duration::from_millis(pause));
             pause = (pause * 2).min(WAIT_POLL_MS_MAX);
         }

@@ -741,7 +741,9 @@ pub fn current_ends(
     ends: &[crate::work::jobs::AttemptEnd],
 ) -> rusqlite::Result<u32> {
     let mut count = 0;
-    for end in ends {
+    // A report that names an attempt twice frees its slot once.
+    let mut seen = std::collections::HashSet::new();
+    for end in ends.iter().filter(|e| seen.insert((&e.id, e.attempt))) {
         if let Some((attempt, state, holder)) = attempt_of(conn, &end.id)? {
             let active = matches!(state, JobState::Assigned | JobState::Running);
             count +=
@@ -1419,6 +1421,8 @@ mod tests {
             super::current_ends(conn, "srv3", &[end(ids[0], 1)]).unwrap(),
             0
         );
+        let twice = [end(ids[0], 1), end(ids[0], 1)];
+        assert_eq!(super::current_ends(conn, "srv2", &twice).unwrap(), 1);
 
         // A stale end (attempt 2 was never placed) with a placement: the
         // slot is still held, the placement is skipped.

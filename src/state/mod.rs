@@ -401,7 +401,9 @@ impl Command {
 }
 
 /// A placed submission: a plain submission inside, and placements of its
-/// own new jobs only (first attempts), within the batch limit.
+/// own new jobs only (first attempts); or an end report inside, and
+/// placements of any jobs (each applies only while still queued at that
+/// attempt); within the batch limit.
 fn validate_placed(
     submission: &Command,
     assignments: &[crate::work::scheduler::Assignment],

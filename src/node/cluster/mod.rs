@@ -668,13 +668,17 @@ fn cycle_locked(
     // A non-voting member is in service as a voter is.
     let voter = core.is_voter(shared.id) || core.is_non_voter();
     let applied = core.applied_index();
+    if applied > applied_before {
+        // Under the lock it holds anyway: one look at the job feed for
+        // every held job read (`job_wait`).
+        shared.job_waits.applied(core.state().conn());
+    }
     let revoked_changed = shared.revocation.refresh(core);
     drop(guard);
     if revoked_changed {
         shared.close_revoked();
     }
     if applied > applied_before {
-        shared.job_waits.applied();
         for hook in shared.applied_hooks.read().expect("hooks lock").iter() {
             hook();
         }

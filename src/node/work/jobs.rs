@@ -186,12 +186,6 @@ fn remember_placed(work: &Work, candidates: &[Candidate]) {
 /// instance within its slots, and a job it leaves queued is placed by the
 /// next round.
 pub(super) fn place_on_submit(work: &Work, command: &Command) -> Option<Command> {
-    // As for a round: only from a fully applied state, and once the loop
-    // knows since when this instance coordinates (the window in which
-    // servers must have been heard, `candidates`).
-    if work.leader_since_ms.load(Ordering::Relaxed) == 0 || !may_coordinate(work) {
-        return None;
-    }
     // Every write reaches the coordinator under a request id.
     let Command::Once {
         request_id,
@@ -200,6 +194,18 @@ pub(super) fn place_on_submit(work: &Work, command: &Command) -> Option<Command>
     else {
         return None;
     };
+    // Only these carry placements: every other write skips the checks
+    // below (one more hold of the core's lock each).
+    let report = matches!(inner.as_ref(), Command::JobsFinished { .. });
+    if !report && inner.submitted_jobs().is_empty() {
+        return None;
+    }
+    // As for a round: only from a fully applied state, and once the loop
+    // knows since when this instance coordinates (the window in which
+    // servers must have been heard, `candidates`).
+    if work.leader_since_ms.load(Ordering::Relaxed) == 0 || !may_coordinate(work) {
+        return None;
+    }
     let placed = match inner.as_ref() {
         Command::JobsFinished { instance, ends, .. } => {
             place_after_ends(work, inner, instance, ends)

@@ -201,10 +201,6 @@ impl Worker {
         }
         let mut child = command
             .arg(WORKER_ARG)
-            // The allocator reserves 1 GiB of address space up front by
-            // default, before the worker sets its own limit (which then
-            // leaves nothing to allocate): small reservations instead.
-            .env("MIMALLOC_ARENA_RESERVE", "16MiB")
             .env(
                 LIMITS_ENV,
                 format!("{},{},{}", limits.memory_bytes, limits.cpu_s, limits.files),
