@@ -893,24 +893,13 @@ fn a_held_job_read_answers_when_the_job_ends_and_holds_are_bounded() {
 /// The jobs placed by end reports (`Placed` around `JobsFinished`) in a
 /// replica's raft log.
 fn placed_by_ends(raft_db: &std::path::Path) -> Vec<String> {
-    use protobuf::Message as _;
-    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
-    let conn = rusqlite::Connection::open_with_flags(raft_db, flags).expect("raft.db opens");
-    let mut stmt = conn
-        .prepare("SELECT entry FROM entries ORDER BY idx")
-        .unwrap();
-    let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).unwrap();
     let mut out = Vec::new();
-    for bytes in rows {
-        let entry = raft::eraftpb::Entry::parse_from_bytes(&bytes.unwrap()).unwrap();
-        let Ok(Command::Once { command, .. }) = Command::decode(&entry.data) else {
-            continue;
-        };
+    for command in logged_writes(raft_db) {
         if let Command::Placed {
             submission,
             assignments,
             ..
-        } = *command
+        } = command
         {
             if matches!(*submission, Command::JobsFinished { .. }) {
                 out.extend(assignments.into_iter().map(|a| a.id));
@@ -923,6 +912,17 @@ fn placed_by_ends(raft_db: &std::path::Path) -> Vec<String> {
 /// The submissions in a replica's raft log, by job id: the command that
 /// made each job (a plain or a placed submission), request id unwrapped.
 fn submissions_in(raft_db: &std::path::Path) -> HashMap<String, Command> {
+    let mut out = HashMap::new();
+    for command in logged_writes(raft_db) {
+        if let Some(id) = command.submitted_ids() {
+            out.insert(id.to_string(), command);
+        }
+    }
+    out
+}
+
+/// The writes in a replica's raft log, in order, request ids unwrapped.
+fn logged_writes(raft_db: &std::path::Path) -> Vec<Command> {
     use protobuf::Message as _;
     let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
     let conn = rusqlite::Connection::open_with_flags(raft_db, flags).expect("raft.db opens");
@@ -930,14 +930,11 @@ fn submissions_in(raft_db: &std::path::Path) -> HashMap<String, Command> {
         .prepare("SELECT entry FROM entries ORDER BY idx")
         .unwrap();
     let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).unwrap();
-    let mut out = HashMap::new();
+    let mut out = Vec::new();
     for bytes in rows {
         let entry = raft::eraftpb::Entry::parse_from_bytes(&bytes.unwrap()).unwrap();
-        let Ok(Command::Once { command, .. }) = Command::decode(&entry.data) else {
-            continue;
-        };
-        if let Some(id) = command.submitted_ids() {
-            out.insert(id.to_string(), *command);
+        if let Ok(Command::Once { command, .. }) = Command::decode(&entry.data) {
+            out.push(*command);
         }
     }
     out

@@ -1288,23 +1288,35 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_placement_over_the_instance_s_slots_is_skipped() {
-        let mut db = Db::new();
-        let ids = ["00000000000100000001", "00000000000100000002"];
-        for id in ids {
-            db.apply(Command::JobSubmit {
-                id: id.into(),
-                spec: spec(1),
-                at_ms: 1,
-            });
+    impl Db {
+        /// Queues each of `ids` as a one-attempt script job.
+        fn submit_all(&mut self, ids: &[&str]) {
+            for id in ids {
+                self.apply(Command::JobSubmit {
+                    id: id.to_string(),
+                    spec: spec(1),
+                    at_ms: 1,
+                });
+            }
         }
-        let place = |id: &str| Assignment {
+    }
+
+    /// A first attempt's placement on srv2, which has one slot.
+    fn one_slot_on_srv2(id: &str) -> Assignment {
+        Assignment {
             id: id.into(),
             attempt: 1,
             instance: "srv2".into(),
             slots: 1,
-        };
+        }
+    }
+
+    #[test]
+    fn a_placement_over_the_instance_s_slots_is_skipped() {
+        let mut db = Db::new();
+        let ids = ["00000000000100000001", "00000000000100000002"];
+        db.submit_all(&ids);
+        let place = one_slot_on_srv2;
         db.apply(Command::JobAssign {
             assignments: vec![place(ids[0]), place(ids[1])],
             at_ms: 5,
@@ -1375,19 +1387,8 @@ mod tests {
             "00000000000100000002",
             "00000000000100000003",
         ];
-        for id in ids {
-            db.apply(Command::JobSubmit {
-                id: id.into(),
-                spec: spec(1),
-                at_ms: 1,
-            });
-        }
-        let place = |id: &str| Assignment {
-            id: id.into(),
-            attempt: 1,
-            instance: "srv2".into(),
-            slots: 1,
-        };
+        db.submit_all(&ids);
+        let place = one_slot_on_srv2;
         db.apply(Command::JobAssign {
             assignments: vec![place(ids[0])],
             at_ms: 2,
