@@ -890,6 +890,40 @@ fn a_held_job_read_answers_when_the_job_ends_and_holds_are_bounded() {
     c.assert_nobody_crashed();
 }
 
+/// `claro wait` holds its read on whichever instance answered first; the
+/// coordinator is killed -9 while it waits (perhaps the very instance that
+/// holds the read, perhaps the one whose read index the hold's answer
+/// needs). The wait still ends with the job's result, exit 0, within a
+/// bounded time (127.0.198.x).
+#[test]
+fn claro_wait_outlives_a_coordinator_killed_while_it_holds_a_read() {
+    let mut c = Cluster::three_running(198);
+    let coordinator = c
+        .status("srv1")
+        .and_then(|s| s.coordinator)
+        .expect("a coordinator");
+    let id = submit(&c, "srv1", script("sleep_ms(2500); 7")).expect("submit");
+    let started = Instant::now();
+    let waiter = std::process::Command::new(common::BIN)
+        .arg("--config")
+        .arg(&c.conf)
+        .args(["wait", &id])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("claro wait starts");
+    std::thread::sleep(Duration::from_millis(1200));
+    c.kill9(&coordinator);
+    let out = waiter.wait_with_output().expect("claro wait ends");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "7\n");
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "claro wait took {:?}",
+        started.elapsed()
+    );
+}
+
 /// The jobs placed by end reports (`Placed` around `JobsFinished`) in a
 /// replica's raft log.
 fn placed_by_ends(raft_db: &std::path::Path) -> Vec<String> {
