@@ -904,14 +904,7 @@ fn claro_wait_outlives_a_coordinator_killed_while_it_holds_a_read() {
         .expect("a coordinator");
     let id = submit(&c, "srv1", script("sleep_ms(2500); 7")).expect("submit");
     let started = Instant::now();
-    let waiter = std::process::Command::new(common::BIN)
-        .arg("--config")
-        .arg(&c.conf)
-        .args(["wait", &id])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("claro wait starts");
+    let waiter = c.cli_spawn(&["wait", &id]);
     std::thread::sleep(Duration::from_millis(1200));
     c.kill9(&coordinator);
     let out = waiter.wait_with_output().expect("claro wait ends");
@@ -920,6 +913,35 @@ fn claro_wait_outlives_a_coordinator_killed_while_it_holds_a_read() {
     assert!(
         started.elapsed() < Duration::from_secs(40),
         "claro wait took {:?}",
+        started.elapsed()
+    );
+    eprintln!(
+        "claro wait across a coordinator kill -9: {:?} for a 2.5 s job",
+        started.elapsed()
+    );
+    // The killed one back, then another killed: `submit --wait` through
+    // the two left.
+    c.start(&coordinator);
+    c.wait(
+        END_S,
+        "the restarted server to be a synchronized voter",
+        || {
+            c.status(&coordinator)
+                .is_some_and(|s| s.servers.iter().all(|v| v.synchronized))
+        },
+    );
+    let now_coordinating = c.status(&coordinator).and_then(|s| s.coordinator);
+    let follower = ["srv1", "srv2", "srv3"]
+        .into_iter()
+        .find(|n| Some(n.to_string()) != now_coordinating)
+        .unwrap();
+    c.kill9(follower);
+    let started = Instant::now();
+    let out = c.cli(&["submit", "--wait", "--inline", "sleep_ms(100); 8"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "8\n");
+    eprintln!(
+        "submit --wait of a 100 ms job with one of three servers killed: {:?}",
         started.elapsed()
     );
 }
@@ -1011,14 +1033,7 @@ fn a_running_job_s_log_and_progress_are_followed_live_from_any_instance() {
     assert_eq!(live(view.next_bytes).map(|v| v.log), Some(String::new()));
 
     // `claro wait` shows the log on stderr while the job runs.
-    let mut wait = std::process::Command::new(common::BIN)
-        .arg("--config")
-        .arg(&c.conf)
-        .args(["wait", &id])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut wait = c.cli_spawn(&["wait", &id]);
     let mut err = std::io::BufReader::new(wait.stderr.take().unwrap());
     let mut line = String::new();
     while !line.contains("step 1") {
@@ -1034,15 +1049,7 @@ fn a_running_job_s_log_and_progress_are_followed_live_from_any_instance() {
     let file = c.dir.path().join("steps.rhai");
     std::fs::write(&file, code).unwrap();
     let started = Instant::now();
-    let mut run = std::process::Command::new(common::BIN)
-        .arg("--config")
-        .arg(&c.conf)
-        .arg("run")
-        .arg(&file)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut run = c.cli_spawn(&["run", file.to_str().unwrap()]);
     let mut out = std::io::BufReader::new(run.stdout.take().unwrap());
     let mut first = String::new();
     out.read_line(&mut first).unwrap();

@@ -126,8 +126,8 @@ pub fn wait_for(
             follow.poll(config, args, id);
         }
         // Answered before the hold ended and not final: a server that does
-        // not hold reads (a build before held reads), or one holding as many as it may.
-        // Poll it, backing off, as before.
+        // not hold reads (a build before held reads), or one that holds as
+        // many as it may. Poll it, backing off, as before.
         if answered_in < Duration::from_millis(hold_ms / 2) {
             std::thread::sleep(Duration::from_millis(pause));
             pause = (pause * 2).min(WAIT_POLL_MS_MAX);

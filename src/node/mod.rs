@@ -120,7 +120,7 @@ async fn serve_async(opts: ServeOptions) -> Result<(), ServeError> {
     let heard = work.clone();
     shared.on_applied(Box::new(move || heard.applied()));
     let placer = work.clone();
-    shared.on_propose(Box::new(move |c| work::place_on_submit(&placer, c)));
+    shared.on_propose(Box::new(move |c| work::with_placements(&placer, c)));
     let running = work.clone();
     shared.on_live(Box::new(move |id, after| work::live(&running, id, after)));
     let heard = web.clone();

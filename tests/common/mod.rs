@@ -195,6 +195,19 @@ impl Cluster {
         }
     }
 
+    /// The CLI started with this cluster's config, stdout and stderr piped,
+    /// for a test that acts while it runs.
+    pub fn cli_spawn(&self, args: &[&str]) -> std::process::Child {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&self.conf)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run claro")
+    }
+
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(BIN)
             .arg("--config")

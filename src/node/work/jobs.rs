@@ -185,7 +185,7 @@ fn remember_placed(work: &Work, candidates: &[Candidate]) {
 /// applied; the apply-time slot check of each placement keeps every
 /// instance within its slots, and a job it leaves queued is placed by the
 /// next round.
-pub(super) fn place_on_submit(work: &Work, command: &Command) -> Option<Command> {
+pub(super) fn with_placements(work: &Work, command: &Command) -> Option<Command> {
     // Every write reaches the coordinator under a request id.
     let Command::Once {
         request_id,

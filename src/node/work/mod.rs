@@ -124,13 +124,14 @@ impl Work {
 }
 
 /// The coordinator's hook on each write it proposes: a submission is
-/// proposed with the placements of its jobs when slots are free
-/// (`jobs::place_on_submit`).
-pub(crate) fn place_on_submit(
+/// proposed with the placements of its jobs when slots are free, an end
+/// report with placements of queued jobs in the slots it frees
+/// (`jobs::with_placements`).
+pub(crate) fn with_placements(
     work: &Work,
     command: &crate::state::Command,
 ) -> Option<crate::state::Command> {
-    jobs::place_on_submit(work, command)
+    jobs::with_placements(work, command)
 }
 
 /// The log from byte `after_bytes` and the progress of job `id`'s attempt
