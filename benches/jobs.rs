@@ -42,7 +42,9 @@ const SLOTS: u32 = 16;
 /// What the benchmark asks of an instance.
 trait Jobs {
     async fn submit(&self, code: &str) -> Result<String, String>;
-    async fn state(&self, id: &str) -> Option<JobState>;
+    /// The job's state, once it ended or after `wait_ms` at most (a held
+    /// read, as `claro wait` makes).
+    async fn state(&self, id: &str, wait_ms: u64) -> Option<JobState>;
     async fn any_in(&self, state: JobState) -> bool;
 }
 
@@ -65,11 +67,11 @@ impl Jobs for Conn {
         }
     }
 
-    async fn state(&self, id: &str) -> Option<JobState> {
+    async fn state(&self, id: &str, wait_ms: u64) -> Option<JobState> {
         let req = Request::Job {
             id: id.into(),
             stale: false,
-            wait_ms: 0,
+            wait_ms,
         };
         match self.ask(&req, REQUEST_MS).await {
             Ok(Response::Job { job, .. }) => job.map(|j| j.state),
@@ -104,7 +106,9 @@ fn latency(c: &Cluster) -> (f64, f64) {
             let t = Instant::now();
             let id = conn.submit("1").await.expect("submit");
             let deadline = Instant::now() + Duration::from_secs(10);
-            while conn.state(&id).await != Some(JobState::Succeeded) {
+            // Waited for as the CLI waits: a read held until the job ends.
+            while conn.state(&id, claro::proto::JOB_WAIT_MS_MAX).await != Some(JobState::Succeeded)
+            {
                 assert!(Instant::now() < deadline, "job {id} did not succeed");
             }
             us.push(t.elapsed().as_micros() as u64);

@@ -844,6 +844,9 @@ fn a_held_job_read_answers_when_the_job_ends_and_holds_are_bounded() {
             let Ok(Response::Job { job, .. }) = answer else {
                 panic!("{answer:?}")
             };
+            // Acknowledged before the read was asked: it is in the answer
+            // (the read index is confirmed before the hold).
+            assert!(job.is_some(), "a held read on srv2 missed job {id}");
             let state = job.map(|j| j.state);
             if state == Some(JobState::Succeeded) {
                 break;
@@ -888,6 +891,18 @@ fn a_held_job_read_answers_when_the_job_ends_and_holds_are_bounded() {
     );
     assert!(c.status("srv3").is_some(), "srv3 stopped answering");
     c.assert_nobody_crashed();
+
+    // Cut off from every other voter, a held read says so promptly; it
+    // never answers from a replica that may miss acknowledged writes.
+    let id = submit(&c, "srv1", script("sleep_ms(60000); 1")).expect("submit");
+    c.kill9("srv1");
+    c.kill9("srv2");
+    let (answer, took) = held(&c, "srv3", &id, JOB_WAIT_MS_MAX);
+    assert!(
+        matches!(answer, Ok(Response::Unavailable { .. })),
+        "{answer:?}"
+    );
+    assert!(took < Duration::from_secs(15), "{took:?}");
 }
 
 /// `claro wait` holds its read on whichever instance answered first; the

@@ -296,13 +296,7 @@ pub(crate) async fn respond(shared: &Arc<Shared>, peer: Option<&str>, req: Reque
         } => propose(shared, command, request_id, forwarded).await,
         Request::Get { key, stale } => read_setting(shared, &key, stale).await,
         Request::List(q) => list_settings(shared, q).await,
-        Request::Job { id, stale, wait_ms } => {
-            // Checked before the hold: a bad id is refused at once.
-            if wait_ms > 0 && crate::work::jobs::check_job_id(&id).is_ok() {
-                super::job_wait::until_ended(shared, &id, wait_ms).await;
-            }
-            read_job(shared, &id, stale).await
-        }
+        Request::Job { id, stale, wait_ms } => read_job_held(shared, &id, stale, wait_ms).await,
         Request::Live {
             id,
             after_bytes,
@@ -610,18 +604,60 @@ async fn read_job(shared: &Shared, id: &str, stale: bool) -> Response {
         return Response::Error { message };
     }
     read(shared, stale, |core, stale| {
-        match crate::state::jobs::job(core.state().conn(), id) {
-            Ok(job) => {
-                shared.read_succeeded();
-                Response::Job {
-                    job: job.map(Box::new),
-                    stale,
-                }
-            }
-            Err(e) => read_failed(shared, "a job", e),
-        }
+        job_answer(shared, core, id, stale)
     })
     .await
+}
+
+/// A job read held until the job ends on this replica (`job_wait`), when
+/// `wait_ms` asks for it. A default read confirms its read index *before*
+/// the hold, not after: the answer holds every write acknowledged before
+/// the request all the same (this replica only moves forward from that
+/// index), and the job's end is told the moment it is applied here, not
+/// one more round to the coordinator later.
+async fn read_job_held(shared: &Shared, id: &str, stale: bool, wait_ms: u64) -> Response {
+    // Checked before the hold: a bad id is refused at once.
+    if wait_ms == 0 || crate::work::jobs::check_job_id(id).is_err() {
+        return read_job(shared, id, stale).await;
+    }
+    if stale {
+        super::job_wait::until_ended(shared, id, wait_ms).await;
+        return read_job(shared, id, stale).await;
+    }
+    if let Err(message) = super::replicated::confirm_read(shared).await {
+        return Response::Unavailable { message };
+    }
+    let floor_index = shared
+        .with_replica(|c| c.applied_index())
+        .unwrap_or(u64::MAX);
+    super::job_wait::until_ended(shared, id, wait_ms).await;
+    // A replica replaced meanwhile (a database received anew) may stand
+    // below the confirmed index: then the read is confirmed again.
+    let answer = shared.with_replica(|core| {
+        (core.applied_index() >= floor_index).then(|| job_answer(shared, core, id, None))
+    });
+    match answer {
+        Some(Some(answer)) => answer,
+        _ => read_job(shared, id, false).await,
+    }
+}
+
+fn job_answer(
+    shared: &Shared,
+    core: &crate::consensus::Core,
+    id: &str,
+    stale: Option<crate::proto::Staleness>,
+) -> Response {
+    match crate::state::jobs::job(core.state().conn(), id) {
+        Ok(job) => {
+            shared.read_succeeded();
+            Response::Job {
+                job: job.map(Box::new),
+                stale,
+            }
+        }
+        Err(e) => read_failed(shared, "a job", e),
+    }
 }
 
 async fn read_script(shared: &Shared, name: &str, version: Option<u32>, stale: bool) -> Response {

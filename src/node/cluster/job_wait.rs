@@ -3,9 +3,9 @@
 //! replica applies it, not at their next poll, and make one call where
 //! they made several (each a new connection and handshake).
 //!
-//! The hold only decides *when* to answer: the answer is the ordinary
-//! read that follows it (by default through the read index, so it holds
-//! every write acknowledged before it). Bounded: a hold lasts at most
+//! The hold only decides *when* to answer: the answer is an ordinary read
+//! (by default its read index is confirmed before the hold, so it holds
+//! every write acknowledged before the request; `handlers::read_job_held`). Bounded: a hold lasts at most
 //! `JOB_WAIT_MS_MAX` (below the CLI's hedge time, so a held call is never
 //! sent to a second instance as if this one were slow), and at most
 //! `JOB_WAITS_MAX` are held at once (the next is answered at once, and its
