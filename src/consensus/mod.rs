@@ -81,6 +81,35 @@ pub fn promotion(cs: &ConfState, caught_up: &[u64], rank: &[u64], max: usize) ->
         .find(|id| cs.learners.contains(id) && caught_up.contains(id))
 }
 
+/// Fewest voters a demotion of a server that may not vote leaves: a
+/// majority of three survives the loss of one.
+pub const VOTERS_KEPT_MIN: usize = 3;
+
+/// The voter a leader makes a non-voting member now, if any (one at a
+/// time, each a simple membership change): while more than `max` vote (a
+/// cluster made by a version without the limit, or promoted by one during
+/// a rolling upgrade), and, while more than `VOTERS_KEPT_MIN` vote, a voter
+/// outside `rank` (a server set to `vote = false`). Which one: a voter
+/// outside `rank` first, then the last in `rank` order, a witness last
+/// (it is there to vote). It may be the leader itself, which then hands
+/// its role on first (`leader_duties`). Never the reverse of a promotion:
+/// `promotion` stops below `max`, and never promotes outside `rank`.
+pub fn demotion(cs: &ConfState, rank: &[u64], max: usize, witnesses: &HashSet<u64>) -> Option<u64> {
+    let count = cs.voters.len();
+    let position = |id: &u64| rank.iter().position(|r| r == id);
+    let last = cs
+        .voters
+        .iter()
+        .max_by_key(|id| {
+            let pos = position(id);
+            (pos.is_none(), !witnesses.contains(id), pos, **id)
+        })
+        .copied()?;
+    let surplus = count > max;
+    let may_not_vote = position(&last).is_none() && count > VOTERS_KEPT_MIN;
+    (surplus || may_not_vote).then_some(last)
+}
+
 /// What the shell must carry out after [`Core::pump`].
 #[derive(Debug)]
 pub enum Output {
@@ -738,8 +767,9 @@ impl Core {
             .map(|(_, _, id)| id)
     }
 
-    /// What a leader does on every tick: promote caught-up learners, and a
-    /// witness that somehow leads (only via a transfer) hands the role on.
+    /// What a leader does on every tick: promote caught-up learners, or
+    /// make a voter beyond the limit a non-voting member (`demotion`), and
+    /// a witness that somehow leads (only via a transfer) hands the role on.
     fn leader_duties(&mut self) {
         if self.cfg.witness {
             if let Some(to) = self.best_successor() {
@@ -765,6 +795,26 @@ impl Core {
         let ready = promotion(cs, &caught_up, &self.cfg.voter_rank, self.cfg.voters_max);
         if let Some(id) = ready {
             let _ = self.propose_conf_change(ConfChangeType::AddNode, id);
+            return;
+        }
+        let rank = &self.cfg.voter_rank;
+        match demotion(cs, rank, self.cfg.voters_max, &self.cfg.witnesses) {
+            // A leader that is no longer a voter steps down in the middle
+            // of its term: it hands its role on first, and its successor
+            // makes it a non-voting member.
+            Some(id) if id == self.cfg.id => {
+                if let Some(to) = self.best_successor() {
+                    self.node.transfer_leader(to);
+                }
+            }
+            Some(id) => {
+                tracing::info!(
+                    id,
+                    "more voters than the cluster keeps: one becomes a non-voting member"
+                );
+                let _ = self.propose_conf_change(ConfChangeType::AddLearnerNode, id);
+            }
+            None => {}
         }
     }
 
@@ -1043,15 +1093,33 @@ impl Core {
                 let cc =
                     ConfChange::parse_from_bytes(&e.data).map_err(|x| CoreError::Raft(x.into()))?;
                 let cs = self.node.apply_conf_change(&cc)?;
+                self.step_down_unless_voter();
                 Ok((None, Some(cs)))
             }
             EntryType::EntryConfChangeV2 => {
                 let cc = raft::eraftpb::ConfChangeV2::parse_from_bytes(&e.data)
                     .map_err(|x| CoreError::Raft(x.into()))?;
                 let cs = self.node.apply_conf_change(&cc)?;
+                self.step_down_unless_voter();
                 Ok((None, Some(cs)))
             }
         }
+    }
+
+    /// raft-rs keeps a leader that applies its own removal or demotion
+    /// leading, and no longer counting itself, it panics at its next
+    /// commit. That happens when a coordinator proposed the change and was
+    /// replaced before it committed, by the very voter it removes. Such a
+    /// leader steps down, a follower of the same term (its vote in that
+    /// term stands); the voters elect another at their next timeout.
+    fn step_down_unless_voter(&mut self) {
+        let raft = &mut self.node.raft;
+        if raft.state != StateRole::Leader || raft.prs().conf().voters().contains(raft.id) {
+            return;
+        }
+        let term = raft.term;
+        tracing::info!(term, "no longer a voter: this coordinator steps down");
+        raft.become_follower(term, raft::INVALID_ID);
     }
 
     /// Installs a received snapshot: the verified file from the incoming folder
@@ -1405,6 +1473,42 @@ mod tests {
         );
         // A server that may not vote (`vote = false`) is never promoted.
         assert_eq!(promotion(&cs(&[1], &[8]), &[8], &rank, 5), None);
+    }
+
+    #[test]
+    fn voters_beyond_the_most_become_non_voting_members_one_at_a_time() {
+        let cs = |voters: &[u64], learners: &[u64]| ConfState {
+            voters: voters.to_vec(),
+            learners: learners.to_vec(),
+            ..Default::default()
+        };
+        let rank = [1, 2, 3, 4, 5, 6, 7];
+        let none = HashSet::new();
+        let seven = [1, 2, 3, 4, 5, 6, 7];
+        // Seven voters (made by a version without the limit): the last in
+        // the configuration's order first, until five vote.
+        assert_eq!(demotion(&cs(&seven, &[]), &rank, 5, &none), Some(7));
+        assert_eq!(demotion(&cs(&seven[..6], &[7]), &rank, 5, &none), Some(6));
+        assert_eq!(demotion(&cs(&seven[..5], &[6, 7]), &rank, 5, &none), None);
+        // A witness is kept while another can go.
+        let w7 = HashSet::from([7]);
+        assert_eq!(demotion(&cs(&seven, &[]), &rank, 5, &w7), Some(6));
+        // A voter set to `vote = false` goes first, while more than three
+        // vote; and is kept where its loss would leave two.
+        assert_eq!(demotion(&cs(&[1, 2, 8, 3], &[]), &rank, 5, &none), Some(8));
+        assert_eq!(demotion(&cs(&[1, 8, 3], &[2]), &rank, 5, &none), None);
+        // Never the reverse of a promotion: what `demotion` leaves,
+        // `promotion` does not change back, and the other way round.
+        for voters in 1..=7usize {
+            let v: Vec<u64> = (1..=voters as u64).collect();
+            let l: Vec<u64> = (voters as u64 + 1..=9).collect();
+            let c = cs(&v, &l);
+            let promoted = promotion(&c, &l, &rank, 5);
+            let demoted = demotion(&c, &rank, 5, &none);
+            assert!(promoted.is_none() || demoted.is_none(), "{voters}");
+        }
+        // Only voters are named, and nothing with no voters.
+        assert_eq!(demotion(&cs(&[], &[1, 2]), &rank, 5, &none), None);
     }
 
     fn logger() -> slog::Logger {
