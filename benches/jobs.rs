@@ -8,6 +8,9 @@
 //!   producers spread over the three instances, from the first submission to
 //!   the moment every job is `succeeded`; every state change committed to a
 //!   majority and fsynced.
+//! - Batched: the same number of jobs in submissions of BATCH jobs each
+//!   (one entry per submission, as `claro submit --many` makes), from
+//!   BATCH_CLIENTS producers; Celery's `group` of the same size beside it.
 //! - Failover of work: kill -9 of an instance running long jobs, to all of
 //!   them running again elsewhere.
 //!
@@ -32,6 +35,10 @@ const LATENCY_COUNT: usize = 300;
 const JOBS: usize = 20_000;
 const CLIENTS: usize = 64;
 const THROUGHPUT_TIME_MAX_S: u64 = 120;
+/// Jobs per submission in the batched figure.
+const BATCH: usize = 100;
+/// Concurrent producers of batches.
+const BATCH_CLIENTS: usize = 8;
 const REQUEST_MS: u64 = 10_000;
 /// Redis of the Celery comparison listens here (on 127.0.0.1).
 const CELERY_REDIS_PORT: u16 = 6390;
@@ -45,6 +52,8 @@ trait Jobs {
     /// The job's state, once it ended or after `wait_ms` at most (a held
     /// read, as `claro wait` makes).
     async fn state(&self, id: &str, wait_ms: u64) -> Option<JobState>;
+    /// `count` jobs of `code` in one submission (one entry, all or none).
+    async fn submit_many(&self, code: &str, count: usize) -> Result<usize, String>;
     async fn any_in(&self, state: JobState) -> bool;
 }
 
@@ -63,6 +72,26 @@ impl Jobs for Conn {
             .await?
         {
             Response::Proposed { .. } => Ok(id),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    async fn submit_many(&self, code: &str, count: usize) -> Result<usize, String> {
+        let now_ms = claro::clock::now_ms();
+        let jobs: Vec<(String, JobSpec)> = (0..count)
+            .map(|_| {
+                let mut spec = JobSpec::script(code);
+                spec.timeout_ms = 60_000;
+                (new_job_id(now_ms, rand::random()), spec)
+            })
+            .collect();
+        let command = Command::JobsSubmit { jobs, at_ms: now_ms };
+        let request_id = claro::proto::new_request_id();
+        match self
+            .ask(&Request::propose(command, Some(request_id)), REQUEST_MS)
+            .await?
+        {
+            Response::Proposed { .. } => Ok(count),
             other => Err(format!("{other:?}")),
         }
     }
@@ -156,8 +185,14 @@ fn throughput(c: &Cluster) -> (f64, usize, f64) {
         .collect();
     async_std::task::block_on(join_all(tasks));
     let submitted_s = started.elapsed().as_secs_f64();
+    drained(&conns[0], deadline);
+    let n = acked.into_inner();
+    (n as f64 / started.elapsed().as_secs_f64(), n, submitted_s)
+}
+
+/// Waits until no job is queued, assigned or running, or `deadline`.
+fn drained(conn: &Conn, deadline: Instant) {
     async_std::task::block_on(async {
-        let conn = &conns[0];
         loop {
             let mut busy = false;
             for s in [JobState::Queued, JobState::Assigned, JobState::Running] {
@@ -169,8 +204,36 @@ fn throughput(c: &Cluster) -> (f64, usize, f64) {
             async_std::task::sleep(Duration::from_millis(5)).await;
         }
     });
+}
+
+/// Jobs per second with JOBS jobs submitted BATCH at a time by
+/// BATCH_CLIENTS producers spread over the instances, from the first
+/// submission to the last success; and how many were acknowledged.
+fn batched(c: &Cluster) -> (f64, usize) {
+    let conns: Vec<Conn> = c.names.iter().map(|n| Conn::open(c, n)).collect();
+    let acked = AtomicUsize::new(0);
+    let deadline = Instant::now() + Duration::from_secs(THROUGHPUT_TIME_MAX_S);
+    let started = Instant::now();
+    let per_client = JOBS / BATCH / BATCH_CLIENTS;
+    let tasks: Vec<_> = (0..BATCH_CLIENTS)
+        .map(|k| {
+            let (conn, acked) = (&conns[k % conns.len()], &acked);
+            async move {
+                for _ in 0..per_client {
+                    if Instant::now() > deadline {
+                        return;
+                    }
+                    if let Ok(n) = conn.submit_many("1", BATCH).await {
+                        acked.fetch_add(n, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+        .collect();
+    async_std::task::block_on(join_all(tasks));
+    drained(&conns[0], deadline);
     let n = acked.into_inner();
-    (n as f64 / started.elapsed().as_secs_f64(), n, submitted_s)
+    (n as f64 / started.elapsed().as_secs_f64(), n)
 }
 
 /// Where a job's time goes, from the stored times of the last `count` jobs:
@@ -334,6 +397,8 @@ fn main() {
     let (per_s, n, submit_s) = throughput(&c);
     timeline(&c, 1000);
     println!("throughput: {per_s:.0} jobs/s ({n} no-op script jobs from {CLIENTS} concurrent producers; all submitted after {submit_s:.2} s)");
+    let (per_s, n) = batched(&c);
+    println!("batched: {per_s:.0} jobs/s ({n} no-op script jobs in submissions of {BATCH} from {BATCH_CLIENTS} concurrent producers)");
     drop(c);
     // `CLARO_BENCH_ONLY=claro`: no peer (instance binaries compared in
     // turns, the peer measured once beside them).
@@ -369,6 +434,7 @@ fn celery(appendfsync: &str) {
     let out = std::process::Command::new("python3")
         .args([script, appendfsync, &JOBS.to_string(), &CLIENTS.to_string()])
         .arg(CELERY_REDIS_PORT.to_string())
+        .args([BATCH.to_string(), BATCH_CLIENTS.to_string()])
         .output()
         .expect("run the celery benchmark");
     print!("{}", String::from_utf8_lossy(&out.stdout));

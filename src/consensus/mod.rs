@@ -86,28 +86,46 @@ pub fn promotion(cs: &ConfState, caught_up: &[u64], rank: &[u64], max: usize) ->
 pub const VOTERS_KEPT_MIN: usize = 3;
 
 /// The voter a leader makes a non-voting member now, if any (one at a
-/// time, each a simple membership change): while more than `max` vote (a
-/// cluster made by a version without the limit, or promoted by one during
-/// a rolling upgrade), and, while more than `VOTERS_KEPT_MIN` vote, a voter
-/// outside `rank` (a server set to `vote = false`). Which one: a voter
-/// outside `rank` first, then the last in `rank` order, a witness last
-/// (it is there to vote). It may be the leader itself, which then hands
-/// its role on first (`leader_duties`). Never the reverse of a promotion:
-/// `promotion` stops below `max`, and never promotes outside `rank`.
-pub fn demotion(cs: &ConfState, rank: &[u64], max: usize, witnesses: &HashSet<u64>) -> Option<u64> {
+/// time, each a simple membership change): any voter while more than
+/// `max` vote (a cluster made by a version without the limit, or promoted
+/// by one during a rolling upgrade), and a voter outside `rank` (a server
+/// set to `vote = false`) while more than `VOTERS_KEPT_MIN` vote.
+///
+/// Which one: a voter not heard from lately (outside `active`) first (its
+/// loss no longer counts against the majority), then one outside `rank`,
+/// then the last in `rank` order, a witness last (it is there to vote).
+/// None when the active voters left would not be a majority of the voters
+/// left: a demotion never stalls the cluster. It may be the leader itself,
+/// which then hands its role on first (`leader_duties`). Never the
+/// reverse of a promotion: `promotion` stops below `max`, and never
+/// promotes outside `rank`.
+pub fn demotion(
+    cs: &ConfState,
+    rank: &[u64],
+    max: usize,
+    witnesses: &HashSet<u64>,
+    active: &[u64],
+) -> Option<u64> {
     let count = cs.voters.len();
     let position = |id: &u64| rank.iter().position(|r| r == id);
-    let last = cs
+    let surplus = count > max;
+    let eligible = |id: &&u64| surplus || (position(id).is_none() && count > VOTERS_KEPT_MIN);
+    let pick = cs
         .voters
         .iter()
+        .filter(eligible)
         .max_by_key(|id| {
             let pos = position(id);
-            (pos.is_none(), !witnesses.contains(id), pos, **id)
+            let kept_last = (pos.is_none(), !witnesses.contains(id), pos, **id);
+            (!active.contains(id), kept_last)
         })
         .copied()?;
-    let surplus = count > max;
-    let may_not_vote = position(&last).is_none() && count > VOTERS_KEPT_MIN;
-    (surplus || may_not_vote).then_some(last)
+    let active_left = cs
+        .voters
+        .iter()
+        .filter(|v| **v != pick && active.contains(v))
+        .count();
+    (active_left > (count - 1) / 2).then_some(pick)
 }
 
 /// What the shell must carry out after [`Core::pump`].
@@ -797,8 +815,15 @@ impl Core {
             let _ = self.propose_conf_change(ConfChangeType::AddNode, id);
             return;
         }
+        let me = self.cfg.id;
+        let active: Vec<u64> = cs
+            .voters
+            .iter()
+            .copied()
+            .filter(|id| *id == me || self.progress(*id).is_some_and(|(_, active)| active))
+            .collect();
         let rank = &self.cfg.voter_rank;
-        match demotion(cs, rank, self.cfg.voters_max, &self.cfg.witnesses) {
+        match demotion(cs, rank, self.cfg.voters_max, &self.cfg.witnesses, &active) {
             // A leader that is no longer a voter steps down in the middle
             // of its term: it hands its role on first, and its successor
             // makes it a non-voting member.
@@ -1484,19 +1509,20 @@ mod tests {
         };
         let rank = [1, 2, 3, 4, 5, 6, 7];
         let none = HashSet::new();
+        let all: Vec<u64> = (1..=9).collect();
         let seven = [1, 2, 3, 4, 5, 6, 7];
         // Seven voters (made by a version without the limit): the last in
         // the configuration's order first, until five vote.
-        assert_eq!(demotion(&cs(&seven, &[]), &rank, 5, &none), Some(7));
-        assert_eq!(demotion(&cs(&seven[..6], &[7]), &rank, 5, &none), Some(6));
-        assert_eq!(demotion(&cs(&seven[..5], &[6, 7]), &rank, 5, &none), None);
+        assert_eq!(demotion(&cs(&seven, &[]), &rank, 5, &none, &all), Some(7));
+        assert_eq!(demotion(&cs(&seven[..6], &[7]), &rank, 5, &none, &all), Some(6));
+        assert_eq!(demotion(&cs(&seven[..5], &[6, 7]), &rank, 5, &none, &all), None);
         // A witness is kept while another can go.
         let w7 = HashSet::from([7]);
-        assert_eq!(demotion(&cs(&seven, &[]), &rank, 5, &w7), Some(6));
+        assert_eq!(demotion(&cs(&seven, &[]), &rank, 5, &w7, &all), Some(6));
         // A voter set to `vote = false` goes first, while more than three
         // vote; and is kept where its loss would leave two.
-        assert_eq!(demotion(&cs(&[1, 2, 8, 3], &[]), &rank, 5, &none), Some(8));
-        assert_eq!(demotion(&cs(&[1, 8, 3], &[2]), &rank, 5, &none), None);
+        assert_eq!(demotion(&cs(&[1, 2, 8, 3], &[]), &rank, 5, &none, &all), Some(8));
+        assert_eq!(demotion(&cs(&[1, 8, 3], &[2]), &rank, 5, &none, &all), None);
         // Never the reverse of a promotion: what `demotion` leaves,
         // `promotion` does not change back, and the other way round.
         for voters in 1..=7usize {
@@ -1504,15 +1530,96 @@ mod tests {
             let l: Vec<u64> = (voters as u64 + 1..=9).collect();
             let c = cs(&v, &l);
             let promoted = promotion(&c, &l, &rank, 5);
-            let demoted = demotion(&c, &rank, 5, &none);
+            let demoted = demotion(&c, &rank, 5, &none, &all);
             assert!(promoted.is_none() || demoted.is_none(), "{voters}");
         }
         // Only voters are named, and nothing with no voters.
-        assert_eq!(demotion(&cs(&[], &[1, 2]), &rank, 5, &none), None);
+        assert_eq!(demotion(&cs(&[], &[1, 2]), &rank, 5, &none, &all), None);
+        // Down voters go first, and never one whose loss would leave the
+        // active voters short of a majority: seven voters with 2, 3 and 4
+        // down (1, 5, 6, 7 are four of seven) must not lose 7 (three of
+        // six could not commit), but may lose 4, then 3.
+        let up = [1, 5, 6, 7];
+        assert_eq!(demotion(&cs(&seven, &[]), &rank, 5, &none, &up), Some(4));
+        let six = [1, 2, 3, 5, 6, 7];
+        assert_eq!(demotion(&cs(&six, &[4]), &rank, 5, &none, &up), Some(3));
+        // Four of seven up, all of them in the first four: none can go
+        // without a stall but the down ones.
+        let first_four = [1, 2, 3, 4];
+        assert_eq!(demotion(&cs(&seven, &[]), &rank, 5, &none, &first_four), Some(7));
+        // Five voters, three up, one of them set to `vote = false`: its
+        // loss would leave two of four up, so it stays for now.
+        let with8 = [1, 2, 3, 4, 8];
+        assert_eq!(demotion(&cs(&with8, &[]), &rank, 5, &none, &[1, 2, 8]), None);
+        assert_eq!(demotion(&cs(&with8, &[]), &rank, 5, &none, &[1, 2, 3, 8]), Some(8));
+        // A voter set to `vote = false` that is down goes too.
+        assert_eq!(demotion(&cs(&[1, 2, 8, 3], &[]), &rank, 5, &none, &[1, 2, 3]), Some(8));
     }
 
     fn logger() -> slog::Logger {
         slog::Logger::root(slog::Discard, slog::o!())
+    }
+
+    /// Runs Ready cycles on every core and hands their messages over,
+    /// until none is left or `rounds` ran.
+    fn exchange(cores: &mut [Core], rounds: usize) {
+        for _ in 0..rounds {
+            let mut msgs = Vec::new();
+            for c in cores.iter_mut() {
+                c.pump(&mut |o| {
+                    if let Output::Send(m) = o {
+                        msgs.push(m);
+                    }
+                })
+                .unwrap();
+            }
+            if msgs.is_empty() {
+                return;
+            }
+            for m in msgs {
+                let to = m.to as usize - 1;
+                let _ = cores[to].step(m);
+            }
+        }
+    }
+
+    /// A coordinator that applies its own removal (proposed by one before
+    /// it, committed under it) steps down; raft-rs alone keeps it leading,
+    /// and it panicked at its next commit, no longer counting itself.
+    #[test]
+    fn a_leader_that_applies_its_own_removal_steps_down() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cores: Vec<Core> = (1..=2u64)
+            .map(|id| {
+                let dir = tmp.path().join(format!("n{id}"));
+                bootstrap_voters(&dir, &[1, 2], "t", false).unwrap();
+                Core::open(&dir, cfg(id), &logger()).unwrap()
+            })
+            .collect();
+        for _ in 0..100 {
+            if cores[0].is_leader() {
+                break;
+            }
+            cores[0].tick();
+            exchange(&mut cores, 10);
+        }
+        assert!(cores[0].is_leader(), "n1 never led");
+        cores[0]
+            .propose_conf_change(ConfChangeType::RemoveNode, 1)
+            .unwrap();
+        exchange(&mut cores, 20);
+        assert!(!cores[0].conf_state().voters.contains(&1), "not applied");
+        assert!(!cores[0].is_leader(), "a removed leader still leads");
+        // Later messages (n2's acknowledgments, its campaign) are stepped
+        // without a panic, and n2 leads alone.
+        for _ in 0..100 {
+            if cores[1].is_leader() {
+                break;
+            }
+            cores[1].tick();
+            exchange(&mut cores, 10);
+        }
+        assert!(cores[1].is_leader(), "n2 never took over");
     }
 
     #[test]

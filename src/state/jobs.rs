@@ -583,12 +583,15 @@ pub(super) fn job_of(r: &Row<'_>) -> rusqlite::Result<Job> {
     })
 }
 
-pub fn job(conn: &Connection, id: &str) -> rusqlite::Result<Option<Job>> {
-    let job = conn
-        .prepare_cached(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"))?
+/// Job `id` without its earlier attempts (`job` adds them).
+pub fn job_record(conn: &Connection, id: &str) -> rusqlite::Result<Option<Job>> {
+    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"))?
         .query_row(params![id], job_of)
-        .optional()?;
-    let Some(mut job) = job else {
+        .optional()
+}
+
+pub fn job(conn: &Connection, id: &str) -> rusqlite::Result<Option<Job>> {
+    let Some(mut job) = job_record(conn, id)? else {
         return Ok(None);
     };
     job.attempts = attempts(conn, &job)?;
@@ -706,13 +709,30 @@ pub fn active_counts(conn: &Connection) -> rusqlite::Result<HashMap<String, u32>
 }
 
 /// The active attempts of `instance`.
-pub fn active_on(conn: &Connection, instance: &str) -> rusqlite::Result<Vec<Job>> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM jobs WHERE instance = ?1 AND state IN ('assigned', 'running')"
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params![instance], job_of)?;
+pub fn active_on(conn: &Connection, instance: &str) -> rusqlite::Result<Vec<ActiveAttempt>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, attempt, state FROM jobs WHERE instance = ?1 AND state IN ('assigned', 'running')",
+    )?;
+    let rows = stmt.query_map(params![instance], |r| {
+        let state: String = r.get(2)?;
+        Ok(ActiveAttempt {
+            id: r.get(0)?,
+            attempt: r.get(1)?,
+            running: state == JobState::Running.as_str(),
+        })
+    })?;
     rows.collect()
+}
+
+/// An active attempt (assigned or running) as the worker loop looks at
+/// it after every applied entry: without the job's spec, which is read
+/// (`job_record`) only for an attempt it starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveAttempt {
+    pub id: String,
+    pub attempt: u32,
+    /// Running already (else assigned).
+    pub running: bool,
 }
 
 /// The current attempt and state of job `id`.
@@ -978,6 +998,40 @@ mod tests {
                 profile: Vec::new(),
             },
         }
+    }
+
+    /// What the worker loop looks at after every applied entry: the
+    /// active attempts of one instance, whether running, without specs;
+    /// the whole job read only for one it starts.
+    #[test]
+    fn active_attempts_name_the_attempt_and_whether_it_runs() {
+        let mut db = Db::new();
+        db.submit(ID, 2);
+        let conn = |db: &Db| super::active_on(db.sm.conn(), "srv2").unwrap();
+        assert!(conn(&db).is_empty(), "queued is not active");
+        db.apply(assign("srv2", 1));
+        let active = conn(&db);
+        assert_eq!(
+            active,
+            vec![super::ActiveAttempt {
+                id: ID.into(),
+                attempt: 1,
+                running: false
+            }]
+        );
+        assert!(super::active_on(db.sm.conn(), "srv3").unwrap().is_empty());
+        db.apply(Command::JobStarted {
+            id: ID.into(),
+            instance: "srv2".into(),
+            attempt: 1,
+            at_ms: 11,
+        });
+        assert!(conn(&db)[0].running);
+        let record = super::job_record(db.sm.conn(), ID).unwrap().unwrap();
+        assert_eq!((record.attempt, record.state), (1, JobState::Running));
+        assert_eq!(record.spec, spec(2));
+        db.apply(finish("srv2", 1, true));
+        assert!(conn(&db).is_empty(), "an ended attempt is not active");
     }
 
     #[test]

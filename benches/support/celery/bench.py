@@ -1,12 +1,14 @@
 """Celery 5 with a Redis broker, measured the way benches/jobs.rs measures
 claro: no-op tasks, three worker processes, on this machine.
 
-    python3 bench.py APPENDFSYNC JOBS CLIENTS PORT
+    python3 bench.py APPENDFSYNC JOBS CLIENTS PORT [BATCH BATCH_CLIENTS]
 
 APPENDFSYNC: `no` (Redis' default persistence: none per write) or `always`
 (every write fsynced: the durable comparison with claro, whose every state
 change is committed to a majority and fsynced). Prints one line per figure.
-Every loop is bounded in count and time.
+BATCH, BATCH_CLIENTS: the batched figure, JOBS tasks sent as `group`s of
+BATCH tasks from BATCH_CLIENTS producer threads (claro's `submit --many`
+beside it). Every loop is bounded in count and time.
 """
 
 import os
@@ -18,6 +20,8 @@ import threading
 import time
 
 APPENDFSYNC, JOBS, CLIENTS, PORT = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+BATCH = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+BATCH_CLIENTS = int(sys.argv[6]) if len(sys.argv) > 6 else 0
 LATENCY_COUNT = 300
 TIME_MAX_S = 180
 WORKERS = 3
@@ -92,6 +96,8 @@ def main():
         took = time.perf_counter() - started
         print(f"celery ({APPENDFSYNC}): throughput {len(results) / took:.0f} tasks/s "
               f"({len(results)} no-op tasks from {CLIENTS} producer threads, {WORKERS} worker processes)")
+        if BATCH and BATCH_CLIENTS:
+            batched(noop, deadline + TIME_MAX_S)
     finally:
         for w in workers:
             w.send_signal(signal.SIGTERM)
@@ -102,6 +108,36 @@ def main():
                 w.kill()
         redis.terminate()
         redis.wait()
+
+
+def batched(noop, deadline):
+    """JOBS tasks as groups of BATCH from BATCH_CLIENTS threads, to the last result."""
+    from celery import group
+    groups = []
+    lock = threading.Lock()
+
+    def produce(n):
+        mine = []
+        for _ in range(n):
+            if time.time() > deadline:
+                break
+            mine.append(group(noop.noop.s() for _ in range(BATCH)).apply_async())
+        with lock:
+            groups.extend(mine)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=produce, args=(JOBS // BATCH // BATCH_CLIENTS,))
+               for _ in range(BATCH_CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for g in groups:
+        g.get(timeout=max(1, deadline - time.time()))
+    took = time.perf_counter() - started
+    count = len(groups) * BATCH
+    print(f"celery ({APPENDFSYNC}): batched {count / took:.0f} tasks/s "
+          f"({count} no-op tasks in groups of {BATCH} from {BATCH_CLIENTS} producer threads)")
 
 
 main()

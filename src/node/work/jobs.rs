@@ -15,7 +15,6 @@ use crate::node::cluster::propose;
 use crate::node::cluster::Phase;
 use crate::proto::Response;
 use crate::state::{jobs as db, Command, JOB_BATCH_COUNT_MAX, JOB_PURGE_COUNT_MAX};
-use crate::work::jobs::Job;
 use crate::work::scheduler::{self, Candidate};
 
 /// Longest time between two rounds when nothing wakes the loops.
@@ -421,7 +420,7 @@ async fn release_lost(work: &Work) {
 }
 
 /// The active attempts of `instance` in the local replica.
-pub(super) fn active_on(work: &Work, instance: &str) -> Vec<Job> {
+pub(super) fn active_on(work: &Work, instance: &str) -> Vec<db::ActiveAttempt> {
     let guard = work.cluster.core();
     let Some(core) = guard.as_ref() else {
         return Vec::new();

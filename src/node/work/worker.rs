@@ -78,7 +78,7 @@ pub async fn worker_loop(work: Arc<Work>) {
 
 /// Cancels runs whose attempt is no longer current here; forgets those
 /// that ended and whose end is applied.
-fn stop_stale_runs(work: &Work, mine: &[Job]) {
+fn stop_stale_runs(work: &Work, mine: &[db::ActiveAttempt]) {
     let mut runs = work.runs.lock().expect("runs lock");
     runs.retain(|id, run| {
         let current = mine.iter().any(|j| j.id == *id && j.attempt == run.attempt);
@@ -96,18 +96,39 @@ fn stop_stale_runs(work: &Work, mine: &[Job]) {
 /// Starts the attempts assigned here that do not run yet; returns those to
 /// hand back: `running` ones this instance does not run (it restarted), and
 /// new ones while it drains.
-fn start_new_runs(work: &Arc<Work>, mine: Vec<Job>) -> Vec<(String, u32)> {
+fn start_new_runs(work: &Arc<Work>, mine: Vec<db::ActiveAttempt>) -> Vec<(String, u32)> {
     let accepting = work.accepting.load(Ordering::Relaxed);
+    let new: Vec<db::ActiveAttempt> = {
+        let runs = work.runs.lock().expect("runs lock");
+        mine.into_iter()
+            .filter(|a| !runs.get(&a.id).is_some_and(|r| r.attempt == a.attempt))
+            .collect()
+    };
+    let (hand_back, start): (Vec<db::ActiveAttempt>, Vec<db::ActiveAttempt>) =
+        new.into_iter().partition(|a| a.running || !accepting);
+    let hand_back = hand_back.into_iter().map(|a| (a.id, a.attempt)).collect();
+    if start.is_empty() {
+        return hand_back;
+    }
+    // Whole jobs only for the attempts started (the loop looks at every
+    // active attempt after each applied entry); one still assigned to this
+    // attempt, else the next look judges it again.
+    let jobs: Vec<Job> = {
+        let guard = work.cluster.core();
+        let Some(core) = guard.as_ref() else {
+            return hand_back;
+        };
+        start
+            .iter()
+            .filter_map(|a| db::job_record(core.state().conn(), &a.id).ok().flatten())
+            .filter(|j| {
+                let current = start.iter().any(|a| a.id == j.id && a.attempt == j.attempt);
+                current && j.state == JobState::Assigned
+            })
+            .collect()
+    };
     let mut runs = work.runs.lock().expect("runs lock");
-    let mut hand_back = Vec::new();
-    for job in mine {
-        if runs.get(&job.id).is_some_and(|r| r.attempt == job.attempt) {
-            continue;
-        }
-        if job.state == JobState::Running || !accepting {
-            hand_back.push((job.id, job.attempt));
-            continue;
-        }
+    for job in jobs {
         let run = Arc::new(Run {
             attempt: job.attempt,
             cancel: Arc::new(AtomicBool::new(false)),
