@@ -85,7 +85,10 @@ impl Jobs for Conn {
                 (new_job_id(now_ms, rand::random()), spec)
             })
             .collect();
-        let command = Command::JobsSubmit { jobs, at_ms: now_ms };
+        let command = Command::JobsSubmit {
+            jobs,
+            at_ms: now_ms,
+        };
         let request_id = claro::proto::new_request_id();
         match self
             .ask(&Request::propose(command, Some(request_id)), REQUEST_MS)

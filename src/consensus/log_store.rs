@@ -66,6 +66,7 @@ fn store_err(e: impl std::fmt::Display) -> raft::Error {
 impl LogStore {
     pub fn open(path: &Path, sync: Sync) -> rusqlite::Result<LogStore> {
         let conn = Connection::open(path)?;
+        conn.set_prepared_statement_cache_capacity(crate::state::STATEMENTS_CACHED_MAX);
         conn.busy_timeout(std::time::Duration::from_millis(
             crate::state::DB_BUSY_MS_MAX,
         ))?;

@@ -1514,14 +1514,23 @@ mod tests {
         // Seven voters (made by a version without the limit): the last in
         // the configuration's order first, until five vote.
         assert_eq!(demotion(&cs(&seven, &[]), &rank, 5, &none, &all), Some(7));
-        assert_eq!(demotion(&cs(&seven[..6], &[7]), &rank, 5, &none, &all), Some(6));
-        assert_eq!(demotion(&cs(&seven[..5], &[6, 7]), &rank, 5, &none, &all), None);
+        assert_eq!(
+            demotion(&cs(&seven[..6], &[7]), &rank, 5, &none, &all),
+            Some(6)
+        );
+        assert_eq!(
+            demotion(&cs(&seven[..5], &[6, 7]), &rank, 5, &none, &all),
+            None
+        );
         // A witness is kept while another can go.
         let w7 = HashSet::from([7]);
         assert_eq!(demotion(&cs(&seven, &[]), &rank, 5, &w7, &all), Some(6));
         // A voter set to `vote = false` goes first, while more than three
         // vote; and is kept where its loss would leave two.
-        assert_eq!(demotion(&cs(&[1, 2, 8, 3], &[]), &rank, 5, &none, &all), Some(8));
+        assert_eq!(
+            demotion(&cs(&[1, 2, 8, 3], &[]), &rank, 5, &none, &all),
+            Some(8)
+        );
         assert_eq!(demotion(&cs(&[1, 8, 3], &[2]), &rank, 5, &none, &all), None);
         // Never the reverse of a promotion: what `demotion` leaves,
         // `promotion` does not change back, and the other way round.
@@ -1546,14 +1555,26 @@ mod tests {
         // Four of seven up, all of them in the first four: none can go
         // without a stall but the down ones.
         let first_four = [1, 2, 3, 4];
-        assert_eq!(demotion(&cs(&seven, &[]), &rank, 5, &none, &first_four), Some(7));
+        assert_eq!(
+            demotion(&cs(&seven, &[]), &rank, 5, &none, &first_four),
+            Some(7)
+        );
         // Five voters, three up, one of them set to `vote = false`: its
         // loss would leave two of four up, so it stays for now.
         let with8 = [1, 2, 3, 4, 8];
-        assert_eq!(demotion(&cs(&with8, &[]), &rank, 5, &none, &[1, 2, 8]), None);
-        assert_eq!(demotion(&cs(&with8, &[]), &rank, 5, &none, &[1, 2, 3, 8]), Some(8));
+        assert_eq!(
+            demotion(&cs(&with8, &[]), &rank, 5, &none, &[1, 2, 8]),
+            None
+        );
+        assert_eq!(
+            demotion(&cs(&with8, &[]), &rank, 5, &none, &[1, 2, 3, 8]),
+            Some(8)
+        );
         // A voter set to `vote = false` that is down goes too.
-        assert_eq!(demotion(&cs(&[1, 2, 8, 3], &[]), &rank, 5, &none, &[1, 2, 3]), Some(8));
+        assert_eq!(
+            demotion(&cs(&[1, 2, 8, 3], &[]), &rank, 5, &none, &[1, 2, 3]),
+            Some(8)
+        );
     }
 
     fn logger() -> slog::Logger {

@@ -977,8 +977,16 @@ pub fn write_tx(conn: &mut Connection) -> rusqlite::Result<Transaction<'_>> {
     conn.transaction_with_behavior(TransactionBehavior::Immediate)
 }
 
+/// Prepared statements a connection keeps (`prepare_cached`), at most.
+/// rusqlite keeps 16 by default, fewer than one Ready cycle's apply uses
+/// (a job's submission, placement, end, feed and counts, the request ids,
+/// the meta rows): every cycle then parsed and planned its statements
+/// again. A statement is a few kilobytes; only those used are kept.
+pub(crate) const STATEMENTS_CACHED_MAX: usize = 256;
+
 fn open_conn(path: &Path, sync: Sync) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENTS_CACHED_MAX);
     conn.busy_timeout(std::time::Duration::from_millis(DB_BUSY_MS_MAX))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     let level = if sync == Sync::Normal {

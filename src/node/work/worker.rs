@@ -101,7 +101,7 @@ fn start_new_runs(work: &Arc<Work>, mine: Vec<db::ActiveAttempt>) -> Vec<(String
     let new: Vec<db::ActiveAttempt> = {
         let runs = work.runs.lock().expect("runs lock");
         mine.into_iter()
-            .filter(|a| !runs.get(&a.id).is_some_and(|r| r.attempt == a.attempt))
+            .filter(|a| runs.get(&a.id).is_none_or(|r| r.attempt != a.attempt))
             .collect()
     };
     let (hand_back, start): (Vec<db::ActiveAttempt>, Vec<db::ActiveAttempt>) =
