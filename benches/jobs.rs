@@ -163,24 +163,30 @@ async fn join_all<F: std::future::Future<Output = ()>>(futs: Vec<F>) {
     .await
 }
 
-/// Jobs per second from the first submission to the last success, and how
-/// many were acknowledged.
-fn throughput(c: &Cluster) -> (f64, usize, f64) {
+/// Jobs per second from the first submission to the last success, how
+/// many were acknowledged, and when the last was: JOBS jobs submitted
+/// `batch` at a time (one entry a submission; `submit_many` beyond one)
+/// by `producers` concurrent producers spread over the instances.
+fn produce(c: &Cluster, producers: usize, batch: usize) -> (f64, usize, f64) {
     let conns: Vec<Conn> = c.names.iter().map(|n| Conn::open(c, n)).collect();
     let acked = AtomicUsize::new(0);
     let deadline = Instant::now() + Duration::from_secs(THROUGHPUT_TIME_MAX_S);
     let started = Instant::now();
-    let per_client = JOBS / CLIENTS;
-    let tasks: Vec<_> = (0..CLIENTS)
+    let per_producer = JOBS / batch / producers;
+    let tasks: Vec<_> = (0..producers)
         .map(|k| {
             let (conn, acked) = (&conns[k % conns.len()], &acked);
             async move {
-                for _ in 0..per_client {
+                for _ in 0..per_producer {
                     if Instant::now() > deadline {
                         return;
                     }
-                    if conn.submit("1").await.is_ok() {
-                        acked.fetch_add(1, Ordering::Relaxed);
+                    let sent = match batch {
+                        1 => conn.submit("1").await.map(|_| 1),
+                        n => conn.submit_many("1", n).await,
+                    };
+                    if let Ok(n) = sent {
+                        acked.fetch_add(n, Ordering::Relaxed);
                     }
                 }
             }
@@ -207,36 +213,6 @@ fn drained(conn: &Conn, deadline: Instant) {
             async_std::task::sleep(Duration::from_millis(5)).await;
         }
     });
-}
-
-/// Jobs per second with JOBS jobs submitted BATCH at a time by
-/// BATCH_CLIENTS producers spread over the instances, from the first
-/// submission to the last success; and how many were acknowledged.
-fn batched(c: &Cluster) -> (f64, usize) {
-    let conns: Vec<Conn> = c.names.iter().map(|n| Conn::open(c, n)).collect();
-    let acked = AtomicUsize::new(0);
-    let deadline = Instant::now() + Duration::from_secs(THROUGHPUT_TIME_MAX_S);
-    let started = Instant::now();
-    let per_client = JOBS / BATCH / BATCH_CLIENTS;
-    let tasks: Vec<_> = (0..BATCH_CLIENTS)
-        .map(|k| {
-            let (conn, acked) = (&conns[k % conns.len()], &acked);
-            async move {
-                for _ in 0..per_client {
-                    if Instant::now() > deadline {
-                        return;
-                    }
-                    if let Ok(n) = conn.submit_many("1", BATCH).await {
-                        acked.fetch_add(n, Ordering::Relaxed);
-                    }
-                }
-            }
-        })
-        .collect();
-    async_std::task::block_on(join_all(tasks));
-    drained(&conns[0], deadline);
-    let n = acked.into_inner();
-    (n as f64 / started.elapsed().as_secs_f64(), n)
 }
 
 /// Where a job's time goes, from the stored times of the last `count` jobs:
@@ -397,10 +373,10 @@ fn main() {
     std::thread::sleep(Duration::from_secs(3));
     let (p50, p99) = latency(&c);
     println!("single no-op script job, submit to succeeded: p50 {p50:.2} ms, p99 {p99:.2} ms ({LATENCY_COUNT} jobs, one at a time)");
-    let (per_s, n, submit_s) = throughput(&c);
+    let (per_s, n, submit_s) = produce(&c, CLIENTS, 1);
     timeline(&c, 1000);
     println!("throughput: {per_s:.0} jobs/s ({n} no-op script jobs from {CLIENTS} concurrent producers; all submitted after {submit_s:.2} s)");
-    let (per_s, n) = batched(&c);
+    let (per_s, n, _) = produce(&c, BATCH_CLIENTS, BATCH);
     println!("batched: {per_s:.0} jobs/s ({n} no-op script jobs in submissions of {BATCH} from {BATCH_CLIENTS} concurrent producers)");
     drop(c);
     // `CLARO_BENCH_ONLY=claro`: no peer (instance binaries compared in
@@ -483,7 +459,7 @@ fn grow() {
         let idle = idle_cpu_percent(&mut c);
         let (c50, c99) = commits(&c);
         let (j50, j99) = latency(&c);
-        let (per_s, _, _) = throughput(&c);
+        let (per_s, _, _) = produce(&c, CLIENTS, 1);
         println!("| {n} | {voters} | {c50:.2} / {c99:.2} ms | {j50:.2} / {j99:.2} ms | {per_s:.0} | {idle:.1} % of one CPU |");
     }
 }

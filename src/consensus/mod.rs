@@ -1476,13 +1476,16 @@ mod tests {
         }
     }
 
-    #[test]
-    fn learners_are_promoted_in_the_configurations_order_up_to_the_most_voters() {
-        let cs = |voters: &[u64], learners: &[u64]| ConfState {
+    fn cs(voters: &[u64], learners: &[u64]) -> ConfState {
+        ConfState {
             voters: voters.to_vec(),
             learners: learners.to_vec(),
             ..Default::default()
-        };
+        }
+    }
+
+    #[test]
+    fn learners_are_promoted_in_the_configurations_order_up_to_the_most_voters() {
         let rank = [1, 2, 3, 4, 5, 6, 7];
         // Caught up and fewer voters than the most: the first in the order.
         assert_eq!(promotion(&cs(&[1], &[3, 2]), &[3, 2], &rank, 5), Some(2));
@@ -1502,11 +1505,6 @@ mod tests {
 
     #[test]
     fn voters_beyond_the_most_become_non_voting_members_one_at_a_time() {
-        let cs = |voters: &[u64], learners: &[u64]| ConfState {
-            voters: voters.to_vec(),
-            learners: learners.to_vec(),
-            ..Default::default()
-        };
         let rank = [1, 2, 3, 4, 5, 6, 7];
         let none = HashSet::new();
         let all: Vec<u64> = (1..=9).collect();
@@ -1604,6 +1602,19 @@ mod tests {
         }
     }
 
+    /// Ticks core `i` alone (and hands messages over) until it leads, for
+    /// at most 100 ticks; whether it does.
+    fn lead(cores: &mut [Core], i: usize) -> bool {
+        for _ in 0..100 {
+            if cores[i].is_leader() {
+                return true;
+            }
+            cores[i].tick();
+            exchange(cores, 10);
+        }
+        cores[i].is_leader()
+    }
+
     /// A coordinator that applies its own removal (proposed by one before
     /// it, committed under it) steps down; raft-rs alone keeps it leading,
     /// and it panicked at its next commit, no longer counting itself.
@@ -1617,14 +1628,7 @@ mod tests {
                 Core::open(&dir, cfg(id), &logger()).unwrap()
             })
             .collect();
-        for _ in 0..100 {
-            if cores[0].is_leader() {
-                break;
-            }
-            cores[0].tick();
-            exchange(&mut cores, 10);
-        }
-        assert!(cores[0].is_leader(), "n1 never led");
+        assert!(lead(&mut cores, 0), "n1 never led");
         cores[0]
             .propose_conf_change(ConfChangeType::RemoveNode, 1)
             .unwrap();
@@ -1633,14 +1637,7 @@ mod tests {
         assert!(!cores[0].is_leader(), "a removed leader still leads");
         // Later messages (n2's acknowledgments, its campaign) are stepped
         // without a panic, and n2 leads alone.
-        for _ in 0..100 {
-            if cores[1].is_leader() {
-                break;
-            }
-            cores[1].tick();
-            exchange(&mut cores, 10);
-        }
-        assert!(cores[1].is_leader(), "n2 never took over");
+        assert!(lead(&mut cores, 1), "n2 never took over");
     }
 
     #[test]
