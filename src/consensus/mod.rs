@@ -827,7 +827,7 @@ impl Core {
             // A leader that is no longer a voter steps down in the middle
             // of its term: it hands its role on first, and its successor
             // makes it a non-voting member.
-            Some(id) if id == self.cfg.id => {
+            Some(id) if id == me => {
                 if let Some(to) = self.best_successor() {
                     self.node.transfer_leader(to);
                 }

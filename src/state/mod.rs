@@ -978,10 +978,13 @@ pub fn write_tx(conn: &mut Connection) -> rusqlite::Result<Transaction<'_>> {
 }
 
 /// Prepared statements a connection keeps (`prepare_cached`), at most.
-/// rusqlite keeps 16 by default, fewer than one Ready cycle's apply uses
-/// (a job's submission, placement, end, feed and counts, the request ids,
-/// the meta rows): every cycle then parsed and planned its statements
-/// again. A statement is a few kilobytes; only those used are kept.
+/// rusqlite keeps 16 by default, fewer than an apply cycle (a job's
+/// submission, placement, end, feed and counts, the request ids, the meta
+/// rows) and the reads beside it on the same connection (placement, the
+/// worker loop, held reads, the event hub) use together: they evicted each
+/// other, and a busy coordinator parsed and planned statements again in
+/// about a twelfth of its CPU. A statement is a few kilobytes; only those
+/// used are kept.
 pub(crate) const STATEMENTS_CACHED_MAX: usize = 256;
 
 fn open_conn(path: &Path, sync: Sync) -> rusqlite::Result<Connection> {

@@ -5,11 +5,12 @@
 //!
 //! The hold only decides *when* to answer: the answer is an ordinary read
 //! (by default its read index is confirmed before the hold, so it holds
-//! every write acknowledged before the request; `handlers::read_job_held`). Bounded: a hold lasts at most
-//! `JOB_WAIT_MS_MAX` (below the CLI's hedge time, so a held call is never
-//! sent to a second instance as if this one were slow), and at most
-//! `JOB_WAITS_MAX` are held at once (the next is answered at once, and its
-//! client polls as it would with an older server).
+//! every write acknowledged before the request; `handlers::read_job_held`).
+//! Bounded: a hold lasts at most `JOB_WAIT_MS_MAX` (below the CLI's hedge
+//! time, so a held call is never sent to a second instance as if this one
+//! were slow), and at most `JOB_WAITS_MAX` are held at once (the next is
+//! answered at once, and its client polls as it would with an older
+//! server).
 //!
 //! Cost on a busy replica: holds do not look at their jobs themselves
 //! (each look would take the core's lock, thousands of times a second).
